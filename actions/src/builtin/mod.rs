@@ -1,0 +1,24 @@
+//! The actions that ship with Tasuki.
+
+mod args;
+mod control;
+mod http;
+mod process;
+mod shell;
+
+pub use args::DurationArg;
+
+use crate::runtime::registry::Registry;
+
+impl Registry {
+    /// A registry with every built-in action.
+    pub fn builtin() -> Registry {
+        let mut r = Registry::new();
+        r.register("log", control::Log);
+        r.register("sleep", control::Sleep);
+        r.register("fail", control::Fail);
+        r.register("shell.run", shell::ShellRun);
+        r.register("http.request", http::HttpRequest);
+        r
+    }
+}

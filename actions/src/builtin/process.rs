@@ -1,0 +1,221 @@
+//! Supervising a child process tree: spawning it in its own process group
+//! (a Job Object on Windows), streaming its output line by line, and ending
+//! the whole tree, interrupt, then terminate, then kill, so that no
+//! grandchild outlives its step.
+
+use std::collections::VecDeque;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use process_wrap::tokio::{ChildWrapper, CommandWrap};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+/// A spawned process tree. Dropping it kills the tree, so a panic or a
+/// dropped future cannot leave processes behind.
+pub struct Tree {
+    child: Box<dyn ChildWrapper>,
+    #[cfg(unix)]
+    pgid: nix::unistd::Pid,
+    finished: bool,
+}
+
+impl Tree {
+    pub fn spawn(command: Command) -> std::io::Result<Tree> {
+        let mut wrapped = CommandWrap::from(command);
+        #[cfg(unix)]
+        wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
+        #[cfg(windows)]
+        wrapped.wrap(process_wrap::tokio::JobObject);
+        let child = wrapped.spawn()?;
+        #[cfg(unix)]
+        let pgid = nix::unistd::Pid::from_raw(child.id().map(|id| id as i32).unwrap_or(0));
+        Ok(Tree {
+            child,
+            #[cfg(unix)]
+            pgid,
+            finished: false,
+        })
+    }
+
+    pub fn child_mut(&mut self) -> &mut Box<dyn ChildWrapper> {
+        &mut self.child
+    }
+
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Whether any process of the tree is still alive.
+    #[cfg(unix)]
+    pub fn any_alive(&mut self) -> bool {
+        // Reap our own child first: a zombie leader still counts as a member.
+        let _ = self.child.try_wait();
+        match nix::sys::signal::killpg(self.pgid, None) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EPERM) => true,
+            Err(_) => false,
+        }
+    }
+
+    #[cfg(unix)]
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::killpg(self.pgid, signal);
+    }
+
+    /// Ends every process of the tree: SIGINT, then SIGTERM after half the
+    /// grace period, then SIGKILL after the other half. Returns which signal
+    /// finished the job, for the log.
+    #[cfg(unix)]
+    pub async fn terminate(&mut self, grace: Duration) -> &'static str {
+        use nix::sys::signal::Signal;
+        if !self.any_alive() {
+            self.finished = true;
+            return "none";
+        }
+        let half = grace / 2;
+        for (signal, name, wait) in [
+            (Signal::SIGINT, "SIGINT", half),
+            (Signal::SIGTERM, "SIGTERM", half),
+            (Signal::SIGKILL, "SIGKILL", Duration::from_secs(5)),
+        ] {
+            self.signal(signal);
+            if self.wait_gone(wait).await {
+                self.finished = true;
+                return name;
+            }
+        }
+        "SIGKILL (some processes did not exit)"
+    }
+
+    #[cfg(unix)]
+    async fn wait_gone(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if !self.any_alive() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// On Windows the Job Object holds the tree; closing it ends them all.
+    #[cfg(windows)]
+    pub async fn terminate(&mut self, _grace: Duration) -> &'static str {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.finished = true;
+        "TerminateJobObject"
+    }
+
+    #[cfg(windows)]
+    pub fn any_alive(&mut self) -> bool {
+        !self.finished
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if !self.finished {
+            #[cfg(unix)]
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+            #[cfg(windows)]
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+/// The last bytes of a stream, kept for the step's output.
+pub struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Tail {
+    pub fn new(limit: usize) -> Self {
+        Tail {
+            lines: VecDeque::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    pub fn push(&mut self, line: &str) {
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line.to_string());
+        while self.bytes > self.limit && self.lines.len() > 1 {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.len() + 1;
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::with_capacity(self.bytes);
+        for (i, l) in self.lines.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(l);
+        }
+        out
+    }
+
+    pub fn last_line(&self) -> Option<&str> {
+        self.lines.back().map(String::as_str)
+    }
+}
+
+/// Reads lines of at most `max` bytes. A longer line is cut, with a marker,
+/// and the rest of it is skipped, so one runaway line cannot exhaust memory.
+pub async fn for_each_line<R: AsyncRead + Unpin>(
+    reader: R,
+    max: usize,
+    mut on_line: impl FnMut(&str),
+) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(16 * 1024, reader);
+    let mut line: Vec<u8> = Vec::new();
+    let mut truncated = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            if !line.is_empty() || truncated {
+                emit(&line, truncated, &mut on_line);
+            }
+            return Ok(());
+        }
+        let (chunk, found_newline) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], Some(i)),
+            None => (available, None),
+        };
+        let room = max.saturating_sub(line.len());
+        if chunk.len() > room {
+            line.extend_from_slice(&chunk[..room]);
+            truncated = true;
+        } else {
+            line.extend_from_slice(chunk);
+        }
+        let consumed = found_newline.map(|i| i + 1).unwrap_or(available.len());
+        reader.consume(consumed);
+        if found_newline.is_some() {
+            emit(&line, truncated, &mut on_line);
+            line.clear();
+            truncated = false;
+        }
+    }
+}
+
+fn emit(line: &[u8], truncated: bool, on_line: &mut impl FnMut(&str)) {
+    let mut text = String::from_utf8_lossy(line).into_owned();
+    if text.ends_with('\r') {
+        text.pop();
+    }
+    if truncated {
+        text.push_str(" …[line truncated]");
+    }
+    on_line(&text);
+}

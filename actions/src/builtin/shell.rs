@@ -1,0 +1,285 @@
+//! `shell.run`: runs a program from an argv list, never through a shell,
+//! or a script with an explicitly named shell.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::process::Command;
+
+use super::args::DurationArg;
+use super::process::{Tail, Tree, for_each_line};
+use crate::runtime::context::ActionContext;
+use crate::runtime::event::LogLevel;
+use crate::runtime::registry::{ActionError, TypedAction, codes};
+
+/// How much of stdout and stderr the step's output keeps.
+const TAIL_BYTES: usize = 64 * 1024;
+/// How long to wait for output pipes to close once the tree is gone. A
+/// process that escaped the group (setsid) could hold them open forever.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+
+pub struct ShellRun;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellArgs {
+    /// The program and its arguments. Nothing is interpreted by a shell.
+    argv: Option<Vec<String>>,
+    /// A script, run by `shell`. It is written to a private temporary file,
+    /// so its text never appears in a process list.
+    script: Option<String>,
+    /// The shell for `script`: sh, bash, zsh, pwsh, powershell or cmd.
+    shell: Option<ShellKind>,
+    /// The working directory; the session's work directory by default.
+    cwd: Option<String>,
+    /// Extra environment variables for the process.
+    env: Option<BTreeMap<String, String>>,
+    /// Ends the process tree when it runs longer than this.
+    timeout: Option<DurationArg>,
+    /// Exit codes that count as success; `[0]` by default.
+    ok_exit_codes: Option<Vec<i32>>,
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ShellKind {
+    Sh,
+    Bash,
+    Zsh,
+    Pwsh,
+    Powershell,
+    Cmd,
+}
+
+impl ShellKind {
+    fn command(self, script: &std::path::Path) -> (String, Vec<String>) {
+        let path = script.display().to_string();
+        match self {
+            ShellKind::Sh => ("sh".into(), vec![path]),
+            ShellKind::Bash => ("bash".into(), vec![path]),
+            ShellKind::Zsh => ("zsh".into(), vec![path]),
+            ShellKind::Pwsh | ShellKind::Powershell => (
+                if matches!(self, ShellKind::Pwsh) { "pwsh" } else { "powershell" }.into(),
+                vec!["-NoProfile".into(), "-NonInteractive".into(), "-File".into(), path],
+            ),
+            ShellKind::Cmd => ("cmd".into(), vec!["/D".into(), "/C".into(), path]),
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            ShellKind::Pwsh | ShellKind::Powershell => ".ps1",
+            ShellKind::Cmd => ".cmd",
+            _ => ".sh",
+        }
+    }
+}
+
+impl TypedAction for ShellRun {
+    type Args = ShellArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        match (args.get("argv"), args.get("script")) {
+            (None, None) => problems.push((String::new(), "give either `argv` (a list: program and arguments) or `script` with `shell`".into())),
+            (Some(_), Some(_)) => problems.push(("script".into(), "give either `argv` or `script`, not both".into())),
+            (Some(Value::Array(a)), None) if a.is_empty() => problems.push(("argv".into(), "`argv` is empty; its first item is the program to run".into())),
+            (None, Some(_)) if !args.contains_key("shell") => problems.push(("shell".into(), "`script` needs an explicit `shell`, such as `shell: bash`".into())),
+            _ => {}
+        }
+        if args.contains_key("shell") && !args.contains_key("script") {
+            problems.push(("shell".into(), "`shell` only applies to `script`; `argv` never goes through a shell".into()));
+        }
+        problems
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: ShellArgs) -> Result<Value, ActionError> {
+        let invalid = |m: &str| ActionError::new(codes::INVALID_ARGS, m);
+        // Kept alive until the process ends; removed on drop.
+        let mut _script_file = None;
+        let (program, arguments) = match (args.argv, args.script, args.shell) {
+            (Some(argv), None, None) => {
+                let mut it = argv.into_iter();
+                let program = it.next().ok_or_else(|| invalid("`argv` is empty"))?;
+                (program, it.collect::<Vec<_>>())
+            }
+            (None, Some(script), Some(shell)) => {
+                let file = write_script(&script, shell.extension())
+                    .map_err(|e| ActionError::new(codes::SPAWN, format!("cannot write the script to a temporary file: {e}")))?;
+                let command = shell.command(file.path());
+                _script_file = Some(file);
+                command
+            }
+            _ => return Err(invalid("give either `argv`, or `script` with `shell`")),
+        };
+
+        let cwd = match &args.cwd {
+            Some(dir) => ctx.options().work_dir.join(dir),
+            None => ctx.options().work_dir.clone(),
+        };
+        let mut command = Command::new(&program);
+        command
+            .args(&arguments)
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(env) = &args.env {
+            command.envs(env);
+        }
+        let mut tree = Tree::spawn(command).map_err(|e| spawn_error(&program, &cwd, e))?;
+
+        let max_line = ctx.options().max_log_line_bytes;
+        let stdout_tail = Arc::new(Mutex::new(Tail::new(TAIL_BYTES)));
+        let stderr_tail = Arc::new(Mutex::new(Tail::new(TAIL_BYTES)));
+        let stdout = tree.child_mut().stdout().take();
+        let stderr = tree.child_mut().stderr().take();
+        let readers = async {
+            let out = async {
+                if let Some(pipe) = stdout {
+                    let _ = for_each_line(pipe, max_line, |line| {
+                        ctx.log(LogLevel::Info, line);
+                        lock(&stdout_tail).push(line);
+                    })
+                    .await;
+                }
+            };
+            let err = async {
+                if let Some(pipe) = stderr {
+                    let _ = for_each_line(pipe, max_line, |line| {
+                        ctx.log(LogLevel::Warn, line);
+                        lock(&stderr_tail).push(line);
+                    })
+                    .await;
+                }
+            };
+            tokio::join!(out, err);
+        };
+        tokio::pin!(readers);
+
+        let deadline = async {
+            match args.timeout {
+                Some(t) => tokio::time::sleep(t.0).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+
+        // Drive the output readers while waiting, so that a chatty process
+        // never blocks on a full pipe.
+        let mut readers_done = false;
+        let ended = loop {
+            tokio::select! {
+                status = tree.wait() => break Ended::Exited(status),
+                _ = &mut readers, if !readers_done => readers_done = true,
+                _ = &mut deadline => break Ended::TimedOut,
+                _ = ctx.cancel.cancelled() => break Ended::Cancelled,
+            }
+        };
+
+        let grace = ctx.options().cancel_grace;
+        let status = match ended {
+            Ended::Exited(status) => {
+                // The leader is gone; anything it left running in the group
+                // is ended now rather than orphaned.
+                if tree.any_alive() {
+                    let how = tree.terminate(Duration::from_secs(1)).await;
+                    ctx.log(LogLevel::Warn, &format!("ended processes the step left running ({how})"));
+                }
+                status.map_err(|e| ActionError::new(codes::SPAWN, format!("cannot wait for `{program}`: {e}")))?
+            }
+            Ended::TimedOut | Ended::Cancelled => {
+                let how = tree.terminate(grace).await;
+                ctx.log(LogLevel::Warn, &format!("stopped the process tree ({how})"));
+                drain(&mut readers, readers_done).await;
+                return Err(match ended {
+                    Ended::TimedOut => ActionError::new(
+                        codes::TIMEOUT,
+                        format!("`{program}` did not finish within its timeout of {}", crate::language::duration::format_duration(args.timeout.map(|t| t.0).unwrap_or_default())),
+                    ),
+                    _ => ActionError::new(codes::CANCELLED, format!("`{program}` was cancelled")),
+                });
+            }
+        };
+        drain(&mut readers, readers_done).await;
+
+        let stdout_text = lock(&stdout_tail).text();
+        let stderr_text = lock(&stderr_tail).text();
+        let exit_code = status.code();
+        let output = json!({
+            "exit_code": exit_code,
+            "signal": signal_of(&status),
+            "stdout": stdout_text,
+            "stderr": stderr_text,
+        });
+        let ok_codes = args.ok_exit_codes.unwrap_or_else(|| vec![0]);
+        match exit_code {
+            Some(code) if ok_codes.contains(&code) => Ok(output),
+            _ => {
+                let what = match (exit_code, signal_of(&status)) {
+                    (Some(code), _) => format!("exited with code {code}"),
+                    (None, Some(sig)) => format!("was killed by signal {sig}"),
+                    (None, None) => "ended abnormally".into(),
+                };
+                let hint = lock(&stderr_tail).last_line().map(|l| format!("; last stderr line: {l}")).unwrap_or_default();
+                Err(ActionError::new(
+                    codes::EXIT_CODE,
+                    format!("`{program}` {what} (expected {}){hint}", ok_codes.iter().map(i32::to_string).collect::<Vec<_>>().join(" or ")),
+                ))
+            }
+        }
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
+async fn drain(readers: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>, done: bool) {
+    if !done {
+        let _ = tokio::time::timeout(PIPE_DRAIN, readers.as_mut()).await;
+    }
+}
+
+fn lock(tail: &Mutex<Tail>) -> std::sync::MutexGuard<'_, Tail> {
+    // A poisoned tail only means a log callback panicked; the text is fine.
+    tail.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(unix)]
+fn signal_of(status: &std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal()
+}
+
+#[cfg(not(unix))]
+fn signal_of(_status: &std::process::ExitStatus) -> Option<i32> {
+    None
+}
+
+fn spawn_error(program: &str, cwd: &PathBuf, e: std::io::Error) -> ActionError {
+    let message = match e.kind() {
+        std::io::ErrorKind::NotFound if !cwd.is_dir() => format!("cannot start `{program}`: the working directory {} does not exist", cwd.display()),
+        std::io::ErrorKind::NotFound => format!("cannot start `{program}`: no such program (is it installed and on PATH?)"),
+        std::io::ErrorKind::PermissionDenied => format!("cannot start `{program}`: permission denied"),
+        _ => format!("cannot start `{program}`: {e}"),
+    };
+    ActionError::new(codes::SPAWN, message)
+}
+
+fn write_script(script: &str, extension: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    // tempfile creates the file with mode 0600 on Unix.
+    let mut file = tempfile::Builder::new().prefix("tasuki-script-").suffix(extension).tempfile()?;
+    file.write_all(script.as_bytes())?;
+    file.flush()?;
+    Ok(file)
+}

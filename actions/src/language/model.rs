@@ -1,0 +1,491 @@
+//! The workflow model, and its lowering from a parsed document.
+//!
+//! Lowering checks shapes and types field by field and keeps going after a
+//! problem, so that one run reports every mistake in the file. Semantic
+//! checks (ids, actions, arguments, references) live in `validate`.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::duration::parse_duration;
+use super::problem::{Problems, index, join};
+use super::template::describe;
+
+/// A workflow, checked and ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub params: Vec<ParamSpec>,
+    pub single_process_mode: bool,
+    pub timeout: Option<Duration>,
+    pub steps: Vec<Step>,
+    pub on_error: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    /// `None` makes the param required.
+    pub default: Option<Value>,
+    pub secret: bool,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub id: String,
+    /// Where the step sits in the document, e.g. `steps[2].steps[0]`.
+    pub path: String,
+    pub action: String,
+    pub with: Map<String, Value>,
+    pub condition: Option<String>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub continue_on_error: bool,
+    pub save_as: Option<String>,
+    /// The body of `for_each` and `try`.
+    pub steps: Vec<Step>,
+    /// The handler of `try`.
+    pub catch: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts after the first one.
+    pub times: u32,
+    pub delay: Duration,
+    pub max_delay: Duration,
+    pub factor: f32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            times: 0,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            factor: 2.0,
+        }
+    }
+}
+
+/// The actions that are part of the language rather than the registry,
+/// because they shape control flow or the variable scope.
+pub const CONTROL_SET: &str = "set";
+pub const CONTROL_FOR_EACH: &str = "for_each";
+pub const CONTROL_TRY: &str = "try";
+
+/// Names a template may not use for a variable.
+pub const RESERVED_ROOTS: &[&str] = &["params", "steps", "env", "error", "true", "false", "null"];
+
+pub const MAX_STEPS: usize = 10_000;
+const MAX_ID_LEN: usize = 64;
+
+const WORKFLOW_FIELDS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "params",
+    "single_process_mode",
+    "timeout",
+    "steps",
+    "on_error",
+];
+const STEP_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "action",
+    "with",
+    "if",
+    "timeout",
+    "retry",
+    "continue_on_error",
+    "save_as",
+    "steps",
+    "catch",
+];
+const PARAM_FIELDS: &[&str] = &["default", "secret", "description"];
+const RETRY_FIELDS: &[&str] = &["times", "delay", "max_delay", "factor"];
+
+/// Whether `name` can be an id or a variable name.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name.len() <= MAX_ID_LEN
+}
+
+/// Reads the fields of one mapping, remembering which were used so that
+/// the rest can be reported as unknown.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(map: &'a Map<String, Value>, path: &'a str, known: &[&str], problems: &mut Problems) -> Self {
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) {
+                let hint = closest(key, known)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_else(|| format!("; expected one of: {}", known.join(", ")));
+                problems.add(join(path, key), format!("unknown field `{key}`{hint}"));
+            }
+        }
+        Fields { map, path }
+    }
+
+    fn get(&self, key: &str) -> Option<(&'a Value, String)> {
+        self.map.get(key).map(|v| (v, join(self.path, key)))
+    }
+
+    fn string(&self, key: &str, problems: &mut Problems) -> Option<String> {
+        let (v, path) = self.get(key)?;
+        match v {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                problems.add(path, format!("expected a string, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn bool(&self, key: &str, problems: &mut Problems) -> Option<bool> {
+        let (v, path) = self.get(key)?;
+        match v {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) if matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") => {
+                problems.add(path, format!("expected true or false, found the string `{s}` (YAML 1.1 booleans are not accepted)"));
+                None
+            }
+            other => {
+                problems.add(path, format!("expected true or false, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn duration(&self, key: &str, problems: &mut Problems) -> Option<Duration> {
+        let (v, path) = self.get(key)?;
+        duration_value(v, &path, problems)
+    }
+}
+
+fn duration_value(v: &Value, path: &str, problems: &mut Problems) -> Option<Duration> {
+    match v {
+        Value::String(s) => match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.add(path, e);
+                None
+            }
+        },
+        Value::Number(n) => {
+            problems.add(path, format!("duration `{n}` has no unit; write `{n}s` for seconds or `{n}ms` for milliseconds"));
+            None
+        }
+        other => {
+            problems.add(path, format!("expected a duration such as `30s`, found {}", describe(other)));
+            None
+        }
+    }
+}
+
+/// A known name within edit distance 2 of `key`, for "did you mean".
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Lowers a parsed document into a `Workflow`, reporting every shape and
+/// type problem found on the way. The workflow comes back even when there
+/// are problems (with the broken fields left out), so that semantic checks
+/// can still run and report their findings in the same pass.
+pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
+    let mut problems = Problems::default();
+    let Value::Object(map) = doc else {
+        problems.add("", format!("a workflow must be a mapping with `version`, `name` and `steps`; found {}", describe(doc)));
+        return (None, problems);
+    };
+    let fields = Fields::new(map, "", WORKFLOW_FIELDS, &mut problems);
+
+    match fields.get("version") {
+        None => problems.add("version", "missing field `version`; add `version: 1`"),
+        Some((Value::Number(n), _)) if n.as_u64() == Some(1) => {}
+        Some((other, path)) => problems.add(path, format!("unsupported version {other}; this Tasuki reads `version: 1`")),
+    }
+    let name = fields.string("name", &mut problems).unwrap_or_default();
+    if !map.contains_key("name") {
+        problems.add("name", "missing field `name`");
+    } else if name.trim().is_empty() && matches!(map.get("name"), Some(Value::String(_))) {
+        problems.add("name", "`name` must not be empty");
+    }
+    let description = fields.string("description", &mut problems);
+    let single_process_mode = fields.bool("single_process_mode", &mut problems).unwrap_or(false);
+    let timeout = fields.duration("timeout", &mut problems);
+    let params = match fields.get("params") {
+        None | Some((Value::Null, _)) => Vec::new(),
+        Some((Value::Object(p), path)) => lower_params(p, &path, &mut problems),
+        Some((other, path)) => {
+            problems.add(path, format!("expected a mapping of param names to defaults, found {}", describe(other)));
+            Vec::new()
+        }
+    };
+    let mut count = 0usize;
+    let steps = match fields.get("steps") {
+        None => {
+            problems.add("steps", "missing field `steps`; a workflow needs at least one step");
+            Vec::new()
+        }
+        Some((v, path)) => {
+            let steps = lower_steps(v, &path, &mut problems, &mut count, 0);
+            if steps.is_empty() && matches!(v, Value::Array(a) if a.is_empty()) {
+                problems.add(path, "`steps` is empty; a workflow needs at least one step");
+            }
+            steps
+        }
+    };
+    let on_error = match fields.get("on_error") {
+        None | Some((Value::Null, _)) => Vec::new(),
+        Some((v, path)) => lower_steps(v, &path, &mut problems, &mut count, 0),
+    };
+    if count > MAX_STEPS {
+        problems.add("steps", format!("the workflow has {count} steps; the limit is {MAX_STEPS}"));
+    }
+
+    let workflow = Workflow {
+        name,
+        description,
+        params,
+        single_process_mode,
+        timeout,
+        steps,
+        on_error,
+    };
+    (Some(workflow), problems)
+}
+
+fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -> Vec<ParamSpec> {
+    let mut params = Vec::new();
+    for (name, value) in map {
+        let here = join(path, name);
+        if !is_identifier(name) {
+            problems.add(&here, format!("param name `{name}` must start with a letter or `_` and contain only letters, digits, `_` and `-`"));
+            continue;
+        }
+        // A mapping declares the param; anything else is its default.
+        let spec = match value {
+            Value::Object(spec) => {
+                let fields = Fields::new(spec, &here, PARAM_FIELDS, problems);
+                ParamSpec {
+                    name: name.clone(),
+                    default: fields.get("default").map(|(v, _)| v.clone()),
+                    secret: fields.bool("secret", problems).unwrap_or(false),
+                    description: fields.string("description", problems),
+                }
+            }
+            Value::Null => ParamSpec {
+                name: name.clone(),
+                default: None,
+                secret: false,
+                description: None,
+            },
+            other => ParamSpec {
+                name: name.clone(),
+                default: Some(other.clone()),
+                secret: false,
+                description: None,
+            },
+        };
+        params.push(spec);
+    }
+    params
+}
+
+const MAX_NESTING: usize = 16;
+
+fn lower_steps(value: &Value, path: &str, problems: &mut Problems, count: &mut usize, depth: usize) -> Vec<Step> {
+    let Value::Array(items) = value else {
+        problems.add(path, format!("expected a list of steps, found {}", describe(value)));
+        return Vec::new();
+    };
+    if depth > MAX_NESTING {
+        problems.add(path, format!("steps are nested deeper than {MAX_NESTING} levels"));
+        return Vec::new();
+    }
+    let mut steps = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        *count += 1;
+        if *count > MAX_STEPS {
+            // Reported once by the caller; stop building a huge model.
+            return steps;
+        }
+        let here = index(path, i);
+        if let Some(step) = lower_step(item, &here, problems, count, depth) {
+            steps.push(step);
+        }
+    }
+    steps
+}
+
+fn lower_step(value: &Value, path: &str, problems: &mut Problems, count: &mut usize, depth: usize) -> Option<Step> {
+    let Value::Object(map) = value else {
+        problems.add(path, format!("expected a step (a mapping with `id` and `action`), found {}", describe(value)));
+        return None;
+    };
+    let fields = Fields::new(map, path, STEP_FIELDS, problems);
+    let id = fields.string("id", problems);
+    if !map.contains_key("id") {
+        problems.add(join(path, "id"), "missing field `id`; every step needs a unique id");
+    }
+    if let Some(id) = &id {
+        if !is_identifier(id) {
+            problems.add(join(path, "id"), format!("step id `{id}` must start with a letter or `_`, contain only letters, digits, `_` and `-`, and be at most {MAX_ID_LEN} characters"));
+        }
+    }
+    let _display_name = fields.string("name", problems);
+    let action = fields.string("action", problems);
+    if !map.contains_key("action") {
+        problems.add(join(path, "action"), "missing field `action`, such as `shell.run` or `http.request`");
+    }
+    let with = match fields.get("with") {
+        None | Some((Value::Null, _)) => Map::new(),
+        Some((Value::Object(w), _)) => w.clone(),
+        Some((other, p)) => {
+            problems.add(p, format!("expected a mapping of arguments, found {}", describe(other)));
+            Map::new()
+        }
+    };
+    let condition = match fields.get("if") {
+        None => None,
+        Some((Value::String(s), _)) => Some(s.clone()),
+        Some((Value::Bool(b), _)) => Some(b.to_string()),
+        Some((other, p)) => {
+            problems.add(p, format!("expected a condition such as `${{steps.check.output.exit_code == 0}}`, found {}", describe(other)));
+            None
+        }
+    };
+    let timeout = fields.duration("timeout", problems);
+    let retry = fields.get("retry").and_then(|(v, p)| lower_retry(v, &p, problems));
+    let continue_on_error = fields.bool("continue_on_error", problems).unwrap_or(false);
+    let save_as = fields.string("save_as", problems);
+    if let Some(name) = &save_as {
+        check_variable_name(name, &join(path, "save_as"), problems);
+    }
+    let steps = fields
+        .get("steps")
+        .map(|(v, p)| lower_steps(v, &p, problems, count, depth + 1))
+        .unwrap_or_default();
+    let catch = fields
+        .get("catch")
+        .map(|(v, p)| lower_steps(v, &p, problems, count, depth + 1))
+        .unwrap_or_default();
+
+    // A step with a broken id or action is kept with an empty one, which
+    // the validator skips, so that its other fields are still checked.
+    Some(Step {
+        id: id.filter(|i| is_identifier(i)).unwrap_or_default(),
+        path: path.to_string(),
+        action: action.unwrap_or_default(),
+        with,
+        condition,
+        timeout,
+        retry,
+        continue_on_error,
+        save_as,
+        steps,
+        catch,
+    })
+}
+
+pub(crate) fn check_variable_name(name: &str, path: &str, problems: &mut Problems) {
+    if !is_identifier(name) {
+        problems.add(path, format!("variable name `{name}` must start with a letter or `_` and contain only letters, digits, `_` and `-`"));
+    } else if RESERVED_ROOTS.contains(&name) {
+        problems.add(path, format!("`{name}` is reserved and cannot be used as a variable name"));
+    }
+}
+
+fn lower_retry(value: &Value, path: &str, problems: &mut Problems) -> Option<RetryPolicy> {
+    let mut policy = RetryPolicy::default();
+    match value {
+        Value::Number(n) => match n.as_u64() {
+            Some(t) if (1..=100).contains(&t) => policy.times = t as u32,
+            _ => {
+                problems.add(path, format!("retry count must be a whole number from 1 to 100, found {n}"));
+                return None;
+            }
+        },
+        Value::Object(map) => {
+            let fields = Fields::new(map, path, RETRY_FIELDS, problems);
+            match fields.get("times") {
+                Some((Value::Number(n), p)) => match n.as_u64() {
+                    Some(t) if (1..=100).contains(&t) => policy.times = t as u32,
+                    _ => problems.add(p, format!("`times` must be a whole number from 1 to 100, found {n}")),
+                },
+                Some((other, p)) => problems.add(p, format!("expected a number of retries, found {}", describe(other))),
+                None => problems.add(join(path, "times"), "missing field `times`, the number of retries"),
+            }
+            if let Some(d) = fields.duration("delay", problems) {
+                policy.delay = d;
+            }
+            if let Some(d) = fields.duration("max_delay", problems) {
+                policy.max_delay = d;
+            }
+            match fields.get("factor") {
+                Some((Value::Number(n), p)) => match n.as_f64() {
+                    Some(f) if (1.0..=10.0).contains(&f) => policy.factor = f as f32,
+                    _ => problems.add(p, format!("`factor` must be between 1 and 10, found {n}")),
+                },
+                Some((other, p)) => problems.add(p, format!("expected a number, found {}", describe(other))),
+                None => {}
+            }
+        }
+        other => {
+            problems.add(path, format!("expected a retry count or a mapping with `times` and `delay`, found {}", describe(other)));
+            return None;
+        }
+    }
+    Some(policy)
+}
+
+impl Workflow {
+    /// Every step, nested ones included, in document order.
+    pub fn all_steps(&self) -> Vec<&Step> {
+        fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
+            for s in steps {
+                out.push(s);
+                walk(&s.steps, out);
+                walk(&s.catch, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.steps, &mut out);
+        walk(&self.on_error, &mut out);
+        out
+    }
+
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}

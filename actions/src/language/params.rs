@@ -1,0 +1,152 @@
+//! Binding a workflow's params from defaults, a params file, `--param`
+//! flags and a secrets file, in that order of precedence.
+
+use serde_json::{Map, Value};
+
+use super::model::Workflow;
+use super::problem::Problems;
+use super::template::describe;
+
+#[derive(Debug, Default, Clone)]
+pub struct ParamInputs {
+    /// `--param KEY=VALUE`, as typed.
+    pub flags: Vec<(String, String)>,
+    /// `--params-file`, already parsed.
+    pub file: Map<String, Value>,
+    /// Values from a secrets file. They are always treated as secret.
+    pub secrets: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BoundParams {
+    pub values: Map<String, Value>,
+    /// The text of every secret value, for masking.
+    pub secret_values: Vec<String>,
+    pub secret_names: Vec<String>,
+}
+
+impl BoundParams {
+    /// The values with secrets replaced by `***`, for reports.
+    pub fn masked(&self) -> Value {
+        let mut out = self.values.clone();
+        for name in &self.secret_names {
+            if let Some(v) = out.get_mut(name) {
+                *v = Value::String(crate::runtime::mask::MASK.into());
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundParams, Problems> {
+    let mut problems = Problems::default();
+    let declared: Vec<&str> = workflow.params.iter().map(|p| p.name.as_str()).collect();
+    let unknown = |name: &str, origin: &str, problems: &mut Problems| {
+        problems.add(
+            format!("params.{name}"),
+            format!(
+                "unknown param `{name}` from {origin}; the workflow declares: {}",
+                if declared.is_empty() { "no params".to_string() } else { declared.join(", ") }
+            ),
+        );
+    };
+
+    let mut values = Map::new();
+    for spec in &workflow.params {
+        if let Some(d) = &spec.default {
+            values.insert(spec.name.clone(), d.clone());
+        }
+    }
+    for (name, value) in &inputs.file {
+        if workflow.param(name).is_none() {
+            unknown(name, "the params file", &mut problems);
+        } else {
+            values.insert(name.clone(), value.clone());
+        }
+    }
+    for (name, text) in &inputs.flags {
+        match workflow.param(name) {
+            None => unknown(name, "--param", &mut problems),
+            Some(spec) => match coerce(text, spec.default.as_ref()) {
+                Ok(v) => {
+                    values.insert(name.clone(), v);
+                }
+                Err(e) => problems.add(format!("params.{name}"), format!("--param {name}: {e}")),
+            },
+        }
+    }
+    let mut secret_names: Vec<String> = workflow.params.iter().filter(|p| p.secret).map(|p| p.name.clone()).collect();
+    for (name, value) in &inputs.secrets {
+        if workflow.param(name).is_none() {
+            unknown(name, "the secrets file", &mut problems);
+        } else {
+            values.insert(name.clone(), value.clone());
+            if !secret_names.contains(name) {
+                secret_names.push(name.clone());
+            }
+        }
+    }
+    for spec in &workflow.params {
+        if !values.contains_key(&spec.name) {
+            let how = if spec.secret {
+                format!("put it in a secrets file passed with --secrets-file, as {{\"{}\": \"...\"}}", spec.name)
+            } else {
+                format!("pass it with --param {}=VALUE", spec.name)
+            };
+            problems.add(format!("params.{}", spec.name), format!("param `{}` has no default and no value; {how}", spec.name));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let secret_values = secret_names
+        .iter()
+        .filter_map(|n| values.get(n))
+        .flat_map(secret_texts)
+        .collect();
+    Ok(BoundParams {
+        values,
+        secret_values,
+        secret_names,
+    })
+}
+
+/// The strings to mask for one secret value: the value itself, or each
+/// string inside a structured one.
+fn secret_texts(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Null => vec![],
+        Value::Array(items) => items.iter().flat_map(secret_texts).collect(),
+        Value::Object(map) => map.values().flat_map(secret_texts).collect(),
+        other => vec![other.to_string()],
+    }
+}
+
+/// A `--param` value takes the type of the param's default, so that
+/// `--param count=3` stays a number where the workflow expects one.
+fn coerce(text: &str, default: Option<&Value>) -> Result<Value, String> {
+    match default {
+        None | Some(Value::String(_)) | Some(Value::Null) => Ok(Value::String(text.to_string())),
+        Some(Value::Bool(_)) => match text {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(format!("expected true or false, found `{text}`")),
+        },
+        Some(Value::Number(d)) => {
+            let parsed: Result<serde_json::Number, _> = text.trim().parse();
+            match parsed {
+                Ok(n) if d.is_f64() || !n.is_f64() => Ok(Value::Number(n)),
+                _ => Err(format!("expected a number like the default `{d}`, found `{text}`")),
+            }
+        }
+        Some(d @ (Value::Array(_) | Value::Object(_))) => {
+            let v: Value = serde_json::from_str(text).map_err(|e| format!("expected JSON {} like the default, but: {e}", describe(d)))?;
+            if std::mem::discriminant(&v) == std::mem::discriminant(d) {
+                Ok(v)
+            } else {
+                Err(format!("expected {} like the default, found {}", describe(d), describe(&v)))
+            }
+        }
+    }
+}

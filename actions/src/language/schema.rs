@@ -1,0 +1,129 @@
+//! The JSON Schema of the workflow file format, for editors. It is derived
+//! from documentation types below, then each action's argument schema is
+//! attached so that `with` is checked per action.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde_json::{Value, json};
+
+use crate::builtin::DurationArg;
+use crate::runtime::registry::Registry;
+
+/// A Tasuki workflow (version 1).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Workflow {
+    /// Always 1.
+    version: u32,
+    name: String,
+    description: Option<String>,
+    /// Param names and their defaults. A mapping declares the param in full;
+    /// a param without a default is required.
+    params: Option<BTreeMap<String, Param>>,
+    /// Run alone on the robot, with one browser and one working directory
+    /// shared by every step.
+    single_process_mode: Option<bool>,
+    /// The whole session fails when it runs longer than this.
+    timeout: Option<DurationArg>,
+    steps: Vec<Step>,
+    /// Steps that run when the workflow fails, with `${error}` bound.
+    on_error: Option<Vec<Step>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Param {
+    Declared(ParamSpec),
+    Default(Value),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ParamSpec {
+    default: Option<Value>,
+    /// Masked as *** in every log line, report and error.
+    secret: Option<bool>,
+    description: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Step {
+    /// Unique in the workflow; outputs are read as `${steps.<id>.output}`.
+    id: String,
+    /// A label for people.
+    name: Option<String>,
+    /// A registered action such as `shell.run`, or a control step:
+    /// set, log, sleep, fail, for_each, try.
+    action: String,
+    /// The action's arguments. Strings may contain `${...}` templates.
+    with: Option<BTreeMap<String, Value>>,
+    /// The step runs only when this template is truthy.
+    #[serde(rename = "if")]
+    condition: Option<Condition>,
+    timeout: Option<DurationArg>,
+    retry: Option<Retry>,
+    continue_on_error: Option<bool>,
+    /// Binds the step's output to a variable of this name.
+    save_as: Option<String>,
+    /// The body of `for_each` and `try`.
+    steps: Option<Vec<Step>>,
+    /// The handler of `try`, with `${error}` bound.
+    catch: Option<Vec<Step>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Condition {
+    Template(String),
+    Constant(bool),
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Retry {
+    Times(u32),
+    Policy {
+        times: u32,
+        delay: Option<DurationArg>,
+        max_delay: Option<DurationArg>,
+        factor: Option<f32>,
+    },
+}
+
+/// The schema, with per-action argument schemas for every action in `registry`.
+pub fn workflow_schema(registry: &Registry) -> Value {
+    let mut schema = schemars::schema_for!(Workflow).to_value();
+    schema["$id"] = json!("https://tasuki.dev/schema/workflow-v1.json");
+    schema["properties"]["version"] = json!({"const": 1});
+    let mut per_action = Vec::new();
+    for name in registry.names() {
+        if let Some(args) = registry.schema(name) {
+            per_action.push(json!({
+                "if": {"properties": {"action": {"const": name}}, "required": ["action"]},
+                "then": {"properties": {"with": args}}
+            }));
+        }
+    }
+    let for_each_args = json!({
+        "type": "object",
+        "properties": {"items": {}, "as": {"type": "string"}, "index_as": {"type": "string"}},
+        "required": ["items"],
+        "additionalProperties": false
+    });
+    per_action.push(json!({
+        "if": {"properties": {"action": {"const": "for_each"}}, "required": ["action"]},
+        "then": {"properties": {"with": for_each_args}, "required": ["steps"]}
+    }));
+    if let Some(Value::Object(step)) = schema.pointer_mut("/$defs/Step") {
+        step.insert("allOf".into(), Value::Array(per_action));
+    }
+    schema
+}

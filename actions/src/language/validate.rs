@@ -1,0 +1,261 @@
+//! Semantic checks on a lowered workflow: unique ids, known actions, typed
+//! arguments, and that every `${...}` reference can be resolved from what
+//! runs before it.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use super::argcheck;
+use super::model::{
+    CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow, check_variable_name, edit_distance,
+};
+use super::problem::{Problems, join};
+use super::template::{PathExpr, Segment, Template, paths};
+use super::LoadOptions;
+use crate::runtime::registry::Registry;
+
+const CONTROL_ACTIONS: &[&str] = &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY];
+const STEP_FIELDS_READABLE: &[&str] = &["output", "status", "error"];
+
+pub fn validate(workflow: &Workflow, registry: &Registry, options: &LoadOptions) -> Problems {
+    let mut v = Validator {
+        registry,
+        options,
+        problems: Problems::default(),
+        ids: HashMap::new(),
+        all_ids: workflow.all_steps().iter().map(|s| s.id.clone()).collect(),
+        params: workflow.params.iter().map(|p| p.name.clone()).collect(),
+        done: HashSet::new(),
+        vars: HashSet::new(),
+        in_error: false,
+    };
+    v.steps(&workflow.steps);
+    v.in_error = true;
+    v.steps(&workflow.on_error);
+    v.problems
+}
+
+struct Validator<'a> {
+    registry: &'a Registry,
+    options: &'a LoadOptions,
+    problems: Problems,
+    ids: HashMap<String, String>,
+    all_ids: HashSet<String>,
+    params: HashSet<String>,
+    /// Steps that have run before the one being checked.
+    done: HashSet<String>,
+    /// Variables defined before the step being checked.
+    vars: HashSet<String>,
+    /// Inside `on_error` or `catch`, where `${error}` is bound.
+    in_error: bool,
+}
+
+impl Validator<'_> {
+    fn steps(&mut self, steps: &[Step]) {
+        for step in steps {
+            self.step(step);
+        }
+    }
+
+    fn step(&mut self, step: &Step) {
+        let id_path = join(&step.path, "id");
+        if step.id.is_empty() {
+            // Missing or malformed; already reported while lowering.
+        } else if let Some(first) = self.ids.get(&step.id) {
+            self.problems.add(
+                &id_path,
+                format!("duplicate step id `{}`; it is already used at {first}", step.id),
+            );
+        } else {
+            self.ids.insert(step.id.clone(), step.path.clone());
+        }
+
+        if let Some(cond) = &step.condition {
+            self.template(cond, &join(&step.path, "if"));
+        }
+
+        let with_path = join(&step.path, "with");
+        let action = step.action.as_str();
+        let is_control = CONTROL_ACTIONS.contains(&action);
+        if !is_control && !action.is_empty() && self.registry.get(action).is_none() {
+            let known: Vec<&str> = self.registry.names().chain(CONTROL_ACTIONS.iter().copied()).collect();
+            let hint = known
+                .iter()
+                .map(|k| (edit_distance(action, k), *k))
+                .filter(|(d, _)| *d <= 3)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, k)| format!("; did you mean `{k}`?"))
+                .unwrap_or_else(|| format!("; known actions: {}", known.join(", ")));
+            self.problems.add(join(&step.path, "action"), format!("unknown action `{action}`{hint}"));
+        }
+        if !step.steps.is_empty() && action != CONTROL_FOR_EACH && action != CONTROL_TRY {
+            self.problems.add(join(&step.path, "steps"), format!("only `for_each` and `try` steps have nested `steps`, not `{action}`"));
+        }
+        if !step.catch.is_empty() && action != CONTROL_TRY {
+            self.problems.add(join(&step.path, "catch"), format!("only `try` steps have `catch`, not `{action}`"));
+        }
+
+        // Arguments are rendered before the step runs, in the outer scope.
+        self.templates_in(&Value::Object(step.with.clone()), &with_path);
+
+        match action {
+            CONTROL_SET => {
+                if step.with.is_empty() {
+                    self.problems.add(&with_path, "`set` needs at least one variable under `with`, such as `with: {count: 0}`");
+                }
+                for key in step.with.keys() {
+                    check_variable_name(key, &join(&with_path, key), &mut self.problems);
+                }
+            }
+            CONTROL_FOR_EACH => self.for_each(step, &with_path),
+            CONTROL_TRY => {
+                if !step.with.is_empty() {
+                    self.problems.add(&with_path, "`try` takes no arguments; put the guarded steps under `steps`");
+                }
+                if step.steps.is_empty() {
+                    self.problems.add(join(&step.path, "steps"), "`try` needs the steps it guards under `steps`");
+                }
+                self.steps(&step.steps);
+                let was = std::mem::replace(&mut self.in_error, true);
+                self.steps(&step.catch);
+                self.in_error = was;
+            }
+            _ => {
+                if let (Some(schema), Some(action_impl)) = (self.registry.schema(action), self.registry.get(action)) {
+                    argcheck::check(&Value::Object(step.with.clone()), schema, &with_path, &mut self.problems);
+                    for (sub, message) in action_impl.check_args(&step.with) {
+                        self.problems.add(join(&with_path, &sub), message);
+                    }
+                }
+            }
+        }
+
+        self.done.insert(step.id.clone());
+        if let Some(name) = &step.save_as {
+            self.vars.insert(name.clone());
+        }
+        if action == CONTROL_SET {
+            self.vars.extend(step.with.keys().cloned());
+        }
+    }
+
+    fn for_each(&mut self, step: &Step, with_path: &str) {
+        let mut names = Vec::new();
+        for key in step.with.keys() {
+            if !["items", "as", "index_as"].contains(&key.as_str()) {
+                self.problems.add(join(with_path, key), format!("unknown argument `{key}`; `for_each` takes `items`, `as` and `index_as`"));
+            }
+        }
+        match step.with.get("items") {
+            None => self.problems.add(join(with_path, "items"), "missing required argument `items`, the list to loop over"),
+            Some(Value::Array(_)) => {}
+            Some(Value::String(s)) if s.contains("${") => {}
+            Some(other) => self.problems.add(join(with_path, "items"), format!("expected a list or a `${{...}}` that gives one, found {}", super::template::describe(other))),
+        }
+        for (key, default) in [("as", "item"), ("index_as", "index")] {
+            match step.with.get(key) {
+                None => names.push(default.to_string()),
+                Some(Value::String(s)) => {
+                    check_variable_name(s, &join(with_path, key), &mut self.problems);
+                    names.push(s.clone());
+                }
+                Some(other) => self.problems.add(join(with_path, key), format!("expected a variable name, found {}", super::template::describe(other))),
+            }
+        }
+        if step.steps.is_empty() {
+            self.problems.add(join(&step.path, "steps"), "`for_each` needs the steps to repeat under `steps`");
+        }
+        let added: Vec<String> = names.into_iter().filter(|n| self.vars.insert(n.clone())).collect();
+        self.steps(&step.steps);
+        for n in added {
+            self.vars.remove(&n);
+        }
+    }
+
+    fn templates_in(&mut self, value: &Value, path: &str) {
+        match value {
+            Value::String(s) => self.template(s, path),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.templates_in(item, &super::problem::index(path, i));
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    self.templates_in(item, &join(path, k));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn template(&mut self, text: &str, path: &str) {
+        if !text.contains('$') {
+            return;
+        }
+        let template = match Template::parse(text) {
+            Ok(t) => t,
+            Err(e) => {
+                self.problems.add(path, format!("template error: {e}"));
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        for (expr, _) in template.expressions() {
+            paths(expr, &mut found);
+        }
+        for p in found {
+            if let Err(message) = self.reference(&p) {
+                self.problems.add(path, format!("`${{{p}}}`: {message}"));
+            }
+        }
+    }
+
+    fn reference(&self, p: &PathExpr) -> Result<(), String> {
+        let first = match p.segments.first() {
+            Some(Segment::Key(k)) => Some(k.as_str()),
+            _ => None,
+        };
+        match p.root.as_str() {
+            "params" => match first {
+                None => Ok(()),
+                Some(name) if self.params.contains(name) => Ok(()),
+                Some(name) => Err(format!("no param named `{name}` is declared under `params`")),
+            },
+            "steps" => {
+                let Some(id) = first else {
+                    return Err("write `steps.<id>.output`".into());
+                };
+                if !self.done.contains(id) {
+                    return Err(if self.all_ids.contains(id) {
+                        format!("step `{id}` does not run before this point")
+                    } else {
+                        format!("there is no step with id `{id}`")
+                    });
+                }
+                match p.segments.get(1) {
+                    None => Ok(()),
+                    Some(Segment::Key(f)) if STEP_FIELDS_READABLE.contains(&f.as_str()) => Ok(()),
+                    Some(_) => Err(format!("a step has `output`, `status` and `error`; write `steps.{id}.output...`")),
+                }
+            }
+            "env" => {
+                let Some(name) = first else {
+                    return Err("write `env.NAME`".into());
+                };
+                match &self.options.env_allow {
+                    Some(allowed) if !allowed.iter().any(|a| a == name) => Err(format!(
+                        "environment variable `{name}` is not in the allow-list; allow it with `--allow-env {name}`"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            "error" if self.in_error => Ok(()),
+            "error" => Err("`error` is only bound inside `on_error` and `catch`".into()),
+            var if self.vars.contains(var) => Ok(()),
+            var if self.params.contains(var) => Err(format!("`{var}` is not defined; the param is written `params.{var}`")),
+            var => Err(format!("`{var}` is not defined before this step (define it with `set`, `save_as` or `for_each`)")),
+        }
+    }
+}

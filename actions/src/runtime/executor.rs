@@ -1,0 +1,532 @@
+//! Runs a workflow's steps in order, honoring `if`, `timeout`, `retry`,
+//! `continue_on_error` and `save_as`, and reports everything as events.
+//!
+//! Control constructs (`set`, `for_each`, `try`) are handled here because
+//! they shape the flow and the variable scope. Every other action is looked
+//! up in the registry, so adding one never touches this file.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use indexmap::IndexMap;
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::context::{ActionContext, SessionShared};
+pub use super::context::ExecOptions;
+use super::event::{Event, EventSink, LogLevel};
+use super::mask::Masker;
+use super::registry::{ActionError, Registry, codes};
+use super::report::{ErrorInfo, SessionReport, SessionStatus, StepRecord, StepStatus, millis_between};
+use crate::language::duration::format_duration;
+use crate::language::model::{CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow};
+use crate::language::params::BoundParams;
+use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
+
+/// Extra time a cancelled action gets, beyond the process grace period, to
+/// return before the executor stops waiting for it.
+const CANCEL_SLACK: Duration = Duration::from_secs(2);
+
+pub struct Executor {
+    registry: Registry,
+    options: ExecOptions,
+}
+
+impl Executor {
+    pub fn new(registry: Registry, options: ExecOptions) -> Self {
+        Executor { registry, options }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs one session to its end and returns its report (which is also
+    /// sent as the last event). Cancelling `cancel` stops the session at the
+    /// running step, interrupting whatever it waits on.
+    pub async fn run(
+        &self,
+        workflow: &Workflow,
+        params: &BoundParams,
+        sink: Arc<dyn EventSink>,
+        cancel: CancellationToken,
+    ) -> SessionReport {
+        let started_at = Timestamp::now();
+        let masker = Masker::new(&params.secret_values);
+        let shared = Arc::new(SessionShared::new(sink.clone(), masker, self.options.clone()));
+        sink.emit(Event::SessionStarted {
+            workflow: workflow.name.clone(),
+            started_at,
+        });
+
+        let session_token = cancel.child_token();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let timer = workflow.timeout.map(|limit| {
+            let token = session_token.clone();
+            let flag = timed_out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                flag.store(true, Ordering::SeqCst);
+                token.cancel();
+            })
+        });
+
+        let mut records = IndexMap::new();
+        for step in workflow.all_steps() {
+            records.insert(step.id.clone(), StepRecord::pending());
+        }
+        let env = self
+            .options
+            .env_allow
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), Value::String(v))))
+            .collect();
+
+        let mut session = Session {
+            registry: &self.registry,
+            shared: shared.clone(),
+            params: Value::Object(params.values.clone()),
+            env: Value::Object(env),
+            vars: Map::new(),
+            step_states: Value::Object(Map::new()),
+            records,
+            error_binding: None,
+            cancel: session_token.clone(),
+        };
+
+        let outcome = session.run_steps(&workflow.steps).await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+
+        let (status, error) = match outcome {
+            Ok(()) => (SessionStatus::Success, None),
+            Err(failure) if timed_out.load(Ordering::SeqCst) => {
+                let limit = workflow.timeout.map(format_duration).unwrap_or_default();
+                let info = ErrorInfo {
+                    code: codes::TIMEOUT.into(),
+                    message: format!("the workflow did not finish within its timeout of {limit}"),
+                    step_id: failure.step_id,
+                };
+                (SessionStatus::Error, Some(info))
+            }
+            Err(failure) if cancel.is_cancelled() => (SessionStatus::Cancelled, Some(failure)),
+            Err(failure) => {
+                if !workflow.on_error.is_empty() {
+                    shared.log(LogLevel::Warn, None, "the workflow failed; running on_error");
+                    session.error_binding = Some(error_value(&failure));
+                    // A fresh token: the session token may be cancelled by a
+                    // timeout, and the handler deserves its chance to run.
+                    session.cancel = cancel.child_token();
+                    if let Err(handler_failure) = session.run_steps(&workflow.on_error).await {
+                        shared.log(
+                            LogLevel::Error,
+                            handler_failure.step_id.as_deref(),
+                            &format!("on_error failed too: {}", handler_failure.message),
+                        );
+                    }
+                }
+                (SessionStatus::Error, Some(failure))
+            }
+        };
+
+        let leftover = if status == SessionStatus::Cancelled {
+            StepStatus::Cancelled
+        } else {
+            StepStatus::Skipped
+        };
+        let mut steps = std::mem::take(&mut session.records);
+        for record in steps.values_mut() {
+            if record.status == StepStatus::Pending || record.status == StepStatus::Running {
+                record.status = leftover;
+            }
+        }
+        let mut error = error;
+        if let Some(e) = &mut error {
+            shared.masker.mask_in_place(&mut e.message);
+        }
+        let ended_at = Timestamp::now();
+        let report = SessionReport {
+            status,
+            started_at,
+            ended_at,
+            duration_ms: millis_between(started_at, ended_at),
+            params: params.masked(),
+            steps,
+            error,
+        };
+        sink.emit(Event::SessionFinished(Box::new(report.clone())));
+        report
+    }
+}
+
+fn error_value(e: &ErrorInfo) -> Value {
+    json!({"code": e.code, "message": e.message, "step_id": e.step_id})
+}
+
+type Failure = ErrorInfo;
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The live state of one session.
+struct Session<'e> {
+    registry: &'e Registry,
+    shared: Arc<SessionShared>,
+    params: Value,
+    env: Value,
+    vars: Map<String, Value>,
+    /// `{id: {status, output, error}}` as templates read it, unmasked.
+    step_states: Value,
+    records: IndexMap<String, StepRecord>,
+    error_binding: Option<Value>,
+    cancel: CancellationToken,
+}
+
+impl Scope for Session<'_> {
+    fn root(&self, path: &PathExpr) -> Result<Cow<'_, Value>, String> {
+        match path.root.as_str() {
+            "params" => Ok(Cow::Borrowed(&self.params)),
+            "steps" => match path.segments.first() {
+                Some(Segment::Key(id)) if self.step_states.get(id).is_none() => {
+                    Err(format!("step `{id}` has not run yet"))
+                }
+                _ => Ok(Cow::Borrowed(&self.step_states)),
+            },
+            "env" => match path.segments.first() {
+                Some(Segment::Key(name)) if self.env.get(name).is_none() => {
+                    if self.shared.options.env_allow.iter().any(|a| a == name) {
+                        Err(format!("environment variable `{name}` is not set"))
+                    } else {
+                        Err(format!("environment variable `{name}` is not in the allow-list"))
+                    }
+                }
+                _ => Ok(Cow::Borrowed(&self.env)),
+            },
+            "error" => self
+                .error_binding
+                .as_ref()
+                .map(Cow::Borrowed)
+                .ok_or_else(|| "`error` is only bound inside `on_error` and `catch`".to_string()),
+            name => self
+                .vars
+                .get(name)
+                .map(Cow::Borrowed)
+                .ok_or_else(|| format!("variable `{name}` is not defined")),
+        }
+    }
+}
+
+impl<'e> Session<'e> {
+    fn run_steps<'a>(&'a mut self, steps: &'a [Step]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            for step in steps {
+                self.run_step(step).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn run_step(&mut self, step: &Step) -> Result<(), Failure> {
+        if self.cancel.is_cancelled() {
+            return Err(failure(codes::CANCELLED, "the session was cancelled", &step.id));
+        }
+        let started_at = Timestamp::now();
+        let clock = Instant::now();
+        if let Some(record) = self.records.get_mut(&step.id) {
+            record.status = StepStatus::Running;
+            record.started_at = Some(started_at);
+        }
+        self.shared.sink.emit(Event::StepStarted {
+            step_id: step.id.clone(),
+            action: step.action.clone(),
+            attempt: 1,
+            started_at,
+        });
+
+        if let Some(condition) = &step.condition {
+            match self.render_text(condition) {
+                Ok(value) if !truthy(&value) => {
+                    self.finish(step, started_at, clock, StepStatus::Skipped, Value::Null, None);
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(message) => {
+                    let f = failure(codes::TEMPLATE, format!("if: {message}"), &step.id);
+                    return self.fail(step, started_at, clock, f);
+                }
+            }
+        }
+
+        let result = match step.action.as_str() {
+            CONTROL_SET => self.set(step),
+            CONTROL_FOR_EACH => self.for_each(step).await,
+            CONTROL_TRY => self.try_catch(step).await,
+            _ => self.invoke(step).await,
+        };
+        match result {
+            Ok(output) => {
+                if let Some(name) = &step.save_as {
+                    self.vars.insert(name.clone(), output.clone());
+                }
+                self.finish(step, started_at, clock, StepStatus::Success, output, None);
+                Ok(())
+            }
+            Err(f) => self.fail(step, started_at, clock, f),
+        }
+    }
+
+    fn fail(&mut self, step: &Step, started_at: Timestamp, clock: Instant, f: Failure) -> Result<(), Failure> {
+        let cancelled = f.code == codes::CANCELLED && self.cancel.is_cancelled();
+        let status = if cancelled { StepStatus::Cancelled } else { StepStatus::Error };
+        self.finish(step, started_at, clock, status, Value::Null, Some(f.clone()));
+        if !cancelled && step.continue_on_error {
+            self.shared.log(
+                LogLevel::Warn,
+                Some(&step.id),
+                &format!("step failed and continue_on_error is set, so the workflow goes on: {}", f.message),
+            );
+            return Ok(());
+        }
+        Err(f)
+    }
+
+    fn finish(
+        &mut self,
+        step: &Step,
+        started_at: Timestamp,
+        clock: Instant,
+        status: StepStatus,
+        output: Value,
+        error: Option<ErrorInfo>,
+    ) {
+        let mut state = Map::with_capacity(3);
+        state.insert("status".into(), Value::String(status.as_str().into()));
+        state.insert("output".into(), output.clone());
+        state.insert("error".into(), error.as_ref().map(error_value).unwrap_or(Value::Null));
+        if let Value::Object(states) = &mut self.step_states {
+            states.insert(step.id.clone(), Value::Object(state));
+        }
+
+        let mut output = output;
+        let mut error = error;
+        let masker = &self.shared.masker;
+        masker.mask_value(&mut output);
+        if let Some(e) = &mut error {
+            masker.mask_in_place(&mut e.message);
+        }
+        let record = StepRecord {
+            status,
+            started_at: Some(started_at),
+            ended_at: Some(Timestamp::now()),
+            duration_ms: Some(clock.elapsed().as_millis() as u64),
+            output,
+            error,
+        };
+        self.records.insert(step.id.clone(), record.clone());
+        self.shared.sink.emit(Event::StepFinished {
+            step_id: step.id.clone(),
+            record,
+        });
+    }
+
+    fn set(&mut self, step: &Step) -> Result<Value, Failure> {
+        let rendered = self.render_map(&step.with).map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
+        for (k, v) in &rendered {
+            self.vars.insert(k.clone(), v.clone());
+        }
+        Ok(Value::Object(rendered))
+    }
+
+    async fn for_each(&mut self, step: &Step) -> Result<Value, Failure> {
+        let items = match step.with.get("items") {
+            Some(v) => self.render(v).map_err(|m| failure(codes::TEMPLATE, format!("with.items: {m}"), &step.id))?,
+            None => Value::Null,
+        };
+        let Value::Array(items) = items else {
+            return Err(failure(
+                codes::INVALID_ARGS,
+                format!("with.items: expected a list, found {}", crate::language::template::describe(&items)),
+                &step.id,
+            ));
+        };
+        let name_of = |key: &str, default: &str| {
+            step.with.get(key).and_then(Value::as_str).unwrap_or(default).to_string()
+        };
+        let item_name = name_of("as", "item");
+        let index_name = name_of("index_as", "index");
+        let saved_item = self.vars.remove(&item_name);
+        let saved_index = self.vars.remove(&index_name);
+
+        let mut outputs = Vec::with_capacity(items.len());
+        let mut result = Ok(());
+        for (i, item) in items.into_iter().enumerate() {
+            self.vars.insert(item_name.clone(), item);
+            self.vars.insert(index_name.clone(), Value::from(i));
+            if let Err(f) = self.run_steps(&step.steps).await {
+                result = Err(f);
+                break;
+            }
+            let iteration: Map<String, Value> = step
+                .steps
+                .iter()
+                .map(|s| {
+                    let out = self.step_states.get(&s.id).and_then(|st| st.get("output")).cloned().unwrap_or(Value::Null);
+                    (s.id.clone(), out)
+                })
+                .collect();
+            outputs.push(Value::Object(iteration));
+        }
+        self.vars.remove(&item_name);
+        self.vars.remove(&index_name);
+        if let Some(v) = saved_item {
+            self.vars.insert(item_name, v);
+        }
+        if let Some(v) = saved_index {
+            self.vars.insert(index_name, v);
+        }
+        result.map(|()| Value::Array(outputs))
+    }
+
+    async fn try_catch(&mut self, step: &Step) -> Result<Value, Failure> {
+        match self.run_steps(&step.steps).await {
+            Ok(()) => Ok(json!({"caught": false, "error": null})),
+            Err(f) if f.code == codes::CANCELLED && self.cancel.is_cancelled() => Err(f),
+            Err(f) => {
+                self.shared.log(
+                    LogLevel::Info,
+                    Some(&step.id),
+                    &format!("caught the failure of step `{}`: {}", f.step_id.as_deref().unwrap_or("?"), f.message),
+                );
+                let caught = error_value(&f);
+                let previous = self.error_binding.replace(caught.clone());
+                let handled = self.run_steps(&step.catch).await;
+                self.error_binding = previous;
+                handled.map(|()| json!({"caught": true, "error": caught}))
+            }
+        }
+    }
+
+    /// Runs a registry action, with retries and a per-attempt timeout.
+    async fn invoke(&mut self, step: &Step) -> Result<Value, Failure> {
+        let Some(action) = self.registry.get(&step.action).cloned() else {
+            return Err(failure(codes::UNKNOWN_ACTION, format!("unknown action `{}`", step.action), &step.id));
+        };
+        let args = self
+            .render_map(&step.with)
+            .map(Value::Object)
+            .map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
+        let policy = step.retry.unwrap_or_default();
+        let mut delays = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(policy.delay)
+            .with_max_delay(policy.max_delay)
+            .with_factor(policy.factor)
+            .with_max_times(policy.times as usize)
+            .build();
+        let mut attempt = 1;
+        loop {
+            let result = self.attempt(step, action.as_ref(), args.clone()).await;
+            let error = match result {
+                Ok(output) => return Ok(output),
+                Err(e) if e.code == codes::CANCELLED => return Err(failure(e.code, e.message, &step.id)),
+                Err(e) => e,
+            };
+            let Some(delay) = delays.next() else {
+                return Err(failure(error.code, error.message, &step.id));
+            };
+            self.shared.log(
+                LogLevel::Warn,
+                Some(&step.id),
+                &format!(
+                    "attempt {attempt} of {} failed: {}; retrying in {} ms",
+                    policy.times + 1,
+                    error.message,
+                    delay.as_millis()
+                ),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.cancel.cancelled() => {
+                    return Err(failure(codes::CANCELLED, "the session was cancelled while waiting to retry", &step.id));
+                }
+            }
+            attempt += 1;
+            self.shared.sink.emit(Event::StepStarted {
+                step_id: step.id.clone(),
+                action: step.action.clone(),
+                attempt,
+                started_at: Timestamp::now(),
+            });
+        }
+    }
+
+    async fn attempt(&self, step: &Step, action: &dyn super::registry::Action, args: Value) -> Result<Value, ActionError> {
+        let token = self.cancel.child_token();
+        let ctx = ActionContext {
+            step_id: step.id.clone(),
+            cancel: token.clone(),
+            shared: self.shared.clone(),
+        };
+        let run = action.run(&ctx, args);
+        tokio::pin!(run);
+        let deadline = async {
+            match step.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let timed_out = tokio::select! {
+            result = &mut run => return result,
+            _ = deadline => true,
+            _ = token.cancelled() => false,
+        };
+        // Either way the action has been told to stop (the timeout cancels
+        // the attempt's token, which is a child of the session's). Give it
+        // time to end its processes, but never wait forever on a bad one.
+        token.cancel();
+        let bound = self.shared.options.cancel_grace + CANCEL_SLACK;
+        let _ = tokio::time::timeout(bound, &mut run).await;
+        if timed_out {
+            let limit = step.timeout.map(format_duration).unwrap_or_default();
+            Err(ActionError::new(codes::TIMEOUT, format!("the step did not finish within its timeout of {limit}")))
+        } else {
+            Err(ActionError::new(codes::CANCELLED, "the session was cancelled"))
+        }
+    }
+
+    fn render_text(&self, text: &str) -> Result<Value, String> {
+        let template = Template::parse(text).map_err(|e| e.to_string())?;
+        template.render(self).map_err(|e| e.to_string())
+    }
+
+    fn render(&self, value: &Value) -> Result<Value, String> {
+        match value {
+            Value::String(s) if s.contains("${") => self.render_text(s),
+            Value::Array(items) => items.iter().map(|v| self.render(v)).collect::<Result<_, _>>().map(Value::Array),
+            Value::Object(map) => self.render_map(map).map(Value::Object),
+            other => Ok(other.clone()),
+        }
+    }
+
+    fn render_map(&self, map: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+        let mut out = Map::with_capacity(map.len());
+        for (k, v) in map {
+            let rendered = self.render(v).map_err(|e| format!("with.{k}: {e}"))?;
+            out.insert(k.clone(), rendered);
+        }
+        Ok(out)
+    }
+}
+
+fn failure(code: impl Into<String>, message: impl Into<String>, step_id: &str) -> Failure {
+    ErrorInfo {
+        code: code.into(),
+        message: message.into(),
+        step_id: Some(step_id.to_string()),
+    }
+}

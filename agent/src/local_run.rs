@@ -1,0 +1,188 @@
+//! `tasuki run` and `tasuki validate`: a workflow file run on this machine,
+//! with no control plane.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tasuki_actions::language::duration::parse_duration;
+use tasuki_actions::language::params::{BoundParams, bind_params};
+use tasuki_actions::runtime::plan::plan;
+use tasuki_actions::{ExecOptions, Executor, LoadOptions, Problems, Registry, SessionStatus, Workflow, load_workflow};
+use tokio_util::sync::CancellationToken;
+
+use crate::display::{Display, Target};
+use crate::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, RunArgs};
+
+pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
+    let registry = Registry::builtin();
+    match load_workflow(file, &registry, &LoadOptions { env_allow: Some(allow_env) }) {
+        Ok(workflow) => {
+            println!("{}: ok ({} steps)", file.display(), workflow.all_steps().len());
+            EXIT_OK
+        }
+        Err(problems) => report_problems(&problems),
+    }
+}
+
+fn report_problems(problems: &Problems) -> u8 {
+    eprintln!("{problems}");
+    eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
+    EXIT_INVALID
+}
+
+fn invalid(lines: &[String]) -> u8 {
+    for l in lines {
+        eprintln!("{l}");
+    }
+    EXIT_INVALID
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    let registry = Registry::builtin();
+    let load = LoadOptions { env_allow: Some(args.allow_env.clone()) };
+    let workflow = match load_workflow(&args.file, &registry, &load) {
+        Ok(w) => w,
+        Err(problems) => return report_problems(&problems),
+    };
+    let inputs = match crate::inputs::gather(&args) {
+        Ok(i) => i,
+        Err(errors) => return invalid(&errors),
+    };
+    if !inputs.flags.is_empty() {
+        let secret_flags: Vec<&str> = inputs
+            .flags
+            .iter()
+            .filter(|(k, _)| workflow.param(k).is_some_and(|p| p.secret))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !secret_flags.is_empty() {
+            eprintln!(
+                "warning: secret param{} {} given with --param, where other users can see {}; prefer --secrets-file",
+                if secret_flags.len() == 1 { "" } else { "s" },
+                secret_flags.join(", "),
+                if secret_flags.len() == 1 { "it" } else { "them" }
+            );
+        }
+    }
+    let params = match bind_params(&workflow, &inputs) {
+        Ok(p) => p,
+        Err(problems) => return report_problems(&problems),
+    };
+    let cancel_grace = match parse_duration(&args.cancel_grace) {
+        Ok(d) => d,
+        Err(e) => return invalid(&[format!("--cancel-grace: {e}")]),
+    };
+
+    if args.dry_run {
+        return print_plan(&workflow, &params, &args);
+    }
+
+    let work_dir = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let options = ExecOptions {
+        work_dir,
+        artifacts_dir: args.artifacts.clone(),
+        env_allow: args.allow_env.clone(),
+        cancel_grace,
+        ..ExecOptions::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    runtime.block_on(execute(workflow, params, options, args.output, registry))
+}
+
+async fn execute(workflow: Workflow, params: BoundParams, options: ExecOptions, output: OutputFormat, registry: Registry) -> u8 {
+    let target = match output {
+        OutputFormat::Text => Target::Stdout,
+        OutputFormat::Json => Target::Stderr,
+    };
+    let display = Arc::new(Display::new(target, workflow.all_steps().len()));
+    let cancel = CancellationToken::new();
+    tokio::spawn(watch_signals(cancel.clone()));
+
+    let executor = Executor::new(registry, options);
+    let report = executor.run(&workflow, &params, display.clone(), cancel).await;
+    display.finish();
+
+    if output == OutputFormat::Json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("cannot print the report: {e}"),
+        }
+    }
+    match report.status {
+        SessionStatus::Success => EXIT_OK,
+        SessionStatus::Cancelled => EXIT_CANCELLED,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// The first Ctrl-C (or SIGTERM) cancels gracefully: the running step is
+/// interrupted and its processes are ended. A second one exits at once.
+async fn watch_signals(cancel: CancellationToken) {
+    let mut received = 0;
+    loop {
+        if wait_for_signal().await.is_err() {
+            return;
+        }
+        received += 1;
+        if received == 1 {
+            eprintln!("cancelling: stopping the running step (press Ctrl-C again to force)");
+            cancel.cancel();
+        } else {
+            eprintln!("forced exit");
+            std::process::exit(i32::from(EXIT_CANCELLED));
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn print_plan(workflow: &Workflow, params: &BoundParams, args: &RunArgs) -> u8 {
+    let steps = plan(workflow, params, &args.allow_env);
+    match args.output {
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "workflow": workflow.name,
+                "params": params.masked(),
+                "steps": steps,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            println!("dry run of \"{}\": {} steps, nothing will be executed", workflow.name, steps.len());
+            println!("params: {}", params.masked());
+            for step in &steps {
+                let indent = "  ".repeat(step.depth);
+                println!("{indent}{} {} ({})", step.path, step.id, step.action);
+                if let Some(c) = &step.condition {
+                    println!("{indent}    if: {c}");
+                }
+                if step.with.as_object().is_some_and(|m| !m.is_empty()) {
+                    println!("{indent}    with: {}", step.with);
+                }
+            }
+        }
+    }
+    EXIT_OK
+}

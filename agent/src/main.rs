@@ -1,0 +1,100 @@
+//! `tasuki`: the robot agent's command line.
+//!
+//! Exit codes: 0 success, 1 the workflow failed, 2 invalid input,
+//! 130 cancelled.
+
+mod display;
+mod inputs;
+mod local_run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tasuki", version, about = "A self-hosted RPA robot agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workflow file locally, with no control plane.
+    Run(RunArgs),
+    /// Check a workflow file and report every problem in it.
+    Validate {
+        file: PathBuf,
+        /// An environment variable `${env.NAME}` may read (repeatable).
+        #[arg(long = "allow-env", value_name = "NAME")]
+        allow_env: Vec<String>,
+    },
+    /// Print the JSON Schema of the workflow format, for editors.
+    Schema,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The workflow file (YAML, or JSON when it ends in .json).
+    pub file: PathBuf,
+    /// Set a param (repeatable). Secrets belong in --secrets-file instead,
+    /// because the command line is visible to every user of the machine.
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// A JSON or YAML file of param values.
+    #[arg(long, value_name = "FILE")]
+    pub params_file: Option<PathBuf>,
+    /// A JSON or YAML file of secret param values; they are masked everywhere.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_file: Option<PathBuf>,
+    /// `text` shows progress; `json` prints one final report on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Where the session's artifacts go.
+    #[arg(long, value_name = "DIR", default_value = "tasuki-artifacts")]
+    pub artifacts: PathBuf,
+    /// The working directory of shell steps; the current directory by default.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Validate, bind params and print the plan, without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// An environment variable `${env.NAME}` may read (repeatable).
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
+    /// How long a cancelled process tree gets before it is killed.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub cancel_grace: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_CANCELLED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_INVALID } else { EXIT_OK });
+        }
+    };
+    let code = match cli.command {
+        Command::Run(args) => local_run::run(args),
+        Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
+        Command::Schema => {
+            let schema = tasuki_actions::language::schema::workflow_schema(&tasuki_actions::Registry::builtin());
+            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            EXIT_OK
+        }
+    };
+    ExitCode::from(code)
+}
