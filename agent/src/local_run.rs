@@ -137,7 +137,8 @@ async fn watch_signals(cancel: CancellationToken) {
             eprintln!("cancelling: stopping the running step (press Ctrl-C again to force)");
             cancel.cancel();
         } else {
-            eprintln!("forced exit");
+            eprintln!("forced exit: killing the running process trees");
+            tasuki_actions::builtin::kill_all_trees();
             std::process::exit(i32::from(EXIT_CANCELLED));
         }
     }

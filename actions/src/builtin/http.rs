@@ -38,6 +38,8 @@ pub struct HttpArgs {
     /// The statuses that count as success: one or a list. Without it, any
     /// status below 400 does.
     expect_status: Option<ExpectStatus>,
+    /// A lower response size cap for this call; the robot's cap still applies.
+    max_response_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, JsonSchema, Clone, Copy)]
@@ -121,7 +123,8 @@ impl TypedAction for HttpRequest {
         }
 
         let started = Instant::now();
-        let limit = ctx.options().max_response_bytes;
+        let robot_limit = ctx.options().max_response_bytes;
+        let limit = args.max_response_bytes.map_or(robot_limit, |n| robot_limit.min(n as usize));
         let call = async {
             let response = request.send().await.map_err(|e| describe_error(&method, &url, e))?;
             let status = response.status();

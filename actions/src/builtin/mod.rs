@@ -7,6 +7,7 @@ mod process;
 mod shell;
 
 pub use args::DurationArg;
+pub use process::kill_all_trees;
 
 use crate::runtime::registry::Registry;
 

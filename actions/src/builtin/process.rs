@@ -11,6 +11,25 @@ use process_wrap::tokio::{ChildWrapper, CommandWrap};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
+/// Process groups that are alive right now, so that a forced exit can still
+/// end them (a forced exit skips destructors).
+#[cfg(unix)]
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(unix)]
+fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every process tree the actions have started and not yet ended.
+/// For a forced exit, where there is no time to be polite.
+pub fn kill_all_trees() {
+    #[cfg(unix)]
+    for pgid in live_groups().iter() {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pgid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// A spawned process tree. Dropping it kills the tree, so a panic or a
 /// dropped future cannot leave processes behind.
 pub struct Tree {
@@ -30,6 +49,8 @@ impl Tree {
         let child = wrapped.spawn()?;
         #[cfg(unix)]
         let pgid = nix::unistd::Pid::from_raw(child.id().map(|id| id as i32).unwrap_or(0));
+        #[cfg(unix)]
+        live_groups().push(pgid.as_raw());
         Ok(Tree {
             child,
             #[cfg(unix)]
@@ -125,6 +146,8 @@ impl Drop for Tree {
             #[cfg(windows)]
             let _ = self.child.start_kill();
         }
+        #[cfg(unix)]
+        live_groups().retain(|g| *g != self.pgid.as_raw());
     }
 }
 

@@ -293,9 +293,10 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
             problems.add(&here, format!("param name `{name}` must start with a letter or `_` and contain only letters, digits, `_` and `-`"));
             continue;
         }
-        // A mapping declares the param; anything else is its default.
+        // A mapping that uses any of the spec keys declares the param;
+        // any other value, mappings included, is its default.
         let spec = match value {
-            Value::Object(spec) => {
+            Value::Object(spec) if spec.is_empty() || spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str())) => {
                 let fields = Fields::new(spec, &here, PARAM_FIELDS, problems);
                 ParamSpec {
                     name: name.clone(),

@@ -108,7 +108,9 @@ fn yaml_options() -> serde_saphyr::Options {
 fn parse_yaml(text: &str) -> Result<Located, Problem> {
     let root: Spanned<Node> =
         serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-            let message = first_line(&e.to_string());
+            // The user-facing formatter: no location (added below) and no
+            // hints about the library's own options.
+            let message = first_line(&serde_saphyr::MessageFormatter::format_message(&serde_saphyr::UserMessageFormatter, &e));
             let problem = Problem::new("", format!("invalid YAML: {message}"));
             match e.location() {
                 Some(loc) if loc.line() > 0 => problem.at(loc.line(), loc.column()),
@@ -121,9 +123,11 @@ fn parse_yaml(text: &str) -> Result<Located, Problem> {
 }
 
 fn parse_json(text: &str) -> Result<Located, Problem> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        Problem::new("", format!("invalid JSON: {e}")).at(e.line() as u64, e.column() as u64)
-    })?;
+    let value = serde_json::from_str::<StrictJson>(text)
+        .map_err(|e| {
+            Problem::new("", format!("invalid JSON: {e}")).at(e.line() as u64, e.column() as u64)
+        })?
+        .0;
     if depth(&value) > MAX_DEPTH {
         return Err(Problem::new(
             "",
@@ -134,6 +138,65 @@ fn parse_json(text: &str) -> Result<Located, Problem> {
     // disagrees with the JSON (it should not), locations are simply absent.
     let positions = parse_yaml(text).map(|l| l.positions).unwrap_or_default();
     Ok(Located { value, positions })
+}
+
+/// A JSON value read with duplicate keys refused, as the YAML reader
+/// refuses them: `serde_json::Value` would silently keep the last one.
+struct StrictJson(Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictJsonVisitor).map(StrictJson)
+    }
+}
+
+struct StrictJsonVisitor;
+
+impl<'de> Visitor<'de> for StrictJsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let StrictJson(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn depth(value: &Value) -> usize {

@@ -186,6 +186,33 @@ impl Template {
     }
 }
 
+impl Template {
+    /// Renders what `scope` can resolve and leaves every other expression
+    /// as written. For showing a plan, not for running it.
+    pub fn render_partial(&self, scope: &dyn Scope) -> Value {
+        if let [Part::Expr { expr, .. }] = self.parts.as_slice() {
+            if let Ok(v) = eval(expr, scope) {
+                return v.into_owned();
+            }
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr { expr, source } => match eval(expr, scope) {
+                    Ok(v) => push_display(&mut out, &v),
+                    Err(_) => {
+                        out.push_str("${");
+                        out.push_str(source);
+                        out.push('}');
+                    }
+                },
+            }
+        }
+        Value::String(out)
+    }
+}
+
 fn utf8_len(first: u8) -> usize {
     match first {
         b if b < 0x80 => 1,

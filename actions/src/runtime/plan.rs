@@ -81,9 +81,8 @@ fn walk(steps: &[Step], depth: usize, scope: &StaticScope, masker: &Masker, out:
 fn resolve(value: &Value, scope: &StaticScope) -> Value {
     match value {
         Value::String(s) if s.contains("${") => Template::parse(s)
-            .ok()
-            .and_then(|t| t.render(scope).ok())
-            .unwrap_or_else(|| value.clone()),
+            .map(|t| t.render_partial(scope))
+            .unwrap_or_else(|_| value.clone()),
         Value::Array(items) => Value::Array(items.iter().map(|v| resolve(v, scope)).collect()),
         Value::Object(map) => {
             let m: Map<String, Value> = map.iter().map(|(k, v)| (k.clone(), resolve(v, scope))).collect();

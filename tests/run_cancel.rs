@@ -1,0 +1,198 @@
+//! Cancellation and process-tree cleanup: a cancelled or timed-out step
+//! ends its whole process tree, and nothing is orphaned.
+
+mod support;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Scratch, alive, eventually, start_server};
+
+fn spawn_run(scratch: &Scratch, workflow: &str, extra: &[&str]) -> Child {
+    let file = scratch.write("flow.yaml", workflow);
+    support::tasuki()
+        .current_dir(scratch.path())
+        .args(["run", file.to_str().unwrap(), "--output", "json"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tasuki")
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Waits for a file the workflow writes, holding a pid.
+fn read_pid(scratch: &Scratch, name: &str) -> u32 {
+    let path = scratch.path().join(name);
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&path).is_ok_and(|s| s.trim().parse::<u32>().is_ok())),
+        "the workflow never wrote {name}"
+    );
+    std::fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+}
+
+fn wait_with_limit(child: Child, limit: Duration) -> support::RunResult {
+    let pid = child.id();
+    let start = Instant::now();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    while !waiter.is_finished() {
+        if start.elapsed() > limit {
+            signal(pid, "KILL");
+            panic!("tasuki did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    support::result(waiter.join().unwrap().unwrap())
+}
+
+const TREE_WORKFLOW: &str = r#"
+version: 1
+name: tree
+steps:
+  - id: tree
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        sleep 300 &
+        echo $! > grandchild.pid
+        echo $$ > child.pid
+        wait
+"#;
+
+#[test]
+fn ctrl_c_cancels_the_session_and_ends_the_grandchild() {
+    let scratch = Scratch::new();
+    let child = spawn_run(&scratch, TREE_WORKFLOW, &[]);
+    let grandchild = read_pid(&scratch, "grandchild.pid");
+    let shell = read_pid(&scratch, "child.pid");
+    assert!(alive(grandchild));
+
+    let cancelled_at = Instant::now();
+    signal(child.id(), "INT");
+    let r = wait_with_limit(child, Duration::from_secs(10));
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5), "cancel took {:?}", cancelled_at.elapsed());
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert_eq!(r.report["status"], "cancelled");
+    assert_eq!(r.report["steps"]["tree"]["status"], "cancelled");
+    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "grandchild {grandchild} survived");
+    assert!(!alive(shell), "child {shell} survived");
+}
+
+#[test]
+fn processes_that_ignore_interrupt_and_terminate_are_killed_after_the_grace() {
+    let scratch = Scratch::new();
+    let workflow = r#"
+version: 1
+name: stubborn
+steps:
+  - id: stubborn
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        trap '' INT TERM
+        sleep 300 &
+        echo $! > grandchild.pid
+        wait
+"#;
+    let child = spawn_run(&scratch, workflow, &["--cancel-grace", "1s"]);
+    let grandchild = read_pid(&scratch, "grandchild.pid");
+    signal(child.id(), "TERM");
+    let r = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert!(r.stderr.contains("SIGKILL"), "expected the tree to need SIGKILL: {}", r.stderr);
+    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "grandchild {grandchild} survived");
+}
+
+#[test]
+fn step_timeout_ends_the_whole_tree() {
+    let scratch = Scratch::new();
+    let workflow = TREE_WORKFLOW.replace("    action: shell.run\n", "    action: shell.run\n    timeout: 500ms\n");
+    let child = spawn_run(&scratch, &workflow, &[]);
+    let grandchild = read_pid(&scratch, "grandchild.pid");
+    let r = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.report["steps"]["tree"]["error"]["code"], "timeout");
+    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "grandchild {grandchild} survived the timeout");
+}
+
+#[test]
+fn background_processes_left_by_a_finished_step_are_ended() {
+    let scratch = Scratch::new();
+    let workflow = r#"
+version: 1
+name: leftovers
+steps:
+  - id: leaves
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        sleep 300 > /dev/null 2>&1 &
+        echo $! > grandchild.pid
+        echo done
+"#;
+    let child = spawn_run(&scratch, workflow, &[]);
+    let r = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let grandchild = read_pid(&scratch, "grandchild.pid");
+    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "leftover {grandchild} survived");
+    assert!(r.stderr.contains("ended processes the step left running"), "{}", r.stderr);
+}
+
+#[test]
+fn cancel_interrupts_sleep_and_http_waits_promptly() {
+    let server = start_server();
+    for (name, step) in [
+        ("sleep", "action: sleep\n    with: {duration: 5m}".to_string()),
+        ("http", format!("action: http.request\n    with: {{url: \"{}\", timeout: 5m}}", server.url("/slow"))),
+    ] {
+        let scratch = Scratch::new();
+        let workflow = format!("version: 1\nname: {name}\nsteps:\n  - id: mark\n    action: shell.run\n    with: {{argv: [touch, started]}}\n  - id: wait\n    {step}\n");
+        let child = spawn_run(&scratch, &workflow, &[]);
+        assert!(eventually(Duration::from_secs(10), || scratch.path().join("started").exists()));
+        std::thread::sleep(Duration::from_millis(200));
+        let cancelled_at = Instant::now();
+        signal(child.id(), "INT");
+        let r = wait_with_limit(child, Duration::from_secs(10));
+        let took = cancelled_at.elapsed();
+        assert_eq!(r.code, 130, "{name}: {}", r.stderr);
+        assert_eq!(r.report["steps"]["wait"]["status"], "cancelled", "{name}");
+        // Generous bound: the behaviour is "promptly", measured in ms locally.
+        assert!(took < Duration::from_secs(3), "{name}: cancel took {took:?}");
+    }
+}
+
+#[test]
+fn a_second_interrupt_forces_exit() {
+    let scratch = Scratch::new();
+    let workflow = r#"
+version: 1
+name: stubborn
+steps:
+  - id: stubborn
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        trap '' INT TERM
+        echo $$ > child.pid
+        while true; do sleep 1; done
+"#;
+    let child = spawn_run(&scratch, workflow, &["--cancel-grace", "60s"]);
+    let shell = read_pid(&scratch, "child.pid");
+    signal(child.id(), "INT");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), "INT");
+    let r = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(r.code, 130);
+    assert!(r.stderr.contains("forced exit"), "{}", r.stderr);
+    // Even a forced exit leaves nothing behind.
+    assert!(eventually(Duration::from_secs(2), || !alive(shell)), "{shell} survived the forced exit");
+}
