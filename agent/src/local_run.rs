@@ -98,7 +98,7 @@ pub fn run(args: RunArgs) -> u8 {
     runtime.block_on(execute(workflow, params, options, args.output, registry))
 }
 
-async fn execute(workflow: Workflow, params: BoundParams, options: ExecOptions, output: OutputFormat, registry: Registry) -> u8 {
+pub async fn execute(workflow: Workflow, params: BoundParams, options: ExecOptions, output: OutputFormat, registry: Registry) -> u8 {
     let target = match output {
         OutputFormat::Text => Target::Stdout,
         OutputFormat::Json => Target::Stderr,

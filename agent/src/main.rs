@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the workflow failed, 2 invalid input,
 //! 130 cancelled.
 
+mod demo;
 mod display;
 mod inputs;
 mod local_run;
@@ -32,6 +33,11 @@ enum Command {
     },
     /// Print the JSON Schema of the workflow format, for editors.
     Schema,
+    /// Run the built-in quickstart against the built-in demo shop.
+    Demo {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(clap::Args)]
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => local_run::run(args),
         Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
+        Command::Demo { output } => demo::run(output),
         Command::Schema => {
             let schema = tasuki_actions::language::schema::workflow_schema(&tasuki_actions::Registry::builtin());
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());

@@ -32,3 +32,32 @@ impl JsonSchema for DurationArg {
         })
     }
 }
+
+/// Text that may also be written as a number or a boolean, for places where
+/// only text makes sense (argv items, header and env values), so that
+/// `${steps.count.output}` works there whatever its JSON type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Text(s)),
+            serde_json::Value::Number(n) => Ok(Text(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Text(b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "expected text, a number or a boolean, found {}",
+                crate::language::template::describe(&other)
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for Text {
+    fn schema_name() -> Cow<'static, str> {
+        "Text".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}

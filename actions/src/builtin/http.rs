@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::args::DurationArg;
+use super::args::{DurationArg, Text};
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction, codes};
@@ -26,9 +26,9 @@ pub struct HttpArgs {
     method: Option<HttpMethod>,
     /// An http:// or https:// URL.
     url: String,
-    headers: Option<BTreeMap<String, String>>,
+    headers: Option<BTreeMap<String, Text>>,
     /// Query parameters appended to the URL.
-    query: Option<BTreeMap<String, Scalar>>,
+    query: Option<BTreeMap<String, Text>>,
     /// A JSON body; sets `Content-Type: application/json`.
     json: Option<Value>,
     /// A text body, sent as it is.
@@ -52,14 +52,6 @@ enum HttpMethod {
     Delete,
     Head,
     Options,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(untagged)]
-enum Scalar {
-    Text(String),
-    Number(serde_json::Number),
-    Bool(bool),
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -92,12 +84,7 @@ impl TypedAction for HttpRequest {
         if let Some(query) = &args.query {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
-                let text = match v {
-                    Scalar::Text(s) => s.clone(),
-                    Scalar::Number(n) => n.to_string(),
-                    Scalar::Bool(b) => b.to_string(),
-                };
-                pairs.append_pair(k, &text);
+                pairs.append_pair(k, &v.0);
             }
         }
         let method = match args.method.unwrap_or(HttpMethod::Get) {
@@ -114,7 +101,7 @@ impl TypedAction for HttpRequest {
             .request(method.clone(), url.clone())
             .timeout(args.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT));
         for (k, v) in args.headers.iter().flatten() {
-            request = request.header(k, v);
+            request = request.header(k, &v.0);
         }
         if let Some(body) = &args.json {
             request = request.json(body);

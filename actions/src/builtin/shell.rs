@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::process::Command;
 
-use super::args::DurationArg;
+use super::args::{DurationArg, Text};
 use super::process::{Tail, Tree, for_each_line};
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
@@ -30,7 +30,7 @@ pub struct ShellRun;
 #[serde(deny_unknown_fields)]
 pub struct ShellArgs {
     /// The program and its arguments. Nothing is interpreted by a shell.
-    argv: Option<Vec<String>>,
+    argv: Option<Vec<Text>>,
     /// A script, run by `shell`. It is written to a private temporary file,
     /// so its text never appears in a process list.
     script: Option<String>,
@@ -39,7 +39,7 @@ pub struct ShellArgs {
     /// The working directory; the session's work directory by default.
     cwd: Option<String>,
     /// Extra environment variables for the process.
-    env: Option<BTreeMap<String, String>>,
+    env: Option<BTreeMap<String, Text>>,
     /// Ends the process tree when it runs longer than this.
     timeout: Option<DurationArg>,
     /// Exit codes that count as success; `[0]` by default.
@@ -105,7 +105,7 @@ impl TypedAction for ShellRun {
         let mut _script_file = None;
         let (program, arguments) = match (args.argv, args.script, args.shell) {
             (Some(argv), None, None) => {
-                let mut it = argv.into_iter();
+                let mut it = argv.into_iter().map(|t| t.0);
                 let program = it.next().ok_or_else(|| invalid("`argv` is empty"))?;
                 (program, it.collect::<Vec<_>>())
             }
@@ -131,7 +131,7 @@ impl TypedAction for ShellRun {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(env) = &args.env {
-            command.envs(env);
+            command.envs(env.iter().map(|(k, v)| (k, &v.0)));
         }
         let mut tree = Tree::spawn(command).map_err(|e| spawn_error(&program, &cwd, e))?;
 
