@@ -14,12 +14,18 @@ fn every_shipped_example_succeeds() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "json"))
         .collect();
     examples.sort();
-    assert!(examples.len() >= 2, "expected the shipped examples, found {examples:?}");
+    assert!(
+        examples.len() >= 2,
+        "expected the shipped examples, found {examples:?}"
+    );
     let mut failures = Vec::new();
     for example in &examples {
         let text = std::fs::read_to_string(example).unwrap();
         let scratch = support::Scratch::new();
-        let mut args = vec!["--work-dir".to_string(), scratch.path().display().to_string()];
+        let mut args = vec![
+            "--work-dir".to_string(),
+            scratch.path().display().to_string(),
+        ];
         // Examples that talk to the demo shop take its address as base_url.
         if text.contains("base_url:") {
             args.push("--param".into());
@@ -28,7 +34,12 @@ fn every_shipped_example_succeeds() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = support::run_json(&repo_root(), example, &args);
         if r.code != 0 || r.report["status"] != "success" {
-            failures.push(format!("{}: exit {}\n{}", example.display(), r.code, r.stderr));
+            failures.push(format!(
+                "{}: exit {}\n{}",
+                example.display(),
+                r.code,
+                r.stderr
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -36,12 +47,18 @@ fn every_shipped_example_succeeds() {
 
 #[test]
 fn demo_runs_the_built_in_quickstart_against_the_built_in_shop() {
-    let out = support::tasuki().args(["demo", "--output", "json"]).output().unwrap();
+    let out = support::tasuki()
+        .args(["demo", "--output", "json"])
+        .output()
+        .unwrap();
     let r = support::result(out);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.report["status"], "success");
     assert_eq!(r.report["steps"]["fetch_orders"]["output"]["status"], 200);
-    assert_eq!(r.report["steps"]["summary"]["output"]["stdout"], "Tasuki demo shop has 3 orders");
+    assert_eq!(
+        r.report["steps"]["summary"]["output"]["stdout"],
+        "Tasuki demo shop has 3 orders"
+    );
     // The demo's secret param is masked like any other.
     assert_eq!(r.report["params"]["api_token"], "***");
     assert!(!r.stderr.contains("demo-token-4f2a9c"));

@@ -48,7 +48,10 @@ steps:
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.report["steps"]["echo"]["output"]["stdout"], "$(echo injected); echo also");
+    assert_eq!(
+        r.report["steps"]["echo"]["output"]["stdout"],
+        "$(echo injected); echo also"
+    );
 }
 
 #[test]
@@ -99,7 +102,10 @@ steps:
     let err = &r.report["steps"]["fails"]["error"];
     assert_eq!(err["code"], "exit_code");
     let message = err["message"].as_str().unwrap();
-    assert!(message.contains("exited with code 4") && message.contains("broken"), "{message}");
+    assert!(
+        message.contains("exited with code 4") && message.contains("broken"),
+        "{message}"
+    );
     assert_eq!(r.report["error"]["step_id"], "fails");
 }
 
@@ -112,7 +118,10 @@ fn shell_missing_program_is_a_clear_error() {
     assert_eq!(r.code, 1);
     let err = &r.report["steps"]["nope"]["error"];
     assert_eq!(err["code"], "spawn_failed");
-    assert!(err["message"].as_str().unwrap().contains("no such program"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("no such program"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -129,9 +138,15 @@ steps:
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let stdout = r.report["steps"]["long"]["output"]["stdout"].as_str().unwrap();
+    let stdout = r.report["steps"]["long"]["output"]["stdout"]
+        .as_str()
+        .unwrap();
     let first = stdout.lines().next().unwrap();
-    assert!(first.len() < 20_000, "line was not cut: {} bytes", first.len());
+    assert!(
+        first.len() < 20_000,
+        "line was not cut: {} bytes",
+        first.len()
+    );
     assert!(first.ends_with("[line truncated]"));
     assert_eq!(stdout.lines().nth(1), Some("after"));
 }
@@ -164,8 +179,16 @@ steps:
     let fetch = &r.report["steps"]["fetch"]["output"];
     assert_eq!(fetch["status"], 200);
     assert_eq!(fetch["body"]["items"][0], json!({"name": "alpha", "n": 1}));
-    assert!(fetch["headers"]["content-type"].as_str().unwrap().contains("json"));
-    assert_eq!(r.report["steps"]["text"]["output"]["body"], "plain text body");
+    assert!(
+        fetch["headers"]["content-type"]
+            .as_str()
+            .unwrap()
+            .contains("json")
+    );
+    assert_eq!(
+        r.report["steps"]["text"]["output"]["body"],
+        "plain text body"
+    );
     assert_eq!(r.report["steps"]["first"]["output"]["message"], "beta");
 }
 
@@ -200,7 +223,12 @@ steps:
     assert_eq!(body["headers"]["x-robot"], "tasuki");
     assert_eq!(body["query"], json!({"page": "2", "q": "a b"}));
     assert_eq!(body["json"], json!({"hello": [1, 2]}));
-    assert!(body["headers"]["content-type"].as_str().unwrap().contains("application/json"));
+    assert!(
+        body["headers"]["content-type"]
+            .as_str()
+            .unwrap()
+            .contains("application/json")
+    );
     let put = &r.report["steps"]["put"]["output"]["body"];
     assert_eq!(put["method"], "PUT");
     assert_eq!(put["body"], "raw text");
@@ -257,7 +285,13 @@ steps:
     );
     assert_eq!(r.code, 1);
     // 3 MiB is under the 10 MiB default cap and comes through whole...
-    assert_eq!(r.report["steps"]["whole"]["output"]["body"].as_str().unwrap().len(), 3 * 1024 * 1024);
+    assert_eq!(
+        r.report["steps"]["whole"]["output"]["body"]
+            .as_str()
+            .unwrap()
+            .len(),
+        3 * 1024 * 1024
+    );
     // ...but not under a 1 MiB cap.
     let err = &r.report["steps"]["capped"]["error"];
     assert_eq!(err["code"], "response_too_large", "{err}");
@@ -266,15 +300,27 @@ steps:
 #[test]
 fn http_connection_refused_is_a_clear_error() {
     // Bind and drop a listener to get a loopback port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let r = run_text(
-        &format!("version: 1\nname: refused\nsteps:\n  - id: call\n    action: http.request\n    with: {{url: \"http://127.0.0.1:{port}/\"}}\n"),
+        &format!(
+            "version: 1\nname: refused\nsteps:\n  - id: call\n    action: http.request\n    with: {{url: \"http://127.0.0.1:{port}/\"}}\n"
+        ),
         &[],
     );
     assert_eq!(r.code, 1);
     let err = &r.report["steps"]["call"]["error"];
     assert_eq!(err["code"], "http_error");
-    assert!(err["message"].as_str().unwrap().contains("could not connect"), "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -282,12 +328,18 @@ fn http_timeout_interrupts_a_slow_server() {
     let server = start_server();
     let started = std::time::Instant::now();
     let r = run_text(
-        &format!("version: 1\nname: slow\nsteps:\n  - id: slow\n    action: http.request\n    with: {{url: \"{}\", timeout: 300ms}}\n", server.url("/slow")),
+        &format!(
+            "version: 1\nname: slow\nsteps:\n  - id: slow\n    action: http.request\n    with: {{url: \"{}\", timeout: 300ms}}\n",
+            server.url("/slow")
+        ),
         &[],
     );
     assert_eq!(r.code, 1);
     assert_eq!(r.report["steps"]["slow"]["error"]["code"], "timeout");
-    assert!(started.elapsed() < std::time::Duration::from_secs(15), "the timeout did not interrupt the request");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the timeout did not interrupt the request"
+    );
 }
 
 #[test]
@@ -317,7 +369,10 @@ steps:
     let nap = &r.report["steps"]["nap"];
     assert_eq!(nap["output"]["slept_ms"], 100);
     assert!(nap["duration_ms"].as_u64().unwrap() >= 100);
-    assert_eq!(r.report["error"], json!({"code": "custom_code", "message": "stopped on purpose", "step_id": "stop"}));
+    assert_eq!(
+        r.report["error"],
+        json!({"code": "custom_code", "message": "stopped on purpose", "step_id": "stop"})
+    );
     assert_eq!(r.report["steps"]["never"]["status"], "skipped");
     assert_eq!(r.report["status"], "error");
 }
@@ -351,19 +406,41 @@ steps:
     let r = run_json(
         scratch.path(),
         &file,
-        &["--param", "password=hunter2-long", "--secrets-file", secrets.to_str().unwrap()],
+        &[
+            "--param",
+            "password=hunter2-long",
+            "--secrets-file",
+            secrets.to_str().unwrap(),
+        ],
     );
     assert_eq!(r.code, 1);
     let everything = format!("{}{}", r.stdout, r.stderr);
-    assert!(!everything.contains("hunter2-long"), "password leaked:\n{everything}");
-    assert!(!everything.contains("tok-XYZ-123"), "token leaked:\n{everything}");
+    assert!(
+        !everything.contains("hunter2-long"),
+        "password leaked:\n{everything}"
+    );
+    assert!(
+        !everything.contains("tok-XYZ-123"),
+        "token leaked:\n{everything}"
+    );
     assert_eq!(r.report["params"]["password"], "***");
     assert_eq!(r.report["params"]["token"], "***");
     assert_eq!(r.report["params"]["user"], "alice");
-    assert_eq!(r.report["steps"]["echo"]["output"]["stdout"], "user=alice pw=*** token=***");
+    assert_eq!(
+        r.report["steps"]["echo"]["output"]["stdout"],
+        "user=alice pw=*** token=***"
+    );
     assert!(r.stderr.contains("note │ logging in with ***"));
-    assert!(r.report["error"]["message"].as_str().unwrap().ends_with("no: ***"));
-    assert!(r.stderr.contains("prefer --secrets-file"), "no warning about a secret in argv");
+    assert!(
+        r.report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("no: ***")
+    );
+    assert!(
+        r.stderr.contains("prefer --secrets-file"),
+        "no warning about a secret in argv"
+    );
 }
 
 #[test]
@@ -385,7 +462,14 @@ fn env_is_readable_only_when_allowed() {
     let allowed = support::result(
         support::tasuki()
             .current_dir(scratch.path())
-            .args(["run", file.to_str().unwrap(), "--output", "json", "--allow-env", "TASUKI_TEST_VALUE"])
+            .args([
+                "run",
+                file.to_str().unwrap(),
+                "--output",
+                "json",
+                "--allow-env",
+                "TASUKI_TEST_VALUE",
+            ])
             .env("TASUKI_TEST_VALUE", "visible")
             .output()
             .unwrap(),

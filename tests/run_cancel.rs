@@ -22,7 +22,10 @@ fn spawn_run(scratch: &Scratch, workflow: &str, extra: &[&str]) -> Child {
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
@@ -30,10 +33,15 @@ fn signal(pid: u32, name: &str) {
 fn read_pid(scratch: &Scratch, name: &str) -> u32 {
     let path = scratch.path().join(name);
     assert!(
-        eventually(Duration::from_secs(10), || std::fs::read_to_string(&path).is_ok_and(|s| s.trim().parse::<u32>().is_ok())),
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&path)
+            .is_ok_and(|s| s.trim().parse::<u32>().is_ok())),
         "the workflow never wrote {name}"
     );
-    std::fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn wait_with_limit(child: Child, limit: Duration) -> support::RunResult {
@@ -76,11 +84,18 @@ fn ctrl_c_cancels_the_session_and_ends_the_grandchild() {
     let cancelled_at = Instant::now();
     signal(child.id(), "INT");
     let r = wait_with_limit(child, Duration::from_secs(10));
-    assert!(cancelled_at.elapsed() < Duration::from_secs(5), "cancel took {:?}", cancelled_at.elapsed());
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        cancelled_at.elapsed()
+    );
     assert_eq!(r.code, 130, "{}", r.stderr);
     assert_eq!(r.report["status"], "cancelled");
     assert_eq!(r.report["steps"]["tree"]["status"], "cancelled");
-    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "grandchild {grandchild} survived");
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(grandchild)),
+        "grandchild {grandchild} survived"
+    );
     assert!(!alive(shell), "child {shell} survived");
 }
 
@@ -106,20 +121,33 @@ steps:
     signal(child.id(), "TERM");
     let r = wait_with_limit(child, Duration::from_secs(10));
     assert_eq!(r.code, 130, "{}", r.stderr);
-    assert!(r.stderr.contains("SIGKILL"), "expected the tree to need SIGKILL: {}", r.stderr);
-    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "grandchild {grandchild} survived");
+    assert!(
+        r.stderr.contains("SIGKILL"),
+        "expected the tree to need SIGKILL: {}",
+        r.stderr
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(grandchild)),
+        "grandchild {grandchild} survived"
+    );
 }
 
 #[test]
 fn step_timeout_ends_the_whole_tree() {
     let scratch = Scratch::new();
-    let workflow = TREE_WORKFLOW.replace("    action: shell.run\n", "    action: shell.run\n    timeout: 500ms\n");
+    let workflow = TREE_WORKFLOW.replace(
+        "    action: shell.run\n",
+        "    action: shell.run\n    timeout: 500ms\n",
+    );
     let child = spawn_run(&scratch, &workflow, &[]);
     let grandchild = read_pid(&scratch, "grandchild.pid");
     let r = wait_with_limit(child, Duration::from_secs(10));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(r.report["steps"]["tree"]["error"]["code"], "timeout");
-    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "grandchild {grandchild} survived the timeout");
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(grandchild)),
+        "grandchild {grandchild} survived the timeout"
+    );
 }
 
 #[test]
@@ -142,21 +170,42 @@ steps:
     let r = wait_with_limit(child, Duration::from_secs(10));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let grandchild = read_pid(&scratch, "grandchild.pid");
-    assert!(eventually(Duration::from_secs(2), || !alive(grandchild)), "leftover {grandchild} survived");
-    assert!(r.stderr.contains("ended processes the step left running"), "{}", r.stderr);
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(grandchild)),
+        "leftover {grandchild} survived"
+    );
+    assert!(
+        r.stderr.contains("ended processes the step left running"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn cancel_interrupts_sleep_and_http_waits_promptly() {
     let server = start_server();
     for (name, step) in [
-        ("sleep", "action: sleep\n    with: {duration: 5m}".to_string()),
-        ("http", format!("action: http.request\n    with: {{url: \"{}\", timeout: 5m}}", server.url("/slow"))),
+        (
+            "sleep",
+            "action: sleep\n    with: {duration: 5m}".to_string(),
+        ),
+        (
+            "http",
+            format!(
+                "action: http.request\n    with: {{url: \"{}\", timeout: 5m}}",
+                server.url("/slow")
+            ),
+        ),
     ] {
         let scratch = Scratch::new();
-        let workflow = format!("version: 1\nname: {name}\nsteps:\n  - id: mark\n    action: shell.run\n    with: {{argv: [touch, started]}}\n  - id: wait\n    {step}\n");
+        let workflow = format!(
+            "version: 1\nname: {name}\nsteps:\n  - id: mark\n    action: shell.run\n    with: {{argv: [touch, started]}}\n  - id: wait\n    {step}\n"
+        );
         let child = spawn_run(&scratch, &workflow, &[]);
-        assert!(eventually(Duration::from_secs(10), || scratch.path().join("started").exists()));
+        assert!(eventually(Duration::from_secs(10), || scratch
+            .path()
+            .join("started")
+            .exists()));
         std::thread::sleep(Duration::from_millis(200));
         let cancelled_at = Instant::now();
         signal(child.id(), "INT");
@@ -165,7 +214,10 @@ fn cancel_interrupts_sleep_and_http_waits_promptly() {
         assert_eq!(r.code, 130, "{name}: {}", r.stderr);
         assert_eq!(r.report["steps"]["wait"]["status"], "cancelled", "{name}");
         // Generous bound: the behaviour is "promptly", measured in ms locally.
-        assert!(took < Duration::from_secs(3), "{name}: cancel took {took:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{name}: cancel took {took:?}"
+        );
     }
 }
 
@@ -194,5 +246,8 @@ steps:
     assert_eq!(r.code, 130);
     assert!(r.stderr.contains("forced exit"), "{}", r.stderr);
     // Even a forced exit leaves nothing behind.
-    assert!(eventually(Duration::from_secs(2), || !alive(shell)), "{shell} survived the forced exit");
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(shell)),
+        "{shell} survived the forced exit"
+    );
 }

@@ -44,18 +44,34 @@ steps:
     assert_eq!(vars["literal"], json!("${params.count} stays"));
     assert_eq!(vars["spaced"], json!("ann"));
     assert_eq!(vars["check"], json!(true));
-    assert_eq!(r.report["steps"]["reuse"]["output"], json!({"from_step": "admin", "from_var": "green"}));
+    assert_eq!(
+        r.report["steps"]["reuse"]["output"],
+        json!({"from_step": "admin", "from_var": "green"})
+    );
 }
 
 #[test]
 fn param_flags_take_the_type_of_the_default() {
     let r = run_text(
         "version: 1\nname: p\nparams:\n  count: 1\n  flag: false\n  name: x\nsteps:\n  - id: s\n    action: set\n    with: {c: '${params.count}', f: '${params.flag}', n: '${params.name}'}\n",
-        &["--param", "count=42", "--param", "flag=true", "--param", "name=007"],
+        &[
+            "--param",
+            "count=42",
+            "--param",
+            "flag=true",
+            "--param",
+            "name=007",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.report["steps"]["s"]["output"], json!({"c": 42, "f": true, "n": "007"}));
-    assert_eq!(r.report["params"], json!({"count": 42, "flag": true, "name": "007"}));
+    assert_eq!(
+        r.report["steps"]["s"]["output"],
+        json!({"c": 42, "f": true, "n": "007"})
+    );
+    assert_eq!(
+        r.report["params"],
+        json!({"count": 42, "flag": true, "name": "007"})
+    );
 }
 
 #[test]
@@ -79,7 +95,10 @@ steps:
     assert_eq!(err["step_id"], "use");
     assert_eq!(err["code"], "template_error");
     let message = err["message"].as_str().unwrap();
-    assert!(message.contains("steps.data.output.obj.b") && message.contains("no field `b`"), "{message}");
+    assert!(
+        message.contains("steps.data.output.obj.b") && message.contains("no field `b`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -107,7 +126,10 @@ steps:
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.report["steps"]["yes"]["status"], "success");
     assert_eq!(r.report["steps"]["no"]["status"], "skipped");
-    assert_eq!(r.report["steps"]["after"]["output"]["skipped_status"], "skipped");
+    assert_eq!(
+        r.report["steps"]["after"]["output"]["skipped_status"],
+        "skipped"
+    );
 }
 
 #[test]
@@ -132,7 +154,10 @@ steps:
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let outputs = r.report["steps"]["each"]["output"].as_array().unwrap();
-    let lines: Vec<&str> = outputs.iter().map(|o| o["greet"]["stdout"].as_str().unwrap()).collect();
+    let lines: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["greet"]["stdout"].as_str().unwrap())
+        .collect();
     assert_eq!(lines, ["0:ann", "1:bob", "2:cy"]);
 }
 
@@ -167,8 +192,14 @@ on_error:
     assert_eq!(r.report["steps"]["guarded"]["status"], "success");
     assert_eq!(r.report["steps"]["guarded"]["output"]["caught"], true);
     assert_eq!(r.report["steps"]["bad"]["status"], "error");
-    assert_eq!(r.report["steps"]["handle"]["output"]["caught"], "e1: first failure in bad");
-    assert_eq!(r.report["steps"]["report"]["output"]["message"], "on_error saw fatal: second failure");
+    assert_eq!(
+        r.report["steps"]["handle"]["output"]["caught"],
+        "e1: first failure in bad"
+    );
+    assert_eq!(
+        r.report["steps"]["report"]["output"]["message"],
+        "on_error saw fatal: second failure"
+    );
     assert_eq!(r.report["error"]["step_id"], "fatal");
 }
 
@@ -205,7 +236,10 @@ steps:
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.report["steps"]["flaky"]["status"], "error");
-    assert_eq!(r.report["steps"]["use"]["output"], json!({"got": "42", "flaky_status": "error", "code": "exit_code"}));
+    assert_eq!(
+        r.report["steps"]["use"]["output"],
+        json!({"got": "42", "flaky_status": "error", "code": "exit_code"})
+    );
     assert!(r.stderr.contains("continue_on_error"), "{}", r.stderr);
 }
 
@@ -244,7 +278,11 @@ fn retry_gives_up_after_its_count() {
         &[],
     );
     assert_eq!(r.code, 1);
-    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3, "one attempt and two retries");
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one attempt and two retries"
+    );
     assert_eq!(r.report["steps"]["call"]["error"]["code"], "http_status");
 }
 
@@ -296,14 +334,30 @@ steps:
             marker.display()
         ),
     );
-    let out = support::tasuki().current_dir(scratch.path()).args(["run", "--dry-run", file.to_str().unwrap()]).output().unwrap();
+    let out = support::tasuki()
+        .current_dir(scratch.path())
+        .args(["run", "--dry-run", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(!marker.exists(), "dry run ran a step");
-    assert!(!scratch.path().join("tasuki-artifacts").exists(), "dry run created the artifacts dir");
-    assert!(stdout.contains(&marker.display().to_string()), "params were not resolved: {stdout}");
-    assert!(stdout.contains("${steps.touch.output.exit_code}"), "run-time references should stay as written: {stdout}");
-    assert!(!stdout.contains("sup3r-s3cret") && stdout.contains("pw ***"), "{stdout}");
+    assert!(
+        !scratch.path().join("tasuki-artifacts").exists(),
+        "dry run created the artifacts dir"
+    );
+    assert!(
+        stdout.contains(&marker.display().to_string()),
+        "params were not resolved: {stdout}"
+    );
+    assert!(
+        stdout.contains("${steps.touch.output.exit_code}"),
+        "run-time references should stay as written: {stdout}"
+    );
+    assert!(
+        !stdout.contains("sup3r-s3cret") && stdout.contains("pw ***"),
+        "{stdout}"
+    );
 
     // The same workflow, run for real, does create the file.
     let r = run_json(scratch.path(), &file, &[]);
@@ -326,13 +380,35 @@ fn json_workflows_run_like_yaml_ones() {
 
 #[test]
 fn report_has_the_documented_shape() {
-    let r = run_text("version: 1\nname: shape\nsteps:\n  - id: a\n    action: log\n    with: {message: hi}\n", &[]);
+    let r = run_text(
+        "version: 1\nname: shape\nsteps:\n  - id: a\n    action: log\n    with: {message: hi}\n",
+        &[],
+    );
     assert_eq!(r.code, 0);
-    for key in ["status", "started_at", "ended_at", "duration_ms", "params", "steps", "error"] {
-        assert!(r.report.get(key).is_some(), "report lacks {key}: {}", r.report);
+    for key in [
+        "status",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "params",
+        "steps",
+        "error",
+    ] {
+        assert!(
+            r.report.get(key).is_some(),
+            "report lacks {key}: {}",
+            r.report
+        );
     }
     let step = &r.report["steps"]["a"];
-    for key in ["status", "started_at", "ended_at", "duration_ms", "output", "error"] {
+    for key in [
+        "status",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "output",
+        "error",
+    ] {
         assert!(step.get(key).is_some(), "step record lacks {key}: {step}");
     }
     // Only the report goes to stdout; progress goes to stderr.
@@ -342,12 +418,27 @@ fn report_has_the_documented_shape() {
 #[test]
 fn text_output_prints_plain_progress_lines_when_not_a_terminal() {
     let scratch = Scratch::new();
-    let file = scratch.write("flow.yaml", "version: 1\nname: text\nsteps:\n  - id: a\n    action: log\n    with: {message: hello}\n");
-    let out = support::tasuki().current_dir(scratch.path()).args(["run", file.to_str().unwrap()]).output().unwrap();
+    let file = scratch.write(
+        "flow.yaml",
+        "version: 1\nname: text\nsteps:\n  - id: a\n    action: log\n    with: {message: hello}\n",
+    );
+    let out = support::tasuki()
+        .current_dir(scratch.path())
+        .args(["run", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout.contains("→ a (log)") && stdout.contains("a │ hello") && stdout.contains("✓ success"), "{stdout}");
-    assert!(!stdout.contains('\u{1b}'), "escape codes in non-terminal output: {stdout:?}");
+    assert!(
+        stdout.contains("→ a (log)")
+            && stdout.contains("a │ hello")
+            && stdout.contains("✓ success"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "escape codes in non-terminal output: {stdout:?}"
+    );
 }
 
 #[test]
@@ -357,7 +448,13 @@ fn schema_command_prints_a_json_schema_with_per_action_arguments() {
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(schema["properties"]["steps"].is_object());
     let text = schema.to_string();
-    for needle in ["shell.run", "http.request", "ok_exit_codes", "expect_status", "single_process_mode"] {
+    for needle in [
+        "shell.run",
+        "http.request",
+        "ok_exit_codes",
+        "expect_status",
+        "single_process_mode",
+    ] {
         assert!(text.contains(needle), "schema lacks {needle}");
     }
 }

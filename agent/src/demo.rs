@@ -19,20 +19,32 @@ const WORKFLOW: &str = include_str!("../../examples/quickstart.yaml");
 
 /// The demo shop, as shipped in examples/site.
 const SITE: &[(&str, &str, &[u8])] = &[
-    ("index.html", "text/html; charset=utf-8", include_bytes!("../../examples/site/index.html")),
-    ("api/orders.json", "application/json", include_bytes!("../../examples/site/api/orders.json")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../examples/site/index.html"),
+    ),
+    (
+        "api/orders.json",
+        "application/json",
+        include_bytes!("../../examples/site/api/orders.json"),
+    ),
 ];
 
 pub fn run(output: OutputFormat) -> u8 {
     let registry = Registry::builtin();
-    let workflow = match parse_workflow(WORKFLOW, WORKFLOW_NAME, &registry, &LoadOptions::default()) {
+    let workflow = match parse_workflow(WORKFLOW, WORKFLOW_NAME, &registry, &LoadOptions::default())
+    {
         Ok(w) => w,
         Err(problems) => {
             eprintln!("the built-in example is invalid, which is a bug in this build:\n{problems}");
             return EXIT_FAILED;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -90,7 +102,15 @@ async fn serve_site() -> std::io::Result<SocketAddr> {
 
 async fn site_file(Path(file): Path<String>) -> impl IntoResponse {
     match SITE.iter().find(|(name, _, _)| *name == file) {
-        Some((_, content_type, body)) => (StatusCode::OK, [(header::CONTENT_TYPE, *content_type)], *body),
-        None => (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], &b"not found"[..]),
+        Some((_, content_type, body)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, *content_type)],
+            *body,
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            &b"not found"[..],
+        ),
     }
 }

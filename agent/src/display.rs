@@ -72,7 +72,12 @@ impl EventSink for Display {
     fn emit(&self, event: Event) {
         match event {
             Event::SessionStarted { workflow, .. } => self.line(&format!("▶ {workflow}")),
-            Event::StepStarted { step_id, action, attempt, .. } => {
+            Event::StepStarted {
+                step_id,
+                action,
+                attempt,
+                ..
+            } => {
                 if attempt > 1 {
                     self.line(&format!("↻ {step_id}: attempt {attempt}"));
                 } else if self.bar.is_none() {
@@ -100,11 +105,18 @@ impl EventSink for Display {
                     StepStatus::Cancelled => format!("⊘ {step_id} cancelled"),
                     _ => format!(
                         "✗ {step_id} failed: {}",
-                        record.error.as_ref().map(|e| e.message.as_str()).unwrap_or("unknown error")
+                        record
+                            .error
+                            .as_ref()
+                            .map(|e| e.message.as_str())
+                            .unwrap_or("unknown error")
                     ),
                 };
                 self.line(&text);
-                let mut done = self.finished_steps.lock().unwrap_or_else(|p| p.into_inner());
+                let mut done = self
+                    .finished_steps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 *done += 1;
                 if let Some(bar) = &self.bar {
                     bar.set_position((*done).min(self.total_steps) as u64);
@@ -113,7 +125,9 @@ impl EventSink for Display {
             Event::SessionFinished(report) => {
                 let text = match report.status {
                     SessionStatus::Success => format!("✓ success in {} ms", report.duration_ms),
-                    SessionStatus::Cancelled => format!("⊘ cancelled after {} ms", report.duration_ms),
+                    SessionStatus::Cancelled => {
+                        format!("⊘ cancelled after {} ms", report.duration_ms)
+                    }
                     _ => match &report.error {
                         Some(e) => format!(
                             "✗ {} in step `{}`: {}",

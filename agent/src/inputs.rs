@@ -12,19 +12,29 @@ pub fn parse_flags(flags: &[String]) -> Result<Vec<(String, String)>, Vec<String
     for flag in flags {
         match flag.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => out.push((k.trim().to_string(), v.to_string())),
-            _ => errors.push(format!("--param {flag}: expected KEY=VALUE, such as --param user=alice")),
+            _ => errors.push(format!(
+                "--param {flag}: expected KEY=VALUE, such as --param user=alice"
+            )),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Reads a JSON or YAML mapping of values.
 pub fn read_value_file(path: &Path, what: &str) -> Result<Map<String, Value>, String> {
     let name = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read the {what}: {e}"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{name}: cannot read the {what}: {e}"))?;
     let format = tasuki_actions::language::source::Format::from_file_name(&name.to_string());
     let doc = tasuki_actions::language::source::parse(&text, format).map_err(|p| {
-        let at = p.line.map(|l| format!(":{l}:{}", p.column.unwrap_or(0))).unwrap_or_default();
+        let at = p
+            .line
+            .map(|l| format!(":{l}:{}", p.column.unwrap_or(0)))
+            .unwrap_or_default();
         format!("{name}{at}: {}", p.message)
     })?;
     match doc.value {
@@ -77,7 +87,10 @@ pub fn gather(args: &crate::RunArgs) -> Result<ParamInputs, Vec<String>> {
             }
             read_value_file(p, "secrets file").unwrap_or_else(|e| {
                 // The parser may quote the offending text; keep secrets out of it.
-                errors.push(format!("{}: the secrets file is not a valid JSON or YAML mapping", p.display()));
+                errors.push(format!(
+                    "{}: the secrets file is not a valid JSON or YAML mapping",
+                    p.display()
+                ));
                 let _ = e;
                 Map::new()
             })
@@ -85,7 +98,11 @@ pub fn gather(args: &crate::RunArgs) -> Result<ParamInputs, Vec<String>> {
         None => Map::new(),
     };
     if errors.is_empty() {
-        Ok(ParamInputs { flags, file, secrets })
+        Ok(ParamInputs {
+            flags,
+            file,
+            secrets,
+        })
     } else {
         Err(errors)
     }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tasuki_actions::language::duration::parse_duration;
 use tasuki_actions::language::params::{BoundParams, bind_params};
 use tasuki_actions::runtime::plan::plan;
-use tasuki_actions::{ExecOptions, Executor, LoadOptions, Problems, Registry, SessionStatus, Workflow, load_workflow};
+use tasuki_actions::{
+    ExecOptions, Executor, LoadOptions, Problems, Registry, SessionStatus, Workflow, load_workflow,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::display::{Display, Target};
@@ -15,9 +17,19 @@ use crate::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, Ru
 
 pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
     let registry = Registry::builtin();
-    match load_workflow(file, &registry, &LoadOptions { env_allow: Some(allow_env) }) {
+    match load_workflow(
+        file,
+        &registry,
+        &LoadOptions {
+            env_allow: Some(allow_env),
+        },
+    ) {
         Ok(workflow) => {
-            println!("{}: ok ({} steps)", file.display(), workflow.all_steps().len());
+            println!(
+                "{}: ok ({} steps)",
+                file.display(),
+                workflow.all_steps().len()
+            );
             EXIT_OK
         }
         Err(problems) => report_problems(&problems),
@@ -26,7 +38,11 @@ pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
 
 fn report_problems(problems: &Problems) -> u8 {
     eprintln!("{problems}");
-    eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} problem{} found",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
     EXIT_INVALID
 }
 
@@ -39,7 +55,9 @@ fn invalid(lines: &[String]) -> u8 {
 
 pub fn run(args: RunArgs) -> u8 {
     let registry = Registry::builtin();
-    let load = LoadOptions { env_allow: Some(args.allow_env.clone()) };
+    let load = LoadOptions {
+        env_allow: Some(args.allow_env.clone()),
+    };
     let workflow = match load_workflow(&args.file, &registry, &load) {
         Ok(w) => w,
         Err(problems) => return report_problems(&problems),
@@ -60,7 +78,11 @@ pub fn run(args: RunArgs) -> u8 {
                 "warning: secret param{} {} given with --param, where other users can see {}; prefer --secrets-file",
                 if secret_flags.len() == 1 { "" } else { "s" },
                 secret_flags.join(", "),
-                if secret_flags.len() == 1 { "it" } else { "them" }
+                if secret_flags.len() == 1 {
+                    "it"
+                } else {
+                    "them"
+                }
             );
         }
     }
@@ -88,7 +110,10 @@ pub fn run(args: RunArgs) -> u8 {
         cancel_grace,
         ..ExecOptions::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -98,7 +123,13 @@ pub fn run(args: RunArgs) -> u8 {
     runtime.block_on(execute(workflow, params, options, args.output, registry))
 }
 
-pub async fn execute(workflow: Workflow, params: BoundParams, options: ExecOptions, output: OutputFormat, registry: Registry) -> u8 {
+pub async fn execute(
+    workflow: Workflow,
+    params: BoundParams,
+    options: ExecOptions,
+    output: OutputFormat,
+    registry: Registry,
+) -> u8 {
     let target = match output {
         OutputFormat::Text => Target::Stdout,
         OutputFormat::Json => Target::Stderr,
@@ -108,7 +139,9 @@ pub async fn execute(workflow: Workflow, params: BoundParams, options: ExecOptio
     tokio::spawn(watch_signals(cancel.clone()));
 
     let executor = Executor::new(registry, options);
-    let report = executor.run(&workflow, &params, display.clone(), cancel).await;
+    let report = executor
+        .run(&workflow, &params, display.clone(), cancel)
+        .await;
     display.finish();
 
     if output == OutputFormat::Json {
@@ -171,7 +204,11 @@ fn print_plan(workflow: &Workflow, params: &BoundParams, args: &RunArgs) -> u8 {
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         }
         OutputFormat::Text => {
-            println!("dry run of \"{}\": {} steps, nothing will be executed", workflow.name, steps.len());
+            println!(
+                "dry run of \"{}\": {} steps, nothing will be executed",
+                workflow.name,
+                steps.len()
+            );
             println!("params: {}", params.masked());
             for step in &steps {
                 let indent = "  ".repeat(step.depth);

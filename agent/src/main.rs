@@ -90,7 +90,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_INVALID } else { EXIT_OK });
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            });
         }
     };
     let code = match cli.command {
@@ -98,8 +102,13 @@ fn main() -> ExitCode {
         Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
         Command::Demo { output } => demo::run(output),
         Command::Schema => {
-            let schema = tasuki_actions::language::schema::workflow_schema(&tasuki_actions::Registry::builtin());
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            let schema = tasuki_actions::language::schema::workflow_schema(
+                &tasuki_actions::Registry::builtin(),
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             EXIT_OK
         }
     };

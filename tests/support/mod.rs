@@ -22,7 +22,10 @@ pub fn tasuki() -> Command {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("agent/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
 }
 
 /// A scratch directory with a workflow file in it.
@@ -32,7 +35,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().expect("create a temp dir") }
+        Scratch {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+        }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -89,7 +94,10 @@ pub fn run_text(workflow: &str, args: &[&str]) -> RunResult {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,
@@ -134,7 +142,10 @@ pub fn start_server() -> TestServer {
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("test server runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test server runtime");
         runtime.block_on(async move {
             let app = Router::new()
                 .route("/json", get(|| async { axum::Json(json!({"items": [{"name": "alpha", "n": 1}, {"name": "beta", "n": 2}], "ok": true})) }))
@@ -154,12 +165,17 @@ pub fn start_server() -> TestServer {
             axum::serve(listener, app).await.expect("serve");
         });
     });
-    let addr = rx.recv_timeout(Duration::from_secs(10)).expect("test server started");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("test server started");
     TestServer { addr, hits }
 }
 
 async fn status(UrlPath(code): UrlPath<u16>) -> impl IntoResponse {
-    (StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST), format!("status {code}"))
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+        format!("status {code}"),
+    )
 }
 
 async fn echo(
@@ -192,9 +208,16 @@ async fn flaky(State(state): State<ServerState>, UrlPath(n): UrlPath<usize>) -> 
     }
 }
 
-async fn site(State(state): State<ServerState>, UrlPath(file): UrlPath<String>) -> impl IntoResponse {
+async fn site(
+    State(state): State<ServerState>,
+    UrlPath(file): UrlPath<String>,
+) -> impl IntoResponse {
     if file.contains("..") {
-        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], Vec::new());
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain")],
+            Vec::new(),
+        );
     }
     let path = state.site.join(&file);
     let content_type = match path.extension().and_then(|e| e.to_str()) {
@@ -205,7 +228,15 @@ async fn site(State(state): State<ServerState>, UrlPath(file): UrlPath<String>) 
         _ => "application/octet-stream",
     };
     match tokio::fs::read(&path).await {
-        Ok(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], bytes),
-        Err(_) => (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], b"not found".to_vec()),
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, content_type)],
+            bytes,
+        ),
+        Err(_) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            b"not found".to_vec(),
+        ),
     }
 }

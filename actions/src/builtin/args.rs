@@ -15,7 +15,9 @@ pub struct DurationArg(pub Duration);
 impl<'de> Deserialize<'de> for DurationArg {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration(&text).map(DurationArg).map_err(serde::de::Error::custom)
+        parse_duration(&text)
+            .map(DurationArg)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -81,6 +81,9 @@ impl TypedAction for Fail {
     type Args = FailArgs;
 
     async fn run(&self, _ctx: &ActionContext, args: FailArgs) -> Result<Value, ActionError> {
-        Err(ActionError::new(args.code.unwrap_or_else(|| codes::FAILED.into()), args.message))
+        Err(ActionError::new(
+            args.code.unwrap_or_else(|| codes::FAILED.into()),
+            args.message,
+        ))
     }
 }

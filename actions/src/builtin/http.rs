@@ -67,20 +67,23 @@ impl TypedAction for HttpRequest {
     fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if args.contains_key("json") && args.contains_key("body") {
-            problems.push(("body".into(), "give either `json` or `body`, not both".into()));
+            problems.push((
+                "body".into(),
+                "give either `json` or `body`, not both".into(),
+            ));
         }
-        if let Some(Value::String(url)) = args.get("url") {
-            if !url.contains("${") {
-                if let Err(e) = parse_url(url) {
-                    problems.push(("url".into(), e));
-                }
-            }
+        if let Some(Value::String(url)) = args.get("url")
+            && !url.contains("${")
+            && let Err(e) = parse_url(url)
+        {
+            problems.push(("url".into(), e));
         }
         problems
     }
 
     async fn run(&self, ctx: &ActionContext, args: HttpArgs) -> Result<Value, ActionError> {
-        let mut url = parse_url(&args.url).map_err(|e| ActionError::new(codes::INVALID_ARGS, format!("with.url: {e}")))?;
+        let mut url = parse_url(&args.url)
+            .map_err(|e| ActionError::new(codes::INVALID_ARGS, format!("with.url: {e}")))?;
         if let Some(query) = &args.query {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
@@ -96,7 +99,9 @@ impl TypedAction for HttpRequest {
             HttpMethod::Head => Method::HEAD,
             HttpMethod::Options => Method::OPTIONS,
         };
-        let client = ctx.http_client().map_err(|e| ActionError::new(codes::HTTP, e))?;
+        let client = ctx
+            .http_client()
+            .map_err(|e| ActionError::new(codes::HTTP, e))?;
         let mut request = client
             .request(method.clone(), url.clone())
             .timeout(args.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT));
@@ -111,21 +116,34 @@ impl TypedAction for HttpRequest {
 
         let started = Instant::now();
         let robot_limit = ctx.options().max_response_bytes;
-        let limit = args.max_response_bytes.map_or(robot_limit, |n| robot_limit.min(n as usize));
+        let limit = args
+            .max_response_bytes
+            .map_or(robot_limit, |n| robot_limit.min(n as usize));
         let call = async {
-            let response = request.send().await.map_err(|e| describe_error(&method, &url, e))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| describe_error(&method, &url, e))?;
             let status = response.status();
             let headers: Map<String, Value> = response
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    )
+                })
                 .collect();
             let is_json = response
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.contains("json"));
-            if response.content_length().is_some_and(|n| n as usize > limit) {
+            if response
+                .content_length()
+                .is_some_and(|n| n as usize > limit)
+            {
                 return Err(too_large(&url, limit));
             }
             let mut body = Vec::new();
@@ -146,13 +164,18 @@ impl TypedAction for HttpRequest {
 
         let size = body.len();
         let body = if is_json {
-            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
         } else {
             Value::String(String::from_utf8_lossy(&body).into_owned())
         };
         ctx.log(
             LogLevel::Info,
-            &format!("{method} {url} -> {} ({} ms, {size} bytes)", status.as_u16(), started.elapsed().as_millis()),
+            &format!(
+                "{method} {url} -> {} ({} ms, {size} bytes)",
+                status.as_u16(),
+                started.elapsed().as_millis()
+            ),
         );
 
         let code = status.as_u16();
@@ -165,14 +188,21 @@ impl TypedAction for HttpRequest {
             let expected = match &args.expect_status {
                 None => "a status below 400".to_string(),
                 Some(ExpectStatus::One(s)) => s.to_string(),
-                Some(ExpectStatus::Many(l)) => l.iter().map(u16::to_string).collect::<Vec<_>>().join(" or "),
+                Some(ExpectStatus::Many(l)) => l
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             };
             let mut excerpt = match &body {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
             if excerpt.len() > 300 {
-                let cut = (0..=300).rev().find(|i| excerpt.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=300)
+                    .rev()
+                    .find(|i| excerpt.is_char_boundary(*i))
+                    .unwrap_or(0);
                 excerpt.truncate(cut);
                 excerpt.push('…');
             }
@@ -189,12 +219,17 @@ fn parse_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        other => Err(format!("`{text}` uses the `{other}` scheme; only http and https are supported")),
+        other => Err(format!(
+            "`{text}` uses the `{other}` scheme; only http and https are supported"
+        )),
     }
 }
 
 fn too_large(url: &Url, limit: usize) -> ActionError {
-    ActionError::new(codes::RESPONSE_TOO_LARGE, format!("the response from {url} is larger than the {limit}-byte limit"))
+    ActionError::new(
+        codes::RESPONSE_TOO_LARGE,
+        format!("the response from {url} is larger than the {limit}-byte limit"),
+    )
 }
 
 fn describe_error(method: &Method, url: &Url, e: reqwest::Error) -> ActionError {
@@ -216,6 +251,10 @@ fn describe_error(method: &Method, url: &Url, e: reqwest::Error) -> ActionError 
         detail = s.to_string();
         source = s.source();
     }
-    let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
     ActionError::new(codes::HTTP, format!("{method} {url}: {why}{detail}"))
 }

@@ -26,7 +26,10 @@ fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
 pub fn kill_all_trees() {
     #[cfg(unix)]
     for pgid in live_groups().iter() {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pgid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(*pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

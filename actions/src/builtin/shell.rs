@@ -2,7 +2,6 @@
 //! or a script with an explicitly named shell.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,8 +64,18 @@ impl ShellKind {
             ShellKind::Bash => ("bash".into(), vec![path]),
             ShellKind::Zsh => ("zsh".into(), vec![path]),
             ShellKind::Pwsh | ShellKind::Powershell => (
-                if matches!(self, ShellKind::Pwsh) { "pwsh" } else { "powershell" }.into(),
-                vec!["-NoProfile".into(), "-NonInteractive".into(), "-File".into(), path],
+                if matches!(self, ShellKind::Pwsh) {
+                    "pwsh"
+                } else {
+                    "powershell"
+                }
+                .into(),
+                vec![
+                    "-NoProfile".into(),
+                    "-NonInteractive".into(),
+                    "-File".into(),
+                    path,
+                ],
             ),
             ShellKind::Cmd => ("cmd".into(), vec!["/D".into(), "/C".into(), path]),
         }
@@ -87,14 +96,30 @@ impl TypedAction for ShellRun {
     fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         match (args.get("argv"), args.get("script")) {
-            (None, None) => problems.push((String::new(), "give either `argv` (a list: program and arguments) or `script` with `shell`".into())),
-            (Some(_), Some(_)) => problems.push(("script".into(), "give either `argv` or `script`, not both".into())),
-            (Some(Value::Array(a)), None) if a.is_empty() => problems.push(("argv".into(), "`argv` is empty; its first item is the program to run".into())),
-            (None, Some(_)) if !args.contains_key("shell") => problems.push(("shell".into(), "`script` needs an explicit `shell`, such as `shell: bash`".into())),
+            (None, None) => problems.push((
+                String::new(),
+                "give either `argv` (a list: program and arguments) or `script` with `shell`"
+                    .into(),
+            )),
+            (Some(_), Some(_)) => problems.push((
+                "script".into(),
+                "give either `argv` or `script`, not both".into(),
+            )),
+            (Some(Value::Array(a)), None) if a.is_empty() => problems.push((
+                "argv".into(),
+                "`argv` is empty; its first item is the program to run".into(),
+            )),
+            (None, Some(_)) if !args.contains_key("shell") => problems.push((
+                "shell".into(),
+                "`script` needs an explicit `shell`, such as `shell: bash`".into(),
+            )),
             _ => {}
         }
         if args.contains_key("shell") && !args.contains_key("script") {
-            problems.push(("shell".into(), "`shell` only applies to `script`; `argv` never goes through a shell".into()));
+            problems.push((
+                "shell".into(),
+                "`shell` only applies to `script`; `argv` never goes through a shell".into(),
+            ));
         }
         problems
     }
@@ -110,8 +135,12 @@ impl TypedAction for ShellRun {
                 (program, it.collect::<Vec<_>>())
             }
             (None, Some(script), Some(shell)) => {
-                let file = write_script(&script, shell.extension())
-                    .map_err(|e| ActionError::new(codes::SPAWN, format!("cannot write the script to a temporary file: {e}")))?;
+                let file = write_script(&script, shell.extension()).map_err(|e| {
+                    ActionError::new(
+                        codes::SPAWN,
+                        format!("cannot write the script to a temporary file: {e}"),
+                    )
+                })?;
                 let command = shell.command(file.path());
                 _script_file = Some(file);
                 command
@@ -190,9 +219,14 @@ impl TypedAction for ShellRun {
                 // is ended now rather than orphaned.
                 if tree.any_alive() {
                     let how = tree.terminate(Duration::from_secs(1)).await;
-                    ctx.log(LogLevel::Warn, &format!("ended processes the step left running ({how})"));
+                    ctx.log(
+                        LogLevel::Warn,
+                        &format!("ended processes the step left running ({how})"),
+                    );
                 }
-                status.map_err(|e| ActionError::new(codes::SPAWN, format!("cannot wait for `{program}`: {e}")))?
+                status.map_err(|e| {
+                    ActionError::new(codes::SPAWN, format!("cannot wait for `{program}`: {e}"))
+                })?
             }
             Ended::TimedOut | Ended::Cancelled => {
                 let how = tree.terminate(grace).await;
@@ -201,7 +235,12 @@ impl TypedAction for ShellRun {
                 return Err(match ended {
                     Ended::TimedOut => ActionError::new(
                         codes::TIMEOUT,
-                        format!("`{program}` did not finish within its timeout of {}", crate::language::duration::format_duration(args.timeout.map(|t| t.0).unwrap_or_default())),
+                        format!(
+                            "`{program}` did not finish within its timeout of {}",
+                            crate::language::duration::format_duration(
+                                args.timeout.map(|t| t.0).unwrap_or_default()
+                            )
+                        ),
                     ),
                     _ => ActionError::new(codes::CANCELLED, format!("`{program}` was cancelled")),
                 });
@@ -227,10 +266,20 @@ impl TypedAction for ShellRun {
                     (None, Some(sig)) => format!("was killed by signal {sig}"),
                     (None, None) => "ended abnormally".into(),
                 };
-                let hint = lock(&stderr_tail).last_line().map(|l| format!("; last stderr line: {l}")).unwrap_or_default();
+                let hint = lock(&stderr_tail)
+                    .last_line()
+                    .map(|l| format!("; last stderr line: {l}"))
+                    .unwrap_or_default();
                 Err(ActionError::new(
                     codes::EXIT_CODE,
-                    format!("`{program}` {what} (expected {}){hint}", ok_codes.iter().map(i32::to_string).collect::<Vec<_>>().join(" or ")),
+                    format!(
+                        "`{program}` {what} (expected {}){hint}",
+                        ok_codes
+                            .iter()
+                            .map(i32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
                 ))
             }
         }
@@ -243,7 +292,10 @@ enum Ended {
     Cancelled,
 }
 
-async fn drain(readers: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>, done: bool) {
+async fn drain(
+    readers: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    done: bool,
+) {
     if !done {
         let _ = tokio::time::timeout(PIPE_DRAIN, readers.as_mut()).await;
     }
@@ -265,11 +317,18 @@ fn signal_of(_status: &std::process::ExitStatus) -> Option<i32> {
     None
 }
 
-fn spawn_error(program: &str, cwd: &PathBuf, e: std::io::Error) -> ActionError {
+fn spawn_error(program: &str, cwd: &std::path::Path, e: std::io::Error) -> ActionError {
     let message = match e.kind() {
-        std::io::ErrorKind::NotFound if !cwd.is_dir() => format!("cannot start `{program}`: the working directory {} does not exist", cwd.display()),
-        std::io::ErrorKind::NotFound => format!("cannot start `{program}`: no such program (is it installed and on PATH?)"),
-        std::io::ErrorKind::PermissionDenied => format!("cannot start `{program}`: permission denied"),
+        std::io::ErrorKind::NotFound if !cwd.is_dir() => format!(
+            "cannot start `{program}`: the working directory {} does not exist",
+            cwd.display()
+        ),
+        std::io::ErrorKind::NotFound => {
+            format!("cannot start `{program}`: no such program (is it installed and on PATH?)")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("cannot start `{program}`: permission denied")
+        }
         _ => format!("cannot start `{program}`: {e}"),
     };
     ActionError::new(codes::SPAWN, message)
@@ -278,7 +337,10 @@ fn spawn_error(program: &str, cwd: &PathBuf, e: std::io::Error) -> ActionError {
 fn write_script(script: &str, extension: &str) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
     // tempfile creates the file with mode 0600 on Unix.
-    let mut file = tempfile::Builder::new().prefix("tasuki-script-").suffix(extension).tempfile()?;
+    let mut file = tempfile::Builder::new()
+        .prefix("tasuki-script-")
+        .suffix(extension)
+        .tempfile()?;
     file.write_all(script.as_bytes())?;
     file.flush()?;
     Ok(file)

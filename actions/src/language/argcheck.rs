@@ -54,8 +54,15 @@ pub fn check(value: &Value, schema: &Value, path: &str, problems: &mut Problems)
         if !options.contains(value) {
             // `null` is how schemars marks an optional field; it is not a
             // value anyone should be told to write.
-            let list: Vec<String> = options.iter().filter(|o| !o.is_null()).map(|o| o.to_string()).collect();
-            problems.add(path, format!("expected one of {}, found {value}", list.join(", ")));
+            let list: Vec<String> = options
+                .iter()
+                .filter(|o| !o.is_null())
+                .map(|o| o.to_string())
+                .collect();
+            problems.add(
+                path,
+                format!("expected one of {}, found {value}", list.join(", ")),
+            );
         }
         return;
     }
@@ -66,35 +73,49 @@ pub fn check(value: &Value, schema: &Value, path: &str, problems: &mut Problems)
             _ => vec![],
         };
         if !allowed.is_empty() && !allowed.iter().any(|t| type_matches(t, value)) {
-            if schema.get("format").and_then(Value::as_str) == Some("duration") {
-                if let Value::Number(n) = value {
-                    problems.add(path, format!("duration `{n}` has no unit; write `{n}s` for seconds or `{n}ms` for milliseconds"));
-                    return;
-                }
+            if schema.get("format").and_then(Value::as_str) == Some("duration")
+                && let Value::Number(n) = value
+            {
+                problems.add(path, format!("duration `{n}` has no unit; write `{n}s` for seconds or `{n}ms` for milliseconds"));
+                return;
             }
-            let wanted: Vec<String> = allowed.iter().filter(|t| **t != "null").map(|t| article(t)).collect();
-            problems.add(path, format!("expected {}, found {}", wanted.join(" or "), describe(value)));
+            let wanted: Vec<String> = allowed
+                .iter()
+                .filter(|t| **t != "null")
+                .map(|t| article(t))
+                .collect();
+            problems.add(
+                path,
+                format!(
+                    "expected {}, found {}",
+                    wanted.join(" or "),
+                    describe(value)
+                ),
+            );
             return;
         }
     }
     match value {
         Value::String(s) => {
-            if schema.get("format").and_then(Value::as_str) == Some("duration") && !s.contains("${") {
-                if let Err(e) = parse_duration(s) {
-                    problems.add(path, e);
-                }
+            if schema.get("format").and_then(Value::as_str) == Some("duration")
+                && !s.contains("${")
+                && let Err(e) = parse_duration(s)
+            {
+                problems.add(path, e);
             }
         }
         Value::Number(n) => {
-            if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), n.as_f64()) {
-                if x < min {
-                    problems.add(path, format!("must be at least {min}, found {n}"));
-                }
+            if let (Some(min), Some(x)) =
+                (schema.get("minimum").and_then(Value::as_f64), n.as_f64())
+                && x < min
+            {
+                problems.add(path, format!("must be at least {min}, found {n}"));
             }
-            if let (Some(max), Some(x)) = (schema.get("maximum").and_then(Value::as_f64), n.as_f64()) {
-                if x > max {
-                    problems.add(path, format!("must be at most {max}, found {n}"));
-                }
+            if let (Some(max), Some(x)) =
+                (schema.get("maximum").and_then(Value::as_f64), n.as_f64())
+                && x > max
+            {
+                problems.add(path, format!("must be at most {max}, found {n}"));
             }
         }
         Value::Array(items) => {
@@ -109,7 +130,10 @@ pub fn check(value: &Value, schema: &Value, path: &str, problems: &mut Problems)
             if let Some(Value::Array(required)) = schema.get("required") {
                 for name in required.iter().filter_map(Value::as_str) {
                     if !map.contains_key(name) {
-                        problems.add(join(path, name), format!("missing required argument `{name}`"));
+                        problems.add(
+                            join(path, name),
+                            format!("missing required argument `{name}`"),
+                        );
                     }
                 }
             }
@@ -122,7 +146,13 @@ pub fn check(value: &Value, schema: &Value, path: &str, problems: &mut Problems)
                             let known: Vec<&str> = properties
                                 .map(|p| p.keys().map(String::as_str).collect())
                                 .unwrap_or_default();
-                            problems.add(sub, format!("unknown argument `{key}`; expected one of: {}", known.join(", ")));
+                            problems.add(
+                                sub,
+                                format!(
+                                    "unknown argument `{key}`; expected one of: {}",
+                                    known.join(", ")
+                                ),
+                            );
                         }
                         Some(extra) => check(item, extra, &sub, problems),
                         None => {}
@@ -135,20 +165,26 @@ pub fn check(value: &Value, schema: &Value, path: &str, problems: &mut Problems)
 }
 
 fn is_whole_template(value: &Value) -> bool {
-    let Value::String(s) = value else { return false };
+    let Value::String(s) = value else {
+        return false;
+    };
     let t = s.trim();
     t.starts_with("${")
         && t.ends_with('}')
-        && Template::parse(t).is_ok_and(|tpl| tpl.expressions().count() == 1 && !tpl.is_literal() && {
-            // `${a} and ${b}` also starts and ends right but is a string.
-            t.matches("${").count() == 1
+        && Template::parse(t).is_ok_and(|tpl| {
+            tpl.expressions().count() == 1 && !tpl.is_literal() && {
+                // `${a} and ${b}` also starts and ends right but is a string.
+                t.matches("${").count() == 1
+            }
         })
 }
 
 fn type_matches(t: &str, value: &Value) -> bool {
     match (t, value) {
         ("null", Value::Null) | ("boolean", Value::Bool(_)) | ("string", Value::String(_)) => true,
-        ("array", Value::Array(_)) | ("object", Value::Object(_)) | ("number", Value::Number(_)) => true,
+        ("array", Value::Array(_))
+        | ("object", Value::Object(_))
+        | ("number", Value::Number(_)) => true,
         ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
         _ => false,
     }

@@ -22,10 +22,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("duration `{text}` is too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_alphabetic())
-            .count();
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
         let unit = &rest[..unit_len];
         let millis_per_unit: u128 = match unit {
             "ms" => 1,
@@ -61,11 +58,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".into()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -86,7 +83,16 @@ mod tests {
 
     #[test]
     fn refuses_ambiguous_or_broken_durations() {
-        for bad in ["", "30", "5x", "-1s", "s", "1.5s", "99999999999999999999999h", "400d"] {
+        for bad in [
+            "",
+            "30",
+            "5x",
+            "-1s",
+            "s",
+            "1.5s",
+            "99999999999999999999999h",
+            "400d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -30,41 +30,80 @@ pub struct LoadOptions {
 
 /// Parses and validates workflow text. `origin` names the file in every
 /// problem and picks the format (`.json` is JSON, anything else YAML).
-pub fn parse_workflow(text: &str, origin: &str, registry: &Registry, options: &LoadOptions) -> Result<Workflow, Problems> {
-    let located = source::parse(text, Format::from_file_name(origin)).map_err(|p| locate(Problems(vec![p]), origin, None))?;
-    check_document(&located, registry, options).map_err(|problems| locate(problems, origin, Some(&located)))
+pub fn parse_workflow(
+    text: &str,
+    origin: &str,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> Result<Workflow, Problems> {
+    let located = source::parse(text, Format::from_file_name(origin))
+        .map_err(|p| locate(Problems(vec![p]), origin, None))?;
+    check_document(&located, registry, options)
+        .map_err(|problems| locate(problems, origin, Some(&located)))
 }
 
 /// Validates an already-parsed document, such as a JSON body the hub received.
-pub fn check_value(value: serde_json::Value, registry: &Registry, options: &LoadOptions) -> Result<Workflow, Problems> {
+pub fn check_value(
+    value: serde_json::Value,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> Result<Workflow, Problems> {
     check_document(&Located::from_value(value), registry, options)
 }
 
-fn check_document(located: &Located, registry: &Registry, options: &LoadOptions) -> Result<Workflow, Problems> {
+fn check_document(
+    located: &Located,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> Result<Workflow, Problems> {
     let (workflow, mut problems) = model::lower(&located.value);
     let Some(workflow) = workflow else {
         return Err(problems);
     };
     problems.extend(validate::validate(&workflow, registry, options));
-    if problems.is_empty() { Ok(workflow) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(workflow)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Reads and validates a workflow file.
-pub fn load_workflow(path: &Path, registry: &Registry, options: &LoadOptions) -> Result<Workflow, Problems> {
+pub fn load_workflow(
+    path: &Path,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> Result<Workflow, Problems> {
     let origin = path.display().to_string();
-    let text = std::fs::read(path).map_err(|e| Problems(vec![Problem { file: Some(origin.clone()), ..Problem::new("", format!("cannot read the workflow file: {e}")) }]))?;
-    let text = String::from_utf8(text).map_err(|e| Problems(vec![Problem { file: Some(origin.clone()), ..Problem::new("", format!("the file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to())) }]))?;
+    let text = std::fs::read(path).map_err(|e| {
+        Problems(vec![Problem {
+            file: Some(origin.clone()),
+            ..Problem::new("", format!("cannot read the workflow file: {e}"))
+        }])
+    })?;
+    let text = String::from_utf8(text).map_err(|e| {
+        Problems(vec![Problem {
+            file: Some(origin.clone()),
+            ..Problem::new(
+                "",
+                format!(
+                    "the file is not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        }])
+    })?;
     parse_workflow(&text, &origin, registry, options)
 }
 
 fn locate(mut problems: Problems, origin: &str, located: Option<&Located>) -> Problems {
     for p in &mut problems.0 {
         p.file = Some(origin.to_string());
-        if p.line.is_none() {
-            if let Some((line, col)) = located.and_then(|l| l.position(&p.path)) {
-                p.line = Some(line);
-                p.column = Some(col);
-            }
+        if p.line.is_none()
+            && let Some((line, col)) = located.and_then(|l| l.position(&p.path))
+        {
+            p.line = Some(line);
+            p.column = Some(col);
         }
     }
     // Document order reads best; problems without a line go first.

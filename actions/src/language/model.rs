@@ -125,7 +125,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(map: &'a Map<String, Value>, path: &'a str, known: &[&str], problems: &mut Problems) -> Self {
+    fn new(
+        map: &'a Map<String, Value>,
+        path: &'a str,
+        known: &[&str],
+        problems: &mut Problems,
+    ) -> Self {
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
                 let hint = closest(key, known)
@@ -146,7 +151,10 @@ impl<'a> Fields<'a> {
         match v {
             Value::String(s) => Some(s.clone()),
             other => {
-                problems.add(path, format!("expected a string, found {}", describe(other)));
+                problems.add(
+                    path,
+                    format!("expected a string, found {}", describe(other)),
+                );
                 None
             }
         }
@@ -161,7 +169,10 @@ impl<'a> Fields<'a> {
                 None
             }
             other => {
-                problems.add(path, format!("expected true or false, found {}", describe(other)));
+                problems.add(
+                    path,
+                    format!("expected true or false, found {}", describe(other)),
+                );
                 None
             }
         }
@@ -187,7 +198,13 @@ fn duration_value(v: &Value, path: &str, problems: &mut Problems) -> Option<Dura
             None
         }
         other => {
-            problems.add(path, format!("expected a duration such as `30s`, found {}", describe(other)));
+            problems.add(
+                path,
+                format!(
+                    "expected a duration such as `30s`, found {}",
+                    describe(other)
+                ),
+            );
             None
         }
     }
@@ -224,7 +241,13 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
     let mut problems = Problems::default();
     let Value::Object(map) = doc else {
-        problems.add("", format!("a workflow must be a mapping with `version`, `name` and `steps`; found {}", describe(doc)));
+        problems.add(
+            "",
+            format!(
+                "a workflow must be a mapping with `version`, `name` and `steps`; found {}",
+                describe(doc)
+            ),
+        );
         return (None, problems);
     };
     let fields = Fields::new(map, "", WORKFLOW_FIELDS, &mut problems);
@@ -232,7 +255,10 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
     match fields.get("version") {
         None => problems.add("version", "missing field `version`; add `version: 1`"),
         Some((Value::Number(n), _)) if n.as_u64() == Some(1) => {}
-        Some((other, path)) => problems.add(path, format!("unsupported version {other}; this Tasuki reads `version: 1`")),
+        Some((other, path)) => problems.add(
+            path,
+            format!("unsupported version {other}; this Tasuki reads `version: 1`"),
+        ),
     }
     let name = fields.string("name", &mut problems).unwrap_or_default();
     if !map.contains_key("name") {
@@ -241,20 +267,31 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         problems.add("name", "`name` must not be empty");
     }
     let description = fields.string("description", &mut problems);
-    let single_process_mode = fields.bool("single_process_mode", &mut problems).unwrap_or(false);
+    let single_process_mode = fields
+        .bool("single_process_mode", &mut problems)
+        .unwrap_or(false);
     let timeout = fields.duration("timeout", &mut problems);
     let params = match fields.get("params") {
         None | Some((Value::Null, _)) => Vec::new(),
         Some((Value::Object(p), path)) => lower_params(p, &path, &mut problems),
         Some((other, path)) => {
-            problems.add(path, format!("expected a mapping of param names to defaults, found {}", describe(other)));
+            problems.add(
+                path,
+                format!(
+                    "expected a mapping of param names to defaults, found {}",
+                    describe(other)
+                ),
+            );
             Vec::new()
         }
     };
     let mut count = 0usize;
     let steps = match fields.get("steps") {
         None => {
-            problems.add("steps", "missing field `steps`; a workflow needs at least one step");
+            problems.add(
+                "steps",
+                "missing field `steps`; a workflow needs at least one step",
+            );
             Vec::new()
         }
         Some((v, path)) => {
@@ -270,7 +307,10 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         Some((v, path)) => lower_steps(v, &path, &mut problems, &mut count, 0),
     };
     if count > MAX_STEPS {
-        problems.add("steps", format!("the workflow has {count} steps; the limit is {MAX_STEPS}"));
+        problems.add(
+            "steps",
+            format!("the workflow has {count} steps; the limit is {MAX_STEPS}"),
+        );
     }
 
     let workflow = Workflow {
@@ -296,7 +336,9 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
         // A mapping that uses any of the spec keys declares the param;
         // any other value, mappings included, is its default.
         let spec = match value {
-            Value::Object(spec) if spec.is_empty() || spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str())) => {
+            Value::Object(spec)
+                if spec.is_empty() || spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str())) =>
+            {
                 let fields = Fields::new(spec, &here, PARAM_FIELDS, problems);
                 ParamSpec {
                     name: name.clone(),
@@ -325,13 +367,25 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
 
 const MAX_NESTING: usize = 16;
 
-fn lower_steps(value: &Value, path: &str, problems: &mut Problems, count: &mut usize, depth: usize) -> Vec<Step> {
+fn lower_steps(
+    value: &Value,
+    path: &str,
+    problems: &mut Problems,
+    count: &mut usize,
+    depth: usize,
+) -> Vec<Step> {
     let Value::Array(items) = value else {
-        problems.add(path, format!("expected a list of steps, found {}", describe(value)));
+        problems.add(
+            path,
+            format!("expected a list of steps, found {}", describe(value)),
+        );
         return Vec::new();
     };
     if depth > MAX_NESTING {
-        problems.add(path, format!("steps are nested deeper than {MAX_NESTING} levels"));
+        problems.add(
+            path,
+            format!("steps are nested deeper than {MAX_NESTING} levels"),
+        );
         return Vec::new();
     }
     let mut steps = Vec::with_capacity(items.len());
@@ -349,31 +403,52 @@ fn lower_steps(value: &Value, path: &str, problems: &mut Problems, count: &mut u
     steps
 }
 
-fn lower_step(value: &Value, path: &str, problems: &mut Problems, count: &mut usize, depth: usize) -> Option<Step> {
+fn lower_step(
+    value: &Value,
+    path: &str,
+    problems: &mut Problems,
+    count: &mut usize,
+    depth: usize,
+) -> Option<Step> {
     let Value::Object(map) = value else {
-        problems.add(path, format!("expected a step (a mapping with `id` and `action`), found {}", describe(value)));
+        problems.add(
+            path,
+            format!(
+                "expected a step (a mapping with `id` and `action`), found {}",
+                describe(value)
+            ),
+        );
         return None;
     };
     let fields = Fields::new(map, path, STEP_FIELDS, problems);
     let id = fields.string("id", problems);
     if !map.contains_key("id") {
-        problems.add(join(path, "id"), "missing field `id`; every step needs a unique id");
+        problems.add(
+            join(path, "id"),
+            "missing field `id`; every step needs a unique id",
+        );
     }
-    if let Some(id) = &id {
-        if !is_identifier(id) {
-            problems.add(join(path, "id"), format!("step id `{id}` must start with a letter or `_`, contain only letters, digits, `_` and `-`, and be at most {MAX_ID_LEN} characters"));
-        }
+    if let Some(id) = &id
+        && !is_identifier(id)
+    {
+        problems.add(join(path, "id"), format!("step id `{id}` must start with a letter or `_`, contain only letters, digits, `_` and `-`, and be at most {MAX_ID_LEN} characters"));
     }
     let _display_name = fields.string("name", problems);
     let action = fields.string("action", problems);
     if !map.contains_key("action") {
-        problems.add(join(path, "action"), "missing field `action`, such as `shell.run` or `http.request`");
+        problems.add(
+            join(path, "action"),
+            "missing field `action`, such as `shell.run` or `http.request`",
+        );
     }
     let with = match fields.get("with") {
         None | Some((Value::Null, _)) => Map::new(),
         Some((Value::Object(w), _)) => w.clone(),
         Some((other, p)) => {
-            problems.add(p, format!("expected a mapping of arguments, found {}", describe(other)));
+            problems.add(
+                p,
+                format!("expected a mapping of arguments, found {}", describe(other)),
+            );
             Map::new()
         }
     };
@@ -387,7 +462,9 @@ fn lower_step(value: &Value, path: &str, problems: &mut Problems, count: &mut us
         }
     };
     let timeout = fields.duration("timeout", problems);
-    let retry = fields.get("retry").and_then(|(v, p)| lower_retry(v, &p, problems));
+    let retry = fields
+        .get("retry")
+        .and_then(|(v, p)| lower_retry(v, &p, problems));
     let continue_on_error = fields.bool("continue_on_error", problems).unwrap_or(false);
     let save_as = fields.string("save_as", problems);
     if let Some(name) = &save_as {
@@ -423,7 +500,10 @@ pub(crate) fn check_variable_name(name: &str, path: &str, problems: &mut Problem
     if !is_identifier(name) {
         problems.add(path, format!("variable name `{name}` must start with a letter or `_` and contain only letters, digits, `_` and `-`"));
     } else if RESERVED_ROOTS.contains(&name) {
-        problems.add(path, format!("`{name}` is reserved and cannot be used as a variable name"));
+        problems.add(
+            path,
+            format!("`{name}` is reserved and cannot be used as a variable name"),
+        );
     }
 }
 
@@ -433,7 +513,10 @@ fn lower_retry(value: &Value, path: &str, problems: &mut Problems) -> Option<Ret
         Value::Number(n) => match n.as_u64() {
             Some(t) if (1..=100).contains(&t) => policy.times = t as u32,
             _ => {
-                problems.add(path, format!("retry count must be a whole number from 1 to 100, found {n}"));
+                problems.add(
+                    path,
+                    format!("retry count must be a whole number from 1 to 100, found {n}"),
+                );
                 return None;
             }
         },
@@ -442,10 +525,19 @@ fn lower_retry(value: &Value, path: &str, problems: &mut Problems) -> Option<Ret
             match fields.get("times") {
                 Some((Value::Number(n), p)) => match n.as_u64() {
                     Some(t) if (1..=100).contains(&t) => policy.times = t as u32,
-                    _ => problems.add(p, format!("`times` must be a whole number from 1 to 100, found {n}")),
+                    _ => problems.add(
+                        p,
+                        format!("`times` must be a whole number from 1 to 100, found {n}"),
+                    ),
                 },
-                Some((other, p)) => problems.add(p, format!("expected a number of retries, found {}", describe(other))),
-                None => problems.add(join(path, "times"), "missing field `times`, the number of retries"),
+                Some((other, p)) => problems.add(
+                    p,
+                    format!("expected a number of retries, found {}", describe(other)),
+                ),
+                None => problems.add(
+                    join(path, "times"),
+                    "missing field `times`, the number of retries",
+                ),
             }
             if let Some(d) = fields.duration("delay", problems) {
                 policy.delay = d;
@@ -458,12 +550,20 @@ fn lower_retry(value: &Value, path: &str, problems: &mut Problems) -> Option<Ret
                     Some(f) if (1.0..=10.0).contains(&f) => policy.factor = f as f32,
                     _ => problems.add(p, format!("`factor` must be between 1 and 10, found {n}")),
                 },
-                Some((other, p)) => problems.add(p, format!("expected a number, found {}", describe(other))),
+                Some((other, p)) => {
+                    problems.add(p, format!("expected a number, found {}", describe(other)))
+                }
                 None => {}
             }
         }
         other => {
-            problems.add(path, format!("expected a retry count or a mapping with `times` and `delay`, found {}", describe(other)));
+            problems.add(
+                path,
+                format!(
+                    "expected a retry count or a mapping with `times` and `delay`, found {}",
+                    describe(other)
+                ),
+            );
             return None;
         }
     }

@@ -46,7 +46,11 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
             format!("params.{name}"),
             format!(
                 "unknown param `{name}` from {origin}; the workflow declares: {}",
-                if declared.is_empty() { "no params".to_string() } else { declared.join(", ") }
+                if declared.is_empty() {
+                    "no params".to_string()
+                } else {
+                    declared.join(", ")
+                }
             ),
         );
     };
@@ -75,7 +79,12 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
             },
         }
     }
-    let mut secret_names: Vec<String> = workflow.params.iter().filter(|p| p.secret).map(|p| p.name.clone()).collect();
+    let mut secret_names: Vec<String> = workflow
+        .params
+        .iter()
+        .filter(|p| p.secret)
+        .map(|p| p.name.clone())
+        .collect();
     for (name, value) in &inputs.secrets {
         if workflow.param(name).is_none() {
             unknown(name, "the secrets file", &mut problems);
@@ -89,11 +98,17 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
     for spec in &workflow.params {
         if !values.contains_key(&spec.name) {
             let how = if spec.secret {
-                format!("put it in a secrets file passed with --secrets-file, as {{\"{}\": \"...\"}}", spec.name)
+                format!(
+                    "put it in a secrets file passed with --secrets-file, as {{\"{}\": \"...\"}}",
+                    spec.name
+                )
             } else {
                 format!("pass it with --param {}=VALUE", spec.name)
             };
-            problems.add(format!("params.{}", spec.name), format!("param `{}` has no default and no value; {how}", spec.name));
+            problems.add(
+                format!("params.{}", spec.name),
+                format!("param `{}` has no default and no value; {how}", spec.name),
+            );
         }
     }
     if !problems.is_empty() {
@@ -137,15 +152,22 @@ fn coerce(text: &str, default: Option<&Value>) -> Result<Value, String> {
             let parsed: Result<serde_json::Number, _> = text.trim().parse();
             match parsed {
                 Ok(n) if d.is_f64() || !n.is_f64() => Ok(Value::Number(n)),
-                _ => Err(format!("expected a number like the default `{d}`, found `{text}`")),
+                _ => Err(format!(
+                    "expected a number like the default `{d}`, found `{text}`"
+                )),
             }
         }
         Some(d @ (Value::Array(_) | Value::Object(_))) => {
-            let v: Value = serde_json::from_str(text).map_err(|e| format!("expected JSON {} like the default, but: {e}", describe(d)))?;
+            let v: Value = serde_json::from_str(text)
+                .map_err(|e| format!("expected JSON {} like the default, but: {e}", describe(d)))?;
             if std::mem::discriminant(&v) == std::mem::discriminant(d) {
                 Ok(v)
             } else {
-                Err(format!("expected {} like the default, found {}", describe(d), describe(&v)))
+                Err(format!(
+                    "expected {} like the default, found {}",
+                    describe(d),
+                    describe(&v)
+                ))
             }
         }
     }

@@ -110,7 +110,10 @@ fn parse_yaml(text: &str) -> Result<Located, Problem> {
         serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
             // The user-facing formatter: no location (added below) and no
             // hints about the library's own options.
-            let message = first_line(&serde_saphyr::MessageFormatter::format_message(&serde_saphyr::UserMessageFormatter, &e));
+            let message = first_line(&serde_saphyr::MessageFormatter::format_message(
+                &serde_saphyr::UserMessageFormatter,
+                &e,
+            ));
             let problem = Problem::new("", format!("invalid YAML: {message}"));
             match e.location() {
                 Some(loc) if loc.line() > 0 => problem.at(loc.line(), loc.column()),
@@ -146,7 +149,9 @@ struct StrictJson(Value);
 
 impl<'de> Deserialize<'de> for StrictJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictJsonVisitor).map(StrictJson)
+        deserializer
+            .deserialize_any(StrictJsonVisitor)
+            .map(StrictJson)
     }
 }
 

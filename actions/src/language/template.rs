@@ -122,8 +122,7 @@ impl Template {
             } else if text[i..].starts_with("${") {
                 let start = i + 2;
                 let end = find_close(text, start).ok_or_else(|| SyntaxError {
-                    message: "`${` is never closed with `}`; write `$${` for a literal `${`"
-                        .into(),
+                    message: "`${` is never closed with `}`; write `$${` for a literal `${`".into(),
                     offset: i,
                 })?;
                 let source = text[start..end].trim().to_string();
@@ -190,10 +189,10 @@ impl Template {
     /// Renders what `scope` can resolve and leaves every other expression
     /// as written. For showing a plan, not for running it.
     pub fn render_partial(&self, scope: &dyn Scope) -> Value {
-        if let [Part::Expr { expr, .. }] = self.parts.as_slice() {
-            if let Ok(v) = eval(expr, scope) {
-                return v.into_owned();
-            }
+        if let [Part::Expr { expr, .. }] = self.parts.as_slice()
+            && let Ok(v) = eval(expr, scope)
+        {
+            return v.into_owned();
         }
         let mut out = String::new();
         for part in &self.parts {
@@ -276,14 +275,20 @@ pub fn eval<'s>(expr: &Expr, scope: &'s dyn Scope) -> Result<Cow<'s, Value>, Str
             let root = scope.root(path)?;
             walk(root, path)
         }
-        Expr::Not(inner) => Ok(Cow::Owned(Value::Bool(!truthy(eval(inner, scope)?.as_ref())))),
+        Expr::Not(inner) => Ok(Cow::Owned(Value::Bool(!truthy(
+            eval(inner, scope)?.as_ref(),
+        )))),
         Expr::And(a, b) => {
             let left = truthy(eval(a, scope)?.as_ref());
-            Ok(Cow::Owned(Value::Bool(left && truthy(eval(b, scope)?.as_ref()))))
+            Ok(Cow::Owned(Value::Bool(
+                left && truthy(eval(b, scope)?.as_ref()),
+            )))
         }
         Expr::Or(a, b) => {
             let left = truthy(eval(a, scope)?.as_ref());
-            Ok(Cow::Owned(Value::Bool(left || truthy(eval(b, scope)?.as_ref()))))
+            Ok(Cow::Owned(Value::Bool(
+                left || truthy(eval(b, scope)?.as_ref()),
+            )))
         }
         Expr::Compare(a, op, b) => {
             let left = eval(a, scope)?;
@@ -363,7 +368,10 @@ pub fn describe(v: &Value) -> &'static str {
 fn compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, String> {
     use std::cmp::Ordering;
     let ordering: Option<Ordering> = match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64().zip(y.as_f64()).and_then(|(x, y)| x.partial_cmp(&y)),
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .zip(y.as_f64())
+            .and_then(|(x, y)| x.partial_cmp(&y)),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => None,
     };
@@ -371,9 +379,8 @@ fn compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, String> {
         CompareOp::Eq => Ok(loose_eq(a, b)),
         CompareOp::Ne => Ok(!loose_eq(a, b)),
         _ => {
-            let ord = ordering.ok_or_else(|| {
-                format!("cannot order {} against {}", describe(a), describe(b))
-            })?;
+            let ord = ordering
+                .ok_or_else(|| format!("cannot order {} against {}", describe(a), describe(b)))?;
             Ok(match op {
                 CompareOp::Lt => ord == Ordering::Less,
                 CompareOp::Le => ord != Ordering::Greater,
@@ -490,7 +497,9 @@ fn lex(src: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
                 }
                 tokens.push((Token::Str(s), off));
             }
-            c if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|(_, d)| d.is_ascii_digit())) => {
+            c if c.is_ascii_digit()
+                || (c == '-' && chars.get(i + 1).is_some_and(|(_, d)| d.is_ascii_digit())) =>
+            {
                 let start = i;
                 i += 1;
                 while i < chars.len() && (chars[i].1.is_ascii_digit() || chars[i].1 == '.') {
@@ -506,7 +515,9 @@ fn lex(src: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
             c if c.is_ascii_alphabetic() || c == '_' => {
                 let start = off;
                 while i < chars.len()
-                    && (chars[i].1.is_ascii_alphanumeric() || chars[i].1 == '_' || chars[i].1 == '-')
+                    && (chars[i].1.is_ascii_alphanumeric()
+                        || chars[i].1 == '_'
+                        || chars[i].1 == '-')
                 {
                     i += 1;
                 }
@@ -574,7 +585,10 @@ impl Parser {
         self.tokens.get(self.pos).map(|(t, _)| t)
     }
     fn offset(&self) -> usize {
-        self.tokens.get(self.pos).map(|(_, o)| *o).unwrap_or(self.end)
+        self.tokens
+            .get(self.pos)
+            .map(|(_, o)| *o)
+            .unwrap_or(self.end)
     }
     fn error(&self, message: impl Into<String>) -> SyntaxError {
         SyntaxError {
@@ -584,7 +598,9 @@ impl Parser {
     }
     fn guard(&self, depth: usize) -> Result<(), SyntaxError> {
         if depth > MAX_EXPR_DEPTH {
-            Err(self.error(format!("expression is nested deeper than {MAX_EXPR_DEPTH} levels")))
+            Err(self.error(format!(
+                "expression is nested deeper than {MAX_EXPR_DEPTH} levels"
+            )))
         } else {
             Ok(())
         }
@@ -741,7 +757,10 @@ mod tests {
         let vars = json!({"n": 3, "list": [1, 2], "name": "x"});
         assert_eq!(render("${n}", vars.clone()).unwrap(), json!(3));
         assert_eq!(render("${list}", vars.clone()).unwrap(), json!([1, 2]));
-        assert_eq!(render("n=${n} ${name}", vars.clone()).unwrap(), json!("n=3 x"));
+        assert_eq!(
+            render("n=${n} ${name}", vars.clone()).unwrap(),
+            json!("n=3 x")
+        );
         assert_eq!(render("$${n}", vars).unwrap(), json!("${n}"));
     }
 
@@ -759,13 +778,18 @@ mod tests {
     #[test]
     fn comparisons_and_logic() {
         let vars = json!({"a": 1, "s": "x"});
-        assert_eq!(render("${a == 1 && s != 'y'}", vars.clone()).unwrap(), json!(true));
+        assert_eq!(
+            render("${a == 1 && s != 'y'}", vars.clone()).unwrap(),
+            json!(true)
+        );
         assert_eq!(render("${!(a >= 2) || false}", vars).unwrap(), json!(true));
     }
 
     #[test]
     fn syntax_errors_are_reported() {
-        for bad in ["${", "${}", "${a.}", "${a[}", "${a = 1}", "${'x}", "${a b}", "${a[-1]}"] {
+        for bad in [
+            "${", "${}", "${a.}", "${a[}", "${a = 1}", "${'x}", "${a b}", "${a[-1]}",
+        ] {
             assert!(Template::parse(bad).is_err(), "{bad} should not parse");
         }
     }

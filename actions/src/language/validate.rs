@@ -6,13 +6,13 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
+use super::LoadOptions;
 use super::argcheck;
 use super::model::{
     CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow, check_variable_name, edit_distance,
 };
 use super::problem::{Problems, join};
 use super::template::{PathExpr, Segment, Template, paths};
-use super::LoadOptions;
 use crate::runtime::registry::Registry;
 
 const CONTROL_ACTIONS: &[&str] = &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY];
@@ -65,7 +65,10 @@ impl Validator<'_> {
         } else if let Some(first) = self.ids.get(&step.id) {
             self.problems.add(
                 &id_path,
-                format!("duplicate step id `{}`; it is already used at {first}", step.id),
+                format!(
+                    "duplicate step id `{}`; it is already used at {first}",
+                    step.id
+                ),
             );
         } else {
             self.ids.insert(step.id.clone(), step.path.clone());
@@ -79,7 +82,11 @@ impl Validator<'_> {
         let action = step.action.as_str();
         let is_control = CONTROL_ACTIONS.contains(&action);
         if !is_control && !action.is_empty() && self.registry.get(action).is_none() {
-            let known: Vec<&str> = self.registry.names().chain(CONTROL_ACTIONS.iter().copied()).collect();
+            let known: Vec<&str> = self
+                .registry
+                .names()
+                .chain(CONTROL_ACTIONS.iter().copied())
+                .collect();
             let hint = known
                 .iter()
                 .map(|k| (edit_distance(action, k), *k))
@@ -87,13 +94,22 @@ impl Validator<'_> {
                 .min_by_key(|(d, _)| *d)
                 .map(|(_, k)| format!("; did you mean `{k}`?"))
                 .unwrap_or_else(|| format!("; known actions: {}", known.join(", ")));
-            self.problems.add(join(&step.path, "action"), format!("unknown action `{action}`{hint}"));
+            self.problems.add(
+                join(&step.path, "action"),
+                format!("unknown action `{action}`{hint}"),
+            );
         }
         if !step.steps.is_empty() && action != CONTROL_FOR_EACH && action != CONTROL_TRY {
-            self.problems.add(join(&step.path, "steps"), format!("only `for_each` and `try` steps have nested `steps`, not `{action}`"));
+            self.problems.add(
+                join(&step.path, "steps"),
+                format!("only `for_each` and `try` steps have nested `steps`, not `{action}`"),
+            );
         }
         if !step.catch.is_empty() && action != CONTROL_TRY {
-            self.problems.add(join(&step.path, "catch"), format!("only `try` steps have `catch`, not `{action}`"));
+            self.problems.add(
+                join(&step.path, "catch"),
+                format!("only `try` steps have `catch`, not `{action}`"),
+            );
         }
 
         // Arguments are rendered before the step runs, in the outer scope.
@@ -111,10 +127,16 @@ impl Validator<'_> {
             CONTROL_FOR_EACH => self.for_each(step, &with_path),
             CONTROL_TRY => {
                 if !step.with.is_empty() {
-                    self.problems.add(&with_path, "`try` takes no arguments; put the guarded steps under `steps`");
+                    self.problems.add(
+                        &with_path,
+                        "`try` takes no arguments; put the guarded steps under `steps`",
+                    );
                 }
                 if step.steps.is_empty() {
-                    self.problems.add(join(&step.path, "steps"), "`try` needs the steps it guards under `steps`");
+                    self.problems.add(
+                        join(&step.path, "steps"),
+                        "`try` needs the steps it guards under `steps`",
+                    );
                 }
                 self.steps(&step.steps);
                 let was = std::mem::replace(&mut self.in_error, true);
@@ -122,8 +144,15 @@ impl Validator<'_> {
                 self.in_error = was;
             }
             _ => {
-                if let (Some(schema), Some(action_impl)) = (self.registry.schema(action), self.registry.get(action)) {
-                    argcheck::check(&Value::Object(step.with.clone()), schema, &with_path, &mut self.problems);
+                if let (Some(schema), Some(action_impl)) =
+                    (self.registry.schema(action), self.registry.get(action))
+                {
+                    argcheck::check(
+                        &Value::Object(step.with.clone()),
+                        schema,
+                        &with_path,
+                        &mut self.problems,
+                    );
                     for (sub, message) in action_impl.check_args(&step.with) {
                         self.problems.add(join(&with_path, &sub), message);
                     }
@@ -144,14 +173,28 @@ impl Validator<'_> {
         let mut names = Vec::new();
         for key in step.with.keys() {
             if !["items", "as", "index_as"].contains(&key.as_str()) {
-                self.problems.add(join(with_path, key), format!("unknown argument `{key}`; `for_each` takes `items`, `as` and `index_as`"));
+                self.problems.add(
+                    join(with_path, key),
+                    format!(
+                        "unknown argument `{key}`; `for_each` takes `items`, `as` and `index_as`"
+                    ),
+                );
             }
         }
         match step.with.get("items") {
-            None => self.problems.add(join(with_path, "items"), "missing required argument `items`, the list to loop over"),
+            None => self.problems.add(
+                join(with_path, "items"),
+                "missing required argument `items`, the list to loop over",
+            ),
             Some(Value::Array(_)) => {}
             Some(Value::String(s)) if s.contains("${") => {}
-            Some(other) => self.problems.add(join(with_path, "items"), format!("expected a list or a `${{...}}` that gives one, found {}", super::template::describe(other))),
+            Some(other) => self.problems.add(
+                join(with_path, "items"),
+                format!(
+                    "expected a list or a `${{...}}` that gives one, found {}",
+                    super::template::describe(other)
+                ),
+            ),
         }
         for (key, default) in [("as", "item"), ("index_as", "index")] {
             match step.with.get(key) {
@@ -160,13 +203,25 @@ impl Validator<'_> {
                     check_variable_name(s, &join(with_path, key), &mut self.problems);
                     names.push(s.clone());
                 }
-                Some(other) => self.problems.add(join(with_path, key), format!("expected a variable name, found {}", super::template::describe(other))),
+                Some(other) => self.problems.add(
+                    join(with_path, key),
+                    format!(
+                        "expected a variable name, found {}",
+                        super::template::describe(other)
+                    ),
+                ),
             }
         }
         if step.steps.is_empty() {
-            self.problems.add(join(&step.path, "steps"), "`for_each` needs the steps to repeat under `steps`");
+            self.problems.add(
+                join(&step.path, "steps"),
+                "`for_each` needs the steps to repeat under `steps`",
+            );
         }
-        let added: Vec<String> = names.into_iter().filter(|n| self.vars.insert(n.clone())).collect();
+        let added: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.vars.insert(n.clone()))
+            .collect();
         self.steps(&step.steps);
         for n in added {
             self.vars.remove(&n);
@@ -221,7 +276,9 @@ impl Validator<'_> {
             "params" => match first {
                 None => Ok(()),
                 Some(name) if self.params.contains(name) => Ok(()),
-                Some(name) => Err(format!("no param named `{name}` is declared under `params`")),
+                Some(name) => Err(format!(
+                    "no param named `{name}` is declared under `params`"
+                )),
             },
             "steps" => {
                 let Some(id) = first else {
@@ -237,7 +294,9 @@ impl Validator<'_> {
                 match p.segments.get(1) {
                     None => Ok(()),
                     Some(Segment::Key(f)) if STEP_FIELDS_READABLE.contains(&f.as_str()) => Ok(()),
-                    Some(_) => Err(format!("a step has `output`, `status` and `error`; write `steps.{id}.output...`")),
+                    Some(_) => Err(format!(
+                        "a step has `output`, `status` and `error`; write `steps.{id}.output...`"
+                    )),
                 }
             }
             "env" => {
@@ -254,8 +313,12 @@ impl Validator<'_> {
             "error" if self.in_error => Ok(()),
             "error" => Err("`error` is only bound inside `on_error` and `catch`".into()),
             var if self.vars.contains(var) => Ok(()),
-            var if self.params.contains(var) => Err(format!("`{var}` is not defined; the param is written `params.{var}`")),
-            var => Err(format!("`{var}` is not defined before this step (define it with `set`, `save_as` or `for_each`)")),
+            var if self.params.contains(var) => Err(format!(
+                "`{var}` is not defined; the param is written `params.{var}`"
+            )),
+            var => Err(format!(
+                "`{var}` is not defined before this step (define it with `set`, `save_as` or `for_each`)"
+            )),
         }
     }
 }

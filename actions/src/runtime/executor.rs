@@ -18,12 +18,14 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::context::{ActionContext, SessionShared};
 pub use super::context::ExecOptions;
+use super::context::{ActionContext, SessionShared};
 use super::event::{Event, EventSink, LogLevel};
 use super::mask::Masker;
 use super::registry::{ActionError, Registry, codes};
-use super::report::{ErrorInfo, SessionReport, SessionStatus, StepRecord, StepStatus, millis_between};
+use super::report::{
+    ErrorInfo, SessionReport, SessionStatus, StepRecord, StepStatus, millis_between,
+};
 use crate::language::duration::format_duration;
 use crate::language::model::{CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow};
 use crate::language::params::BoundParams;
@@ -59,7 +61,11 @@ impl Executor {
     ) -> SessionReport {
         let started_at = Timestamp::now();
         let masker = Masker::new(&params.secret_values);
-        let shared = Arc::new(SessionShared::new(sink.clone(), masker, self.options.clone()));
+        let shared = Arc::new(SessionShared::new(
+            sink.clone(),
+            masker,
+            self.options.clone(),
+        ));
         sink.emit(Event::SessionStarted {
             workflow: workflow.name.clone(),
             started_at,
@@ -85,7 +91,11 @@ impl Executor {
             .options
             .env_allow
             .iter()
-            .filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), Value::String(v))))
+            .filter_map(|name| {
+                std::env::var(name)
+                    .ok()
+                    .map(|v| (name.clone(), Value::String(v)))
+            })
             .collect();
 
         let mut session = Session {
@@ -119,7 +129,11 @@ impl Executor {
             Err(failure) if cancel.is_cancelled() => (SessionStatus::Cancelled, Some(failure)),
             Err(failure) => {
                 if !workflow.on_error.is_empty() {
-                    shared.log(LogLevel::Warn, None, "the workflow failed; running on_error");
+                    shared.log(
+                        LogLevel::Warn,
+                        None,
+                        "the workflow failed; running on_error",
+                    );
                     session.error_binding = Some(error_value(&failure));
                     // A fresh token: the session token may be cancelled by a
                     // timeout, and the handler deserves its chance to run.
@@ -202,7 +216,9 @@ impl Scope for Session<'_> {
                     if self.shared.options.env_allow.iter().any(|a| a == name) {
                         Err(format!("environment variable `{name}` is not set"))
                     } else {
-                        Err(format!("environment variable `{name}` is not in the allow-list"))
+                        Err(format!(
+                            "environment variable `{name}` is not in the allow-list"
+                        ))
                     }
                 }
                 _ => Ok(Cow::Borrowed(&self.env)),
@@ -233,7 +249,11 @@ impl<'e> Session<'e> {
 
     async fn run_step(&mut self, step: &Step) -> Result<(), Failure> {
         if self.cancel.is_cancelled() {
-            return Err(failure(codes::CANCELLED, "the session was cancelled", &step.id));
+            return Err(failure(
+                codes::CANCELLED,
+                "the session was cancelled",
+                &step.id,
+            ));
         }
         let started_at = Timestamp::now();
         let clock = Instant::now();
@@ -251,7 +271,14 @@ impl<'e> Session<'e> {
         if let Some(condition) = &step.condition {
             match self.render_text(condition) {
                 Ok(value) if !truthy(&value) => {
-                    self.finish(step, started_at, clock, StepStatus::Skipped, Value::Null, None);
+                    self.finish(
+                        step,
+                        started_at,
+                        clock,
+                        StepStatus::Skipped,
+                        Value::Null,
+                        None,
+                    );
                     return Ok(());
                 }
                 Ok(_) => {}
@@ -280,15 +307,35 @@ impl<'e> Session<'e> {
         }
     }
 
-    fn fail(&mut self, step: &Step, started_at: Timestamp, clock: Instant, f: Failure) -> Result<(), Failure> {
+    fn fail(
+        &mut self,
+        step: &Step,
+        started_at: Timestamp,
+        clock: Instant,
+        f: Failure,
+    ) -> Result<(), Failure> {
         let cancelled = f.code == codes::CANCELLED && self.cancel.is_cancelled();
-        let status = if cancelled { StepStatus::Cancelled } else { StepStatus::Error };
-        self.finish(step, started_at, clock, status, Value::Null, Some(f.clone()));
+        let status = if cancelled {
+            StepStatus::Cancelled
+        } else {
+            StepStatus::Error
+        };
+        self.finish(
+            step,
+            started_at,
+            clock,
+            status,
+            Value::Null,
+            Some(f.clone()),
+        );
         if !cancelled && step.continue_on_error {
             self.shared.log(
                 LogLevel::Warn,
                 Some(&step.id),
-                &format!("step failed and continue_on_error is set, so the workflow goes on: {}", f.message),
+                &format!(
+                    "step failed and continue_on_error is set, so the workflow goes on: {}",
+                    f.message
+                ),
             );
             return Ok(());
         }
@@ -307,7 +354,10 @@ impl<'e> Session<'e> {
         let mut state = Map::with_capacity(3);
         state.insert("status".into(), Value::String(status.as_str().into()));
         state.insert("output".into(), output.clone());
-        state.insert("error".into(), error.as_ref().map(error_value).unwrap_or(Value::Null));
+        state.insert(
+            "error".into(),
+            error.as_ref().map(error_value).unwrap_or(Value::Null),
+        );
         if let Value::Object(states) = &mut self.step_states {
             states.insert(step.id.clone(), Value::Object(state));
         }
@@ -335,7 +385,9 @@ impl<'e> Session<'e> {
     }
 
     fn set(&mut self, step: &Step) -> Result<Value, Failure> {
-        let rendered = self.render_map(&step.with).map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
+        let rendered = self
+            .render_map(&step.with)
+            .map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
         for (k, v) in &rendered {
             self.vars.insert(k.clone(), v.clone());
         }
@@ -344,18 +396,27 @@ impl<'e> Session<'e> {
 
     async fn for_each(&mut self, step: &Step) -> Result<Value, Failure> {
         let items = match step.with.get("items") {
-            Some(v) => self.render(v).map_err(|m| failure(codes::TEMPLATE, format!("with.items: {m}"), &step.id))?,
+            Some(v) => self
+                .render(v)
+                .map_err(|m| failure(codes::TEMPLATE, format!("with.items: {m}"), &step.id))?,
             None => Value::Null,
         };
         let Value::Array(items) = items else {
             return Err(failure(
                 codes::INVALID_ARGS,
-                format!("with.items: expected a list, found {}", crate::language::template::describe(&items)),
+                format!(
+                    "with.items: expected a list, found {}",
+                    crate::language::template::describe(&items)
+                ),
                 &step.id,
             ));
         };
         let name_of = |key: &str, default: &str| {
-            step.with.get(key).and_then(Value::as_str).unwrap_or(default).to_string()
+            step.with
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string()
         };
         let item_name = name_of("as", "item");
         let index_name = name_of("index_as", "index");
@@ -375,7 +436,12 @@ impl<'e> Session<'e> {
                 .steps
                 .iter()
                 .map(|s| {
-                    let out = self.step_states.get(&s.id).and_then(|st| st.get("output")).cloned().unwrap_or(Value::Null);
+                    let out = self
+                        .step_states
+                        .get(&s.id)
+                        .and_then(|st| st.get("output"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
                     (s.id.clone(), out)
                 })
                 .collect();
@@ -400,7 +466,11 @@ impl<'e> Session<'e> {
                 self.shared.log(
                     LogLevel::Info,
                     Some(&step.id),
-                    &format!("caught the failure of step `{}`: {}", f.step_id.as_deref().unwrap_or("?"), f.message),
+                    &format!(
+                        "caught the failure of step `{}`: {}",
+                        f.step_id.as_deref().unwrap_or("?"),
+                        f.message
+                    ),
                 );
                 let caught = error_value(&f);
                 let previous = self.error_binding.replace(caught.clone());
@@ -414,7 +484,11 @@ impl<'e> Session<'e> {
     /// Runs a registry action, with retries and a per-attempt timeout.
     async fn invoke(&mut self, step: &Step) -> Result<Value, Failure> {
         let Some(action) = self.registry.get(&step.action).cloned() else {
-            return Err(failure(codes::UNKNOWN_ACTION, format!("unknown action `{}`", step.action), &step.id));
+            return Err(failure(
+                codes::UNKNOWN_ACTION,
+                format!("unknown action `{}`", step.action),
+                &step.id,
+            ));
         };
         let args = self
             .render_map(&step.with)
@@ -433,7 +507,9 @@ impl<'e> Session<'e> {
             let result = self.attempt(step, action.as_ref(), args.clone()).await;
             let error = match result {
                 Ok(output) => return Ok(output),
-                Err(e) if e.code == codes::CANCELLED => return Err(failure(e.code, e.message, &step.id)),
+                Err(e) if e.code == codes::CANCELLED => {
+                    return Err(failure(e.code, e.message, &step.id));
+                }
                 Err(e) => e,
             };
             let Some(delay) = delays.next() else {
@@ -465,7 +541,12 @@ impl<'e> Session<'e> {
         }
     }
 
-    async fn attempt(&self, step: &Step, action: &dyn super::registry::Action, args: Value) -> Result<Value, ActionError> {
+    async fn attempt(
+        &self,
+        step: &Step,
+        action: &dyn super::registry::Action,
+        args: Value,
+    ) -> Result<Value, ActionError> {
         let token = self.cancel.child_token();
         let ctx = ActionContext {
             step_id: step.id.clone(),
@@ -493,9 +574,15 @@ impl<'e> Session<'e> {
         let _ = tokio::time::timeout(bound, &mut run).await;
         if timed_out {
             let limit = step.timeout.map(format_duration).unwrap_or_default();
-            Err(ActionError::new(codes::TIMEOUT, format!("the step did not finish within its timeout of {limit}")))
+            Err(ActionError::new(
+                codes::TIMEOUT,
+                format!("the step did not finish within its timeout of {limit}"),
+            ))
         } else {
-            Err(ActionError::new(codes::CANCELLED, "the session was cancelled"))
+            Err(ActionError::new(
+                codes::CANCELLED,
+                "the session was cancelled",
+            ))
         }
     }
 
@@ -507,7 +594,11 @@ impl<'e> Session<'e> {
     fn render(&self, value: &Value) -> Result<Value, String> {
         match value {
             Value::String(s) if s.contains("${") => self.render_text(s),
-            Value::Array(items) => items.iter().map(|v| self.render(v)).collect::<Result<_, _>>().map(Value::Array),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| self.render(v))
+                .collect::<Result<_, _>>()
+                .map(Value::Array),
             Value::Object(map) => self.render_map(map).map(Value::Object),
             other => Ok(other.clone()),
         }

@@ -49,10 +49,10 @@ impl Masker {
     }
 
     pub fn mask_in_place(&self, text: &mut String) {
-        if let Some(m) = &self.matcher {
-            if m.is_match(text.as_str()) {
-                *text = self.mask(text);
-            }
+        if let Some(m) = &self.matcher
+            && m.is_match(text.as_str())
+        {
+            *text = self.mask(text);
         }
     }
 

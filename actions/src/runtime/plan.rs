@@ -55,7 +55,13 @@ pub fn plan(workflow: &Workflow, params: &BoundParams, env_allow: &[String]) -> 
     out
 }
 
-fn walk(steps: &[Step], depth: usize, scope: &StaticScope, masker: &Masker, out: &mut Vec<PlannedStep>) {
+fn walk(
+    steps: &[Step],
+    depth: usize,
+    scope: &StaticScope,
+    masker: &Masker,
+    out: &mut Vec<PlannedStep>,
+) {
     for step in steps {
         let mut with = resolve(&Value::Object(step.with.clone()), scope);
         masker.mask_value(&mut with);
@@ -85,7 +91,10 @@ fn resolve(value: &Value, scope: &StaticScope) -> Value {
             .unwrap_or_else(|_| value.clone()),
         Value::Array(items) => Value::Array(items.iter().map(|v| resolve(v, scope)).collect()),
         Value::Object(map) => {
-            let m: Map<String, Value> = map.iter().map(|(k, v)| (k.clone(), resolve(v, scope))).collect();
+            let m: Map<String, Value> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), resolve(v, scope)))
+                .collect();
             Value::Object(m)
         }
         other => other.clone(),
