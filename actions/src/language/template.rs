@@ -121,9 +121,16 @@ impl Template {
                 i += 3;
             } else if text[i..].starts_with("${") {
                 let start = i + 2;
-                let end = find_close(text, start).ok_or_else(|| SyntaxError {
-                    message: "`${` is never closed with `}`; write `$${` for a literal `${`".into(),
-                    offset: i,
+                let end = find_close(text, start).map_err(|open_quote| match open_quote {
+                    // The quote swallowed the `}`: say so, not that `${` is open.
+                    Some(at) => SyntaxError {
+                        message: "unterminated string literal".into(),
+                        offset: at,
+                    },
+                    None => SyntaxError {
+                        message: "`${` is never closed with `}`; write `$${` for a literal `${`".into(),
+                        offset: i,
+                    },
                 })?;
                 let source = text[start..end].trim().to_string();
                 let expr = parse_expr(&text[start..end]).map_err(|mut e| {
@@ -221,13 +228,14 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-/// Finds the `}` that closes an expression, skipping quoted strings.
-fn find_close(text: &str, start: usize) -> Option<usize> {
-    let mut quote: Option<char> = None;
+/// Finds the `}` that closes an expression, skipping quoted strings. When
+/// there is none, tells where a string that is still open at the end began.
+fn find_close(text: &str, start: usize) -> Result<usize, Option<usize>> {
+    let mut quote: Option<(char, usize)> = None;
     let mut escaped = false;
     for (off, c) in text[start..].char_indices() {
         match quote {
-            Some(q) => {
+            Some((q, _)) => {
                 if escaped {
                     escaped = false;
                 } else if c == '\\' {
@@ -237,13 +245,13 @@ fn find_close(text: &str, start: usize) -> Option<usize> {
                 }
             }
             None => match c {
-                '\'' | '"' => quote = Some(c),
-                '}' => return Some(start + off),
+                '\'' | '"' => quote = Some((c, start + off)),
+                '}' => return Ok(start + off),
                 _ => {}
             },
         }
     }
-    None
+    Err(quote.map(|(_, at)| at))
 }
 
 /// Appends a value as text: strings as they are, everything else as JSON.
@@ -460,10 +468,12 @@ fn lex(src: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
                     ('&', Some('&')) => (Token::And, 2),
                     ('|', Some('|')) => (Token::Or, 2),
                     _ => {
-                        return Err(err(
-                            format!("unexpected `{c}`; did you mean `{c}{c}` or `==`?"),
-                            off,
-                        ));
+                        let hint = match c {
+                            '=' => "`==`",
+                            '&' => "`&&`",
+                            _ => "`||`",
+                        };
+                        return Err(err(format!("unexpected `{c}`; did you mean {hint}?"), off));
                     }
                 };
                 tokens.push((tok, off));

@@ -154,7 +154,9 @@ impl Validator<'_> {
                         &mut self.problems,
                     );
                     for (sub, message) in action_impl.check_args(&step.with) {
-                        self.problems.add(join(&with_path, &sub), message);
+                        // An empty sub-path is about `with` as a whole.
+                        let at = if sub.is_empty() { with_path.clone() } else { join(&with_path, &sub) };
+                        self.problems.add(at, message);
                     }
                 }
             }
