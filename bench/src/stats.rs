@@ -11,10 +11,6 @@ impl Samples {
         self.values.push(value);
     }
 
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
     fn sorted(&self) -> Vec<f64> {
         let mut v = self.values.clone();
         v.sort_by(f64::total_cmp);
