@@ -158,8 +158,12 @@ fn coerce(text: &str, default: Option<&Value>) -> Result<Value, String> {
             }
         }
         Some(d @ (Value::Array(_) | Value::Object(_))) => {
-            let v: Value = serde_json::from_str(text)
-                .map_err(|e| format!("expected JSON {} like the default, but: {e}", describe(d)))?;
+            let v: Value = serde_json::from_str(text).map_err(|e| {
+                format!(
+                    "expected {} in JSON, like the default, but: {e}",
+                    describe(d)
+                )
+            })?;
             if std::mem::discriminant(&v) == std::mem::discriminant(d) {
                 Ok(v)
             } else {

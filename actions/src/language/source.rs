@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
@@ -20,6 +20,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Deepest nesting accepted, in YAML and JSON alike.
 pub const MAX_DEPTH: usize = 64;
+
+/// Most values in a YAML document, counting each use of an alias.
+const MAX_NODES: usize = 200_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -100,7 +103,7 @@ fn yaml_options() -> serde_saphyr::Options {
     options.strict_booleans = true;
     let mut budget = options.budget.clone().unwrap_or_default();
     budget.max_depth = MAX_DEPTH;
-    budget.max_nodes = 200_000;
+    budget.max_nodes = MAX_NODES;
     options.budget = Some(budget);
     options
 }
@@ -108,13 +111,7 @@ fn yaml_options() -> serde_saphyr::Options {
 fn parse_yaml(text: &str) -> Result<Located, Problem> {
     let root: Spanned<Node> =
         serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-            // The user-facing formatter: no location (added below) and no
-            // hints about the library's own options.
-            let message = first_line(&serde_saphyr::MessageFormatter::format_message(
-                &serde_saphyr::UserMessageFormatter,
-                &e,
-            ));
-            let problem = Problem::new("", format!("invalid YAML: {message}"));
+            let problem = Problem::new("", format!("invalid YAML: {}", yaml_message(&e)));
             match e.location() {
                 Some(loc) if loc.line() > 0 => problem.at(loc.line(), loc.column()),
                 _ => problem,
@@ -125,39 +122,91 @@ fn parse_yaml(text: &str) -> Result<Located, Problem> {
     Ok(Located { value, positions })
 }
 
+/// The parser's message for a user: without the location (the problem
+/// carries it), without hints about the library's own options, and with
+/// the limits said in the same words as for JSON.
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    let mut inner = e;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = inner
+    {
+        inner = error;
+    }
+    match inner {
+        serde_saphyr::Error::Budget {
+            breach: BudgetBreach::Depth { .. },
+            ..
+        } => too_deep(),
+        serde_saphyr::Error::Budget {
+            breach: BudgetBreach::Nodes { .. },
+            ..
+        } => {
+            format!("document has more than {MAX_NODES} values (each use of an alias counts)")
+        }
+        _ => {
+            let message = first_line(&serde_saphyr::MessageFormatter::format_message(
+                &serde_saphyr::UserMessageFormatter,
+                e,
+            ));
+            if message == "recursion limit exceeded" {
+                too_deep()
+            } else {
+                message
+            }
+        }
+    }
+}
+
+fn too_deep() -> String {
+    format!("document is nested deeper than {MAX_DEPTH} levels")
+}
+
 fn parse_json(text: &str) -> Result<Located, Problem> {
-    let value = serde_json::from_str::<StrictJson>(text)
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let value = StrictJson { depth: 0 }
+        .deserialize(&mut reader)
+        .and_then(|value| reader.end().map(|()| value))
         .map_err(|e| {
             Problem::new("", format!("invalid JSON: {e}")).at(e.line() as u64, e.column() as u64)
-        })?
-        .0;
-    if depth(&value) > MAX_DEPTH {
-        return Err(Problem::new(
-            "",
-            format!("document is nested deeper than {MAX_DEPTH} levels"),
-        ));
-    }
+        })?;
     // JSON is YAML, so the YAML reader can tell where each node is; if it
     // disagrees with the JSON (it should not), locations are simply absent.
     let positions = parse_yaml(text).map(|l| l.positions).unwrap_or_default();
     Ok(Located { value, positions })
 }
 
-/// A JSON value read with duplicate keys refused, as the YAML reader
-/// refuses them: `serde_json::Value` would silently keep the last one.
-struct StrictJson(Value);
+/// Reads a JSON value the way the YAML reader reads YAML: a duplicate key
+/// is refused (`serde_json::Value` would silently keep the last one), and
+/// so is nesting deeper than `MAX_DEPTH`, each at the line and column where
+/// it happens.
+#[derive(Clone, Copy)]
+struct StrictJson {
+    /// How many lists and objects enclose the value being read.
+    depth: usize,
+}
 
-impl<'de> Deserialize<'de> for StrictJson {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(StrictJsonVisitor)
-            .map(StrictJson)
+impl StrictJson {
+    fn nested<E: de::Error>(self) -> Result<StrictJson, E> {
+        if self.depth >= MAX_DEPTH {
+            Err(E::custom(too_deep()))
+        } else {
+            Ok(StrictJson {
+                depth: self.depth + 1,
+            })
+        }
     }
 }
 
-struct StrictJsonVisitor;
+impl<'de> DeserializeSeed<'de> for StrictJson {
+    type Value = Value;
 
-impl<'de> Visitor<'de> for StrictJsonVisitor {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictJson {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -185,30 +234,24 @@ impl<'de> Visitor<'de> for StrictJsonVisitor {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
         let mut items = Vec::new();
-        while let Some(StrictJson(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(inner)? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key `{key}`")));
             }
-            let StrictJson(value) = map.next_value()?;
+            let value = map.next_value_seed(inner)?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
-    }
-}
-
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
     }
 }
 
