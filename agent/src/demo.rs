@@ -31,7 +31,7 @@ const SITE: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
-pub fn run(output: OutputFormat) -> u8 {
+pub fn run(output: OutputFormat, browser: &crate::BrowserArgs) -> u8 {
     let registry = Registry::builtin();
     let workflow = match parse_workflow(WORKFLOW, WORKFLOW_NAME, &registry, &LoadOptions::default())
     {
@@ -82,6 +82,7 @@ pub fn run(output: OutputFormat) -> u8 {
         let options = ExecOptions {
             artifacts_dir: scratch.path().join("artifacts"),
             work_dir: scratch.path().to_path_buf(),
+            browser: browser.settings(),
             ..ExecOptions::default()
         };
         crate::local_run::execute(workflow, params, options, output, registry).await

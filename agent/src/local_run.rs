@@ -108,6 +108,7 @@ pub fn run(args: RunArgs) -> u8 {
         artifacts_dir: args.artifacts.clone(),
         env_allow: args.allow_env.clone(),
         cancel_grace,
+        browser: args.browser.settings(),
         ..ExecOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -37,6 +37,8 @@ enum Command {
     Demo {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        #[command(flatten)]
+        browser: BrowserArgs,
     },
 }
 
@@ -72,6 +74,37 @@ pub struct RunArgs {
     /// How long a cancelled process tree gets before it is killed.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub cancel_grace: String,
+    #[command(flatten)]
+    pub browser: BrowserArgs,
+}
+
+/// Where browser steps find their browser.
+#[derive(clap::Args, Clone, Default)]
+pub struct BrowserArgs {
+    /// Show the browser window (needs a desktop).
+    #[arg(long)]
+    pub headed: bool,
+    /// The Chromium or Chrome binary; found on PATH otherwise.
+    #[arg(long, value_name = "PATH", env = "TASUKI_CHROMIUM")]
+    pub chromium: Option<PathBuf>,
+    /// The chromedriver binary; found on PATH otherwise.
+    #[arg(long, value_name = "PATH", env = "TASUKI_CHROMEDRIVER")]
+    pub chromedriver: Option<PathBuf>,
+    /// Use a remote WebDriver (such as Selenium Grid) instead of a local driver.
+    #[arg(long, value_name = "URL", env = "TASUKI_REMOTE_WEBDRIVER")]
+    pub remote_webdriver: Option<String>,
+}
+
+impl BrowserArgs {
+    pub fn settings(&self) -> tasuki_actions::runtime::context::BrowserSettings {
+        tasuki_actions::runtime::context::BrowserSettings {
+            chromium: self.chromium.clone(),
+            chromedriver: self.chromedriver.clone(),
+            remote_url: self.remote_webdriver.clone(),
+            headless: !self.headed,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,7 +133,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => local_run::run(args),
         Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
-        Command::Demo { output } => demo::run(output),
+        Command::Demo { output, browser } => demo::run(output, &browser),
         Command::Schema => {
             let schema = tasuki_actions::language::schema::workflow_schema(
                 &tasuki_actions::Registry::builtin(),

@@ -1,6 +1,7 @@
 //! The actions that ship with Tasuki.
 
 mod args;
+pub mod browser;
 mod control;
 mod http;
 mod process;
@@ -20,6 +21,7 @@ impl Registry {
         r.register("fail", control::Fail);
         r.register("shell.run", shell::ShellRun);
         r.register("http.request", http::HttpRequest);
+        browser::register(&mut r);
         r
     }
 }

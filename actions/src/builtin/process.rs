@@ -245,3 +245,39 @@ fn emit(line: &[u8], truncated: bool, on_line: &mut impl FnMut(&str)) {
     }
     on_line(&text);
 }
+
+/// Kills every process whose command line mentions `path`: the processes a
+/// browser started that left its process group (Chromium's crash handler
+/// daemonizes). The path is a fresh temporary directory, so nothing else
+/// mentions it.
+#[cfg(target_os = "linux")]
+pub fn kill_processes_mentioning(path: &std::path::Path) {
+    let needle = path.as_os_str().as_encoded_bytes();
+    if needle.len() < 8 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn kill_processes_mentioning(_path: &std::path::Path) {}

@@ -455,7 +455,9 @@ fn lower_step(
     let condition = match fields.get("if") {
         None => None,
         // `if: no` would be a non-empty string, which is truthy.
-        Some((Value::String(s), p)) if matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") => {
+        Some((Value::String(s), p))
+            if matches!(s.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") =>
+        {
             problems.add(p, format!("expected a condition or true or false, found the string `{s}` (YAML 1.1 booleans are not accepted)"));
             None
         }

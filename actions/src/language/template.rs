@@ -128,7 +128,8 @@ impl Template {
                         offset: at,
                     },
                     None => SyntaxError {
-                        message: "`${` is never closed with `}`; write `$${` for a literal `${`".into(),
+                        message: "`${` is never closed with `}`; write `$${` for a literal `${`"
+                            .into(),
                         offset: i,
                     },
                 })?;

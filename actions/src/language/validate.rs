@@ -155,7 +155,11 @@ impl Validator<'_> {
                     );
                     for (sub, message) in action_impl.check_args(&step.with) {
                         // An empty sub-path is about `with` as a whole.
-                        let at = if sub.is_empty() { with_path.clone() } else { join(&with_path, &sub) };
+                        let at = if sub.is_empty() {
+                            with_path.clone()
+                        } else {
+                            join(&with_path, &sub)
+                        };
                         self.problems.add(at, message);
                     }
                 }

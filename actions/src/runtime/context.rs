@@ -1,6 +1,9 @@
 //! What an action can see and do while it runs.
 
+use std::any::Any;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -27,6 +30,40 @@ pub struct ExecOptions {
     pub max_log_line_bytes: usize,
     /// Larger HTTP responses fail the step rather than exhaust memory.
     pub max_response_bytes: usize,
+    pub browser: BrowserSettings,
+}
+
+/// How browser steps find and start their browser.
+#[derive(Debug, Clone)]
+pub struct BrowserSettings {
+    /// Explicit paths; when unset, `PATH` and the usual install paths are searched.
+    pub chromium: Option<PathBuf>,
+    pub chromedriver: Option<PathBuf>,
+    /// A remote WebDriver (such as Selenium Grid) to use instead of a local driver.
+    pub remote_url: Option<String>,
+    pub headless: bool,
+    pub window_size: (u32, u32),
+    pub lang: Option<String>,
+    pub user_agent: Option<String>,
+    /// How long element waits last and how often they poll, unless a step says otherwise.
+    pub element_timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+impl Default for BrowserSettings {
+    fn default() -> Self {
+        BrowserSettings {
+            chromium: None,
+            chromedriver: None,
+            remote_url: None,
+            headless: true,
+            window_size: (1280, 800),
+            lang: None,
+            user_agent: None,
+            element_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+        }
+    }
 }
 
 impl Default for ExecOptions {
@@ -38,7 +75,49 @@ impl Default for ExecOptions {
             cancel_grace: Duration::from_secs(5),
             max_log_line_bytes: 16 * 1024,
             max_response_bytes: 10 * 1024 * 1024,
+            browser: BrowserSettings::default(),
         }
+    }
+}
+
+/// Something a session keeps across steps, such as its browser, and must
+/// tear down when the session ends, however it ends.
+pub trait SessionResource: Any + Send {
+    /// Ends the resource. `graceful` is false when the session was
+    /// cancelled: then speed matters more than politeness.
+    fn shutdown(self: Box<Self>, graceful: bool) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A session's resources, at most one of each type.
+#[derive(Default)]
+pub struct Resources {
+    items: Vec<Box<dyn SessionResource>>,
+}
+
+impl Resources {
+    pub fn get_mut<R: SessionResource>(&mut self) -> Option<&mut R> {
+        self.items
+            .iter_mut()
+            .find_map(|r| r.as_any_mut().downcast_mut::<R>())
+    }
+
+    pub fn insert<R: SessionResource>(&mut self, resource: R) {
+        self.items.retain_mut(|r| !r.as_any_mut().is::<R>());
+        self.items.push(Box::new(resource));
+    }
+
+    /// Removes the resource of type `R`, for a caller that ends it early.
+    pub fn take<R: SessionResource>(&mut self) -> Option<Box<dyn SessionResource>> {
+        let i = self
+            .items
+            .iter_mut()
+            .position(|r| r.as_any_mut().is::<R>())?;
+        Some(self.items.remove(i))
+    }
+
+    pub(crate) fn drain(&mut self) -> Vec<Box<dyn SessionResource>> {
+        std::mem::take(&mut self.items)
     }
 }
 
@@ -49,6 +128,7 @@ pub(crate) struct SessionShared {
     pub options: ExecOptions,
     next_seq: AtomicU64,
     http: OnceLock<reqwest::Client>,
+    pub resources: tokio::sync::Mutex<Resources>,
 }
 
 impl SessionShared {
@@ -59,6 +139,7 @@ impl SessionShared {
             options,
             next_seq: AtomicU64::new(1),
             http: OnceLock::new(),
+            resources: tokio::sync::Mutex::new(Resources::default()),
         }
     }
 
@@ -91,6 +172,12 @@ impl ActionContext {
 
     pub fn options(&self) -> &ExecOptions {
         &self.shared.options
+    }
+
+    /// The session's resources. Steps run one at a time, so holding this
+    /// for the length of an action is fine.
+    pub async fn resources(&self) -> tokio::sync::MutexGuard<'_, Resources> {
+        self.shared.resources.lock().await
     }
 
     pub fn mask(&self, text: &str) -> String {

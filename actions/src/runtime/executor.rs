@@ -150,6 +150,13 @@ impl Executor {
             }
         };
 
+        // Resources (the browser) end with the session, whatever its end.
+        let resources = shared.resources.lock().await.drain();
+        let graceful = status != SessionStatus::Cancelled;
+        for resource in resources {
+            resource.shutdown(graceful).await;
+        }
+
         let leftover = if status == SessionStatus::Cancelled {
             StepStatus::Cancelled
         } else {

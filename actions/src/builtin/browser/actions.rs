@@ -1,0 +1,760 @@
+//! The browser actions. Each one parses its arguments, then does its work
+//! inside `super::run`, which supplies the browser, cancellation and
+//! failure evidence.
+
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use thirtyfour::components::SelectElement;
+
+use super::{
+    CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, Wait, check_locator,
+    driver_error, run, sha256_hex, with_element, write_artifact,
+};
+use crate::builtin::args::{DurationArg, Text};
+use crate::runtime::context::ActionContext;
+use crate::runtime::event::LogLevel;
+use crate::runtime::registry::{ActionError, TypedAction, codes};
+
+/// Element-taking arguments. serde cannot combine `flatten` with
+/// `deny_unknown_fields`, so each struct spells the common fields out.
+macro_rules! element_args {
+    ($(#[$meta:meta])* $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// A CSS selector for the element.
+            selector: Option<String>,
+            /// An XPath for the element, instead of `selector`.
+            xpath: Option<String>,
+            /// How long to wait for the element; 30s by default.
+            timeout: Option<DurationArg>,
+            /// How often to look while waiting; 50ms by default.
+            poll: Option<DurationArg>,
+            $($body)*
+        }
+
+        impl $name {
+            fn locator(&self) -> Locator {
+                Locator { css: self.selector.clone(), xpath: self.xpath.clone() }
+            }
+            fn wait(&self, ctx: &ActionContext) -> Wait {
+                let settings = &ctx.options().browser;
+                Wait {
+                    timeout: self.timeout.map_or(settings.element_timeout, |d| d.0),
+                    poll: self.poll.map_or(settings.poll_interval, |d| d.0).max(Duration::from_millis(5)),
+                }
+            }
+        }
+    };
+}
+
+pub struct Open;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenArgs {
+    /// A page to open once the browser is up.
+    url: Option<String>,
+    /// Overrides the robot's setting; `false` needs a desktop.
+    headless: Option<bool>,
+    /// `[width, height]` in pixels.
+    window_size: Option<[u32; 2]>,
+    /// The browser's language, such as `ja-JP`.
+    lang: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl TypedAction for Open {
+    type Args = OpenArgs;
+
+    async fn run(&self, ctx: &ActionContext, args: OpenArgs) -> Result<Value, ActionError> {
+        let overrides = Overrides {
+            headless: args.headless,
+            window_size: args.window_size.map(|[w, h]| (w, h)),
+            lang: args.lang.clone(),
+            user_agent: args.user_agent.clone(),
+        };
+        run(ctx, Some(&overrides), |h| async move {
+            if let Some(url) = &args.url {
+                h.driver
+                    .goto(url.as_str())
+                    .await
+                    .map_err(|e| driver_error(&format!("opening {url}"), e))?;
+            }
+            let url = h
+                .driver
+                .current_url()
+                .await
+                .map_err(|e| driver_error("reading the URL", e))?;
+            Ok(json!({ "url": url.to_string() }))
+        })
+        .await
+    }
+}
+
+pub struct Goto;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GotoArgs {
+    url: String,
+}
+
+impl TypedAction for Goto {
+    type Args = GotoArgs;
+
+    async fn run(&self, ctx: &ActionContext, args: GotoArgs) -> Result<Value, ActionError> {
+        run(ctx, None, |h| async move {
+            h.driver
+                .goto(args.url.as_str())
+                .await
+                .map_err(|e| driver_error(&format!("opening {}", args.url), e))?;
+            let url = h
+                .driver
+                .current_url()
+                .await
+                .map_err(|e| driver_error("reading the URL", e))?;
+            let title = h.driver.title().await.unwrap_or_default();
+            Ok(json!({ "url": url.to_string(), "title": title }))
+        })
+        .await
+    }
+}
+
+element_args!(ClickArgs {});
+pub struct Click;
+
+impl TypedAction for Click {
+    type Args = ClickArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: ClickArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        run(ctx, None, |h| async move {
+            with_element(
+                &h,
+                &locator,
+                wait,
+                "click",
+                |el| async move { el.click().await },
+            )
+            .await?;
+            Ok(json!({ "clicked": true }))
+        })
+        .await
+    }
+}
+
+element_args!(TypeArgs {
+    /// The text to type. A secret param stays masked in the logs.
+    text: Text,
+    /// Clear the field first.
+    #[serde(default)]
+    clear: bool,
+    /// A pause between keys, for pages that react to each keystroke.
+    key_delay: Option<DurationArg>,
+});
+pub struct Type;
+
+impl TypedAction for Type {
+    type Args = TypeArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: TypeArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        let text = args.text.0.clone();
+        let chars = text.chars().count();
+        let result = run(ctx, None, |h| async move {
+            let element = with_element(&h, &locator, wait, "type", |el| async move {
+                if args.clear {
+                    el.clear().await?;
+                }
+                Ok(el)
+            })
+            .await?;
+            match args.key_delay {
+                None => element
+                    .send_keys(text.as_str())
+                    .await
+                    .map_err(|e| driver_error("type", e))?,
+                Some(delay) => {
+                    for ch in text.chars() {
+                        element
+                            .send_keys(ch.to_string())
+                            .await
+                            .map_err(|e| driver_error("type", e))?;
+                        tokio::time::sleep(delay.0).await;
+                    }
+                }
+            }
+            Ok(json!({ "typed_characters": chars }))
+        })
+        .await;
+        if result.is_ok() {
+            // Logged through the masker, so a secret shows as ***.
+            ctx.log(LogLevel::Info, &format!("typed \"{}\"", args.text.0));
+        }
+        result
+    }
+}
+
+element_args!(SelectArgs {
+    /// The option's `value` attribute.
+    value: Option<String>,
+    /// The option's visible text.
+    label: Option<String>,
+    /// The option's position, from 0.
+    index: Option<u32>,
+});
+pub struct Select;
+
+impl TypedAction for Select {
+    type Args = SelectArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        let mut p = check_locator(args, true);
+        let given = ["value", "label", "index"]
+            .iter()
+            .filter(|k| args.contains_key(**k))
+            .count();
+        if given != 1 {
+            p.push((
+                String::new(),
+                "give exactly one of `value`, `label` or `index`".into(),
+            ));
+        }
+        p
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: SelectArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        run(ctx, None, |h| async move {
+            let (value, label, index) = (args.value.clone(), args.label.clone(), args.index);
+            with_element(&h, &locator, wait, "select", move |el| {
+                let (value, label) = (value.clone(), label.clone());
+                async move {
+                    let select = SelectElement::new(&el).await?;
+                    match (value, label, index) {
+                        (Some(v), _, _) => select.select_by_value(&v).await?,
+                        (None, Some(l), _) => select.select_by_exact_text(&l).await?,
+                        (None, None, Some(i)) => select.select_by_index(i).await?,
+                        (None, None, None) => {}
+                    }
+                    let chosen = select.first_selected_option().await?;
+                    Ok(json!({ "value": chosen.value().await?.unwrap_or_default(), "label": chosen.text().await? }))
+                }
+            })
+            .await
+        })
+        .await
+    }
+}
+
+element_args!(UploadArgs {
+    /// The file to upload, relative to the session's work directory.
+    file: String,
+});
+pub struct Upload;
+
+impl TypedAction for Upload {
+    type Args = UploadArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: UploadArgs) -> Result<Value, ActionError> {
+        let path = ctx.options().work_dir.join(&args.file);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        if !path.is_file() {
+            return Err(ActionError::new(
+                codes::INVALID_ARGS,
+                format!("with.file: there is no file at {}", path.display()),
+            ));
+        }
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        let text = path.display().to_string();
+        run(ctx, None, |h| async move {
+            with_element(&h, &locator, wait, "upload", |el| {
+                let text = text.clone();
+                async move { el.send_keys(text).await }
+            })
+            .await?;
+            Ok(json!({ "file": path.display().to_string() }))
+        })
+        .await
+    }
+}
+
+element_args!(GetTextArgs {});
+pub struct GetText;
+
+impl TypedAction for GetText {
+    type Args = GetTextArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: GetTextArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        run(ctx, None, |h| async move {
+            let text = with_element(&h, &locator, wait, "get_text", |el| async move {
+                el.text().await
+            })
+            .await?;
+            Ok(json!({ "text": text }))
+        })
+        .await
+    }
+}
+
+element_args!(GetAttributeArgs {
+    /// The attribute's name, such as `href`; a DOM property such as `value` works too.
+    name: String,
+});
+pub struct GetAttribute;
+
+impl TypedAction for GetAttribute {
+    type Args = GetAttributeArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: GetAttributeArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        let name = args.name.clone();
+        run(ctx, None, |h| async move {
+            let value = with_element(&h, &locator, wait, "get_attribute", |el| {
+                let name = name.clone();
+                async move {
+                    match el.attr(name.as_str()).await? {
+                        Some(v) => Ok(Some(v)),
+                        None => el.prop(name.as_str()).await,
+                    }
+                }
+            })
+            .await?;
+            Ok(json!({ "name": args.name, "value": value }))
+        })
+        .await
+    }
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum WaitState {
+    Present,
+    Visible,
+    Hidden,
+}
+
+element_args!(WaitForArgs {
+    /// What to wait for; `visible` by default, or the text when `text` is given.
+    state: Option<WaitState>,
+    /// Wait until the element's text contains this.
+    text: Option<String>,
+});
+pub struct WaitFor;
+
+impl TypedAction for WaitFor {
+    type Args = WaitForArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: WaitForArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        let state = args.state.unwrap_or(if args.text.is_some() {
+            WaitState::Present
+        } else {
+            WaitState::Visible
+        });
+        let text = args.text.clone();
+        run(ctx, None, |h| async move {
+            let started = Instant::now();
+            let deadline = started + wait.timeout;
+            loop {
+                if condition_holds(&h, &locator, state, text.as_deref()).await? {
+                    return Ok(json!({ "waited_ms": started.elapsed().as_millis() as u64 }));
+                }
+                if Instant::now() >= deadline {
+                    let what = match (&text, state) {
+                        (Some(t), _) => format!("to contain the text \"{t}\""),
+                        (None, WaitState::Present) => "to be present".into(),
+                        (None, WaitState::Visible) => "to be visible".into(),
+                        (None, WaitState::Hidden) => "to be hidden".into(),
+                    };
+                    return Err(ActionError::new(
+                        CODE_NOT_FOUND,
+                        format!(
+                            "waited {} ms for {} {what}",
+                            wait.timeout.as_millis(),
+                            locator.describe()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(wait.poll).await;
+            }
+        })
+        .await
+    }
+}
+
+async fn condition_holds(
+    h: &Handle,
+    locator: &Locator,
+    state: WaitState,
+    text: Option<&str>,
+) -> Result<bool, ActionError> {
+    let found = h
+        .driver
+        .find_all(locator.by())
+        .await
+        .map_err(|e| driver_error("wait_for", e))?;
+    let Some(el) = found.into_iter().next() else {
+        return Ok(state == WaitState::Hidden);
+    };
+    // A stale element means the page changed under us: look again next poll.
+    let outcome = async {
+        let holds = match state {
+            WaitState::Present => true,
+            WaitState::Visible => el.is_displayed().await?,
+            WaitState::Hidden => !el.is_displayed().await?,
+        };
+        match text {
+            Some(t) if holds => {
+                Ok::<bool, thirtyfour::error::WebDriverError>(el.text().await?.contains(t))
+            }
+            _ => Ok(holds),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(b) => Ok(b),
+        Err(e)
+            if matches!(
+                e.as_inner(),
+                thirtyfour::error::WebDriverErrorInner::StaleElementReference(_)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(driver_error("wait_for", e)),
+    }
+}
+
+pub struct ExecuteScript;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteScriptArgs {
+    /// JavaScript; its `return` value comes back as the output.
+    script: String,
+    /// Values passed to the script as `arguments`.
+    #[serde(default)]
+    args: Vec<Value>,
+    /// Run as an async script, which ends by calling the last argument.
+    #[serde(default, rename = "async")]
+    is_async: bool,
+}
+
+impl TypedAction for ExecuteScript {
+    type Args = ExecuteScriptArgs;
+
+    async fn run(
+        &self,
+        ctx: &ActionContext,
+        args: ExecuteScriptArgs,
+    ) -> Result<Value, ActionError> {
+        run(ctx, None, |h| async move {
+            let result = if args.is_async {
+                h.driver
+                    .execute_async(args.script.as_str(), args.args)
+                    .await
+            } else {
+                h.driver.execute(args.script.as_str(), args.args).await
+            };
+            let ret = result.map_err(|e| driver_error("execute_script", e))?;
+            Ok(json!({ "result": ret.json().clone() }))
+        })
+        .await
+    }
+}
+
+element_args!(ExtractTableArgs {});
+pub struct ExtractTable;
+
+const EXTRACT_TABLE_JS: &str = r#"
+const table = arguments[0];
+const text = (cell) => (cell.innerText || cell.textContent || '').trim();
+const rows = Array.from(table.rows);
+if (rows.length === 0) { return { headers: [], rows: [] }; }
+const headerRow = (table.tHead && table.tHead.rows.length) ? table.tHead.rows[0] : rows[0];
+const headers = Array.from(headerRow.cells).map((c, i) => text(c) || ('column_' + (i + 1)));
+const body = rows.filter((r) => r !== headerRow && !(table.tHead && table.tHead.contains(r)));
+return {
+  headers: headers,
+  rows: body.map((r) => {
+    const row = {};
+    Array.from(r.cells).forEach((c, i) => { row[headers[i] || ('column_' + (i + 1))] = text(c); });
+    return row;
+  }),
+};
+"#;
+
+impl TypedAction for ExtractTable {
+    type Args = ExtractTableArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        check_locator(args, true)
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: ExtractTableArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        run(ctx, None, |h| async move {
+            let driver = h.driver.clone();
+            let table = with_element(&h, &locator, wait, "extract_table", move |el| {
+                let driver = driver.clone();
+                async move {
+                    let arg = el.to_json()?;
+                    driver.execute(EXTRACT_TABLE_JS, vec![arg]).await
+                }
+            })
+            .await?;
+            let mut out = table.json().clone();
+            let count = out["rows"].as_array().map_or(0, Vec::len);
+            out["count"] = json!(count);
+            Ok(out)
+        })
+        .await
+    }
+}
+
+element_args!(ScreenshotArgs {
+    /// Where to save it, relative to the artifacts directory; `<step id>.png` by default.
+    path: Option<String>,
+});
+pub struct Screenshot;
+
+impl TypedAction for Screenshot {
+    type Args = ScreenshotArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        let mut p = check_locator(args, false);
+        if let Some(Value::String(path)) = args.get("path")
+            && !path.contains("${")
+            && let Err(m) = super::check_relative(path)
+        {
+            p.push(("path".into(), m));
+        }
+        p
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: ScreenshotArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        let name = args
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("{}.png", ctx.step_id));
+        run(ctx, None, |h| async move {
+            let png = if locator.is_set() {
+                with_element(&h, &locator, wait, "screenshot", |el| async move { el.screenshot_as_png().await }).await?
+            } else {
+                h.driver.screenshot_as_png().await.map_err(|e| driver_error("screenshot", e))?
+            };
+            let path = write_artifact(ctx, &name, &png)?;
+            Ok(json!({ "path": path.display().to_string(), "size": png.len(), "sha256": sha256_hex(&png) }))
+        })
+        .await
+    }
+}
+
+pub struct GetUrl;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+impl TypedAction for GetUrl {
+    type Args = NoArgs;
+
+    async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
+        run(ctx, None, |h| async move {
+            let url = h
+                .driver
+                .current_url()
+                .await
+                .map_err(|e| driver_error("get_url", e))?;
+            let title = h.driver.title().await.unwrap_or_default();
+            Ok(json!({ "url": url.to_string(), "title": title }))
+        })
+        .await
+    }
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum FrameTarget {
+    /// Back to the frame that contains the current one.
+    Parent,
+    /// Back to the page itself.
+    Top,
+}
+
+element_args!(SwitchFrameArgs {
+    /// The frame's position on the page, from 0, instead of a selector.
+    index: Option<u16>,
+    /// `parent` or `top`, to switch back out.
+    to: Option<FrameTarget>,
+});
+pub struct SwitchFrame;
+
+impl TypedAction for SwitchFrame {
+    type Args = SwitchFrameArgs;
+
+    fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
+        let mut p = check_locator(args, false);
+        let given = ["selector", "xpath", "index", "to"]
+            .iter()
+            .filter(|k| args.contains_key(**k))
+            .count();
+        if given != 1 {
+            p.push((
+                String::new(),
+                "give exactly one of `selector`, `xpath`, `index`, or `to: parent|top`".into(),
+            ));
+        }
+        p
+    }
+
+    async fn run(&self, ctx: &ActionContext, args: SwitchFrameArgs) -> Result<Value, ActionError> {
+        let (locator, wait) = (args.locator(), args.wait(ctx));
+        run(ctx, None, |h| async move {
+            match (args.to, args.index) {
+                (Some(FrameTarget::Top), _) => h
+                    .driver
+                    .enter_default_frame()
+                    .await
+                    .map_err(|e| driver_error("switch_frame", e))?,
+                (Some(FrameTarget::Parent), _) => h
+                    .driver
+                    .enter_parent_frame()
+                    .await
+                    .map_err(|e| driver_error("switch_frame", e))?,
+                (None, Some(i)) => h
+                    .driver
+                    .enter_frame(i)
+                    .await
+                    .map_err(|e| driver_error(&format!("switch_frame to frame {i}"), e))?,
+                (None, None) => {
+                    with_element(&h, &locator, wait, "switch_frame", |el| async move {
+                        el.enter_frame().await
+                    })
+                    .await?
+                }
+            }
+            Ok(json!({ "switched": true }))
+        })
+        .await
+    }
+}
+
+pub struct WaitForDownload;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForDownloadArgs {
+    /// Only a file whose name contains this.
+    name: Option<String>,
+    /// How long to wait; 30s by default.
+    timeout: Option<DurationArg>,
+}
+
+impl TypedAction for WaitForDownload {
+    type Args = WaitForDownloadArgs;
+
+    async fn run(
+        &self,
+        ctx: &ActionContext,
+        args: WaitForDownloadArgs,
+    ) -> Result<Value, ActionError> {
+        let settings = ctx.options().browser.clone();
+        let timeout = args.timeout.map_or(settings.element_timeout, |d| d.0);
+        run(ctx, None, |h| async move {
+            let deadline = Instant::now() + timeout;
+            let mut last_size: Option<(std::path::PathBuf, u64)> = None;
+            loop {
+                if let Some((path, size)) = finished_download(&h, args.name.as_deref()) {
+                    // Claim it only once its size holds still across a poll.
+                    if last_size.as_ref() == Some(&(path.clone(), size)) {
+                        h.claimed.lock().unwrap_or_else(|p| p.into_inner()).push(path.clone());
+                        let bytes = std::fs::read(&path).map_err(|e| ActionError::new(CODE_BROWSER, format!("cannot read {}: {e}", path.display())))?;
+                        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        return Ok(json!({ "path": path.display().to_string(), "name": name, "size": size, "sha256": sha256_hex(&bytes) }));
+                    }
+                    last_size = Some((path, size));
+                }
+                if Instant::now() >= deadline {
+                    return Err(ActionError::new(
+                        CODE_DOWNLOAD,
+                        format!("no download finished within {} ms (watching {})", timeout.as_millis(), h.downloads.display()),
+                    ));
+                }
+                tokio::time::sleep(settings.poll_interval.max(Duration::from_millis(20))).await;
+            }
+        })
+        .await
+    }
+}
+
+/// A finished, unclaimed download, if there is one and none is in progress.
+fn finished_download(h: &Handle, name: Option<&str>) -> Option<(std::path::PathBuf, u64)> {
+    let claimed = h.claimed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut candidates = Vec::new();
+    for entry in std::fs::read_dir(&h.downloads).ok()?.flatten() {
+        let path = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.ends_with(".crdownload")
+            || file_name.ends_with(".tmp")
+            || file_name.starts_with(".com.google")
+        {
+            return None;
+        }
+        if claimed.contains(&path) || name.is_some_and(|n| !file_name.contains(n)) {
+            continue;
+        }
+        let meta = entry.metadata().ok()?;
+        if meta.is_file() {
+            candidates.push((meta.modified().ok(), path, meta.len()));
+        }
+    }
+    candidates.sort_by_key(|(modified, _, _)| *modified);
+    candidates.pop().map(|(_, path, size)| (path, size))
+}
+
+pub struct Close;
+
+impl TypedAction for Close {
+    type Args = NoArgs;
+
+    async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
+        let closed = super::close(ctx).await;
+        if closed {
+            ctx.log(LogLevel::Info, "closed the browser");
+        }
+        Ok(json!({ "closed": closed }))
+    }
+}

@@ -1,0 +1,367 @@
+//! Browser automation through WebDriver.
+//!
+//! A session has at most one browser, started by its first browser step
+//! and kept until the session ends (or a `browser.close`), so cookies,
+//! logins and tabs carry from step to step. Element waits are our own
+//! polling loops (50 ms by default, rather than thirtyfour's 500 ms), which
+//! also makes every wait interruptible by a cancel.
+
+mod actions;
+mod launch;
+
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use thirtyfour::error::{WebDriverError, WebDriverErrorInner};
+use thirtyfour::{By, WebDriver, WebElement};
+
+pub use launch::{Browser, Overrides, find_chromedriver, find_chromium};
+
+use crate::runtime::context::ActionContext;
+use crate::runtime::event::LogLevel;
+use crate::runtime::registry::{ActionError, Registry, codes};
+
+pub const CODE_NOT_FOUND: &str = "element_not_found";
+pub const CODE_BROWSER: &str = "browser_error";
+pub const CODE_SCRIPT: &str = "script_error";
+pub const CODE_DOWNLOAD: &str = "download_timeout";
+
+pub fn register(r: &mut Registry) {
+    r.register("browser.open", actions::Open);
+    r.register("browser.goto", actions::Goto);
+    r.register("browser.click", actions::Click);
+    r.register("browser.type", actions::Type);
+    r.register("browser.select", actions::Select);
+    r.register("browser.upload", actions::Upload);
+    r.register("browser.get_text", actions::GetText);
+    r.register("browser.get_attribute", actions::GetAttribute);
+    r.register("browser.wait_for", actions::WaitFor);
+    r.register("browser.execute_script", actions::ExecuteScript);
+    r.register("browser.extract_table", actions::ExtractTable);
+    r.register("browser.screenshot", actions::Screenshot);
+    r.register("browser.get_url", actions::GetUrl);
+    r.register("browser.switch_frame", actions::SwitchFrame);
+    r.register("browser.wait_for_download", actions::WaitForDownload);
+    r.register("browser.close", actions::Close);
+}
+
+/// What a browser action works with: cheap clones of the session's browser.
+#[derive(Clone)]
+pub struct Handle {
+    pub driver: WebDriver,
+    pub downloads: PathBuf,
+    pub claimed: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+/// Where an element is: a CSS selector or an XPath.
+#[derive(Debug, Clone)]
+pub struct Locator {
+    pub css: Option<String>,
+    pub xpath: Option<String>,
+}
+
+impl Locator {
+    fn by(&self) -> By {
+        match (&self.css, &self.xpath) {
+            (Some(css), _) => By::Css(css.clone()),
+            (None, Some(xpath)) => By::XPath(xpath.clone()),
+            (None, None) => By::Css("*"),
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.css.is_some() || self.xpath.is_some()
+    }
+
+    fn describe(&self) -> String {
+        match (&self.css, &self.xpath) {
+            (Some(css), _) => format!("selector `{css}`"),
+            (None, Some(x)) => format!("xpath `{x}`"),
+            (None, None) => "no selector".into(),
+        }
+    }
+}
+
+/// How long to wait for an element, and how often to look.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+/// Checks shared by every action that takes an element.
+pub fn check_locator(args: &Map<String, Value>, required: bool) -> Vec<(String, String)> {
+    match (args.contains_key("selector"), args.contains_key("xpath")) {
+        (true, true) => vec![(
+            "xpath".into(),
+            "give either `selector` (CSS) or `xpath`, not both".into(),
+        )],
+        (false, false) if required => vec![(
+            String::new(),
+            "missing the element: give `selector` (CSS) or `xpath`".into(),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Runs `op` against the session's browser, starting it first if needed.
+/// A cancel interrupts at once; a failure saves a screenshot and the page
+/// URL as artifacts and names them in the error.
+pub async fn run<F, Fut>(
+    ctx: &ActionContext,
+    overrides: Option<&Overrides>,
+    op: F,
+) -> Result<Value, ActionError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<Value, ActionError>>,
+{
+    let handle = tokio::select! {
+        h = ensure_browser(ctx, overrides) => h?,
+        _ = ctx.cancel.cancelled() => return Err(cancelled()),
+    };
+    let evidence_driver = handle.driver.clone();
+    let result = tokio::select! {
+        r = op(handle) => r,
+        _ = ctx.cancel.cancelled() => return Err(cancelled()),
+    };
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) if e.code == codes::CANCELLED => Err(e),
+        Err(mut e) => {
+            if let Some(note) = save_evidence(ctx, &evidence_driver).await {
+                e.message.push_str(&note);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn cancelled() -> ActionError {
+    ActionError::new(codes::CANCELLED, "the browser step was cancelled")
+}
+
+async fn ensure_browser(
+    ctx: &ActionContext,
+    overrides: Option<&Overrides>,
+) -> Result<Handle, ActionError> {
+    let mut resources = ctx.resources().await;
+    if resources.get_mut::<Browser>().is_none() {
+        let settings = &ctx.options().browser;
+        let downloads = ctx.options().artifacts_dir.join("downloads");
+        let browser = Browser::launch(
+            settings,
+            overrides.unwrap_or(&Overrides::default()),
+            downloads.clone(),
+        )
+        .await?;
+        if settings.remote_url.is_none() {
+            // Headless Chromium ignores the download preference unless told
+            // through the DevTools protocol.
+            if let Some(driver) = &browser.driver {
+                let params = serde_json::json!({"behavior": "allow", "downloadPath": downloads.display().to_string()});
+                if let Err(e) = driver
+                    .cdp()
+                    .send_raw("Browser.setDownloadBehavior", params)
+                    .await
+                {
+                    ctx.log(LogLevel::Warn, &format!("downloads may not work: {e}"));
+                }
+            }
+        }
+        ctx.log(LogLevel::Info, &format!("started {}", browser.description));
+        resources.insert(browser);
+    } else if overrides.is_some() {
+        ctx.log(
+            LogLevel::Info,
+            "the session's browser is already open; reusing it",
+        );
+    }
+    let browser = resources
+        .get_mut::<Browser>()
+        .ok_or_else(|| ActionError::new(CODE_BROWSER, "the browser vanished"))?;
+    Ok(Handle {
+        driver: browser.driver()?.clone(),
+        downloads: browser.downloads.clone(),
+        claimed: browser.claimed.clone(),
+    })
+}
+
+/// Ends the session's browser, if there is one.
+pub async fn close(ctx: &ActionContext) -> bool {
+    let taken = ctx.resources().await.take::<Browser>();
+    match taken {
+        Some(browser) => {
+            browser.shutdown(true).await;
+            true
+        }
+        None => false,
+    }
+}
+
+async fn save_evidence(ctx: &ActionContext, driver: &WebDriver) -> Option<String> {
+    let capture = async {
+        let png = driver.screenshot_as_png().await.ok();
+        let url = driver.current_url().await.ok().map(|u| u.to_string());
+        (png, url)
+    };
+    let (png, url) = tokio::time::timeout(Duration::from_secs(5), capture)
+        .await
+        .ok()?;
+    let mut saved = Vec::new();
+    if let Some(png) = png
+        && let Ok(path) = write_artifact(ctx, &format!("{}-failure.png", ctx.step_id), &png)
+    {
+        saved.push(format!("screenshot {}", path.display()));
+    }
+    if let Some(url) = url {
+        let url = ctx.mask(&url);
+        if let Ok(path) = write_artifact(
+            ctx,
+            &format!("{}-failure-url.txt", ctx.step_id),
+            url.as_bytes(),
+        ) {
+            saved.push(format!("page URL {url} (saved in {})", path.display()));
+        }
+    }
+    (!saved.is_empty()).then(|| format!("; evidence: {}", saved.join(", ")))
+}
+
+/// Writes a file under the artifacts directory and returns its path. The
+/// name must stay inside that directory.
+pub fn write_artifact(
+    ctx: &ActionContext,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, ActionError> {
+    check_relative(name).map_err(|m| ActionError::new(codes::INVALID_ARGS, m))?;
+    let path = ctx.options().artifacts_dir.join(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ActionError::new(
+                CODE_BROWSER,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    std::fs::write(&path, bytes).map_err(|e| {
+        ActionError::new(
+            CODE_BROWSER,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
+    Ok(std::path::absolute(&path).unwrap_or(path))
+}
+
+pub fn check_relative(name: &str) -> Result<(), String> {
+    let p = Path::new(name);
+    if name.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "`{name}` must be a relative path inside the artifacts directory, without `..`"
+        ));
+    }
+    Ok(())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Errors worth another look: the page may still be changing.
+fn retriable(e: &WebDriverError) -> bool {
+    matches!(
+        e.as_inner(),
+        WebDriverErrorInner::NoSuchElement(_)
+            | WebDriverErrorInner::StaleElementReference(_)
+            | WebDriverErrorInner::ElementNotInteractable(_)
+            | WebDriverErrorInner::ElementClickIntercepted(_)
+            | WebDriverErrorInner::InvalidElementState(_)
+    )
+}
+
+pub fn driver_error(what: &str, e: WebDriverError) -> ActionError {
+    let code = match e.as_inner() {
+        WebDriverErrorInner::JavascriptError(_) => CODE_SCRIPT,
+        WebDriverErrorInner::InvalidSelector(_) => codes::INVALID_ARGS,
+        _ => CODE_BROWSER,
+    };
+    // The WebDriver error text is long; its first line says what happened.
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    ActionError::new(code, format!("{what}: {first}"))
+}
+
+/// Finds the element and applies `op` to it, retrying while the element
+/// is missing, stale or not yet interactable, until the wait runs out.
+pub async fn with_element<T, F, Fut>(
+    h: &Handle,
+    locator: &Locator,
+    wait: Wait,
+    what: &str,
+    mut op: F,
+) -> Result<T, ActionError>
+where
+    F: FnMut(WebElement) -> Fut,
+    Fut: Future<Output = Result<T, WebDriverError>>,
+{
+    let deadline = Instant::now() + wait.timeout;
+    let mut last: Option<String>;
+    loop {
+        match h.driver.find_all(locator.by()).await {
+            Ok(found) => match found.into_iter().next() {
+                Some(element) => match op(element).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if retriable(&e) => last = Some(first_line(&e)),
+                    Err(e) => return Err(driver_error(what, e)),
+                },
+                None => last = None,
+            },
+            Err(e) if retriable(&e) => last = Some(first_line(&e)),
+            Err(e) => {
+                return Err(driver_error(
+                    &format!("{what}: finding {}", locator.describe()),
+                    e,
+                ));
+            }
+        }
+        if Instant::now() >= deadline {
+            let why = match last {
+                Some(reason) => format!("an element matched but {what} kept failing: {reason}"),
+                None => "no element matched".into(),
+            };
+            return Err(ActionError::new(
+                CODE_NOT_FOUND,
+                format!(
+                    "{what}: {} after waiting {} ms for {}",
+                    why,
+                    wait.timeout.as_millis(),
+                    locator.describe()
+                ),
+            ));
+        }
+        tokio::time::sleep(wait.poll).await;
+    }
+}
+
+fn first_line(e: &WebDriverError) -> String {
+    e.to_string()
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
