@@ -3,60 +3,9 @@
 
 mod support;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Scratch, alive, eventually, start_server};
-
-fn spawn_run(scratch: &Scratch, workflow: &str, extra: &[&str]) -> Child {
-    let file = scratch.write("flow.yaml", workflow);
-    support::tasuki()
-        .current_dir(scratch.path())
-        .args(["run", file.to_str().unwrap(), "--output", "json"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tasuki")
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
-
-/// Waits for a file the workflow writes, holding a pid.
-fn read_pid(scratch: &Scratch, name: &str) -> u32 {
-    let path = scratch.path().join(name);
-    assert!(
-        eventually(Duration::from_secs(10), || std::fs::read_to_string(&path)
-            .is_ok_and(|s| s.trim().parse::<u32>().is_ok())),
-        "the workflow never wrote {name}"
-    );
-    std::fs::read_to_string(&path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn wait_with_limit(child: Child, limit: Duration) -> support::RunResult {
-    let pid = child.id();
-    let start = Instant::now();
-    let waiter = std::thread::spawn(move || child.wait_with_output());
-    while !waiter.is_finished() {
-        if start.elapsed() > limit {
-            signal(pid, "KILL");
-            panic!("tasuki did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    support::result(waiter.join().unwrap().unwrap())
-}
+use support::{Scratch, alive, eventually, read_pid, signal, spawn_run, start_server, wait_with_limit};
 
 const TREE_WORKFLOW: &str = r#"
 version: 1

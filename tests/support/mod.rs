@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -159,6 +159,14 @@ pub fn start_server() -> TestServer {
                 }))
                 .route("/flaky/{n}", get(flaky))
                 .route("/site/{*file}", get(site))
+                .route("/pages/{name}", get(page))
+                .route("/files/report.csv", get(|| async {
+                    ([(header::CONTENT_TYPE, "text/csv"), (header::CONTENT_DISPOSITION, "attachment; filename=\"report.csv\"")], "id,total\n1,42\n")
+                }))
+                .route("/hang", get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    axum::response::Html("<p>late</p>")
+                }))
                 .with_state(state);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
             tx.send(listener.local_addr().expect("local addr")).expect("report the address");
@@ -240,3 +248,129 @@ async fn site(
         ),
     }
 }
+
+/// Test pages for the browser tests.
+async fn page(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
+    let html = match name.as_str() {
+        "frames.html" => r#"<!doctype html><title>frames</title>
+<h1 id="outer">outer page</h1>
+<iframe id="first" src="/pages/inner.html"></iframe>
+<iframe id="second" srcdoc="<p id='second-text'>second frame</p>"></iframe>"#,
+        "inner.html" => r#"<!doctype html><title>inner</title>
+<p id="inner-text">inside the frame</p><button id="inner-button" onclick="this.textContent='pressed'">press</button>"#,
+        "upload.html" => r#"<!doctype html><title>upload</title>
+<input id="file" type="file" onchange="document.getElementById('picked').textContent = this.files[0].name + ':' + this.files[0].size">
+<p id="picked">nothing</p>"#,
+        "download.html" => r#"<!doctype html><title>download</title><a id="get" href="/files/report.csv">report</a>"#,
+        "delayed.html" => r#"<!doctype html><title>delayed</title>
+<div id="box"><p id="spinner">loading</p></div>
+<script>setTimeout(function () {
+  document.getElementById('spinner').remove();
+  var p = document.createElement('p'); p.id = 'late'; p.textContent = 'arrived late'; document.getElementById('box').appendChild(p);
+}, 1200);</script>"#,
+        "state.html" => r#"<!doctype html><title>state</title>
+<p id="visits"></p>
+<script>
+  var n = Number(localStorage.getItem('visits') || '0') + 1;
+  localStorage.setItem('visits', String(n));
+  document.cookie = 'seen=yes; path=/';
+  document.getElementById('visits').textContent = 'visit ' + n;
+</script>"#,
+        _ => "<p>no such page</p>",
+    };
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
+}
+
+/// Browser tests need Chromium and chromedriver. They fail, never skip,
+/// when those are missing: `.ci/run` installs them, and `test.sh` says how.
+pub fn require_browser() {
+    let found = |names: &[&str]| {
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| names.iter().any(|n| d.join(n).is_file())))
+    };
+    assert!(
+        found(&["chromium", "chromium-browser", "google-chrome"]) && found(&["chromedriver"]),
+        "the browser tests need Chromium and chromedriver on PATH (Debian/Ubuntu: apt-get install chromium chromium-driver)"
+    );
+}
+
+/// Processes whose parent is `ppid`, with their command lines.
+pub fn children_of(ppid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let parent = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(ppid) && alive(pid) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Live processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Starts `tasuki run FILE --output json` without waiting for it.
+pub fn spawn_run(scratch: &Scratch, workflow: &str, extra: &[&str]) -> Child {
+    let file = scratch.write("flow.yaml", workflow);
+    tasuki()
+        .current_dir(scratch.path())
+        .args(["run", file.to_str().unwrap(), "--output", "json"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tasuki")
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Waits for a file the workflow writes, holding a pid.
+pub fn read_pid(scratch: &Scratch, name: &str) -> u32 {
+    let path = scratch.path().join(name);
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&path)
+            .is_ok_and(|s| s.trim().parse::<u32>().is_ok())),
+        "the workflow never wrote {name}"
+    );
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+pub fn wait_with_limit(child: Child, limit: Duration) -> RunResult {
+    let pid = child.id();
+    let start = Instant::now();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    while !waiter.is_finished() {
+        if start.elapsed() > limit {
+            signal(pid, "KILL");
+            panic!("tasuki did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    result(waiter.join().unwrap().unwrap())
+}
+

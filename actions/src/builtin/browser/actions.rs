@@ -320,7 +320,8 @@ impl TypedAction for GetText {
 }
 
 element_args!(GetAttributeArgs {
-    /// The attribute's name, such as `href`; a DOM property such as `value` works too.
+    /// The attribute's name, such as `href` or `value`. The element's live
+    /// property wins over the attribute written in the HTML.
     name: String,
 });
 pub struct GetAttribute;
@@ -339,9 +340,11 @@ impl TypedAction for GetAttribute {
             let value = with_element(&h, &locator, wait, "get_attribute", |el| {
                 let name = name.clone();
                 async move {
-                    match el.attr(name.as_str()).await? {
+                    // The live property first (an input's current `value`),
+                    // then the attribute as written in the HTML.
+                    match el.prop(name.as_str()).await? {
                         Some(v) => Ok(Some(v)),
-                        None => el.prop(name.as_str()).await,
+                        None => el.attr(name.as_str()).await,
                     }
                 }
             })
