@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quickstart: builds Tasuki and runs the built-in example workflow
-# (HTTP, shell and control steps) against the built-in demo shop, which is
+# (browser, HTTP, shell and control steps) against the built-in demo shop, which is
 # served on a loopback port for the length of the run.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,6 +15,8 @@ if ! command -v cc >/dev/null 2>&1; then
     echo "  Debian/Ubuntu: sudo apt-get install -y build-essential" >&2
     exit 1
 fi
+
+source scripts/need-browser.sh
 
 echo "building tasuki (release)…" >&2
 cargo build --release --locked --quiet -p tasuki-agent

@@ -19,4 +19,6 @@ if ((${#missing[@]})); then
     exit 1
 fi
 
+source scripts/need-browser.sh
+
 cargo test --workspace --locked "$@"

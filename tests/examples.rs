@@ -6,6 +6,7 @@ use support::{repo_root, start_server};
 
 #[test]
 fn every_shipped_example_succeeds() {
+    support::require_browser();
     let server = start_server();
     let base_url = server.url("/site");
     let mut examples: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
@@ -57,8 +58,10 @@ fn demo_runs_the_built_in_quickstart_against_the_built_in_shop() {
     assert_eq!(r.report["steps"]["fetch_orders"]["output"]["status"], 200);
     assert_eq!(
         r.report["steps"]["summary"]["output"]["stdout"],
-        "Tasuki demo shop has 3 orders"
+        "Tasuki demo shop had 3 orders over HTTP and shows 4 in the browser now"
     );
+    assert_eq!(r.report["steps"]["confirmation"]["output"]["text"], "Thank you, Tasuki robot! Order A-1004 is placed.");
+    assert!(std::fs::read(artifacts.join("quickstart.png")).unwrap().starts_with(b"\x89PNG"));
     // The demo's secret param is masked like any other.
     assert_eq!(r.report["params"]["api_token"], "***");
     assert!(!r.stderr.contains("demo-token-4f2a9c"));

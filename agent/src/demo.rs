@@ -1,6 +1,7 @@
 //! `tasuki demo`: the quickstart with nothing to set up. The example
 //! workflow and the demo shop it talks to are built into the binary; the
-//! shop is served on a loopback port for the length of the run.
+//! shop is served on a loopback port for the length of the run. Shell steps
+//! run in a scratch directory; screenshots stay in the artifacts directory.
 
 use std::net::SocketAddr;
 
@@ -31,7 +32,7 @@ const SITE: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
-pub fn run(output: OutputFormat, browser: &crate::BrowserArgs) -> u8 {
+pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::path::Path) -> u8 {
     let registry = Registry::builtin();
     let workflow = match parse_workflow(WORKFLOW, WORKFLOW_NAME, &registry, &LoadOptions::default())
     {
@@ -80,7 +81,7 @@ pub fn run(output: OutputFormat, browser: &crate::BrowserArgs) -> u8 {
             }
         };
         let options = ExecOptions {
-            artifacts_dir: scratch.path().join("artifacts"),
+            artifacts_dir: artifacts.to_path_buf(),
             work_dir: scratch.path().to_path_buf(),
             browser: browser.settings(),
             ..ExecOptions::default()

@@ -37,6 +37,9 @@ enum Command {
     Demo {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        /// Where the demo's screenshot goes.
+        #[arg(long, value_name = "DIR", default_value = "tasuki-artifacts")]
+        artifacts: PathBuf,
         #[command(flatten)]
         browser: BrowserArgs,
     },
@@ -133,7 +136,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => local_run::run(args),
         Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
-        Command::Demo { output, browser } => demo::run(output, &browser),
+        Command::Demo { output, browser, artifacts } => demo::run(output, &browser, &artifacts),
         Command::Schema => {
             let schema = tasuki_actions::language::schema::workflow_schema(
                 &tasuki_actions::Registry::builtin(),
