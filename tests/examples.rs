@@ -2,11 +2,11 @@
 
 mod support;
 
-use support::{repo_root, start_server};
+use support::{Scratch, repo_root, require_browser, start_server};
 
 #[test]
 fn every_shipped_example_succeeds() {
-    support::require_browser();
+    require_browser();
     let server = start_server();
     let base_url = server.url("/site");
     let mut examples: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
@@ -15,17 +15,16 @@ fn every_shipped_example_succeeds() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "json"))
         .collect();
     examples.sort();
-    assert!(
-        examples.len() >= 2,
-        "expected the shipped examples, found {examples:?}"
-    );
+    assert!(examples.len() >= 2, "expected the shipped examples, found {examples:?}");
     let mut failures = Vec::new();
     for example in &examples {
         let text = std::fs::read_to_string(example).unwrap();
-        let scratch = support::Scratch::new();
+        let scratch = Scratch::new();
         let mut args = vec![
             "--work-dir".to_string(),
             scratch.path().display().to_string(),
+            "--artifacts".to_string(),
+            scratch.path().join("artifacts").display().to_string(),
         ];
         // Examples that talk to the demo shop take its address as base_url.
         if text.contains("base_url:") {
@@ -35,12 +34,7 @@ fn every_shipped_example_succeeds() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = support::run_json(&repo_root(), example, &args);
         if r.code != 0 || r.report["status"] != "success" {
-            failures.push(format!(
-                "{}: exit {}\n{}",
-                example.display(),
-                r.code,
-                r.stderr
-            ));
+            failures.push(format!("{}: exit {}\n{}", example.display(), r.code, r.stderr));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -48,8 +42,12 @@ fn every_shipped_example_succeeds() {
 
 #[test]
 fn demo_runs_the_built_in_quickstart_against_the_built_in_shop() {
+    require_browser();
+    let scratch = Scratch::new();
+    let artifacts = scratch.path().join("artifacts");
     let out = support::tasuki()
-        .args(["demo", "--output", "json"])
+        .current_dir(scratch.path())
+        .args(["demo", "--output", "json", "--artifacts", artifacts.to_str().unwrap()])
         .output()
         .unwrap();
     let r = support::result(out);
@@ -60,7 +58,10 @@ fn demo_runs_the_built_in_quickstart_against_the_built_in_shop() {
         r.report["steps"]["summary"]["output"]["stdout"],
         "Tasuki demo shop had 3 orders over HTTP and shows 4 in the browser now"
     );
-    assert_eq!(r.report["steps"]["confirmation"]["output"]["text"], "Thank you, Tasuki robot! Order A-1004 is placed.");
+    assert_eq!(
+        r.report["steps"]["confirmation"]["output"]["text"],
+        "Thank you, Tasuki robot! Order A-1004 is placed."
+    );
     assert!(std::fs::read(artifacts.join("quickstart.png")).unwrap().starts_with(b"\x89PNG"));
     // The demo's secret param is masked like any other.
     assert_eq!(r.report["params"]["api_token"], "***");
