@@ -395,3 +395,50 @@ fn a_missing_browser_says_what_to_install() {
     assert_eq!(err["code"], "browser_not_found");
     assert!(err["message"].as_str().unwrap().contains("apt-get install chromium chromium-driver"), "{err}");
 }
+
+#[test]
+fn a_remote_webdriver_can_stand_in_for_the_local_driver() {
+    require_browser();
+    let server = start_server();
+    // A chromedriver of the test's own plays the browser farm.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut farm = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let scratch = Scratch::new();
+    let file = scratch.write(
+        "flow.yaml",
+        &format!(
+            "version: 1\nname: remote\nsteps:\n  - id: go\n    action: browser.goto\n    with: {{url: \"{}\"}}\n  - id: title\n    action: browser.get_url\n",
+            shop(&server)
+        ),
+    );
+    let child = support::tasuki()
+        .current_dir(scratch.path())
+        .args(["run", file.to_str().unwrap(), "--output", "json"])
+        .args(["--remote-webdriver", &format!("http://127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tasuki = child.id();
+    let mut local_drivers = 0;
+    let watcher = std::thread::spawn(move || {
+        while support::alive(tasuki) {
+            local_drivers += children_of(tasuki).iter().filter(|(_, c)| c.contains("chromedriver")).count();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        local_drivers
+    });
+    let r = wait_with_limit(child, Duration::from_secs(60));
+    let _ = farm.kill();
+    let _ = farm.wait();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("started remote WebDriver"), "{}", r.stderr);
+    assert_eq!(r.report["steps"]["title"]["output"]["title"], "Tasuki demo shop");
+    assert_eq!(watcher.join().unwrap(), 0, "tasuki started a local chromedriver despite --remote-webdriver");
+}
