@@ -6,11 +6,21 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Scratch, TestServer, children_of, eventually, processes_mentioning, require_browser, run_json, signal, spawn_run, start_server, wait_with_limit};
+use support::{
+    Scratch, TestServer, children_of, eventually, processes_mentioning, require_browser, run_json,
+    signal, spawn_run, start_server, wait_with_limit,
+};
 
 fn run_in(scratch: &Scratch, workflow: &str) -> support::RunResult {
     let file = scratch.write("flow.yaml", workflow);
-    run_json(scratch.path(), &file, &["--artifacts", scratch.path().join("artifacts").to_str().unwrap()])
+    run_json(
+        scratch.path(),
+        &file,
+        &[
+            "--artifacts",
+            scratch.path().join("artifacts").to_str().unwrap(),
+        ],
+    )
 }
 
 fn shop(server: &TestServer) -> String {
@@ -100,29 +110,52 @@ steps:
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let steps = &r.report["steps"];
-    assert_eq!(steps["status"]["output"]["text"], "Thank you, Eri! Order A-1004 is placed.");
-    assert_eq!(steps["by_label"]["output"], json!({"value": "bottle", "label": "Water bottle"}));
+    assert_eq!(
+        steps["status"]["output"]["text"],
+        "Thank you, Eri! Order A-1004 is placed."
+    );
+    assert_eq!(
+        steps["by_label"]["output"],
+        json!({"value": "bottle", "label": "Water bottle"})
+    );
     assert_eq!(steps["by_index"]["output"]["value"], "tenugui");
     assert_eq!(steps["by_value"]["output"]["label"], "Sash");
     assert_eq!(steps["qty_value"]["output"]["value"], "3");
     assert_eq!(steps["qty_type"]["output"]["value"], "number");
     let table = &steps["table"]["output"];
-    assert_eq!(table["headers"], json!(["Order", "Customer", "Item", "Qty", "Status"]));
+    assert_eq!(
+        table["headers"],
+        json!(["Order", "Customer", "Item", "Qty", "Status"])
+    );
     assert_eq!(table["count"], 4);
-    assert_eq!(table["rows"][3], json!({"Order": "A-1004", "Customer": "Eri", "Item": "sash", "Qty": "3", "Status": "new"}));
+    assert_eq!(
+        table["rows"][3],
+        json!({"Order": "A-1004", "Customer": "Eri", "Item": "sash", "Qty": "3", "Status": "new"})
+    );
     for shot in ["page_shot", "table_shot"] {
         let out = &steps[shot]["output"];
         let path = std::path::Path::new(out["path"].as_str().unwrap());
         let bytes = std::fs::read(path).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is not a PNG");
         assert_eq!(out["size"], bytes.len());
-        let sum = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+        let sum = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&sum.stdout).starts_with(out["sha256"].as_str().unwrap()));
     }
-    assert!(steps["table_shot"]["output"]["path"].as_str().unwrap().ends_with("artifacts/shots/table.png"));
+    assert!(
+        steps["table_shot"]["output"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("artifacts/shots/table.png")
+    );
     assert_eq!(steps["where"]["output"]["url"], shop(&server));
     assert_eq!(steps["where"]["output"]["title"], "Tasuki demo shop");
-    assert_eq!(steps["script"]["output"]["result"], json!({"title": "Tasuki demo shop", "sum": 42}));
+    assert_eq!(
+        steps["script"]["output"]["result"],
+        json!({"title": "Tasuki demo shop", "sum": 42})
+    );
     assert_eq!(steps["hidden"]["status"], "success");
     assert_eq!(steps["close"]["output"]["closed"], true);
     // The typed secret is masked in the log.
@@ -230,7 +263,12 @@ steps:
     let r = run_json(
         scratch.path(),
         &file,
-        &["--artifacts", artifacts.to_str().unwrap(), "--work-dir", scratch.path().to_str().unwrap()],
+        &[
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+            "--work-dir",
+            scratch.path().to_str().unwrap(),
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let steps = &r.report["steps"];
@@ -277,7 +315,10 @@ fn a_missing_element_fails_clearly_with_a_screenshot_and_url() {
     let err = &r.report["steps"]["find"]["error"];
     assert_eq!(err["code"], "element_not_found");
     let message = err["message"].as_str().unwrap();
-    assert!(message.contains("#no-such-button") && message.contains("no element matched"), "{message}");
+    assert!(
+        message.contains("#no-such-button") && message.contains("no element matched"),
+        "{message}"
+    );
     let shot = scratch.path().join("artifacts/find-failure.png");
     let url_file = scratch.path().join("artifacts/find-failure-url.txt");
     assert!(message.contains(&shot.display().to_string()), "{message}");
@@ -305,27 +346,60 @@ fn single_process_mode_uses_one_browser_for_twenty_steps() {
     let mut workflow = String::from("version: 1\nname: reuse\nsingle_process_mode: true\nsteps:\n");
     for i in 0..19 {
         let step = match i % 3 {
-            0 => format!("  - id: visit{i}\n    action: browser.goto\n    with: {{url: \"{state}\"}}\n"),
-            1 => format!("  - id: read{i}\n    action: browser.get_text\n    with: {{selector: \"#visits\"}}\n"),
-            _ => format!("  - id: cookie{i}\n    action: browser.execute_script\n    with: {{script: \"return document.cookie\"}}\n"),
+            0 => format!(
+                "  - id: visit{i}\n    action: browser.goto\n    with: {{url: \"{state}\"}}\n"
+            ),
+            1 => format!(
+                "  - id: read{i}\n    action: browser.get_text\n    with: {{selector: \"#visits\"}}\n"
+            ),
+            _ => format!(
+                "  - id: cookie{i}\n    action: browser.execute_script\n    with: {{script: \"return document.cookie\"}}\n"
+            ),
         };
         workflow.push_str(&step);
     }
-    workflow.push_str("  - id: last\n    action: browser.get_text\n    with: {selector: \"#visits\"}\n");
+    workflow.push_str(
+        "  - id: last\n    action: browser.get_text\n    with: {selector: \"#visits\"}\n",
+    );
     workflow.push_str(PAUSE);
 
     let child = spawn_run(&scratch, &workflow, &[]);
     let tasuki = child.id();
-    assert!(eventually(Duration::from_secs(60), || scratch.path().join("paused").exists()), "the workflow never reached the pause");
-    let drivers: Vec<_> = children_of(tasuki).into_iter().filter(|(_, cmd)| cmd.contains("chromedriver")).collect();
-    assert_eq!(drivers.len(), 1, "expected one chromedriver, found {drivers:?}");
-    let browsers: Vec<_> = children_of(drivers[0].0).into_iter().filter(|(_, cmd)| !cmd.contains("--type=")).collect();
-    assert_eq!(browsers.len(), 1, "expected one Chromium browser process, found {browsers:?}");
+    assert!(
+        eventually(Duration::from_secs(60), || scratch
+            .path()
+            .join("paused")
+            .exists()),
+        "the workflow never reached the pause"
+    );
+    let drivers: Vec<_> = children_of(tasuki)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("chromedriver"))
+        .collect();
+    assert_eq!(
+        drivers.len(),
+        1,
+        "expected one chromedriver, found {drivers:?}"
+    );
+    let browsers: Vec<_> = children_of(drivers[0].0)
+        .into_iter()
+        .filter(|(_, cmd)| !cmd.contains("--type="))
+        .collect();
+    assert_eq!(
+        browsers.len(),
+        1,
+        "expected one Chromium browser process, found {browsers:?}"
+    );
     std::fs::remove_file(scratch.path().join("paused")).unwrap();
 
     let r = wait_with_limit(child, Duration::from_secs(60));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.stderr.matches("started Chromium").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("started Chromium").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     // State carried across steps: seven visits, and the cookie stayed set.
     assert_eq!(r.report["steps"]["last"]["output"]["text"], "visit 7");
     assert_eq!(r.report["steps"]["cookie2"]["output"]["result"], "seen=yes");
@@ -345,11 +419,20 @@ fn cancel_leaves_nothing(hanging_step: &str) {
     .replace("HANG_URL", &server.url("/hang"));
     let child = spawn_run(&scratch, &workflow, &[]);
     let tasuki = child.id();
-    assert!(eventually(Duration::from_secs(60), || scratch.path().join("waiting").exists()));
-    let drivers: Vec<_> = children_of(tasuki).into_iter().filter(|(_, cmd)| cmd.contains("chromedriver")).collect();
+    assert!(eventually(Duration::from_secs(60), || scratch
+        .path()
+        .join("waiting")
+        .exists()));
+    let drivers: Vec<_> = children_of(tasuki)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("chromedriver"))
+        .collect();
     assert_eq!(drivers.len(), 1, "{drivers:?}");
     let driver_pid = drivers[0].0;
-    let browser = children_of(driver_pid).into_iter().find(|(_, cmd)| !cmd.contains("--type=")).expect("a Chromium process");
+    let browser = children_of(driver_pid)
+        .into_iter()
+        .find(|(_, cmd)| !cmd.contains("--type="))
+        .expect("a Chromium process");
     let profile = browser
         .1
         .split_whitespace()
@@ -366,34 +449,58 @@ fn cancel_leaves_nothing(hanging_step: &str) {
     assert_eq!(r.report["steps"]["hang"]["status"], "cancelled");
     // The whole process, teardown included, ends well within the bound.
     assert!(took < Duration::from_secs(5), "cancel took {took:?}");
-    assert!(eventually(Duration::from_secs(3), || !support::alive(driver_pid)), "chromedriver {driver_pid} survived");
     assert!(
-        eventually(Duration::from_secs(3), || processes_mentioning(&profile).is_empty()),
+        eventually(Duration::from_secs(3), || !support::alive(driver_pid)),
+        "chromedriver {driver_pid} survived"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || processes_mentioning(&profile)
+            .is_empty()),
         "processes using the profile survived: {:?}",
         processes_mentioning(&profile)
     );
-    assert!(!std::path::Path::new(&profile).exists(), "the profile {profile} was not removed");
+    assert!(
+        !std::path::Path::new(&profile).exists(),
+        "the profile {profile} was not removed"
+    );
 }
 
 #[test]
 fn cancel_during_an_element_wait_leaves_no_process() {
-    cancel_leaves_nothing("  - id: hang\n    action: browser.wait_for\n    with: {selector: \"#never\", timeout: 10m}\n");
+    cancel_leaves_nothing(
+        "  - id: hang\n    action: browser.wait_for\n    with: {selector: \"#never\", timeout: 10m}\n",
+    );
 }
 
 #[test]
 fn cancel_during_a_slow_page_load_leaves_no_process() {
-    cancel_leaves_nothing("  - id: hang\n    action: browser.goto\n    with: {url: \"HANG_URL\"}\n");
+    cancel_leaves_nothing(
+        "  - id: hang\n    action: browser.goto\n    with: {url: \"HANG_URL\"}\n",
+    );
 }
 
 #[test]
 fn a_missing_browser_says_what_to_install() {
     let scratch = Scratch::new();
-    let file = scratch.write("flow.yaml", "version: 1\nname: x\nsteps:\n  - id: open\n    action: browser.open\n");
-    let r = run_json(scratch.path(), &file, &["--chromium", "/nonexistent/chromium"]);
+    let file = scratch.write(
+        "flow.yaml",
+        "version: 1\nname: x\nsteps:\n  - id: open\n    action: browser.open\n",
+    );
+    let r = run_json(
+        scratch.path(),
+        &file,
+        &["--chromium", "/nonexistent/chromium"],
+    );
     assert_eq!(r.code, 1);
     let err = &r.report["steps"]["open"]["error"];
     assert_eq!(err["code"], "browser_not_found");
-    assert!(err["message"].as_str().unwrap().contains("apt-get install chromium chromium-driver"), "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("apt-get install chromium chromium-driver"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -401,14 +508,20 @@ fn a_remote_webdriver_can_stand_in_for_the_local_driver() {
     require_browser();
     let server = start_server();
     // A chromedriver of the test's own plays the browser farm.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut farm = std::process::Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start chromedriver");
-    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
     let scratch = Scratch::new();
     let file = scratch.write(
         "flow.yaml",
@@ -429,7 +542,10 @@ fn a_remote_webdriver_can_stand_in_for_the_local_driver() {
     let mut local_drivers = 0;
     let watcher = std::thread::spawn(move || {
         while support::alive(tasuki) {
-            local_drivers += children_of(tasuki).iter().filter(|(_, c)| c.contains("chromedriver")).count();
+            local_drivers += children_of(tasuki)
+                .iter()
+                .filter(|(_, c)| c.contains("chromedriver"))
+                .count();
             std::thread::sleep(Duration::from_millis(20));
         }
         local_drivers
@@ -438,7 +554,18 @@ fn a_remote_webdriver_can_stand_in_for_the_local_driver() {
     let _ = farm.kill();
     let _ = farm.wait();
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("started remote WebDriver"), "{}", r.stderr);
-    assert_eq!(r.report["steps"]["title"]["output"]["title"], "Tasuki demo shop");
-    assert_eq!(watcher.join().unwrap(), 0, "tasuki started a local chromedriver despite --remote-webdriver");
+    assert!(
+        r.stderr.contains("started remote WebDriver"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.report["steps"]["title"]["output"]["title"],
+        "Tasuki demo shop"
+    );
+    assert_eq!(
+        watcher.join().unwrap(),
+        0,
+        "tasuki started a local chromedriver despite --remote-webdriver"
+    );
 }

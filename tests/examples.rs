@@ -15,7 +15,10 @@ fn every_shipped_example_succeeds() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "json"))
         .collect();
     examples.sort();
-    assert!(examples.len() >= 2, "expected the shipped examples, found {examples:?}");
+    assert!(
+        examples.len() >= 2,
+        "expected the shipped examples, found {examples:?}"
+    );
     let mut failures = Vec::new();
     for example in &examples {
         let text = std::fs::read_to_string(example).unwrap();
@@ -34,7 +37,12 @@ fn every_shipped_example_succeeds() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = support::run_json(&repo_root(), example, &args);
         if r.code != 0 || r.report["status"] != "success" {
-            failures.push(format!("{}: exit {}\n{}", example.display(), r.code, r.stderr));
+            failures.push(format!(
+                "{}: exit {}\n{}",
+                example.display(),
+                r.code,
+                r.stderr
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -47,7 +55,13 @@ fn demo_runs_the_built_in_quickstart_against_the_built_in_shop() {
     let artifacts = scratch.path().join("artifacts");
     let out = support::tasuki()
         .current_dir(scratch.path())
-        .args(["demo", "--output", "json", "--artifacts", artifacts.to_str().unwrap()])
+        .args([
+            "demo",
+            "--output",
+            "json",
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let r = support::result(out);
@@ -62,7 +76,11 @@ fn demo_runs_the_built_in_quickstart_against_the_built_in_shop() {
         r.report["steps"]["confirmation"]["output"]["text"],
         "Thank you, Tasuki robot! Order A-1004 is placed."
     );
-    assert!(std::fs::read(artifacts.join("quickstart.png")).unwrap().starts_with(b"\x89PNG"));
+    assert!(
+        std::fs::read(artifacts.join("quickstart.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG")
+    );
     // The demo's secret param is masked like any other.
     assert_eq!(r.report["params"]["api_token"], "***");
     assert!(!r.stderr.contains("demo-token-4f2a9c"));

@@ -694,6 +694,12 @@ const PARAM_CASES: &[ParamCase] = &[
         expect: &["params.tags: "],
     },
     ParamCase {
+        name: "a params file value of the wrong type",
+        args: &["--params-file", "params.json", REQUIRED],
+        files: &[("params.json", r#"{"count": "three"}"#)],
+        expect: &["params.count: ", "params file"],
+    },
+    ParamCase {
         name: "required param missing",
         args: &[],
         files: &[],

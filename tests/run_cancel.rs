@@ -5,7 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Scratch, alive, eventually, read_pid, signal, spawn_run, start_server, wait_with_limit};
+use support::{
+    Scratch, alive, eventually, read_pid, signal, spawn_run, start_server, wait_with_limit,
+};
 
 const TREE_WORKFLOW: &str = r#"
 version: 1

@@ -252,30 +252,42 @@ async fn site(
 /// Test pages for the browser tests.
 async fn page(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
     let html = match name.as_str() {
-        "frames.html" => r#"<!doctype html><title>frames</title>
+        "frames.html" => {
+            r#"<!doctype html><title>frames</title>
 <h1 id="outer">outer page</h1>
 <iframe id="first" src="/pages/inner.html"></iframe>
-<iframe id="second" srcdoc="<p id='second-text'>second frame</p>"></iframe>"#,
-        "inner.html" => r#"<!doctype html><title>inner</title>
-<p id="inner-text">inside the frame</p><button id="inner-button" onclick="this.textContent='pressed'">press</button>"#,
-        "upload.html" => r#"<!doctype html><title>upload</title>
+<iframe id="second" srcdoc="<p id='second-text'>second frame</p>"></iframe>"#
+        }
+        "inner.html" => {
+            r#"<!doctype html><title>inner</title>
+<p id="inner-text">inside the frame</p><button id="inner-button" onclick="this.textContent='pressed'">press</button>"#
+        }
+        "upload.html" => {
+            r#"<!doctype html><title>upload</title>
 <input id="file" type="file" onchange="document.getElementById('picked').textContent = this.files[0].name + ':' + this.files[0].size">
-<p id="picked">nothing</p>"#,
-        "download.html" => r#"<!doctype html><title>download</title><a id="get" href="/files/report.csv">report</a>"#,
-        "delayed.html" => r#"<!doctype html><title>delayed</title>
+<p id="picked">nothing</p>"#
+        }
+        "download.html" => {
+            r#"<!doctype html><title>download</title><a id="get" href="/files/report.csv">report</a>"#
+        }
+        "delayed.html" => {
+            r#"<!doctype html><title>delayed</title>
 <div id="box"><p id="spinner">loading</p></div>
 <script>setTimeout(function () {
   document.getElementById('spinner').remove();
   var p = document.createElement('p'); p.id = 'late'; p.textContent = 'arrived late'; document.getElementById('box').appendChild(p);
-}, 1200);</script>"#,
-        "state.html" => r#"<!doctype html><title>state</title>
+}, 1200);</script>"#
+        }
+        "state.html" => {
+            r#"<!doctype html><title>state</title>
 <p id="visits"></p>
 <script>
   var n = Number(localStorage.getItem('visits') || '0') + 1;
   localStorage.setItem('visits', String(n));
   document.cookie = 'seen=yes; path=/';
   document.getElementById('visits').textContent = 'visit ' + n;
-</script>"#,
+</script>"#
+        }
         _ => "<p>no such page</p>",
     };
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html)
@@ -285,7 +297,9 @@ async fn page(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
 /// when those are missing: `.ci/run` installs them, and `test.sh` says how.
 pub fn require_browser() {
     let found = |names: &[&str]| {
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| names.iter().any(|n| d.join(n).is_file())))
+        std::env::var_os("PATH").is_some_and(|p| {
+            std::env::split_paths(&p).any(|d| names.iter().any(|n| d.join(n).is_file()))
+        })
     };
     assert!(
         found(&["chromium", "chromium-browser", "google-chrome"]) && found(&["chromedriver"]),
@@ -296,11 +310,25 @@ pub fn require_browser() {
 /// Processes whose parent is `ppid`, with their command lines.
 pub fn children_of(ppid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let parent = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
         if parent == Some(ppid) && alive(pid) {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             out.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
@@ -312,9 +340,17 @@ pub fn children_of(ppid: u32) -> Vec<(u32, String)> {
 /// Live processes whose command line contains `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
             out.push(pid);
@@ -373,4 +409,3 @@ pub fn wait_with_limit(child: Child, limit: Duration) -> RunResult {
     }
     result(waiter.join().unwrap().unwrap())
 }
-

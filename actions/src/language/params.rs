@@ -62,10 +62,20 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
         }
     }
     for (name, value) in &inputs.file {
-        if workflow.param(name).is_none() {
-            unknown(name, "the params file", &mut problems);
-        } else {
-            values.insert(name.clone(), value.clone());
+        match workflow.param(name) {
+            None => unknown(name, "the params file", &mut problems),
+            Some(spec) => match mismatch(value, spec.default.as_ref()) {
+                Some(expected) => problems.add(
+                    format!("params.{name}"),
+                    format!(
+                        "the params file gives {}, but the default is {expected}",
+                        describe(value)
+                    ),
+                ),
+                None => {
+                    values.insert(name.clone(), value.clone());
+                }
+            },
         }
     }
     for (name, text) in &inputs.flags {
@@ -175,4 +185,19 @@ fn coerce(text: &str, default: Option<&Value>) -> Result<Value, String> {
             }
         }
     }
+}
+
+/// A value from a params file must have the JSON type of the default, when
+/// there is one, just as `--param` values are read as that type.
+fn mismatch(value: &Value, default: Option<&Value>) -> Option<&'static str> {
+    let default = default?;
+    let same = matches!(
+        (value, default),
+        (Value::String(_), Value::String(_))
+            | (Value::Number(_), Value::Number(_))
+            | (Value::Bool(_), Value::Bool(_))
+            | (Value::Array(_), Value::Array(_))
+            | (Value::Object(_), Value::Object(_))
+    );
+    (!same && !default.is_null()).then(|| describe(default))
 }
