@@ -337,19 +337,17 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
         // any other value, mappings included, is its default. A near miss
         // (`secrte: true`) would silently make a secret a plain default, so
         // it is refused.
-        if let Value::Object(spec) = value {
-            if !spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str())) {
-                if let Some((key, near)) = spec
-                    .keys()
-                    .find_map(|k| closest(k, PARAM_FIELDS).map(|n| (k, n)))
-                {
-                    problems.add(
+        if let Value::Object(spec) = value
+            && !spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str()))
+            && let Some((key, near)) = spec
+                .keys()
+                .find_map(|k| closest(k, PARAM_FIELDS).map(|n| (k, n)))
+        {
+            problems.add(
                         join(&here, key),
                         format!("unknown field `{key}`; did you mean `{near}`? (to give a mapping as the default, write it under `default:`)"),
                     );
-                    continue;
-                }
-            }
+            continue;
         }
         let spec = match value {
             Value::Object(spec)
