@@ -136,7 +136,11 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => local_run::run(args),
         Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
-        Command::Demo { output, browser, artifacts } => demo::run(output, &browser, &artifacts),
+        Command::Demo {
+            output,
+            browser,
+            artifacts,
+        } => demo::run(output, &browser, &artifacts),
         Command::Schema => {
             let schema = tasuki_actions::language::schema::workflow_schema(
                 &tasuki_actions::Registry::builtin(),
