@@ -36,8 +36,8 @@ pub struct Browser {
     pub driver: Option<WebDriver>,
     /// The local chromedriver and everything it started; `None` for remote.
     driver_tree: Option<Tree>,
-    /// The fresh profile; removed when this is dropped.
-    _profile: Option<tempfile::TempDir>,
+    /// The fresh profile; see `Profile`.
+    _profile: Option<Profile>,
     pub downloads: PathBuf,
     /// Downloads already handed out by `wait_for_download`.
     pub claimed: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
@@ -141,13 +141,14 @@ impl Browser {
         let profile = tempfile::Builder::new()
             .prefix("tasuki-profile-")
             .tempdir()
+            .map(Profile)
             .map_err(|e| {
                 ActionError::new(
                     CODE_START,
                     format!("cannot create a browser profile directory: {e}"),
                 )
             })?;
-        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.push(format!("--user-data-dir={}", profile.0.path().display()));
         caps.set_binary(&chromium.display().to_string())
             .map_err(start_error)?;
         for a in &args {
@@ -163,7 +164,7 @@ impl Browser {
         // profile keeps the service account's home clean, and puts the
         // profile path in the handler's command line, where teardown finds it.
         command
-            .env("XDG_CONFIG_HOME", profile.path().join("config"))
+            .env("XDG_CONFIG_HOME", profile.0.path().join("config"))
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdin(Stdio::null())
@@ -216,9 +217,7 @@ impl Browser {
         if let Some(mut tree) = self.driver_tree.take() {
             tree.terminate(Duration::from_millis(500)).await;
         }
-        if let Some(profile) = &self._profile {
-            crate::builtin::process::kill_processes_mentioning(profile.path());
-        }
+        // `self` drops here, and with it the profile: see `Profile`.
     }
 }
 
@@ -241,9 +240,17 @@ impl Drop for Browser {
         if let Some(driver) = self.driver.take() {
             let _ = driver.leak();
         }
-        if let Some(profile) = &self._profile {
-            crate::builtin::process::kill_processes_mentioning(profile.path());
-        }
+    }
+}
+
+/// A browser profile directory. Dropping it first kills every process
+/// still naming it (Chromium's crash handler leaves the process group), then
+/// removes it, so a launch that is cancelled halfway leaves nothing either.
+struct Profile(tempfile::TempDir);
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        crate::builtin::process::kill_processes_mentioning(self.0.path());
     }
 }
 
