@@ -86,7 +86,11 @@ pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::
             browser: browser.settings(),
             ..ExecOptions::default()
         };
-        crate::local_run::execute(workflow, params, options, output, registry).await
+        tokio::spawn(crate::local_run::execute(
+            workflow, params, options, output, registry,
+        ))
+        .await
+        .unwrap_or(EXIT_FAILED)
     })
 }
 

@@ -32,7 +32,10 @@ impl Samples {
     }
 
     pub fn max(&self) -> f64 {
-        self.values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        self.values
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 
     /// The same runs, each value transformed (e.g. a time into a rate).
@@ -46,7 +49,12 @@ impl Samples {
     /// interleaved run, so a ratio cancels most of the machine's drift.
     pub fn paired_ratio(&self, other: &Samples) -> Samples {
         Samples {
-            values: self.values.iter().zip(&other.values).map(|(a, b)| a / b).collect(),
+            values: self
+                .values
+                .iter()
+                .zip(&other.values)
+                .map(|(a, b)| a / b)
+                .collect(),
         }
     }
 }

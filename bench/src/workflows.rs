@@ -19,7 +19,10 @@ pub fn set_steps(steps: usize) -> String {
         let _ = writeln!(y, "  - id: s{i}\n    action: set");
         let with = match i % 5 {
             0 => format!("{{x{i}: {i}}}"),
-            1 => format!("{{prev: \"${{x{p}}}\", label: \"item-${{x{p}}}\"}}", p = i - 1),
+            1 => format!(
+                "{{prev: \"${{x{p}}}\", label: \"item-${{x{p}}}\"}}",
+                p = i - 1
+            ),
             2 => format!("{{y{i}: \"${{steps.s{p}.output.label}}\"}}", p = i - 1),
             3 => format!("{{count: {i}, done: false}}"),
             _ => "{summary: \"${label} / ${prev}\"}".to_string(),
@@ -45,7 +48,10 @@ pub fn last_set_output(steps: usize) -> serde_json::Value {
 pub fn shell_true(steps: usize) -> String {
     let mut y = header("bench-shell", steps * 48);
     for i in 0..steps {
-        let _ = writeln!(y, "  - id: t{i}\n    action: shell.run\n    with: {{argv: [\"true\"]}}");
+        let _ = writeln!(
+            y,
+            "  - id: t{i}\n    action: shell.run\n    with: {{argv: [\"true\"]}}"
+        );
     }
     y
 }

@@ -75,11 +75,17 @@ impl Tree {
     pub fn any_alive(&mut self) -> bool {
         // Reap our own child first: a zombie leader still counts as a member.
         let _ = self.child.try_wait();
-        match nix::sys::signal::killpg(self.pgid, None) {
+        let alive = match nix::sys::signal::killpg(self.pgid, None) {
             Ok(()) => true,
             Err(nix::errno::Errno::EPERM) => true,
             Err(_) => false,
+        };
+        // Once the group is empty its id may be reused by an unrelated
+        // group, so it must never be signalled again (not even on drop).
+        if !alive {
+            self.finished = true;
         }
+        alive
     }
 
     #[cfg(unix)]
