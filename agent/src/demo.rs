@@ -42,15 +42,8 @@ pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::
             return EXIT_FAILED;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return EXIT_FAILED;
-        }
+    let Some(runtime) = crate::local_run::runtime() else {
+        return EXIT_FAILED;
     };
     runtime.block_on(async move {
         let addr = match serve_site().await {

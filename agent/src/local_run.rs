@@ -111,15 +111,8 @@ pub fn run(args: RunArgs) -> u8 {
         browser: args.browser.settings(),
         ..ExecOptions::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return EXIT_FAILED;
-        }
+    let Some(runtime) = runtime() else {
+        return EXIT_FAILED;
     };
     // The session runs on a worker thread rather than on this one: process
     // and socket wake-ups then need no hand-over between threads, which
@@ -129,6 +122,15 @@ pub fn run(args: RunArgs) -> u8 {
             .await
             .unwrap_or(EXIT_FAILED)
     })
+}
+
+/// The multi-threaded runtime the CLI runs sessions on.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("cannot start the async runtime: {e}"))
+        .ok()
 }
 
 pub async fn execute(
