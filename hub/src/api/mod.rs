@@ -1,0 +1,159 @@
+//! The public, AUTORO-compatible HTTP API.
+//!
+//! The robot protocol (docs/protocol.md) will be a second router under
+//! `/v1/robot/` sharing [`Hub`]; its calls do not count toward the quota,
+//! which is applied by the public API's [`auth::Authorized`] extractor.
+
+mod auth;
+mod body;
+mod error;
+mod params;
+mod query;
+mod quota;
+mod search;
+mod sessions;
+mod token;
+mod workflows;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tasuki_actions::Registry;
+use tasuki_protocol::Scopes;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::db::{Db, keys};
+use crate::secrets::MasterKey;
+pub use error::ApiError;
+
+/// What every request handler shares.
+pub struct Hub {
+    pub db: Db,
+    pub master: MasterKey,
+    /// The `iss` and `aud` every token must carry.
+    pub issuer: String,
+    pub audience: String,
+    pub quota: quota::Quota,
+    /// The actions workflows are validated against: the agent's built-ins.
+    pub registry: Registry,
+}
+
+/// An access key, ready to verify a signature with.
+pub struct KeyMaterial {
+    pub secret: Vec<u8>,
+    pub scopes: Scopes,
+    /// Registered robots, which set the quota.
+    pub robots: u64,
+}
+
+/// Access key ids longer than this are not looked up.
+const MAX_KEY_ID_LEN: usize = 128;
+
+impl Hub {
+    pub fn new(db: Db, master: MasterKey, issuer: String, audience: String) -> Hub {
+        Hub {
+            db,
+            master,
+            issuer,
+            audience,
+            quota: quota::Quota::new(),
+            registry: Registry::builtin(),
+        }
+    }
+
+    /// The key's secret and scopes, or `None` for an unknown key. Looked up
+    /// on every call, so a deleted key stops working at once.
+    async fn key_material(&self, key_id: &str) -> Result<Option<KeyMaterial>, ApiError> {
+        if key_id.len() > MAX_KEY_ID_LEN {
+            return Ok(None);
+        }
+        let id = key_id.to_string();
+        let found = self
+            .db
+            .call(move |conn| {
+                let key = keys::find(conn, &id)?;
+                let robots = keys::robot_count(conn)?;
+                Ok(key.map(|k| (k, robots)))
+            })
+            .await?;
+        let Some((key, robots)) = found else {
+            return Ok(None);
+        };
+        let secret = self
+            .master
+            .open(&key.id, &key.nonce, &key.sealed)
+            .map_err(|e| {
+                tracing::error!(key_id = %key.id, error = %e, "cannot open an access key's secret; is <db>.key the one this database was created with?");
+                ApiError::internal()
+            })?;
+        let scopes = key.scopes.parse().map_err(|e| {
+            tracing::error!(key_id = %key.id, error = %e, "stored scopes do not parse");
+            ApiError::internal()
+        })?;
+        Ok(Some(KeyMaterial {
+            secret,
+            scopes,
+            robots,
+        }))
+    }
+}
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/v1/token", post(token::create))
+        .route(
+            "/v1/workflows",
+            get(workflows::list).post(workflows::create),
+        )
+        .route(
+            "/v1/session_queues",
+            get(sessions::list).post(sessions::create),
+        )
+        .route("/v1/session_queues/{id}", get(sessions::get_one))
+        .route("/v1/session_queues/{id}/cancel", delete(sessions::cancel))
+        .route("/v1/session_queues/{id}/logs", get(sessions::logs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .layer(middleware::from_fn(log_request))
+        .with_state(hub)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found("not_found", format!("there is no endpoint {}", uri.path()))
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take this method", uri.path()),
+    )
+}
+
+/// One line per request. Only the method, path and status: headers carry
+/// tokens and bodies carry secrets, so neither is ever logged.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let us = start.elapsed().as_micros() as u64;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, us, "request");
+    } else {
+        tracing::info!(%method, %path, status, us, "request");
+    }
+    response
+}

@@ -1,0 +1,189 @@
+//! `POST /v1/workflows` and `GET /v1/workflows`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use tasuki_actions::{LoadOptions, Problems, Workflow, parse_workflow};
+use tasuki_protocol::robot::check_robot_name;
+use tasuki_protocol::{CreateWorkflow, ProblemItem, WorkflowItem, WorkflowList};
+
+use super::Hub;
+use super::auth::{Authorized, need};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::query::{QueryParams, page};
+use crate::db::now_ms;
+use crate::db::workflows::{self, NewWorkflow, StoredParam};
+
+const DEFAULT_PER_PAGE: i64 = 300;
+const MAX_PER_PAGE: i64 = 1000;
+const MAX_NAME_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 10_000;
+const MAX_ROBOTS: usize = 100;
+
+pub async fn create(
+    State(hub): State<Arc<Hub>>,
+    Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    JsonBody(req): JsonBody<CreateWorkflow>,
+) -> Result<(StatusCode, Json<WorkflowItem>), ApiError> {
+    let workflow_robots = check_robots(req.workflow_robots.unwrap_or_default())?;
+    if let Some(d) = &req.description
+        && d.chars().count() > MAX_DESCRIPTION_CHARS
+    {
+        return Err(ApiError::invalid_field(
+            "description",
+            format!("at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    let (format, origin, source) = match (req.yaml, req.workflow) {
+        (Some(text), None) => ("yaml", "workflow.yaml", text),
+        (None, Some(raw)) => {
+            if !raw.get().starts_with('{') {
+                return Err(ApiError::invalid_field(
+                    "workflow",
+                    "must be a JSON object (the workflow document); to send the text of a \
+                     YAML file, use `yaml`",
+                ));
+            }
+            ("json", "workflow.json", raw.get().to_string())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "give either `yaml` or `workflow`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "give the workflow as `yaml` (the text of a workflow file) or as `workflow` \
+                 (the same document as a JSON object)",
+            ));
+        }
+    };
+    // Validation is the agent's own loader: what the hub accepts, a robot
+    // can run. It is CPU work, so it stays off the reactor.
+    let parsed = {
+        let hub = hub.clone();
+        tokio::task::spawn_blocking(move || {
+            parse_workflow(&source, origin, &hub.registry, &LoadOptions::default())
+                .map(|w| (w, source))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "workflow validation task failed");
+            ApiError::internal()
+        })?
+    };
+    let (workflow, source) = parsed.map_err(invalid_workflow)?;
+    if workflow.name.chars().count() > MAX_NAME_CHARS {
+        return Err(invalid_workflow(Problems(vec![
+            tasuki_actions::Problem::new(
+                "name",
+                format!("a workflow name has at most {MAX_NAME_CHARS} characters"),
+            ),
+        ])));
+    }
+    let new = NewWorkflow {
+        description: req
+            .description
+            .or_else(|| workflow.description.clone())
+            .unwrap_or_default(),
+        name: workflow.name.clone(),
+        single_process_mode: workflow.single_process_mode,
+        source_format: format,
+        source,
+        param_specs: param_specs(&workflow),
+        workflow_robots,
+    };
+    let item = hub
+        .db
+        .call(move |conn| workflows::insert(conn, &new, now_ms()))
+        .await?;
+    tracing::info!(workflow_id = item.id, name = %item.name, key_id = %caller.key_id, "workflow registered");
+    Ok((StatusCode::CREATED, Json(item)))
+}
+
+pub async fn list(
+    State(hub): State<Arc<Hub>>,
+    _: Authorized<need::SessionQueueRead>,
+    mut q: QueryParams,
+) -> Result<Json<WorkflowList>, ApiError> {
+    let page = page(&mut q, DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
+    q.finish()?;
+    let (workflows, total_count) = hub
+        .db
+        .call(move |conn| workflows::list(conn, page.limit, page.offset))
+        .await?;
+    Ok(Json(WorkflowList {
+        workflows,
+        total_count,
+    }))
+}
+
+fn check_robots(names: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if names.len() > MAX_ROBOTS {
+        return Err(ApiError::invalid_field(
+            "workflow_robots",
+            format!("at most {MAX_ROBOTS} robot names"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("workflow_robots[{i}]");
+        check_robot_name(name).map_err(|e| ApiError::invalid_field(&path, e))?;
+        if !seen.insert(name.as_str()) {
+            return Err(ApiError::invalid_field(
+                &path,
+                format!("`{name}` is listed twice"),
+            ));
+        }
+    }
+    Ok(names)
+}
+
+fn param_specs(workflow: &Workflow) -> Vec<StoredParam> {
+    workflow
+        .params
+        .iter()
+        .map(|p| StoredParam {
+            name: p.name.clone(),
+            default: p.default.clone(),
+            secret: p.secret,
+        })
+        .collect()
+}
+
+fn invalid_workflow(problems: Problems) -> ApiError {
+    let count = problems.len();
+    let first = problems
+        .iter()
+        .next()
+        .map(|p| {
+            let mut p = p.clone();
+            p.file = None;
+            p.to_string()
+        })
+        .unwrap_or_default();
+    let items: Vec<ProblemItem> = problems
+        .0
+        .into_iter()
+        .map(|p| ProblemItem {
+            path: p.path,
+            line: p.line,
+            column: p.column,
+            message: p.message,
+        })
+        .collect();
+    ApiError::unprocessable(
+        "invalid_workflow",
+        format!(
+            "the workflow has {count} problem{}; the first: {first}",
+            if count == 1 { "" } else { "s" }
+        ),
+    )
+    .with_problems(items)
+}

@@ -1,0 +1,49 @@
+//! Session log lines. Robots append them (the robot protocol); the public
+//! API reads them.
+
+use rusqlite::{Connection, params};
+use tasuki_protocol::{LogLevel, LogLine, SessionStatus};
+
+use super::{DbError, sessions, to_timestamp};
+
+/// The lines after `after_seq`, at most `limit` of them, in order, with the
+/// session's status; `None` when there is no such session.
+pub fn after(
+    conn: &Connection,
+    session_id: i64,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Option<(Vec<LogLine>, SessionStatus)>, DbError> {
+    let Some(status) = sessions::status_of(conn, session_id)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT seq, ts, level, step_id, message FROM session_logs
+         WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![session_id, after_seq, limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut lines = Vec::new();
+    for row in rows {
+        let (seq, ts, level, step_id, message) = row?;
+        lines.push(LogLine {
+            seq: seq.max(0) as u64,
+            ts: to_timestamp(ts)?,
+            level: LogLevel::parse(&level).ok_or_else(|| {
+                DbError::Corrupt(format!(
+                    "session queue {session_id}, log line {seq}: level `{level}`"
+                ))
+            })?,
+            step_id,
+            message,
+        });
+    }
+    Ok(Some((lines, status)))
+}

@@ -1,0 +1,116 @@
+//! Schema migrations, versioned with `PRAGMA user_version`. Each entry of
+//! [`MIGRATIONS`] moves the schema one version up and runs in its own
+//! transaction; entries are never edited once released, only appended.
+
+use rusqlite::Connection;
+
+use super::DbError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the public API. The robot protocol adds leases, robot details and
+    // step records in later versions.
+    r#"
+    CREATE TABLE access_keys (
+        id            TEXT PRIMARY KEY,
+        scopes        TEXT NOT NULL,
+        -- The secret sealed with ChaCha20-Poly1305 under the master key in
+        -- <db>.key; the key id is the associated data, so a sealed secret
+        -- copied onto another row does not open.
+        secret_nonce  BLOB NOT NULL,
+        secret_sealed BLOB NOT NULL,
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE robots (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        name       TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE workflows (
+        id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+        name                TEXT NOT NULL,
+        description         TEXT NOT NULL,
+        single_process_mode INTEGER NOT NULL,
+        source_format       TEXT NOT NULL CHECK (source_format IN ('yaml', 'json')),
+        source              TEXT NOT NULL,
+        -- JSON: [{name, default?, secret}], so that queueing a session
+        -- checks params without parsing the workflow again.
+        param_specs         TEXT NOT NULL,
+        -- JSON array of robot names; empty means any robot.
+        workflow_robots     TEXT NOT NULL,
+        created_at          INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE session_queues (
+        id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_id         INTEGER NOT NULL REFERENCES workflows(id),
+        status              TEXT NOT NULL
+            CHECK (status IN ('queued', 'running', 'success', 'error', 'cancelled')),
+        -- JSON object, as the caller gave it.
+        params              TEXT NOT NULL,
+        -- JSON array of the param names shown as *** in responses.
+        secret_params       TEXT NOT NULL,
+        robot_id            INTEGER REFERENCES robots(id),
+        created_at          INTEGER NOT NULL,
+        started_at          INTEGER,
+        ended_at            INTEGER,
+        cancel_requested_at INTEGER,
+        steps               TEXT,
+        error               TEXT,
+        outputs             TEXT
+    ) STRICT;
+    CREATE INDEX session_queues_by_created ON session_queues (created_at, id);
+    CREATE INDEX session_queues_by_status ON session_queues (status, created_at);
+
+    CREATE TABLE session_logs (
+        session_id INTEGER NOT NULL REFERENCES session_queues(id),
+        seq        INTEGER NOT NULL CHECK (seq >= 1),
+        ts         INTEGER NOT NULL,
+        level      TEXT NOT NULL,
+        step_id    TEXT,
+        message    TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) STRICT, WITHOUT ROWID;
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(DbError::TooNew {
+            path: path.into(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "migrated the database schema");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, "mem").unwrap();
+        migrate(&mut conn, "mem").unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        conn.pragma_update(None, "user_version", v + 1).unwrap();
+        let err = migrate(&mut conn, "mem").unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,125 @@
+//! The hub's SQLite database: the source of truth. Everything the hub
+//! knows survives a restart because it is only ever kept here.
+//!
+//! One connection behind a mutex: SQLite serialises writers anyway, and the
+//! hub's queries are short. Async code reaches it through [`Db::call`],
+//! which runs the closure on tokio's blocking pool so that a slow disk
+//! never stalls the reactor.
+
+mod migrate;
+
+pub mod keys;
+pub mod logs;
+pub mod sessions;
+pub mod workflows;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has schema version {found}, newer than this tasuki-hub knows \
+         ({known}); run a newer tasuki-hub"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    /// A stored value that the hub itself wrote does not read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("the database task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let shown = path.display().to_string();
+        let open_err = |source| DbError::Open {
+            path: shown.clone(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        // WAL lets readers (a `keys create` in another process, a backup)
+        // work beside the running hub. synchronous=NORMAL is durable across
+        // a crash of the hub process, which is the failure the tests and
+        // operators see; only a power cut can lose the last commits.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrate::migrate(&mut conn, &shown)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-done
+            // write behind (an open transaction rolls back when dropped),
+            // so a poisoned lock is still safe to use.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the connection on this thread, for the command line.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit every timestamp column uses.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+pub fn to_timestamp(ms: i64) -> Result<jiff::Timestamp, DbError> {
+    jiff::Timestamp::from_millisecond(ms)
+        .map_err(|e| DbError::Corrupt(format!("timestamp {ms} ms is out of range: {e}")))
+}
+
+/// A `COUNT(*)` query's answer.
+pub fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, DbError> {
+    let n: i64 = conn.query_row(sql, params, |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}

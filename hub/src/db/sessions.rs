@@ -1,0 +1,293 @@
+//! Session queues, as the public API sees them.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+use tasuki_protocol::{RobotRef, SessionQueue, SessionStatus, WorkflowRef};
+
+use super::{DbError, parse_json, to_timestamp};
+
+/// The hub has a single project; AUTORO's `project_id` is always this.
+pub const PROJECT_ID: i64 = 1;
+
+/// What the public API shows in place of a secret param's value.
+const MASK: &str = "***";
+
+pub struct NewSession {
+    pub workflow_id: i64,
+    pub params: Map<String, Value>,
+    /// Names of params the workflow marks `secret: true`.
+    pub secret_params: Vec<String>,
+}
+
+/// Which sessions a list returns. Times are milliseconds since the epoch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Filter {
+    /// Created strictly before.
+    pub before: Option<i64>,
+    /// Created at or after.
+    pub after: Option<i64>,
+    /// Any of these statuses; empty means any status.
+    pub statuses: Vec<SessionStatus>,
+}
+
+const SELECT: &str = "
+    SELECT s.id, s.status, s.params, s.secret_params, s.created_at, s.started_at,
+           s.ended_at, s.cancel_requested_at, s.steps, s.error, s.outputs,
+           w.id, w.name, r.id, r.name
+    FROM session_queues s
+    JOIN workflows w ON w.id = s.workflow_id
+    LEFT JOIN robots r ON r.id = s.robot_id";
+
+pub fn insert(conn: &Connection, s: &NewSession, now_ms: i64) -> Result<SessionQueue, DbError> {
+    let params_json =
+        serde_json::to_string(&s.params).map_err(|e| DbError::Corrupt(format!("params: {e}")))?;
+    let secrets_json = serde_json::to_string(&s.secret_params)
+        .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
+    conn.execute(
+        "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
+         VALUES (?1, 'queued', ?2, ?3, ?4)",
+        params![s.workflow_id, params_json, secrets_json, now_ms],
+    )?;
+    let id = conn.last_insert_rowid();
+    get(conn, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<SessionQueue>, DbError> {
+    conn.query_row(&format!("{SELECT} WHERE s.id = ?1"), [id], read_row)
+        .optional()?
+        .transpose()
+}
+
+/// One page, newest first, and the count of all that match.
+pub fn list(
+    conn: &Connection,
+    filter: &Filter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<SessionQueue>, u64), DbError> {
+    let statuses = (!filter.statuses.is_empty()).then(|| {
+        Value::from(
+            filter
+                .statuses
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .to_string()
+    });
+    // Fixed SQL with optional bounds: a NULL parameter turns its test off.
+    let condition = "(?1 IS NULL OR s.created_at < ?1)
+        AND (?2 IS NULL OR s.created_at >= ?2)
+        AND (?3 IS NULL OR s.status IN (SELECT value FROM json_each(?3)))";
+    let total = super::count(
+        conn,
+        &format!("SELECT COUNT(*) FROM session_queues s WHERE {condition}"),
+        params![filter.before, filter.after, statuses],
+    )?;
+    let mut stmt = conn.prepare(&format!(
+        "{SELECT} WHERE {condition} ORDER BY s.created_at DESC, s.id DESC LIMIT ?4 OFFSET ?5"
+    ))?;
+    let rows = stmt.query_map(
+        params![filter.before, filter.after, statuses, limit, offset],
+        read_row,
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok((out, total))
+}
+
+/// Cancels a session: a queued one becomes `cancelled` and will never
+/// start; a running one gets `cancel_requested_at`, which the robot acts
+/// on; a finished one is left as it is. Repeating it changes nothing.
+/// Returns the session after the change and whether anything changed, or
+/// `None` when there is no such session.
+pub fn cancel(
+    conn: &mut Connection,
+    id: i64,
+    now_ms: i64,
+) -> Result<Option<(SessionQueue, bool)>, DbError> {
+    let tx = conn.transaction()?;
+    let changed = tx.execute(
+        "UPDATE session_queues
+         SET status = 'cancelled', ended_at = ?2,
+             cancel_requested_at = COALESCE(cancel_requested_at, ?2)
+         WHERE id = ?1 AND status = 'queued'",
+        params![id, now_ms],
+    )? + tx.execute(
+        "UPDATE session_queues SET cancel_requested_at = ?2
+         WHERE id = ?1 AND status = 'running' AND cancel_requested_at IS NULL",
+        params![id, now_ms],
+    )?;
+    let session = get(&tx, id)?;
+    tx.commit()?;
+    Ok(session.map(|s| (s, changed > 0)))
+}
+
+pub fn status_of(conn: &Connection, id: i64) -> Result<Option<SessionStatus>, DbError> {
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM session_queues WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    status.map(|s| parse_status(id, &s)).transpose()
+}
+
+fn parse_status(id: i64, text: &str) -> Result<SessionStatus, DbError> {
+    text.parse()
+        .map_err(|e| DbError::Corrupt(format!("session queue {id}: {e}")))
+}
+
+/// Reads one row of [`SELECT`]. The outer error is SQLite's, the inner one
+/// a stored value that does not read back.
+fn read_row(r: &Row) -> rusqlite::Result<Result<SessionQueue, DbError>> {
+    let id: i64 = r.get(0)?;
+    let status: String = r.get(1)?;
+    let params: String = r.get(2)?;
+    let secret_params: String = r.get(3)?;
+    let created_at: i64 = r.get(4)?;
+    let started_at: Option<i64> = r.get(5)?;
+    let ended_at: Option<i64> = r.get(6)?;
+    let cancel_requested_at: Option<i64> = r.get(7)?;
+    let steps: Option<String> = r.get(8)?;
+    let error: Option<String> = r.get(9)?;
+    let outputs: Option<String> = r.get(10)?;
+    let workflow = WorkflowRef {
+        id: r.get(11)?,
+        name: r.get(12)?,
+    };
+    let robot = match (
+        r.get::<_, Option<i64>>(13)?,
+        r.get::<_, Option<String>>(14)?,
+    ) {
+        (Some(id), Some(name)) => Some(RobotRef { id, name }),
+        _ => None,
+    };
+    Ok((|| {
+        let what = |field: &str| format!("session queue {id}: {field}");
+        let mut params: Map<String, Value> = parse_json(&what("params"), &params)?;
+        let secrets: Vec<String> = parse_json(&what("secret_params"), &secret_params)?;
+        for name in secrets {
+            if let Some(v) = params.get_mut(&name) {
+                *v = Value::String(MASK.into());
+            }
+        }
+        let time = |ms: Option<i64>| ms.map(to_timestamp).transpose();
+        Ok(SessionQueue {
+            id,
+            project_id: PROJECT_ID,
+            started_at: time(started_at)?,
+            ended_at: time(ended_at)?,
+            status: parse_status(id, &status)?,
+            created_at: to_timestamp(created_at)?,
+            workflow,
+            params,
+            robot,
+            steps: steps.map(|s| parse_json(&what("steps"), &s)).transpose()?,
+            error: error.map(|s| parse_json(&what("error"), &s)).transpose()?,
+            outputs: outputs
+                .map(|s| parse_json(&what("outputs"), &s))
+                .transpose()?,
+            cancel_requested_at: time(cancel_requested_at)?,
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::workflows::{self, NewWorkflow};
+
+    fn setup() -> (Connection, i64) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate::migrate(&mut conn, "mem").unwrap();
+        let w = workflows::insert(
+            &conn,
+            &NewWorkflow {
+                name: "w".into(),
+                description: String::new(),
+                single_process_mode: false,
+                source_format: "yaml",
+                source: String::new(),
+                param_specs: Vec::new(),
+                workflow_robots: Vec::new(),
+            },
+            0,
+        )
+        .unwrap();
+        let s = insert(
+            &conn,
+            &NewSession {
+                workflow_id: w.id,
+                params: Map::new(),
+                secret_params: Vec::new(),
+            },
+            1_000,
+        )
+        .unwrap();
+        (conn, s.id)
+    }
+
+    fn set_status(conn: &Connection, id: i64, status: &str) {
+        conn.execute(
+            "UPDATE session_queues SET status = ?2 WHERE id = ?1",
+            params![id, status],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn cancelling_a_running_session_only_asks() {
+        let (mut conn, id) = setup();
+        set_status(&conn, id, "running");
+        let (s, changed) = cancel(&mut conn, id, 2_000).unwrap().unwrap();
+        assert!(changed);
+        assert_eq!(s.status, SessionStatus::Running);
+        assert_eq!(s.cancel_requested_at.unwrap().as_millisecond(), 2_000);
+        assert!(s.ended_at.is_none());
+        // The first request's time stays.
+        let (s, changed) = cancel(&mut conn, id, 3_000).unwrap().unwrap();
+        assert!(!changed);
+        assert_eq!(s.cancel_requested_at.unwrap().as_millisecond(), 2_000);
+    }
+
+    #[test]
+    fn cancelling_a_finished_session_changes_nothing() {
+        let (mut conn, id) = setup();
+        for status in ["success", "error"] {
+            set_status(&conn, id, status);
+            let (s, changed) = cancel(&mut conn, id, 2_000).unwrap().unwrap();
+            assert!(!changed);
+            assert_eq!(s.status.as_str(), status);
+            assert!(s.cancel_requested_at.is_none());
+        }
+        assert!(cancel(&mut conn, id + 1, 2_000).unwrap().is_none());
+    }
+
+    #[test]
+    fn lists_filter_by_time_and_status() {
+        let (conn, id) = setup();
+        let all = Filter::default();
+        assert_eq!(list(&conn, &all, 10, 0).unwrap().1, 1);
+        let before = Filter {
+            before: Some(1_000),
+            ..Filter::default()
+        };
+        assert_eq!(list(&conn, &before, 10, 0).unwrap().1, 0);
+        let after = Filter {
+            after: Some(1_000),
+            statuses: vec![SessionStatus::Queued],
+            ..Filter::default()
+        };
+        let (rows, total) = list(&conn, &after, 10, 0).unwrap();
+        assert_eq!((rows[0].id, total), (id, 1));
+        let running = Filter {
+            statuses: vec![SessionStatus::Running],
+            ..Filter::default()
+        };
+        assert_eq!(list(&conn, &running, 10, 0).unwrap().1, 0);
+    }
+}

@@ -1,0 +1,137 @@
+//! Stored workflows.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tasuki_protocol::WorkflowItem;
+
+use super::{DbError, parse_json};
+
+/// What the hub keeps of a declared param, to check the params of a
+/// session without parsing the workflow again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredParam {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+pub struct NewWorkflow {
+    pub name: String,
+    pub description: String,
+    pub single_process_mode: bool,
+    /// `yaml` or `json`: how `source` is to be read.
+    pub source_format: &'static str,
+    pub source: String,
+    pub param_specs: Vec<StoredParam>,
+    pub workflow_robots: Vec<String>,
+}
+
+/// What queueing a session needs to know of its workflow.
+pub struct WorkflowParams {
+    pub name: String,
+    pub params: Vec<StoredParam>,
+}
+
+// Fields AUTORO has and Tasuki does not use; see `WorkflowItem`.
+const ROBOT_TYPE: &str = "tasuki";
+const COLOR: &str = "#000000";
+
+pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<WorkflowItem, DbError> {
+    let specs = serde_json::to_string(&w.param_specs)
+        .map_err(|e| DbError::Corrupt(format!("param specs: {e}")))?;
+    let robots = serde_json::to_string(&w.workflow_robots)
+        .map_err(|e| DbError::Corrupt(format!("workflow robots: {e}")))?;
+    conn.execute(
+        "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
+                                param_specs, workflow_robots, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            w.name,
+            w.description,
+            w.single_process_mode,
+            w.source_format,
+            w.source,
+            specs,
+            robots,
+            now_ms
+        ],
+    )?;
+    Ok(item(
+        conn.last_insert_rowid(),
+        w.name.clone(),
+        w.description.clone(),
+        w.single_process_mode,
+        w.workflow_robots.clone(),
+    ))
+}
+
+fn item(
+    id: i64,
+    name: String,
+    description: String,
+    single_process_mode: bool,
+    workflow_robots: Vec<String>,
+) -> WorkflowItem {
+    WorkflowItem {
+        id,
+        name,
+        description,
+        vpn_option_id: None,
+        debug_mode: false,
+        robot_type: ROBOT_TYPE.into(),
+        single_process_mode,
+        error_handler_workflow_id: None,
+        color: COLOR.into(),
+        receiver_infos: String::new(),
+        workflow_robots,
+    }
+}
+
+/// One page in id order, and the count of all workflows.
+pub fn list(
+    conn: &Connection,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<WorkflowItem>, u64), DbError> {
+    let total = super::count(conn, "SELECT COUNT(*) FROM workflows", [])?;
+    let mut stmt = conn.prepare(
+        "SELECT id, name, description, single_process_mode, workflow_robots
+         FROM workflows ORDER BY id LIMIT ?1 OFFSET ?2",
+    )?;
+    let rows = stmt.query_map([limit, offset], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, bool>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut items = Vec::new();
+    for row in rows {
+        let (id, name, description, spm, robots) = row?;
+        let robots = parse_json(&format!("workflow {id}: workflow_robots"), &robots)?;
+        items.push(item(id, name, description, spm, robots));
+    }
+    Ok((items, total))
+}
+
+pub fn params_of(conn: &Connection, id: i64) -> Result<Option<WorkflowParams>, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT name, param_specs FROM workflows WHERE id = ?1",
+            [id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?;
+    let Some((name, specs)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(WorkflowParams {
+        name,
+        params: parse_json(&format!("workflow {id}: param_specs"), &specs)?,
+    }))
+}

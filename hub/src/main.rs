@@ -1,0 +1,125 @@
+//! `tasuki-hub`: the reference control plane for Tasuki robots. Its public
+//! API follows the AUTORO REST API; see hub/README.md.
+
+mod api;
+mod db;
+mod keys;
+mod secrets;
+mod serve;
+mod store;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "tasuki-hub",
+    version,
+    about = "The reference control plane for Tasuki robots"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API.
+    Serve {
+        #[arg(long, env = "TASUKI_HUB_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
+        /// The `iss` every token must carry.
+        #[arg(long, env = "TASUKI_HUB_ISSUER", default_value = "tasuki")]
+        issuer: String,
+        /// The `aud` every token must carry.
+        #[arg(long, env = "TASUKI_HUB_AUDIENCE", default_value = "tasuki-hub")]
+        audience: String,
+    },
+    /// Manage access keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an access key; prints {access_key_id, secret_access_key} once.
+    Create {
+        /// Space-separated: session_queue.write session_queue.read
+        /// session_queue.delete access_token.create workflow.write robot
+        #[arg(long)]
+        scopes: String,
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
+    },
+    /// List access keys (never their secrets).
+    List {
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
+    },
+    /// Delete an access key; every token signed with it stops working.
+    Delete {
+        access_key_id: String,
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_tracing(if serving { "info" } else { "warn" });
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            db,
+            issuer,
+            audience,
+        } => run_server(serve::ServeOptions {
+            listen,
+            db,
+            issuer,
+            audience,
+        }),
+        Command::Keys { command } => match command {
+            KeysCommand::Create { scopes, db } => keys::create(&db, &scopes),
+            KeysCommand::List { db } => keys::list(&db),
+            KeysCommand::Delete { access_key_id, db } => keys::delete(&db, &access_key_id),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tasuki-hub: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_server(opts: serve::ServeOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve::serve(opts))
+}
+
+/// Logs go to stderr (stdout carries the `listening on` line and the
+/// commands' JSON), coloured only on a terminal. RUST_LOG overrides the
+/// level.
+fn init_tracing(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,28 @@
+//! Wire types shared by the Tasuki agent and `tasuki-hub`, and by nothing
+//! else.
+//!
+//! The public API follows the AUTORO REST API: the session queue and
+//! workflow shapes, the JWT claims and the scope names are those of that
+//! document, so its examples work against the hub. Types that a client
+//! sends reject unknown fields (a typo must not be silently ignored);
+//! types that a server sends do not, so that a newer hub can add fields
+//! without breaking an older agent.
+
+pub mod auth;
+pub mod error;
+pub mod logs;
+pub mod robot;
+pub mod scope;
+pub mod session;
+pub mod time;
+pub mod workflow;
+
+pub use auth::{Claims, TokenRequest, TokenResponse};
+pub use error::{ErrorBody, ErrorDetail, ProblemItem};
+pub use logs::{LogLevel, LogLine, LogsResponse};
+pub use scope::{Scope, ScopeError, Scopes};
+pub use session::{
+    CreateSessionQueue, RobotRef, SessionError, SessionQueue, SessionQueueList, SessionStatus,
+    StepState, StepStatus, WorkflowRef,
+};
+pub use workflow::{CreateWorkflow, WorkflowItem, WorkflowList};

@@ -1,0 +1,225 @@
+//! Session queues: the AUTORO Session Queue Schema, and what Tasuki adds
+//! to it (`steps`, `error`, `outputs`, `cancel_requested_at`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Queued,
+    Running,
+    Success,
+    Error,
+    Cancelled,
+}
+
+impl SessionStatus {
+    pub const ALL: [SessionStatus; 5] = [
+        SessionStatus::Queued,
+        SessionStatus::Running,
+        SessionStatus::Success,
+        SessionStatus::Error,
+        SessionStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Queued => "queued",
+            SessionStatus::Running => "running",
+            SessionStatus::Success => "success",
+            SessionStatus::Error => "error",
+            SessionStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// A terminal session never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SessionStatus::Success | SessionStatus::Error | SessionStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SessionStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SessionStatus, String> {
+        SessionStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown session status `{s}`; the statuses are: {}",
+                    SessionStatus::ALL.map(SessionStatus::as_str).join(", ")
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowRef {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotRef {
+    pub id: i64,
+    pub name: String,
+}
+
+/// Why a session or a step failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionError {
+    pub code: String,
+    pub message: String,
+    pub step_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Success,
+    Error,
+    Skipped,
+    Cancelled,
+}
+
+/// One step's record within a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub id: String,
+    pub status: StepStatus,
+    #[serde(default, with = "crate::time::millis_opt")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, with = "crate::time::millis_opt")]
+    pub ended_at: Option<Timestamp>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default)]
+    pub error: Option<SessionError>,
+}
+
+/// The Session Queue Schema. The first nine fields are AUTORO's, in its
+/// order; the rest are present only when they have something to say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionQueue {
+    pub id: i64,
+    pub project_id: i64,
+    #[serde(with = "crate::time::millis_opt")]
+    pub started_at: Option<Timestamp>,
+    #[serde(with = "crate::time::millis_opt")]
+    pub ended_at: Option<Timestamp>,
+    pub status: SessionStatus,
+    #[serde(with = "crate::time::millis")]
+    pub created_at: Timestamp,
+    pub workflow: WorkflowRef,
+    pub params: Map<String, Value>,
+    /// `null` until a robot takes the session.
+    pub robot: Option<RobotRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<SessionError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::millis_opt"
+    )]
+    pub cancel_requested_at: Option<Timestamp>,
+}
+
+/// `POST /v1/session_queues`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionQueue {
+    pub workflow_id: i64,
+    /// Values for the workflow's declared params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Map<String, Value>>,
+}
+
+/// `GET /v1/session_queues`: one page, newest first, and the count of all
+/// that match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionQueueList {
+    pub session_queues: Vec<SessionQueue>,
+    pub total_count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_seed_example() {
+        let q: SessionQueue = serde_json::from_str(
+            r#"{
+  "id": 123123123,
+  "project_id": 123123123123,
+  "started_at": "2019-07-09T10:02:57.000Z",
+  "ended_at": "2019-07-09T10:04:01.000Z",
+  "status": "running",
+  "created_at": "2019-07-09T10:02:57.000Z",
+  "workflow": {"id": 12341234, "name": "Awesome Workflow."},
+  "params": {"var1": "this is string", "var2": ["this", "is", "array"]},
+  "robot": {"id": 12341234, "name": "standard-1"}
+}"#,
+        )
+        .unwrap();
+        assert_eq!(q.status, SessionStatus::Running);
+        let back = serde_json::to_value(&q).unwrap();
+        assert_eq!(back["started_at"], "2019-07-09T10:02:57.000Z");
+        assert!(back.get("cancel_requested_at").is_none());
+    }
+
+    #[test]
+    fn robot_is_null_until_assigned() {
+        let q = SessionQueue {
+            id: 1,
+            project_id: 1,
+            started_at: None,
+            ended_at: None,
+            status: SessionStatus::Queued,
+            created_at: Timestamp::UNIX_EPOCH,
+            workflow: WorkflowRef {
+                id: 1,
+                name: "w".into(),
+            },
+            params: Map::new(),
+            robot: None,
+            steps: None,
+            error: None,
+            outputs: None,
+            cancel_requested_at: None,
+        };
+        let v = serde_json::to_value(&q).unwrap();
+        assert!(v["robot"].is_null());
+        assert!(v["started_at"].is_null());
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in SessionStatus::ALL {
+            assert_eq!(s.as_str().parse::<SessionStatus>(), Ok(s));
+        }
+        assert!("done".parse::<SessionStatus>().is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Workflows in the public API.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A workflow as `GET /v1/workflows` lists it, with the fields of the
+/// AUTORO document. The ones Tasuki has no use for keep fixed values
+/// (`vpn_option_id` and `error_handler_workflow_id` null, `debug_mode`
+/// false, `receiver_infos` empty) so that clients written for AUTORO read
+/// them unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowItem {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub vpn_option_id: Option<i64>,
+    pub debug_mode: bool,
+    pub robot_type: String,
+    pub single_process_mode: bool,
+    pub error_handler_workflow_id: Option<i64>,
+    pub color: String,
+    pub receiver_infos: String,
+    /// The names of the robots this workflow is pinned to; empty means any.
+    pub workflow_robots: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowItem>,
+    pub total_count: u64,
+}
+
+/// `POST /v1/workflows`: exactly one of `yaml` (the text of a workflow file)
+/// or `workflow` (the same document as a JSON object).
+///
+/// `workflow` is kept as raw JSON so that the hub can parse it with the
+/// workflow loader itself, which rejects duplicate keys and reports lines
+/// and columns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yaml: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Box<RawValue>>,
+    /// Overrides the workflow file's own `description`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_robots: Option<Vec<String>>,
+}
+
+impl CreateWorkflow {
+    pub fn from_yaml(text: impl Into<String>) -> CreateWorkflow {
+        CreateWorkflow {
+            yaml: Some(text.into()),
+            ..CreateWorkflow::default()
+        }
+    }
+
+    pub fn from_json(workflow: &serde_json::Value) -> serde_json::Result<CreateWorkflow> {
+        Ok(CreateWorkflow {
+            workflow: Some(serde_json::value::to_raw_value(workflow)?),
+            ..CreateWorkflow::default()
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! Bad input of every kind gets a 4xx whose JSON error names the problem,
+//! and the hub keeps serving; the quota answers 429 with Retry-After.
+
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use hub_support::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn malformed_requests_are_refused_with_the_problem_named() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let mut hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let workflow_id = create_hello(&api).await;
+
+    // (body, status, code, words the message must hold)
+    let deep = format!(
+        "{{\"workflow_id\": 1, \"params\": {{\"token\": {}1{}}}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let cases: Vec<(String, StatusCode, &str, &str)> = vec![
+        ("".into(), StatusCode::BAD_REQUEST, "invalid_json", "empty"),
+        (
+            "{\"workflow_id\": 1,".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "line 1",
+        ),
+        (
+            format!("{{\"workflow_id\": {workflow_id}}} trailing"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "trailing",
+        ),
+        (
+            "[1, 2]".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "body",
+        ),
+        (
+            format!("{{\"workflow_id\": {workflow_id}, \"parms\": {{}}}}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_field",
+            "parms",
+        ),
+        (
+            "{\"workflow_id\": \"1\"}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "workflow_id",
+        ),
+        (
+            "{\"workflow_id\": 1.5}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "workflow_id",
+        ),
+        (
+            "{\"workflow_id\": 0}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "workflow_id",
+        ),
+        (
+            "{\"workflow_id\": 99999999999999999999999}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "workflow_id",
+        ),
+        (
+            format!("{{\"workflow_id\": {workflow_id}, \"params\": [1]}}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "params",
+        ),
+        (
+            "{\"params\": {}}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "workflow_id",
+        ),
+        (
+            format!("{{\"workflow_id\": {workflow_id}, \"workflow_id\": 2}}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "duplicate field `workflow_id`",
+        ),
+        (deep, StatusCode::BAD_REQUEST, "invalid_json", "recursion"),
+    ];
+    for (body, status, code, needle) in cases {
+        let shown: String = body.chars().take(60).collect();
+        let r = api.post_raw("/v1/session_queues", body.clone()).await;
+        assert_eq!(r.status, status, "{shown}: {}", r.body);
+        assert_eq!(r.code(), code, "{shown}: {}", r.body);
+        assert!(r.message().contains(needle), "{shown}: {}", r.body);
+    }
+
+    // Not UTF-8.
+    let r = api
+        .post_raw("/v1/session_queues", vec![b'{', 0xff, 0xfe, b'}'])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    // A body that is not JSON at all, by its content type.
+    let r = api
+        .send(
+            api.request(reqwest::Method::POST, "/v1/session_queues")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("workflow_id=1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(r.message().contains("application/json"), "{}", r.body);
+
+    // Over 10 MB, even as valid JSON: refused before it is read whole.
+    let big = format!(
+        "{{\"workflow_id\": {workflow_id}, \"params\": {{\"who\": \"{}\", \"token\": \"t\"}}}}",
+        "x".repeat(10 * 1024 * 1024)
+    );
+    let r = api.post_raw("/v1/session_queues", big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert_eq!(r.code(), "body_too_large");
+    assert!(r.message().contains("10 MB"), "{}", r.body);
+
+    // Large params under the limit are fine.
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": workflow_id, "params": {"who": "y".repeat(1024 * 1024), "token": "t"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body["error"]);
+
+    // Unknown endpoints and methods answer in JSON too.
+    let r = api.get("/v1/sessions").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.message().contains("/v1/sessions"), "{}", r.body);
+    let r = api
+        .send(api.request(reqwest::Method::PUT, "/v1/workflows"))
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.code(), "method_not_allowed");
+
+    // A bad query string.
+    let r = api.get("/v1/session_queues?query=is:").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("is:"), "{}", r.body);
+    let r = api
+        .get(&format!(
+            "/v1/session_queues?query={}",
+            "is:queued%20".repeat(300)
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("longer than"), "{}", r.body);
+
+    // After all of that the hub is up and well.
+    assert!(hub.is_running());
+    assert_eq!(api.get("/v1/workflows").await.status, StatusCode::OK);
+    let log = hub.stderr();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn the_quota_answers_429_with_retry_after() {
+    let scratch = Scratch::new();
+    let busy = create_key(&scratch, ALL_SCOPES);
+    let other = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&busy, ALL_SCOPES)));
+
+    // No robots are registered, so the limit is the minimum: 60 a minute.
+    for i in 0..60 {
+        let r = api.get("/v1/workflows").await;
+        assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.body);
+    }
+    let r = api.get("/v1/workflows").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.code(), "rate_limited");
+    let retry: u64 = r
+        .headers
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(r.message().contains("60"), "{}", r.body);
+
+    // The quota is per key.
+    let other_api = Api::new(&hub, Some(token(&other, ALL_SCOPES)));
+    assert_eq!(other_api.get("/v1/workflows").await.status, StatusCode::OK);
+    // Calls that fail authentication do not count, nor get a 429 first.
+    let forged = Api::new(&hub, Some(sign("wrong", &claims(&busy, ALL_SCOPES))));
+    assert_eq!(
+        forged.get("/v1/workflows").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -1,0 +1,320 @@
+//! Shared helpers for the hub tests: a real `tasuki-hub` process on a
+//! loopback port with its own database, access keys made with the real
+//! `keys create`, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub const ALL_SCOPES: &str = "session_queue.write session_queue.read session_queue.delete access_token.create workflow.write robot";
+pub const ISSUER: &str = "tasuki";
+pub const AUDIENCE: &str = "tasuki-hub";
+
+pub fn hub_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tasuki-hub"))
+}
+
+/// A scratch folder holding one hub's database and key file.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+        }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("hub.db")
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("hub.db.key")
+    }
+}
+
+/// A running `tasuki-hub serve`.
+pub struct Hub {
+    child: Option<Child>,
+    pub url: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Hub {
+    pub fn start(scratch: &Scratch) -> Hub {
+        Hub::start_with(scratch, &[])
+    }
+
+    pub fn start_with(scratch: &Scratch, extra: &[&str]) -> Hub {
+        let stderr_path = scratch.dir.path().join(format!(
+            "hub-stderr-{}.log",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        let stderr = std::fs::File::create(&stderr_path).expect("create the stderr log");
+        let mut child = hub_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(scratch.db())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start tasuki-hub");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let Some(url) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tasuki-hub did not print `listening on`; stdout: {line:?}; stderr:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        };
+        Hub {
+            url: url.to_string(),
+            child: Some(child),
+            stderr_path,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the hub is running");
+        #[cfg(unix)]
+        {
+            use nix::sys::signal::{Signal, kill};
+            use nix::unistd::Pid;
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal the hub");
+        }
+        #[cfg(not(unix))]
+        child.kill().expect("stop the hub");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the hub") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tasuki-hub did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still alive (it must survive bad input).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().expect("poll the hub").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub id: String,
+    pub secret: String,
+}
+
+pub fn keys_create(db: &Path, scopes: &str) -> Output {
+    hub_command()
+        .args(["keys", "create", "--scopes", scopes, "--db"])
+        .arg(db)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tasuki-hub keys create")
+}
+
+pub fn create_key(scratch: &Scratch, scopes: &str) -> Key {
+    let out = keys_create(&scratch.db(), scopes);
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("keys create prints JSON");
+    Key {
+        id: v["access_key_id"].as_str().expect("access_key_id").into(),
+        secret: v["secret_access_key"]
+            .as_str()
+            .expect("secret_access_key")
+            .into(),
+    }
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// Standard claims for `key`, valid now for ten minutes.
+pub fn claims(key: &Key, scopes: &str) -> Value {
+    let now = now();
+    json!({
+        "iss": ISSUER,
+        "sub": key.id,
+        "aud": AUDIENCE,
+        "nbf": now,
+        "exp": now + 600,
+        "scopes": scopes,
+    })
+}
+
+pub fn sign(secret: &str, claims: &Value) -> String {
+    sign_with(Algorithm::HS256, secret, claims)
+}
+
+pub fn sign_with(alg: Algorithm, secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a token")
+}
+
+/// A token for `key` with `scopes`.
+pub fn token(key: &Key, scopes: &str) -> String {
+    sign(&key.secret, &claims(key, scopes))
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error reply.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+/// A client for one hub, sending `token` when it has one.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(hub: &Hub, token: Option<String>) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: hub.url.clone(),
+            token,
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    pub async fn send(&self, r: reqwest::RequestBuilder) -> Reply {
+        let resp = r.send().await.expect("the hub answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("read the reply");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "the reply ({status}) is not JSON: {e}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    /// POSTs raw bytes as JSON.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+}
+
+/// A workflow with params of several types, as YAML.
+pub const HELLO_YAML: &str = r#"version: 1
+name: hello
+description: says hello
+params:
+  who: world
+  times: 1
+  tags: []
+  token: {secret: true}
+steps:
+  - id: greet
+    action: shell.run
+    with: {argv: [echo, "hello ${params.who}"]}
+"#;
+
+/// Registers `HELLO_YAML` and returns its id.
+pub async fn create_hello(api: &Api) -> i64 {
+    let r = api
+        .post("/v1/workflows", &json!({"yaml": HELLO_YAML}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body["id"].as_i64().expect("workflow id")
+}
