@@ -1,18 +1,26 @@
 //! `tasuki-bench`: measures the overhead the Tasuki executor and its shell
-//! action add, against the targets of issue 2.
+//! and browser actions add, against the targets of issues 2 and 3.
 //!
 //! - `executor`: control steps per second on a workflow of 10,000 `set` steps.
 //! - `shell`: 200 `shell.run` steps of `true` against 200 bare spawns of
 //!   `true`, in-process and as whole processes.
-//! - `all` (the default): both.
+//! - `browser`: a 10-step browser workflow through `tasuki run`, through raw
+//!   WebDriver calls (the floor) and through Robot Framework with
+//!   SeleniumLibrary (the peer); and what one browser per session saves
+//!   over one browser per step.
+//! - `all` (the default): all three (`--no-browser` skips the browser).
 //! - `spawn-loop`: the whole-process baseline; spawns and waits for a program
 //!   N times, and nothing else.
+//! - `raw-browser`: the browser floor as a process of its own.
 //!
 //! The Markdown report goes to stdout, progress to stderr. Variants that are
 //! compared run interleaved, run by run, so that a noisy machine slows them
 //! alike; ratios are computed run by run and their median is reported.
 
+mod browser;
+mod site;
 mod stats;
+mod webdriver;
 mod workflows;
 
 use std::fmt::Write as _;
@@ -41,7 +49,7 @@ const TARGET_SHELL_RATIO: f64 = 1.3;
 #[derive(Parser)]
 #[command(
     name = "tasuki-bench",
-    about = "Overhead benchmarks of the Tasuki executor and shell action"
+    about = "Overhead benchmarks of the Tasuki executor, shell and browser actions"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,7 +64,9 @@ enum Command {
     Executor,
     /// `shell.run` of `true` against bare spawns of `true`.
     Shell,
-    /// Both benchmarks (the default).
+    /// A 10-step browser workflow: tasuki, raw WebDriver, Robot Framework.
+    Browser,
+    /// Every benchmark (the default); `--no-browser` leaves the browser out.
     All,
     /// Spawns and waits for PROGRAM COUNT times: the whole-process baseline.
     SpawnLoop {
@@ -65,11 +75,24 @@ enum Command {
         #[arg(long, default_value = "true")]
         program: String,
     },
+    /// The browser benchmark's 10 steps as raw WebDriver HTTP calls; prints
+    /// the phase timings as JSON. Uses --chromium and --chromedriver.
+    RawBrowser {
+        /// The demo shop's page.
+        #[arg(long)]
+        url: String,
+        /// Where the profile and the screenshot go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How often element waits poll, ms.
+        #[arg(long, default_value_t = 50)]
+        poll_ms: u64,
+    },
 }
 
 #[derive(clap::Args)]
 struct Opts {
-    /// Measured runs of every benchmark (overrides --executor-runs and --shell-runs).
+    /// Measured runs of every benchmark (overrides --executor-runs, --shell-runs and --browser-runs).
     #[arg(long, global = true)]
     runs: Option<usize>,
     /// Measured runs of the executor benchmark.
@@ -78,6 +101,15 @@ struct Opts {
     /// Measured runs of the shell benchmark (each run measures every variant once).
     #[arg(long, default_value_t = 21, global = true)]
     shell_runs: usize,
+    /// Measured runs of the 10-step browser benchmark (each run measures every way once).
+    #[arg(long, default_value_t = 11, global = true)]
+    browser_runs: usize,
+    /// Runs of the browser reuse comparison (each runs both variants once; no warm-up).
+    #[arg(long, default_value_t = 5, global = true)]
+    reuse_runs: usize,
+    /// Browser steps of the reuse comparison.
+    #[arg(long, default_value_t = 20, global = true)]
+    reuse_steps: usize,
     /// Unmeasured runs of every variant before the measured ones.
     #[arg(long, default_value_t = 2, global = true)]
     warmup: usize,
@@ -90,9 +122,30 @@ struct Opts {
     /// The `tasuki` binary to run; `target/release/tasuki` in the workspace by default.
     #[arg(long, env = "TASUKI_BIN", global = true, value_name = "PATH")]
     tasuki: Option<PathBuf>,
-    /// Skip the informative breakdown variants of the shell benchmark.
+    /// A/B test: a second `tasuki` binary, measured as one more way of the browser benchmark.
+    #[arg(long, global = true, value_name = "PATH")]
+    tasuki_b: Option<PathBuf>,
+    /// Robot Framework's `robot`; `target/bench-venv/bin/robot` in the workspace by default.
+    #[arg(long, env = "ROBOT_BIN", global = true, value_name = "PATH")]
+    robot: Option<PathBuf>,
+    /// The Chromium binary of every browser way; found as `tasuki` finds it by default.
+    #[arg(long, env = "TASUKI_CHROMIUM", global = true, value_name = "PATH")]
+    chromium: Option<PathBuf>,
+    /// The chromedriver binary of every browser way; found as `tasuki` finds it by default.
+    #[arg(long, env = "TASUKI_CHROMEDRIVER", global = true, value_name = "PATH")]
+    chromedriver: Option<PathBuf>,
+    /// Skip the informative breakdown variants of the shell and browser benchmarks.
     #[arg(long, global = true)]
     no_breakdown: bool,
+    /// Leave the browser benchmark out of `all`.
+    #[arg(long, global = true)]
+    no_browser: bool,
+    /// Leave Robot Framework out of the browser benchmark.
+    #[arg(long, global = true)]
+    no_robot: bool,
+    /// Leave the reuse comparison out of the browser benchmark.
+    #[arg(long, global = true)]
+    no_reuse: bool,
     /// Exit with code 1 when a target is missed.
     #[arg(long, global = true)]
     fail_on_miss: bool,
@@ -105,6 +158,10 @@ impl Opts {
 
     fn shell_runs(&self) -> usize {
         self.runs.unwrap_or(self.shell_runs).max(1)
+    }
+
+    fn browser_runs(&self) -> usize {
+        self.runs.unwrap_or(self.browser_runs).max(1)
     }
 
     /// The `tasuki` binary, which must exist.
@@ -132,11 +189,16 @@ fn workspace_root() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let opts = &cli.opts;
     let result = match cli.command.unwrap_or(Command::All) {
         Command::SpawnLoop { count, program } => spawn_loop(&program, count).map(|()| true),
-        Command::Executor => run_benchmarks(&cli.opts, true, false),
-        Command::Shell => run_benchmarks(&cli.opts, false, true),
-        Command::All => run_benchmarks(&cli.opts, true, true),
+        Command::RawBrowser { url, dir, poll_ms } => {
+            browser::raw_browser(opts, &url, &dir, poll_ms).map(|()| true)
+        }
+        Command::Executor => run_benchmarks(opts, true, false, false),
+        Command::Shell => run_benchmarks(opts, false, true, false),
+        Command::Browser => run_benchmarks(opts, false, false, true),
+        Command::All => run_benchmarks(opts, true, true, !opts.no_browser),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -149,18 +211,21 @@ fn main() -> ExitCode {
 }
 
 /// Returns whether every target was met (always true without --fail-on-miss).
-fn run_benchmarks(opts: &Opts, executor: bool, shell: bool) -> Result<bool> {
+fn run_benchmarks(opts: &Opts, executor: bool, shell: bool, browser: bool) -> Result<bool> {
     // Checked first, so a missing binary fails before minutes of measuring.
-    let tasuki = if shell {
+    let tasuki = if shell || browser {
         Some(opts.tasuki_bin()?)
     } else {
         opts.tasuki_bin().ok()
     };
+    if browser {
+        browser::preflight(opts)?;
+    }
     let dir = tempfile::Builder::new()
         .prefix("tasuki-bench-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    // Like `tasuki run`: a multi-threaded runtime, the future driven by block_on.
+    // Like `tasuki run`: a multi-threaded runtime; sessions run in `tokio::spawn`.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,6 +242,13 @@ fn run_benchmarks(opts: &Opts, executor: bool, shell: bool) -> Result<bool> {
         let tasuki = tasuki.as_deref().context("no tasuki binary")?;
         let r = bench_shell(opts, &runtime, tasuki, dir.path())?;
         r.write(&mut md, opts);
+        verdicts.extend(r.verdicts());
+    }
+    drop(runtime);
+    if browser {
+        let tasuki = tasuki.as_deref().context("no tasuki binary")?;
+        let r = browser::bench_browser(opts, tasuki, dir.path())?;
+        r.write(&mut md);
         verdicts.extend(r.verdicts());
     }
     write_verdicts(&mut md, &verdicts);
@@ -198,27 +270,44 @@ fn bind(workflow: &Workflow) -> Result<BoundParams> {
         .map_err(|p| anyhow::anyhow!("cannot bind params:\n{p}"))
 }
 
+/// How an in-process session is driven.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// Inside `tokio::spawn`, on a runtime worker, as `tasuki run` does.
+    Spawned,
+    /// By `block_on` on the calling thread, as `tasuki run` did before 68933e3.
+    BlockOn,
+}
+
 /// One in-process session; returns its wall time (of `Executor::run` only)
 /// and its report.
 fn run_session(
     runtime: &tokio::runtime::Runtime,
     registry: &Registry,
-    workflow: &Workflow,
-    params: &BoundParams,
-) -> (Duration, SessionReport) {
+    workflow: &Arc<Workflow>,
+    params: &Arc<BoundParams>,
+    drive: Drive,
+) -> Result<(Duration, SessionReport)> {
     let executor = Executor::new(registry.clone(), ExecOptions::default());
-    runtime.block_on(async {
+    let (workflow, params) = (workflow.clone(), params.clone());
+    let session = async move {
         let started = Instant::now();
         let report = executor
             .run(
-                workflow,
-                params,
+                &workflow,
+                &params,
                 Arc::new(NullSink),
                 CancellationToken::new(),
             )
             .await;
         (started.elapsed(), report)
-    })
+    };
+    match drive {
+        Drive::Spawned => runtime
+            .block_on(runtime.spawn(session))
+            .context("the executor task failed"),
+        Drive::BlockOn => Ok(runtime.block_on(session)),
+    }
 }
 
 fn check_report(report: &SessionReport, steps: usize) -> Result<()> {
@@ -309,8 +398,8 @@ fn bench_executor(
     std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
     let file = file.to_string_lossy().into_owned();
     let registry = Registry::builtin();
-    let workflow = parse(&yaml, &registry)?;
-    let params = bind(&workflow)?;
+    let workflow = Arc::new(parse(&yaml, &registry)?);
+    let params = Arc::new(bind(&workflow)?);
     let last_id = format!("s{}", steps - 1);
     let expected = workflows::last_set_output(steps);
 
@@ -330,7 +419,8 @@ fn bench_executor(
         let parse_time = started.elapsed();
         drop(parsed);
 
-        let (elapsed, report) = run_session(runtime, &registry, &workflow, &params);
+        let (elapsed, report) =
+            run_session(runtime, &registry, &workflow, &params, Drive::Spawned)?;
         check_report(&report, steps)?;
         let got = &report.steps[&last_id].output;
         ensure!(
@@ -369,7 +459,8 @@ impl ExecutorResult {
             md,
             "{} measured runs after {} warm-up runs. Each step sets one or two variables; three in five \
              use a template reading a previous variable or step output. Steps/s is steps divided by the \
-             wall time of `Executor::run` (NullSink, multi-threaded tokio runtime as in `tasuki run`).\n",
+             wall time of `Executor::run` (NullSink, multi-threaded tokio runtime, inside `tokio::spawn` as \
+             in `tasuki run`).\n",
             self.runs, opts.warmup
         );
         let _ = writeln!(md, "| Measure | Median | Min | Max |");
@@ -438,7 +529,7 @@ enum ShellVariant {
     TasukiProcess,
     TokioLoop,
     TokioLikeShellRun,
-    ExecutorSpawned,
+    ExecutorBlockOn,
     ExecutorCurrentThread,
 }
 
@@ -454,7 +545,7 @@ impl ShellVariant {
     const BREAKDOWN: [ShellVariant; 4] = [
         ShellVariant::TokioLoop,
         ShellVariant::TokioLikeShellRun,
-        ShellVariant::ExecutorSpawned,
+        ShellVariant::ExecutorBlockOn,
         ShellVariant::ExecutorCurrentThread,
     ];
 
@@ -464,18 +555,18 @@ impl ShellVariant {
                 "Rust loop, in-process (`std::process::Command` spawn + wait)"
             }
             ShellVariant::Executor => {
-                "Executor, in-process (`shell.run` steps; `block_on`, multi-thread runtime)"
+                "Executor, in-process (`shell.run` steps; inside `tokio::spawn` on a multi-thread runtime, as in `tasuki run`)"
             }
             ShellVariant::BaselineProcess => "`tasuki-bench spawn-loop` process (baseline)",
             ShellVariant::TasukiProcess => "`tasuki run --output json` process",
             ShellVariant::TokioLoop => {
-                "breakdown: `tokio::process` spawn + wait loop (`block_on`, multi-thread)"
+                "breakdown: `tokio::process` spawn + wait loop (inside `tokio::spawn`, multi-thread)"
             }
             ShellVariant::TokioLikeShellRun => {
                 "breakdown: tokio loop doing what `shell.run` does to a process (own group, stdin null, stdout/stderr piped and read to EOF)"
             }
-            ShellVariant::ExecutorSpawned => {
-                "breakdown: Executor inside `tokio::spawn` (runs on a worker thread)"
+            ShellVariant::ExecutorBlockOn => {
+                "breakdown: Executor driven by `block_on` (not a worker thread; `tasuki run` before 68933e3)"
             }
             ShellVariant::ExecutorCurrentThread => {
                 "breakdown: Executor on a current-thread runtime"
@@ -569,32 +660,19 @@ impl ShellSetup<'_> {
                 spawn_loop("true", steps)?;
                 started.elapsed()
             }
-            ShellVariant::Executor => self.session(self.runtime)?,
-            ShellVariant::ExecutorCurrentThread => self.session(&self.current_thread)?,
-            ShellVariant::ExecutorSpawned => {
-                let executor = Executor::new(self.registry.clone(), ExecOptions::default());
-                let (workflow, params) = (self.workflow.clone(), self.params.clone());
-                let task = self.runtime.spawn(async move {
-                    let started = Instant::now();
-                    let report = executor
-                        .run(
-                            &workflow,
-                            &params,
-                            Arc::new(NullSink),
-                            CancellationToken::new(),
-                        )
-                        .await;
-                    (started.elapsed(), report)
-                });
-                let (elapsed, report) = self
-                    .runtime
-                    .block_on(task)
-                    .context("the executor task failed")?;
-                check_report(&report, steps)?;
-                elapsed
+            ShellVariant::Executor => self.session(self.runtime, Drive::Spawned)?,
+            ShellVariant::ExecutorBlockOn => self.session(self.runtime, Drive::BlockOn)?,
+            ShellVariant::ExecutorCurrentThread => {
+                self.session(&self.current_thread, Drive::BlockOn)?
             }
-            ShellVariant::TokioLoop => self.runtime.block_on(tokio_loop(steps, false))?,
-            ShellVariant::TokioLikeShellRun => self.runtime.block_on(tokio_loop(steps, true))?,
+            ShellVariant::TokioLoop => self
+                .runtime
+                .block_on(self.runtime.spawn(tokio_loop(steps, false)))
+                .context("the loop task failed")??,
+            ShellVariant::TokioLikeShellRun => self
+                .runtime
+                .block_on(self.runtime.spawn(tokio_loop(steps, true)))
+                .context("the loop task failed")??,
             ShellVariant::BaselineProcess => time_process(
                 &self.me,
                 &["spawn-loop", "--count", &steps.to_string()],
@@ -608,8 +686,9 @@ impl ShellSetup<'_> {
         })
     }
 
-    fn session(&self, runtime: &tokio::runtime::Runtime) -> Result<Duration> {
-        let (elapsed, report) = run_session(runtime, &self.registry, &self.workflow, &self.params);
+    fn session(&self, runtime: &tokio::runtime::Runtime, drive: Drive) -> Result<Duration> {
+        let (elapsed, report) =
+            run_session(runtime, &self.registry, &self.workflow, &self.params, drive)?;
         check_report(&report, self.steps)?;
         Ok(elapsed)
     }
@@ -733,8 +812,8 @@ impl ShellResult {
                 V::TokioLikeShellRun,
             ),
             (
-                "breakdown: Executor in `tokio::spawn` / Rust loop",
-                V::ExecutorSpawned,
+                "breakdown: Executor driven by `block_on` / Rust loop",
+                V::ExecutorBlockOn,
                 V::RustLoop,
             ),
             (
@@ -796,7 +875,7 @@ struct Verdict {
 }
 
 fn write_verdicts(md: &mut String, verdicts: &[Verdict]) {
-    let _ = writeln!(md, "### Targets (issue 2)\n");
+    let _ = writeln!(md, "### Targets (issues 2 and 3)\n");
     let _ = writeln!(md, "| Target | Measured (median) | Goal | Result |");
     let _ = writeln!(md, "|---|---:|---:|---|");
     for v in verdicts {
@@ -855,6 +934,15 @@ mod tests {
             parse(&workflows::set_steps(n), &registry).unwrap();
         }
         parse(&workflows::shell_true(3), &registry).unwrap();
+        let url = "http://127.0.0.1:1/index.html";
+        let ten = parse(&workflows::browser_ten(url), &registry).unwrap();
+        let ids: Vec<&str> = ten.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, webdriver::STEP_IDS);
+        let one = parse(&workflows::browser_gotos(url, 20, false), &registry).unwrap();
+        assert_eq!(one.steps.len(), 21);
+        assert!(one.single_process_mode);
+        let fresh = parse(&workflows::browser_gotos(url, 20, true), &registry).unwrap();
+        assert_eq!(fresh.steps.len(), 40);
     }
 
     #[test]
@@ -865,9 +953,10 @@ mod tests {
             .unwrap();
         let registry = Registry::builtin();
         for n in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] {
-            let wf = parse(&workflows::set_steps(n), &registry).unwrap();
-            let params = bind(&wf).unwrap();
-            let (_, report) = run_session(&runtime, &registry, &wf, &params);
+            let wf = Arc::new(parse(&workflows::set_steps(n), &registry).unwrap());
+            let params = Arc::new(bind(&wf).unwrap());
+            let (_, report) =
+                run_session(&runtime, &registry, &wf, &params, Drive::BlockOn).unwrap();
             check_report(&report, n).unwrap();
             assert_eq!(
                 report.steps[&format!("s{}", n - 1)].output,

@@ -45,6 +45,23 @@ impl Samples {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Run-by-run differences `self[i] - other[i]`, paired like
+    /// [`Samples::paired_ratio`].
+    pub fn paired_diff(&self, other: &Samples) -> Samples {
+        Samples {
+            values: self
+                .values
+                .iter()
+                .zip(&other.values)
+                .map(|(a, b)| a - b)
+                .collect(),
+        }
+    }
+
     /// Run-by-run ratios `self[i] / other[i]`. Both were measured in the same
     /// interleaved run, so a ratio cancels most of the machine's drift.
     pub fn paired_ratio(&self, other: &Samples) -> Samples {
@@ -82,5 +99,7 @@ mod tests {
     fn paired_ratios() {
         let r = of(&[2.0, 6.0]).paired_ratio(&of(&[1.0, 3.0]));
         assert_eq!(r.median(), 2.0);
+        let d = of(&[2.0, 6.0]).paired_diff(&of(&[1.0, 3.0]));
+        assert_eq!(d.median(), 2.0);
     }
 }

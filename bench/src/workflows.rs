@@ -61,3 +61,75 @@ fn header(name: &str, capacity: usize) -> String {
     let _ = writeln!(y, "version: 1\nname: {name}\nsteps:");
     y
 }
+
+/// The browser benchmark's 10 steps (issue 3), against the demo shop at
+/// `url`. The ids are [`crate::webdriver::STEP_IDS`]; the raw client and
+/// the Robot Framework file do the same 10 things.
+pub fn browser_ten(url: &str) -> String {
+    use crate::webdriver::{CUSTOMER, ITEM_LABEL, STATUS_WAIT};
+    let mut y = header("bench-browser", 1024);
+    let _ = write!(
+        y,
+        r##"  - id: open
+    action: browser.open
+    with: {{url: "{url}"}}
+  - id: customer
+    action: browser.type
+    with: {{selector: "#customer", text: "{CUSTOMER}", clear: true}}
+  - id: item
+    action: browser.select
+    with: {{selector: "#item", label: "{ITEM_LABEL}"}}
+  - id: submit
+    action: browser.click
+    with: {{selector: "#submit"}}
+  - id: wait
+    action: browser.wait_for
+    with: {{selector: "#status", text: "{STATUS_WAIT}"}}
+  - id: status
+    action: browser.get_text
+    with: {{selector: "#status"}}
+  - id: orders
+    action: browser.extract_table
+    with: {{selector: "#orders"}}
+  - id: shot
+    action: browser.screenshot
+    with: {{path: "shot.png"}}
+  - id: url
+    action: browser.get_url
+  - id: close
+    action: browser.close
+"##
+    );
+    y
+}
+
+/// `steps` `browser.goto` steps to `url?step=<i>`, then a `browser.close`.
+/// With `fresh`, a `browser.close` follows every goto instead, so each goto
+/// starts a browser of its own; otherwise the workflow sets
+/// `single_process_mode: true` and all gotos share one browser.
+pub fn browser_gotos(url: &str, steps: usize, fresh: bool) -> String {
+    let name = if fresh {
+        "bench-browser-fresh"
+    } else {
+        "bench-browser-reuse"
+    };
+    let mut y = String::with_capacity(steps * 160 + 128);
+    let _ = writeln!(
+        y,
+        "version: 1\nname: {name}\nsingle_process_mode: {}\nsteps:",
+        !fresh
+    );
+    for i in 0..steps {
+        let _ = writeln!(
+            y,
+            "  - id: goto{i}\n    action: browser.goto\n    with: {{url: \"{url}?step={i}\"}}"
+        );
+        if fresh {
+            let _ = writeln!(y, "  - id: close{i}\n    action: browser.close");
+        }
+    }
+    if !fresh {
+        let _ = writeln!(y, "  - id: close\n    action: browser.close");
+    }
+    y
+}

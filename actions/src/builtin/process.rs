@@ -76,7 +76,7 @@ impl Tree {
         // Reap our own child first: a zombie leader still counts as a member.
         let _ = self.child.try_wait();
         let alive = match nix::sys::signal::killpg(self.pgid, None) {
-            Ok(()) => true,
+            Ok(()) => group_has_live_member(self.pgid.as_raw()),
             Err(nix::errno::Errno::EPERM) => true,
             Err(_) => false,
         };
@@ -250,6 +250,45 @@ fn emit(line: &[u8], truncated: bool, on_line: &mut impl FnMut(&str)) {
         text.push_str(" …[line truncated]");
     }
     on_line(&text);
+}
+
+/// Whether process group `pgid` has a member that is not a zombie.
+/// `killpg(pgid, 0)` also succeeds on zombies, and orphaned members are
+/// reaped by init, which may take seconds (or never, in a container without
+/// an init); waiting for that made every browser close take 1.6 s longer.
+#[cfg(target_os = "linux")]
+fn group_has_live_member(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in entries.flatten() {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name in parentheses may hold anything; fields start after it.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, _ppid, group) = (fields.next(), fields.next(), fields.next());
+        let dead = matches!(state, Some("Z") | Some("X"));
+        if !dead && group.and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn group_has_live_member(_pgid: i32) -> bool {
+    true
 }
 
 /// Kills every process whose command line mentions `path`: the processes a

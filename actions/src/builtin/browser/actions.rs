@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use thirtyfour::components::SelectElement;
+use thirtyfour::By;
 
 use super::{
     CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, Wait, check_locator,
@@ -240,23 +240,53 @@ impl TypedAction for Select {
         let (locator, wait) = (args.locator(), args.wait(ctx));
         run(ctx, None, |h| async move {
             let (value, label, index) = (args.value.clone(), args.label.clone(), args.index);
+            let driver = h.driver.clone();
             with_element(&h, &locator, wait, "select", move |el| {
-                let (value, label) = (value.clone(), label.clone());
+                let (value, label, driver) = (value.clone(), label.clone(), driver.clone());
                 async move {
-                    let select = SelectElement::new(&el).await?;
-                    match (value, label, index) {
-                        (Some(v), _, _) => select.select_by_value(&v).await?,
-                        (None, Some(l), _) => select.select_by_exact_text(&l).await?,
-                        (None, None, Some(i)) => select.select_by_index(i).await?,
-                        (None, None, None) => {}
+                    // One lookup for the option, a click only if it is not
+                    // chosen yet, and one script to read it back: 5 WebDriver
+                    // calls where thirtyfour's SelectElement makes 10.
+                    let xpath = match (value, label, index) {
+                        (Some(v), _, _) => format!(".//option[@value={}]", xpath_literal(&v)),
+                        (None, Some(l), _) => {
+                            format!(".//option[normalize-space(.)={}]", xpath_literal(l.trim()))
+                        }
+                        (None, None, Some(i)) => format!("(.//option)[{}]", u64::from(i) + 1),
+                        (None, None, None) => ".//option[@selected]".to_string(),
+                    };
+                    let option = el.find(By::XPath(xpath)).await?;
+                    if !option.is_selected().await? {
+                        option.click().await?;
                     }
-                    let chosen = select.first_selected_option().await?;
-                    Ok(json!({ "value": chosen.value().await?.unwrap_or_default(), "label": chosen.text().await? }))
+                    let read = driver
+                        .execute(
+                            "return [arguments[0].value, arguments[0].text];",
+                            vec![option.to_json()?],
+                        )
+                        .await?;
+                    let got = read.json();
+                    Ok(json!({
+                        "value": got[0].as_str().unwrap_or_default(),
+                        "label": got[1].as_str().unwrap_or_default(),
+                    }))
                 }
             })
             .await
         })
         .await
+    }
+}
+
+/// `s` as an XPath string literal, whatever quotes it holds.
+fn xpath_literal(s: &str) -> String {
+    if !s.contains('"') {
+        format!("\"{s}\"")
+    } else if !s.contains('\'') {
+        format!("'{s}'")
+    } else {
+        let parts: Vec<String> = s.split('"').map(|p| format!("\"{p}\"")).collect();
+        format!("concat({})", parts.join(", '\"', "))
     }
 }
 

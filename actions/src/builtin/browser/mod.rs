@@ -152,27 +152,15 @@ async fn ensure_browser(
     let mut resources = ctx.resources().await;
     if resources.get_mut::<Browser>().is_none() {
         let settings = &ctx.options().browser;
+        // Chromium needs an absolute download directory.
         let downloads = ctx.options().artifacts_dir.join("downloads");
+        let downloads = std::path::absolute(&downloads).unwrap_or(downloads);
         let browser = Browser::launch(
             settings,
             overrides.unwrap_or(&Overrides::default()),
             downloads.clone(),
         )
         .await?;
-        if settings.remote_url.is_none() {
-            // Headless Chromium ignores the download preference unless told
-            // through the DevTools protocol.
-            if let Some(driver) = &browser.driver {
-                let params = serde_json::json!({"behavior": "allow", "downloadPath": downloads.display().to_string()});
-                if let Err(e) = driver
-                    .cdp()
-                    .send_raw("Browser.setDownloadBehavior", params)
-                    .await
-                {
-                    ctx.log(LogLevel::Warn, &format!("downloads may not work: {e}"));
-                }
-            }
-        }
         ctx.log(LogLevel::Info, &format!("started {}", browser.description));
         resources.insert(browser);
     } else if overrides.is_some() {
