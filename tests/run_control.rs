@@ -299,15 +299,52 @@ fn step_timeout_stops_a_long_step() {
 }
 
 #[test]
-fn workflow_timeout_fails_the_session() {
+fn workflow_timeout_fails_the_session_and_runs_on_error() {
     let r = run_text(
-        "version: 1\nname: t\ntimeout: 300ms\nsteps:\n  - id: nap\n    action: sleep\n    with: {duration: 30s}\n  - id: after\n    action: log\n    with: {message: never}\n",
+        "version: 1\nname: t\ntimeout: 300ms\nsteps:\n  - id: nap\n    action: sleep\n    with: {duration: 30s}\n  - id: after\n    action: log\n    with: {message: never}\non_error:\n  - id: cleanup\n    action: log\n    with: {message: \"cleaning up after ${error.code}\"}\n",
         &[],
     );
     assert_eq!(r.code, 1);
     assert_eq!(r.report["status"], "error");
     assert_eq!(r.report["error"]["code"], "timeout");
+    // The interrupted step failed; nobody cancelled it.
+    assert_eq!(r.report["steps"]["nap"]["status"], "error");
+    assert_eq!(r.report["steps"]["nap"]["error"]["code"], "timeout");
     assert_eq!(r.report["steps"]["after"]["status"], "skipped");
+    assert_eq!(
+        r.report["steps"]["cleanup"]["output"]["message"],
+        "cleaning up after timeout"
+    );
+}
+
+#[test]
+fn a_skipped_or_failed_step_binds_its_save_as_to_null() {
+    let r = run_text(
+        r#"
+version: 1
+name: nulls
+steps:
+  - id: maybe
+    if: ${false}
+    action: shell.run
+    save_as: skipped_out
+    with: {argv: [echo, hi]}
+  - id: broken
+    action: shell.run
+    continue_on_error: true
+    save_as: failed_out
+    with: {argv: [sh, -c, "exit 2"]}
+  - id: use
+    action: set
+    with: {a: "${skipped_out}", b: "${failed_out}", c: "${steps.maybe.output}"}
+"#,
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.report["steps"]["use"]["output"],
+        json!({"a": null, "b": null, "c": null})
+    );
 }
 
 #[test]

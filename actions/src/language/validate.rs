@@ -105,6 +105,21 @@ impl Validator<'_> {
                 format!("only `for_each` and `try` steps have nested `steps`, not `{action}`"),
             );
         }
+        if is_control {
+            // The executor applies these per attempt of an action; a
+            // control step has no attempt to bound or repeat.
+            if step.timeout.is_some() {
+                self.problems.add(join(&step.path, "timeout"), format!("`timeout` applies to actions, not to `{action}`; set it on the steps inside, or on the workflow"));
+            }
+            if step.retry.is_some() {
+                self.problems.add(
+                    join(&step.path, "retry"),
+                    format!(
+                        "`retry` applies to actions, not to `{action}`; set it on the steps inside"
+                    ),
+                );
+            }
+        }
         if !step.catch.is_empty() && action != CONTROL_TRY {
             self.problems.add(
                 join(&step.path, "catch"),

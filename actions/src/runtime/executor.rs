@@ -31,6 +31,9 @@ use crate::language::model::{CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, W
 use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
 
+/// How long `on_error` may run; it must not keep a failed session alive.
+const ON_ERROR_LIMIT: Duration = Duration::from_secs(300);
+
 /// Extra time a cancelled action gets, beyond the process grace period, to
 /// return before the executor stops waiting for it.
 const CANCEL_SLACK: Duration = Duration::from_secs(2);
@@ -84,8 +87,15 @@ impl Executor {
         });
 
         let mut records = IndexMap::new();
+        // Every step is readable from the start, as pending with a null
+        // output, so `on_error` can look at a step that never ran.
+        let mut step_states = Map::new();
         for step in workflow.all_steps() {
             records.insert(step.id.clone(), StepRecord::pending());
+            step_states.insert(
+                step.id.clone(),
+                json!({"status": StepStatus::Pending.as_str(), "output": null, "error": null}),
+            );
         }
         let env = self
             .options
@@ -104,10 +114,11 @@ impl Executor {
             params: Value::Object(params.values.clone()),
             env: Value::Object(env),
             vars: Map::new(),
-            step_states: Value::Object(Map::new()),
+            step_states: Value::Object(step_states),
             records,
             error_binding: None,
             cancel: session_token.clone(),
+            timed_out: timed_out.clone(),
         };
 
         let outcome = session.run_steps(&workflow.steps).await;
@@ -115,8 +126,9 @@ impl Executor {
             timer.abort();
         }
 
-        let (status, error) = match outcome {
-            Ok(()) => (SessionStatus::Success, None),
+        // A timeout is a failure, not a cancel: the step it interrupted is
+        // recorded as such, and on_error runs.
+        let outcome = match outcome {
             Err(failure) if timed_out.load(Ordering::SeqCst) => {
                 let limit = workflow.timeout.map(format_duration).unwrap_or_default();
                 let info = ErrorInfo {
@@ -124,8 +136,12 @@ impl Executor {
                     message: format!("the workflow did not finish within its timeout of {limit}"),
                     step_id: failure.step_id,
                 };
-                (SessionStatus::Error, Some(info))
+                Err(info)
             }
+            other => other,
+        };
+        let (status, error) = match outcome {
+            Ok(()) => (SessionStatus::Success, None),
             Err(failure) if cancel.is_cancelled() => (SessionStatus::Cancelled, Some(failure)),
             Err(failure) => {
                 if !workflow.on_error.is_empty() {
@@ -135,18 +151,41 @@ impl Executor {
                         "the workflow failed; running on_error",
                     );
                     session.error_binding = Some(error_value(&failure));
-                    // A fresh token: the session token may be cancelled by a
-                    // timeout, and the handler deserves its chance to run.
-                    session.cancel = cancel.child_token();
-                    if let Err(handler_failure) = session.run_steps(&workflow.on_error).await {
-                        shared.log(
+                    // A fresh token: the session token is cancelled after a
+                    // timeout, and the handler deserves its chance to run,
+                    // within a bound of its own.
+                    let handler_token = cancel.child_token();
+                    session.cancel = handler_token.clone();
+                    let handler = session.run_steps(&workflow.on_error);
+                    let result = tokio::select! {
+                        r = handler => Some(r),
+                        _ = tokio::time::sleep(ON_ERROR_LIMIT) => None,
+                    };
+                    match result {
+                        Some(Ok(())) => {}
+                        Some(Err(handler_failure)) => shared.log(
                             LogLevel::Error,
                             handler_failure.step_id.as_deref(),
                             &format!("on_error failed too: {}", handler_failure.message),
-                        );
+                        ),
+                        None => {
+                            handler_token.cancel();
+                            shared.log(
+                                LogLevel::Error,
+                                None,
+                                &format!(
+                                    "on_error did not finish within {}",
+                                    format_duration(ON_ERROR_LIMIT)
+                                ),
+                            );
+                        }
                     }
                 }
-                (SessionStatus::Error, Some(failure))
+                if cancel.is_cancelled() {
+                    (SessionStatus::Cancelled, Some(failure))
+                } else {
+                    (SessionStatus::Error, Some(failure))
+                }
             }
         };
 
@@ -171,6 +210,7 @@ impl Executor {
         let mut error = error;
         if let Some(e) = &mut error {
             shared.masker.mask_in_place(&mut e.message);
+            shared.masker.mask_in_place(&mut e.code);
         }
         let ended_at = Timestamp::now();
         let report = SessionReport {
@@ -206,6 +246,8 @@ struct Session<'e> {
     records: IndexMap<String, StepRecord>,
     error_binding: Option<Value>,
     cancel: CancellationToken,
+    /// Set when the workflow's timeout cancelled the session token.
+    timed_out: Arc<AtomicBool>,
 }
 
 impl Scope for Session<'_> {
@@ -214,7 +256,7 @@ impl Scope for Session<'_> {
             "params" => Ok(Cow::Borrowed(&self.params)),
             "steps" => match path.segments.first() {
                 Some(Segment::Key(id)) if self.step_states.get(id).is_none() => {
-                    Err(format!("step `{id}` has not run yet"))
+                    Err(format!("there is no step `{id}`"))
                 }
                 _ => Ok(Cow::Borrowed(&self.step_states)),
             },
@@ -278,6 +320,11 @@ impl<'e> Session<'e> {
         if let Some(condition) = &step.condition {
             match self.render_text(condition) {
                 Ok(value) if !truthy(&value) => {
+                    // A skipped step still binds its save_as, to null, so
+                    // later steps see null rather than "not defined".
+                    if let Some(name) = &step.save_as {
+                        self.vars.insert(name.clone(), Value::Null);
+                    }
                     self.finish(
                         step,
                         started_at,
@@ -321,7 +368,21 @@ impl<'e> Session<'e> {
         clock: Instant,
         f: Failure,
     ) -> Result<(), Failure> {
+        // The workflow timeout cancels through the session token; the step
+        // it interrupted failed, it was not cancelled by anyone.
+        let f = if f.code == codes::CANCELLED && self.timed_out.load(Ordering::SeqCst) {
+            failure(
+                codes::TIMEOUT,
+                "the workflow's timeout ran out during this step",
+                &step.id,
+            )
+        } else {
+            f
+        };
         let cancelled = f.code == codes::CANCELLED && self.cancel.is_cancelled();
+        if let Some(name) = &step.save_as {
+            self.vars.insert(name.clone(), Value::Null);
+        }
         let status = if cancelled {
             StepStatus::Cancelled
         } else {
@@ -375,6 +436,7 @@ impl<'e> Session<'e> {
         masker.mask_value(&mut output);
         if let Some(e) = &mut error {
             masker.mask_in_place(&mut e.message);
+            masker.mask_in_place(&mut e.code);
         }
         let record = StepRecord {
             status,

@@ -19,11 +19,16 @@ impl Masker {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut patterns: Vec<String> = secrets
-            .into_iter()
-            .map(|s| s.as_ref().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let mut patterns: Vec<String> = Vec::new();
+        for secret in secrets {
+            let secret = secret.as_ref();
+            if secret.is_empty() {
+                continue;
+            }
+            patterns.push(secret.to_string());
+            patterns.extend(encoded_forms(secret));
+        }
+        patterns.retain(|p| !p.is_empty());
         patterns.sort();
         patterns.dedup();
         if patterns.is_empty() {
@@ -56,13 +61,21 @@ impl Masker {
         }
     }
 
-    /// Masks every string in a JSON value, keys included.
+    /// Masks every string in a JSON value, keys included. A number or a
+    /// boolean whose text holds a secret (a PIN kept as a number) becomes
+    /// the string `***`.
     pub fn mask_value(&self, value: &mut Value) {
         if self.matcher.is_none() {
             return;
         }
         match value {
             Value::String(s) => self.mask_in_place(s),
+            Value::Number(_) | Value::Bool(_) => {
+                let text = value.to_string();
+                if self.mask(&text) != text {
+                    *value = Value::String(MASK.into());
+                }
+            }
             Value::Array(items) => items.iter_mut().for_each(|v| self.mask_value(v)),
             Value::Object(map) => {
                 let needs_key_mask = map.keys().any(|k| self.mask(k) != *k);
@@ -81,6 +94,45 @@ impl Masker {
     }
 }
 
+/// The other shapes a secret takes on its way out: percent-encoded in a
+/// URL, escaped inside JSON text, and line by line when it spans lines (a
+/// process prints it one line at a time).
+fn encoded_forms(secret: &str) -> Vec<String> {
+    let mut forms = Vec::new();
+    let query: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    forms.push(query);
+    forms.push(percent_encode(secret));
+    if let Ok(json) = serde_json::to_string(secret) {
+        forms.push(json[1..json.len() - 1].to_string());
+    }
+    if secret.contains('\n') {
+        // Short lines (a lone brace, an empty line) would mask half the
+        // output; the PEM lines that matter are long.
+        forms.extend(
+            secret
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.len() >= 8)
+                .map(str::to_string),
+        );
+    }
+    forms.retain(|f| f != secret);
+    forms
+}
+
+/// Percent-encoding as URL paths and userinfo carry it.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +144,24 @@ mod tests {
         let mut v = serde_json::json!({"a": ["x s3cr3t-token y"], "hunter2": 1});
         m.mask_value(&mut v);
         assert_eq!(v, serde_json::json!({"a": ["x *** y"], "***": 1}));
+    }
+
+    #[test]
+    fn masks_encoded_escaped_multiline_and_numeric_forms() {
+        let m = Masker::new([
+            "ab+cd/ef==",
+            "hun\"ter2",
+            "-----BEGIN KEY-----\nMIIBVwIBADANBgkq\n-----END KEY-----",
+            "4711",
+        ]);
+        assert_eq!(
+            m.mask("GET /x?api_key=ab%2Bcd%2Fef%3D%3D"),
+            "GET /x?api_key=***"
+        );
+        assert_eq!(m.mask(r#"{"pw":"hun\"ter2"}"#), r#"{"pw":"***"}"#);
+        assert_eq!(m.mask("MIIBVwIBADANBgkq"), "***");
+        let mut v = serde_json::json!({"pin": 4711, "n": 12});
+        m.mask_value(&mut v);
+        assert_eq!(v, serde_json::json!({"pin": "***", "n": 12}));
     }
 }
