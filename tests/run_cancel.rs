@@ -184,11 +184,15 @@ steps:
     with:
       shell: sh
       script: |
+        # MARKER
         trap '' INT TERM
         echo $$ > child.pid
         while true; do sleep 1; done
 "#;
-    let child = spawn_run(&scratch, workflow, &["--cancel-grace", "60s"]);
+    // A marker unique to this run, to find this run's script file.
+    let marker = format!("forced-exit-{}", std::process::id());
+    let workflow = workflow.replace("MARKER", &marker);
+    let child = spawn_run(&scratch, &workflow, &["--cancel-grace", "60s"]);
     let shell = read_pid(&scratch, "child.pid");
     signal(child.id(), "INT");
     std::thread::sleep(Duration::from_millis(300));
@@ -196,9 +200,20 @@ steps:
     let r = wait_with_limit(child, Duration::from_secs(10));
     assert_eq!(r.code, 130);
     assert!(r.stderr.contains("forced exit"), "{}", r.stderr);
-    // Even a forced exit leaves nothing behind.
+    // Even a forced exit leaves nothing behind: no process, and not the
+    // script file, which could hold secrets.
     assert!(
         eventually(Duration::from_secs(2), || !alive(shell)),
         "{shell} survived the forced exit"
     );
+    let script_left = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tasuki-script-")
+        })
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&marker)));
+    assert!(!script_left, "the forced exit left the script file behind");
 }

@@ -85,13 +85,16 @@ pub fn gather(args: &crate::RunArgs) -> Result<ParamInputs, Vec<String>> {
             if let Some(w) = check_secrets_permissions(p) {
                 eprintln!("{w}");
             }
-            read_value_file(p, "secrets file").unwrap_or_else(|e| {
-                // The parser may quote the offending text; keep secrets out of it.
-                errors.push(format!(
-                    "{}: the secrets file is not a valid JSON or YAML mapping",
-                    p.display()
-                ));
-                let _ = e;
+            read_value_file(p, "secrets file").unwrap_or_else(|_| {
+                // A parse error may quote the offending text, which is a
+                // secret; a read error (a missing file) is safe to show.
+                errors.push(match std::fs::metadata(p) {
+                    Err(io) => format!("{}: cannot read the secrets file: {io}", p.display()),
+                    Ok(_) => format!(
+                        "{}: the secrets file is not a valid JSON or YAML mapping of names to values",
+                        p.display()
+                    ),
+                });
                 Map::new()
             })
         }

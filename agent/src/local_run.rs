@@ -25,11 +25,11 @@ pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
         },
     ) {
         Ok(workflow) => {
-            println!(
+            crate::print_stdout(&format!(
                 "{}: ok ({} steps)",
                 file.display(),
                 workflow.all_steps().len()
-            );
+            ));
             EXIT_OK
         }
         Err(problems) => report_problems(&problems),
@@ -156,7 +156,7 @@ pub async fn execute(
 
     if output == OutputFormat::Json {
         match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => crate::print_stdout(&text.to_string()),
             Err(e) => eprintln!("cannot print the report: {e}"),
         }
     }
@@ -211,23 +211,30 @@ fn print_plan(workflow: &Workflow, params: &BoundParams, args: &RunArgs) -> u8 {
                 "params": params.masked(),
                 "steps": steps,
             });
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            crate::print_stdout(
+                &serde_json::to_string_pretty(&doc)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
         OutputFormat::Text => {
-            println!(
+            crate::print_stdout(&format!(
                 "dry run of \"{}\": {} steps, nothing will be executed",
                 workflow.name,
                 steps.len()
-            );
-            println!("params: {}", params.masked());
+            ));
+            crate::print_stdout(&format!("params: {}", params.masked()));
             for step in &steps {
                 let indent = "  ".repeat(step.depth);
-                println!("{indent}{} {} ({})", step.path, step.id, step.action);
+                crate::print_stdout(&format!(
+                    "{indent}{} {} ({})",
+                    step.path, step.id, step.action
+                ));
                 if let Some(c) = &step.condition {
-                    println!("{indent}    if: {c}");
+                    crate::print_stdout(&format!("{indent}    if: {c}"));
                 }
                 if step.with.as_object().is_some_and(|m| !m.is_empty()) {
-                    println!("{indent}    with: {}", step.with);
+                    crate::print_stdout(&format!("{indent}    with: {}", step.with));
                 }
             }
         }

@@ -116,6 +116,14 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Writes a line to stdout, ignoring a closed pipe (`tasuki ... | head`):
+/// `println!` would panic there.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+}
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
@@ -145,9 +153,10 @@ fn main() -> ExitCode {
             let schema = tasuki_actions::language::schema::workflow_schema(
                 &tasuki_actions::Registry::builtin(),
             );
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            crate::print_stdout(
+                &serde_json::to_string_pretty(&schema)
+                    .unwrap_or_default()
+                    .to_string(),
             );
             EXIT_OK
         }

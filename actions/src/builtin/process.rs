@@ -21,8 +21,10 @@ fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
     LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Kills every process tree the actions have started and not yet ended.
-/// For a forced exit, where there is no time to be polite.
+/// Kills every process tree the actions have started and not yet ended,
+/// and removes the temporary files and directories still registered (a
+/// script with secrets in it, a browser profile with cookies). For a forced
+/// exit, which skips destructors and has no time to be polite.
 pub fn kill_all_trees() {
     #[cfg(unix)]
     for pgid in live_groups().iter() {
@@ -31,8 +33,33 @@ pub fn kill_all_trees() {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    let paths = std::mem::take(&mut *temp_paths());
+    for path in paths {
+        kill_processes_mentioning(&path);
+        if path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
+/// Temporary paths that must not outlive the process, even a forced exit.
+static TEMP_PATHS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn temp_paths() -> std::sync::MutexGuard<'static, Vec<std::path::PathBuf>> {
+    TEMP_PATHS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers a temporary path for `kill_all_trees`; its owner still removes
+/// it normally, then calls `forget_temp_path`.
+pub fn register_temp_path(path: &std::path::Path) {
+    temp_paths().push(path.to_path_buf());
+}
+
+pub fn forget_temp_path(path: &std::path::Path) {
+    temp_paths().retain(|p| p != path);
+}
 /// A spawned process tree. Dropping it kills the tree, so a panic or a
 /// dropped future cannot leave processes behind.
 pub struct Tree {
@@ -51,7 +78,16 @@ impl Tree {
         wrapped.wrap(process_wrap::tokio::JobObject);
         let child = wrapped.spawn()?;
         #[cfg(unix)]
-        let pgid = nix::unistd::Pid::from_raw(child.id().map(|id| id as i32).unwrap_or(0));
+        // Without a pid there is no group to supervise, and pgid 0 would
+        // mean our own group: refuse rather than guess.
+        let pgid = match child.id().and_then(|id| i32::try_from(id).ok()) {
+            Some(id) if id > 0 => nix::unistd::Pid::from_raw(id),
+            _ => {
+                return Err(std::io::Error::other(
+                    "the child exited before its process group could be recorded",
+                ));
+            }
+        };
         #[cfg(unix)]
         live_groups().push(pgid.as_raw());
         Ok(Tree {
@@ -84,6 +120,7 @@ impl Tree {
         // group, so it must never be signalled again (not even on drop).
         if !alive {
             self.finished = true;
+            live_groups().retain(|g| *g != self.pgid.as_raw());
         }
         alive
     }
@@ -100,7 +137,6 @@ impl Tree {
     pub async fn terminate(&mut self, grace: Duration) -> &'static str {
         use nix::sys::signal::Signal;
         if !self.any_alive() {
-            self.finished = true;
             return "none";
         }
         let half = grace / 2;

@@ -141,7 +141,7 @@ impl TypedAction for ShellRun {
                         format!("cannot write the script to a temporary file: {e}"),
                     )
                 })?;
-                let command = shell.command(file.path());
+                let command = shell.command(file.0.path());
                 _script_file = Some(file);
                 command
             }
@@ -334,7 +334,17 @@ fn spawn_error(program: &str, cwd: &std::path::Path, e: std::io::Error) -> Actio
     ActionError::new(codes::SPAWN, message)
 }
 
-fn write_script(script: &str, extension: &str) -> std::io::Result<tempfile::NamedTempFile> {
+/// A script on disk, registered so that even a forced exit removes it: it
+/// may hold secrets substituted into it.
+struct ScriptFile(tempfile::NamedTempFile);
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        super::process::forget_temp_path(self.0.path());
+    }
+}
+
+fn write_script(script: &str, extension: &str) -> std::io::Result<ScriptFile> {
     use std::io::Write;
     // tempfile creates the file with mode 0600 on Unix.
     let mut file = tempfile::Builder::new()
@@ -343,5 +353,6 @@ fn write_script(script: &str, extension: &str) -> std::io::Result<tempfile::Name
         .tempfile()?;
     file.write_all(script.as_bytes())?;
     file.flush()?;
-    Ok(file)
+    super::process::register_temp_path(file.path());
+    Ok(ScriptFile(file))
 }

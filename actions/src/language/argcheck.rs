@@ -168,7 +168,9 @@ fn is_whole_template(value: &Value) -> bool {
     let Value::String(s) = value else {
         return false;
     };
-    let t = s.trim();
+    // Exactly the executor's rule: nothing around the one `${...}`, not
+    // even spaces, or the result is a string.
+    let t = s.as_str();
     t.starts_with("${")
         && t.ends_with('}')
         && Template::parse(t).is_ok_and(|tpl| {

@@ -85,7 +85,15 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
                 Ok(v) => {
                     values.insert(name.clone(), v);
                 }
-                Err(e) => problems.add(format!("params.{name}"), format!("--param {name}: {e}")),
+                Err(e) => {
+                    // The value of a secret param must not be echoed back.
+                    let e = if spec.secret && !text.is_empty() {
+                        e.replace(text.as_str(), "***")
+                    } else {
+                        e
+                    };
+                    problems.add(format!("params.{name}"), format!("--param {name}: {e}"))
+                }
             },
         }
     }

@@ -175,26 +175,34 @@ impl TypedAction for Type {
         let text = args.text.0.clone();
         let chars = text.chars().count();
         let result = run(ctx, None, |h| async move {
-            let element = with_element(&h, &locator, wait, "type", |el| async move {
-                if args.clear {
-                    el.clear().await?;
+            // Clearing and the first keys go inside the retry, so a field
+            // that is present but not yet interactable is waited for.
+            let mut chars_iter = text.chars();
+            let first: String = match args.key_delay {
+                None => text.clone(),
+                Some(_) => chars_iter.next().map(String::from).unwrap_or_default(),
+            };
+            let clear = args.clear;
+            let element = with_element(&h, &locator, wait, "type", |el| {
+                let first = first.clone();
+                async move {
+                    if clear {
+                        el.clear().await?;
+                    }
+                    if !first.is_empty() {
+                        el.send_keys(first.as_str()).await?;
+                    }
+                    Ok(el)
                 }
-                Ok(el)
             })
             .await?;
-            match args.key_delay {
-                None => element
-                    .send_keys(text.as_str())
-                    .await
-                    .map_err(|e| driver_error("type", e))?,
-                Some(delay) => {
-                    for ch in text.chars() {
-                        element
-                            .send_keys(ch.to_string())
-                            .await
-                            .map_err(|e| driver_error("type", e))?;
-                        tokio::time::sleep(delay.0).await;
-                    }
+            if let Some(delay) = args.key_delay {
+                for ch in chars_iter {
+                    tokio::time::sleep(delay.0).await;
+                    element
+                        .send_keys(ch.to_string())
+                        .await
+                        .map_err(|e| driver_error("type", e))?;
                 }
             }
             Ok(json!({ "typed_characters": chars }))

@@ -113,22 +113,25 @@ impl Browser {
         caps.add_experimental_option("prefs", prefs)
             .map_err(start_error)?;
 
-        if let Some(remote) = &settings.remote_url {
+        if let Some(remote_url) = &settings.remote_url {
+            let remote = redact_userinfo(remote_url);
             for a in &args {
                 caps.add_arg(a).map_err(start_error)?;
             }
-            let driver = WebDriver::new(remote.as_str(), caps).await.map_err(|e| {
-                ActionError::new(
-                    CODE_START,
-                    format!("cannot start a session on the remote WebDriver at {remote}: {e}"),
-                )
-            })?;
+            let driver = WebDriver::new(remote_url.as_str(), caps)
+                .await
+                .map_err(|e| {
+                    ActionError::new(
+                        CODE_START,
+                        format!("cannot start a session on the remote WebDriver at {remote}: {e}"),
+                    )
+                })?;
             return Ok(Browser {
                 driver: Some(driver),
                 driver_tree: None,
                 _profile: None,
+                claimed: existing_downloads(&downloads),
                 downloads,
-                claimed: Default::default(),
                 description: format!(
                     "remote WebDriver at {remote} ({} ms)",
                     started.elapsed().as_millis()
@@ -141,7 +144,10 @@ impl Browser {
         let profile = tempfile::Builder::new()
             .prefix("tasuki-profile-")
             .tempdir()
-            .map(Profile)
+            .map(|dir| {
+                crate::builtin::process::register_temp_path(dir.path());
+                Profile(dir)
+            })
             .map_err(|e| {
                 ActionError::new(
                     CODE_START,
@@ -191,8 +197,8 @@ impl Browser {
             driver: Some(driver),
             driver_tree: Some(tree),
             _profile: Some(profile),
+            claimed: existing_downloads(&downloads),
             downloads,
-            claimed: Default::default(),
             description: format!(
                 "Chromium {} via chromedriver on port {port}{} ({} ms)",
                 chromium.display(),
@@ -208,6 +214,11 @@ impl Browser {
         if let Some(driver) = self.driver.take() {
             if graceful {
                 let _ = tokio::time::timeout(QUIT_GRACE, driver.quit()).await;
+            } else if self.driver_tree.is_none() {
+                // A remote session has no process of ours to kill: without
+                // a quit it would hold a Grid node until the Grid's own
+                // timeout. One short try.
+                let _ = tokio::time::timeout(Duration::from_secs(1), driver.quit()).await;
             } else {
                 // Skip the quit (a command may still be in flight) and
                 // stop the driver from quitting synchronously on drop.
@@ -251,6 +262,28 @@ struct Profile(tempfile::TempDir);
 impl Drop for Profile {
     fn drop(&mut self) {
         crate::builtin::process::kill_processes_mentioning(self.0.path());
+        crate::builtin::process::forget_temp_path(self.0.path());
+    }
+}
+
+/// Files already in the downloads directory when the browser starts (an
+/// earlier run's) are never handed out by `wait_for_download`.
+fn existing_downloads(dir: &Path) -> std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>> {
+    let files = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    std::sync::Arc::new(std::sync::Mutex::new(files))
+}
+
+/// A Grid URL often carries `user:key@`; logs and errors must not.
+fn redact_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("***");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -197,9 +197,11 @@ async fn save_evidence(ctx: &ActionContext, driver: &WebDriver) -> Option<String
         let url = driver.current_url().await.ok().map(|u| u.to_string());
         (png, url)
     };
-    let (png, url) = tokio::time::timeout(Duration::from_secs(5), capture)
-        .await
-        .ok()?;
+    // Evidence is worth a few seconds, but never a late cancel.
+    let (png, url) = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(5), capture) => r.ok()?,
+        _ = ctx.cancel.cancelled() => return None,
+    };
     let mut saved = Vec::new();
     if let Some(png) = png
         && let Ok(path) = write_artifact(ctx, &format!("{}-failure.png", ctx.step_id), &png)
