@@ -161,29 +161,43 @@ impl Browser {
             caps.add_arg(a).map_err(start_error)?;
         }
 
-        let port = free_port().map_err(|e| {
-            ActionError::new(CODE_START, format!("cannot find a free loopback port: {e}"))
-        })?;
-        let mut command = Command::new(&chromedriver);
-        // Chromium's crash handler daemonizes out of the process group and
-        // keeps its database under $XDG_CONFIG_HOME. Pointing that into the
-        // profile keeps the service account's home clean, and puts the
-        // profile path in the handler's command line, where teardown finds it.
-        command
-            .env("XDG_CONFIG_HOME", profile.0.path().join("config"))
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let tree = Tree::spawn(command).map_err(|e| {
+        // The free port is only free until someone else takes it; if our
+        // chromedriver cannot bind it, it exits, and we try another.
+        let mut driver_up = None;
+        for _ in 0..3 {
+            let port = free_port().map_err(|e| {
+                ActionError::new(CODE_START, format!("cannot find a free loopback port: {e}"))
+            })?;
+            let mut command = Command::new(&chromedriver);
+            // Chromium's crash handler daemonizes out of the process group and
+            // keeps its database under $XDG_CONFIG_HOME. Pointing that into the
+            // profile keeps the service account's home clean, and puts the
+            // profile path in the handler's command line, where teardown finds it.
+            command
+                .env("XDG_CONFIG_HOME", profile.0.path().join("config"))
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut tree = Tree::spawn(command).map_err(|e| {
+                ActionError::new(
+                    CODE_START,
+                    format!("cannot start {}: {e}", chromedriver.display()),
+                )
+            })?;
+            if wait_until_listening(port, &mut tree).await? {
+                driver_up = Some((port, tree));
+                break;
+            }
+        }
+        let (port, tree) = driver_up.ok_or_else(|| {
             ActionError::new(
                 CODE_START,
-                format!("cannot start {}: {e}", chromedriver.display()),
+                "chromedriver exited at start three times in a row",
             )
         })?;
         let url = format!("http://127.0.0.1:{port}");
-        wait_until_listening(port).await?;
         let driver = WebDriver::new(url.as_str(), caps).await.map_err(|e| {
             ActionError::new(
                 CODE_START,
@@ -293,14 +307,22 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-async fn wait_until_listening(port: u16) -> Result<(), ActionError> {
+/// Waits until our chromedriver listens on `port`. `Ok(false)` when it
+/// exited first (most likely the port was taken meanwhile).
+async fn wait_until_listening(port: u16, tree: &mut Tree) -> Result<bool, ActionError> {
     let deadline = Instant::now() + DRIVER_READY;
     loop {
+        if matches!(tree.child_mut().try_wait(), Ok(Some(_))) {
+            return Ok(false);
+        }
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Ok(());
+            // Someone listens; make sure it is not another driver that got
+            // the port while ours was failing to bind it.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            return Ok(!matches!(tree.child_mut().try_wait(), Ok(Some(_))));
         }
         if Instant::now() > deadline {
             return Err(ActionError::new(
