@@ -313,6 +313,9 @@ async fn wait_until_listening(port: u16, tree: &mut Tree) -> Result<bool, Action
     let deadline = Instant::now() + DRIVER_READY;
     loop {
         if matches!(tree.child_mut().try_wait(), Ok(Some(_))) {
+            // Marks an emptied group as finished, so dropping the tree will
+            // not signal a process group id that may be reused.
+            tree.any_alive();
             return Ok(false);
         }
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -322,7 +325,11 @@ async fn wait_until_listening(port: u16, tree: &mut Tree) -> Result<bool, Action
             // Someone listens; make sure it is not another driver that got
             // the port while ours was failing to bind it.
             tokio::time::sleep(Duration::from_millis(5)).await;
-            return Ok(!matches!(tree.child_mut().try_wait(), Ok(Some(_))));
+            let exited = matches!(tree.child_mut().try_wait(), Ok(Some(_)));
+            if exited {
+                tree.any_alive();
+            }
+            return Ok(!exited);
         }
         if Instant::now() > deadline {
             return Err(ActionError::new(
