@@ -3,6 +3,7 @@
 
 mod api;
 mod db;
+mod dispatch;
 mod keys;
 mod secrets;
 mod serve;

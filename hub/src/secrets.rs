@@ -215,6 +215,14 @@ pub fn new_secret() -> Result<String, SealError> {
     Ok(encode_hex(&bytes).to_ascii_uppercase())
 }
 
+/// A new lease id: 128 random bits as hex. Calls about a leased session
+/// carry it, so it must not be guessable.
+pub fn new_lease_id() -> Result<String, SealError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SealError::Random)?;
+    Ok(encode_hex(&bytes))
+}
+
 fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

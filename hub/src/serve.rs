@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Hub};
+use crate::db::{leases, now_ms};
 use crate::store;
 
 /// How long in-flight requests get to finish after SIGINT or SIGTERM.
@@ -24,7 +25,15 @@ pub struct ServeOptions {
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (db, master) = store::open(&opts.db)?;
+    let extended = db.with(|conn| leases::extend_after_restart(conn, now_ms()))?;
+    if extended > 0 {
+        tracing::info!(
+            leases = extended,
+            "gave the leases of a previous run a fresh deadline"
+        );
+    }
     let hub = Arc::new(Hub::new(db, master, opts.issuer, opts.audience));
+    let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -40,7 +49,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, api::router(hub)).with_graceful_shutdown({
+    let server = axum::serve(listener, api::router(hub.clone())).with_graceful_shutdown({
         let mut stop_rx = stop_rx.clone();
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -49,6 +58,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let server = tokio::spawn(async move { server.await });
     shutdown_signal().await;
     tracing::info!("shutting down");
+    sweeper.abort();
+    // Waiting polls are answered now rather than held to the end of the
+    // grace period; robots simply poll again, elsewhere or later.
+    hub.dispatch.close();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(joined) => joined.context("the server task")?.context("serving")?,
@@ -58,6 +71,54 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// How often expired leases are looked for. Deadlines are tens of seconds,
+/// so a second of slack is invisible.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Offers not acknowledged in time go back to the queue (and to a waiting
+/// robot); running sessions whose robot stopped renewing end as
+/// `robot_lost`.
+async fn sweep_leases(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let swept_hub = hub.clone();
+        let result = hub
+            .db
+            .call(move |conn| {
+                let now = now_ms();
+                let swept = leases::sweep(conn, now)?;
+                for &id in &swept.requeued {
+                    swept_hub.dispatch.offer(conn, id, now)?;
+                }
+                for &(_, robot_id) in &swept.lost {
+                    swept_hub.dispatch.slot_freed(conn, robot_id, now)?;
+                }
+                Ok(swept)
+            })
+            .await;
+        match result {
+            Ok(swept) => {
+                for id in swept.requeued {
+                    tracing::warn!(
+                        session_queue_id = id,
+                        "offer not acknowledged in time; queued again"
+                    );
+                }
+                for (id, robot_id) in swept.lost {
+                    tracing::warn!(
+                        session_queue_id = id,
+                        robot_id,
+                        "lease expired; session ended as robot_lost"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "sweeping leases"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,11 @@ pub mod workflow;
 pub use auth::{Claims, TokenRequest, TokenResponse};
 pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
+pub use robot::{
+    Acked, FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch,
+    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotItem, RobotList, RobotRegistered,
+    RobotState, StepsStored, StepsUpdate,
+};
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{
     CreateSessionQueue, RobotRef, SessionError, SessionQueue, SessionQueueList, SessionStatus,

@@ -1,18 +1,71 @@
-//! Robot names: what a workflow's `workflow_robots` pins it to, and what a
-//! robot registers as.
+//! The robot protocol (docs/protocol.md): what a robot and the hub say to
+//! each other under `/v1/robot/`. Robot-sent types reject unknown fields;
+//! hub-sent types do not, so that a newer hub can add fields.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::logs::LogLine;
+use crate::session::{SessionError, SessionStatus, StepState};
 
 pub const MAX_ROBOT_NAME_LEN: usize = 64;
+
+/// How long the hub holds a poll open when it has nothing to say.
+pub const HOLD_SECONDS: u64 = 25;
+/// A robot's client timeout for a poll: longer than the hold, so that the
+/// hub, not the client, ends an idle poll.
+pub const POLL_CLIENT_TIMEOUT_SECONDS: u64 = HOLD_SECONDS + 10;
+/// An acknowledged lease not renewed for this long ends its session as
+/// `error` with code [`ROBOT_LOST`].
+pub const LEASE_TTL_SECONDS: u64 = 60;
+/// A lease not acknowledged within this long goes back to the queue.
+pub const ACK_SECONDS: u64 = 30;
+
+/// Every call about a leased session carries its lease id in this header.
+pub const LEASE_HEADER: &str = "tasuki-lease";
+
+/// The error code of a session whose robot stopped renewing its lease.
+pub const ROBOT_LOST: &str = "robot_lost";
+/// The error code of a call about a lease the hub no longer honours.
+pub const LEASE_LOST: &str = "lease_lost";
+
+/// Log lines per batch, at most.
+pub const MAX_LOG_BATCH: usize = 5_000;
+/// Bytes of one log line's message, at most (the agent cuts at 16 KiB).
+pub const MAX_LOG_MESSAGE_BYTES: usize = 64 * 1024;
+/// Bytes of one artifact, at most.
+pub const MAX_ARTIFACT_BYTES: usize = 50 * 1024 * 1024;
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_LEN: usize = 64;
 
 /// Checks a robot name: 1 to 64 ASCII letters, digits, `.`, `_` or `-`,
 /// starting with a letter or digit. Names end up in URLs, logs and file
 /// names, so they are kept plain.
 pub fn check_robot_name(name: &str) -> Result<(), String> {
+    check_plain_name("robot name", name, MAX_ROBOT_NAME_LEN)
+}
+
+/// Labels follow the rule of names.
+pub fn check_label(label: &str) -> Result<(), String> {
+    check_plain_name("label", label, MAX_LABEL_LEN)
+}
+
+/// Artifact names are plain file names: the rule of robot names, up to
+/// 128 characters. They become file names on the hub.
+pub fn check_artifact_name(name: &str) -> Result<(), String> {
+    check_plain_name("artifact name", name, 128)
+}
+
+fn check_plain_name(what: &str, name: &str, max: usize) -> Result<(), String> {
     if name.is_empty() {
-        return Err("a robot name cannot be empty".into());
+        return Err(format!("a {what} cannot be empty"));
     }
-    if name.len() > MAX_ROBOT_NAME_LEN {
+    if name.len() > max {
         return Err(format!(
-            "a robot name has at most {MAX_ROBOT_NAME_LEN} characters, this one has {}",
+            "a {what} has at most {max} characters, this one has {}",
             name.chars().count()
         ));
     }
@@ -21,13 +74,223 @@ pub fn check_robot_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!(
-            "a robot name may hold only ASCII letters, digits, `.`, `_` and `-`, not {c:?}"
+            "a {what} may hold only ASCII letters, digits, `.`, `_` and `-`, not {c:?}"
         ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err("a robot name starts with a letter or a digit".into());
+        return Err(format!("a {what} starts with a letter or a digit"));
     }
     Ok(())
+}
+
+/// `PUT /v1/robot/robots/{name}`: register, or re-register after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRobot {
+    /// Chosen once by `tasuki register` and kept in the credentials file:
+    /// it tells a restart of the same robot from a second machine that
+    /// picked the same name.
+    pub instance_id: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub version: String,
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub host: HostFacts,
+    /// Take the name over from another instance (a rebuilt machine).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobotRegistered {
+    pub robot_id: i64,
+    pub name: String,
+    pub hold_seconds: u64,
+    pub lease_ttl_seconds: u64,
+}
+
+/// Host metrics, sent with every poll (the heartbeat).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMetrics {
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    /// The agent's own resident memory.
+    pub agent_rss_bytes: u64,
+}
+
+/// A lease the robot holds, renewed by every poll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldLease {
+    pub session_id: i64,
+    pub lease_id: String,
+}
+
+/// `POST /v1/robot/robots/{name}/poll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    pub instance_id: String,
+    /// Chosen by the robot per call; a retry of a poll whose answer was
+    /// lost repeats it, and gets the same leases again.
+    pub poll_id: String,
+    /// Sessions the robot would take now; 0 while it runs a single-process
+    /// session or drains.
+    pub free_slots: u32,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub held: Vec<HeldLease>,
+    #[serde(default)]
+    pub metrics: Option<HostMetrics>,
+}
+
+/// A session handed to a robot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub session_id: i64,
+    pub lease_id: String,
+    /// Acknowledge before this, or the session goes back to the queue.
+    #[serde(with = "crate::time::millis")]
+    pub ack_by: Timestamp,
+    pub workflow: LeasedWorkflow,
+    /// The session's params, secrets included: only the robot sees them.
+    pub params: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedWorkflow {
+    pub id: i64,
+    pub name: String,
+    pub single_process_mode: bool,
+    /// `yaml` or `json`.
+    pub format: String,
+    /// The workflow file as it was registered.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    #[serde(default)]
+    pub leases: Vec<Lease>,
+    /// Sessions to cancel now.
+    #[serde(default)]
+    pub cancel: Vec<i64>,
+    /// Held leases the hub no longer honours: stop them, ship nothing more.
+    #[serde(default)]
+    pub lost: Vec<i64>,
+    pub hold_seconds: u64,
+    pub lease_ttl_seconds: u64,
+}
+
+/// `POST /v1/robot/sessions/{id}/ack` answers with the session's start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acked {
+    #[serde(with = "crate::time::millis")]
+    pub started_at: Timestamp,
+}
+
+/// `POST /v1/robot/sessions/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+}
+
+/// The highest `seq` the hub has stored for the session: lines up to it
+/// are safe to drop, and the next batch starts after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsStored {
+    pub high_seq: u64,
+}
+
+/// `PUT /v1/robot/sessions/{id}/steps`: every step's record, replacing the
+/// stored ones unless `revision` is not newer than what is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepsUpdate {
+    pub revision: u64,
+    pub steps: Vec<StepState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepsStored {
+    pub revision: u64,
+}
+
+/// `POST /v1/robot/sessions/{id}/finish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinishSession {
+    /// Chosen once per session by the robot; a repeat with the same key
+    /// gets the first answer.
+    pub idempotency_key: String,
+    pub status: SessionStatus,
+    #[serde(with = "crate::time::millis")]
+    pub ended_at: Timestamp,
+    #[serde(default)]
+    pub error: Option<SessionError>,
+    #[serde(default)]
+    pub steps: Vec<StepState>,
+    #[serde(default)]
+    pub outputs: Option<Value>,
+}
+
+/// A robot as `GET /v1/robots` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobotItem {
+    pub id: i64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub version: String,
+    pub state: RobotState,
+    pub max_concurrency: u32,
+    pub draining: bool,
+    #[serde(with = "crate::time::millis_opt")]
+    pub last_heartbeat_at: Option<Timestamp>,
+    pub host: HostFacts,
+    pub metrics: Option<HostMetrics>,
+    pub running_sessions: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RobotState {
+    Idle,
+    Busy,
+    Offline,
+}
+
+impl fmt::Display for RobotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RobotState::Idle => "idle",
+            RobotState::Busy => "busy",
+            RobotState::Offline => "offline",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobotList {
+    pub robots: Vec<RobotItem>,
+    pub total_count: u64,
 }
 
 #[cfg(test)]
@@ -42,5 +305,17 @@ mod tests {
         assert!(check_robot_name("-x").is_err());
         assert!(check_robot_name("a b").is_err());
         assert!(check_robot_name(&"a".repeat(65)).is_err());
+        assert!(check_artifact_name("quickstart.png").is_ok());
+        assert!(check_artifact_name("../etc").is_err());
+        assert!(check_artifact_name("a/b").is_err());
+    }
+
+    #[test]
+    fn robot_requests_refuse_unknown_fields() {
+        let err = serde_json::from_str::<PollRequest>(
+            r#"{"instance_id":"i","poll_id":"p","free_slots":1,"frees":2}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("frees"), "{err}");
     }
 }

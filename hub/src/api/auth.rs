@@ -98,10 +98,30 @@ impl<R: RequiredScope> FromRequestParts<Arc<Hub>> for Authorized<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, ApiError> {
-        let caller = authenticate(parts, hub).await?;
+        let caller = authenticate(parts, hub, Metering::Counted).await?;
         caller.require(R::SCOPE)?;
         Ok(Authorized(caller, PhantomData))
     }
+}
+
+/// A caller of the robot protocol: it holds the `robot` scope, and its
+/// calls do not count toward the public API's quota.
+pub struct RobotCaller(pub Caller);
+
+impl FromRequestParts<Arc<Hub>> for RobotCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, ApiError> {
+        let caller = authenticate(parts, hub, Metering::Exempt).await?;
+        caller.require(Scope::Robot)?;
+        Ok(RobotCaller(caller))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metering {
+    Counted,
+    Exempt,
 }
 
 /// The claims read before the signature is checked: only to find the key,
@@ -128,7 +148,11 @@ impl Unverified {
     }
 }
 
-async fn authenticate(parts: &Parts, hub: &Arc<Hub>) -> Result<Caller, ApiError> {
+async fn authenticate(
+    parts: &Parts,
+    hub: &Arc<Hub>,
+    metering: Metering,
+) -> Result<Caller, ApiError> {
     let token = bearer(parts)?;
     let header = jsonwebtoken::decode_header(token).map_err(|e| {
         ApiError::unauthorized(
@@ -183,9 +207,11 @@ async fn authenticate(parts: &Parts, hub: &Arc<Hub>) -> Result<Caller, ApiError>
     let token_scopes: Scopes = claims.scopes.parse().map_err(|e| {
         ApiError::unauthorized("invalid_claim", format!("the token's `scopes` claim: {e}"))
     })?;
-    hub.quota
-        .check(&key_id, material.robots)
-        .map_err(|e| rate_limited(e, material.robots))?;
+    if metering == Metering::Counted {
+        hub.quota
+            .check(&key_id, material.robots)
+            .map_err(|e| rate_limited(e, material.robots))?;
+    }
     Ok(Caller {
         key_id,
         key_scopes: material.scopes,

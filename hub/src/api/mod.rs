@@ -1,8 +1,7 @@
-//! The public, AUTORO-compatible HTTP API.
-//!
-//! The robot protocol (docs/protocol.md) will be a second router under
-//! `/v1/robot/` sharing [`Hub`]; its calls do not count toward the quota,
-//! which is applied by the public API's [`auth::Authorized`] extractor.
+//! The HTTP API: the public, AUTORO-compatible calls, and the robot
+//! protocol (docs/protocol.md) under `/v1/robot/` in [`robot`]. Robot calls
+//! do not count toward the quota, which only the public API's
+//! [`auth::Authorized`] extractor applies.
 
 mod auth;
 mod body;
@@ -10,6 +9,8 @@ mod error;
 mod params;
 mod query;
 mod quota;
+mod robot;
+mod robots;
 mod search;
 mod sessions;
 mod token;
@@ -29,6 +30,7 @@ use tasuki_protocol::Scopes;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::db::{Db, keys};
+use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
 pub use error::ApiError;
 
@@ -42,6 +44,8 @@ pub struct Hub {
     pub quota: quota::Quota,
     /// The actions workflows are validated against: the agent's built-ins.
     pub registry: Registry,
+    /// The robots waiting in a long poll.
+    pub dispatch: Dispatcher,
 }
 
 /// An access key, ready to verify a signature with.
@@ -64,6 +68,7 @@ impl Hub {
             audience,
             quota: quota::Quota::new(),
             registry: Registry::builtin(),
+            dispatch: Dispatcher::default(),
         }
     }
 
@@ -118,6 +123,16 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/session_queues/{id}", get(sessions::get_one))
         .route("/v1/session_queues/{id}/cancel", delete(sessions::cancel))
         .route("/v1/session_queues/{id}/logs", get(sessions::logs))
+        .route(
+            "/v1/session_queues/{id}/artifacts",
+            get(sessions::artifacts),
+        )
+        .route(
+            "/v1/session_queues/{id}/artifacts/{name}",
+            get(sessions::artifact),
+        )
+        .route("/v1/robots", get(robots::list))
+        .merge(robot::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))

@@ -5,16 +5,20 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use tasuki_protocol::{CreateSessionQueue, LogsResponse, SessionQueue, SessionQueueList};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tasuki_protocol::{
+    CreateSessionQueue, LogsResponse, SessionQueue, SessionQueueList, SessionStatus,
+};
 
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{QueryParams, page, path_id};
+use super::query::{QueryParams, page, path_id, shorten};
 use super::{Hub, params, search};
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
-use crate::db::{logs, now_ms, workflows};
+use crate::db::{artifacts as stored_artifacts, leases, logs, now_ms, workflows};
+use crate::dispatch::Wake;
 
 const DEFAULT_PER_PAGE: i64 = 10;
 const MAX_PER_PAGE: i64 = 50;
@@ -62,9 +66,16 @@ pub async fn create(
         params: given,
         secret_params,
     };
+    let dispatch_hub = hub.clone();
     let session = hub
         .db
-        .call(move |conn| sessions::insert(conn, &new, now_ms()))
+        .call(move |conn| {
+            let now = now_ms();
+            let session = sessions::insert(conn, &new, now)?;
+            // Straight to a waiting robot, if one may take it.
+            dispatch_hub.dispatch.offer(conn, session.id, now)?;
+            Ok(session)
+        })
         .await?;
     tracing::info!(session_queue_id = session.id, workflow_id, key_id = %caller.key_id, "session queued");
     Ok((StatusCode::CREATED, Json(session)))
@@ -117,9 +128,21 @@ pub async fn cancel(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
+    let wake_hub = hub.clone();
     let (session, changed) = hub
         .db
-        .call(move |conn| sessions::cancel(conn, id, now_ms()))
+        .call(move |conn| {
+            let cancelled = sessions::cancel(conn, id, now_ms())?;
+            if let Some((s, true)) = &cancelled
+                && s.status == SessionStatus::Running
+                && let Some(robot_id) = leases::robot_of(conn, id)?
+            {
+                // Answer the robot's waiting poll now: that is how a
+                // cancel reaches it within a second.
+                wake_hub.dispatch.wake(robot_id, Wake::Cancel);
+            }
+            Ok(cancelled)
+        })
         .await?
         .ok_or_else(|| session_not_found(id))?;
     if changed {
@@ -143,6 +166,84 @@ pub async fn logs(
         .await?
         .ok_or_else(|| session_not_found(id))?;
     Ok(Json(LogsResponse { logs, status }))
+}
+
+#[derive(serde::Serialize)]
+pub struct ArtifactItem {
+    name: String,
+    size: u64,
+    sha256: String,
+    url: String,
+}
+
+#[derive(serde::Serialize)]
+pub struct ArtifactList {
+    artifacts: Vec<ArtifactItem>,
+}
+
+pub async fn artifacts(
+    State(hub): State<Arc<Hub>>,
+    _: Authorized<need::SessionQueueRead>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ArtifactList>, ApiError> {
+    let id = session_id(id)?;
+    let (exists, list) = hub
+        .db
+        .call(move |conn| {
+            Ok((
+                sessions::status_of(conn, id)?.is_some(),
+                stored_artifacts::list(conn, id)?,
+            ))
+        })
+        .await?;
+    if !exists {
+        return Err(session_not_found(id));
+    }
+    Ok(Json(ArtifactList {
+        artifacts: list
+            .into_iter()
+            .map(|(name, size, sha256)| ArtifactItem {
+                url: format!("/v1/session_queues/{id}/artifacts/{name}"),
+                name,
+                size,
+                sha256,
+            })
+            .collect(),
+    }))
+}
+
+pub async fn artifact(
+    State(hub): State<Arc<Hub>>,
+    _: Authorized<need::SessionQueueRead>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, name)) =
+        path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    let id = path_id("session queue", &id)?;
+    let lookup = name.clone();
+    let found = hub
+        .db
+        .call(move |conn| stored_artifacts::get(conn, id, &lookup))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "artifact_not_found",
+                format!("session queue {id} has no artifact `{}`", shorten(&name)),
+            )
+        })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, found.content_type),
+            // Served as data, never rendered as a page of this origin.
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{}\"", found.name),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        ],
+        found.data,
+    )
+        .into_response())
 }
 
 fn session_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {

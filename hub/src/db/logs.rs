@@ -47,3 +47,46 @@ pub fn after(
     }
     Ok(Some((lines, status)))
 }
+
+/// Appends a batch: lines at or below the stored highest `seq` are
+/// repeats and skipped; a line past highest + 1 is a gap, and it and the
+/// rest are not stored (the robot resends from the answer). Returns the
+/// highest `seq` stored.
+pub fn append(conn: &mut Connection, session_id: i64, lines: &[LogLine]) -> Result<u64, DbError> {
+    let tx = conn.transaction()?;
+    let mut high = high_seq(&tx, session_id)?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO session_logs (session_id, seq, ts, level, step_id, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for line in lines {
+            if line.seq <= high {
+                continue;
+            }
+            if line.seq != high + 1 {
+                break;
+            }
+            insert.execute(params![
+                session_id,
+                line.seq as i64,
+                line.ts.as_millisecond(),
+                line.level.as_str(),
+                line.step_id,
+                line.message
+            ])?;
+            high = line.seq;
+        }
+    }
+    tx.commit()?;
+    Ok(high)
+}
+
+pub fn high_seq(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
+    let high: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM session_logs WHERE session_id = ?1",
+        [session_id],
+        |r| r.get(0),
+    )?;
+    Ok(high.max(0) as u64)
+}

@@ -7,8 +7,7 @@ use rusqlite::Connection;
 use super::DbError;
 
 const MIGRATIONS: &[&str] = &[
-    // 1: the public API. The robot protocol adds leases, robot details and
-    // step records in later versions.
+    // 1: the public API.
     r#"
     CREATE TABLE access_keys (
         id            TEXT PRIMARY KEY,
@@ -71,6 +70,44 @@ const MIGRATIONS: &[&str] = &[
         step_id    TEXT,
         message    TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
+    ) STRICT, WITHOUT ROWID;
+    "#,
+    // 2: the robot protocol: robot details and heartbeats, leases, step
+    // revisions, finish keys, and artifacts.
+    r#"
+    ALTER TABLE robots ADD COLUMN instance_id TEXT NOT NULL DEFAULT '';
+    -- The access key that registered the robot; only it may act for it.
+    ALTER TABLE robots ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE robots ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE robots ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE robots ADD COLUMN max_concurrency INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE robots ADD COLUMN host TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE robots ADD COLUMN metrics TEXT;
+    ALTER TABLE robots ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE robots ADD COLUMN last_seen_at INTEGER;
+
+    -- A lease: robot_id and lease_id set. Offered while the status is
+    -- `queued` and lease_acked is 0 (it expires at the ack deadline);
+    -- held while `running` (it expires unless renewed). A finished
+    -- session keeps its lease_id so that late logs still match.
+    ALTER TABLE session_queues ADD COLUMN lease_id TEXT;
+    ALTER TABLE session_queues ADD COLUMN lease_poll_id TEXT;
+    ALTER TABLE session_queues ADD COLUMN lease_acked INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session_queues ADD COLUMN lease_expires_at INTEGER;
+    ALTER TABLE session_queues ADD COLUMN steps_revision INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session_queues ADD COLUMN finish_key TEXT;
+    CREATE INDEX session_queues_by_lease_expiry ON session_queues (lease_expires_at)
+        WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX session_queues_by_robot ON session_queues (robot_id, status);
+
+    CREATE TABLE session_artifacts (
+        session_id   INTEGER NOT NULL REFERENCES session_queues(id),
+        name         TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        data         BLOB NOT NULL,
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (session_id, name)
     ) STRICT, WITHOUT ROWID;
     "#,
 ];

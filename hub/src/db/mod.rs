@@ -8,8 +8,11 @@
 
 mod migrate;
 
+pub mod artifacts;
 pub mod keys;
+pub mod leases;
 pub mod logs;
+pub mod robots;
 pub mod sessions;
 pub mod workflows;
 

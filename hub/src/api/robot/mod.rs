@@ -1,0 +1,114 @@
+//! The robot protocol (docs/protocol.md), under `/v1/robot/`. Every call
+//! needs the `robot` scope and none counts toward the public quota.
+
+mod poll;
+mod register;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::PathRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{post, put};
+use tasuki_protocol::robot::{LEASE_HEADER, LEASE_LOST, MAX_ARTIFACT_BYTES, check_robot_name};
+
+use super::Hub;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::db::robots::{self, RobotRow};
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/v1/robot/robots/{name}", put(register::register))
+        .route("/v1/robot/robots/{name}/poll", post(poll::poll))
+        .route("/v1/robot/sessions/{id}/ack", post(session::ack))
+        .route("/v1/robot/sessions/{id}/logs", post(session::logs))
+        .route("/v1/robot/sessions/{id}/steps", put(session::steps))
+        .route(
+            "/v1/robot/sessions/{id}/artifacts/{name}",
+            put(session::artifact).layer(DefaultBodyLimit::max(MAX_ARTIFACT_BYTES)),
+        )
+        .route("/v1/robot/sessions/{id}/finish", post(session::finish))
+}
+
+fn robot_name(
+    path: Result<axum::extract::Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let axum::extract::Path(name) =
+        path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    check_robot_name(&name).map_err(|e| ApiError::bad_request("invalid_robot_name", e))?;
+    Ok(name)
+}
+
+/// The registered robot `name`, which must be this caller's and this
+/// instance's.
+async fn own_robot(
+    hub: &Hub,
+    caller: &Caller,
+    name: &str,
+    instance_id: &str,
+) -> Result<RobotRow, ApiError> {
+    let lookup = name.to_string();
+    let Some(robot) = hub.db.call(move |conn| robots::find(conn, &lookup)).await? else {
+        return Err(ApiError::not_found(
+            "robot_not_registered",
+            format!("there is no robot `{name}` on this hub; run `tasuki register` first"),
+        ));
+    };
+    if robot.key_id != caller.key_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "robot_of_another_key",
+            format!(
+                "the robot `{name}` was registered with another access key; use that key, or \
+                 register again with --replace"
+            ),
+        ));
+    }
+    if robot.instance_id != instance_id {
+        return Err(name_taken(name, "another machine (another instance id)"));
+    }
+    Ok(robot)
+}
+
+fn name_taken(name: &str, by: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "robot_name_taken",
+        format!(
+            "the robot name `{name}` is registered by {by}; choose another name, or pass \
+             --replace to take the name over (the other machine then stops getting work)"
+        ),
+    )
+}
+
+/// The lease id every session call carries in the `tasuki-lease` header.
+fn lease_header(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers.get(LEASE_HEADER).ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_lease",
+            format!("calls about a session carry its lease id in the `{LEASE_HEADER}` header"),
+        )
+    })?;
+    let text = value
+        .to_str()
+        .ok()
+        .filter(|t| !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_lease",
+                format!("the `{LEASE_HEADER}` header must hold a lease id (hex digits)"),
+            )
+        })?;
+    Ok(text.to_string())
+}
+
+fn lease_lost(session_id: i64, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        LEASE_LOST,
+        format!("the lease on session {session_id} is no longer honoured: {why}"),
+    )
+}

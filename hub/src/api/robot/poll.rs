@@ -1,0 +1,146 @@
+//! `POST /v1/robot/robots/{name}/poll`: heartbeat, lease renewal, cancels
+//! and new work, in one long poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use tasuki_protocol::robot::{HOLD_SECONDS, LEASE_TTL_SECONDS};
+use tasuki_protocol::{HeldLease, PollRequest, PollResponse};
+
+use super::super::Hub;
+use super::super::auth::RobotCaller;
+use super::super::body::JsonBody;
+use super::super::error::ApiError;
+use super::{own_robot, robot_name};
+use crate::db::{leases, now_ms, robots};
+use crate::dispatch::{Poll, Wake, Want};
+
+/// Held leases one poll may list, at most.
+const MAX_HELD: usize = 1024;
+
+pub async fn poll(
+    State(hub): State<Arc<Hub>>,
+    RobotCaller(caller): RobotCaller,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<PollRequest>,
+) -> Result<Json<PollResponse>, ApiError> {
+    let name = robot_name(name)?;
+    check(&req)?;
+    let robot = own_robot(&hub, &caller, &name, &req.instance_id).await?;
+    let robot_id = robot.id;
+    let held = req.held.clone();
+    let answer_now = {
+        let hub = hub.clone();
+        hub.db
+            .clone()
+            .call(move |conn| {
+                let now = now_ms();
+                robots::heartbeat(conn, robot_id, req.metrics.as_ref(), req.draining, now)?;
+                let lost = leases::renew(conn, robot_id, &req.held, now)?;
+                let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
+                let mut offered = leases::offered_by_poll(conn, robot_id, &req.poll_id)?;
+                if !lost.is_empty() || !cancel.is_empty() || !offered.is_empty() {
+                    return Ok(Ok(response(offered, cancel, lost)));
+                }
+                let want = Want {
+                    robot_id,
+                    name: robot.name,
+                    poll_id: req.poll_id,
+                    free_slots: req.free_slots,
+                    max_concurrency: robot.max_concurrency,
+                    draining: req.draining,
+                };
+                match hub.dispatch.take_or_wait(conn, want, now)? {
+                    Poll::Leased(lease) => {
+                        offered.push(*lease);
+                        Ok(Ok(response(offered, cancel, lost)))
+                    }
+                    Poll::Closed => Ok(Ok(PollResponse::default())),
+                    Poll::Wait { rx, seq } => Ok(Err((rx, seq))),
+                }
+            })
+            .await?
+    };
+    let (mut rx, seq) = match answer_now {
+        Ok(answer) => return Ok(Json(with_timings(answer))),
+        Err(waiting) => waiting,
+    };
+    let wake = tokio::select! {
+        wake = &mut rx => wake.ok(),
+        _ = tokio::time::sleep(Duration::from_secs(HOLD_SECONDS)) => {
+            if hub.dispatch.forget(robot_id, seq) {
+                None
+            } else {
+                // Answered just as the hold ran out: the wake is in the
+                // channel, and a lease in it must not be dropped.
+                rx.try_recv().ok()
+            }
+        }
+    };
+    let answer = match wake {
+        Some(Wake::Lease(lease)) => response(vec![*lease], Vec::new(), Vec::new()),
+        Some(Wake::Cancel) => {
+            let cancel = hub
+                .db
+                .call(move |conn| leases::cancels_for(conn, robot_id, &held))
+                .await?;
+            response(Vec::new(), cancel, Vec::new())
+        }
+        Some(Wake::Replaced) | Some(Wake::Shutdown) | None => PollResponse::default(),
+    };
+    Ok(Json(with_timings(answer)))
+}
+
+fn response(leases: Vec<tasuki_protocol::Lease>, cancel: Vec<i64>, lost: Vec<i64>) -> PollResponse {
+    PollResponse {
+        leases,
+        cancel,
+        lost,
+        ..PollResponse::default()
+    }
+}
+
+fn with_timings(mut r: PollResponse) -> PollResponse {
+    r.hold_seconds = HOLD_SECONDS;
+    r.lease_ttl_seconds = LEASE_TTL_SECONDS;
+    r
+}
+
+fn check(req: &PollRequest) -> Result<(), ApiError> {
+    let id = |field: &str, text: &str| {
+        if text.is_empty() || text.len() > 64 || text.chars().any(|c| c.is_control()) {
+            Err(ApiError::invalid_field(
+                field,
+                "1 to 64 bytes of printable text",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    id("instance_id", &req.instance_id)?;
+    id("poll_id", &req.poll_id)?;
+    if req.free_slots > 1024 {
+        return Err(ApiError::invalid_field(
+            "free_slots",
+            format!("at most 1024, not {}", req.free_slots),
+        ));
+    }
+    if req.held.len() > MAX_HELD {
+        return Err(ApiError::invalid_field(
+            "held",
+            format!("at most {MAX_HELD} leases"),
+        ));
+    }
+    for (i, HeldLease { lease_id, .. }) in req.held.iter().enumerate() {
+        if lease_id.is_empty() || lease_id.len() > 64 {
+            return Err(ApiError::invalid_field(
+                &format!("held[{i}].lease_id"),
+                "a lease id has 1 to 64 characters",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `PUT /v1/robot/robots/{name}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use tasuki_protocol::robot::{HOLD_SECONDS, LEASE_TTL_SECONDS, MAX_LABELS, check_label};
+use tasuki_protocol::{RegisterRobot, RobotRegistered};
+
+use super::super::Hub;
+use super::super::auth::RobotCaller;
+use super::super::body::JsonBody;
+use super::super::error::ApiError;
+use super::{name_taken, robot_name};
+use crate::db::now_ms;
+use crate::db::robots::{self, Registered};
+
+/// Sessions a robot may run side by side, at most.
+const MAX_CONCURRENCY: u32 = 256;
+
+pub async fn register(
+    State(hub): State<Arc<Hub>>,
+    RobotCaller(caller): RobotCaller,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<RegisterRobot>,
+) -> Result<Json<RobotRegistered>, ApiError> {
+    let name = robot_name(name)?;
+    check(&req)?;
+    let key_id = caller.key_id.clone();
+    let lookup = name.clone();
+    let outcome = hub
+        .db
+        .call(move |conn| robots::register(conn, &lookup, &key_id, &req, now_ms()))
+        .await?;
+    match outcome {
+        Registered::Ok(robot) => {
+            tracing::info!(robot = %robot.name, robot_id = robot.id, key_id = %caller.key_id, "robot registered");
+            Ok(Json(RobotRegistered {
+                robot_id: robot.id,
+                name: robot.name,
+                hold_seconds: HOLD_SECONDS,
+                lease_ttl_seconds: LEASE_TTL_SECONDS,
+            }))
+        }
+        Registered::Taken {
+            holder_host,
+            last_seen_at,
+        } => {
+            let seen = last_seen_at
+                .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                .map(|t| format!(", last seen {}", tasuki_protocol::time::format(t)))
+                .unwrap_or_default();
+            let host = if holder_host.is_empty() {
+                "another machine".to_string()
+            } else {
+                format!("another machine (host `{holder_host}`{seen})")
+            };
+            Err(name_taken(&name, &host))
+        }
+    }
+}
+
+fn check(req: &RegisterRobot) -> Result<(), ApiError> {
+    let plain = |field: &str, text: &str, max: usize| {
+        if text.len() > max || text.chars().any(char::is_control) {
+            Err(ApiError::invalid_field(
+                field,
+                format!("at most {max} bytes of printable text"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if req.instance_id.is_empty() {
+        return Err(ApiError::invalid_field("instance_id", "cannot be empty"));
+    }
+    plain("instance_id", &req.instance_id, 64)?;
+    plain("version", &req.version, 64)?;
+    plain("host.hostname", &req.host.hostname, 255)?;
+    plain("host.os", &req.host.os, 128)?;
+    plain("host.arch", &req.host.arch, 64)?;
+    if !(1..=MAX_CONCURRENCY).contains(&req.max_concurrency) {
+        return Err(ApiError::invalid_field(
+            "max_concurrency",
+            format!("from 1 to {MAX_CONCURRENCY}, not {}", req.max_concurrency),
+        ));
+    }
+    if req.labels.len() > MAX_LABELS {
+        return Err(ApiError::invalid_field(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (i, label) in req.labels.iter().enumerate() {
+        check_label(label).map_err(|e| ApiError::invalid_field(&format!("labels[{i}]"), e))?;
+    }
+    Ok(())
+}

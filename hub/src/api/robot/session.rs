@@ -1,0 +1,270 @@
+//! Calls about one leased session: ack, logs, steps, artifacts, finish.
+//! Each carries the lease id in the `tasuki-lease` header, and each is
+//! safe to repeat.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use tasuki_protocol::robot::{MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, check_artifact_name};
+use tasuki_protocol::{
+    Acked, FinishSession, LogBatch, LogsStored, SessionQueue, StepState, StepsStored, StepsUpdate,
+};
+
+use super::super::Hub;
+use super::super::auth::RobotCaller;
+use super::super::body::JsonBody;
+use super::super::error::ApiError;
+use super::super::query::path_id;
+use super::{lease_header, lease_lost};
+use crate::db::artifacts::{self, Artifact};
+use crate::db::leases::{self, Finished, LeaseCheck};
+use crate::db::{logs, now_ms, sessions, to_timestamp};
+
+const MAX_STEPS: usize = 100_000;
+
+fn session_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(text) = path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
+    path_id("session", &text)
+}
+
+/// Checks the call's lease against the session; the robot that holds it.
+async fn held(hub: &Hub, id: i64, lease: &str) -> Result<LeaseCheck, ApiError> {
+    let lease = lease.to_string();
+    let check = hub
+        .db
+        .call(move |conn| leases::check(conn, id, &lease))
+        .await?;
+    match check {
+        LeaseCheck::NoSession => Err(ApiError::not_found(
+            "session_queue_not_found",
+            format!("there is no session {id}"),
+        )),
+        LeaseCheck::NotHeld => Err(lease_lost(
+            id,
+            "it was never this lease's, or it expired and the session went to another robot \
+             or ended",
+        )),
+        held => Ok(held),
+    }
+}
+
+pub async fn ack(
+    State(hub): State<Arc<Hub>>,
+    _: RobotCaller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Acked>, ApiError> {
+    let id = session_id(id)?;
+    let lease = lease_header(&headers)?;
+    held(&hub, id, &lease).await?;
+    let started = hub
+        .db
+        .call(move |conn| leases::ack(conn, id, &lease, now_ms()))
+        .await?;
+    match started {
+        Some(ms) => Ok(Json(Acked {
+            started_at: to_timestamp(ms)?,
+        })),
+        None => Err(lease_lost(
+            id,
+            "the offer expired or the session was cancelled before it was acknowledged; do \
+             not run it",
+        )),
+    }
+}
+
+pub async fn logs(
+    State(hub): State<Arc<Hub>>,
+    _: RobotCaller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    JsonBody(batch): JsonBody<LogBatch>,
+) -> Result<Json<LogsStored>, ApiError> {
+    let id = session_id(id)?;
+    let lease = lease_header(&headers)?;
+    if batch.lines.len() > MAX_LOG_BATCH {
+        return Err(ApiError::invalid_field(
+            "lines",
+            format!(
+                "at most {MAX_LOG_BATCH} lines a batch, not {}",
+                batch.lines.len()
+            ),
+        ));
+    }
+    for (i, line) in batch.lines.iter().enumerate() {
+        if line.seq == 0 {
+            return Err(ApiError::invalid_field(
+                &format!("lines[{i}].seq"),
+                "seq counts from 1",
+            ));
+        }
+        if line.message.len() > MAX_LOG_MESSAGE_BYTES {
+            return Err(ApiError::invalid_field(
+                &format!("lines[{i}].message"),
+                format!("at most {MAX_LOG_MESSAGE_BYTES} bytes"),
+            ));
+        }
+        if line.step_id.as_ref().is_some_and(|s| s.len() > 256) {
+            return Err(ApiError::invalid_field(
+                &format!("lines[{i}].step_id"),
+                "at most 256 bytes",
+            ));
+        }
+    }
+    // Logs are accepted for as long as the lease is the session's, even
+    // after the finish: they are the robot's record of what ran.
+    held(&hub, id, &lease).await?;
+    let high_seq = hub
+        .db
+        .call(move |conn| logs::append(conn, id, &batch.lines))
+        .await?;
+    Ok(Json(LogsStored { high_seq }))
+}
+
+pub async fn steps(
+    State(hub): State<Arc<Hub>>,
+    _: RobotCaller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    JsonBody(update): JsonBody<StepsUpdate>,
+) -> Result<Json<StepsStored>, ApiError> {
+    let id = session_id(id)?;
+    let lease = lease_header(&headers)?;
+    check_steps(&update.steps, "steps")?;
+    held(&hub, id, &lease).await?;
+    let revision = hub
+        .db
+        .call(move |conn| leases::update_steps(conn, id, update.revision, &update.steps))
+        .await?;
+    Ok(Json(StepsStored { revision }))
+}
+
+fn check_steps(steps: &[StepState], field: &str) -> Result<(), ApiError> {
+    if steps.len() > MAX_STEPS {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("at most {MAX_STEPS} steps"),
+        ));
+    }
+    for (i, s) in steps.iter().enumerate() {
+        if s.id.is_empty() || s.id.len() > 256 {
+            return Err(ApiError::invalid_field(
+                &format!("{field}[{i}].id"),
+                "a step id has 1 to 256 bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn artifact(
+    State(hub): State<Arc<Hub>>,
+    _: RobotCaller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let Path((id, name)) =
+        path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    let id = path_id("session", &id)?;
+    check_artifact_name(&name).map_err(|e| ApiError::bad_request("invalid_artifact_name", e))?;
+    let lease = lease_header(&headers)?;
+    held(&hub, id, &lease).await?;
+    let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body).as_ref());
+    let artifact = Artifact {
+        content_type: content_type_for(&name).to_string(),
+        name,
+        data: body.to_vec(),
+    };
+    hub.db
+        .call(move |conn| artifacts::put(conn, id, &artifact, &sha256, now_ms()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn finish(
+    State(hub): State<Arc<Hub>>,
+    RobotCaller(caller): RobotCaller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    JsonBody(report): JsonBody<FinishSession>,
+) -> Result<Json<SessionQueue>, ApiError> {
+    let id = session_id(id)?;
+    let lease = lease_header(&headers)?;
+    if !report.status.is_terminal() {
+        return Err(ApiError::invalid_field(
+            "status",
+            format!(
+                "a finished session is success, error or cancelled, not {}",
+                report.status
+            ),
+        ));
+    }
+    if report.idempotency_key.is_empty() || report.idempotency_key.len() > 128 {
+        return Err(ApiError::invalid_field(
+            "idempotency_key",
+            "1 to 128 characters",
+        ));
+    }
+    check_steps(&report.steps, "steps")?;
+    if let Some(e) = &report.error
+        && (e.code.len() > 128 || e.message.len() > MAX_LOG_MESSAGE_BYTES)
+    {
+        return Err(ApiError::invalid_field(
+            "error",
+            "code at most 128 bytes, message at most 64 KiB",
+        ));
+    }
+    let LeaseCheck::Held { robot_id, .. } = held(&hub, id, &lease).await? else {
+        return Err(ApiError::internal());
+    };
+    let status = report.status;
+    let hub2 = hub.clone();
+    let (outcome, session) = hub
+        .db
+        .call(move |conn| {
+            let now = now_ms();
+            let outcome = leases::finish(conn, id, &lease, &report, now)?;
+            if matches!(outcome, Finished::Now) {
+                hub2.dispatch.slot_freed(conn, robot_id, now)?;
+            }
+            Ok((outcome, sessions::get(conn, id)?))
+        })
+        .await?;
+    let session = session.ok_or_else(ApiError::internal)?;
+    match outcome {
+        Finished::Now => {
+            tracing::info!(session_queue_id = id, %status, key_id = %caller.key_id, "session finished");
+            Ok(Json(session))
+        }
+        Finished::Already => Ok(Json(session)),
+        Finished::Conflict { status } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("session {id} has already ended as {status}; this report was not stored"),
+        )),
+    }
+}
+
+/// The content type an artifact is served with, from its extension.
+pub fn content_type_for(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("txt" | "log") => "text/plain; charset=utf-8",
+        Some("csv") => "text/csv",
+        Some("json") => "application/json",
+        Some("html" | "htm") => "text/plain; charset=utf-8",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,515 @@
+//! Leases: how a session moves from the queue to exactly one robot and on
+//! to its end. Every transition is one UPDATE guarded by the state it
+//! expects, so two robots (or a robot and the sweeper) can never both win.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+use tasuki_protocol::robot::{ACK_SECONDS, LEASE_TTL_SECONDS, ROBOT_LOST};
+use tasuki_protocol::{
+    FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
+};
+
+use super::{DbError, parse_json, to_timestamp};
+
+const ACK_MS: i64 = ACK_SECONDS as i64 * 1000;
+const TTL_MS: i64 = LEASE_TTL_SECONDS as i64 * 1000;
+
+/// What a robot must be to take a session.
+#[derive(Debug, Clone)]
+pub struct Needs {
+    /// Robot names the workflow is pinned to; empty means any.
+    pub pins: Vec<String>,
+    pub single_process: bool,
+}
+
+impl Needs {
+    pub fn allows(&self, robot_name: &str) -> bool {
+        self.pins.is_empty() || self.pins.iter().any(|p| p == robot_name)
+    }
+}
+
+/// The sessions a robot holds leases on, offered or running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub active: u32,
+    /// One of them is single-process: the robot takes nothing else.
+    pub exclusive: bool,
+}
+
+pub fn load_of(conn: &Connection, robot_id: i64) -> Result<Load, DbError> {
+    let (active, exclusive): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(MAX(w.single_process_mode), 0)
+         FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+         WHERE s.robot_id = ?1 AND s.lease_id IS NOT NULL AND s.status IN ('queued', 'running')",
+        [robot_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Load {
+        active: active.clamp(0, u32::MAX as i64) as u32,
+        exclusive: exclusive != 0,
+    })
+}
+
+/// The oldest queued session `robot_name` may take, given its load.
+pub fn next_for(conn: &Connection, robot_name: &str, load: Load) -> Result<Option<i64>, DbError> {
+    Ok(conn
+        .query_row(
+            "SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+             WHERE s.status = 'queued' AND s.lease_id IS NULL
+               AND (w.workflow_robots = '[]'
+                    OR EXISTS (SELECT 1 FROM json_each(w.workflow_robots) WHERE value = ?1))
+               AND (w.single_process_mode = 0 OR ?2 = 0)
+             ORDER BY s.id LIMIT 1",
+            params![robot_name, load.active],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// What a queued, unleased session needs of a robot; `None` when it is not
+/// waiting for one.
+pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbError> {
+    let row: Option<(String, bool)> = conn
+        .query_row(
+            "SELECT w.workflow_robots, w.single_process_mode
+             FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+             WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL",
+            [session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(pins, single_process)| {
+        Ok(Needs {
+            pins: parse_json(&format!("session {session_id}: workflow_robots"), &pins)?,
+            single_process,
+        })
+    })
+    .transpose()
+}
+
+/// Offers a queued session to a robot. `None` when someone else got it
+/// first.
+pub fn grant(
+    conn: &Connection,
+    session_id: i64,
+    robot_id: i64,
+    poll_id: &str,
+    lease_id: &str,
+    now_ms: i64,
+) -> Result<Option<Lease>, DbError> {
+    let changed = conn.execute(
+        "UPDATE session_queues
+         SET lease_id = ?3, lease_poll_id = ?4, robot_id = ?2, lease_acked = 0,
+             lease_expires_at = ?5
+         WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL",
+        params![session_id, robot_id, lease_id, poll_id, now_ms + ACK_MS],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    lease_of(conn, session_id)
+}
+
+/// Takes back an offer that never reached its robot.
+pub fn withdraw(conn: &Connection, session_id: i64, lease_id: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE session_queues
+         SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND lease_id = ?2 AND lease_acked = 0 AND status = 'queued'",
+        params![session_id, lease_id],
+    )?;
+    Ok(())
+}
+
+/// Offers made in answer to the poll `poll_id` and not yet acknowledged:
+/// what a robot gets again when it retries a poll whose answer it lost.
+pub fn offered_by_poll(
+    conn: &Connection,
+    robot_id: i64,
+    poll_id: &str,
+) -> Result<Vec<Lease>, DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT id FROM session_queues
+         WHERE robot_id = ?1 AND lease_poll_id = ?2 AND lease_acked = 0 AND status = 'queued'
+         ORDER BY id",
+    )?;
+    let ids: Vec<i64> = stmt
+        .query_map(params![robot_id, poll_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut leases = Vec::new();
+    for id in ids {
+        leases.extend(lease_of(conn, id)?);
+    }
+    Ok(leases)
+}
+
+fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT s.lease_id, s.lease_expires_at, s.params, w.id, w.name,
+                    w.single_process_mode, w.source_format, w.source
+             FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+             WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
+            [session_id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((lease_id, expires, params, wid, wname, spm, format, source)) = row else {
+        return Ok(None);
+    };
+    let params: Map<String, Value> =
+        parse_json(&format!("session queue {session_id}: params"), &params)?;
+    Ok(Some(Lease {
+        session_id,
+        lease_id,
+        ack_by: to_timestamp(expires.unwrap_or(0))?,
+        workflow: LeasedWorkflow {
+            id: wid,
+            name: wname,
+            single_process_mode: spm,
+            format,
+            source,
+        },
+        params,
+    }))
+}
+
+/// Renews the acknowledged leases a robot says it holds. Returns the
+/// sessions whose lease the hub no longer honours.
+pub fn renew(
+    conn: &Connection,
+    robot_id: i64,
+    held: &[HeldLease],
+    now_ms: i64,
+) -> Result<Vec<i64>, DbError> {
+    let mut lost = Vec::new();
+    for h in held {
+        let state: Option<(String, bool)> = conn
+            .query_row(
+                "SELECT status, lease_acked FROM session_queues
+                 WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3",
+                params![h.session_id, robot_id, h.lease_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match state.as_ref().map(|(s, acked)| (s.as_str(), *acked)) {
+            Some(("running", true)) => {
+                conn.execute(
+                    "UPDATE session_queues SET lease_expires_at = ?2 WHERE id = ?1",
+                    params![h.session_id, now_ms + TTL_MS],
+                )?;
+            }
+            // Offered and not acknowledged yet: the ack deadline stands.
+            Some(("queued", false)) => {}
+            _ => lost.push(h.session_id),
+        }
+    }
+    Ok(lost)
+}
+
+/// Running sessions among `held` whose cancellation was asked for.
+pub fn cancels_for(
+    conn: &Connection,
+    robot_id: i64,
+    held: &[HeldLease],
+) -> Result<Vec<i64>, DbError> {
+    let mut out = Vec::new();
+    for h in held {
+        let asked: Option<Option<i64>> = conn
+            .query_row(
+                "SELECT cancel_requested_at FROM session_queues
+                 WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3 AND status = 'running'",
+                params![h.session_id, robot_id, h.lease_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if matches!(asked, Some(Some(_))) {
+            out.push(h.session_id);
+        }
+    }
+    Ok(out)
+}
+
+/// Where a lease stands, for calls that carry one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseCheck {
+    NoSession,
+    /// The session exists but this lease is not (or no longer) its own.
+    NotHeld,
+    Held {
+        robot_id: i64,
+        status: SessionStatus,
+        acked: bool,
+        started_at: Option<i64>,
+        finish_key: Option<String>,
+    },
+}
+
+pub fn check(conn: &Connection, session_id: i64, lease_id: &str) -> Result<LeaseCheck, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT lease_id, robot_id, status, lease_acked, started_at, finish_key
+             FROM session_queues WHERE id = ?1",
+            [session_id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((lease, robot, status, acked, started_at, finish_key)) = row else {
+        return Ok(LeaseCheck::NoSession);
+    };
+    match (lease, robot) {
+        (Some(l), Some(robot_id)) if l == lease_id => Ok(LeaseCheck::Held {
+            robot_id,
+            status: status
+                .parse()
+                .map_err(|e| DbError::Corrupt(format!("session queue {session_id}: {e}")))?,
+            acked,
+            started_at,
+            finish_key,
+        }),
+        _ => Ok(LeaseCheck::NotHeld),
+    }
+}
+
+/// Acknowledges an offered lease: the session starts. Returns its start
+/// time, or `None` when the offer is gone (expired or cancelled).
+pub fn ack(
+    conn: &Connection,
+    session_id: i64,
+    lease_id: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, DbError> {
+    conn.execute(
+        "UPDATE session_queues
+         SET status = 'running', started_at = ?3, lease_acked = 1, lease_expires_at = ?4
+         WHERE id = ?1 AND lease_id = ?2 AND status = 'queued' AND lease_acked = 0",
+        params![session_id, lease_id, now_ms, now_ms + TTL_MS],
+    )?;
+    // Read back, so that a repeated ack gets the first answer.
+    Ok(conn
+        .query_row(
+            "SELECT started_at FROM session_queues
+             WHERE id = ?1 AND lease_id = ?2 AND lease_acked = 1",
+            params![session_id, lease_id],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Stores a steps update unless a newer one is already stored. Returns the
+/// stored revision.
+pub fn update_steps(
+    conn: &Connection,
+    session_id: i64,
+    revision: u64,
+    steps: &[StepState],
+) -> Result<u64, DbError> {
+    let json = serde_json::to_string(steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let revision = revision.min(i64::MAX as u64) as i64;
+    conn.execute(
+        "UPDATE session_queues SET steps = ?2, steps_revision = ?3
+         WHERE id = ?1 AND steps_revision < ?3 AND status = 'running'",
+        params![session_id, json, revision],
+    )?;
+    let stored: i64 = conn.query_row(
+        "SELECT steps_revision FROM session_queues WHERE id = ?1",
+        [session_id],
+        |r| r.get(0),
+    )?;
+    Ok(stored.max(0) as u64)
+}
+
+pub enum Finished {
+    /// This call finished the session.
+    Now,
+    /// An earlier call with the same key did.
+    Already,
+    /// The session ended otherwise (a lost lease, another key).
+    Conflict { status: SessionStatus },
+}
+
+/// Ends a running session with the robot's report.
+pub fn finish(
+    conn: &mut Connection,
+    session_id: i64,
+    lease_id: &str,
+    report: &FinishSession,
+    now_ms: i64,
+) -> Result<Finished, DbError> {
+    let tx = conn.transaction()?;
+    let steps =
+        serde_json::to_string(&report.steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let error = report
+        .error
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let outputs = report
+        .outputs
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| DbError::Corrupt(e.to_string()))?;
+    // The robot's clock says when it ended, but never before the start
+    // nor after the hub's now.
+    let ended = report.ended_at.as_millisecond().min(now_ms);
+    let changed = tx.execute(
+        "UPDATE session_queues
+         SET status = ?3, ended_at = MAX(?4, COALESCE(started_at, ?4)), error = ?5,
+             steps = ?6, steps_revision = steps_revision + 1, outputs = ?7, finish_key = ?8,
+             lease_expires_at = NULL
+         WHERE id = ?1 AND lease_id = ?2 AND status = 'running'",
+        params![
+            session_id,
+            lease_id,
+            report.status.as_str(),
+            ended,
+            error,
+            steps,
+            outputs,
+            report.idempotency_key
+        ],
+    )?;
+    let outcome = if changed > 0 {
+        Finished::Now
+    } else {
+        let (status, key): (String, Option<String>) = tx.query_row(
+            "SELECT status, finish_key FROM session_queues WHERE id = ?1",
+            [session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if key.as_deref() == Some(report.idempotency_key.as_str()) {
+            Finished::Already
+        } else {
+            Finished::Conflict {
+                status: status
+                    .parse()
+                    .map_err(|e| DbError::Corrupt(format!("session queue {session_id}: {e}")))?,
+            }
+        }
+    };
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// What the sweeper did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Offers not acknowledged in time, back in the queue.
+    pub requeued: Vec<i64>,
+    /// Running sessions whose robot stopped renewing: `(session, robot)`.
+    pub lost: Vec<(i64, i64)>,
+}
+
+pub fn sweep(conn: &mut Connection, now_ms: i64) -> Result<Swept, DbError> {
+    let tx = conn.transaction()?;
+    let mut swept = Swept::default();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id, robot_id, status FROM session_queues
+             WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1",
+        )?;
+        let rows: Vec<(i64, Option<i64>, String)> = stmt
+            .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, robot, status) in rows {
+            match status.as_str() {
+                "queued" => {
+                    tx.execute(
+                        "UPDATE session_queues
+                         SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL,
+                             lease_expires_at = NULL
+                         WHERE id = ?1",
+                        [id],
+                    )?;
+                    swept.requeued.push(id);
+                }
+                "running" => {
+                    let error = SessionError {
+                        code: ROBOT_LOST.into(),
+                        message: format!(
+                            "the robot stopped renewing its lease for {LEASE_TTL_SECONDS} s \
+                             (it died, or lost the network); the session was not re-run"
+                        ),
+                        step_id: None,
+                    };
+                    let error = serde_json::to_string(&error)
+                        .map_err(|e| DbError::Corrupt(e.to_string()))?;
+                    tx.execute(
+                        "UPDATE session_queues
+                         SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
+                         WHERE id = ?1",
+                        params![id, now_ms, error],
+                    )?;
+                    swept.lost.push((id, robot.unwrap_or(0)));
+                }
+                _ => {
+                    tx.execute(
+                        "UPDATE session_queues SET lease_expires_at = NULL WHERE id = ?1",
+                        [id],
+                    )?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(swept)
+}
+
+/// On start, every live lease gets a fresh deadline: while the hub was
+/// down no robot could renew, and that must not count against them.
+pub fn extend_after_restart(conn: &Connection, now_ms: i64) -> Result<usize, DbError> {
+    Ok(conn.execute(
+        "UPDATE session_queues
+         SET lease_expires_at = MAX(lease_expires_at,
+                                    ?1 + CASE WHEN lease_acked = 1 THEN ?2 ELSE ?3 END)
+         WHERE lease_expires_at IS NOT NULL AND status IN ('queued', 'running')",
+        params![now_ms, TTL_MS, ACK_MS],
+    )?)
+}
+
+/// The robot holding a running session, for pushing a cancel to it.
+pub fn robot_of(conn: &Connection, session_id: i64) -> Result<Option<i64>, DbError> {
+    Ok(conn
+        .query_row(
+            "SELECT robot_id FROM session_queues WHERE id = ?1 AND lease_id IS NOT NULL",
+            [session_id],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Running sessions per robot, for `GET /v1/robots`.
+pub fn running_by_robot(conn: &Connection) -> Result<Vec<(i64, i64)>, DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT robot_id, id FROM session_queues
+         WHERE status = 'running' AND robot_id IS NOT NULL ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}

@@ -1,0 +1,267 @@
+//! Handing sessions to robots that are waiting in a long poll.
+//!
+//! Each robot has at most one poll waiting here. A session that becomes
+//! available (queued, or back from an expired offer) is offered to the
+//! robot that has waited longest among those that may take it, and its
+//! lease travels down that poll's channel at once: no robot is woken for
+//! nothing, and pickup costs one database write.
+//!
+//! Every method that reads or writes the database is called with the
+//! connection held (inside `Db::call`), so that the database and the set
+//! of waiters always change together: a poll that found nothing and a
+//! session queued at the same moment cannot miss each other. The lock
+//! order is always connection, then waiters.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::Connection;
+use tasuki_protocol::Lease;
+use tokio::sync::oneshot;
+
+use crate::db::DbError;
+use crate::db::leases::{self, Load, Needs};
+use crate::secrets::new_lease_id;
+
+/// Why a waiting poll is answered.
+#[derive(Debug)]
+pub enum Wake {
+    Lease(Box<Lease>),
+    /// A session the robot runs was asked to cancel.
+    Cancel,
+    /// The same robot polled again (its client gave up on this one).
+    Replaced,
+    /// The hub is stopping.
+    Shutdown,
+}
+
+/// What a robot said about itself in the poll that is waiting.
+pub struct Want {
+    pub robot_id: i64,
+    pub name: String,
+    pub poll_id: String,
+    pub free_slots: u32,
+    pub max_concurrency: u32,
+    pub draining: bool,
+}
+
+struct Waiter {
+    /// Registration order: the longest-waiting robot is offered first.
+    seq: u64,
+    want: Want,
+    load: Load,
+    tx: oneshot::Sender<Wake>,
+}
+
+impl Waiter {
+    fn wants_work(&self) -> bool {
+        !self.want.draining
+            && self.want.free_slots > 0
+            && !self.load.exclusive
+            && self.load.active < self.want.max_concurrency
+            && !self.tx.is_closed()
+    }
+
+    fn may_take(&self, needs: &Needs) -> bool {
+        self.wants_work()
+            && needs.allows(&self.want.name)
+            && (!needs.single_process || self.load.active == 0)
+    }
+}
+
+#[derive(Default)]
+struct Waiters {
+    next_seq: u64,
+    by_robot: HashMap<i64, Waiter>,
+    closed: bool,
+}
+
+/// The outcome of a poll that had nothing else to say.
+pub enum Poll {
+    Leased(Box<Lease>),
+    /// Wait on this; `seq` identifies the registration for [`Dispatcher::forget`].
+    Wait {
+        rx: oneshot::Receiver<Wake>,
+        seq: u64,
+    },
+    Closed,
+}
+
+#[derive(Default)]
+pub struct Dispatcher {
+    waiters: Mutex<Waiters>,
+}
+
+impl Dispatcher {
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        // A panic elsewhere leaves the map consistent (each change is one
+        // insert or remove), so a poisoned lock is still usable.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A robot's poll found nothing to report: give it a session at once if
+    /// one fits, or register it to wait.
+    pub fn take_or_wait(
+        &self,
+        conn: &Connection,
+        want: Want,
+        now_ms: i64,
+    ) -> Result<Poll, DbError> {
+        let load = leases::load_of(conn, want.robot_id)?;
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            seq: 0,
+            want,
+            load,
+            tx,
+        };
+        if waiter.wants_work()
+            && let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)?
+        {
+            let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+            if let Some(lease) = leases::grant(
+                conn,
+                session_id,
+                waiter.want.robot_id,
+                &waiter.want.poll_id,
+                &lease_id,
+                now_ms,
+            )? {
+                return Ok(Poll::Leased(Box::new(lease)));
+            }
+        }
+        let mut waiters = self.lock();
+        if waiters.closed {
+            return Ok(Poll::Closed);
+        }
+        waiters.next_seq += 1;
+        let seq = waiters.next_seq;
+        let robot_id = waiter.want.robot_id;
+        if let Some(old) = waiters.by_robot.insert(robot_id, Waiter { seq, ..waiter }) {
+            let _ = old.tx.send(Wake::Replaced);
+        }
+        Ok(Poll::Wait { rx, seq })
+    }
+
+    /// Removes a registration whose poll timed out. False when it was
+    /// already answered (its wake is then in the channel).
+    pub fn forget(&self, robot_id: i64, seq: u64) -> bool {
+        let mut waiters = self.lock();
+        match waiters.by_robot.get(&robot_id) {
+            Some(w) if w.seq == seq => {
+                waiters.by_robot.remove(&robot_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Offers a session that has just become available to the robot that
+    /// has waited longest among those that may take it. Returns whether a
+    /// robot took it.
+    pub fn offer(&self, conn: &Connection, session_id: i64, now_ms: i64) -> Result<bool, DbError> {
+        let Some(needs) = leases::needs_of(conn, session_id)? else {
+            return Ok(false);
+        };
+        let mut waiters = self.lock();
+        loop {
+            let Some(robot_id) = waiters
+                .by_robot
+                .values()
+                .filter(|w| w.may_take(&needs))
+                .min_by_key(|w| w.seq)
+                .map(|w| w.want.robot_id)
+            else {
+                return Ok(false);
+            };
+            let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
+                return Ok(false);
+            };
+            let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+            let Some(lease) = leases::grant(
+                conn,
+                session_id,
+                robot_id,
+                &waiter.want.poll_id,
+                &lease_id,
+                now_ms,
+            )?
+            else {
+                // Taken meanwhile; the waiter keeps waiting.
+                waiters.by_robot.insert(robot_id, waiter);
+                return Ok(false);
+            };
+            match waiter.tx.send(Wake::Lease(Box::new(lease))) {
+                Ok(()) => return Ok(true),
+                // The poll went away (its client disconnected): take the
+                // offer back and try the next robot.
+                Err(_) => leases::withdraw(conn, session_id, &lease_id)?,
+            }
+        }
+    }
+
+    /// A robot finished (or lost) a session: its waiting poll, which was
+    /// registered while the session still held a slot, may now take
+    /// another one.
+    pub fn slot_freed(&self, conn: &Connection, robot_id: i64, now_ms: i64) -> Result<(), DbError> {
+        let load = leases::load_of(conn, robot_id)?;
+        let mut waiters = self.lock();
+        let Some(waiter) = waiters.by_robot.get_mut(&robot_id) else {
+            return Ok(());
+        };
+        if load.active < waiter.load.active {
+            let freed = waiter.load.active - load.active;
+            waiter.want.free_slots = waiter.want.free_slots.saturating_add(freed);
+        }
+        waiter.load = load;
+        if !waiter.wants_work() {
+            return Ok(());
+        }
+        let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)? else {
+            return Ok(());
+        };
+        let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+        let Some(lease) = leases::grant(
+            conn,
+            session_id,
+            robot_id,
+            &waiter.want.poll_id,
+            &lease_id,
+            now_ms,
+        )?
+        else {
+            return Ok(());
+        };
+        if let Some(waiter) = waiters.by_robot.remove(&robot_id)
+            && waiter.tx.send(Wake::Lease(Box::new(lease))).is_err()
+        {
+            leases::withdraw(conn, session_id, &lease_id)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a robot's waiting poll so that it hears of a cancel now.
+    pub fn wake(&self, robot_id: i64, why: Wake) {
+        if let Some(w) = self.lock().by_robot.remove(&robot_id) {
+            let _ = w.tx.send(why);
+        }
+    }
+
+    /// Whether the robot has a poll waiting: it is connected.
+    pub fn is_waiting(&self, robot_id: i64) -> bool {
+        self.lock()
+            .by_robot
+            .get(&robot_id)
+            .is_some_and(|w| !w.tx.is_closed())
+    }
+
+    /// Answers every waiting poll and refuses new waits: the hub is
+    /// stopping.
+    pub fn close(&self) {
+        let mut waiters = self.lock();
+        waiters.closed = true;
+        for (_, w) in waiters.by_robot.drain() {
+            let _ = w.tx.send(Wake::Shutdown);
+        }
+    }
+}
