@@ -188,7 +188,7 @@ async fn watch_signals(cancel: CancellationToken) {
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() -> std::io::Result<()> {
+pub async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -198,7 +198,7 @@ async fn wait_for_signal() -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> std::io::Result<()> {
+pub async fn wait_for_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 

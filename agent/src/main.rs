@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the workflow failed, 2 invalid input,
 //! 130 cancelled.
 
+mod daemon;
 mod demo;
 mod display;
 mod inputs;
@@ -33,6 +34,11 @@ enum Command {
     },
     /// Print the JSON Schema of the workflow format, for editors.
     Schema,
+    /// Register this machine as a robot with a hub, and write its config
+    /// and credentials.
+    Register(daemon::RegisterArgs),
+    /// Run the robot daemon: take sessions from the hub and run them.
+    Agent(daemon::AgentArgs),
     /// Run the built-in quickstart against the built-in demo shop.
     Demo {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -149,6 +155,8 @@ fn main() -> ExitCode {
             browser,
             artifacts,
         } => demo::run(output, &browser, &artifacts),
+        Command::Register(args) => daemon::register(args),
+        Command::Agent(args) => daemon::agent(args),
         Command::Schema => {
             let schema = tasuki_actions::language::schema::workflow_schema(
                 &tasuki_actions::Registry::builtin(),

@@ -24,6 +24,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/v1/robot/robots/{name}", put(register::register))
         .route("/v1/robot/robots/{name}/poll", post(poll::poll))
         .route("/v1/robot/sessions/{id}/ack", post(session::ack))
+        .route("/v1/robot/sessions/{id}/release", post(session::release))
         .route("/v1/robot/sessions/{id}/logs", post(session::logs))
         .route("/v1/robot/sessions/{id}/steps", put(session::steps))
         .route(

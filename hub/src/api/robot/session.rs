@@ -77,6 +77,29 @@ pub async fn ack(
     }
 }
 
+/// Hands an offer back unacknowledged (the robot began draining as it
+/// arrived): the session is queued again at once.
+pub async fn release(
+    State(hub): State<Arc<Hub>>,
+    _: RobotCaller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let id = session_id(id)?;
+    let lease = lease_header(&headers)?;
+    held(&hub, id, &lease).await?;
+    let hub2 = hub.clone();
+    hub.db
+        .call(move |conn| {
+            let now = now_ms();
+            leases::withdraw(conn, id, &lease)?;
+            hub2.dispatch.offer(conn, id, now)?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn logs(
     State(hub): State<Arc<Hub>>,
     _: RobotCaller,

@@ -1,0 +1,304 @@
+//! `tasuki agent`: the poll loop and the session supervisor.
+//!
+//! One poll is always outstanding: it carries the heartbeat and the held
+//! leases, brings new sessions when a slot is free, and brings cancels
+//! the moment the hub has one. Sessions run in their own tasks; the loop
+//! only starts them and tells them to stop.
+//!
+//! Shutdown: the first SIGTERM or Ctrl-C drains (no new sessions, the
+//! running ones finish and report); the second cancels them; a third
+//! kills their process trees and exits at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tasuki_protocol::{HeldLease, Lease, PollRequest, PollResponse, RegisterRobot};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{CallError, backoff};
+use super::metrics::Sampler;
+use super::session::{self, Outcome, SessionEnv};
+use super::ship;
+
+pub struct AgentOptions {
+    pub max_concurrency: u32,
+    /// Run one session, then exit.
+    pub once: bool,
+    pub register: RegisterRobot,
+}
+
+struct Running {
+    lease_id: String,
+    cancel: CancellationToken,
+    single_process: bool,
+}
+
+/// What the loop and the session tasks share.
+struct State {
+    running: Mutex<HashMap<i64, Running>>,
+    /// Sessions taken so far (for `--once`).
+    taken: Mutex<u32>,
+    draining: AtomicBool,
+    /// Something the outstanding poll said is out of date: draining began,
+    /// or a session ended while draining.
+    changed: Notify,
+}
+
+impl State {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()> {
+    let client = env.client.clone();
+    // Interrupts hub calls that are being retried: the agent is exiting.
+    let stop = CancellationToken::new();
+    let state = Arc::new(State {
+        running: Mutex::new(HashMap::new()),
+        taken: Mutex::new(0),
+        draining: AtomicBool::new(false),
+        changed: Notify::new(),
+    });
+    tokio::spawn(watch_signals(state.clone()));
+
+    let registered = tokio::select! {
+        r = client.register(&opts.register, &stop) => r,
+        _ = wait_drain(&state) => return Ok(()),
+    };
+    match registered {
+        Ok(r) => {
+            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %client.base_url(), "registered; waiting for sessions")
+        }
+        Err(e) => anyhow::bail!("cannot register with the hub: {e}"),
+    }
+
+    // Spools an earlier run left behind are delivered beside new work.
+    {
+        let env = env.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            ship::recover(&env.client, &env.spool_root(), &env.counters, &stop).await;
+        });
+    }
+
+    let mut sampler = Sampler::new(&env.work_dir);
+    let mut sessions = JoinSet::new();
+    let mut poll_id = new_id();
+    let mut delays = backoff();
+    loop {
+        while let Some(done) = sessions.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a session task failed");
+            }
+        }
+        let draining = state.draining.load(Ordering::SeqCst);
+        let taken = *state.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let (held, free) = {
+            let running = state.running();
+            let held: Vec<HeldLease> = running
+                .iter()
+                .map(|(&session_id, r)| HeldLease {
+                    session_id,
+                    lease_id: r.lease_id.clone(),
+                })
+                .collect();
+            let exclusive = running.values().any(|r| r.single_process);
+            let free = if draining || exclusive || (opts.once && taken > 0) {
+                0
+            } else {
+                opts.max_concurrency
+                    .saturating_sub(running.len() as u32)
+            };
+            (held, free)
+        };
+        if (draining || (opts.once && taken > 0)) && held.is_empty() {
+            break;
+        }
+        let metrics = match sampler.as_mut() {
+            Some(s) => Some(s.sample()),
+            None => None,
+        };
+        let req = PollRequest {
+            instance_id: opts.register.instance_id.clone(),
+            poll_id: poll_id.clone(),
+            free_slots: free,
+            draining,
+            held,
+            metrics,
+        };
+        let answer = tokio::select! {
+            r = client.poll_once(&req) => Some(r),
+            // The poll in flight says something no longer true: ask again
+            // with the same poll id, so that a lease it was answered with
+            // comes back rather than waiting out its ack deadline.
+            _ = state.changed.notified() => None,
+        };
+        match answer {
+            None => continue,
+            Some(Ok(resp)) => {
+                poll_id = new_id();
+                delays = backoff();
+                handle(&env, &state, &opts, &stop, &mut sessions, resp, free);
+            }
+            Some(Err(e)) => {
+                let delay = match &e {
+                    CallError::RateLimited(d) => *d,
+                    CallError::Rejected { code, .. } if code == "robot_not_registered" => {
+                        // The hub lost the robot (a new database): register again.
+                        if let Err(e) = client.register(&opts.register, &stop).await {
+                            tracing::error!(error = %e, "cannot register again");
+                        }
+                        Duration::ZERO
+                    }
+                    CallError::Rejected { code, message, .. } if code == "robot_name_taken" => {
+                        anyhow::bail!("the hub gave this robot's name to another machine: {message}");
+                    }
+                    _ => delays.next().unwrap_or(super::client::MAX_DELAY),
+                };
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = state.changed.notified() => {}
+                }
+            }
+        }
+    }
+    tracing::info!("no sessions left to run; exiting");
+    while let Some(done) = sessions.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a session task failed");
+        }
+    }
+    stop.cancel();
+    Ok(())
+}
+
+fn handle(
+    env: &Arc<SessionEnv>,
+    state: &Arc<State>,
+    opts: &AgentOptions,
+    stop: &CancellationToken,
+    sessions: &mut JoinSet<()>,
+    resp: PollResponse,
+    mut free: u32,
+) {
+    {
+        let running = state.running();
+        for id in resp.cancel.iter().chain(&resp.lost) {
+            if let Some(r) = running.get(id) {
+                tracing::info!(session_queue_id = id, lost = resp.lost.contains(id), "cancelling the session");
+                r.cancel.cancel();
+            }
+        }
+    }
+    for lease in resp.leases {
+        let take = {
+            let running = state.running();
+            let busy = !running.is_empty();
+            let fits = free > 0 && !(lease.workflow.single_process_mode && busy);
+            if fits && !running.contains_key(&lease.session_id) {
+                free -= 1;
+                true
+            } else {
+                false
+            }
+        };
+        if take {
+            start(env, state, opts, stop, sessions, lease);
+        } else {
+            // Not for us now (a drain began as it was offered): hand it
+            // straight back rather than let it wait out its ack deadline.
+            let client = env.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.release(lease.session_id, &lease.lease_id).await {
+                    tracing::warn!(session_queue_id = lease.session_id, error = %e, "cannot release a lease");
+                }
+            });
+        }
+    }
+}
+
+fn start(
+    env: &Arc<SessionEnv>,
+    state: &Arc<State>,
+    opts: &AgentOptions,
+    stop: &CancellationToken,
+    sessions: &mut JoinSet<()>,
+    lease: Lease,
+) {
+    let id = lease.session_id;
+    let cancel = CancellationToken::new();
+    state.running().insert(
+        id,
+        Running {
+            lease_id: lease.lease_id.clone(),
+            cancel: cancel.clone(),
+            single_process: lease.workflow.single_process_mode,
+        },
+    );
+    *state.taken.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    let env = env.clone();
+    let state = state.clone();
+    let stop = stop.clone();
+    let once = opts.once;
+    sessions.spawn(async move {
+        let outcome = session::run(env, lease, cancel, stop).await;
+        if outcome != Outcome::Reported {
+            tracing::info!(session_queue_id = id, ?outcome, "session closed");
+        }
+        state.running().remove(&id);
+        if state.draining.load(Ordering::SeqCst) || once {
+            state.changed.notify_one();
+        }
+    });
+}
+
+async fn wait_drain(state: &State) {
+    while !state.draining.load(Ordering::SeqCst) {
+        state.changed.notified().await;
+    }
+}
+
+/// The first signal drains, the second cancels, the third kills.
+async fn watch_signals(state: Arc<State>) {
+    static RECEIVED: AtomicU8 = AtomicU8::new(0);
+    loop {
+        if crate::local_run::wait_for_signal().await.is_err() {
+            return;
+        }
+        match RECEIVED.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                tracing::info!("draining: running sessions finish, no new ones are taken (signal again to cancel them)");
+                state.draining.store(true, Ordering::SeqCst);
+                state.changed.notify_one();
+            }
+            1 => {
+                tracing::warn!("cancelling the running sessions (signal again to kill them at once)");
+                for r in state.running().values() {
+                    r.cancel.cancel();
+                }
+            }
+            _ => {
+                tracing::error!("forced exit: killing the running process trees");
+                tasuki_actions::builtin::kill_all_trees();
+                std::process::exit(i32::from(crate::EXIT_CANCELLED));
+            }
+        }
+    }
+}
+
+/// 128 random bits as hex: poll ids and instance ids.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // The system generator failed; ids then only need to differ.
+        let nanos = jiff::Timestamp::now().as_nanosecond();
+        bytes.copy_from_slice(&nanos.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

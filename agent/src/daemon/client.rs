@@ -1,0 +1,382 @@
+//! The hub client: signs its own short-lived JWTs, speaks the robot
+//! protocol, and retries calmly: jittered exponential backoff for network
+//! errors and 5xx, `Retry-After` for 429, one immediate re-sign for 401.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tasuki_protocol::robot::{LEASE_HEADER, LEASE_LOST, POLL_CLIENT_TIMEOUT_SECONDS};
+use tasuki_protocol::{
+    Acked, Claims, ErrorBody, FinishSession, LogBatch, LogsStored, PollRequest, PollResponse,
+    RegisterRobot, RobotRegistered, SessionQueue, StepsStored, StepsUpdate,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{AgentConfig, Credentials};
+
+/// Tokens live this long; DESIGN.md asks for short-lived ones.
+const TOKEN_SECONDS: i64 = 600;
+/// A token is re-signed when it has less than this left.
+const RESIGN_BEFORE_SECONDS: i64 = 60;
+/// Any call but a poll gives up after this long without an answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The network or the hub failed; worth retrying.
+    #[error("{0}")]
+    Transient(String),
+    /// 429: retry after the given time.
+    #[error("rate limited; retry after {0:?}")]
+    RateLimited(Duration),
+    /// 401/403: the key, the clock or the scopes are wrong.
+    #[error("the hub refused our credentials: {0}")]
+    Auth(String),
+    /// 409 lease_lost: stop working on the session.
+    #[error("the lease was lost: {0}")]
+    LeaseLost(String),
+    /// Any other 4xx: this request will never succeed.
+    #[error("the hub rejected the request ({status}): {code}: {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl CallError {
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CallError::Transient(_) | CallError::RateLimited(_) | CallError::Auth(_)
+        )
+    }
+}
+
+pub struct HubClient {
+    http: reqwest::Client,
+    base: String,
+    robot: String,
+    signer: Signer,
+}
+
+struct Signer {
+    key_id: String,
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+    cached: Mutex<Option<(String, i64)>>,
+}
+
+impl Signer {
+    fn token(&self, force: bool) -> Result<String, CallError> {
+        let now = jiff::Timestamp::now().as_second();
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if !force
+            && let Some((token, exp)) = cached.as_ref()
+            && exp - now > RESIGN_BEFORE_SECONDS
+        {
+            return Ok(token.clone());
+        }
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: self.key_id.clone(),
+            aud: self.audience.clone(),
+            nbf: now,
+            exp: now + TOKEN_SECONDS,
+            scopes: "robot".into(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+            .map_err(|e| CallError::Auth(format!("cannot sign a token: {e}")))?;
+        *cached = Some((token.clone(), now + TOKEN_SECONDS));
+        Ok(token)
+    }
+}
+
+impl HubClient {
+    pub fn new(config: &AgentConfig, creds: &Credentials) -> anyhow::Result<HubClient> {
+        let http = reqwest::Client::builder()
+            // Small request/response exchanges: Nagle plus delayed ACKs
+            // would add 40 ms to some.
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("tasuki/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HubClient {
+            http,
+            base: config.control_plane.url.trim_end_matches('/').to_string(),
+            robot: config.control_plane.name.clone(),
+            signer: Signer {
+                key_id: creds.access_key_id.clone(),
+                key: EncodingKey::from_secret(creds.secret_access_key.expose_secret().as_bytes()),
+                issuer: config.control_plane.issuer.clone(),
+                audience: config.control_plane.audience.clone(),
+                cached: Mutex::new(None),
+            },
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// One attempt of one call.
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        lease: Option<&str>,
+        body: Option<&B>,
+        timeout: Duration,
+        resign: bool,
+    ) -> Result<T, CallError> {
+        let token = self.signer.token(resign)?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .timeout(timeout);
+        if let Some(lease) = lease {
+            req = req.header(LEASE_HEADER, lease);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(describe(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == StatusCode::NO_CONTENT {
+                return serde_json::from_str("null")
+                    .map_err(|e| CallError::Transient(e.to_string()));
+            }
+            return resp
+                .json::<T>()
+                .await
+                .map_err(|e| CallError::Transient(format!("reading the answer: {}", describe(&e))));
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body: Option<ErrorBody> = resp.json().await.ok();
+        let (code, message) = body
+            .map(|b| (b.error.code, b.error.message))
+            .unwrap_or_else(|| (String::new(), status.to_string()));
+        Err(match status.as_u16() {
+            429 => CallError::RateLimited(Duration::from_secs(retry_after.unwrap_or(1))),
+            401 | 403 => CallError::Auth(format!("{code}: {message}")),
+            409 if code == LEASE_LOST => CallError::LeaseLost(message),
+            s if status.is_server_error() || s == 408 => {
+                CallError::Transient(format!("{status}: {code} {message}"))
+            }
+            s => CallError::Rejected {
+                status: s,
+                code,
+                message,
+            },
+        })
+    }
+
+    /// A call retried until it succeeds, fails for good, or `stop` fires.
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        lease: Option<&str>,
+        body: Option<&B>,
+        timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Result<T, CallError> {
+        let mut delays = backoff();
+        let mut resigned = false;
+        loop {
+            let attempt = self.send(method.clone(), path, lease, body, timeout, false);
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = stop.cancelled() => return Err(CallError::Cancelled),
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) if !e.retryable() => return Err(e),
+                Err(e) => e,
+            };
+            let delay = match &err {
+                // The clock or the key may have changed: sign afresh once
+                // before backing off.
+                CallError::Auth(_) if !resigned => {
+                    resigned = true;
+                    let _ = self.signer.token(true);
+                    Duration::ZERO
+                }
+                CallError::RateLimited(after) => *after,
+                _ => delays.next().unwrap_or(MAX_DELAY),
+            };
+            tracing::warn!(%path, error = %err, retry_in_ms = delay.as_millis() as u64, "hub call failed");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return Err(CallError::Cancelled),
+            }
+        }
+    }
+
+    pub async fn register(
+        &self,
+        req: &RegisterRobot,
+        stop: &CancellationToken,
+    ) -> Result<RobotRegistered, CallError> {
+        let path = format!("/v1/robot/robots/{}", self.robot);
+        self.call(Method::PUT, &path, None, Some(req), CALL_TIMEOUT, stop)
+            .await
+    }
+
+    /// One poll, once: the caller owns the retry loop, since what it sends
+    /// changes between attempts.
+    pub async fn poll_once(&self, req: &PollRequest) -> Result<PollResponse, CallError> {
+        let path = format!("/v1/robot/robots/{}/poll", self.robot);
+        let timeout = Duration::from_secs(POLL_CLIENT_TIMEOUT_SECONDS);
+        match self
+            .send(Method::POST, &path, None, Some(req), timeout, false)
+            .await
+        {
+            Err(CallError::Auth(_)) => {
+                self.send(Method::POST, &path, None, Some(req), timeout, true)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn ack(
+        &self,
+        session: i64,
+        lease: &str,
+        stop: &CancellationToken,
+    ) -> Result<Acked, CallError> {
+        let path = format!("/v1/robot/sessions/{session}/ack");
+        self.call::<(), _>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
+            .await
+    }
+
+    pub async fn release(&self, session: i64, lease: &str) -> Result<(), CallError> {
+        let path = format!("/v1/robot/sessions/{session}/release");
+        self.send::<(), serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, false)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn logs(
+        &self,
+        session: i64,
+        lease: &str,
+        batch: &LogBatch,
+        stop: &CancellationToken,
+    ) -> Result<LogsStored, CallError> {
+        let path = format!("/v1/robot/sessions/{session}/logs");
+        self.call(Method::POST, &path, Some(lease), Some(batch), CALL_TIMEOUT, stop)
+            .await
+    }
+
+    pub async fn steps(
+        &self,
+        session: i64,
+        lease: &str,
+        update: &StepsUpdate,
+        stop: &CancellationToken,
+    ) -> Result<StepsStored, CallError> {
+        let path = format!("/v1/robot/sessions/{session}/steps");
+        self.call(Method::PUT, &path, Some(lease), Some(update), CALL_TIMEOUT, stop)
+            .await
+    }
+
+    pub async fn artifact(
+        &self,
+        session: i64,
+        lease: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        stop: &CancellationToken,
+    ) -> Result<(), CallError> {
+        let path = format!("/v1/robot/sessions/{session}/artifacts/{name}");
+        let mut delays = backoff();
+        loop {
+            let token = self.signer.token(false)?;
+            let attempt = self
+                .http
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .header(LEASE_HEADER, lease)
+                .timeout(Duration::from_secs(120))
+                .body(bytes.clone())
+                .send();
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = stop.cancelled() => return Err(CallError::Cancelled),
+            };
+            let delay = match result {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => Duration::from_secs(1),
+                Ok(r) if r.status().is_client_error() => {
+                    return Err(CallError::Rejected {
+                        status: r.status().as_u16(),
+                        code: String::new(),
+                        message: r.text().await.unwrap_or_default(),
+                    });
+                }
+                Ok(_) | Err(_) => delays.next().unwrap_or(MAX_DELAY),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return Err(CallError::Cancelled),
+            }
+        }
+    }
+
+    pub async fn finish(
+        &self,
+        session: i64,
+        lease: &str,
+        report: &FinishSession,
+        stop: &CancellationToken,
+    ) -> Result<SessionQueue, CallError> {
+        let path = format!("/v1/robot/sessions/{session}/finish");
+        self.call(Method::POST, &path, Some(lease), Some(report), CALL_TIMEOUT, stop)
+            .await
+    }
+}
+
+/// Longest wait between two attempts.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Jittered exponential backoff, 100 ms doubling to 30 s, forever.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(MAX_DELAY)
+        .without_max_times()
+        .build()
+}
+
+/// reqwest's errors nest their causes; the innermost says what happened.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

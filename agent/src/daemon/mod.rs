@@ -1,0 +1,303 @@
+//! Fleet mode: `tasuki register` and `tasuki agent`.
+//!
+//! - `config.rs`: the config and credentials files.
+//! - `client.rs`: the hub client (signing, retries).
+//! - `agent.rs`: the poll loop, session supervision, drain.
+//! - `session.rs`: one leased session, from ack to report.
+//! - `ship.rs`: the log spool and the shipper.
+//! - `metrics.rs`: host metrics for the heartbeat.
+
+mod agent;
+mod client;
+mod config;
+mod metrics;
+mod session;
+mod ship;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tasuki_actions::{ExecOptions, Registry};
+use tasuki_protocol::{HostFacts, RegisterRobot};
+use tokio_util::sync::CancellationToken;
+
+pub use config::default_config_path;
+use config::{AgentConfig, ControlPlane, Credentials, CredentialsRef, Paths};
+
+use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK};
+
+#[derive(clap::Args)]
+pub struct RegisterArgs {
+    /// The hub's base URL.
+    #[arg(long)]
+    pub url: String,
+    /// The robot's name on the hub.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, value_name = "ID")]
+    pub access_key_id: String,
+    /// The secret, on the command line: visible to other users while this
+    /// command runs. Prefer --secret-access-key-file.
+    #[arg(long, value_name = "SECRET", conflicts_with = "secret_access_key_file")]
+    pub secret_access_key: Option<String>,
+    /// A file holding the secret, or `-` for standard input.
+    #[arg(long, value_name = "PATH")]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Comma-separated labels.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    pub max_concurrency: u32,
+    /// Where the config goes; see `tasuki agent --help` for the default.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where the credentials go (mode 0600); beside the config by default.
+    #[arg(long, value_name = "PATH")]
+    pub credentials: Option<PathBuf>,
+    /// Sessions' working directories and the log spool.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Take the name over from another machine that registered it.
+    #[arg(long)]
+    pub replace: bool,
+    /// The `iss` of the tokens the agent signs.
+    #[arg(long, default_value = "tasuki")]
+    pub issuer: String,
+    /// The `aud` of the tokens the agent signs.
+    #[arg(long, default_value = "tasuki-hub")]
+    pub audience: String,
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The config file; /etc/tasuki/agent.toml as root,
+    /// ~/.config/tasuki/agent.toml otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Run one session, then exit.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub browser: crate::BrowserArgs,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn register(args: RegisterArgs) -> u8 {
+    init_tracing();
+    match register_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn read_secret(args: &RegisterArgs) -> anyhow::Result<SecretString> {
+    let text = match (&args.secret_access_key, &args.secret_access_key_file) {
+        (Some(s), _) => {
+            eprintln!(
+                "warning: --secret-access-key puts the secret where other users can see it \
+                 (ps, shell history); prefer --secret-access-key-file"
+            );
+            s.clone()
+        }
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the secret from standard input")?;
+            s
+        }
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the secret from {}", p.display()))?,
+        (None, None) => anyhow::bail!(
+            "give the secret with --secret-access-key-file PATH (or `-` for standard input)"
+        ),
+    };
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        anyhow::bail!("the secret access key is empty");
+    }
+    Ok(SecretString::from(text))
+}
+
+fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
+    let secret = read_secret(&args)?;
+    let config_path = args.config.clone().unwrap_or_else(default_config_path);
+    let creds_path = args.credentials.clone().unwrap_or_else(|| {
+        config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("credentials.toml")
+    });
+    let config = AgentConfig {
+        control_plane: ControlPlane {
+            url: args.url.trim_end_matches('/').to_string(),
+            name: args.name.clone(),
+            labels: args.labels.iter().filter(|l| !l.is_empty()).cloned().collect(),
+            max_concurrency: args.max_concurrency,
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+        },
+        credentials: CredentialsRef {
+            file: absolute(&creds_path),
+        },
+        paths: Paths {
+            work_dir: args
+                .work_dir
+                .as_deref()
+                .map(absolute)
+                .unwrap_or_else(|| Paths::default().work_dir),
+        },
+    };
+    if let Err(e) = config.check() {
+        eprintln!("error: {e}");
+        return Ok(EXIT_INVALID);
+    }
+    // The same machine registering again keeps its instance id, so the
+    // hub knows it for the robot it already has.
+    let instance_id = Credentials::load(&creds_path)
+        .ok()
+        .filter(|c| c.access_key_id == args.access_key_id)
+        .map(|c| c.instance_id)
+        .unwrap_or_else(agent::new_id);
+    let creds = Credentials {
+        access_key_id: args.access_key_id.clone(),
+        secret_access_key: secret,
+        instance_id,
+    };
+    let client = client::HubClient::new(&config, &creds)?;
+    let request = RegisterRobot {
+        replace: args.replace,
+        ..register_request(&config, &creds)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let registered = runtime.block_on(async {
+        let stop = CancellationToken::new();
+        // One attempt, not the daemon's endless retries: a person is
+        // waiting for the answer.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            client.register(&request, &stop),
+        )
+        .await
+    });
+    let registered = match registered {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_FAILED);
+        }
+        Err(_) => {
+            eprintln!("error: the hub at {} did not answer within 30 s", config.control_plane.url);
+            return Ok(EXIT_FAILED);
+        }
+    };
+    creds.save(&creds_path)?;
+    config.save(&config_path)?;
+    crate::print_stdout(&format!(
+        "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
+        registered.name,
+        registered.robot_id,
+        config.control_plane.url,
+        config_path.display(),
+        creds_path.display(),
+        config_path.display()
+    ));
+    Ok(EXIT_OK)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn register_request(config: &AgentConfig, creds: &Credentials) -> RegisterRobot {
+    RegisterRobot {
+        instance_id: creds.instance_id.clone(),
+        labels: config.control_plane.labels.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        max_concurrency: config.control_plane.max_concurrency,
+        host: HostFacts {
+            hostname: sysinfo::System::host_name().unwrap_or_default(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        },
+        replace: false,
+    }
+}
+
+pub fn agent(args: AgentArgs) -> u8 {
+    init_tracing();
+    let config_path = args.config.clone().unwrap_or_else(default_config_path);
+    let config = match AgentConfig::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let creds = match Credentials::load(&config.credentials.file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    if creds.secret_access_key.expose_secret().is_empty() {
+        eprintln!("error: the credentials hold no secret");
+        return EXIT_INVALID;
+    }
+    let client = match client::HubClient::new(&config, &creds) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("error: cannot set up the HTTP client: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let work_dir = config.paths.work_dir.clone();
+    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+        eprintln!("error: cannot create the work dir {}: {e}", work_dir.display());
+        return EXIT_FAILED;
+    }
+    let env = Arc::new(session::SessionEnv {
+        client,
+        registry: Registry::builtin(),
+        options: ExecOptions {
+            browser: args.browser.settings(),
+            ..ExecOptions::default()
+        },
+        work_dir,
+        counters: Arc::default(),
+    });
+    let opts = agent::AgentOptions {
+        max_concurrency: config.control_plane.max_concurrency,
+        once: args.once,
+        register: register_request(&config, &creds),
+    };
+    let Some(runtime) = crate::local_run::runtime() else {
+        return EXIT_FAILED;
+    };
+    match runtime.block_on(agent::run(env, opts)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            EXIT_FAILED
+        }
+    }
+}

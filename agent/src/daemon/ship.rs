@@ -1,0 +1,645 @@
+//! Shipping a session's events to the hub: logs, step states, artifacts
+//! and the final report, in that order, never lost and never duplicated.
+//!
+//! Every log line is appended to the session's spool file on disk as the
+//! executor emits it ([`SpoolSink`]); a sender task ([`ship`]) reads the
+//! file and posts batches, dropping lines only once the hub's `high_seq`
+//! covers them. So a hub that is down or slow costs disk, never memory or
+//! lines, and lines arrive in order whenever it is back. The final report
+//! is written to the spool directory too, so a restarted agent delivers
+//! what it did not get to ([`recover`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tasuki_actions::{Event, EventSink, SessionReport, StepRecord};
+use tasuki_protocol::robot::MAX_LOG_BATCH;
+use tasuki_protocol::{
+    FinishSession, LogBatch, LogLevel, LogLine, SessionError, SessionStatus, StepState,
+    StepStatus, StepsUpdate,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{CallError, HubClient};
+
+const LOGS_FILE: &str = "logs.jsonl";
+const LEASE_FILE: &str = "lease.json";
+const FINISH_FILE: &str = "finish.json";
+
+/// What a spool directory is for: written first, so that a restarted
+/// agent knows which session and lease its lines belong to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpoolLease {
+    pub session_id: i64,
+    pub lease_id: String,
+}
+
+/// Counters the metrics endpoint will show.
+#[derive(Debug, Default)]
+pub struct ShipCounters {
+    pub lines_shipped: AtomicU64,
+    pub lines_spooled: AtomicU64,
+}
+
+/// The executor's side: appends lines to the spool and keeps the live
+/// step states.
+pub struct SpoolSink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    writer: Mutex<Writer>,
+    live: Mutex<Live>,
+    wake: Notify,
+    counters: Arc<ShipCounters>,
+}
+
+struct Writer {
+    file: Option<BufWriter<File>>,
+    written_seq: u64,
+    /// Lines that could not be written to disk (full or failing): kept in
+    /// memory rather than lost.
+    overflow: VecDeque<LogLine>,
+}
+
+#[derive(Default)]
+struct Live {
+    steps: Vec<StepState>,
+    index: HashMap<String, usize>,
+    revision: u64,
+    artifacts_changed: bool,
+    report: Option<SessionReport>,
+}
+
+/// Ends of a session's shipping.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shipped {
+    Finished,
+    /// The hub no longer honours the lease; nothing more is sent.
+    LeaseLost,
+    /// The agent is stopping before the hub could be reached; the spool
+    /// stays for the next start.
+    Interrupted,
+}
+
+pub struct Spool {
+    pub dir: PathBuf,
+    pub lease: SpoolLease,
+}
+
+impl Spool {
+    /// Creates the spool directory of a session.
+    pub fn create(root: &Path, lease: SpoolLease) -> std::io::Result<Spool> {
+        let dir = root.join(lease.session_id.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let text = serde_json::to_vec(&lease).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join(LEASE_FILE), text)?;
+        Ok(Spool { dir, lease })
+    }
+
+    /// The sink the executor writes into, with every step pending.
+    pub fn sink(&self, step_ids: &[String], counters: Arc<ShipCounters>) -> std::io::Result<SpoolSink> {
+        let file = File::create(self.dir.join(LOGS_FILE))?;
+        let mut live = Live::default();
+        for id in step_ids {
+            live.index.insert(id.clone(), live.steps.len());
+            live.steps.push(StepState {
+                id: id.clone(),
+                status: StepStatus::Pending,
+                started_at: None,
+                ended_at: None,
+                duration_ms: None,
+                output: serde_json::Value::Null,
+                error: None,
+            });
+        }
+        Ok(SpoolSink {
+            shared: Arc::new(Shared {
+                writer: Mutex::new(Writer {
+                    file: Some(BufWriter::with_capacity(64 * 1024, file)),
+                    written_seq: 0,
+                    overflow: VecDeque::new(),
+                }),
+                live: Mutex::new(live),
+                wake: Notify::new(),
+                counters,
+            }),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventSink for SpoolSink {
+    fn emit(&self, event: Event) {
+        match event {
+            Event::Log(line) => {
+                let line = LogLine {
+                    seq: line.seq,
+                    ts: line.ts,
+                    level: LogLevel::parse(line.level.as_str()).unwrap_or(LogLevel::Info),
+                    step_id: line.step_id,
+                    message: line.message,
+                };
+                let mut w = lock(&self.shared.writer);
+                w.written_seq = line.seq;
+                let overflowing = !w.overflow.is_empty();
+                let written = match w.file.as_mut() {
+                    Some(f) if !overflowing => serde_json::to_writer(&mut *f, &line)
+                        .map_err(std::io::Error::other)
+                        .and_then(|()| f.write_all(b"\n")),
+                    _ => Err(std::io::Error::other("spool file unusable")),
+                };
+                if let Err(e) = written {
+                    if w.overflow.is_empty() {
+                        tracing::error!(error = %e, "cannot write the log spool; keeping lines in memory");
+                    }
+                    w.overflow.push_back(line);
+                }
+                drop(w);
+                self.shared
+                    .counters
+                    .lines_spooled
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Event::StepStarted {
+                step_id,
+                started_at,
+                ..
+            } => {
+                let mut live = lock(&self.shared.live);
+                if let Some(&i) = live.index.get(&step_id) {
+                    let s = &mut live.steps[i];
+                    s.status = StepStatus::Running;
+                    s.started_at = Some(started_at);
+                    s.ended_at = None;
+                    s.error = None;
+                    live.revision += 1;
+                }
+            }
+            Event::StepFinished { step_id, record } => {
+                let mut live = lock(&self.shared.live);
+                if let Some(&i) = live.index.get(&step_id) {
+                    live.steps[i] = step_state(&step_id, &record);
+                    live.revision += 1;
+                }
+                live.artifacts_changed = true;
+            }
+            Event::SessionFinished(report) => {
+                let mut live = lock(&self.shared.live);
+                live.artifacts_changed = true;
+                live.report = Some(*report);
+            }
+            Event::SessionStarted { .. } => return,
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+impl SpoolSink {
+    pub fn shipper(&self) -> Shipper {
+        Shipper {
+            shared: Some(self.shared.clone()),
+        }
+    }
+}
+
+/// The sender's handle on a live session; `None` for a recovered spool.
+pub struct Shipper {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Shipper {
+    /// For a spool with no live session behind it.
+    pub fn none() -> Shipper {
+        Shipper { shared: None }
+    }
+}
+
+fn step_state(id: &str, r: &StepRecord) -> StepState {
+    StepState {
+        id: id.to_string(),
+        status: match r.status {
+            tasuki_actions::StepStatus::Pending => StepStatus::Pending,
+            tasuki_actions::StepStatus::Running => StepStatus::Running,
+            tasuki_actions::StepStatus::Success => StepStatus::Success,
+            tasuki_actions::StepStatus::Error => StepStatus::Error,
+            tasuki_actions::StepStatus::Skipped => StepStatus::Skipped,
+            tasuki_actions::StepStatus::Cancelled => StepStatus::Cancelled,
+        },
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        duration_ms: r.duration_ms,
+        output: r.output.clone(),
+        error: r.error.as_ref().map(|e| SessionError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            step_id: e.step_id.clone(),
+        }),
+    }
+}
+
+/// The hub's words for a session's end, from the executor's report.
+pub fn finish_report(lease: &SpoolLease, report: &SessionReport) -> FinishSession {
+    FinishSession {
+        idempotency_key: finish_key(lease),
+        status: match report.status {
+            tasuki_actions::SessionStatus::Success => SessionStatus::Success,
+            tasuki_actions::SessionStatus::Cancelled => SessionStatus::Cancelled,
+            _ => SessionStatus::Error,
+        },
+        ended_at: report.ended_at,
+        error: report.error.as_ref().map(|e| SessionError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            step_id: e.step_id.clone(),
+        }),
+        steps: report
+            .steps
+            .iter()
+            .map(|(id, r)| step_state(id, r))
+            .collect(),
+        outputs: None,
+    }
+}
+
+/// One key per lease: a restarted agent sending the same report again
+/// gets the first answer.
+pub fn finish_key(lease: &SpoolLease) -> String {
+    format!("finish-{}-{}", lease.session_id, lease.lease_id)
+}
+
+/// A session that ended before it ran (its workflow or params did not
+/// check out on this robot).
+pub fn failed_before_start(lease: &SpoolLease, code: &str, message: String) -> FinishSession {
+    FinishSession {
+        idempotency_key: finish_key(lease),
+        status: SessionStatus::Error,
+        ended_at: jiff::Timestamp::now(),
+        error: Some(SessionError {
+            code: code.into(),
+            message,
+            step_id: None,
+        }),
+        steps: Vec::new(),
+        outputs: None,
+    }
+}
+
+/// Sends a session's spool to the hub until the final report is in.
+/// `stop` interrupts (the agent is exiting); the spool then stays.
+pub async fn ship(
+    client: &HubClient,
+    spool: &Spool,
+    shipper: Shipper,
+    artifacts_dir: Option<&Path>,
+    mut final_report: Option<FinishSession>,
+    counters: &ShipCounters,
+    stop: &CancellationToken,
+) -> Shipped {
+    let session = spool.lease.session_id;
+    let lease = spool.lease.lease_id.as_str();
+    let logs_path = spool.dir.join(LOGS_FILE);
+    let mut reader = match File::open(&logs_path) {
+        Ok(f) => Some(BufReader::new(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::error!(session_queue_id = session, error = %e, "cannot read the log spool");
+            None
+        }
+    };
+    let mut pending: VecDeque<LogLine> = VecDeque::new();
+    let mut high_seq = 0u64;
+    let mut sent_revision = 0u64;
+    let mut uploaded: HashMap<String, (u64, std::time::SystemTime)> = HashMap::new();
+    let mut line = String::new();
+    let mut first_contact = true;
+    loop {
+        // 1. Logs: whatever the spool holds past what the hub has.
+        let mut spool_done = true;
+        if let Some(shared) = &shipper.shared {
+            let mut w = lock(&shared.writer);
+            if let Some(f) = w.file.as_mut()
+                && let Err(e) = f.flush()
+            {
+                tracing::error!(error = %e, "cannot flush the log spool");
+            }
+            while pending.len() < MAX_LOG_BATCH
+                && let Some(l) = w.overflow.pop_front()
+            {
+                // Only reached once the file failed; from then on lines
+                // come from memory, after the file's.
+                pending.push_back(l);
+            }
+        }
+        if let Some(r) = reader.as_mut() {
+            while pending.len() < MAX_LOG_BATCH {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) if !line.ends_with('\n') => {
+                        // A line still being written: read it whole later.
+                        // (In a recovered spool it is the torn end of a
+                        // crash, and is dropped.)
+                        if shipper.shared.is_some() {
+                            spool_done = false;
+                            let _ = r.seek_relative(-(line.len() as i64));
+                        }
+                        break;
+                    }
+                    Ok(_) => match serde_json::from_str::<LogLine>(line.trim_end()) {
+                        Ok(l) if l.seq > high_seq => pending.push_back(l),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(session_queue_id = session, error = %e, "a spooled log line does not read; skipping it")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(session_queue_id = session, error = %e, "cannot read the log spool");
+                        break;
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() || first_contact {
+            // The first call, even empty, learns how far the hub got (a
+            // recovered spool may be partly delivered).
+            first_contact = false;
+            let batch = LogBatch {
+                lines: pending.iter().take(MAX_LOG_BATCH).cloned().collect(),
+            };
+            match client.logs(session, lease, &batch, stop).await {
+                Ok(stored) => {
+                    let before = pending.len();
+                    high_seq = high_seq.max(stored.high_seq);
+                    pending.retain(|l| l.seq > high_seq);
+                    counters
+                        .lines_shipped
+                        .fetch_add((before - pending.len()) as u64, Ordering::Relaxed);
+                    if pending.front().is_some_and(|l| l.seq > high_seq + 1) {
+                        // The hub lacks lines this agent already dropped
+                        // (its database was restored from a backup, say):
+                        // read the spool again from the start.
+                        tracing::warn!(session_queue_id = session, high_seq, "the hub is missing log lines; resending from the spool");
+                        pending.clear();
+                        reader = File::open(&logs_path).ok().map(BufReader::new);
+                    }
+                }
+                Err(CallError::LeaseLost(why)) => {
+                    tracing::warn!(session_queue_id = session, %why, "lease lost; shipping stops");
+                    return Shipped::LeaseLost;
+                }
+                Err(CallError::Cancelled) => return Shipped::Interrupted,
+                Err(e) => {
+                    // A batch the hub will never take: its lines are
+                    // replaced by a note saying so, which keeps `seq`
+                    // without gaps and every later line deliverable.
+                    tracing::error!(session_queue_id = session, error = %e, lines = batch.lines.len(), "the hub refused a log batch; sending placeholders");
+                    let note = format!("[log line refused by the hub: {e}]");
+                    let note: String = note.chars().take(1024).collect();
+                    for l in pending.iter_mut().take(batch.lines.len()) {
+                        l.message = note.clone();
+                        l.step_id = None;
+                    }
+                }
+            }
+            if !pending.is_empty() || !spool_done {
+                continue;
+            }
+        }
+
+        // 2. Step states, when they changed.
+        if let Some(shared) = &shipper.shared {
+            let update = {
+                let live = lock(&shared.live);
+                (live.revision > sent_revision && live.report.is_none()).then(|| StepsUpdate {
+                    revision: live.revision,
+                    steps: live.steps.clone(),
+                })
+            };
+            if let Some(update) = update {
+                match client.steps(session, lease, &update, stop).await {
+                    Ok(_) => sent_revision = update.revision,
+                    Err(CallError::LeaseLost(_)) => return Shipped::LeaseLost,
+                    Err(CallError::Cancelled) => return Shipped::Interrupted,
+                    Err(e) => {
+                        tracing::error!(session_queue_id = session, error = %e, "the hub refused the step states");
+                        sent_revision = update.revision;
+                    }
+                }
+            }
+        }
+
+        // 3. Artifacts new since the last look.
+        let look = match &shipper.shared {
+            Some(shared) => std::mem::take(&mut lock(&shared.live).artifacts_changed),
+            None => true,
+        };
+        if look && let Some(dir) = artifacts_dir {
+            match upload_new(client, spool, dir, &mut uploaded, stop).await {
+                Ok(()) => {}
+                Err(CallError::LeaseLost(_)) => return Shipped::LeaseLost,
+                Err(CallError::Cancelled) => return Shipped::Interrupted,
+                Err(e) => {
+                    tracing::error!(session_queue_id = session, error = %e, "an artifact upload failed")
+                }
+            }
+        }
+
+        // 4. The final report, once everything before it is in.
+        if final_report.is_none()
+            && let Some(shared) = &shipper.shared
+            && let Some(report) = lock(&shared.live).report.as_ref()
+        {
+            let report = finish_report(&spool.lease, report);
+            if let Ok(text) = serde_json::to_vec(&report) {
+                let _ = std::fs::write(spool.dir.join(FINISH_FILE), text);
+            }
+            final_report = Some(report);
+        }
+        let all_written = match &shipper.shared {
+            Some(shared) => {
+                let w = lock(&shared.writer);
+                w.written_seq <= high_seq && w.overflow.is_empty()
+            }
+            None => pending.is_empty(),
+        };
+        if let Some(report) = &final_report
+            && all_written
+            && pending.is_empty()
+            && spool_done
+        {
+            return match client.finish(session, lease, report, stop).await {
+                Ok(_) => {
+                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    Shipped::Finished
+                }
+                Err(CallError::LeaseLost(_)) => {
+                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    Shipped::LeaseLost
+                }
+                Err(CallError::Cancelled) => Shipped::Interrupted,
+                Err(e) => {
+                    tracing::error!(session_queue_id = session, error = %e, "the hub refused the final report");
+                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    Shipped::Finished
+                }
+            };
+        }
+
+        // 5. Wait for more.
+        match &shipper.shared {
+            Some(shared) => {
+                if all_written && final_report.is_none() {
+                    tokio::select! {
+                        _ = shared.wake.notified() => {}
+                        _ = stop.cancelled() => return Shipped::Interrupted,
+                    }
+                }
+            }
+            // A recovered spool with nothing left to send but no report:
+            // cannot happen, since recovery always makes one.
+            None if final_report.is_none() => return Shipped::Interrupted,
+            None => {}
+        }
+    }
+}
+
+/// Uploads regular files in `dir` that are new or changed.
+async fn upload_new(
+    client: &HubClient,
+    spool: &Spool,
+    dir: &Path,
+    uploaded: &mut HashMap<String, (u64, std::time::SystemTime)>,
+    stop: &CancellationToken,
+) -> Result<(), CallError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<(String, PathBuf, u64, std::time::SystemTime)> = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let name = artifact_name(&entry.file_name().to_string_lossy());
+        let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+        if uploaded.get(&name) != Some(&stamp) {
+            files.push((name, entry.path(), stamp.0, stamp.1));
+        }
+    }
+    files.sort();
+    for (name, path, len, modified) in files {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read an artifact");
+                continue;
+            }
+        };
+        client
+            .artifact(
+                spool.lease.session_id,
+                &spool.lease.lease_id,
+                &name,
+                bytes,
+                stop,
+            )
+            .await?;
+        uploaded.insert(name, (len, modified));
+    }
+    Ok(())
+}
+
+/// A file name the hub accepts: plain characters, at most 128 of them.
+fn artifact_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        name.insert(0, 'a');
+    }
+    name.chars().take(128).collect()
+}
+
+/// Spools left by an earlier run of the agent: each is delivered (its
+/// lines, then its report; a session cut off mid-run is reported as an
+/// error) and removed.
+pub async fn recover(
+    client: &HubClient,
+    root: &Path,
+    counters: &ShipCounters,
+    stop: &CancellationToken,
+) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let lease: SpoolLease = match std::fs::read(dir.join(LEASE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(l) => l,
+            None => {
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
+        };
+        let report = std::fs::read(dir.join(FINISH_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<FinishSession>(&b).ok())
+            .unwrap_or_else(|| {
+                failed_before_start(
+                    &lease,
+                    "agent_restarted",
+                    "the agent stopped while the session ran, and was started again; the \
+                     session was not re-run"
+                        .into(),
+                )
+            });
+        tracing::info!(session_queue_id = lease.session_id, "delivering a spool left by an earlier run");
+        let spool = Spool { dir, lease };
+        let outcome = ship(
+            client,
+            &spool,
+            Shipper::none(),
+            None,
+            Some(report),
+            counters,
+            stop,
+        )
+        .await;
+        if outcome == Shipped::Interrupted {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_names_are_made_plain() {
+        assert_eq!(artifact_name("shot 1.png"), "shot_1.png");
+        assert_eq!(artifact_name(".hidden"), "a.hidden");
+        assert_eq!(artifact_name(&"x".repeat(200)).len(), 128);
+    }
+}
