@@ -53,6 +53,11 @@ impl Hub {
     }
 
     pub fn start_with(scratch: &Scratch, extra: &[&str]) -> Hub {
+        Hub::start_at(scratch, "127.0.0.1:0", extra)
+    }
+
+    /// Starts on a given address: a restart keeps the port its robots know.
+    pub fn start_at(scratch: &Scratch, listen: &str, extra: &[&str]) -> Hub {
         let stderr_path = scratch.dir.path().join(format!(
             "hub-stderr-{}.log",
             SystemTime::now()
@@ -62,7 +67,7 @@ impl Hub {
         ));
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr log");
         let mut child = hub_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .args(["serve", "--listen", listen, "--db"])
             .arg(scratch.db())
             .args(extra)
             .stdin(Stdio::null())

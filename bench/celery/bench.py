@@ -228,8 +228,9 @@ def cancel_once(task, prefix, worker_pid):
     orphans = [k for k in ("child", "grandchild") if alive(pids[k])]
     for k in ("child", "grandchild"):
         kill_if_ours(pids[k])
+    next_state = nxt.state
     wait_ready(worker_pid)
-    return events, orphans
+    return events, orphans, next_state
 
 
 EVENTS = ("pool", "revoked", "next_done", "child", "grandchild")
@@ -239,8 +240,8 @@ def bench_cancel(task, reps, workdir, worker_pid):
     rows = []
     for i in range(reps):
         prefix = os.path.join(workdir, f"{task.name}-{i}")
-        events, orphans = cancel_once(task, prefix, worker_pid)
-        rows.append({"events": events, "orphans": orphans})
+        events, orphans, next_state = cancel_once(task, prefix, worker_pid)
+        rows.append({"events": events, "orphans": orphans, "next_state_at_2s": next_state})
 
     def col(key):
         return [r["events"][key] for r in rows if r["events"][key] is not None]

@@ -5,6 +5,7 @@
 #   bench/celery/run.sh            # Markdown report on stdout
 #   bench/celery/run.sh --json     # JSON on stdout
 #   CELERY_IDLE_SECONDS=10 bench/celery/run.sh   # shorter idle window (default 300)
+#   CELERY_PICKUP_COUNT=500 CELERY_CANCEL_REPS=20   # the other defaults
 #
 # Runs setup.sh first (installs redis-server / the virtualenv if missing).
 # Starts redis-server on a free 127.0.0.1 port and the worker, and stops both
@@ -15,12 +16,14 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="${CELERY_BENCH_VENV:-$root/target/bench-venv-celery}"
 idle_seconds="${CELERY_IDLE_SECONDS:-300}"
+pickup_count="${CELERY_PICKUP_COUNT:-500}"
+cancel_reps="${CELERY_CANCEL_REPS:-20}"
 
 json=()
 for arg in "$@"; do
   case "$arg" in
     --json) json=(--json) ;;
-    -h | --help) sed -n '2,11p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -112,7 +115,8 @@ say "celery worker pid $worker_pid"
 # bench.py waits until the worker has a pool process and answers a no-op task.
 status=0
 "$py" "$here/bench.py" "${json[@]}" --worker-pid "$worker_pid" \
-  --redis-pid "$redis_pid" --workdir "$tmp/work" --idle-seconds "$idle_seconds" || status=$?
+  --redis-pid "$redis_pid" --workdir "$tmp/work" --idle-seconds "$idle_seconds" \
+  --pickup-count "$pickup_count" --cancel-reps "$cancel_reps" || status=$?
 if [ "$status" != 0 ]; then
   say "bench.py failed ($status); worker log:"
   tail -n 30 "$tmp/worker.out" >&2 || true

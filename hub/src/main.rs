@@ -42,6 +42,11 @@ enum Command {
         /// The `aud` every token must carry.
         #[arg(long, env = "TASUKI_HUB_AUDIENCE", default_value = "tasuki-hub")]
         audience: String,
+        /// Public API calls a minute each access key may make, per
+        /// registered robot (AUTORO's rule is 60; never less than 60).
+        #[arg(long, env = "TASUKI_HUB_QUOTA_PER_ROBOT", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(60..))]
+        quota_per_robot: u64,
     },
     /// Manage access keys.
     Keys {
@@ -84,11 +89,13 @@ fn main() -> ExitCode {
             db,
             issuer,
             audience,
+            quota_per_robot,
         } => run_server(serve::ServeOptions {
             listen,
             db,
             issuer,
             audience,
+            quota_per_robot,
         }),
         Command::Keys { command } => match command {
             KeysCommand::Create { scopes, db } => keys::create(&db, &scopes),

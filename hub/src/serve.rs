@@ -21,6 +21,7 @@ pub struct ServeOptions {
     pub db: PathBuf,
     pub issuer: String,
     pub audience: String,
+    pub quota_per_robot: u64,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -32,7 +33,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             "gave the leases of a previous run a fresh deadline"
         );
     }
-    let hub = Arc::new(Hub::new(db, master, opts.issuer, opts.audience));
+    let mut hub = Hub::new(db, master, opts.issuer, opts.audience);
+    hub.quota = api::Quota::new(opts.quota_per_robot);
+    let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let listener = TcpListener::bind(opts.listen)
         .await

@@ -111,18 +111,14 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             let free = if draining || exclusive || (opts.once && taken > 0) {
                 0
             } else {
-                opts.max_concurrency
-                    .saturating_sub(running.len() as u32)
+                opts.max_concurrency.saturating_sub(running.len() as u32)
             };
             (held, free)
         };
         if (draining || (opts.once && taken > 0)) && held.is_empty() {
             break;
         }
-        let metrics = match sampler.as_mut() {
-            Some(s) => Some(s.sample()),
-            None => None,
-        };
+        let metrics = sampler.as_mut().map(|s| s.sample());
         let req = PollRequest {
             instance_id: opts.register.instance_id.clone(),
             poll_id: poll_id.clone(),
@@ -156,7 +152,9 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                         Duration::ZERO
                     }
                     CallError::Rejected { code, message, .. } if code == "robot_name_taken" => {
-                        anyhow::bail!("the hub gave this robot's name to another machine: {message}");
+                        anyhow::bail!(
+                            "the hub gave this robot's name to another machine: {message}"
+                        );
                     }
                     _ => delays.next().unwrap_or(super::client::MAX_DELAY),
                 };
@@ -191,7 +189,11 @@ fn handle(
         let running = state.running();
         for id in resp.cancel.iter().chain(&resp.lost) {
             if let Some(r) = running.get(id) {
-                tracing::info!(session_queue_id = id, lost = resp.lost.contains(id), "cancelling the session");
+                tracing::info!(
+                    session_queue_id = id,
+                    lost = resp.lost.contains(id),
+                    "cancelling the session"
+                );
                 r.cancel.cancel();
             }
         }
@@ -273,12 +275,16 @@ async fn watch_signals(state: Arc<State>) {
         }
         match RECEIVED.fetch_add(1, Ordering::SeqCst) {
             0 => {
-                tracing::info!("draining: running sessions finish, no new ones are taken (signal again to cancel them)");
+                tracing::info!(
+                    "draining: running sessions finish, no new ones are taken (signal again to cancel them)"
+                );
                 state.draining.store(true, Ordering::SeqCst);
                 state.changed.notify_one();
             }
             1 => {
-                tracing::warn!("cancelling the running sessions (signal again to kill them at once)");
+                tracing::warn!(
+                    "cancelling the running sessions (signal again to kill them at once)"
+                );
                 for r in state.running().values() {
                     r.cancel.cancel();
                 }

@@ -161,10 +161,9 @@ impl HubClient {
                 return serde_json::from_str("null")
                     .map_err(|e| CallError::Transient(e.to_string()));
             }
-            return resp
-                .json::<T>()
-                .await
-                .map_err(|e| CallError::Transient(format!("reading the answer: {}", describe(&e))));
+            return resp.json::<T>().await.map_err(|e| {
+                CallError::Transient(format!("reading the answer: {}", describe(&e)))
+            });
         }
         let retry_after = resp
             .headers()
@@ -272,9 +271,16 @@ impl HubClient {
 
     pub async fn release(&self, session: i64, lease: &str) -> Result<(), CallError> {
         let path = format!("/v1/robot/sessions/{session}/release");
-        self.send::<(), serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, false)
-            .await
-            .map(|_| ())
+        self.send::<(), serde_json::Value>(
+            Method::POST,
+            &path,
+            Some(lease),
+            None,
+            CALL_TIMEOUT,
+            false,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn logs(
@@ -285,8 +291,15 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<LogsStored, CallError> {
         let path = format!("/v1/robot/sessions/{session}/logs");
-        self.call(Method::POST, &path, Some(lease), Some(batch), CALL_TIMEOUT, stop)
-            .await
+        self.call(
+            Method::POST,
+            &path,
+            Some(lease),
+            Some(batch),
+            CALL_TIMEOUT,
+            stop,
+        )
+        .await
     }
 
     pub async fn steps(
@@ -297,8 +310,15 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<StepsStored, CallError> {
         let path = format!("/v1/robot/sessions/{session}/steps");
-        self.call(Method::PUT, &path, Some(lease), Some(update), CALL_TIMEOUT, stop)
-            .await
+        self.call(
+            Method::PUT,
+            &path,
+            Some(lease),
+            Some(update),
+            CALL_TIMEOUT,
+            stop,
+        )
+        .await
     }
 
     pub async fn artifact(
@@ -352,8 +372,15 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<SessionQueue, CallError> {
         let path = format!("/v1/robot/sessions/{session}/finish");
-        self.call(Method::POST, &path, Some(lease), Some(report), CALL_TIMEOUT, stop)
-            .await
+        self.call(
+            Method::POST,
+            &path,
+            Some(lease),
+            Some(report),
+            CALL_TIMEOUT,
+            stop,
+        )
+        .await
     }
 }
 

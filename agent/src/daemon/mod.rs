@@ -148,7 +148,12 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         control_plane: ControlPlane {
             url: args.url.trim_end_matches('/').to_string(),
             name: args.name.clone(),
-            labels: args.labels.iter().filter(|l| !l.is_empty()).cloned().collect(),
+            labels: args
+                .labels
+                .iter()
+                .filter(|l| !l.is_empty())
+                .cloned()
+                .collect(),
             max_concurrency: args.max_concurrency,
             issuer: args.issuer.clone(),
             audience: args.audience.clone(),
@@ -205,7 +210,10 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_FAILED);
         }
         Err(_) => {
-            eprintln!("error: the hub at {} did not answer within 30 s", config.control_plane.url);
+            eprintln!(
+                "error: the hub at {} did not answer within 30 s",
+                config.control_plane.url
+            );
             return Ok(EXIT_FAILED);
         }
     };
@@ -272,7 +280,10 @@ pub fn agent(args: AgentArgs) -> u8 {
     };
     let work_dir = config.paths.work_dir.clone();
     if let Err(e) = std::fs::create_dir_all(&work_dir) {
-        eprintln!("error: cannot create the work dir {}: {e}", work_dir.display());
+        eprintln!(
+            "error: cannot create the work dir {}: {e}",
+            work_dir.display()
+        );
         return EXIT_FAILED;
     }
     let env = Arc::new(session::SessionEnv {

@@ -137,11 +137,7 @@ pub async fn run(
         );
         return finish_only(&env, &spool_lease, report, &stop).await;
     }
-    let step_ids: Vec<String> = workflow
-        .all_steps()
-        .iter()
-        .map(|s| s.id.clone())
-        .collect();
+    let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
     let sink = match spool.sink(&step_ids, env.counters.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -198,7 +194,11 @@ async fn finish_only(
     report: tasuki_protocol::FinishSession,
     stop: &CancellationToken,
 ) -> Outcome {
-    match env.client.finish(lease.session_id, &lease.lease_id, &report, stop).await {
+    match env
+        .client
+        .finish(lease.session_id, &lease.lease_id, &report, stop)
+        .await
+    {
         Ok(_) => Outcome::Reported,
         Err(CallError::LeaseLost(_)) => Outcome::LeaseLost,
         Err(CallError::Cancelled) => Outcome::Interrupted,

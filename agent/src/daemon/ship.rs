@@ -13,16 +13,16 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tasuki_actions::{Event, EventSink, SessionReport, StepRecord};
 use tasuki_protocol::robot::MAX_LOG_BATCH;
 use tasuki_protocol::{
-    FinishSession, LogBatch, LogLevel, LogLine, SessionError, SessionStatus, StepState,
-    StepStatus, StepsUpdate,
+    FinishSession, LogBatch, LogLevel, LogLine, SessionError, SessionStatus, StepState, StepStatus,
+    StepsUpdate,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,11 @@ impl Spool {
     }
 
     /// The sink the executor writes into, with every step pending.
-    pub fn sink(&self, step_ids: &[String], counters: Arc<ShipCounters>) -> std::io::Result<SpoolSink> {
+    pub fn sink(
+        &self,
+        step_ids: &[String],
+        counters: Arc<ShipCounters>,
+    ) -> std::io::Result<SpoolSink> {
         let file = File::create(self.dir.join(LOGS_FILE))?;
         let mut live = Live::default();
         for id in step_ids {
@@ -389,7 +393,11 @@ pub async fn ship(
                         // The hub lacks lines this agent already dropped
                         // (its database was restored from a backup, say):
                         // read the spool again from the start.
-                        tracing::warn!(session_queue_id = session, high_seq, "the hub is missing log lines; resending from the spool");
+                        tracing::warn!(
+                            session_queue_id = session,
+                            high_seq,
+                            "the hub is missing log lines; resending from the spool"
+                        );
                         pending.clear();
                         reader = File::open(&logs_path).ok().map(BufReader::new);
                     }
@@ -498,14 +506,13 @@ pub async fn ship(
 
         // 5. Wait for more.
         match &shipper.shared {
-            Some(shared) => {
-                if all_written && final_report.is_none() {
-                    tokio::select! {
-                        _ = shared.wake.notified() => {}
-                        _ = stop.cancelled() => return Shipped::Interrupted,
-                    }
+            Some(shared) if all_written && final_report.is_none() => {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    _ = stop.cancelled() => return Shipped::Interrupted,
                 }
             }
+            Some(_) => {}
             // A recovered spool with nothing left to send but no report:
             // cannot happen, since recovery always makes one.
             None if final_report.is_none() => return Shipped::Interrupted,
@@ -614,7 +621,10 @@ pub async fn recover(
                         .into(),
                 )
             });
-        tracing::info!(session_queue_id = lease.session_id, "delivering a spool left by an earlier run");
+        tracing::info!(
+            session_queue_id = lease.session_id,
+            "delivering a spool left by an earlier run"
+        );
         let spool = Spool { dir, lease };
         let outcome = ship(
             client,

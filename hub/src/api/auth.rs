@@ -210,7 +210,7 @@ async fn authenticate(
     if metering == Metering::Counted {
         hub.quota
             .check(&key_id, material.robots)
-            .map_err(|e| rate_limited(e, material.robots))?;
+            .map_err(|e| rate_limited(e, material.robots, hub.quota.per_robot()))?;
     }
     Ok(Caller {
         key_id,
@@ -226,17 +226,14 @@ pub fn unknown_key(key_id: &str) -> ApiError {
     )
 }
 
-pub fn rate_limited(e: quota::Exceeded, robots: u64) -> ApiError {
+pub fn rate_limited(e: quota::Exceeded, robots: u64, per_robot: u64) -> ApiError {
     let mut err = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         format!(
             "this access key made {} API calls in the last minute, the limit \
              ({} per registered robot, {robots} registered, at least {}); retry after {} s",
-            e.limit,
-            quota::CALLS_PER_ROBOT_PER_MINUTE,
-            quota::CALLS_PER_ROBOT_PER_MINUTE,
-            e.retry_after
+            e.limit, per_robot, per_robot, e.retry_after
         ),
     );
     err.retry_after = Some(e.retry_after);

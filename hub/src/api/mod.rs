@@ -33,6 +33,7 @@ use crate::db::{Db, keys};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
 pub use error::ApiError;
+pub use quota::Quota;
 
 /// What every request handler shares.
 pub struct Hub {
@@ -66,7 +67,7 @@ impl Hub {
             master,
             issuer,
             audience,
-            quota: quota::Quota::new(),
+            quota: quota::Quota::new(quota::CALLS_PER_ROBOT_PER_MINUTE),
             registry: Registry::builtin(),
             dispatch: Dispatcher::default(),
         }

@@ -16,6 +16,7 @@ const PRUNE_ABOVE: usize = 4096;
 
 pub struct Quota {
     windows: Mutex<HashMap<String, Window>>,
+    per_robot: u64,
 }
 
 struct Window {
@@ -30,15 +31,22 @@ pub struct Exceeded {
     pub retry_after: u64,
 }
 
-pub fn limit_for(robots: u64) -> u64 {
-    CALLS_PER_ROBOT_PER_MINUTE * robots.max(1)
+pub fn limit_for(per_robot: u64, robots: u64) -> u64 {
+    per_robot.saturating_mul(robots.max(1))
 }
 
 impl Quota {
-    pub fn new() -> Quota {
+    /// `per_robot` calls a minute per registered robot; the hub's default
+    /// is [`CALLS_PER_ROBOT_PER_MINUTE`], and it is never set lower.
+    pub fn new(per_robot: u64) -> Quota {
         Quota {
             windows: Mutex::new(HashMap::new()),
+            per_robot: per_robot.max(CALLS_PER_ROBOT_PER_MINUTE),
         }
+    }
+
+    pub fn per_robot(&self) -> u64 {
+        self.per_robot
     }
 
     /// Counts one call by `key_id`, or says when it may call again.
@@ -47,7 +55,7 @@ impl Quota {
     }
 
     fn check_at(&self, key_id: &str, robots: u64, now: Instant) -> Result<(), Exceeded> {
-        let limit = limit_for(robots);
+        let limit = limit_for(self.per_robot, robots);
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() > PRUNE_ABOVE {
             windows.retain(|_, w| now.duration_since(w.start) < WINDOW);
@@ -78,7 +86,7 @@ mod tests {
 
     #[test]
     fn sixty_a_minute_per_robot_at_least_sixty() {
-        let q = Quota::new();
+        let q = Quota::new(CALLS_PER_ROBOT_PER_MINUTE);
         let t0 = Instant::now();
         for _ in 0..60 {
             q.check_at("k", 0, t0).unwrap();

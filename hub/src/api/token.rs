@@ -59,7 +59,7 @@ pub async fn create(
     }
     hub.quota
         .check(&req.access_key_id, key.robots)
-        .map_err(|e| auth::rate_limited(e, key.robots))?;
+        .map_err(|e| auth::rate_limited(e, key.robots, hub.quota.per_robot()))?;
     if !key.scopes.contains(Scope::AccessTokenCreate) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -1,0 +1,750 @@
+//! Fleet mode end to end: a real `tasuki-hub`, real `tasuki agent`
+//! processes, real child processes, over loopback. Nothing is mocked.
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fleet_support::*;
+use hub_support::*;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The tests watch sessions closely, far above AUTORO's 60 calls a
+/// minute; the quota itself is tested with the default.
+const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
+
+struct Fleet {
+    scratch: Scratch,
+    hub: Hub,
+    key: Key,
+    api: Api,
+}
+
+fn fleet() -> Fleet {
+    fleet_with(HUB_ARGS)
+}
+
+fn fleet_with(hub_args: &[&str]) -> Fleet {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, hub_args);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    Fleet {
+        scratch,
+        hub,
+        key,
+        api,
+    }
+}
+
+impl Fleet {
+    fn robot(&self, name: &str) -> Robot {
+        Robot::new(self.scratch.dir.path(), name)
+    }
+
+    /// A registered robot with its agent running.
+    fn agent(&self, name: &str, register: &[&str], run: &[&str]) -> (Robot, Agent) {
+        let robot = self.robot(name);
+        robot.register_ok(&self.hub, &self.key, register);
+        let agent = robot.start(run);
+        (robot, agent)
+    }
+}
+
+fn shell_yaml(name: &str, script: &str) -> String {
+    format!(
+        "version: 1\nname: {name}\nparams:\n  n: 0\n  dir: \"\"\nsteps:\n  - id: work\n    action: shell.run\n    with:\n      shell: sh\n      script: |\n{}\n",
+        script
+            .lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_a_second_machine_and_survives_restarts() {
+    let f = fleet();
+    let first = f.robot("standard-1");
+    first.register_ok(&f.hub, &f.key, &["--labels", "linux,web"]);
+
+    // The credentials file is private and the config holds no secret.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(first.credentials())
+            .expect("credentials written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let config = std::fs::read_to_string(first.config()).expect("config written");
+    assert!(!config.contains(&f.key.secret), "{config}");
+
+    // Another machine taking the same name gets a clear error.
+    let second = Robot::new(&f.scratch.dir.path().join("other"), "standard-1");
+    let out = second.register(&f.hub, &f.key, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("robot_name_taken") && err.contains("--replace"),
+        "{err}"
+    );
+
+    // The agent registers again when it starts, and again after a restart
+    // of its own and of the hub.
+    let mut agent = first.start(&[]);
+    agent.signal("TERM");
+    assert!(agent.wait(LIMIT).expect("agent exits").success());
+    let scratch = f.scratch;
+    let url = f.hub.url.clone();
+    f.hub.stop();
+    let hub = Hub::start_at(&scratch, url.trim_start_matches("http://"), HUB_ARGS);
+    let _agent = first.start(&[]);
+    let api = Api::new(&hub, Some(token(&f.key, ALL_SCOPES)));
+    // The heartbeat (the first poll) carries the host metrics.
+    let mut robots = api.get("/v1/robots").await;
+    let deadline = Instant::now() + LIMIT;
+    while robots.body["robots"][0]["metrics"].is_null() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        robots = api.get("/v1/robots").await;
+    }
+    assert_eq!(robots.body["total_count"], 1, "{}", robots.body);
+    let r = &robots.body["robots"][0];
+    assert_eq!(r["name"], "standard-1");
+    assert_eq!(r["labels"], json!(["linux", "web"]));
+    assert_eq!(r["state"], "idle");
+    assert!(
+        r["metrics"]["agent_rss_bytes"].as_u64().unwrap_or(0) > 0,
+        "{r}"
+    );
+    assert!(
+        r["metrics"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{r}"
+    );
+
+    // --replace takes the name over, deliberately.
+    let out = second.register(&hub, &f.key, &["--replace"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A page for the browser step, on loopback.
+async fn page_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async {
+            axum::response::Html("<html><body><h1 id=title>Fleet page</h1></body></html>")
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_to_success_with_its_logs_steps_and_artifacts() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("runner", &[], &[]);
+    let page = page_server().await;
+    let yaml = r##"version: 1
+name: full
+params:
+  page: ""
+steps:
+  - id: lines
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        i=1; while [ $i -le 300 ]; do echo "line $i"; i=$((i+1)); done
+  - id: open
+    action: browser.open
+    with: {url: "${params.page}"}
+  - id: title
+    action: browser.get_text
+    with: {selector: "#title"}
+  - id: shot
+    action: browser.screenshot
+    with: {path: page.png}
+  - id: done
+    action: log
+    with: {message: "title was ${steps.title.output.text}"}
+"##;
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({"page": page})).await;
+    let s = finished(&f.api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "success", "{s}");
+    assert_eq!(s["robot"]["name"], "runner");
+    assert!(s["started_at"].is_string() && s["ended_at"].is_string());
+    let steps = s["steps"].as_array().expect("steps");
+    let ids: Vec<&str> = steps
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["lines", "open", "title", "shot", "done"]);
+    for step in steps {
+        assert_eq!(step["status"], "success", "{step}");
+        assert!(step["duration_ms"].is_u64(), "{step}");
+    }
+
+    // Every line, in order, numbered from 1 without gaps.
+    let logs = all_logs(&f.api, id).await;
+    let seqs: Vec<i64> = logs
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let shell: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["step_id"] == "lines")
+        .map(|l| l["message"].as_str().unwrap_or(""))
+        .collect();
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(shell, expected);
+    assert!(
+        logs.iter().any(|l| l["message"] == "title was Fleet page"),
+        "{logs:?}"
+    );
+
+    // The screenshot is served by the public API.
+    let list = f
+        .api
+        .get(&format!("/v1/session_queues/{id}/artifacts"))
+        .await;
+    let names: Vec<&str> = list.body["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .map(|a| a["name"].as_str().unwrap_or(""))
+        .collect();
+    assert!(names.contains(&"page.png"), "{}", list.body);
+    let png = f
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/session_queues/{id}/artifacts/page.png"),
+        )
+        .send()
+        .await
+        .expect("artifact");
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let bytes = png.bytes().await.expect("bytes");
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_workflow_ends_in_error_naming_the_step() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("failer", &[], &[]);
+    let yaml = "version: 1\nname: fails\nsteps:\n  - id: ok\n    action: log\n    with: {message: fine}\n  - id: boom\n    action: shell.run\n    with: {argv: [sh, -c, \"echo about to fail; exit 3\"]}\n  - id: never\n    action: log\n    with: {message: unreachable}\n";
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["step_id"], "boom", "{s}");
+    assert!(s["error"]["code"].is_string() && s["error"]["message"].is_string());
+    let by_id: HashMap<&str, &Value> = s["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|st| (st["id"].as_str().unwrap_or(""), st))
+        .collect();
+    assert_eq!(by_id["ok"]["status"], "success");
+    assert_eq!(by_id["boom"]["status"], "error");
+    assert_eq!(by_id["never"]["status"], "skipped");
+    let logs = all_logs(&f.api, id).await;
+    assert!(
+        logs.iter().any(|l| l["message"] == "about to fail"),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_session_means_it_never_runs() {
+    let f = fleet();
+    let marker = f.scratch.dir.path().join("ran");
+    let yaml = shell_yaml("marker", "touch \"${params.dir}/ran\"");
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    let r = f
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    // A robot connecting afterwards does not get it; a later session runs.
+    let (_robot, _agent) = f.agent("late", &[], &[]);
+    let later = queue(&f.api, wf, json!({"dir": dir})).await;
+    assert_eq!(finished(&f.api, later, LIMIT).await["status"], "success");
+    let s = f.api.get(&format!("/v1/session_queues/{id}")).await.body;
+    assert_eq!(s["status"], "cancelled");
+    assert!(s["started_at"].is_null(), "{s}");
+    assert!(s["robot"].is_null(), "{s}");
+    assert!(marker.exists(), "the later session ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_shell_step_ends_its_grandchild_within_seconds() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("canceller", &[], &[]);
+    let yaml = shell_yaml(
+        "sleeper",
+        "sleep 300 &\necho $! > \"${params.dir}/grandchild.pid\"\necho started\nwait",
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    running(&f.api, id, LIMIT).await;
+    let pid_file = f.scratch.dir.path().join("grandchild.pid");
+    assert!(eventually(LIMIT, || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|t| t.ends_with('\n'))));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(alive(pid));
+
+    let asked = Instant::now();
+    let r = f
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert!(r.body["cancel_requested_at"].is_string(), "{}", r.body);
+    let s = finished(&f.api, id, Duration::from_secs(10)).await;
+    assert_eq!(s["status"], "cancelled", "{s}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "the grandchild {pid} outlived the cancel"
+    );
+    // Cancelling again is harmless.
+    let again = f
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert_eq!(again.body["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_run_fifty_sessions_each_exactly_once() {
+    let f = fleet();
+    let (_r1, _a1) = f.agent("pair-1", &["--max-concurrency", "2"], &[]);
+    let (_r2, _a2) = f.agent("pair-2", &["--max-concurrency", "2"], &[]);
+    let yaml = shell_yaml("once", "echo \"${params.n}\" >> \"${params.dir}/runs.txt\"");
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let mut ids = Vec::new();
+    for n in 1..=50 {
+        ids.push(queue(&f.api, wf, json!({"n": n, "dir": dir})).await);
+    }
+    let mut by_robot: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let s = finished(&f.api, *id, Duration::from_secs(60)).await;
+        assert_eq!(s["status"], "success", "{s}");
+        *by_robot
+            .entry(s["robot"]["name"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    let runs = std::fs::read_to_string(f.scratch.dir.path().join("runs.txt")).expect("runs");
+    let mut seen: Vec<i64> = runs.lines().map(|l| l.trim().parse().expect("n")).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (1..=50).collect::<Vec<_>>(),
+        "each session exactly once"
+    );
+    assert_eq!(by_robot.values().sum::<usize>(), 50);
+    assert!(
+        by_robot.keys().all(|k| k == "pair-1" || k == "pair-2"),
+        "{by_robot:?}"
+    );
+}
+
+/// Start and end times (ns) a session's step wrote.
+fn interval(dir: &std::path::Path, n: i64) -> (u128, u128) {
+    let text = std::fs::read_to_string(dir.join(format!("span-{n}.txt"))).expect("span file");
+    let mut parts = text
+        .split_whitespace()
+        .map(|p| p.parse::<u128>().expect("ns"));
+    (parts.next().expect("start"), parts.next().expect("end"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_process_session_runs_alone_on_its_robot() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("solo", &["--max-concurrency", "3"], &[]);
+    let span = "s=$(date +%s%N)\nsleep 0.6\necho \"$s $(date +%s%N)\" > \"${params.dir}/span-${params.n}.txt\"";
+    let normal = workflow(&f.api, &shell_yaml("normal", span), &[]).await;
+    let solo_yaml =
+        shell_yaml("solo", span).replace("name: solo\n", "name: solo\nsingle_process_mode: true\n");
+    let solo = workflow(&f.api, &solo_yaml, &[]).await;
+    let dir = f.scratch.dir.path().to_path_buf();
+    let d = dir.display().to_string();
+    let mut ids = vec![
+        queue(&f.api, normal, json!({"n": 1, "dir": d})).await,
+        queue(&f.api, normal, json!({"n": 2, "dir": d})).await,
+        queue(&f.api, solo, json!({"n": 3, "dir": d})).await,
+        queue(&f.api, normal, json!({"n": 4, "dir": d})).await,
+        queue(&f.api, normal, json!({"n": 5, "dir": d})).await,
+    ];
+    ids.push(queue(&f.api, solo, json!({"n": 6, "dir": d})).await);
+    for id in &ids {
+        assert_eq!(finished(&f.api, *id, LIMIT).await["status"], "success");
+    }
+    let spans: Vec<(u128, u128)> = (1..=6).map(|n| interval(&dir, n)).collect();
+    for solo_n in [3usize, 6] {
+        let (s0, e0) = spans[solo_n - 1];
+        for (i, &(s, e)) in spans.iter().enumerate() {
+            if i + 1 != solo_n {
+                assert!(
+                    e <= s0 || s >= e0,
+                    "session {} overlapped single-process session {solo_n}",
+                    i + 1
+                );
+            }
+        }
+    }
+    // And the normal ones did run side by side: the robot was not simply
+    // running one at a time.
+    let overlap = |a: (u128, u128), b: (u128, u128)| a.0 < b.1 && b.0 < a.1;
+    assert!(
+        overlap(spans[0], spans[1]) || overlap(spans[3], spans[4]),
+        "{spans:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_robots_pins_sessions_to_named_robots() {
+    let f = fleet();
+    let (_r1, _a1) = f.agent("any-1", &["--max-concurrency", "2"], &[]);
+    let (_r2, _a2) = f.agent("pinned-2", &[], &[]);
+    let wf = workflow(&f.api, &shell_yaml("pinned", "echo pinned"), &["pinned-2"]).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(queue(&f.api, wf, json!({"n": n})).await);
+    }
+    for id in ids {
+        let s = finished(&f.api, id, LIMIT).await;
+        assert_eq!(s["status"], "success");
+        assert_eq!(s["robot"]["name"], "pinned-2", "{s}");
+    }
+    let listed = f.api.get("/v1/workflows").await;
+    assert_eq!(
+        listed.body["workflows"][0]["workflow_robots"],
+        json!(["pinned-2"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_runs_one_session_and_exits() {
+    let f = fleet();
+    let wf = workflow(&f.api, &shell_yaml("one", "echo one"), &[]).await;
+    let first = queue(&f.api, wf, json!({})).await;
+    let second = queue(&f.api, wf, json!({})).await;
+    let robot = f.robot("oneshot");
+    robot.register_ok(&f.hub, &f.key, &["--max-concurrency", "2"]);
+    let mut agent = robot.start(&["--once"]);
+    let status = agent.wait(LIMIT).expect("--once exits");
+    assert!(status.success(), "{}", agent.log());
+    assert_eq!(finished(&f.api, first, LIMIT).await["status"], "success");
+    let s = f
+        .api
+        .get(&format!("/v1/session_queues/{second}"))
+        .await
+        .body;
+    assert_eq!(s["status"], "queued", "{s}");
+    assert!(
+        s["robot"].is_null(),
+        "the second session was handed back: {s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_running_session_and_takes_no_new_one() {
+    let f = fleet();
+    let (_robot, mut agent) = f.agent("drainer", &["--max-concurrency", "2"], &[]);
+    let wf = workflow(&f.api, &shell_yaml("slow", "sleep 1.5\necho finished"), &[]).await;
+    let running_id = queue(&f.api, wf, json!({})).await;
+    running(&f.api, running_id, LIMIT).await;
+    agent.signal("TERM");
+    // Queued after the drain began: it must wait for another robot.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = queue(&f.api, wf, json!({})).await;
+    let status = agent.wait(LIMIT).expect("the agent exits after draining");
+    assert!(status.success(), "{}", agent.log());
+    let s = finished(&f.api, running_id, LIMIT).await;
+    assert_eq!(s["status"], "success", "the running session finished: {s}");
+    let logs = all_logs(&f.api, running_id).await;
+    assert!(logs.iter().any(|l| l["message"] == "finished"));
+    let s = f.api.get(&format!("/v1/session_queues/{later}")).await.body;
+    assert_eq!(s["status"], "queued", "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restart_mid_session_loses_and_duplicates_no_log_line() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("steady", &[], &[]);
+    let yaml = shell_yaml(
+        "steady",
+        "i=1; while [ $i -le 400 ]; do echo \"tick $i\"; sleep 0.005; i=$((i+1)); done",
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    running(&f.api, id, LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Fleet {
+        scratch, hub, key, ..
+    } = f;
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    hub.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hub = Hub::start_at(&scratch, &listen, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let s = finished(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "success", "{s}");
+    let logs = all_logs(&api, id).await;
+    let ticks: Vec<&str> = logs
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or(""))
+        .collect();
+    let expected: Vec<String> = (1..=400).map(|i| format!("tick {i}")).collect();
+    assert_eq!(ticks, expected);
+    let seqs: Vec<i64> = logs
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robot_calls_do_not_count_toward_the_quota() {
+    let f = fleet_with(&[]);
+    let (_robot, _agent) = f.agent("quiet", &[], &[]);
+    // One robot: 60 public calls a minute. Robot-protocol calls (the
+    // agent's polls, and these registrations) are not counted.
+    let robot_api = Api::new(&f.hub, Some(token(&f.key, "robot")));
+    for _ in 0..80 {
+        let r = robot_api
+            .send(
+                robot_api
+                    .request(reqwest::Method::PUT, "/v1/robot/robots/quota-probe")
+                    .json(&json!({"instance_id": "probe", "version": "t", "max_concurrency": 1})),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    }
+    // Now two robots: 120 public calls pass, the next is refused.
+    let mut refused = None;
+    for i in 0..130 {
+        let r = f.api.get("/v1/workflows").await;
+        if r.status.as_u16() == 429 {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (i, r) = refused.expect("the quota refuses at some point");
+    assert_eq!(i, 120, "two robots registered: 120 calls a minute");
+    let after: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&after));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_robot_calls_are_refused_with_the_field_named() {
+    let f = fleet();
+    let robot_api = Api::new(&f.hub, Some(token(&f.key, "robot")));
+    let put = |path: &str, body: Value| {
+        robot_api.send(robot_api.request(reqwest::Method::PUT, path).json(&body))
+    };
+    // Registration: unknown field, bad name, bad concurrency, bad label.
+    let r = put(
+        "/v1/robot/robots/r1",
+        json!({"instance_id": "i", "version": "1", "max_concurrency": 1, "colour": "red"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "unknown_field"),
+        "{}",
+        r.body
+    );
+    let r = put(
+        "/v1/robot/robots/bad%20name",
+        json!({"instance_id": "i", "version": "1", "max_concurrency": 1}),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "invalid_robot_name"));
+    let r = put(
+        "/v1/robot/robots/r1",
+        json!({"instance_id": "i", "version": "1", "max_concurrency": 0}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 422);
+    assert_eq!(r.body["error"]["problems"][0]["path"], "max_concurrency");
+    let r = put(
+        "/v1/robot/robots/r1",
+        json!({"instance_id": "i", "version": "1", "max_concurrency": 1, "labels": ["ok", "not ok"]}),
+    )
+    .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "labels[1]",
+        "{}",
+        r.body
+    );
+
+    // A public-API key without the robot scope cannot act as a robot.
+    let public = Api::new(&f.hub, Some(token(&f.key, "session_queue.read")));
+    let r = public
+        .send(
+            public
+                .request(reqwest::Method::PUT, "/v1/robot/robots/r1")
+                .json(&json!({"instance_id": "i", "version": "1", "max_concurrency": 1})),
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (403, "insufficient_scope"));
+
+    // Poll: wrong type, unknown robot, and the wrong instance.
+    let r = robot_api
+        .post(
+            "/v1/robot/robots/r1/poll",
+            &json!({"instance_id": "i", "poll_id": "p", "free_slots": "one"}),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "free_slots",
+        "{}",
+        r.body
+    );
+    let r = robot_api
+        .post(
+            "/v1/robot/robots/nobody/poll",
+            &json!({"instance_id": "i", "poll_id": "p", "free_slots": 0}),
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "robot_not_registered"));
+    let ok = put(
+        "/v1/robot/robots/r1",
+        json!({"instance_id": "i", "version": "1", "max_concurrency": 1}),
+    )
+    .await;
+    assert_eq!(ok.status.as_u16(), 200, "{}", ok.body);
+    let r = robot_api
+        .post(
+            "/v1/robot/robots/r1/poll",
+            &json!({"instance_id": "someone-else", "poll_id": "p", "free_slots": 0}),
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (409, "robot_name_taken"));
+
+    // Session calls: no lease header, a lease that is not the session's,
+    // a log line numbered 0, a non-final finish, a bad artifact name.
+    let wf = workflow(&f.api, &shell_yaml("x", "true"), &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let r = robot_api
+        .post(&format!("/v1/robot/sessions/{id}/ack"), &json!({}))
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (400, "missing_lease"));
+    let with_lease = |path: String, body: Value| {
+        robot_api.send(
+            robot_api
+                .request(reqwest::Method::POST, &path)
+                .header("tasuki-lease", "00ff")
+                .json(&body),
+        )
+    };
+    let r = with_lease(format!("/v1/robot/sessions/{id}/ack"), json!({})).await;
+    assert_eq!((r.status.as_u16(), r.code()), (409, "lease_lost"));
+    let r = with_lease(
+        format!("/v1/robot/sessions/{id}/logs"),
+        json!({"lines": [{"seq": 0, "ts": "2026-01-01T00:00:00Z", "level": "info", "step_id": null, "message": "x"}]}),
+    )
+    .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "lines[0].seq",
+        "{}",
+        r.body
+    );
+    let r = with_lease(
+        format!("/v1/robot/sessions/{id}/logs"),
+        json!({"lines": [{"seq": 1, "ts": "yesterday", "level": "info", "step_id": null, "message": "x"}]}),
+    )
+    .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "lines[0].ts",
+        "{}",
+        r.body
+    );
+    let r = with_lease(
+        format!("/v1/robot/sessions/{id}/finish"),
+        json!({"idempotency_key": "k", "status": "running", "ended_at": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "status",
+        "{}",
+        r.body
+    );
+    let r = robot_api
+        .send(
+            robot_api
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/robot/sessions/{id}/artifacts/..hidden"),
+                )
+                .header("tasuki-lease", "00ff")
+                .body("x"),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_artifact_name")
+    );
+    let r = with_lease("/v1/robot/sessions/999999/ack".to_string(), json!({})).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (404, "session_queue_not_found")
+    );
+
+    // Nothing malformed reached a robot, and the session still waits.
+    let s = f.api.get(&format!("/v1/session_queues/{id}")).await.body;
+    assert_eq!(s["status"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_wrong_secret_is_told_why() {
+    let f = fleet();
+    let robot = f.robot("wrong");
+    let bad = Key {
+        id: f.key.id.clone(),
+        secret: "0".repeat(64),
+    };
+    let out = robot.register(&f.hub, &bad, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid_signature"), "{err}");
+    assert!(!err.contains(&f.key.secret));
+    assert!(!robot.config().exists(), "nothing is written on failure");
+}
