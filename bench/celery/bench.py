@@ -25,6 +25,7 @@ import tasks
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.0005  # 0.5 ms between /proc polls
 ORPHAN_AFTER_S = 2.0
+NEXT_TASK_TIMEOUT_S = 30.0
 
 
 def log(msg):
@@ -209,25 +210,33 @@ def cancel_once(task, prefix, worker_pid):
     t0 = time.perf_counter()
 
     events = dict.fromkeys(EVENTS)
+    orphans = None
     while True:
         now = time.perf_counter() - t0
-        for key in ("pool", "child", "grandchild"):
-            if events[key] is None and not alive(pids[key]):
-                events[key] = now
+        if orphans is None:
+            for key in ("pool", "child", "grandchild"):
+                if events[key] is None and not alive(pids[key]):
+                    events[key] = now
         if events["revoked"] is None and res.state == "REVOKED":
             events["revoked"] = now
         if events["next_done"] is None and nxt.ready():
             events["next_done"] = now
-        if all(v is not None for v in events.values()) or now >= ORPHAN_AFTER_S:
+        if orphans is None and now >= ORPHAN_AFTER_S:
+            # Judged once, at the 2 s mark; then killed so that they do not
+            # pile up (the worker may still be respawning its pool process).
+            orphans = [k for k in ("child", "grandchild") if alive(pids[k])]
+            for k in ("child", "grandchild"):
+                kill_if_ours(pids[k])
+        if orphans is not None and events["next_done"] is not None:
             break
-        time.sleep(POLL_S)
-    left = ORPHAN_AFTER_S - (time.perf_counter() - t0)
-    if left > 0:
-        # Everything exited early; still judge orphans at the 2 s mark.
-        time.sleep(left)
-    orphans = [k for k in ("child", "grandchild") if alive(pids[k])]
-    for k in ("child", "grandchild"):
-        kill_if_ours(pids[k])
+        if now >= NEXT_TASK_TIMEOUT_S:
+            log(f"warning: the next task did not finish within {NEXT_TASK_TIMEOUT_S} s of the revoke")
+            break
+        # Poll /proc every 0.5 ms until all the processes are gone; after
+        # that only the backend, more gently.
+        busy = orphans is None and any(
+            events[k] is None for k in ("pool", "revoked", "child", "grandchild"))
+        time.sleep(POLL_S if busy else 0.005)
     next_state = nxt.state
     wait_ready(worker_pid)
     return events, orphans, next_state

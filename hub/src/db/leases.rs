@@ -378,7 +378,10 @@ pub fn finish(
     let changed = tx.execute(
         "UPDATE session_queues
          SET status = ?3, ended_at = MAX(?4, COALESCE(started_at, ?4)), error = ?5,
-             steps = ?6, steps_revision = steps_revision + 1, outputs = ?7, finish_key = ?8,
+             -- A report without steps (the session never started on the
+             -- robot) keeps what the robot sent before.
+             steps = CASE WHEN ?6 = '[]' THEN steps ELSE ?6 END,
+             steps_revision = steps_revision + 1, outputs = ?7, finish_key = ?8,
              lease_expires_at = NULL
          WHERE id = ?1 AND lease_id = ?2 AND status = 'running'",
         params![
