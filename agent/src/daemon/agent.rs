@@ -35,6 +35,23 @@ struct Running {
     lease_id: String,
     cancel: CancellationToken,
     single_process: bool,
+    /// Its final report is on the way: the hub frees its slot the moment
+    /// the report arrives (and may offer the next session in the same
+    /// breath), so the agent counts the slot as free too.
+    finishing: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn occupies_slot(&self) -> bool {
+        !self.finishing.load(Ordering::SeqCst)
+    }
+}
+
+/// Free slots, and whether any occupied one is single-process.
+fn slots(running: &HashMap<i64, Running>, max: u32) -> (u32, bool) {
+    let occupied: Vec<&Running> = running.values().filter(|r| r.occupies_slot()).collect();
+    let exclusive = occupied.iter().any(|r| r.single_process);
+    (max.saturating_sub(occupied.len() as u32), exclusive)
 }
 
 /// What the loop and the session tasks share.
@@ -96,8 +113,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 tracing::error!(error = %e, "a session task failed");
             }
         }
-        let draining = state.draining.load(Ordering::SeqCst);
         let taken = *state.taken.lock().unwrap_or_else(|p| p.into_inner());
+        // `--once` with its session taken wants no more work: to the hub
+        // that is a drain.
+        let draining = state.draining.load(Ordering::SeqCst) || (opts.once && taken > 0);
         let (held, free) = {
             let running = state.running();
             let held: Vec<HeldLease> = running
@@ -107,15 +126,11 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                     lease_id: r.lease_id.clone(),
                 })
                 .collect();
-            let exclusive = running.values().any(|r| r.single_process);
-            let free = if draining || exclusive || (opts.once && taken > 0) {
-                0
-            } else {
-                opts.max_concurrency.saturating_sub(running.len() as u32)
-            };
+            let (free, exclusive) = slots(&running, opts.max_concurrency);
+            let free = if draining || exclusive { 0 } else { free };
             (held, free)
         };
-        if (draining || (opts.once && taken > 0)) && held.is_empty() {
+        if draining && held.is_empty() {
             break;
         }
         let metrics = sampler.as_mut().map(|s| s.sample());
@@ -139,7 +154,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             Some(Ok(resp)) => {
                 poll_id = new_id();
                 delays = backoff();
-                handle(&env, &state, &opts, &stop, &mut sessions, resp, free);
+                handle(&env, &state, &opts, &stop, &mut sessions, resp);
             }
             Some(Err(e)) => {
                 let delay = match &e {
@@ -183,7 +198,6 @@ fn handle(
     stop: &CancellationToken,
     sessions: &mut JoinSet<()>,
     resp: PollResponse,
-    mut free: u32,
 ) {
     {
         let running = state.running();
@@ -200,15 +214,18 @@ fn handle(
     }
     for lease in resp.leases {
         let take = {
+            // Judged now, not by what the poll said when it left: a slot
+            // may have freed meanwhile, or a drain begun.
             let running = state.running();
-            let busy = !running.is_empty();
-            let fits = free > 0 && !(lease.workflow.single_process_mode && busy);
-            if fits && !running.contains_key(&lease.session_id) {
-                free -= 1;
-                true
-            } else {
-                false
-            }
+            let (free, exclusive) = slots(&running, opts.max_concurrency);
+            let taken = *state.taken.lock().unwrap_or_else(|p| p.into_inner());
+            let busy = free < opts.max_concurrency;
+            let wanted = !state.draining.load(Ordering::SeqCst) && !(opts.once && taken > 0);
+            wanted
+                && free > 0
+                && !exclusive
+                && !(lease.workflow.single_process_mode && busy)
+                && !running.contains_key(&lease.session_id)
         };
         if take {
             start(env, state, opts, stop, sessions, lease);
@@ -235,12 +252,14 @@ fn start(
 ) {
     let id = lease.session_id;
     let cancel = CancellationToken::new();
+    let finishing = Arc::new(AtomicBool::new(false));
     state.running().insert(
         id,
         Running {
             lease_id: lease.lease_id.clone(),
             cancel: cancel.clone(),
             single_process: lease.workflow.single_process_mode,
+            finishing: finishing.clone(),
         },
     );
     *state.taken.lock().unwrap_or_else(|p| p.into_inner()) += 1;
@@ -249,7 +268,7 @@ fn start(
     let stop = stop.clone();
     let once = opts.once;
     sessions.spawn(async move {
-        let outcome = session::run(env, lease, cancel, stop).await;
+        let outcome = session::run(env, lease, cancel, stop, finishing).await;
         if outcome != Outcome::Reported {
             tracing::info!(session_queue_id = id, ?outcome, "session closed");
         }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use tasuki_actions::language::params::{ParamInputs, bind_params};
@@ -49,6 +50,7 @@ pub async fn run(
     lease: Lease,
     cancel: CancellationToken,
     stop: CancellationToken,
+    finishing: Arc<AtomicBool>,
 ) -> Outcome {
     let id = lease.session_id;
     let received = Instant::now();
@@ -94,7 +96,7 @@ pub async fn run(
         session_id: id,
         lease_id: lease.lease_id.clone(),
     };
-    let spool = match Spool::create(&env.spool_root(), spool_lease.clone()) {
+    let spool = match Spool::create(&env.spool_root(), spool_lease.clone(), finishing.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(session_queue_id = id, error = %e, "cannot create the session's spool");
@@ -103,7 +105,7 @@ pub async fn run(
                 "agent_error",
                 format!("the robot cannot write its log spool: {e}"),
             );
-            return finish_only(&env, &spool_lease, report, &stop).await;
+            return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
         }
     };
     let (workflow, params) = match prepared {
@@ -135,7 +137,7 @@ pub async fn run(
                 session_dir.display()
             ),
         );
-        return finish_only(&env, &spool_lease, report, &stop).await;
+        return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
     }
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
     let sink = match spool.sink(&step_ids, env.counters.clone()) {
@@ -146,7 +148,7 @@ pub async fn run(
                 "agent_error",
                 format!("the robot cannot write its log spool: {e}"),
             );
-            return finish_only(&env, &spool_lease, report, &stop).await;
+            return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
         }
     };
     let options = ExecOptions {
@@ -192,8 +194,10 @@ async fn finish_only(
     env: &SessionEnv,
     lease: &SpoolLease,
     report: tasuki_protocol::FinishSession,
+    finishing: &AtomicBool,
     stop: &CancellationToken,
 ) -> Outcome {
+    finishing.store(true, std::sync::atomic::Ordering::SeqCst);
     match env
         .client
         .finish(lease.session_id, &lease.lease_id, &report, stop)

@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tasuki_actions::{Event, EventSink, SessionReport, StepRecord};
@@ -92,16 +92,27 @@ pub enum Shipped {
 pub struct Spool {
     pub dir: PathBuf,
     pub lease: SpoolLease,
+    /// Set just before the final report is sent: from then on the hub may
+    /// count the session's slot as free, and so may the agent.
+    pub finishing: Arc<AtomicBool>,
 }
 
 impl Spool {
     /// Creates the spool directory of a session.
-    pub fn create(root: &Path, lease: SpoolLease) -> std::io::Result<Spool> {
+    pub fn create(
+        root: &Path,
+        lease: SpoolLease,
+        finishing: Arc<AtomicBool>,
+    ) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
         std::fs::create_dir_all(&dir)?;
         let text = serde_json::to_vec(&lease).map_err(std::io::Error::other)?;
         std::fs::write(dir.join(LEASE_FILE), text)?;
-        Ok(Spool { dir, lease })
+        Ok(Spool {
+            dir,
+            lease,
+            finishing,
+        })
     }
 
     /// The sink the executor writes into, with every step pending.
@@ -486,6 +497,7 @@ pub async fn ship(
             && pending.is_empty()
             && spool_done
         {
+            spool.finishing.store(true, Ordering::SeqCst);
             return match client.finish(session, lease, report, stop).await {
                 Ok(_) => {
                     let _ = std::fs::remove_dir_all(&spool.dir);
@@ -625,7 +637,11 @@ pub async fn recover(
             session_queue_id = lease.session_id,
             "delivering a spool left by an earlier run"
         );
-        let spool = Spool { dir, lease };
+        let spool = Spool {
+            dir,
+            lease,
+            finishing: Arc::default(),
+        };
         let outcome = ship(
             client,
             &spool,
