@@ -220,8 +220,8 @@ fn handle(
             let (free, exclusive) = slots(&running, opts.max_concurrency);
             let taken = *state.taken.lock().unwrap_or_else(|p| p.into_inner());
             let busy = free < opts.max_concurrency;
-            let wanted = !state.draining.load(Ordering::SeqCst) && !(opts.once && taken > 0);
-            wanted
+            let done_taking = state.draining.load(Ordering::SeqCst) || (opts.once && taken > 0);
+            !done_taking
                 && free > 0
                 && !exclusive
                 && !(lease.workflow.single_process_mode && busy)
