@@ -221,11 +221,9 @@ fn handle(
             let taken = *state.taken.lock().unwrap_or_else(|p| p.into_inner());
             let busy = free < opts.max_concurrency;
             let done_taking = state.draining.load(Ordering::SeqCst) || (opts.once && taken > 0);
-            !done_taking
-                && free > 0
-                && !exclusive
-                && !(lease.workflow.single_process_mode && busy)
-                && !running.contains_key(&lease.session_id)
+            let cannot_fit = free == 0 || exclusive || (lease.workflow.single_process_mode && busy);
+            let already_running = running.contains_key(&lease.session_id);
+            !(done_taking || cannot_fit || already_running)
         };
         if take {
             start(env, state, opts, stop, sessions, lease);
