@@ -748,3 +748,47 @@ async fn an_agent_with_a_wrong_secret_is_told_why() {
     assert!(!err.contains(&f.key.secret));
     assert!(!robot.config().exists(), "nothing is written on failure");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_reads_the_secret_from_stdin_and_never_from_argv_afterwards() {
+    use std::io::Write;
+    let f = fleet();
+    let robot = f.robot("stdin-robot");
+    let mut child = std::process::Command::new(tasuki_bin())
+        .args(["register", "--url", &f.hub.url, "--name", "stdin-robot"])
+        .args([
+            "--access-key-id",
+            &f.key.id,
+            "--secret-access-key-file",
+            "-",
+        ])
+        .arg("--config")
+        .arg(robot.config())
+        .arg("--work-dir")
+        .arg(robot.dir.join("work"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tasuki register");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{}\n", f.key.secret).as_bytes())
+        .expect("write the secret");
+    let out = child.wait_with_output().expect("register exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = robot.start(&[]);
+    // The running daemon's command line holds no secret.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid())).expect("cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(!cmdline.contains(&f.key.secret), "{cmdline}");
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.pid())).expect("environ");
+    assert!(!String::from_utf8_lossy(&environ).contains(&f.key.secret));
+    assert!(!agent.log().contains(&f.key.secret));
+}

@@ -407,3 +407,42 @@ fn describe(e: &reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        Signer {
+            key_id: "TSKTEST".into(),
+            key: EncodingKey::from_secret(b"secret"),
+            issuer: "tasuki".into(),
+            audience: "tasuki-hub".into(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    fn claims_of(token: &str) -> Claims {
+        jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token).expect("a JWT")
+    }
+
+    #[test]
+    fn tokens_are_short_lived_and_reused_until_near_expiry() {
+        let s = signer();
+        let first = s.token(false).unwrap();
+        let c = claims_of(&first);
+        assert_eq!(c.exp - c.nbf, TOKEN_SECONDS);
+        assert_eq!((c.sub.as_str(), c.scopes.as_str()), ("TSKTEST", "robot"));
+        assert_eq!(s.token(false).unwrap(), first, "reused while fresh");
+        // Near its expiry, a new one is signed.
+        let now = jiff::Timestamp::now().as_second();
+        *s.cached.lock().unwrap() = Some((first.clone(), now + RESIGN_BEFORE_SECONDS - 1));
+        let second = s.token(false).unwrap();
+        assert!(claims_of(&second).exp >= now + TOKEN_SECONDS);
+        let cached_exp = s.cached.lock().unwrap().as_ref().map(|(_, exp)| *exp);
+        assert!(
+            cached_exp >= Some(now + TOKEN_SECONDS),
+            "the fresh token replaced the old one in the cache"
+        );
+    }
+}
