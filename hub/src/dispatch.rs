@@ -87,6 +87,37 @@ pub enum Poll {
     Closed,
 }
 
+/// Offers `session_id` to the robot of `want` in the database.
+fn grant(
+    conn: &Connection,
+    session_id: i64,
+    want: &Want,
+    now_ms: i64,
+) -> Result<Option<Lease>, DbError> {
+    let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+    leases::grant(
+        conn,
+        session_id,
+        want.robot_id,
+        &want.poll_id,
+        &lease_id,
+        now_ms,
+    )
+}
+
+/// Sends an offer down a waiting poll; when the poll has gone, takes the
+/// offer back and returns false.
+fn send_or_withdraw(conn: &Connection, waiter: Waiter, lease: Lease) -> Result<bool, DbError> {
+    let (session_id, lease_id) = (lease.session_id, lease.lease_id.clone());
+    match waiter.tx.send(Wake::Lease(Box::new(lease))) {
+        Ok(()) => Ok(true),
+        Err(_) => {
+            leases::withdraw(conn, session_id, &lease_id)?;
+            Ok(false)
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Dispatcher {
     waiters: Mutex<Waiters>,
@@ -117,18 +148,9 @@ impl Dispatcher {
         };
         if waiter.wants_work()
             && let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)?
+            && let Some(lease) = grant(conn, session_id, &waiter.want, now_ms)?
         {
-            let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
-            if let Some(lease) = leases::grant(
-                conn,
-                session_id,
-                waiter.want.robot_id,
-                &waiter.want.poll_id,
-                &lease_id,
-                now_ms,
-            )? {
-                return Ok(Poll::Leased(Box::new(lease)));
-            }
+            return Ok(Poll::Leased(Box::new(lease)));
         }
         let mut waiters = self.lock();
         if waiters.closed {
@@ -177,26 +199,16 @@ impl Dispatcher {
             let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
                 return Ok(false);
             };
-            let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
-            let Some(lease) = leases::grant(
-                conn,
-                session_id,
-                robot_id,
-                &waiter.want.poll_id,
-                &lease_id,
-                now_ms,
-            )?
-            else {
+            let Some(lease) = grant(conn, session_id, &waiter.want, now_ms)? else {
                 // Taken meanwhile; the waiter keeps waiting.
                 waiters.by_robot.insert(robot_id, waiter);
                 return Ok(false);
             };
-            match waiter.tx.send(Wake::Lease(Box::new(lease))) {
-                Ok(()) => return Ok(true),
-                // The poll went away (its client disconnected): take the
-                // offer back and try the next robot.
-                Err(_) => leases::withdraw(conn, session_id, &lease_id)?,
+            if send_or_withdraw(conn, waiter, lease)? {
+                return Ok(true);
             }
+            // The poll went away (its client disconnected): the offer was
+            // taken back; try the next robot.
         }
     }
 
@@ -220,22 +232,16 @@ impl Dispatcher {
         let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)? else {
             return Ok(());
         };
-        let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
-        let Some(lease) = leases::grant(
-            conn,
-            session_id,
-            robot_id,
-            &waiter.want.poll_id,
-            &lease_id,
-            now_ms,
-        )?
-        else {
+        let Some(lease) = grant(conn, session_id, &waiter.want, now_ms)? else {
             return Ok(());
         };
-        if let Some(waiter) = waiters.by_robot.remove(&robot_id)
-            && waiter.tx.send(Wake::Lease(Box::new(lease))).is_err()
-        {
-            leases::withdraw(conn, session_id, &lease_id)?;
+        let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
+            return Ok(());
+        };
+        if !send_or_withdraw(conn, waiter, lease)? {
+            // That poll had gone: another robot may take the session.
+            drop(waiters);
+            self.offer(conn, session_id, now_ms)?;
         }
         Ok(())
     }
