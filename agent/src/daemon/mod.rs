@@ -304,6 +304,10 @@ pub fn agent(args: AgentArgs) -> u8 {
     let Some(runtime) = crate::local_run::runtime() else {
         return EXIT_FAILED;
     };
+    // Paid now, not by the first session's pickup.
+    if let Err(e) = tasuki_actions::runtime::context::shared_http_client() {
+        tracing::warn!("{e}");
+    }
     match runtime.block_on(agent::run(env, opts)) {
         Ok(()) => EXIT_OK,
         Err(e) => {

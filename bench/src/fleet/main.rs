@@ -1,0 +1,225 @@
+//! `tasuki-fleet-bench`: fleet-mode measurements against real `tasuki-hub`
+//! and `tasuki agent` processes, each started from target/release in a
+//! scratch folder of its own and killed when done.
+//!
+//! - `pickup`: queue → the first step's HTTP request, on one idle agent,
+//!   against one loopback round trip.
+//! - `cancel`: DELETE cancel → the step's process tree dead and the hub
+//!   saying `cancelled`; orphans.
+//! - `logs`: a million timestamped lines through the agent and the hub,
+//!   against the same program writing to /dev/null; the agent's peak RSS.
+//! - `idle`: an idle agent's and hub's RSS and CPU over FLEET_IDLE_SECONDS.
+//! - `fleet`: one hub, a thousand simulated robots long-polling; pickup
+//!   under that load, and the hub's RSS and CPU.
+//! - `all` (the default): every one of them.
+//!
+//! The Markdown report goes to stdout, progress to stderr. The binaries
+//! are found beside this one, or at TASUKI_BIN and TASUKI_HUB_BIN.
+
+mod api;
+mod cancel;
+mod idle;
+mod logs;
+mod pickup;
+mod procs;
+mod stats;
+mod swarm;
+
+use std::io::Write as _;
+use std::process::{Command as Process, ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use procs::Bins;
+
+#[derive(Parser)]
+#[command(
+    name = "tasuki-fleet-bench",
+    about = "Fleet-mode benchmarks: real tasuki-hub and tasuki agent processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// Queue → first step on one idle agent, against a loopback round trip.
+    Pickup,
+    /// DELETE cancel → process tree dead and the hub saying `cancelled`.
+    Cancel,
+    /// A million log lines through the agent and the hub.
+    Logs,
+    /// An idle agent's and hub's RSS and CPU.
+    Idle,
+    /// A thousand simulated robots on one hub.
+    Fleet,
+    /// All of the above (the default).
+    All,
+    /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
+    #[command(hide = true)]
+    GenLines { n: u64 },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Opts {
+    /// pickup: sessions measured.
+    #[arg(long, global = true, default_value_t = 500)]
+    pub sessions: usize,
+    /// pickup: warm-up sessions, not counted.
+    #[arg(long, global = true, default_value_t = 20)]
+    pub warmup: usize,
+    /// pickup: pause after a session's success before queueing the next,
+    /// so that the agent is back in its idle long poll.
+    #[arg(long, global = true, default_value_t = 50)]
+    pub settle_ms: u64,
+    /// cancel: repetitions.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub reps: usize,
+    /// logs: lines the step prints.
+    #[arg(long, global = true, default_value_t = 1_000_000)]
+    pub lines: u64,
+    /// idle: seconds to watch the idle agent.
+    #[arg(long, global = true, env = "FLEET_IDLE_SECONDS", default_value_t = 300)]
+    pub idle_seconds: u64,
+    /// fleet: simulated robots.
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub robots: usize,
+    /// fleet: sessions queued one at a time.
+    #[arg(long, global = true, default_value_t = 500)]
+    pub fleet_sessions: usize,
+    /// Keep each run's scratch folder (databases, logs) and print its path.
+    #[arg(long, global = true)]
+    pub keep: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::All);
+    if let Command::GenLines { n } = command {
+        return match logs::gen_lines(n) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gen-lines: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tasuki-fleet-bench: a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command, &cli.opts)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tasuki-fleet-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the report as it goes; false when a benchmark failed.
+async fn run(command: Command, opts: &Opts) -> Result<bool> {
+    let (soft, hard) = procs::raise_nofile()?;
+    let bins = Bins::locate()?;
+    emit(&format!(
+        "# Tasuki fleet benchmarks\n\n{}",
+        machine(&bins, soft, hard)
+    ));
+    let all = [
+        Command::Pickup,
+        Command::Cancel,
+        Command::Logs,
+        Command::Idle,
+        Command::Fleet,
+    ];
+    let todo: Vec<Command> = if command == Command::All {
+        all.to_vec()
+    } else {
+        vec![command]
+    };
+    let mut ok = true;
+    for c in todo {
+        let (name, result) = match c {
+            Command::Pickup => ("pickup", pickup::run(&bins, opts).await),
+            Command::Cancel => ("cancel", cancel::run(&bins, opts).await),
+            Command::Logs => ("logs", logs::run(&bins, opts).await),
+            Command::Idle => ("idle", idle::run(&bins, opts).await),
+            Command::Fleet => ("fleet", swarm::run(&bins, opts).await),
+            Command::All | Command::GenLines { .. } => continue,
+        };
+        eprintln!("[{name}] done");
+        match result {
+            Ok(section) => emit(&section),
+            Err(e) => {
+                ok = false;
+                eprintln!("[{name}] failed: {e:#}");
+                emit(&format!("## {name}\n\n**Failed:** {e:#}\n"));
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn emit(section: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{section}");
+    let _ = out.flush();
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Process::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn machine(bins: &Bins, soft: u64, hard: u64) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = command_line("uname", &["-r"]).unwrap_or_else(|| "unknown".into());
+    let rustc = command_line("rustc", &["--version"]).unwrap_or_else(|| "not found".into());
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .map_or("unknown".into(), |kb| {
+            format!("{:.1} GiB", kb as f64 / 1048576.0)
+        });
+    format!(
+        "## machine\n\n\
+         | | |\n|---|---|\n\
+         | nproc | {cpus} |\n\
+         | CPU | {model} |\n\
+         | memory | {total} |\n\
+         | kernel | {kernel} |\n\
+         | rustc | {rustc} |\n\
+         | open files (soft/hard) | {soft} / {hard} |\n\
+         | tasuki | {} |\n\
+         | tasuki-hub | {} |\n",
+        bins.tasuki.display(),
+        bins.hub.display()
+    )
+}
