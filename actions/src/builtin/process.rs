@@ -387,7 +387,7 @@ fn all_members_ignore(pgid: i32, bit: u64) -> bool {
             .find_map(|l| l.strip_prefix("SigIgn:"))
             .and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
         members += 1;
-        if !ignored_mask.is_some_and(|mask| mask & bit != 0) {
+        if ignored_mask.is_none_or(|mask| mask & bit == 0) {
             return false;
         }
     }
