@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tasuki_protocol::robot::{LEASE_HEADER, LEASE_LOST, POLL_CLIENT_TIMEOUT_SECONDS};
 use tasuki_protocol::{
-    Acked, Claims, ErrorBody, FinishSession, LogBatch, LogsStored, PollRequest, PollResponse,
-    RegisterRobot, RobotRegistered, SessionQueue, StepsStored, StepsUpdate,
+    Acked, Claims, ErrorBody, FinishSession, LogsStored, PollRequest, PollResponse, RegisterRobot,
+    RobotRegistered, SessionQueue, StepsStored, StepsUpdate,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -130,12 +130,12 @@ impl HubClient {
     }
 
     /// One attempt of one call.
-    async fn send<B: Serialize, T: DeserializeOwned>(
+    async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         lease: Option<&str>,
-        body: Option<&B>,
+        body: Option<&[u8]>,
         timeout: Duration,
         resign: bool,
     ) -> Result<T, CallError> {
@@ -149,7 +149,9 @@ impl HubClient {
             req = req.header(LEASE_HEADER, lease);
         }
         if let Some(body) = body {
-            req = req.json(body);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
         }
         let resp = req
             .send()
@@ -190,12 +192,12 @@ impl HubClient {
     }
 
     /// A call retried until it succeeds, fails for good, or `stop` fires.
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         lease: Option<&str>,
-        body: Option<&B>,
+        body: Option<&[u8]>,
         timeout: Duration,
         stop: &CancellationToken,
     ) -> Result<T, CallError> {
@@ -237,7 +239,8 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<RobotRegistered, CallError> {
         let path = format!("/v1/robot/robots/{}", self.robot);
-        self.call(Method::PUT, &path, None, Some(req), CALL_TIMEOUT, stop)
+        let body = json(req)?;
+        self.call(Method::PUT, &path, None, Some(&body), CALL_TIMEOUT, stop)
             .await
     }
 
@@ -246,12 +249,13 @@ impl HubClient {
     pub async fn poll_once(&self, req: &PollRequest) -> Result<PollResponse, CallError> {
         let path = format!("/v1/robot/robots/{}/poll", self.robot);
         let timeout = Duration::from_secs(POLL_CLIENT_TIMEOUT_SECONDS);
+        let body = json(req)?;
         match self
-            .send(Method::POST, &path, None, Some(req), timeout, false)
+            .send(Method::POST, &path, None, Some(&body), timeout, false)
             .await
         {
             Err(CallError::Auth(_)) => {
-                self.send(Method::POST, &path, None, Some(req), timeout, true)
+                self.send(Method::POST, &path, None, Some(&body), timeout, true)
                     .await
             }
             other => other,
@@ -265,29 +269,25 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<Acked, CallError> {
         let path = format!("/v1/robot/sessions/{session}/ack");
-        self.call::<(), _>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
+        self.call(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
             .await
     }
 
     pub async fn release(&self, session: i64, lease: &str) -> Result<(), CallError> {
         let path = format!("/v1/robot/sessions/{session}/release");
-        self.send::<(), serde_json::Value>(
-            Method::POST,
-            &path,
-            Some(lease),
-            None,
-            CALL_TIMEOUT,
-            false,
-        )
-        .await
-        .map(|_| ())
+        self.send::<serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, false)
+            .await
+            .map(|_| ())
     }
 
+    /// Posts a log batch already serialised as `{"lines": [...]}`: the
+    /// spool holds each line as JSON, and passing it through saves a parse
+    /// and a serialisation per line.
     pub async fn logs(
         &self,
         session: i64,
         lease: &str,
-        batch: &LogBatch,
+        batch: &[u8],
         stop: &CancellationToken,
     ) -> Result<LogsStored, CallError> {
         let path = format!("/v1/robot/sessions/{session}/logs");
@@ -310,11 +310,12 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<StepsStored, CallError> {
         let path = format!("/v1/robot/sessions/{session}/steps");
+        let body = json(update)?;
         self.call(
             Method::PUT,
             &path,
             Some(lease),
-            Some(update),
+            Some(&body),
             CALL_TIMEOUT,
             stop,
         )
@@ -372,16 +373,25 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<SessionQueue, CallError> {
         let path = format!("/v1/robot/sessions/{session}/finish");
+        let body = json(report)?;
         self.call(
             Method::POST,
             &path,
             Some(lease),
-            Some(report),
+            Some(&body),
             CALL_TIMEOUT,
             stop,
         )
         .await
     }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, CallError> {
+    serde_json::to_vec(value).map_err(|e| CallError::Rejected {
+        status: 0,
+        code: "unserialisable".into(),
+        message: e.to_string(),
+    })
 }
 
 /// Longest wait between two attempts.

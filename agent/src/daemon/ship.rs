@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tasuki_actions::{Event, EventSink, SessionReport, StepRecord};
 use tasuki_protocol::robot::MAX_LOG_BATCH;
 use tasuki_protocol::{
-    FinishSession, LogBatch, LogLevel, LogLine, SessionError, SessionStatus, StepState, StepStatus,
+    FinishSession, LogLevel, LogLine, SessionError, SessionStatus, StepState, StepStatus,
     StepsUpdate,
 };
 use tokio::sync::Notify;
@@ -332,7 +332,10 @@ pub async fn ship(
             None
         }
     };
-    let mut pending: VecDeque<LogLine> = VecDeque::new();
+    let mut pending: VecDeque<Spooled> = VecDeque::new();
+    // Batches refused in a row; placeholders refused too mean the hub
+    // will take nothing more for this session.
+    let mut refusals = 0;
     let mut high_seq = 0u64;
     let mut sent_revision = 0u64;
     let mut uploaded: HashMap<String, (u64, std::time::SystemTime)> = HashMap::new();
@@ -353,7 +356,9 @@ pub async fn ship(
             {
                 // Only reached once the file failed; from then on lines
                 // come from memory, after the file's.
-                pending.push_back(l);
+                if let Some(l) = Spooled::from_line(&l) {
+                    pending.push_back(l);
+                }
             }
         }
         if let Some(r) = reader.as_mut() {
@@ -371,8 +376,11 @@ pub async fn ship(
                         }
                         break;
                     }
-                    Ok(_) => match serde_json::from_str::<LogLine>(line.trim_end()) {
-                        Ok(l) if l.seq > high_seq => pending.push_back(l),
+                    Ok(_) => match serde_json::from_str::<SeqOnly>(line.trim_end()) {
+                        Ok(l) if l.seq > high_seq => pending.push_back(Spooled {
+                            seq: l.seq,
+                            json: line.trim_end().to_string(),
+                        }),
                         Ok(_) => {}
                         Err(e) => {
                             tracing::error!(session_queue_id = session, error = %e, "a spooled log line does not read; skipping it")
@@ -389,11 +397,11 @@ pub async fn ship(
             // The first call, even empty, learns how far the hub got (a
             // recovered spool may be partly delivered).
             first_contact = false;
-            let batch = LogBatch {
-                lines: pending.iter().take(MAX_LOG_BATCH).cloned().collect(),
-            };
+            let count = pending.len().min(MAX_LOG_BATCH);
+            let batch = batch_body(pending.iter().take(count));
             match client.logs(session, lease, &batch, stop).await {
                 Ok(stored) => {
+                    refusals = 0;
                     let before = pending.len();
                     high_seq = high_seq.max(stored.high_seq);
                     pending.retain(|l| l.seq > high_seq);
@@ -422,12 +430,16 @@ pub async fn ship(
                     // A batch the hub will never take: its lines are
                     // replaced by a note saying so, which keeps `seq`
                     // without gaps and every later line deliverable.
-                    tracing::error!(session_queue_id = session, error = %e, lines = batch.lines.len(), "the hub refused a log batch; sending placeholders");
+                    refusals += 1;
+                    if refusals > 1 {
+                        tracing::error!(session_queue_id = session, error = %e, "the hub refuses even placeholder lines; shipping stops");
+                        return Shipped::LeaseLost;
+                    }
+                    tracing::error!(session_queue_id = session, error = %e, lines = count, "the hub refused a log batch; sending placeholders");
                     let note = format!("[log line refused by the hub: {e}]");
                     let note: String = note.chars().take(1024).collect();
-                    for l in pending.iter_mut().take(batch.lines.len()) {
-                        l.message = note.clone();
-                        l.step_id = None;
+                    for l in pending.iter_mut().take(count) {
+                        *l = l.placeholder(&note);
                     }
                 }
             }
@@ -531,6 +543,58 @@ pub async fn ship(
             None => {}
         }
     }
+}
+
+/// A spooled line as the file holds it (JSON), and its `seq`.
+struct Spooled {
+    seq: u64,
+    json: String,
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+impl Spooled {
+    fn from_line(line: &LogLine) -> Option<Spooled> {
+        Some(Spooled {
+            seq: line.seq,
+            json: serde_json::to_string(line).ok()?,
+        })
+    }
+
+    /// The same `seq` and time, with `note` for its message.
+    fn placeholder(&self, note: &str) -> Spooled {
+        let ts = serde_json::from_str::<LogLine>(&self.json)
+            .map(|l| l.ts)
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let line = LogLine {
+            seq: self.seq,
+            ts,
+            level: LogLevel::Warn,
+            step_id: None,
+            message: note.to_string(),
+        };
+        Spooled::from_line(&line).unwrap_or(Spooled {
+            seq: self.seq,
+            json: String::new(),
+        })
+    }
+}
+
+/// `{"lines": [...]}` from spooled JSON lines, without parsing them again.
+fn batch_body<'a>(lines: impl Iterator<Item = &'a Spooled>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(256 * 1024);
+    body.extend_from_slice(b"{\"lines\":[");
+    for (i, l) in lines.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(l.json.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// Uploads regular files in `dir` that are new or changed.
@@ -661,6 +725,32 @@ pub async fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spooled_lines_pass_through_as_a_valid_batch() {
+        let line = |seq| LogLine {
+            seq,
+            ts: jiff::Timestamp::UNIX_EPOCH,
+            level: LogLevel::Info,
+            step_id: Some("s".into()),
+            message: format!("line \"{seq}\""),
+        };
+        let spooled: Vec<Spooled> = (1..=3)
+            .map(|i| Spooled::from_line(&line(i)).unwrap())
+            .collect();
+        let batch: tasuki_protocol::LogBatch =
+            serde_json::from_slice(&batch_body(spooled.iter())).unwrap();
+        assert_eq!(batch.lines, vec![line(1), line(2), line(3)]);
+        let empty: tasuki_protocol::LogBatch =
+            serde_json::from_slice(&batch_body([].iter())).unwrap();
+        assert!(empty.lines.is_empty());
+        let note = spooled[1].placeholder("[refused]");
+        let back: LogLine = serde_json::from_str(&note.json).unwrap();
+        assert_eq!(
+            (back.seq, back.message.as_str(), back.ts),
+            (2, "[refused]", line(2).ts)
+        );
+    }
 
     #[test]
     fn artifact_names_are_made_plain() {
