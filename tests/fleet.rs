@@ -792,3 +792,81 @@ async fn register_reads_the_secret_from_stdin_and_never_from_argv_afterwards() {
     assert!(!String::from_utf8_lossy(&environ).contains(&f.key.secret));
     assert!(!agent.log().contains(&f.key.secret));
 }
+
+#[test]
+fn a_bad_config_or_open_credentials_file_is_refused_with_the_place_named() {
+    let scratch = Scratch::new();
+    let robot = Robot::new(scratch.dir.path(), "bad-config");
+    let run = |config: &std::path::Path| {
+        std::process::Command::new(tasuki_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tasuki agent")
+    };
+    let creds = robot.credentials();
+    let write = |name: &str, text: &str| {
+        let p = robot.dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let good_head = format!(
+        "[control_plane]\nurl = \"http://127.0.0.1:9\"\nname = \"r\"\n\n[credentials]\nfile = \"{}\"\n",
+        creds.display()
+    );
+    // An unknown key, a wrong type, a bad value: each names its place.
+    let cases = [
+        (
+            "unknown.toml",
+            format!("{good_head}\n[paths]\nwork_dirr = \"/tmp\"\n"),
+            "work_dirr",
+            "line 9",
+        ),
+        (
+            "type.toml",
+            good_head.replace("name = \"r\"", "name = \"r\"\nmax_concurrency = \"two\""),
+            "control_plane.max_concurrency",
+            "line 4",
+        ),
+        (
+            "value.toml",
+            good_head.replace("http://127.0.0.1:9", "ftp://x"),
+            "control_plane.url",
+            "",
+        ),
+        (
+            "name.toml",
+            good_head.replace("name = \"r\"", "name = \"a b\""),
+            "control_plane.name",
+            "",
+        ),
+    ];
+    for (file, text, needle, line) in cases {
+        let out = run(&write(file, &text));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(
+            err.contains(file) && err.contains(needle) && err.contains(line),
+            "{file}: {err}"
+        );
+    }
+    // A credentials file others can read is refused, with the fix.
+    let config = write("ok.toml", &good_head);
+    std::fs::write(
+        &creds,
+        "access_key_id = \"k\"\nsecret_access_key = \"s\"\ninstance_id = \"i\"\n",
+    )
+    .expect("write credentials");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = run(&config);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("secret_access_key = \"s\""), "{err}");
+    }
+}

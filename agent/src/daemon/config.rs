@@ -204,13 +204,41 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().to_string();
     match e.span() {
         Some(span) => {
-            let before = &text[..text.len().min(span.start)];
+            // A byte offset; `get` keeps a bad one from panicking.
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {message}")
+            match key_at(text, line) {
+                Some(key) if !message.contains(&key) => {
+                    format!("line {line}, column {column}: `{key}`: {message}")
+                }
+                _ => format!("line {line}, column {column}: {message}"),
+            }
         }
         None => message,
     }
+}
+
+/// The dotted key set on line `line` (1-based), such as
+/// `control_plane.max_concurrency`: the table header above it and the key
+/// before its `=`. Only for simple `key = value` lines.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (key, _) = lines.get(line.checked_sub(1)?)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 /// What the credentials file holds.
@@ -261,7 +289,8 @@ impl Credentials {
             // Never echo the file: it holds the secret.
             message: match e.span() {
                 Some(span) => {
-                    let line = text[..text.len().min(span.start)].matches('\n').count() + 1;
+                    let before = text.get(..span.start).unwrap_or(&text);
+                    let line = before.matches('\n').count() + 1;
                     format!("line {line}: {}", e.message())
                 }
                 None => e.message().to_string(),

@@ -69,20 +69,23 @@ pub async fn run(
     let load = LoadOptions {
         env_allow: Some(env.options.env_allow.clone()),
     };
-    let prepared = parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
-        .map_err(|problems| ("invalid_workflow", problems.to_string()))
-        .and_then(|workflow| {
-            let inputs = ParamInputs {
-                file: lease.params.clone(),
-                ..ParamInputs::default()
-            };
-            bind_params(&workflow, &inputs)
-                .map(|params| (workflow, params))
-                .map_err(|problems| ("invalid_params", problems.to_string()))
-        });
-
-    // Nothing runs before the lease is acknowledged.
-    match env.client.ack(id, &lease.lease_id, &stop).await {
+    // Checking runs no step, so it overlaps the ack's round trip; nothing
+    // runs before the lease is acknowledged.
+    let prepare = async {
+        parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
+            .map_err(|problems| ("invalid_workflow", problems.to_string()))
+            .and_then(|workflow| {
+                let inputs = ParamInputs {
+                    file: lease.params.clone(),
+                    ..ParamInputs::default()
+                };
+                bind_params(&workflow, &inputs)
+                    .map(|params| (workflow, params))
+                    .map_err(|problems| ("invalid_params", problems.to_string()))
+            })
+    };
+    let (acked, prepared) = tokio::join!(env.client.ack(id, &lease.lease_id, &stop), prepare);
+    match acked {
         Ok(_) => {}
         Err(CallError::Cancelled) => return Outcome::Interrupted,
         Err(e) => {

@@ -629,7 +629,7 @@ async fn upload_new(
                 continue;
             }
         };
-        client
+        match client
             .artifact(
                 spool.lease.session_id,
                 &spool.lease.lease_id,
@@ -637,7 +637,18 @@ async fn upload_new(
                 bytes,
                 stop,
             )
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // This file will never be taken (too large, say); the others
+            // still go, and it is not offered again unless it changes.
+            Err(CallError::Rejected {
+                status, message, ..
+            }) => {
+                tracing::error!(artifact = %name, status, %message, "the hub refused an artifact");
+            }
+            Err(e) => return Err(e),
+        }
         uploaded.insert(name, (len, modified));
     }
     Ok(())
