@@ -870,3 +870,47 @@ fn a_bad_config_or_open_credentials_file_is_refused_with_the_place_named() {
         assert!(!err.contains("secret_access_key = \"s\""), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_session_delivers_its_spool_when_it_starts_again() {
+    let f = fleet();
+    let robot = f.robot("phoenix");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let yaml = shell_yaml(
+        "cut-off",
+        "echo $$ > \"${params.dir}/shell.pid\"\nsleep 1.5\necho while the hub was down\nexec sleep 300",
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    running(&f.api, id, LIMIT).await;
+    // The hub goes away; the line printed meanwhile can only go to the
+    // spool on disk. Then the agent dies without any cleanup.
+    let Fleet {
+        scratch, hub, key, ..
+    } = f;
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    hub.stop();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    agent.signal("KILL");
+    drop(agent);
+    let pid = std::fs::read_to_string(scratch.dir.path().join("shell.pid")).expect("pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status();
+
+    let hub = Hub::start_at(&scratch, &listen, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let again = robot.start(&[]);
+    let s = finished(&api, id, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "agent_restarted", "{s}");
+    let logs = all_logs(&api, id).await;
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "while the hub was down"),
+        "the spooled line was delivered: {logs:?}\n{}",
+        again.log()
+    );
+}

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::client::{CallError, HubClient};
 use super::ship::{self, ShipCounters, Shipped, Spool, SpoolLease};
 
+/// How often a session's spool is flushed to disk at the latest.
+const SPOOL_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What every session on this robot shares.
 pub struct SessionEnv {
     pub client: Arc<HubClient>,
@@ -178,9 +181,21 @@ pub async fn run(
             (outcome, spool)
         })
     };
-    let report = executor.run(&workflow, &params, sink, cancel).await;
+    let flusher = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SPOOL_FLUSH_EVERY).await;
+                sink.flush();
+            }
+        })
+    };
+    let report = executor.run(&workflow, &params, sink.clone(), cancel).await;
     tracing::info!(session_queue_id = id, status = ?report.status, duration_ms = report.duration_ms, "session ended");
-    let outcome = match shipping.await {
+    let shipped = shipping.await;
+    flusher.abort();
+    sink.flush();
+    let outcome = match shipped {
         Ok((outcome, _)) => outcome.into(),
         Err(e) => {
             tracing::error!(session_queue_id = id, error = %e, "the shipping task failed");

@@ -221,6 +221,19 @@ impl EventSink for SpoolSink {
 }
 
 impl SpoolSink {
+    /// Puts buffered lines on disk. The sender flushes whenever it looks
+    /// for lines, but while it retries a call (the hub is down) it does not
+    /// look, so the session also calls this on a timer: a line is on disk
+    /// within that period, whatever the hub does.
+    pub fn flush(&self) {
+        let mut w = lock(&self.shared.writer);
+        if let Some(f) = w.file.as_mut()
+            && let Err(e) = f.flush()
+        {
+            tracing::error!(error = %e, "cannot flush the log spool");
+        }
+    }
+
     pub fn shipper(&self) -> Shipper {
         Shipper {
             shared: Some(self.shared.clone()),
