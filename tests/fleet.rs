@@ -914,3 +914,41 @@ async fn an_agent_killed_mid_session_delivers_its_spool_when_it_starts_again() {
         again.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reruns() {
+    // Short timings so the lease runs out within the test: polls held 2 s,
+    // leases living 7 s without a renewal.
+    let mut args = HUB_ARGS.to_vec();
+    args.extend(["--hold-seconds", "2", "--lease-ttl-seconds", "7"]);
+    let f = fleet_with(&args);
+    let robot = f.robot("mortal");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let yaml = shell_yaml(
+        "doomed",
+        "echo $$ > \"${params.dir}/shell.pid\"\necho ran >> \"${params.dir}/runs.txt\"\nexec sleep 300",
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    running(&f.api, id, LIMIT).await;
+    let pid_file = f.scratch.dir.path().join("shell.pid");
+    assert!(eventually(LIMIT, || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|t| t.ends_with('\n'))));
+    agent.signal("KILL");
+    drop(agent);
+    let pid = std::fs::read_to_string(&pid_file).expect("pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status();
+    // A second robot is there to take work; it must not get this session.
+    let (_r2, _a2) = f.agent("survivor", &[], &[]);
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "robot_lost", "{s}");
+    assert_eq!(s["robot"]["name"], "mortal");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let runs = std::fs::read_to_string(f.scratch.dir.path().join("runs.txt")).expect("runs");
+    assert_eq!(runs.lines().count(), 1, "the session ran once, never again");
+}

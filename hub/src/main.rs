@@ -47,6 +47,15 @@ enum Command {
         #[arg(long, env = "TASUKI_HUB_QUOTA_PER_ROBOT", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(60..))]
         quota_per_robot: u64,
+        /// How long a robot's poll is held when there is nothing to say.
+        #[arg(long, env = "TASUKI_HUB_HOLD_SECONDS", default_value_t = 25,
+              value_parser = clap::value_parser!(u64).range(1..=300))]
+        hold_seconds: u64,
+        /// How long a running session's lease lives without a renewal
+        /// before the session ends as `robot_lost`; at least the hold + 5 s.
+        #[arg(long, env = "TASUKI_HUB_LEASE_TTL_SECONDS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(6..=3600))]
+        lease_ttl_seconds: u64,
     },
     /// Manage access keys.
     Keys {
@@ -90,12 +99,18 @@ fn main() -> ExitCode {
             issuer,
             audience,
             quota_per_robot,
+            hold_seconds,
+            lease_ttl_seconds,
         } => run_server(serve::ServeOptions {
             listen,
             db,
             issuer,
             audience,
             quota_per_robot,
+            timings: api::Timings {
+                hold_seconds,
+                lease_ttl_seconds,
+            },
         }),
         Command::Keys { command } => match command {
             KeysCommand::Create { scopes, db } => keys::create(&db, &scopes),

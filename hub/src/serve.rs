@@ -22,11 +22,22 @@ pub struct ServeOptions {
     pub issuer: String,
     pub audience: String,
     pub quota_per_robot: u64,
+    pub timings: api::Timings,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (db, master) = store::open(&opts.db)?;
-    let extended = db.with(|conn| leases::extend_after_restart(conn, now_ms()))?;
+    let t = opts.timings;
+    if t.lease_ttl_seconds < t.hold_seconds + 5 {
+        anyhow::bail!(
+            "--lease-ttl-seconds ({}) must be at least --hold-seconds ({}) + 5: robots renew \
+             their leases once per poll, and a poll may be held that long",
+            t.lease_ttl_seconds,
+            t.hold_seconds
+        );
+    }
+    let ttl_ms = t.lease_ttl_ms();
+    let extended = db.with(|conn| leases::extend_after_restart(conn, now_ms(), ttl_ms))?;
     if extended > 0 {
         tracing::info!(
             leases = extended,
@@ -35,6 +46,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let mut hub = Hub::new(db, master, opts.issuer, opts.audience);
     hub.quota = api::Quota::new(opts.quota_per_robot);
+    hub.timings = opts.timings;
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let listener = TcpListener::bind(opts.listen)
@@ -93,7 +105,7 @@ async fn sweep_leases(hub: Arc<Hub>) {
             .db
             .call(move |conn| {
                 let now = now_ms();
-                let swept = leases::sweep(conn, now)?;
+                let swept = leases::sweep(conn, now, swept_hub.timings.lease_ttl_ms())?;
                 for &id in &swept.requeued {
                     swept_hub.dispatch.offer(conn, id, now)?;
                 }

@@ -47,6 +47,29 @@ pub struct Hub {
     pub registry: Registry,
     /// The robots waiting in a long poll.
     pub dispatch: Dispatcher,
+    pub timings: Timings,
+}
+
+/// How long a poll is held and a lease lives (docs/protocol.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub hold_seconds: u64,
+    pub lease_ttl_seconds: u64,
+}
+
+impl Timings {
+    pub fn lease_ttl_ms(&self) -> i64 {
+        self.lease_ttl_seconds as i64 * 1000
+    }
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            hold_seconds: tasuki_protocol::robot::HOLD_SECONDS,
+            lease_ttl_seconds: tasuki_protocol::robot::LEASE_TTL_SECONDS,
+        }
+    }
 }
 
 /// An access key, ready to verify a signature with.
@@ -70,6 +93,7 @@ impl Hub {
             quota: quota::Quota::new(quota::CALLS_PER_ROBOT_PER_MINUTE),
             registry: Registry::builtin(),
             dispatch: Dispatcher::default(),
+            timings: Timings::default(),
         }
     }
 

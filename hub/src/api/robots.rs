@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use tasuki_protocol::robot::HOLD_SECONDS;
 use tasuki_protocol::{RobotItem, RobotList, RobotState};
 
 use super::Hub;
@@ -14,9 +13,9 @@ use super::error::ApiError;
 use super::query::QueryParams;
 use crate::db::{leases, robots};
 
-/// A robot not seen for this long, and not waiting in a poll, is offline:
-/// a connected robot polls at least once per hold.
-const OFFLINE_AFTER_SECONDS: i64 = HOLD_SECONDS as i64 + 15;
+/// A robot not seen for the hold plus this long, and not waiting in a
+/// poll, is offline: a connected robot polls at least once per hold.
+const OFFLINE_SLACK_SECONDS: i64 = 15;
 
 pub async fn list(
     State(hub): State<Arc<Hub>>,
@@ -37,9 +36,10 @@ pub async fn list(
         .into_iter()
         .map(|r| {
             let running_sessions = by_robot.remove(&r.id).unwrap_or_default();
-            let recently = r
-                .last_seen_at
-                .is_some_and(|t| now.duration_since(t).as_secs() < OFFLINE_AFTER_SECONDS);
+            let recently = r.last_seen_at.is_some_and(|t| {
+                now.duration_since(t).as_secs()
+                    < hub.timings.hold_seconds as i64 + OFFLINE_SLACK_SECONDS
+            });
             let state = if !(recently || hub.dispatch.is_waiting(r.id)) {
                 RobotState::Offline
             } else if running_sessions.is_empty() {

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
-use tasuki_protocol::robot::{ACK_SECONDS, LEASE_TTL_SECONDS, ROBOT_LOST};
+use tasuki_protocol::robot::{ACK_SECONDS, ROBOT_LOST};
 use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
@@ -12,7 +12,6 @@ use tasuki_protocol::{
 use super::{DbError, parse_json, to_timestamp};
 
 const ACK_MS: i64 = ACK_SECONDS as i64 * 1000;
-const TTL_MS: i64 = LEASE_TTL_SECONDS as i64 * 1000;
 
 /// What a robot must be to take a session.
 #[derive(Debug, Clone)]
@@ -192,6 +191,7 @@ pub fn renew(
     robot_id: i64,
     held: &[HeldLease],
     now_ms: i64,
+    ttl_ms: i64,
 ) -> Result<Vec<i64>, DbError> {
     let mut lost = Vec::new();
     for h in held {
@@ -207,7 +207,7 @@ pub fn renew(
             Some(("running", true)) => {
                 conn.execute(
                     "UPDATE session_queues SET lease_expires_at = ?2 WHERE id = ?1",
-                    params![h.session_id, now_ms + TTL_MS],
+                    params![h.session_id, now_ms + ttl_ms],
                 )?;
             }
             // Offered and not acknowledged yet: the ack deadline stands.
@@ -298,12 +298,13 @@ pub fn ack(
     session_id: i64,
     lease_id: &str,
     now_ms: i64,
+    ttl_ms: i64,
 ) -> Result<Option<i64>, DbError> {
     conn.execute(
         "UPDATE session_queues
          SET status = 'running', started_at = ?3, lease_acked = 1, lease_expires_at = ?4
          WHERE id = ?1 AND lease_id = ?2 AND status = 'queued' AND lease_acked = 0",
-        params![session_id, lease_id, now_ms, now_ms + TTL_MS],
+        params![session_id, lease_id, now_ms, now_ms + ttl_ms],
     )?;
     // Read back, so that a repeated ack gets the first answer.
     Ok(conn
@@ -426,7 +427,7 @@ pub struct Swept {
     pub lost: Vec<(i64, i64)>,
 }
 
-pub fn sweep(conn: &mut Connection, now_ms: i64) -> Result<Swept, DbError> {
+pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, DbError> {
     let tx = conn.transaction()?;
     let mut swept = Swept::default();
     {
@@ -453,8 +454,9 @@ pub fn sweep(conn: &mut Connection, now_ms: i64) -> Result<Swept, DbError> {
                     let error = SessionError {
                         code: ROBOT_LOST.into(),
                         message: format!(
-                            "the robot stopped renewing its lease for {LEASE_TTL_SECONDS} s \
-                             (it died, or lost the network); the session was not re-run"
+                            "the robot stopped renewing its lease for {} s \
+                             (it died, or lost the network); the session was not re-run",
+                            ttl_ms / 1000
                         ),
                         step_id: None,
                     };
@@ -483,13 +485,13 @@ pub fn sweep(conn: &mut Connection, now_ms: i64) -> Result<Swept, DbError> {
 
 /// On start, every live lease gets a fresh deadline: while the hub was
 /// down no robot could renew, and that must not count against them.
-pub fn extend_after_restart(conn: &Connection, now_ms: i64) -> Result<usize, DbError> {
+pub fn extend_after_restart(conn: &Connection, now_ms: i64, ttl_ms: i64) -> Result<usize, DbError> {
     Ok(conn.execute(
         "UPDATE session_queues
          SET lease_expires_at = MAX(lease_expires_at,
                                     ?1 + CASE WHEN lease_acked = 1 THEN ?2 ELSE ?3 END)
          WHERE lease_expires_at IS NOT NULL AND status IN ('queued', 'running')",
-        params![now_ms, TTL_MS, ACK_MS],
+        params![now_ms, ttl_ms, ACK_MS],
     )?)
 }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use tasuki_protocol::robot::{HOLD_SECONDS, LEASE_TTL_SECONDS};
 use tasuki_protocol::{HeldLease, PollRequest, PollResponse};
 
 use super::super::Hub;
@@ -39,7 +38,8 @@ pub async fn poll(
             .call(move |conn| {
                 let now = now_ms();
                 robots::heartbeat(conn, robot_id, req.metrics.as_ref(), req.draining, now)?;
-                let lost = leases::renew(conn, robot_id, &req.held, now)?;
+                let lost =
+                    leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
                 let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
                 let mut offered = leases::offered_by_poll(conn, robot_id, &req.poll_id)?;
                 if !lost.is_empty() || !cancel.is_empty() || !offered.is_empty() {
@@ -65,12 +65,12 @@ pub async fn poll(
             .await?
     };
     let (mut rx, seq) = match answer_now {
-        Ok(answer) => return Ok(Json(with_timings(answer))),
+        Ok(answer) => return Ok(Json(with_timings(answer, &hub))),
         Err(waiting) => waiting,
     };
     let wake = tokio::select! {
         wake = &mut rx => wake.ok(),
-        _ = tokio::time::sleep(Duration::from_secs(HOLD_SECONDS)) => {
+        _ = tokio::time::sleep(Duration::from_secs(hub.timings.hold_seconds)) => {
             if hub.dispatch.forget(robot_id, seq) {
                 None
             } else {
@@ -91,7 +91,7 @@ pub async fn poll(
         }
         Some(Wake::Replaced) | Some(Wake::Shutdown) | None => PollResponse::default(),
     };
-    Ok(Json(with_timings(answer)))
+    Ok(Json(with_timings(answer, &hub)))
 }
 
 fn response(leases: Vec<tasuki_protocol::Lease>, cancel: Vec<i64>, lost: Vec<i64>) -> PollResponse {
@@ -103,9 +103,9 @@ fn response(leases: Vec<tasuki_protocol::Lease>, cancel: Vec<i64>, lost: Vec<i64
     }
 }
 
-fn with_timings(mut r: PollResponse) -> PollResponse {
-    r.hold_seconds = HOLD_SECONDS;
-    r.lease_ttl_seconds = LEASE_TTL_SECONDS;
+fn with_timings(mut r: PollResponse, hub: &Hub) -> PollResponse {
+    r.hold_seconds = hub.timings.hold_seconds;
+    r.lease_ttl_seconds = hub.timings.lease_ttl_seconds;
     r
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use tasuki_protocol::robot::{HOLD_SECONDS, LEASE_TTL_SECONDS, MAX_LABELS, check_label};
+use tasuki_protocol::robot::{MAX_LABELS, check_label};
 use tasuki_protocol::{RegisterRobot, RobotRegistered};
 
 use super::super::Hub;
@@ -39,8 +39,8 @@ pub async fn register(
             Ok(Json(RobotRegistered {
                 robot_id: robot.id,
                 name: robot.name,
-                hold_seconds: HOLD_SECONDS,
-                lease_ttl_seconds: LEASE_TTL_SECONDS,
+                hold_seconds: hub.timings.hold_seconds,
+                lease_ttl_seconds: hub.timings.lease_ttl_seconds,
             }))
         }
         Registered::Taken {

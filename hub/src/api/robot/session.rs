@@ -61,9 +61,10 @@ pub async fn ack(
     let id = session_id(id)?;
     let lease = lease_header(&headers)?;
     held(&hub, id, &lease).await?;
+    let ttl_ms = hub.timings.lease_ttl_ms();
     let started = hub
         .db
-        .call(move |conn| leases::ack(conn, id, &lease, now_ms()))
+        .call(move |conn| leases::ack(conn, id, &lease, now_ms(), ttl_ms))
         .await?;
     match started {
         Some(ms) => Ok(Json(Acked {
