@@ -47,9 +47,10 @@ enum Command {
         #[arg(long, env = "TASUKI_HUB_QUOTA_PER_ROBOT", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(60..))]
         quota_per_robot: u64,
-        /// How long a robot's poll is held when there is nothing to say.
+        /// How long a robot's poll is held when there is nothing to say;
+        /// at most 25 s, since agents give up on a poll after 35 s.
         #[arg(long, env = "TASUKI_HUB_HOLD_SECONDS", default_value_t = 25,
-              value_parser = clap::value_parser!(u64).range(1..=300))]
+              value_parser = clap::value_parser!(u64).range(1..=25))]
         hold_seconds: u64,
         /// How long a running session's lease lives without a renewal
         /// before the session ends as `robot_lost`; at least the hold + 5 s.

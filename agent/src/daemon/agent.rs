@@ -24,6 +24,10 @@ use super::metrics::Sampler;
 use super::session::{self, Outcome, SessionEnv};
 use super::ship;
 
+/// How long to wait before polling again when the answer only repeated
+/// cancels the agent is already carrying out.
+const REPEAT_PAUSE: Duration = Duration::from_secs(1);
+
 pub struct AgentOptions {
     pub max_concurrency: u32,
     /// Run one session, then exit.
@@ -154,17 +158,30 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             Some(Ok(resp)) => {
                 poll_id = new_id();
                 delays = backoff();
-                handle(&env, &state, &opts, &stop, &mut sessions, resp);
+                let repeats_only = !resp.cancel.is_empty() || !resp.lost.is_empty();
+                let news = handle(&env, &state, &opts, &stop, &mut sessions, resp);
+                if repeats_only && !news {
+                    // The hub answers at once while a session it asked us
+                    // to stop (or has finished) is still in `held`; that is
+                    // no news, so do not poll hot while it winds down.
+                    tokio::select! {
+                        _ = tokio::time::sleep(REPEAT_PAUSE) => {}
+                        _ = state.changed.notified() => {}
+                    }
+                }
             }
             Some(Err(e)) => {
                 let delay = match &e {
                     CallError::RateLimited(d) => *d,
                     CallError::Rejected { code, .. } if code == "robot_not_registered" => {
                         // The hub lost the robot (a new database): register again.
-                        if let Err(e) = client.register(&opts.register, &stop).await {
-                            tracing::error!(error = %e, "cannot register again");
+                        match client.register(&opts.register, &stop).await {
+                            Ok(_) => Duration::ZERO,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot register again");
+                                delays.next().unwrap_or(super::client::MAX_DELAY)
+                            }
                         }
-                        Duration::ZERO
                     }
                     CallError::Rejected { code, message, .. } if code == "robot_name_taken" => {
                         anyhow::bail!(
@@ -198,11 +215,15 @@ fn handle(
     stop: &CancellationToken,
     sessions: &mut JoinSet<()>,
     resp: PollResponse,
-) {
+) -> bool {
+    let mut news = !resp.leases.is_empty();
     {
         let running = state.running();
         for id in resp.cancel.iter().chain(&resp.lost) {
-            if let Some(r) = running.get(id) {
+            if let Some(r) = running.get(id)
+                && !r.cancel.is_cancelled()
+            {
+                news = true;
                 tracing::info!(
                     session_queue_id = id,
                     lost = resp.lost.contains(id),
@@ -226,7 +247,7 @@ fn handle(
             !(done_taking || cannot_fit || already_running)
         };
         if take {
-            start(env, state, opts, stop, sessions, lease);
+            start(env, state, stop, sessions, lease);
         } else {
             // Not for us now (a drain began as it was offered): hand it
             // straight back rather than let it wait out its ack deadline.
@@ -238,12 +259,12 @@ fn handle(
             });
         }
     }
+    news
 }
 
 fn start(
     env: &Arc<SessionEnv>,
     state: &Arc<State>,
-    opts: &AgentOptions,
     stop: &CancellationToken,
     sessions: &mut JoinSet<()>,
     lease: Lease,
@@ -264,16 +285,16 @@ fn start(
     let env = env.clone();
     let state = state.clone();
     let stop = stop.clone();
-    let once = opts.once;
     sessions.spawn(async move {
         let outcome = session::run(env, lease, cancel, stop, finishing).await;
         if outcome != Outcome::Reported {
             tracing::info!(session_queue_id = id, ?outcome, "session closed");
         }
         state.running().remove(&id);
-        if state.draining.load(Ordering::SeqCst) || once {
-            state.changed.notify_one();
-        }
+        // The outstanding poll still lists it and may carry a stale slot
+        // count (a session that never started frees no slot on the hub):
+        // poll again with the same poll id.
+        state.changed.notify_one();
     });
 }
 

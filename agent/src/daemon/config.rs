@@ -286,14 +286,18 @@ impl Credentials {
         })?;
         let creds: Credentials = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: shown.clone(),
-            // Never echo the file: it holds the secret.
-            message: match e.span() {
-                Some(span) => {
+            // Never echo the file, nor toml's message, which may quote a
+            // value: the file holds the secret.
+            message: {
+                let line = e.span().map(|span| {
                     let before = text.get(..span.start).unwrap_or(&text);
-                    let line = before.matches('\n').count() + 1;
-                    format!("line {line}: {}", e.message())
-                }
-                None => e.message().to_string(),
+                    before.matches('\n').count() + 1
+                });
+                format!(
+                    "{}not a valid credentials file: it holds access_key_id, \
+                     secret_access_key and instance_id, each a quoted string",
+                    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+                )
             },
         })?;
         if creds.secret_access_key.expose_secret().is_empty() {

@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 use super::client::{CallError, HubClient};
 
 const LOGS_FILE: &str = "logs.jsonl";
+/// A batch stays well under the hub's 10 MB body limit, however long its
+/// lines are.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const LEASE_FILE: &str = "lease.json";
 const FINISH_FILE: &str = "finish.json";
 
@@ -375,7 +378,8 @@ pub async fn ship(
             }
         }
         if let Some(r) = reader.as_mut() {
-            while pending.len() < MAX_LOG_BATCH {
+            let mut queued_bytes = pending_bytes(&pending);
+            while pending.len() < MAX_LOG_BATCH && queued_bytes < MAX_BATCH_BYTES {
                 line.clear();
                 match r.read_line(&mut line) {
                     Ok(0) => break,
@@ -390,10 +394,13 @@ pub async fn ship(
                         break;
                     }
                     Ok(_) => match serde_json::from_str::<SeqOnly>(line.trim_end()) {
-                        Ok(l) if l.seq > high_seq => pending.push_back(Spooled {
-                            seq: l.seq,
-                            json: line.trim_end().to_string(),
-                        }),
+                        Ok(l) if l.seq > high_seq => {
+                            queued_bytes += line.len();
+                            pending.push_back(Spooled {
+                                seq: l.seq,
+                                json: line.trim_end().to_string(),
+                            });
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::error!(session_queue_id = session, error = %e, "a spooled log line does not read; skipping it")
@@ -410,7 +417,15 @@ pub async fn ship(
             // The first call, even empty, learns how far the hub got (a
             // recovered spool may be partly delivered).
             first_contact = false;
-            let count = pending.len().min(MAX_LOG_BATCH);
+            let mut count = 0;
+            let mut bytes = 0;
+            for l in pending.iter().take(MAX_LOG_BATCH) {
+                if count > 0 && bytes + l.json.len() > MAX_BATCH_BYTES {
+                    break;
+                }
+                bytes += l.json.len() + 1;
+                count += 1;
+            }
             let batch = batch_body(pending.iter().take(count));
             match client.logs(session, lease, &batch, stop).await {
                 Ok(stored) => {
@@ -517,10 +532,17 @@ pub async fn ship(
             }
             None => pending.is_empty(),
         };
+        // A step that finished while artifacts were uploading may have left
+        // a file that the last scan did not see: scan again first.
+        let artifacts_pending = shipper
+            .shared
+            .as_ref()
+            .is_some_and(|shared| lock(&shared.live).artifacts_changed);
         if let Some(report) = &final_report
             && all_written
             && pending.is_empty()
             && spool_done
+            && !artifacts_pending
         {
             spool.finishing.store(true, Ordering::SeqCst);
             return match client.finish(session, lease, report, stop).await {
@@ -534,7 +556,13 @@ pub async fn ship(
                 }
                 Err(CallError::Cancelled) => Shipped::Interrupted,
                 Err(e) => {
-                    tracing::error!(session_queue_id = session, error = %e, "the hub refused the final report");
+                    // Too large, most likely (step outputs, a long error):
+                    // the status and a short error still matter most.
+                    tracing::error!(session_queue_id = session, error = %e, "the hub refused the final report; sending it without step outputs");
+                    let trimmed = trimmed_report(report);
+                    if let Err(e) = client.finish(session, lease, &trimmed, stop).await {
+                        tracing::error!(session_queue_id = session, error = %e, "the hub refused the trimmed final report too");
+                    }
                     let _ = std::fs::remove_dir_all(&spool.dir);
                     Shipped::Finished
                 }
@@ -556,6 +584,22 @@ pub async fn ship(
             None => {}
         }
     }
+}
+
+/// The report without step outputs and with a short error message.
+fn trimmed_report(report: &FinishSession) -> FinishSession {
+    let mut trimmed = report.clone();
+    for step in &mut trimmed.steps {
+        step.output = serde_json::Value::Null;
+        if let Some(e) = step.error.as_mut() {
+            e.message = e.message.chars().take(1024).collect();
+        }
+    }
+    if let Some(e) = trimmed.error.as_mut() {
+        e.message = e.message.chars().take(1024).collect();
+    }
+    trimmed.outputs = None;
+    trimmed
 }
 
 /// A spooled line as the file holds it (JSON), and its `seq`.
@@ -594,6 +638,10 @@ impl Spooled {
             json: String::new(),
         })
     }
+}
+
+fn pending_bytes(pending: &VecDeque<Spooled>) -> usize {
+    pending.iter().map(|l| l.json.len() + 1).sum()
 }
 
 /// `{"lines": [...]}` from spooled JSON lines, without parsing them again.
