@@ -313,9 +313,15 @@ fn emit(line: &[u8], truncated: bool, on_line: &mut impl FnMut(&str)) {
 /// an init); waiting for that made every browser close take 1.6 s longer.
 #[cfg(target_os = "linux")]
 fn group_has_live_member(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
+    live_members(pgid).is_none_or(|members| !members.is_empty())
+}
+
+/// The /proc directories of the group's members that are not zombies;
+/// `None` when /proc cannot be read.
+#[cfg(target_os = "linux")]
+fn live_members(pgid: i32) -> Option<Vec<std::path::PathBuf>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let mut members = Vec::new();
     for entry in entries.flatten() {
         let is_pid = entry
             .file_name()
@@ -335,10 +341,10 @@ fn group_has_live_member(pgid: i32) -> bool {
         let (state, _ppid, group) = (fields.next(), fields.next(), fields.next());
         let dead = matches!(state, Some("Z") | Some("X"));
         if !dead && group.and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
-            return true;
+            members.push(entry.path());
         }
     }
-    false
+    Some(members)
 }
 
 #[cfg(all(unix, not(target_os = "linux")))]
@@ -354,44 +360,21 @@ const SIGINT_BIT: u64 = 1 << (2 - 1);
 /// `bit`; false when the group has no live member or cannot be read.
 #[cfg(target_os = "linux")]
 fn all_members_ignore(pgid: i32, bit: u64) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Some(members) = live_members(pgid) else {
         return false;
     };
-    let mut members = 0;
-    for entry in entries.flatten() {
-        let is_pid = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
-        if !is_pid {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let (state, _ppid, group) = (fields.next(), fields.next(), fields.next());
-        if matches!(state, Some("Z") | Some("X"))
-            || group.and_then(|g| g.parse::<i32>().ok()) != Some(pgid)
-        {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let ignored_mask = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
-        members += 1;
-        if ignored_mask.is_none_or(|mask| mask & bit == 0) {
-            return false;
-        }
-    }
-    members > 0
+    !members.is_empty()
+        && members.iter().all(|dir| {
+            std::fs::read_to_string(dir.join("status"))
+                .ok()
+                .and_then(|status| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("SigIgn:"))
+                        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                })
+                .is_some_and(|mask| mask & bit != 0)
+        })
 }
 
 #[cfg(all(unix, not(target_os = "linux")))]
