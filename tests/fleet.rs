@@ -536,6 +536,52 @@ async fn a_hub_restart_mid_session_loses_and_duplicates_no_log_line() {
     assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
 }
 
+/// While the hub keeps up, a step that prints fast is slowed down so that
+/// lines reach the hub soon after they are printed; while it is down, the
+/// step must not wait for it: its lines go to the spool on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_keeps_printing_while_the_hub_is_down_and_every_line_arrives_later() {
+    const LINES: usize = 30_000;
+    let f = fleet();
+    let (_robot, _agent) = f.agent("outage", &[], &[]);
+    let dir = f.scratch.dir.path().join("outage-flags");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = shell_yaml(
+        "outage",
+        &format!(
+            "while [ ! -e \"${{params.dir}}/go\" ]; do sleep 0.02; done\nseq 1 {LINES}\ntouch \"${{params.dir}}/printed\""
+        ),
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({ "dir": dir.display().to_string() })).await;
+    running(&f.api, id, LIMIT).await;
+    let Fleet {
+        scratch, hub, key, ..
+    } = f;
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    hub.stop();
+    std::fs::write(dir.join("go"), b"").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !dir.join("printed").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step did not get its {LINES} lines out within 30 s while the hub was down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hub = Hub::start_at(&scratch, &listen, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let s = finished(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "success", "{s}");
+    let logs = all_logs(&api, id).await;
+    let printed: Vec<&str> = logs
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or(""))
+        .collect();
+    let expected: Vec<String> = (1..=LINES).map(|i| i.to_string()).collect();
+    assert_eq!(printed, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn robot_calls_do_not_count_toward_the_quota() {
     let f = fleet_with(&[]);

@@ -15,7 +15,7 @@ pub mod runtime;
 pub use language::model::{ParamSpec, Step, Workflow};
 pub use language::problem::{Problem, Problems};
 pub use language::{LoadOptions, load_workflow, parse_workflow};
-pub use runtime::event::{Event, EventSink, LogLevel, LogLine};
+pub use runtime::event::{Event, EventSink, LogLevel, LogLine, LogRoom};
 pub use runtime::executor::{ExecOptions, Executor};
 pub use runtime::registry::Registry;
 pub use runtime::report::{ErrorInfo, SessionReport, SessionStatus, StepRecord, StepStatus};

@@ -259,15 +259,21 @@ impl Tail {
 
 /// Reads lines of at most `max` bytes. A longer line is cut, with a marker,
 /// and the rest of it is skipped, so one runaway line cannot exhaust memory.
+/// Before each read from the pipe it waits for the session's sink to want
+/// more lines (see [`crate::EventSink::log_room`]).
 pub async fn for_each_line<R: AsyncRead + Unpin>(
     reader: R,
     max: usize,
+    ctx: &crate::runtime::context::ActionContext,
     mut on_line: impl FnMut(&str),
 ) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(16 * 1024, reader);
     let mut line: Vec<u8> = Vec::new();
     let mut truncated = false;
     loop {
+        if reader.buffer().is_empty() {
+            ctx.log_room().await;
+        }
         let available = reader.fill_buf().await?;
         if available.is_empty() {
             if !line.is_empty() || truncated {

@@ -172,7 +172,7 @@ impl TypedAction for ShellRun {
         let readers = async {
             let out = async {
                 if let Some(pipe) = stdout {
-                    let _ = for_each_line(pipe, max_line, |line| {
+                    let _ = for_each_line(pipe, max_line, ctx, |line| {
                         ctx.log(LogLevel::Info, line);
                         lock(&stdout_tail).push(line);
                     })
@@ -181,7 +181,7 @@ impl TypedAction for ShellRun {
             };
             let err = async {
                 if let Some(pipe) = stderr {
-                    let _ = for_each_line(pipe, max_line, |line| {
+                    let _ = for_each_line(pipe, max_line, ctx, |line| {
                         ctx.log(LogLevel::Warn, line);
                         lock(&stderr_tail).push(line);
                     })

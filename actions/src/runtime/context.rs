@@ -172,6 +172,12 @@ impl ActionContext {
         &self.shared.options
     }
 
+    /// Waits until the session's sink wants more log lines (see
+    /// [`crate::EventSink::log_room`]).
+    pub async fn log_room(&self) {
+        self.shared.sink.log_room().await
+    }
+
     /// The session's resources. Steps run one at a time, so holding this
     /// for the length of an action is fine.
     pub async fn resources(&self) -> tokio::sync::MutexGuard<'_, Resources> {

@@ -63,7 +63,18 @@ pub enum Event {
 /// so an implementation should hand slow work off rather than block.
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: Event);
+
+    /// Resolves when the sink wants more log lines. Readers of a child's
+    /// output await it before each read, so a consumer that falls behind
+    /// slows the child down (its pipe fills and its writes block) instead
+    /// of letting lines queue without bound. The default never waits.
+    fn log_room(&self) -> LogRoom<'_> {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// See [`EventSink::log_room`].
+pub type LogRoom<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// Forwards events into an unbounded channel, for consumers that live in
 /// their own task.

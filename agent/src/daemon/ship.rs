@@ -5,7 +5,10 @@
 //! executor emits it ([`SpoolSink`]); a sender task ([`ship`]) reads the
 //! file and posts batches, dropping lines only once the hub's `high_seq`
 //! covers them. So a hub that is down or slow costs disk, never memory or
-//! lines, and lines arrive in order whenever it is back. The final report
+//! lines, and lines arrive in order whenever it is back. While the hub
+//! keeps up, a step that prints faster than lines can be shipped is slowed
+//! down instead ([`SpoolSink`]'s `log_room`), so a line reaches the hub
+//! within about two batches of being printed. The final report
 //! is written to the spool directory too, so a restarted agent delivers
 //! what it did not get to ([`recover`]).
 
@@ -18,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use tasuki_actions::{Event, EventSink, SessionReport, StepRecord};
+use tasuki_actions::{Event, EventSink, LogRoom, SessionReport, StepRecord};
 use tasuki_protocol::robot::MAX_LOG_BATCH;
 use tasuki_protocol::{
     FinishSession, LogLevel, LogLine, SessionError, SessionStatus, StepState, StepStatus,
@@ -35,6 +38,12 @@ const LOGS_FILE: &str = "logs.jsonl";
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const LEASE_FILE: &str = "lease.json";
 const FINISH_FILE: &str = "finish.json";
+/// How far the spool may run ahead of the hub before a step's output is
+/// slowed down: two batches, one on the wire and one filling.
+const MAX_LAG_LINES: u64 = 2 * MAX_LOG_BATCH as u64;
+/// How long a step waits for the hub to take lines before they go to disk
+/// unthrottled: the spool is for a hub that is down or stuck.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What a spool directory is for: written first, so that a restarted
 /// agent knows which session and lease its lines belong to.
@@ -62,6 +71,13 @@ struct Shared {
     live: Mutex<Live>,
     wake: Notify,
     counters: Arc<ShipCounters>,
+    /// The hub's `high_seq`, as the sender last heard it.
+    acked_seq: AtomicU64,
+    /// Told each time the hub takes a batch.
+    progress: Notify,
+    /// The hub took nothing for [`STALL_AFTER`] while lines waited: output
+    /// is no longer slowed down until it takes a batch again.
+    stalled: AtomicBool,
 }
 
 struct Writer {
@@ -148,6 +164,9 @@ impl Spool {
                 live: Mutex::new(live),
                 wake: Notify::new(),
                 counters,
+                acked_seq: AtomicU64::new(0),
+                progress: Notify::new(),
+                stalled: AtomicBool::new(false),
             }),
         })
     }
@@ -220,6 +239,31 @@ impl EventSink for SpoolSink {
             Event::SessionStarted { .. } => return,
         }
         self.shared.wake.notify_one();
+    }
+
+    fn log_room(&self) -> LogRoom<'_> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            loop {
+                if shared.stalled.load(Ordering::SeqCst) {
+                    return;
+                }
+                // Registered before the check, so a batch taken in between
+                // is not missed.
+                let progressed = shared.progress.notified();
+                let written = lock(&shared.writer).written_seq;
+                if written.saturating_sub(shared.acked_seq.load(Ordering::SeqCst)) <= MAX_LAG_LINES
+                {
+                    return;
+                }
+                shared.wake.notify_one();
+                if tokio::time::timeout(STALL_AFTER, progressed).await.is_err() {
+                    tracing::debug!("the hub is not taking log lines; spooling them unthrottled");
+                    shared.stalled.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        })
     }
 }
 
@@ -432,6 +476,11 @@ pub async fn ship(
                     refusals = 0;
                     let before = pending.len();
                     high_seq = high_seq.max(stored.high_seq);
+                    if let Some(shared) = &shipper.shared {
+                        shared.acked_seq.store(high_seq, Ordering::SeqCst);
+                        shared.stalled.store(false, Ordering::SeqCst);
+                        shared.progress.notify_waiters();
+                    }
                     pending.retain(|l| l.seq > high_seq);
                     counters
                         .lines_shipped
