@@ -137,7 +137,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         if draining && held.is_empty() {
             break;
         }
-        let metrics = sampler.as_mut().map(|s| s.sample());
+        let metrics = sampler.as_mut().map(|s| s.metrics());
         let req = PollRequest {
             instance_id: opts.register.instance_id.clone(),
             poll_id: poll_id.clone(),

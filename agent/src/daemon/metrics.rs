@@ -2,15 +2,22 @@
 //! the agent's own resident memory.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sysinfo::{Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tasuki_protocol::HostMetrics;
+
+/// How long a sample is reused. Polls come back-to-back while sessions
+/// start and end, and sampling (every mount's disk space among it) would
+/// otherwise sit between a lease arriving and its session starting.
+const FRESH_FOR: Duration = Duration::from_secs(5);
 
 pub struct Sampler {
     system: System,
     disks: Disks,
     pid: Option<Pid>,
     work_dir: PathBuf,
+    last: Option<(Instant, HostMetrics)>,
 }
 
 impl Sampler {
@@ -20,11 +27,25 @@ impl Sampler {
             disks: Disks::new_with_refreshed_list().ok()?,
             pid: sysinfo::get_current_pid().ok(),
             work_dir: work_dir.to_path_buf(),
+            last: None,
         })
     }
 
+    /// The metrics for a heartbeat: a fresh sample, or the last one when it
+    /// is recent.
+    pub fn metrics(&mut self) -> HostMetrics {
+        if let Some((at, m)) = &self.last
+            && at.elapsed() < FRESH_FOR
+        {
+            return m.clone();
+        }
+        let m = self.sample();
+        self.last = Some((Instant::now(), m.clone()));
+        m
+    }
+
     /// CPU use is measured between two samples, so the first one reads 0.
-    pub fn sample(&mut self) -> HostMetrics {
+    fn sample(&mut self) -> HostMetrics {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
         let mut rss = 0;

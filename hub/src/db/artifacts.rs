@@ -1,6 +1,7 @@
 //! Files a session keeps: screenshots, downloads. Kept in the database
 //! beside the session, so that a backup of the one file holds everything.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
@@ -20,7 +21,7 @@ pub fn put(
     sha256: &str,
     now_ms: i64,
 ) -> Result<(), DbError> {
-    conn.execute(
+    conn.exec_cached(
         "INSERT INTO session_artifacts (session_id, name, sha256, content_type, data, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (session_id, name) DO UPDATE
@@ -41,7 +42,7 @@ pub fn put(
 
 pub fn get(conn: &Connection, session_id: i64, name: &str) -> Result<Option<Artifact>, DbError> {
     Ok(conn
-        .query_row(
+        .row_cached(
             "SELECT name, content_type, data FROM session_artifacts
              WHERE session_id = ?1 AND name = ?2",
             params![session_id, name],
@@ -58,7 +59,7 @@ pub fn get(conn: &Connection, session_id: i64, name: &str) -> Result<Option<Arti
 
 /// `(name, size, sha256)` of each artifact, by name.
 pub fn list(conn: &Connection, session_id: i64) -> Result<Vec<(String, u64, String)>, DbError> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT name, length(data), sha256 FROM session_artifacts
          WHERE session_id = ?1 ORDER BY name",
     )?;

@@ -1,6 +1,7 @@
 //! Access keys. The secret is stored sealed (see `crate::secrets`); this
 //! module only moves the sealed bytes.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{DbError, to_timestamp};
@@ -20,7 +21,7 @@ pub struct KeySummary {
 }
 
 pub fn insert(conn: &Connection, key: &StoredKey, now_ms: i64) -> Result<(), DbError> {
-    conn.execute(
+    conn.exec_cached(
         "INSERT INTO access_keys (id, scopes, secret_nonce, secret_sealed, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![key.id, key.scopes, key.nonce, key.sealed, now_ms],
@@ -30,7 +31,7 @@ pub fn insert(conn: &Connection, key: &StoredKey, now_ms: i64) -> Result<(), DbE
 
 pub fn find(conn: &Connection, id: &str) -> Result<Option<StoredKey>, DbError> {
     Ok(conn
-        .query_row(
+        .row_cached(
             "SELECT id, scopes, secret_nonce, secret_sealed FROM access_keys WHERE id = ?1",
             [id],
             |r| {
@@ -50,8 +51,8 @@ pub fn count(conn: &Connection) -> Result<u64, DbError> {
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<KeySummary>, DbError> {
-    let mut stmt =
-        conn.prepare("SELECT id, scopes, created_at FROM access_keys ORDER BY created_at, id")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT id, scopes, created_at FROM access_keys ORDER BY created_at, id")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -73,7 +74,7 @@ pub fn list(conn: &Connection) -> Result<Vec<KeySummary>, DbError> {
 /// Deletes a key; every token signed with it stops working at once, since
 /// each request looks its key up. Returns whether the key existed.
 pub fn delete(conn: &Connection, id: &str) -> Result<bool, DbError> {
-    Ok(conn.execute("DELETE FROM access_keys WHERE id = ?1", [id])? > 0)
+    Ok(conn.exec_cached("DELETE FROM access_keys WHERE id = ?1", [id])? > 0)
 }
 
 /// Registered robots, which set the API quota.

@@ -2,6 +2,7 @@
 //! to its end. Every transition is one UPDATE guarded by the state it
 //! expects, so two robots (or a robot and the sweeper) can never both win.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use tasuki_protocol::robot::{ACK_SECONDS, ROBOT_LOST};
@@ -36,7 +37,7 @@ pub struct Load {
 }
 
 pub fn load_of(conn: &Connection, robot_id: i64) -> Result<Load, DbError> {
-    let (active, exclusive): (i64, i64) = conn.query_row(
+    let (active, exclusive): (i64, i64) = conn.row_cached(
         "SELECT COUNT(*), COALESCE(MAX(w.single_process_mode), 0)
          FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
          WHERE s.robot_id = ?1 AND s.lease_id IS NOT NULL AND s.status IN ('queued', 'running')",
@@ -52,7 +53,7 @@ pub fn load_of(conn: &Connection, robot_id: i64) -> Result<Load, DbError> {
 /// The oldest queued session `robot_name` may take, given its load.
 pub fn next_for(conn: &Connection, robot_name: &str, load: Load) -> Result<Option<i64>, DbError> {
     Ok(conn
-        .query_row(
+        .row_cached(
             "SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.status = 'queued' AND s.lease_id IS NULL
                AND (w.workflow_robots = '[]'
@@ -69,7 +70,7 @@ pub fn next_for(conn: &Connection, robot_name: &str, load: Load) -> Result<Optio
 /// waiting for one.
 pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbError> {
     let row: Option<(String, bool)> = conn
-        .query_row(
+        .row_cached(
             "SELECT w.workflow_robots, w.single_process_mode
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL",
@@ -96,7 +97,7 @@ pub fn grant(
     lease_id: &str,
     now_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
-    let changed = conn.execute(
+    let changed = conn.exec_cached(
         "UPDATE session_queues
          SET lease_id = ?3, lease_poll_id = ?4, robot_id = ?2, lease_acked = 0,
              lease_expires_at = ?5
@@ -111,7 +112,7 @@ pub fn grant(
 
 /// Takes back an offer that never reached its robot.
 pub fn withdraw(conn: &Connection, session_id: i64, lease_id: &str) -> Result<(), DbError> {
-    conn.execute(
+    conn.exec_cached(
         "UPDATE session_queues
          SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL, lease_expires_at = NULL
          WHERE id = ?1 AND lease_id = ?2 AND lease_acked = 0 AND status = 'queued'",
@@ -127,7 +128,7 @@ pub fn offered_by_poll(
     robot_id: i64,
     poll_id: &str,
 ) -> Result<Vec<Lease>, DbError> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT id FROM session_queues
          WHERE robot_id = ?1 AND lease_poll_id = ?2 AND lease_acked = 0 AND status = 'queued'
          ORDER BY id",
@@ -144,7 +145,7 @@ pub fn offered_by_poll(
 
 fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError> {
     let row = conn
-        .query_row(
+        .row_cached(
             "SELECT s.lease_id, s.lease_expires_at, s.params, w.id, w.name,
                     w.single_process_mode, w.source_format, w.source
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
@@ -196,7 +197,7 @@ pub fn renew(
     let mut lost = Vec::new();
     for h in held {
         let state: Option<(String, bool)> = conn
-            .query_row(
+            .row_cached(
                 "SELECT status, lease_acked FROM session_queues
                  WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3",
                 params![h.session_id, robot_id, h.lease_id],
@@ -205,7 +206,7 @@ pub fn renew(
             .optional()?;
         match state.as_ref().map(|(s, acked)| (s.as_str(), *acked)) {
             Some(("running", true)) => {
-                conn.execute(
+                conn.exec_cached(
                     "UPDATE session_queues SET lease_expires_at = ?2 WHERE id = ?1",
                     params![h.session_id, now_ms + ttl_ms],
                 )?;
@@ -227,7 +228,7 @@ pub fn cancels_for(
     let mut out = Vec::new();
     for h in held {
         let asked: Option<Option<i64>> = conn
-            .query_row(
+            .row_cached(
                 "SELECT cancel_requested_at FROM session_queues
                  WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3 AND status = 'running'",
                 params![h.session_id, robot_id, h.lease_id],
@@ -258,7 +259,7 @@ pub enum LeaseCheck {
 
 pub fn check(conn: &Connection, session_id: i64, lease_id: &str) -> Result<LeaseCheck, DbError> {
     let row = conn
-        .query_row(
+        .row_cached(
             "SELECT lease_id, robot_id, status, lease_acked, started_at, finish_key
              FROM session_queues WHERE id = ?1",
             [session_id],
@@ -300,7 +301,7 @@ pub fn ack(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<i64>, DbError> {
-    conn.execute(
+    conn.exec_cached(
         "UPDATE session_queues
          SET status = 'running', started_at = ?3, lease_acked = 1, lease_expires_at = ?4
          WHERE id = ?1 AND lease_id = ?2 AND status = 'queued' AND lease_acked = 0",
@@ -308,7 +309,7 @@ pub fn ack(
     )?;
     // Read back, so that a repeated ack gets the first answer.
     Ok(conn
-        .query_row(
+        .row_cached(
             "SELECT started_at FROM session_queues
              WHERE id = ?1 AND lease_id = ?2 AND lease_acked = 1",
             params![session_id, lease_id],
@@ -328,12 +329,12 @@ pub fn update_steps(
 ) -> Result<u64, DbError> {
     let json = serde_json::to_string(steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let revision = revision.min(i64::MAX as u64) as i64;
-    conn.execute(
+    conn.exec_cached(
         "UPDATE session_queues SET steps = ?2, steps_revision = ?3
          WHERE id = ?1 AND steps_revision < ?3 AND status = 'running'",
         params![session_id, json, revision],
     )?;
-    let stored: i64 = conn.query_row(
+    let stored: i64 = conn.row_cached(
         "SELECT steps_revision FROM session_queues WHERE id = ?1",
         [session_id],
         |r| r.get(0),
@@ -376,7 +377,7 @@ pub fn finish(
     // The robot's clock says when it ended, but never before the start
     // nor after the hub's now.
     let ended = report.ended_at.as_millisecond().min(now_ms);
-    let changed = tx.execute(
+    let changed = tx.exec_cached(
         "UPDATE session_queues
          SET status = ?3, ended_at = MAX(?4, COALESCE(started_at, ?4)), error = ?5,
              -- A report without steps (the session never started on the
@@ -399,7 +400,7 @@ pub fn finish(
     let outcome = if changed > 0 {
         Finished::Now
     } else {
-        let (status, key): (String, Option<String>) = tx.query_row(
+        let (status, key): (String, Option<String>) = tx.row_cached(
             "SELECT status, finish_key FROM session_queues WHERE id = ?1",
             [session_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -431,7 +432,7 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
     let tx = conn.transaction()?;
     let mut swept = Swept::default();
     {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare_cached(
             "SELECT id, robot_id, status FROM session_queues
              WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1",
         )?;
@@ -441,7 +442,7 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
         for (id, robot, status) in rows {
             match status.as_str() {
                 "queued" => {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE session_queues
                          SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL,
                              lease_expires_at = NULL
@@ -462,7 +463,7 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
                     };
                     let error = serde_json::to_string(&error)
                         .map_err(|e| DbError::Corrupt(e.to_string()))?;
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE session_queues
                          SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
                          WHERE id = ?1",
@@ -471,7 +472,7 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
                     swept.lost.push((id, robot.unwrap_or(0)));
                 }
                 _ => {
-                    tx.execute(
+                    tx.exec_cached(
                         "UPDATE session_queues SET lease_expires_at = NULL WHERE id = ?1",
                         [id],
                     )?;
@@ -486,7 +487,7 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
 /// On start, every live lease gets a fresh deadline: while the hub was
 /// down no robot could renew, and that must not count against them.
 pub fn extend_after_restart(conn: &Connection, now_ms: i64, ttl_ms: i64) -> Result<usize, DbError> {
-    Ok(conn.execute(
+    Ok(conn.exec_cached(
         "UPDATE session_queues
          SET lease_expires_at = MAX(lease_expires_at,
                                     ?1 + CASE WHEN lease_acked = 1 THEN ?2 ELSE ?3 END)
@@ -498,7 +499,7 @@ pub fn extend_after_restart(conn: &Connection, now_ms: i64, ttl_ms: i64) -> Resu
 /// The robot holding a running session, for pushing a cancel to it.
 pub fn robot_of(conn: &Connection, session_id: i64) -> Result<Option<i64>, DbError> {
     Ok(conn
-        .query_row(
+        .row_cached(
             "SELECT robot_id FROM session_queues WHERE id = ?1 AND lease_id IS NOT NULL",
             [session_id],
             |r| r.get::<_, Option<i64>>(0),
@@ -509,7 +510,7 @@ pub fn robot_of(conn: &Connection, session_id: i64) -> Result<Option<i64>, DbErr
 
 /// Running sessions per robot, for `GET /v1/robots`.
 pub fn running_by_robot(conn: &Connection) -> Result<Vec<(i64, i64)>, DbError> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT robot_id, id FROM session_queues
          WHERE status = 'running' AND robot_id IS NOT NULL ORDER BY id",
     )?;

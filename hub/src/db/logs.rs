@@ -1,6 +1,7 @@
 //! Session log lines. Robots append them (the robot protocol); the public
 //! API reads them.
 
+use super::Cached;
 use rusqlite::{Connection, params};
 use tasuki_protocol::{LogLevel, LogLine, SessionStatus};
 
@@ -17,7 +18,7 @@ pub fn after(
     let Some(status) = sessions::status_of(conn, session_id)? else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, ts, level, step_id, message FROM session_logs
          WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
@@ -83,7 +84,7 @@ pub fn append(conn: &mut Connection, session_id: i64, lines: &[LogLine]) -> Resu
 }
 
 pub fn high_seq(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
-    let high: i64 = conn.query_row(
+    let high: i64 = conn.row_cached(
         "SELECT COALESCE(MAX(seq), 0) FROM session_logs WHERE session_id = ?1",
         [session_id],
         |r| r.get(0),

@@ -73,6 +73,7 @@ impl Db {
             .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(128);
         migrate::migrate(&mut conn, &shown)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
@@ -117,9 +118,36 @@ pub fn to_timestamp(ms: i64) -> Result<jiff::Timestamp, DbError> {
         .map_err(|e| DbError::Corrupt(format!("timestamp {ms} ms is out of range: {e}")))
 }
 
+/// Statements through the connection's prepared-statement cache:
+/// compiling SQL costs more than running most of the hub's queries.
+pub trait Cached {
+    fn exec_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 /// A `COUNT(*)` query's answer.
 pub fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, DbError> {
-    let n: i64 = conn.query_row(sql, params, |r| r.get(0))?;
+    let n: i64 = conn.row_cached(sql, params, |r| r.get(0))?;
     Ok(n.max(0) as u64)
 }
 

@@ -1,5 +1,6 @@
 //! Registered robots and their heartbeats.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 use tasuki_protocol::{HostFacts, HostMetrics, RegisterRobot};
 
@@ -39,7 +40,7 @@ pub enum Registered {
 
 pub fn find(conn: &Connection, name: &str) -> Result<Option<RobotRow>, DbError> {
     Ok(conn
-        .query_row(
+        .row_cached(
             "SELECT id, name, instance_id, key_id, max_concurrency FROM robots WHERE name = ?1",
             [name],
             |r| {
@@ -68,7 +69,7 @@ pub fn register(
     let labels = to_json(&req.labels)?;
     let host = to_json(&req.host)?;
     let existing: Option<(i64, String, String, Option<i64>)> = tx
-        .query_row(
+        .row_cached(
             "SELECT id, instance_id, host, last_seen_at FROM robots WHERE name = ?1",
             [name],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -85,7 +86,7 @@ pub fn register(
             });
         }
         Some((id, ..)) => {
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE robots SET instance_id = ?2, key_id = ?3, labels = ?4, version = ?5,
                         max_concurrency = ?6, host = ?7, draining = 0, last_seen_at = ?8
                  WHERE id = ?1",
@@ -102,7 +103,7 @@ pub fn register(
             )?;
         }
         None => {
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
                                      max_concurrency, host, last_seen_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2)",
@@ -133,7 +134,7 @@ pub fn heartbeat(
     now_ms: i64,
 ) -> Result<(), DbError> {
     let metrics = metrics.map(to_json).transpose()?;
-    conn.execute(
+    conn.exec_cached(
         "UPDATE robots SET last_seen_at = ?2, draining = ?3, metrics = COALESCE(?4, metrics)
          WHERE id = ?1",
         params![robot_id, now_ms, draining, metrics],
@@ -142,7 +143,7 @@ pub fn heartbeat(
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT id, name, labels, version, max_concurrency, host, metrics, draining, last_seen_at
          FROM robots ORDER BY name",
     )?;

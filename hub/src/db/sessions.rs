@@ -1,5 +1,6 @@
 //! Session queues, as the public API sees them.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 use tasuki_protocol::{RobotRef, SessionQueue, SessionStatus, WorkflowRef};
@@ -43,7 +44,7 @@ pub fn insert(conn: &Connection, s: &NewSession, now_ms: i64) -> Result<SessionQ
         serde_json::to_string(&s.params).map_err(|e| DbError::Corrupt(format!("params: {e}")))?;
     let secrets_json = serde_json::to_string(&s.secret_params)
         .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
-    conn.execute(
+    conn.exec_cached(
         "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
          VALUES (?1, 'queued', ?2, ?3, ?4)",
         params![s.workflow_id, params_json, secrets_json, now_ms],
@@ -53,7 +54,7 @@ pub fn insert(conn: &Connection, s: &NewSession, now_ms: i64) -> Result<SessionQ
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<SessionQueue>, DbError> {
-    conn.query_row(&format!("{SELECT} WHERE s.id = ?1"), [id], read_row)
+    conn.row_cached(&format!("{SELECT} WHERE s.id = ?1"), [id], read_row)
         .optional()?
         .transpose()
 }
@@ -84,7 +85,7 @@ pub fn list(
         &format!("SELECT COUNT(*) FROM session_queues s WHERE {condition}"),
         params![filter.before, filter.after, statuses],
     )?;
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "{SELECT} WHERE {condition} ORDER BY s.created_at DESC, s.id DESC LIMIT ?4 OFFSET ?5"
     ))?;
     let rows = stmt.query_map(
@@ -109,13 +110,13 @@ pub fn cancel(
     now_ms: i64,
 ) -> Result<Option<(SessionQueue, bool)>, DbError> {
     let tx = conn.transaction()?;
-    let changed = tx.execute(
+    let changed = tx.exec_cached(
         "UPDATE session_queues
          SET status = 'cancelled', ended_at = ?2,
              cancel_requested_at = COALESCE(cancel_requested_at, ?2)
          WHERE id = ?1 AND status = 'queued'",
         params![id, now_ms],
-    )? + tx.execute(
+    )? + tx.exec_cached(
         "UPDATE session_queues SET cancel_requested_at = ?2
          WHERE id = ?1 AND status = 'running' AND cancel_requested_at IS NULL",
         params![id, now_ms],
@@ -127,7 +128,7 @@ pub fn cancel(
 
 pub fn status_of(conn: &Connection, id: i64) -> Result<Option<SessionStatus>, DbError> {
     let status: Option<String> = conn
-        .query_row(
+        .row_cached(
             "SELECT status FROM session_queues WHERE id = ?1",
             [id],
             |r| r.get(0),
@@ -232,7 +233,7 @@ mod tests {
     }
 
     fn set_status(conn: &Connection, id: i64, status: &str) {
-        conn.execute(
+        conn.exec_cached(
             "UPDATE session_queues SET status = ?2 WHERE id = ?1",
             params![id, status],
         )

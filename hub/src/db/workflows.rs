@@ -1,5 +1,6 @@
 //! Stored workflows.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,7 +45,7 @@ pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<Workflo
         .map_err(|e| DbError::Corrupt(format!("param specs: {e}")))?;
     let robots = serde_json::to_string(&w.workflow_robots)
         .map_err(|e| DbError::Corrupt(format!("workflow robots: {e}")))?;
-    conn.execute(
+    conn.exec_cached(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -97,7 +98,7 @@ pub fn list(
     offset: i64,
 ) -> Result<(Vec<WorkflowItem>, u64), DbError> {
     let total = super::count(conn, "SELECT COUNT(*) FROM workflows", [])?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT id, name, description, single_process_mode, workflow_robots
          FROM workflows ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
@@ -121,7 +122,7 @@ pub fn list(
 
 pub fn params_of(conn: &Connection, id: i64) -> Result<Option<WorkflowParams>, DbError> {
     let row = conn
-        .query_row(
+        .row_cached(
             "SELECT name, param_specs FROM workflows WHERE id = ?1",
             [id],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
