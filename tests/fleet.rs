@@ -274,6 +274,42 @@ async fn a_failing_workflow_ends_in_error_naming_the_step() {
     );
 }
 
+/// A robot whose `allowed_actions` leave out a family refuses a session
+/// that uses it at validation: no step runs, and the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_refuses_a_session_before_any_step_runs() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent(
+        "careful",
+        &[],
+        &["--set", "behaviour.allowed_actions=browser.*,http.*"],
+    );
+    let dir = f.scratch.dir.path().join("careful-marker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = format!(
+        "version: 1\nname: refused\nparams:\n  dir: \"\"\nsteps:\n  - id: first\n    action: http.request\n    with:\n      url: \"http://127.0.0.1:9/\"\n  - id: shell\n    action: shell.run\n    with:\n      argv: [\"touch\", \"${{params.dir}}/ran\"]\n"
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({ "dir": dir.display().to_string() })).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "invalid_workflow", "{s}");
+    let message = s["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("refuses `shell.run`") && message.contains("browser.*"),
+        "{message}"
+    );
+    assert!(!dir.join("ran").exists(), "a step ran");
+    // The first step (allowed) did not run either: nothing ran.
+    let steps = s["steps"].as_array().cloned().unwrap_or_default();
+    assert!(
+        steps
+            .iter()
+            .all(|st| st["status"] != "success" && st["status"] != "error"),
+        "{s}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_session_means_it_never_runs() {
     let f = fleet();
@@ -867,14 +903,14 @@ fn a_bad_config_or_open_credentials_file_is_refused_with_the_place_named() {
         (
             "unknown.toml",
             format!("{good_head}\n[paths]\nwork_dirr = \"/tmp\"\n"),
-            "work_dirr",
-            "line 9",
+            "paths.work_dirr",
+            ":9:",
         ),
         (
             "type.toml",
             good_head.replace("name = \"r\"", "name = \"r\"\nmax_concurrency = \"two\""),
             "control_plane.max_concurrency",
-            "line 4",
+            ":4:",
         ),
         (
             "value.toml",

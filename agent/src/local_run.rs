@@ -22,6 +22,7 @@ pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
         &registry,
         &LoadOptions {
             env_allow: Some(allow_env),
+            ..LoadOptions::default()
         },
     ) {
         Ok(workflow) => {
@@ -57,6 +58,7 @@ pub fn run(args: RunArgs) -> u8 {
     let registry = Registry::builtin();
     let load = LoadOptions {
         env_allow: Some(args.allow_env.clone()),
+        ..LoadOptions::default()
     };
     let workflow = match load_workflow(&args.file, &registry, &load) {
         Ok(w) => w,

@@ -8,6 +8,8 @@ mod demo;
 mod display;
 mod inputs;
 mod local_run;
+mod logging;
+mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,11 @@ enum Command {
     Register(daemon::RegisterArgs),
     /// Run the robot daemon: take sessions from the hub and run them.
     Agent(daemon::AgentArgs),
+    /// Inspect the agent's settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run the built-in quickstart against the built-in demo shop.
     Demo {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -49,6 +56,13 @@ enum Command {
         #[command(flatten)]
         browser: BrowserArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings (file, then TASUKI_* variables, then
+    /// --set flags), secrets masked, each with where it came from.
+    Show(settings::SettingsArgs),
 }
 
 #[derive(clap::Args)]
@@ -157,6 +171,18 @@ fn main() -> ExitCode {
         } => demo::run(output, &browser, &artifacts),
         Command::Register(args) => daemon::register(args),
         Command::Agent(args) => daemon::agent(args),
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => match args.load() {
+            Ok(effective) => {
+                print_stdout(effective.show().trim_end());
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_INVALID
+            }
+        },
         Command::Schema => {
             let schema = tasuki_actions::language::schema::workflow_schema(
                 &tasuki_actions::Registry::builtin(),

@@ -1,6 +1,7 @@
 //! The workflow language: loading a file, the model, templates and
 //! validation. Nothing here runs anything.
 
+pub mod allowed;
 pub mod argcheck;
 pub mod duration;
 pub mod model;
@@ -26,6 +27,9 @@ pub struct LoadOptions {
     /// caller cannot know (the hub validating for some robot), in which
     /// case the robot checks again when it runs the session.
     pub env_allow: Option<Vec<String>>,
+    /// The action families this robot runs (see [`allowed::Allowed`]);
+    /// `None` allows every action.
+    pub allowed_actions: Option<allowed::Allowed>,
 }
 
 /// Parses and validates workflow text. `origin` names the file in every

@@ -98,6 +98,17 @@ impl Validator<'_> {
                 join(&step.path, "action"),
                 format!("unknown action `{action}`{hint}"),
             );
+        } else if !is_control
+            && let Some(allowed) = &self.options.allowed_actions
+            && !allowed.allows(action)
+        {
+            self.problems.add(
+                join(&step.path, "action"),
+                format!(
+                    "this robot refuses `{action}`: its allowed_actions are {allowed}; run the \
+                     workflow on a robot that allows it, or ask the robot's operator"
+                ),
+            );
         }
         if !step.steps.is_empty() && action != CONTROL_FOR_EACH && action != CONTROL_TRY {
             self.problems.add(

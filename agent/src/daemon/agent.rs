@@ -6,8 +6,8 @@
 //! only starts them and tells them to stop.
 //!
 //! Shutdown: the first SIGTERM or Ctrl-C drains (no new sessions, the
-//! running ones finish and report); the second cancels them; a third
-//! kills their process trees and exits at once.
+//! running ones finish and report, for up to the drain grace); the second
+//! cancels them; a third kills their process trees and exits at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -33,6 +33,8 @@ pub struct AgentOptions {
     /// Run one session, then exit.
     pub once: bool,
     pub register: RegisterRobot,
+    /// How long a drain waits for running sessions before cancelling them.
+    pub drain_grace: Duration,
 }
 
 struct Running {
@@ -64,6 +66,8 @@ struct State {
     /// Sessions taken so far (for `--once`).
     taken: Mutex<u32>,
     draining: AtomicBool,
+    /// Cancelled when draining begins.
+    drain_started: CancellationToken,
     /// Something the outstanding poll said is out of date: draining began,
     /// or a session ended while draining.
     changed: Notify,
@@ -83,13 +87,15 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         running: Mutex::new(HashMap::new()),
         taken: Mutex::new(0),
         draining: AtomicBool::new(false),
+        drain_started: CancellationToken::new(),
         changed: Notify::new(),
     });
     tokio::spawn(watch_signals(state.clone()));
+    tokio::spawn(bound_drain(state.clone(), opts.drain_grace));
 
     let registered = tokio::select! {
         r = client.register(&opts.register, &stop) => r,
-        _ = wait_drain(&state) => return Ok(()),
+        _ = state.drain_started.cancelled() => return Ok(()),
     };
     match registered {
         Ok(r) => {
@@ -298,9 +304,21 @@ fn start(
     });
 }
 
-async fn wait_drain(state: &State) {
-    while !state.draining.load(Ordering::SeqCst) {
-        state.changed.notified().await;
+/// A drain that outlasts `grace` cancels the sessions still running, so
+/// that a service manager's stop timeout (set to match) is rarely hit.
+async fn bound_drain(state: Arc<State>, grace: Duration) {
+    state.drain_started.cancelled().await;
+    tokio::time::sleep(grace).await;
+    let running = state.running();
+    if !running.is_empty() {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            sessions = running.len(),
+            "the drain grace is over; cancelling the sessions still running"
+        );
+        for r in running.values() {
+            r.cancel.cancel();
+        }
     }
 }
 
@@ -317,6 +335,7 @@ async fn watch_signals(state: Arc<State>) {
                     "draining: running sessions finish, no new ones are taken (signal again to cancel them)"
                 );
                 state.draining.store(true, Ordering::SeqCst);
+                state.drain_started.cancel();
                 state.changed.notify_one();
             }
             1 => {

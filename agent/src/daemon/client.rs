@@ -18,7 +18,8 @@ use tasuki_protocol::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::config::{AgentConfig, Credentials};
+use super::config::Credentials;
+use crate::settings::Settings;
 
 /// Tokens live this long; DESIGN.md asks for short-lived ones.
 const TOKEN_SECONDS: i64 = 600;
@@ -102,7 +103,7 @@ impl Signer {
 }
 
 impl HubClient {
-    pub fn new(config: &AgentConfig, creds: &Credentials) -> anyhow::Result<HubClient> {
+    pub fn new(config: &Settings, creds: &Credentials) -> anyhow::Result<HubClient> {
         let http = reqwest::Client::builder()
             // Small request/response exchanges: Nagle plus delayed ACKs
             // would add 40 ms to some.
@@ -113,13 +114,13 @@ impl HubClient {
             .build()?;
         Ok(HubClient {
             http,
-            base: config.control_plane.url.trim_end_matches('/').to_string(),
-            robot: config.control_plane.name.clone(),
+            base: config.url.trim_end_matches('/').to_string(),
+            robot: config.name.clone(),
             signer: Signer {
                 key_id: creds.access_key_id.clone(),
                 key: EncodingKey::from_secret(creds.secret_access_key.expose_secret().as_bytes()),
-                issuer: config.control_plane.issuer.clone(),
-                audience: config.control_plane.audience.clone(),
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
                 cached: Mutex::new(None),
             },
         })

@@ -1,4 +1,5 @@
-//! The agent's config file (TOML) and its credentials file.
+//! Writing the config file at registration (reading it is
+//! `crate::settings`), and the credentials file.
 //!
 //! The config holds nothing secret. The credentials file holds the access
 //! key and the robot's instance id, is written with mode 0600, and is
@@ -10,65 +11,6 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    pub control_plane: ControlPlane,
-    pub credentials: CredentialsRef,
-    #[serde(default)]
-    pub paths: Paths,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlPlane {
-    /// The hub's base URL, such as `https://hub.example.com`.
-    pub url: String,
-    /// The robot's name on the hub.
-    pub name: String,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    #[serde(default = "default_concurrency")]
-    pub max_concurrency: u32,
-    /// The `iss` and `aud` of the tokens the agent signs.
-    #[serde(default = "default_issuer")]
-    pub issuer: String,
-    #[serde(default = "default_audience")]
-    pub audience: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialsRef {
-    pub file: PathBuf,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Paths {
-    /// Sessions' working directories, artifacts and the log spool live here.
-    #[serde(default = "default_work_dir")]
-    pub work_dir: PathBuf,
-}
-
-impl Default for Paths {
-    fn default() -> Self {
-        Paths {
-            work_dir: default_work_dir(),
-        }
-    }
-}
-
-fn default_concurrency() -> u32 {
-    1
-}
-fn default_issuer() -> String {
-    "tasuki".into()
-}
-fn default_audience() -> String {
-    "tasuki-hub".into()
-}
 
 fn is_root() -> bool {
     #[cfg(unix)]
@@ -108,7 +50,7 @@ pub fn default_config_path() -> PathBuf {
     }
 }
 
-fn default_work_dir() -> PathBuf {
+pub fn default_work_dir() -> PathBuf {
     if cfg!(windows) {
         let base = std::env::var_os("ProgramData")
             .map(PathBuf::from)
@@ -144,101 +86,127 @@ pub enum ConfigError {
     },
 }
 
-impl AgentConfig {
-    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: shown.clone(),
-            message: toml_error(&text, &e),
-        })?;
-        config.check().map_err(|message| ConfigError::Invalid {
-            path: shown,
-            message,
-        })?;
-        Ok(config)
-    }
-
-    pub fn check(&self) -> Result<(), String> {
-        let url = &self.control_plane.url;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!(
-                "control_plane.url: `{url}` is not an http:// or https:// URL"
-            ));
-        }
-        tasuki_protocol::robot::check_robot_name(&self.control_plane.name)
-            .map_err(|e| format!("control_plane.name: {e}"))?;
-        for (i, l) in self.control_plane.labels.iter().enumerate() {
-            tasuki_protocol::robot::check_label(l)
-                .map_err(|e| format!("control_plane.labels[{i}]: {e}"))?;
-        }
-        if !(1..=256).contains(&self.control_plane.max_concurrency) {
-            return Err(format!(
-                "control_plane.max_concurrency: from 1 to 256, not {}",
-                self.control_plane.max_concurrency
-            ));
-        }
-        Ok(())
-    }
-
-    /// Writes the config, creating its directory.
-    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let text = format!(
-            "# The Tasuki agent's config, written by `tasuki register`.\n\
-             # Secrets are not kept here but in the credentials file (mode 0600).\n\n{text}"
-        );
-        write_file(path, text.as_bytes(), 0o644)
-    }
+/// What `tasuki register` records in the config file.
+pub struct Registration {
+    pub url: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub max_concurrency: u32,
+    pub issuer: String,
+    pub audience: String,
+    pub credentials_file: PathBuf,
+    pub work_dir: Option<PathBuf>,
 }
 
-/// A toml error with its line and column, which toml's message already
-/// carries, folded onto one line.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().to_string();
-    match e.span() {
-        Some(span) => {
-            // A byte offset; `get` keeps a bad one from panicking.
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            match key_at(text, line) {
-                Some(key) if !message.contains(&key) => {
-                    format!("line {line}, column {column}: `{key}`: {message}")
-                }
-                _ => format!("line {line}, column {column}: {message}"),
+const NEW_CONFIG_HEADER: &str = "# The Tasuki agent's config. `tasuki register` sets [control_plane] and\n\
+     # [credentials]; everything else is yours (see `tasuki config show`).\n\
+     # Secrets are not kept here but in the credentials file (mode 0600).\n";
+
+/// Sets the registration's keys in the config file and keeps everything
+/// else in it, comments included (a packaged config documents every
+/// key). A new file is created; an existing one keeps its mode and owner.
+pub fn write_registration(path: &Path, r: &Registration) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    let (text, existing) = match std::fs::read_to_string(path) {
+        Ok(text) => (text, std::fs::metadata(path).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (NEW_CONFIG_HEADER.to_string(), None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: shown,
+                source,
+            });
+        }
+    };
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ConfigError::Invalid {
+                path: shown.clone(),
+                message: format!("cannot update it, it is not valid TOML: {}", e.message()),
+            })?;
+    let labels: toml_edit::Array = r.labels.iter().map(String::as_str).collect();
+    let set =
+        |doc: &mut toml_edit::DocumentMut, table: &str, key: &str, value: toml_edit::Value| {
+            let t = doc
+                .entry(table)
+                .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
+            if let Some(t) = t.as_table_like_mut() {
+                t.insert(key, toml_edit::Item::Value(value));
             }
-        }
-        None => message,
+        };
+    set(&mut doc, "control_plane", "url", r.url.as_str().into());
+    set(&mut doc, "control_plane", "name", r.name.as_str().into());
+    set(&mut doc, "control_plane", "labels", labels.into());
+    set(
+        &mut doc,
+        "control_plane",
+        "max_concurrency",
+        i64::from(r.max_concurrency).into(),
+    );
+    set(
+        &mut doc,
+        "control_plane",
+        "issuer",
+        r.issuer.as_str().into(),
+    );
+    set(
+        &mut doc,
+        "control_plane",
+        "audience",
+        r.audience.as_str().into(),
+    );
+    let creds = r.credentials_file.display().to_string();
+    set(&mut doc, "credentials", "file", creds.as_str().into());
+    if let Some(w) = &r.work_dir {
+        set(
+            &mut doc,
+            "paths",
+            "work_dir",
+            w.display().to_string().as_str().into(),
+        );
     }
+    let mode = existing.as_ref().map_or(0o644, file_mode);
+    write_file(path, doc.to_string().as_bytes(), mode)?;
+    if let Some(meta) = &existing {
+        keep_owner(path, meta);
+    }
+    Ok(())
 }
 
-/// The dotted key set on line `line` (1-based), such as
-/// `control_plane.max_concurrency`: the table header above it and the key
-/// before its `=`. Only for simple `key = value` lines.
-fn key_at(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let (key, _) = lines.get(line.checked_sub(1)?)?.split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    if key.is_empty() || key.starts_with('[') {
-        return None;
-    }
-    let table = lines[..line - 1]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('[') && l.ends_with(']'))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    Some(match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key.to_string(),
-    })
+#[cfg(unix)]
+fn file_mode(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o777
+}
+
+#[cfg(not(unix))]
+fn file_mode(_meta: &std::fs::Metadata) -> u32 {
+    0o644
+}
+
+/// A file rewritten by root keeps the owner it had (`root:tasuki`, say).
+#[cfg(unix)]
+fn keep_owner(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
+}
+
+#[cfg(not(unix))]
+fn keep_owner(_path: &Path, _meta: &std::fs::Metadata) {}
+
+/// Gives the credentials file to the account the service runs as, for a
+/// system install registered by root.
+#[cfg(unix)]
+pub fn give_to(path: &Path, user: &str) -> Result<(), String> {
+    let found = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("cannot look up the user `{user}`: {e}"))?
+        .ok_or_else(|| format!("there is no user `{user}` on this machine"))?;
+    std::os::unix::fs::chown(path, Some(found.uid.as_raw()), Some(found.gid.as_raw()))
+        .map_err(|e| format!("cannot give {} to `{user}`: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+pub fn give_to(_path: &Path, _user: &str) -> Result<(), String> {
+    Err("--owner is for Unix; on Windows the file inherits its folder's ACL".into())
 }
 
 /// What the credentials file holds.

@@ -24,8 +24,10 @@ use tasuki_actions::{ExecOptions, Registry};
 use tasuki_protocol::{HostFacts, RegisterRobot};
 use tokio_util::sync::CancellationToken;
 
-pub use config::default_config_path;
-use config::{AgentConfig, ControlPlane, Credentials, CredentialsRef, Paths};
+use config::{Credentials, Registration};
+pub use config::{default_config_path, default_work_dir};
+
+use crate::settings::{Settings, SettingsArgs};
 
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK};
 
@@ -63,6 +65,10 @@ pub struct RegisterArgs {
     /// Take the name over from another machine that registered it.
     #[arg(long)]
     pub replace: bool,
+    /// Give the credentials file to this account (a system install
+    /// registered by root for the `tasuki` service user).
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
     /// The `iss` of the tokens the agent signs.
     #[arg(long, default_value = "tasuki")]
     pub issuer: String,
@@ -73,17 +79,15 @@ pub struct RegisterArgs {
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// The config file; /etc/tasuki/agent.toml as root,
-    /// ~/.config/tasuki/agent.toml otherwise.
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Run one session, then exit.
     #[arg(long)]
     pub once: bool,
-    #[command(flatten)]
-    pub browser: crate::BrowserArgs,
 }
 
+/// Logs of the short commands (`register`); the daemon's go through
+/// [`crate::logging`].
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -144,35 +148,30 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
             .unwrap_or(Path::new("."))
             .join("credentials.toml")
     });
-    let config = AgentConfig {
-        control_plane: ControlPlane {
-            url: args.url.trim_end_matches('/').to_string(),
-            name: args.name.clone(),
-            labels: args
-                .labels
-                .iter()
-                .filter(|l| !l.is_empty())
-                .cloned()
-                .collect(),
-            max_concurrency: args.max_concurrency,
-            issuer: args.issuer.clone(),
-            audience: args.audience.clone(),
-        },
-        credentials: CredentialsRef {
-            file: absolute(&creds_path),
-        },
-        paths: Paths {
-            work_dir: args
-                .work_dir
-                .as_deref()
-                .map(absolute)
-                .unwrap_or_else(|| Paths::default().work_dir),
-        },
+    let registration = Registration {
+        url: args.url.trim_end_matches('/').to_string(),
+        name: args.name.clone(),
+        labels: args
+            .labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .cloned()
+            .collect(),
+        max_concurrency: args.max_concurrency,
+        issuer: args.issuer.clone(),
+        audience: args.audience.clone(),
+        credentials_file: absolute(&creds_path),
+        work_dir: args.work_dir.as_deref().map(absolute),
     };
-    if let Err(e) = config.check() {
-        eprintln!("error: {e}");
-        return Ok(EXIT_INVALID);
-    }
+    // The file as it will be: what is already in it, with the
+    // registration set over it.
+    let config = match registration_settings(&registration, &config_path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
     // The same machine registering again keeps its instance id, so the
     // hub knows it for the robot it already has.
     let instance_id = Credentials::load(&creds_path)
@@ -212,18 +211,21 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         Err(_) => {
             eprintln!(
                 "error: the hub at {} did not answer within 30 s",
-                config.control_plane.url
+                config.url
             );
             return Ok(EXIT_FAILED);
         }
     };
     creds.save(&creds_path)?;
-    config.save(&config_path)?;
+    if let Some(owner) = &args.owner {
+        config::give_to(&creds_path, owner).map_err(anyhow::Error::msg)?;
+    }
+    config::write_registration(&config_path, &registration)?;
     crate::print_stdout(&format!(
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
         registered.robot_id,
-        config.control_plane.url,
+        config.url,
         config_path.display(),
         creds_path.display(),
         config_path.display()
@@ -235,12 +237,41 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn register_request(config: &AgentConfig, creds: &Credentials) -> RegisterRobot {
+/// The settings the registration will leave in the config file, checked
+/// as `tasuki agent` will check them: a bad name or URL is refused before
+/// the hub is asked.
+fn registration_settings(r: &Registration, config_path: &Path) -> anyhow::Result<Settings> {
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let draft = dir.path().join("agent.toml");
+    if config_path.exists() {
+        std::fs::copy(config_path, &draft)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+    }
+    config::write_registration(&draft, r)?;
+    let no_env = |_: &str| None;
+    let effective = crate::settings::Effective::load(&crate::settings::Sources {
+        config_path: &draft,
+        env: &no_env,
+        flags: &[],
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string().replace(
+                &draft.display().to_string(),
+                &config_path.display().to_string()
+            )
+        )
+    })?;
+    Ok(effective.settings())
+}
+
+fn register_request(config: &Settings, creds: &Credentials) -> RegisterRobot {
     RegisterRobot {
         instance_id: creds.instance_id.clone(),
-        labels: config.control_plane.labels.clone(),
+        labels: config.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        max_concurrency: config.control_plane.max_concurrency,
+        max_concurrency: config.max_concurrency,
         host: HostFacts {
             hostname: sysinfo::System::host_name().unwrap_or_default(),
             os: std::env::consts::OS.to_string(),
@@ -251,16 +282,30 @@ fn register_request(config: &AgentConfig, creds: &Credentials) -> RegisterRobot 
 }
 
 pub fn agent(args: AgentArgs) -> u8 {
-    init_tracing();
-    let config_path = args.config.clone().unwrap_or_else(default_config_path);
-    let config = match AgentConfig::load(&config_path) {
-        Ok(c) => c,
+    let effective = match args.settings.load() {
+        Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_INVALID;
         }
     };
-    let creds = match Credentials::load(&config.credentials.file) {
+    let config = effective.settings();
+    let registry = Registry::builtin();
+    let allowed = match effective.allowed_actions(&registry) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let _log_files = match crate::logging::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let creds = match Credentials::load(&config.credentials_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -278,7 +323,7 @@ pub fn agent(args: AgentArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
-    let work_dir = config.paths.work_dir.clone();
+    let work_dir = config.work_dir.clone();
     if let Err(e) = std::fs::create_dir_all(&work_dir) {
         eprintln!(
             "error: cannot create the work dir {}: {e}",
@@ -288,18 +333,30 @@ pub fn agent(args: AgentArgs) -> u8 {
     }
     let env = Arc::new(session::SessionEnv {
         client,
-        registry: Registry::builtin(),
+        registry,
         options: ExecOptions {
-            browser: args.browser.settings(),
+            browser: tasuki_actions::runtime::context::BrowserSettings {
+                chromium: config.chromium.clone(),
+                chromedriver: config.chromedriver.clone(),
+                remote_url: config.remote_webdriver.clone(),
+                headless: config.headless,
+                window_size: config.window_size,
+                ..Default::default()
+            },
+            env_allow: config.env_allow.clone(),
+            cancel_grace: config.cancel_grace,
             ..ExecOptions::default()
         },
+        allowed_actions: allowed,
         work_dir,
+        artifacts_dir: config.artifacts_dir.clone(),
         counters: Arc::default(),
     });
     let opts = agent::AgentOptions {
-        max_concurrency: config.control_plane.max_concurrency,
+        max_concurrency: config.max_concurrency,
         once: args.once,
         register: register_request(&config, &creds),
+        drain_grace: config.drain_grace,
     };
     let Some(runtime) = crate::local_run::runtime() else {
         return EXIT_FAILED;

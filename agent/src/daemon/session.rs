@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use tasuki_actions::language::allowed::Allowed;
 use tasuki_actions::language::params::{ParamInputs, bind_params};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
 use tasuki_protocol::Lease;
@@ -21,7 +22,12 @@ const SPOOL_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(
 pub struct SessionEnv {
     pub client: Arc<HubClient>,
     pub registry: Registry,
+    /// The action families this robot runs; a session using another one
+    /// fails validation before any step runs.
+    pub allowed_actions: Allowed,
     pub work_dir: PathBuf,
+    /// Each session writes into its own directory under this.
+    pub artifacts_dir: PathBuf,
     pub options: ExecOptions,
     pub counters: Arc<ShipCounters>,
 }
@@ -71,6 +77,7 @@ pub async fn run(
     // settings (such as the `env` allow-list).
     let load = LoadOptions {
         env_allow: Some(env.options.env_allow.clone()),
+        allowed_actions: Some(env.allowed_actions.clone()),
     };
     // Checking runs no step, so it overlaps the ack's round trip; nothing
     // runs before the lease is acknowledged.
@@ -133,8 +140,10 @@ pub async fn run(
     };
 
     let session_dir = env.work_dir.join("sessions").join(id.to_string());
-    let artifacts_dir = session_dir.join("artifacts");
-    if let Err(e) = std::fs::create_dir_all(&artifacts_dir) {
+    let artifacts_dir = env.artifacts_dir.join(id.to_string());
+    if let Err(e) =
+        std::fs::create_dir_all(&session_dir).and_then(|()| std::fs::create_dir_all(&artifacts_dir))
+    {
         let report = ship::failed_before_start(
             &spool_lease,
             "agent_error",
@@ -204,6 +213,7 @@ pub async fn run(
     };
     if outcome != Outcome::Interrupted {
         let _ = std::fs::remove_dir_all(&session_dir);
+        let _ = std::fs::remove_dir_all(env.artifacts_dir.join(id.to_string()));
     }
     outcome
 }

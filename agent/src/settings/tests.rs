@@ -1,0 +1,302 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const GOOD: &str = r#"# a robot
+[control_plane]
+url = "http://127.0.0.1:8080"
+name = "robot-1"
+max_concurrency = 2
+
+[paths]
+work_dir = "work"
+"#;
+
+struct Case {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    flags: Vec<String>,
+}
+
+impl Case {
+    fn new(config: &str) -> Case {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("agent.toml"), config).expect("write config");
+        Case {
+            dir,
+            env: HashMap::new(),
+            flags: Vec::new(),
+        }
+    }
+
+    fn env(mut self, k: &str, v: &str) -> Case {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    fn flag(mut self, f: &str) -> Case {
+        self.flags.push(f.into());
+        self
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    fn load(&self) -> Result<Effective, SettingsError> {
+        let env = |name: &str| self.env.get(name).cloned();
+        let path = self.path();
+        Effective::load(&Sources {
+            config_path: &path,
+            env: &env,
+            flags: &self.flags,
+        })
+    }
+
+    fn problems(&self) -> Vec<String> {
+        match self.load() {
+            Ok(_) => panic!("expected the settings to be refused"),
+            Err(SettingsError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+}
+
+#[test]
+fn flags_beat_the_environment_which_beats_the_file() {
+    let case = Case::new(GOOD)
+        .env("TASUKI_CONTROL_PLANE_MAX_CONCURRENCY", "3")
+        .env("TASUKI_CONTROL_PLANE_NAME", "from-env")
+        .flag("control_plane.max_concurrency=4");
+    let eff = case.load().expect("valid");
+    let s = eff.settings();
+    assert_eq!(s.max_concurrency, 4);
+    assert_eq!(s.name, "from-env");
+    assert_eq!(s.url, "http://127.0.0.1:8080");
+    assert_eq!(
+        eff.get("control_plane.max_concurrency")
+            .map(|(_, o)| o.clone()),
+        Some(Origin::Flag)
+    );
+    assert_eq!(
+        eff.get("control_plane.name").map(|(_, o)| o.clone()),
+        Some(Origin::Env("TASUKI_CONTROL_PLANE_NAME".into()))
+    );
+    assert_eq!(
+        eff.get("control_plane.url").map(|(_, o)| o.clone()),
+        Some(Origin::File {
+            path: case.path(),
+            line: 3
+        })
+    );
+    assert_eq!(
+        eff.get("behaviour.drain_grace").map(|(_, o)| o.clone()),
+        Some(Origin::Default)
+    );
+}
+
+#[test]
+fn defaults_fill_the_rest_and_follow_each_other() {
+    let case = Case::new(GOOD);
+    let eff = case.load().expect("valid");
+    let s = eff.settings();
+    let allowed = eff
+        .allowed_actions(&tasuki_actions::Registry::builtin())
+        .expect("valid patterns");
+    assert!(allowed.allows("shell.run") && allowed.allows("browser.open"));
+    // Relative paths in the file are relative to the file.
+    assert_eq!(s.work_dir, case.dir.path().join("work"));
+    assert_eq!(
+        s.artifacts_dir,
+        case.dir.path().join("work").join("artifacts")
+    );
+    assert_eq!(s.credentials_file, case.dir.path().join("credentials.toml"));
+    assert_eq!(s.drain_grace, Duration::from_secs(600));
+    assert_eq!(s.cancel_grace, Duration::from_secs(5));
+    assert_eq!(s.log_dir, None);
+    assert_eq!(s.log_retention, 14);
+    assert!(!s.log_json);
+    assert!(s.headless);
+    assert_eq!(s.window_size, (1280, 800));
+    assert_eq!(s.metrics_listen, None);
+}
+
+#[test]
+fn every_kind_reads_from_the_environment_and_flags() {
+    let case = Case::new(GOOD)
+        .env("TASUKI_BEHAVIOUR_ALLOWED_ACTIONS", "browser.*, http.*")
+        .env("TASUKI_BROWSER_HEADLESS", "false")
+        .env("TASUKI_BEHAVIOUR_DRAIN_GRACE", "90s")
+        .flag("metrics.listen=127.0.0.1:9464")
+        .flag("browser.window_size=800x600")
+        .flag("paths.log_format=json")
+        .flag("control_plane.labels=a,b");
+    let eff = case.load().expect("valid");
+    let s = eff.settings();
+    let allowed = eff
+        .allowed_actions(&tasuki_actions::Registry::builtin())
+        .expect("valid patterns");
+    assert!(allowed.allows("http.request") && !allowed.allows("shell.run"));
+    assert!(!s.headless);
+    assert_eq!(s.drain_grace, Duration::from_secs(90));
+    assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(s.window_size, (800, 600));
+    assert!(s.log_json);
+    assert_eq!(s.labels, vec!["a", "b"]);
+}
+
+#[test]
+fn an_unknown_key_names_its_line_and_the_closest_key() {
+    let case = Case::new(&format!("{GOOD}wrok_dir = \"x\"\n"));
+    let p = case.problems();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].ends_with(
+            "agent.toml:9: `paths.wrok_dir`: unknown key; did you mean `paths.work_dir`?"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn an_unknown_table_and_a_key_outside_any_table_are_refused_with_lines() {
+    let case = Case::new(&format!("stray = 1\n{GOOD}[pahts]\nx = 1\n"));
+    let p = case.problems().join("\n");
+    assert!(
+        p.contains("agent.toml:1: `stray`: settings live in tables"),
+        "{p}"
+    );
+    assert!(
+        p.contains("agent.toml:10: `pahts`: unknown table [pahts]; did you mean [paths]?"),
+        "{p}"
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key_and_line() {
+    let case = Case::new(
+        "[control_plane]\nurl = \"http://h\"\nname = \"r\"\nmax_concurrency = \"two\"\nlabels = \"a\"\n[browser]\nheadless = \"yes\"\n",
+    );
+    let p = case.problems().join("\n");
+    assert!(
+        p.contains(
+            ":4: `control_plane.max_concurrency`: must be a whole number, not a string `\"two\"`"
+        ),
+        "{p}"
+    );
+    assert!(
+        p.contains(":5: `control_plane.labels`: must be a list of strings"),
+        "{p}"
+    );
+    assert!(
+        p.contains(":7: `browser.headless`: must be true or false"),
+        "{p}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_what_would_be_right() {
+    let case = Case::new(
+        "[control_plane]\nurl = \"ftp://h\"\nname = \"bad name!\"\nmax_concurrency = 0\n\
+         [behaviour]\ndrain_grace = \"10\"\n[metrics]\nlisten = \"localhost\"\n\
+         [browser]\nwindow_size = \"big\"\n[paths]\nlog_format = \"xml\"\n",
+    );
+    let p = case.problems().join("\n");
+    for want in [
+        ":2: `control_plane.url`: `ftp://h` is not an http:// or https:// URL",
+        ":3: `control_plane.name`:",
+        ":4: `control_plane.max_concurrency`: must be from 1 to 256, not 0",
+        ":6: `behaviour.drain_grace`:",
+        ":8: `metrics.listen`: must be an IP address and port",
+        ":10: `browser.window_size`: must be WIDTHxHEIGHT",
+        ":12: `paths.log_format`: must be one of `plain`, `json`, not `xml`",
+    ] {
+        assert!(p.contains(want), "missing {want:?} in:\n{p}");
+    }
+}
+
+#[test]
+fn a_syntax_error_names_its_line() {
+    let case = Case::new("[control_plane]\nurl = \"http://h\"\nname = \n");
+    let p = case.problems();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("agent.toml:3:"), "{p:?}");
+}
+
+#[test]
+fn bad_environment_values_and_flags_are_named() {
+    let case = Case::new(GOOD)
+        .env("TASUKI_CONTROL_PLANE_MAX_CONCURRENCY", "many")
+        .flag("control_plane.nmae=x")
+        .flag("no-equals-sign");
+    let p = case.problems().join("\n");
+    assert!(p.contains("env TASUKI_CONTROL_PLANE_MAX_CONCURRENCY: `control_plane.max_concurrency`: must be a whole number, not `many`"), "{p}");
+    assert!(
+        p.contains(
+            "flag --set: `control_plane.nmae`: unknown key; did you mean `control_plane.name`?"
+        ),
+        "{p}"
+    );
+    assert!(
+        p.contains("flag --set: `no-equals-sign` is not `table.key=value`"),
+        "{p}"
+    );
+}
+
+#[test]
+fn a_missing_required_setting_says_how_to_set_it() {
+    let case = Case::new("[control_plane]\nurl = \"http://h\"\n");
+    let p = case.problems().join("\n");
+    assert!(p.contains("`control_plane.name`: not set; set it in the file, in TASUKI_CONTROL_PLANE_NAME or with --set control_plane.name=..."), "{p}");
+    // …and the environment can supply it.
+    let ok =
+        Case::new("[control_plane]\nurl = \"http://h\"\n").env("TASUKI_CONTROL_PLANE_NAME", "r");
+    assert_eq!(ok.load().expect("valid").settings().name, "r");
+}
+
+#[test]
+fn a_missing_file_says_to_register_first() {
+    let case = Case::new(GOOD);
+    std::fs::remove_file(case.path()).unwrap();
+    let e = case.load().unwrap_err().to_string();
+    assert!(
+        e.contains("cannot read the config file") && e.contains("tasuki register"),
+        "{e}"
+    );
+}
+
+#[test]
+fn show_masks_credentials_and_says_where_each_value_came_from() {
+    let case = Case::new(GOOD)
+        .flag("browser.remote_webdriver=https://user:hunter2@grid.example:4444/wd/hub")
+        .env("TASUKI_PATHS_LOG_RETENTION", "3");
+    let shown = case.load().expect("valid").show();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("browser.remote_webdriver = \"https://***@grid.example:4444/wd/hub\""),
+        "{shown}"
+    );
+    assert!(shown.contains("# flag --set"), "{shown}");
+    assert!(
+        shown.contains("# env TASUKI_PATHS_LOG_RETENTION"),
+        "{shown}"
+    );
+    assert!(shown.contains("agent.toml:4"), "{shown}");
+    assert!(shown.contains("metrics.listen = (unset)"), "{shown}");
+}
+
+#[test]
+fn an_allow_list_pattern_that_matches_nothing_names_where_it_was_set() {
+    let case = Case::new(&format!(
+        "{GOOD}\n[behaviour]\nallowed_actions = [\"brwoser.*\"]\n"
+    ));
+    let eff = case.load().expect("each value is well-formed");
+    let e = eff
+        .allowed_actions(&tasuki_actions::Registry::builtin())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("agent.toml:11: `behaviour.allowed_actions`: `brwoser.*` matches no action"),
+        "{e}"
+    );
+}
