@@ -1034,3 +1034,121 @@ async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reru
     let runs = std::fs::read_to_string(f.scratch.dir.path().join("runs.txt")).expect("runs");
     assert_eq!(runs.lines().count(), 1, "the session ran once, never again");
 }
+
+/// The opt-in listener of a real agent connected to a real hub: `/healthz`
+/// says it is connected (and stops saying so when the hub goes), and
+/// `/metrics` counts what the agent did. Its log file is JSON, one object
+/// a line, without terminal colours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_metrics_report_a_connected_agent_and_what_it_did() {
+    let f = fleet();
+    let logs = f.scratch.dir.path().join("agent-logs");
+    let logs_arg = format!("paths.log_dir={}", logs.display());
+    let (_robot, agent) = f.agent(
+        "observed",
+        &[],
+        &[
+            "--set",
+            "metrics.listen=127.0.0.1:0",
+            "--set",
+            &logs_arg,
+            "--set",
+            "paths.log_format=json",
+        ],
+    );
+    let bound = agent
+        .log()
+        .lines()
+        .find(|l| l.contains("serving /healthz and /metrics"))
+        .and_then(|l| l.split("bound=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        .expect("the agent logs the listener's address");
+    let base = format!("http://{bound}");
+    let ok = shell_yaml("observed-ok", "echo one\necho two");
+    let bad = shell_yaml("observed-bad", "echo failing\nexit 3");
+    let (ok, bad) = (
+        workflow(&f.api, &ok, &[]).await,
+        workflow(&f.api, &bad, &[]).await,
+    );
+    let id = queue(&f.api, ok, json!({})).await;
+    assert_eq!(finished(&f.api, id, LIMIT).await["status"], "success");
+    let id = queue(&f.api, bad, json!({})).await;
+    assert_eq!(finished(&f.api, id, LIMIT).await["status"], "error");
+
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let doc: Value = health.json().await.unwrap();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert_eq!(doc["connected"], true, "{doc}");
+    assert_eq!(doc["robot"], "observed", "{doc}");
+    assert!(doc["last_poll_at"].is_string(), "{doc}");
+    assert_eq!(doc["running_sessions"], json!([]), "{doc}");
+
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(value("tasuki_sessions_total{status=\"success\"}"), 1.0);
+    assert_eq!(value("tasuki_sessions_total{status=\"error\"}"), 1.0);
+    assert_eq!(value("tasuki_step_duration_seconds_count"), 2.0);
+    assert_eq!(value("tasuki_pickup_latency_seconds_count"), 2.0);
+    assert_eq!(value("tasuki_log_lines_dropped_total"), 0.0);
+    assert!(value("tasuki_log_lines_shipped_total") >= 3.0, "{text}");
+    assert!(value("tasuki_log_lines_spooled_total") >= 3.0, "{text}");
+    assert!(
+        value("tasuki_resident_memory_bytes") > 1_000_000.0,
+        "{text}"
+    );
+    assert_eq!(value("tasuki_sessions_running"), 0.0);
+
+    // The hub goes away: the agent's next poll fails, and it says so.
+    let Fleet { hub, .. } = f;
+    hub.stop();
+    let mut last = String::new();
+    let mut unhealthy = false;
+    for _ in 0..100 {
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        last = r.text().await.unwrap();
+        if status == 503 {
+            unhealthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        unhealthy,
+        "still healthy 10 s after the hub stopped: {last}"
+    );
+    assert!(last.contains("\"disconnected\""), "{last}");
+
+    let files: Vec<_> = std::fs::read_dir(&logs)
+        .expect("the log dir exists")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with("tasuki.") && name.ends_with(".log"),
+        "{name}"
+    );
+    let content = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(!content.contains('\u{1b}'), "ANSI codes in the log file");
+    assert!(content.contains("waiting for sessions"), "{content}");
+    for line in content.lines() {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not JSON: {line}");
+    }
+}

@@ -27,6 +27,18 @@ pub enum StepStatus {
     Cancelled,
 }
 
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Queued => "queued",
+            SessionStatus::Running => "running",
+            SessionStatus::Success => "success",
+            SessionStatus::Error => "error",
+            SessionStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 impl StepStatus {
     pub fn as_str(self) -> &'static str {
         match self {

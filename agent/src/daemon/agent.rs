@@ -41,6 +41,8 @@ struct Running {
     lease_id: String,
     cancel: CancellationToken,
     single_process: bool,
+    /// When the hub's cancel reached the agent, for the latency metric.
+    cancel_requested: Arc<std::sync::OnceLock<std::time::Instant>>,
     /// Its final report is on the way: the hub frees its slot the moment
     /// the report arrives (and may offer the next session in the same
     /// breath), so the agent counts the slot as free too.
@@ -109,7 +111,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         let env = env.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            ship::recover(&env.client, &env.spool_root(), &env.counters, &stop).await;
+            ship::recover(&env.client, &env.spool_root(), &env.metrics, &stop).await;
         });
     }
 
@@ -162,6 +164,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         match answer {
             None => continue,
             Some(Ok(resp)) => {
+                env.metrics.poll_answered();
                 poll_id = new_id();
                 delays = backoff();
                 let repeats_only = !resp.cancel.is_empty() || !resp.lost.is_empty();
@@ -177,6 +180,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 }
             }
             Some(Err(e)) => {
+                env.metrics.poll_failed();
                 let delay = match &e {
                     CallError::RateLimited(d) => *d,
                     CallError::Rejected { code, .. } if code == "robot_not_registered" => {
@@ -230,6 +234,7 @@ fn handle(
                 && !r.cancel.is_cancelled()
             {
                 news = true;
+                let _ = r.cancel_requested.set(std::time::Instant::now());
                 tracing::info!(
                     session_queue_id = id,
                     lost = resp.lost.contains(id),
@@ -278,21 +283,31 @@ fn start(
     let id = lease.session_id;
     let cancel = CancellationToken::new();
     let finishing = Arc::new(AtomicBool::new(false));
+    let cancel_requested = Arc::new(std::sync::OnceLock::new());
     state.running().insert(
         id,
         Running {
             lease_id: lease.lease_id.clone(),
             cancel: cancel.clone(),
             single_process: lease.workflow.single_process_mode,
+            cancel_requested: cancel_requested.clone(),
             finishing: finishing.clone(),
         },
     );
+    env.metrics.session_started(id, &lease.workflow.name);
     *state.taken.lock().unwrap_or_else(|p| p.into_inner()) += 1;
     let env = env.clone();
     let state = state.clone();
     let stop = stop.clone();
     sessions.spawn(async move {
+        let metrics = env.metrics.clone();
         let outcome = session::run(env, lease, cancel, stop, finishing).await;
+        metrics.session_left(id);
+        if let Some(at) = cancel_requested.get() {
+            metrics
+                .cancel_seconds
+                .observe(super::health::seconds_since(*at));
+        }
         if outcome != Outcome::Reported {
             tracing::info!(session_queue_id = id, ?outcome, "session closed");
         }

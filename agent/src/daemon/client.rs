@@ -2,7 +2,7 @@
 //! protocol, and retries calmly: jittered exponential backoff for network
 //! errors and 5xx, `Retry-After` for 429, one immediate re-sign for 401.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -19,6 +19,7 @@ use tasuki_protocol::{
 use tokio_util::sync::CancellationToken;
 
 use super::config::Credentials;
+use super::health::Metrics;
 use crate::settings::Settings;
 
 /// Tokens live this long; DESIGN.md asks for short-lived ones.
@@ -67,6 +68,8 @@ pub struct HubClient {
     base: String,
     robot: String,
     signer: Signer,
+    /// Counts failed attempts, by call.
+    metrics: Arc<Metrics>,
 }
 
 struct Signer {
@@ -103,7 +106,11 @@ impl Signer {
 }
 
 impl HubClient {
-    pub fn new(config: &Settings, creds: &Credentials) -> anyhow::Result<HubClient> {
+    pub fn new(
+        config: &Settings,
+        creds: &Credentials,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<HubClient> {
         let http = reqwest::Client::builder()
             // Small request/response exchanges: Nagle plus delayed ACKs
             // would add 40 ms to some.
@@ -116,6 +123,7 @@ impl HubClient {
             http,
             base: config.url.trim_end_matches('/').to_string(),
             robot: config.name.clone(),
+            metrics,
             signer: Signer {
                 key_id: creds.access_key_id.clone(),
                 key: EncodingKey::from_secret(creds.secret_access_key.expose_secret().as_bytes()),
@@ -132,6 +140,24 @@ impl HubClient {
 
     /// One attempt of one call.
     async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        lease: Option<&str>,
+        body: Option<&[u8]>,
+        timeout: Duration,
+        resign: bool,
+    ) -> Result<T, CallError> {
+        let result = self
+            .attempt(method.clone(), path, lease, body, timeout, resign)
+            .await;
+        if result.is_err() {
+            self.metrics.hub_error(call_name(&method, path));
+        }
+        result
+    }
+
+    async fn attempt<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -417,6 +443,24 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The call a robot-protocol path is, for the error counter's label:
+/// `/v1/robot/sessions/7/logs` is `logs`, `PUT /v1/robot/robots/r` is
+/// `register`.
+fn call_name(method: &Method, path: &str) -> &'static str {
+    let last = path.rsplit('/').next().unwrap_or("");
+    match last {
+        "poll" => "poll",
+        "ack" => "ack",
+        "release" => "release",
+        "logs" => "logs",
+        "steps" => "steps",
+        "finish" => "finish",
+        _ if path.contains("/artifacts") => "artifacts",
+        _ if *method == Method::PUT => "register",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]

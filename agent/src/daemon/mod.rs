@@ -6,10 +6,13 @@
 //! - `session.rs`: one leased session, from ack to report.
 //! - `ship.rs`: the log spool and the shipper.
 //! - `metrics.rs`: host metrics for the heartbeat.
+//! - `health.rs`: Prometheus metrics, `/healthz` and `/metrics`.
+//! - the settings are read by `crate::settings`.
 
 mod agent;
 mod client;
 mod config;
+mod health;
 mod metrics;
 mod session;
 mod ship;
@@ -184,7 +187,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         secret_access_key: secret,
         instance_id,
     };
-    let client = client::HubClient::new(&config, &creds)?;
+    let client = client::HubClient::new(&config, &creds, Arc::default())?;
     let request = RegisterRobot {
         replace: args.replace,
         ..register_request(&config, &creds)
@@ -316,7 +319,8 @@ pub fn agent(args: AgentArgs) -> u8 {
         eprintln!("error: the credentials hold no secret");
         return EXIT_INVALID;
     }
-    let client = match client::HubClient::new(&config, &creds) {
+    let metrics = Arc::new(health::Metrics::new());
+    let client = match client::HubClient::new(&config, &creds, metrics.clone()) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprintln!("error: cannot set up the HTTP client: {e}");
@@ -350,7 +354,7 @@ pub fn agent(args: AgentArgs) -> u8 {
         allowed_actions: allowed,
         work_dir,
         artifacts_dir: config.artifacts_dir.clone(),
-        counters: Arc::default(),
+        metrics: metrics.clone(),
     });
     let opts = agent::AgentOptions {
         max_concurrency: config.max_concurrency,
@@ -364,6 +368,21 @@ pub fn agent(args: AgentArgs) -> u8 {
     // Paid now, not by the first session's pickup.
     if let Err(e) = tasuki_actions::runtime::context::shared_http_client() {
         tracing::warn!("{e}");
+    }
+    if let Some(addr) = config.metrics_listen {
+        let served = runtime.block_on(health::serve(
+            addr,
+            metrics,
+            config.url.clone(),
+            config.name.clone(),
+        ));
+        match served {
+            Ok(bound) => tracing::info!(%bound, "serving /healthz and /metrics"),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return EXIT_FAILED;
+            }
+        }
     }
     match runtime.block_on(agent::run(env, opts)) {
         Ok(()) => EXIT_OK,

@@ -13,7 +13,8 @@ use tasuki_protocol::Lease;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, HubClient};
-use super::ship::{self, ShipCounters, Shipped, Spool, SpoolLease};
+use super::health::Metrics;
+use super::ship::{self, Shipped, Spool, SpoolLease};
 
 /// How often a session's spool is flushed to disk at the latest.
 const SPOOL_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -29,7 +30,7 @@ pub struct SessionEnv {
     /// Each session writes into its own directory under this.
     pub artifacts_dir: PathBuf,
     pub options: ExecOptions,
-    pub counters: Arc<ShipCounters>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl SessionEnv {
@@ -103,6 +104,9 @@ pub async fn run(
             return Outcome::NotStarted;
         }
     }
+    env.metrics
+        .pickup_seconds
+        .observe(super::health::seconds_since(received));
     tracing::info!(session_queue_id = id, workflow = %lease.workflow.name, ack_ms = received.elapsed().as_millis() as u64, "session started");
 
     let spool_lease = SpoolLease {
@@ -124,6 +128,7 @@ pub async fn run(
     let (workflow, params) = match prepared {
         Ok(p) => p,
         Err((code, message)) => {
+            env.metrics.session_ended("error");
             let report = ship::failed_before_start(&spool_lease, code, message);
             let outcome = ship::ship(
                 &env.client,
@@ -131,7 +136,7 @@ pub async fn run(
                 ship::Shipper::none(),
                 None,
                 Some(report),
-                &env.counters,
+                &env.metrics,
                 &stop,
             )
             .await;
@@ -155,7 +160,7 @@ pub async fn run(
         return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
     }
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
-    let sink = match spool.sink(&step_ids, env.counters.clone()) {
+    let sink = match spool.sink(&step_ids, env.metrics.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let report = ship::failed_before_start(
@@ -183,7 +188,7 @@ pub async fn run(
                 shipper,
                 Some(&artifacts_dir),
                 None,
-                &env.counters,
+                &env.metrics,
                 &stop,
             )
             .await;
@@ -200,6 +205,7 @@ pub async fn run(
         })
     };
     let report = executor.run(&workflow, &params, sink.clone(), cancel).await;
+    env.metrics.session_ended(report.status.as_str());
     tracing::info!(session_queue_id = id, status = ?report.status, duration_ms = report.duration_ms, "session ended");
     let shipped = shipping.await;
     flusher.abort();
@@ -225,6 +231,7 @@ async fn finish_only(
     finishing: &AtomicBool,
     stop: &CancellationToken,
 ) -> Outcome {
+    env.metrics.session_ended("error");
     finishing.store(true, std::sync::atomic::Ordering::SeqCst);
     match env
         .client

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, HubClient};
+use super::health::Metrics;
 
 const LOGS_FILE: &str = "logs.jsonl";
 /// A batch stays well under the hub's 10 MB body limit, however long its
@@ -53,13 +54,6 @@ pub struct SpoolLease {
     pub lease_id: String,
 }
 
-/// Counters the metrics endpoint will show.
-#[derive(Debug, Default)]
-pub struct ShipCounters {
-    pub lines_shipped: AtomicU64,
-    pub lines_spooled: AtomicU64,
-}
-
 /// The executor's side: appends lines to the spool and keeps the live
 /// step states.
 pub struct SpoolSink {
@@ -70,7 +64,7 @@ struct Shared {
     writer: Mutex<Writer>,
     live: Mutex<Live>,
     wake: Notify,
-    counters: Arc<ShipCounters>,
+    metrics: Arc<Metrics>,
     /// The hub's `high_seq`, as the sender last heard it.
     acked_seq: AtomicU64,
     /// Told each time the hub takes a batch.
@@ -135,11 +129,7 @@ impl Spool {
     }
 
     /// The sink the executor writes into, with every step pending.
-    pub fn sink(
-        &self,
-        step_ids: &[String],
-        counters: Arc<ShipCounters>,
-    ) -> std::io::Result<SpoolSink> {
+    pub fn sink(&self, step_ids: &[String], metrics: Arc<Metrics>) -> std::io::Result<SpoolSink> {
         let file = File::create(self.dir.join(LOGS_FILE))?;
         let mut live = Live::default();
         for id in step_ids {
@@ -163,7 +153,7 @@ impl Spool {
                 }),
                 live: Mutex::new(live),
                 wake: Notify::new(),
-                counters,
+                metrics,
                 acked_seq: AtomicU64::new(0),
                 progress: Notify::new(),
                 stalled: AtomicBool::new(false),
@@ -203,10 +193,7 @@ impl EventSink for SpoolSink {
                     w.overflow.push_back(line);
                 }
                 drop(w);
-                self.shared
-                    .counters
-                    .lines_spooled
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.lines_spooled.inc();
             }
             Event::StepStarted {
                 step_id,
@@ -224,6 +211,9 @@ impl EventSink for SpoolSink {
                 }
             }
             Event::StepFinished { step_id, record } => {
+                if let Some(ms) = record.duration_ms {
+                    self.shared.metrics.step_seconds.observe(ms as f64 / 1000.0);
+                }
                 let mut live = lock(&self.shared.live);
                 if let Some(&i) = live.index.get(&step_id) {
                     live.steps[i] = step_state(&step_id, &record);
@@ -378,7 +368,7 @@ pub async fn ship(
     shipper: Shipper,
     artifacts_dir: Option<&Path>,
     mut final_report: Option<FinishSession>,
-    counters: &ShipCounters,
+    metrics: &Metrics,
     stop: &CancellationToken,
 ) -> Shipped {
     let session = spool.lease.session_id;
@@ -482,9 +472,9 @@ pub async fn ship(
                         shared.progress.notify_waiters();
                     }
                     pending.retain(|l| l.seq > high_seq);
-                    counters
+                    metrics
                         .lines_shipped
-                        .fetch_add((before - pending.len()) as u64, Ordering::Relaxed);
+                        .inc_by((before - pending.len()) as u64);
                     if pending.front().is_some_and(|l| l.seq > high_seq + 1) {
                         // The hub lacks lines this agent already dropped
                         // (its database was restored from a backup, say):
@@ -785,12 +775,7 @@ fn artifact_name(raw: &str) -> String {
 /// Spools left by an earlier run of the agent: each is delivered (its
 /// lines, then its report; a session cut off mid-run is reported as an
 /// error) and removed.
-pub async fn recover(
-    client: &HubClient,
-    root: &Path,
-    counters: &ShipCounters,
-    stop: &CancellationToken,
-) {
+pub async fn recover(client: &HubClient, root: &Path, metrics: &Metrics, stop: &CancellationToken) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
@@ -833,7 +818,7 @@ pub async fn recover(
             Shipper::none(),
             None,
             Some(report),
-            counters,
+            metrics,
             stop,
         )
         .await;

@@ -414,7 +414,6 @@ pub struct Settings {
     pub env_allow: Vec<String>,
     pub drain_grace: Duration,
     pub cancel_grace: Duration,
-    #[allow(dead_code)] // the health listener reads it (next)
     pub metrics_listen: Option<SocketAddr>,
 }
 
