@@ -286,10 +286,8 @@ async fn the_allow_list_refuses_a_session_before_any_step_runs() {
     );
     let dir = f.scratch.dir.path().join("careful-marker");
     std::fs::create_dir_all(&dir).unwrap();
-    let yaml = format!(
-        "version: 1\nname: refused\nparams:\n  dir: \"\"\nsteps:\n  - id: first\n    action: http.request\n    with:\n      url: \"http://127.0.0.1:9/\"\n  - id: shell\n    action: shell.run\n    with:\n      argv: [\"touch\", \"${{params.dir}}/ran\"]\n"
-    );
-    let wf = workflow(&f.api, &yaml, &[]).await;
+    let yaml = "version: 1\nname: refused\nparams:\n  dir: \"\"\nsteps:\n  - id: first\n    action: http.request\n    with:\n      url: \"http://127.0.0.1:9/\"\n  - id: shell\n    action: shell.run\n    with:\n      argv: [\"touch\", \"${params.dir}/ran\"]\n";
+    let wf = workflow(&f.api, yaml, &[]).await;
     let id = queue(&f.api, wf, json!({ "dir": dir.display().to_string() })).await;
     let s = finished(&f.api, id, LIMIT).await;
     assert_eq!(s["status"], "error", "{s}");
@@ -1151,4 +1149,148 @@ async fn healthz_and_metrics_report_a_connected_agent_and_what_it_did() {
         let parsed: Result<Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok(), "not JSON: {line}");
     }
+}
+
+/// Runs `tasuki doctor` on a robot's config; (exit code, stdout).
+fn doctor(robot: &Robot, extra: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(tasuki_bin())
+        .arg("doctor")
+        .arg("--config")
+        .arg(robot.config())
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki doctor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_a_healthy_robot_and_names_each_check() {
+    let f = fleet();
+    let robot = f.robot("healthy");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let (code, out) = doctor(&robot, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    for want in [
+        "ok    config: ",
+        "ok    logs: standard error only",
+        "ok    credentials: ",
+        "mode 0600",
+        "ok    hub: ",
+        "ok    token: accepted; robot `healthy`",
+        "ok    clock: ",
+        "ok    chromium: ",
+        "ok    chromedriver: ",
+        "ok    browser versions: both major version",
+        "ok    headless session: started and closed",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(out.contains("work dir: "), "{out}");
+}
+
+/// Each broken setup fails its check, with a fix, and exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_each_broken_setup_with_a_fix() {
+    let f = fleet();
+    let robot = f.robot("patient");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let expect_fail = |extra: &[&str], want: &[&str]| {
+        let (code, out) = doctor(&robot, extra);
+        assert_eq!(code, 1, "{extra:?}:\n{out}");
+        for w in want {
+            assert!(out.contains(w), "{extra:?}: missing {w:?} in:\n{out}");
+        }
+    };
+    // The hub is not where the config says.
+    expect_fail(
+        &["--set", "control_plane.url=http://127.0.0.1:9"],
+        &[
+            "FAIL  hub: cannot reach http://127.0.0.1:9",
+            "fix: check control_plane.url",
+        ],
+    );
+    // A robot the hub does not know.
+    expect_fail(
+        &["--set", "control_plane.name=ghost"],
+        &[
+            "FAIL  token: accepted, but: robot_not_registered",
+            "fix: run `tasuki register`",
+        ],
+    );
+    // Versions that do not match: a stand-in chromedriver says 1.0.
+    let fake = robot.dir.join("old-chromedriver");
+    std::fs::write(&fake, "#!/bin/sh\necho 'ChromeDriver 1.0.0 (fake)'\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let fake_arg = format!("browser.chromedriver={}", fake.display());
+    expect_fail(
+        &["--set", &fake_arg],
+        &[
+            "FAIL  browser versions: Chromium ",
+            "but chromedriver 1",
+            "fix: install the chromedriver",
+        ],
+    );
+    // A driver that is not there at all.
+    expect_fail(
+        &["--set", "browser.chromedriver=/nonexistent/chromedriver"],
+        &["FAIL  chromedriver: ", "fix: install it"],
+    );
+    // A log dir the agent cannot write.
+    expect_fail(
+        &["--set", "paths.log_dir=/proc/tasuki-logs"],
+        &["FAIL  logs: cannot write in /proc/tasuki-logs"],
+    );
+    // A wrong secret: the hub refuses the token.
+    let creds_path = robot.credentials();
+    let good = std::fs::read_to_string(&creds_path).unwrap();
+    let secret_line = good
+        .lines()
+        .find(|l| l.starts_with("secret_access_key"))
+        .expect("a secret line")
+        .to_string();
+    std::fs::write(
+        &creds_path,
+        good.replace(&secret_line, "secret_access_key = \"not-the-secret\""),
+    )
+    .unwrap();
+    expect_fail(
+        &[],
+        &[
+            "FAIL  token: the hub refused the token",
+            "fix: check the access key",
+        ],
+    );
+    std::fs::write(&creds_path, &good).unwrap();
+    // Credentials others can read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        expect_fail(
+            &[],
+            &[
+                "FAIL  credentials: ",
+                &format!("fix: chmod 600 {}", creds_path.display()),
+            ],
+        );
+        std::fs::set_permissions(&creds_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // No config at all.
+    std::fs::remove_file(robot.config()).unwrap();
+    expect_fail(
+        &[],
+        &[
+            "FAIL  config: cannot read the config file",
+            "fix: register the robot",
+        ],
+    );
 }

@@ -28,7 +28,6 @@ pub struct LogFiles {
 }
 
 /// Where today's log file is, when files are on.
-#[allow(dead_code)] // used by `tasuki doctor` (next)
 pub fn current_file(dir: &Path) -> PathBuf {
     let today = jiff::Zoned::now().date();
     dir.join(format!("{PREFIX}.{today}.{SUFFIX}"))

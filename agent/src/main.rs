@@ -6,6 +6,7 @@
 mod daemon;
 mod demo;
 mod display;
+mod doctor;
 mod inputs;
 mod local_run;
 mod logging;
@@ -46,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Check this robot's setup (config, credentials, hub, token, clock,
+    /// browser, disk) and say how to fix what is wrong.
+    Doctor(settings::SettingsArgs),
     /// Run the built-in quickstart against the built-in demo shop.
     Demo {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
         } => demo::run(output, &browser, &artifacts),
         Command::Register(args) => daemon::register(args),
         Command::Agent(args) => daemon::agent(args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Config {
             command: ConfigCommand::Show(args),
         } => match args.load() {

@@ -22,7 +22,7 @@ pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
 pub use robot::{
     Acked, FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch,
-    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotItem, RobotList, RobotRegistered,
+    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList, RobotRegistered,
     RobotState, StepsStored, StepsUpdate,
 };
 pub use scope::{Scope, ScopeError, Scopes};

@@ -121,6 +121,19 @@ pub struct RobotRegistered {
     pub lease_ttl_seconds: u64,
 }
 
+/// `GET /v1/robot/robots/{name}?instance_id=…`: the robot is registered
+/// to this key and this machine (the call fails otherwise, saying why).
+/// Changes nothing; `tasuki doctor` uses it to check the token and the
+/// registration, and the clock against `server_time`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobotCheck {
+    pub robot_id: i64,
+    pub name: String,
+    /// The hub's clock (RFC 3339, milliseconds).
+    pub server_time: String,
+}
+
 /// Host metrics, sent with every poll (the heartbeat).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tasuki_protocol::robot::{LEASE_HEADER, LEASE_LOST, POLL_CLIENT_TIMEOUT_SECONDS};
 use tasuki_protocol::{
     Acked, Claims, ErrorBody, FinishSession, LogsStored, PollRequest, PollResponse, RegisterRobot,
-    RobotRegistered, SessionQueue, StepsStored, StepsUpdate,
+    RobotCheck, RobotRegistered, SessionQueue, StepsStored, StepsUpdate,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -268,6 +268,14 @@ impl HubClient {
         let path = format!("/v1/robot/robots/{}", self.robot);
         let body = json(req)?;
         self.call(Method::PUT, &path, None, Some(&body), CALL_TIMEOUT, stop)
+            .await
+    }
+
+    /// Whether the robot is registered to this key and machine; one
+    /// attempt (for `tasuki doctor`).
+    pub async fn check_registration(&self, instance_id: &str) -> Result<RobotCheck, CallError> {
+        let path = format!("/v1/robot/robots/{}?instance_id={instance_id}", self.robot);
+        self.send(Method::GET, &path, None, None, CALL_TIMEOUT, false)
             .await
     }
 

@@ -27,8 +27,9 @@ use tasuki_actions::{ExecOptions, Registry};
 use tasuki_protocol::{HostFacts, RegisterRobot};
 use tokio_util::sync::CancellationToken;
 
-use config::{Credentials, Registration};
-pub use config::{default_config_path, default_work_dir};
+pub use client::{CallError, HubClient};
+use config::Registration;
+pub use config::{Credentials, default_config_path, default_work_dir};
 
 use crate::settings::{Settings, SettingsArgs};
 

@@ -21,7 +21,10 @@ use crate::db::robots::{self, RobotRow};
 
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
-        .route("/v1/robot/robots/{name}", put(register::register))
+        .route(
+            "/v1/robot/robots/{name}",
+            put(register::register).get(register::check_registration),
+        )
         .route("/v1/robot/robots/{name}/poll", post(poll::poll))
         .route("/v1/robot/sessions/{id}/ack", post(session::ack))
         .route("/v1/robot/sessions/{id}/release", post(session::release))

@@ -3,16 +3,16 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use tasuki_protocol::robot::{MAX_LABELS, check_label};
-use tasuki_protocol::{RegisterRobot, RobotRegistered};
+use tasuki_protocol::{RegisterRobot, RobotCheck, RobotRegistered};
 
 use super::super::Hub;
 use super::super::auth::RobotCaller;
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
-use super::{name_taken, robot_name};
+use super::{name_taken, own_robot, robot_name};
 use crate::db::now_ms;
 use crate::db::robots::{self, Registered};
 
@@ -59,6 +59,36 @@ pub async fn register(
             Err(name_taken(&name, &host))
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+pub struct InstanceQuery {
+    instance_id: Option<String>,
+}
+
+/// `GET /v1/robot/robots/{name}?instance_id=…`: is the robot registered to
+/// this key and this machine? Changes nothing.
+pub async fn check_registration(
+    State(hub): State<Arc<Hub>>,
+    RobotCaller(caller): RobotCaller,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<InstanceQuery>, QueryRejection>,
+) -> Result<Json<RobotCheck>, ApiError> {
+    let name = robot_name(name)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let instance_id = query.instance_id.unwrap_or_default();
+    if instance_id.is_empty() || instance_id.len() > 64 {
+        return Err(ApiError::invalid_field(
+            "instance_id",
+            "the query needs the robot's instance id (1 to 64 bytes)",
+        ));
+    }
+    let robot = own_robot(&hub, &caller, &name, &instance_id).await?;
+    Ok(Json(RobotCheck {
+        robot_id: robot.id,
+        name: robot.name,
+        server_time: tasuki_protocol::time::format(jiff::Timestamp::now()),
+    }))
 }
 
 fn check(req: &RegisterRobot) -> Result<(), ApiError> {

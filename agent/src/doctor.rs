@@ -1,0 +1,473 @@
+//! `tasuki doctor`: checks what a robot needs, in the order it needs it,
+//! and says how to fix each thing that is wrong. Exit 0 when nothing
+//! failed (warnings allowed), 1 otherwise.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tasuki_actions::language::params::{ParamInputs, bind_params};
+use tasuki_actions::runtime::context::BrowserSettings;
+use tasuki_actions::runtime::event::NullSink;
+use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, SessionStatus, parse_workflow};
+
+use crate::daemon::{Credentials, HubClient};
+use crate::settings::{Settings, SettingsArgs};
+use crate::{EXIT_FAILED, EXIT_OK};
+
+/// Warn below this much free disk in the work dir; fail below a tenth.
+const DISK_WARN_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Tokens carry `nbf`/`exp` in seconds; past this skew the hub refuses them.
+const SKEW_FAIL_SECONDS: f64 = 30.0;
+const SKEW_WARN_SECONDS: f64 = 2.0;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    worst: Level,
+}
+
+impl Report {
+    fn line(&mut self, level: Level, name: &str, detail: &str, fix: Option<&str>) {
+        self.worst = self.worst.max(level);
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        crate::print_stdout(&format!("{tag}  {name}: {detail}"));
+        if let Some(fix) = fix {
+            crate::print_stdout(&format!("      fix: {fix}"));
+        }
+    }
+
+    fn ok(&mut self, name: &str, detail: &str) {
+        self.line(Level::Ok, name, detail, None);
+    }
+
+    fn warn(&mut self, name: &str, detail: &str, fix: &str) {
+        self.line(Level::Warn, name, detail, Some(fix));
+    }
+
+    fn fail(&mut self, name: &str, detail: &str, fix: &str) {
+        self.line(Level::Fail, name, detail, Some(fix));
+    }
+}
+
+pub fn run(args: &SettingsArgs) -> u8 {
+    let mut r = Report { worst: Level::Ok };
+    let path = args.config_path();
+    let effective = match args.load() {
+        Ok(e) => e,
+        Err(e) => {
+            r.fail(
+                "config",
+                &format!("{e}"),
+                &format!(
+                    "register the robot (`tasuki register --config {} ...`) or correct the \
+                     file; `tasuki config show` prints what is in effect",
+                    path.display()
+                ),
+            );
+            return done(&r);
+        }
+    };
+    let settings = effective.settings();
+    let registry = Registry::builtin();
+    match effective.allowed_actions(&registry) {
+        Ok(_) => r.ok(
+            "config",
+            &format!(
+                "{} (robot `{}` at {})",
+                path.display(),
+                settings.name,
+                settings.url
+            ),
+        ),
+        Err(e) => r.fail(
+            "config",
+            &e.to_string(),
+            "correct behaviour.allowed_actions",
+        ),
+    }
+    log_files(&mut r, &settings);
+    let creds = credentials(&mut r, &settings);
+    work_dir(&mut r, &settings.work_dir);
+    if let Some(creds) = creds {
+        hub(&mut r, &settings, &creds);
+    } else {
+        r.warn(
+            "hub",
+            "not checked: it needs the credentials",
+            "fix the credentials first",
+        );
+    }
+    browser(&mut r, &settings);
+    done(&r)
+}
+
+fn done(r: &Report) -> u8 {
+    if r.worst == Level::Fail {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    }
+}
+
+fn log_files(r: &mut Report, settings: &Settings) {
+    match &settings.log_dir {
+        None => r.ok(
+            "logs",
+            "standard error only (the journal, under systemd); set paths.log_dir for daily files",
+        ),
+        Some(dir) => match writable(dir) {
+            Ok(()) => r.ok(
+                "logs",
+                &format!(
+                    "{} (a file a day, {} kept)",
+                    crate::logging::current_file(dir).display(),
+                    settings.log_retention
+                ),
+            ),
+            Err(e) => r.fail(
+                "logs",
+                &format!("cannot write in {}: {e}", dir.display()),
+                "create the directory and give it to the account the agent runs as",
+            ),
+        },
+    }
+}
+
+fn credentials(r: &mut Report, settings: &Settings) -> Option<Credentials> {
+    let file = &settings.credentials_file;
+    match Credentials::load(file) {
+        Ok(c) => {
+            r.ok(
+                "credentials",
+                &format!(
+                    "{} (access key {}, mode 0600)",
+                    file.display(),
+                    c.access_key_id
+                ),
+            );
+            Some(c)
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let fix = if text.contains("chmod 600") {
+                format!("chmod 600 {}", file.display())
+            } else {
+                "run `tasuki register` again (it writes the file with mode 0600)".to_string()
+            };
+            r.fail("credentials", &text, &fix);
+            None
+        }
+    }
+}
+
+fn work_dir(r: &mut Report, dir: &Path) {
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| writable(dir)) {
+        r.fail(
+            "work dir",
+            &format!("cannot write in {}: {e}", dir.display()),
+            "create it and give it to the account the agent runs as, or set paths.work_dir",
+        );
+        return;
+    }
+    let Some(free) = free_bytes(dir) else {
+        r.warn(
+            "work dir",
+            &format!("{}: free space unknown", dir.display()),
+            "check it with `df`",
+        );
+        return;
+    };
+    let gib = free as f64 / (1024.0 * 1024.0 * 1024.0);
+    let detail = format!("{} ({gib:.1} GiB free)", dir.display());
+    if free < DISK_WARN_BYTES / 10 {
+        r.fail(
+            "work dir",
+            &detail,
+            "free some space: sessions write their spool, downloads and screenshots here",
+        );
+    } else if free < DISK_WARN_BYTES {
+        r.warn("work dir", &detail, "free some space before it runs out");
+    } else {
+        r.ok("work dir", &detail);
+    }
+}
+
+fn writable(dir: &Path) -> std::io::Result<()> {
+    tempfile::tempfile_in(dir).map(drop)
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let disks = sysinfo::Disks::new_with_refreshed_list().ok()?;
+    let dir = std::fs::canonicalize(dir).ok()?;
+    disks
+        .iter()
+        .filter(|d| dir.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.available_space())
+}
+
+fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
+    let client = match HubClient::new(settings, creds, Arc::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("hub", &e.to_string(), "check control_plane.url");
+            return;
+        }
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        r.fail(
+            "hub",
+            "cannot start an async runtime",
+            "report this as a bug",
+        );
+        return;
+    };
+    let sent = jiff::Timestamp::now();
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            client.check_registration(&creds.instance_id),
+        )
+        .await
+    });
+    let received = jiff::Timestamp::now();
+    let answer = match answer {
+        Ok(a) => a,
+        Err(_) => {
+            r.fail(
+                "hub",
+                &format!("{} did not answer within 15 s", settings.url),
+                "check that tasuki-hub runs there and that a firewall lets this machine in",
+            );
+            return;
+        }
+    };
+    use crate::daemon::CallError;
+    match answer {
+        Ok(check) => {
+            r.ok(
+                "hub",
+                &format!(
+                    "{} answered in {} ms",
+                    settings.url,
+                    (received - sent).get_milliseconds()
+                ),
+            );
+            r.ok(
+                "token",
+                &format!(
+                    "accepted; robot `{}` (id {}) is registered to this machine",
+                    check.name, check.robot_id
+                ),
+            );
+            clock(r, &check.server_time, sent, received);
+        }
+        Err(CallError::Transient(e)) => r.fail(
+            "hub",
+            &format!("cannot reach {}: {e}", settings.url),
+            "check control_plane.url, that tasuki-hub runs there, and the network between",
+        ),
+        Err(CallError::Auth(e)) => {
+            r.ok("hub", &format!("{} answered", settings.url));
+            r.fail(
+                "token",
+                &format!("the hub refused the token: {e}"),
+                "check the access key in the credentials file and its `robot` scope, the \
+                 token's issuer/audience (control_plane.issuer, control_plane.audience), and \
+                 this machine's clock",
+            );
+        }
+        Err(CallError::Rejected { code, message, .. }) => {
+            r.ok("hub", &format!("{} answered", settings.url));
+            let fix = match code.as_str() {
+                "robot_not_registered" => {
+                    "run `tasuki register` (the hub does not know this robot)"
+                }
+                "robot_name_taken" => {
+                    "another machine holds the name: register with another name, or with --replace"
+                }
+                _ => "run `tasuki register` again",
+            };
+            r.fail("token", &format!("accepted, but: {code}: {message}"), fix);
+        }
+        Err(e) => r.fail("hub", &e.to_string(), "see the message"),
+    }
+}
+
+fn clock(r: &mut Report, server_time: &str, sent: jiff::Timestamp, received: jiff::Timestamp) {
+    let Ok(server) = server_time.parse::<jiff::Timestamp>() else {
+        r.warn("clock", "the hub's time does not read", "update the hub");
+        return;
+    };
+    // The hub read its clock somewhere between send and receive.
+    let midpoint_ms = (sent.as_millisecond() + received.as_millisecond()) / 2;
+    let skew = (server.as_millisecond() - midpoint_ms) as f64 / 1000.0;
+    let detail = format!("{skew:+.1} s against the hub");
+    let fix = "synchronise this machine's clock (NTP: `timedatectl set-ntp true`); tokens are \
+               only valid for a short window";
+    if skew.abs() > SKEW_FAIL_SECONDS {
+        r.fail("clock", &detail, fix);
+    } else if skew.abs() > SKEW_WARN_SECONDS {
+        r.warn("clock", &detail, fix);
+    } else {
+        r.ok("clock", &detail);
+    }
+}
+
+fn browser(r: &mut Report, settings: &Settings) {
+    let browser = BrowserSettings {
+        chromium: settings.chromium.clone(),
+        chromedriver: settings.chromedriver.clone(),
+        remote_url: settings.remote_webdriver.clone(),
+        headless: true,
+        window_size: settings.window_size,
+        ..Default::default()
+    };
+    if settings.remote_webdriver.is_none() {
+        let chromium = tasuki_actions::builtin::browser::find_chromium(&browser);
+        let driver = tasuki_actions::builtin::browser::find_chromedriver(&browser);
+        let (chromium, driver) = match (chromium, driver) {
+            (Ok(c), Ok(d)) => (c, d),
+            (c, d) => {
+                for (what, found) in [("chromium", c), ("chromedriver", d)] {
+                    if let Err(e) = found {
+                        r.fail(
+                            what,
+                            &e.to_string(),
+                            "install it, or set its path in [browser]",
+                        );
+                    }
+                }
+                return;
+            }
+        };
+        let chromium_version = version_of(&chromium);
+        let driver_version = version_of(&driver);
+        r.ok(
+            "chromium",
+            &format!(
+                "{} ({})",
+                chromium.display(),
+                chromium_version.as_deref().unwrap_or("version unknown")
+            ),
+        );
+        r.ok(
+            "chromedriver",
+            &format!(
+                "{} ({})",
+                driver.display(),
+                driver_version.as_deref().unwrap_or("version unknown")
+            ),
+        );
+        match (major(&chromium_version), major(&driver_version)) {
+            (Some(a), Some(b)) if a != b => r.fail(
+                "browser versions",
+                &format!("Chromium {a} but chromedriver {b}"),
+                "install the chromedriver of the same major version as the browser",
+            ),
+            (Some(a), Some(_)) => r.ok("browser versions", &format!("both major version {a}")),
+            _ => r.warn(
+                "browser versions",
+                "could not read both versions",
+                "run both with --version and compare",
+            ),
+        }
+    }
+    headless_session(r, browser);
+}
+
+fn version_of(program: &Path) -> Option<String> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The first number with a dot after it: "Chromium 131.0.6778.85" → 131.
+fn major(version: &Option<String>) -> Option<u32> {
+    version.as_deref()?.split_whitespace().find_map(|w| {
+        let (first, _) = w.split_once('.')?;
+        first.parse().ok()
+    })
+}
+
+/// Starts a real headless session through the action runtime, as a
+/// session on this robot would.
+fn headless_session(r: &mut Report, browser: BrowserSettings) {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            r.fail(
+                "headless session",
+                &format!("no temporary directory: {e}"),
+                "check TMPDIR",
+            );
+            return;
+        }
+    };
+    let yaml = "version: 1\nname: doctor\nsteps:\n  - id: open\n    action: browser.open\n    with: {url: \"about:blank\"}\n";
+    let registry = Registry::builtin();
+    let outcome = parse_workflow(yaml, "doctor.yaml", &registry, &LoadOptions::default())
+        .map_err(|p| p.to_string())
+        .and_then(|wf| {
+            let params = bind_params(&wf, &ParamInputs::default()).map_err(|p| p.to_string())?;
+            Ok((wf, params))
+        });
+    let (workflow, params) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            r.fail("headless session", &e, "report this as a bug");
+            return;
+        }
+    };
+    let options = ExecOptions {
+        work_dir: dir.path().to_path_buf(),
+        artifacts_dir: dir.path().join("artifacts"),
+        browser,
+        ..ExecOptions::default()
+    };
+    let Some(runtime) = crate::local_run::runtime() else {
+        r.fail(
+            "headless session",
+            "cannot start an async runtime",
+            "report this as a bug",
+        );
+        return;
+    };
+    let started = std::time::Instant::now();
+    let report = runtime.block_on(Executor::new(registry, options).run(
+        &workflow,
+        &params,
+        Arc::new(NullSink),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    if report.status == SessionStatus::Success {
+        r.ok(
+            "headless session",
+            &format!("started and closed in {} ms", started.elapsed().as_millis()),
+        );
+    } else {
+        let why = report
+            .error
+            .map(|e| e.message)
+            .unwrap_or_else(|| "it failed".into());
+        r.fail(
+            "headless session",
+            &why,
+            "run `tasuki demo` to see the browser start, and check the messages above",
+        );
+    }
+}
