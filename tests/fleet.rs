@@ -694,6 +694,24 @@ async fn malformed_robot_calls_are_refused_with_the_field_named() {
         "{}",
         r.body
     );
+    // The registration check: without an instance id, and for a robot the
+    // hub does not know.
+    let r = robot_api.get("/v1/robot/robots/r1").await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "instance_id",
+        "{}",
+        r.body
+    );
+    let r = robot_api
+        .get("/v1/robot/robots/nobody?instance_id=abc")
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (404, "robot_not_registered"),
+        "{}",
+        r.body
+    );
 
     // A public-API key without the robot scope cannot act as a robot.
     let public = Api::new(&f.hub, Some(token(&f.key, "session_queue.read")));
