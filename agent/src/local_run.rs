@@ -199,9 +199,18 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
     }
 }
 
+/// Ctrl-C, or Ctrl-Break, the console event that a supervisor can send to
+/// a process group it started (GenerateConsoleCtrlEvent): as near as Windows
+/// comes to SIGTERM. Closing the console is left to Windows' default, as
+/// SIGHUP is on Unix: the agent ends at once, and the job objects of its
+/// steps end their process trees.
 #[cfg(not(unix))]
 pub async fn wait_for_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+    let mut ctrl_break = tokio::signal::windows::ctrl_break()?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = ctrl_break.recv() => Ok(()),
+    }
 }
 
 fn print_plan(workflow: &Workflow, params: &BoundParams, args: &RunArgs) -> u8 {

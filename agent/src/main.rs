@@ -10,6 +10,7 @@ mod doctor;
 mod inputs;
 mod local_run;
 mod logging;
+mod service;
 mod settings;
 
 use std::path::PathBuf;
@@ -46,6 +47,12 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Install the agent as a service (systemd, launchd, Windows SCM), or
+    /// start, stop, query or remove it.
+    Service {
+        #[command(subcommand)]
+        command: service::ServiceCommand,
     },
     /// Check this robot's setup (config, credentials, hub, token, clock,
     /// browser, disk) and say how to fix what is wrong.
@@ -176,6 +183,7 @@ fn main() -> ExitCode {
         Command::Register(args) => daemon::register(args),
         Command::Agent(args) => daemon::agent(args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Service { command } => service::run(command),
         Command::Config {
             command: ConfigCommand::Show(args),
         } => match args.load() {

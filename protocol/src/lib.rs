@@ -22,8 +22,8 @@ pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
 pub use robot::{
     Acked, FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch,
-    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList, RobotRegistered,
-    RobotState, StepsStored, StepsUpdate,
+    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList,
+    RobotRegistered, RobotState, StepsStored, StepsUpdate,
 };
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{

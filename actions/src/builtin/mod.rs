@@ -4,6 +4,8 @@ mod args;
 pub mod browser;
 mod control;
 mod http;
+#[cfg(windows)]
+mod job_object;
 mod process;
 mod shell;
 

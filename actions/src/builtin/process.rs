@@ -11,6 +11,9 @@ use process_wrap::tokio::{ChildWrapper, CommandWrap};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
+#[cfg(windows)]
+use super::job_object::Job;
+
 /// Process groups that are alive right now, so that a forced exit can still
 /// end them (a forced exit skips destructors).
 #[cfg(unix)]
@@ -19,6 +22,18 @@ static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new(
 #[cfg(unix)]
 fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
     LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The jobs of the trees that are alive right now. A forced exit closes
+/// their handles, which kills their processes anyway (kill on close), but
+/// `kill_all_trees` ends them first so that the files they hold open can be
+/// removed.
+#[cfg(windows)]
+static LIVE_JOBS: std::sync::Mutex<Vec<std::sync::Arc<Job>>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(windows)]
+fn live_jobs() -> std::sync::MutexGuard<'static, Vec<std::sync::Arc<Job>>> {
+    LIVE_JOBS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Kills every process tree the actions have started and not yet ended,
@@ -32,6 +47,24 @@ pub fn kill_all_trees() {
             nix::unistd::Pid::from_raw(*pgid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    #[cfg(windows)]
+    {
+        let jobs = live_jobs().clone();
+        for job in &jobs {
+            let _ = job.terminate();
+        }
+        // Termination is asynchronous, and a process that is still exiting
+        // keeps its files open: removing the script or profile below would
+        // fail.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while jobs
+            .iter()
+            .any(|job| job.active_processes().is_ok_and(|n| n > 0))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     let paths = std::mem::take(&mut *temp_paths());
     for path in paths {
@@ -66,18 +99,18 @@ pub struct Tree {
     child: Box<dyn ChildWrapper>,
     #[cfg(unix)]
     pgid: nix::unistd::Pid,
+    #[cfg(windows)]
+    job: std::sync::Arc<Job>,
     finished: bool,
 }
 
 impl Tree {
+    /// Starts `command` as the leader of a new process group.
+    #[cfg(unix)]
     pub fn spawn(command: Command) -> std::io::Result<Tree> {
         let mut wrapped = CommandWrap::from(command);
-        #[cfg(unix)]
         wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
-        #[cfg(windows)]
-        wrapped.wrap(process_wrap::tokio::JobObject);
         let child = wrapped.spawn()?;
-        #[cfg(unix)]
         // Without a pid there is no group to supervise, and pgid 0 would
         // mean our own group: refuse rather than guess.
         let pgid = match child.id().and_then(|id| i32::try_from(id).ok()) {
@@ -88,12 +121,32 @@ impl Tree {
                 ));
             }
         };
-        #[cfg(unix)]
         live_groups().push(pgid.as_raw());
         Ok(Tree {
             child,
-            #[cfg(unix)]
             pgid,
+            finished: false,
+        })
+    }
+
+    /// Starts `command` as the first process of a new job. This sets the
+    /// command's creation flags (see `windows_creation_flags`).
+    #[cfg(windows)]
+    pub fn spawn(mut command: Command) -> std::io::Result<Tree> {
+        command.creation_flags(windows_creation_flags());
+        let mut child = CommandWrap::from(command).spawn()?;
+        let job = match join_new_job(child.as_ref()) {
+            Ok(job) => std::sync::Arc::new(job),
+            Err(e) => {
+                // Still suspended and in no job: end it, and say why.
+                let _ = child.start_kill();
+                return Err(e);
+            }
+        };
+        live_jobs().push(job.clone());
+        Ok(Tree {
+            child,
+            job,
             finished: false,
         })
     }
@@ -160,8 +213,7 @@ impl Tree {
 
     /// Waits until the group is empty, or `limit` passes, or every member
     /// left ignores the signal whose bit is `ignored` (then false at once).
-    /// Polls every millisecond at first, since most trees end within a
-    /// few, then every 10 ms.
+    /// Polls as `poll_pause` says.
     #[cfg(unix)]
     async fn wait_gone(&mut self, limit: Duration, ignored: Option<u64>) -> bool {
         let start = tokio::time::Instant::now();
@@ -178,27 +230,54 @@ impl Tree {
             {
                 return false;
             }
-            let pause = if start.elapsed() < Duration::from_millis(50) {
-                Duration::from_millis(1)
-            } else {
-                Duration::from_millis(10)
-            };
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(poll_pause(start.elapsed())).await;
         }
     }
 
-    /// On Windows the Job Object holds the tree; closing it ends them all.
+    /// Ends every process of the tree and returns how, for the log.
+    ///
+    /// Windows has no signal that a supervisor can send to a tree to ask it
+    /// to stop: console control events reach only the processes that share
+    /// the sender's console (a tree has a console of its own, see
+    /// `windows_creation_flags`), and WM_CLOSE only reaches windows. So the
+    /// grace period does not apply: the job is ended at once, like SIGKILL.
     #[cfg(windows)]
     pub async fn terminate(&mut self, _grace: Duration) -> &'static str {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        self.finished = true;
+        if !self.any_alive() {
+            return "none";
+        }
+        let _ = self.job.terminate();
+        let start = tokio::time::Instant::now();
+        while self.any_alive() {
+            if start.elapsed() >= Duration::from_secs(5) {
+                return "TerminateJobObject (some processes did not exit)";
+            }
+            tokio::time::sleep(poll_pause(start.elapsed())).await;
+        }
+        // The root is gone: collect its exit status so that nothing waits on it.
+        let _ = self.child.try_wait();
         "TerminateJobObject"
     }
 
+    /// Whether any process of the tree is still alive, not counting the
+    /// console host that Windows started for the tree's console: it ends by
+    /// itself once its last client has, a few milliseconds after the root.
+    /// When the job cannot be asked, it is taken as alive, so that it is
+    /// ended rather than left.
     #[cfg(windows)]
     pub fn any_alive(&mut self) -> bool {
-        !self.finished
+        let alive = match self.job.active_processes() {
+            Ok(0) => false,
+            Ok(_) => self
+                .job
+                .process_names()
+                .map_or(true, |names| names.iter().any(|n| !is_console_host(n))),
+            Err(_) => true,
+        };
+        if !alive {
+            self.finished = true;
+        }
+        alive
     }
 }
 
@@ -208,11 +287,66 @@ impl Drop for Tree {
             #[cfg(unix)]
             self.signal(nix::sys::signal::Signal::SIGKILL);
             #[cfg(windows)]
-            let _ = self.child.start_kill();
+            let _ = self.job.terminate();
         }
         #[cfg(unix)]
         live_groups().retain(|g| *g != self.pgid.as_raw());
+        // The job's handle closes with its last `Arc`, which kills whatever
+        // is left in it.
+        #[cfg(windows)]
+        live_jobs().retain(|job| !std::sync::Arc::ptr_eq(job, &self.job));
     }
+}
+
+/// How long to pause between two looks at a tree that is ending: every
+/// millisecond at first, since most trees end within a few, then every 10 ms.
+fn poll_pause(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_millis(50) {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(10)
+    }
+}
+
+/// The creation flags of a tree's root on Windows.
+///
+/// - `CREATE_SUSPENDED`: the root must join its job before it can start
+///   anything, or a grandchild started at once would escape the job;
+///   `join_new_job` resumes it.
+/// - `CREATE_NO_WINDOW`: a console program gets a console of its own,
+///   without a window. Otherwise it would share the agent's console, and a
+///   Ctrl-C there would reach it directly, before the agent could cancel
+///   the step in order (on Unix the process group sees to that); and an
+///   agent without a console (a service, a scheduled task) would open a
+///   console window on the desktop for every step. Programs with windows
+///   are not affected.
+#[cfg(windows)]
+fn windows_creation_flags() -> u32 {
+    use windows_sys::Win32::System::Threading::{CREATE_NO_WINDOW, CREATE_SUSPENDED};
+    CREATE_SUSPENDED | CREATE_NO_WINDOW
+}
+
+/// Whether a process is the console host that Windows starts for a new
+/// console (the tree's own, see `windows_creation_flags`), from its
+/// executable name.
+#[cfg(any(windows, test))]
+fn is_console_host(exe_name: &str) -> bool {
+    exe_name.eq_ignore_ascii_case("conhost.exe")
+}
+
+/// Puts the suspended root of a new tree in a new job, then lets it run.
+#[cfg(windows)]
+fn join_new_job(child: &dyn ChildWrapper) -> std::io::Result<Job> {
+    let handle = child
+        .process_handle()
+        .ok_or_else(|| std::io::Error::other("the child has no process handle"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("the child has no process id"))?;
+    let job = Job::new()?;
+    job.assign(handle)?;
+    super::job_object::resume_suspended(pid)?;
+    Ok(job)
 }
 
 /// The last bytes of a stream, kept for the step's output.
@@ -421,5 +555,151 @@ pub fn kill_processes_mentioning(path: &std::path::Path) {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 pub fn kill_processes_mentioning(_path: &std::path::Path) {}
+
+/// Nothing to do on Windows: a process started by a member of the tree
+/// cannot leave the job (it does not allow breakaway), so Chromium's crash
+/// handler ends with the rest of the tree.
+#[cfg(windows)]
+pub fn kill_processes_mentioning(_path: &std::path::Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_often_at_first_then_less() {
+        assert_eq!(poll_pause(Duration::ZERO), Duration::from_millis(1));
+        assert_eq!(
+            poll_pause(Duration::from_millis(49)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            poll_pause(Duration::from_millis(50)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            poll_pause(Duration::from_secs(3)),
+            Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn only_the_console_host_is_left_out_of_a_live_tree() {
+        assert!(is_console_host("conhost.exe"));
+        assert!(is_console_host("ConHost.EXE"));
+        for name in ["cmd.exe", "conhost", "conhost.exe.exe", "chrome.exe", ""] {
+            assert!(!is_console_host(name), "{name}");
+        }
+    }
+}
+
+/// The Job Object behaviour, on Windows itself. `ping -n N 127.0.0.1` is
+/// the batch way to wait about N-1 seconds.
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    fn cmd(line: &str) -> Command {
+        let mut command = Command::new("cmd");
+        command
+            .args(["/D", "/C", line])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// Waits until the job has at least `n` live processes.
+    async fn until_active(tree: &Tree, n: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tree.job.active_processes().unwrap() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never had {n} processes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_command_runs_and_leaves_nothing() {
+        let mut tree = Tree::spawn(cmd("exit 3")).unwrap();
+        let status = tree.wait().await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(!tree.any_alive());
+        assert_eq!(tree.terminate(Duration::from_secs(1)).await, "none");
+    }
+
+    #[tokio::test]
+    async fn terminate_ends_the_root_and_its_grandchildren() {
+        let mut tree = Tree::spawn(cmd(
+            "start /b ping -n 30 127.0.0.1 >nul & ping -n 30 127.0.0.1 >nul",
+        ))
+        .unwrap();
+        until_active(&tree, 3).await;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            tree.terminate(Duration::from_secs(10)).await,
+            "TerminateJobObject"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!tree.any_alive());
+        assert_eq!(tree.job.active_processes().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_the_root_leaves_running_is_still_seen() {
+        let mut tree = Tree::spawn(cmd("start /b ping -n 30 127.0.0.1 >nul")).unwrap();
+        until_active(&tree, 2).await;
+        tree.wait().await.unwrap();
+        assert!(tree.any_alive(), "the grandchild outlives the root");
+        assert_eq!(
+            tree.terminate(Duration::from_secs(1)).await,
+            "TerminateJobObject"
+        );
+        assert!(!tree.any_alive());
+    }
+
+    #[tokio::test]
+    async fn a_big_tree_is_listed_whole() {
+        let mut tree = Tree::spawn(cmd(
+            "for /l %i in (1,1,20) do @start /b ping -n 30 127.0.0.1 >nul",
+        ))
+        .unwrap();
+        // More than the first guess of room in the list (16).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let names = tree.job.process_names().unwrap();
+            let pings = names.iter().filter(|n| n.eq_ignore_ascii_case("ping.exe"));
+            if pings.count() == 20 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{names:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            tree.terminate(Duration::from_secs(1)).await,
+            "TerminateJobObject"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_tree_ends_it() {
+        let tree = Tree::spawn(cmd("ping -n 30 127.0.0.1 >nul")).unwrap();
+        until_active(&tree, 2).await;
+        let job = tree.job.clone();
+        assert!(live_jobs().iter().any(|j| std::sync::Arc::ptr_eq(j, &job)));
+        drop(tree);
+        assert!(!live_jobs().iter().any(|j| std::sync::Arc::ptr_eq(j, &job)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while job.active_processes().unwrap() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tree outlived its drop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

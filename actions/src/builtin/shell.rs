@@ -70,15 +70,35 @@ impl ShellKind {
                     "powershell"
                 }
                 .into(),
+                // Windows PowerShell refuses to run any script file under
+                // its default execution policy (Restricted): the workflow
+                // author asked for this script, so it runs. A policy set by
+                // Group Policy still wins; pwsh ignores the flag off Windows.
                 vec![
                     "-NoProfile".into(),
                     "-NonInteractive".into(),
+                    "-ExecutionPolicy".into(),
+                    "Bypass".into(),
                     "-File".into(),
                     path,
                 ],
             ),
             ShellKind::Cmd => ("cmd".into(), vec!["/D".into(), "/C".into(), path]),
         }
+    }
+
+    /// The script file's bytes. Windows PowerShell reads a script without
+    /// a byte order mark in the system's ANSI code page, which turns every
+    /// non-ASCII character (Japanese text, say) into mojibake; with the
+    /// UTF-8 BOM both PowerShells read UTF-8.
+    fn script_bytes(self, script: &str) -> Vec<u8> {
+        const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+        let mut bytes = Vec::with_capacity(UTF8_BOM.len() + script.len());
+        if matches!(self, ShellKind::Pwsh | ShellKind::Powershell) {
+            bytes.extend_from_slice(UTF8_BOM);
+        }
+        bytes.extend_from_slice(script.as_bytes());
+        bytes
     }
 
     fn extension(self) -> &'static str {
@@ -135,13 +155,14 @@ impl TypedAction for ShellRun {
                 (program, it.collect::<Vec<_>>())
             }
             (None, Some(script), Some(shell)) => {
-                let file = write_script(&script, shell.extension()).map_err(|e| {
-                    ActionError::new(
-                        codes::SPAWN,
-                        format!("cannot write the script to a temporary file: {e}"),
-                    )
-                })?;
-                let command = shell.command(file.0.path());
+                let file =
+                    write_script(&shell.script_bytes(&script), shell.extension()).map_err(|e| {
+                        ActionError::new(
+                            codes::SPAWN,
+                            format!("cannot write the script to a temporary file: {e}"),
+                        )
+                    })?;
+                let command = shell.command(&file.0);
                 _script_file = Some(file);
                 command
             }
@@ -335,24 +356,86 @@ fn spawn_error(program: &str, cwd: &std::path::Path, e: std::io::Error) -> Actio
 }
 
 /// A script on disk, registered so that even a forced exit removes it: it
-/// may hold secrets substituted into it.
-struct ScriptFile(tempfile::NamedTempFile);
+/// may hold secrets substituted into it. Only its path is kept: on Windows
+/// our open handle, which has write access, would keep out a shell that
+/// opens the file without sharing write access (a sharing violation).
+struct ScriptFile(tempfile::TempPath);
 
 impl Drop for ScriptFile {
     fn drop(&mut self) {
-        super::process::forget_temp_path(self.0.path());
+        super::process::forget_temp_path(&self.0);
     }
 }
 
-fn write_script(script: &str, extension: &str) -> std::io::Result<ScriptFile> {
+fn write_script(script: &[u8], extension: &str) -> std::io::Result<ScriptFile> {
     use std::io::Write;
     // tempfile creates the file with mode 0600 on Unix.
     let mut file = tempfile::Builder::new()
         .prefix("tasuki-script-")
         .suffix(extension)
         .tempfile()?;
-    file.write_all(script.as_bytes())?;
+    file.write_all(script)?;
     file.flush()?;
     super::process::register_temp_path(file.path());
-    Ok(ScriptFile(file))
+    Ok(ScriptFile(file.into_temp_path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn powershell_scripts_run_whatever_the_execution_policy() {
+        for (kind, program) in [
+            (ShellKind::Powershell, "powershell"),
+            (ShellKind::Pwsh, "pwsh"),
+        ] {
+            let (got, args) = kind.command(std::path::Path::new("s.ps1"));
+            assert_eq!(got, program);
+            assert_eq!(
+                args,
+                [
+                    "-NoProfile",
+                    "-NonInteractive",
+                    "-ExecutionPolicy",
+                    "Bypass",
+                    "-File",
+                    "s.ps1"
+                ]
+            );
+        }
+        let (program, args) = ShellKind::Cmd.command(std::path::Path::new("s.cmd"));
+        assert_eq!(
+            (program.as_str(), args),
+            ("cmd", vec!["/D".into(), "/C".into(), "s.cmd".to_string()])
+        );
+    }
+
+    #[test]
+    fn only_powershell_scripts_get_a_byte_order_mark() {
+        let script = "Write-Output '完了'";
+        for kind in [ShellKind::Pwsh, ShellKind::Powershell] {
+            let bytes = kind.script_bytes(script);
+            assert_eq!(&bytes[..3], b"\xEF\xBB\xBF");
+            assert_eq!(&bytes[3..], script.as_bytes());
+        }
+        for kind in [
+            ShellKind::Sh,
+            ShellKind::Bash,
+            ShellKind::Zsh,
+            ShellKind::Cmd,
+        ] {
+            assert_eq!(kind.script_bytes("echo 完了"), "echo 完了".as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_script_file_holds_the_script_and_goes_when_dropped() {
+        let file = write_script(b"echo hi\n", ".sh").unwrap();
+        let path = file.0.to_path_buf();
+        assert!(path.to_string_lossy().ends_with(".sh"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"echo hi\n");
+        drop(file);
+        assert!(!path.exists());
+    }
 }

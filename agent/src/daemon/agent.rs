@@ -337,12 +337,27 @@ async fn bound_drain(state: Arc<State>, grace: Duration) {
     }
 }
 
+/// Stop requests from outside the process's signals (the Windows service
+/// control manager's Stop): each counts as one signal.
+static STOP_REQUESTS: Notify = Notify::const_new();
+
+/// Asks the agent to stop, from any thread, as SIGTERM does: the first
+/// request drains, the second cancels, the third kills.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn request_stop() {
+    STOP_REQUESTS.notify_one();
+}
+
 /// The first signal drains, the second cancels, the third kills.
 async fn watch_signals(state: Arc<State>) {
     static RECEIVED: AtomicU8 = AtomicU8::new(0);
     loop {
-        if crate::local_run::wait_for_signal().await.is_err() {
-            return;
+        tokio::select! {
+            r = crate::local_run::wait_for_signal() => if r.is_err() {
+                // No signal handling here: a stop request is the only way.
+                STOP_REQUESTS.notified().await;
+            },
+            _ = STOP_REQUESTS.notified() => {}
         }
         match RECEIVED.fetch_add(1, Ordering::SeqCst) {
             0 => {

@@ -88,6 +88,10 @@ pub struct AgentArgs {
     /// Run one session, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Run under the Windows service control manager: the command line
+    /// `tasuki service install` registers. Stop and shutdown drain.
+    #[arg(long, hide = true)]
+    pub windows_service: bool,
 }
 
 /// Logs of the short commands (`register`); the daemon's go through
@@ -286,6 +290,46 @@ fn register_request(config: &Settings, creds: &Credentials) -> RegisterRobot {
 }
 
 pub fn agent(args: AgentArgs) -> u8 {
+    if args.windows_service {
+        return under_scm(args);
+    }
+    run_agent(args)
+}
+
+/// The service control manager's Stop (or the machine's shutdown) counts
+/// as a first SIGTERM: a drain, bounded by `behaviour.drain_grace`.
+#[cfg(windows)]
+fn under_scm(args: AgentArgs) -> u8 {
+    let wait_hint = match args.settings.load() {
+        Ok(e) => e.settings().drain_grace + std::time::Duration::from_secs(30),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let served =
+        tasuki_installer::run_under_scm(crate::service::SERVICE_NAME, wait_hint, move |drain| {
+            if let Err(e) = drain.on_stop(|_| agent::request_stop()) {
+                eprintln!("error: cannot watch for the service's stop: {e}");
+            }
+            i32::from(run_agent(args))
+        });
+    match served {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+#[cfg(not(windows))]
+fn under_scm(_args: AgentArgs) -> u8 {
+    eprintln!("error: --windows-service is for the Windows service control manager");
+    EXIT_INVALID
+}
+
+fn run_agent(args: AgentArgs) -> u8 {
     let effective = match args.settings.load() {
         Ok(e) => e,
         Err(e) => {
