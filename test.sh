@@ -10,12 +10,12 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 missing=()
-for tool in cc sh bash sleep openssl base64; do
+for tool in cc sh bash sleep openssl base64 faketime; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
     echo "test.sh: missing tools: ${missing[*]}" >&2
-    echo "  Debian/Ubuntu: sudo apt-get install -y build-essential bash coreutils openssl" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install -y build-essential bash coreutils openssl faketime" >&2
     exit 1
 fi
 

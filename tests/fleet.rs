@@ -1302,6 +1302,33 @@ async fn doctor_fails_each_broken_setup_with_a_fix() {
         );
         std::fs::set_permissions(&creds_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    // A clock five minutes fast (libfaketime; .ci/run installs it): the
+    // clock check says by how much, and the hub refuses the token.
+    let out = std::process::Command::new("faketime")
+        .args(["-f", "+300s"])
+        .arg(tasuki_bin())
+        .arg("doctor")
+        .arg("--config")
+        .arg(robot.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run faketime (Debian package `faketime`)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  clock: this machine's clock is 29")
+            || text.contains("FAIL  clock: this machine's clock is 30"),
+        "{text}"
+    );
+    assert!(text.contains("s ahead of the hub's"), "{text}");
+    assert!(
+        text.contains("fix: synchronise this machine's clock"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL  token: the hub refused the token"),
+        "{text}"
+    );
     // No config at all.
     std::fs::remove_file(robot.config()).unwrap();
     expect_fail(

@@ -20,7 +20,7 @@ use crate::{EXIT_FAILED, EXIT_OK};
 const DISK_WARN_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// Tokens carry `nbf`/`exp` in seconds; past this skew the hub refuses them.
 const SKEW_FAIL_SECONDS: f64 = 30.0;
-const SKEW_WARN_SECONDS: f64 = 2.0;
+const SKEW_WARN_SECONDS: f64 = 5.0;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
@@ -218,13 +218,6 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
-    let client = match HubClient::new(settings, creds, Arc::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            r.fail("hub", &e.to_string(), "check control_plane.url");
-            return;
-        }
-    };
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -236,7 +229,61 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         );
         return;
     };
+    // First without a token: reachability, and the hub's clock from its
+    // `Date` header, which explains a refused token better than the
+    // refusal does.
     let sent = jiff::Timestamp::now();
+    let probe = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        client
+            .get(format!("{}/v1/robot", settings.url))
+            .send()
+            .await
+    });
+    let received = jiff::Timestamp::now();
+    let answer = match probe {
+        Ok(answer) => answer,
+        Err(e) => {
+            r.fail(
+                "hub",
+                &format!("cannot reach {}: {}", settings.url, plain_error(&e)),
+                "check control_plane.url, that tasuki-hub runs there, and the network between",
+            );
+            return;
+        }
+    };
+    r.ok(
+        "hub",
+        &format!(
+            "{} answered in {} ms",
+            settings.url,
+            (received - sent).get_milliseconds()
+        ),
+    );
+    let hub_date = answer
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| jiff::fmt::rfc2822::parse(v).ok())
+        .map(|z| z.timestamp());
+    match hub_date {
+        Some(date) => clock(r, date, sent, received),
+        None => r.warn(
+            "clock",
+            "the hub's answer has no Date header to compare with",
+            "check this machine's clock by other means (NTP)",
+        ),
+    }
+
+    let client = match HubClient::new(settings, creds, Arc::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("token", &e.to_string(), "check control_plane.url");
+            return;
+        }
+    };
     let answer = runtime.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(15),
@@ -244,55 +291,28 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         )
         .await
     });
-    let received = jiff::Timestamp::now();
-    let answer = match answer {
-        Ok(a) => a,
-        Err(_) => {
-            r.fail(
-                "hub",
-                &format!("{} did not answer within 15 s", settings.url),
-                "check that tasuki-hub runs there and that a firewall lets this machine in",
-            );
-            return;
-        }
-    };
     use crate::daemon::CallError;
     match answer {
-        Ok(check) => {
-            r.ok(
-                "hub",
-                &format!(
-                    "{} answered in {} ms",
-                    settings.url,
-                    (received - sent).get_milliseconds()
-                ),
-            );
-            r.ok(
-                "token",
-                &format!(
-                    "accepted; robot `{}` (id {}) is registered to this machine",
-                    check.name, check.robot_id
-                ),
-            );
-            clock(r, &check.server_time, sent, received);
-        }
-        Err(CallError::Transient(e)) => r.fail(
-            "hub",
-            &format!("cannot reach {}: {e}", settings.url),
-            "check control_plane.url, that tasuki-hub runs there, and the network between",
+        Err(_) => r.fail(
+            "token",
+            "the hub did not answer the registration check within 15 s",
+            "check the hub's log",
         ),
-        Err(CallError::Auth(e)) => {
-            r.ok("hub", &format!("{} answered", settings.url));
-            r.fail(
-                "token",
-                &format!("the hub refused the token: {e}"),
-                "check the access key in the credentials file and its `robot` scope, the \
-                 token's issuer/audience (control_plane.issuer, control_plane.audience), and \
-                 this machine's clock",
-            );
-        }
-        Err(CallError::Rejected { code, message, .. }) => {
-            r.ok("hub", &format!("{} answered", settings.url));
+        Ok(Ok(check)) => r.ok(
+            "token",
+            &format!(
+                "accepted; robot `{}` (id {}) is registered to this machine",
+                check.name, check.robot_id
+            ),
+        ),
+        Ok(Err(CallError::Auth(e))) => r.fail(
+            "token",
+            &format!("the hub refused the token: {e}"),
+            "check the access key in the credentials file and its `robot` scope, the \
+             token's issuer/audience (control_plane.issuer, control_plane.audience), and \
+             this machine's clock (see `clock` above)",
+        ),
+        Ok(Err(CallError::Rejected { code, message, .. })) => {
             let fix = match code.as_str() {
                 "robot_not_registered" => {
                     "run `tasuki register` (the hub does not know this robot)"
@@ -304,21 +324,37 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
             };
             r.fail("token", &format!("accepted, but: {code}: {message}"), fix);
         }
-        Err(e) => r.fail("hub", &e.to_string(), "see the message"),
+        Ok(Err(e)) => r.fail("token", &e.to_string(), "see the message"),
     }
 }
 
-fn clock(r: &mut Report, server_time: &str, sent: jiff::Timestamp, received: jiff::Timestamp) {
-    let Ok(server) = server_time.parse::<jiff::Timestamp>() else {
-        r.warn("clock", "the hub's time does not read", "update the hub");
-        return;
-    };
-    // The hub read its clock somewhere between send and receive.
+/// The error and its causes on one line (reqwest's own message is terse).
+fn plain_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// `date` is the hub's clock at whole seconds, read somewhere between
+/// `sent` and `received`.
+fn clock(r: &mut Report, date: jiff::Timestamp, sent: jiff::Timestamp, received: jiff::Timestamp) {
     let midpoint_ms = (sent.as_millisecond() + received.as_millisecond()) / 2;
-    let skew = (server.as_millisecond() - midpoint_ms) as f64 / 1000.0;
-    let detail = format!("{skew:+.1} s against the hub");
-    let fix = "synchronise this machine's clock (NTP: `timedatectl set-ntp true`); tokens are \
-               only valid for a short window";
+    // The header truncates to the second: half a second is the best guess.
+    let skew = (date.as_millisecond() + 500 - midpoint_ms) as f64 / 1000.0;
+    let detail = if skew < 0.0 {
+        format!(
+            "this machine's clock is {:.1} s ahead of the hub's (±1 s)",
+            -skew
+        )
+    } else {
+        format!("this machine's clock is {skew:.1} s behind the hub's (±1 s)")
+    };
+    let fix = "synchronise this machine's clock (NTP: `timedatectl set-ntp true`); the agent's \
+               tokens are only valid for a short window";
     if skew.abs() > SKEW_FAIL_SECONDS {
         r.fail("clock", &detail, fix);
     } else if skew.abs() > SKEW_WARN_SECONDS {
