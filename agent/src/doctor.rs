@@ -86,8 +86,8 @@ pub fn run(args: &SettingsArgs) -> u8 {
             &format!(
                 "{} (robot `{}` at {})",
                 path.display(),
-                settings.name,
-                settings.url
+                settings.control_plane.name,
+                settings.control_plane.url
             ),
         ),
         Err(e) => r.fail(
@@ -238,7 +238,7 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
             .timeout(Duration::from_secs(10))
             .build()?;
         client
-            .get(format!("{}/v1/robot", settings.url))
+            .get(format!("{}/v1/robot", settings.control_plane.url))
             .send()
             .await
     });
@@ -248,7 +248,11 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         Err(e) => {
             r.fail(
                 "hub",
-                &format!("cannot reach {}: {}", settings.url, plain_error(&e)),
+                &format!(
+                    "cannot reach {}: {}",
+                    settings.control_plane.url,
+                    plain_error(&e)
+                ),
                 "check control_plane.url, that tasuki-hub runs there, and the network between",
             );
             return;
@@ -258,7 +262,7 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         "hub",
         &format!(
             "{} answered in {} ms",
-            settings.url,
+            settings.control_plane.url,
             (received - sent).get_milliseconds()
         ),
     );

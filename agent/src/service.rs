@@ -185,7 +185,7 @@ fn spec(
         display_name: "Tasuki robot agent".into(),
         description: format!(
             "Tasuki robot agent `{}` for {}",
-            settings.name, settings.url
+            settings.control_plane.name, settings.control_plane.url
         ),
         program,
         args,

@@ -121,14 +121,14 @@ impl HubClient {
             .build()?;
         Ok(HubClient {
             http,
-            base: config.url.trim_end_matches('/').to_string(),
-            robot: config.name.clone(),
+            base: config.control_plane.url.trim_end_matches('/').to_string(),
+            robot: config.control_plane.name.clone(),
             metrics,
             signer: Signer {
                 key_id: creds.access_key_id.clone(),
                 key: EncodingKey::from_secret(creds.secret_access_key.expose_secret().as_bytes()),
-                issuer: config.issuer.clone(),
-                audience: config.audience.clone(),
+                issuer: config.control_plane.issuer.clone(),
+                audience: config.control_plane.audience.clone(),
                 cached: Mutex::new(None),
             },
         })

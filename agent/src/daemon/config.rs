@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::settings::ControlPlane;
+
 fn is_root() -> bool {
     #[cfg(unix)]
     {
@@ -88,12 +90,7 @@ pub enum ConfigError {
 
 /// What `tasuki register` records in the config file.
 pub struct Registration {
-    pub url: String,
-    pub name: String,
-    pub labels: Vec<String>,
-    pub max_concurrency: u32,
-    pub issuer: String,
-    pub audience: String,
+    pub control_plane: ControlPlane,
     pub credentials_file: PathBuf,
     pub work_dir: Option<PathBuf>,
 }
@@ -105,7 +102,8 @@ const NEW_CONFIG_HEADER: &str = "# The Tasuki agent's config. `tasuki register` 
 /// Sets the registration's keys in the config file and keeps everything
 /// else in it, comments included (a packaged config documents every
 /// key). A new file is created; an existing one keeps its mode and owner.
-pub fn write_registration(path: &Path, r: &Registration) -> Result<(), ConfigError> {
+pub fn write_registration(path: &Path, registration: &Registration) -> Result<(), ConfigError> {
+    let r = &registration.control_plane;
     let shown = path.display().to_string();
     let (text, existing) = match std::fs::read_to_string(path) {
         Ok(text) => (text, std::fs::metadata(path).ok()),
@@ -154,9 +152,9 @@ pub fn write_registration(path: &Path, r: &Registration) -> Result<(), ConfigErr
         "audience",
         r.audience.as_str().into(),
     );
-    let creds = r.credentials_file.display().to_string();
+    let creds = registration.credentials_file.display().to_string();
     set(&mut doc, "credentials", "file", creds.as_str().into());
-    if let Some(w) = &r.work_dir {
+    if let Some(w) = &registration.work_dir {
         set(
             &mut doc,
             "paths",

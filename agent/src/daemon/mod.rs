@@ -157,17 +157,19 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
             .join("credentials.toml")
     });
     let registration = Registration {
-        url: args.url.trim_end_matches('/').to_string(),
-        name: args.name.clone(),
-        labels: args
-            .labels
-            .iter()
-            .filter(|l| !l.is_empty())
-            .cloned()
-            .collect(),
-        max_concurrency: args.max_concurrency,
-        issuer: args.issuer.clone(),
-        audience: args.audience.clone(),
+        control_plane: crate::settings::ControlPlane {
+            url: args.url.trim_end_matches('/').to_string(),
+            name: args.name.clone(),
+            labels: args
+                .labels
+                .iter()
+                .filter(|l| !l.is_empty())
+                .cloned()
+                .collect(),
+            max_concurrency: args.max_concurrency,
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+        },
         credentials_file: absolute(&creds_path),
         work_dir: args.work_dir.as_deref().map(absolute),
     };
@@ -219,7 +221,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         Err(_) => {
             eprintln!(
                 "error: the hub at {} did not answer within 30 s",
-                config.url
+                config.control_plane.url
             );
             return Ok(EXIT_FAILED);
         }
@@ -233,7 +235,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
         registered.robot_id,
-        config.url,
+        config.control_plane.url,
         config_path.display(),
         creds_path.display(),
         config_path.display()
@@ -277,9 +279,9 @@ fn registration_settings(r: &Registration, config_path: &Path) -> anyhow::Result
 fn register_request(config: &Settings, creds: &Credentials) -> RegisterRobot {
     RegisterRobot {
         instance_id: creds.instance_id.clone(),
-        labels: config.labels.clone(),
+        labels: config.control_plane.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        max_concurrency: config.max_concurrency,
+        max_concurrency: config.control_plane.max_concurrency,
         host: HostFacts {
             hostname: sysinfo::System::host_name().unwrap_or_default(),
             os: std::env::consts::OS.to_string(),
@@ -402,7 +404,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         metrics: metrics.clone(),
     });
     let opts = agent::AgentOptions {
-        max_concurrency: config.max_concurrency,
+        max_concurrency: config.control_plane.max_concurrency,
         once: args.once,
         register: register_request(&config, &creds),
         drain_grace: config.drain_grace,
@@ -418,8 +420,8 @@ fn run_agent(args: AgentArgs) -> u8 {
         let served = runtime.block_on(health::serve(
             addr,
             metrics,
-            config.url.clone(),
-            config.name.clone(),
+            config.control_plane.url.clone(),
+            config.control_plane.name.clone(),
         ));
         match served {
             Ok(bound) => tracing::info!(%bound, "serving /healthz and /metrics"),

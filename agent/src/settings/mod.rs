@@ -354,15 +354,17 @@ impl Effective {
             _ => (1280, 800),
         };
         Settings {
-            url: self
-                .text("control_plane.url")
-                .trim_end_matches('/')
-                .to_string(),
-            name: self.text("control_plane.name"),
-            labels: self.list("control_plane.labels"),
-            max_concurrency: self.count("control_plane.max_concurrency") as u32,
-            issuer: self.text("control_plane.issuer"),
-            audience: self.text("control_plane.audience"),
+            control_plane: ControlPlane {
+                url: self
+                    .text("control_plane.url")
+                    .trim_end_matches('/')
+                    .to_string(),
+                name: self.text("control_plane.name"),
+                labels: self.list("control_plane.labels"),
+                max_concurrency: self.count("control_plane.max_concurrency") as u32,
+                issuer: self.text("control_plane.issuer"),
+                audience: self.text("control_plane.audience"),
+            },
             credentials_file: self.path("credentials.file").unwrap_or_default(),
             chromium: self.path("browser.chromium"),
             chromedriver: self.path("browser.chromedriver"),
@@ -391,15 +393,21 @@ impl Effective {
     }
 }
 
-/// The agent's settings, typed.
+/// Who the robot is to its hub: what `tasuki register` records.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ControlPlane {
     pub url: String,
     pub name: String,
     pub labels: Vec<String>,
     pub max_concurrency: u32,
     pub issuer: String,
     pub audience: String,
+}
+
+/// The agent's settings, typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub control_plane: ControlPlane,
     pub credentials_file: PathBuf,
     pub chromium: Option<PathBuf>,
     pub chromedriver: Option<PathBuf>,

@@ -70,9 +70,9 @@ fn flags_beat_the_environment_which_beats_the_file() {
         .flag("control_plane.max_concurrency=4");
     let eff = case.load().expect("valid");
     let s = eff.settings();
-    assert_eq!(s.max_concurrency, 4);
-    assert_eq!(s.name, "from-env");
-    assert_eq!(s.url, "http://127.0.0.1:8080");
+    assert_eq!(s.control_plane.max_concurrency, 4);
+    assert_eq!(s.control_plane.name, "from-env");
+    assert_eq!(s.control_plane.url, "http://127.0.0.1:8080");
     assert_eq!(
         eff.get("control_plane.max_concurrency")
             .map(|(_, o)| o.clone()),
@@ -142,7 +142,7 @@ fn every_kind_reads_from_the_environment_and_flags() {
     assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(s.window_size, (800, 600));
     assert!(s.log_json);
-    assert_eq!(s.labels, vec!["a", "b"]);
+    assert_eq!(s.control_plane.labels, vec!["a", "b"]);
 }
 
 #[test]
@@ -251,7 +251,7 @@ fn a_missing_required_setting_says_how_to_set_it() {
     // …and the environment can supply it.
     let ok =
         Case::new("[control_plane]\nurl = \"http://h\"\n").env("TASUKI_CONTROL_PLANE_NAME", "r");
-    assert_eq!(ok.load().expect("valid").settings().name, "r");
+    assert_eq!(ok.load().expect("valid").settings().control_plane.name, "r");
 }
 
 #[test]
