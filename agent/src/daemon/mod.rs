@@ -417,6 +417,9 @@ fn run_agent(args: AgentArgs) -> u8 {
         tracing::warn!("{e}");
     }
     if let Some(addr) = config.metrics_listen {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "metrics.listen is not a loopback address: /healthz and /metrics can be read from the network");
+        }
         let served = runtime.block_on(health::serve(
             addr,
             metrics,

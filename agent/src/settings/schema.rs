@@ -164,7 +164,7 @@ pub const KEYS: &[Key] = &[
     key(
         "metrics.listen",
         Kind::Addr,
-        "the health and metrics listener's address; off when unset",
+        "the health and metrics listener: a port (on loopback) or address:port; off when unset",
     ),
 ];
 

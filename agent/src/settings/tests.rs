@@ -143,6 +143,10 @@ fn every_kind_reads_from_the_environment_and_flags() {
     assert_eq!(s.window_size, (800, 600));
     assert!(s.log_json);
     assert_eq!(s.control_plane.labels, vec!["a", "b"]);
+    // A bare port listens on loopback.
+    let case = Case::new(&format!("{GOOD}\n[metrics]\nlisten = \"9464\"\n"));
+    let s = case.load().expect("valid").settings();
+    assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
 }
 
 #[test]
@@ -207,7 +211,7 @@ fn bad_values_are_refused_with_what_would_be_right() {
         ":3: `control_plane.name`:",
         ":4: `control_plane.max_concurrency`: must be from 1 to 256, not 0",
         ":6: `behaviour.drain_grace`:",
-        ":8: `metrics.listen`: must be an IP address and port",
+        ":8: `metrics.listen`: must be a port (on loopback) or an IP address and port",
         ":10: `browser.window_size`: must be WIDTHxHEIGHT",
         ":12: `paths.log_format`: must be one of `plain`, `json`, not `xml`",
     ] {

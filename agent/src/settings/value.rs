@@ -92,9 +92,17 @@ pub fn from_text(kind: Kind, text: &str, base: &Path) -> Result<Value, String> {
             let d = tasuki_actions::language::duration::parse_duration(text)?;
             Value::Duration(d, text.trim().to_string())
         }
-        Kind::Addr => Value::Addr(text.trim().parse().map_err(|_| {
-            format!("must be an IP address and port, such as `127.0.0.1:9464`, not `{text}`")
-        })?),
+        // A bare port listens on loopback: reaching it from elsewhere
+        // takes naming the address.
+        Kind::Addr => Value::Addr(match text.trim().parse::<u16>() {
+            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            Err(_) => text.trim().parse().map_err(|_| {
+                format!(
+                    "must be a port (on loopback) or an IP address and port, such as `9464` or \
+                     `127.0.0.1:9464`, not `{text}`"
+                )
+            })?,
+        }),
         Kind::WindowSize => {
             let size = text.split_once('x').and_then(|(w, h)| {
                 Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?))
