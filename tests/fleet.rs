@@ -762,7 +762,7 @@ async fn malformed_robot_calls_are_refused_with_the_field_named() {
     let wf = workflow(&f.api, &shell_yaml("x", "true"), &[]).await;
     let id = queue(&f.api, wf, json!({})).await;
     let r = robot_api
-        .post(&format!("/v1/robot/sessions/{id}/ack"), &json!({}))
+        .post(&format!("/v1/robot/sessions/{id}/release"), &json!({}))
         .await;
     assert_eq!((r.status.as_u16(), r.code()), (400, "missing_lease"));
     let with_lease = |path: String, body: Value| {
@@ -773,7 +773,7 @@ async fn malformed_robot_calls_are_refused_with_the_field_named() {
                 .json(&body),
         )
     };
-    let r = with_lease(format!("/v1/robot/sessions/{id}/ack"), json!({})).await;
+    let r = with_lease(format!("/v1/robot/sessions/{id}/release"), json!({})).await;
     assert_eq!((r.status.as_u16(), r.code()), (409, "lease_lost"));
     let r = with_lease(
         format!("/v1/robot/sessions/{id}/logs"),
@@ -820,7 +820,7 @@ async fn malformed_robot_calls_are_refused_with_the_field_named() {
         (r.status.as_u16(), r.code()),
         (400, "invalid_artifact_name")
     );
-    let r = with_lease("/v1/robot/sessions/999999/ack".to_string(), json!({})).await;
+    let r = with_lease("/v1/robot/sessions/999999/release".to_string(), json!({})).await;
     assert_eq!(
         (r.status.as_u16(), r.code()),
         (404, "session_queue_not_found")

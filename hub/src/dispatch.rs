@@ -1,10 +1,11 @@
 //! Handing sessions to robots that are waiting in a long poll.
 //!
 //! Each robot has at most one poll waiting here. A session that becomes
-//! available (queued, or back from an expired offer) is offered to the
-//! robot that has waited longest among those that may take it, and its
-//! lease travels down that poll's channel at once: no robot is woken for
-//! nothing, and pickup costs one database write.
+//! available (queued, or handed back unrun) goes to the robot that has
+//! waited longest among those that may take it, and its lease travels down
+//! that poll's channel at once: no robot is woken for nothing, and pickup
+//! costs one database write. The poll's free slot was the robot's
+//! acceptance, so the session is `running` on it from that write on.
 //!
 //! Every method that reads or writes the database is called with the
 //! connection held (inside `Db::call`), so that the database and the set
@@ -87,43 +88,58 @@ pub enum Poll {
     Closed,
 }
 
-/// Offers `session_id` to the robot of `want` in the database.
-fn grant(
+/// Sends a lease down a waiting poll; when the poll has gone, takes the
+/// lease back and returns false.
+fn send_or_withdraw(
     conn: &Connection,
-    session_id: i64,
-    want: &Want,
+    waiter: Waiter,
+    lease: Lease,
     now_ms: i64,
-) -> Result<Option<Lease>, DbError> {
-    let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
-    leases::grant(
-        conn,
-        session_id,
-        want.robot_id,
-        &want.poll_id,
-        &lease_id,
-        now_ms,
-    )
-}
-
-/// Sends an offer down a waiting poll; when the poll has gone, takes the
-/// offer back and returns false.
-fn send_or_withdraw(conn: &Connection, waiter: Waiter, lease: Lease) -> Result<bool, DbError> {
+) -> Result<bool, DbError> {
     let (session_id, lease_id) = (lease.session_id, lease.lease_id.clone());
     match waiter.tx.send(Wake::Lease(Box::new(lease))) {
         Ok(()) => Ok(true),
         Err(_) => {
-            leases::withdraw(conn, session_id, &lease_id)?;
+            leases::withdraw(conn, session_id, &lease_id, now_ms)?;
             Ok(false)
         }
     }
 }
 
-#[derive(Default)]
 pub struct Dispatcher {
     waiters: Mutex<Waiters>,
+    /// A new lease lives this long unless the robot's next poll renews it.
+    lease_ttl_ms: i64,
 }
 
 impl Dispatcher {
+    pub fn new(lease_ttl_ms: i64) -> Dispatcher {
+        Dispatcher {
+            waiters: Mutex::default(),
+            lease_ttl_ms,
+        }
+    }
+
+    /// Leases `session_id` to the robot of `want` in the database.
+    fn grant(
+        &self,
+        conn: &Connection,
+        session_id: i64,
+        want: &Want,
+        now_ms: i64,
+    ) -> Result<Option<Lease>, DbError> {
+        let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+        leases::grant(
+            conn,
+            session_id,
+            want.robot_id,
+            &want.poll_id,
+            &lease_id,
+            now_ms,
+            self.lease_ttl_ms,
+        )
+    }
+
     fn lock(&self) -> MutexGuard<'_, Waiters> {
         // A panic elsewhere leaves the map consistent (each change is one
         // insert or remove), so a poisoned lock is still usable.
@@ -148,7 +164,7 @@ impl Dispatcher {
         };
         if waiter.wants_work()
             && let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)?
-            && let Some(lease) = grant(conn, session_id, &waiter.want, now_ms)?
+            && let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)?
         {
             return Ok(Poll::Leased(Box::new(lease)));
         }
@@ -199,12 +215,12 @@ impl Dispatcher {
             let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
                 return Ok(false);
             };
-            let Some(lease) = grant(conn, session_id, &waiter.want, now_ms)? else {
+            let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)? else {
                 // Taken meanwhile; the waiter keeps waiting.
                 waiters.by_robot.insert(robot_id, waiter);
                 return Ok(false);
             };
-            if send_or_withdraw(conn, waiter, lease)? {
+            if send_or_withdraw(conn, waiter, lease, now_ms)? {
                 return Ok(true);
             }
             // The poll went away (its client disconnected): the offer was
@@ -232,13 +248,13 @@ impl Dispatcher {
         let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)? else {
             return Ok(());
         };
-        let Some(lease) = grant(conn, session_id, &waiter.want, now_ms)? else {
+        let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)? else {
             return Ok(());
         };
         let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
             return Ok(());
         };
-        if !send_or_withdraw(conn, waiter, lease)? {
+        if !send_or_withdraw(conn, waiter, lease, now_ms)? {
             // That poll had gone: another robot may take the session.
             drop(waiters);
             self.offer(conn, session_id, now_ms)?;

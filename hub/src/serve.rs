@@ -44,9 +44,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             "gave the leases of a previous run a fresh deadline"
         );
     }
-    let mut hub = Hub::new(db, master, opts.issuer, opts.audience);
+    let mut hub = Hub::new(db, master, opts.issuer, opts.audience, opts.timings);
     hub.quota = api::Quota::new(opts.quota_per_robot);
-    hub.timings = opts.timings;
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let listener = TcpListener::bind(opts.listen)
@@ -92,9 +91,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// so a second of slack is invisible.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Offers not acknowledged in time go back to the queue (and to a waiting
-/// robot); running sessions whose robot stopped renewing end as
-/// `robot_lost`.
+/// Running sessions whose robot stopped renewing end as `robot_lost`.
 async fn sweep_leases(hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,9 +103,6 @@ async fn sweep_leases(hub: Arc<Hub>) {
             .call(move |conn| {
                 let now = now_ms();
                 let swept = leases::sweep(conn, now, swept_hub.timings.lease_ttl_ms())?;
-                for &id in &swept.requeued {
-                    swept_hub.dispatch.offer(conn, id, now)?;
-                }
                 for &(_, robot_id) in &swept.lost {
                     swept_hub.dispatch.slot_freed(conn, robot_id, now)?;
                 }
@@ -117,12 +111,6 @@ async fn sweep_leases(hub: Arc<Hub>) {
             .await;
         match result {
             Ok(swept) => {
-                for id in swept.requeued {
-                    tracing::warn!(
-                        session_queue_id = id,
-                        "offer not acknowledged in time; queued again"
-                    );
-                }
                 for (id, robot_id) in swept.lost {
                     tracing::warn!(
                         session_queue_id = id,

@@ -21,9 +21,9 @@ pub use auth::{Claims, TokenRequest, TokenResponse};
 pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
 pub use robot::{
-    Acked, FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch,
-    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList,
-    RobotRegistered, RobotState, StepsStored, StepsUpdate,
+    FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch, LogsStored,
+    PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList, RobotRegistered,
+    RobotState, StepsStored, StepsUpdate,
 };
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{

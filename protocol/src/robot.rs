@@ -18,11 +18,9 @@ pub const HOLD_SECONDS: u64 = 25;
 /// A robot's client timeout for a poll: longer than the hold, so that the
 /// hub, not the client, ends an idle poll.
 pub const POLL_CLIENT_TIMEOUT_SECONDS: u64 = HOLD_SECONDS + 10;
-/// An acknowledged lease not renewed for this long ends its session as
-/// `error` with code [`ROBOT_LOST`].
+/// A lease not renewed for this long ends its session as `error` with code
+/// [`ROBOT_LOST`].
 pub const LEASE_TTL_SECONDS: u64 = 60;
-/// A lease not acknowledged within this long goes back to the queue.
-pub const ACK_SECONDS: u64 = 30;
 
 /// Every call about a leased session carries its lease id in this header.
 pub const LEASE_HEADER: &str = "tasuki-lease";
@@ -164,7 +162,9 @@ pub struct PollRequest {
     /// lost repeats it, and gets the same leases again.
     pub poll_id: String,
     /// Sessions the robot would take now; 0 while it runs a single-process
-    /// session or drains.
+    /// session or drains. This is the robot's acknowledgement in advance:
+    /// a lease this poll is answered with is the robot's from the moment
+    /// the hub sends it, and the robot runs it at once (or `release`s it).
     pub free_slots: u32,
     #[serde(default)]
     pub draining: bool,
@@ -174,14 +174,12 @@ pub struct PollRequest {
     pub metrics: Option<HostMetrics>,
 }
 
-/// A session handed to a robot.
+/// A session handed to a robot: `running` on it from the moment the hub
+/// sent it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     pub session_id: i64,
     pub lease_id: String,
-    /// Acknowledge before this, or the session goes back to the queue.
-    #[serde(with = "crate::time::millis")]
-    pub ack_by: Timestamp,
     pub workflow: LeasedWorkflow,
     /// The session's params, secrets included: only the robot sees them.
     pub params: Map<String, Value>,
@@ -210,13 +208,6 @@ pub struct PollResponse {
     pub lost: Vec<i64>,
     pub hold_seconds: u64,
     pub lease_ttl_seconds: u64,
-}
-
-/// `POST /v1/robot/sessions/{id}/ack` answers with the session's start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Acked {
-    #[serde(with = "crate::time::millis")]
-    pub started_at: Timestamp,
 }
 
 /// `POST /v1/robot/sessions/{id}/logs`.

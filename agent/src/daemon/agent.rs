@@ -254,17 +254,25 @@ fn handle(
             let busy = free < opts.max_concurrency;
             let done_taking = state.draining.load(Ordering::SeqCst) || (opts.once && taken > 0);
             let cannot_fit = free == 0 || exclusive || (lease.workflow.single_process_mode && busy);
-            let already_running = running.contains_key(&lease.session_id);
-            !(done_taking || cannot_fit || already_running)
+            if running.contains_key(&lease.session_id) {
+                // A repeat of a lease already running here: the next poll
+                // lists it, which is all the hub needs to hear.
+                continue;
+            }
+            !(done_taking || cannot_fit)
         };
         if take {
             start(env, state, stop, sessions, lease);
         } else {
-            // Not for us now (a drain began as it was offered): hand it
-            // straight back rather than let it wait out its ack deadline.
+            // Not for us now (a drain began as it arrived): hand it straight
+            // back, before any poll lists it, so that another robot runs it.
             let client = env.client.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
-                if let Err(e) = client.release(lease.session_id, &lease.lease_id).await {
+                if let Err(e) = client
+                    .release(lease.session_id, &lease.lease_id, &stop)
+                    .await
+                {
                     tracing::warn!(session_queue_id = lease.session_id, error = %e, "cannot release a lease");
                 }
             });

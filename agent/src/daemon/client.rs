@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tasuki_protocol::robot::{LEASE_HEADER, LEASE_LOST, POLL_CLIENT_TIMEOUT_SECONDS};
 use tasuki_protocol::{
-    Acked, Claims, ErrorBody, FinishSession, LogsStored, PollRequest, PollResponse, RegisterRobot,
+    Claims, ErrorBody, FinishSession, LogsStored, PollRequest, PollResponse, RegisterRobot,
     RobotCheck, RobotRegistered, SessionQueue, StepsStored, StepsUpdate,
 };
 use tokio_util::sync::CancellationToken;
@@ -297,20 +297,17 @@ impl HubClient {
         }
     }
 
-    pub async fn ack(
+    /// Hands back a lease this robot will not run. Retried like every
+    /// call: a lease neither released nor listed in a poll would otherwise
+    /// end as `robot_lost` although it never ran.
+    pub async fn release(
         &self,
         session: i64,
         lease: &str,
         stop: &CancellationToken,
-    ) -> Result<Acked, CallError> {
-        let path = format!("/v1/robot/sessions/{session}/ack");
-        self.call(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
-            .await
-    }
-
-    pub async fn release(&self, session: i64, lease: &str) -> Result<(), CallError> {
+    ) -> Result<(), CallError> {
         let path = format!("/v1/robot/sessions/{session}/release");
-        self.send::<serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, false)
+        self.call::<serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
             .await
             .map(|_| ())
     }

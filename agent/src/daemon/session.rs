@@ -1,5 +1,7 @@
-//! One leased session on this robot: check it, acknowledge the lease, run
-//! it through the action runtime, and ship everything it produced.
+//! One leased session on this robot: check it, run it through the action
+//! runtime, and ship everything it produced. The lease needs no separate
+//! acknowledgement: the poll it answered offered the free slot, and the
+//! next poll lists it as held.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,8 +46,6 @@ impl SessionEnv {
 pub enum Outcome {
     /// Ran, and its report reached the hub.
     Reported,
-    /// The lease was gone before it could start: nothing ran.
-    NotStarted,
     /// The hub stopped honouring the lease.
     LeaseLost,
     /// The agent is exiting; the spool stays for the next start.
@@ -80,34 +80,21 @@ pub async fn run(
         env_allow: Some(env.options.env_allow.clone()),
         allowed_actions: Some(env.allowed_actions.clone()),
     };
-    // Checking runs no step, so it overlaps the ack's round trip; nothing
-    // runs before the lease is acknowledged.
-    let prepare = async {
-        parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
-            .map_err(|problems| ("invalid_workflow", problems.to_string()))
-            .and_then(|workflow| {
-                let inputs = ParamInputs {
-                    file: lease.params.clone(),
-                    ..ParamInputs::default()
-                };
-                bind_params(&workflow, &inputs)
-                    .map(|params| (workflow, params))
-                    .map_err(|problems| ("invalid_params", problems.to_string()))
-            })
-    };
-    let (acked, prepared) = tokio::join!(env.client.ack(id, &lease.lease_id, &stop), prepare);
-    match acked {
-        Ok(_) => {}
-        Err(CallError::Cancelled) => return Outcome::Interrupted,
-        Err(e) => {
-            tracing::warn!(session_queue_id = id, error = %e, "lease not acknowledged; the session does not run here");
-            return Outcome::NotStarted;
-        }
-    }
+    let prepared = parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
+        .map_err(|problems| ("invalid_workflow", problems.to_string()))
+        .and_then(|workflow| {
+            let inputs = ParamInputs {
+                file: lease.params.clone(),
+                ..ParamInputs::default()
+            };
+            bind_params(&workflow, &inputs)
+                .map(|params| (workflow, params))
+                .map_err(|problems| ("invalid_params", problems.to_string()))
+        });
     env.metrics
         .pickup_seconds
         .observe(super::health::seconds_since(received));
-    tracing::info!(session_queue_id = id, workflow = %lease.workflow.name, ack_ms = received.elapsed().as_millis() as u64, "session started");
+    tracing::info!(session_queue_id = id, workflow = %lease.workflow.name, "session started");
 
     let spool_lease = SpoolLease {
         session_id: id,

@@ -161,19 +161,6 @@ async fn robot(shared: Arc<Shared>, index: usize) {
             shared.leases.fetch_add(1, Ordering::Relaxed);
             let _ = shared.tx.send((lease.session_id, at, index));
             let id = lease.session_id;
-            let ack: Result<serde_json::Value> = shared
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/robot/sessions/{id}/ack"),
-                    Some(&lease.lease_id),
-                    &json!({}),
-                    short,
-                )
-                .await;
-            if let Err(e) = ack {
-                shared.error(format!("{name}: ack {id}: {e:#}"));
-                continue;
-            }
             let finish = FinishSession {
                 idempotency_key: format!("finish-{id}-{}", lease.lease_id),
                 status: SessionStatus::Success,
@@ -322,7 +309,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     writeln!(
         out,
         "One hub; {r} simulated robots in the bench process (one shared key, free_slots 1, each \
-         its own long poll; on a lease: ack, finish `success`, poll again). All polling after \
+         its own long poll; on a lease: finish `success`, poll again). All polling after \
          {ramp:.1?}, then 2 s of rest, then {} sessions (one `log` step) queued one at a time; \
          pickup = the lease's poll answer reaching its robot − `POST /v1/session_queues` \
          returning.\n",

@@ -84,7 +84,13 @@ pub struct KeyMaterial {
 const MAX_KEY_ID_LEN: usize = 128;
 
 impl Hub {
-    pub fn new(db: Db, master: MasterKey, issuer: String, audience: String) -> Hub {
+    pub fn new(
+        db: Db,
+        master: MasterKey,
+        issuer: String,
+        audience: String,
+        timings: Timings,
+    ) -> Hub {
         Hub {
             db,
             master,
@@ -92,8 +98,8 @@ impl Hub {
             audience,
             quota: quota::Quota::new(quota::CALLS_PER_ROBOT_PER_MINUTE),
             registry: Registry::builtin(),
-            dispatch: Dispatcher::default(),
-            timings: Timings::default(),
+            dispatch: Dispatcher::new(timings.lease_ttl_ms()),
+            timings,
         }
     }
 

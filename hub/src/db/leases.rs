@@ -5,14 +5,12 @@
 use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
-use tasuki_protocol::robot::{ACK_SECONDS, ROBOT_LOST};
+use tasuki_protocol::robot::ROBOT_LOST;
 use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
 
-use super::{DbError, parse_json, to_timestamp};
-
-const ACK_MS: i64 = ACK_SECONDS as i64 * 1000;
+use super::{DbError, parse_json};
 
 /// What a robot must be to take a session.
 #[derive(Debug, Clone)]
@@ -28,7 +26,7 @@ impl Needs {
     }
 }
 
-/// The sessions a robot holds leases on, offered or running.
+/// The sessions a robot holds leases on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Load {
     pub active: u32,
@@ -87,7 +85,9 @@ pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbE
     .transpose()
 }
 
-/// Offers a queued session to a robot. `None` when someone else got it
+/// Leases a queued session to a robot, in answer to its poll `poll_id`:
+/// the session is `running` on that robot from now on, because the poll's
+/// free slot was the robot's acceptance. `None` when someone else got it
 /// first.
 pub fn grant(
     conn: &Connection,
@@ -96,13 +96,21 @@ pub fn grant(
     poll_id: &str,
     lease_id: &str,
     now_ms: i64,
+    ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
     let changed = conn.exec_cached(
         "UPDATE session_queues
-         SET lease_id = ?3, lease_poll_id = ?4, robot_id = ?2, lease_acked = 0,
-             lease_expires_at = ?5
+         SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
+             robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
          WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL",
-        params![session_id, robot_id, lease_id, poll_id, now_ms + ACK_MS],
+        params![
+            session_id,
+            robot_id,
+            lease_id,
+            poll_id,
+            now_ms,
+            now_ms + ttl_ms
+        ],
     )?;
     if changed == 0 {
         return Ok(None);
@@ -110,19 +118,51 @@ pub fn grant(
     lease_of(conn, session_id)
 }
 
-/// Takes back an offer that never reached its robot.
-pub fn withdraw(conn: &Connection, session_id: i64, lease_id: &str) -> Result<(), DbError> {
-    conn.exec_cached(
-        "UPDATE session_queues
-         SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL, lease_expires_at = NULL
-         WHERE id = ?1 AND lease_id = ?2 AND lease_acked = 0 AND status = 'queued'",
-        params![session_id, lease_id],
-    )?;
-    Ok(())
+/// What became of a session whose lease was taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// Back in the queue, for the next robot.
+    Queued,
+    /// Its cancel was asked for meanwhile: it ends without running.
+    Cancelled,
+    /// Not taken back: the robot has listed the lease as its own (it may be
+    /// running), or the session ended.
+    Kept,
 }
 
-/// Offers made in answer to the poll `poll_id` and not yet acknowledged:
-/// what a robot gets again when it retries a poll whose answer it lost.
+/// Takes back a lease the robot never had (its poll had gone) or handed
+/// back unrun (`release`). Only a lease no poll has listed since can be
+/// taken back: a listed one may be running.
+pub fn withdraw(
+    conn: &Connection,
+    session_id: i64,
+    lease_id: &str,
+    now_ms: i64,
+) -> Result<Withdrawn, DbError> {
+    let status: Option<String> = conn
+        .row_cached(
+            "UPDATE session_queues
+             SET status = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                 started_at = NULL,
+                 ended_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE ?3 END,
+                 lease_id = NULL, lease_poll_id = NULL, robot_id = NULL,
+                 lease_expires_at = NULL
+             WHERE id = ?1 AND lease_id = ?2 AND lease_confirmed = 0 AND status = 'running'
+             RETURNING status",
+            params![session_id, lease_id, now_ms],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match status.as_deref() {
+        Some("queued") => Withdrawn::Queued,
+        Some(_) => Withdrawn::Cancelled,
+        None => Withdrawn::Kept,
+    })
+}
+
+/// Leases sent in answer to the poll `poll_id` that the robot has not
+/// listed since: what it gets again when it retries a poll whose answer it
+/// lost.
 pub fn offered_by_poll(
     conn: &Connection,
     robot_id: i64,
@@ -130,7 +170,8 @@ pub fn offered_by_poll(
 ) -> Result<Vec<Lease>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM session_queues
-         WHERE robot_id = ?1 AND lease_poll_id = ?2 AND lease_acked = 0 AND status = 'queued'
+         WHERE robot_id = ?1 AND lease_poll_id = ?2 AND lease_confirmed = 0
+           AND status = 'running'
          ORDER BY id",
     )?;
     let ids: Vec<i64> = stmt
@@ -146,7 +187,7 @@ pub fn offered_by_poll(
 fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError> {
     let row = conn
         .row_cached(
-            "SELECT s.lease_id, s.lease_expires_at, s.params, w.id, w.name,
+            "SELECT s.lease_id, s.params, w.id, w.name,
                     w.single_process_mode, w.source_format, w.source
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
@@ -154,18 +195,17 @@ fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, bool>(5)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
+                    r.get::<_, String>(5)?,
                     r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
                 ))
             },
         )
         .optional()?;
-    let Some((lease_id, expires, params, wid, wname, spm, format, source)) = row else {
+    let Some((lease_id, params, wid, wname, spm, format, source)) = row else {
         return Ok(None);
     };
     let params: Map<String, Value> =
@@ -173,7 +213,6 @@ fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError
     Ok(Some(Lease {
         session_id,
         lease_id,
-        ack_by: to_timestamp(expires.unwrap_or(0))?,
         workflow: LeasedWorkflow {
             id: wid,
             name: wname,
@@ -185,8 +224,9 @@ fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError
     }))
 }
 
-/// Renews the acknowledged leases a robot says it holds. Returns the
-/// sessions whose lease the hub no longer honours.
+/// Renews the leases a robot says it holds, which confirms that it
+/// received them. Returns the sessions whose lease the hub no longer
+/// honours.
 pub fn renew(
     conn: &Connection,
     robot_id: i64,
@@ -196,24 +236,13 @@ pub fn renew(
 ) -> Result<Vec<i64>, DbError> {
     let mut lost = Vec::new();
     for h in held {
-        let state: Option<(String, bool)> = conn
-            .row_cached(
-                "SELECT status, lease_acked FROM session_queues
-                 WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3",
-                params![h.session_id, robot_id, h.lease_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match state.as_ref().map(|(s, acked)| (s.as_str(), *acked)) {
-            Some(("running", true)) => {
-                conn.exec_cached(
-                    "UPDATE session_queues SET lease_expires_at = ?2 WHERE id = ?1",
-                    params![h.session_id, now_ms + ttl_ms],
-                )?;
-            }
-            // Offered and not acknowledged yet: the ack deadline stands.
-            Some(("queued", false)) => {}
-            _ => lost.push(h.session_id),
+        let renewed = conn.exec_cached(
+            "UPDATE session_queues SET lease_expires_at = ?4, lease_confirmed = 1
+             WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3 AND status = 'running'",
+            params![h.session_id, robot_id, h.lease_id, now_ms + ttl_ms],
+        )?;
+        if renewed == 0 {
+            lost.push(h.session_id);
         }
     }
     Ok(lost)
@@ -250,73 +279,24 @@ pub enum LeaseCheck {
     NotHeld,
     Held {
         robot_id: i64,
-        status: SessionStatus,
-        acked: bool,
-        started_at: Option<i64>,
-        finish_key: Option<String>,
     },
 }
 
 pub fn check(conn: &Connection, session_id: i64, lease_id: &str) -> Result<LeaseCheck, DbError> {
     let row = conn
         .row_cached(
-            "SELECT lease_id, robot_id, status, lease_acked, started_at, finish_key
-             FROM session_queues WHERE id = ?1",
+            "SELECT lease_id, robot_id FROM session_queues WHERE id = ?1",
             [session_id],
-            |r| {
-                Ok((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            },
+            |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)),
         )
         .optional()?;
-    let Some((lease, robot, status, acked, started_at, finish_key)) = row else {
+    let Some((lease, robot)) = row else {
         return Ok(LeaseCheck::NoSession);
     };
     match (lease, robot) {
-        (Some(l), Some(robot_id)) if l == lease_id => Ok(LeaseCheck::Held {
-            robot_id,
-            status: status
-                .parse()
-                .map_err(|e| DbError::Corrupt(format!("session queue {session_id}: {e}")))?,
-            acked,
-            started_at,
-            finish_key,
-        }),
+        (Some(l), Some(robot_id)) if l == lease_id => Ok(LeaseCheck::Held { robot_id }),
         _ => Ok(LeaseCheck::NotHeld),
     }
-}
-
-/// Acknowledges an offered lease: the session starts. Returns its start
-/// time, or `None` when the offer is gone (expired or cancelled).
-pub fn ack(
-    conn: &Connection,
-    session_id: i64,
-    lease_id: &str,
-    now_ms: i64,
-    ttl_ms: i64,
-) -> Result<Option<i64>, DbError> {
-    conn.exec_cached(
-        "UPDATE session_queues
-         SET status = 'running', started_at = ?3, lease_acked = 1, lease_expires_at = ?4
-         WHERE id = ?1 AND lease_id = ?2 AND status = 'queued' AND lease_acked = 0",
-        params![session_id, lease_id, now_ms, now_ms + ttl_ms],
-    )?;
-    // Read back, so that a repeated ack gets the first answer.
-    Ok(conn
-        .row_cached(
-            "SELECT started_at FROM session_queues
-             WHERE id = ?1 AND lease_id = ?2 AND lease_acked = 1",
-            params![session_id, lease_id],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .optional()?
-        .flatten())
 }
 
 /// Stores a steps update unless a newer one is already stored. Returns the
@@ -419,65 +399,64 @@ pub fn finish(
     Ok(outcome)
 }
 
-/// What the sweeper did.
+/// Running sessions whose robot stopped renewing their lease:
+/// `(session, robot)`.
 #[derive(Debug, Default)]
 pub struct Swept {
-    /// Offers not acknowledged in time, back in the queue.
-    pub requeued: Vec<i64>,
-    /// Running sessions whose robot stopped renewing: `(session, robot)`.
     pub lost: Vec<(i64, i64)>,
 }
 
+/// Ends every session whose lease ran out as `robot_lost`. A lease the
+/// robot never listed may not have reached it, but nobody can know that
+/// it did not start, so it is not queued again either.
 pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, DbError> {
     let tx = conn.transaction()?;
     let mut swept = Swept::default();
     {
         let mut stmt = tx.prepare_cached(
-            "SELECT id, robot_id, status FROM session_queues
+            "SELECT id, robot_id, status, lease_confirmed FROM session_queues
              WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1",
         )?;
-        let rows: Vec<(i64, Option<i64>, String)> = stmt
-            .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        let rows: Vec<(i64, Option<i64>, String, bool)> = stmt
+            .query_map([now_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
-        for (id, robot, status) in rows {
-            match status.as_str() {
-                "queued" => {
-                    tx.exec_cached(
-                        "UPDATE session_queues
-                         SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL,
-                             lease_expires_at = NULL
-                         WHERE id = ?1",
-                        [id],
-                    )?;
-                    swept.requeued.push(id);
-                }
-                "running" => {
-                    let error = SessionError {
-                        code: ROBOT_LOST.into(),
-                        message: format!(
-                            "the robot stopped renewing its lease for {} s \
-                             (it died, or lost the network); the session was not re-run",
-                            ttl_ms / 1000
-                        ),
-                        step_id: None,
-                    };
-                    let error = serde_json::to_string(&error)
-                        .map_err(|e| DbError::Corrupt(e.to_string()))?;
-                    tx.exec_cached(
-                        "UPDATE session_queues
-                         SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
-                         WHERE id = ?1",
-                        params![id, now_ms, error],
-                    )?;
-                    swept.lost.push((id, robot.unwrap_or(0)));
-                }
-                _ => {
-                    tx.exec_cached(
-                        "UPDATE session_queues SET lease_expires_at = NULL WHERE id = ?1",
-                        [id],
-                    )?;
-                }
+        for (id, robot, status, confirmed) in rows {
+            if status != "running" {
+                tx.exec_cached(
+                    "UPDATE session_queues SET lease_expires_at = NULL WHERE id = ?1",
+                    [id],
+                )?;
+                continue;
             }
+            let ttl_s = ttl_ms / 1000;
+            let message = if confirmed {
+                format!(
+                    "the robot stopped renewing its lease for {ttl_s} s (it died, or lost the \
+                     network); the session was not re-run"
+                )
+            } else {
+                format!(
+                    "the robot was sent the session and did not poll again within {ttl_s} s \
+                     (it died, or lost the network); it may have started, so the session was \
+                     not re-run"
+                )
+            };
+            let error = SessionError {
+                code: ROBOT_LOST.into(),
+                message,
+                step_id: None,
+            };
+            let error =
+                serde_json::to_string(&error).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            tx.exec_cached(
+                "UPDATE session_queues
+                 SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
+                 WHERE id = ?1",
+                params![id, now_ms, error],
+            )?;
+            swept.lost.push((id, robot.unwrap_or(0)));
         }
     }
     tx.commit()?;
@@ -488,11 +467,9 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
 /// down no robot could renew, and that must not count against them.
 pub fn extend_after_restart(conn: &Connection, now_ms: i64, ttl_ms: i64) -> Result<usize, DbError> {
     Ok(conn.exec_cached(
-        "UPDATE session_queues
-         SET lease_expires_at = MAX(lease_expires_at,
-                                    ?1 + CASE WHEN lease_acked = 1 THEN ?2 ELSE ?3 END)
-         WHERE lease_expires_at IS NOT NULL AND status IN ('queued', 'running')",
-        params![now_ms, ttl_ms, ACK_MS],
+        "UPDATE session_queues SET lease_expires_at = MAX(lease_expires_at, ?1 + ?2)
+         WHERE lease_expires_at IS NOT NULL AND status = 'running'",
+        params![now_ms, ttl_ms],
     )?)
 }
 

@@ -110,6 +110,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, name)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 3: a lease is acknowledged by the poll it answers (docs/protocol.md):
+    // the session is `running` from the moment its lease is sent, and
+    // lease_confirmed says whether a later poll of the robot has listed it
+    // (until then the lease can still be taken back). Offers the earlier
+    // protocol left unacknowledged go back to the queue.
+    r#"
+    UPDATE session_queues
+    SET lease_id = NULL, lease_poll_id = NULL, robot_id = NULL, lease_expires_at = NULL
+    WHERE status = 'queued' AND lease_id IS NOT NULL;
+    ALTER TABLE session_queues RENAME COLUMN lease_acked TO lease_confirmed;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {

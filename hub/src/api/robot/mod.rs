@@ -26,7 +26,6 @@ pub fn routes() -> Router<Arc<Hub>> {
             put(register::register).get(register::check_registration),
         )
         .route("/v1/robot/robots/{name}/poll", post(poll::poll))
-        .route("/v1/robot/sessions/{id}/ack", post(session::ack))
         .route("/v1/robot/sessions/{id}/release", post(session::release))
         .route("/v1/robot/sessions/{id}/logs", post(session::logs))
         .route("/v1/robot/sessions/{id}/steps", put(session::steps))

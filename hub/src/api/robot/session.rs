@@ -1,4 +1,4 @@
-//! Calls about one leased session: ack, logs, steps, artifacts, finish.
+//! Calls about one leased session: release, logs, steps, artifacts, finish.
 //! Each carries the lease id in the `tasuki-lease` header, and each is
 //! safe to repeat.
 
@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use tasuki_protocol::robot::{MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, check_artifact_name};
 use tasuki_protocol::{
-    Acked, FinishSession, LogBatch, LogsStored, SessionQueue, StepState, StepsStored, StepsUpdate,
+    FinishSession, LogBatch, LogsStored, SessionQueue, StepState, StepsStored, StepsUpdate,
 };
 
 use super::super::Hub;
@@ -21,8 +21,8 @@ use super::super::error::ApiError;
 use super::super::query::path_id;
 use super::{lease_header, lease_lost};
 use crate::db::artifacts::{self, Artifact};
-use crate::db::leases::{self, Finished, LeaseCheck};
-use crate::db::{logs, now_ms, sessions, to_timestamp};
+use crate::db::leases::{self, Finished, LeaseCheck, Withdrawn};
+use crate::db::{logs, now_ms, sessions};
 
 const MAX_STEPS: usize = 100_000;
 
@@ -52,34 +52,9 @@ async fn held(hub: &Hub, id: i64, lease: &str) -> Result<LeaseCheck, ApiError> {
     }
 }
 
-pub async fn ack(
-    State(hub): State<Arc<Hub>>,
-    _: RobotCaller,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Json<Acked>, ApiError> {
-    let id = session_id(id)?;
-    let lease = lease_header(&headers)?;
-    held(&hub, id, &lease).await?;
-    let ttl_ms = hub.timings.lease_ttl_ms();
-    let started = hub
-        .db
-        .call(move |conn| leases::ack(conn, id, &lease, now_ms(), ttl_ms))
-        .await?;
-    match started {
-        Some(ms) => Ok(Json(Acked {
-            started_at: to_timestamp(ms)?,
-        })),
-        None => Err(lease_lost(
-            id,
-            "the offer expired or the session was cancelled before it was acknowledged; do \
-             not run it",
-        )),
-    }
-}
-
-/// Hands an offer back unacknowledged (the robot began draining as it
-/// arrived): the session is queued again at once.
+/// Hands a lease back unrun (the robot began draining as it arrived): the
+/// session is queued again at once, or ends `cancelled` if that was asked
+/// for meanwhile. A lease the robot has listed in a poll is not taken back.
 pub async fn release(
     State(hub): State<Arc<Hub>>,
     _: RobotCaller,
@@ -90,15 +65,28 @@ pub async fn release(
     let lease = lease_header(&headers)?;
     held(&hub, id, &lease).await?;
     let hub2 = hub.clone();
-    hub.db
+    let withdrawn = hub
+        .db
         .call(move |conn| {
             let now = now_ms();
-            leases::withdraw(conn, id, &lease)?;
-            hub2.dispatch.offer(conn, id, now)?;
-            Ok(())
+            let withdrawn = leases::withdraw(conn, id, &lease, now)?;
+            if withdrawn == Withdrawn::Queued {
+                hub2.dispatch.offer(conn, id, now)?;
+            }
+            Ok(withdrawn)
         })
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    match withdrawn {
+        Withdrawn::Queued | Withdrawn::Cancelled => Ok(StatusCode::NO_CONTENT),
+        Withdrawn::Kept => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "lease_confirmed",
+            format!(
+                "session {id}'s lease was listed in one of this robot's polls, so it may be \
+                 running; it cannot be handed back, only finished"
+            ),
+        )),
+    }
 }
 
 pub async fn logs(
