@@ -307,9 +307,15 @@ impl HubClient {
         stop: &CancellationToken,
     ) -> Result<(), CallError> {
         let path = format!("/v1/robot/sessions/{session}/release");
-        self.call::<serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
+        match self
+            .call::<serde_json::Value>(Method::POST, &path, Some(lease), None, CALL_TIMEOUT, stop)
             .await
-            .map(|_| ())
+        {
+            // Not ours any more: an earlier attempt whose answer was lost
+            // released it.
+            Err(CallError::LeaseLost(_)) => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// Posts a log batch already serialised as `{"lines": [...]}`: the

@@ -95,7 +95,7 @@ impl Metrics {
         );
         r.register(
             "pickup_latency_seconds",
-            "From a lease reaching the agent to its session starting (the ack included)",
+            "From a lease reaching the agent to its session starting",
             m.pickup_seconds.clone(),
         );
         r.register(

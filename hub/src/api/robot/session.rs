@@ -82,8 +82,8 @@ pub async fn release(
             StatusCode::CONFLICT,
             "lease_confirmed",
             format!(
-                "session {id}'s lease was listed in one of this robot's polls, so it may be \
-                 running; it cannot be handed back, only finished"
+                "session {id}'s lease was listed in one of this robot's polls (so it may be \
+                 running), or the session has ended; it cannot be handed back"
             ),
         )),
     }
