@@ -106,12 +106,16 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         Err(e) => anyhow::bail!("cannot register with the hub: {e}"),
     }
 
-    // Spools an earlier run left behind are delivered beside new work.
+    // Spools an earlier run left behind are delivered beside new work;
+    // they are listed before this run prepares directories of its own.
     {
+        let leftovers = ship::leftover_spools(&env.spool_root());
+        super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
+        env.scratch.refill();
         let env = env.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            ship::recover(&env.client, &env.spool_root(), &env.metrics, &stop).await;
+            ship::recover(&env.client, leftovers, &env.metrics, &stop).await;
         });
     }
 
@@ -214,6 +218,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             tracing::error!(error = %e, "a session task failed");
         }
     }
+    env.scratch.clear();
     stop.cancel();
     Ok(())
 }

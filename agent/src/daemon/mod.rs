@@ -10,10 +10,12 @@
 //! - the settings are read by `crate::settings`.
 
 mod agent;
+mod checked;
 mod client;
 mod config;
 mod health;
 mod metrics;
+mod scratch;
 mod session;
 mod ship;
 
@@ -385,6 +387,7 @@ fn run_agent(args: AgentArgs) -> u8 {
     let env = Arc::new(session::SessionEnv {
         client,
         registry,
+        checked: Default::default(),
         options: ExecOptions {
             browser: tasuki_actions::runtime::context::BrowserSettings {
                 chromium: config.chromium.clone(),
@@ -399,6 +402,12 @@ fn run_agent(args: AgentArgs) -> u8 {
             ..ExecOptions::default()
         },
         allowed_actions: allowed,
+        scratch: scratch::ScratchPool::new(
+            work_dir.join("spool"),
+            work_dir.join("sessions"),
+            config.artifacts_dir.clone(),
+            config.control_plane.max_concurrency as usize,
+        ),
         work_dir,
         artifacts_dir: config.artifacts_dir.clone(),
         metrics: metrics.clone(),

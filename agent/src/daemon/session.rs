@@ -14,9 +14,15 @@ use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflo
 use tasuki_protocol::Lease;
 use tokio_util::sync::CancellationToken;
 
+use super::checked::CheckedWorkflows;
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
+use super::scratch::ScratchPool;
 use super::ship::{self, Shipped, Spool, SpoolLease};
+
+/// How long after a session's start its spool's lease is recorded and the
+/// next session's directories are made.
+const BACKGROUND_DISK_WORK_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How often a session's spool is flushed to disk at the latest.
 const SPOOL_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -25,6 +31,9 @@ const SPOOL_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(
 pub struct SessionEnv {
     pub client: Arc<HubClient>,
     pub registry: Registry,
+    pub checked: CheckedWorkflows,
+    /// Each session's directories, made ahead.
+    pub scratch: Arc<ScratchPool>,
     /// The action families this robot runs; a session using another one
     /// fails validation before any step runs.
     pub allowed_actions: Allowed,
@@ -38,6 +47,11 @@ pub struct SessionEnv {
 impl SessionEnv {
     pub fn spool_root(&self) -> PathBuf {
         self.work_dir.join("spool")
+    }
+
+    /// Where sessions' work directories are made.
+    pub fn sessions_root(&self) -> PathBuf {
+        self.work_dir.join("sessions")
     }
 }
 
@@ -80,7 +94,11 @@ pub async fn run(
         env_allow: Some(env.options.env_allow.clone()),
         allowed_actions: Some(env.allowed_actions.clone()),
     };
-    let prepared = parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
+    let prepared = env
+        .checked
+        .get_or_check(&lease.workflow, || {
+            parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
+        })
         .map_err(|problems| ("invalid_workflow", problems.to_string()))
         .and_then(|workflow| {
             let inputs = ParamInputs {
@@ -100,21 +118,14 @@ pub async fn run(
         session_id: id,
         lease_id: lease.lease_id.clone(),
     };
-    let spool = match Spool::create(&env.spool_root(), spool_lease.clone(), finishing.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(session_queue_id = id, error = %e, "cannot create the session's spool");
-            let report = ship::failed_before_start(
-                &spool_lease,
-                "agent_error",
-                format!("the robot cannot write its log spool: {e}"),
-            );
-            return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
-        }
-    };
     let (workflow, params) = match prepared {
         Ok(p) => p,
         Err((code, message)) => {
+            let spool =
+                match Spool::create(&env.spool_root(), spool_lease.clone(), finishing.clone()) {
+                    Ok(s) => s,
+                    Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
+                };
             env.metrics.session_ended("error");
             let report = ship::failed_before_start(&spool_lease, code, message);
             let outcome = ship::ship(
@@ -130,34 +141,14 @@ pub async fn run(
             return outcome.into();
         }
     };
-
-    let session_dir = env.work_dir.join("sessions").join(id.to_string());
-    let artifacts_dir = env.artifacts_dir.join(id.to_string());
-    if let Err(e) =
-        std::fs::create_dir_all(&session_dir).and_then(|()| std::fs::create_dir_all(&artifacts_dir))
-    {
-        let report = ship::failed_before_start(
-            &spool_lease,
-            "agent_error",
-            format!(
-                "the robot cannot create the session directory {}: {e}",
-                session_dir.display()
-            ),
-        );
-        return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
-    }
-    let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
-    let sink = match spool.sink(&step_ids, env.metrics.clone()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            let report = ship::failed_before_start(
-                &spool_lease,
-                "agent_error",
-                format!("the robot cannot write its log spool: {e}"),
-            );
-            return finish_only(&env, &spool_lease, report, &finishing, &stop).await;
-        }
+    let scratch = match env.scratch.take() {
+        Ok(s) => s,
+        Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
     };
+    let (session_dir, artifacts_dir) = (scratch.work_dir, scratch.artifacts_dir);
+    let spool = Spool::adopt(scratch.spool_dir, spool_lease.clone(), finishing.clone());
+    let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
+    let sink = Arc::new(spool.sink(scratch.logs, &step_ids, env.metrics.clone()));
     let options = ExecOptions {
         work_dir: session_dir.clone(),
         artifacts_dir: artifacts_dir.clone(),
@@ -168,7 +159,33 @@ pub async fn run(
         let env = env.clone();
         let shipper = sink.shipper();
         let stop = stop.clone();
+        let artifacts_dir = artifacts_dir.clone();
         tokio::spawn(async move {
+            // Disk work that the first step need not wait for: the lease
+            // only a restarted agent reads, and the next session's
+            // directories. On a small machine it would otherwise compete
+            // with the first step for the CPU.
+            tokio::time::sleep(BACKGROUND_DISK_WORK_AFTER).await;
+            let written = {
+                let dir = spool.dir.clone();
+                let spool_lease = spool.lease.clone();
+                tokio::task::spawn_blocking(move || {
+                    Spool::adopt(dir, spool_lease, Arc::default()).write_lease()
+                })
+                .await
+            };
+            // Recorded before anything is shipped, so that the spool's
+            // removal after the final report can never come first.
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(session_queue_id = id, error = %e, "cannot record the spool's lease; should the agent crash now, the session would end as robot_lost")
+                }
+                Err(e) => {
+                    tracing::warn!(session_queue_id = id, error = %e, "recording the spool's lease failed")
+                }
+            }
+            env.scratch.refill();
             let outcome = ship::ship(
                 &env.client,
                 &spool,
@@ -206,9 +223,27 @@ pub async fn run(
     };
     if outcome != Outcome::Interrupted {
         let _ = std::fs::remove_dir_all(&session_dir);
-        let _ = std::fs::remove_dir_all(env.artifacts_dir.join(id.to_string()));
+        let _ = std::fs::remove_dir_all(&artifacts_dir);
     }
     outcome
+}
+
+/// The spool cannot be written (the disk is full or read-only): the hub
+/// hears why at once, without one.
+async fn cannot_spool(
+    env: &SessionEnv,
+    lease: &SpoolLease,
+    e: std::io::Error,
+    finishing: &AtomicBool,
+    stop: &CancellationToken,
+) -> Outcome {
+    tracing::error!(session_queue_id = lease.session_id, error = %e, "cannot create the session's spool");
+    let report = ship::failed_before_start(
+        lease,
+        "agent_error",
+        format!("the robot cannot write its log spool: {e}"),
+    );
+    finish_only(env, lease, report, finishing, stop).await
 }
 
 async fn finish_only(

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
 
-const LOGS_FILE: &str = "logs.jsonl";
+pub(super) const LOGS_FILE: &str = "logs.jsonl";
 /// A batch stays well under the hub's 10 MB body limit, however long its
 /// lines are.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -119,18 +119,30 @@ impl Spool {
     ) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
         std::fs::create_dir_all(&dir)?;
-        let text = serde_json::to_vec(&lease).map_err(std::io::Error::other)?;
-        std::fs::write(dir.join(LEASE_FILE), text)?;
-        Ok(Spool {
+        let spool = Spool::adopt(dir, lease, finishing);
+        spool.write_lease()?;
+        Ok(spool)
+    }
+
+    /// A spool in a directory made ahead (`scratch.rs`); it is recoverable
+    /// after a crash once [`Spool::write_lease`] has run.
+    pub fn adopt(dir: PathBuf, lease: SpoolLease, finishing: Arc<AtomicBool>) -> Spool {
+        Spool {
             dir,
             lease,
             finishing,
-        })
+        }
     }
 
-    /// The sink the executor writes into, with every step pending.
-    pub fn sink(&self, step_ids: &[String], metrics: Arc<Metrics>) -> std::io::Result<SpoolSink> {
-        let file = File::create(self.dir.join(LOGS_FILE))?;
+    /// Records whose spool this is, for an agent that starts after a crash.
+    pub fn write_lease(&self) -> std::io::Result<()> {
+        let text = serde_json::to_vec(&self.lease).map_err(std::io::Error::other)?;
+        std::fs::write(self.dir.join(LEASE_FILE), text)
+    }
+
+    /// The sink the executor writes into, with every step pending; `file`
+    /// is the spool's log file, made ahead and open.
+    pub fn sink(&self, file: File, step_ids: &[String], metrics: Arc<Metrics>) -> SpoolSink {
         let mut live = Live::default();
         for id in step_ids {
             live.index.insert(id.clone(), live.steps.len());
@@ -144,7 +156,7 @@ impl Spool {
                 error: None,
             });
         }
-        Ok(SpoolSink {
+        SpoolSink {
             shared: Arc::new(Shared {
                 writer: Mutex::new(Writer {
                     file: Some(BufWriter::with_capacity(64 * 1024, file)),
@@ -158,7 +170,7 @@ impl Spool {
                 progress: Notify::new(),
                 stalled: AtomicBool::new(false),
             }),
-        })
+        }
     }
 }
 
@@ -775,12 +787,21 @@ fn artifact_name(raw: &str) -> String {
 /// Spools left by an earlier run of the agent: each is delivered (its
 /// lines, then its report; a session cut off mid-run is reported as an
 /// error) and removed.
-pub async fn recover(client: &HubClient, root: &Path, metrics: &Metrics, stop: &CancellationToken) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
+/// The spool directories an earlier run left, listed before this run
+/// makes any of its own.
+pub fn leftover_spools(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+pub async fn recover(
+    client: &HubClient,
+    leftovers: Vec<PathBuf>,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) {
+    for dir in leftovers {
         let lease: SpoolLease = match std::fs::read(dir.join(LEASE_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
