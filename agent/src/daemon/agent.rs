@@ -173,6 +173,11 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 delays = backoff();
                 let repeats_only = !resp.cancel.is_empty() || !resp.lost.is_empty();
                 let news = handle(&env, &state, &opts, &stop, &mut sessions, resp);
+                if news {
+                    // Let the sessions just started reach their first step
+                    // before the next poll is built and sent.
+                    tokio::task::yield_now().await;
+                }
                 if repeats_only && !news {
                     // The hub answers at once while a session it asked us
                     // to stop (or has finished) is still in `held`; that is

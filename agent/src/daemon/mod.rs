@@ -418,8 +418,19 @@ fn run_agent(args: AgentArgs) -> u8 {
         register: register_request(&config, &creds),
         drain_grace: config.drain_grace,
     };
-    let Some(runtime) = crate::local_run::runtime() else {
-        return EXIT_FAILED;
+    // One thread: the agent waits on the hub, on child processes and on
+    // browsers, and a lease handed from the poll to its session then never
+    // crosses threads (which costs more than the session's whole start on a
+    // small machine). Disk work goes to the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
     };
     // Paid now, not by the first session's pickup.
     if let Err(e) = tasuki_actions::runtime::context::shared_http_client() {

@@ -222,8 +222,11 @@ pub async fn run(
         }
     };
     if outcome != Outcome::Interrupted {
-        let _ = std::fs::remove_dir_all(&session_dir);
-        let _ = std::fs::remove_dir_all(&artifacts_dir);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&session_dir);
+            let _ = std::fs::remove_dir_all(&artifacts_dir);
+        })
+        .await;
     }
     outcome
 }

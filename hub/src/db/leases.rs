@@ -125,9 +125,11 @@ pub enum Withdrawn {
     Queued,
     /// Its cancel was asked for meanwhile: it ends without running.
     Cancelled,
-    /// Not taken back: the robot has listed the lease as its own (it may be
-    /// running), or the session ended.
-    Kept,
+    /// Not taken back: the robot has listed the lease as its own, so it
+    /// may be running.
+    Confirmed,
+    /// Not taken back: the session has ended, or the lease is not its own.
+    Gone,
 }
 
 /// Takes back a lease the robot never had (its poll had gone) or handed
@@ -156,7 +158,21 @@ pub fn withdraw(
     Ok(match status.as_deref() {
         Some("queued") => Withdrawn::Queued,
         Some(_) => Withdrawn::Cancelled,
-        None => Withdrawn::Kept,
+        None => {
+            let running = conn
+                .row_cached(
+                    "SELECT 1 FROM session_queues
+                     WHERE id = ?1 AND lease_id = ?2 AND status = 'running'",
+                    params![session_id, lease_id],
+                    |_| Ok(()),
+                )
+                .optional()?;
+            if running.is_some() {
+                Withdrawn::Confirmed
+            } else {
+                Withdrawn::Gone
+            }
+        }
     })
 }
 

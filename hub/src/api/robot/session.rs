@@ -78,14 +78,15 @@ pub async fn release(
         .await?;
     match withdrawn {
         Withdrawn::Queued | Withdrawn::Cancelled => Ok(StatusCode::NO_CONTENT),
-        Withdrawn::Kept => Err(ApiError::new(
+        Withdrawn::Confirmed => Err(ApiError::new(
             StatusCode::CONFLICT,
             "lease_confirmed",
             format!(
-                "session {id}'s lease was listed in one of this robot's polls (so it may be \
-                 running), or the session has ended; it cannot be handed back"
+                "session {id}'s lease was listed in one of this robot's polls, so it may be \
+                 running; it cannot be handed back, only finished"
             ),
         )),
+        Withdrawn::Gone => Err(lease_lost(id, "the session has ended")),
     }
 }
 

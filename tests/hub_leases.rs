@@ -1,0 +1,418 @@
+//! The lease protocol, spoken by hand: a real `tasuki-hub` and raw HTTP
+//! calls in a robot's place, nothing mocked. A lease the hub answers a
+//! poll with is already `running` on that robot; the robot's next poll
+//! lists it in `held`, which confirms it. Until then it can be handed back
+//! (`release`) or sent again to a retry of the same poll id; a lease that
+//! is never renewed ends its session as `robot_lost`, never re-run.
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fleet_support::{finished, queue, workflow};
+use hub_support::*;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The tests read sessions often, far above AUTORO's 60 calls a minute,
+/// and an idle poll is held 1 s instead of 25 so that a poll with nothing
+/// to give answers quickly.
+const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000", "--hold-seconds", "1"];
+
+const YAML: &str = "version: 1
+name: lease-probe
+steps:
+  - id: work
+    action: shell.run
+    with: {argv: [\"true\"]}
+";
+
+/// One hub, a public-API client and a client acting as robots (both with
+/// the same key: a robot is registered under the key that polls for it).
+struct Setup {
+    _scratch: Scratch,
+    hub: Hub,
+    key: Key,
+    api: Api,
+    robot_api: Api,
+}
+
+fn setup_with(hub_args: &[&str]) -> Setup {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, hub_args);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot_api = Api::new(&hub, Some(token(&key, "robot")));
+    Setup {
+        _scratch: scratch,
+        hub,
+        key,
+        api,
+        robot_api,
+    }
+}
+
+fn setup() -> Setup {
+    setup_with(HUB_ARGS)
+}
+
+/// A lease in a poll's answer: `(session_id, lease_id)`.
+type Lease = (i64, String);
+
+impl Setup {
+    /// Registers the robot `name` (one slot), with instance id `name`.
+    async fn register(&self, name: &str) {
+        let r = self
+            .robot_api
+            .send(
+                self.robot_api
+                    .request(reqwest::Method::PUT, &format!("/v1/robot/robots/{name}"))
+                    .json(&json!({"instance_id": name, "version": "test", "max_concurrency": 1})),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "register {name}: {}", r.body);
+    }
+
+    /// One poll of the robot `name`; the answer, which must be a 200.
+    async fn poll(&self, name: &str, poll_id: &str, free_slots: u32, held: &[&Lease]) -> Value {
+        poll(&self.robot_api, name, poll_id, free_slots, held).await
+    }
+
+    /// A queued session of a fresh workflow.
+    async fn queued_session(&self) -> i64 {
+        let wf = workflow(&self.api, YAML, &[]).await;
+        queue(&self.api, wf, json!({})).await
+    }
+
+    async fn session(&self, id: i64) -> Value {
+        let r = self.api.get(&format!("/v1/session_queues/{id}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        r.body
+    }
+
+    /// `POST path` as a robot, carrying `lease` in the `tasuki-lease` header.
+    async fn with_lease(&self, path: &str, lease: &str, body: Value) -> Reply {
+        self.robot_api
+            .send(
+                self.robot_api
+                    .request(reqwest::Method::POST, path)
+                    .header("tasuki-lease", lease)
+                    .json(&body),
+            )
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Reply {
+        let (id, lease_id) = lease;
+        self.with_lease(
+            &format!("/v1/robot/sessions/{id}/release"),
+            lease_id,
+            json!({}),
+        )
+        .await
+    }
+
+    async fn log_line(&self, lease: &Lease) -> Reply {
+        let (id, lease_id) = lease;
+        self.with_lease(
+            &format!("/v1/robot/sessions/{id}/logs"),
+            lease_id,
+            json!({"lines": [{"seq": 1, "ts": "2026-01-01T00:00:00Z", "level": "info",
+                              "step_id": null, "message": "hello"}]}),
+        )
+        .await
+    }
+}
+
+async fn poll(api: &Api, name: &str, poll_id: &str, free_slots: u32, held: &[&Lease]) -> Value {
+    let held: Vec<Value> = held
+        .iter()
+        .map(|(id, lease)| json!({"session_id": id, "lease_id": lease}))
+        .collect();
+    let r = api
+        .post(
+            &format!("/v1/robot/robots/{name}/poll"),
+            &json!({
+                "instance_id": name,
+                "poll_id": poll_id,
+                "free_slots": free_slots,
+                "draining": false,
+                "held": held,
+            }),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "poll of {name}: {}", r.body);
+    r.body
+}
+
+/// The leases in a poll's answer.
+fn leases(answer: &Value) -> Vec<Lease> {
+    answer["leases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a poll answer lists its leases: {answer}"))
+        .iter()
+        .map(|l| {
+            (
+                l["session_id"].as_i64().expect("session_id"),
+                l["lease_id"].as_str().expect("lease_id").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The one lease in a poll's answer.
+fn only_lease(answer: &Value) -> Lease {
+    let got = leases(answer);
+    assert_eq!(got.len(), 1, "exactly one lease: {answer}");
+    got.into_iter().next().expect("one lease")
+}
+
+/// An answer with nothing in it: no lease, no cancel, nothing lost.
+fn assert_empty(answer: &Value) {
+    assert_eq!(answer["leases"], json!([]), "{answer}");
+    assert_eq!(answer["cancel"], json!([]), "{answer}");
+    assert_eq!(answer["lost"], json!([]), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_running_from_the_poll_that_carries_it() {
+    let s = setup();
+    let id = s.queued_session().await;
+    let before = s.session(id).await;
+    assert_eq!(before["status"], "queued", "{before}");
+    assert!(before["robot"].is_null(), "{before}");
+    assert!(before["started_at"].is_null(), "{before}");
+
+    s.register("r1").await;
+    let answer = s.poll("r1", "p1", 1, &[]).await;
+    let (leased, lease_id) = only_lease(&answer);
+    assert_eq!(leased, id);
+    assert!(!lease_id.is_empty());
+    let lease = &answer["leases"][0];
+    assert_eq!(lease["workflow"]["name"], "lease-probe", "{lease}");
+
+    // No ack, no other call: the poll's free slot was the acceptance.
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "r1", "{now}");
+    assert!(now["started_at"].is_string(), "{now}");
+    assert!(now["ended_at"].is_null(), "{now}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_poll_answer_is_sent_again_to_the_same_poll_id() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let first = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    assert_eq!(first.0, id);
+
+    // The answer was lost: the robot retries the same poll, holding nothing.
+    let again = s.poll("r1", "p1", 1, &[]).await;
+    assert_eq!(only_lease(&again), first, "the same lease, sent again");
+
+    // The next poll lists it: nothing is repeated, nothing is lost.
+    let next = s.poll("r1", "p2", 0, &[&first]).await;
+    assert_empty(&next);
+
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "r1", "{now}");
+    // The lease is still the session's.
+    let r = s.log_line(&first).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_handed_back_before_any_poll_lists_it_goes_to_the_next_robot() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("a").await;
+    s.register("b").await;
+    let old = only_lease(&s.poll("a", "a1", 1, &[]).await);
+    assert_eq!(old.0, id);
+
+    let r = s.release(&old).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    let back = s.session(id).await;
+    assert_eq!(back["status"], "queued", "{back}");
+    assert!(back["robot"].is_null(), "{back}");
+    assert!(back["started_at"].is_null(), "{back}");
+
+    let new = only_lease(&s.poll("b", "b1", 1, &[]).await);
+    assert_eq!(new.0, id, "robot b gets the session");
+    assert_ne!(new.1, old.1, "under a new lease");
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "b", "{now}");
+
+    let r = s.log_line(&old).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "lease_lost"),
+        "{}",
+        r.body
+    );
+    let r = s.log_line(&new).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_lease_cannot_be_handed_back() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let lease = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    assert_empty(&s.poll("r1", "p2", 0, &[&lease]).await);
+
+    let r = s.release(&lease).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "lease_confirmed"),
+        "{}",
+        r.body
+    );
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "r1", "{now}");
+    let r = s.log_line(&lease).await;
+    assert_eq!(
+        r.status.as_u16(),
+        200,
+        "the lease is still the session's: {}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_cancelled_then_handed_back_ends_cancelled_and_never_runs() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("a").await;
+    s.register("b").await;
+    let lease = only_lease(&s.poll("a", "a1", 1, &[]).await);
+    assert_eq!(lease.0, id);
+
+    let r = s
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["status"], "running", "the robot has it: {}", r.body);
+    assert!(r.body["cancel_requested_at"].is_string(), "{}", r.body);
+
+    let r = s.release(&lease).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "cancelled", "{now}");
+    assert!(now["ended_at"].is_string(), "{now}");
+
+    // A repeated release (its answer was lost) finds the lease gone.
+    let r = s.release(&lease).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "lease_lost"),
+        "{}",
+        r.body
+    );
+
+    // Nobody gets it: neither another robot nor the one that handed it back.
+    assert_empty(&s.poll("b", "b1", 1, &[]).await);
+    assert_empty(&s.poll("a", "a2", 1, &[]).await);
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "cancelled", "{now}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_lease_that_is_never_renewed_ends_robot_lost_and_is_not_rerun() {
+    // The shortest timings the hub takes: polls held 1 s, a lease living
+    // 6 s without a renewal.
+    let mut args = HUB_ARGS.to_vec();
+    args.extend(["--lease-ttl-seconds", "6"]);
+    let s = setup_with(&args);
+    let id = s.queued_session().await;
+    s.register("a").await;
+    s.register("b").await;
+    let lease = only_lease(&s.poll("a", "a1", 1, &[]).await);
+    assert_eq!(lease.0, id);
+    // Robot a never polls again. Robot b polls all along, with a free slot.
+    let stop = Arc::new(AtomicBool::new(false));
+    let b_api = Api::new(&s.hub, Some(token(&s.key, "robot")));
+    let b = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut got: Vec<Lease> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let held: Vec<&Lease> = got.iter().collect();
+                let answer = poll(&b_api, "b", &format!("b{n}"), 1, &held).await;
+                got.extend(leases(&answer));
+            }
+            (got, n)
+        }
+    });
+
+    let ended = finished(&s.api, id, LIMIT).await;
+    stop.store(true, Ordering::SeqCst);
+    let (b_got, b_polls) = b.await.expect("robot b's polls");
+    assert_eq!(ended["status"], "error", "{ended}");
+    assert_eq!(ended["error"]["code"], "robot_lost", "{ended}");
+    let message = ended["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("was sent the session and did not poll again"),
+        "{ended}"
+    );
+    assert_eq!(ended["robot"]["name"], "a", "{ended}");
+    assert!(b_polls > 1, "robot b polled while the lease ran out");
+    assert!(b_got.is_empty(), "robot b was given {b_got:?}");
+
+    // And not later either: the session stays ended.
+    assert_empty(&s.poll("b", "b-after", 1, &[]).await);
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "error", "{now}");
+    assert_eq!(now["robot"]["name"], "a", "{now}");
+
+    // A release that comes too late is told the session has ended, which
+    // a robot takes as done; it brings nothing back to the queue.
+    let r = s.release(&lease).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "lease_lost"),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.session(id).await["status"], "error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_call_is_gone() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let (leased, lease_id) = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    assert_eq!(leased, id);
+
+    let r = s
+        .with_lease(
+            &format!("/v1/robot/sessions/{id}/ack"),
+            &lease_id,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (404, "not_found"),
+        "{}",
+        r.body
+    );
+    // The session runs on regardless.
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+}
