@@ -178,7 +178,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     )?;
     writeln!(
         out,
-        "| of which: POST returned → agent logs `session started` (lease, ack) | {} | {} | {} |",
+        "| of which: POST returned → agent logs `session started` (the lease delivered and checked) | {} | {} | {} |",
         ms(to_start.pct(50.0)),
         ms(to_start.pct(99.0)),
         ms(to_start.max())
