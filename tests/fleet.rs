@@ -1051,6 +1051,71 @@ async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reru
     assert_eq!(runs.lines().count(), 1, "the session ran once, never again");
 }
 
+/// An agent frozen past its lease's life (a suspended VM, a stopped
+/// process) hears when it wakes that the hub has ended the session: it
+/// stops the session's processes and drops the spool, which the hub would
+/// never take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_frozen_past_its_lease_stops_the_session_and_drops_its_spool_on_waking() {
+    let mut args = HUB_ARGS.to_vec();
+    args.extend(["--hold-seconds", "2", "--lease-ttl-seconds", "7"]);
+    let f = fleet_with(&args);
+    let robot = f.robot("sleeper");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let yaml = shell_yaml(
+        "frozen",
+        "echo $$ > \"${params.dir}/shell.pid\"\nexec sleep 300",
+    );
+    let wf = workflow(&f.api, &yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    running(&f.api, id, LIMIT).await;
+    let pid_file = f.scratch.dir.path().join("shell.pid");
+    assert!(eventually(LIMIT, || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|t| t.ends_with('\n'))));
+    let shell: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // The session's spool: the directory whose lease.json names it.
+    let spool_root = robot.dir.join("work").join("spool");
+    let has_spool = || {
+        std::fs::read_dir(&spool_root).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                std::fs::read(e.path().join("lease.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .is_some_and(|l| l["session_id"] == id)
+            })
+        })
+    };
+    assert!(eventually(LIMIT, has_spool), "the session has a spool");
+
+    agent.signal("STOP");
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["error"]["code"], "robot_lost", "{s}");
+    assert!(alive(shell), "the frozen agent's shell still runs");
+    agent.signal("CONT");
+
+    assert!(
+        eventually(LIMIT, || !alive(shell)),
+        "the woken agent stops the session's shell\n{}",
+        agent.log()
+    );
+    assert!(
+        eventually(LIMIT, || !has_spool()),
+        "the woken agent drops the spool\n{}",
+        agent.log()
+    );
+    let s = f.api.get(&format!("/v1/session_queues/{id}")).await.body;
+    assert_eq!(
+        s["error"]["code"], "robot_lost",
+        "the hub's verdict stands: {s}"
+    );
+}
+
 /// The opt-in listener of a real agent connected to a real hub: `/healthz`
 /// says it is connected (and stops saying so when the hub goes), and
 /// `/metrics` counts what the agent did. Its log file is JSON, one object

@@ -214,17 +214,23 @@ pub async fn run(
     let shipped = shipping.await;
     flusher.abort();
     sink.flush();
-    let outcome = match shipped {
-        Ok((outcome, _)) => outcome.into(),
+    let (outcome, spool_dir) = match shipped {
+        Ok((outcome, spool)) => (outcome.into(), Some(spool.dir)),
         Err(e) => {
             tracing::error!(session_queue_id = id, error = %e, "the shipping task failed");
-            Outcome::Interrupted
+            (Outcome::Interrupted, None)
         }
     };
     if outcome != Outcome::Interrupted {
+        // A reported session's spool is gone already; one whose lease the
+        // hub no longer honours can never be delivered, so it goes too.
+        let spool_dir = spool_dir.filter(|_| outcome == Outcome::LeaseLost);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&session_dir);
             let _ = std::fs::remove_dir_all(&artifacts_dir);
+            if let Some(dir) = spool_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         })
         .await;
     }
