@@ -1013,18 +1013,26 @@ async fn an_agent_killed_mid_session_delivers_its_spool_when_it_starts_again() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reruns() {
-    // Short timings so the lease runs out within the test: polls held 2 s,
-    // leases living 7 s without a renewal.
+/// A hub whose leases run out within a test (polls held 2 s, leases living
+/// 7 s without a renewal), and one robot running a session whose shell
+/// notes its pid and a line in `runs.txt`, then sleeps.
+struct ShortLease {
+    f: Fleet,
+    robot: Robot,
+    agent: Agent,
+    id: i64,
+    shell: u32,
+}
+
+async fn session_on_short_leases(robot_name: &str) -> ShortLease {
     let mut args = HUB_ARGS.to_vec();
     args.extend(["--hold-seconds", "2", "--lease-ttl-seconds", "7"]);
     let f = fleet_with(&args);
-    let robot = f.robot("mortal");
+    let robot = f.robot(robot_name);
     robot.register_ok(&f.hub, &f.key, &[]);
     let agent = robot.start(&[]);
     let yaml = shell_yaml(
-        "doomed",
+        "short-lease",
         "echo $$ > \"${params.dir}/shell.pid\"\necho ran >> \"${params.dir}/runs.txt\"\nexec sleep 300",
     );
     let wf = workflow(&f.api, &yaml, &[]).await;
@@ -1034,11 +1042,33 @@ async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reru
     let pid_file = f.scratch.dir.path().join("shell.pid");
     assert!(eventually(LIMIT, || std::fs::read_to_string(&pid_file)
         .is_ok_and(|t| t.ends_with('\n'))));
+    let shell = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    ShortLease {
+        f,
+        robot,
+        agent,
+        id,
+        shell,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reruns() {
+    let ShortLease {
+        f,
+        agent,
+        id,
+        shell,
+        ..
+    } = session_on_short_leases("mortal").await;
     agent.signal("KILL");
     drop(agent);
-    let pid = std::fs::read_to_string(&pid_file).expect("pid");
     let _ = std::process::Command::new("kill")
-        .args(["-KILL", pid.trim()])
+        .args(["-KILL", &shell.to_string()])
         .status();
     // A second robot is there to take work; it must not get this session.
     let (_r2, _a2) = f.agent("survivor", &[], &[]);
@@ -1057,28 +1087,13 @@ async fn a_robot_that_dies_mid_session_is_marked_lost_and_its_session_never_reru
 /// never take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_frozen_past_its_lease_stops_the_session_and_drops_its_spool_on_waking() {
-    let mut args = HUB_ARGS.to_vec();
-    args.extend(["--hold-seconds", "2", "--lease-ttl-seconds", "7"]);
-    let f = fleet_with(&args);
-    let robot = f.robot("sleeper");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(&[]);
-    let yaml = shell_yaml(
-        "frozen",
-        "echo $$ > \"${params.dir}/shell.pid\"\nexec sleep 300",
-    );
-    let wf = workflow(&f.api, &yaml, &[]).await;
-    let dir = f.scratch.dir.path().display().to_string();
-    let id = queue(&f.api, wf, json!({"dir": dir})).await;
-    running(&f.api, id, LIMIT).await;
-    let pid_file = f.scratch.dir.path().join("shell.pid");
-    assert!(eventually(LIMIT, || std::fs::read_to_string(&pid_file)
-        .is_ok_and(|t| t.ends_with('\n'))));
-    let shell: u32 = std::fs::read_to_string(&pid_file)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let ShortLease {
+        f,
+        robot,
+        agent,
+        id,
+        shell,
+    } = session_on_short_leases("sleeper").await;
     // The session's spool: the directory whose lease.json names it.
     let spool_root = robot.dir.join("work").join("spool");
     let has_spool = || {

@@ -173,6 +173,11 @@ fn only_lease(answer: &Value) -> Lease {
     got.into_iter().next().expect("one lease")
 }
 
+/// A refusal with this status and error code.
+fn assert_refused(r: &Reply, status: u16, code: &str) {
+    assert_eq!((r.status.as_u16(), r.code()), (status, code), "{}", r.body);
+}
+
 /// An answer with nothing in it: no lease, no cancel, nothing lost.
 fn assert_empty(answer: &Value) {
     assert_eq!(answer["leases"], json!([]), "{answer}");
@@ -253,12 +258,7 @@ async fn a_lease_handed_back_before_any_poll_lists_it_goes_to_the_next_robot() {
     assert_eq!(now["robot"]["name"], "b", "{now}");
 
     let r = s.log_line(&old).await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (409, "lease_lost"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 409, "lease_lost");
     let r = s.log_line(&new).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 }
@@ -272,12 +272,7 @@ async fn a_listed_lease_cannot_be_handed_back() {
     assert_empty(&s.poll("r1", "p2", 0, &[&lease]).await);
 
     let r = s.release(&lease).await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (409, "lease_confirmed"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 409, "lease_confirmed");
     let now = s.session(id).await;
     assert_eq!(now["status"], "running", "{now}");
     assert_eq!(now["robot"]["name"], "r1", "{now}");
@@ -315,12 +310,7 @@ async fn a_lease_cancelled_then_handed_back_ends_cancelled_and_never_runs() {
 
     // A repeated release (its answer was lost) finds the lease gone.
     let r = s.release(&lease).await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (409, "lease_lost"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 409, "lease_lost");
 
     // Nobody gets it: neither another robot nor the one that handed it back.
     assert_empty(&s.poll("b", "b1", 1, &[]).await);
@@ -382,12 +372,7 @@ async fn an_unconfirmed_lease_that_is_never_renewed_ends_robot_lost_and_is_not_r
     // A release that comes too late is told the session has ended, which
     // a robot takes as done; it brings nothing back to the queue.
     let r = s.release(&lease).await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (409, "lease_lost"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 409, "lease_lost");
     assert_eq!(s.session(id).await["status"], "error");
 }
 
@@ -406,12 +391,7 @@ async fn the_ack_call_is_gone() {
             json!({}),
         )
         .await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (404, "not_found"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 404, "not_found");
     // The session runs on regardless.
     let now = s.session(id).await;
     assert_eq!(now["status"], "running", "{now}");
