@@ -1013,6 +1013,41 @@ async fn an_agent_killed_mid_session_delivers_its_spool_when_it_starts_again() {
     );
 }
 
+/// Two agents on one work dir would deliver each other's spools and remove
+/// each other's session directories: the second is refused, before it
+/// registers, with the holder's pid and what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_work_dir_is_refused() {
+    let f = fleet();
+    let robot = f.robot("single");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let first = robot.start(&[]);
+    let second = std::process::Command::new(tasuki_bin())
+        .arg("agent")
+        .arg("--config")
+        .arg(robot.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run a second tasuki agent");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another tasuki agent")
+            && stderr.contains(&format!("(pid {})", first.pid()))
+            && stderr.contains("paths.work_dir"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("registered"),
+        "refused before registering: {stderr}"
+    );
+    // The first one still serves.
+    let wf = workflow(&f.api, &shell_yaml("still", "echo fine"), &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+}
+
 /// A hub whose leases run out within a test (polls held 2 s, leases living
 /// 7 s without a renewal), and one robot running a session whose shell
 /// notes its pid and a line in `runs.txt`, then sleeps.

@@ -18,6 +18,7 @@ mod metrics;
 mod scratch;
 mod session;
 mod ship;
+mod workdir_lock;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -384,6 +385,13 @@ fn run_agent(args: AgentArgs) -> u8 {
         );
         return EXIT_FAILED;
     }
+    let _work_dir_lock = match workdir_lock::lock(&work_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
     let env = Arc::new(session::SessionEnv {
         client,
         registry,
