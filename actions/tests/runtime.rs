@@ -173,3 +173,81 @@ async fn cancelling_the_token_interrupts_a_wait_at_once() {
         started.elapsed()
     );
 }
+
+/// A sink that holds output back the way the agent's spool does (at most
+/// 10,000 lines ahead of what its hub has taken), with a hub that keeps up
+/// slowly: a 5,000-line batch every 200 ms, never slow enough to count as
+/// stalled. Whatever the pipe still holds when the process exits must be
+/// read, all of it, not cut off by the time allowed for reading it.
+struct Paced {
+    written: std::sync::atomic::AtomicU64,
+    taken: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl EventSink for Paced {
+    fn emit(&self, event: Event) {
+        if matches!(event, Event::Log(_)) {
+            self.written
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn log_room(&self) -> tasuki_actions::LogRoom<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            while self
+                .written
+                .load(SeqCst)
+                .saturating_sub(self.taken.load(SeqCst))
+                > 10_000
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn held_back_output_is_read_to_the_end_when_the_process_exits() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    const LINES: u64 = 100_000;
+    let yaml = format!(
+        "version: 1\nname: paced\nsteps:\n  - id: chatty\n    action: shell.run\n    with:\n      argv: [\"sh\", \"-c\", \"yes '' | head -n {LINES}\"]\n"
+    );
+    let workflow = parse_workflow(
+        &yaml,
+        "paced.yaml",
+        &Registry::builtin(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let params = bind_params(&workflow, &ParamInputs::default()).unwrap();
+    let taken = Arc::new(AtomicU64::new(0));
+    let sink = Arc::new(Paced {
+        written: AtomicU64::new(0),
+        taken: taken.clone(),
+    });
+    let hub = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let written = sink.written.load(SeqCst);
+                let before = taken.load(SeqCst);
+                taken.store(written.min(before + 5_000), SeqCst);
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let options = ExecOptions {
+        work_dir: dir.path().into(),
+        artifacts_dir: dir.path().join("artifacts"),
+        ..ExecOptions::default()
+    };
+    let report = Executor::new(Registry::builtin(), options)
+        .run(&workflow, &params, sink.clone(), CancellationToken::new())
+        .await;
+    hub.abort();
+    assert_eq!(report.status, SessionStatus::Success);
+    assert_eq!(sink.written.load(SeqCst), LINES, "every line was read");
+}

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::process::ExitStatus;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use process_wrap::tokio::{ChildWrapper, CommandWrap};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -394,19 +395,26 @@ impl Tail {
 /// Reads lines of at most `max` bytes. A longer line is cut, with a marker,
 /// and the rest of it is skipped, so one runaway line cannot exhaust memory.
 /// Before each read from the pipe it waits for the session's sink to want
-/// more lines (see [`crate::EventSink::log_room`]).
+/// more lines (see [`crate::EventSink::log_room`]), until `unpaced` is
+/// cancelled: once the process has ended (or is being stopped), what is
+/// left in the pipe is read at full speed, so that none of it is lost to
+/// the time limit on reading it.
 pub async fn for_each_line<R: AsyncRead + Unpin>(
     reader: R,
     max: usize,
     ctx: &crate::runtime::context::ActionContext,
+    unpaced: &CancellationToken,
     mut on_line: impl FnMut(&str),
 ) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(16 * 1024, reader);
     let mut line: Vec<u8> = Vec::new();
     let mut truncated = false;
     loop {
-        if reader.buffer().is_empty() {
-            ctx.log_room().await;
+        if reader.buffer().is_empty() && !unpaced.is_cancelled() {
+            tokio::select! {
+                () = ctx.log_room() => {}
+                () = unpaced.cancelled() => {}
+            }
         }
         let available = reader.fill_buf().await?;
         if available.is_empty() {

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use super::args::{DurationArg, Text};
 use super::process::{Tail, Tree, for_each_line};
@@ -190,10 +191,11 @@ impl TypedAction for ShellRun {
         let stderr_tail = Arc::new(Mutex::new(Tail::new(TAIL_BYTES)));
         let stdout = tree.child_mut().stdout().take();
         let stderr = tree.child_mut().stderr().take();
+        let unpaced = CancellationToken::new();
         let readers = async {
             let out = async {
                 if let Some(pipe) = stdout {
-                    let _ = for_each_line(pipe, max_line, ctx, |line| {
+                    let _ = for_each_line(pipe, max_line, ctx, &unpaced, |line| {
                         ctx.log(LogLevel::Info, line);
                         lock(&stdout_tail).push(line);
                     })
@@ -202,7 +204,7 @@ impl TypedAction for ShellRun {
             };
             let err = async {
                 if let Some(pipe) = stderr {
-                    let _ = for_each_line(pipe, max_line, ctx, |line| {
+                    let _ = for_each_line(pipe, max_line, ctx, &unpaced, |line| {
                         ctx.log(LogLevel::Warn, line);
                         lock(&stderr_tail).push(line);
                     })
@@ -233,13 +235,22 @@ impl TypedAction for ShellRun {
             }
         };
 
+        // From here on, output is read as fast as it comes: the process
+        // has ended or is being stopped, and the time left to read is short.
+        unpaced.cancel();
         let grace = ctx.options().cancel_grace;
         let status = match ended {
             Ended::Exited(status) => {
                 // The leader is gone; anything it left running in the group
                 // is ended now rather than orphaned.
                 if tree.any_alive() {
-                    let how = tree.terminate(Duration::from_secs(1)).await;
+                    let how = terminate_reading(
+                        &mut tree,
+                        Duration::from_secs(1),
+                        &mut readers,
+                        &mut readers_done,
+                    )
+                    .await;
                     ctx.log(
                         LogLevel::Warn,
                         &format!("ended processes the step left running ({how})"),
@@ -250,7 +261,8 @@ impl TypedAction for ShellRun {
                 })?
             }
             Ended::TimedOut | Ended::Cancelled => {
-                let how = tree.terminate(grace).await;
+                let how =
+                    terminate_reading(&mut tree, grace, &mut readers, &mut readers_done).await;
                 ctx.log(LogLevel::Warn, &format!("stopped the process tree ({how})"));
                 drain(&mut readers, readers_done).await;
                 return Err(match ended {
@@ -311,6 +323,24 @@ enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
     Cancelled,
+}
+
+/// Stops the process tree while still reading its output, so that a
+/// process writing as it shuts down never blocks on a full pipe.
+async fn terminate_reading(
+    tree: &mut Tree,
+    grace: Duration,
+    readers: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    readers_done: &mut bool,
+) -> &'static str {
+    let terminate = tree.terminate(grace);
+    tokio::pin!(terminate);
+    loop {
+        tokio::select! {
+            how = &mut terminate => return how,
+            _ = readers.as_mut(), if !*readers_done => *readers_done = true,
+        }
+    }
 }
 
 async fn drain(

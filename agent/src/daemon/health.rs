@@ -115,7 +115,7 @@ impl Metrics {
         );
         r.register(
             "log_lines_dropped",
-            "Log lines lost (always 0: lines wait in the spool instead)",
+            "Log lines the hub refused, sent as placeholders instead (lines never wait in memory: they wait in the spool)",
             m.lines_dropped.clone(),
         );
         r.register(

@@ -520,6 +520,7 @@ pub async fn ship(
                     for l in pending.iter_mut().take(count) {
                         *l = l.placeholder(&note);
                     }
+                    metrics.lines_dropped.inc_by(count as u64);
                 }
             }
             if !pending.is_empty() || !spool_done {
