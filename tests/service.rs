@@ -35,6 +35,10 @@ impl Machine {
     }
 
     fn tasuki(&self, args: &[&str]) -> Output {
+        self.tasuki_with_env(args, &[])
+    }
+
+    fn tasuki_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!(
             "{}:{}",
             self.path("bin").display(),
@@ -42,6 +46,7 @@ impl Machine {
         );
         Command::new(env!("CARGO_BIN_EXE_tasuki"))
             .args(args)
+            .envs(env.iter().copied())
             .env("PATH", path)
             .env("HOME", self.path("home"))
             .env_remove("XDG_CONFIG_HOME")
@@ -166,6 +171,37 @@ fn install_start_status_stop_uninstall_a_user_service() {
     ] {
         assert!(calls.iter().any(|c| c == want), "no `{want}` in {calls:?}");
     }
+}
+
+/// The service starts with its own environment: a setting given only as
+/// a `TASUKI_*` variable in the installing shell is refused, by name, not
+/// checked and then missing when the service starts.
+#[test]
+fn install_refuses_settings_that_only_the_installing_shell_has() {
+    let m = Machine::new();
+    let config = m.robot().display().to_string();
+    let out = m.tasuki_with_env(
+        &[
+            "service", "install", "--user", "--print", "--config", &config,
+        ],
+        &[
+            ("TASUKI_PATHS_WORK_DIR", "/tmp/elsewhere"),
+            ("TASUKI_CONTROL_PLANE_NAME", "someone"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("TASUKI_CONTROL_PLANE_NAME, TASUKI_PATHS_WORK_DIR set in this shell"),
+        "{}",
+        text(&out)
+    );
+    // TASUKI_CONFIG only says where the file is, which the unit records.
+    let out = m.tasuki_with_env(
+        &["service", "install", "--user", "--print"],
+        &[("TASUKI_CONFIG", &config)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(m.calls().is_empty(), "{:?}", m.calls());
 }
 
 #[test]

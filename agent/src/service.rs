@@ -154,6 +154,21 @@ fn spec(
             config_path.display()
         );
     }
+    // The service starts with its own environment, not this shell's: a
+    // setting that only holds here would pass this check and fail there.
+    let mut from_env: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("TASUKI_") && name != "TASUKI_CONFIG")
+        .collect();
+    if !from_env.is_empty() {
+        from_env.sort();
+        anyhow::bail!(
+            "{} set in this shell, and the service would not see it; put the settings in {} \
+             and unset the variables",
+            from_env.join(", "),
+            config_path.display()
+        );
+    }
     let effective = args
         .load()
         .map_err(|e| anyhow::anyhow!("the config is not usable, so nothing was installed:\n{e}"))?;
