@@ -1013,6 +1013,24 @@ async fn an_agent_killed_mid_session_delivers_its_spool_when_it_starts_again() {
     );
 }
 
+/// `--owner` names the account the credentials file is for; a name that
+/// is not an account stops registration before the hub hears of the robot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_an_unknown_owner_is_refused_before_the_hub_hears_of_it() {
+    let f = fleet();
+    let robot = f.robot("owned");
+    let out = robot.register(&f.hub, &f.key, &["--owner", "no-such-tasuki-user"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("there is no user `no-such-tasuki-user`"),
+        "{stderr}"
+    );
+    let robots = f.api.get("/v1/robots").await;
+    assert_eq!(robots.body["total_count"], 0, "{}", robots.body);
+    assert!(!robot.credentials().exists(), "no credentials were written");
+}
+
 /// Two agents on one work dir would deliver each other's spools and remove
 /// each other's session directories: the second is refused, before it
 /// registers, with the holder's pid and what to change.

@@ -195,15 +195,26 @@ fn keep_owner(_path: &Path, _meta: &std::fs::Metadata) {}
 /// system install registered by root.
 #[cfg(unix)]
 pub fn give_to(path: &Path, user: &str) -> Result<(), String> {
-    let found = nix::unistd::User::from_name(user)
-        .map_err(|e| format!("cannot look up the user `{user}`: {e}"))?
-        .ok_or_else(|| format!("there is no user `{user}` on this machine"))?;
+    let found = find_user(user)?;
     std::os::unix::fs::chown(path, Some(found.uid.as_raw()), Some(found.gid.as_raw()))
         .map_err(|e| format!("cannot give {} to `{user}`: {e}", path.display()))
 }
 
+/// The account `--owner` names.
+#[cfg(unix)]
+pub fn find_user(user: &str) -> Result<nix::unistd::User, String> {
+    nix::unistd::User::from_name(user)
+        .map_err(|e| format!("cannot look up the user `{user}`: {e}"))?
+        .ok_or_else(|| format!("there is no user `{user}` on this machine"))
+}
+
 #[cfg(not(unix))]
-pub fn give_to(_path: &Path, _user: &str) -> Result<(), String> {
+pub fn give_to(_path: &Path, user: &str) -> Result<(), String> {
+    find_user(user)
+}
+
+#[cfg(not(unix))]
+pub fn find_user(_user: &str) -> Result<(), String> {
     Err("--owner is for Unix; on Windows the file inherits its folder's ACL".into())
 }
 
@@ -277,12 +288,20 @@ impl Credentials {
 
     /// Writes the file with mode 0600 from the start: it never exists
     /// with wider permissions, not even for a moment.
+    /// Writes the file with mode 0600. One that existed keeps its owner:
+    /// registering again as root (to rotate a key, say) must not take the
+    /// file away from the account the service runs as.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string(self).map_err(|e| ConfigError::Invalid {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        write_file(path, text.as_bytes(), 0o600)
+        let existing = std::fs::metadata(path).ok();
+        write_file(path, text.as_bytes(), 0o600)?;
+        if let Some(meta) = &existing {
+            keep_owner(path, meta);
+        }
+        Ok(())
     }
 }
 
@@ -339,4 +358,42 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn credentials_saved_again_keep_their_owner_and_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials.toml");
+        let creds = Credentials {
+            access_key_id: "key".into(),
+            secret_access_key: SecretString::from("secret"),
+            instance_id: "instance".into(),
+        };
+        creds.save(&path).unwrap();
+        // Another owner than the one writing: root can give the file to
+        // anyone; anyone else to a group of their own, or to themselves.
+        let me = nix::unistd::Uid::effective();
+        let (uid, gid) = if me.is_root() {
+            (65534, 65534)
+        } else {
+            let own = nix::unistd::getgid().as_raw();
+            let other = nix::unistd::getgroups()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.as_raw())
+                .find(|&g| g != own)
+                .unwrap_or(own);
+            (me.as_raw(), other)
+        };
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        creds.save(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
 }

@@ -197,6 +197,11 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         secret_access_key: secret,
         instance_id,
     };
+    // Before the hub hears of it: a wrong --owner must not leave a robot
+    // registered whose credentials nobody could use.
+    if let Some(owner) = &args.owner {
+        config::find_user(owner).map_err(anyhow::Error::msg)?;
+    }
     let client = client::HubClient::new(&config, &creds, Arc::default())?;
     let request = RegisterRobot {
         replace: args.replace,
