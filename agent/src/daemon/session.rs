@@ -169,10 +169,7 @@ pub async fn run(
             let written = {
                 let dir = spool.dir.clone();
                 let spool_lease = spool.lease.clone();
-                tokio::task::spawn_blocking(move || {
-                    Spool::adopt(dir, spool_lease, Arc::default()).write_lease()
-                })
-                .await
+                tokio::task::spawn_blocking(move || ship::write_lease(&dir, &spool_lease)).await
             };
             // Recorded before anything is shipped, so that the spool's
             // removal after the final report can never come first.

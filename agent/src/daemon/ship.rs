@@ -119,25 +119,18 @@ impl Spool {
     ) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
         std::fs::create_dir_all(&dir)?;
-        let spool = Spool::adopt(dir, lease, finishing);
-        spool.write_lease()?;
-        Ok(spool)
+        write_lease(&dir, &lease)?;
+        Ok(Spool::adopt(dir, lease, finishing))
     }
 
     /// A spool in a directory made ahead (`scratch.rs`); it is recoverable
-    /// after a crash once [`Spool::write_lease`] has run.
+    /// after a crash once [`write_lease`] has run.
     pub fn adopt(dir: PathBuf, lease: SpoolLease, finishing: Arc<AtomicBool>) -> Spool {
         Spool {
             dir,
             lease,
             finishing,
         }
-    }
-
-    /// Records whose spool this is, for an agent that starts after a crash.
-    pub fn write_lease(&self) -> std::io::Result<()> {
-        let text = serde_json::to_vec(&self.lease).map_err(std::io::Error::other)?;
-        std::fs::write(self.dir.join(LEASE_FILE), text)
     }
 
     /// The sink the executor writes into, with every step pending; `file`
@@ -172,6 +165,12 @@ impl Spool {
             }),
         }
     }
+}
+
+/// Records whose spool `dir` is, for an agent that starts after a crash.
+pub fn write_lease(dir: &Path, lease: &SpoolLease) -> std::io::Result<()> {
+    let text = serde_json::to_vec(lease).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(LEASE_FILE), text)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -785,9 +784,6 @@ fn artifact_name(raw: &str) -> String {
     name.chars().take(128).collect()
 }
 
-/// Spools left by an earlier run of the agent: each is delivered (its
-/// lines, then its report; a session cut off mid-run is reported as an
-/// error) and removed.
 /// The spool directories an earlier run left, listed before this run
 /// makes any of its own.
 pub fn leftover_spools(root: &Path) -> Vec<PathBuf> {
@@ -796,6 +792,10 @@ pub fn leftover_spools(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Spools left by an earlier run of the agent: each is delivered (its
+/// lines, then its report; a session cut off mid-run is reported as an
+/// error) and removed. One without a lease (made ahead, never used) is
+/// removed.
 pub async fn recover(
     client: &HubClient,
     leftovers: Vec<PathBuf>,
