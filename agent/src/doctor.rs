@@ -13,7 +13,7 @@ use tasuki_actions::runtime::event::NullSink;
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, SessionStatus, parse_workflow};
 
 use crate::daemon::{Credentials, HubClient};
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{Settings, SettingsArgs, masked_url};
 use crate::{EXIT_FAILED, EXIT_OK};
 
 /// Warn below this much free disk in the work dir; fail below a tenth.
@@ -87,7 +87,7 @@ pub fn run(args: &SettingsArgs) -> u8 {
                 "{} (robot `{}` at {})",
                 path.display(),
                 settings.control_plane.name,
-                settings.control_plane.url
+                masked_url(&settings.control_plane.url)
             ),
         ),
         Err(e) => r.fail(
@@ -250,7 +250,7 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
                 "hub",
                 &format!(
                     "cannot reach {}: {}",
-                    settings.control_plane.url,
+                    masked_url(&settings.control_plane.url),
                     plain_error(&e)
                 ),
                 "check control_plane.url, that tasuki-hub runs there, and the network between",
@@ -262,7 +262,7 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         "hub",
         &format!(
             "{} answered in {} ms",
-            settings.control_plane.url,
+            masked_url(&settings.control_plane.url),
             (received - sent).get_milliseconds()
         ),
     );

@@ -101,7 +101,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     };
     match registered {
         Ok(r) => {
-            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %client.base_url(), "registered; waiting for sessions")
+            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %crate::settings::masked_url(client.base_url()), "registered; waiting for sessions")
         }
         Err(e) => anyhow::bail!("cannot register with the hub: {e}"),
     }

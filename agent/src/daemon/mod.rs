@@ -34,7 +34,7 @@ pub use client::{CallError, HubClient};
 use config::Registration;
 pub use config::{Credentials, default_config_path, default_work_dir};
 
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{Settings, SettingsArgs, masked_url};
 
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK};
 
@@ -229,7 +229,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         Err(_) => {
             eprintln!(
                 "error: the hub at {} did not answer within 30 s",
-                config.control_plane.url
+                masked_url(&config.control_plane.url)
             );
             return Ok(EXIT_FAILED);
         }
@@ -243,7 +243,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
         registered.robot_id,
-        config.control_plane.url,
+        masked_url(&config.control_plane.url),
         config_path.display(),
         creds_path.display(),
         config_path.display()
@@ -456,7 +456,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         let served = runtime.block_on(health::serve(
             addr,
             metrics,
-            config.control_plane.url.clone(),
+            masked_url(&config.control_plane.url),
             config.control_plane.name.clone(),
         ));
         match served {

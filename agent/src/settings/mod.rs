@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use value::Value;
+pub use value::{Value, masked_url};
 
 /// Where an effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

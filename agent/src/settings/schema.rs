@@ -6,10 +6,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Text,
-    /// An `http://` or `https://` URL.
+    /// An `http://` or `https://` URL. Any `user:password@` in it is
+    /// masked wherever it is shown.
     Url,
-    /// An optional `http://` or `https://` URL that may carry credentials.
-    SecretUrl,
     RobotName,
     /// Robot labels: a list, each checked by the protocol's rules.
     Labels,
@@ -103,7 +102,7 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "browser.remote_webdriver",
-        Kind::SecretUrl,
+        Kind::Url,
         "a remote WebDriver (Selenium Grid) to use instead of a local driver",
     ),
     key(

@@ -290,6 +290,21 @@ fn show_masks_credentials_and_says_where_each_value_came_from() {
 }
 
 #[test]
+fn show_masks_the_password_in_the_hub_url() {
+    let case = Case::new(&GOOD.replace(
+        "http://127.0.0.1:8080",
+        "https://robot:hunter2@hub.example:8443/base",
+    ));
+    let shown = case.load().expect("valid").show();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("robot:"), "{shown}");
+    assert!(
+        shown.contains("control_plane.url = \"https://***@hub.example:8443/base\""),
+        "{shown}"
+    );
+}
+
+#[test]
 fn an_allow_list_pattern_that_matches_nothing_names_where_it_was_set() {
     let case = Case::new(&format!(
         "{GOOD}\n[behaviour]\nallowed_actions = [\"brwoser.*\"]\n"
