@@ -324,6 +324,10 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
                 "robot_name_taken" => {
                     "another machine holds the name: register with another name, or with --replace"
                 }
+                "robot_of_another_key" => {
+                    "another access key holds the robot (a hub operator moved it): register \
+                     this machine under another name, or ask the operator"
+                }
                 _ => "run `tasuki register` again",
             };
             r.fail("token", &format!("accepted, but: {code}: {message}"), fix);

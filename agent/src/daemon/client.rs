@@ -28,6 +28,10 @@ const TOKEN_SECONDS: i64 = 600;
 const RESIGN_BEFORE_SECONDS: i64 = 60;
 /// Any call but a poll gives up after this long without an answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The hub's 403 code for a robot registered under another access key.
+pub const ROBOT_OF_ANOTHER_KEY: &str = "robot_of_another_key";
+/// The hub's 409 code for a robot name registered by another instance.
+pub const ROBOT_NAME_TAKEN: &str = "robot_name_taken";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -138,6 +142,11 @@ impl HubClient {
         &self.base
     }
 
+    /// The robot's name on the hub.
+    pub fn robot(&self) -> &str {
+        &self.robot
+    }
+
     /// One attempt of one call.
     async fn send<T: DeserializeOwned>(
         &self,
@@ -205,6 +214,13 @@ impl HubClient {
             .unwrap_or_else(|| (String::new(), status.to_string()));
         Err(match status.as_u16() {
             429 => CallError::RateLimited(Duration::from_secs(retry_after.unwrap_or(1))),
+            // The key is fine but the robot is another key's: signing
+            // afresh or waiting cannot change that.
+            403 if code == ROBOT_OF_ANOTHER_KEY => CallError::Rejected {
+                status: 403,
+                code,
+                message,
+            },
             401 | 403 => CallError::Auth(format!("{code}: {message}")),
             409 if code == LEASE_LOST => CallError::LeaseLost(message),
             s if status.is_server_error() || s == 408 => {

@@ -469,6 +469,8 @@ fn run_agent(args: AgentArgs) -> u8 {
     }
     match runtime.block_on(agent::run(env, opts)) {
         Ok(()) => EXIT_OK,
+        // Logged when it happened.
+        Err(e) if e.is::<agent::Displaced>() => crate::EXIT_DISPLACED,
         Err(e) => {
             tracing::error!("{e:#}");
             EXIT_FAILED

@@ -62,9 +62,7 @@ pub fn from_toml(kind: Kind, value: &toml::Value, base: &Path) -> Result<Value, 
 /// relative paths are relative to `base` (the current directory).
 pub fn from_text(kind: Kind, text: &str, base: &Path) -> Result<Value, String> {
     let value = match kind {
-        Kind::Text | Kind::Url | Kind::RobotName | Kind::Choice(_) => {
-            Value::Text(text.to_string())
-        }
+        Kind::Text | Kind::Url | Kind::RobotName | Kind::Choice(_) => Value::Text(text.to_string()),
         Kind::Labels | Kind::List => Value::List(
             text.split(',')
                 .map(str::trim)
