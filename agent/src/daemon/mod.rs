@@ -6,6 +6,7 @@
 //! - `session.rs`: one leased session, from ack to report.
 //! - `ship.rs`: the log spool and the shipper.
 //! - `metrics.rs`: host metrics for the heartbeat.
+//! - `private_fs.rs`: folders 0700 and files 0600, the agent's alone.
 //! - `health.rs`: Prometheus metrics, `/healthz` and `/metrics`.
 //! - the settings are read by `crate::settings`.
 
@@ -15,6 +16,7 @@ mod client;
 mod config;
 mod health;
 mod metrics;
+mod private_fs;
 mod scratch;
 mod session;
 mod ship;
@@ -356,6 +358,7 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
+    forbid_memory_reads();
     let _log_files = match crate::logging::init(&config) {
         Ok(guard) => guard,
         Err(e) => {
@@ -383,7 +386,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         }
     };
     let work_dir = config.work_dir.clone();
-    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+    if let Err(e) = private_fs::create_dir_all(&work_dir) {
         eprintln!(
             "error: cannot create the work dir {}: {e}",
             work_dir.display()
@@ -424,6 +427,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         work_dir,
         artifacts_dir: config.artifacts_dir.clone(),
         metrics: metrics.clone(),
+        robot_secret: creds.secret_access_key.clone(),
     });
     let opts = agent::AgentOptions {
         max_concurrency: config.control_plane.max_concurrency,
@@ -475,5 +479,18 @@ fn run_agent(args: AgentArgs) -> u8 {
             tracing::error!("{e:#}");
             EXIT_FAILED
         }
+    }
+}
+
+/// Linux: makes the agent non-dumpable before it reads its credentials, so
+/// that processes of the same user (a step's shell among them) cannot read
+/// its memory or environment through `/proc/<pid>/mem`, `environ` or
+/// ptrace; root still can. It also means the agent leaves no core dump.
+/// Elsewhere there is no such switch: the credentials file's mode and the
+/// masking are what protect the secret.
+fn forbid_memory_reads() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("warning: cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}");
     }
 }
