@@ -161,3 +161,40 @@ async fn work_spool_and_artifact_folders_are_0700_and_spool_files_0600() {
         "the session's own work dir: {logs:?}"
     );
 }
+
+/// A workflow name carrying CR, LF, an ESC sequence and U+202E reaches the
+/// agent's own log ("session started") escaped: it cannot forge a line or
+/// hide text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_a_workflow_name_reach_the_agents_log_escaped() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Robot::new(scratch.dir.path(), "plainspoken");
+    robot.register_ok(&hub, &key, &[]);
+    let agent = robot.start(&[]);
+
+    let yaml = "version: 1\nname: \"pay\\r\\nERROR forged\\e[31m\\u202Eexe.txt\"\nsteps:\n  - id: one\n    action: log\n    with:\n      message: hi\n";
+    let wf = workflow(&api, yaml, &["plainspoken"]).await;
+    let id = queue(&api, wf, json!({})).await;
+    let s = finished(&api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+    assert!(
+        eventually(LIMIT, || agent.log().contains("session ended")),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(r"pay\r\nERROR forged\u{1b}[31m\u{202e}exe.txt"),
+        "{log}"
+    );
+    for raw in ['\r', '\u{1b}', '\u{202e}'] {
+        assert!(!log.contains(raw), "{raw:?} raw in {log:?}");
+    }
+    assert!(
+        !log.lines().any(|l| l.starts_with("ERROR forged")),
+        "a forged line: {log}"
+    );
+}

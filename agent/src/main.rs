@@ -10,6 +10,7 @@ mod display;
 mod doctor;
 mod inputs;
 mod local_run;
+mod log_escape;
 mod logging;
 mod service;
 mod settings;

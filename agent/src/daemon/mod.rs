@@ -106,7 +106,9 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| {
+            crate::log_escape::Escaping::new(std::io::stderr(), crate::log_escape::Style::Plain)
+        })
         .with_ansi(false)
         .with_target(false)
         .try_init();
