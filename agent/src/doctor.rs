@@ -232,11 +232,24 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
     // First without a token: reachability, and the hub's clock from its
     // `Date` header, which explains a refused token better than the
     // refusal does.
+    if let Some(warning) = crate::daemon::plain_http_warning(&settings.control_plane.url) {
+        r.warn(
+            "hub",
+            &warning,
+            "serve the hub over TLS (tasuki-hub's certificate, or a reverse proxy) and set \
+             control_plane.url to its https:// URL",
+        );
+    }
+    let builder = match crate::daemon::hub_http(settings) {
+        Ok(b) => b,
+        Err(e) => {
+            r.fail("hub", &e, "check control_plane.ca_file");
+            return;
+        }
+    };
     let sent = jiff::Timestamp::now();
     let probe = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let client = builder.timeout(Duration::from_secs(10)).build()?;
         client
             .get(format!("{}/v1/robot", settings.control_plane.url))
             .send()
@@ -253,7 +266,9 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
                     masked_url(&settings.control_plane.url),
                     plain_error(&e)
                 ),
-                "check control_plane.url, that tasuki-hub runs there, and the network between",
+                "check control_plane.url, that tasuki-hub runs there, and the network between; \
+                 for a certificate error, that control_plane.ca_file names the CA that signed the \
+                 hub's certificate",
             );
             return;
         }

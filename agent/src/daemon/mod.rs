@@ -32,7 +32,7 @@ use tasuki_actions::{ExecOptions, Registry};
 use tasuki_protocol::{HostFacts, RegisterRobot};
 use tokio_util::sync::CancellationToken;
 
-pub use client::{CallError, HubClient};
+pub use client::{CallError, HubClient, hub_http, plain_http_warning, read_ca_file};
 use config::Registration;
 pub use config::{Credentials, default_config_path, default_work_dir};
 
@@ -71,6 +71,10 @@ pub struct RegisterArgs {
     /// Sessions' working directories and the log spool.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// A PEM file of the private CA that signed the hub's TLS certificate
+    /// (recorded as `control_plane.ca_file`).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Take the name over from another machine that registered it.
     #[arg(long)]
     pub replace: bool,
@@ -179,6 +183,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         },
         credentials_file: absolute(&creds_path),
         work_dir: args.work_dir.as_deref().map(absolute),
+        ca_file: args.ca_file.as_deref().map(absolute),
     };
     // The file as it will be: what is already in it, with the
     // registration set over it.
@@ -378,6 +383,9 @@ fn run_agent(args: AgentArgs) -> u8 {
     if creds.secret_access_key.expose_secret().is_empty() {
         eprintln!("error: the credentials hold no secret");
         return EXIT_INVALID;
+    }
+    if let Some(warning) = plain_http_warning(&config.control_plane.url) {
+        tracing::warn!("{warning}");
     }
     let metrics = Arc::new(health::Metrics::new());
     let client = match client::HubClient::new(&config, &creds, metrics.clone()) {

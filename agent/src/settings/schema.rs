@@ -86,6 +86,12 @@ pub const KEYS: &[Key] = &[
         "the `aud` of the tokens the agent signs",
     ),
     key(
+        "control_plane.ca_file",
+        Kind::Path,
+        "a PEM file of the private CA that signed the hub's TLS certificate, trusted beside \
+         the system's roots",
+    ),
+    key(
         "credentials.file",
         Kind::Path,
         "the credentials file (mode 0600) that `tasuki register` wrote",
