@@ -7,12 +7,11 @@ mod fleet_support;
 #[path = "hub_support.rs"]
 mod hub_support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use fleet_support::*;
 use hub_support::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
@@ -90,14 +89,14 @@ steps:
 }
 
 #[cfg(unix)]
-fn mode(p: &Path) -> u32 {
+fn mode(p: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
 }
 
 /// Every folder and file under `root`, with its mode.
 #[cfg(unix)]
-fn modes_under(root: &Path) -> Vec<(String, bool, u32)> {
+fn modes_under(root: &std::path::Path) -> Vec<(String, bool, u32)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -155,7 +154,7 @@ async fn work_spool_and_artifact_folders_are_0700_and_spool_files_0600() {
 
     let s = finished(&api, id, LIMIT).await;
     assert_eq!(s["status"], "success", "{s}");
-    let logs: Vec<Value> = all_logs(&api, id).await;
+    let logs = all_logs(&api, id).await;
     assert!(
         logs.iter().any(|l| l["message"] == "cwd mode 700"),
         "the session's own work dir: {logs:?}"
