@@ -13,7 +13,7 @@ use tasuki_actions::runtime::event::NullSink;
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, SessionStatus, parse_workflow};
 
 use crate::daemon::{Credentials, HubClient};
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{Settings, SettingsArgs, masked_url};
 use crate::{EXIT_FAILED, EXIT_OK};
 
 /// Warn below this much free disk in the work dir; fail below a tenth.
@@ -87,7 +87,7 @@ pub fn run(args: &SettingsArgs) -> u8 {
                 "{} (robot `{}` at {})",
                 path.display(),
                 settings.control_plane.name,
-                settings.control_plane.url
+                masked_url(&settings.control_plane.url)
             ),
         ),
         Err(e) => r.fail(
@@ -232,11 +232,24 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
     // First without a token: reachability, and the hub's clock from its
     // `Date` header, which explains a refused token better than the
     // refusal does.
+    if let Some(warning) = crate::daemon::plain_http_warning(&settings.control_plane.url) {
+        r.warn(
+            "hub",
+            &warning,
+            "serve the hub over TLS (tasuki-hub's certificate, or a reverse proxy) and set \
+             control_plane.url to its https:// URL",
+        );
+    }
+    let builder = match crate::daemon::hub_http(settings) {
+        Ok(b) => b,
+        Err(e) => {
+            r.fail("hub", &e, "check control_plane.ca_file");
+            return;
+        }
+    };
     let sent = jiff::Timestamp::now();
     let probe = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let client = builder.timeout(Duration::from_secs(10)).build()?;
         client
             .get(format!("{}/v1/robot", settings.control_plane.url))
             .send()
@@ -250,10 +263,12 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
                 "hub",
                 &format!(
                     "cannot reach {}: {}",
-                    settings.control_plane.url,
+                    masked_url(&settings.control_plane.url),
                     plain_error(&e)
                 ),
-                "check control_plane.url, that tasuki-hub runs there, and the network between",
+                "check control_plane.url, that tasuki-hub runs there, and the network between; \
+                 for a certificate error, that control_plane.ca_file names the CA that signed the \
+                 hub's certificate",
             );
             return;
         }
@@ -262,7 +277,7 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         "hub",
         &format!(
             "{} answered in {} ms",
-            settings.control_plane.url,
+            masked_url(&settings.control_plane.url),
             (received - sent).get_milliseconds()
         ),
     );
@@ -323,6 +338,10 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
                 }
                 "robot_name_taken" => {
                     "another machine holds the name: register with another name, or with --replace"
+                }
+                "robot_of_another_key" => {
+                    "another access key holds the robot (a hub operator moved it): register \
+                     this machine under another name, or ask the operator"
                 }
                 _ => "run `tasuki register` again",
             };

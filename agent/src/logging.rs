@@ -1,6 +1,7 @@
 //! The daemon's logs: always on standard error (journald, a console), and
 //! with `paths.log_dir` set, also in daily files `tasuki.YYYY-MM-DD.log`,
-//! plain or JSON, never with terminal colours.
+//! plain or JSON, never with terminal colours. Control and bidi characters
+//! in every line are escaped on the way out (`log_escape.rs`).
 //!
 //! Old files are pruned here, by the date in their names, rather than by
 //! tracing-appender's `max_log_files`: that one sorts by file creation
@@ -16,6 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use crate::log_escape::{Escaping, Style};
 use crate::settings::Settings;
 
 const PREFIX: &str = "tasuki";
@@ -36,7 +38,7 @@ pub fn current_file(dir: &Path) -> PathBuf {
 pub fn init(settings: &Settings) -> Result<LogFiles, String> {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Escaping::new(std::io::stderr(), Style::Plain))
         .with_ansi(false)
         .with_target(false)
         .boxed();
@@ -62,12 +64,12 @@ pub fn init(settings: &Settings) -> Result<LogFiles, String> {
     let file: Box<dyn Layer<Registry> + Send + Sync> = if settings.log_json {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(writer)
+            .with_writer(move || Escaping::new(writer.clone(), Style::Json))
             .with_ansi(false)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
-            .with_writer(writer)
+            .with_writer(move || Escaping::new(writer.clone(), Style::Plain))
             .with_ansi(false)
             .with_target(false)
             .boxed()

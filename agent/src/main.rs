@@ -1,7 +1,8 @@
 //! `tasuki`: the robot agent's command line.
 //!
 //! Exit codes: 0 success, 1 the workflow failed, 2 invalid input,
-//! 130 cancelled.
+//! 3 the robot was given to another key or machine (`tasuki agent`; service
+//! managers do not restart it), 130 cancelled.
 
 mod daemon;
 mod demo;
@@ -9,6 +10,7 @@ mod display;
 mod doctor;
 mod inputs;
 mod local_run;
+mod log_escape;
 mod logging;
 mod service;
 mod settings;
@@ -158,6 +160,9 @@ pub fn print_stdout(text: &str) {
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
+/// The hub gave the robot to another access key or another machine:
+/// restarting cannot help, so the installed units do not restart on it.
+pub const EXIT_DISPLACED: u8 = tasuki_installer::EXIT_DO_NOT_RESTART;
 pub const EXIT_CANCELLED: u8 = 130;
 
 fn main() -> ExitCode {

@@ -37,7 +37,7 @@ pub use drain::{DrainHandle, StopRequest};
 pub use error::InstallError;
 pub use launchd::render_launchd_plist;
 pub use spec::{DEFAULT_SERVICE_USER, Level, ServiceSpec};
-pub use systemd::render_systemd_unit;
+pub use systemd::{EXIT_DO_NOT_RESTART, render_systemd_unit};
 pub use windows_settings::{
     Recovery, WindowsServiceSettings, WindowsStartType, windows_service_settings,
 };

@@ -11,6 +11,10 @@ const RESTART_SEC: u32 = 5;
 /// Under memory pressure the kernel picks a supervised job (a browser, a
 /// shell step) before the agent that would report its failure.
 const OOM_SCORE_ADJUST: i32 = -500;
+/// The exit code with which the agent says that restarting it cannot help
+/// (its robot was given to another key or machine): the unit's
+/// `RestartPreventExitStatus=`.
+pub const EXIT_DO_NOT_RESTART: u8 = 3;
 /// Where `ProtectHome=yes` hides everything.
 const HOME_TREES: [&str; 3] = ["/home", "/root", "/run/user"];
 
@@ -46,6 +50,7 @@ pub fn render_systemd_unit(spec: &ServiceSpec) -> String {
     }
     lines.push("Restart=on-failure".into());
     lines.push(format!("RestartSec={RESTART_SEC}"));
+    lines.push(format!("RestartPreventExitStatus={EXIT_DO_NOT_RESTART}"));
     lines.push(format!(
         "TimeoutStopSec={}",
         whole_seconds(spec.stop_timeout)
@@ -210,6 +215,7 @@ mod tests {
             "Group=tasuki",
             "Restart=on-failure",
             "RestartSec=5",
+            "RestartPreventExitStatus=3",
             "TimeoutStopSec=630",
             "KillMode=mixed",
             "OOMScoreAdjust=-500",
@@ -243,6 +249,7 @@ mod tests {
         for line in [
             "Restart=on-failure",
             "RestartSec=5",
+            "RestartPreventExitStatus=3",
             "TimeoutStopSec=630",
             "KillMode=mixed",
             "NoNewPrivileges=yes",

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{CallError, backoff};
+use super::client::{CallError, ROBOT_NAME_TAKEN, ROBOT_OF_ANOTHER_KEY, backoff};
 use super::metrics::Sampler;
 use super::session::{self, Outcome, SessionEnv};
 use super::ship;
@@ -99,9 +99,15 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         r = client.register(&opts.register, &stop) => r,
         _ = state.drain_started.cancelled() => return Ok(()),
     };
+    if let Err(e) = &registered
+        && let Some(displaced) = displacement(client.robot(), e)
+    {
+        tracing::error!("{displaced}");
+        return Err(displaced.into());
+    }
     match registered {
         Ok(r) => {
-            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %client.base_url(), "registered; waiting for sessions")
+            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %crate::settings::masked_url(client.base_url()), "registered; waiting for sessions")
         }
         Err(e) => anyhow::bail!("cannot register with the hub: {e}"),
     }
@@ -109,6 +115,9 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     // Spools an earlier run left behind are delivered beside new work;
     // they are listed before this run prepares directories of its own.
     {
+        // The agent's alone, and made 0755 by versions before 0700.
+        super::private_fs::tighten(&env.spool_root());
+        super::private_fs::tighten(&env.sessions_root());
         let leftovers = ship::leftover_spools(&env.spool_root());
         super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
         env.scratch.refill();
@@ -190,23 +199,25 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             }
             Some(Err(e)) => {
                 env.metrics.poll_failed();
-                let delay = match &e {
-                    CallError::RateLimited(d) => *d,
-                    CallError::Rejected { code, .. } if code == "robot_not_registered" => {
+                let (e, registered_again) = match e {
+                    CallError::Rejected { ref code, .. } if code == "robot_not_registered" => {
                         // The hub lost the robot (a new database): register again.
                         match client.register(&opts.register, &stop).await {
-                            Ok(_) => Duration::ZERO,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot register again");
-                                delays.next().unwrap_or(super::client::MAX_DELAY)
-                            }
+                            Ok(_) => (e, true),
+                            Err(again) => (again, false),
                         }
                     }
-                    CallError::Rejected { code, message, .. } if code == "robot_name_taken" => {
-                        anyhow::bail!(
-                            "the hub gave this robot's name to another machine: {message}"
-                        );
-                    }
+                    e => (e, false),
+                };
+                if let Some(displaced) = displacement(client.robot(), &e) {
+                    tracing::error!("{displaced}");
+                    wind_down(&state, &mut sessions, &stop, opts.drain_grace).await;
+                    env.scratch.clear();
+                    return Err(displaced.into());
+                }
+                let delay = match &e {
+                    _ if registered_again => Duration::ZERO,
+                    CallError::RateLimited(d) => *d,
                     _ => delays.next().unwrap_or(super::client::MAX_DELAY),
                 };
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed");
@@ -226,6 +237,73 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     env.scratch.clear();
     stop.cancel();
     Ok(())
+}
+
+/// The hub gave this robot to someone else: no answer to a poll will
+/// change, so the agent stops (with `crate::EXIT_DISPLACED`) instead of
+/// retrying for ever.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Displaced {
+    #[error(
+        "robot `{0}` now belongs to another access key: a hub operator moved this robot to \
+         another access key (tasuki-hub robots transfer); register this machine under another \
+         name or ask the operator; this agent stops"
+    )]
+    ToAnotherKey(String),
+    #[error("robot `{0}` was registered from another machine with --replace; this agent stops")]
+    ByAnotherInstance(String),
+}
+
+/// Whether the hub's refusal of a poll or registration means the robot
+/// is no longer this agent's.
+pub fn displacement(robot: &str, e: &CallError) -> Option<Displaced> {
+    match e {
+        CallError::Rejected { code, .. } if code == ROBOT_OF_ANOTHER_KEY => {
+            Some(Displaced::ToAnotherKey(robot.to_string()))
+        }
+        CallError::Rejected { code, .. } if code == ROBOT_NAME_TAKEN => {
+            Some(Displaced::ByAnotherInstance(robot.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// How long sessions still shipping get once the drain grace is over.
+const SHIP_GRACE: Duration = Duration::from_secs(30);
+
+/// Takes no more work and lets the running sessions end as the hub
+/// answers them (a drain: past its grace they are cancelled); sessions
+/// whose reports the hub still refuses after that are abandoned.
+async fn wind_down(
+    state: &State,
+    sessions: &mut JoinSet<()>,
+    stop: &CancellationToken,
+    grace: Duration,
+) {
+    let running = state.running().len();
+    if running > 0 {
+        tracing::info!(
+            sessions = running,
+            "waiting for the running sessions to end"
+        );
+    }
+    state.draining.store(true, Ordering::SeqCst);
+    state.drain_started.cancel();
+    let all_ended = async {
+        while let Some(done) = sessions.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a session task failed");
+            }
+        }
+    };
+    tokio::select! {
+        _ = all_ended => {}
+        _ = tokio::time::sleep(grace + SHIP_GRACE) => {
+            stop.cancel();
+            while sessions.join_next().await.is_some() {}
+        }
+    }
+    stop.cancel();
 }
 
 fn handle(
@@ -412,4 +490,42 @@ pub fn new_id() -> String {
         bytes.copy_from_slice(&nanos.to_le_bytes());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: u16, code: &str) -> CallError {
+        CallError::Rejected {
+            status,
+            code: code.into(),
+            message: "the hub's words".into(),
+        }
+    }
+
+    #[test]
+    fn a_robot_given_to_another_key_or_machine_is_displaced() {
+        assert_eq!(
+            displacement("r1", &rejected(403, "robot_of_another_key")),
+            Some(Displaced::ToAnotherKey("r1".into()))
+        );
+        assert_eq!(
+            displacement("r1", &rejected(409, "robot_name_taken")),
+            Some(Displaced::ByAnotherInstance("r1".into()))
+        );
+        let to_key = Displaced::ToAnotherKey("r1".into()).to_string();
+        assert!(
+            to_key.contains("tasuki-hub robots transfer") && to_key.contains("another name"),
+            "{to_key}"
+        );
+        for passing in [
+            rejected(404, "robot_not_registered"),
+            rejected(409, "lease_lost"),
+            CallError::Auth("invalid_token: expired".into()),
+            CallError::Transient("connection refused".into()),
+        ] {
+            assert_eq!(displacement("r1", &passing), None, "{passing}");
+        }
+    }
 }

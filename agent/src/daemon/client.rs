@@ -2,6 +2,7 @@
 //! protocol, and retries calmly: jittered exponential backoff for network
 //! errors and 5xx, `Retry-After` for 429, one immediate re-sign for 401.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ const TOKEN_SECONDS: i64 = 600;
 const RESIGN_BEFORE_SECONDS: i64 = 60;
 /// Any call but a poll gives up after this long without an answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The hub's 403 code for a robot registered under another access key.
+pub const ROBOT_OF_ANOTHER_KEY: &str = "robot_of_another_key";
+/// The hub's 409 code for a robot name registered by another instance.
+pub const ROBOT_NAME_TAKEN: &str = "robot_name_taken";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -111,7 +116,8 @@ impl HubClient {
         creds: &Credentials,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<HubClient> {
-        let http = reqwest::Client::builder()
+        let http = hub_http(config)
+            .map_err(anyhow::Error::msg)?
             // Small request/response exchanges: Nagle plus delayed ACKs
             // would add 40 ms to some.
             .tcp_nodelay(true)
@@ -136,6 +142,11 @@ impl HubClient {
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// The robot's name on the hub.
+    pub fn robot(&self) -> &str {
+        &self.robot
     }
 
     /// One attempt of one call.
@@ -205,6 +216,13 @@ impl HubClient {
             .unwrap_or_else(|| (String::new(), status.to_string()));
         Err(match status.as_u16() {
             429 => CallError::RateLimited(Duration::from_secs(retry_after.unwrap_or(1))),
+            // The key is fine but the robot is another key's: signing
+            // afresh or waiting cannot change that.
+            403 if code == ROBOT_OF_ANOTHER_KEY => CallError::Rejected {
+                status: 403,
+                code,
+                message,
+            },
             401 | 403 => CallError::Auth(format!("{code}: {message}")),
             409 if code == LEASE_LOST => CallError::LeaseLost(message),
             s if status.is_server_error() || s == 408 => {
@@ -424,6 +442,68 @@ impl HubClient {
     }
 }
 
+/// An HTTP client builder for the hub: the system's trust roots plus
+/// `control_plane.ca_file`'s. Certificates are always verified; there is
+/// deliberately no way to turn that off.
+pub fn hub_http(config: &Settings) -> Result<reqwest::ClientBuilder, String> {
+    let builder = reqwest::Client::builder();
+    Ok(match &config.ca_file {
+        Some(path) => builder.tls_certs_merge(read_ca_file(path)?),
+        None => builder,
+    })
+}
+
+/// The certificates in a PEM file (`control_plane.ca_file`), checked as
+/// trust roots.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| {
+        format!(
+            "{shown} is not a PEM file of certificates: {}",
+            describe(&e)
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown} holds no certificate (a PEM file of `-----BEGIN CERTIFICATE-----` blocks)"
+        ));
+    }
+    // Building a client parses each one as a trust root.
+    reqwest::Client::builder()
+        .tls_certs_merge(certs.clone())
+        .build()
+        .map_err(|e| {
+            format!(
+                "{shown}: a certificate in it is not a usable CA: {}",
+                describe(&e)
+            )
+        })?;
+    Ok(certs)
+}
+
+/// A warning when the hub's URL is plain `http://` to a host that is not
+/// this machine: poll answers carry secret params, readable on the way.
+pub fn plain_http_warning(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "http" {
+        return None;
+    }
+    let host = parsed.host_str()?;
+    let loopback = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    (!loopback).then(|| {
+        format!(
+            "the hub's URL {} is plain http:// to another machine: sessions' secret params and \
+             the robot's tokens cross the network unencrypted; use https:// (tasuki-hub's TLS or a \
+             reverse proxy), with control_plane.ca_file for a private CA",
+            crate::settings::masked_url(url)
+        )
+    })
+}
+
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, CallError> {
     serde_json::to_vec(value).map_err(|e| CallError::Rejected {
         status: 0,
@@ -490,6 +570,37 @@ mod tests {
 
     fn claims_of(token: &str) -> Claims {
         jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token).expect("a JWT")
+    }
+
+    #[test]
+    fn plain_http_is_warned_about_unless_the_hub_is_this_machine() {
+        for quiet in [
+            "http://127.0.0.1:8080",
+            "http://127.8.9.1",
+            "http://localhost:8080/",
+            "http://[::1]:8080",
+            "https://hub.example.com",
+            "https://10.0.0.5:8443",
+        ] {
+            assert_eq!(plain_http_warning(quiet), None, "{quiet}");
+        }
+        for loud in [
+            "http://hub.example.com",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]:8080",
+            "http://localhost.example.com",
+        ] {
+            let w = plain_http_warning(loud).unwrap_or_default();
+            assert!(
+                w.contains("plain http://") && w.contains("https://"),
+                "{loud}: {w}"
+            );
+        }
+        let w = plain_http_warning("http://robot:hunter2@hub.example.com").unwrap_or_default();
+        assert!(
+            w.contains("***@hub.example.com") && !w.contains("hunter2"),
+            "{w}"
+        );
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct Registration {
     pub control_plane: ControlPlane,
     pub credentials_file: PathBuf,
     pub work_dir: Option<PathBuf>,
+    /// `control_plane.ca_file`, when given to `register`.
+    pub ca_file: Option<PathBuf>,
 }
 
 const NEW_CONFIG_HEADER: &str = "# The Tasuki agent's config. `tasuki register` sets [control_plane] and\n\
@@ -152,6 +154,10 @@ pub fn write_registration(path: &Path, registration: &Registration) -> Result<()
         "audience",
         r.audience.as_str().into(),
     );
+    if let Some(ca) = &registration.ca_file {
+        let ca = ca.display().to_string();
+        set(&mut doc, "control_plane", "ca_file", ca.as_str().into());
+    }
     let creds = registration.credentials_file.display().to_string();
     set(&mut doc, "credentials", "file", creds.as_str().into());
     if let Some(w) = &registration.work_dir {

@@ -6,6 +6,7 @@
 //! - `session.rs`: one leased session, from ack to report.
 //! - `ship.rs`: the log spool and the shipper.
 //! - `metrics.rs`: host metrics for the heartbeat.
+//! - `private_fs.rs`: folders 0700 and files 0600, the agent's alone.
 //! - `health.rs`: Prometheus metrics, `/healthz` and `/metrics`.
 //! - the settings are read by `crate::settings`.
 
@@ -15,6 +16,7 @@ mod client;
 mod config;
 mod health;
 mod metrics;
+mod private_fs;
 mod scratch;
 mod session;
 mod ship;
@@ -30,11 +32,11 @@ use tasuki_actions::{ExecOptions, Registry};
 use tasuki_protocol::{HostFacts, RegisterRobot};
 use tokio_util::sync::CancellationToken;
 
-pub use client::{CallError, HubClient};
+pub use client::{CallError, HubClient, hub_http, plain_http_warning, read_ca_file};
 use config::Registration;
 pub use config::{Credentials, default_config_path, default_work_dir};
 
-use crate::settings::{Settings, SettingsArgs};
+use crate::settings::{Settings, SettingsArgs, masked_url};
 
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK};
 
@@ -69,6 +71,10 @@ pub struct RegisterArgs {
     /// Sessions' working directories and the log spool.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// A PEM file of the private CA that signed the hub's TLS certificate
+    /// (recorded as `control_plane.ca_file`).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Take the name over from another machine that registered it.
     #[arg(long)]
     pub replace: bool,
@@ -104,7 +110,9 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| {
+            crate::log_escape::Escaping::new(std::io::stderr(), crate::log_escape::Style::Plain)
+        })
         .with_ansi(false)
         .with_target(false)
         .try_init();
@@ -175,6 +183,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         },
         credentials_file: absolute(&creds_path),
         work_dir: args.work_dir.as_deref().map(absolute),
+        ca_file: args.ca_file.as_deref().map(absolute),
     };
     // The file as it will be: what is already in it, with the
     // registration set over it.
@@ -229,7 +238,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         Err(_) => {
             eprintln!(
                 "error: the hub at {} did not answer within 30 s",
-                config.control_plane.url
+                masked_url(&config.control_plane.url)
             );
             return Ok(EXIT_FAILED);
         }
@@ -243,7 +252,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
         registered.robot_id,
-        config.control_plane.url,
+        masked_url(&config.control_plane.url),
         config_path.display(),
         creds_path.display(),
         config_path.display()
@@ -356,6 +365,7 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
+    forbid_memory_reads();
     let _log_files = match crate::logging::init(&config) {
         Ok(guard) => guard,
         Err(e) => {
@@ -374,6 +384,9 @@ fn run_agent(args: AgentArgs) -> u8 {
         eprintln!("error: the credentials hold no secret");
         return EXIT_INVALID;
     }
+    if let Some(warning) = plain_http_warning(&config.control_plane.url) {
+        tracing::warn!("{warning}");
+    }
     let metrics = Arc::new(health::Metrics::new());
     let client = match client::HubClient::new(&config, &creds, metrics.clone()) {
         Ok(c) => Arc::new(c),
@@ -383,7 +396,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         }
     };
     let work_dir = config.work_dir.clone();
-    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+    if let Err(e) = private_fs::create_dir_all(&work_dir) {
         eprintln!(
             "error: cannot create the work dir {}: {e}",
             work_dir.display()
@@ -424,6 +437,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         work_dir,
         artifacts_dir: config.artifacts_dir.clone(),
         metrics: metrics.clone(),
+        robot_secret: creds.secret_access_key.clone(),
     });
     let opts = agent::AgentOptions {
         max_concurrency: config.control_plane.max_concurrency,
@@ -456,7 +470,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         let served = runtime.block_on(health::serve(
             addr,
             metrics,
-            config.control_plane.url.clone(),
+            masked_url(&config.control_plane.url),
             config.control_plane.name.clone(),
         ));
         match served {
@@ -469,9 +483,24 @@ fn run_agent(args: AgentArgs) -> u8 {
     }
     match runtime.block_on(agent::run(env, opts)) {
         Ok(()) => EXIT_OK,
+        // Logged when it happened.
+        Err(e) if e.is::<agent::Displaced>() => crate::EXIT_DISPLACED,
         Err(e) => {
             tracing::error!("{e:#}");
             EXIT_FAILED
         }
+    }
+}
+
+/// Linux: makes the agent non-dumpable before it reads its credentials, so
+/// that processes of the same user (a step's shell among them) cannot read
+/// its memory or environment through `/proc/<pid>/mem`, `environ` or
+/// ptrace; root still can. It also means the agent leaves no core dump.
+/// Elsewhere there is no such switch: the credentials file's mode and the
+/// masking are what protect the secret.
+fn forbid_memory_reads() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("warning: cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}");
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::private_fs;
 use super::ship::LOGS_FILE;
 
 const PREFIX: &str = "scratch-";
@@ -116,19 +117,19 @@ impl ScratchPool {
                 self.next.fetch_add(1, Ordering::Relaxed)
             );
             let spool_dir = self.spool_root.join(&name);
-            match fs::create_dir(&spool_dir) {
+            match private_fs::create_dir(&spool_dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(&spool_dir)?;
+                    private_fs::create_dir_all(&spool_dir)?;
                 }
                 Err(e) => return Err(e),
             }
             let work_dir = self.work_root.join(&name);
             let artifacts_dir = self.artifacts_root.join(&name);
-            let made = File::create(spool_dir.join(LOGS_FILE)).and_then(|logs| {
-                fs::create_dir_all(&work_dir)?;
-                fs::create_dir_all(&artifacts_dir)?;
+            let made = private_fs::create_file(&spool_dir.join(LOGS_FILE)).and_then(|logs| {
+                private_fs::create_dir_all(&work_dir)?;
+                private_fs::create_dir_all(&artifacts_dir)?;
                 Ok(logs)
             });
             return match made {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
 use tasuki_actions::language::params::{ParamInputs, bind_params};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
@@ -42,6 +43,9 @@ pub struct SessionEnv {
     pub artifacts_dir: PathBuf,
     pub options: ExecOptions,
     pub metrics: Arc<Metrics>,
+    /// The robot's own secret access key: masked in everything a session
+    /// produces, like a secret param, should a step get hold of it.
+    pub robot_secret: SecretString,
 }
 
 impl SessionEnv {
@@ -118,7 +122,7 @@ pub async fn run(
         session_id: id,
         lease_id: lease.lease_id.clone(),
     };
-    let (workflow, params) = match prepared {
+    let (workflow, mut params) = match prepared {
         Ok(p) => p,
         Err((code, message)) => {
             let spool =
@@ -141,6 +145,9 @@ pub async fn run(
             return outcome.into();
         }
     };
+    params
+        .secret_values
+        .push(env.robot_secret.expose_secret().to_string());
     let scratch = match env.scratch.take() {
         Ok(s) => s,
         Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,

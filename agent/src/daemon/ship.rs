@@ -118,7 +118,7 @@ impl Spool {
         finishing: Arc<AtomicBool>,
     ) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
-        std::fs::create_dir_all(&dir)?;
+        super::private_fs::create_dir_all(&dir)?;
         write_lease(&dir, &lease)?;
         Ok(Spool::adopt(dir, lease, finishing))
     }
@@ -170,7 +170,7 @@ impl Spool {
 /// Records whose spool `dir` is, for an agent that starts after a crash.
 pub fn write_lease(dir: &Path, lease: &SpoolLease) -> std::io::Result<()> {
     let text = serde_json::to_vec(lease).map_err(std::io::Error::other)?;
-    std::fs::write(dir.join(LEASE_FILE), text)
+    super::private_fs::write(&dir.join(LEASE_FILE), &text)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -572,7 +572,7 @@ pub async fn ship(
         {
             let report = finish_report(&spool.lease, report);
             if let Ok(text) = serde_json::to_vec(&report) {
-                let _ = std::fs::write(spool.dir.join(FINISH_FILE), text);
+                let _ = super::private_fs::write(&spool.dir.join(FINISH_FILE), &text);
             }
             final_report = Some(report);
         }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use value::Value;
+pub use value::{Value, masked_url};
 
 /// Where an effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +243,16 @@ impl Effective {
                 None => {}
             }
         }
+        // Read now, so that a wrong file is refused where it was named.
+        if let Some((Value::Path(ca), origin)) = values.get("control_plane.ca_file")
+            && let Err(message) = crate::daemon::read_ca_file(ca)
+        {
+            problems.push(Problem {
+                place: origin.to_string(),
+                key: Some("control_plane.ca_file".into()),
+                message,
+            });
+        }
         if problems.is_empty() {
             Ok(Effective {
                 config_path: path.to_path_buf(),
@@ -365,6 +375,7 @@ impl Effective {
                 issuer: self.text("control_plane.issuer"),
                 audience: self.text("control_plane.audience"),
             },
+            ca_file: self.path("control_plane.ca_file"),
             credentials_file: self.path("credentials.file").unwrap_or_default(),
             chromium: self.path("browser.chromium"),
             chromedriver: self.path("browser.chromedriver"),
@@ -408,6 +419,8 @@ pub struct ControlPlane {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub control_plane: ControlPlane,
+    /// `control_plane.ca_file`: a private CA for the hub's TLS.
+    pub ca_file: Option<PathBuf>,
     pub credentials_file: PathBuf,
     pub chromium: Option<PathBuf>,
     pub chromedriver: Option<PathBuf>,

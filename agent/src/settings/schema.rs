@@ -6,10 +6,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Text,
-    /// An `http://` or `https://` URL.
+    /// An `http://` or `https://` URL. Any `user:password@` in it is
+    /// masked wherever it is shown.
     Url,
-    /// An optional `http://` or `https://` URL that may carry credentials.
-    SecretUrl,
     RobotName,
     /// Robot labels: a list, each checked by the protocol's rules.
     Labels,
@@ -87,6 +86,12 @@ pub const KEYS: &[Key] = &[
         "the `aud` of the tokens the agent signs",
     ),
     key(
+        "control_plane.ca_file",
+        Kind::Path,
+        "a PEM file of the private CA that signed the hub's TLS certificate, trusted beside \
+         the system's roots",
+    ),
+    key(
         "credentials.file",
         Kind::Path,
         "the credentials file (mode 0600) that `tasuki register` wrote",
@@ -103,7 +108,7 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "browser.remote_webdriver",
-        Kind::SecretUrl,
+        Kind::Url,
         "a remote WebDriver (Selenium Grid) to use instead of a local driver",
     ),
     key(

@@ -290,6 +290,65 @@ fn show_masks_credentials_and_says_where_each_value_came_from() {
 }
 
 #[test]
+fn show_masks_the_password_in_the_hub_url() {
+    let case = Case::new(&GOOD.replace(
+        "http://127.0.0.1:8080",
+        "https://robot:hunter2@hub.example:8443/base",
+    ));
+    let shown = case.load().expect("valid").show();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("robot:"), "{shown}");
+    assert!(
+        shown.contains("control_plane.url = \"https://***@hub.example:8443/base\""),
+        "{shown}"
+    );
+}
+
+/// A self-signed CA certificate (EC P-256, valid until 2126), for
+/// `control_plane.ca_file`.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBrDCCAVGgAwIBAgIUfR/PK8VaPdiXWcEPRsmjUPe+HMkwCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXVGFzdWtpIHNldHRpbmdzIHRlc3QgQ0EwIBcNMjYxMjA0MTQy\nMzI2WhgPMjEyNjExMTAxNDIzMjZaMCIxIDAeBgNVBAMMF1Rhc3VraSBzZXR0aW5n\ncyB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAES4JWkmsKrNERkuab\nCEORTFq/BsGAb7cW1En0em//AE08+yNH0f8LieYlTS0pRhXhoEFhstGpNMrbdsd/\nIyoXqqNjMGEwHQYDVR0OBBYEFIfrR1TvnEUJDnXaKpe1NDy4q8AWMB8GA1UdIwQY\nMBaAFIfrR1TvnEUJDnXaKpe1NDy4q8AWMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0P\nAQH/BAQDAgEGMAoGCCqGSM49BAMCA0kAMEYCIQDas1xPyWnq0C0u07q0YAbfl7qc\ngzUCUFEzr8GKW4zSfgIhAI09FTfDWEwhZUcWIuMajKc9uuTP6569xjqJ0mUMPSAB\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn a_ca_file_is_read_and_a_bad_one_is_refused_where_it_was_set() {
+    let case = Case::new(GOOD);
+    std::fs::write(case.dir.path().join("ca.pem"), CA_PEM).expect("write the CA");
+    std::fs::write(case.dir.path().join("not-a-ca.pem"), "hello\n").expect("write");
+    std::fs::write(
+        case.dir.path().join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let with = |file: &str| {
+        let config = GOOD.replace(
+            "name = \"robot-1\"",
+            &format!("name = \"robot-1\"\nca_file = \"{file}\""),
+        );
+        std::fs::write(case.path(), config).expect("write config");
+    };
+
+    // Relative to the config file, like every path in it.
+    with("ca.pem");
+    let settings = case.load().expect("a good CA file").settings();
+    assert_eq!(settings.ca_file, Some(case.dir.path().join("ca.pem")));
+    // `ca_file` is on line 5, after `name`.
+    for (file, says) in [
+        ("not-a-ca.pem", "holds no certificate"),
+        ("broken.pem", "broken.pem"),
+        ("missing.pem", "cannot read"),
+    ] {
+        with(file);
+        let problems = case.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert!(
+            p.contains("agent.toml:5: `control_plane.ca_file`") && p.contains(file),
+            "{p}"
+        );
+        assert!(p.contains(says), "{p}");
+    }
+}
+
+#[test]
 fn an_allow_list_pattern_that_matches_nothing_names_where_it_was_set() {
     let case = Case::new(&format!(
         "{GOOD}\n[behaviour]\nallowed_actions = [\"brwoser.*\"]\n"

@@ -62,9 +62,7 @@ pub fn from_toml(kind: Kind, value: &toml::Value, base: &Path) -> Result<Value, 
 /// relative paths are relative to `base` (the current directory).
 pub fn from_text(kind: Kind, text: &str, base: &Path) -> Result<Value, String> {
     let value = match kind {
-        Kind::Text | Kind::Url | Kind::SecretUrl | Kind::RobotName | Kind::Choice(_) => {
-            Value::Text(text.to_string())
-        }
+        Kind::Text | Kind::Url | Kind::RobotName | Kind::Choice(_) => Value::Text(text.to_string()),
         Kind::Labels | Kind::List => Value::List(
             text.split(',')
                 .map(str::trim)
@@ -124,7 +122,7 @@ pub fn from_text(kind: Kind, text: &str, base: &Path) -> Result<Value, String> {
 
 fn check(kind: Kind, value: Value) -> Result<Value, String> {
     match (&kind, &value) {
-        (Kind::Url | Kind::SecretUrl, Value::Text(url)) => {
+        (Kind::Url, Value::Text(url)) => {
             let host = url
                 .strip_prefix("http://")
                 .or_else(|| url.strip_prefix("https://"));
@@ -163,12 +161,12 @@ fn check(kind: Kind, value: Value) -> Result<Value, String> {
 }
 
 impl Value {
-    /// As `tasuki config show` prints it: TOML-like, credentials in URLs
-    /// masked.
+    /// As `tasuki config show` prints it: TOML-like, credentials in every
+    /// URL masked (the hub's URL as much as a WebDriver's).
     pub fn shown(&self, kind: Kind) -> String {
         let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
         match self {
-            Value::Text(s) if kind == Kind::SecretUrl => quote(&masked_url(s)),
+            Value::Text(s) if kind == Kind::Url => quote(&masked_url(s)),
             Value::Text(s) => quote(s),
             Value::List(l) => format!(
                 "[{}]",

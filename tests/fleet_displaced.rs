@@ -1,0 +1,52 @@
+//! A displaced agent stops: when its robot's name is registered by another
+//! machine (`tasuki register --replace`), the old agent's polls are refused
+//! for good, and it exits with its own code and says why, instead of
+//! retrying for ever. Real hub, real agents.
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::time::Duration;
+
+use fleet_support::*;
+use hub_support::*;
+
+/// `tasuki`'s exit code for a robot given to another key or machine
+/// (agent/src/main.rs), which systemd does not restart.
+const EXIT_DISPLACED: i32 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_robot_is_registered_elsewhere_with_replace_exits_with_its_code() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    // Polls held 2 s: the one outstanding when the name moves ends soon.
+    let hub = Hub::start_with(
+        &scratch,
+        &["--quota-per-robot", "1000000", "--hold-seconds", "2"],
+    );
+    let first = Robot::new(scratch.dir.path(), "moving");
+    first.register_ok(&hub, &key, &[]);
+    let mut agent = first.start(&[]);
+
+    let other_machine = scratch.dir.path().join("other-machine");
+    let second = Robot::new(&other_machine, "moving");
+    second.register_ok(&hub, &key, &["--replace"]);
+
+    let status = agent.wait(Duration::from_secs(15));
+    let log = agent.log();
+    let status = status.unwrap_or_else(|| panic!("the displaced agent kept running:\n{log}"));
+    assert_eq!(status.code(), Some(EXIT_DISPLACED), "{log}");
+    assert!(
+        log.contains(
+            "robot `moving` was registered from another machine with --replace; this agent stops"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("this agent stops").count(),
+        1,
+        "said once:\n{log}"
+    );
+}
