@@ -85,15 +85,24 @@ pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbE
     .transpose()
 }
 
-/// Leases a queued session to a robot, in answer to its poll `poll_id`:
-/// the session is `running` on that robot from now on, because the poll's
-/// free slot was the robot's acceptance. `None` when someone else got it
-/// first.
+/// The robot a poll speaks for, as it was when the poll was checked.
+pub struct Poller<'a> {
+    pub robot_id: i64,
+    pub key_id: &'a str,
+    pub instance_id: &'a str,
+    pub poll_id: &'a str,
+}
+
+/// Leases a queued session to a robot, in answer to its poll: the session
+/// is `running` on that robot from now on, because the poll's free slot
+/// was the robot's acceptance. `None` when someone else got it first, or
+/// when the robot is no longer the poller's (an operator moved it to
+/// another key, another machine took the name over, or it was deleted
+/// while the poll waited).
 pub fn grant(
     conn: &Connection,
     session_id: i64,
-    robot_id: i64,
-    poll_id: &str,
+    poller: &Poller<'_>,
     lease_id: &str,
     now_ms: i64,
     ttl_ms: i64,
@@ -102,14 +111,18 @@ pub fn grant(
         "UPDATE session_queues
          SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
              robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
-         WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL",
+         WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL
+           AND EXISTS (SELECT 1 FROM robots
+                       WHERE id = ?2 AND key_id = ?7 AND instance_id = ?8)",
         params![
             session_id,
-            robot_id,
+            poller.robot_id,
             lease_id,
-            poll_id,
+            poller.poll_id,
             now_ms,
-            now_ms + ttl_ms
+            now_ms + ttl_ms,
+            poller.key_id,
+            poller.instance_id
         ],
     )?;
     if changed == 0 {

@@ -121,6 +121,14 @@ const MIGRATIONS: &[&str] = &[
     WHERE status = 'queued' AND lease_id IS NOT NULL;
     ALTER TABLE session_queues RENAME COLUMN lease_acked TO lease_confirmed;
     "#,
+    // 4: a robot belongs to the key that registered it, and moves to
+    // another key only by an operator's `tasuki-hub robots transfer`, which
+    // records the key it came from (so that key's agent is told why it is
+    // refused). Robots are counted per key for the quota and the limit.
+    r#"
+    ALTER TABLE robots ADD COLUMN moved_from_key_id TEXT;
+    CREATE INDEX robots_by_key ON robots (key_id);
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {

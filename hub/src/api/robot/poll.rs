@@ -48,6 +48,8 @@ pub async fn poll(
                 let want = Want {
                     robot_id,
                     name: robot.name,
+                    key_id: robot.key_id,
+                    instance_id: robot.instance_id,
                     poll_id: req.poll_id,
                     free_slots: req.free_slots,
                     max_concurrency: robot.max_concurrency,
