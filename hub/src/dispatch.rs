@@ -14,7 +14,7 @@
 //! order is always connection, then waiters.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use tasuki_protocol::Lease;
@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::db::DbError;
 use crate::db::leases::{self, Load, Needs};
-use crate::secrets::new_lease_id;
+use crate::secrets::{MasterKey, new_lease_id};
 
 /// Why a waiting poll is answered.
 #[derive(Debug)]
@@ -114,13 +114,16 @@ pub struct Dispatcher {
     waiters: Mutex<Waiters>,
     /// A new lease lives this long unless the robot's next poll renews it.
     lease_ttl_ms: i64,
+    /// Opens the secret params that a lease carries.
+    master: Arc<MasterKey>,
 }
 
 impl Dispatcher {
-    pub fn new(lease_ttl_ms: i64) -> Dispatcher {
+    pub fn new(lease_ttl_ms: i64, master: Arc<MasterKey>) -> Dispatcher {
         Dispatcher {
             waiters: Mutex::default(),
             lease_ttl_ms,
+            master,
         }
     }
 
@@ -144,6 +147,7 @@ impl Dispatcher {
             session_id,
             &poller,
             &lease_id,
+            &self.master,
             now_ms,
             self.lease_ttl_ms,
         )

@@ -38,7 +38,7 @@ pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota};
 /// What every request handler shares.
 pub struct Hub {
     pub db: Db,
-    pub master: MasterKey,
+    pub master: Arc<MasterKey>,
     /// The `iss` and `aud` every token must carry.
     pub issuer: String,
     pub audience: String,
@@ -93,15 +93,16 @@ impl Hub {
         audience: String,
         timings: Timings,
     ) -> Hub {
+        let master = Arc::new(master);
         Hub {
             db,
+            dispatch: Dispatcher::new(timings.lease_ttl_ms(), master.clone()),
             master,
             issuer,
             audience,
             quota: quota::Quota::new(quota::CALLS_PER_ROBOT_PER_MINUTE),
             max_robots_per_key: quota::DEFAULT_MAX_ROBOTS_PER_KEY,
             registry: Registry::builtin(),
-            dispatch: Dispatcher::new(timings.lease_ttl_ms()),
             timings,
         }
     }

@@ -10,7 +10,8 @@ use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
 
-use super::{DbError, parse_json};
+use super::{DbError, parse_json, secret_params};
+use crate::secrets::MasterKey;
 
 /// What a robot must be to take a session.
 #[derive(Debug, Clone)]
@@ -104,6 +105,7 @@ pub fn grant(
     session_id: i64,
     poller: &Poller<'_>,
     lease_id: &str,
+    master: &MasterKey,
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
@@ -128,7 +130,7 @@ pub fn grant(
     if changed == 0 {
         return Ok(None);
     }
-    lease_of(conn, session_id)
+    lease_of(conn, session_id, master)
 }
 
 /// What became of a session whose lease was taken back.
@@ -196,6 +198,7 @@ pub fn offered_by_poll(
     conn: &Connection,
     robot_id: i64,
     poll_id: &str,
+    master: &MasterKey,
 ) -> Result<Vec<Lease>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM session_queues
@@ -208,15 +211,21 @@ pub fn offered_by_poll(
         .collect::<Result<_, _>>()?;
     let mut leases = Vec::new();
     for id in ids {
-        leases.extend(lease_of(conn, id)?);
+        leases.extend(lease_of(conn, id, master)?);
     }
     Ok(leases)
 }
 
-fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError> {
+/// The lease as the robot receives it: the one place secret params are
+/// opened.
+fn lease_of(
+    conn: &Connection,
+    session_id: i64,
+    master: &MasterKey,
+) -> Result<Option<Lease>, DbError> {
     let row = conn
         .row_cached(
-            "SELECT s.lease_id, s.params, w.id, w.name,
+            "SELECT s.lease_id, s.params, s.secrets_sealed, w.id, w.name,
                     w.single_process_mode, w.source_format, w.source
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
@@ -225,20 +234,24 @@ fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
                     r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
                 ))
             },
         )
         .optional()?;
-    let Some((lease_id, params, wid, wname, spm, format, source)) = row else {
+    let Some((lease_id, params, sealed, wid, wname, spm, format, source)) = row else {
         return Ok(None);
     };
-    let params: Map<String, Value> =
+    let mut params: Map<String, Value> =
         parse_json(&format!("session queue {session_id}: params"), &params)?;
+    if let Some(sealed) = sealed {
+        secret_params::open_into(master, session_id, &sealed, &mut params)?;
+    }
     Ok(Some(Lease {
         session_id,
         lease_id,

@@ -41,7 +41,8 @@ pub async fn poll(
                 let lost =
                     leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
                 let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
-                let mut offered = leases::offered_by_poll(conn, robot_id, &req.poll_id)?;
+                let mut offered =
+                    leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
                 if !lost.is_empty() || !cancel.is_empty() || !offered.is_empty() {
                     return Ok(Ok(response(offered, cancel, lost)));
                 }
