@@ -33,7 +33,7 @@ pub enum DbError {
         path: String,
         source: rusqlite::Error,
     },
-    #[error("cannot create the database {path} readable by its owner only: {source}")]
+    #[error("cannot create the database {path} readable by its owner only")]
     Files {
         path: String,
         source: std::io::Error,
