@@ -14,7 +14,7 @@
 //! order is always connection, then waiters.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use tasuki_protocol::Lease;
@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::db::DbError;
 use crate::db::leases::{self, Load, Needs};
-use crate::secrets::new_lease_id;
+use crate::secrets::{MasterKey, new_lease_id};
 
 /// Why a waiting poll is answered.
 #[derive(Debug)]
@@ -40,6 +40,10 @@ pub enum Wake {
 pub struct Want {
     pub robot_id: i64,
     pub name: String,
+    /// The key and machine the poll was checked for: a lease goes to the
+    /// poll only while the robot is still theirs.
+    pub key_id: String,
+    pub instance_id: String,
     pub poll_id: String,
     pub free_slots: u32,
     pub max_concurrency: u32,
@@ -110,13 +114,16 @@ pub struct Dispatcher {
     waiters: Mutex<Waiters>,
     /// A new lease lives this long unless the robot's next poll renews it.
     lease_ttl_ms: i64,
+    /// Opens the secret params that a lease carries.
+    master: Arc<MasterKey>,
 }
 
 impl Dispatcher {
-    pub fn new(lease_ttl_ms: i64) -> Dispatcher {
+    pub fn new(lease_ttl_ms: i64, master: Arc<MasterKey>) -> Dispatcher {
         Dispatcher {
             waiters: Mutex::default(),
             lease_ttl_ms,
+            master,
         }
     }
 
@@ -129,12 +136,18 @@ impl Dispatcher {
         now_ms: i64,
     ) -> Result<Option<Lease>, DbError> {
         let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+        let poller = leases::Poller {
+            robot_id: want.robot_id,
+            key_id: &want.key_id,
+            instance_id: &want.instance_id,
+            poll_id: &want.poll_id,
+        };
         leases::grant(
             conn,
             session_id,
-            want.robot_id,
-            &want.poll_id,
+            &poller,
             &lease_id,
+            &self.master,
             now_ms,
             self.lease_ttl_ms,
         )
@@ -216,9 +229,15 @@ impl Dispatcher {
                 return Ok(false);
             };
             let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)? else {
-                // Taken meanwhile; the waiter keeps waiting.
-                waiters.by_robot.insert(robot_id, waiter);
-                return Ok(false);
+                if leases::needs_of(conn, session_id)?.is_none() {
+                    // Taken meanwhile; the waiter keeps waiting.
+                    waiters.by_robot.insert(robot_id, waiter);
+                    return Ok(false);
+                }
+                // The session is still there, so the robot is no longer
+                // this poll's: the poll is answered empty (its channel is
+                // dropped), and the next robot is tried.
+                continue;
             };
             if send_or_withdraw(conn, waiter, lease, now_ms)? {
                 return Ok(true);

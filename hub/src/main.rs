@@ -5,6 +5,7 @@ mod api;
 mod db;
 mod dispatch;
 mod keys;
+mod robots;
 mod secrets;
 mod serve;
 mod store;
@@ -47,6 +48,11 @@ enum Command {
         #[arg(long, env = "TASUKI_HUB_QUOTA_PER_ROBOT", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(60..))]
         quota_per_robot: u64,
+        /// Robots one access key may register (each raises its quota).
+        #[arg(long, env = "TASUKI_HUB_MAX_ROBOTS_PER_KEY",
+              default_value_t = api::DEFAULT_MAX_ROBOTS_PER_KEY,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_robots_per_key: u64,
         /// How long a robot's poll is held when there is nothing to say;
         /// at most 25 s, since agents give up on a poll after 35 s.
         #[arg(long, env = "TASUKI_HUB_HOLD_SECONDS", default_value_t = 25,
@@ -62,6 +68,37 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Manage registered robots: a robot moves to another access key only
+    /// through `robots transfer`.
+    Robots {
+        #[command(subcommand)]
+        command: RobotsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotsCommand {
+    /// List robots with the key that owns each, as JSON.
+    List {
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
+    },
+    /// Give a robot to another access key (which needs the `robot` scope);
+    /// the old key's agent is refused from then on.
+    Transfer {
+        name: String,
+        /// The access key id that will own the robot.
+        #[arg(long)]
+        to_key: String,
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
+    },
+    /// Delete a robot; refused while it holds a lease on a session.
+    Delete {
+        name: String,
+        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+        db: PathBuf,
     },
 }
 
@@ -100,6 +137,7 @@ fn main() -> ExitCode {
             issuer,
             audience,
             quota_per_robot,
+            max_robots_per_key,
             hold_seconds,
             lease_ttl_seconds,
         } => run_server(serve::ServeOptions {
@@ -108,6 +146,7 @@ fn main() -> ExitCode {
             issuer,
             audience,
             quota_per_robot,
+            max_robots_per_key,
             timings: api::Timings {
                 hold_seconds,
                 lease_ttl_seconds,
@@ -117,6 +156,11 @@ fn main() -> ExitCode {
             KeysCommand::Create { scopes, db } => keys::create(&db, &scopes),
             KeysCommand::List { db } => keys::list(&db),
             KeysCommand::Delete { access_key_id, db } => keys::delete(&db, &access_key_id),
+        },
+        Command::Robots { command } => match command {
+            RobotsCommand::List { db } => robots::list(&db),
+            RobotsCommand::Transfer { name, to_key, db } => robots::transfer(&db, &name, &to_key),
+            RobotsCommand::Delete { name, db } => robots::delete(&db, &name),
         },
     };
     match result {

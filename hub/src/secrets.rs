@@ -5,7 +5,8 @@
 //! a file beside the database (`<db>.key`, mode 0600). A copy of the
 //! database alone (a backup, a stolen file) therefore reveals no secret.
 //! The access key id is the associated data, so a sealed secret moved onto
-//! another key's row fails to open.
+//! another key's row fails to open. Secret params of sessions are sealed
+//! the same way (`db::secret_params`).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -63,6 +64,15 @@ pub struct MasterKey {
 pub struct Sealed {
     pub nonce: Vec<u8>,
     pub ciphertext: Vec<u8>,
+}
+
+impl Sealed {
+    /// `nonce || ciphertext`, for a single column.
+    pub fn into_blob(self) -> Vec<u8> {
+        let mut blob = self.nonce;
+        blob.extend_from_slice(&self.ciphertext);
+        blob
+    }
 }
 
 impl MasterKey {
@@ -142,6 +152,8 @@ impl MasterKey {
         })
     }
 
+    /// Seals `secret`; `key_id` is the associated data, which opening must
+    /// repeat (an access key id, or what names a session's params).
     pub fn seal(&self, key_id: &str, secret: &[u8]) -> Result<Sealed, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Random)?;
@@ -172,6 +184,15 @@ impl MasterKey {
             .open_in_place(nonce, Aad::from(key_id.as_bytes()), &mut data)
             .map_err(|_| SealError::Open)?;
         Ok(plain.to_vec())
+    }
+
+    /// Opens what [`Sealed::into_blob`] made.
+    pub fn open_blob(&self, aad: &str, blob: &[u8]) -> Result<Vec<u8>, SealError> {
+        if blob.len() < NONCE_LEN {
+            return Err(SealError::Open);
+        }
+        let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
+        self.open(aad, nonce, ciphertext)
     }
 }
 

@@ -22,6 +22,7 @@ pub struct ServeOptions {
     pub issuer: String,
     pub audience: String,
     pub quota_per_robot: u64,
+    pub max_robots_per_key: u64,
     pub timings: api::Timings,
 }
 
@@ -46,6 +47,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let mut hub = Hub::new(db, master, opts.issuer, opts.audience, opts.timings);
     hub.quota = api::Quota::new(opts.quota_per_robot);
+    hub.max_robots_per_key = opts.max_robots_per_key;
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let listener = TcpListener::bind(opts.listen)

@@ -1,11 +1,12 @@
-//! Opening the database together with its master key, for `serve` and
-//! `keys` alike.
+//! Opening the database together with its master key, for `serve`,
+//! `keys` and `robots` alike; secret params an older hub left in clear are
+//! sealed here, the first moment both are at hand.
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use crate::db::{Db, keys};
+use crate::db::{Db, keys, secret_params};
 use crate::secrets::{KeyFileError, MasterKey, key_path};
 
 pub fn open(db_path: &Path) -> anyhow::Result<(Db, MasterKey)> {
@@ -16,11 +17,13 @@ pub fn open(db_path: &Path) -> anyhow::Result<(Db, MasterKey)> {
         Err(KeyFileError::Missing(_)) => {
             // A new master key would make every stored secret unreadable:
             // only make one while there is nothing sealed yet.
-            let sealed = db.with(|conn| keys::count(conn))?;
-            if sealed > 0 {
+            let (sealed_keys, sealed_params) =
+                db.with(|conn| Ok((keys::count(conn)?, secret_params::sealed_count(conn)?)))?;
+            if sealed_keys + sealed_params > 0 {
                 bail!(
-                    "the master key file {} is missing, but the database {} holds {sealed} \
-                     access key(s) sealed with it; restore the file from a backup (or delete \
+                    "the master key file {} is missing, but the database {} holds \
+                     {sealed_keys} access key(s) and the secret params of {sealed_params} \
+                     session(s) sealed with it; restore the file from a backup (or delete \
                      the database to start afresh)",
                     key_file.display(),
                     db_path.display()
@@ -30,5 +33,12 @@ pub fn open(db_path: &Path) -> anyhow::Result<(Db, MasterKey)> {
         }
         Err(e) => return Err(e).context("cannot use the master key"),
     };
+    let sealed = db.with(|conn| secret_params::seal_rows_left_in_clear(conn, &master))?;
+    if sealed > 0 {
+        tracing::info!(
+            sessions = sealed,
+            "sealed (or, for ended sessions, dropped) secret params an older hub stored in clear"
+        );
+    }
     Ok((db, master))
 }

@@ -117,6 +117,11 @@ pub struct RobotRegistered {
     pub name: String,
     pub hold_seconds: u64,
     pub lease_ttl_seconds: u64,
+    /// Every scope of the access key that registered the robot, so that
+    /// `tasuki register` can warn about a key that holds more than
+    /// `robot`. Empty from a hub older than this field.
+    #[serde(default)]
+    pub key_scopes: Vec<String>,
 }
 
 /// `GET /v1/robot/robots/{name}?instance_id=…`: the robot is registered

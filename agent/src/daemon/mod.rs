@@ -248,6 +248,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         config::give_to(&creds_path, owner).map_err(anyhow::Error::msg)?;
     }
     config::write_registration(&config_path, &registration)?;
+    warn_broad_key(&registered.key_scopes);
     crate::print_stdout(&format!(
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
@@ -258,6 +259,24 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         config_path.display()
     ));
     Ok(EXIT_OK)
+}
+
+/// A robot's key lives on the robot, where a workflow might read it: any
+/// scope beyond `robot` would then be the workflow author's too.
+fn warn_broad_key(key_scopes: &[String]) {
+    let beyond: Vec<&str> = key_scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != "robot")
+        .collect();
+    if !beyond.is_empty() {
+        eprintln!(
+            "warning: this access key also has the scopes {}, beyond `robot`. The key is \
+             stored on this machine, so a workflow that managed to read it could use those \
+             scopes too. Give robots a robot-only key: tasuki-hub keys create --scopes robot",
+            beyond.join(", ")
+        );
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

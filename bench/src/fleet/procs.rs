@@ -165,6 +165,9 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
             "127.0.0.1:0",
             "--quota-per-robot",
             "1000000",
+            // All the simulated robots share one key.
+            "--max-robots-per-key",
+            "1000000",
         ])
         .arg("--db")
         .arg(dir.join("hub.db"))

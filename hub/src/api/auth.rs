@@ -232,7 +232,8 @@ pub fn rate_limited(e: quota::Exceeded, robots: u64, per_robot: u64) -> ApiError
         "rate_limited",
         format!(
             "this access key made {} API calls in the last minute, the limit \
-             ({} per registered robot, {robots} registered, at least {}); retry after {} s",
+             ({} per robot this key registered, {robots} registered, at least {}); retry \
+             after {} s",
             e.limit, per_robot, per_robot, e.retry_after
         ),
     );

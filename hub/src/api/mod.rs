@@ -29,20 +29,22 @@ use tasuki_actions::Registry;
 use tasuki_protocol::Scopes;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::db::{Db, keys};
+use crate::db::{Db, keys, robots as stored_robots};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
 pub use error::ApiError;
-pub use quota::Quota;
+pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota};
 
 /// What every request handler shares.
 pub struct Hub {
     pub db: Db,
-    pub master: MasterKey,
+    pub master: Arc<MasterKey>,
     /// The `iss` and `aud` every token must carry.
     pub issuer: String,
     pub audience: String,
     pub quota: quota::Quota,
+    /// Robots one access key may register; each raises its quota.
+    pub max_robots_per_key: u64,
     /// The actions workflows are validated against: the agent's built-ins.
     pub registry: Registry,
     /// The robots waiting in a long poll.
@@ -76,7 +78,7 @@ impl Default for Timings {
 pub struct KeyMaterial {
     pub secret: Vec<u8>,
     pub scopes: Scopes,
-    /// Registered robots, which set the quota.
+    /// Robots registered by this key, which set its quota.
     pub robots: u64,
 }
 
@@ -91,14 +93,16 @@ impl Hub {
         audience: String,
         timings: Timings,
     ) -> Hub {
+        let master = Arc::new(master);
         Hub {
             db,
+            dispatch: Dispatcher::new(timings.lease_ttl_ms(), master.clone()),
             master,
             issuer,
             audience,
             quota: quota::Quota::new(quota::CALLS_PER_ROBOT_PER_MINUTE),
+            max_robots_per_key: quota::DEFAULT_MAX_ROBOTS_PER_KEY,
             registry: Registry::builtin(),
-            dispatch: Dispatcher::new(timings.lease_ttl_ms()),
             timings,
         }
     }
@@ -114,7 +118,7 @@ impl Hub {
             .db
             .call(move |conn| {
                 let key = keys::find(conn, &id)?;
-                let robots = keys::robot_count(conn)?;
+                let robots = stored_robots::count_of_key(conn, &id)?;
                 Ok(key.map(|k| (k, robots)))
             })
             .await?;

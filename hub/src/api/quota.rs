@@ -1,13 +1,18 @@
-//! The public API quota: per access key, 60 calls a minute for each
-//! registered robot, and never fewer than 60 (AUTORO's rule). A fixed
-//! one-minute window per key, in memory: a restart forgets the counts,
-//! which only ever errs toward letting calls through.
+//! The public API quota: per access key, 60 calls a minute for each robot
+//! that key registered, and never fewer than 60 (AUTORO's rule: the quota
+//! follows the robots one has). A fixed one-minute window per key, in
+//! memory: a restart forgets the counts, which only ever errs toward
+//! letting calls through. Since robots raise the quota, a key may register
+//! only so many ([`DEFAULT_MAX_ROBOTS_PER_KEY`] unless the operator says).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const CALLS_PER_ROBOT_PER_MINUTE: u64 = 60;
+/// Robots one access key may register unless `serve --max-robots-per-key`
+/// says otherwise.
+pub const DEFAULT_MAX_ROBOTS_PER_KEY: u64 = 100;
 const WINDOW: Duration = Duration::from_secs(60);
 
 /// Windows are pruned once this many keys are tracked; it only bounds
@@ -36,7 +41,7 @@ pub fn limit_for(per_robot: u64, robots: u64) -> u64 {
 }
 
 impl Quota {
-    /// `per_robot` calls a minute per registered robot; the hub's default
+    /// `per_robot` calls a minute per robot of the key; the hub's default
     /// is [`CALLS_PER_ROBOT_PER_MINUTE`], and it is never set lower.
     pub fn new(per_robot: u64) -> Quota {
         Quota {
@@ -49,7 +54,8 @@ impl Quota {
         self.per_robot
     }
 
-    /// Counts one call by `key_id`, or says when it may call again.
+    /// Counts one call by `key_id`, which has registered `robots`, or says
+    /// when it may call again.
     pub fn check(&self, key_id: &str, robots: u64) -> Result<(), Exceeded> {
         self.check_at(key_id, robots, Instant::now())
     }

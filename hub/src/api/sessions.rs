@@ -71,7 +71,7 @@ pub async fn create(
         .db
         .call(move |conn| {
             let now = now_ms();
-            let session = sessions::insert(conn, &new, now)?;
+            let session = sessions::insert(conn, &new, &dispatch_hub.master, now)?;
             // Straight to a waiting robot, if one may take it.
             dispatch_hub.dispatch.offer(conn, session.id, now)?;
             Ok(session)

@@ -76,8 +76,3 @@ pub fn list(conn: &Connection) -> Result<Vec<KeySummary>, DbError> {
 pub fn delete(conn: &Connection, id: &str) -> Result<bool, DbError> {
     Ok(conn.exec_cached("DELETE FROM access_keys WHERE id = ?1", [id])? > 0)
 }
-
-/// Registered robots, which set the API quota.
-pub fn robot_count(conn: &Connection) -> Result<u64, DbError> {
-    super::count(conn, "SELECT COUNT(*) FROM robots", [])
-}

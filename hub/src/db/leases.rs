@@ -10,7 +10,8 @@ use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
 
-use super::{DbError, parse_json};
+use super::{DbError, parse_json, secret_params};
+use crate::secrets::MasterKey;
 
 /// What a robot must be to take a session.
 #[derive(Debug, Clone)]
@@ -85,16 +86,26 @@ pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbE
     .transpose()
 }
 
-/// Leases a queued session to a robot, in answer to its poll `poll_id`:
-/// the session is `running` on that robot from now on, because the poll's
-/// free slot was the robot's acceptance. `None` when someone else got it
-/// first.
+/// The robot a poll speaks for, as it was when the poll was checked.
+pub struct Poller<'a> {
+    pub robot_id: i64,
+    pub key_id: &'a str,
+    pub instance_id: &'a str,
+    pub poll_id: &'a str,
+}
+
+/// Leases a queued session to a robot, in answer to its poll: the session
+/// is `running` on that robot from now on, because the poll's free slot
+/// was the robot's acceptance. `None` when someone else got it first, or
+/// when the robot is no longer the poller's (an operator moved it to
+/// another key, another machine took the name over, or it was deleted
+/// while the poll waited).
 pub fn grant(
     conn: &Connection,
     session_id: i64,
-    robot_id: i64,
-    poll_id: &str,
+    poller: &Poller<'_>,
     lease_id: &str,
+    master: &MasterKey,
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
@@ -102,20 +113,24 @@ pub fn grant(
         "UPDATE session_queues
          SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
              robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
-         WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL",
+         WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL
+           AND EXISTS (SELECT 1 FROM robots
+                       WHERE id = ?2 AND key_id = ?7 AND instance_id = ?8)",
         params![
             session_id,
-            robot_id,
+            poller.robot_id,
             lease_id,
-            poll_id,
+            poller.poll_id,
             now_ms,
-            now_ms + ttl_ms
+            now_ms + ttl_ms,
+            poller.key_id,
+            poller.instance_id
         ],
     )?;
     if changed == 0 {
         return Ok(None);
     }
-    lease_of(conn, session_id)
+    lease_of(conn, session_id, master)
 }
 
 /// What became of a session whose lease was taken back.
@@ -183,6 +198,7 @@ pub fn offered_by_poll(
     conn: &Connection,
     robot_id: i64,
     poll_id: &str,
+    master: &MasterKey,
 ) -> Result<Vec<Lease>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM session_queues
@@ -195,15 +211,21 @@ pub fn offered_by_poll(
         .collect::<Result<_, _>>()?;
     let mut leases = Vec::new();
     for id in ids {
-        leases.extend(lease_of(conn, id)?);
+        leases.extend(lease_of(conn, id, master)?);
     }
     Ok(leases)
 }
 
-fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError> {
+/// The lease as the robot receives it: the one place secret params are
+/// opened.
+fn lease_of(
+    conn: &Connection,
+    session_id: i64,
+    master: &MasterKey,
+) -> Result<Option<Lease>, DbError> {
     let row = conn
         .row_cached(
-            "SELECT s.lease_id, s.params, w.id, w.name,
+            "SELECT s.lease_id, s.params, s.secrets_sealed, w.id, w.name,
                     w.single_process_mode, w.source_format, w.source
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
@@ -212,20 +234,24 @@ fn lease_of(conn: &Connection, session_id: i64) -> Result<Option<Lease>, DbError
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
                     r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
                 ))
             },
         )
         .optional()?;
-    let Some((lease_id, params, wid, wname, spm, format, source)) = row else {
+    let Some((lease_id, params, sealed, wid, wname, spm, format, source)) = row else {
         return Ok(None);
     };
-    let params: Map<String, Value> =
+    let mut params: Map<String, Value> =
         parse_json(&format!("session queue {session_id}: params"), &params)?;
+    if let Some(sealed) = sealed {
+        secret_params::open_into(master, session_id, &sealed, &mut params)?;
+    }
     Ok(Some(Lease {
         session_id,
         lease_id,

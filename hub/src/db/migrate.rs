@@ -121,6 +121,33 @@ const MIGRATIONS: &[&str] = &[
     WHERE status = 'queued' AND lease_id IS NOT NULL;
     ALTER TABLE session_queues RENAME COLUMN lease_acked TO lease_confirmed;
     "#,
+    // 4: a robot belongs to the key that registered it, and moves to
+    // another key only by an operator's `tasuki-hub robots transfer`, which
+    // records the key it came from (so that key's agent is told why it is
+    // refused). Robots are counted per key for the quota and the limit.
+    r#"
+    ALTER TABLE robots ADD COLUMN moved_from_key_id TEXT;
+    CREATE INDEX robots_by_key ON robots (key_id);
+    "#,
+    // 5: secret params at rest (db/secret_params.rs). `params` holds `***`
+    // for each secret value and `secrets_sealed` the values, sealed with
+    // the master key; the trigger drops them the moment a session ends,
+    // whichever way it ends. Rows stored in clear before this version are
+    // flagged, and sealed (or, ended, purged) at the next start, when the
+    // master key is at hand.
+    r#"
+    ALTER TABLE session_queues ADD COLUMN secrets_sealed BLOB;
+    ALTER TABLE session_queues ADD COLUMN secrets_in_clear INTEGER NOT NULL DEFAULT 0;
+    UPDATE session_queues SET secrets_in_clear = 1 WHERE secret_params != '[]';
+    CREATE INDEX session_queues_secrets_in_clear ON session_queues (id)
+        WHERE secrets_in_clear = 1;
+    CREATE TRIGGER session_queues_purge_secrets
+    AFTER UPDATE OF status ON session_queues
+    WHEN NEW.status IN ('success', 'error', 'cancelled') AND NEW.secrets_sealed IS NOT NULL
+    BEGIN
+        UPDATE session_queues SET secrets_sealed = NULL WHERE id = NEW.id;
+    END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {

@@ -6,6 +6,7 @@
 //! which runs the closure on tokio's blocking pool so that a slow disk
 //! never stalls the reactor.
 
+mod files;
 mod migrate;
 
 pub mod artifacts;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod leases;
 pub mod logs;
 pub mod robots;
+pub mod secret_params;
 pub mod sessions;
 pub mod workflows;
 
@@ -31,6 +33,11 @@ pub enum DbError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("cannot create the database {path} readable by its owner only")]
+    Files {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "the database {path} has schema version {found}, newer than this tasuki-hub knows \
          ({known}); run a newer tasuki-hub"
@@ -45,6 +52,8 @@ pub enum DbError {
     Corrupt(String),
     #[error("the database task failed: {0}")]
     Task(String),
+    #[error("secret params: {0}")]
+    Secrets(String),
 }
 
 #[derive(Clone)]
@@ -56,6 +65,10 @@ impl Db {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let shown = path.display().to_string();
+        files::make_private(path).map_err(|source| DbError::Files {
+            path: shown.clone(),
+            source,
+        })?;
         let open_err = |source| DbError::Open {
             path: shown.clone(),
             source,
@@ -70,6 +83,10 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        // Deleted and overwritten content (a purged sealed secret, a row
+        // sealed at start) is zeroed rather than left in free space.
+        conn.pragma_update(None, "secure_delete", "ON")
             .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;

@@ -11,8 +11,16 @@ use super::{DbError, parse_json, to_timestamp};
 pub struct RobotRow {
     pub id: i64,
     pub name: String,
+    /// The machine that registered it last; empty after an operator moved
+    /// it to another key, until that key's agent registers it.
     pub instance_id: String,
+    /// The access key that owns it: the only one that may drive it.
     pub key_id: String,
+    /// The key a hub operator moved it from, so that key's agent is told
+    /// what happened.
+    pub moved_from_key_id: Option<String>,
+    /// The registering machine's host name, for messages.
+    pub hostname: String,
     pub max_concurrency: u32,
 }
 
@@ -20,6 +28,7 @@ pub struct RobotRow {
 pub struct RobotDetails {
     pub id: i64,
     pub name: String,
+    pub key_id: String,
     pub labels: Vec<String>,
     pub version: String,
     pub max_concurrency: u32,
@@ -31,17 +40,28 @@ pub struct RobotDetails {
 
 pub enum Registered {
     Ok(RobotRow),
-    /// Another instance holds the name.
+    /// Another instance of the same key holds the name.
     Taken {
         holder_host: String,
         last_seen_at: Option<i64>,
+    },
+    /// Another access key owns the name; only an operator can move it.
+    OtherKey {
+        /// The caller's key is the one it was moved away from.
+        moved_from_caller: bool,
+    },
+    /// The key already has `limit` robots.
+    LimitReached {
+        limit: u64,
     },
 }
 
 pub fn find(conn: &Connection, name: &str) -> Result<Option<RobotRow>, DbError> {
     Ok(conn
         .row_cached(
-            "SELECT id, name, instance_id, key_id, max_concurrency FROM robots WHERE name = ?1",
+            "SELECT id, name, instance_id, key_id, moved_from_key_id,
+                    COALESCE(json_extract(host, '$.hostname'), ''), max_concurrency
+             FROM robots WHERE name = ?1",
             [name],
             |r| {
                 Ok(RobotRow {
@@ -49,80 +69,164 @@ pub fn find(conn: &Connection, name: &str) -> Result<Option<RobotRow>, DbError> 
                     name: r.get(1)?,
                     instance_id: r.get(2)?,
                     key_id: r.get(3)?,
-                    max_concurrency: r.get::<_, i64>(4)?.clamp(0, u32::MAX as i64) as u32,
+                    moved_from_key_id: r.get(4)?,
+                    hostname: r.get(5)?,
+                    max_concurrency: r.get::<_, i64>(6)?.clamp(0, u32::MAX as i64) as u32,
                 })
             },
         )
         .optional()?)
 }
 
-/// Registers `name`, or updates it when the same instance registers again
-/// (a restart) or `replace` is set.
+/// Robots registered by `key_id`, which set its API quota and its limit.
+pub fn count_of_key(conn: &Connection, key_id: &str) -> Result<u64, DbError> {
+    super::count(
+        conn,
+        "SELECT COUNT(*) FROM robots WHERE key_id = ?1",
+        [key_id],
+    )
+}
+
+/// Registers `name` for `key_id`, or updates it when the same instance
+/// registers again (a restart), when `replace` is set, or when an operator
+/// has just moved it to this key (its instance id is then empty). A name
+/// owned by another key is never taken over, whatever the request says; a
+/// new name is refused once the key has `max_robots` robots.
 pub fn register(
     conn: &mut Connection,
     name: &str,
     key_id: &str,
     req: &RegisterRobot,
+    max_robots: u64,
     now_ms: i64,
 ) -> Result<Registered, DbError> {
     let tx = conn.transaction()?;
     let labels = to_json(&req.labels)?;
     let host = to_json(&req.host)?;
-    let existing: Option<(i64, String, String, Option<i64>)> = tx
-        .row_cached(
-            "SELECT id, instance_id, host, last_seen_at FROM robots WHERE name = ?1",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    match existing {
-        Some((_, instance, host_json, last_seen))
-            if instance != req.instance_id && !req.replace =>
-        {
-            let holder: HostFacts = parse_json("robot host", &host_json).unwrap_or_default();
-            return Ok(Registered::Taken {
-                holder_host: holder.hostname,
-                last_seen_at: last_seen,
-            });
+    let Some(existing) = find(&tx, name)? else {
+        if count_of_key(&tx, key_id)? >= max_robots {
+            return Ok(Registered::LimitReached { limit: max_robots });
         }
-        Some((id, ..)) => {
-            tx.exec_cached(
-                "UPDATE robots SET instance_id = ?2, key_id = ?3, labels = ?4, version = ?5,
-                        max_concurrency = ?6, host = ?7, draining = 0, last_seen_at = ?8
-                 WHERE id = ?1",
-                params![
-                    id,
-                    req.instance_id,
-                    key_id,
-                    labels,
-                    req.version,
-                    req.max_concurrency,
-                    host,
-                    now_ms
-                ],
-            )?;
-        }
-        None => {
-            tx.exec_cached(
-                "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
-                                     max_concurrency, host, last_seen_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2)",
-                params![
-                    name,
-                    now_ms,
-                    req.instance_id,
-                    key_id,
-                    labels,
-                    req.version,
-                    req.max_concurrency,
-                    host
-                ],
-            )?;
-        }
+        tx.exec_cached(
+            "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
+                                 max_concurrency, host, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2)",
+            params![
+                name,
+                now_ms,
+                req.instance_id,
+                key_id,
+                labels,
+                req.version,
+                req.max_concurrency,
+                host
+            ],
+        )?;
+        let row =
+            find(&tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
+        tx.commit()?;
+        return Ok(Registered::Ok(row));
+    };
+    if existing.key_id != key_id {
+        return Ok(Registered::OtherKey {
+            moved_from_caller: existing.moved_from_key_id.as_deref() == Some(key_id),
+        });
     }
+    if !existing.instance_id.is_empty() && existing.instance_id != req.instance_id && !req.replace {
+        let last_seen_at: Option<i64> = tx.row_cached(
+            "SELECT last_seen_at FROM robots WHERE id = ?1",
+            [existing.id],
+            |r| r.get(0),
+        )?;
+        return Ok(Registered::Taken {
+            holder_host: existing.hostname,
+            last_seen_at,
+        });
+    }
+    tx.exec_cached(
+        "UPDATE robots SET instance_id = ?2, labels = ?3, version = ?4, max_concurrency = ?5,
+                host = ?6, draining = 0, last_seen_at = ?7
+         WHERE id = ?1",
+        params![
+            existing.id,
+            req.instance_id,
+            labels,
+            req.version,
+            req.max_concurrency,
+            host,
+            now_ms
+        ],
+    )?;
     let row = find(&tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
     tx.commit()?;
     Ok(Registered::Ok(row))
+}
+
+/// What an operator's `robots transfer` did.
+pub enum Transfer {
+    Moved { from_key_id: String },
+    NoSuchRobot,
+    AlreadyThere,
+}
+
+/// Gives the robot `name` to `to_key_id`. Its instance id is cleared, so
+/// the old key's agent is refused at once and the new key's agent can
+/// register the name without `replace`.
+pub fn transfer(conn: &mut Connection, name: &str, to_key_id: &str) -> Result<Transfer, DbError> {
+    let tx = conn.transaction()?;
+    let Some(robot) = find(&tx, name)? else {
+        return Ok(Transfer::NoSuchRobot);
+    };
+    if robot.key_id == to_key_id {
+        return Ok(Transfer::AlreadyThere);
+    }
+    tx.exec_cached(
+        "UPDATE robots SET key_id = ?2, moved_from_key_id = key_id, instance_id = '',
+                draining = 0
+         WHERE id = ?1",
+        params![robot.id, to_key_id],
+    )?;
+    tx.commit()?;
+    Ok(Transfer::Moved {
+        from_key_id: robot.key_id,
+    })
+}
+
+/// What an operator's `robots delete` did.
+pub enum Deletion {
+    Done,
+    NoSuchRobot,
+    /// It holds leases on these sessions, which may be running.
+    Busy {
+        sessions: Vec<i64>,
+    },
+}
+
+/// Deletes the robot `name` unless it holds a lease. Ended sessions it ran
+/// keep their history but no longer name a robot.
+pub fn delete(conn: &mut Connection, name: &str) -> Result<Deletion, DbError> {
+    let tx = conn.transaction()?;
+    let Some(robot) = find(&tx, name)? else {
+        return Ok(Deletion::NoSuchRobot);
+    };
+    let sessions: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM session_queues
+             WHERE robot_id = ?1 AND lease_id IS NOT NULL AND status IN ('queued', 'running')
+             ORDER BY id",
+        )?
+        .query_map([robot.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !sessions.is_empty() {
+        return Ok(Deletion::Busy { sessions });
+    }
+    tx.exec_cached(
+        "UPDATE session_queues SET robot_id = NULL WHERE robot_id = ?1",
+        [robot.id],
+    )?;
+    tx.exec_cached("DELETE FROM robots WHERE id = ?1", [robot.id])?;
+    tx.commit()?;
+    Ok(Deletion::Done)
 }
 
 /// Records a heartbeat.
@@ -144,7 +248,8 @@ pub fn heartbeat(
 
 pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, labels, version, max_concurrency, host, metrics, draining, last_seen_at
+        "SELECT id, name, labels, version, max_concurrency, host, metrics, draining, last_seen_at,
+                key_id
          FROM robots ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -158,11 +263,23 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
             r.get::<_, Option<String>>(6)?,
             r.get::<_, bool>(7)?,
             r.get::<_, Option<i64>>(8)?,
+            r.get::<_, String>(9)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, labels, version, max_concurrency, host, metrics, draining, last_seen) = row?;
+        let (
+            id,
+            name,
+            labels,
+            version,
+            max_concurrency,
+            host,
+            metrics,
+            draining,
+            last_seen,
+            key_id,
+        ) = row?;
         let what = |f: &str| format!("robot {name}: {f}");
         out.push(RobotDetails {
             id,
@@ -176,6 +293,7 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
             draining,
             last_seen_at: last_seen.map(to_timestamp).transpose()?,
             name,
+            key_id,
         });
     }
     Ok(out)

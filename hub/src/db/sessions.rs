@@ -5,13 +5,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 use tasuki_protocol::{RobotRef, SessionQueue, SessionStatus, WorkflowRef};
 
+use super::secret_params::{self, MASK};
 use super::{DbError, parse_json, to_timestamp};
+use crate::secrets::MasterKey;
 
 /// The hub has a single project; AUTORO's `project_id` is always this.
 pub const PROJECT_ID: i64 = 1;
-
-/// What the public API shows in place of a secret param's value.
-const MASK: &str = "***";
 
 pub struct NewSession {
     pub workflow_id: i64,
@@ -39,18 +38,40 @@ const SELECT: &str = "
     JOIN workflows w ON w.id = s.workflow_id
     LEFT JOIN robots r ON r.id = s.robot_id";
 
-pub fn insert(conn: &Connection, s: &NewSession, now_ms: i64) -> Result<SessionQueue, DbError> {
+/// Stores a new queued session; the values of its secret params are
+/// sealed (db/secret_params.rs), never written in clear.
+pub fn insert(
+    conn: &Connection,
+    s: &NewSession,
+    master: &MasterKey,
+    now_ms: i64,
+) -> Result<SessionQueue, DbError> {
+    let mut params = s.params.clone();
+    let secrets = secret_params::split(&mut params, &s.secret_params);
     let params_json =
-        serde_json::to_string(&s.params).map_err(|e| DbError::Corrupt(format!("params: {e}")))?;
+        serde_json::to_string(&params).map_err(|e| DbError::Corrupt(format!("params: {e}")))?;
     let secrets_json = serde_json::to_string(&s.secret_params)
         .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
-    conn.exec_cached(
+    // The sealed values name the row's id, known only once it is inserted:
+    // one transaction, so that no row is ever seen without them.
+    let tx = conn.unchecked_transaction()?;
+    tx.exec_cached(
         "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
          VALUES (?1, 'queued', ?2, ?3, ?4)",
         params![s.workflow_id, params_json, secrets_json, now_ms],
     )?;
-    let id = conn.last_insert_rowid();
-    get(conn, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))
+    let id = tx.last_insert_rowid();
+    if let Some(secrets) = secrets {
+        let sealed = secret_params::seal(master, id, &secrets)?;
+        tx.exec_cached(
+            "UPDATE session_queues SET secrets_sealed = ?2 WHERE id = ?1",
+            params![id, sealed],
+        )?;
+    }
+    let session =
+        get(&tx, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))?;
+    tx.commit()?;
+    Ok(session)
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<SessionQueue>, DbError> {
@@ -203,6 +224,8 @@ mod tests {
     use crate::db::workflows::{self, NewWorkflow};
 
     fn setup() -> (Connection, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::create(&dir.path().join("key")).unwrap();
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::migrate::migrate(&mut conn, "mem").unwrap();
         let w = workflows::insert(
@@ -226,6 +249,7 @@ mod tests {
                 params: Map::new(),
                 secret_params: Vec::new(),
             },
+            &master,
             1_000,
         )
         .unwrap();

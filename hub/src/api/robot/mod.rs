@@ -46,7 +46,8 @@ fn robot_name(
 }
 
 /// The registered robot `name`, which must be this caller's and this
-/// instance's.
+/// instance's. The agent stops on `robot_of_another_key` and
+/// `robot_name_taken`, so their messages say what happened.
 async fn own_robot(
     hub: &Hub,
     caller: &Caller,
@@ -61,19 +62,49 @@ async fn own_robot(
         ));
     };
     if robot.key_id != caller.key_id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "robot_of_another_key",
+        let moved_from_caller = robot.moved_from_key_id.as_deref() == Some(&caller.key_id);
+        return Err(another_key(name, moved_from_caller));
+    }
+    if robot.instance_id.is_empty() {
+        // Moved to this key by an operator, and not registered since: the
+        // agent registers on this answer.
+        return Err(ApiError::not_found(
+            "robot_not_registered",
             format!(
-                "the robot `{name}` was registered with another access key; use that key, or \
-                 register again with --replace"
+                "the robot `{name}` was moved to this access key by a hub operator and no                  machine has registered it since; run `tasuki register`"
             ),
         ));
     }
     if robot.instance_id != instance_id {
-        return Err(name_taken(name, "another machine (another instance id)"));
+        let host = if robot.hostname.is_empty() {
+            "another machine".to_string()
+        } else {
+            format!("another machine (host `{}`)", robot.hostname)
+        };
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "robot_name_taken",
+            format!(
+                "this robot name `{name}` was taken over by {host} with --replace; this machine                  no longer gets its work. Register this machine under another name, or take                  the name back with `tasuki register --replace`"
+            ),
+        ));
     }
     Ok(robot)
+}
+
+/// The robot belongs to another access key. Only a hub operator moves a
+/// robot between keys, so `--replace` is no way out.
+fn another_key(name: &str, moved_from_caller: bool) -> ApiError {
+    let what = if moved_from_caller {
+        format!(
+            "this robot `{name}` was moved to another access key by a hub operator              (`tasuki-hub robots transfer`); this key can no longer drive it"
+        )
+    } else {
+        format!(
+            "the robot name `{name}` belongs to another access key, and a robot is driven only              by the key that registered it (--replace does not change that); only a hub              operator can move it to this key, with `tasuki-hub robots transfer {name}              --to-key <access_key_id>`, or choose another name"
+        )
+    };
+    ApiError::new(StatusCode::FORBIDDEN, "robot_of_another_key", what)
 }
 
 fn name_taken(name: &str, by: &str) -> ApiError {

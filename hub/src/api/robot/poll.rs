@@ -41,13 +41,16 @@ pub async fn poll(
                 let lost =
                     leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
                 let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
-                let mut offered = leases::offered_by_poll(conn, robot_id, &req.poll_id)?;
+                let mut offered =
+                    leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
                 if !lost.is_empty() || !cancel.is_empty() || !offered.is_empty() {
                     return Ok(Ok(response(offered, cancel, lost)));
                 }
                 let want = Want {
                     robot_id,
                     name: robot.name,
+                    key_id: robot.key_id,
+                    instance_id: robot.instance_id,
                     poll_id: req.poll_id,
                     free_slots: req.free_slots,
                     max_concurrency: robot.max_concurrency,

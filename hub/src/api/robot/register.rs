@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use tasuki_protocol::robot::{MAX_LABELS, check_label};
 use tasuki_protocol::{RegisterRobot, RobotCheck, RobotRegistered};
 
@@ -12,7 +13,7 @@ use super::super::Hub;
 use super::super::auth::RobotCaller;
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
-use super::{name_taken, own_robot, robot_name};
+use super::{another_key, name_taken, own_robot, robot_name};
 use crate::db::now_ms;
 use crate::db::robots::{self, Registered};
 
@@ -29,9 +30,10 @@ pub async fn register(
     check(&req)?;
     let key_id = caller.key_id.clone();
     let lookup = name.clone();
+    let max_robots = hub.max_robots_per_key;
     let outcome = hub
         .db
-        .call(move |conn| robots::register(conn, &lookup, &key_id, &req, now_ms()))
+        .call(move |conn| robots::register(conn, &lookup, &key_id, &req, max_robots, now_ms()))
         .await?;
     match outcome {
         Registered::Ok(robot) => {
@@ -41,8 +43,23 @@ pub async fn register(
                 name: robot.name,
                 hold_seconds: hub.timings.hold_seconds,
                 lease_ttl_seconds: hub.timings.lease_ttl_seconds,
+                key_scopes: caller.key_scopes.iter().map(|s| s.to_string()).collect(),
             }))
         }
+        Registered::OtherKey { moved_from_caller } => {
+            tracing::warn!(robot = %name, key_id = %caller.key_id, "refused to register a robot of another key");
+            Err(another_key(&name, moved_from_caller))
+        }
+        Registered::LimitReached { limit } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "robot_limit_reached",
+            format!(
+                "the access key `{}` already has {limit} robots, the most one key may register \
+                 on this hub (`tasuki-hub serve --max-robots-per-key`); delete one with \
+                 `tasuki-hub robots delete NAME`, or use another key",
+                caller.key_id
+            ),
+        )),
         Registered::Taken {
             holder_host,
             last_seen_at,

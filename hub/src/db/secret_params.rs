@@ -1,0 +1,153 @@
+//! Secret params at rest. The values of params a workflow marks
+//! `secret: true` never reach the database in clear: `params` holds `***`
+//! in their place, and `secrets_sealed` holds them sealed with the master
+//! key (as access-key secrets are, `crate::secrets`), with the session id
+//! as associated data. They are opened only to build the lease a robot
+//! receives, and a trigger drops the sealed blob when the session ends
+//! (migration 5), so an ended session keeps no secret at all.
+
+use rusqlite::{Connection, params};
+use serde_json::{Map, Value};
+
+use super::{Cached, DbError, parse_json};
+use crate::secrets::MasterKey;
+
+/// What the database and every answer show in place of a secret value.
+pub const MASK: &str = "***";
+
+fn aad(session_id: i64) -> String {
+    format!("session_queue {session_id} secret params")
+}
+
+/// Splits the secret values out of `params`, leaving `***` in their
+/// place. `None` when no secret param was given.
+pub fn split(
+    params: &mut Map<String, Value>,
+    secret_names: &[String],
+) -> Option<Map<String, Value>> {
+    let mut secrets = Map::new();
+    for name in secret_names {
+        if let Some(value) = params.get_mut(name) {
+            secrets.insert(name.clone(), std::mem::replace(value, Value::from(MASK)));
+        }
+    }
+    (!secrets.is_empty()).then_some(secrets)
+}
+
+pub fn seal(
+    master: &MasterKey,
+    session_id: i64,
+    secrets: &Map<String, Value>,
+) -> Result<Vec<u8>, DbError> {
+    let plain = serde_json::to_vec(secrets).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let sealed = master
+        .seal(&aad(session_id), &plain)
+        .map_err(|e| DbError::Secrets(format!("session queue {session_id}: {e}")))?;
+    Ok(sealed.into_blob())
+}
+
+/// Puts the sealed values back into `params`, for a robot's lease.
+pub fn open_into(
+    master: &MasterKey,
+    session_id: i64,
+    blob: &[u8],
+    params: &mut Map<String, Value>,
+) -> Result<(), DbError> {
+    let plain = master.open_blob(&aad(session_id), blob).map_err(|_| {
+        DbError::Secrets(format!(
+            "session queue {session_id}: the sealed secret params do not open with the master \
+             key; is <db>.key the one this database was created with?"
+        ))
+    })?;
+    let secrets: Map<String, Value> = serde_json::from_slice(&plain)
+        .map_err(|e| DbError::Corrupt(format!("session queue {session_id}: secret params: {e}")))?;
+    params.extend(secrets);
+    Ok(())
+}
+
+/// Rows an older hub stored with secret params in clear (migration 5 flags
+/// them): a live session's are sealed, an ended one's are dropped. Runs at
+/// every start, once the master key is at hand; returns how many rows
+/// changed.
+pub fn seal_rows_left_in_clear(
+    conn: &mut Connection,
+    master: &MasterKey,
+) -> Result<usize, DbError> {
+    let tx = conn.transaction()?;
+    let rows: Vec<(i64, String, String, String)> = tx
+        .prepare_cached(
+            "SELECT id, status, params, secret_params FROM session_queues
+             WHERE secrets_in_clear = 1",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, status, params_json, names_json) in &rows {
+        let what = |f: &str| format!("session queue {id}: {f}");
+        let mut params: Map<String, Value> = parse_json(&what("params"), params_json)?;
+        let names: Vec<String> = parse_json(&what("secret_params"), names_json)?;
+        let secrets = split(&mut params, &names);
+        let live = matches!(status.as_str(), "queued" | "running");
+        let sealed = match secrets {
+            Some(secrets) if live => Some(seal(master, *id, &secrets)?),
+            _ => None,
+        };
+        let params_json =
+            serde_json::to_string(&params).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        tx.exec_cached(
+            "UPDATE session_queues
+             SET params = ?2, secrets_sealed = ?3, secrets_in_clear = 0
+             WHERE id = ?1",
+            params![id, params_json, sealed],
+        )?;
+    }
+    tx.commit()?;
+    if !rows.is_empty() {
+        // The clear values may still sit in the write-ahead log's old
+        // frames: copy the log into the database and empty it.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(rows.len())
+}
+
+/// Sessions holding sealed secret params: a new master key must not be
+/// made while there are any.
+pub fn sealed_count(conn: &Connection) -> Result<u64, DbError> {
+    super::count(
+        conn,
+        "SELECT COUNT(*) FROM session_queues WHERE secrets_sealed IS NOT NULL",
+        [],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sealed_values_open_only_for_their_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::create(&dir.path().join("key")).unwrap();
+        let mut params = json!({"who": "ann", "token": "s3cret"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let secrets = split(&mut params, &["token".into(), "absent".into()]).unwrap();
+        assert_eq!(
+            Value::from(params.clone()),
+            json!({"who": "ann", "token": MASK})
+        );
+        let blob = seal(&master, 7, &secrets).unwrap();
+        assert!(!String::from_utf8_lossy(&blob).contains("s3cret"));
+        let mut other = params.clone();
+        assert!(open_into(&master, 8, &blob, &mut other).is_err());
+        open_into(&master, 7, &blob, &mut params).unwrap();
+        assert_eq!(
+            Value::from(params),
+            json!({"who": "ann", "token": "s3cret"})
+        );
+        // No secret param given: nothing to seal.
+        let mut plain = json!({"who": "bo"}).as_object().unwrap().clone();
+        assert!(split(&mut plain, &["token".into()]).is_none());
+    }
+}
