@@ -1,5 +1,6 @@
 //! A displaced agent stops: when its robot's name is registered by another
-//! machine (`tasuki register --replace`), the old agent's polls are refused
+//! machine (`tasuki register --replace`) or moved to another key by an
+//! operator (`tasuki-hub robots transfer`), the old agent's polls are refused
 //! for good, and it exits with its own code and says why, instead of
 //! retrying for ever. Real hub, real agents.
 
@@ -48,5 +49,43 @@ async fn an_agent_whose_robot_is_registered_elsewhere_with_replace_exits_with_it
         log.matches("this agent stops").count(),
         1,
         "said once:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_robot_an_operator_moved_to_another_key_exits_with_its_code() {
+    let scratch = Scratch::new();
+    let old_key = create_key(&scratch, "robot");
+    let new_key = create_key(&scratch, "robot");
+    let hub = Hub::start_with(
+        &scratch,
+        &["--quota-per-robot", "1000000", "--hold-seconds", "2"],
+    );
+    let robot = Robot::new(scratch.dir.path(), "moved");
+    robot.register_ok(&hub, &old_key, &[]);
+    let mut agent = robot.start(&[]);
+
+    let transfer = hub_command()
+        .args([
+            "robots",
+            "transfer",
+            "moved",
+            "--to-key",
+            &new_key.id,
+            "--db",
+        ])
+        .arg(scratch.db())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki-hub robots transfer");
+    assert!(transfer.status.success(), "{transfer:?}");
+
+    let status = agent.wait(Duration::from_secs(15));
+    let log = agent.log();
+    let status = status.unwrap_or_else(|| panic!("the displaced agent kept running:\n{log}"));
+    assert_eq!(status.code(), Some(EXIT_DISPLACED), "{log}");
+    assert!(
+        log.contains("a hub operator moved this robot to another access key"),
+        "{log}"
     );
 }
