@@ -4,6 +4,7 @@
 //! [`auth::Authorized`] extractor applies.
 
 mod auth;
+mod auth_limit;
 mod body;
 mod error;
 mod params;
@@ -12,6 +13,7 @@ mod quota;
 mod robot;
 mod robots;
 mod search;
+mod session_limits;
 mod sessions;
 mod token;
 mod workflows;
@@ -34,6 +36,7 @@ use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
 pub use error::ApiError;
 pub use quota::Quota;
+pub use session_limits::SessionLimits;
 
 /// What every request handler shares.
 pub struct Hub {
@@ -48,6 +51,11 @@ pub struct Hub {
     /// The robots waiting in a long poll.
     pub dispatch: Dispatcher,
     pub timings: Timings,
+    /// Failed authentications, per source and key id.
+    pub auth_limit: auth_limit::AuthLimiter,
+    /// How much one session may store, and what each has stored.
+    pub session_limits: SessionLimits,
+    pub session_usage: session_limits::Usage,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -100,6 +108,9 @@ impl Hub {
             registry: Registry::builtin(),
             dispatch: Dispatcher::new(timings.lease_ttl_ms()),
             timings,
+            auth_limit: auth_limit::AuthLimiter::default(),
+            session_limits: SessionLimits::default(),
+            session_usage: session_limits::Usage::default(),
         }
     }
 
