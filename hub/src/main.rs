@@ -72,7 +72,7 @@ enum Command {
     },
 }
 
-/// What a client may hold open, and TLS.
+/// The network edge: what a client may hold open or try, and TLS.
 #[derive(clap::Args)]
 struct EdgeArgs {
     /// Open connections at most; past it, new connections wait in the
@@ -86,6 +86,16 @@ struct EdgeArgs {
     #[arg(long, env = "TASUKI_HUB_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     header_timeout_seconds: u64,
+    /// Failed authentications a minute from one source address before it
+    /// gets 429 (behind a reverse proxy every caller is the proxy's address).
+    #[arg(long, env = "TASUKI_HUB_AUTH_FAILURES_PER_SOURCE", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures_per_source: u32,
+    /// Failed authentications a minute naming one access key id before
+    /// sources that fail with it get 429.
+    #[arg(long, env = "TASUKI_HUB_AUTH_FAILURES_PER_KEY", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures_per_key: u32,
     /// PEM certificate chain: serve HTTPS (with --tls-key). Reloaded, with
     /// the key, on SIGHUP.
     #[arg(long, env = "TASUKI_HUB_TLS_CERT", requires = "tls_key")]
@@ -168,6 +178,10 @@ fn main() -> ExitCode {
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),
+            },
+            auth_failures: api::FailureLimits {
+                per_source: edge.auth_failures_per_source,
+                per_key: edge.auth_failures_per_key,
             },
             session_limits: api::SessionLimits {
                 artifacts: session_limits.max_session_artifacts,

@@ -27,6 +27,7 @@ pub struct ServeOptions {
     pub quota_per_robot: u64,
     pub timings: api::Timings,
     pub edge: EdgeLimits,
+    pub auth_failures: api::FailureLimits,
     pub session_limits: api::SessionLimits,
     pub tls: Option<TlsFiles>,
 }
@@ -57,6 +58,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut hub = Hub::new(db, master, opts.issuer, opts.audience, opts.timings);
     hub.quota = api::Quota::new(opts.quota_per_robot);
     hub.session_limits = opts.session_limits;
+    hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     #[cfg(unix)]

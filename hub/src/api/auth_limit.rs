@@ -26,11 +26,24 @@ use axum::http::{Extensions, StatusCode};
 use super::error::ApiError;
 use super::query::shorten;
 
-/// Failed attempts a minute from one source (an IPv4 address, or an IPv6
-/// /64, what one host usually has).
-pub const FAILURES_PER_SOURCE: u32 = 30;
-/// Failed attempts a minute naming one access key id.
-pub const FAILURES_PER_KEY: u32 = 10;
+/// Failed attempts allowed a minute.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureLimits {
+    /// From one source (an IPv4 address, or an IPv6 /64, what one host
+    /// usually has).
+    pub per_source: u32,
+    /// Naming one access key id.
+    pub per_key: u32,
+}
+
+impl Default for FailureLimits {
+    fn default() -> FailureLimits {
+        FailureLimits {
+            per_source: 30,
+            per_key: 10,
+        }
+    }
+}
 const WINDOW: Duration = Duration::from_secs(60);
 /// Entries each map keeps at most.
 const MAX_TRACKED: usize = 16 * 1024;
@@ -40,11 +53,19 @@ const MAX_TRACKED_KEY_ID: usize = 128;
 
 #[derive(Default)]
 pub struct AuthLimiter {
+    limits: FailureLimits,
     sources: Mutex<Windows<IpAddr>>,
     keys: Mutex<Windows<String>>,
 }
 
 impl AuthLimiter {
+    pub fn new(limits: FailureLimits) -> AuthLimiter {
+        AuthLimiter {
+            limits,
+            ..AuthLimiter::default()
+        }
+    }
+
     /// Runs `attempt` unless the source or the key id has failed too often;
     /// counts its 401 as a failure.
     pub async fn guard<T>(
@@ -76,12 +97,12 @@ impl AuthLimiter {
             let sources = lock(&self.sources);
             if let Some(w) = sources.live(&ip, now) {
                 source_failed = w.failures > 0;
-                if w.failures >= FAILURES_PER_SOURCE {
+                if w.failures >= self.limits.per_source {
                     return Err(too_many(
                         format!(
                             "{} failed authentications from {ip} in the last minute (the limit is \
-                             {FAILURES_PER_SOURCE})",
-                            w.failures
+                             {}, --auth-failures-per-source)",
+                            w.failures, self.limits.per_source
                         ),
                         w.retry_after(now),
                     ));
@@ -93,14 +114,15 @@ impl AuthLimiter {
         {
             let keys = lock(&self.keys);
             if let Some(w) = keys.live(key, now)
-                && w.failures >= FAILURES_PER_KEY
+                && w.failures >= self.limits.per_key
             {
                 return Err(too_many(
                     format!(
                         "{} failed authentications for the access key `{}` in the last minute \
-                         (the limit is {FAILURES_PER_KEY})",
+                         (the limit is {}, --auth-failures-per-key)",
                         w.failures,
-                        shorten(key)
+                        shorten(key),
+                        self.limits.per_key
                     ),
                     w.retry_after(now),
                 ));
@@ -248,7 +270,7 @@ mod tests {
         let now = Instant::now();
         let guesser: IpAddr = [10, 0, 0, 1].into();
         let robot: IpAddr = [10, 0, 0, 2].into();
-        for _ in 0..FAILURES_PER_KEY {
+        for _ in 0..limiter.limits.per_key {
             limiter.failed(Some(guesser), Some("AK".into()), now);
         }
         assert!(limiter.check(Some(guesser), Some("AK"), now).is_err());

@@ -34,6 +34,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::db::{Db, keys};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
+pub use auth_limit::{AuthLimiter, FailureLimits};
 pub use error::ApiError;
 pub use quota::Quota;
 pub use session_limits::SessionLimits;
