@@ -165,6 +165,10 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
             "127.0.0.1:0",
             "--quota-per-robot",
             "1000000",
+            // A thousand simulated robots, each with a poll and a shipping
+            // connection, past the default cap of 1024.
+            "--max-connections",
+            "100000",
         ])
         .arg("--db")
         .arg(dir.join("hub.db"))
