@@ -103,8 +103,10 @@ impl Server {
                 Err(e) => tracing::debug!(error = %e, "accept"),
             }
         }
-        // Every connection holds a permit until it closes.
+        // Stop listening (new clients are refused rather than left waiting),
+        // then wait for every connection: each holds a permit until it closes.
         let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        drop(self);
         let _ = permits.acquire_many(all).await;
     }
 
