@@ -225,7 +225,16 @@ async fn each_auth_failure_says_which() {
     let scratch = Scratch::new();
     let key = create_key(&scratch, ALL_SCOPES);
     let doomed = create_key(&scratch, ALL_SCOPES);
-    let hub = Hub::start(&scratch);
+    // Every kind of failure in a row, far past the failed-auth limit.
+    let hub = Hub::start_with(
+        &scratch,
+        &[
+            "--auth-failures-per-source",
+            "1000",
+            "--auth-failures-per-key",
+            "1000",
+        ],
+    );
     let now = now();
 
     let with = |edit: &dyn Fn(&mut Value)| {

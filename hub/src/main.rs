@@ -5,10 +5,13 @@ mod api;
 mod db;
 mod dispatch;
 mod keys;
+mod listener;
+mod log_escape;
 mod robots;
 mod secrets;
 mod serve;
 mod store;
+mod tls;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -63,6 +66,10 @@ enum Command {
         #[arg(long, env = "TASUKI_HUB_LEASE_TTL_SECONDS", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(6..=3600))]
         lease_ttl_seconds: u64,
+        #[command(flatten)]
+        edge: EdgeArgs,
+        #[command(flatten)]
+        session_limits: SessionLimitArgs,
     },
     /// Manage access keys.
     Keys {
@@ -100,6 +107,60 @@ enum RobotsCommand {
         #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
         db: PathBuf,
     },
+}
+
+/// The network edge: what a client may hold open or try, and TLS.
+#[derive(clap::Args)]
+struct EdgeArgs {
+    /// Open connections at most; past it, new connections wait in the
+    /// listen backlog until one closes. Each waiting robot holds one for
+    /// its long poll: keep it well above the number of robots.
+    #[arg(long, env = "TASUKI_HUB_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Seconds a connection may take to send a complete request head,
+    /// and may stay idle between requests; also bounds a TLS handshake.
+    #[arg(long, env = "TASUKI_HUB_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    header_timeout_seconds: u64,
+    /// Failed authentications a minute from one source address before it
+    /// gets 429 (behind a reverse proxy every caller is the proxy's address).
+    #[arg(long, env = "TASUKI_HUB_AUTH_FAILURES_PER_SOURCE", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures_per_source: u32,
+    /// Failed authentications a minute naming one access key id before
+    /// sources that fail with it get 429.
+    #[arg(long, env = "TASUKI_HUB_AUTH_FAILURES_PER_KEY", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures_per_key: u32,
+    /// PEM certificate chain: serve HTTPS (with --tls-key). Reloaded, with
+    /// the key, on SIGHUP.
+    #[arg(long, env = "TASUKI_HUB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "TASUKI_HUB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// How much one session may store (hub/README.md, "Limits").
+#[derive(clap::Args)]
+struct SessionLimitArgs {
+    /// Artifacts one session may store.
+    #[arg(long, env = "TASUKI_HUB_MAX_SESSION_ARTIFACTS", default_value_t = 1000)]
+    max_session_artifacts: u64,
+    /// Total bytes of one session's artifacts.
+    #[arg(long, env = "TASUKI_HUB_MAX_SESSION_ARTIFACT_BYTES", default_value_t = 200 * 1024 * 1024)]
+    max_session_artifact_bytes: u64,
+    /// Log lines one session may store.
+    #[arg(
+        long,
+        env = "TASUKI_HUB_MAX_SESSION_LOG_LINES",
+        default_value_t = 1_000_000
+    )]
+    max_session_log_lines: u64,
+    /// Total bytes of one session's log messages.
+    #[arg(long, env = "TASUKI_HUB_MAX_SESSION_LOG_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    max_session_log_bytes: u64,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +201,8 @@ fn main() -> ExitCode {
             max_robots_per_key,
             hold_seconds,
             lease_ttl_seconds,
+            edge,
+            session_limits,
         } => run_server(serve::ServeOptions {
             listen,
             db,
@@ -151,6 +214,24 @@ fn main() -> ExitCode {
                 hold_seconds,
                 lease_ttl_seconds,
             },
+            edge: listener::EdgeLimits {
+                max_connections: edge.max_connections as usize,
+                header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),
+            },
+            auth_failures: api::FailureLimits {
+                per_source: edge.auth_failures_per_source,
+                per_key: edge.auth_failures_per_key,
+            },
+            session_limits: api::SessionLimits {
+                artifacts: session_limits.max_session_artifacts,
+                artifact_bytes: session_limits.max_session_artifact_bytes,
+                log_lines: session_limits.max_session_log_lines,
+                log_bytes: session_limits.max_session_log_bytes,
+            },
+            tls: edge
+                .tls_cert
+                .zip(edge.tls_key)
+                .map(|(cert, key)| tls::TlsFiles { cert, key }),
         }),
         Command::Keys { command } => match command {
             KeysCommand::Create { scopes, db } => keys::create(&db, &scopes),
@@ -181,12 +262,14 @@ fn run_server(opts: serve::ServeOptions) -> anyhow::Result<()> {
 
 /// Logs go to stderr (stdout carries the `listening on` line and the
 /// commands' JSON), coloured only on a terminal. RUST_LOG overrides the
-/// level.
+/// level. Field values carry callers' text (workflow and robot names,
+/// paths, errors): control and bidi characters in them are escaped.
 fn init_tracing(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(log_escape::escaping_fields())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

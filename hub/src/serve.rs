@@ -1,4 +1,6 @@
-//! `tasuki-hub serve`.
+//! `tasuki-hub serve`: open the store, listen (plain or TLS), run the
+//! accept loop of [`crate::listener`] and the lease sweeper, and shut down
+//! gracefully on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Hub};
 use crate::db::{leases, now_ms};
+use crate::listener::{EdgeLimits, Server};
 use crate::store;
+use crate::tls::{ReloadableTls, TlsFiles};
 
 /// How long in-flight requests get to finish after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -24,6 +27,10 @@ pub struct ServeOptions {
     pub quota_per_robot: u64,
     pub max_robots_per_key: u64,
     pub timings: api::Timings,
+    pub edge: EdgeLimits,
+    pub auth_failures: api::FailureLimits,
+    pub session_limits: api::SessionLimits,
+    pub tls: Option<TlsFiles>,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -45,42 +52,51 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             "gave the leases of a previous run a fresh deadline"
         );
     }
+    let tls = match opts.tls {
+        Some(files) => Some(ReloadableTls::load(files).context("TLS")?),
+        None => None,
+    };
     let mut hub = Hub::new(db, master, opts.issuer, opts.audience, opts.timings);
     hub.quota = api::Quota::new(opts.quota_per_robot);
     hub.max_robots_per_key = opts.max_robots_per_key;
+    hub.session_limits = opts.session_limits;
+    hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
+    #[cfg(unix)]
+    let reloader = match &tls {
+        Some(tls) => Some(tls.clone().reload_on_sighup()?),
+        None => None,
+    };
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr().context("the listening address")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // The one line on stdout: scripts and tests read the port from it.
-    println!("listening on http://{addr}");
-    tracing::info!(%addr, db = %opts.db.display(), "tasuki-hub serving");
-    // Small request/response exchanges: Nagle's algorithm with delayed
-    // ACKs would add 40 ms to some of them.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+    println!("listening on {scheme}://{addr}");
+    tracing::info!(%addr, scheme, db = %opts.db.display(), "tasuki-hub serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, api::router(hub.clone())).with_graceful_shutdown({
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = Server {
+        listener,
+        router: api::router(hub.clone()),
+        tls,
+        limits: opts.edge,
+    };
+    let server = tokio::spawn(server.run(stop_rx));
     shutdown_signal().await;
     tracing::info!("shutting down");
     sweeper.abort();
+    #[cfg(unix)]
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     // Waiting polls are answered now rather than held to the end of the
     // grace period; robots simply poll again, elsewhere or later.
     hub.dispatch.close();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(joined) => joined.context("the server task")?.context("serving")?,
+        Ok(joined) => joined.context("the server task")?,
         Err(_) => tracing::warn!(
             "requests still open after {} s; stopping anyway",
             SHUTDOWN_GRACE.as_secs()

@@ -168,6 +168,10 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
             // All the simulated robots share one key.
             "--max-robots-per-key",
             "1000000",
+            // A thousand simulated robots, each with a poll and a shipping
+            // connection, past the default cap of 1024.
+            "--max-connections",
+            "100000",
         ])
         .arg("--db")
         .arg(dir.join("hub.db"))

@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tasuki_protocol::{Claims, Scope, Scopes};
 
+use super::auth_limit;
 use super::error::ApiError;
 use super::query::shorten;
 use super::quota;
@@ -98,7 +99,7 @@ impl<R: RequiredScope> FromRequestParts<Arc<Hub>> for Authorized<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, ApiError> {
-        let caller = authenticate(parts, hub, Metering::Counted).await?;
+        let caller = limited(parts, hub, Metering::Counted).await?;
         caller.require(R::SCOPE)?;
         Ok(Authorized(caller, PhantomData))
     }
@@ -112,7 +113,7 @@ impl FromRequestParts<Arc<Hub>> for RobotCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, ApiError> {
-        let caller = authenticate(parts, hub, Metering::Exempt).await?;
+        let caller = limited(parts, hub, Metering::Exempt).await?;
         caller.require(Scope::Robot)?;
         Ok(RobotCaller(caller))
     }
@@ -146,6 +147,25 @@ impl Unverified {
             _ => None,
         }
     }
+}
+
+/// [`authenticate`], with failures limited per source and key id
+/// (`auth_limit.rs`).
+async fn limited(parts: &Parts, hub: &Arc<Hub>, metering: Metering) -> Result<Caller, ApiError> {
+    let claimed = bearer(parts)
+        .ok()
+        .and_then(|t| jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(t).ok())
+        .and_then(|c| match c.sub {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        });
+    hub.auth_limit
+        .guard(
+            auth_limit::peer_ip(&parts.extensions),
+            claimed.as_deref(),
+            authenticate(parts, hub, metering),
+        )
+        .await
 }
 
 async fn authenticate(

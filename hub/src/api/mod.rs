@@ -4,6 +4,7 @@
 //! [`auth::Authorized`] extractor applies.
 
 mod auth;
+mod auth_limit;
 mod body;
 mod error;
 mod params;
@@ -12,6 +13,7 @@ mod quota;
 mod robot;
 mod robots;
 mod search;
+mod session_limits;
 mod sessions;
 mod token;
 mod workflows;
@@ -32,8 +34,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::db::{Db, keys, robots as stored_robots};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
+pub use auth_limit::{AuthLimiter, FailureLimits};
 pub use error::ApiError;
 pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota};
+pub use session_limits::SessionLimits;
 
 /// What every request handler shares.
 pub struct Hub {
@@ -50,6 +54,11 @@ pub struct Hub {
     /// The robots waiting in a long poll.
     pub dispatch: Dispatcher,
     pub timings: Timings,
+    /// Failed authentications, per source and key id.
+    pub auth_limit: auth_limit::AuthLimiter,
+    /// How much one session may store, and what each has stored.
+    pub session_limits: SessionLimits,
+    pub session_usage: session_limits::Usage,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -104,6 +113,9 @@ impl Hub {
             max_robots_per_key: quota::DEFAULT_MAX_ROBOTS_PER_KEY,
             registry: Registry::builtin(),
             timings,
+            auth_limit: auth_limit::AuthLimiter::default(),
+            session_limits: SessionLimits::default(),
+            session_usage: session_limits::Usage::default(),
         }
     }
 

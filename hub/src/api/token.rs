@@ -1,10 +1,12 @@
 //! `POST /v1/token`: a JWT signed by the hub, for clients that do not sign
 //! their own. The only call authenticated by the secret itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tasuki_protocol::auth::DEFAULT_TOKEN_SECONDS;
@@ -21,8 +23,21 @@ const MAX_EXPIRES: i64 = auth::MAX_TOKEN_SECONDS;
 
 pub async fn create(
     State(hub): State<Arc<Hub>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    // Failed secrets are limited per source and key id (auth_limit.rs).
+    hub.auth_limit
+        .guard(
+            peer.map(|Extension(ConnectInfo(addr))| addr.ip()),
+            Some(&req.access_key_id),
+            issue(&hub, &req),
+        )
+        .await
+        .map(Json)
+}
+
+async fn issue(hub: &Hub, req: &TokenRequest) -> Result<TokenResponse, ApiError> {
     let expires = req.expires.unwrap_or(DEFAULT_TOKEN_SECONDS);
     if !(MIN_EXPIRES..=MAX_EXPIRES).contains(&expires) {
         return Err(ApiError::invalid_field(
@@ -90,5 +105,5 @@ pub async fn create(
         ApiError::internal()
     })?;
     let expires_at = jiff::Timestamp::from_second(claims.exp).map_err(|_| ApiError::internal())?;
-    Ok(Json(TokenResponse { token, expires_at }))
+    Ok(TokenResponse { token, expires_at })
 }

@@ -70,3 +70,15 @@ pub fn list(conn: &Connection, session_id: i64) -> Result<Vec<(String, u64, Stri
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
+
+/// How many artifacts a session has and their total bytes, leaving out
+/// `name` (api/session_limits.rs: a new version replaces it).
+pub fn usage_except(conn: &Connection, session_id: i64, name: &str) -> Result<(u64, u64), DbError> {
+    let (count, bytes): (i64, i64) = conn.row_cached(
+        "SELECT COUNT(*), COALESCE(SUM(length(data)), 0) FROM session_artifacts
+         WHERE session_id = ?1 AND name <> ?2",
+        params![session_id, name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((count.max(0) as u64, bytes.max(0) as u64))
+}

@@ -91,3 +91,13 @@ pub fn high_seq(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
     )?;
     Ok(high.max(0) as u64)
 }
+
+/// Bytes of log messages stored for a session (api/session_limits.rs).
+pub fn stored_bytes(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
+    let bytes: i64 = conn.row_cached(
+        "SELECT COALESCE(SUM(length(CAST(message AS BLOB))), 0) FROM session_logs WHERE session_id = ?1",
+        [session_id],
+        |r| r.get(0),
+    )?;
+    Ok(bytes.max(0) as u64)
+}

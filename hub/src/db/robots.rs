@@ -302,3 +302,13 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, DbError> {
     serde_json::to_string(value).map_err(|e| DbError::Corrupt(e.to_string()))
 }
+
+/// The access key that registered robot `id` (api/robot/session.rs binds
+/// lease calls to it).
+pub fn key_of(conn: &Connection, id: i64) -> Result<Option<String>, DbError> {
+    Ok(conn
+        .row_cached("SELECT key_id FROM robots WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}

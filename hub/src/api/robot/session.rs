@@ -6,23 +6,25 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use tasuki_protocol::robot::{MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, check_artifact_name};
+use tasuki_protocol::robot::{
+    MAX_ARTIFACT_BYTES, MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, check_artifact_name,
+};
 use tasuki_protocol::{
     FinishSession, LogBatch, LogsStored, SessionQueue, StepState, StepsStored, StepsUpdate,
 };
 
 use super::super::Hub;
-use super::super::auth::RobotCaller;
+use super::super::auth::{Caller, RobotCaller};
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
 use super::super::query::path_id;
 use super::{lease_header, lease_lost};
 use crate::db::artifacts::{self, Artifact};
 use crate::db::leases::{self, Finished, LeaseCheck, Withdrawn};
-use crate::db::{logs, now_ms, sessions};
+use crate::db::{now_ms, robots, sessions};
 
 const MAX_STEPS: usize = 100_000;
 
@@ -31,12 +33,23 @@ fn session_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError
     path_id("session", &text)
 }
 
-/// Checks the call's lease against the session; the robot that holds it.
-async fn held(hub: &Hub, id: i64, lease: &str) -> Result<LeaseCheck, ApiError> {
+/// Checks the call's lease against the session, and that the robot
+/// holding it was registered with the caller's key; the robot that holds
+/// it. A lease id shown with another key is answered as a lost lease, like
+/// an unknown one: the answer says nothing about whose it is, and an agent
+/// whose robot an operator moved to another key stops working on it.
+async fn held(hub: &Hub, caller: &Caller, id: i64, lease: &str) -> Result<LeaseCheck, ApiError> {
     let lease = lease.to_string();
-    let check = hub
+    let (check, owner) = hub
         .db
-        .call(move |conn| leases::check(conn, id, &lease))
+        .call(move |conn| {
+            let check = leases::check(conn, id, &lease)?;
+            let owner = match check {
+                LeaseCheck::Held { robot_id } => robots::key_of(conn, robot_id)?,
+                _ => None,
+            };
+            Ok((check, owner))
+        })
         .await?;
     match check {
         LeaseCheck::NoSession => Err(ApiError::not_found(
@@ -48,6 +61,19 @@ async fn held(hub: &Hub, id: i64, lease: &str) -> Result<LeaseCheck, ApiError> {
             "it was never this lease's, or it expired and the session went to another robot \
              or ended",
         )),
+        LeaseCheck::Held { robot_id } if owner.as_deref() != Some(caller.key_id.as_str()) => {
+            tracing::warn!(
+                session_queue_id = id,
+                robot_id,
+                key_id = %caller.key_id,
+                "a lease call with a lease held by another key's robot; refused"
+            );
+            Err(lease_lost(
+                id,
+                "it was never this lease's, or it expired and the session went to another robot \
+                 or ended",
+            ))
+        }
         held => Ok(held),
     }
 }
@@ -57,13 +83,13 @@ async fn held(hub: &Hub, id: i64, lease: &str) -> Result<LeaseCheck, ApiError> {
 /// for meanwhile. A lease the robot has listed in a poll is not taken back.
 pub async fn release(
     State(hub): State<Arc<Hub>>,
-    _: RobotCaller,
+    RobotCaller(caller): RobotCaller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let id = session_id(id)?;
     let lease = lease_header(&headers)?;
-    held(&hub, id, &lease).await?;
+    held(&hub, &caller, id, &lease).await?;
     let hub2 = hub.clone();
     let withdrawn = hub
         .db
@@ -92,7 +118,7 @@ pub async fn release(
 
 pub async fn logs(
     State(hub): State<Arc<Hub>>,
-    _: RobotCaller,
+    RobotCaller(caller): RobotCaller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonBody(batch): JsonBody<LogBatch>,
@@ -130,17 +156,21 @@ pub async fn logs(
     }
     // Logs are accepted for as long as the lease is the session's, even
     // after the finish: they are the robot's record of what ran.
-    held(&hub, id, &lease).await?;
+    held(&hub, &caller, id, &lease).await?;
+    let hub2 = hub.clone();
     let high_seq = hub
         .db
-        .call(move |conn| logs::append(conn, id, &batch.lines))
-        .await?;
+        .call(move |conn| {
+            hub2.session_limits
+                .append_logs(&hub2.session_usage, conn, id, &batch.lines)
+        })
+        .await??;
     Ok(Json(LogsStored { high_seq }))
 }
 
 pub async fn steps(
     State(hub): State<Arc<Hub>>,
-    _: RobotCaller,
+    RobotCaller(caller): RobotCaller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonBody(update): JsonBody<StepsUpdate>,
@@ -148,7 +178,7 @@ pub async fn steps(
     let id = session_id(id)?;
     let lease = lease_header(&headers)?;
     check_steps(&update.steps, "steps")?;
-    held(&hub, id, &lease).await?;
+    held(&hub, &caller, id, &lease).await?;
     let revision = hub
         .db
         .call(move |conn| leases::update_steps(conn, id, update.revision, &update.steps))
@@ -176,26 +206,48 @@ fn check_steps(steps: &[StepState], field: &str) -> Result<(), ApiError> {
 
 pub async fn artifact(
     State(hub): State<Arc<Hub>>,
-    _: RobotCaller,
+    RobotCaller(caller): RobotCaller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path((id, name)) =
         path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
     let id = path_id("session", &id)?;
     check_artifact_name(&name).map_err(|e| ApiError::bad_request("invalid_artifact_name", e))?;
     let lease = lease_header(&headers)?;
-    held(&hub, id, &lease).await?;
+    held(&hub, &caller, id, &lease).await?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "artifact_too_large",
+                format!("an artifact is at most {MAX_ARTIFACT_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("cannot read the artifact: {}", rejection.body_text()),
+            )
+        }
+    })?;
     let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body).as_ref());
     let artifact = Artifact {
         content_type: content_type_for(&name).to_string(),
         name,
         data: body.to_vec(),
     };
+    let limits = hub.session_limits;
     hub.db
-        .call(move |conn| artifacts::put(conn, id, &artifact, &sha256, now_ms()))
-        .await?;
+        .call(move |conn| {
+            let size = artifact.data.len() as u64;
+            if let Err(refused) = limits.check_artifact(conn, id, &artifact.name, size)? {
+                return Ok(Err(refused));
+            }
+            artifacts::put(conn, id, &artifact, &sha256, now_ms())?;
+            Ok(Ok(()))
+        })
+        .await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -232,7 +284,7 @@ pub async fn finish(
             "code at most 128 bytes, message at most 64 KiB",
         ));
     }
-    let LeaseCheck::Held { robot_id, .. } = held(&hub, id, &lease).await? else {
+    let LeaseCheck::Held { robot_id, .. } = held(&hub, &caller, id, &lease).await? else {
         return Err(ApiError::internal());
     };
     let status = report.status;

@@ -1,0 +1,145 @@
+//! How much one session may store: a robot key could otherwise fill the
+//! hub's disk with artifacts under ever new names and endless log
+//! batches. Each limit, once reached, refuses the call with 413 and an
+//! error that names the limit and the flag that sets it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::StatusCode;
+use rusqlite::Connection;
+use tasuki_protocol::LogLine;
+
+use super::error::ApiError;
+use crate::db::{DbError, artifacts, logs};
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub artifacts: u64,
+    pub artifact_bytes: u64,
+    pub log_lines: u64,
+    pub log_bytes: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits {
+            artifacts: 1000,
+            artifact_bytes: 200 * 1024 * 1024,
+            log_lines: 1_000_000,
+            log_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Bytes of log messages stored per session, so that a batch is not
+/// checked by summing a million lines. Seeded from the database the first
+/// time a session is seen; forgotten wholesale when it grows large (each
+/// session is then seeded again), which bounds it.
+#[derive(Default)]
+pub struct Usage {
+    log_bytes: Mutex<HashMap<i64, u64>>,
+}
+
+const MAX_TRACKED_SESSIONS: usize = 64 * 1024;
+
+impl SessionLimits {
+    /// Appends a batch unless the lines it adds would take the session
+    /// past a log limit; the highest stored `seq`, or the refusal. Runs
+    /// inside one database call, so batches cannot race past a limit.
+    pub fn append_logs(
+        &self,
+        usage: &Usage,
+        conn: &mut Connection,
+        session_id: i64,
+        lines: &[LogLine],
+    ) -> Result<Result<u64, ApiError>, DbError> {
+        let high = logs::high_seq(conn, session_id)?;
+        // What logs::append will store: lines after the highest, without gaps.
+        let mut next = high + 1;
+        let mut added_bytes = 0u64;
+        for line in lines {
+            if line.seq < next {
+                continue;
+            }
+            if line.seq != next {
+                break;
+            }
+            added_bytes += line.message.len() as u64;
+            next += 1;
+        }
+        let added_lines = next - 1 - high;
+        if added_lines == 0 {
+            return Ok(Ok(high));
+        }
+        if high + added_lines > self.log_lines {
+            return Ok(Err(too_much(
+                "session_log_limit",
+                format!(
+                    "session {session_id} may store at most {} log lines (--max-session-log-lines); \
+                     it has {high}, and this batch adds {added_lines}",
+                    self.log_lines
+                ),
+            )));
+        }
+        let mut map = usage.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = match map.get(&session_id) {
+            Some(&b) => b,
+            None => logs::stored_bytes(conn, session_id)?,
+        };
+        if stored + added_bytes > self.log_bytes {
+            return Ok(Err(too_much(
+                "session_log_limit",
+                format!(
+                    "session {session_id} may store at most {} bytes of log messages \
+                     (--max-session-log-bytes); it has {stored}, and this batch adds {added_bytes}",
+                    self.log_bytes
+                ),
+            )));
+        }
+        let stored_high = logs::append(conn, session_id, lines)?;
+        if map.len() >= MAX_TRACKED_SESSIONS {
+            map.clear();
+        }
+        map.insert(session_id, stored + added_bytes);
+        Ok(Ok(stored_high))
+    }
+
+    /// Whether an artifact `name` of `size` bytes fits beside the others
+    /// (a new version of a stored one replaces it, so it is not counted
+    /// twice).
+    pub fn check_artifact(
+        &self,
+        conn: &Connection,
+        session_id: i64,
+        name: &str,
+        size: u64,
+    ) -> Result<Result<(), ApiError>, DbError> {
+        let (count, bytes) = artifacts::usage_except(conn, session_id, name)?;
+        if count + 1 > self.artifacts {
+            return Ok(Err(too_much(
+                "session_artifact_limit",
+                format!(
+                    "session {session_id} may store at most {} artifacts (--max-session-artifacts), \
+                     and has that many",
+                    self.artifacts
+                ),
+            )));
+        }
+        if bytes + size > self.artifact_bytes {
+            return Ok(Err(too_much(
+                "session_artifact_limit",
+                format!(
+                    "session {session_id}'s artifacts may total at most {} bytes \
+                     (--max-session-artifact-bytes); it has {bytes}, and this one is {size}",
+                    self.artifact_bytes
+                ),
+            )));
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn too_much(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+}

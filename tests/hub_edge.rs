@@ -1,0 +1,704 @@
+//! The hub's network edge, against a real `tasuki-hub`: what a client
+//! without credentials can hold open (header timeout, connection cap),
+//! TLS with a reload on SIGHUP, lease calls bound to the key that holds
+//! the lease, failed authentication limited, per-session storage limits,
+//! and callers' text escaped in the hub's log.
+
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hub_support::*;
+use serde_json::{Value, json};
+
+const YAML: &str = "version: 1
+name: edge-probe
+steps:
+  - id: work
+    action: shell.run
+    with: {argv: [\"true\"]}
+";
+
+fn addr_of(hub: &Hub) -> SocketAddr {
+    let host_port = hub.url.split("://").nth(1).expect("the url has a scheme");
+    host_port.parse().expect("the hub listens on ip:port")
+}
+
+/// Whether the hub closed `conn` within `limit`: a read returns end of
+/// file or a reset instead of blocking.
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("set a read timeout");
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            // Whatever the hub answers (a 408 to a half-sent head, say),
+            // then the close.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A client bound to `source` (any 127.x address is loopback on Linux),
+/// so that one test can speak from several addresses.
+fn api_from(hub: &Hub, token: Option<String>, source: [u8; 4]) -> Api {
+    Api {
+        http: reqwest::Client::builder()
+            .local_address(IpAddr::from(source))
+            .build()
+            .expect("a client"),
+        base: hub.url.clone(),
+        token,
+    }
+}
+
+async fn register(api: &Api, name: &str) {
+    let r = api
+        .send(
+            api.request(reqwest::Method::PUT, &format!("/v1/robot/robots/{name}"))
+                .json(&json!({"instance_id": name, "version": "test", "max_concurrency": 1})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "register {name}: {}", r.body);
+}
+
+async fn poll(api: &Api, name: &str, poll_id: &str) -> Value {
+    let r = api
+        .post(
+            &format!("/v1/robot/robots/{name}/poll"),
+            &json!({"instance_id": name, "poll_id": poll_id, "free_slots": 1,
+                    "draining": false, "held": []}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "poll of {name}: {}", r.body);
+    r.body
+}
+
+/// Queues a session of a fresh workflow; its id.
+async fn queued_session(api: &Api) -> i64 {
+    let r = api.post("/v1/workflows", &json!({"yaml": YAML})).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let wf = r.body["id"].as_i64().expect("workflow id");
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": wf, "params": {}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    r.body["id"].as_i64().expect("session id")
+}
+
+/// A session leased to the robot `name` of `robot_api`'s key:
+/// `(session_id, lease_id)`.
+async fn leased(api: &Api, robot_api: &Api, name: &str) -> (i64, String) {
+    register(robot_api, name).await;
+    let id = queued_session(api).await;
+    let answer = poll(robot_api, name, "p1").await;
+    let lease = &answer["leases"][0];
+    assert_eq!(lease["session_id"].as_i64(), Some(id), "{answer}");
+    (
+        id,
+        lease["lease_id"].as_str().expect("lease_id").to_string(),
+    )
+}
+
+async fn with_lease(
+    api: &Api,
+    method: reqwest::Method,
+    path: impl AsRef<str>,
+    lease: &str,
+    body: impl Into<reqwest::Body>,
+) -> Reply {
+    api.send(
+        api.request(method, path.as_ref())
+            .header("tasuki-lease", lease)
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
+}
+
+fn log_batch(from: u64, messages: &[&str]) -> String {
+    let lines: Vec<Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({"seq": from + i as u64, "ts": "2026-01-01T00:00:00Z", "level": "info",
+                   "step_id": null, "message": m})
+        })
+        .collect();
+    json!({ "lines": lines }).to_string()
+}
+
+fn assert_refused(r: &Reply, status: u16, code: &str) {
+    assert_eq!((r.status.as_u16(), r.code()), (status, code), "{}", r.body);
+}
+
+// ---------------------------------------------------------------------
+// Item 3: connections without credentials.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed_and_the_api_still_answers() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--max-connections", "16", "--header-timeout-seconds", "2"],
+    );
+    let addr = addr_of(&hub);
+    // Twice the cap: half silent, half stopping in the middle of a head.
+    let mut conns: Vec<TcpStream> = (0..32)
+        .map(|i| {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            if i % 2 == 1 {
+                c.write_all(b"GET /v1/robots HTTP/1.1\r\nHost: hub\r\nX-Slow: ")
+                    .expect("send half a head");
+            }
+            c
+        })
+        .collect();
+
+    // A real call gets through: the held connections time out and make
+    // room, and the call waits in the backlog meanwhile.
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let r = tokio::time::timeout(Duration::from_secs(30), api.get("/v1/workflows"))
+        .await
+        .expect("the API answers while the connections are held");
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+
+    let conns = tokio::task::spawn_blocking(move || {
+        conns
+            .iter_mut()
+            .map(|c| closed_within(c, Duration::from_secs(20)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    assert!(
+        conns.iter().all(|&closed| closed),
+        "every idle or half-sent connection is closed by the hub: {conns:?}"
+    );
+    // And again once they are all gone.
+    let r = api.get("/v1/workflows").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert!(
+        hub.stderr().contains("at the connection limit"),
+        "{}",
+        hub.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_outlasts_the_header_timeout() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--header-timeout-seconds", "1", "--hold-seconds", "4"],
+    );
+    let robot_api = Api::new(&hub, Some(token(&key, "robot")));
+    register(&robot_api, "patient").await;
+    let started = Instant::now();
+    let answer = poll(&robot_api, "patient", "p1").await;
+    assert_eq!(answer["leases"], json!([]), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the poll was held past the 1 s header timeout ({:?})",
+        started.elapsed()
+    );
+    // The same kept-alive connection serves the next call.
+    let answer = poll(&robot_api, "patient", "p2").await;
+    assert_eq!(answer["leases"], json!([]), "{answer}");
+}
+
+// ---------------------------------------------------------------------
+// Item 9: TLS.
+
+/// A CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`.
+fn make_ca_and_cert(dir: &Path, name: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (the tests need the openssl CLI)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca_key = format!("{name}-ca.key");
+    let ca = format!("{name}-ca.pem");
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let cert = format!("{name}.pem");
+    let ext = format!("{name}.ext");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca, "-days", "2"]);
+    let ca_subject = format!("/CN={name} test CA");
+    args.extend(["-subj", &ca_subject]);
+    openssl(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    openssl(&args);
+    std::fs::write(
+        dir.join(&ext),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write the extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-set_serial",
+        "7",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    let read = |f: &str| std::fs::read(dir.join(f)).expect("read a PEM file");
+    (read(&ca), read(&cert), read(&key))
+}
+
+fn trusting(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem).expect("a PEM CA")])
+        // Every call a new connection, so a reload shows at once.
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a client")
+}
+
+async fn get_status(client: &reqwest::Client, url: &str) -> Result<u16, reqwest::Error> {
+    client.get(url).send().await.map(|r| r.status().as_u16())
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_and_a_sighup_loads_the_new_certificate() {
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let (ca1, cert1, key1) = make_ca_and_cert(dir, "one");
+    let (ca2, cert2, key2) = make_ca_and_cert(dir, "two");
+    let cert_path = dir.join("hub-cert.pem");
+    let key_path = dir.join("hub-key.pem");
+    std::fs::write(&cert_path, &cert1).expect("write the cert");
+    std::fs::write(&key_path, &key1).expect("write the key");
+    let hub = Hub::start_with(
+        &scratch,
+        &[
+            "--tls-cert",
+            cert_path.to_str().expect("utf-8"),
+            "--tls-key",
+            key_path.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(hub.url.starts_with("https://127.0.0.1:"), "{}", hub.url);
+    let url = format!("{}/v1/workflows", hub.url);
+
+    // No token: a 401 from the API is the proof the TLS exchange worked.
+    assert_eq!(get_status(&trusting(&ca1), &url).await.ok(), Some(401));
+    assert!(
+        get_status(&trusting(&ca2), &url).await.is_err(),
+        "a client that trusts another CA is refused"
+    );
+    let plain = format!("http://{}/v1/workflows", addr_of(&hub));
+    assert!(
+        get_status(&reqwest::Client::new(), &plain).await.is_err(),
+        "plain HTTP to the TLS port gets no answer"
+    );
+
+    // A new pair, then SIGHUP: new connections see the new certificate.
+    std::fs::write(&cert_path, &cert2).expect("write the new cert");
+    std::fs::write(&key_path, &key2).expect("write the new key");
+    let pid = hub_pid(&hub);
+    sighup(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_status(&trusting(&ca2), &url).await.ok() != Some(401) {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served after SIGHUP: {}",
+            hub.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        get_status(&trusting(&ca1), &url).await.is_err(),
+        "the old certificate is no longer served"
+    );
+
+    // A broken pair keeps the one in service, and says why in the log.
+    std::fs::write(&key_path, b"not a key").expect("break the key");
+    sighup(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hub.stderr().contains("still serving the previous pair") {
+        assert!(
+            Instant::now() < deadline,
+            "no error logged: {}",
+            hub.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_status(&trusting(&ca2), &url).await.ok(), Some(401));
+    assert!(hub.stop().success());
+}
+
+#[cfg(unix)]
+fn hub_pid(hub: &Hub) -> i32 {
+    hub.pid().expect("the hub is running") as i32
+}
+
+#[cfg(unix)]
+fn sighup(pid: i32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(pid), Signal::SIGHUP).expect("signal the hub");
+}
+
+#[test]
+fn a_certificate_that_does_not_load_stops_serve_with_the_reason() {
+    let scratch = Scratch::new();
+    let cert = scratch.dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate").expect("write");
+    let out = hub_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(scratch.db())
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&cert)
+        .output()
+        .expect("run tasuki-hub");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds no PEM certificate") && stderr.contains("cert.pem"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Item 10: lease calls bound to the key.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_key_cannot_use_a_lease_it_does_not_hold() {
+    let scratch = Scratch::new();
+    let key_a = create_key(&scratch, ALL_SCOPES);
+    let key_b = create_key(&scratch, "robot");
+    let hub = Hub::start_with(&scratch, &["--hold-seconds", "1"]);
+    let api = Api::new(&hub, Some(token(&key_a, ALL_SCOPES)));
+    let robot_a = Api::new(&hub, Some(token(&key_a, "robot")));
+    let robot_b = Api::new(&hub, Some(token(&key_b, "robot")));
+    register(&robot_b, "robot-b").await;
+    let (id, lease) = leased(&api, &robot_a, "robot-a").await;
+
+    let base = format!("/v1/robot/sessions/{id}");
+    use reqwest::Method;
+    let calls: [(Method, String, String); 5] = [
+        (
+            Method::POST,
+            format!("{base}/logs"),
+            log_batch(1, &["forged"]),
+        ),
+        (
+            Method::PUT,
+            format!("{base}/steps"),
+            json!({"revision": 99, "steps": []}).to_string(),
+        ),
+        (
+            Method::PUT,
+            format!("{base}/artifacts/forged.txt"),
+            "forged".into(),
+        ),
+        (
+            Method::POST,
+            format!("{base}/finish"),
+            json!({"status": "error", "idempotency_key": "forged", "ended_at": "2026-01-01T00:00:00Z", "steps": []}).to_string(),
+        ),
+        (Method::POST, format!("{base}/release"), "{}".into()),
+    ];
+    for (method, path, body) in calls {
+        let r = with_lease(&robot_b, method, &path, &lease, body).await;
+        assert_refused(&r, 409, "lease_lost");
+    }
+
+    // A's session is as it was: running on robot-a, nothing of B's stored.
+    let s = api.get(&format!("/v1/session_queues/{id}")).await;
+    assert_eq!(s.body["status"], "running", "{}", s.body);
+    assert_eq!(s.body["robot"]["name"], "robot-a", "{}", s.body);
+    let logs = api.get(&format!("/v1/session_queues/{id}/logs")).await;
+    assert!(!logs.body.to_string().contains("forged"), "{}", logs.body);
+    let arts = api.get(&format!("/v1/session_queues/{id}/artifacts")).await;
+    assert!(!arts.body.to_string().contains("forged"), "{}", arts.body);
+    // And A's own calls still work.
+    let r = with_lease(
+        &robot_a,
+        reqwest::Method::POST,
+        &format!("{base}/logs"),
+        &lease,
+        log_batch(1, &["mine"]),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let r = with_lease(
+        &robot_a,
+        reqwest::Method::POST,
+        &format!("{base}/finish"),
+        &lease,
+        json!({"status": "success", "idempotency_key": "k1", "ended_at": "2026-01-01T00:00:00Z", "steps": []}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["status"], "success", "{}", r.body);
+}
+
+// ---------------------------------------------------------------------
+// Item 11: failed authentication.
+
+async fn token_call(api: &Api, key: &Key, secret: &str) -> Reply {
+    api.post(
+        "/v1/token",
+        &json!({"access_key_id": key.id, "secret_access_key": secret}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_secrets_are_limited_per_key_and_source_but_not_the_key_holder() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start(&scratch);
+    let guesser = api_from(&hub, None, [127, 0, 0, 1]);
+    for i in 0..10 {
+        let r = token_call(&guesser, &key, &format!("guess-{i}")).await;
+        assert_refused(&r, 401, "invalid_secret");
+    }
+    // The 11th guess is not tested, even if right.
+    let r = token_call(&guesser, &key, &key.secret).await;
+    assert_refused(&r, 429, "too_many_failed_authentications");
+    let retry: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert!(r.message().contains(&key.id), "{}", r.message());
+
+    // The key's holder, elsewhere, is not locked out by someone else's
+    // guesses...
+    let holder = api_from(&hub, None, [127, 0, 0, 2]);
+    let r = token_call(&holder, &key, &key.secret).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    // ...but a second address that guesses gets one guess.
+    let second = api_from(&hub, None, [127, 0, 0, 3]);
+    assert_refused(&token_call(&second, &key, "x").await, 401, "invalid_secret");
+    assert_refused(
+        &token_call(&second, &key, "y").await,
+        429,
+        "too_many_failed_authentications",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_bearer_tokens_are_limited_per_source_and_success_is_not_counted() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--quota-per-robot", "1000000"]);
+    let good = api_from(&hub, Some(token(&key, ALL_SCOPES)), [127, 0, 0, 1]);
+    // Successes are never counted.
+    for _ in 0..40 {
+        assert_eq!(good.get("/v1/workflows").await.status.as_u16(), 200);
+    }
+    // Thirty tokens with made-up key ids, then the source is refused.
+    for i in 0..30 {
+        let forged = Key {
+            id: format!("AK-made-up-{i}"),
+            secret: "x".into(),
+        };
+        let bad = api_from(&hub, Some(token(&forged, ALL_SCOPES)), [127, 0, 0, 4]);
+        assert_refused(&bad.get("/v1/workflows").await, 401, "unknown_access_key");
+    }
+    let bad = api_from(&hub, Some("not.a.jwt".into()), [127, 0, 0, 4]);
+    let r = bad.get("/v1/workflows").await;
+    assert_refused(&r, 429, "too_many_failed_authentications");
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(r.message().contains("127.0.0.4"), "{}", r.message());
+    // Robot calls go through the same check.
+    let robot = api_from(&hub, Some(token(&key, "robot")), [127, 0, 0, 4]);
+    let r = robot.get("/v1/robot/robots/nobody").await;
+    assert_refused(&r, 429, "too_many_failed_authentications");
+    // Other sources are unaffected.
+    assert_eq!(good.get("/v1/workflows").await.status.as_u16(), 200);
+}
+
+// ---------------------------------------------------------------------
+// Item 18: per-session limits.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stores_no_more_than_its_limits() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &[
+            "--hold-seconds",
+            "1",
+            "--max-session-artifacts",
+            "2",
+            "--max-session-artifact-bytes",
+            "1000",
+            "--max-session-log-lines",
+            "5",
+            "--max-session-log-bytes",
+            "100",
+        ],
+    );
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Api::new(&hub, Some(token(&key, "robot")));
+    let (id, lease) = leased(&api, &robot, "filler").await;
+    let put = |name: &str, size: usize| {
+        with_lease(
+            &robot,
+            reqwest::Method::PUT,
+            format!("/v1/robot/sessions/{id}/artifacts/{name}"),
+            &lease,
+            vec![b'x'; size],
+        )
+    };
+    assert_eq!(put("a.txt", 400).await.status.as_u16(), 204);
+    assert_eq!(put("b.txt", 400).await.status.as_u16(), 204);
+    let r = put("c.txt", 1).await;
+    assert_refused(&r, 413, "session_artifact_limit");
+    assert!(
+        r.message().contains("--max-session-artifacts"),
+        "{}",
+        r.message()
+    );
+    // A new version of a stored artifact replaces it: counted once.
+    assert_eq!(put("a.txt", 500).await.status.as_u16(), 204);
+    let r = put("a.txt", 700).await;
+    assert_refused(&r, 413, "session_artifact_limit");
+    assert!(
+        r.message().contains("--max-session-artifact-bytes"),
+        "{}",
+        r.message()
+    );
+
+    let logs = |body: String| {
+        with_lease(
+            &robot,
+            reqwest::Method::POST,
+            format!("/v1/robot/sessions/{id}/logs"),
+            &lease,
+            body,
+        )
+    };
+    let forty = "x".repeat(40);
+    let r = logs(log_batch(1, &[&forty, &forty])).await;
+    assert_eq!(r.body["high_seq"], 2, "{}", r.body);
+    let r = logs(log_batch(3, &[&"y".repeat(30)])).await;
+    assert_refused(&r, 413, "session_log_limit");
+    assert!(
+        r.message().contains("--max-session-log-bytes"),
+        "{}",
+        r.message()
+    );
+    // A resent batch is not counted twice.
+    let r = logs(log_batch(1, &[&forty, &forty, "a", "b", "c"])).await;
+    assert_eq!(r.body["high_seq"], 5, "{}", r.body);
+    let r = logs(log_batch(6, &["d"])).await;
+    assert_refused(&r, 413, "session_log_limit");
+    assert!(
+        r.message().contains("--max-session-log-lines"),
+        "{}",
+        r.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_size_artifact_gets_a_json_error() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--hold-seconds", "1"]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Api::new(&hub, Some(token(&key, "robot")));
+    let (id, lease) = leased(&api, &robot, "big").await;
+    let r = with_lease(
+        &robot,
+        reqwest::Method::PUT,
+        &format!("/v1/robot/sessions/{id}/artifacts/huge.bin"),
+        &lease,
+        vec![0u8; 50 * 1024 * 1024 + 1],
+    )
+    .await;
+    assert_refused(&r, 413, "artifact_too_large");
+}
+
+// ---------------------------------------------------------------------
+// Item 12: callers' text in the hub's log.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_and_bidi_characters_in_a_workflow_name_are_escaped_in_the_log() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let name = "evil\nFORGED LINE\r\u{1b}[31mred\u{202e}desrever";
+    let r = api
+        .post(
+            "/v1/workflows",
+            &json!({"workflow": {"version": 1, "name": name, "steps": [
+                {"id": "s", "action": "log", "with": {"message": "hi"}}]}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hub.stderr().contains("workflow registered") {
+        assert!(Instant::now() < deadline, "{}", hub.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = hub.stderr();
+    assert!(
+        log.contains(r"evil\nFORGED LINE\r\u{1b}[31mred\u{202e}desrever"),
+        "{log}"
+    );
+    assert!(!log.contains("\nFORGED"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(!log.contains('\u{202e}'), "{log}");
+    assert!(!log.contains('\r'), "{log}");
+}
