@@ -194,18 +194,21 @@ impl TypedAction for HttpRequest {
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            let mut excerpt = match &body {
+            let text = match &body {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            if excerpt.len() > 300 {
+            let excerpt = if text.len() > 300 {
                 let cut = (0..=300)
                     .rev()
-                    .find(|i| excerpt.is_char_boundary(*i))
+                    .find(|i| text.is_char_boundary(*i))
                     .unwrap_or(0);
-                excerpt.truncate(cut);
-                excerpt.push('…');
-            }
+                // Masked before the cut, so that a secret across it does
+                // not leave its start behind.
+                format!("{}…", ctx.mask_cut(text.as_bytes(), cut))
+            } else {
+                text
+            };
             return Err(ActionError::new(
                 codes::HTTP_STATUS,
                 format!("{method} {url} returned {status} (expected {expected}); body: {excerpt}"),

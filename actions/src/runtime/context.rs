@@ -188,6 +188,17 @@ impl ActionContext {
         self.shared.masker.mask(text)
     }
 
+    /// See [`Masker::cut_margin`]: what a reader cutting long lines keeps
+    /// past the cut.
+    pub fn mask_cut_margin(&self) -> usize {
+        self.shared.masker.cut_margin()
+    }
+
+    /// `text` masked, then cut to `max` bytes (see [`Masker::mask_cut`]).
+    pub fn mask_cut(&self, text: &[u8], max: usize) -> String {
+        self.shared.masker.mask_cut(text, max)
+    }
+
     /// The process's HTTP client: connections are reused across steps and
     /// sessions, and building one (a TLS setup, 3-15 ms) is paid once. It
     /// keeps no cookies, so sessions share nothing but the pool.
