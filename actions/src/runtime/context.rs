@@ -214,7 +214,11 @@ pub fn shared_http_client() -> Result<&'static reqwest::Client, String> {
     if let Some(c) = CLIENT.get() {
         return Ok(c);
     }
+    // `http.request` follows redirects itself (see builtin/http.rs), and
+    // `Referer` could carry secret query parameters to another host.
     let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .user_agent(concat!("tasuki/", env!("CARGO_PKG_VERSION")))
         .tcp_nodelay(true)
         .build()
