@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use crate::display::{Display, Target};
 use crate::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, RunArgs};
 
-pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
+pub fn validate(file: &Path, allow_env: Vec<String>, allow_file_urls: bool) -> u8 {
     let registry = Registry::builtin();
     match load_workflow(
         file,
         &registry,
         &LoadOptions {
             env_allow: Some(allow_env),
+            allow_file_urls: Some(allow_file_urls),
             ..LoadOptions::default()
         },
     ) {
@@ -58,6 +59,7 @@ pub fn run(args: RunArgs) -> u8 {
     let registry = Registry::builtin();
     let load = LoadOptions {
         env_allow: Some(args.allow_env.clone()),
+        allow_file_urls: Some(args.browser.allow_file_urls),
         ..LoadOptions::default()
     };
     let workflow = match load_workflow(&args.file, &registry, &load) {

@@ -30,6 +30,10 @@ pub struct LoadOptions {
     /// The action families this robot runs (see [`allowed::Allowed`]);
     /// `None` allows every action.
     pub allowed_actions: Option<allowed::Allowed>,
+    /// Whether this robot's browser may open local files (see
+    /// `builtin/browser/navigation.rs`); `None` when the caller cannot
+    /// know, as with `env_allow`.
+    pub allow_file_urls: Option<bool>,
 }
 
 /// Parses and validates workflow text. `origin` names the file in every

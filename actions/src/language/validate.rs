@@ -13,6 +13,7 @@ use super::model::{
 };
 use super::problem::{Problems, join};
 use super::template::{PathExpr, Segment, Template, paths};
+use crate::builtin::browser;
 use crate::runtime::registry::Registry;
 
 const CONTROL_ACTIONS: &[&str] = &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY];
@@ -52,6 +53,18 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A literal URL the browser would be sent to is checked now; one
+    /// from a template is checked when the step runs.
+    fn navigation(&mut self, step: &Step, with_path: &str) {
+        if browser::NAVIGATING_ACTIONS.contains(&step.action.as_str())
+            && let Some(Value::String(url)) = step.with.get("url")
+            && !url.contains("${")
+            && let Err(message) = browser::check_navigation(url, self.options.allow_file_urls)
+        {
+            self.problems.add(join(with_path, "url"), message);
+        }
+    }
+
     fn steps(&mut self, steps: &[Step]) {
         for step in steps {
             self.step(step);
@@ -189,6 +202,7 @@ impl Validator<'_> {
                         self.problems.add(at, message);
                     }
                 }
+                self.navigation(step, &with_path);
             }
         }
 

@@ -48,6 +48,9 @@ pub struct BrowserSettings {
     /// How long element waits last and how often they poll, unless a step says otherwise.
     pub element_timeout: Duration,
     pub poll_interval: Duration,
+    /// Whether `file:` and `view-source:` URLs may be opened; they read
+    /// local files (see `builtin/browser/navigation.rs`).
+    pub allow_file_urls: bool,
 }
 
 impl Default for BrowserSettings {
@@ -62,6 +65,7 @@ impl Default for BrowserSettings {
             user_agent: None,
             element_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
+            allow_file_urls: false,
         }
     }
 }
