@@ -202,3 +202,52 @@ steps:
     // The page never got any of them; the file inside the work dir it did.
     assert_eq!(steps["picked"]["output"]["text"], "invoice.txt:5");
 }
+
+/// WebDriver's navigation is what the check guards; a page's own attempts
+/// (a script, a link, also on a `data:` page) Chromium refuses itself.
+#[test]
+fn a_page_cannot_send_the_browser_to_a_local_file_either() {
+    require_browser();
+    let server = start_server();
+    let scratch = Scratch::new();
+    let r = run_with(
+        &scratch,
+        &format!(
+            r##"
+version: 1
+name: from-a-page
+steps:
+  - id: web
+    action: browser.goto
+    with: {{url: "{page}"}}
+  - id: script
+    action: browser.execute_script
+    with: {{script: "location.href = 'file:///etc/passwd'; return null"}}
+  - id: settle
+    action: sleep
+    with: {{duration: 500ms}}
+  - id: after_script
+    action: browser.get_url
+  - id: data
+    action: browser.goto
+    with: {{url: "data:text/html,<a id=l href='file:///etc/passwd'>x</a>"}}
+  - id: click
+    action: browser.click
+    with: {{selector: "#l"}}
+  - id: settle_again
+    action: sleep
+    with: {{duration: 500ms}}
+  - id: after_link
+    action: browser.get_url
+"##,
+            page = server.url("/pages/upload.html")
+        ),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps = &r.report["steps"];
+    for id in ["after_script", "after_link"] {
+        let url = steps[id]["output"]["url"].as_str().unwrap_or_default();
+        assert!(!url.starts_with("file:"), "{id}: {url}");
+    }
+}
