@@ -68,3 +68,80 @@ steps:
 fn tail(text: &str) -> &str {
     &text[text.len().saturating_sub(2000)..]
 }
+
+/// A secret param in `argv` is on the process's command line, which every
+/// local user can read: validation warns (naming the file, line, field and
+/// param) but accepts the workflow.
+#[test]
+fn a_secret_param_in_argv_gets_a_warning_that_does_not_fail_validation() {
+    let scratch = Scratch::new();
+    let in_argv = scratch.write(
+        "argv.yaml",
+        r#"version: 1
+name: argv
+params:
+  password: {secret: true, default: pw}
+  user: {default: alice}
+steps:
+  - id: nested
+    action: try
+    steps:
+      - id: login
+        action: shell.run
+        with:
+          argv: [curl, -u, "${params.user}:${params.password}", https://example.test]
+"#,
+    );
+    let out = support::tasuki()
+        .arg("validate")
+        .arg(&in_argv)
+        .output()
+        .expect("start tasuki");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let expected = format!("warning: {}:13:", in_argv.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains(
+            "steps[0].steps[0].with.argv[2]: secret param `password` is passed in `argv`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`env`") && stderr.contains("`script`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`user`"), "{stderr}");
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+
+    // `tasuki run` says the same before it runs.
+    let run = run_json(scratch.path(), &in_argv, &["--dry-run"]);
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+}
+
+#[test]
+fn a_secret_param_passed_in_env_gets_no_warning() {
+    let scratch = Scratch::new();
+    let in_env = scratch.write(
+        "env.yaml",
+        r#"version: 1
+name: env
+params:
+  password: {secret: true, default: pw}
+steps:
+  - id: login
+    action: shell.run
+    with:
+      argv: [sh, -c, 'curl -u "alice:$PASSWORD" https://example.test']
+      env: {PASSWORD: "${params.password}"}
+"#,
+    );
+    let out = support::tasuki()
+        .arg("validate")
+        .arg(&in_env)
+        .output()
+        .expect("start tasuki");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -27,6 +27,7 @@ pub fn validate(file: &Path, allow_env: Vec<String>, allow_file_urls: bool) -> u
         },
     ) {
         Ok(workflow) => {
+            print_warnings(&workflow);
             crate::print_stdout(&format!(
                 "{}: ok ({} steps)",
                 file.display(),
@@ -35,6 +36,13 @@ pub fn validate(file: &Path, allow_env: Vec<String>, allow_file_urls: bool) -> u
             EXIT_OK
         }
         Err(problems) => report_problems(&problems),
+    }
+}
+
+/// What validation found unwise, on stderr; the workflow still runs.
+fn print_warnings(workflow: &Workflow) {
+    for w in workflow.warnings.iter() {
+        eprintln!("warning: {w}");
     }
 }
 
@@ -66,6 +74,7 @@ pub fn run(args: RunArgs) -> u8 {
         Ok(w) => w,
         Err(problems) => return report_problems(&problems),
     };
+    print_warnings(&workflow);
     let inputs = match crate::inputs::gather(&args) {
         Ok(i) => i,
         Err(errors) => return invalid(&errors),
