@@ -128,10 +128,8 @@ fn uploads_come_only_from_inside_the_work_dir_after_resolving_links() {
     std::fs::create_dir(work.join("sub")).unwrap();
 
     // An absolute literal is refused before anything runs.
-    let literal = format!(
-        "version: 1\nname: abs\nsteps:\n  - id: up\n    action: browser.upload\n    with: {{selector: \"#file\", file: /etc/passwd}}\n"
-    );
-    let r = run_with(&scratch, &literal, &[]);
+    let literal = "version: 1\nname: abs\nsteps:\n  - id: up\n    action: browser.upload\n    with: {selector: \"#file\", file: /etc/passwd}\n";
+    let r = run_with(&scratch, literal, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr
