@@ -15,17 +15,19 @@ use tokio_util::sync::CancellationToken;
 use crate::display::{Display, Target};
 use crate::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, RunArgs};
 
-pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
+pub fn validate(file: &Path, allow_env: Vec<String>, allow_file_urls: bool) -> u8 {
     let registry = Registry::builtin();
     match load_workflow(
         file,
         &registry,
         &LoadOptions {
             env_allow: Some(allow_env),
+            allow_file_urls: Some(allow_file_urls),
             ..LoadOptions::default()
         },
     ) {
         Ok(workflow) => {
+            print_warnings(&workflow);
             crate::print_stdout(&format!(
                 "{}: ok ({} steps)",
                 file.display(),
@@ -34,6 +36,13 @@ pub fn validate(file: &Path, allow_env: Vec<String>) -> u8 {
             EXIT_OK
         }
         Err(problems) => report_problems(&problems),
+    }
+}
+
+/// What validation found unwise, on stderr; the workflow still runs.
+fn print_warnings(workflow: &Workflow) {
+    for w in workflow.warnings.iter() {
+        eprintln!("warning: {w}");
     }
 }
 
@@ -58,12 +67,14 @@ pub fn run(args: RunArgs) -> u8 {
     let registry = Registry::builtin();
     let load = LoadOptions {
         env_allow: Some(args.allow_env.clone()),
+        allow_file_urls: Some(args.browser.allow_file_urls),
         ..LoadOptions::default()
     };
     let workflow = match load_workflow(&args.file, &registry, &load) {
         Ok(w) => w,
         Err(problems) => return report_problems(&problems),
     };
+    print_warnings(&workflow);
     let inputs = match crate::inputs::gather(&args) {
         Ok(i) => i,
         Err(errors) => return invalid(&errors),

@@ -37,6 +37,9 @@ enum Command {
         /// An environment variable `${env.NAME}` may read (repeatable).
         #[arg(long = "allow-env", value_name = "NAME")]
         allow_env: Vec<String>,
+        /// Accept browser steps that open local files (see `run --allow-file-urls`).
+        #[arg(long)]
+        allow_file_urls: bool,
     },
     /// Print the JSON Schema of the workflow format, for editors.
     Schema,
@@ -129,6 +132,10 @@ pub struct BrowserArgs {
     /// Use a remote WebDriver (such as Selenium Grid) instead of a local driver.
     #[arg(long, value_name = "URL", env = "TASUKI_REMOTE_WEBDRIVER")]
     pub remote_webdriver: Option<String>,
+    /// Let browser steps open file: and view-source: URLs, which read local
+    /// files.
+    #[arg(long)]
+    pub allow_file_urls: bool,
 }
 
 impl BrowserArgs {
@@ -138,6 +145,7 @@ impl BrowserArgs {
             chromedriver: self.chromedriver.clone(),
             remote_url: self.remote_webdriver.clone(),
             headless: !self.headed,
+            allow_file_urls: self.allow_file_urls,
             ..Default::default()
         }
     }
@@ -179,7 +187,11 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Run(args) => local_run::run(args),
-        Command::Validate { file, allow_env } => local_run::validate(&file, allow_env),
+        Command::Validate {
+            file,
+            allow_env,
+            allow_file_urls,
+        } => local_run::validate(&file, allow_env, allow_file_urls),
         Command::Demo {
             output,
             browser,

@@ -1,11 +1,18 @@
 //! `http.request`: one HTTP call, with a size-capped response whose body is
 //! parsed JSON when the server says it is JSON.
+//!
+//! Redirects are followed here rather than by reqwest, so that what a
+//! redirect carries is explicit: a redirect to another origin (scheme, host
+//! or port) gets none of the step's headers, which may hold credentials,
+//! and no request ever sends `Referer`, which may carry secret query
+//! parameters.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use reqwest::{Method, Url};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode, Url};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -16,6 +23,8 @@ use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction, codes};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Redirects followed before the call fails, as browsers and reqwest do.
+const MAX_REDIRECTS: usize = 10;
 
 pub struct HttpRequest;
 
@@ -40,6 +49,9 @@ pub struct HttpArgs {
     expect_status: Option<ExpectStatus>,
     /// A lower response size cap for this call; the robot's cap still applies.
     max_response_bytes: Option<u64>,
+    /// Whether to follow redirects (true by default). A redirect to another
+    /// origin is sent without the step's headers.
+    follow_redirects: Option<bool>,
 }
 
 #[derive(Deserialize, JsonSchema, Clone, Copy)]
@@ -102,17 +114,33 @@ impl TypedAction for HttpRequest {
         let client = ctx
             .http_client()
             .map_err(|e| ActionError::new(codes::HTTP, e))?;
-        let mut request = client
-            .request(method.clone(), url.clone())
-            .timeout(args.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT));
-        for (k, v) in args.headers.iter().flatten() {
-            request = request.header(k, &v.0);
-        }
-        if let Some(body) = &args.json {
-            request = request.json(body);
-        } else if let Some(body) = args.body {
-            request = request.body(body);
-        }
+        let mut headers = header_map(args.headers.as_ref())?;
+        // A body's type travels with the body (a redirect may drop the body,
+        // or the headers but not the body); the step's own type wins.
+        let body = if let Some(json) = &args.json {
+            let bytes = serde_json::to_vec(json)
+                .map_err(|e| ActionError::new(codes::INVALID_ARGS, format!("with.json: {e}")))?;
+            let content_type = headers
+                .remove(CONTENT_TYPE)
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            Some(Body {
+                bytes,
+                content_type: Some(content_type),
+            })
+        } else {
+            args.body.map(|text| Body {
+                bytes: text.into_bytes(),
+                content_type: headers.remove(CONTENT_TYPE),
+            })
+        };
+        let request = Hop {
+            method: method.clone(),
+            url: url.clone(),
+            headers,
+            body,
+        };
+        let timeout = args.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT);
+        let follow = args.follow_redirects.unwrap_or(true);
 
         let started = Instant::now();
         let robot_limit = ctx.options().max_response_bytes;
@@ -120,10 +148,8 @@ impl TypedAction for HttpRequest {
             .max_response_bytes
             .map_or(robot_limit, |n| robot_limit.min(n as usize));
         let call = async {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| describe_error(&method, &url, e))?;
+            let (response, method, url) =
+                send_following(ctx, client, request, timeout, follow).await?;
             let status = response.status();
             let headers: Map<String, Value> = response
                 .headers()
@@ -155,9 +181,9 @@ impl TypedAction for HttpRequest {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok((status, headers, is_json, body))
+            Ok((method, url, status, headers, is_json, body))
         };
-        let (status, headers, is_json, body) = tokio::select! {
+        let (method, url, status, headers, is_json, body) = tokio::select! {
             r = call => r?,
             _ = ctx.cancel.cancelled() => return Err(ActionError::new(codes::CANCELLED, format!("{method} {url} was cancelled"))),
         };
@@ -194,24 +220,163 @@ impl TypedAction for HttpRequest {
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            let mut excerpt = match &body {
+            let text = match &body {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            if excerpt.len() > 300 {
+            let excerpt = if text.len() > 300 {
                 let cut = (0..=300)
                     .rev()
-                    .find(|i| excerpt.is_char_boundary(*i))
+                    .find(|i| text.is_char_boundary(*i))
                     .unwrap_or(0);
-                excerpt.truncate(cut);
-                excerpt.push('…');
-            }
+                // Masked before the cut, so that a secret across it does
+                // not leave its start behind.
+                format!("{}…", ctx.mask_cut(text.as_bytes(), cut))
+            } else {
+                text
+            };
             return Err(ActionError::new(
                 codes::HTTP_STATUS,
                 format!("{method} {url} returned {status} (expected {expected}); body: {excerpt}"),
             ));
         }
         Ok(json!({ "status": code, "headers": headers, "body": body }))
+    }
+}
+
+/// One request of a call that may be redirected.
+struct Hop {
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Option<Body>,
+}
+
+/// A request body, with the type that describes it (it goes where the body goes).
+struct Body {
+    bytes: Vec<u8>,
+    content_type: Option<HeaderValue>,
+}
+
+fn header_map(headers: Option<&BTreeMap<String, Text>>) -> Result<HeaderMap, ActionError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.into_iter().flatten() {
+        let invalid = |why: String| {
+            ActionError::new(codes::INVALID_ARGS, format!("with.headers.{name}: {why}"))
+        };
+        let key = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid("not a valid header name".into()))?;
+        let value = HeaderValue::from_str(&value.0)
+            .map_err(|_| invalid("the value holds characters a header cannot carry".into()))?;
+        map.append(key, value);
+    }
+    Ok(map)
+}
+
+/// Sends `hop`, following redirects when `follow` is set, all within
+/// `timeout`. Returns the last response with the method and URL that got it.
+async fn send_following(
+    ctx: &ActionContext,
+    client: &reqwest::Client,
+    mut hop: Hop,
+    timeout: Duration,
+    follow: bool,
+) -> Result<(reqwest::Response, Method, Url), ActionError> {
+    let deadline = Instant::now() + timeout;
+    let mut redirects = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ActionError::new(
+                codes::TIMEOUT,
+                format!("{} {} timed out", hop.method, hop.url),
+            ));
+        }
+        let mut request = client
+            .request(hop.method.clone(), hop.url.clone())
+            .timeout(left)
+            .headers(hop.headers.clone());
+        if let Some(body) = &hop.body {
+            if let Some(ct) = &body.content_type {
+                request = request.header(CONTENT_TYPE, ct);
+            }
+            request = request.body(body.bytes.clone());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| describe_error(&hop.method, &hop.url, e))?;
+        let location = response.headers().get(LOCATION);
+        if !follow || !response.status().is_redirection() || location.is_none() {
+            return Ok((response, hop.method, hop.url));
+        }
+        if redirects == MAX_REDIRECTS {
+            return Err(ActionError::new(
+                codes::HTTP,
+                format!(
+                    "{} {}: more than {MAX_REDIRECTS} redirects",
+                    hop.method, hop.url
+                ),
+            ));
+        }
+        redirects += 1;
+        let status = response.status();
+        let target = location
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| hop.url.join(l).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                ActionError::new(
+                    codes::HTTP,
+                    format!(
+                        "{} {} redirected ({status}) to a location that is not an http or https URL",
+                        hop.method, hop.url
+                    ),
+                )
+            })?;
+        let other_origin = target.origin() != hop.url.origin();
+        ctx.log(
+            LogLevel::Info,
+            &format!(
+                "{} {} -> {} redirects to {target}{}",
+                hop.method,
+                hop.url,
+                status.as_u16(),
+                if other_origin {
+                    " (another origin: the step's headers are not sent there)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        hop = redirected(hop, status, target, other_origin);
+    }
+}
+
+/// The request a redirect asks for. 303, and 301 or 302 after a POST,
+/// become a GET without a body (as browsers do); 307 and 308 keep the
+/// method and body. Another origin gets none of the step's headers.
+fn redirected(hop: Hop, status: StatusCode, target: Url, other_origin: bool) -> Hop {
+    let to_get = match status {
+        StatusCode::SEE_OTHER => hop.method != Method::HEAD,
+        StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND => hop.method == Method::POST,
+        _ => false,
+    };
+    let (method, body) = if to_get {
+        (Method::GET, None)
+    } else {
+        (hop.method, hop.body)
+    };
+    let headers = if other_origin {
+        HeaderMap::new()
+    } else {
+        hop.headers
+    };
+    Hop {
+        method,
+        url: target,
+        headers,
+        body,
     }
 }
 
@@ -237,8 +402,6 @@ fn describe_error(method: &Method, url: &Url, e: reqwest::Error) -> ActionError 
         return ActionError::new(codes::TIMEOUT, format!("{method} {url} timed out"));
     } else if e.is_connect() {
         "could not connect"
-    } else if e.is_redirect() {
-        "too many redirects"
     } else if e.is_body() || e.is_decode() {
         "the response body could not be read"
     } else {

@@ -394,6 +394,7 @@ impl Tail {
 
 /// Reads lines of at most `max` bytes. A longer line is cut, with a marker,
 /// and the rest of it is skipped, so one runaway line cannot exhaust memory.
+/// The cut masks secrets first (see [`emit`]).
 /// Before each read from the pipe it waits for the session's sink to want
 /// more lines (see [`crate::EventSink::log_room`]), until `unpaced` is
 /// cancelled: once the process has ended (or is being stopped), what is
@@ -409,6 +410,8 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
     let mut reader = BufReader::with_capacity(16 * 1024, reader);
     let mut line: Vec<u8> = Vec::new();
     let mut truncated = false;
+    // Kept past the cut so that a secret straddling it is masked whole.
+    let keep = max + ctx.mask_cut_margin();
     loop {
         if reader.buffer().is_empty() && !unpaced.is_cancelled() {
             tokio::select! {
@@ -419,7 +422,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
         let available = reader.fill_buf().await?;
         if available.is_empty() {
             if !line.is_empty() || truncated {
-                emit(&line, truncated, &mut on_line);
+                emit(&line, max, truncated, ctx, &mut on_line);
             }
             return Ok(());
         }
@@ -427,7 +430,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
             Some(i) => (&available[..i], Some(i)),
             None => (available, None),
         };
-        let room = max.saturating_sub(line.len());
+        let room = keep.saturating_sub(line.len());
         if chunk.len() > room {
             line.extend_from_slice(&chunk[..room]);
             truncated = true;
@@ -437,19 +440,37 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
         let consumed = found_newline.map(|i| i + 1).unwrap_or(available.len());
         reader.consume(consumed);
         if found_newline.is_some() {
-            emit(&line, truncated, &mut on_line);
+            emit(&line, max, truncated, ctx, &mut on_line);
             line.clear();
             truncated = false;
         }
     }
 }
 
-fn emit(line: &[u8], truncated: bool, on_line: &mut impl FnMut(&str)) {
-    let mut text = String::from_utf8_lossy(line).into_owned();
-    if text.ends_with('\r') {
-        text.pop();
-    }
-    if truncated {
+/// Hands a line on, cut to `max` bytes if it is longer. Secrets are masked
+/// before the cut: masking after it would leak the start of a secret that
+/// straddles it (the line holds
+/// [`crate::runtime::context::ActionContext::mask_cut_margin`] bytes past
+/// `max` for that).
+fn emit(
+    line: &[u8],
+    max: usize,
+    truncated: bool,
+    ctx: &crate::runtime::context::ActionContext,
+    on_line: &mut impl FnMut(&str),
+) {
+    let line = if truncated {
+        line
+    } else {
+        line.strip_suffix(b"\r").unwrap_or(line)
+    };
+    let cut = truncated || line.len() > max;
+    let mut text = if cut {
+        ctx.mask_cut(line, max)
+    } else {
+        String::from_utf8_lossy(line).into_owned()
+    };
+    if cut {
         text.push_str(" …[line truncated]");
     }
     on_line(&text);

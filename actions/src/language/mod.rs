@@ -30,6 +30,10 @@ pub struct LoadOptions {
     /// The action families this robot runs (see [`allowed::Allowed`]);
     /// `None` allows every action.
     pub allowed_actions: Option<allowed::Allowed>,
+    /// Whether this robot's browser may open local files (see
+    /// `builtin/browser/navigation.rs`); `None` when the caller cannot
+    /// know, as with `env_allow`.
+    pub allow_file_urls: Option<bool>,
 }
 
 /// Parses and validates workflow text. `origin` names the file in every
@@ -42,8 +46,14 @@ pub fn parse_workflow(
 ) -> Result<Workflow, Problems> {
     let located = source::parse(text, Format::from_file_name(origin))
         .map_err(|p| locate(Problems(vec![p]), origin, None))?;
-    check_document(&located, registry, options)
-        .map_err(|problems| locate(problems, origin, Some(&located)))
+    let mut workflow = check_document(&located, registry, options)
+        .map_err(|problems| locate(problems, origin, Some(&located)))?;
+    workflow.warnings = locate(
+        std::mem::take(&mut workflow.warnings),
+        origin,
+        Some(&located),
+    );
+    Ok(workflow)
 }
 
 /// Validates an already-parsed document, such as a JSON body the hub received.
@@ -61,10 +71,12 @@ fn check_document(
     options: &LoadOptions,
 ) -> Result<Workflow, Problems> {
     let (workflow, mut problems) = model::lower(&located.value);
-    let Some(workflow) = workflow else {
+    let Some(mut workflow) = workflow else {
         return Err(problems);
     };
-    problems.extend(validate::validate(&workflow, registry, options));
+    let (errors, warnings) = validate::validate(&workflow, registry, options);
+    problems.extend(errors);
+    workflow.warnings = warnings;
     if problems.is_empty() {
         Ok(workflow)
     } else {

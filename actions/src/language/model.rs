@@ -22,6 +22,9 @@ pub struct Workflow {
     pub timeout: Option<Duration>,
     pub steps: Vec<Step>,
     pub on_error: Vec<Step>,
+    /// What validation found unwise but not wrong (a secret in `argv`):
+    /// callers show these, and the workflow still runs.
+    pub warnings: Problems,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +324,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         timeout,
         steps,
         on_error,
+        warnings: Problems::default(),
     };
     (Some(workflow), problems)
 }

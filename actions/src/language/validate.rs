@@ -13,16 +13,30 @@ use super::model::{
 };
 use super::problem::{Problems, join};
 use super::template::{PathExpr, Segment, Template, paths};
+use crate::builtin::browser;
 use crate::runtime::registry::Registry;
 
 const CONTROL_ACTIONS: &[&str] = &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY];
+const SHELL_RUN: &str = "shell.run";
 const STEP_FIELDS_READABLE: &[&str] = &["output", "status", "error"];
 
-pub fn validate(workflow: &Workflow, registry: &Registry, options: &LoadOptions) -> Problems {
+/// The problems, and the warnings (see [`Workflow::warnings`]).
+pub fn validate(
+    workflow: &Workflow,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> (Problems, Problems) {
     let mut v = Validator {
         registry,
         options,
         problems: Problems::default(),
+        warnings: Problems::default(),
+        secret_params: workflow
+            .params
+            .iter()
+            .filter(|p| p.secret)
+            .map(|p| p.name.clone())
+            .collect(),
         ids: HashMap::new(),
         all_ids: workflow.all_steps().iter().map(|s| s.id.clone()).collect(),
         params: workflow.params.iter().map(|p| p.name.clone()).collect(),
@@ -33,13 +47,15 @@ pub fn validate(workflow: &Workflow, registry: &Registry, options: &LoadOptions)
     v.steps(&workflow.steps);
     v.in_error = true;
     v.steps(&workflow.on_error);
-    v.problems
+    (v.problems, v.warnings)
 }
 
 struct Validator<'a> {
     registry: &'a Registry,
     options: &'a LoadOptions,
     problems: Problems,
+    warnings: Problems,
+    secret_params: HashSet<String>,
     ids: HashMap<String, String>,
     all_ids: HashSet<String>,
     params: HashSet<String>,
@@ -52,6 +68,67 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A literal URL the browser would be sent to is checked now; one
+    /// from a template is checked when the step runs.
+    fn navigation(&mut self, step: &Step, with_path: &str) {
+        if browser::NAVIGATING_ACTIONS.contains(&step.action.as_str())
+            && let Some(Value::String(url)) = step.with.get("url")
+            && !url.contains("${")
+            && let Err(message) = browser::check_navigation(url, self.options.allow_file_urls)
+        {
+            self.problems.add(join(with_path, "url"), message);
+        }
+    }
+
+    /// A secret param in a command line is readable by every local user
+    /// (`ps`, `/proc/PID/cmdline`) while the process runs; `env` and
+    /// `script` (a private file) are not.
+    fn secrets_in_argv(&mut self, value: &Value, path: &str) {
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.secrets_in_argv(item, &super::problem::index(path, i));
+                }
+            }
+            Value::String(text) if text.contains("${") => {
+                let Ok(template) = Template::parse(text) else {
+                    return; // reported as a problem already
+                };
+                let mut found = Vec::new();
+                for (expr, _) in template.expressions() {
+                    paths(expr, &mut found);
+                }
+                let mut named: Vec<&str> = Vec::new();
+                for p in &found {
+                    if p.root != "params" {
+                        continue;
+                    }
+                    match p.segments.first() {
+                        Some(Segment::Key(name)) if self.secret_params.contains(name) => {
+                            named.push(name)
+                        }
+                        None => named.extend(self.secret_params.iter().map(String::as_str)),
+                        _ => {}
+                    }
+                }
+                named.sort_unstable();
+                named.dedup();
+                for name in named {
+                    self.warnings.add(
+                        path,
+                        format!(
+                            "secret param `{name}` is passed in `argv`, where every user of the \
+                             machine can read it while the process runs (ps, /proc/PID/cmdline); \
+                             pass it in `env` (such as `env: {{SECRET: \"${{params.{name}}}\"}}`) \
+                             or use it in a `script`"
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn steps(&mut self, steps: &[Step]) {
         for step in steps {
             self.step(step);
@@ -188,6 +265,12 @@ impl Validator<'_> {
                         };
                         self.problems.add(at, message);
                     }
+                }
+                self.navigation(step, &with_path);
+                if action == SHELL_RUN
+                    && let Some(argv) = step.with.get("argv")
+                {
+                    self.secrets_in_argv(argv, &join(&with_path, "argv"));
                 }
             }
         }

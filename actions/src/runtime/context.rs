@@ -48,6 +48,9 @@ pub struct BrowserSettings {
     /// How long element waits last and how often they poll, unless a step says otherwise.
     pub element_timeout: Duration,
     pub poll_interval: Duration,
+    /// Whether `file:` and `view-source:` URLs may be opened; they read
+    /// local files (see `builtin/browser/navigation.rs`).
+    pub allow_file_urls: bool,
 }
 
 impl Default for BrowserSettings {
@@ -62,6 +65,7 @@ impl Default for BrowserSettings {
             user_agent: None,
             element_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
+            allow_file_urls: false,
         }
     }
 }
@@ -188,6 +192,17 @@ impl ActionContext {
         self.shared.masker.mask(text)
     }
 
+    /// See [`Masker::cut_margin`]: what a reader cutting long lines keeps
+    /// past the cut.
+    pub fn mask_cut_margin(&self) -> usize {
+        self.shared.masker.cut_margin()
+    }
+
+    /// `text` masked, then cut to `max` bytes (see [`Masker::mask_cut`]).
+    pub fn mask_cut(&self, text: &[u8], max: usize) -> String {
+        self.shared.masker.mask_cut(text, max)
+    }
+
     /// The process's HTTP client: connections are reused across steps and
     /// sessions, and building one (a TLS setup, 3-15 ms) is paid once. It
     /// keeps no cookies, so sessions share nothing but the pool.
@@ -203,7 +218,11 @@ pub fn shared_http_client() -> Result<&'static reqwest::Client, String> {
     if let Some(c) = CLIENT.get() {
         return Ok(c);
     }
+    // `http.request` follows redirects itself (see builtin/http.rs), and
+    // `Referer` could carry secret query parameters to another host.
     let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .user_agent(concat!("tasuki/", env!("CARGO_PKG_VERSION")))
         .tcp_nodelay(true)
         .build()

@@ -9,6 +9,8 @@ pub const MASK: &str = "***";
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     matcher: Option<AhoCorasick>,
+    /// The longest form of any secret, in bytes.
+    longest: usize,
 }
 
 impl Masker {
@@ -32,14 +34,15 @@ impl Masker {
         patterns.sort();
         patterns.dedup();
         if patterns.is_empty() {
-            return Masker { matcher: None };
+            return Masker::default();
         }
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
         // Leftmost-longest so that a secret containing another is masked whole.
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)
             .ok();
-        Masker { matcher }
+        Masker { matcher, longest }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,6 +54,37 @@ impl Masker {
             None => text.to_string(),
             Some(m) => m.replace_all(text, &vec![MASK; m.patterns_len()]),
         }
+    }
+
+    /// How many bytes past a cut a reader must keep for [`Masker::mask_cut`]
+    /// to see whole any secret that starts before the cut.
+    pub fn cut_margin(&self) -> usize {
+        self.longest.saturating_sub(1)
+    }
+
+    /// The first `max` bytes of `text`, masked as a whole before the cut,
+    /// so that a secret straddling the cut is masked rather than leaking
+    /// its start. A secret that starts before the cut is replaced whole, so
+    /// the result may run a few bytes past `max`. `text` must hold
+    /// [`Masker::cut_margin`] bytes past `max`, or all of the line.
+    pub fn mask_cut(&self, text: &[u8], max: usize) -> String {
+        let max = max.min(text.len());
+        let mut out: Vec<u8> = Vec::with_capacity(max + MASK.len());
+        let mut copied = 0;
+        if let Some(m) = &self.matcher {
+            for found in m.find_iter(text) {
+                if found.start() >= max {
+                    break;
+                }
+                out.extend_from_slice(&text[copied..found.start()]);
+                out.extend_from_slice(MASK.as_bytes());
+                copied = found.end();
+            }
+        }
+        if copied < max {
+            out.extend_from_slice(&text[copied..max]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     pub fn mask_in_place(&self, text: &mut String) {
@@ -163,5 +197,49 @@ mod tests {
         let mut v = serde_json::json!({"pin": 4711, "n": 12});
         m.mask_value(&mut v);
         assert_eq!(v, serde_json::json!({"pin": "***", "n": 12}));
+    }
+
+    /// A reader keeps `max + cut_margin` bytes of a long line; whatever
+    /// offset the secret (or its longest encoded form) has around the cut,
+    /// no four bytes of it survive.
+    #[test]
+    fn a_secret_straddling_a_cut_is_masked_at_every_offset() {
+        let secret = "S3cr3t/Token+Value=20";
+        let m = Masker::new([secret]);
+        let encoded = percent_encode(secret);
+        assert_eq!(m.cut_margin(), encoded.len() - 1);
+        let max = 64;
+        for form in [secret, encoded.as_str()] {
+            for start in max - form.len() - 2..max + 2 {
+                let mut line = "x".repeat(start);
+                line.push_str(form);
+                line.push_str(&"y".repeat(200));
+                let kept = &line.as_bytes()[..max + m.cut_margin()];
+                let cut = m.mask_cut(kept, max);
+                for n in 4..=form.len() {
+                    assert!(
+                        !cut.contains(&form[..n]),
+                        "{n} bytes of {form:?} at offset {start} leaked: {cut}"
+                    );
+                }
+                if start < max {
+                    assert!(
+                        cut.ends_with(MASK) || cut.contains(&format!("{MASK}y")),
+                        "{cut}"
+                    );
+                }
+                assert!(cut.len() <= max + MASK.len(), "{}", cut.len());
+            }
+        }
+    }
+
+    #[test]
+    fn mask_cut_without_secrets_or_past_the_end_just_cuts() {
+        assert_eq!(
+            Masker::new(Vec::<String>::new()).mask_cut(b"abcdef", 4),
+            "abcd"
+        );
+        assert_eq!(Masker::new(["cd"]).mask_cut(b"abcdef", 40), "ab***ef");
+        assert_eq!(Masker::new(["cd"]).mask_cut(b"abcdef", 3), "ab***");
     }
 }

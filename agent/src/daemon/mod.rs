@@ -440,6 +440,7 @@ fn run_agent(args: AgentArgs) -> u8 {
                 remote_url: config.remote_webdriver.clone(),
                 headless: config.headless,
                 window_size: config.window_size,
+                allow_file_urls: config.browser_allow_file_urls,
                 ..Default::default()
             },
             env_allow: config.env_allow.clone(),

@@ -97,6 +97,7 @@ pub async fn run(
     let load = LoadOptions {
         env_allow: Some(env.options.env_allow.clone()),
         allowed_actions: Some(env.allowed_actions.clone()),
+        allow_file_urls: Some(env.options.browser.allow_file_urls),
     };
     let prepared = env
         .checked

@@ -388,6 +388,10 @@ impl Effective {
                 Some((Value::Bool(true), _))
             ),
             window_size,
+            browser_allow_file_urls: matches!(
+                self.values.get("browser.allow_file_urls"),
+                Some((Value::Bool(true), _))
+            ),
             work_dir: self.path("paths.work_dir").unwrap_or_default(),
             artifacts_dir: self.path("paths.artifacts_dir").unwrap_or_default(),
             log_dir: self.path("paths.log_dir"),
@@ -427,6 +431,7 @@ pub struct Settings {
     pub remote_webdriver: Option<String>,
     pub headless: bool,
     pub window_size: (u32, u32),
+    pub browser_allow_file_urls: bool,
     pub work_dir: PathBuf,
     pub artifacts_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
@@ -457,6 +462,7 @@ mod defaults {
             "credentials.file" => Value::Path(config_dir.join("credentials.toml")),
             "browser.headless" => Value::Bool(true),
             "browser.window_size" => Value::Size(1280, 800),
+            "browser.allow_file_urls" => Value::Bool(false),
             "paths.work_dir" => Value::Path(crate::daemon::default_work_dir()),
             "paths.artifacts_dir" => match set.get("paths.work_dir") {
                 Some((Value::Path(w), _)) => Value::Path(w.join("artifacts")),

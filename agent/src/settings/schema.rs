@@ -122,6 +122,11 @@ pub const KEYS: &[Key] = &[
         "the browser window's size",
     ),
     key(
+        "browser.allow_file_urls",
+        Kind::Bool,
+        "let browser steps open file: and view-source: URLs (local files)",
+    ),
+    key(
         "paths.work_dir",
         Kind::Path,
         "sessions' working directories and the log spool",

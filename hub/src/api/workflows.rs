@@ -79,6 +79,11 @@ pub async fn create(
         })?
     };
     let (workflow, source) = parsed.map_err(invalid_workflow)?;
+    // Accepted all the same (see `Workflow::warnings`); the API answer has
+    // no place for them yet, so the operator's log gets them.
+    for warning in workflow.warnings.iter() {
+        tracing::warn!(key_id = %caller.key_id, name = %workflow.name, %warning, "workflow accepted with a warning");
+    }
     if workflow.name.chars().count() > MAX_NAME_CHARS {
         return Err(invalid_workflow(Problems(vec![
             tasuki_actions::Problem::new(

@@ -2,6 +2,7 @@
 //! inside `super::run`, which supplies the browser, cancellation and
 //! failure evidence.
 
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
@@ -11,7 +12,7 @@ use thirtyfour::By;
 
 use super::{
     CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, Wait, check_locator,
-    driver_error, run, sha256_hex, with_element, write_artifact,
+    check_navigation, driver_error, run, sha256_hex, with_element, write_artifact,
 };
 use crate::builtin::args::{DurationArg, Text};
 use crate::runtime::context::ActionContext;
@@ -78,6 +79,9 @@ impl TypedAction for Open {
             lang: args.lang.clone(),
             user_agent: args.user_agent.clone(),
         };
+        if let Some(url) = &args.url {
+            navigable(ctx, url)?;
+        }
         run(ctx, Some(&overrides), |h| async move {
             if let Some(url) = &args.url {
                 h.driver
@@ -108,6 +112,7 @@ impl TypedAction for Goto {
     type Args = GotoArgs;
 
     async fn run(&self, ctx: &ActionContext, args: GotoArgs) -> Result<Value, ActionError> {
+        navigable(ctx, &args.url)?;
         run(ctx, None, |h| async move {
             h.driver
                 .goto(args.url.as_str())
@@ -123,6 +128,14 @@ impl TypedAction for Goto {
         })
         .await
     }
+}
+
+/// Checked when the step runs, whatever validation saw: the URL may come
+/// from a template.
+fn navigable(ctx: &ActionContext, url: &str) -> Result<(), ActionError> {
+    let allow = ctx.options().browser.allow_file_urls;
+    check_navigation(url, Some(allow))
+        .map_err(|m| ActionError::new(codes::INVALID_ARGS, format!("with.url: {m}")))
 }
 
 element_args!(ClickArgs {});
@@ -308,18 +321,18 @@ impl TypedAction for Upload {
     type Args = UploadArgs;
 
     fn check_args(args: &Map<String, Value>) -> Vec<(String, String)> {
-        check_locator(args, true)
+        let mut problems = check_locator(args, true);
+        if let Some(Value::String(file)) = args.get("file")
+            && let Some(why) = absolute(file)
+        {
+            problems.push(("file".into(), why));
+        }
+        problems
     }
 
     async fn run(&self, ctx: &ActionContext, args: UploadArgs) -> Result<Value, ActionError> {
-        let path = ctx.options().work_dir.join(&args.file);
-        let path = std::path::absolute(&path).unwrap_or(path);
-        if !path.is_file() {
-            return Err(ActionError::new(
-                codes::INVALID_ARGS,
-                format!("with.file: there is no file at {}", path.display()),
-            ));
-        }
+        let path = inside_work_dir(&ctx.options().work_dir, &args.file)
+            .map_err(|m| ActionError::new(codes::INVALID_ARGS, format!("with.file: {m}")))?;
         let (locator, wait) = (args.locator(), args.wait(ctx));
         let text = path.display().to_string();
         run(ctx, None, |h| async move {
@@ -332,6 +345,63 @@ impl TypedAction for Upload {
         })
         .await
     }
+}
+
+/// `file` resolved inside `work_dir`, after `..` and symbolic links: the
+/// browser reads whatever it is given, so a path that leads out of the work
+/// directory would hand any file the robot can read to the page.
+fn inside_work_dir(work_dir: &Path, file: &str) -> Result<PathBuf, String> {
+    if let Some(why) = absolute(file) {
+        return Err(why);
+    }
+    let relative = Path::new(file);
+    let root = work_dir.canonicalize().map_err(|e| {
+        format!(
+            "cannot resolve the work directory {}: {e}",
+            work_dir.display()
+        )
+    })?;
+    let path = root.join(relative).canonicalize().map_err(|e| {
+        format!(
+            "there is no file `{file}` in the work directory {} ({e})",
+            root.display()
+        )
+    })?;
+    if !path.starts_with(&root) {
+        return Err(format!(
+            "`{file}` leads to {}, outside the work directory {}; uploads come from inside it",
+            path.display(),
+            root.display()
+        ));
+    }
+    if !path.is_file() {
+        return Err(format!("`{file}` is not a file"));
+    }
+    Ok(without_verbatim_prefix(path))
+}
+
+/// Why `file` is not relative (a root, or on Windows a drive), if it is not.
+fn absolute(file: &str) -> Option<String> {
+    Path::new(file)
+        .components()
+        .any(|c| matches!(c, Component::Prefix(_) | Component::RootDir))
+        .then(|| {
+            format!(
+                "`{file}` is an absolute path; give a path relative to the session's work directory"
+            )
+        })
+}
+
+/// Windows canonicalizes to `\\?\C:\...`, which not every
+/// program takes; the plain form names the same file.
+fn without_verbatim_prefix(path: PathBuf) -> PathBuf {
+    #[cfg(windows)]
+    if let Some(plain) = path.to_str().and_then(|s| s.strip_prefix(r"\\?\"))
+        && !plain.starts_with("UNC\\")
+    {
+        return PathBuf::from(plain);
+    }
+    path
 }
 
 element_args!(GetTextArgs {});

@@ -8,6 +8,7 @@
 
 mod actions;
 mod launch;
+mod navigation;
 
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
@@ -20,6 +21,7 @@ use thirtyfour::error::{WebDriverError, WebDriverErrorInner};
 use thirtyfour::{By, WebDriver, WebElement};
 
 pub use launch::{Browser, Overrides, find_chromedriver, find_chromium};
+pub use navigation::{FILE_URLS_SETTING, NAVIGATING_ACTIONS, check_navigation};
 
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;

@@ -1,0 +1,147 @@
+//! Secrets and what a workflow can leak of them, through the real `tasuki`
+//! binary: long output lines cut around a secret, and secrets in `argv`.
+
+mod support;
+
+use support::{Scratch, run_json};
+
+const SECRET: &str = "Qv7Kp2Lm9Xr4Tn6wZj8H";
+
+/// Lines are cut at 16 KiB; the shell prints the secret at every offset
+/// around the cut (wholly before it, across it, wholly after it). Not one
+/// four-character prefix of it may reach the log, the step's output or the
+/// report.
+#[test]
+fn a_secret_across_the_long_line_cut_never_leaks_a_prefix() {
+    let scratch = Scratch::new();
+    let secrets = scratch.write("secrets.json", &format!(r#"{{"tok": "{SECRET}"}}"#));
+    let cut = 16 * 1024;
+    let first = cut - SECRET.len() - 2;
+    let file = scratch.write(
+        "flow.yaml",
+        &format!(
+            r#"
+version: 1
+name: long-lines
+params:
+  tok: {{secret: true}}
+steps:
+  - id: long
+    action: shell.run
+    with:
+      shell: sh
+      env: {{SECRET: "${{params.tok}}"}}
+      script: |
+        for k in $(seq 0 {span}); do
+          head -c $(({first} + k)) /dev/zero | tr '\0' a
+          printf '%sbbbb\n' "$SECRET"
+        done
+"#,
+            span = SECRET.len() + 4,
+        ),
+    );
+    let r = run_json(
+        scratch.path(),
+        &file,
+        &["--secrets-file", secrets.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let everything = format!("{}{}", r.stdout, r.stderr);
+    for n in 4..=SECRET.len() {
+        assert!(
+            !everything.contains(&SECRET[..n]),
+            "{n} characters of the secret leaked"
+        );
+    }
+    // The cut happened, and the lines that held the secret before it show the mask.
+    assert!(
+        r.stderr.contains("a*** …[line truncated]"),
+        "{}",
+        tail(&r.stderr)
+    );
+    let stdout = r.report["steps"]["long"]["output"]["stdout"]
+        .as_str()
+        .expect("the step's stdout");
+    assert!(stdout.contains("…[line truncated]"));
+}
+
+fn tail(text: &str) -> &str {
+    &text[text.len().saturating_sub(2000)..]
+}
+
+/// A secret param in `argv` is on the process's command line, which every
+/// local user can read: validation warns (naming the file, line, field and
+/// param) but accepts the workflow.
+#[test]
+fn a_secret_param_in_argv_gets_a_warning_that_does_not_fail_validation() {
+    let scratch = Scratch::new();
+    let in_argv = scratch.write(
+        "argv.yaml",
+        r#"version: 1
+name: argv
+params:
+  password: {secret: true, default: pw}
+  user: {default: alice}
+steps:
+  - id: nested
+    action: try
+    steps:
+      - id: login
+        action: shell.run
+        with:
+          argv: [curl, -u, "${params.user}:${params.password}", https://example.test]
+"#,
+    );
+    let out = support::tasuki()
+        .arg("validate")
+        .arg(&in_argv)
+        .output()
+        .expect("start tasuki");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let expected = format!("warning: {}:13:", in_argv.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains(
+            "steps[0].steps[0].with.argv[2]: secret param `password` is passed in `argv`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`env`") && stderr.contains("`script`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`user`"), "{stderr}");
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+
+    // `tasuki run` says the same before it runs.
+    let run = run_json(scratch.path(), &in_argv, &["--dry-run"]);
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+}
+
+#[test]
+fn a_secret_param_passed_in_env_gets_no_warning() {
+    let scratch = Scratch::new();
+    let in_env = scratch.write(
+        "env.yaml",
+        r#"version: 1
+name: env
+params:
+  password: {secret: true, default: pw}
+steps:
+  - id: login
+    action: shell.run
+    with:
+      argv: [sh, -c, 'curl -u "alice:$PASSWORD" https://example.test']
+      env: {PASSWORD: "${params.password}"}
+"#,
+    );
+    let out = support::tasuki()
+        .arg("validate")
+        .arg(&in_env)
+        .output()
+        .expect("start tasuki");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
