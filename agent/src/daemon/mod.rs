@@ -374,6 +374,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         eprintln!("error: the credentials hold no secret");
         return EXIT_INVALID;
     }
+    warn_unless_confined(&config.credentials_file);
     let metrics = Arc::new(health::Metrics::new());
     let client = match client::HubClient::new(&config, &creds, metrics.clone()) {
         Ok(c) => Arc::new(c),
@@ -412,6 +413,10 @@ fn run_agent(args: AgentArgs) -> u8 {
             },
             env_allow: config.env_allow.clone(),
             cancel_grace: config.cancel_grace,
+            // Steps' processes cannot read the robot's key (Landlock on
+            // Linux; warned about at start where nothing enforces it).
+            protected_paths: vec![config.credentials_file.clone()],
+            env_pass: config.env_pass.clone(),
             ..ExecOptions::default()
         },
         allowed_actions: allowed,
@@ -473,5 +478,20 @@ fn run_agent(args: AgentArgs) -> u8 {
             tracing::error!("{e:#}");
             EXIT_FAILED
         }
+    }
+}
+
+/// Says, once, when nothing keeps the processes that steps start from
+/// reading the credentials file.
+fn warn_unless_confined(credentials: &Path) {
+    use tasuki_actions::builtin::confine::{Support, support};
+    match support() {
+        Support::Landlock { abi } => {
+            tracing::info!(abi, credentials = %credentials.display(), "steps cannot read the credentials (Landlock)")
+        }
+        Support::Unavailable(why) => tracing::warn!(
+            credentials = %credentials.display(),
+            "the processes that steps start can read the credentials file: {why}. Run the agent under an account of its own, refuse shell.* and browser.* in behaviour.allowed_actions, or use a Linux kernel with Landlock (5.13 or later)"
+        ),
     }
 }
