@@ -92,6 +92,11 @@ impl Robot {
 
     /// Starts `tasuki agent` and waits until it has registered.
     pub fn start(&self, extra: &[&str]) -> Agent {
+        self.start_with_env(extra, &[])
+    }
+
+    /// `start`, with these variables added to the agent's environment.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let stderr_path = self.dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -105,6 +110,7 @@ impl Robot {
             .arg("--config")
             .arg(self.config())
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

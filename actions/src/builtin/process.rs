@@ -116,6 +116,22 @@ pub fn step_command(program: impl AsRef<std::ffi::OsStr>, options: &ExecOptions)
     command
 }
 
+/// Points `command`'s temporary directory into the session's private
+/// directory, when it has one: what a step leaves there goes with the
+/// session, and is never in a directory other users share. Not for the
+/// browser: Chromium's sockets there would pass the 108 bytes a socket's
+/// path may have.
+pub fn private_temp(command: &mut Command, options: &ExecOptions) -> std::io::Result<()> {
+    if let Some(private) = &options.private_dir {
+        let tmp = private.join("tmp");
+        private_dir_all(&tmp)?;
+        for var in TEMP_VARS {
+            command.env(var, &tmp);
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` and its missing parents, private to this account (0700).
 pub fn private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
@@ -140,25 +156,14 @@ pub struct Tree {
 
 impl Tree {
     /// Starts a step's process tree (see [`step_command`]): marked and
-    /// recorded for a restarted agent, with a private temporary directory
-    /// when the session has a private directory and the step did not set
-    /// one, and confined away from `options.protected_paths`. Fails rather
-    /// than start a process that the protection should cover but cannot.
+    /// recorded for a restarted agent, and confined away from
+    /// `options.protected_paths`. Fails rather than start a process that
+    /// the protection should cover but cannot.
     pub fn spawn_step(mut command: Command, options: &ExecOptions) -> std::io::Result<Tree> {
         let marker = super::tree_records::new_marker();
         command.env(super::tree_records::MARKER_VAR, &marker);
         let record = match &options.private_dir {
-            Some(private) => {
-                let tmp = private.join("tmp");
-                private_dir_all(&tmp)?;
-                for var in TEMP_VARS {
-                    let set = command.as_std().get_envs().any(|(k, _)| k == *var);
-                    if !set {
-                        command.env(var, &tmp);
-                    }
-                }
-                Some(Record::create(private, &marker)?)
-            }
+            Some(private) => Some(Record::create(private, &marker)?),
             None => None,
         };
         let sandbox = super::confine::Sandbox::build(&options.protected_paths)

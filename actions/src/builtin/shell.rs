@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::args::{DurationArg, Text};
-use super::process::{Tail, Tree, for_each_line, step_command};
+use super::process::{Tail, Tree, for_each_line, private_temp, step_command};
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction, codes};
@@ -185,6 +185,12 @@ impl TypedAction for ShellRun {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        private_temp(&mut command, ctx.options()).map_err(|e| {
+            ActionError::new(
+                codes::SPAWN,
+                format!("cannot make the step's temporary directory: {e}"),
+            )
+        })?;
         if let Some(env) = &args.env {
             command.envs(env.iter().map(|(k, v)| (k, &v.0)));
         }
