@@ -54,7 +54,10 @@ fn assert_no_secret(key: &Key, shown: &(String, Vec<String>)) {
         shown.0
     );
     for line in &shown.1 {
-        assert!(!line.contains(&key.secret), "the secret is in a log line: {line}");
+        assert!(
+            !line.contains(&key.secret),
+            "the secret is in a log line: {line}"
+        );
     }
 }
 
@@ -73,7 +76,9 @@ async fn a_shell_step_cannot_read_copy_link_or_move_the_robots_credentials() {
     robot.register_ok(&f.hub, &f.key, &[]);
     let agent = robot.start(&[]);
     assert!(
-        agent.log().contains("steps cannot read the credentials (Landlock)"),
+        agent
+            .log()
+            .contains("steps cannot read the credentials (Landlock)"),
         "{}",
         agent.log()
     );
@@ -111,7 +116,8 @@ async fn a_shell_step_cannot_read_copy_link_or_move_the_robots_credentials() {
     let denied = shown.1.iter().filter(|l| l.starts_with("denied: ")).count();
     assert_eq!(denied, 6, "{:?}", shown.1);
     assert_no_secret(&f.key, &shown);
-    let kept = std::fs::read_to_string(robot.credentials()).expect("the credentials are still there");
+    let kept =
+        std::fs::read_to_string(robot.credentials()).expect("the credentials are still there");
     assert!(kept.contains(&f.key.secret));
 }
 
@@ -139,7 +145,12 @@ async fn a_confined_step_still_works_in_its_work_dir_and_reads_the_system() {
         "version: 1\nname: ordinary\nparams:\n  secrets: \"\"\n  dir: \"\"\nsteps:\n  - id: work\n    action: shell.run\n    with:\n      shell: sh\n      script: |\n{script}\n"
     );
     let wf = workflow(&f.api, &yaml, &[]).await;
-    let secrets = robot.credentials().parent().expect("dir").display().to_string();
+    let secrets = robot
+        .credentials()
+        .parent()
+        .expect("dir")
+        .display()
+        .to_string();
     let out = f.scratch.dir.path().join("out");
     std::fs::create_dir_all(&out).expect("out dir");
     let id = queue(
@@ -215,8 +226,15 @@ steps:
     );
     assert_no_secret(&f.key, &shown);
     // Nor in an artifact.
-    let list = f.api.get(&format!("/v1/session_queues/{id}/artifacts")).await;
-    for artifact in list.body["artifacts"].as_array().cloned().unwrap_or_default() {
+    let list = f
+        .api
+        .get(&format!("/v1/session_queues/{id}/artifacts"))
+        .await;
+    for artifact in list.body["artifacts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let name = artifact["name"].as_str().unwrap_or("");
         let bytes = f
             .api
@@ -292,7 +310,10 @@ async fn a_step_sees_only_the_base_environment_and_what_the_robot_passes_on() {
     let has = |entry: &str| logs.iter().any(|l| l == entry);
     let has_name = |name: &str| logs.iter().any(|l| l.starts_with(&format!("{name}=")));
     assert!(!has_name("TASUKI_TEST_SECRET_ENV"), "{logs:?}");
-    assert!(!has_name("RUST_LOG"), "the agent's own settings stay with it: {logs:?}");
+    assert!(
+        !has_name("RUST_LOG"),
+        "the agent's own settings stay with it: {logs:?}"
+    );
     assert!(has("TASUKI_TEST_ALLOWED_ENV=passed-on"), "{logs:?}");
     assert!(has("FROM_THE_STEP=mine"), "{logs:?}");
     assert!(has_name("PATH") && has_name("HOME"), "{logs:?}");

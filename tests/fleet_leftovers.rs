@@ -56,10 +56,19 @@ async fn a_restarted_agent_ends_the_killed_ones_process_trees_and_removes_its_sc
     running(&api, id, LIMIT).await;
     let names = ["leader.pid", "child.pid", "escapee.pid"];
     let started = eventually(LIMIT, || {
-        names.iter().all(|n| read_pid(&dir.join(n)).is_some_and(alive))
+        names
+            .iter()
+            .all(|n| read_pid(&dir.join(n)).is_some_and(alive))
     });
-    assert!(started, "the step's processes did not all start:\n{}", agent.log());
-    let pids: Vec<u32> = names.iter().filter_map(|n| read_pid(&dir.join(n))).collect();
+    assert!(
+        started,
+        "the step's processes did not all start:\n{}",
+        agent.log()
+    );
+    let pids: Vec<u32> = names
+        .iter()
+        .filter_map(|n| read_pid(&dir.join(n)))
+        .collect();
     let script_path = std::fs::read_to_string(dir.join("script.path")).expect("script path");
     let script_path = Path::new(script_path.trim()).to_path_buf();
     assert!(script_path.is_file(), "{}", script_path.display());
@@ -89,7 +98,9 @@ async fn a_restarted_agent_ends_the_killed_ones_process_trees_and_removes_its_sc
     assert_eq!(s["status"], "error", "{s}");
     assert_eq!(s["error"]["code"], "agent_restarted", "{s}");
     assert!(
-        again.log().contains("ended processes that sessions of an earlier run left running"),
+        again
+            .log()
+            .contains("ended processes that sessions of an earlier run left running"),
         "{}",
         again.log()
     );

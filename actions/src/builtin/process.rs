@@ -172,8 +172,8 @@ impl Tree {
             sandbox.install(&mut command);
         }
         let mut tree = Tree::spawn(command)?;
+        #[cfg(unix)]
         if let Some(record) = &record {
-            #[cfg(unix)]
             record.set_group(tree.pgid.as_raw());
         }
         tree.record = record;

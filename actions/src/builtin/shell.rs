@@ -162,11 +162,11 @@ impl TypedAction for ShellRun {
                     ctx.options().private_dir.as_deref(),
                 )
                 .map_err(|e| {
-                        ActionError::new(
-                            codes::SPAWN,
-                            format!("cannot write the script to a private file: {e}"),
-                        )
-                    })?;
+                    ActionError::new(
+                        codes::SPAWN,
+                        format!("cannot write the script to a private file: {e}"),
+                    )
+                })?;
                 let command = shell.command(&file.0);
                 _script_file = Some(file);
                 command
@@ -504,7 +504,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&private), 0o700);
             assert_eq!(mode(&private.join("scripts")), 0o700);
             assert_eq!(mode(&path), 0o600);

@@ -111,10 +111,11 @@ fn end(groups: &[(i32, u64)], markers: &[String]) -> usize {
     for &(pgid, start) in groups {
         // Only the group whose leader is the one recorded: a process id
         // reused since has another start time.
-        if pgid > 1 && start_time(pgid) == Some(start) {
-            if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
-                killed += 1;
-            }
+        if pgid > 1
+            && start_time(pgid) == Some(start)
+            && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
         }
     }
     if markers.is_empty() {

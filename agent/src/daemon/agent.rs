@@ -113,7 +113,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         // Before their records go with the sessions' directories.
         let ended = tasuki_actions::builtin::tree_records::end_recorded_trees(&env.sessions_root());
         if ended > 0 {
-            tracing::warn!(processes = ended, "ended processes that sessions of an earlier run left running");
+            tracing::warn!(
+                processes = ended,
+                "ended processes that sessions of an earlier run left running"
+            );
         }
         super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
         env.scratch.refill();
