@@ -3,9 +3,9 @@
 //! the whole tree, interrupt, then terminate, then kill, so that no
 //! grandchild outlives its step. A step's tree is started by
 //! [`step_command`] and [`Tree::spawn_step`]: a clean environment
-//! (`step_env.rs`), the protected files out of reach (`confine.rs`), a
-//! private temporary directory, and a record for a restarted agent
-//! (`tree_records.rs`).
+//! (`step_env.rs`), the protected files out of reach (`confine.rs`), and a
+//! record for a restarted agent (`tree_records.rs`); `shell.run` also gets
+//! a temporary directory of the session's own ([`private_temp`]).
 
 use std::collections::VecDeque;
 use std::process::ExitStatus;

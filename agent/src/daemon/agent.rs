@@ -110,14 +110,6 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     // they are listed before this run prepares directories of its own.
     {
         let leftovers = ship::leftover_spools(&env.spool_root());
-        // Before their records go with the sessions' directories.
-        let ended = tasuki_actions::builtin::tree_records::end_recorded_trees(&env.sessions_root());
-        if ended > 0 {
-            tracing::warn!(
-                processes = ended,
-                "ended processes that sessions of an earlier run left running"
-            );
-        }
         super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
         env.scratch.refill();
         let env = env.clone();

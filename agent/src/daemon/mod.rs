@@ -398,6 +398,17 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    // What a killed agent's sessions left running ends first, before the
+    // hub is reached (their records go with the sessions' directories,
+    // after registration).
+    let ended =
+        tasuki_actions::builtin::tree_records::end_recorded_trees(&work_dir.join("sessions"));
+    if ended > 0 {
+        tracing::warn!(
+            processes = ended,
+            "ended processes that sessions of an earlier run left running"
+        );
+    }
     let env = Arc::new(session::SessionEnv {
         client,
         registry,
