@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
+
 use crate::builtin::process::{Tree, step_command};
 use crate::runtime::context::{BrowserSettings, ExecOptions};
 use crate::runtime::registry::ActionError;
-use serde_json::json;
-use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
 
 pub const CODE_NOT_INSTALLED: &str = "browser_not_found";
 pub const CODE_START: &str = "browser_start_failed";
