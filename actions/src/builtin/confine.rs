@@ -310,6 +310,32 @@ mod linux {
             assert!(canonical_set(&[dir.path().join("missing")]).is_empty());
         }
 
+        /// Two protected files and a protected folder in one folder: all
+        /// three out of reach, their neighbour not.
+        #[tokio::test]
+        async fn protected_paths_sharing_a_folder_are_all_out_of_reach_and_nothing_else() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = |name: &str| dir.path().join(name);
+            std::fs::create_dir(path("nested")).unwrap();
+            for name in ["a", "b", "c", "nested/e"] {
+                std::fs::write(path(name), name).unwrap();
+            }
+            let sandbox = Sandbox::build(&[path("a"), path("b"), path("nested")])
+                .unwrap()
+                .expect("this kernel has Landlock");
+            let mut command = tokio::process::Command::new("sh");
+            command
+                .args(["-c", "for f in \"$@\"; do if cat \"$f\" >/dev/null 2>&1; then echo \"read $f\"; else echo \"denied $f\"; fi; done", "sh"])
+                .args(["a", "b", "c", "nested/e"])
+                .current_dir(dir.path());
+            sandbox.install(&mut command);
+            let out = command.output().await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "denied a\ndenied b\nread c\ndenied nested/e\n"
+            );
+        }
+
         #[test]
         fn the_rights_grow_with_the_abi() {
             assert_eq!(handled(1), ABI1_ALL);
