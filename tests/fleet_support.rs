@@ -24,19 +24,29 @@ pub fn tasuki_bin() -> PathBuf {
     path
 }
 
-/// One robot machine: its config, credentials and work dir in `dir`.
+/// One robot machine: its config and work dir in `dir`, its credentials
+/// in a directory of their own outside the test's scratch folder, as a
+/// system install has them in /etc/tasuki. (Steps cannot use files made
+/// after they start in the directories above the credentials, see
+/// actions/src/builtin/confine.rs; tests hand steps the scratch folder.)
 pub struct Robot {
     pub name: String,
     pub dir: PathBuf,
+    secrets: tempfile::TempDir,
 }
 
 impl Robot {
     pub fn new(root: &Path, name: &str) -> Robot {
         let dir = root.join(format!("robot-{name}"));
         std::fs::create_dir_all(&dir).expect("robot dir");
+        let secrets = tempfile::Builder::new()
+            .prefix("robot-secrets-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("the credentials dir");
         Robot {
             name: name.into(),
             dir,
+            secrets,
         }
     }
 
@@ -45,7 +55,7 @@ impl Robot {
     }
 
     pub fn credentials(&self) -> PathBuf {
-        self.dir.join("credentials.toml")
+        self.secrets.path().join("credentials.toml")
     }
 
     /// `tasuki register`, the secret given through a file.
@@ -58,6 +68,8 @@ impl Robot {
             .arg(&secret)
             .arg("--config")
             .arg(self.config())
+            .arg("--credentials")
+            .arg(self.credentials())
             .arg("--work-dir")
             .arg(self.dir.join("work"))
             .args(extra)
@@ -80,6 +92,11 @@ impl Robot {
 
     /// Starts `tasuki agent` and waits until it has registered.
     pub fn start(&self, extra: &[&str]) -> Agent {
+        self.start_with_env(extra, &[])
+    }
+
+    /// `start`, with these variables added to the agent's environment.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let stderr_path = self.dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -93,6 +110,7 @@ impl Robot {
             .arg("--config")
             .arg(self.config())
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

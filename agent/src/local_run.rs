@@ -120,6 +120,7 @@ pub fn run(args: RunArgs) -> u8 {
         work_dir,
         artifacts_dir: args.artifacts.clone(),
         env_allow: args.allow_env.clone(),
+        env_pass: args.pass_env.clone(),
         cancel_grace,
         browser: args.browser.settings(),
         ..ExecOptions::default()

@@ -110,6 +110,11 @@ pub struct RunArgs {
     /// An environment variable `${env.NAME}` may read (repeatable).
     #[arg(long = "allow-env", value_name = "NAME")]
     pub allow_env: Vec<String>,
+    /// An environment variable passed on to the processes steps start,
+    /// beyond PATH, HOME, LANG and the like; a name or a glob such as
+    /// `AWS_*` (repeatable).
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
     /// How long a cancelled process tree gets before it is killed.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub cancel_grace: String,

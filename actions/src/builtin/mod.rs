@@ -2,12 +2,15 @@
 
 mod args;
 pub mod browser;
+pub mod confine;
 mod control;
 mod http;
 #[cfg(windows)]
 mod job_object;
 mod process;
 mod shell;
+mod step_env;
+pub mod tree_records;
 
 pub use args::DurationArg;
 pub use process::kill_all_trees;

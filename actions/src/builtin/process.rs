@@ -1,7 +1,11 @@
 //! Supervising a child process tree: spawning it in its own process group
 //! (a Job Object on Windows), streaming its output line by line, and ending
 //! the whole tree, interrupt, then terminate, then kill, so that no
-//! grandchild outlives its step.
+//! grandchild outlives its step. A step's tree is started by
+//! [`step_command`] and [`Tree::spawn_step`]: a clean environment
+//! (`step_env.rs`), the protected files out of reach (`confine.rs`), and a
+//! record for a restarted agent (`tree_records.rs`); `shell.run` also gets
+//! a temporary directory of the session's own ([`private_temp`]).
 
 use std::collections::VecDeque;
 use std::process::ExitStatus;
@@ -14,6 +18,14 @@ use tokio::process::Command;
 
 #[cfg(windows)]
 use super::job_object::Job;
+use super::tree_records::Record;
+use crate::runtime::context::ExecOptions;
+
+/// The variables that name the temporary directory.
+#[cfg(unix)]
+const TEMP_VARS: &[&str] = &["TMPDIR"];
+#[cfg(windows)]
+const TEMP_VARS: &[&str] = &["TEMP", "TMP"];
 
 /// Process groups that are alive right now, so that a forced exit can still
 /// end them (a forced exit skips destructors).
@@ -94,6 +106,41 @@ pub fn register_temp_path(path: &std::path::Path) {
 pub fn forget_temp_path(path: &std::path::Path) {
     temp_paths().retain(|p| p != path);
 }
+/// A command for a process a step starts: `program`, with the clean
+/// environment of `step_env.rs` and the variables `options.env_pass` lets
+/// through. The caller adds its own variables, then spawns it with
+/// [`Tree::spawn_step`].
+pub fn step_command(program: impl AsRef<std::ffi::OsStr>, options: &ExecOptions) -> Command {
+    let mut command = Command::new(program);
+    super::step_env::apply(&mut command, &options.env_pass);
+    command
+}
+
+/// Points `command`'s temporary directory into the session's private
+/// directory, when it has one: what a step leaves there goes with the
+/// session, and is never in a directory other users share. Not for the
+/// browser: Chromium's sockets there would pass the 108 bytes a socket's
+/// path may have.
+pub fn private_temp(command: &mut Command, options: &ExecOptions) -> std::io::Result<()> {
+    if let Some(private) = &options.private_dir {
+        let tmp = private.join("tmp");
+        private_dir_all(&tmp)?;
+        for var in TEMP_VARS {
+            command.env(var, &tmp);
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents, private to this account (0700).
+pub fn private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// A spawned process tree. Dropping it kills the tree, so a panic or a
 /// dropped future cannot leave processes behind.
 pub struct Tree {
@@ -103,9 +150,36 @@ pub struct Tree {
     #[cfg(windows)]
     job: std::sync::Arc<Job>,
     finished: bool,
+    /// Removed once the tree is gone; see `tree_records.rs`.
+    record: Option<Record>,
 }
 
 impl Tree {
+    /// Starts a step's process tree (see [`step_command`]): marked and
+    /// recorded for a restarted agent, and confined away from
+    /// `options.protected_paths`. Fails rather than start a process that
+    /// the protection should cover but cannot.
+    pub fn spawn_step(mut command: Command, options: &ExecOptions) -> std::io::Result<Tree> {
+        let marker = super::tree_records::new_marker();
+        command.env(super::tree_records::MARKER_VAR, &marker);
+        let record = match &options.private_dir {
+            Some(private) => Some(Record::create(private, &marker)?),
+            None => None,
+        };
+        let sandbox = super::confine::Sandbox::build(&options.protected_paths)
+            .map_err(std::io::Error::other)?;
+        if let Some(sandbox) = &sandbox {
+            sandbox.install(&mut command);
+        }
+        let mut tree = Tree::spawn(command)?;
+        #[cfg(unix)]
+        if let Some(record) = &record {
+            record.set_group(tree.pgid.as_raw());
+        }
+        tree.record = record;
+        Ok(tree)
+    }
+
     /// Starts `command` as the leader of a new process group.
     #[cfg(unix)]
     pub fn spawn(command: Command) -> std::io::Result<Tree> {
@@ -127,6 +201,7 @@ impl Tree {
             child,
             pgid,
             finished: false,
+            record: None,
         })
     }
 
@@ -149,6 +224,7 @@ impl Tree {
             child,
             job,
             finished: false,
+            record: None,
         })
     }
 
@@ -174,6 +250,7 @@ impl Tree {
         // group, so it must never be signalled again (not even on drop).
         if !alive {
             self.finished = true;
+            self.record = None;
             live_groups().retain(|g| *g != self.pgid.as_raw());
         }
         alive
@@ -277,6 +354,7 @@ impl Tree {
         };
         if !alive {
             self.finished = true;
+            self.record = None;
         }
         alive
     }

@@ -9,11 +9,10 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{DurationArg, Text};
-use super::process::{Tail, Tree, for_each_line};
+use super::process::{Tail, Tree, for_each_line, private_temp, step_command};
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction, codes};
@@ -31,8 +30,9 @@ pub struct ShellRun;
 pub struct ShellArgs {
     /// The program and its arguments. Nothing is interpreted by a shell.
     argv: Option<Vec<Text>>,
-    /// A script, run by `shell`. It is written to a private temporary file,
-    /// so its text never appears in a process list.
+    /// A script, run by `shell`. It is written to a private file (in the
+    /// session's private directory on a robot), so its text never appears
+    /// in a process list; the file is removed when the step ends.
     script: Option<String>,
     /// The shell for `script`: sh, bash, zsh, pwsh, powershell or cmd.
     shell: Option<ShellKind>,
@@ -156,13 +156,17 @@ impl TypedAction for ShellRun {
                 (program, it.collect::<Vec<_>>())
             }
             (None, Some(script), Some(shell)) => {
-                let file =
-                    write_script(&shell.script_bytes(&script), shell.extension()).map_err(|e| {
-                        ActionError::new(
-                            codes::SPAWN,
-                            format!("cannot write the script to a temporary file: {e}"),
-                        )
-                    })?;
+                let file = write_script(
+                    &shell.script_bytes(&script),
+                    shell.extension(),
+                    ctx.options().private_dir.as_deref(),
+                )
+                .map_err(|e| {
+                    ActionError::new(
+                        codes::SPAWN,
+                        format!("cannot write the script to a private file: {e}"),
+                    )
+                })?;
                 let command = shell.command(&file.0);
                 _script_file = Some(file);
                 command
@@ -174,17 +178,24 @@ impl TypedAction for ShellRun {
             Some(dir) => ctx.options().work_dir.join(dir),
             None => ctx.options().work_dir.clone(),
         };
-        let mut command = Command::new(&program);
+        let mut command = step_command(&program, ctx.options());
         command
             .args(&arguments)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        private_temp(&mut command, ctx.options()).map_err(|e| {
+            ActionError::new(
+                codes::SPAWN,
+                format!("cannot make the step's temporary directory: {e}"),
+            )
+        })?;
         if let Some(env) = &args.env {
             command.envs(env.iter().map(|(k, v)| (k, &v.0)));
         }
-        let mut tree = Tree::spawn(command).map_err(|e| spawn_error(&program, &cwd, e))?;
+        let mut tree =
+            Tree::spawn_step(command, ctx.options()).map_err(|e| spawn_error(&program, &cwd, e))?;
 
         let max_line = ctx.options().max_log_line_bytes;
         let stdout_tail = Arc::new(Mutex::new(Tail::new(TAIL_BYTES)));
@@ -397,13 +408,27 @@ impl Drop for ScriptFile {
     }
 }
 
-fn write_script(script: &[u8], extension: &str) -> std::io::Result<ScriptFile> {
+/// Writes the script in `private_dir`'s `scripts` (0700), or else in the
+/// system's temporary directory: a robot's session has a private directory,
+/// which a restarted agent removes, should it have been killed before it
+/// could remove the script.
+fn write_script(
+    script: &[u8],
+    extension: &str,
+    private_dir: Option<&std::path::Path>,
+) -> std::io::Result<ScriptFile> {
     use std::io::Write;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("tasuki-script-").suffix(extension);
     // tempfile creates the file with mode 0600 on Unix.
-    let mut file = tempfile::Builder::new()
-        .prefix("tasuki-script-")
-        .suffix(extension)
-        .tempfile()?;
+    let mut file = match private_dir {
+        Some(dir) => {
+            let scripts = dir.join("scripts");
+            super::process::private_dir_all(&scripts)?;
+            builder.tempfile_in(scripts)?
+        }
+        None => builder.tempfile()?,
+    };
     file.write_all(script)?;
     file.flush()?;
     super::process::register_temp_path(file.path());
@@ -461,10 +486,30 @@ mod tests {
 
     #[test]
     fn a_script_file_holds_the_script_and_goes_when_dropped() {
-        let file = write_script(b"echo hi\n", ".sh").unwrap();
+        let file = write_script(b"echo hi\n", ".sh", None).unwrap();
         let path = file.0.to_path_buf();
         assert!(path.to_string_lossy().ends_with(".sh"));
         assert_eq!(std::fs::read(&path).unwrap(), b"echo hi\n");
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn with_a_private_dir_the_script_goes_there_in_a_private_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let private = root.path().join("session.private");
+        let file = write_script(b"echo hi\n", ".sh", Some(&private)).unwrap();
+        let path = file.0.to_path_buf();
+        assert_eq!(path.parent(), Some(private.join("scripts").as_path()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&private), 0o700);
+            assert_eq!(mode(&private.join("scripts")), 0o700);
+            assert_eq!(mode(&path), 0o600);
+        }
         drop(file);
         assert!(!path.exists());
     }

@@ -31,6 +31,20 @@ pub struct ExecOptions {
     /// Larger HTTP responses fail the step rather than exhaust memory.
     pub max_response_bytes: usize,
     pub browser: BrowserSettings,
+    // What the processes that steps start (`shell.run`, the browser) may
+    // see; see `builtin::process::Tree::spawn_step`.
+    /// Files those processes can neither read nor change: the robot's own
+    /// credentials. Enforced by Landlock on Linux, nowhere else (see
+    /// `builtin::confine::support`).
+    pub protected_paths: Vec<PathBuf>,
+    /// Variables of this process's environment passed on to them, by name
+    /// or glob (`*`), beyond the base set of `builtin::step_env`.
+    pub env_pass: Vec<String>,
+    /// A private directory (0700) for the files made for the session's
+    /// processes: scripts (which may hold secrets), their temporary
+    /// directory, the records a restarted agent ends leftover trees by.
+    /// `None`: scripts go to the system's temporary directory, unrecorded.
+    pub private_dir: Option<PathBuf>,
 }
 
 /// How browser steps find and start their browser.
@@ -80,6 +94,9 @@ impl Default for ExecOptions {
             max_log_line_bytes: 16 * 1024,
             max_response_bytes: 10 * 1024 * 1024,
             browser: BrowserSettings::default(),
+            protected_paths: Vec::new(),
+            env_pass: Vec::new(),
+            private_dir: None,
         }
     }
 }

@@ -406,6 +406,7 @@ fn run_agent(args: AgentArgs) -> u8 {
     if let Some(warning) = plain_http_warning(&config.control_plane.url) {
         tracing::warn!("{warning}");
     }
+    warn_unless_confined(&config.credentials_file);
     let metrics = Arc::new(health::Metrics::new());
     let client = match client::HubClient::new(&config, &creds, metrics.clone()) {
         Ok(c) => Arc::new(c),
@@ -429,6 +430,17 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    // What a killed agent's sessions left running ends first, before the
+    // hub is reached (their records go with the sessions' directories,
+    // after registration).
+    let ended =
+        tasuki_actions::builtin::tree_records::end_recorded_trees(&work_dir.join("sessions"));
+    if ended > 0 {
+        tracing::warn!(
+            processes = ended,
+            "ended processes that sessions of an earlier run left running"
+        );
+    }
     let env = Arc::new(session::SessionEnv {
         client,
         registry,
@@ -445,6 +457,10 @@ fn run_agent(args: AgentArgs) -> u8 {
             },
             env_allow: config.env_allow.clone(),
             cancel_grace: config.cancel_grace,
+            // Steps' processes cannot read the robot's key (Landlock on
+            // Linux; warned about at start where nothing enforces it).
+            protected_paths: vec![config.credentials_file.clone()],
+            env_pass: config.env_pass.clone(),
             ..ExecOptions::default()
         },
         allowed_actions: allowed,
@@ -522,5 +538,20 @@ fn forbid_memory_reads() {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("warning: cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}");
+    }
+}
+
+/// Says, once, when nothing keeps the processes that steps start from
+/// reading the credentials file.
+fn warn_unless_confined(credentials: &Path) {
+    use tasuki_actions::builtin::confine::{Support, support};
+    match support() {
+        Support::Landlock { abi } => {
+            tracing::info!(abi, credentials = %credentials.display(), "steps cannot read the credentials (Landlock)")
+        }
+        Support::Unavailable(why) => tracing::warn!(
+            credentials = %credentials.display(),
+            "the processes that steps start can read the credentials file: {why}. Run the agent under an account of its own, refuse shell.* and browser.* in behaviour.allowed_actions, or use a Linux kernel with Landlock (5.13 or later)"
+        ),
     }
 }

@@ -157,9 +157,12 @@ pub async fn run(
     let spool = Spool::adopt(scratch.spool_dir, spool_lease.clone(), finishing.clone());
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
     let sink = Arc::new(spool.sink(scratch.logs, &step_ids, env.metrics.clone()));
+    // Beside the work dir, so the sessions root's removal at start takes it.
+    let private_dir = session_dir.with_extension("private");
     let options = ExecOptions {
         work_dir: session_dir.clone(),
         artifacts_dir: artifacts_dir.clone(),
+        private_dir: Some(private_dir.clone()),
         ..env.options.clone()
     };
     let executor = Executor::new(env.registry.clone(), options);
@@ -232,6 +235,7 @@ pub async fn run(
         let spool_dir = spool_dir.filter(|_| outcome == Outcome::LeaseLost);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&session_dir);
+            let _ = std::fs::remove_dir_all(&private_dir);
             let _ = std::fs::remove_dir_all(&artifacts_dir);
             if let Some(dir) = spool_dir {
                 let _ = std::fs::remove_dir_all(dir);

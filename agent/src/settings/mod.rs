@@ -398,6 +398,7 @@ impl Effective {
             log_retention: self.count("paths.log_retention") as usize,
             log_json: self.text("paths.log_format") == "json",
             env_allow: self.list("behaviour.env_allow"),
+            env_pass: self.list("behaviour.env_pass"),
             drain_grace: self.duration("behaviour.drain_grace"),
             cancel_grace: self.duration("behaviour.cancel_grace"),
             metrics_listen: match self.values.get("metrics.listen") {
@@ -438,6 +439,7 @@ pub struct Settings {
     pub log_retention: usize,
     pub log_json: bool,
     pub env_allow: Vec<String>,
+    pub env_pass: Vec<String>,
     pub drain_grace: Duration,
     pub cancel_grace: Duration,
     pub metrics_listen: Option<SocketAddr>,
@@ -455,7 +457,9 @@ mod defaults {
     ) -> Option<Value> {
         let text = |s: &str| Some(Value::Text(s.into()));
         Some(match key {
-            "control_plane.labels" | "behaviour.env_allow" => Value::List(Vec::new()),
+            "control_plane.labels" | "behaviour.env_allow" | "behaviour.env_pass" => {
+                Value::List(Vec::new())
+            }
             "control_plane.max_concurrency" => Value::Count(1),
             "control_plane.issuer" => return text("tasuki"),
             "control_plane.audience" => return text("tasuki-hub"),

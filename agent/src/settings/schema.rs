@@ -162,6 +162,11 @@ pub const KEYS: &[Key] = &[
         "environment variables workflows may read as ${env.NAME}",
     ),
     key(
+        "behaviour.env_pass",
+        Kind::List,
+        "environment variables (names or globs such as \"LC_*\") passed on to steps' processes beyond PATH, HOME, LANG and the like",
+    ),
+    key(
         "behaviour.drain_grace",
         Kind::Duration,
         "how long a drain waits for running sessions",

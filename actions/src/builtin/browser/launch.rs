@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
-use tokio::process::Command;
 
-use crate::builtin::process::Tree;
-use crate::runtime::context::BrowserSettings;
+use crate::builtin::process::{Tree, step_command};
+use crate::runtime::context::{BrowserSettings, ExecOptions};
 use crate::runtime::registry::ActionError;
 
 pub const CODE_NOT_INSTALLED: &str = "browser_not_found";
@@ -51,10 +50,14 @@ impl Browser {
             .ok_or_else(|| ActionError::new(CODE_START, "the browser has been closed"))
     }
 
+    /// Starts the browser. A local chromedriver, and so Chromium, is a
+    /// step's process like any other (see `Tree::spawn_step`): `options`
+    /// give its environment and what it may not read.
     pub async fn launch(
         settings: &BrowserSettings,
         overrides: &Overrides,
         downloads: PathBuf,
+        options: &ExecOptions,
     ) -> Result<Browser, ActionError> {
         std::fs::create_dir_all(&downloads).map_err(|e| {
             ActionError::new(
@@ -168,7 +171,7 @@ impl Browser {
             let port = free_port().map_err(|e| {
                 ActionError::new(CODE_START, format!("cannot find a free loopback port: {e}"))
             })?;
-            let mut command = Command::new(&chromedriver);
+            let mut command = step_command(&chromedriver, options);
             // Chromium's crash handler daemonizes out of the process group and
             // keeps its database under $XDG_CONFIG_HOME. Pointing that into the
             // profile keeps the service account's home clean, and puts the
@@ -180,7 +183,7 @@ impl Browser {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let mut tree = Tree::spawn(command).map_err(|e| {
+            let mut tree = Tree::spawn_step(command, options).map_err(|e| {
                 ActionError::new(
                     CODE_START,
                     format!("cannot start {}: {e}", chromedriver.display()),

@@ -161,6 +161,7 @@ async fn ensure_browser(
             settings,
             overrides.unwrap_or(&Overrides::default()),
             downloads.clone(),
+            ctx.options(),
         )
         .await?;
         ctx.log(LogLevel::Info, &format!("started {}", browser.description));

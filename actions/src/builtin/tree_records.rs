@@ -1,0 +1,220 @@
+//! Records of the process trees a session started, so that an agent that
+//! was killed (SIGKILL, a crash, a power cut that spared the disk) can end
+//! them when it starts again instead of leaving them running.
+//!
+//! Each tree gets a random marker, set in its environment as
+//! [`MARKER_VAR`] and inherited by everything it starts, and a record file
+//! named after the marker in the session's private directory: written
+//! before the spawn (so no tree runs unrecorded), completed with the
+//! group's id and its leader's start time after it, and removed when the
+//! tree is gone. At start, [`end_recorded_trees`] kills each recorded group
+//! whose leader still has the recorded start time (a reused process id
+//! never matches), then every process whose environment carries a recorded
+//! marker: that finds what double-forked out of the group (`setsid cmd &`),
+//! which a process group cannot. A process that clears its own environment
+//! and leaves its group escapes this; a cgroup would not let it, but needs
+//! a delegated cgroup subtree that an agent running as an ordinary account
+//! seldom has.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The environment variable that marks every process of a tree.
+pub const MARKER_VAR: &str = "TASUKI_TREE_MARKER";
+
+const RECORDS_DIR: &str = "trees";
+
+/// A new marker: unique on this machine, not secret.
+pub fn new_marker() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{nanos:x}-{:x}-{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A tree's record on disk; dropping it removes the file.
+pub struct Record {
+    path: PathBuf,
+    marker: String,
+}
+
+impl Record {
+    /// Records `marker` in `private_dir`, before the tree is spawned.
+    pub fn create(private_dir: &Path, marker: &str) -> std::io::Result<Record> {
+        let dir = private_dir.join(RECORDS_DIR);
+        super::process::private_dir_all(&dir)?;
+        let path = dir.join(marker);
+        std::fs::write(&path, format!("{marker}\n"))?;
+        Ok(Record {
+            path,
+            marker: marker.to_string(),
+        })
+    }
+
+    /// Adds the group and its leader's start time, once spawned.
+    pub fn set_group(&self, pgid: i32) {
+        if let Some(start) = start_time(pgid) {
+            let _ = std::fs::write(&self.path, format!("{} {pgid} {start}\n", self.marker));
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Ends the trees recorded in the private directories directly under
+/// `root` (an earlier run's sessions), and returns how many processes it
+/// killed. Records are left for their directories' owner to remove.
+pub fn end_recorded_trees(root: &Path) -> usize {
+    let Ok(sessions) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut markers = Vec::new();
+    let mut groups = Vec::new();
+    for session in sessions.flatten() {
+        let Ok(records) = std::fs::read_dir(session.path().join(RECORDS_DIR)) else {
+            continue;
+        };
+        for record in records.flatten() {
+            let Ok(text) = std::fs::read_to_string(record.path()) else {
+                continue;
+            };
+            let mut fields = text.split_whitespace();
+            let Some(marker) = fields.next() else {
+                continue;
+            };
+            markers.push(marker.to_string());
+            let group = fields.next().and_then(|g| g.parse::<i32>().ok());
+            let start = fields.next().and_then(|s| s.parse::<u64>().ok());
+            if let (Some(pgid), Some(start)) = (group, start) {
+                groups.push((pgid, start));
+            }
+        }
+    }
+    end(&groups, &markers)
+}
+
+#[cfg(target_os = "linux")]
+fn end(groups: &[(i32, u64)], markers: &[String]) -> usize {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let mut killed = 0;
+    for &(pgid, start) in groups {
+        // Only the group whose leader is the one recorded: a process id
+        // reused since has another start time.
+        if pgid > 1
+            && start_time(pgid) == Some(start)
+            && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    if markers.is_empty() {
+        return killed;
+    }
+    let wanted: Vec<Vec<u8>> = markers
+        .iter()
+        .map(|m| format!("{MARKER_VAR}={m}").into_bytes())
+        .collect();
+    let me = std::process::id() as i32;
+    // A marked process may fork between the look and the kill: look again
+    // until nothing marked is left.
+    for _ in 0..20 {
+        let marked: Vec<i32> = pids()
+            .filter(|pid| *pid != me && carries_marker(*pid, &wanted))
+            .collect();
+        if marked.is_empty() {
+            break;
+        }
+        for pid in marked {
+            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    killed
+}
+
+/// Elsewhere a tree's processes end with it only while the agent lives: on
+/// Windows the job dies with the agent's handle (kill on close), which
+/// covers a crash too.
+#[cfg(not(target_os = "linux"))]
+fn end(_groups: &[(i32, u64)], _markers: &[String]) -> usize {
+    0
+}
+
+#[cfg(target_os = "linux")]
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
+/// Whether `pid`'s environment holds one of the `wanted` entries. A zombie
+/// has an empty environment, and is already gone anyway.
+#[cfg(target_os = "linux")]
+fn carries_marker(pid: i32, wanted: &[Vec<u8>]) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    environ
+        .split(|b| *b == 0)
+        .any(|entry| wanted.iter().any(|w| w.as_slice() == entry))
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// /proc/PID/stat); `None` when it is gone or this is not Linux.
+#[cfg(target_os = "linux")]
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold anything; fields start after
+    // it with field 3 (the state), so field 22 is the 20th.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn start_time(_pid: i32) -> Option<u64> {
+    None
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_start_time_is_read_and_stays_the_same() {
+        let me = std::process::id() as i32;
+        let first = start_time(me).expect("our own start time");
+        assert_eq!(start_time(me), Some(first));
+        assert_eq!(start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn a_record_with_a_stale_start_time_kills_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let private = root.path().join("s.private");
+        let me = std::process::id() as i32;
+        let record = Record::create(&private, "m1").unwrap();
+        // Our own group, with a start time that is not its leader's.
+        let pgid = nix::unistd::getpgrp().as_raw();
+        let stale = start_time(pgid).unwrap_or(0) + 1;
+        std::fs::write(&record.path, format!("m1 {pgid} {stale}\n")).unwrap();
+        assert_eq!(end_recorded_trees(root.path()), 0);
+        assert!(start_time(me).is_some(), "still alive");
+        drop(record);
+        assert!(!private.join(RECORDS_DIR).join("m1").exists());
+    }
+}
