@@ -187,10 +187,14 @@ async fn the_browser_cannot_read_the_robots_credentials() {
     let f = fleet();
     let robot = Robot::new(f.scratch.dir.path(), "browsing");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    // The operator allows file: URLs on this robot, so only Landlock stands
+    // between Chromium and the credentials.
+    let _agent = robot.start(&["--set", "browser.allow_file_urls=true"]);
     let page = page_server().await;
-    // The way round a robot that refuses shell.run, from the issue: the
-    // credentials put in a file input, then read by the page's script.
+    // Two ways round a robot that refuses shell.run, from the issue: the
+    // credentials put in a file input (refused: uploads come from the work
+    // dir), and the credentials opened as a file: page. /etc/hostname, read
+    // the same way, shows that Chromium reads other files.
     let yaml = r##"version: 1
 name: browse
 params:
@@ -205,14 +209,21 @@ steps:
     with: {selector: "#title"}
   - id: pick
     action: browser.upload
+    continue_on_error: true
     with: {selector: "#f", file: "${params.creds}"}
-  - id: body
+  - id: hostname
+    action: browser.goto
+    with: {url: "file:///etc/hostname"}
+  - id: hostname_text
     action: browser.execute_script
-    with:
-      async: true
-      script: |
-        const done = arguments[arguments.length - 1];
-        document.getElementById('f').files[0].text().then(done, e => done('refused: ' + e.name));
+    with: {script: "return document.body.innerText"}
+  - id: creds_page
+    action: browser.goto
+    continue_on_error: true
+    with: {url: "file://${params.creds}"}
+  - id: creds_text
+    action: browser.execute_script
+    with: {script: "return document.body.innerText"}
 "##;
     let wf = workflow(&f.api, yaml, &[]).await;
     let creds = robot.credentials().display().to_string();
@@ -225,7 +236,8 @@ steps:
         "the loopback page was read: {s}"
     );
     assert_no_secret(&f.key, &shown);
-    // Nor in an artifact.
+    // Nor in an artifact (failure screenshots are images, but a page's
+    // text could end up in one).
     let list = f
         .api
         .get(&format!("/v1/session_queues/{id}/artifacts"))
@@ -253,14 +265,32 @@ steps:
             "the secret is in artifact {name}"
         );
     }
-    // Chromium itself was refused the file.
-    let body = step(&s, "body");
-    assert_eq!(body["status"], "success", "{s}");
+    let pick = step(&s, "pick");
+    assert_eq!(pick["status"], "error", "{s}");
     assert!(
-        body["output"]["result"]
+        pick["error"]["message"]
             .as_str()
-            .is_some_and(|r| r.starts_with("refused: ")),
-        "Chromium could not read the file: {body}"
+            .is_some_and(|m| m.contains("is an absolute path")),
+        "the upload is refused: {pick}"
+    );
+    let hostname = std::fs::read_to_string("/etc/hostname").expect("/etc/hostname");
+    assert_eq!(
+        step(&s, "hostname_text")["output"]["result"]
+            .as_str()
+            .map(str::trim),
+        Some(hostname.trim()),
+        "Chromium reads a file: page that is not protected: {s}"
+    );
+    // Chromium itself was refused the file: its page is an error page, not
+    // the credentials.
+    let text = step(&s, "creds_text");
+    assert_eq!(text["status"], "success", "{s}");
+    let text = text["output"]["result"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("ERR_ACCESS_DENIED")
+            && !text.contains("secret_access_key")
+            && !text.contains(&f.key.secret),
+        "Chromium could not read the credentials: {text}"
     );
 }
 
