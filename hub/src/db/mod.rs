@@ -90,6 +90,12 @@ impl Db {
             .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
+        // `tasuki-hub robots|keys` write to the file while a hub serves it.
+        // A deferred transaction that reads and then writes would fail at
+        // once with SQLITE_BUSY_SNAPSHOT when the other process wrote in
+        // between (the busy timeout does not cover it); taking the write
+        // lock at BEGIN makes it wait its turn instead.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         conn.set_prepared_statement_cache_capacity(128);
         migrate::migrate(&mut conn, &shown)?;
         Ok(Db {
