@@ -141,6 +141,17 @@ pub fn private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Writes `contents` to `path`, made readable by its owner only (0600 on
+/// Unix; elsewhere the folder's ACL).
+pub fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
 /// A spawned process tree. Dropping it kills the tree, so a panic or a
 /// dropped future cannot leave processes behind.
 pub struct Tree {

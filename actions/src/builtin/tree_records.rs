@@ -50,7 +50,7 @@ impl Record {
         let dir = private_dir.join(RECORDS_DIR);
         super::process::private_dir_all(&dir)?;
         let path = dir.join(marker);
-        std::fs::write(&path, format!("{marker}\n"))?;
+        super::process::write_private_file(&path, &format!("{marker}\n"))?;
         Ok(Record {
             path,
             marker: marker.to_string(),
@@ -60,7 +60,10 @@ impl Record {
     /// Adds the group and its leader's start time, once spawned.
     pub fn set_group(&self, pgid: i32) {
         if let Some(start) = start_time(pgid) {
-            let _ = std::fs::write(&self.path, format!("{} {pgid} {start}\n", self.marker));
+            let _ = super::process::write_private_file(
+                &self.path,
+                &format!("{} {pgid} {start}\n", self.marker),
+            );
         }
     }
 }
