@@ -1,6 +1,8 @@
 //! What `behaviour.allowed_actions = ["browser.*"]` still keeps from a
 //! workflow: local files. Real headless Chromium through a real
-//! chromedriver, pages from a loopback server.
+//! chromedriver, pages from a loopback server. Unix only: the files it
+//! guards (/etc/passwd) and the links it makes are Unix's.
+#![cfg(unix)]
 
 mod support;
 
