@@ -294,6 +294,49 @@ steps:
     );
 }
 
+/// The README's fleet example keeps a robot's credentials beside its config
+/// under /tmp, so /tmp is one of the folders Landlock freezes for steps.
+/// Chromium's temporary files go in its profile, made before the spawn, so
+/// browser steps still run; shell steps write in their private TMPDIR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_with_its_credentials_under_tmp_still_runs_browser_and_shell_steps() {
+    let f = fleet();
+    assert!(
+        f.scratch.dir.path().starts_with(std::env::temp_dir()),
+        "the scratch folder is under the system's temporary folder"
+    );
+    let robot = Robot::with_credentials_beside_config(f.scratch.dir.path(), "in-tmp");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let page = page_server().await;
+    let yaml = r##"version: 1
+name: tmp-robot
+params:
+  page: ""
+steps:
+  - id: open
+    action: browser.open
+    with: {url: "${params.page}"}
+  - id: title
+    action: browser.get_text
+    with: {selector: "#title"}
+  - id: temp
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        f=$(mktemp)
+        echo written > "$f"
+        cat "$f"
+"##;
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({ "page": page })).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+    assert_eq!(step(&s, "title")["output"]["text"], "Fleet page", "{s}");
+    assert_eq!(step(&s, "temp")["output"]["stdout"], "written", "{s}");
+}
+
 /// A page for the browser step, on loopback.
 async fn page_server() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -32,7 +32,9 @@ pub fn tasuki_bin() -> PathBuf {
 pub struct Robot {
     pub name: String,
     pub dir: PathBuf,
-    secrets: tempfile::TempDir,
+    credentials: PathBuf,
+    /// The credentials' own folder, removed with the robot.
+    _secrets: Option<tempfile::TempDir>,
 }
 
 impl Robot {
@@ -46,7 +48,22 @@ impl Robot {
         Robot {
             name: name.into(),
             dir,
-            secrets,
+            credentials: secrets.path().join("credentials.toml"),
+            _secrets: Some(secrets),
+        }
+    }
+
+    /// A robot whose credentials sit beside its config, in `root` (a
+    /// scratch folder under /tmp): what `tasuki register` does by default,
+    /// and the README's fleet example.
+    pub fn with_credentials_beside_config(root: &Path, name: &str) -> Robot {
+        let dir = root.join(format!("robot-{name}"));
+        std::fs::create_dir_all(&dir).expect("robot dir");
+        Robot {
+            name: name.into(),
+            credentials: dir.join("credentials.toml"),
+            dir,
+            _secrets: None,
         }
     }
 
@@ -55,7 +72,7 @@ impl Robot {
     }
 
     pub fn credentials(&self) -> PathBuf {
-        self.secrets.path().join("credentials.toml")
+        self.credentials.clone()
     }
 
     /// `tasuki register`, the secret given through a file.

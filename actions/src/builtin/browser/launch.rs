@@ -158,6 +158,14 @@ impl Browser {
                 )
             })?;
         args.push(format!("--user-data-dir={}", profile.0.path().display()));
+        #[cfg(unix)]
+        let browser_tmp = {
+            let tmp = profile.0.path().join("tmp");
+            crate::builtin::process::private_dir_all(&tmp).map_err(|e| {
+                ActionError::new(CODE_START, format!("cannot create {}: {e}", tmp.display()))
+            })?;
+            tmp
+        };
         caps.set_binary(&chromium.display().to_string())
             .map_err(start_error)?;
         for a in &args {
@@ -176,6 +184,12 @@ impl Browser {
             // keeps its database under $XDG_CONFIG_HOME. Pointing that into the
             // profile keeps the service account's home clean, and puts the
             // profile path in the handler's command line, where teardown finds it.
+            // Its temporary files go in the profile too: it exists before
+            // the spawn, so a Landlock ruleset (confine.rs) that freezes the
+            // folders above the robot's credentials, /tmp among them in a
+            // checkout under /tmp, still lets Chromium write there.
+            #[cfg(unix)]
+            command.env("TMPDIR", &browser_tmp);
             command
                 .env("XDG_CONFIG_HOME", profile.0.path().join("config"))
                 .arg(format!("--port={port}"))
