@@ -9,16 +9,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh" >&2
     exit 1
 fi
-missing=()
-for tool in cc sh bash sleep openssl base64 faketime; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if ((${#missing[@]})); then
-    echo "test.sh: missing tools: ${missing[*]}" >&2
-    echo "  Debian/Ubuntu: sudo apt-get install -y build-essential bash coreutils openssl faketime" >&2
-    exit 1
-fi
-
+source scripts/need-test-tools.sh
 source scripts/need-browser.sh
 
 cargo test --workspace --locked "$@"
