@@ -203,6 +203,48 @@ steps:
     assert_eq!(steps["picked"]["output"]["text"], "invoice.txt:5");
 }
 
+/// WebDriver types a path into a file input as a choice of that file, which
+/// would be `browser.upload` without its confinement: `browser.type` refuses
+/// file inputs.
+#[test]
+fn typing_a_path_into_a_file_input_is_refused() {
+    require_browser();
+    let server = start_server();
+    let scratch = Scratch::new();
+    let workflow = format!(
+        r##"
+version: 1
+name: type-a-file
+steps:
+  - id: go
+    action: browser.goto
+    with: {{url: "{page}"}}
+  - id: sneak
+    action: browser.type
+    continue_on_error: true
+    with: {{selector: "#file", text: /etc/passwd}}
+  - id: picked
+    action: browser.execute_script
+    with: {{script: "return document.getElementById('file').files.length"}}
+"##,
+        page = server.url("/pages/upload.html"),
+    );
+    let r = run_with(&scratch, &workflow, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps = &r.report["steps"];
+    assert_eq!(steps["sneak"]["status"], "error", "{}", steps["sneak"]);
+    let message = steps["sneak"]["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("is a file input") && message.contains("browser.upload"),
+        "{message}"
+    );
+    assert_eq!(
+        steps["picked"]["output"]["result"], 0,
+        "{}",
+        steps["picked"]
+    );
+}
+
 /// WebDriver's navigation is what the check guards; a page's own attempts
 /// (a script, a link, also on a `data:` page) Chromium refuses itself.
 #[test]

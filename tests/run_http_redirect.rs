@@ -124,15 +124,41 @@ fn a_redirect_within_the_origin_keeps_the_step_headers_but_sends_no_referer() {
 }
 
 #[test]
-fn a_307_keeps_method_and_body_across_origins_and_a_303_becomes_a_get() {
+fn a_307_keeps_method_and_body_within_the_origin_only_and_a_303_becomes_a_get() {
     let a = start_origin();
     let b = start_origin();
     let post = "      method: POST\n      json: {order: 7}";
-    let kept = request_via(&redirect_url(a, 307, &format!("http://{b}/echo")), post);
+    let kept = request_via(&redirect_url(a, 307, &format!("http://{a}/echo")), post);
     assert_eq!(kept["method"], "POST");
     assert_eq!(kept["body"], r#"{"order":7}"#);
     assert_eq!(kept["headers"]["content-type"], "application/json");
-    assert!(kept["headers"].get("x-api-key").is_none(), "{kept}");
+    assert_eq!(kept["headers"]["x-api-key"], "***", "{kept}");
+
+    // The body may hold the step's secrets: not sent to another origin.
+    let r = run_text(
+        &format!(
+            r#"
+version: 1
+name: redirect
+steps:
+  - id: call
+    action: http.request
+    with:
+      url: "{}"
+{post}
+"#,
+            redirect_url(a, 307, &format!("http://{b}/echo"))
+        ),
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let call = &r.report["steps"]["call"];
+    assert_eq!(call["status"], "error", "{call}");
+    let message = call["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("to another origin") && message.contains("not followed"),
+        "{message}"
+    );
 
     let got = request_via(&redirect_url(a, 303, &format!("http://{a}/echo")), post);
     assert_eq!(got["method"], "GET");

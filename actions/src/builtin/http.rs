@@ -349,19 +349,38 @@ async fn send_following(
                 }
             ),
         );
-        hop = redirected(hop, status, target, other_origin);
+        hop = redirected(hop, status, target, other_origin)?;
     }
 }
 
 /// The request a redirect asks for. 303, and 301 or 302 after a POST,
 /// become a GET without a body (as browsers do); 307 and 308 keep the
-/// method and body. Another origin gets none of the step's headers.
-fn redirected(hop: Hop, status: StatusCode, target: Url, other_origin: bool) -> Hop {
+/// method and body, but only within the origin: the body may carry the
+/// step's secrets, so a 307 or 308 to another origin (another host, or
+/// https to http) is not followed. Another origin gets none of the step's
+/// headers.
+fn redirected(
+    hop: Hop,
+    status: StatusCode,
+    target: Url,
+    other_origin: bool,
+) -> Result<Hop, ActionError> {
     let to_get = match status {
         StatusCode::SEE_OTHER => hop.method != Method::HEAD,
         StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND => hop.method == Method::POST,
         _ => false,
     };
+    if !to_get && other_origin && hop.body.is_some() {
+        return Err(ActionError::new(
+            codes::HTTP,
+            format!(
+                "{} {} redirected ({status}) to another origin, {target}, keeping the request's \
+                 body; not followed, because the body may hold secrets. Send the request to \
+                 {target} yourself, or set follow_redirects: false to get the redirect",
+                hop.method, hop.url
+            ),
+        ));
+    }
     let (method, body) = if to_get {
         (Method::GET, None)
     } else {
@@ -372,12 +391,12 @@ fn redirected(hop: Hop, status: StatusCode, target: Url, other_origin: bool) -> 
     } else {
         hop.headers
     };
-    Hop {
+    Ok(Hop {
         method,
         url: target,
         headers,
         body,
-    }
+    })
 }
 
 fn parse_url(text: &str) -> Result<Url, String> {

@@ -196,19 +196,35 @@ impl TypedAction for Type {
                 Some(_) => chars_iter.next().map(String::from).unwrap_or_default(),
             };
             let clear = args.clear;
-            let element = with_element(&h, &locator, wait, "type", |el| {
+            let (element, file_input) = with_element(&h, &locator, wait, "type", |el| {
                 let first = first.clone();
                 async move {
+                    // Keys sent to a file input select the files they name
+                    // (WebDriver's rule), which would get round the upload
+                    // confinement: only browser.upload fills file inputs.
+                    if el.prop("type").await?.as_deref() == Some("file") {
+                        return Ok((el, true));
+                    }
                     if clear {
                         el.clear().await?;
                     }
                     if !first.is_empty() {
                         el.send_keys(first.as_str()).await?;
                     }
-                    Ok(el)
+                    Ok((el, false))
                 }
             })
             .await?;
+            if file_input {
+                return Err(ActionError::new(
+                    codes::INVALID_ARGS,
+                    format!(
+                        "{} is a file input: browser.type cannot fill it; use browser.upload \
+                         with a file from the session's work directory",
+                        locator.describe()
+                    ),
+                ));
+            }
             if let Some(delay) = args.key_delay {
                 for ch in chars_iter {
                     tokio::time::sleep(delay.0).await;
