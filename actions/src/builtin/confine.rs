@@ -39,6 +39,17 @@ pub enum ConfineError {
     },
     #[error("cannot build the Landlock ruleset that keeps the protected files from the step: {0}")]
     Ruleset(std::io::Error),
+    /// A protected file that vanished (moved by a new `tasuki register
+    /// --credentials`, say) cannot be located to be hidden; its copy at
+    /// the new place would be readable. Refusing is the safe side.
+    #[error(
+        "{path} is protected from steps but cannot be found ({source}); no step process is \
+         started until the agent is restarted with its credentials in place"
+    )]
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[cfg(target_os = "linux")]
@@ -140,7 +151,7 @@ mod linux {
         /// nothing to protect or no Landlock to do it (the agent warned at
         /// start). Protected paths that do not exist are left out.
         pub fn build(protected: &[PathBuf]) -> Result<Option<Sandbox>, ConfineError> {
-            let hidden = canonical_set(protected);
+            let hidden = canonical_set(protected)?;
             if hidden.is_empty() {
                 return Ok(None);
             }
@@ -227,17 +238,25 @@ mod linux {
     }
 
     /// The protected paths as the kernel sees them (links resolved), a path
-    /// inside another one left out (it is covered).
-    fn canonical_set(protected: &[PathBuf]) -> BTreeSet<PathBuf> {
-        let all: BTreeSet<PathBuf> = protected
+    /// inside another one left out (it is covered). A path that cannot be
+    /// resolved is an error: leaving it out would leave it readable.
+    fn canonical_set(protected: &[PathBuf]) -> Result<BTreeSet<PathBuf>, ConfineError> {
+        let mut all = BTreeSet::new();
+        for path in protected {
+            let canonical =
+                std::fs::canonicalize(path).map_err(|source| ConfineError::Missing {
+                    path: path.clone(),
+                    source,
+                })?;
+            if canonical.parent().is_some() {
+                all.insert(canonical);
+            }
+        }
+        Ok(all
             .iter()
-            .filter_map(|p| std::fs::canonicalize(p).ok())
-            .filter(|p| p.parent().is_some())
-            .collect();
-        all.iter()
             .filter(|p| !p.ancestors().skip(1).any(|a| all.contains(a)))
             .cloned()
-            .collect()
+            .collect())
     }
 
     fn create_ruleset(handled: u64) -> std::io::Result<OwnedFd> {
@@ -304,10 +323,22 @@ mod linux {
             let dir = tempfile::tempdir().unwrap();
             let inner = dir.path().join("creds.toml");
             std::fs::write(&inner, "x").unwrap();
-            let set = canonical_set(&[inner.clone(), dir.path().to_path_buf()]);
+            let set = canonical_set(&[inner.clone(), dir.path().to_path_buf()]).unwrap();
             assert_eq!(set.len(), 1);
             assert!(set.contains(&std::fs::canonicalize(dir.path()).unwrap()));
-            assert!(canonical_set(&[dir.path().join("missing")]).is_empty());
+        }
+
+        /// A protected file that has gone cannot be hidden where it went:
+        /// no sandbox, and so no step, rather than an unconfined one.
+        #[test]
+        fn a_protected_path_that_vanished_refuses_the_spawn() {
+            let dir = tempfile::tempdir().unwrap();
+            let gone = dir.path().join("credentials.toml");
+            let error = Sandbox::build(std::slice::from_ref(&gone))
+                .err()
+                .expect("refused");
+            assert!(matches!(error, ConfineError::Missing { .. }), "{error}");
+            assert!(error.to_string().contains("credentials.toml"), "{error}");
         }
 
         /// Two protected files and a protected folder in one folder: all

@@ -84,6 +84,11 @@ pub fn end_recorded_trees(root: &Path) -> usize {
     let mut markers = Vec::new();
     let mut groups = Vec::new();
     for session in sessions.flatten() {
+        // Only the sessions' private directories hold records; a work dir
+        // beside them is the steps' to write in.
+        if !session.file_name().to_string_lossy().ends_with(".private") {
+            continue;
+        }
         let Ok(records) = std::fs::read_dir(session.path().join(RECORDS_DIR)) else {
             continue;
         };
@@ -99,7 +104,7 @@ pub fn end_recorded_trees(root: &Path) -> usize {
             let group = fields.next().and_then(|g| g.parse::<i32>().ok());
             let start = fields.next().and_then(|s| s.parse::<u64>().ok());
             if let (Some(pgid), Some(start)) = (group, start) {
-                groups.push((pgid, start));
+                groups.push((pgid, start, marker.to_string()));
             }
         }
     }
@@ -107,16 +112,20 @@ pub fn end_recorded_trees(root: &Path) -> usize {
 }
 
 #[cfg(target_os = "linux")]
-fn end(groups: &[(i32, u64)], markers: &[String]) -> usize {
+fn end(groups: &[(i32, u64, String)], markers: &[String]) -> usize {
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     let mut killed = 0;
-    for &(pgid, start) in groups {
+    for (pgid, start, marker) in groups {
         // Only the group whose leader is the one recorded: a process id
-        // reused since has another start time.
-        if pgid > 1
-            && start_time(pgid) == Some(start)
-            && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+        // reused since has another start time, and a record a step forged
+        // for someone else's group fails the marker, which only the
+        // agent's own trees carry in their environment.
+        let marked = [format!("{MARKER_VAR}={marker}").into_bytes()];
+        if *pgid > 1
+            && start_time(*pgid) == Some(*start)
+            && carries_marker(*pgid, &marked)
+            && killpg(Pid::from_raw(*pgid), Signal::SIGKILL).is_ok()
         {
             killed += 1;
         }
@@ -152,7 +161,7 @@ fn end(groups: &[(i32, u64)], markers: &[String]) -> usize {
 /// Windows the job dies with the agent's handle (kill on close), which
 /// covers a crash too.
 #[cfg(not(target_os = "linux"))]
-fn end(_groups: &[(i32, u64)], _markers: &[String]) -> usize {
+fn end(_groups: &[(i32, u64, String)], _markers: &[String]) -> usize {
     0
 }
 
@@ -219,5 +228,50 @@ mod tests {
         assert!(start_time(me).is_some(), "still alive");
         drop(record);
         assert!(!private.join(RECORDS_DIR).join("m1").exists());
+    }
+
+    /// A step could write a record naming someone else's process group
+    /// with its leader's real start time: without the marker in the
+    /// leader's environment it is left alone; with it, it is ended.
+    #[test]
+    fn only_a_group_whose_leader_carries_the_recorded_marker_is_killed() {
+        use std::os::unix::process::CommandExt;
+        let root = tempfile::tempdir().unwrap();
+        let spawn = |marker: Option<&str>| {
+            let mut command = std::process::Command::new("sleep");
+            command.arg("30").process_group(0);
+            if let Some(m) = marker {
+                command.env(MARKER_VAR, m);
+            }
+            command.spawn().unwrap()
+        };
+        let mut stranger = spawn(None);
+        let mut ours = spawn(Some("m-ours"));
+        let record = |dir: &str, marker: &str, pid: u32| {
+            let trees = root.path().join(dir).join(RECORDS_DIR);
+            std::fs::create_dir_all(&trees).unwrap();
+            let pid = pid as i32;
+            let start = start_time(pid).expect("alive");
+            std::fs::write(trees.join(marker), format!("{marker} {pid} {start}\n")).unwrap();
+        };
+        record("s.private", "m-forged", stranger.id());
+        // A record outside a private directory is not read at all.
+        record("s-work", "m-ours", ours.id());
+        assert_eq!(end_recorded_trees(root.path()), 0);
+        assert!(stranger.try_wait().unwrap().is_none(), "the stranger lives");
+        assert!(
+            ours.try_wait().unwrap().is_none(),
+            "not read from a work dir"
+        );
+
+        record("s.private", "m-ours", ours.id());
+        assert!(end_recorded_trees(root.path()) >= 1);
+        assert!(ours.wait().unwrap().code().is_none(), "killed by a signal");
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "the stranger still lives"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
     }
 }

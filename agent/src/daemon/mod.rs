@@ -545,6 +545,19 @@ fn forbid_memory_reads() {
 /// reading the credentials file.
 fn warn_unless_confined(credentials: &Path) {
     use tasuki_actions::builtin::confine::{Support, support};
+    // Landlock hides a path, not a file: another hard link to the same
+    // file stays readable.
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(credentials) {
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() > 1 {
+            tracing::warn!(
+                credentials = %credentials.display(),
+                links = meta.nlink(),
+                "the credentials file has other hard links, which steps can read; remove them"
+            );
+        }
+    }
     match support() {
         Support::Landlock { abi } => {
             tracing::info!(abi, credentials = %credentials.display(), "steps cannot read the credentials (Landlock)")
