@@ -83,6 +83,18 @@ async fn a_shell_step_cannot_read_copy_link_or_move_the_robots_credentials() {
         agent.log()
     );
     let creds = robot.credentials().display().to_string();
+    // A hard link must be tried on the credentials' own filesystem, where
+    // only Landlock can refuse it (it answers EXDEV, as another filesystem
+    // would): a folder beside theirs, made before the step starts.
+    let linkdir = tempfile::Builder::new()
+        .prefix("link-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a folder for the link");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).expect("stat").dev();
+        assert_eq!(dev(linkdir.path()), dev(&robot.credentials()));
+    }
 
     // The reproduction: `cat` of the credentials file.
     let cat = "version: 1\nname: steal\nparams:\n  creds: \"\"\nsteps:\n  - id: cat\n    action: shell.run\n    with:\n      argv: [cat, \"${params.creds}\"]\n";
@@ -99,17 +111,19 @@ async fn a_shell_step_cannot_read_copy_link_or_move_the_robots_credentials() {
     assert_no_secret(&f.key, &shown);
 
     // Nor by a way round: a copy, a hard or symbolic link, a move out of
-    // its directory, or a script reading it.
-    let ops = "C=\"${params.creds}\"\nfor op in \"cp $C ./copy\" \"ln $C ./link\" \"ln -s $C ./sym && cat ./sym\" \"mv $C ./moved\" \"dd if=$C\" \"python3 -c 'open(\\\"$C\\\").read()'\"; do\n  if sh -c \"$op\" >/dev/null 2>&1; then echo \"ALLOWED: $op\"; else echo \"denied: $op\"; fi\ndone";
+    // its directory, or a script reading it; each refused for want of
+    // permission (EACCES or EPERM), not for some other reason.
+    let ops = "C=\"${params.creds}\"\nL=\"${params.linkdir}\"\nfor op in \"cp $C ./copy\" \"ln $C $L/link\" \"ln -s $C ./sym && cat ./sym\" \"mv $C ./moved\" \"dd if=$C\" \"python3 -c 'open(\\\"$C\\\").read()'\"; do\n  if err=$(sh -c \"$op\" 2>&1 >/dev/null); then echo \"ALLOWED: $op\"\n  else case \"$err\" in *ermission*|*\"not permitted\"*|*cross-device*) echo \"denied: $op\";; *) echo \"failed otherwise: $op: $err\";; esac; fi\ndone";
     let yaml = format!(
-        "version: 1\nname: ways-round\nparams:\n  creds: \"\"\nsteps:\n  - id: ops\n    action: shell.run\n    with:\n      shell: sh\n      script: |\n{}\n",
+        "version: 1\nname: ways-round\nparams:\n  creds: \"\"\n  linkdir: \"\"\nsteps:\n  - id: ops\n    action: shell.run\n    with:\n      shell: sh\n      script: |\n{}\n",
         ops.lines()
             .map(|l| format!("        {l}"))
             .collect::<Vec<_>>()
             .join("\n")
     );
     let wf = workflow(&f.api, &yaml, &[]).await;
-    let id = queue(&f.api, wf, json!({ "creds": creds })).await;
+    let linkdir = linkdir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({ "creds": creds, "linkdir": linkdir })).await;
     let s = finished(&f.api, id, LIMIT).await;
     assert_eq!(s["status"], "success", "{s}");
     let shown = everything_shown(&f.api, id, &s).await;
