@@ -215,6 +215,21 @@ mod tests {
         assert!(v["started_at"].is_null());
     }
 
+    /// A param the hub stores as JSON text and a robot reads back is the
+    /// number the caller sent, to the last bit (serde_json's
+    /// `float_roundtrip`). Found by the `hub_request` fuzz target.
+    #[test]
+    fn float_params_survive_a_round_trip() {
+        let body = format!(
+            r#"{{"workflow_id": 1, "params": {{"n": 2{}}}}}"#,
+            "8".repeat(84)
+        );
+        let first: CreateSessionQueue = serde_json::from_str(&body).unwrap();
+        let stored = serde_json::to_string(&first).unwrap();
+        let read: CreateSessionQueue = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, first, "stored as {stored}");
+    }
+
     #[test]
     fn statuses_round_trip() {
         for s in SessionStatus::ALL {

@@ -493,13 +493,31 @@ fn lex(src: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
                         break;
                     }
                     if ch == '\\' {
-                        let Some(&(_, esc)) = chars.get(i) else {
+                        let Some(&(at, esc)) = chars.get(i) else {
                             return Err(err("unterminated string literal".into(), off));
                         };
                         i += 1;
                         s.push(match esc {
                             'n' => '\n',
                             't' => '\t',
+                            'r' => '\r',
+                            'b' => '\u{8}',
+                            'f' => '\u{c}',
+                            'u' => {
+                                let hex: String = chars.iter().skip(i).take(4).map(|(_, c)| c).collect();
+                                i += 4;
+                                u32::from_str_radix(&hex, 16)
+                                    .ok()
+                                    .filter(|_| hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                                    .and_then(char::from_u32)
+                                    .ok_or_else(|| {
+                                        err(
+                                            "`\\u` takes four hex digits of a character, such as `\\u001b`"
+                                                .into(),
+                                            at - 1,
+                                        )
+                                    })?
+                            }
                             other => other,
                         });
                     } else {
@@ -794,6 +812,34 @@ mod tests {
             json!(true)
         );
         assert_eq!(render("${!(a >= 2) || false}", vars).unwrap(), json!(true));
+    }
+
+    /// Messages print a path's keys as JSON strings (control characters
+    /// escaped, so that a message cannot drive a terminal); the template
+    /// language reads JSON's escapes, so a path copied from a message means
+    /// the same path. Found by the `template` fuzz target.
+    #[test]
+    fn printed_paths_parse_back() {
+        for key in [
+            "odd key\u{1a}\0",
+            "tab\t",
+            "cr\r",
+            "quote\"back\\slash",
+            "\u{8}\u{c}é",
+        ] {
+            let path = PathExpr {
+                root: "params".into(),
+                segments: vec![Segment::Key(key.into()), Segment::Index(2)],
+            };
+            let printed = path.to_string();
+            assert_eq!(parse_expr(&printed), Ok(Expr::Path(path)), "{printed}");
+        }
+        assert_eq!(parse_expr(r#"'\u00e9\r'"#), Ok(Expr::Literal(json!("é\r"))));
+        for bad in [r#"'\u12'"#, r#"'\ud800'"#, r#"'\u12G4'"#] {
+            let e = parse_expr(bad).unwrap_err();
+            assert!(e.message.contains("four hex digits"), "{bad}: {e}");
+            assert_eq!(e.offset, 1, "{bad}");
+        }
     }
 
     #[test]

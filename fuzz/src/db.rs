@@ -1,0 +1,35 @@
+//! Stand-ins for the three items of the hub's `db` module that its parsing
+//! code (`api.rs`) names, so that no SQLite is built into the fuzzers. They
+//! have the hub's shapes; if the hub's change in a way that parsing code
+//! relies on, this crate stops compiling, which the CI's fuzz step shows.
+
+/// `hub/src/db/mod.rs`'s error; parsing never produces one.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {}
+
+pub mod sessions {
+    use tasuki_protocol::SessionStatus;
+
+    /// `hub/src/db/sessions.rs`'s `Filter`.
+    #[derive(Debug, Default, Clone, PartialEq)]
+    pub struct Filter {
+        pub before: Option<i64>,
+        pub after: Option<i64>,
+        pub statuses: Vec<SessionStatus>,
+    }
+}
+
+pub mod workflows {
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    /// `hub/src/db/workflows.rs`'s `StoredParam`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct StoredParam {
+        pub name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub default: Option<Value>,
+        #[serde(default)]
+        pub secret: bool,
+    }
+}
