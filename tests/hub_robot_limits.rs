@@ -47,7 +47,14 @@ async fn a_robot_refused_with_429_waits_retry_after_and_recovers() {
         &scratch,
         &["--hold-seconds", "1", "--auth-failures-per-source", "3"],
     );
-    let api = Api::new(&hub, Some(token(&admin, ALL_SCOPES)));
+    // The test's own calls come from 127.0.0.2, a source of their own.
+    let api = Api {
+        http: reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .expect("a client bound to 127.0.0.2"),
+        ..Api::new(&hub, Some(token(&admin, ALL_SCOPES)))
+    };
     let robot = Robot::new(scratch.dir.path(), "limited");
     robot.register_ok(&hub, &robot_key, &[]);
     let agent = robot.start(&[]);
@@ -89,7 +96,7 @@ async fn a_robot_refused_with_429_waits_retry_after_and_recovers() {
     assert!(
         eventually(Duration::from_secs(10), || agent
             .log()
-            .contains("too_many_failed_authentications")),
+            .contains("rate limited")),
         "the agent never met the 429:\n{}",
         agent.log()
     );
@@ -125,8 +132,12 @@ async fn a_robot_whose_poll_connection_closes_shows_offline_within_seconds() {
     let scratch = Scratch::new();
     let admin = create_key(&scratch, ALL_SCOPES);
     let robot_key = create_key(&scratch, "robot");
-    // A long hold: the robot's poll stays open until it goes away.
-    let hub = Hub::start_with(&scratch, &["--hold-seconds", "25"]);
+    // A long hold: the robot's poll stays open until it goes away. The
+    // test asks for the state five times a second.
+    let hub = Hub::start_with(
+        &scratch,
+        &["--hold-seconds", "25", "--quota-per-robot", "100000"],
+    );
     let api = Api::new(&hub, Some(token(&admin, ALL_SCOPES)));
     let robot = Robot::new(scratch.dir.path(), "leaving");
     robot.register_ok(&hub, &robot_key, &[]);
@@ -159,7 +170,10 @@ async fn a_robot_that_stops_polling_shows_offline_within_seconds() {
     let scratch = Scratch::new();
     let admin = create_key(&scratch, ALL_SCOPES);
     let robot_key = create_key(&scratch, "robot");
-    let hub = Hub::start_with(&scratch, &["--hold-seconds", "1"]);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--hold-seconds", "1", "--quota-per-robot", "100000"],
+    );
     let api = Api::new(&hub, Some(token(&admin, ALL_SCOPES)));
     let raw = Api::new(&hub, Some(token(&robot_key, "robot")));
     let r = raw
