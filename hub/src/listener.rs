@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn only_hyper_s_own_empty_refusals_are_replaced() {
         let hyper_414 =
-            b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 15:00:00 GMT\r\n\r\n";
+            b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 15:00:00 GMT\r\n\r\n";
         let json = String::from_utf8(json_refusal(hyper_414).expect("replaced")).unwrap();
         assert!(json.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{json}");
         assert!(json.contains("content-type: application/json"), "{json}");
