@@ -59,6 +59,8 @@ struct Growth {
     start: u64,
     end: u64,
     max: u64,
+    /// The median of each fifth of the samples, to show the shape.
+    fifths: Vec<u64>,
 }
 
 impl Growth {
@@ -70,10 +72,16 @@ impl Growth {
             .map(|(_, s)| field(s))
             .collect();
         let tenth = (after.len() / 10).max(1).min(after.len());
+        let fifth = (after.len() / 5).max(1);
         Growth {
             start: median(after[..tenth].to_vec()),
             end: median(after[after.len() - tenth..].to_vec()),
             max: after.iter().copied().max().unwrap_or(0),
+            fifths: after
+                .chunks(fifth)
+                .take(5)
+                .map(|c| median(c.to_vec()))
+                .collect(),
         }
     }
 
@@ -236,6 +244,26 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             fds.end,
             fds.max,
             fds.percent()
+        )?;
+    }
+    writeln!(
+        out,
+        "\nRSS (MiB) and descriptors after warm-up, the median of each fifth of the samples:\n"
+    )?;
+    writeln!(out, "| process | RSS by fifth | fds by fifth |")?;
+    writeln!(out, "|---|---|---|")?;
+    for s in series.iter() {
+        let rss = Growth::of(s, warmup, |x| x.rss_kb);
+        let fds = Growth::of(s, warmup, |x| x.fds);
+        let show = |v: &[u64], f: &dyn Fn(u64) -> String| {
+            v.iter().map(|&x| f(x)).collect::<Vec<_>>().join(" → ")
+        };
+        writeln!(
+            out,
+            "| {} | {} | {} |",
+            s.what,
+            show(&rss.fifths, &|kb| format!("{:.1}", mib(kb))),
+            show(&fds.fifths, &|n| n.to_string())
         )?;
     }
     writeln!(out)?;
