@@ -6,6 +6,8 @@
 #   bench/fleet.sh                          # all: pickup cancel logs idle fleet
 #   bench/fleet.sh pickup --sessions 100    # one benchmark, smaller
 #   FLEET_IDLE_SECONDS=30 bench/fleet.sh idle
+#   bench/fleet.sh soak                     # 10,000 sessions, two agents
+#   bench/fleet.sh soak --soak-sessions 500 # a short soak
 #
 # Arguments are passed to `tasuki-fleet-bench` (see its --help).
 # CARGO_TARGET_DIR is honoured; TASUKI_BIN and TASUKI_HUB_BIN override the

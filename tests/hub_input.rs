@@ -1,5 +1,6 @@
 //! Bad input of every kind gets a 4xx whose JSON error names the problem,
-//! and the hub keeps serving; the quota answers 429 with Retry-After.
+//! and the hub keeps serving; the quota answers 429 with Retry-After. That
+//! holds for heads too broken to reach the router (hyper's own refusals).
 
 #[path = "hub_support.rs"]
 mod hub_support;
@@ -164,6 +165,83 @@ async fn malformed_requests_are_refused_with_the_problem_named() {
     assert_eq!(api.get("/v1/workflows").await.status, StatusCode::OK);
     let log = hub.stderr();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn heads_hyper_refuses_get_the_json_error_too() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let mut hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+
+    // A 100 KB query: over the 65534-byte URI hyper takes (and reqwest
+    // sends), so on a raw connection.
+    let request = format!(
+        "GET /v1/session_queues?query={} HTTP/1.1\r\nhost: hub\r\n\r\n",
+        "x".repeat(100 * 1024)
+    );
+    let (head, body) = raw_exchange(&hub.url, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 414 "), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(body["error"]["code"], "uri_too_long", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("65534 bytes")),
+        "{body}"
+    );
+
+    // A 600 KB header: over hyper's buffer for a head.
+    let r = api
+        .send(
+            api.request(reqwest::Method::GET, "/v1/workflows")
+                .header("x-filler", "y".repeat(600 * 1024)),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{}",
+        r.body
+    );
+    assert_eq!(r.code(), "headers_too_large", "{}", r.body);
+
+    // Not HTTP/1.1 at all, on a raw connection.
+    let (head, body) = raw_exchange(&hub.url, b"GET /v1/workflows HTTP/9.9\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(body["error"]["code"], "malformed_request", "{body}");
+
+    // The hub serves on.
+    assert!(hub.is_running());
+    assert_eq!(api.get("/v1/workflows").await.status, StatusCode::OK);
+}
+
+/// Writes `request` on a new connection to the hub at `url`, reads the
+/// answer until the hub closes the connection, and returns its head and
+/// its body as JSON.
+async fn raw_exchange(url: &str, request: &[u8]) -> (String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the hub");
+    tcp.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the hub closes the connection")
+    .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        panic!("not an HTTP answer: {answer:?}");
+    };
+    let body = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {answer:?}"));
+    (head.to_string(), body)
 }
 
 #[tokio::test]

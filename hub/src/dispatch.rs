@@ -10,8 +10,18 @@
 //! Every method that reads or writes the database is called with the
 //! connection held (inside `Db::call`), so that the database and the set
 //! of waiters always change together: a poll that found nothing and a
-//! session queued at the same moment cannot miss each other. The lock
-//! order is always connection, then waiters.
+//! session queued at the same moment cannot miss each other. Only those
+//! methods add waiters; without the connection, a waiter can only be
+//! taken away (a poll's hold ran out, a cancel, the hub stopping).
+//!
+//! The waiters lock is never held across a database statement: a write
+//! may wait up to the busy timeout for a `tasuki-hub robots|keys` command
+//! beside the hub, and [`Dispatcher::forget`], [`Dispatcher::wake`] and
+//! [`Dispatcher::contact`] take the lock on the runtime's own threads.
+//! So a session is granted to a waiter chosen under the lock, and the
+//! lease is sent only if that same registration (by `seq`) is still there
+//! afterwards; otherwise the grant is taken back. The lock order is always
+//! connection, then waiters.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +47,7 @@ pub enum Wake {
 }
 
 /// What a robot said about itself in the poll that is waiting.
+#[derive(Clone)]
 pub struct Want {
     pub robot_id: i64,
     pub name: String,
@@ -78,7 +89,21 @@ impl Waiter {
 struct Waiters {
     next_seq: u64,
     by_robot: HashMap<i64, Waiter>,
+    /// When each robot's last waiting poll was answered (ms since the
+    /// epoch): a robot that is not waiting now polled again this soon after,
+    /// or it has gone. Polls answered at once need no entry: the heartbeat
+    /// at their start is that moment.
+    answered_at: HashMap<i64, i64>,
     closed: bool,
+}
+
+/// A robot's polls as the dispatcher saw them.
+#[derive(Debug, Clone, Copy)]
+pub struct Contact {
+    /// A poll is waiting on a connection that is still open.
+    pub waiting: bool,
+    /// When its last waiting poll was answered (ms since the epoch).
+    pub answered_at_ms: Option<i64>,
 }
 
 /// The outcome of a poll that had nothing else to say.
@@ -200,6 +225,10 @@ impl Dispatcher {
         let mut waiters = self.lock();
         match waiters.by_robot.get(&robot_id) {
             Some(w) if w.seq == seq => {
+                // A poll whose client hung up is not an answer.
+                if !w.tx.is_closed() {
+                    waiters.answered_at.insert(robot_id, crate::db::now_ms());
+                }
                 waiters.by_robot.remove(&robot_id);
                 true
             }
@@ -214,36 +243,67 @@ impl Dispatcher {
         let Some(needs) = leases::needs_of(conn, session_id)? else {
             return Ok(false);
         };
-        let mut waiters = self.lock();
         loop {
-            let Some(robot_id) = waiters
+            let Some((seq, want)) = self
+                .lock()
                 .by_robot
                 .values()
                 .filter(|w| w.may_take(&needs))
                 .min_by_key(|w| w.seq)
-                .map(|w| w.want.robot_id)
+                .map(|w| (w.seq, w.want.clone()))
             else {
                 return Ok(false);
             };
-            let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
-                return Ok(false);
-            };
-            let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)? else {
+            let Some(lease) = self.grant(conn, session_id, &want, now_ms)? else {
                 if leases::needs_of(conn, session_id)?.is_none() {
                     // Taken meanwhile; the waiter keeps waiting.
-                    waiters.by_robot.insert(robot_id, waiter);
                     return Ok(false);
                 }
                 // The session is still there, so the robot is no longer
                 // this poll's: the poll is answered empty (its channel is
                 // dropped), and the next robot is tried.
+                self.take(want.robot_id, seq);
                 continue;
             };
-            if send_or_withdraw(conn, waiter, lease, now_ms)? {
+            if self.deliver(conn, want.robot_id, seq, lease, now_ms)? {
                 return Ok(true);
             }
-            // The poll went away (its client disconnected): the offer was
-            // taken back; try the next robot.
+            // The poll went away (its hold ran out, its client
+            // disconnected): the offer was taken back; try the next robot.
+        }
+    }
+
+    /// Removes the registration `seq` of `robot_id`, if it is still there.
+    fn take(&self, robot_id: i64, seq: u64) -> Option<Waiter> {
+        let mut waiters = self.lock();
+        match waiters.by_robot.get(&robot_id) {
+            Some(w) if w.seq == seq => waiters.by_robot.remove(&robot_id),
+            _ => None,
+        }
+    }
+
+    /// Sends a lease granted to registration `seq` down its poll; when that
+    /// poll has gone meanwhile, takes the lease back and returns false.
+    fn deliver(
+        &self,
+        conn: &Connection,
+        robot_id: i64,
+        seq: u64,
+        lease: Lease,
+        now_ms: i64,
+    ) -> Result<bool, DbError> {
+        match self.take(robot_id, seq) {
+            Some(waiter) => {
+                let sent = send_or_withdraw(conn, waiter, lease, now_ms)?;
+                if sent {
+                    self.lock().answered_at.insert(robot_id, now_ms);
+                }
+                Ok(sent)
+            }
+            None => {
+                leases::withdraw(conn, lease.session_id, &lease.lease_id, now_ms)?;
+                Ok(false)
+            }
         }
     }
 
@@ -252,30 +312,29 @@ impl Dispatcher {
     /// another one.
     pub fn slot_freed(&self, conn: &Connection, robot_id: i64, now_ms: i64) -> Result<(), DbError> {
         let load = leases::load_of(conn, robot_id)?;
-        let mut waiters = self.lock();
-        let Some(waiter) = waiters.by_robot.get_mut(&robot_id) else {
+        let (seq, want) = {
+            let mut waiters = self.lock();
+            let Some(waiter) = waiters.by_robot.get_mut(&robot_id) else {
+                return Ok(());
+            };
+            if load.active < waiter.load.active {
+                let freed = waiter.load.active - load.active;
+                waiter.want.free_slots = waiter.want.free_slots.saturating_add(freed);
+            }
+            waiter.load = load;
+            if !waiter.wants_work() {
+                return Ok(());
+            }
+            (waiter.seq, waiter.want.clone())
+        };
+        let Some(session_id) = leases::next_for(conn, &want.name, load)? else {
             return Ok(());
         };
-        if load.active < waiter.load.active {
-            let freed = waiter.load.active - load.active;
-            waiter.want.free_slots = waiter.want.free_slots.saturating_add(freed);
-        }
-        waiter.load = load;
-        if !waiter.wants_work() {
-            return Ok(());
-        }
-        let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)? else {
+        let Some(lease) = self.grant(conn, session_id, &want, now_ms)? else {
             return Ok(());
         };
-        let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)? else {
-            return Ok(());
-        };
-        let Some(waiter) = waiters.by_robot.remove(&robot_id) else {
-            return Ok(());
-        };
-        if !send_or_withdraw(conn, waiter, lease, now_ms)? {
+        if !self.deliver(conn, robot_id, seq, lease, now_ms)? {
             // That poll had gone: another robot may take the session.
-            drop(waiters);
             self.offer(conn, session_id, now_ms)?;
         }
         Ok(())
@@ -283,17 +342,24 @@ impl Dispatcher {
 
     /// Answers a robot's waiting poll so that it hears of a cancel now.
     pub fn wake(&self, robot_id: i64, why: Wake) {
-        if let Some(w) = self.lock().by_robot.remove(&robot_id) {
-            let _ = w.tx.send(why);
+        let mut waiters = self.lock();
+        if let Some(w) = waiters.by_robot.remove(&robot_id)
+            && w.tx.send(why).is_ok()
+        {
+            waiters.answered_at.insert(robot_id, crate::db::now_ms());
         }
     }
 
-    /// Whether the robot has a poll waiting: it is connected.
-    pub fn is_waiting(&self, robot_id: i64) -> bool {
-        self.lock()
-            .by_robot
-            .get(&robot_id)
-            .is_some_and(|w| !w.tx.is_closed())
+    /// What the hub knows of a robot's connection from its polls.
+    pub fn contact(&self, robot_id: i64) -> Contact {
+        let waiters = self.lock();
+        Contact {
+            waiting: waiters
+                .by_robot
+                .get(&robot_id)
+                .is_some_and(|w| !w.tx.is_closed()),
+            answered_at_ms: waiters.answered_at.get(&robot_id).copied(),
+        }
     }
 
     /// Answers every waiting poll and refuses new waits: the hub is

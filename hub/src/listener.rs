@@ -6,17 +6,26 @@
 //! clock whenever it waits for a head), and a TLS handshake must finish
 //! within the same time. The peer address goes into every request as
 //! axum's `ConnectInfo<SocketAddr>`.
+//!
+//! A request whose head hyper cannot take (a URI over 65534 bytes, a head
+//! over its buffer, bytes that are not HTTP) never reaches the router:
+//! hyper answers it itself, 400, 414 or 431 with an empty body, and closes
+//! the connection. [`JsonRefusals`] puts the API's JSON error in place of
+//! that answer, so that every error the hub sends is one.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tasuki_protocol::{ErrorBody, ErrorDetail};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_service::Service;
@@ -160,7 +169,7 @@ async fn serve_connection<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(JsonRefusals::new(io)), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -193,4 +202,161 @@ fn is_resource_error(e: &io::Error) -> bool {
         return true;
     }
     matches!(e.kind(), io::ErrorKind::OutOfMemory)
+}
+
+/// A connection whose writes are hyper's, except that hyper's own answer
+/// to a head it could not parse is replaced by the API's JSON error.
+///
+/// That answer is recognised by its exact shape: hyper writes it alone,
+/// as the connection's last write, with a status of 400, 414 or 431 and
+/// no headers but `content-length: 0`, `date` and perhaps `connection`.
+/// The router never sends such a response (every error it sends has a
+/// JSON body). Writes are not vectored, so that hyper hands each flush
+/// over as one buffer.
+struct JsonRefusals<I> {
+    inner: I,
+    /// The JSON answer being written in place of hyper's, and the length
+    /// of hyper's, which is reported written once the JSON one is.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl<I> JsonRefusals<I> {
+    fn new(inner: I) -> JsonRefusals<I> {
+        JsonRefusals {
+            inner,
+            replacing: None,
+        }
+    }
+}
+
+/// The JSON answer to write instead of `buf`, when `buf` is hyper's
+/// answer to an unparsable head.
+fn json_refusal(buf: &[u8]) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(buf).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let rest = status_line.strip_prefix("HTTP/1.")?;
+    let (_, rest) = rest.split_once(' ')?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    let status: u16 = code.parse().ok()?;
+    let mut empty = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => empty = value.trim() == "0",
+            "date" | "connection" => {}
+            _ => return None,
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let body = unparsed_request(status)?;
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// The API's JSON error for a head hyper refused with `status`.
+fn unparsed_request(status: u16) -> Option<Vec<u8>> {
+    let (code, message) = match status {
+        400 => (
+            "malformed_request",
+            "the request's head is not valid HTTP/1.1 (its method, URI, a header or the version)",
+        ),
+        414 => (
+            "uri_too_long",
+            "the request's URI is longer than 65534 bytes; send long inputs in a request body",
+        ),
+        431 => (
+            "headers_too_large",
+            "the request's head (request line and headers) is too large",
+        ),
+        _ => return None,
+    };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.into(),
+            message: message.into(),
+            problems: Vec::new(),
+        },
+    };
+    serde_json::to_vec(&body).ok()
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for JsonRefusals<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for JsonRefusals<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.replacing.is_none()
+            && let Some(json) = json_refusal(buf)
+        {
+            this.replacing = Some((json, buf.len()));
+        }
+        let Some((json, replaced)) = this.replacing.as_mut() else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        while !json.is_empty() {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, json))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            json.drain(..n);
+        }
+        let replaced = *replaced;
+        this.replacing = None;
+        Poll::Ready(Ok(replaced.min(buf.len())))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_refusal;
+
+    #[test]
+    fn only_hyper_s_own_empty_refusals_are_replaced() {
+        let hyper_414 =
+            b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 15:00:00 GMT\r\n\r\n";
+        let json = String::from_utf8(json_refusal(hyper_414).expect("replaced")).unwrap();
+        assert!(json.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{json}");
+        assert!(json.contains("content-type: application/json"), "{json}");
+        assert!(json.ends_with("}"), "{json}");
+        assert!(json.contains("\"uri_too_long\""), "{json}");
+        // A router response, a body, or another status stay as they are.
+        for other in [
+            &b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+            b"{\"robots\": []}",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nmore",
+        ] {
+            assert!(json_refusal(other).is_none(), "{}", String::from_utf8_lossy(other));
+        }
+    }
 }

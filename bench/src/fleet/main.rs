@@ -11,7 +11,9 @@
 //! - `idle`: an idle agent's and hub's RSS and CPU over FLEET_IDLE_SECONDS.
 //! - `fleet`: one hub, a thousand simulated robots long-polling; pickup
 //!   under that load, and the hub's RSS and CPU.
-//! - `all` (the default): every one of them.
+//! - `soak`: many short sessions through one hub and two agents; RSS and
+//!   open descriptors of each sampled every second (not part of `all`).
+//! - `all` (the default): every one of them but `soak`.
 //!
 //! The Markdown report goes to stdout, progress to stderr. The binaries
 //! are found beside this one, or at TASUKI_BIN and TASUKI_HUB_BIN.
@@ -22,6 +24,7 @@ mod idle;
 mod logs;
 mod pickup;
 mod procs;
+mod soak;
 mod stats;
 mod swarm;
 
@@ -57,7 +60,10 @@ enum Command {
     Idle,
     /// A thousand simulated robots on one hub.
     Fleet,
-    /// All of the above (the default).
+    /// Many short sessions through one hub and two agents: RSS and
+    /// descriptors over time (not part of `all`).
+    Soak,
+    /// All of the above but `soak` (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
     #[command(hide = true)]
@@ -91,6 +97,12 @@ pub struct Opts {
     /// fleet: sessions queued one at a time.
     #[arg(long, global = true, default_value_t = 500)]
     pub fleet_sessions: usize,
+    /// soak: sessions run.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub soak_sessions: usize,
+    /// soak: sessions that end before growth is measured (default: a tenth).
+    #[arg(long, global = true)]
+    pub soak_warmup: Option<usize>,
     /// Keep each run's scratch folder (databases, logs) and print its path.
     #[arg(long, global = true)]
     pub keep: bool,
@@ -156,6 +168,7 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::Logs => ("logs", logs::run(&bins, opts).await),
             Command::Idle => ("idle", idle::run(&bins, opts).await),
             Command::Fleet => ("fleet", swarm::run(&bins, opts).await),
+            Command::Soak => ("soak", soak::run(&bins, opts).await),
             Command::All | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");

@@ -12,10 +12,24 @@ use super::auth::{Authorized, need};
 use super::error::ApiError;
 use super::query::QueryParams;
 use crate::db::{leases, robots};
+use crate::dispatch::Contact;
 
-/// A robot not seen for the hold plus this long, and not waiting in a
-/// poll, is offline: a connected robot polls at least once per hold.
-const OFFLINE_SLACK_SECONDS: i64 = 15;
+/// A robot is online while a poll of its waits on an open connection, and
+/// for this long after its last poll began or was answered: a connected
+/// robot polls again as soon as it has handled an answer. So a robot shows
+/// offline at most this long after its waiting poll's connection closed
+/// (hyper ends the request at once, which closes its channel) or after its
+/// next poll failed to arrive.
+const OFFLINE_AFTER_MS: i64 = 5_000;
+
+/// Whether a robot counts as connected at `now_ms`.
+fn online(contact: Contact, last_seen_ms: Option<i64>, now_ms: i64) -> bool {
+    contact.waiting
+        || [last_seen_ms, contact.answered_at_ms]
+            .into_iter()
+            .flatten()
+            .any(|t| now_ms - t < OFFLINE_AFTER_MS)
+}
 
 pub async fn list(
     State(hub): State<Arc<Hub>>,
@@ -31,16 +45,13 @@ pub async fn list(
     for (robot, session) in running {
         by_robot.entry(robot).or_default().push(session);
     }
-    let now = jiff::Timestamp::now();
+    let now = crate::db::now_ms();
     let robots: Vec<RobotItem> = rows
         .into_iter()
         .map(|r| {
             let running_sessions = by_robot.remove(&r.id).unwrap_or_default();
-            let recently = r.last_seen_at.is_some_and(|t| {
-                now.duration_since(t).as_secs()
-                    < hub.timings.hold_seconds as i64 + OFFLINE_SLACK_SECONDS
-            });
-            let state = if !(recently || hub.dispatch.is_waiting(r.id)) {
+            let last_seen = r.last_seen_at.map(|t| t.as_millisecond());
+            let state = if !online(hub.dispatch.contact(r.id), last_seen, now) {
                 RobotState::Offline
             } else if running_sessions.is_empty() {
                 RobotState::Idle
