@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -32,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
+use super::spool::{Lines, Reader, Spooled};
 
 pub(super) const LOGS_FILE: &str = "logs.jsonl";
 /// A batch stays well under the hub's 10 MB body limit, however long its
@@ -61,7 +61,7 @@ pub struct SpoolSink {
 }
 
 struct Shared {
-    writer: Mutex<Writer>,
+    lines: Mutex<Lines>,
     live: Mutex<Live>,
     wake: Notify,
     metrics: Arc<Metrics>,
@@ -72,14 +72,6 @@ struct Shared {
     /// The hub took nothing for [`STALL_AFTER`] while lines waited: output
     /// is no longer slowed down until it takes a batch again.
     stalled: AtomicBool,
-}
-
-struct Writer {
-    file: Option<BufWriter<File>>,
-    written_seq: u64,
-    /// Lines that could not be written to disk (full or failing): kept in
-    /// memory rather than lost.
-    overflow: VecDeque<LogLine>,
 }
 
 #[derive(Default)]
@@ -151,11 +143,7 @@ impl Spool {
         }
         SpoolSink {
             shared: Arc::new(Shared {
-                writer: Mutex::new(Writer {
-                    file: Some(BufWriter::with_capacity(64 * 1024, file)),
-                    written_seq: 0,
-                    overflow: VecDeque::new(),
-                }),
+                lines: Mutex::new(Lines::new(file)),
                 live: Mutex::new(live),
                 wake: Notify::new(),
                 metrics,
@@ -173,7 +161,7 @@ pub fn write_lease(dir: &Path, lease: &SpoolLease) -> std::io::Result<()> {
     super::private_fs::write(&dir.join(LEASE_FILE), &text)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -188,22 +176,10 @@ impl EventSink for SpoolSink {
                     step_id: line.step_id,
                     message: line.message,
                 };
-                let mut w = lock(&self.shared.writer);
-                w.written_seq = line.seq;
-                let overflowing = !w.overflow.is_empty();
-                let written = match w.file.as_mut() {
-                    Some(f) if !overflowing => serde_json::to_writer(&mut *f, &line)
-                        .map_err(std::io::Error::other)
-                        .and_then(|()| f.write_all(b"\n")),
-                    _ => Err(std::io::Error::other("spool file unusable")),
+                let Some(line) = Spooled::from_line(&line) else {
+                    return;
                 };
-                if let Err(e) = written {
-                    if w.overflow.is_empty() {
-                        tracing::error!(error = %e, "cannot write the log spool; keeping lines in memory");
-                    }
-                    w.overflow.push_back(line);
-                }
-                drop(w);
+                lock(&self.shared.lines).push(line);
                 self.shared.metrics.lines_spooled.inc();
             }
             Event::StepStarted {
@@ -252,7 +228,7 @@ impl EventSink for SpoolSink {
                 // Registered before the check, so a batch taken in between
                 // is not missed.
                 let progressed = shared.progress.notified();
-                let written = lock(&shared.writer).written_seq;
+                let written = lock(&shared.lines).emitted_seq();
                 if written.saturating_sub(shared.acked_seq.load(Ordering::SeqCst)) <= MAX_LAG_LINES
                 {
                     return;
@@ -269,17 +245,11 @@ impl EventSink for SpoolSink {
 }
 
 impl SpoolSink {
-    /// Puts buffered lines on disk. The sender flushes whenever it looks
-    /// for lines, but while it retries a call (the hub is down) it does not
-    /// look, so the session also calls this on a timer: a line is on disk
-    /// within that period, whatever the hub does.
+    /// Puts the lines held in memory on disk; the session calls this on
+    /// a timer, so a line is on disk within that period, whatever the hub
+    /// does (and the disk permitting: spool.rs).
     pub fn flush(&self) {
-        let mut w = lock(&self.shared.writer);
-        if let Some(f) = w.file.as_mut()
-            && let Err(e) = f.flush()
-        {
-            tracing::error!(error = %e, "cannot flush the log spool");
-        }
+        lock(&self.shared.lines).write_out();
     }
 
     pub fn shipper(&self) -> Shipper {
@@ -384,15 +354,8 @@ pub async fn ship(
 ) -> Shipped {
     let session = spool.lease.session_id;
     let lease = spool.lease.lease_id.as_str();
-    let logs_path = spool.dir.join(LOGS_FILE);
-    let mut reader = match File::open(&logs_path) {
-        Ok(f) => Some(BufReader::new(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::error!(session_queue_id = session, error = %e, "cannot read the log spool");
-            None
-        }
-    };
+    let live = shipper.shared.as_deref();
+    let mut reader = Reader::open(&spool.dir.join(LOGS_FILE), live.is_some());
     let mut pending: VecDeque<Spooled> = VecDeque::new();
     // Batches refused in a row; placeholders refused too mean the hub
     // will take nothing more for this session.
@@ -400,63 +363,13 @@ pub async fn ship(
     let mut high_seq = 0u64;
     let mut sent_revision = 0u64;
     let mut uploaded: HashMap<String, (u64, std::time::SystemTime)> = HashMap::new();
-    let mut line = String::new();
     let mut first_contact = true;
     loop {
-        // 1. Logs: whatever the spool holds past what the hub has.
-        let mut spool_done = true;
-        if let Some(shared) = &shipper.shared {
-            let mut w = lock(&shared.writer);
-            if let Some(f) = w.file.as_mut()
-                && let Err(e) = f.flush()
-            {
-                tracing::error!(error = %e, "cannot flush the log spool");
-            }
-            while pending.len() < MAX_LOG_BATCH
-                && let Some(l) = w.overflow.pop_front()
-            {
-                // Only reached once the file failed; from then on lines
-                // come from memory, after the file's.
-                if let Some(l) = Spooled::from_line(&l) {
-                    pending.push_back(l);
-                }
-            }
-        }
-        if let Some(r) = reader.as_mut() {
-            let mut queued_bytes = pending_bytes(&pending);
-            while pending.len() < MAX_LOG_BATCH && queued_bytes < MAX_BATCH_BYTES {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) => break,
-                    Ok(_) if !line.ends_with('\n') => {
-                        // A line still being written: read it whole later.
-                        // (In a recovered spool it is the torn end of a
-                        // crash, and is dropped.)
-                        if shipper.shared.is_some() {
-                            spool_done = false;
-                            let _ = r.seek_relative(-(line.len() as i64));
-                        }
-                        break;
-                    }
-                    Ok(_) => match serde_json::from_str::<SeqOnly>(line.trim_end()) {
-                        Ok(l) if l.seq > high_seq => {
-                            queued_bytes += line.len();
-                            pending.push_back(Spooled {
-                                seq: l.seq,
-                                json: line.trim_end().to_string(),
-                            });
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(session_queue_id = session, error = %e, "a spooled log line does not read; skipping it")
-                        }
-                    },
-                    Err(e) => {
-                        tracing::error!(session_queue_id = session, error = %e, "cannot read the log spool");
-                        break;
-                    }
-                }
-            }
+        // 1. Logs: the spool's lines past what the hub has, disk first,
+        //    then memory (spool.rs).
+        let room = MAX_LOG_BATCH.saturating_sub(pending.len());
+        if room > 0 {
+            reader.take(live.map(|s| &s.lines), &mut pending, room);
         }
         if !pending.is_empty() || first_contact {
             // The first call, even empty, learns how far the hub got (a
@@ -477,7 +390,9 @@ pub async fn ship(
                     refusals = 0;
                     let before = pending.len();
                     high_seq = high_seq.max(stored.high_seq);
-                    if let Some(shared) = &shipper.shared {
+                    reader.skip_to(high_seq);
+                    if let Some(shared) = live {
+                        lock(&shared.lines).acked(high_seq);
                         shared.acked_seq.store(high_seq, Ordering::SeqCst);
                         shared.stalled.store(false, Ordering::SeqCst);
                         shared.progress.notify_waiters();
@@ -496,7 +411,7 @@ pub async fn ship(
                             "the hub is missing log lines; resending from the spool"
                         );
                         pending.clear();
-                        reader = File::open(&logs_path).ok().map(BufReader::new);
+                        reader.rewind(high_seq);
                     }
                 }
                 Err(CallError::LeaseLost(why)) => {
@@ -517,23 +432,23 @@ pub async fn ship(
                     let note = format!("[log line refused by the hub: {e}]");
                     let note: String = note.chars().take(1024).collect();
                     for l in pending.iter_mut().take(count) {
-                        *l = l.placeholder(&note);
+                        *l = placeholder(l, &note);
                     }
                     metrics.lines_dropped.inc_by(count as u64);
                 }
             }
-            if !pending.is_empty() || !spool_done {
+            if !pending.is_empty() {
                 continue;
             }
         }
 
         // 2. Step states, when they changed.
-        if let Some(shared) = &shipper.shared {
+        if let Some(shared) = live {
             let update = {
-                let live = lock(&shared.live);
-                (live.revision > sent_revision && live.report.is_none()).then(|| StepsUpdate {
-                    revision: live.revision,
-                    steps: live.steps.clone(),
+                let state = lock(&shared.live);
+                (state.revision > sent_revision && state.report.is_none()).then(|| StepsUpdate {
+                    revision: state.revision,
+                    steps: state.steps.clone(),
                 })
             };
             if let Some(update) = update {
@@ -550,7 +465,7 @@ pub async fn ship(
         }
 
         // 3. Artifacts new since the last look.
-        let look = match &shipper.shared {
+        let look = match live {
             Some(shared) => std::mem::take(&mut lock(&shared.live).artifacts_changed),
             None => true,
         };
@@ -567,7 +482,7 @@ pub async fn ship(
 
         // 4. The final report, once everything before it is in.
         if final_report.is_none()
-            && let Some(shared) = &shipper.shared
+            && let Some(shared) = live
             && let Some(report) = lock(&shared.live).report.as_ref()
         {
             let report = finish_report(&spool.lease, report);
@@ -576,23 +491,16 @@ pub async fn ship(
             }
             final_report = Some(report);
         }
-        let all_written = match &shipper.shared {
-            Some(shared) => {
-                let w = lock(&shared.writer);
-                w.written_seq <= high_seq && w.overflow.is_empty()
-            }
-            None => pending.is_empty(),
-        };
+        let all_sent = pending.is_empty()
+            && match live {
+                Some(shared) => lock(&shared.lines).emitted_seq() <= high_seq,
+                None => reader.at_end(),
+            };
         // A step that finished while artifacts were uploading may have left
         // a file that the last scan did not see: scan again first.
-        let artifacts_pending = shipper
-            .shared
-            .as_ref()
-            .is_some_and(|shared| lock(&shared.live).artifacts_changed);
+        let artifacts_pending = live.is_some_and(|shared| lock(&shared.live).artifacts_changed);
         if let Some(report) = &final_report
-            && all_written
-            && pending.is_empty()
-            && spool_done
+            && all_sent
             && !artifacts_pending
         {
             spool.finishing.store(true, Ordering::SeqCst);
@@ -620,19 +528,22 @@ pub async fn ship(
             };
         }
 
-        // 5. Wait for more.
-        match &shipper.shared {
-            Some(shared) if all_written && final_report.is_none() => {
+        // 5. Nothing to send now: wait for the executor. Always an await,
+        //    so that this task never keeps the daemon's one thread; the
+        //    timeout looks again in case lines became readable without a
+        //    wake (a disk that works again).
+        match live {
+            Some(shared) => {
                 tokio::select! {
                     _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep(super::spool::DISK_RETRY) => {}
                     _ = stop.cancelled() => return Shipped::Interrupted,
                 }
             }
-            Some(_) => {}
             // A recovered spool with nothing left to send but no report:
             // cannot happen, since recovery always makes one.
             None if final_report.is_none() => return Shipped::Interrupted,
-            None => {}
+            None => tokio::task::yield_now().await,
         }
     }
 }
@@ -653,46 +564,22 @@ fn trimmed_report(report: &FinishSession) -> FinishSession {
     trimmed
 }
 
-/// A spooled line as the file holds it (JSON), and its `seq`.
-struct Spooled {
-    seq: u64,
-    json: String,
-}
-
-#[derive(Deserialize)]
-struct SeqOnly {
-    seq: u64,
-}
-
-impl Spooled {
-    fn from_line(line: &LogLine) -> Option<Spooled> {
-        Some(Spooled {
-            seq: line.seq,
-            json: serde_json::to_string(line).ok()?,
-        })
-    }
-
-    /// The same `seq` and time, with `note` for its message.
-    fn placeholder(&self, note: &str) -> Spooled {
-        let ts = serde_json::from_str::<LogLine>(&self.json)
-            .map(|l| l.ts)
-            .unwrap_or_else(|_| jiff::Timestamp::now());
-        let line = LogLine {
-            seq: self.seq,
-            ts,
-            level: LogLevel::Warn,
-            step_id: None,
-            message: note.to_string(),
-        };
-        Spooled::from_line(&line).unwrap_or(Spooled {
-            seq: self.seq,
-            json: String::new(),
-        })
-    }
-}
-
-fn pending_bytes(pending: &VecDeque<Spooled>) -> usize {
-    pending.iter().map(|l| l.json.len() + 1).sum()
+/// The same `seq` and time, with `note` for its message.
+fn placeholder(line: &Spooled, note: &str) -> Spooled {
+    let ts = serde_json::from_str::<LogLine>(&line.json)
+        .map(|l| l.ts)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let note = LogLine {
+        seq: line.seq,
+        ts,
+        level: LogLevel::Warn,
+        step_id: None,
+        message: note.to_string(),
+    };
+    Spooled::from_line(&note).unwrap_or(Spooled {
+        seq: line.seq,
+        json: String::new(),
+    })
 }
 
 /// `{"lines": [...]}` from spooled JSON lines, without parsing them again.
@@ -872,7 +759,7 @@ mod tests {
         let empty: tasuki_protocol::LogBatch =
             serde_json::from_slice(&batch_body([].iter())).unwrap();
         assert!(empty.lines.is_empty());
-        let note = spooled[1].placeholder("[refused]");
+        let note = placeholder(&spooled[1], "[refused]");
         let back: LogLine = serde_json::from_str(&note.json).unwrap();
         assert_eq!(
             (back.seq, back.message.as_str(), back.ts),
