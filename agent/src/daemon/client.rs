@@ -268,7 +268,7 @@ impl HubClient {
                     Duration::ZERO
                 }
                 CallError::RateLimited(after) => *after,
-                _ => delays.next().unwrap_or(MAX_DELAY),
+                _ => retry_delay(&mut delays, lease.is_some()),
             };
             tracing::warn!(%path, error = %err, retry_in_ms = delay.as_millis() as u64, "hub call failed");
             tokio::select! {
@@ -412,7 +412,7 @@ impl HubClient {
                         message: r.text().await.unwrap_or_default(),
                     });
                 }
-                Ok(_) | Err(_) => delays.next().unwrap_or(MAX_DELAY),
+                Ok(_) | Err(_) => retry_delay(&mut delays, true),
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -515,6 +515,16 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, CallError> {
 /// Longest wait between two attempts.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// Longest wait between two attempts while the robot holds a lease (every
+/// call about a session; polls while a session runs). The lease dies
+/// `lease_ttl_seconds` (60 s) after its last renewal, so retries are kept
+/// well inside that: after a network blackout the robot is back in touch
+/// within about 2 s, and a blackout of up to the lease's life less the
+/// renewal period (agent.rs) and these 2 s costs nothing. At one robot,
+/// that is at most one attempt a second for each call under way: little
+/// for a hub that is down, and only while a session runs.
+pub const LEASED_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Jittered exponential backoff, 100 ms doubling to 30 s, forever.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -523,6 +533,17 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .with_max_delay(MAX_DELAY)
         .without_max_times()
         .build()
+}
+
+/// The next wait from `delays`, kept under [`LEASED_RETRY_MAX`] when the
+/// robot holds a lease.
+pub fn retry_delay(delays: &mut impl Iterator<Item = Duration>, leased: bool) -> Duration {
+    let delay = delays.next().unwrap_or(MAX_DELAY);
+    if leased {
+        delay.min(LEASED_RETRY_MAX)
+    } else {
+        delay
+    }
 }
 
 /// reqwest's errors nest their causes; the innermost says what happened.
