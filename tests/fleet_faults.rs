@@ -360,3 +360,98 @@ async fn lines_kept_in_memory_while_the_spool_disk_is_full_arrive_after_those_on
     );
     disk.free();
 }
+
+/// Issue 12, item 1: a blackout that outlasts the lease (a hub with 7 s
+/// leases here, to keep it short) ends the session `robot_lost`, but the
+/// robot, back in touch, still delivers the lines it produced under the
+/// lease, and the log ends with the hub's line saying that contact was
+/// lost. The robot stops the session when it hears of the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackout_longer_than_the_lease_ends_robot_lost_with_the_log_complete() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let mut args = HUB_ARGS.to_vec();
+    args.extend(["--hold-seconds", "2", "--lease-ttl-seconds", "7"]);
+    let hub = Hub::start_with(&scratch, &args);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let (robot, proxy, agent) = robot_behind_proxy(&scratch, &hub, &key, "islander").await;
+    let yaml = shell_yaml(
+        "islander",
+        "n=1\nwhile [ $n -le 600 ]; do\n  echo \"line $n\"\n  sleep 0.1\n  n=$((n+1))\ndone",
+    );
+    let wf = workflow(&api, &yaml, &[]).await;
+    let id = queue(&api, wf, json!({})).await;
+    running(&api, id, Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while all_logs(&api, id).await.len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "no lines arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.black_out();
+    let s = finished(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["error"]["code"], "robot_lost", "{s}");
+    let before_loss = all_logs(&api, id).await.len();
+    proxy.restore();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let logs = all_logs(&api, id).await;
+        if logs
+            .last()
+            .is_some_and(|l| l["message"].as_str().unwrap_or("").starts_with("[tasuki-hub]"))
+        {
+            break logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub's note on the loss never came: {} lines\n{}",
+            logs.len(),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (note, lines) = logs.split_last().expect("lines");
+    // The step's lines, then what stopping it said, then the hub's note.
+    let all = messages(lines);
+    let printed = all.iter().take_while(|m| m.starts_with("line ")).count();
+    let delivered = u32::try_from(printed).expect("count");
+    assert_eq!(all[..printed], numbered(1..=delivered), "every line once, in order");
+    assert!(
+        all[printed..].iter().all(|m| !m.starts_with("line ")),
+        "nothing out of order after the step was stopped: {:?}",
+        &all[printed..]
+    );
+    assert!(
+        printed > before_loss,
+        "the lines produced while out of touch arrived after the loss ({before_loss} then \
+         {printed})"
+    );
+    let note = note["message"].as_str().unwrap_or("");
+    assert!(
+        note.contains("contact with the robot was lost") && note.contains("robot_lost"),
+        "{note}"
+    );
+    let s = api.get(&format!("/v1/session_queues/{id}")).await.body;
+    assert_eq!(s["error"]["code"], "robot_lost", "the verdict stands: {s}");
+    assert!(
+        s["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("up to line {before_loss}")),
+        "the error says where contact was lost: {s}"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !agent.log().is_empty()
+            && !robot_has_spool(&robot)),
+        "the robot dropped the delivered spool\n{}",
+        agent.log()
+    );
+}
+
+fn robot_has_spool(robot: &Robot) -> bool {
+    std::fs::read_dir(robot.dir.join("work").join("spool")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().join("lease.json").exists())
+    })
+}
