@@ -34,6 +34,8 @@ use super::health::Metrics;
 use super::spool::{Lines, Reader, Spooled};
 
 pub(super) const LOGS_FILE: &str = "logs.jsonl";
+/// The error code of a session stopped because its spool was full.
+pub const SPOOL_FULL: &str = "spool_full";
 /// A batch stays well under the hub's 10 MB body limit, however long its
 /// lines are.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -72,6 +74,13 @@ struct Shared {
     /// The hub took nothing for [`STALL_AFTER`] while lines waited: output
     /// is no longer slowed down until it takes a batch again.
     stalled: AtomicBool,
+    /// The `seq` at which lines that neither the disk nor the hub would
+    /// take filled the memory allowed them ([`super::spool::MEMORY_LIMIT`]):
+    /// the session is stopped and ends `error`, code `spool_full`. Lines
+    /// emitted while it stops are still kept, so the log has no gap.
+    spool_full: std::sync::OnceLock<u64>,
+    /// The session's token, cancelled when the spool is full.
+    cancel: CancellationToken,
 }
 
 #[derive(Default)]
@@ -127,7 +136,13 @@ impl Spool {
 
     /// The sink the executor writes into, with every step pending; `file`
     /// is the spool's log file, made ahead and open.
-    pub fn sink(&self, file: File, step_ids: &[String], metrics: Arc<Metrics>) -> SpoolSink {
+    pub fn sink(
+        &self,
+        file: File,
+        step_ids: &[String],
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> SpoolSink {
         let mut live = Live::default();
         for id in step_ids {
             live.index.insert(id.clone(), live.steps.len());
@@ -143,13 +158,15 @@ impl Spool {
         }
         SpoolSink {
             shared: Arc::new(Shared {
-                lines: Mutex::new(Lines::new(file)),
+                lines: Mutex::new(Lines::new(file, metrics.clone())),
                 live: Mutex::new(live),
                 wake: Notify::new(),
                 metrics,
                 acked_seq: AtomicU64::new(0),
                 progress: Notify::new(),
                 stalled: AtomicBool::new(false),
+                spool_full: std::sync::OnceLock::new(),
+                cancel,
             }),
         }
     }
@@ -179,7 +196,20 @@ impl EventSink for SpoolSink {
                 let Some(line) = Spooled::from_line(&line) else {
                     return;
                 };
-                lock(&self.shared.lines).push(line);
+                let seq = line.seq;
+                let full = {
+                    let mut lines = lock(&self.shared.lines);
+                    lines.push(line);
+                    lines.full()
+                };
+                if full && self.shared.spool_full.set(seq).is_ok() {
+                    tracing::error!(
+                        seq,
+                        limit_bytes = super::spool::MEMORY_LIMIT,
+                        "the log spool is full: its disk refuses lines and the hub has not taken them; stopping the session"
+                    );
+                    self.shared.cancel.cancel();
+                }
                 self.shared.metrics.lines_spooled.inc();
             }
             Event::StepStarted {
@@ -256,6 +286,27 @@ impl SpoolSink {
         Shipper {
             shared: Some(self.shared.clone()),
         }
+    }
+}
+
+impl Shared {
+    /// The report the hub gets: the executor's, unless the spool filled up.
+    fn final_report(&self, lease: &SpoolLease, report: &SessionReport) -> FinishSession {
+        let mut report = finish_report(lease, report);
+        if let Some(seq) = self.spool_full.get() {
+            report.status = SessionStatus::Error;
+            report.error = Some(SessionError {
+                code: SPOOL_FULL.into(),
+                message: format!(
+                    "the robot's log spool was full at line {seq}: its disk refused lines and \
+                     the hub had not taken the {} MiB kept in memory, so the session was \
+                     stopped; every line it produced is in the log",
+                    super::spool::MEMORY_LIMIT / (1024 * 1024)
+                ),
+                step_id: None,
+            });
+        }
+        report
     }
 }
 
@@ -485,7 +536,7 @@ pub async fn ship(
             && let Some(shared) = live
             && let Some(report) = lock(&shared.live).report.as_ref()
         {
-            let report = finish_report(&spool.lease, report);
+            let report = shared.final_report(&spool.lease, report);
             if let Ok(text) = serde_json::to_vec(&report) {
                 let _ = super::private_fs::write(&spool.dir.join(FINISH_FILE), &text);
             }
@@ -765,6 +816,64 @@ mod tests {
             (back.seq, back.message.as_str(), back.ts),
             (2, "[refused]", line(2).ts)
         );
+    }
+
+    /// Issue 12: lines that neither the disk nor the hub takes fill the
+    /// memory allowed them; the session is then stopped and reported as
+    /// `spool_full`, and no line is dropped.
+    #[test]
+    fn a_spool_full_in_memory_stops_the_session_as_spool_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOGS_FILE);
+        File::create(&path).unwrap();
+        let lease = SpoolLease {
+            session_id: 7,
+            lease_id: "l".into(),
+        };
+        let spool = Spool::adopt(dir.path().into(), lease.clone(), Arc::default());
+        let cancel = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        // A file that refuses every write: the disk is full.
+        let sink = spool.sink(
+            File::open(&path).unwrap(),
+            &[],
+            metrics.clone(),
+            cancel.clone(),
+        );
+        let big = "x".repeat(1024 * 1024);
+        let mut seq = 0;
+        while !cancel.is_cancelled() {
+            seq += 1;
+            assert!(seq < 100, "never full");
+            sink.emit(Event::Log(tasuki_actions::LogLine {
+                seq,
+                ts: jiff::Timestamp::UNIX_EPOCH,
+                level: tasuki_actions::LogLevel::Info,
+                step_id: None,
+                message: big.clone(),
+            }));
+            sink.flush();
+        }
+        assert!(seq >= 32, "full only past the limit: {seq}");
+        assert_eq!(metrics.spool_disk_failing.get(), 1);
+        assert!(metrics.spool_memory_bytes.get() >= super::super::spool::MEMORY_LIMIT as i64);
+        let report = SessionReport {
+            status: tasuki_actions::SessionStatus::Cancelled,
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            ended_at: jiff::Timestamp::UNIX_EPOCH,
+            duration_ms: 0,
+            params: serde_json::Value::Null,
+            steps: Default::default(),
+            error: None,
+        };
+        let finish = sink.shared.final_report(&lease, &report);
+        assert_eq!(finish.status, SessionStatus::Error);
+        let error = finish.error.unwrap();
+        assert_eq!(error.code, "spool_full");
+        assert!(error.message.contains(&format!("line {seq}")), "{}", error.message);
+        drop(sink);
+        assert_eq!(metrics.spool_memory_bytes.get(), 0);
+        assert_eq!(metrics.spool_disk_failing.get(), 0);
     }
 
     #[test]

@@ -23,10 +23,13 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tasuki_protocol::LogLine;
+
+use super::health::Metrics;
 
 /// Lines waiting in memory before they are written out unasked.
 const WRITE_OUT_AT: usize = 64 * 1024;
@@ -82,6 +85,7 @@ pub struct Lines {
     /// The last `seq` the executor emitted.
     emitted_seq: u64,
     trouble: Option<DiskTrouble>,
+    metrics: Arc<Metrics>,
 }
 
 /// The disk refused a write.
@@ -94,7 +98,7 @@ struct DiskTrouble {
 
 impl Lines {
     /// `file` is the spool's log file, empty and open for writing.
-    pub fn new(file: File) -> Lines {
+    pub fn new(file: File, metrics: Arc<Metrics>) -> Lines {
         Lines {
             file: Some(file),
             disk_len: 0,
@@ -102,13 +106,20 @@ impl Lines {
             memory_bytes: 0,
             emitted_seq: 0,
             trouble: None,
+            metrics,
         }
+    }
+
+    fn held(&mut self, bytes: usize) {
+        let delta = bytes as i64 - self.memory_bytes as i64;
+        self.metrics.spool_memory_bytes.inc_by(delta);
+        self.memory_bytes = bytes;
     }
 
     /// Takes a line the executor emitted.
     pub fn push(&mut self, line: Spooled) {
         self.emitted_seq = line.seq;
-        self.memory_bytes += line.json.len() + 1;
+        self.held(self.memory_bytes + line.json.len() + 1);
         self.memory.push_back(line);
         if self.memory_bytes >= WRITE_OUT_AT {
             self.write_out();
@@ -126,11 +137,13 @@ impl Lines {
     }
 
     /// Whether the disk is refusing lines now.
+    #[cfg(test)]
     pub fn disk_failing(&self) -> bool {
         self.trouble.is_some()
     }
 
     /// Bytes of lines held only in memory.
+    #[cfg(test)]
     pub fn memory_bytes(&self) -> usize {
         self.memory_bytes
     }
@@ -161,8 +174,9 @@ impl Lines {
             Ok(()) => {
                 self.disk_len += buf.len() as u64;
                 self.memory.clear();
-                self.memory_bytes = 0;
+                self.held(0);
                 if let Some(t) = self.trouble.take() {
+                    self.metrics.spool_disk_failing.dec();
                     tracing::warn!(
                         failed_writes = t.unlogged,
                         "the log spool is writable again"
@@ -177,6 +191,7 @@ impl Lines {
                 let now = Instant::now();
                 match self.trouble.as_mut() {
                     None => {
+                        self.metrics.spool_disk_failing.inc();
                         tracing::error!(error = %e, lines_in_memory = self.memory.len(), "cannot write the log spool; keeping its lines in memory and trying again every second");
                         self.trouble = Some(DiskTrouble {
                             retry_at: now + DISK_RETRY,
@@ -204,8 +219,9 @@ impl Lines {
         while let Some(l) = self.memory.front()
             && l.seq <= high_seq
         {
-            self.memory_bytes -= l.json.len() + 1;
+            let bytes = self.memory_bytes - (l.json.len() + 1);
             self.memory.pop_front();
+            self.held(bytes);
         }
     }
 
@@ -233,6 +249,15 @@ impl Lines {
     #[cfg(test)]
     fn break_file(&mut self, file: File) {
         self.file = Some(file);
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.held(0);
+        if self.trouble.is_some() {
+            self.metrics.spool_disk_failing.dec();
+        }
     }
 }
 
@@ -404,7 +429,7 @@ mod tests {
     fn lines_on_disk_go_before_lines_only_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs.jsonl");
-        let lines = Mutex::new(Lines::new(File::create(&path).unwrap()));
+        let lines = Mutex::new(Lines::new(File::create(&path).unwrap(), Arc::default()));
         for i in 1..=10 {
             lines.lock().unwrap().push(line(i));
         }
@@ -458,7 +483,7 @@ mod tests {
     fn acknowledged_lines_leave_memory_and_a_full_memory_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs.jsonl");
-        let mut lines = Lines::new(File::create(&path).unwrap());
+        let mut lines = Lines::new(File::create(&path).unwrap(), Arc::default());
         lines.break_file(File::open(&path).unwrap());
         lines.push(line(1));
         lines.write_out();
