@@ -455,3 +455,151 @@ fn robot_has_spool(robot: &Robot) -> bool {
             .any(|e| e.path().join("lease.json").exists())
     })
 }
+
+/// The last `seq` in the one session's spool file on `disk` that has one.
+fn last_spooled_seq(disk: &Path) -> u64 {
+    std::fs::read_dir(disk)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("logs.jsonl")).ok())
+        .filter_map(|t| {
+            let last = t.lines().last()?.to_string();
+            serde_json::from_str::<Value>(&last).ok()?["seq"].as_u64()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Issue 12, item 4: the spool's disk fills mid-session. Lines the disk
+/// refuses wait in memory and still arrive, exactly and in order, and the
+/// session ends `success`; the agent says once that the disk is full (no
+/// log storm), keeps polling and honours a cancel of its other session
+/// meanwhile, and goes back to the disk once it has room. (The network is
+/// blacked out while lines must wait, so that they do wait rather than
+/// reach the hub before the disk is tried.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_disk_that_fills_mid_session_is_survived() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let proxy = Proxy::start(hub_addr(&hub)).await;
+    let robot = Robot::new(scratch.dir.path(), "brimful");
+    let disk = SmallDisk::mount(&robot.dir.join("work").join("spool"), "2m");
+    let out = robot.register_at(&proxy.url, &key, &["--max-concurrency", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agent = robot.start(&[]);
+    let flags = scratch.dir.path().join("flags");
+    std::fs::create_dir_all(&flags).unwrap();
+    let printing = shell_yaml(
+        "printing",
+        "print() { while [ $i -le $1 ]; do echo \"line $i\"; i=$((i+1)); done; }\n\
+         wait_for() { while [ ! -e \"${params.dir}/$1\" ]; do sleep 0.02; done; }\n\
+         i=1; print 500; touch \"${params.dir}/p1\"\n\
+         wait_for full; print 2500; touch \"${params.dir}/p2\"\n\
+         wait_for freed; print 3000; touch \"${params.dir}/p3\"\n\
+         wait_for end",
+    );
+    let idle = shell_yaml(
+        "idle",
+        "echo $$ > \"${params.dir}/idle.pid\"\nexec sleep 300",
+    );
+    let dir = json!({"dir": flags.display().to_string()});
+    let printing = queue(&api, workflow(&api, &printing, &[]).await, dir.clone()).await;
+    let idle = queue(&api, workflow(&api, &idle, &[]).await, dir).await;
+    running(&api, idle, Duration::from_secs(30)).await;
+    let pid_file = flags.join("idle.pid");
+    assert!(eventually(Duration::from_secs(30), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let idle_pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_file(&flags.join("p1"));
+    wait_lines(&api, printing, 500, &agent).await;
+
+    // The disk fills while lines 501-2500 cannot reach the hub either.
+    proxy.black_out();
+    disk.fill();
+    std::fs::write(flags.join("full"), b"").unwrap();
+    wait_file(&flags.join("p2"));
+    assert!(
+        eventually(Duration::from_secs(30), || agent
+            .log()
+            .contains("cannot write the log spool")),
+        "the agent never noticed the full disk\n{}",
+        agent.log()
+    );
+    proxy.restore();
+    // With the disk still full, the agent answers the hub at once, and
+    // its lines reach the hub from memory.
+    let r = api
+        .delete(&format!("/v1/session_queues/{idle}/cancel"))
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let s = finished(&api, idle, Duration::from_secs(15)).await;
+    assert_eq!(s["status"], "cancelled", "{s}");
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(idle_pid)),
+        "the cancelled session's process still runs"
+    );
+    wait_lines(&api, printing, 2500, &agent).await;
+    let doctor = std::process::Command::new(tasuki_bin())
+        .args(["doctor", "--config"])
+        .arg(robot.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki doctor");
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.contains("FAIL  spool: cannot write in") && doctor.contains("spool_full"),
+        "tasuki doctor names the full spool:\n{doctor}"
+    );
+
+    // The disk has room again: lines 2501-3000 go to the file.
+    proxy.black_out();
+    disk.free();
+    std::fs::write(flags.join("freed"), b"").unwrap();
+    wait_file(&flags.join("p3"));
+    assert!(
+        eventually(Duration::from_secs(30), || last_spooled_seq(&disk.dir) == 3000),
+        "lines 2501-3000 never reached the freed disk\n{}",
+        agent.log()
+    );
+    proxy.restore();
+    std::fs::write(flags.join("end"), b"").unwrap();
+    let s = finished(&api, printing, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "success", "{s}");
+    let logs = all_logs(&api, printing).await;
+    assert_eq!(messages(&logs), numbered(1..=3000));
+    let log = agent.log();
+    assert_eq!(
+        log.matches("cannot write the log spool").count(),
+        1,
+        "the full disk is mentioned once:\n{log}"
+    );
+    assert!(
+        log.contains("the log spool is writable again"),
+        "the agent went back to the disk:\n{log}"
+    );
+    assert!(
+        log.lines().count() < 100,
+        "the agent's own log stayed small: {} lines\n{log}",
+        log.lines().count()
+    );
+}
+
+async fn wait_lines(api: &Api, id: i64, n: usize, agent: &Agent) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while all_logs(api, id).await.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never had {n} lines of session {id}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
