@@ -127,11 +127,20 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     // Spools an earlier run left behind are delivered beside new work;
     // they are listed before this run prepares directories of its own.
     {
-        // The agent's alone, and made 0755 by versions before 0700.
-        super::private_fs::tighten(&env.spool_root());
-        super::private_fs::tighten(&env.sessions_root());
-        let leftovers = ship::leftover_spools(&env.spool_root());
-        super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
+        // Disk work, on the blocking pool. The folders are the agent's
+        // alone, and were made 0755 by versions before 0700.
+        let listed = {
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || {
+                super::private_fs::tighten(&env.spool_root());
+                super::private_fs::tighten(&env.sessions_root());
+                let leftovers = ship::leftover_spools(&env.spool_root());
+                super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
+                leftovers
+            })
+            .await
+        };
+        let leftovers = listed.unwrap_or_default();
         env.scratch.refill();
         let env = env.clone();
         let stop = stop.clone();

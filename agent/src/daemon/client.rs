@@ -378,25 +378,35 @@ impl HubClient {
         .await
     }
 
+    /// Uploads the file at `path` (`len` bytes), streamed from the disk
+    /// rather than read whole: an artifact may be 50 MB.
     pub async fn artifact(
         &self,
         session: i64,
         lease: &str,
         name: &str,
-        bytes: Vec<u8>,
+        path: &Path,
+        len: u64,
         stop: &CancellationToken,
     ) -> Result<(), CallError> {
-        let path = format!("/v1/robot/sessions/{session}/artifacts/{name}");
+        let url = format!("{}/v1/robot/sessions/{session}/artifacts/{name}", self.base);
         let mut delays = backoff();
         loop {
             let token = self.signer.token(false)?;
+            let file = tokio::fs::File::open(path).await.map_err(|e| CallError::Rejected {
+                status: 0,
+                code: "unreadable_artifact".into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
             let attempt = self
                 .http
-                .put(format!("{}{path}", self.base))
+                .put(&url)
                 .bearer_auth(token)
                 .header(LEASE_HEADER, lease)
+                .header(reqwest::header::CONTENT_LENGTH, len)
                 .timeout(Duration::from_secs(120))
-                .body(bytes.clone())
+                .body(body)
                 .send();
             let result = tokio::select! {
                 r = attempt => r,
@@ -406,10 +416,18 @@ impl HubClient {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => Duration::from_secs(1),
                 Ok(r) if r.status().is_client_error() => {
+                    let status = r.status().as_u16();
+                    let body: Option<ErrorBody> = r.json().await.ok();
+                    let (code, message) = body
+                        .map(|b| (b.error.code, b.error.message))
+                        .unwrap_or_default();
+                    if status == 409 && code == LEASE_LOST {
+                        return Err(CallError::LeaseLost(message));
+                    }
                     return Err(CallError::Rejected {
-                        status: r.status().as_u16(),
-                        code: String::new(),
-                        message: r.text().await.unwrap_or_default(),
+                        status,
+                        code,
+                        message,
                     });
                 }
                 Ok(_) | Err(_) => retry_delay(&mut delays, true),

@@ -126,11 +126,19 @@ pub async fn run(
     let (workflow, mut params) = match prepared {
         Ok(p) => p,
         Err((code, message)) => {
-            let spool =
-                match Spool::create(&env.spool_root(), spool_lease.clone(), finishing.clone()) {
-                    Ok(s) => s,
-                    Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
-                };
+            let created = {
+                let (root, lease, finishing) =
+                    (env.spool_root(), spool_lease.clone(), finishing.clone());
+                tokio::task::spawn_blocking(move || Spool::create(&root, lease, finishing)).await
+            };
+            let spool = match created {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
+                Err(e) => {
+                    let e = std::io::Error::other(e.to_string());
+                    return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await;
+                }
+            };
             env.metrics.session_ended("error");
             let report = ship::failed_before_start(&spool_lease, code, message);
             let outcome = ship::ship(
@@ -149,7 +157,7 @@ pub async fn run(
     params
         .secret_values
         .push(env.robot_secret.expose_secret().to_string());
-    let scratch = match env.scratch.take() {
+    let scratch = match env.scratch.take().await {
         Ok(s) => s,
         Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
     };
@@ -214,19 +222,14 @@ pub async fn run(
     };
     let flusher = {
         let sink = sink.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SPOOL_FLUSH_EVERY).await;
-                sink.flush();
-            }
-        })
+        tokio::spawn(async move { sink.keep_flushed(SPOOL_FLUSH_EVERY).await })
     };
     let report = executor.run(&workflow, &params, sink.clone(), cancel).await;
     env.metrics.session_ended(report.status.as_str());
     tracing::info!(session_queue_id = id, status = ?report.status, duration_ms = report.duration_ms, "session ended");
     let shipped = shipping.await;
     flusher.abort();
-    sink.flush();
+    sink.flush().await;
     let (outcome, spool_dir) = match shipped {
         Ok((outcome, spool)) => (outcome.into(), Some(spool.dir)),
         Err(e) => {

@@ -81,6 +81,8 @@ struct Shared {
     spool_full: std::sync::OnceLock<u64>,
     /// The session's token, cancelled when the spool is full.
     cancel: CancellationToken,
+    /// Enough lines wait in memory to be written out before the timer.
+    write_due: Notify,
 }
 
 #[derive(Default)]
@@ -167,6 +169,7 @@ impl Spool {
                 stalled: AtomicBool::new(false),
                 spool_full: std::sync::OnceLock::new(),
                 cancel,
+                write_due: Notify::new(),
             }),
         }
     }
@@ -197,11 +200,14 @@ impl EventSink for SpoolSink {
                     return;
                 };
                 let seq = line.seq;
-                let full = {
+                let (full, due) = {
                     let mut lines = lock(&self.shared.lines);
                     lines.push(line);
-                    lines.full()
+                    (lines.full(), lines.write_out_due())
                 };
+                if due {
+                    self.shared.write_due.notify_one();
+                }
                 if full && self.shared.spool_full.set(seq).is_ok() {
                     tracing::error!(
                         seq,
@@ -275,11 +281,23 @@ impl EventSink for SpoolSink {
 }
 
 impl SpoolSink {
-    /// Puts the lines held in memory on disk; the session calls this on
-    /// a timer, so a line is on disk within that period, whatever the hub
-    /// does (and the disk permitting: spool.rs).
-    pub fn flush(&self) {
-        lock(&self.shared.lines).write_out();
+    /// Puts the lines held in memory on disk, on the blocking pool.
+    pub async fn flush(&self) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || super::spool::write_out(&shared.lines)).await;
+    }
+
+    /// Puts lines on disk every `period`, or sooner when 64 KB wait, so a
+    /// line is on disk within that period, whatever the hub does (and the
+    /// disk permitting: spool.rs). Runs until dropped.
+    pub async fn keep_flushed(&self, period: std::time::Duration) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.shared.write_due.notified() => {}
+            }
+            self.flush().await;
+        }
     }
 
     pub fn shipper(&self) -> Shipper {
@@ -406,7 +424,14 @@ pub async fn ship(
     let session = spool.lease.session_id;
     let lease = spool.lease.lease_id.as_str();
     let live = shipper.shared.as_deref();
-    let mut reader = Reader::open(&spool.dir.join(LOGS_FILE), live.is_some());
+    let mut reader = {
+        let path = spool.dir.join(LOGS_FILE);
+        let is_live = live.is_some();
+        match tokio::task::spawn_blocking(move || Reader::open(&path, is_live)).await {
+            Ok(r) => r,
+            Err(_) => return Shipped::Interrupted,
+        }
+    };
     let mut pending: VecDeque<Spooled> = VecDeque::new();
     // Batches refused in a row; placeholders refused too mean the hub
     // will take nothing more for this session.
@@ -419,8 +444,24 @@ pub async fn ship(
         // 1. Logs: the spool's lines past what the hub has, disk first,
         //    then memory (spool.rs).
         let room = MAX_LOG_BATCH.saturating_sub(pending.len());
-        if room > 0 {
-            reader.take(live.map(|s| &s.lines), &mut pending, room);
+        let caught_up =
+            room == 0 || live.is_some_and(|s| reader.from_memory(&s.lines, &mut pending, room));
+        if !caught_up {
+            // The file has lines to read: on the blocking pool.
+            let shared = shipper.shared.clone();
+            let mut queue = std::mem::take(&mut pending);
+            let read = tokio::task::spawn_blocking(move || {
+                reader.take(shared.as_deref().map(|s| &s.lines), &mut queue, room);
+                (reader, queue)
+            })
+            .await;
+            match read {
+                Ok((r, q)) => (reader, pending) = (r, q),
+                Err(e) => {
+                    tracing::error!(session_queue_id = session, error = %e, "reading the log spool failed");
+                    return Shipped::Interrupted;
+                }
+            }
         }
         if !pending.is_empty() || first_contact {
             // The first call, even empty, learns how far the hub got (a
@@ -532,13 +573,18 @@ pub async fn ship(
         }
 
         // 4. The final report, once everything before it is in.
-        if final_report.is_none()
-            && let Some(shared) = live
-            && let Some(report) = lock(&shared.live).report.as_ref()
-        {
-            let report = shared.final_report(&spool.lease, report);
+        let ended = match live {
+            Some(shared) if final_report.is_none() => lock(&shared.live)
+                .report
+                .as_ref()
+                .map(|report| shared.final_report(&spool.lease, report)),
+            _ => None,
+        };
+        if let Some(report) = ended {
             if let Ok(text) = serde_json::to_vec(&report) {
-                let _ = super::private_fs::write(&spool.dir.join(FINISH_FILE), &text);
+                let path = spool.dir.join(FINISH_FILE);
+                let _ = tokio::task::spawn_blocking(move || super::private_fs::write(&path, &text))
+                    .await;
             }
             final_report = Some(report);
         }
@@ -557,11 +603,11 @@ pub async fn ship(
             spool.finishing.store(true, Ordering::SeqCst);
             return match client.finish(session, lease, report, stop).await {
                 Ok(_) => {
-                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    remove_dir(&spool.dir).await;
                     Shipped::Finished
                 }
                 Err(CallError::LeaseLost(_)) => {
-                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    remove_dir(&spool.dir).await;
                     Shipped::LeaseLost
                 }
                 Err(CallError::Cancelled) => Shipped::Interrupted,
@@ -573,7 +619,7 @@ pub async fn ship(
                     if let Err(e) = client.finish(session, lease, &trimmed, stop).await {
                         tracing::error!(session_queue_id = session, error = %e, "the hub refused the trimmed final report too");
                     }
-                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    remove_dir(&spool.dir).await;
                     Shipped::Finished
                 }
             };
@@ -597,6 +643,12 @@ pub async fn ship(
             None => tokio::task::yield_now().await,
         }
     }
+}
+
+/// Removes a directory and what is in it, on the blocking pool.
+pub async fn remove_dir(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
 }
 
 /// The report without step outputs and with a short error message.
@@ -647,7 +699,8 @@ fn batch_body<'a>(lines: impl Iterator<Item = &'a Spooled>) -> Vec<u8> {
     body
 }
 
-/// Uploads regular files in `dir` that are new or changed.
+/// Uploads regular files in `dir` that are new or changed. The listing is
+/// made on the blocking pool, and each file is streamed from the disk.
 async fn upload_new(
     client: &HubClient,
     spool: &Spool,
@@ -655,43 +708,34 @@ async fn upload_new(
     uploaded: &mut HashMap<String, (u64, std::time::SystemTime)>,
     stop: &CancellationToken,
 ) -> Result<(), CallError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let listed = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || list_files(&dir)).await
+    };
+    let Ok(listed) = listed else {
         return Ok(());
     };
-    let mut files: Vec<(String, PathBuf, u64, std::time::SystemTime)> = Vec::new();
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let name = artifact_name(&entry.file_name().to_string_lossy());
-        let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
-        if uploaded.get(&name) != Some(&stamp) {
-            files.push((name, entry.path(), stamp.0, stamp.1));
-        }
-    }
+    let mut files: Vec<(String, PathBuf, u64, std::time::SystemTime)> = listed
+        .into_iter()
+        .filter(|(name, _, len, modified)| uploaded.get(name) != Some(&(*len, *modified)))
+        .collect();
     files.sort();
     for (name, path, len, modified) in files {
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read an artifact");
-                continue;
-            }
-        };
         match client
             .artifact(
                 spool.lease.session_id,
                 &spool.lease.lease_id,
                 &name,
-                bytes,
+                &path,
+                len,
                 stop,
             )
             .await
         {
             Ok(()) => {}
-            // This file will never be taken (too large, say); the others
-            // still go, and it is not offered again unless it changes.
+            // This file will never be taken (too large, unreadable): the
+            // others still go, and it is not offered again unless it
+            // changes.
             Err(CallError::Rejected {
                 status, message, ..
             }) => {
@@ -702,6 +746,27 @@ async fn upload_new(
         uploaded.insert(name, (len, modified));
     }
     Ok(())
+}
+
+/// The regular files in `dir`: (artifact name, path, length, modified).
+fn list_files(dir: &Path) -> Vec<(String, PathBuf, u64, std::time::SystemTime)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            meta.is_file().then(|| {
+                (
+                    artifact_name(&entry.file_name().to_string_lossy()),
+                    entry.path(),
+                    meta.len(),
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                )
+            })
+        })
+        .collect()
 }
 
 /// A file name the hub accepts: plain characters, at most 128 of them.
@@ -730,6 +795,32 @@ pub fn leftover_spools(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// A leftover spool's directory, lease and final report (made up when it
+/// has none: the session was cut off); `None`, with the directory
+/// removed, for one without a lease (made ahead, never used). Blocking.
+fn read_leftover(dir: PathBuf) -> Option<(PathBuf, SpoolLease, FinishSession)> {
+    let Some(lease) = std::fs::read(dir.join(LEASE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SpoolLease>(&b).ok())
+    else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return None;
+    };
+    let report = std::fs::read(dir.join(FINISH_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<FinishSession>(&b).ok())
+        .unwrap_or_else(|| {
+            failed_before_start(
+                &lease,
+                "agent_restarted",
+                "the agent stopped while the session ran, and was started again; the \
+                 session was not re-run"
+                    .into(),
+            )
+        });
+    Some((dir, lease, report))
+}
+
 /// Spools left by an earlier run of the agent: each is delivered (its
 /// lines, then its report; a session cut off mid-run is reported as an
 /// error) and removed. One without a lease (made ahead, never used) is
@@ -741,28 +832,10 @@ pub async fn recover(
     stop: &CancellationToken,
 ) {
     for dir in leftovers {
-        let lease: SpoolLease = match std::fs::read(dir.join(LEASE_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            Some(l) => l,
-            None => {
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
-            }
+        let read = tokio::task::spawn_blocking(move || read_leftover(dir)).await;
+        let Ok(Some((dir, lease, report))) = read else {
+            continue;
         };
-        let report = std::fs::read(dir.join(FINISH_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<FinishSession>(&b).ok())
-            .unwrap_or_else(|| {
-                failed_before_start(
-                    &lease,
-                    "agent_restarted",
-                    "the agent stopped while the session ran, and was started again; the \
-                     session was not re-run"
-                        .into(),
-                )
-            });
         tracing::info!(
             session_queue_id = lease.session_id,
             "delivering a spool left by an earlier run"
@@ -852,7 +925,7 @@ mod tests {
                 step_id: None,
                 message: big.clone(),
             }));
-            sink.flush();
+            super::super::spool::write_out(&sink.shared.lines);
         }
         assert!(seq >= 32, "full only past the limit: {seq}");
         assert_eq!(metrics.spool_disk_failing.get(), 1);

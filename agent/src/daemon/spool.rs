@@ -88,6 +88,35 @@ pub struct Lines {
     metrics: Arc<Metrics>,
 }
 
+/// A write-out under way, outside the lock.
+struct PendingWrite {
+    file: File,
+    /// Where the lines go: the end of the file's whole lines.
+    at: u64,
+    buf: Vec<u8>,
+    upto_seq: u64,
+}
+
+/// Moves the lines in memory to the file. Blocking (disk I/O), so called
+/// on the blocking pool; the lock is not held while the disk works, so
+/// the executor and the sender are never held up by a slow disk.
+pub fn write_out(lines: &std::sync::Mutex<Lines>) {
+    let Some(mut w) = super::ship::lock(lines).start_write() else {
+        return;
+    };
+    let written = w
+        .file
+        .seek(SeekFrom::Start(w.at))
+        .and_then(|_| w.file.write_all(&w.buf));
+    if written.is_err() {
+        // A torn line would stop a restarted agent's reading: cut it off
+        // (if the disk lets us; the reader never reads past the whole
+        // lines either way, and the next write starts there).
+        let _ = w.file.set_len(w.at);
+    }
+    super::ship::lock(lines).end_write(w, written);
+}
+
 /// The disk refused a write.
 struct DiskTrouble {
     retry_at: Instant,
@@ -121,9 +150,12 @@ impl Lines {
         self.emitted_seq = line.seq;
         self.held(self.memory_bytes + line.json.len() + 1);
         self.memory.push_back(line);
-        if self.memory_bytes >= WRITE_OUT_AT {
-            self.write_out();
-        }
+    }
+
+    /// Whether enough lines wait in memory to be written out now, rather
+    /// than on the next tick of the flush timer.
+    pub fn write_out_due(&self) -> bool {
+        self.memory_bytes >= WRITE_OUT_AT && self.file.is_some()
     }
 
     pub fn emitted_seq(&self) -> u64 {
@@ -148,33 +180,47 @@ impl Lines {
         self.memory_bytes
     }
 
-    /// Moves the lines in memory to the file, unless the disk failed less
-    /// than [`DISK_RETRY`] ago.
-    pub fn write_out(&mut self) {
+    /// What a write-out needs, taken under the lock: the file and the
+    /// bytes of the lines in memory; `None` when there is nothing to do
+    /// (or another write-out is under way, or the disk failed less than
+    /// [`DISK_RETRY`] ago).
+    fn start_write(&mut self) -> Option<PendingWrite> {
         if self.memory.is_empty() {
-            return;
+            return None;
         }
         if let Some(t) = &self.trouble
             && Instant::now() < t.retry_at
         {
-            return;
+            return None;
         }
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
+        let file = self.file.take()?;
         let mut buf = Vec::with_capacity(self.memory_bytes);
         for l in &self.memory {
             buf.extend_from_slice(l.json.as_bytes());
             buf.push(b'\n');
         }
-        let written = file
-            .seek(SeekFrom::Start(self.disk_len))
-            .and_then(|_| file.write_all(&buf));
+        Some(PendingWrite {
+            file,
+            at: self.disk_len,
+            buf,
+            upto_seq: self.memory.back().map_or(0, |l| l.seq),
+        })
+    }
+
+    fn end_write(&mut self, w: PendingWrite, written: std::io::Result<()>) {
+        self.file = Some(w.file);
         match written {
             Ok(()) => {
-                self.disk_len += buf.len() as u64;
-                self.memory.clear();
-                self.held(0);
+                self.disk_len += w.buf.len() as u64;
+                // Lines the hub took meanwhile have left memory already.
+                let mut bytes = self.memory_bytes;
+                while let Some(l) = self.memory.front()
+                    && l.seq <= w.upto_seq
+                {
+                    bytes -= l.json.len() + 1;
+                    self.memory.pop_front();
+                }
+                self.held(bytes);
                 if let Some(t) = self.trouble.take() {
                     self.metrics.spool_disk_failing.dec();
                     tracing::warn!(
@@ -184,10 +230,6 @@ impl Lines {
                 }
             }
             Err(e) => {
-                // A torn line would stop a restarted agent's reading: cut
-                // it off (if the disk lets us; the reader never reads past
-                // `disk_len` either way, and the next write starts there).
-                let _ = file.set_len(self.disk_len);
                 let now = Instant::now();
                 match self.trouble.as_mut() {
                     None => {
@@ -271,6 +313,8 @@ pub struct Reader {
     queued_seq: u64,
     /// Whether the file may still grow (a live session).
     live: bool,
+    /// The file's length of whole lines when it was last read.
+    file_len: u64,
 }
 
 impl Reader {
@@ -290,6 +334,7 @@ impl Reader {
             read_pos: 0,
             queued_seq: 0,
             live,
+            file_len: 0,
         }
     }
 
@@ -324,28 +369,41 @@ impl Reader {
                 .and_then(|f| f.metadata().ok())
                 .map_or(0, |m| m.len()),
         };
+        self.file_len = end;
         let before = out.len();
         self.read_file(end, out, max);
         if let Some(l) = lines {
             let room = max.saturating_sub(out.len() - before);
-            if room > 0 {
-                let from_memory = super::ship::lock(l).memory_after(self.read_pos, self.queued_seq, room);
-                if let Some(last) = from_memory.last() {
-                    self.queued_seq = last.seq;
-                }
-                out.extend(from_memory);
-            }
+            self.from_memory(l, out, room);
         }
     }
 
-    /// Whether every line of a recovered spool has been handed out.
+    /// The lines in memory, without touching the disk: only when the file
+    /// has been read to its end (then it is all this reader needs, and it
+    /// can run on the daemon's thread). Returns whether it was.
+    pub fn from_memory(
+        &mut self,
+        lines: &std::sync::Mutex<Lines>,
+        out: &mut VecDeque<Spooled>,
+        max: usize,
+    ) -> bool {
+        let lines = super::ship::lock(lines);
+        if self.read_pos != lines.disk_len() {
+            return false;
+        }
+        let taken = lines.memory_after(self.read_pos, self.queued_seq, max);
+        drop(lines);
+        if let Some(last) = taken.last() {
+            self.queued_seq = last.seq;
+        }
+        out.extend(taken);
+        true
+    }
+
+    /// Whether every line of a recovered spool has been handed out (as of
+    /// the last [`Reader::take`]).
     pub fn at_end(&self) -> bool {
-        !self.live
-            && self
-                .file
-                .as_ref()
-                .and_then(|f| f.metadata().ok())
-                .is_none_or(|m| self.read_pos >= m.len())
+        !self.live && self.read_pos >= self.file_len
     }
 
     fn read_file(&mut self, end: u64, out: &mut VecDeque<Spooled>, max: usize) {
@@ -433,7 +491,7 @@ mod tests {
         for i in 1..=10 {
             lines.lock().unwrap().push(line(i));
         }
-        lines.lock().unwrap().write_out();
+        write_out(&lines);
         // The file, from now on, refuses every write.
         lines
             .lock()
@@ -441,7 +499,7 @@ mod tests {
             .break_file(File::open(&path).unwrap());
         for i in 11..=20 {
             lines.lock().unwrap().push(line(i));
-            lines.lock().unwrap().write_out();
+            write_out(&lines);
         }
         assert!(lines.lock().unwrap().disk_failing());
         let mut reader = Reader::open(&path, true);
@@ -467,7 +525,7 @@ mod tests {
             .break_file(std::fs::OpenOptions::new().write(true).open(&path).unwrap());
         lines.lock().unwrap().trouble.as_mut().unwrap().retry_at = Instant::now();
         lines.lock().unwrap().push(line(21));
-        lines.lock().unwrap().write_out();
+        write_out(&lines);
         assert!(!lines.lock().unwrap().disk_failing());
         assert_eq!(lines.lock().unwrap().memory_bytes(), 0);
         reader.take(Some(&lines), &mut out, 100);
@@ -483,10 +541,13 @@ mod tests {
     fn acknowledged_lines_leave_memory_and_a_full_memory_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs.jsonl");
-        let mut lines = Lines::new(File::create(&path).unwrap(), Arc::default());
-        lines.break_file(File::open(&path).unwrap());
-        lines.push(line(1));
-        lines.write_out();
+        let lines = Mutex::new(Lines::new(File::create(&path).unwrap(), Arc::default()));
+        let mut lines_guard = lines.lock().unwrap();
+        lines_guard.break_file(File::open(&path).unwrap());
+        lines_guard.push(line(1));
+        drop(lines_guard);
+        write_out(&lines);
+        let mut lines = lines.into_inner().unwrap();
         assert!(lines.disk_failing());
         let one = lines.memory_bytes();
         assert!(one > 0);
