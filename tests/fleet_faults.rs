@@ -603,3 +603,59 @@ async fn wait_lines(api: &Api, id: i64, n: usize, agent: &Agent) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The peak resident memory of a process, in bytes (Linux).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// Issue 12, item 5: a 45 MB artifact goes to the hub streamed from its
+/// file, not read whole into the agent's memory (nor copied for each
+/// attempt): the agent's peak memory grows by far less than the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_is_streamed_to_the_hub_not_read_whole() {
+    const MB: u64 = 1024 * 1024;
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Robot::new(scratch.dir.path(), "porter");
+    robot.register_ok(&hub, &key, &[]);
+    let agent = robot.start(&[]);
+    let before = peak_rss(agent.pid());
+    // The step's work dir and its artifacts dir share a name.
+    let yaml = shell_yaml(
+        "porter",
+        "dd if=/dev/urandom of=\"../../artifacts/$(basename \"$PWD\")/big.bin\" bs=1M count=45 2>/dev/null\necho written",
+    );
+    let id = queue(&api, workflow(&api, &yaml, &[]).await, json!({})).await;
+    let s = finished(&api, id, Duration::from_secs(120)).await;
+    assert_eq!(s["status"], "success", "{s}");
+    let list = api
+        .get(&format!("/v1/session_queues/{id}/artifacts"))
+        .await;
+    let sizes: Vec<(String, u64)> = list.body["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap_or("").to_string(),
+                a["size"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, vec![("big.bin".to_string(), 45 * MB)], "{}", list.body);
+    let grown = peak_rss(agent.pid()).saturating_sub(before);
+    assert!(
+        grown < 20 * MB,
+        "the agent's peak memory grew by {} MB for a 45 MB artifact",
+        grown / MB
+    );
+}
