@@ -3,7 +3,10 @@
 //! One poll is always outstanding: it carries the heartbeat and the held
 //! leases, brings new sessions when a slot is free, and brings cancels
 //! the moment the hub has one. Sessions run in their own tasks; the loop
-//! only starts them and tells them to stop.
+//! only starts them and tells them to stop. While it holds a lease the
+//! loop renews it every sixth of the lease's life and retries within 2 s
+//! ([`renew_every`], `client::LEASED_RETRY_MAX`), so a network blackout
+//! shorter than the lease ends no session.
 //!
 //! Shutdown: the first SIGTERM or Ctrl-C drains (no new sessions, the
 //! running ones finish and report, for up to the drain grace); the second

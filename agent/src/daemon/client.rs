@@ -1,6 +1,8 @@
 //! The hub client: signs its own short-lived JWTs, speaks the robot
 //! protocol, and retries calmly: jittered exponential backoff for network
-//! errors and 5xx, `Retry-After` for 429, one immediate re-sign for 401.
+//! errors and 5xx (at most 2 s apart for calls about a leased session:
+//! [`LEASED_RETRY_MAX`]), `Retry-After` for 429, one immediate re-sign for
+//! 401. Artifacts are streamed from their files.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -1,16 +1,24 @@
 //! Shipping a session's events to the hub: logs, step states, artifacts
 //! and the final report, in that order, never lost and never duplicated.
 //!
-//! Every log line is appended to the session's spool file on disk as the
-//! executor emits it ([`SpoolSink`]); a sender task ([`ship`]) reads the
-//! file and posts batches, dropping lines only once the hub's `high_seq`
-//! covers them. So a hub that is down or slow costs disk, never memory or
-//! lines, and lines arrive in order whenever it is back. While the hub
-//! keeps up, a step that prints faster than lines can be shipped is slowed
-//! down instead ([`SpoolSink`]'s `log_room`), so a line reaches the hub
-//! within about two batches of being printed. The final report
-//! is written to the spool directory too, so a restarted agent delivers
-//! what it did not get to ([`recover`]).
+//! The executor's lines go into the session's spool ([`SpoolSink`], over
+//! `spool.rs`, which owns their one order: what is on disk first, then
+//! what is only in memory); a sender task ([`ship`]) posts batches,
+//! dropping lines only once the hub's `high_seq` covers them. So a hub
+//! that is down or slow costs disk, and lines arrive in order whenever it
+//! is back; a disk that is full too costs memory, up to a bound past which
+//! the session stops as `spool_full`. While the hub keeps up, a step that
+//! prints faster than lines can be shipped is slowed down instead
+//! ([`SpoolSink`]'s `log_room`), so a line reaches the hub within about two
+//! batches of being printed. The final report is written to the spool
+//! directory too, so a restarted agent delivers what it did not get to
+//! ([`recover`]). A lease the hub gave up while the robot was out of touch
+//! still gets its lines: the hub takes them, and answers the finish with
+//! `lease_lost` once its note on the loss follows them (docs/protocol.md).
+//!
+//! Nothing here blocks the daemon's thread: disk reads and writes, the
+//! artifact listing and recovery run on the blocking pool, and artifacts
+//! are streamed from their files.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
