@@ -659,3 +659,136 @@ async fn an_artifact_is_streamed_to_the_hub_not_read_whole() {
         grown / MB
     );
 }
+
+/// Issue 12's fault suite: three agents race for 30 sessions while the hub
+/// is killed with SIGKILL (twice) and started again on the same address
+/// and database. Every session runs exactly once and ends `success`, with
+/// every line once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_racing_through_hub_kills_run_every_session_once_with_every_line() {
+    const SESSIONS: usize = 30;
+    const LINES: u32 = 100;
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let mut hub = Hub::start_with(&scratch, HUB_ARGS);
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let robot = Robot::new(scratch.dir.path(), &format!("racer-{i}"));
+        robot.register_ok(&hub, &key, &["--max-concurrency", "2"]);
+        let agent = robot.start(&[]);
+        agents.push((robot, agent));
+    }
+    let runs = scratch.dir.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    // Each session's run leaves a line in a file of its own.
+    let yaml = shell_yaml(
+        "racing",
+        &format!(
+            "echo ran >> \"${{params.dir}}/${{params.mark}}\"\nn=1\nwhile [ $n -le {LINES} ]; do\n  echo \"line $n\"\n  if [ $((n % 20)) -eq 0 ]; then sleep 0.1; fi\n  n=$((n+1))\ndone"
+        ),
+    )
+    .replace("params:\n  dir: \"\"\n", "params:\n  dir: \"\"\n  mark: \"\"\n");
+    let wf = workflow(&api, &yaml, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..SESSIONS {
+        let params = json!({"dir": runs.display().to_string(), "mark": format!("s{i}")});
+        ids.push(queue(&api, wf, params).await);
+    }
+    for victim in [ids[0], ids[SESSIONS / 2]] {
+        // Kill it while sessions run and lines flow.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+        while all_logs(&api, victim).await.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "session {victim} never printed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(hub); // SIGKILL, and reaped
+        hub = Hub::start_at(&scratch, &listen, HUB_ARGS);
+    }
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let mut failures = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let s = finished(&api, *id, Duration::from_secs(120)).await;
+        let logs = all_logs(&api, *id).await;
+        let ran = std::fs::read_to_string(runs.join(format!("s{i}"))).unwrap_or_default();
+        if s["status"] != "success"
+            || messages(&logs) != numbered(1..=LINES)
+            || ran.lines().count() != 1
+        {
+            failures.push(format!(
+                "session {id}: status {}, {} lines, ran {} time(s), error {}",
+                s["status"],
+                logs.len(),
+                ran.lines().count(),
+                s["error"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Issue 12's fault suite: an agent killed with SIGKILL mid-session while
+/// the hub is out of reach, then started again. The lines it had spooled
+/// reach the hub, each once and in order; the session ends `error` with
+/// `agent_restarted`, ran once, and left no process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_while_out_of_touch_delivers_its_spooled_lines_once_after_restart() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let (robot, proxy, agent) = robot_behind_proxy(&scratch, &hub, &key, "lazarus").await;
+    let flags = scratch.dir.path().join("flags");
+    std::fs::create_dir_all(&flags).unwrap();
+    let yaml = shell_yaml(
+        "lazarus",
+        "echo ran >> \"${params.dir}/runs\"\necho $$ > \"${params.dir}/shell.pid\"\nn=1\nwhile true; do\n  echo \"line $n\"\n  n=$((n+1))\n  sleep 0.01\ndone",
+    );
+    let id = queue(
+        &api,
+        workflow(&api, &yaml, &[]).await,
+        json!({"dir": flags.display().to_string()}),
+    )
+    .await;
+    wait_lines(&api, id, 50, &agent).await;
+    let shell: u32 = std::fs::read_to_string(flags.join("shell.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    proxy.black_out();
+    let spool = robot.dir.join("work").join("spool");
+    let before = all_logs(&api, id).await.len() as u64;
+    assert!(
+        eventually(Duration::from_secs(30), || last_spooled_seq(&spool) > before + 100),
+        "lines did not reach the spool while the hub was out of reach"
+    );
+    agent.signal("KILL");
+    drop(agent);
+    let on_disk = last_spooled_seq(&spool);
+    proxy.restore();
+    let again = robot.start(&[]);
+    let s = finished(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "agent_restarted", "{s}");
+    let logs = all_logs(&api, id).await;
+    let delivered = u32::try_from(logs.len()).unwrap();
+    assert_eq!(messages(&logs), numbered(1..=delivered), "each line once, in order");
+    assert!(
+        u64::from(delivered) >= on_disk,
+        "the spooled lines were delivered: {delivered} of {on_disk}\n{}",
+        again.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(shell)),
+        "the killed agent's shell still runs\n{}",
+        again.log()
+    );
+    let runs = std::fs::read_to_string(flags.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the session ran once");
+}
