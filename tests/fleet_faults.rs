@@ -182,7 +182,15 @@ async fn blackouts_shorter_than_the_lease_end_every_session_in_success() {
             proxy.restore();
             let s = finished(&api, id, Duration::from_secs(120)).await;
             let logs = all_logs(&api, id).await;
-            (name, blackout_s, offset_ms, id, s, logs, (robot, proxy, agent))
+            (
+                name,
+                blackout_s,
+                offset_ms,
+                id,
+                s,
+                logs,
+                (robot, proxy, agent),
+            )
         }));
     }
     let mut failures = Vec::new();
@@ -315,7 +323,9 @@ async fn lines_kept_in_memory_while_the_spool_disk_is_full_arrive_after_those_on
     let id = queue(&api, wf, json!({"dir": flags.display().to_string()})).await;
     running(&api, id, Duration::from_secs(30)).await;
     assert!(
-        eventually(Duration::from_secs(30), || agent.log().contains("session started")),
+        eventually(Duration::from_secs(30), || agent
+            .log()
+            .contains("session started")),
         "the agent never started the session\n{}",
         agent.log()
     );
@@ -396,10 +406,12 @@ async fn a_blackout_longer_than_the_lease_ends_robot_lost_with_the_log_complete(
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let logs = loop {
         let logs = all_logs(&api, id).await;
-        if logs
-            .last()
-            .is_some_and(|l| l["message"].as_str().unwrap_or("").starts_with("[tasuki-hub]"))
-        {
+        if logs.last().is_some_and(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("[tasuki-hub]")
+        }) {
             break logs;
         }
         assert!(
@@ -415,7 +427,11 @@ async fn a_blackout_longer_than_the_lease_ends_robot_lost_with_the_log_complete(
     let all = messages(lines);
     let printed = all.iter().take_while(|m| m.starts_with("line ")).count();
     let delivered = u32::try_from(printed).expect("count");
-    assert_eq!(all[..printed], numbered(1..=delivered), "every line once, in order");
+    assert_eq!(
+        all[..printed],
+        numbered(1..=delivered),
+        "every line once, in order"
+    );
     assert!(
         all[printed..].iter().all(|m| !m.starts_with("line ")),
         "nothing out of order after the step was stopped: {:?}",
@@ -488,7 +504,11 @@ async fn a_spool_disk_that_fills_mid_session_is_survived() {
     let robot = Robot::new(scratch.dir.path(), "brimful");
     let disk = SmallDisk::mount(&robot.dir.join("work").join("spool"), "2m");
     let out = robot.register_at(&proxy.url, &key, &["--max-concurrency", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let agent = robot.start(&[]);
     let flags = scratch.dir.path().join("flags");
     std::fs::create_dir_all(&flags).unwrap();
@@ -565,7 +585,8 @@ async fn a_spool_disk_that_fills_mid_session_is_survived() {
     std::fs::write(flags.join("freed"), b"").unwrap();
     wait_file(&flags.join("p3"));
     assert!(
-        eventually(Duration::from_secs(30), || last_spooled_seq(&disk.dir) == 3000),
+        eventually(Duration::from_secs(30), || last_spooled_seq(&disk.dir)
+            == 3000),
         "lines 2501-3000 never reached the freed disk\n{}",
         agent.log()
     );
@@ -637,9 +658,7 @@ async fn an_artifact_is_streamed_to_the_hub_not_read_whole() {
     let id = queue(&api, workflow(&api, &yaml, &[]).await, json!({})).await;
     let s = finished(&api, id, Duration::from_secs(120)).await;
     assert_eq!(s["status"], "success", "{s}");
-    let list = api
-        .get(&format!("/v1/session_queues/{id}/artifacts"))
-        .await;
+    let list = api.get(&format!("/v1/session_queues/{id}/artifacts")).await;
     let sizes: Vec<(String, u64)> = list.body["artifacts"]
         .as_array()
         .expect("artifacts")
@@ -651,7 +670,12 @@ async fn an_artifact_is_streamed_to_the_hub_not_read_whole() {
             )
         })
         .collect();
-    assert_eq!(sizes, vec![("big.bin".to_string(), 45 * MB)], "{}", list.body);
+    assert_eq!(
+        sizes,
+        vec![("big.bin".to_string(), 45 * MB)],
+        "{}",
+        list.body
+    );
     let grown = peak_rss(agent.pid()).saturating_sub(before);
     assert!(
         grown < 20 * MB,
@@ -765,7 +789,8 @@ async fn an_agent_killed_while_out_of_touch_delivers_its_spooled_lines_once_afte
     let spool = robot.dir.join("work").join("spool");
     let before = all_logs(&api, id).await.len() as u64;
     assert!(
-        eventually(Duration::from_secs(30), || last_spooled_seq(&spool) > before + 100),
+        eventually(Duration::from_secs(30), || last_spooled_seq(&spool)
+            > before + 100),
         "lines did not reach the spool while the hub was out of reach"
     );
     agent.signal("KILL");
@@ -778,7 +803,11 @@ async fn an_agent_killed_while_out_of_touch_delivers_its_spooled_lines_once_afte
     assert_eq!(s["error"]["code"], "agent_restarted", "{s}");
     let logs = all_logs(&api, id).await;
     let delivered = u32::try_from(logs.len()).unwrap();
-    assert_eq!(messages(&logs), numbered(1..=delivered), "each line once, in order");
+    assert_eq!(
+        messages(&logs),
+        numbered(1..=delivered),
+        "each line once, in order"
+    );
     assert!(
         u64::from(delivered) >= on_disk,
         "the spooled lines were delivered: {delivered} of {on_disk}\n{}",

@@ -395,11 +395,13 @@ impl HubClient {
         let mut delays = backoff();
         loop {
             let token = self.signer.token(false)?;
-            let file = tokio::fs::File::open(path).await.map_err(|e| CallError::Rejected {
-                status: 0,
-                code: "unreadable_artifact".into(),
-                message: format!("cannot read {}: {e}", path.display()),
-            })?;
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| CallError::Rejected {
+                    status: 0,
+                    code: "unreadable_artifact".into(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                })?;
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
             let attempt = self
                 .http

@@ -164,12 +164,7 @@ pub async fn run(
     let (session_dir, artifacts_dir) = (scratch.work_dir, scratch.artifacts_dir);
     let spool = Spool::adopt(scratch.spool_dir, spool_lease.clone(), finishing.clone());
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
-    let sink = Arc::new(spool.sink(
-        scratch.logs,
-        &step_ids,
-        env.metrics.clone(),
-        cancel.clone(),
-    ));
+    let sink = Arc::new(spool.sink(scratch.logs, &step_ids, env.metrics.clone(), cancel.clone()));
     // Beside the work dir, so the sessions root's removal at start takes it.
     let private_dir = session_dir.with_extension("private");
     let options = ExecOptions {

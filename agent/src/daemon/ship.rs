@@ -452,8 +452,8 @@ pub async fn ship(
         // 1. Logs: the spool's lines past what the hub has, disk first,
         //    then memory (spool.rs).
         let room = MAX_LOG_BATCH.saturating_sub(pending.len());
-        let caught_up =
-            room == 0 || live.is_some_and(|s| reader.from_memory(&s.lines, &mut pending, room));
+        let caught_up = room == 0
+            || live.is_some_and(|s| reader.take_from_memory(&s.lines, &mut pending, room));
         if !caught_up {
             // The file has lines to read: on the blocking pool.
             let shared = shipper.shared.clone();
@@ -951,7 +951,11 @@ mod tests {
         assert_eq!(finish.status, SessionStatus::Error);
         let error = finish.error.unwrap();
         assert_eq!(error.code, "spool_full");
-        assert!(error.message.contains(&format!("line {seq}")), "{}", error.message);
+        assert!(
+            error.message.contains(&format!("line {seq}")),
+            "{}",
+            error.message
+        );
         drop(sink);
         assert_eq!(metrics.spool_memory_bytes.get(), 0);
         assert_eq!(metrics.spool_disk_failing.get(), 0);

@@ -374,14 +374,14 @@ impl Reader {
         self.read_file(end, out, max);
         if let Some(l) = lines {
             let room = max.saturating_sub(out.len() - before);
-            self.from_memory(l, out, room);
+            self.take_from_memory(l, out, room);
         }
     }
 
     /// The lines in memory, without touching the disk: only when the file
     /// has been read to its end (then it is all this reader needs, and it
     /// can run on the daemon's thread). Returns whether it was.
-    pub fn from_memory(
+    pub fn take_from_memory(
         &mut self,
         lines: &std::sync::Mutex<Lines>,
         out: &mut VecDeque<Spooled>,
@@ -493,10 +493,7 @@ mod tests {
         }
         write_out(&lines);
         // The file, from now on, refuses every write.
-        lines
-            .lock()
-            .unwrap()
-            .break_file(File::open(&path).unwrap());
+        lines.lock().unwrap().break_file(File::open(&path).unwrap());
         for i in 11..=20 {
             lines.lock().unwrap().push(line(i));
             write_out(&lines);

@@ -445,9 +445,10 @@ pub fn finish(
         if key.as_deref() == Some(report.idempotency_key.as_str()) {
             Finished::Already
         } else if lost && key.is_none() && lease.as_deref() == Some(lease_id) {
-            let ended = ended.map_or_else(|| "?".to_string(), |ms| {
-                super::to_timestamp(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
-            });
+            let ended = ended.map_or_else(
+                || "?".to_string(),
+                |ms| super::to_timestamp(ms).map_or_else(|_| ms.to_string(), |t| t.to_string()),
+            );
             let note = format!(
                 "[tasuki-hub] contact with the robot was lost: its lease ran out and the hub \
                  ended the session as robot_lost at {ended}; the robot came back and delivered \
