@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, ROBOT_NAME_TAKEN, ROBOT_OF_ANOTHER_KEY, backoff, retry_delay};
 use super::metrics::Sampler;
-use super::session::{self, Outcome, SessionEnv};
-use super::ship;
+use super::session::{self, SessionEnv};
+use super::ship::{self, Shipped};
 
 /// How long to wait before polling again when the answer only repeated
 /// cancels the agent is already carrying out.
@@ -439,7 +439,7 @@ fn start(
                 .cancel_seconds
                 .observe(super::health::seconds_since(*at));
         }
-        if outcome != Outcome::Reported {
+        if outcome != Shipped::Finished {
             tracing::info!(session_queue_id = id, ?outcome, "session closed");
         }
         state.running().remove(&id);

@@ -12,14 +12,14 @@ use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
 use tasuki_actions::language::params::{ParamInputs, bind_params};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
-use tasuki_protocol::Lease;
+use tasuki_protocol::{HeldLease, Lease};
 use tokio_util::sync::CancellationToken;
 
 use super::checked::CheckedWorkflows;
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
 use super::scratch::ScratchPool;
-use super::ship::{self, Shipped, Spool, SpoolLease};
+use super::ship::{self, Shipped, Spool};
 
 /// How long after a session's start its spool's lease is recorded and the
 /// next session's directories are made.
@@ -59,17 +59,6 @@ impl SessionEnv {
     }
 }
 
-/// How a session ended on this robot.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Ran, and its report reached the hub.
-    Reported,
-    /// The hub stopped honouring the lease.
-    LeaseLost,
-    /// The agent is exiting; the spool stays for the next start.
-    Interrupted,
-}
-
 /// Runs a leased session to its end. `cancel` is the session's own token
 /// (the hub asked, or the agent is stopping hard); `stop` interrupts
 /// shipping when the agent exits without waiting.
@@ -79,7 +68,7 @@ pub async fn run(
     cancel: CancellationToken,
     stop: CancellationToken,
     finishing: Arc<AtomicBool>,
-) -> Outcome {
+) -> Shipped {
     let id = lease.session_id;
     let received = Instant::now();
     let origin = format!(
@@ -119,7 +108,7 @@ pub async fn run(
         .observe(super::health::seconds_since(received));
     tracing::info!(session_queue_id = id, workflow = %lease.workflow.name, "session started");
 
-    let spool_lease = SpoolLease {
+    let spool_lease = HeldLease {
         session_id: id,
         lease_id: lease.lease_id.clone(),
     };
@@ -151,7 +140,7 @@ pub async fn run(
                 &stop,
             )
             .await;
-            return outcome.into();
+            return outcome;
         }
     };
     params
@@ -226,16 +215,16 @@ pub async fn run(
     flusher.abort();
     sink.flush().await;
     let (outcome, spool_dir) = match shipped {
-        Ok((outcome, spool)) => (outcome.into(), Some(spool.dir)),
+        Ok((outcome, spool)) => (outcome, Some(spool.dir)),
         Err(e) => {
             tracing::error!(session_queue_id = id, error = %e, "the shipping task failed");
-            (Outcome::Interrupted, None)
+            (Shipped::Interrupted, None)
         }
     };
-    if outcome != Outcome::Interrupted {
+    if outcome != Shipped::Interrupted {
         // A reported session's spool is gone already; one whose lease the
         // hub no longer honours can never be delivered, so it goes too.
-        let spool_dir = spool_dir.filter(|_| outcome == Outcome::LeaseLost);
+        let spool_dir = spool_dir.filter(|_| outcome == Shipped::LeaseLost);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&session_dir);
             let _ = std::fs::remove_dir_all(&private_dir);
@@ -253,11 +242,11 @@ pub async fn run(
 /// hears why at once, without one.
 async fn cannot_spool(
     env: &SessionEnv,
-    lease: &SpoolLease,
+    lease: &HeldLease,
     e: std::io::Error,
     finishing: &AtomicBool,
     stop: &CancellationToken,
-) -> Outcome {
+) -> Shipped {
     tracing::error!(session_queue_id = lease.session_id, error = %e, "cannot create the session's spool");
     let report = ship::failed_before_start(
         lease,
@@ -269,11 +258,11 @@ async fn cannot_spool(
 
 async fn finish_only(
     env: &SessionEnv,
-    lease: &SpoolLease,
+    lease: &HeldLease,
     report: tasuki_protocol::FinishSession,
     finishing: &AtomicBool,
     stop: &CancellationToken,
-) -> Outcome {
+) -> Shipped {
     env.metrics.session_ended("error");
     finishing.store(true, std::sync::atomic::Ordering::SeqCst);
     match env
@@ -281,22 +270,12 @@ async fn finish_only(
         .finish(lease.session_id, &lease.lease_id, &report, stop)
         .await
     {
-        Ok(_) => Outcome::Reported,
-        Err(CallError::LeaseLost(_)) => Outcome::LeaseLost,
-        Err(CallError::Cancelled) => Outcome::Interrupted,
+        Ok(_) => Shipped::Finished,
+        Err(CallError::LeaseLost(_)) => Shipped::LeaseLost,
+        Err(CallError::Cancelled) => Shipped::Interrupted,
         Err(e) => {
             tracing::error!(session_queue_id = lease.session_id, error = %e, "the hub refused the final report");
-            Outcome::Reported
-        }
-    }
-}
-
-impl From<Shipped> for Outcome {
-    fn from(s: Shipped) -> Outcome {
-        match s {
-            Shipped::Finished => Outcome::Reported,
-            Shipped::LeaseLost => Outcome::LeaseLost,
-            Shipped::Interrupted => Outcome::Interrupted,
+            Shipped::Finished
         }
     }
 }

@@ -27,12 +27,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
 use tasuki_actions::{Event, EventSink, LogRoom, SessionReport, StepRecord};
 use tasuki_protocol::robot::MAX_LOG_BATCH;
 use tasuki_protocol::{
-    FinishSession, LogLevel, LogLine, SessionError, SessionStatus, StepState, StepStatus,
-    StepsUpdate,
+    FinishSession, HeldLease, LogLevel, LogLine, SessionError, SessionStatus, StepState,
+    StepStatus, StepsUpdate,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -55,14 +54,6 @@ const MAX_LAG_LINES: u64 = 2 * MAX_LOG_BATCH as u64;
 /// How long a step waits for the hub to take lines before they go to disk
 /// unthrottled: the spool is for a hub that is down or stuck.
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// What a spool directory is for: written first, so that a restarted
-/// agent knows which session and lease its lines belong to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SpoolLease {
-    pub session_id: i64,
-    pub lease_id: String,
-}
 
 /// The executor's side: appends lines to the spool and keeps the live
 /// step states.
@@ -102,9 +93,10 @@ struct Live {
     report: Option<SessionReport>,
 }
 
-/// Ends of a session's shipping.
+/// How a session ended on this robot: how its shipping ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Shipped {
+    /// Its report reached the hub.
     Finished,
     /// The hub no longer honours the lease; nothing more is sent.
     LeaseLost,
@@ -115,7 +107,9 @@ pub enum Shipped {
 
 pub struct Spool {
     pub dir: PathBuf,
-    pub lease: SpoolLease,
+    /// What the spool is for, in its `lease.json`: written first, so that
+    /// a restarted agent knows which session and lease its lines belong to.
+    pub lease: HeldLease,
     /// Set just before the final report is sent: from then on the hub may
     /// count the session's slot as free, and so may the agent.
     pub finishing: Arc<AtomicBool>,
@@ -125,7 +119,7 @@ impl Spool {
     /// Creates the spool directory of a session.
     pub fn create(
         root: &Path,
-        lease: SpoolLease,
+        lease: HeldLease,
         finishing: Arc<AtomicBool>,
     ) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
@@ -136,7 +130,7 @@ impl Spool {
 
     /// A spool in a directory made ahead (`scratch.rs`); it is recoverable
     /// after a crash once [`write_lease`] has run.
-    pub fn adopt(dir: PathBuf, lease: SpoolLease, finishing: Arc<AtomicBool>) -> Spool {
+    pub fn adopt(dir: PathBuf, lease: HeldLease, finishing: Arc<AtomicBool>) -> Spool {
         Spool {
             dir,
             lease,
@@ -184,7 +178,7 @@ impl Spool {
 }
 
 /// Records whose spool `dir` is, for an agent that starts after a crash.
-pub fn write_lease(dir: &Path, lease: &SpoolLease) -> std::io::Result<()> {
+pub fn write_lease(dir: &Path, lease: &HeldLease) -> std::io::Result<()> {
     let text = serde_json::to_vec(lease).map_err(std::io::Error::other)?;
     super::private_fs::write(&dir.join(LEASE_FILE), &text)
 }
@@ -317,7 +311,7 @@ impl SpoolSink {
 
 impl Shared {
     /// The report the hub gets: the executor's, unless the spool filled up.
-    fn final_report(&self, lease: &SpoolLease, report: &SessionReport) -> FinishSession {
+    fn final_report(&self, lease: &HeldLease, report: &SessionReport) -> FinishSession {
         let mut report = finish_report(lease, report);
         if let Some(seq) = self.spool_full.get() {
             report.status = SessionStatus::Error;
@@ -372,7 +366,7 @@ fn step_state(id: &str, r: &StepRecord) -> StepState {
 }
 
 /// The hub's words for a session's end, from the executor's report.
-pub fn finish_report(lease: &SpoolLease, report: &SessionReport) -> FinishSession {
+pub fn finish_report(lease: &HeldLease, report: &SessionReport) -> FinishSession {
     FinishSession {
         idempotency_key: finish_key(lease),
         status: match report.status {
@@ -397,13 +391,13 @@ pub fn finish_report(lease: &SpoolLease, report: &SessionReport) -> FinishSessio
 
 /// One key per lease: a restarted agent sending the same report again
 /// gets the first answer.
-pub fn finish_key(lease: &SpoolLease) -> String {
+pub fn finish_key(lease: &HeldLease) -> String {
     format!("finish-{}-{}", lease.session_id, lease.lease_id)
 }
 
 /// A session that ended before it ran (its workflow or params did not
 /// check out on this robot).
-pub fn failed_before_start(lease: &SpoolLease, code: &str, message: String) -> FinishSession {
+pub fn failed_before_start(lease: &HeldLease, code: &str, message: String) -> FinishSession {
     FinishSession {
         idempotency_key: finish_key(lease),
         status: SessionStatus::Error,
@@ -806,10 +800,10 @@ pub fn leftover_spools(root: &Path) -> Vec<PathBuf> {
 /// A leftover spool's directory, lease and final report (made up when it
 /// has none: the session was cut off); `None`, with the directory
 /// removed, for one without a lease (made ahead, never used). Blocking.
-fn read_leftover(dir: PathBuf) -> Option<(PathBuf, SpoolLease, FinishSession)> {
+fn read_leftover(dir: PathBuf) -> Option<(PathBuf, HeldLease, FinishSession)> {
     let Some(lease) = std::fs::read(dir.join(LEASE_FILE))
         .ok()
-        .and_then(|b| serde_json::from_slice::<SpoolLease>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<HeldLease>(&b).ok())
     else {
         let _ = std::fs::remove_dir_all(&dir);
         return None;
@@ -907,7 +901,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOGS_FILE);
         File::create(&path).unwrap();
-        let lease = SpoolLease {
+        let lease = HeldLease {
             session_id: 7,
             lease_id: "l".into(),
         };
