@@ -77,10 +77,16 @@ impl Robot {
 
     /// `tasuki register`, the secret given through a file.
     pub fn register(&self, hub: &Hub, key: &Key, extra: &[&str]) -> Output {
+        self.register_at(&hub.url, key, extra)
+    }
+
+    /// `tasuki register` with the hub at `url` (a proxy in front of it,
+    /// say).
+    pub fn register_at(&self, url: &str, key: &Key, extra: &[&str]) -> Output {
         let secret = self.dir.join("secret.txt");
         std::fs::write(&secret, &key.secret).expect("write the secret file");
         let out = Command::new(tasuki_bin())
-            .args(["register", "--url", &hub.url, "--name", &self.name])
+            .args(["register", "--url", url, "--name", &self.name])
             .args(["--access-key-id", &key.id, "--secret-access-key-file"])
             .arg(&secret)
             .arg("--config")

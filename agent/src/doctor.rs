@@ -99,6 +99,7 @@ pub fn run(args: &SettingsArgs) -> u8 {
     log_files(&mut r, &settings);
     let creds = credentials(&mut r, &settings);
     work_dir(&mut r, &settings.work_dir);
+    spool(&mut r, &settings.work_dir);
     if let Some(creds) = creds {
         hub(&mut r, &settings, &creds);
     } else {
@@ -201,6 +202,55 @@ fn work_dir(r: &mut Report, dir: &Path) {
     } else {
         r.ok("work dir", &detail);
     }
+}
+
+/// The log spool: its folder must take lines (a full disk makes the
+/// agent keep them in memory, and past a bound stop sessions as
+/// `spool_full`), and what waits there has not reached the hub yet.
+fn spool(r: &mut Report, work_dir: &Path) {
+    let dir = work_dir.join("spool");
+    if !dir.exists() {
+        r.ok(
+            "spool",
+            &format!("{} (made when the agent starts)", dir.display()),
+        );
+        return;
+    }
+    let waiting = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("lease.json").exists())
+                .count()
+        })
+        .unwrap_or(0);
+    let waiting = match waiting {
+        0 => "no session's lines waiting".to_string(),
+        n => format!(
+            "{n} session(s) with lines or a report not yet delivered (the running agent, or \
+             the next to start, sends them)"
+        ),
+    };
+    // Some bytes, not an empty file: a full disk still takes those.
+    let probe = tempfile::tempfile_in(&dir)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[0u8; 64 * 1024]));
+    if let Err(e) = probe {
+        r.fail(
+            "spool",
+            &format!("cannot write in {}: {e}; {waiting}", dir.display()),
+            "free space on its disk, or give the folder to the account the agent runs as: \
+             until then a session's lines wait in memory (up to 32 MiB), and past that the \
+             session stops as spool_full",
+        );
+        return;
+    }
+    let free = free_bytes(&dir).map_or_else(String::new, |b| {
+        format!(", {:.1} MiB free", b as f64 / (1024.0 * 1024.0))
+    });
+    r.ok(
+        "spool",
+        &format!("{} (writable{free}); {waiting}", dir.display()),
+    );
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {

@@ -3,7 +3,10 @@
 //! One poll is always outstanding: it carries the heartbeat and the held
 //! leases, brings new sessions when a slot is free, and brings cancels
 //! the moment the hub has one. Sessions run in their own tasks; the loop
-//! only starts them and tells them to stop.
+//! only starts them and tells them to stop. While it holds a lease the
+//! loop renews it every sixth of the lease's life and retries within 2 s
+//! ([`renew_every`], `client::LEASED_RETRY_MAX`), so a network blackout
+//! shorter than the lease ends no session.
 //!
 //! Shutdown: the first SIGTERM or Ctrl-C drains (no new sessions, the
 //! running ones finish and report, for up to the drain grace); the second
@@ -19,14 +22,25 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{CallError, ROBOT_NAME_TAKEN, ROBOT_OF_ANOTHER_KEY, backoff};
+use super::client::{CallError, ROBOT_NAME_TAKEN, ROBOT_OF_ANOTHER_KEY, backoff, retry_delay};
 use super::metrics::Sampler;
-use super::session::{self, Outcome, SessionEnv};
-use super::ship;
+use super::session::{self, SessionEnv};
+use super::ship::{self, Shipped};
 
 /// How long to wait before polling again when the answer only repeated
 /// cancels the agent is already carrying out.
 const REPEAT_PAUSE: Duration = Duration::from_secs(1);
+
+/// While it holds a lease, the robot renews it this often (a fraction of
+/// the lease's life), rather than once a long poll (25 s): it sends the
+/// outstanding poll again, with the same poll id. So the lease always has
+/// at least five sixths of its life ahead when contact may be lost, and a
+/// network blackout shorter than that, less the retry interval
+/// ([`super::client::LEASED_RETRY_MAX`]), ends no session: 47 s with the
+/// default 60 s lease.
+fn renew_every(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 6).max(Duration::from_secs(1))
+}
 
 pub struct AgentOptions {
     pub max_concurrency: u32,
@@ -105,21 +119,31 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         tracing::error!("{displaced}");
         return Err(displaced.into());
     }
-    match registered {
+    let mut lease_ttl = match registered {
         Ok(r) => {
-            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %crate::settings::masked_url(client.base_url()), "registered; waiting for sessions")
+            tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %crate::settings::masked_url(client.base_url()), "registered; waiting for sessions");
+            Duration::from_secs(r.lease_ttl_seconds)
         }
         Err(e) => anyhow::bail!("cannot register with the hub: {e}"),
-    }
+    };
 
     // Spools an earlier run left behind are delivered beside new work;
     // they are listed before this run prepares directories of its own.
     {
-        // The agent's alone, and made 0755 by versions before 0700.
-        super::private_fs::tighten(&env.spool_root());
-        super::private_fs::tighten(&env.sessions_root());
-        let leftovers = ship::leftover_spools(&env.spool_root());
-        super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
+        // Disk work, on the blocking pool. The folders are the agent's
+        // alone, and were made 0755 by versions before 0700.
+        let listed = {
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || {
+                super::private_fs::tighten(&env.spool_root());
+                super::private_fs::tighten(&env.sessions_root());
+                let leftovers = ship::leftover_spools(&env.spool_root());
+                super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
+                leftovers
+            })
+            .await
+        };
+        let leftovers = listed.unwrap_or_default();
         env.scratch.refill();
         let env = env.clone();
         let stop = stop.clone();
@@ -167,8 +191,18 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             held,
             metrics,
         };
+        let holding = !req.held.is_empty();
+        let renewal_due = async {
+            if holding {
+                tokio::time::sleep(renew_every(lease_ttl)).await
+            } else {
+                std::future::pending().await
+            }
+        };
         let answer = tokio::select! {
             r = client.poll_once(&req) => Some(r),
+            // Renew the held leases now (see `renew_every`).
+            _ = renewal_due => None,
             // The poll in flight says something no longer true: ask again
             // with the same poll id, so that a lease it was answered with
             // comes back rather than waiting out its ack deadline.
@@ -178,6 +212,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             None => continue,
             Some(Ok(resp)) => {
                 env.metrics.poll_answered();
+                lease_ttl = Duration::from_secs(resp.lease_ttl_seconds);
                 poll_id = new_id();
                 delays = backoff();
                 let repeats_only = !resp.cancel.is_empty() || !resp.lost.is_empty();
@@ -218,7 +253,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 let delay = match &e {
                     _ if registered_again => Duration::ZERO,
                     CallError::RateLimited(d) => *d,
-                    _ => delays.next().unwrap_or(super::client::MAX_DELAY),
+                    _ => retry_delay(&mut delays, holding),
                 };
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed");
                 tokio::select! {
@@ -404,7 +439,7 @@ fn start(
                 .cancel_seconds
                 .observe(super::health::seconds_since(*at));
         }
-        if outcome != Outcome::Reported {
+        if outcome != Shipped::Finished {
             tracing::info!(session_queue_id = id, ?outcome, "session closed");
         }
         state.running().remove(&id);

@@ -1,6 +1,8 @@
 //! The hub client: signs its own short-lived JWTs, speaks the robot
 //! protocol, and retries calmly: jittered exponential backoff for network
-//! errors and 5xx, `Retry-After` for 429, one immediate re-sign for 401.
+//! errors and 5xx (at most 2 s apart for calls about a leased session:
+//! [`LEASED_RETRY_MAX`]), `Retry-After` for 429, one immediate re-sign for
+//! 401. Artifacts are streamed from their files.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -268,7 +270,7 @@ impl HubClient {
                     Duration::ZERO
                 }
                 CallError::RateLimited(after) => *after,
-                _ => delays.next().unwrap_or(MAX_DELAY),
+                _ => retry_delay(&mut delays, lease.is_some()),
             };
             tracing::warn!(%path, error = %err, retry_in_ms = delay.as_millis() as u64, "hub call failed");
             tokio::select! {
@@ -378,25 +380,37 @@ impl HubClient {
         .await
     }
 
+    /// Uploads the file at `path` (`len` bytes), streamed from the disk
+    /// rather than read whole: an artifact may be 50 MB.
     pub async fn artifact(
         &self,
         session: i64,
         lease: &str,
         name: &str,
-        bytes: Vec<u8>,
+        path: &Path,
+        len: u64,
         stop: &CancellationToken,
     ) -> Result<(), CallError> {
-        let path = format!("/v1/robot/sessions/{session}/artifacts/{name}");
+        let url = format!("{}/v1/robot/sessions/{session}/artifacts/{name}", self.base);
         let mut delays = backoff();
         loop {
             let token = self.signer.token(false)?;
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| CallError::Rejected {
+                    status: 0,
+                    code: "unreadable_artifact".into(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                })?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
             let attempt = self
                 .http
-                .put(format!("{}{path}", self.base))
+                .put(&url)
                 .bearer_auth(token)
                 .header(LEASE_HEADER, lease)
+                .header(reqwest::header::CONTENT_LENGTH, len)
                 .timeout(Duration::from_secs(120))
-                .body(bytes.clone())
+                .body(body)
                 .send();
             let result = tokio::select! {
                 r = attempt => r,
@@ -406,13 +420,21 @@ impl HubClient {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => Duration::from_secs(1),
                 Ok(r) if r.status().is_client_error() => {
+                    let status = r.status().as_u16();
+                    let body: Option<ErrorBody> = r.json().await.ok();
+                    let (code, message) = body
+                        .map(|b| (b.error.code, b.error.message))
+                        .unwrap_or_default();
+                    if status == 409 && code == LEASE_LOST {
+                        return Err(CallError::LeaseLost(message));
+                    }
                     return Err(CallError::Rejected {
-                        status: r.status().as_u16(),
-                        code: String::new(),
-                        message: r.text().await.unwrap_or_default(),
+                        status,
+                        code,
+                        message,
                     });
                 }
-                Ok(_) | Err(_) => delays.next().unwrap_or(MAX_DELAY),
+                Ok(_) | Err(_) => retry_delay(&mut delays, true),
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -515,6 +537,16 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, CallError> {
 /// Longest wait between two attempts.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// Longest wait between two attempts while the robot holds a lease (every
+/// call about a session; polls while a session runs). The lease dies
+/// `lease_ttl_seconds` (60 s) after its last renewal, so retries are kept
+/// well inside that: after a network blackout the robot is back in touch
+/// within about 2 s, and a blackout of up to the lease's life less the
+/// renewal period (agent.rs) and these 2 s costs nothing. At one robot,
+/// that is at most one attempt a second for each call under way: little
+/// for a hub that is down, and only while a session runs.
+pub const LEASED_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Jittered exponential backoff, 100 ms doubling to 30 s, forever.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -523,6 +555,17 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .with_max_delay(MAX_DELAY)
         .without_max_times()
         .build()
+}
+
+/// The next wait from `delays`, kept under [`LEASED_RETRY_MAX`] when the
+/// robot holds a lease.
+pub fn retry_delay(delays: &mut impl Iterator<Item = Duration>, leased: bool) -> Duration {
+    let delay = delays.next().unwrap_or(MAX_DELAY);
+    if leased {
+        delay.min(LEASED_RETRY_MAX)
+    } else {
+        delay
+    }
 }
 
 /// reqwest's errors nest their causes; the innermost says what happened.

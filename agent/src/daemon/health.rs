@@ -42,6 +42,11 @@ pub struct Metrics {
     /// is exported so that dashboards can alert on it all the same.
     pub lines_dropped: Counter,
     pub hub_errors: Family<CallLabel, Counter>,
+    /// Bytes of log lines not (yet) on disk: briefly a few KB; more while
+    /// a spool's disk refuses lines and the hub has not taken them.
+    pub spool_memory_bytes: Gauge,
+    /// Sessions whose spool's disk refuses lines now.
+    pub spool_disk_failing: Gauge,
     rss_bytes: Gauge,
     running_gauge: Gauge,
     live: Liveness,
@@ -78,6 +83,8 @@ impl Metrics {
             lines_spooled: Counter::default(),
             lines_dropped: Counter::default(),
             hub_errors: Family::default(),
+            spool_memory_bytes: Gauge::default(),
+            spool_disk_failing: Gauge::default(),
             rss_bytes: Gauge::default(),
             running_gauge: Gauge::default(),
             live: Liveness::default(),
@@ -110,13 +117,23 @@ impl Metrics {
         );
         r.register(
             "log_lines_spooled",
-            "Log lines written to the on-disk spool",
+            "Log lines the sessions produced, for the spool",
             m.lines_spooled.clone(),
         );
         r.register(
             "log_lines_dropped",
-            "Log lines the hub refused, sent as placeholders instead (lines never wait in memory: they wait in the spool)",
+            "Log lines the hub refused, sent as placeholders instead (a line the hub cannot take yet waits in the spool)",
             m.lines_dropped.clone(),
+        );
+        r.register(
+            "spool_memory_bytes",
+            "Log lines held in memory, not on disk: more than a few KB means a spool's disk refuses lines and the hub has not taken them",
+            m.spool_memory_bytes.clone(),
+        );
+        r.register(
+            "spool_disk_failing",
+            "Sessions whose log spool's disk refuses writes (full or failing)",
+            m.spool_disk_failing.clone(),
         );
         r.register(
             "hub_request_errors",

@@ -20,6 +20,7 @@ mod private_fs;
 mod scratch;
 mod session;
 mod ship;
+mod spool;
 mod workdir_lock;
 
 use std::io::Read;

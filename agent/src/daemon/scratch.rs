@@ -65,11 +65,18 @@ impl ScratchPool {
 
     /// A ready set, or one made now when none is (a burst of leases).
     /// The caller [`refill`](Self::refill)s when it suits it.
-    pub fn take(&self) -> io::Result<Scratch> {
+    /// A set made ahead; when none is ready, one is made on the blocking
+    /// pool (a full or slow disk must not hold up the daemon's thread).
+    pub async fn take(self: &Arc<Self>) -> io::Result<Scratch> {
         let ready = self.lock().pop();
         match ready {
             Some(s) => Ok(s),
-            None => self.make(),
+            None => {
+                let pool = self.clone();
+                tokio::task::spawn_blocking(move || pool.make())
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+            }
         }
     }
 
@@ -200,7 +207,7 @@ mod tests {
     async fn a_taken_set_exists_and_the_pool_is_topped_up_ahead() {
         let root = tempfile::tempdir().unwrap();
         let pool = pool(root.path(), 2);
-        let first = pool.take().unwrap();
+        let first = pool.take().await.unwrap();
         pool.refill();
         assert!(first.spool_dir.join(LOGS_FILE).is_file());
         assert!(first.work_dir.is_dir() && first.artifacts_dir.is_dir());
@@ -209,7 +216,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never refilled");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let second = pool.take().unwrap();
+        let second = pool.take().await.unwrap();
         assert_ne!(first.spool_dir, second.spool_dir);
         assert_ne!(first.work_dir, second.work_dir);
     }
@@ -218,7 +225,7 @@ mod tests {
     async fn clearing_removes_the_ready_sets_and_leftovers_are_removed_at_start() {
         let root = tempfile::tempdir().unwrap();
         let pool = pool(root.path(), 1);
-        let taken = pool.take().unwrap();
+        let taken = pool.take().await.unwrap();
         pool.refill();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while pool.lock().is_empty() {

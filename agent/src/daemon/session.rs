@@ -12,14 +12,14 @@ use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
 use tasuki_actions::language::params::{ParamInputs, bind_params};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
-use tasuki_protocol::Lease;
+use tasuki_protocol::{HeldLease, Lease};
 use tokio_util::sync::CancellationToken;
 
 use super::checked::CheckedWorkflows;
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
 use super::scratch::ScratchPool;
-use super::ship::{self, Shipped, Spool, SpoolLease};
+use super::ship::{self, Shipped, Spool};
 
 /// How long after a session's start its spool's lease is recorded and the
 /// next session's directories are made.
@@ -59,17 +59,6 @@ impl SessionEnv {
     }
 }
 
-/// How a session ended on this robot.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Ran, and its report reached the hub.
-    Reported,
-    /// The hub stopped honouring the lease.
-    LeaseLost,
-    /// The agent is exiting; the spool stays for the next start.
-    Interrupted,
-}
-
 /// Runs a leased session to its end. `cancel` is the session's own token
 /// (the hub asked, or the agent is stopping hard); `stop` interrupts
 /// shipping when the agent exits without waiting.
@@ -79,7 +68,7 @@ pub async fn run(
     cancel: CancellationToken,
     stop: CancellationToken,
     finishing: Arc<AtomicBool>,
-) -> Outcome {
+) -> Shipped {
     let id = lease.session_id;
     let received = Instant::now();
     let origin = format!(
@@ -119,18 +108,26 @@ pub async fn run(
         .observe(super::health::seconds_since(received));
     tracing::info!(session_queue_id = id, workflow = %lease.workflow.name, "session started");
 
-    let spool_lease = SpoolLease {
+    let spool_lease = HeldLease {
         session_id: id,
         lease_id: lease.lease_id.clone(),
     };
     let (workflow, mut params) = match prepared {
         Ok(p) => p,
         Err((code, message)) => {
-            let spool =
-                match Spool::create(&env.spool_root(), spool_lease.clone(), finishing.clone()) {
-                    Ok(s) => s,
-                    Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
-                };
+            let created = {
+                let (root, lease, finishing) =
+                    (env.spool_root(), spool_lease.clone(), finishing.clone());
+                tokio::task::spawn_blocking(move || Spool::create(&root, lease, finishing)).await
+            };
+            let spool = match created {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
+                Err(e) => {
+                    let e = std::io::Error::other(e.to_string());
+                    return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await;
+                }
+            };
             env.metrics.session_ended("error");
             let report = ship::failed_before_start(&spool_lease, code, message);
             let outcome = ship::ship(
@@ -143,20 +140,20 @@ pub async fn run(
                 &stop,
             )
             .await;
-            return outcome.into();
+            return outcome;
         }
     };
     params
         .secret_values
         .push(env.robot_secret.expose_secret().to_string());
-    let scratch = match env.scratch.take() {
+    let scratch = match env.scratch.take().await {
         Ok(s) => s,
         Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
     };
     let (session_dir, artifacts_dir) = (scratch.work_dir, scratch.artifacts_dir);
     let spool = Spool::adopt(scratch.spool_dir, spool_lease.clone(), finishing.clone());
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
-    let sink = Arc::new(spool.sink(scratch.logs, &step_ids, env.metrics.clone()));
+    let sink = Arc::new(spool.sink(scratch.logs, &step_ids, env.metrics.clone(), cancel.clone()));
     // Beside the work dir, so the sessions root's removal at start takes it.
     let private_dir = session_dir.with_extension("private");
     let options = ExecOptions {
@@ -209,30 +206,25 @@ pub async fn run(
     };
     let flusher = {
         let sink = sink.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SPOOL_FLUSH_EVERY).await;
-                sink.flush();
-            }
-        })
+        tokio::spawn(async move { sink.keep_flushed(SPOOL_FLUSH_EVERY).await })
     };
     let report = executor.run(&workflow, &params, sink.clone(), cancel).await;
     env.metrics.session_ended(report.status.as_str());
     tracing::info!(session_queue_id = id, status = ?report.status, duration_ms = report.duration_ms, "session ended");
     let shipped = shipping.await;
     flusher.abort();
-    sink.flush();
+    sink.flush().await;
     let (outcome, spool_dir) = match shipped {
-        Ok((outcome, spool)) => (outcome.into(), Some(spool.dir)),
+        Ok((outcome, spool)) => (outcome, Some(spool.dir)),
         Err(e) => {
             tracing::error!(session_queue_id = id, error = %e, "the shipping task failed");
-            (Outcome::Interrupted, None)
+            (Shipped::Interrupted, None)
         }
     };
-    if outcome != Outcome::Interrupted {
+    if outcome != Shipped::Interrupted {
         // A reported session's spool is gone already; one whose lease the
         // hub no longer honours can never be delivered, so it goes too.
-        let spool_dir = spool_dir.filter(|_| outcome == Outcome::LeaseLost);
+        let spool_dir = spool_dir.filter(|_| outcome == Shipped::LeaseLost);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&session_dir);
             let _ = std::fs::remove_dir_all(&private_dir);
@@ -250,11 +242,11 @@ pub async fn run(
 /// hears why at once, without one.
 async fn cannot_spool(
     env: &SessionEnv,
-    lease: &SpoolLease,
+    lease: &HeldLease,
     e: std::io::Error,
     finishing: &AtomicBool,
     stop: &CancellationToken,
-) -> Outcome {
+) -> Shipped {
     tracing::error!(session_queue_id = lease.session_id, error = %e, "cannot create the session's spool");
     let report = ship::failed_before_start(
         lease,
@@ -266,11 +258,11 @@ async fn cannot_spool(
 
 async fn finish_only(
     env: &SessionEnv,
-    lease: &SpoolLease,
+    lease: &HeldLease,
     report: tasuki_protocol::FinishSession,
     finishing: &AtomicBool,
     stop: &CancellationToken,
-) -> Outcome {
+) -> Shipped {
     env.metrics.session_ended("error");
     finishing.store(true, std::sync::atomic::Ordering::SeqCst);
     match env
@@ -278,22 +270,12 @@ async fn finish_only(
         .finish(lease.session_id, &lease.lease_id, &report, stop)
         .await
     {
-        Ok(_) => Outcome::Reported,
-        Err(CallError::LeaseLost(_)) => Outcome::LeaseLost,
-        Err(CallError::Cancelled) => Outcome::Interrupted,
+        Ok(_) => Shipped::Finished,
+        Err(CallError::LeaseLost(_)) => Shipped::LeaseLost,
+        Err(CallError::Cancelled) => Shipped::Interrupted,
         Err(e) => {
             tracing::error!(session_queue_id = lease.session_id, error = %e, "the hub refused the final report");
-            Outcome::Reported
-        }
-    }
-}
-
-impl From<Shipped> for Outcome {
-    fn from(s: Shipped) -> Outcome {
-        match s {
-            Shipped::Finished => Outcome::Reported,
-            Shipped::LeaseLost => Outcome::LeaseLost,
-            Shipped::Interrupted => Outcome::Interrupted,
+            Shipped::Finished
         }
     }
 }

@@ -1,39 +1,48 @@
 //! Shipping a session's events to the hub: logs, step states, artifacts
 //! and the final report, in that order, never lost and never duplicated.
 //!
-//! Every log line is appended to the session's spool file on disk as the
-//! executor emits it ([`SpoolSink`]); a sender task ([`ship`]) reads the
-//! file and posts batches, dropping lines only once the hub's `high_seq`
-//! covers them. So a hub that is down or slow costs disk, never memory or
-//! lines, and lines arrive in order whenever it is back. While the hub
-//! keeps up, a step that prints faster than lines can be shipped is slowed
-//! down instead ([`SpoolSink`]'s `log_room`), so a line reaches the hub
-//! within about two batches of being printed. The final report
-//! is written to the spool directory too, so a restarted agent delivers
-//! what it did not get to ([`recover`]).
+//! The executor's lines go into the session's spool ([`SpoolSink`], over
+//! `spool.rs`, which owns their one order: what is on disk first, then
+//! what is only in memory); a sender task ([`ship`]) posts batches,
+//! dropping lines only once the hub's `high_seq` covers them. So a hub
+//! that is down or slow costs disk, and lines arrive in order whenever it
+//! is back; a disk that is full too costs memory, up to a bound past which
+//! the session stops as `spool_full`. While the hub keeps up, a step that
+//! prints faster than lines can be shipped is slowed down instead
+//! ([`SpoolSink`]'s `log_room`), so a line reaches the hub within about two
+//! batches of being printed. The final report is written to the spool
+//! directory too, so a restarted agent delivers what it did not get to
+//! ([`recover`]). A lease the hub gave up while the robot was out of touch
+//! still gets its lines: the hub takes them, and answers the finish with
+//! `lease_lost` once its note on the loss follows them (docs/protocol.md).
+//!
+//! Nothing here blocks the daemon's thread: disk reads and writes, the
+//! artifact listing and recovery run on the blocking pool, and artifacts
+//! are streamed from their files.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
 use tasuki_actions::{Event, EventSink, LogRoom, SessionReport, StepRecord};
 use tasuki_protocol::robot::MAX_LOG_BATCH;
 use tasuki_protocol::{
-    FinishSession, LogLevel, LogLine, SessionError, SessionStatus, StepState, StepStatus,
-    StepsUpdate,
+    FinishSession, HeldLease, LogLevel, LogLine, SessionError, SessionStatus, StepState,
+    StepStatus, StepsUpdate,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
+use super::spool::{Lines, Reader, Spooled};
 
 pub(super) const LOGS_FILE: &str = "logs.jsonl";
+/// The error code of a session stopped because its spool was full.
+pub const SPOOL_FULL: &str = "spool_full";
 /// A batch stays well under the hub's 10 MB body limit, however long its
 /// lines are.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -46,14 +55,6 @@ const MAX_LAG_LINES: u64 = 2 * MAX_LOG_BATCH as u64;
 /// unthrottled: the spool is for a hub that is down or stuck.
 const STALL_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// What a spool directory is for: written first, so that a restarted
-/// agent knows which session and lease its lines belong to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SpoolLease {
-    pub session_id: i64,
-    pub lease_id: String,
-}
-
 /// The executor's side: appends lines to the spool and keeps the live
 /// step states.
 pub struct SpoolSink {
@@ -61,7 +62,7 @@ pub struct SpoolSink {
 }
 
 struct Shared {
-    writer: Mutex<Writer>,
+    lines: Mutex<Lines>,
     live: Mutex<Live>,
     wake: Notify,
     metrics: Arc<Metrics>,
@@ -72,14 +73,15 @@ struct Shared {
     /// The hub took nothing for [`STALL_AFTER`] while lines waited: output
     /// is no longer slowed down until it takes a batch again.
     stalled: AtomicBool,
-}
-
-struct Writer {
-    file: Option<BufWriter<File>>,
-    written_seq: u64,
-    /// Lines that could not be written to disk (full or failing): kept in
-    /// memory rather than lost.
-    overflow: VecDeque<LogLine>,
+    /// The `seq` at which lines that neither the disk nor the hub would
+    /// take filled the memory allowed them ([`super::spool::MEMORY_LIMIT`]):
+    /// the session is stopped and ends `error`, code `spool_full`. Lines
+    /// emitted while it stops are still kept, so the log has no gap.
+    spool_full: std::sync::OnceLock<u64>,
+    /// The session's token, cancelled when the spool is full.
+    cancel: CancellationToken,
+    /// Enough lines wait in memory to be written out before the timer.
+    write_due: Notify,
 }
 
 #[derive(Default)]
@@ -91,9 +93,10 @@ struct Live {
     report: Option<SessionReport>,
 }
 
-/// Ends of a session's shipping.
+/// How a session ended on this robot: how its shipping ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Shipped {
+    /// Its report reached the hub.
     Finished,
     /// The hub no longer honours the lease; nothing more is sent.
     LeaseLost,
@@ -104,7 +107,9 @@ pub enum Shipped {
 
 pub struct Spool {
     pub dir: PathBuf,
-    pub lease: SpoolLease,
+    /// What the spool is for, in its `lease.json`: written first, so that
+    /// a restarted agent knows which session and lease its lines belong to.
+    pub lease: HeldLease,
     /// Set just before the final report is sent: from then on the hub may
     /// count the session's slot as free, and so may the agent.
     pub finishing: Arc<AtomicBool>,
@@ -114,7 +119,7 @@ impl Spool {
     /// Creates the spool directory of a session.
     pub fn create(
         root: &Path,
-        lease: SpoolLease,
+        lease: HeldLease,
         finishing: Arc<AtomicBool>,
     ) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
@@ -125,7 +130,7 @@ impl Spool {
 
     /// A spool in a directory made ahead (`scratch.rs`); it is recoverable
     /// after a crash once [`write_lease`] has run.
-    pub fn adopt(dir: PathBuf, lease: SpoolLease, finishing: Arc<AtomicBool>) -> Spool {
+    pub fn adopt(dir: PathBuf, lease: HeldLease, finishing: Arc<AtomicBool>) -> Spool {
         Spool {
             dir,
             lease,
@@ -135,7 +140,13 @@ impl Spool {
 
     /// The sink the executor writes into, with every step pending; `file`
     /// is the spool's log file, made ahead and open.
-    pub fn sink(&self, file: File, step_ids: &[String], metrics: Arc<Metrics>) -> SpoolSink {
+    pub fn sink(
+        &self,
+        file: File,
+        step_ids: &[String],
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> SpoolSink {
         let mut live = Live::default();
         for id in step_ids {
             live.index.insert(id.clone(), live.steps.len());
@@ -151,29 +162,28 @@ impl Spool {
         }
         SpoolSink {
             shared: Arc::new(Shared {
-                writer: Mutex::new(Writer {
-                    file: Some(BufWriter::with_capacity(64 * 1024, file)),
-                    written_seq: 0,
-                    overflow: VecDeque::new(),
-                }),
+                lines: Mutex::new(Lines::new(file, metrics.clone())),
                 live: Mutex::new(live),
                 wake: Notify::new(),
                 metrics,
                 acked_seq: AtomicU64::new(0),
                 progress: Notify::new(),
                 stalled: AtomicBool::new(false),
+                spool_full: std::sync::OnceLock::new(),
+                cancel,
+                write_due: Notify::new(),
             }),
         }
     }
 }
 
 /// Records whose spool `dir` is, for an agent that starts after a crash.
-pub fn write_lease(dir: &Path, lease: &SpoolLease) -> std::io::Result<()> {
+pub fn write_lease(dir: &Path, lease: &HeldLease) -> std::io::Result<()> {
     let text = serde_json::to_vec(lease).map_err(std::io::Error::other)?;
     super::private_fs::write(&dir.join(LEASE_FILE), &text)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -188,22 +198,26 @@ impl EventSink for SpoolSink {
                     step_id: line.step_id,
                     message: line.message,
                 };
-                let mut w = lock(&self.shared.writer);
-                w.written_seq = line.seq;
-                let overflowing = !w.overflow.is_empty();
-                let written = match w.file.as_mut() {
-                    Some(f) if !overflowing => serde_json::to_writer(&mut *f, &line)
-                        .map_err(std::io::Error::other)
-                        .and_then(|()| f.write_all(b"\n")),
-                    _ => Err(std::io::Error::other("spool file unusable")),
+                let Some(line) = Spooled::from_line(&line) else {
+                    return;
                 };
-                if let Err(e) = written {
-                    if w.overflow.is_empty() {
-                        tracing::error!(error = %e, "cannot write the log spool; keeping lines in memory");
-                    }
-                    w.overflow.push_back(line);
+                let seq = line.seq;
+                let (full, due) = {
+                    let mut lines = lock(&self.shared.lines);
+                    lines.push(line);
+                    (lines.full(), lines.write_out_due())
+                };
+                if due {
+                    self.shared.write_due.notify_one();
                 }
-                drop(w);
+                if full && self.shared.spool_full.set(seq).is_ok() {
+                    tracing::error!(
+                        seq,
+                        limit_bytes = super::spool::MEMORY_LIMIT,
+                        "the log spool is full: its disk refuses lines and the hub has not taken them; stopping the session"
+                    );
+                    self.shared.cancel.cancel();
+                }
                 self.shared.metrics.lines_spooled.inc();
             }
             Event::StepStarted {
@@ -252,7 +266,7 @@ impl EventSink for SpoolSink {
                 // Registered before the check, so a batch taken in between
                 // is not missed.
                 let progressed = shared.progress.notified();
-                let written = lock(&shared.writer).written_seq;
+                let written = lock(&shared.lines).emitted_seq();
                 if written.saturating_sub(shared.acked_seq.load(Ordering::SeqCst)) <= MAX_LAG_LINES
                 {
                     return;
@@ -269,16 +283,22 @@ impl EventSink for SpoolSink {
 }
 
 impl SpoolSink {
-    /// Puts buffered lines on disk. The sender flushes whenever it looks
-    /// for lines, but while it retries a call (the hub is down) it does not
-    /// look, so the session also calls this on a timer: a line is on disk
-    /// within that period, whatever the hub does.
-    pub fn flush(&self) {
-        let mut w = lock(&self.shared.writer);
-        if let Some(f) = w.file.as_mut()
-            && let Err(e) = f.flush()
-        {
-            tracing::error!(error = %e, "cannot flush the log spool");
+    /// Puts the lines held in memory on disk, on the blocking pool.
+    pub async fn flush(&self) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || super::spool::write_out(&shared.lines)).await;
+    }
+
+    /// Puts lines on disk every `period`, or sooner when 64 KB wait, so a
+    /// line is on disk within that period, whatever the hub does (and the
+    /// disk permitting: spool.rs). Runs until dropped.
+    pub async fn keep_flushed(&self, period: std::time::Duration) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.shared.write_due.notified() => {}
+            }
+            self.flush().await;
         }
     }
 
@@ -286,6 +306,27 @@ impl SpoolSink {
         Shipper {
             shared: Some(self.shared.clone()),
         }
+    }
+}
+
+impl Shared {
+    /// The report the hub gets: the executor's, unless the spool filled up.
+    fn final_report(&self, lease: &HeldLease, report: &SessionReport) -> FinishSession {
+        let mut report = finish_report(lease, report);
+        if let Some(seq) = self.spool_full.get() {
+            report.status = SessionStatus::Error;
+            report.error = Some(SessionError {
+                code: SPOOL_FULL.into(),
+                message: format!(
+                    "the robot's log spool was full at line {seq}: its disk refused lines and \
+                     the hub had not taken the {} MiB kept in memory, so the session was \
+                     stopped; every line it produced is in the log",
+                    super::spool::MEMORY_LIMIT / (1024 * 1024)
+                ),
+                step_id: None,
+            });
+        }
+        report
     }
 }
 
@@ -325,7 +366,7 @@ fn step_state(id: &str, r: &StepRecord) -> StepState {
 }
 
 /// The hub's words for a session's end, from the executor's report.
-pub fn finish_report(lease: &SpoolLease, report: &SessionReport) -> FinishSession {
+pub fn finish_report(lease: &HeldLease, report: &SessionReport) -> FinishSession {
     FinishSession {
         idempotency_key: finish_key(lease),
         status: match report.status {
@@ -350,13 +391,13 @@ pub fn finish_report(lease: &SpoolLease, report: &SessionReport) -> FinishSessio
 
 /// One key per lease: a restarted agent sending the same report again
 /// gets the first answer.
-pub fn finish_key(lease: &SpoolLease) -> String {
+pub fn finish_key(lease: &HeldLease) -> String {
     format!("finish-{}-{}", lease.session_id, lease.lease_id)
 }
 
 /// A session that ended before it ran (its workflow or params did not
 /// check out on this robot).
-pub fn failed_before_start(lease: &SpoolLease, code: &str, message: String) -> FinishSession {
+pub fn failed_before_start(lease: &HeldLease, code: &str, message: String) -> FinishSession {
     FinishSession {
         idempotency_key: finish_key(lease),
         status: SessionStatus::Error,
@@ -384,13 +425,13 @@ pub async fn ship(
 ) -> Shipped {
     let session = spool.lease.session_id;
     let lease = spool.lease.lease_id.as_str();
-    let logs_path = spool.dir.join(LOGS_FILE);
-    let mut reader = match File::open(&logs_path) {
-        Ok(f) => Some(BufReader::new(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::error!(session_queue_id = session, error = %e, "cannot read the log spool");
-            None
+    let live = shipper.shared.as_deref();
+    let mut reader = {
+        let path = spool.dir.join(LOGS_FILE);
+        let is_live = live.is_some();
+        match tokio::task::spawn_blocking(move || Reader::open(&path, is_live)).await {
+            Ok(r) => r,
+            Err(_) => return Shipped::Interrupted,
         }
     };
     let mut pending: VecDeque<Spooled> = VecDeque::new();
@@ -400,61 +441,27 @@ pub async fn ship(
     let mut high_seq = 0u64;
     let mut sent_revision = 0u64;
     let mut uploaded: HashMap<String, (u64, std::time::SystemTime)> = HashMap::new();
-    let mut line = String::new();
     let mut first_contact = true;
     loop {
-        // 1. Logs: whatever the spool holds past what the hub has.
-        let mut spool_done = true;
-        if let Some(shared) = &shipper.shared {
-            let mut w = lock(&shared.writer);
-            if let Some(f) = w.file.as_mut()
-                && let Err(e) = f.flush()
-            {
-                tracing::error!(error = %e, "cannot flush the log spool");
-            }
-            while pending.len() < MAX_LOG_BATCH
-                && let Some(l) = w.overflow.pop_front()
-            {
-                // Only reached once the file failed; from then on lines
-                // come from memory, after the file's.
-                if let Some(l) = Spooled::from_line(&l) {
-                    pending.push_back(l);
-                }
-            }
-        }
-        if let Some(r) = reader.as_mut() {
-            let mut queued_bytes = pending_bytes(&pending);
-            while pending.len() < MAX_LOG_BATCH && queued_bytes < MAX_BATCH_BYTES {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) => break,
-                    Ok(_) if !line.ends_with('\n') => {
-                        // A line still being written: read it whole later.
-                        // (In a recovered spool it is the torn end of a
-                        // crash, and is dropped.)
-                        if shipper.shared.is_some() {
-                            spool_done = false;
-                            let _ = r.seek_relative(-(line.len() as i64));
-                        }
-                        break;
-                    }
-                    Ok(_) => match serde_json::from_str::<SeqOnly>(line.trim_end()) {
-                        Ok(l) if l.seq > high_seq => {
-                            queued_bytes += line.len();
-                            pending.push_back(Spooled {
-                                seq: l.seq,
-                                json: line.trim_end().to_string(),
-                            });
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(session_queue_id = session, error = %e, "a spooled log line does not read; skipping it")
-                        }
-                    },
-                    Err(e) => {
-                        tracing::error!(session_queue_id = session, error = %e, "cannot read the log spool");
-                        break;
-                    }
+        // 1. Logs: the spool's lines past what the hub has, disk first,
+        //    then memory (spool.rs).
+        let room = MAX_LOG_BATCH.saturating_sub(pending.len());
+        let caught_up = room == 0
+            || live.is_some_and(|s| reader.take_from_memory(&s.lines, &mut pending, room));
+        if !caught_up {
+            // The file has lines to read: on the blocking pool.
+            let shared = shipper.shared.clone();
+            let mut queue = std::mem::take(&mut pending);
+            let read = tokio::task::spawn_blocking(move || {
+                reader.take(shared.as_deref().map(|s| &s.lines), &mut queue, room);
+                (reader, queue)
+            })
+            .await;
+            match read {
+                Ok((r, q)) => (reader, pending) = (r, q),
+                Err(e) => {
+                    tracing::error!(session_queue_id = session, error = %e, "reading the log spool failed");
+                    return Shipped::Interrupted;
                 }
             }
         }
@@ -477,7 +484,9 @@ pub async fn ship(
                     refusals = 0;
                     let before = pending.len();
                     high_seq = high_seq.max(stored.high_seq);
-                    if let Some(shared) = &shipper.shared {
+                    reader.skip_to(high_seq);
+                    if let Some(shared) = live {
+                        lock(&shared.lines).acked(high_seq);
                         shared.acked_seq.store(high_seq, Ordering::SeqCst);
                         shared.stalled.store(false, Ordering::SeqCst);
                         shared.progress.notify_waiters();
@@ -496,7 +505,7 @@ pub async fn ship(
                             "the hub is missing log lines; resending from the spool"
                         );
                         pending.clear();
-                        reader = File::open(&logs_path).ok().map(BufReader::new);
+                        reader.rewind(high_seq);
                     }
                 }
                 Err(CallError::LeaseLost(why)) => {
@@ -517,23 +526,23 @@ pub async fn ship(
                     let note = format!("[log line refused by the hub: {e}]");
                     let note: String = note.chars().take(1024).collect();
                     for l in pending.iter_mut().take(count) {
-                        *l = l.placeholder(&note);
+                        *l = placeholder(l, &note);
                     }
                     metrics.lines_dropped.inc_by(count as u64);
                 }
             }
-            if !pending.is_empty() || !spool_done {
+            if !pending.is_empty() {
                 continue;
             }
         }
 
         // 2. Step states, when they changed.
-        if let Some(shared) = &shipper.shared {
+        if let Some(shared) = live {
             let update = {
-                let live = lock(&shared.live);
-                (live.revision > sent_revision && live.report.is_none()).then(|| StepsUpdate {
-                    revision: live.revision,
-                    steps: live.steps.clone(),
+                let state = lock(&shared.live);
+                (state.revision > sent_revision && state.report.is_none()).then(|| StepsUpdate {
+                    revision: state.revision,
+                    steps: state.steps.clone(),
                 })
             };
             if let Some(update) = update {
@@ -550,7 +559,7 @@ pub async fn ship(
         }
 
         // 3. Artifacts new since the last look.
-        let look = match &shipper.shared {
+        let look = match live {
             Some(shared) => std::mem::take(&mut lock(&shared.live).artifacts_changed),
             None => true,
         };
@@ -566,43 +575,41 @@ pub async fn ship(
         }
 
         // 4. The final report, once everything before it is in.
-        if final_report.is_none()
-            && let Some(shared) = &shipper.shared
-            && let Some(report) = lock(&shared.live).report.as_ref()
-        {
-            let report = finish_report(&spool.lease, report);
+        let ended = match live {
+            Some(shared) if final_report.is_none() => lock(&shared.live)
+                .report
+                .as_ref()
+                .map(|report| shared.final_report(&spool.lease, report)),
+            _ => None,
+        };
+        if let Some(report) = ended {
             if let Ok(text) = serde_json::to_vec(&report) {
-                let _ = super::private_fs::write(&spool.dir.join(FINISH_FILE), &text);
+                let path = spool.dir.join(FINISH_FILE);
+                let _ = tokio::task::spawn_blocking(move || super::private_fs::write(&path, &text))
+                    .await;
             }
             final_report = Some(report);
         }
-        let all_written = match &shipper.shared {
-            Some(shared) => {
-                let w = lock(&shared.writer);
-                w.written_seq <= high_seq && w.overflow.is_empty()
-            }
-            None => pending.is_empty(),
-        };
+        let all_sent = pending.is_empty()
+            && match live {
+                Some(shared) => lock(&shared.lines).emitted_seq() <= high_seq,
+                None => reader.at_end(),
+            };
         // A step that finished while artifacts were uploading may have left
         // a file that the last scan did not see: scan again first.
-        let artifacts_pending = shipper
-            .shared
-            .as_ref()
-            .is_some_and(|shared| lock(&shared.live).artifacts_changed);
+        let artifacts_pending = live.is_some_and(|shared| lock(&shared.live).artifacts_changed);
         if let Some(report) = &final_report
-            && all_written
-            && pending.is_empty()
-            && spool_done
+            && all_sent
             && !artifacts_pending
         {
             spool.finishing.store(true, Ordering::SeqCst);
             return match client.finish(session, lease, report, stop).await {
                 Ok(_) => {
-                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    remove_dir(&spool.dir).await;
                     Shipped::Finished
                 }
                 Err(CallError::LeaseLost(_)) => {
-                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    remove_dir(&spool.dir).await;
                     Shipped::LeaseLost
                 }
                 Err(CallError::Cancelled) => Shipped::Interrupted,
@@ -614,27 +621,36 @@ pub async fn ship(
                     if let Err(e) = client.finish(session, lease, &trimmed, stop).await {
                         tracing::error!(session_queue_id = session, error = %e, "the hub refused the trimmed final report too");
                     }
-                    let _ = std::fs::remove_dir_all(&spool.dir);
+                    remove_dir(&spool.dir).await;
                     Shipped::Finished
                 }
             };
         }
 
-        // 5. Wait for more.
-        match &shipper.shared {
-            Some(shared) if all_written && final_report.is_none() => {
+        // 5. Nothing to send now: wait for the executor. Always an await,
+        //    so that this task never keeps the daemon's one thread; the
+        //    timeout looks again in case lines became readable without a
+        //    wake (a disk that works again).
+        match live {
+            Some(shared) => {
                 tokio::select! {
                     _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep(super::spool::DISK_RETRY) => {}
                     _ = stop.cancelled() => return Shipped::Interrupted,
                 }
             }
-            Some(_) => {}
             // A recovered spool with nothing left to send but no report:
             // cannot happen, since recovery always makes one.
             None if final_report.is_none() => return Shipped::Interrupted,
-            None => {}
+            None => tokio::task::yield_now().await,
         }
     }
+}
+
+/// Removes a directory and what is in it, on the blocking pool.
+pub async fn remove_dir(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
 }
 
 /// The report without step outputs and with a short error message.
@@ -653,46 +669,22 @@ fn trimmed_report(report: &FinishSession) -> FinishSession {
     trimmed
 }
 
-/// A spooled line as the file holds it (JSON), and its `seq`.
-struct Spooled {
-    seq: u64,
-    json: String,
-}
-
-#[derive(Deserialize)]
-struct SeqOnly {
-    seq: u64,
-}
-
-impl Spooled {
-    fn from_line(line: &LogLine) -> Option<Spooled> {
-        Some(Spooled {
-            seq: line.seq,
-            json: serde_json::to_string(line).ok()?,
-        })
-    }
-
-    /// The same `seq` and time, with `note` for its message.
-    fn placeholder(&self, note: &str) -> Spooled {
-        let ts = serde_json::from_str::<LogLine>(&self.json)
-            .map(|l| l.ts)
-            .unwrap_or_else(|_| jiff::Timestamp::now());
-        let line = LogLine {
-            seq: self.seq,
-            ts,
-            level: LogLevel::Warn,
-            step_id: None,
-            message: note.to_string(),
-        };
-        Spooled::from_line(&line).unwrap_or(Spooled {
-            seq: self.seq,
-            json: String::new(),
-        })
-    }
-}
-
-fn pending_bytes(pending: &VecDeque<Spooled>) -> usize {
-    pending.iter().map(|l| l.json.len() + 1).sum()
+/// The same `seq` and time, with `note` for its message.
+fn placeholder(line: &Spooled, note: &str) -> Spooled {
+    let ts = serde_json::from_str::<LogLine>(&line.json)
+        .map(|l| l.ts)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let note = LogLine {
+        seq: line.seq,
+        ts,
+        level: LogLevel::Warn,
+        step_id: None,
+        message: note.to_string(),
+    };
+    Spooled::from_line(&note).unwrap_or(Spooled {
+        seq: line.seq,
+        json: String::new(),
+    })
 }
 
 /// `{"lines": [...]}` from spooled JSON lines, without parsing them again.
@@ -709,7 +701,8 @@ fn batch_body<'a>(lines: impl Iterator<Item = &'a Spooled>) -> Vec<u8> {
     body
 }
 
-/// Uploads regular files in `dir` that are new or changed.
+/// Uploads regular files in `dir` that are new or changed. The listing is
+/// made on the blocking pool, and each file is streamed from the disk.
 async fn upload_new(
     client: &HubClient,
     spool: &Spool,
@@ -717,43 +710,34 @@ async fn upload_new(
     uploaded: &mut HashMap<String, (u64, std::time::SystemTime)>,
     stop: &CancellationToken,
 ) -> Result<(), CallError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let listed = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || list_files(&dir)).await
+    };
+    let Ok(listed) = listed else {
         return Ok(());
     };
-    let mut files: Vec<(String, PathBuf, u64, std::time::SystemTime)> = Vec::new();
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let name = artifact_name(&entry.file_name().to_string_lossy());
-        let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
-        if uploaded.get(&name) != Some(&stamp) {
-            files.push((name, entry.path(), stamp.0, stamp.1));
-        }
-    }
+    let mut files: Vec<(String, PathBuf, u64, std::time::SystemTime)> = listed
+        .into_iter()
+        .filter(|(name, _, len, modified)| uploaded.get(name) != Some(&(*len, *modified)))
+        .collect();
     files.sort();
     for (name, path, len, modified) in files {
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read an artifact");
-                continue;
-            }
-        };
         match client
             .artifact(
                 spool.lease.session_id,
                 &spool.lease.lease_id,
                 &name,
-                bytes,
+                &path,
+                len,
                 stop,
             )
             .await
         {
             Ok(()) => {}
-            // This file will never be taken (too large, say); the others
-            // still go, and it is not offered again unless it changes.
+            // This file will never be taken (too large, unreadable): the
+            // others still go, and it is not offered again unless it
+            // changes.
             Err(CallError::Rejected {
                 status, message, ..
             }) => {
@@ -764,6 +748,27 @@ async fn upload_new(
         uploaded.insert(name, (len, modified));
     }
     Ok(())
+}
+
+/// The regular files in `dir`: (artifact name, path, length, modified).
+fn list_files(dir: &Path) -> Vec<(String, PathBuf, u64, std::time::SystemTime)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            meta.is_file().then(|| {
+                (
+                    artifact_name(&entry.file_name().to_string_lossy()),
+                    entry.path(),
+                    meta.len(),
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                )
+            })
+        })
+        .collect()
 }
 
 /// A file name the hub accepts: plain characters, at most 128 of them.
@@ -792,6 +797,32 @@ pub fn leftover_spools(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// A leftover spool's directory, lease and final report (made up when it
+/// has none: the session was cut off); `None`, with the directory
+/// removed, for one without a lease (made ahead, never used). Blocking.
+fn read_leftover(dir: PathBuf) -> Option<(PathBuf, HeldLease, FinishSession)> {
+    let Some(lease) = std::fs::read(dir.join(LEASE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<HeldLease>(&b).ok())
+    else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return None;
+    };
+    let report = std::fs::read(dir.join(FINISH_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<FinishSession>(&b).ok())
+        .unwrap_or_else(|| {
+            failed_before_start(
+                &lease,
+                "agent_restarted",
+                "the agent stopped while the session ran, and was started again; the \
+                 session was not re-run"
+                    .into(),
+            )
+        });
+    Some((dir, lease, report))
+}
+
 /// Spools left by an earlier run of the agent: each is delivered (its
 /// lines, then its report; a session cut off mid-run is reported as an
 /// error) and removed. One without a lease (made ahead, never used) is
@@ -803,28 +834,10 @@ pub async fn recover(
     stop: &CancellationToken,
 ) {
     for dir in leftovers {
-        let lease: SpoolLease = match std::fs::read(dir.join(LEASE_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            Some(l) => l,
-            None => {
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
-            }
+        let read = tokio::task::spawn_blocking(move || read_leftover(dir)).await;
+        let Ok(Some((dir, lease, report))) = read else {
+            continue;
         };
-        let report = std::fs::read(dir.join(FINISH_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<FinishSession>(&b).ok())
-            .unwrap_or_else(|| {
-                failed_before_start(
-                    &lease,
-                    "agent_restarted",
-                    "the agent stopped while the session ran, and was started again; the \
-                     session was not re-run"
-                        .into(),
-                )
-            });
         tracing::info!(
             session_queue_id = lease.session_id,
             "delivering a spool left by an earlier run"
@@ -872,12 +885,74 @@ mod tests {
         let empty: tasuki_protocol::LogBatch =
             serde_json::from_slice(&batch_body([].iter())).unwrap();
         assert!(empty.lines.is_empty());
-        let note = spooled[1].placeholder("[refused]");
+        let note = placeholder(&spooled[1], "[refused]");
         let back: LogLine = serde_json::from_str(&note.json).unwrap();
         assert_eq!(
             (back.seq, back.message.as_str(), back.ts),
             (2, "[refused]", line(2).ts)
         );
+    }
+
+    /// Issue 12: lines that neither the disk nor the hub takes fill the
+    /// memory allowed them; the session is then stopped and reported as
+    /// `spool_full`, and no line is dropped.
+    #[test]
+    fn a_spool_full_in_memory_stops_the_session_as_spool_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOGS_FILE);
+        File::create(&path).unwrap();
+        let lease = HeldLease {
+            session_id: 7,
+            lease_id: "l".into(),
+        };
+        let spool = Spool::adopt(dir.path().into(), lease.clone(), Arc::default());
+        let cancel = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        // A file that refuses every write: the disk is full.
+        let sink = spool.sink(
+            File::open(&path).unwrap(),
+            &[],
+            metrics.clone(),
+            cancel.clone(),
+        );
+        let big = "x".repeat(1024 * 1024);
+        let mut seq = 0;
+        while !cancel.is_cancelled() {
+            seq += 1;
+            assert!(seq < 100, "never full");
+            sink.emit(Event::Log(tasuki_actions::LogLine {
+                seq,
+                ts: jiff::Timestamp::UNIX_EPOCH,
+                level: tasuki_actions::LogLevel::Info,
+                step_id: None,
+                message: big.clone(),
+            }));
+            super::super::spool::write_out(&sink.shared.lines);
+        }
+        assert!(seq >= 32, "full only past the limit: {seq}");
+        assert_eq!(metrics.spool_disk_failing.get(), 1);
+        assert!(metrics.spool_memory_bytes.get() >= super::super::spool::MEMORY_LIMIT as i64);
+        let report = SessionReport {
+            status: tasuki_actions::SessionStatus::Cancelled,
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            ended_at: jiff::Timestamp::UNIX_EPOCH,
+            duration_ms: 0,
+            params: serde_json::Value::Null,
+            steps: Default::default(),
+            error: None,
+        };
+        let finish = sink.shared.final_report(&lease, &report);
+        assert_eq!(finish.status, SessionStatus::Error);
+        let error = finish.error.unwrap();
+        assert_eq!(error.code, "spool_full");
+        assert!(
+            error.message.contains(&format!("line {seq}")),
+            "{}",
+            error.message
+        );
+        drop(sink);
+        assert_eq!(metrics.spool_memory_bytes.get(), 0);
+        assert_eq!(metrics.spool_disk_failing.get(), 0);
     }
 
     #[test]

@@ -371,6 +371,11 @@ pub enum Finished {
     Already,
     /// The session ended otherwise (a lost lease, another key).
     Conflict { status: SessionStatus },
+    /// The hub had ended the session as `robot_lost` while this robot
+    /// was out of touch; the robot is back and has delivered what it
+    /// produced under the lease. The log now ends with the hub's line
+    /// saying so; the verdict stands.
+    AfterLoss,
 }
 
 /// Ends a running session with the robot's report.
@@ -422,13 +427,40 @@ pub fn finish(
     let outcome = if changed > 0 {
         Finished::Now
     } else {
-        let (status, key): (String, Option<String>) = tx.row_cached(
-            "SELECT status, finish_key FROM session_queues WHERE id = ?1",
+        let (status, key, error, ended, lease): (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        ) = tx.row_cached(
+            "SELECT status, finish_key, error, ended_at, lease_id FROM session_queues WHERE id = ?1",
             [session_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
+        let lost = error
+            .as_deref()
+            .and_then(|e| serde_json::from_str::<SessionError>(e).ok())
+            .is_some_and(|e| e.code == ROBOT_LOST);
         if key.as_deref() == Some(report.idempotency_key.as_str()) {
             Finished::Already
+        } else if lost && key.is_none() && lease.as_deref() == Some(lease_id) {
+            let ended = ended.map_or_else(
+                || "?".to_string(),
+                |ms| super::to_timestamp(ms).map_or_else(|_| ms.to_string(), |t| t.to_string()),
+            );
+            let note = format!(
+                "[tasuki-hub] contact with the robot was lost: its lease ran out and the hub \
+                 ended the session as robot_lost at {ended}; the robot came back and delivered \
+                 the lines above, produced under that lease; its own report said {}",
+                report.status.as_str()
+            );
+            super::logs::append_note(&tx, session_id, &note, now_ms)?;
+            tx.exec_cached(
+                "UPDATE session_queues SET finish_key = ?2 WHERE id = ?1",
+                params![session_id, report.idempotency_key],
+            )?;
+            Finished::AfterLoss
         } else {
             Finished::Conflict {
                 status: status
@@ -473,10 +505,12 @@ pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, D
                 continue;
             }
             let ttl_s = ttl_ms / 1000;
+            let high = super::logs::high_seq(&tx, id)?;
             let message = if confirmed {
                 format!(
                     "the robot stopped renewing its lease for {ttl_s} s (it died, or lost the \
-                     network); the session was not re-run"
+                     network); the session was not re-run; the hub then had its log up to line \
+                     {high}, and takes the rest should the robot come back"
                 )
             } else {
                 format!(

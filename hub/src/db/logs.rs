@@ -83,6 +83,30 @@ pub fn append(conn: &mut Connection, session_id: i64, lines: &[LogLine]) -> Resu
     Ok(high)
 }
 
+/// Appends the hub's own line after the robot's last (a `warn` with no
+/// step): nothing the robot sends later can take its `seq`, since the hub
+/// writes one only once the robot has said it has sent everything.
+pub fn append_note(
+    conn: &Connection,
+    session_id: i64,
+    message: &str,
+    now_ms: i64,
+) -> Result<u64, DbError> {
+    let seq = high_seq(conn, session_id)? + 1;
+    conn.exec_cached(
+        "INSERT INTO session_logs (session_id, seq, ts, level, step_id, message)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+        params![
+            session_id,
+            seq as i64,
+            now_ms,
+            LogLevel::Warn.as_str(),
+            message
+        ],
+    )?;
+    Ok(seq)
+}
+
 pub fn high_seq(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
     let high: i64 = conn.row_cached(
         "SELECT COALESCE(MAX(seq), 0) FROM session_logs WHERE session_id = ?1",

@@ -307,6 +307,14 @@ pub async fn finish(
             Ok(Json(session))
         }
         Finished::Already => Ok(Json(session)),
+        Finished::AfterLoss => {
+            tracing::info!(session_queue_id = id, %status, "a robot back from a lost lease delivered its session's log");
+            Err(lease_lost(
+                id,
+                "the hub ended it as robot_lost while this robot was out of touch; its log \
+                 lines are stored and the hub's note on the loss follows them",
+            ))
+        }
         Finished::Conflict { status } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "already_finished",
