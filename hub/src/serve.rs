@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub max_robots_per_key: u64,
     pub timings: api::Timings,
     pub edge: EdgeLimits,
+    /// The allowance of a request body (api/body_deadline.rs).
+    pub body_timeout: Duration,
     pub auth_failures: api::FailureLimits,
     pub session_limits: api::SessionLimits,
     pub tls: Option<TlsFiles>,
@@ -61,6 +63,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.max_robots_per_key = opts.max_robots_per_key;
     hub.session_limits = opts.session_limits;
     hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
+    hub.body_timeout = opts.body_timeout;
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     #[cfg(unix)]
