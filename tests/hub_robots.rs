@@ -298,7 +298,7 @@ async fn operators_list_and_delete_robots() {
     // let to register it again (which its agent does on
     // robot_not_registered)...
     let r = poll(&s.robot_b, "robot-b", "machine-b", "b1").await;
-    assert_refused(&r, 403, "robot_deleted");
+    assert_refused(&r, 410, "robot_deleted");
     assert!(
         r.message()
             .contains("a hub operator deleted robot `robot-b`")
@@ -307,7 +307,7 @@ async fn operators_list_and_delete_robots() {
         r.message()
     );
     let r = register(&s.robot_b, "robot-b", "machine-b", false).await;
-    assert_refused(&r, 403, "robot_deleted");
+    assert_refused(&r, 410, "robot_deleted");
     let out = s.robots_cli(&["delete", "robot-b"]);
     assert!(!out.status.success() && text(&out).contains("no robot `robot-b`"));
     let out = s.robots_cli(&["list"]);

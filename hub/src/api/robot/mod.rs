@@ -129,9 +129,11 @@ fn another_key(name: &str, moved_from_caller: bool) -> ApiError {
 
 /// An operator deleted the robot this machine had registered. The agent
 /// would register it again on `robot_not_registered`; on this it stops.
+/// 410: no retry or new token changes it (an agent takes a 403 for a
+/// credentials problem).
 fn deleted(name: &str) -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
+        StatusCode::GONE,
         "robot_deleted",
         format!(
             "a hub operator deleted robot `{name}` (tasuki-hub robots delete); register this \
