@@ -1,7 +1,9 @@
 //! Log lines that cannot forge other lines or hide text: control
-//! characters (CR, LF, ESC sequences, DEL, C1) and the bidirectional
-//! formatting characters (U+202E and its kin) in anything the agent logs
-//! (workflow names, step ids, the hub's messages) are written escaped.
+//! characters (CR, LF, tab, ESC sequences, DEL, C1), the Unicode line
+//! separators and the bidirectional formatting characters (U+202E and its
+//! kin) in anything the agent logs (workflow names, step ids, the hub's
+//! messages) are written escaped. `tasuki_protocol::log_escape` says
+//! which, for the hub's log too.
 //!
 //! It is done once, on the way out, by a writer around each log
 //! destination: every field of every event passes through it, whoever
@@ -14,11 +16,8 @@ use std::io::{self, Write};
 /// `\u202e` in JSON lines, where every such character is inside a string
 /// (the syntax is ASCII), so the line stays valid JSON and decodes to the
 /// original text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Style {
-    Plain,
-    Json,
-}
+pub use tasuki_protocol::log_escape::Style;
+use tasuki_protocol::log_escape::escape;
 
 /// Wraps a destination; each `write` is one formatted event.
 pub struct Escaping<W> {
@@ -39,7 +38,7 @@ impl<W: Write> Write for Escaping<W> {
             Some(body) => (body, "\n"),
             None => (&*text, ""),
         };
-        let mut out = escape(body, self.style);
+        let mut out = escape(body, self.style).into_owned();
         out.push_str(end);
         self.inner.write_all(out.as_bytes())?;
         Ok(buf.len())
@@ -50,32 +49,6 @@ impl<W: Write> Write for Escaping<W> {
     }
 }
 
-/// Whether `c` must not reach a log line as itself.
-fn dangerous(c: char) -> bool {
-    c.is_control() && c != '\t'
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-pub fn escape(text: &str, style: Style) -> String {
-    if !text.chars().any(dangerous) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            c if !dangerous(c) => out.push(c),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => match style {
-                Style::Plain => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-                // All of them are in the Basic Multilingual Plane.
-                Style::Json => out.push_str(&format!("\\u{:04x}", c as u32)),
-            },
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -84,7 +57,8 @@ mod tests {
 
     use super::*;
 
-    const EVIL: &str = "pay\r\nINFO forged line\u{1b}[2J\u{7}\u{202e}cod.exe\u{9b}1m\u{7f}";
+    const EVIL: &str =
+        "pay\r\nINFO forged line\u{1b}[2J\u{7}\u{202e}cod.exe\u{9b}1m\u{7f}\u{2028}end";
 
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -125,7 +99,7 @@ mod tests {
         assert!(line.ends_with('\n'), "{line:?}");
         let body = line.trim_end_matches('\n');
         assert!(
-            !body.chars().any(dangerous),
+            !body.chars().any(tasuki_protocol::log_escape::needs_escape),
             "nothing raw is left: {body:?}"
         );
     }
@@ -136,7 +110,7 @@ mod tests {
         clean(&line);
         assert!(
             line.contains(
-                r"workflow=pay\r\nINFO forged line\u{1b}[2J\u{7}\u{202e}cod.exe\u{9b}1m\u{7f}"
+                r"workflow=pay\r\nINFO forged line\u{1b}[2J\u{7}\u{202e}cod.exe\u{9b}1m\u{7f}\u{2028}end"
             ),
             "{line}"
         );
@@ -158,7 +132,7 @@ mod tests {
 
     #[test]
     fn ordinary_text_passes_unchanged() {
-        let text = "robot `r1` registered; waiting for sessions\t(日本語)";
+        let text = "robot `r1` registered; waiting for sessions (日本語 – ünïcode)";
         assert_eq!(escape(text, Style::Plain), text);
         assert_eq!(escape(text, Style::Json), text);
     }

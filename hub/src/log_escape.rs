@@ -7,6 +7,8 @@
 
 use std::fmt::{self, Write};
 
+use tasuki_protocol::log_escape;
+
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
@@ -27,40 +29,14 @@ pub fn escaping_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'stati
 }
 
 /// Passes text through, with every character that can alter how a log
-/// line reads written as an escape instead.
+/// line reads written as an escape instead (`tasuki_protocol::log_escape`,
+/// which the agent's log uses too).
 struct Escaping<'a, 'w>(&'a mut Writer<'w>);
 
 impl Write for Escaping<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut rest = s;
-        while let Some((i, c)) = rest.char_indices().find(|&(_, c)| needs_escape(c)) {
-            self.0.write_str(&rest[..i])?;
-            match c {
-                '\n' => self.0.write_str("\\n")?,
-                '\r' => self.0.write_str("\\r")?,
-                '\t' => self.0.write_str("\\t")?,
-                c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
-            }
-            rest = &rest[i + c.len_utf8()..];
-        }
-        self.0.write_str(rest)
+        log_escape::write_escaped(self.0, s, log_escape::Style::Plain)
     }
-}
-
-/// C0 and C1 controls and DEL, the Unicode line and paragraph separators,
-/// and the bidi embedding, override and isolate controls and marks.
-pub fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-        )
 }
 
 #[cfg(test)]

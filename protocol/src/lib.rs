@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod log_escape;
 pub mod logs;
 pub mod robot;
 pub mod scope;
