@@ -2,7 +2,9 @@
 //! machine (`tasuki register --replace`) or moved to another key by an
 //! operator (`tasuki-hub robots transfer`), the old agent's polls are refused
 //! for good, and it exits with its own code and says why, instead of
-//! retrying for ever. Real hub, real agents.
+//! retrying for ever. So does an agent whose robot an operator deleted
+//! (`tasuki-hub robots delete`), until the machine is registered again.
+//! Real hub, real agents.
 
 #[path = "fleet_support.rs"]
 mod fleet_support;
@@ -87,5 +89,66 @@ async fn an_agent_whose_robot_an_operator_moved_to_another_key_exits_with_its_co
     assert!(
         log.contains("a hub operator moved this robot to another access key"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_robot_an_operator_deleted_exits_and_a_register_brings_it_back() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--quota-per-robot", "1000000", "--hold-seconds", "2"],
+    );
+    let robot = Robot::new(scratch.dir.path(), "deleted");
+    robot.register_ok(&hub, &key, &[]);
+    let mut agent = robot.start(&[]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let wf = workflow(
+        &api,
+        "version: 1\nname: back\nsteps:\n  - id: s\n    action: shell.run\n    with: {argv: [\"true\"]}\n",
+        &["deleted"],
+    )
+    .await;
+    let id = queue(&api, wf, serde_json::json!({})).await;
+    assert_eq!(
+        finished(&api, id, Duration::from_secs(30)).await["status"],
+        "success"
+    );
+
+    let delete = hub_command()
+        .args(["robots", "delete", "deleted", "--db"])
+        .arg(scratch.db())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki-hub robots delete");
+    assert!(delete.status.success(), "{delete:?}");
+
+    // The agent does not register the robot again: it stops, and says why.
+    let status = agent.wait(Duration::from_secs(15));
+    let log = agent.log();
+    let status =
+        status.unwrap_or_else(|| panic!("the agent of a deleted robot kept running:\n{log}"));
+    assert_eq!(status.code(), Some(EXIT_DISPLACED), "{log}");
+    assert!(
+        log.contains("a hub operator deleted robot `deleted`")
+            && log.contains("tasuki register --replace"),
+        "{log}"
+    );
+    let robots = api.get("/v1/robots").await;
+    assert_eq!(robots.body["total_count"], 0, "{}", robots.body);
+    // Its operator brings it back on purpose, and it runs work again.
+    let out = robot.register(&hub, &key, &[]);
+    assert!(!out.status.success(), "without --replace: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("deleted robot `deleted`"),
+        "{out:?}"
+    );
+    robot.register_ok(&hub, &key, &["--replace"]);
+    let _agent = robot.start(&[]);
+    let id = queue(&api, wf, serde_json::json!({})).await;
+    assert_eq!(
+        finished(&api, id, Duration::from_secs(30)).await["status"],
+        "success"
     );
 }

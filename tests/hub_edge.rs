@@ -558,12 +558,305 @@ async fn failed_bearer_tokens_are_limited_per_source_and_success_is_not_counted(
     assert_refused(&r, 429, "too_many_failed_authentications");
     assert!(r.headers.contains_key("retry-after"));
     assert!(r.message().contains("127.0.0.4"), "{}", r.message());
-    // Robot calls go through the same check.
+    // Robot calls go through the same check: this key never authenticated
+    // from 127.0.0.4, so nothing tells it from a guess.
     let robot = api_from(&hub, Some(token(&key, "robot")), [127, 0, 0, 4]);
     let r = robot.get("/v1/robot/robots/nobody").await;
     assert_refused(&r, 429, "too_many_failed_authentications");
     // Other sources are unaffected.
     assert_eq!(good.get("/v1/workflows").await.status.as_u16(), 200);
+}
+
+/// A bad `/v1/token` call (an unknown key id each time, so that only the
+/// source's limit applies) from `source`.
+async fn bad_token_call(hub: &Hub, source: [u8; 4], i: usize) -> Reply {
+    let api = api_from(hub, None, source);
+    api.post(
+        "/v1/token",
+        &json!({"access_key_id": format!("AK-guess-{i}"), "secret_access_key": "x"}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_authenticated_from_an_address_keeps_working_while_the_address_fails() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let stranger = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start(&scratch);
+    let shared = [127, 0, 0, 7];
+    // A robot at work on the shared address.
+    let robot = api_from(&hub, Some(token(&key, "robot")), shared);
+    register(&robot, "neighbour").await;
+    // A neighbour behind the same address fails past the limit...
+    for i in 0..35 {
+        let r = bad_token_call(&hub, shared, i).await;
+        let expected = if i < 30 {
+            (401, "unknown_access_key")
+        } else {
+            (429, "too_many_failed_authentications")
+        };
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            expected,
+            "attempt {i}: {}",
+            r.body
+        );
+    }
+    // ...and the robot's key keeps working from there, for robot calls and
+    // for tokens, while a key that never authenticated from there is
+    // refused.
+    assert_eq!(poll(&robot, "neighbour", "p1").await["leases"], json!([]));
+    let r = token_call(&api_from(&hub, None, shared), &key, &key.secret).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let r = token_call(&api_from(&hub, None, shared), &stranger, &stranger.secret).await;
+    assert_refused(&r, 429, "too_many_failed_authentications");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_failed_attempts_are_counted_before_they_run_and_the_limit_can_be_off() {
+    let scratch = Scratch::new();
+    let _key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--auth-failures-per-source", "5"]);
+    let hub = std::sync::Arc::new(hub);
+    let burst = |hub: std::sync::Arc<Hub>, source: [u8; 4]| async move {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let hub = hub.clone();
+            calls.spawn(async move { bad_token_call(&hub, source, i).await });
+        }
+        let mut codes = Vec::new();
+        while let Some(r) = calls.join_next().await {
+            let r = r.expect("join");
+            codes.push((r.status.as_u16(), r.code().to_string()));
+        }
+        codes
+    };
+    let codes = burst(hub.clone(), [127, 0, 0, 8]).await;
+    let tested = codes.iter().filter(|(s, _)| *s == 401).count();
+    let refused = codes
+        .iter()
+        .filter(|(s, c)| *s == 429 && c == "too_many_failed_authentications")
+        .count();
+    assert_eq!(
+        (tested, refused),
+        (5, 35),
+        "forty guesses at once: only the limit's worth tested: {codes:?}"
+    );
+
+    // Behind a proxy the per-source limit is turned off with 0.
+    let scratch = Scratch::new();
+    let hub = std::sync::Arc::new(Hub::start_with(
+        &scratch,
+        &["--auth-failures-per-source", "0"],
+    ));
+    let codes = burst(hub, [127, 0, 0, 8]).await;
+    assert!(codes.iter().all(|(s, _)| *s == 401), "{codes:?}");
+}
+
+// ---------------------------------------------------------------------
+// Review H2: slow bodies and connections per address.
+
+/// Sends `head`, then `body` in `chunk`-byte pieces `pause` apart (stopping
+/// when the hub has answered or closed), and reads the answer: `(the
+/// answer as text, how long from the head to the answer)`.
+fn paced_request(
+    addr: SocketAddr,
+    head: &str,
+    body: &[u8],
+    chunk: usize,
+    pause: Duration,
+) -> (String, Duration) {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    let started = Instant::now();
+    conn.write_all(head.as_bytes()).expect("send the head");
+    conn.set_read_timeout(Some(Duration::from_millis(10)))
+        .expect("a read timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answered_at = None;
+    let mut pieces = body.chunks(chunk);
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answered_at.get_or_insert_with(|| started.elapsed());
+                answer.extend_from_slice(&buf[..n]);
+                // The rest of the answer follows at once, or never.
+                conn.set_read_timeout(Some(Duration::from_millis(500)))
+                    .expect("a read timeout");
+                continue;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if answered_at.is_some() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+        match pieces.next() {
+            Some(piece) => {
+                if conn.write_all(piece).is_err() {
+                    continue;
+                }
+                std::thread::sleep(pause);
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no answer within a minute"
+        );
+    }
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        answered_at.unwrap_or_else(|| started.elapsed()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_while_paced_uploads_and_long_polls_are_not() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--body-timeout-seconds", "2", "--hold-seconds", "4"],
+    );
+    let addr = addr_of(&hub);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+
+    // A token request whose body comes a byte every half second, before
+    // any credential is checked: cut off after the 2 s allowance.
+    let trickle = tokio::task::spawn_blocking(move || {
+        paced_request(
+            addr,
+            "POST /v1/token HTTP/1.1\r\nHost: hub\r\ncontent-type: application/json\r\n\
+             content-length: 100\r\n\r\n",
+            &[b' '; 100],
+            1,
+            Duration::from_millis(500),
+        )
+    });
+    // Others are answered meanwhile.
+    let r = api.get("/v1/workflows").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let (answer, after) = trickle.await.expect("join");
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"),
+        "{answer}"
+    );
+    assert!(
+        after < Duration::from_secs(10),
+        "the trickle was cut off after {after:?}"
+    );
+
+    // A token request is small: a large one is refused past 4 KiB.
+    let r = api.post_raw("/v1/token", vec![b' '; 5000]).await;
+    assert_refused(&r, 413, "body_too_large");
+    assert!(r.message().contains("4096 bytes"), "{}", r.message());
+
+    // A long poll is held past the allowance: the deadline is the body's.
+    let robot = Api::new(&hub, Some(token(&key, "robot")));
+    let (id, lease) = leased(&api, &robot, "paced").await;
+    let started = Instant::now();
+    let answer = poll(&robot, "paced", "p2").await;
+    assert!(started.elapsed() >= Duration::from_secs(3), "{answer}");
+
+    // An upload that takes longer than the allowance, at a reasonable
+    // speed (6 MiB at about 2 MiB/s), earns the time it needs.
+    let token = robot.token.clone().expect("a token");
+    let data = vec![7u8; 6 * 1024 * 1024];
+    let head = format!(
+        "PUT /v1/robot/sessions/{id}/artifacts/paced.bin HTTP/1.1\r\nHost: hub\r\n\
+         authorization: Bearer {token}\r\ntasuki-lease: {lease}\r\n\
+         content-length: {}\r\n\r\n",
+        data.len()
+    );
+    let (answer, after) = tokio::task::spawn_blocking(move || {
+        paced_request(addr, &head, &data, 256 * 1024, Duration::from_millis(125))
+    })
+    .await
+    .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert!(after > Duration::from_secs(2), "the upload took {after:?}");
+}
+
+/// A connection to `addr` from the local address `source`.
+async fn connect_from(addr: SocketAddr, source: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind the source address");
+    let stream = socket.connect(addr).await.expect("connect");
+    let stream = stream.into_std().expect("a std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_no_more_than_its_share_of_connections() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &[
+            "--max-connections-per-address",
+            "4",
+            "--header-timeout-seconds",
+            "30",
+        ],
+    );
+    let addr = addr_of(&hub);
+    let hog = [127, 0, 0, 9];
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(addr, hog).await);
+    }
+    // The fifth is closed at once, and so is an API call from there...
+    let mut fifth = connect_from(addr, hog).await;
+    let closed =
+        tokio::task::spawn_blocking(move || closed_within(&mut fifth, Duration::from_secs(5)))
+            .await
+            .expect("join");
+    assert!(closed, "the fifth connection of one address is closed");
+    let token = token(&key, ALL_SCOPES);
+    let from_hog = api_from(&hub, Some(token.clone()), hog);
+    let r = from_hog
+        .request(reqwest::Method::GET, "/v1/workflows")
+        .send()
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    // ...while another address is served,
+    let other = api_from(&hub, Some(token.clone()), [127, 0, 0, 10]);
+    assert_eq!(other.get("/v1/workflows").await.status.as_u16(), 200);
+    // and the address is served again once its connections close.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh = api_from(&hub, Some(token.clone()), hog);
+        match fresh
+            .request(reqwest::Method::GET, "/v1/workflows")
+            .send()
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(r.status().as_u16(), 200);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        hub.stderr().contains("at its connection limit"),
+        "{}",
+        hub.stderr()
+    );
 }
 
 // ---------------------------------------------------------------------

@@ -108,6 +108,12 @@ async fn poll(api: &Api, name: &str, instance_id: &str, poll_id: &str) -> Reply 
 
 fn assert_refused(r: &Reply, status: u16, code: &str) {
     assert_eq!((r.status.as_u16(), r.code()), (status, code), "{}", r.body);
+    // A lost `\` line continuation leaves a run of spaces in the text.
+    assert!(
+        !r.message().contains("  "),
+        "the message reads as one sentence: {:?}",
+        r.message()
+    );
 }
 
 fn text(out: &Output) -> String {
@@ -167,12 +173,35 @@ async fn another_key_cannot_take_a_robot_with_replace_or_its_instance_id() {
 async fn an_operator_transfer_gives_the_robot_and_its_work_to_the_new_key() {
     let s = setup_with(&["--hold-seconds", "5"]);
     register_ok(&s.robot_a, "robot-a", "machine-a").await;
-    // A's poll is waiting in the hub when the robot is moved.
+    // A's poll is waiting in the hub when the robot is moved. It carries
+    // metrics, which the hub stores in the same database call that makes
+    // the poll wait: once GET /v1/robots shows them, the poll is waiting.
     let waiting = {
         let api = Api::new(&s.hub, s.robot_a.token.clone());
-        tokio::spawn(async move { poll(&api, "robot-a", "machine-a", "a1").await })
+        tokio::spawn(async move {
+            api.post(
+                "/v1/robot/robots/robot-a/poll",
+                &json!({"instance_id": "machine-a", "poll_id": "a1", "free_slots": 1,
+                        "metrics": {"cpu_percent": 1.0, "memory_used_bytes": 1,
+                                    "memory_total_bytes": 2, "disk_free_bytes": 1,
+                                    "disk_total_bytes": 2, "agent_rss_bytes": 1}}),
+            )
+            .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.api.get("/v1/robots").await;
+        if !r.body["robots"][0]["metrics"].is_null() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's poll never reached the hub: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Refused: an unknown key, a key without `robot`, the current owner.
     let out = s.robots_cli(&["transfer", "robot-a", "--to-key", "TSKNOSUCHKEY"]);
@@ -265,13 +294,32 @@ async fn operators_list_and_delete_robots() {
 
     let out = s.robots_cli(&["delete", "robot-b"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Its machine is refused, polling or registering, rather than being
+    // let to register it again (which its agent does on
+    // robot_not_registered)...
     let r = poll(&s.robot_b, "robot-b", "machine-b", "b1").await;
-    assert_refused(&r, 404, "robot_not_registered");
+    assert_refused(&r, 410, "robot_deleted");
+    assert!(
+        r.message()
+            .contains("a hub operator deleted robot `robot-b`")
+            && r.message().contains("--replace"),
+        "{}",
+        r.message()
+    );
+    let r = register(&s.robot_b, "robot-b", "machine-b", false).await;
+    assert_refused(&r, 410, "robot_deleted");
     let out = s.robots_cli(&["delete", "robot-b"]);
     assert!(!out.status.success() && text(&out).contains("no robot `robot-b`"));
     let out = s.robots_cli(&["list"]);
     let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    // ...while it may register another name, and comes back when
+    // registered with replace.
+    register_ok(&s.robot_b, "robot-c", "machine-b").await;
+    let r = register(&s.robot_b, "robot-b", "machine-b", true).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let r = poll(&s.robot_b, "robot-b", "machine-b", "b2").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 }
 
 #[test]

@@ -90,14 +90,43 @@ impl Setup {
         .expect("the session's row")
     }
 
+    /// The sealed secret params of a session, as stored.
+    fn sealed_blob(&self, session: i64) -> Vec<u8> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.scratch.db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the database file");
+        conn.query_row(
+            "SELECT secrets_sealed FROM session_queues WHERE id = ?1",
+            [session],
+            |r| r.get(0),
+        )
+        .expect("the session's sealed params")
+    }
+
     /// Whether `needle` is anywhere in the database's files, byte for byte.
-    fn on_disk(&self, needle: &str) -> bool {
+    fn on_disk(&self, needle: impl AsRef<[u8]>) -> bool {
+        let needle = needle.as_ref();
         ["", "-wal", "-shm"].iter().any(|suffix| {
             let mut path = self.scratch.db().into_os_string();
             path.push(suffix);
-            std::fs::read(&path)
-                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
         })
+    }
+
+    /// Waits (up to the hub's checkpoint interval, and generously more)
+    /// until none of `needles` is in the database's files; whether they
+    /// went.
+    async fn gone_from_disk(&self, needles: &[&[u8]]) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while needles.iter().any(|n| self.on_disk(n)) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        true
     }
 
     async fn register(&self, name: &str) {
@@ -199,6 +228,8 @@ async fn secret_params_are_sealed_while_queued_and_gone_once_the_session_ends() 
     assert_eq!(params, json!({"who": "ann", "token": "***"}));
     assert!(sealed);
     assert!(!s.on_disk(secret));
+    let blob = s.sealed_blob(id);
+    assert!(s.on_disk(&blob), "the search finds the sealed bytes");
     assert_eq!(s.shown_params(id).await["token"], "***");
 
     // The robot receives it in clear, in its lease.
@@ -234,17 +265,28 @@ async fn secret_params_are_sealed_while_queued_and_gone_once_the_session_ends() 
         !sealed,
         "the sealed params are purged when the session ends"
     );
-    assert!(!s.on_disk(secret));
     assert_eq!(s.shown_params(id).await["token"], "***");
 
     // A session cancelled while queued loses them too.
-    let id = queue(&s.api, wf, json!({"token": secret})).await;
+    let cancelled = queue(&s.api, wf, json!({"token": secret})).await;
+    let cancelled_blob = s.sealed_blob(cancelled);
     let r = s
         .api
-        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .delete(&format!("/v1/session_queues/{cancelled}/cancel"))
         .await;
     assert_eq!(r.body["status"], "cancelled", "{}", r.body);
-    assert!(!s.stored(id).1);
+    assert!(!s.stored(cancelled).1);
+
+    // And their bytes leave the files: the database (secure_delete) and
+    // the write-ahead log's old frames (the hub's next checkpoint).
+    assert!(
+        s.gone_from_disk(&[&blob, &cancelled_blob]).await,
+        "the sealed params of ended sessions are still in {}: db {}, wal {}",
+        s.scratch.db().display(),
+        std::fs::metadata(s.scratch.db()).map_or(0, |m| m.len()),
+        std::fs::metadata(format!("{}-wal", s.scratch.db().display())).map_or(0, |m| m.len()),
+    );
+    assert!(!s.on_disk(secret));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

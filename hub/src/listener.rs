@@ -4,8 +4,9 @@
 //! backlog), must send a complete request head within the header timeout
 //! (this also ends idle keep-alive connections: hyper starts the same
 //! clock whenever it waits for a head), and a TLS handshake must finish
-//! within the same time. The peer address goes into every request as
-//! axum's `ConnectInfo<SocketAddr>`.
+//! within the same time. One address holds at most so many of the
+//! connections ([`crate::peer_limit`]). The peer address goes into every
+//! request as axum's `ConnectInfo<SocketAddr>`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_service::Service;
 
+use crate::peer_limit::{PerAddress, Slot};
 use crate::tls::ReloadableTls;
 
 /// How the loop treats clients.
@@ -32,6 +34,9 @@ pub struct EdgeLimits {
     /// or a kept-alive one between requests) to the head's last byte; also
     /// bounds a TLS handshake.
     pub header_timeout: Duration,
+    /// Open connections from one address at most (0: no cap); past it,
+    /// its new connections are closed at once.
+    pub max_per_address: usize,
 }
 
 /// After an accept error that is about resources (EMFILE, ENFILE,
@@ -51,6 +56,7 @@ impl Server {
     /// its request in flight and close; returns once they all have.
     pub async fn run(self, stop: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let per_address = PerAddress::new(self.limits.max_per_address);
         let mut at_cap_logged = false;
         let mut accept_error_logged = false;
         loop {
@@ -85,7 +91,11 @@ impl Server {
                 Ok((tcp, peer)) => {
                     at_cap_logged = false;
                     accept_error_logged = false;
-                    self.spawn_connection(tcp, peer, permit, stop.clone());
+                    // Over its address's cap: closed at once, permit back.
+                    let Some(slot) = per_address.enter(peer.ip()) else {
+                        continue;
+                    };
+                    self.spawn_connection(tcp, peer, (permit, slot), stop.clone());
                 }
                 Err(e) if is_resource_error(&e) => {
                     if !accept_error_logged {
@@ -114,7 +124,7 @@ impl Server {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
+        permit: (OwnedSemaphorePermit, Slot),
         stop: watch::Receiver<bool>,
     ) {
         // Small request/response exchanges: Nagle's algorithm with delayed

@@ -7,6 +7,7 @@ mod dispatch;
 mod keys;
 mod listener;
 mod log_escape;
+mod peer_limit;
 mod robots;
 mod secrets;
 mod serve;
@@ -118,20 +119,34 @@ struct EdgeArgs {
     #[arg(long, env = "TASUKI_HUB_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,
+    /// Open connections from one client address at most (an IPv6 /64
+    /// counts as one address); past it, its new connections are closed.
+    /// Loopback counts too: behind a reverse proxy, raise it or set 0 (no
+    /// cap).
+    #[arg(long, env = "TASUKI_HUB_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    max_connections_per_address: u64,
+    /// Seconds a request body may take to arrive, plus one for every
+    /// 16 KiB of it (so a large upload at a reasonable speed is never cut).
+    #[arg(long, env = "TASUKI_HUB_BODY_TIMEOUT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout_seconds: u64,
     /// Seconds a connection may take to send a complete request head,
     /// and may stay idle between requests; also bounds a TLS handshake.
     #[arg(long, env = "TASUKI_HUB_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     header_timeout_seconds: u64,
     /// Failed authentications a minute from one source address before it
-    /// gets 429 (behind a reverse proxy every caller is the proxy's address).
+    /// gets 429; 0 turns the limit off (behind a reverse proxy every caller
+    /// is the proxy's address). A key that authenticated from an address
+    /// is let through from it for ten minutes whatever the count.
     #[arg(long, env = "TASUKI_HUB_AUTH_FAILURES_PER_SOURCE", default_value_t = 30,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(0..))]
     auth_failures_per_source: u32,
     /// Failed authentications a minute naming one access key id before
-    /// sources that fail with it get 429.
+    /// sources that fail with it get 429; 0 turns the limit off.
     #[arg(long, env = "TASUKI_HUB_AUTH_FAILURES_PER_KEY", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(0..))]
     auth_failures_per_key: u32,
     /// PEM certificate chain: serve HTTPS (with --tls-key). Reloaded, with
     /// the key, on SIGHUP.
@@ -217,7 +232,9 @@ fn main() -> ExitCode {
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),
+                max_per_address: edge.max_connections_per_address as usize,
             },
+            body_timeout: std::time::Duration::from_secs(edge.body_timeout_seconds),
             auth_failures: api::FailureLimits {
                 per_source: edge.auth_failures_per_source,
                 per_key: edge.auth_failures_per_key,

@@ -95,8 +95,9 @@ pub fn delete(db_path: &Path, name: &str) -> anyhow::Result<()> {
     match db.with(|conn| robots::delete(conn, name))? {
         Deletion::Done => {
             eprintln!(
-                "deleted robot `{name}`; its agent is refused from now on, and the sessions it \
-                 ran no longer name a robot"
+                "deleted robot `{name}`; its agent is refused (robot_deleted) and stops, and the \
+                 sessions it ran no longer name a robot; `tasuki register --replace` on its \
+                 machine brings it back"
             );
             Ok(())
         }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Hub};
-use crate::db::{leases, now_ms};
+use crate::db::{leases, now_ms, secret_params};
 use crate::listener::{EdgeLimits, Server};
 use crate::store;
 use crate::tls::{ReloadableTls, TlsFiles};
@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub max_robots_per_key: u64,
     pub timings: api::Timings,
     pub edge: EdgeLimits,
+    /// The allowance of a request body (api/body_deadline.rs).
+    pub body_timeout: Duration,
     pub auth_failures: api::FailureLimits,
     pub session_limits: api::SessionLimits,
     pub tls: Option<TlsFiles>,
@@ -61,6 +63,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.max_robots_per_key = opts.max_robots_per_key;
     hub.session_limits = opts.session_limits;
     hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
+    hub.body_timeout = opts.body_timeout;
     let hub = Arc::new(hub);
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     #[cfg(unix)]
@@ -109,12 +112,27 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// so a second of slack is invisible.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Running sessions whose robot stopped renewing end as `robot_lost`.
+/// How often the sweeper looks for purged secret params to wipe from the
+/// write-ahead log.
+const WIPE_EVERY: Duration = Duration::from_secs(5);
+
+/// Running sessions whose robot stopped renewing end as `robot_lost`; and
+/// every few seconds, secrets purged since the last look are wiped.
 async fn sweep_leases(hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wipe = tokio::time::interval(WIPE_EVERY);
+    wipe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Unknown at start: the first look checkpoints once.
+    let mut wiped_up_to = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wipe.tick() => {
+                wiped_up_to = wipe_purged_secrets(&hub, wiped_up_to).await;
+                continue;
+            }
+        }
         let swept_hub = hub.clone();
         let result = hub
             .db
@@ -138,6 +156,37 @@ async fn sweep_leases(hub: Arc<Hub>) {
                 }
             }
             Err(e) => tracing::error!(error = %e, "sweeping leases"),
+        }
+    }
+}
+
+/// Checkpoints the database when secret params were purged since
+/// `wiped_up_to` (the purge count the last checkpoint covered), so that
+/// their sealed bytes leave the write-ahead log; returns the count covered
+/// now.
+async fn wipe_purged_secrets(hub: &Hub, wiped_up_to: Option<i64>) -> Option<i64> {
+    let result = hub
+        .db
+        .call(move |conn| {
+            let purges = secret_params::purges(conn)?;
+            if Some(purges) == wiped_up_to {
+                return Ok(Some(purges));
+            }
+            Ok(secret_params::checkpoint(conn)?.then_some(purges))
+        })
+        .await;
+    match result {
+        Ok(Some(purges)) => Some(purges),
+        Ok(None) => {
+            tracing::warn!(
+                "a reader kept the write-ahead log from being emptied; purged secret params \
+                 stay in it until the next try"
+            );
+            wiped_up_to
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checkpointing after purged secret params");
+            wiped_up_to
         }
     }
 }

@@ -252,6 +252,11 @@ pub enum Displaced {
     ToAnotherKey(String),
     #[error("robot `{0}` was registered from another machine with --replace; this agent stops")]
     ByAnotherInstance(String),
+    #[error(
+        "a hub operator deleted robot `{0}` (tasuki-hub robots delete); register this machine \
+         again with `tasuki register --replace` to bring it back; this agent stops"
+    )]
+    Deleted(String),
 }
 
 /// Whether the hub's refusal of a poll or registration means the robot
@@ -263,6 +268,9 @@ pub fn displacement(robot: &str, e: &CallError) -> Option<Displaced> {
         }
         CallError::Rejected { code, .. } if code == ROBOT_NAME_TAKEN => {
             Some(Displaced::ByAnotherInstance(robot.to_string()))
+        }
+        CallError::Rejected { code, .. } if code == "robot_deleted" => {
+            Some(Displaced::Deleted(robot.to_string()))
         }
         _ => None,
     }

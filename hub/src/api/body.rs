@@ -1,42 +1,83 @@
 //! The JSON request body extractor. Unlike axum's `Json`, every rejection
 //! is a JSON error that names the problem: the field path of a wrong or
-//! unknown field, the line and column of a syntax error, the size limit.
+//! unknown field, the line and column of a syntax error, the size limit
+//! (10 MB, or an endpoint's own), a body that did not arrive in time.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use tasuki_protocol::ProblemItem;
 
+use super::body_deadline;
 use super::error::ApiError;
 
 /// Request bodies larger than this are refused with 413, as Autify does.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
-pub struct JsonBody<T>(pub T);
+/// A JSON body of at most `LIMIT` bytes. Past it the answer is 413; a body
+/// that arrives too slowly (body_deadline.rs) gets 408.
+pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
-impl<S, T> FromRequest<S> for JsonBody<T>
+impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
 where
     S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         check_content_type(&req)?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes (10 MB)"),
-                )
-            } else {
-                ApiError::bad_request("unreadable_body", format!("cannot read the request body: {rejection}"))
-            }
-        })?;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is larger than the limit of {LIMIT} bytes ({})",
+                    shown_size(LIMIT)
+                ),
+            )
+        };
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|e| {
+                if let Some(slow) = body_deadline::too_slow(&e) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        slow.to_string(),
+                    )
+                } else if is_length_limit(&e) {
+                    too_large()
+                } else {
+                    ApiError::bad_request(
+                        "unreadable_body",
+                        format!("cannot read the request body: {e}"),
+                    )
+                }
+            })?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// `10 MB`, `4 KB`: how the limits are spoken of.
+fn shown_size(bytes: usize) -> String {
+    const MB: usize = 1024 * 1024;
+    if bytes.is_multiple_of(MB) {
+        format!("{} MB", bytes / MB)
+    } else {
+        format!("{} KB", bytes.div_ceil(1024))
+    }
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// A missing content type is taken as JSON (curl users forget it); any

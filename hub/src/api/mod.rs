@@ -6,6 +6,7 @@
 mod auth;
 mod auth_limit;
 mod body;
+mod body_deadline;
 mod error;
 mod params;
 mod query;
@@ -19,7 +20,7 @@ mod token;
 mod workflows;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -59,6 +60,9 @@ pub struct Hub {
     /// How much one session may store, and what each has stored.
     pub session_limits: SessionLimits,
     pub session_usage: session_limits::Usage,
+    /// How long a request body may take to arrive, before what its size
+    /// earns (body_deadline.rs).
+    pub body_timeout: Duration,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -91,6 +95,9 @@ pub struct KeyMaterial {
     pub robots: u64,
 }
 
+/// `--body-timeout-seconds`' default.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Access key ids longer than this are not looked up.
 const MAX_KEY_ID_LEN: usize = 128;
 
@@ -116,6 +123,7 @@ impl Hub {
             auth_limit: auth_limit::AuthLimiter::default(),
             session_limits: SessionLimits::default(),
             session_usage: session_limits::Usage::default(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 
@@ -183,6 +191,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            hub.body_timeout,
+            body_deadline::deadline,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             ApiError::internal().into_response()

@@ -17,6 +17,10 @@ use super::error::ApiError;
 use super::query::shorten;
 use super::{Hub, auth};
 
+/// A token request is two short strings and a number: a body this size
+/// is read before any credential is checked, so it is kept small.
+const TOKEN_BODY_BYTES: usize = 4 * 1024;
+
 /// The shortest and longest lifetimes a client may ask for, in seconds.
 const MIN_EXPIRES: i64 = 60;
 const MAX_EXPIRES: i64 = auth::MAX_TOKEN_SECONDS;
@@ -24,7 +28,7 @@ const MAX_EXPIRES: i64 = auth::MAX_TOKEN_SECONDS;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    JsonBody(req): JsonBody<TokenRequest>,
+    JsonBody(req): JsonBody<TokenRequest, TOKEN_BODY_BYTES>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     // Failed secrets are limited per source and key id (auth_limit.rs).
     hub.auth_limit

@@ -148,6 +148,37 @@ const MIGRATIONS: &[&str] = &[
         UPDATE session_queues SET secrets_sealed = NULL WHERE id = NEW.id;
     END;
     "#,
+    // 6: a robot an operator deleted (`tasuki-hub robots delete`) stays
+    // deleted: its machine's instance id is remembered, and that machine's
+    // agent is refused (`robot_deleted`) instead of registering it again,
+    // until its operator registers it again with `tasuki register --replace`.
+    r#"
+    CREATE TABLE retired_instances (
+        instance_id TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, key_id, name)
+    ) STRICT, WITHOUT ROWID;
+    "#,
+    // 7: purged secret params are counted, so that the hub can checkpoint
+    // the write-ahead log (which still holds the sealed values' old pages)
+    // only when there is something to wipe (serve.rs).
+    r#"
+    CREATE TABLE secret_purges (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        count INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO secret_purges (id, count) VALUES (1, 0);
+    DROP TRIGGER session_queues_purge_secrets;
+    CREATE TRIGGER session_queues_purge_secrets
+    AFTER UPDATE OF status ON session_queues
+    WHEN NEW.status IN ('success', 'error', 'cancelled') AND NEW.secrets_sealed IS NOT NULL
+    BEGIN
+        UPDATE session_queues SET secrets_sealed = NULL WHERE id = NEW.id;
+        UPDATE secret_purges SET count = count + 1 WHERE id = 1;
+    END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {

@@ -88,6 +88,11 @@ impl Db {
         // sealed at start) is zeroed rather than left in free space.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(open_err)?;
+        // A checkpoint leaves the write-ahead log's file at its size, old
+        // frames and all, until new ones overwrite them; past this size it
+        // is cut back. (The serve loop empties it after secrets are purged.)
+        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)
+            .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         // `tasuki-hub robots|keys` write to the file while a hub serves it.

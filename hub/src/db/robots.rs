@@ -54,6 +54,9 @@ pub enum Registered {
     LimitReached {
         limit: u64,
     },
+    /// An operator deleted this machine's robot of that name; only a
+    /// registration with `replace` brings it back.
+    Deleted,
 }
 
 pub fn find(conn: &Connection, name: &str) -> Result<Option<RobotRow>, DbError> {
@@ -91,7 +94,8 @@ pub fn count_of_key(conn: &Connection, key_id: &str) -> Result<u64, DbError> {
 /// registers again (a restart), when `replace` is set, or when an operator
 /// has just moved it to this key (its instance id is then empty). A name
 /// owned by another key is never taken over, whatever the request says; a
-/// new name is refused once the key has `max_robots` robots.
+/// new name is refused once the key has `max_robots` robots; a machine
+/// whose robot an operator deleted is refused unless `replace` is set.
 pub fn register(
     conn: &mut Connection,
     name: &str,
@@ -101,6 +105,15 @@ pub fn register(
     now_ms: i64,
 ) -> Result<Registered, DbError> {
     let tx = conn.transaction()?;
+    if is_retired(&tx, &req.instance_id, key_id, name)? {
+        if !req.replace {
+            return Ok(Registered::Deleted);
+        }
+        tx.exec_cached(
+            "DELETE FROM retired_instances WHERE instance_id = ?1 AND key_id = ?2 AND name = ?3",
+            params![req.instance_id, key_id, name],
+        )?;
+    }
     let labels = to_json(&req.labels)?;
     let host = to_json(&req.host)?;
     let Some(existing) = find(&tx, name)? else {
@@ -203,7 +216,9 @@ pub enum Deletion {
 }
 
 /// Deletes the robot `name` unless it holds a lease. Ended sessions it ran
-/// keep their history but no longer name a robot.
+/// keep their history but no longer name a robot. Its machine is
+/// remembered, so that its agent is refused rather than registering it
+/// again.
 pub fn delete(conn: &mut Connection, name: &str) -> Result<Deletion, DbError> {
     let tx = conn.transaction()?;
     let Some(robot) = find(&tx, name)? else {
@@ -225,8 +240,34 @@ pub fn delete(conn: &mut Connection, name: &str) -> Result<Deletion, DbError> {
         [robot.id],
     )?;
     tx.exec_cached("DELETE FROM robots WHERE id = ?1", [robot.id])?;
+    if !robot.instance_id.is_empty() {
+        tx.exec_cached(
+            "INSERT OR REPLACE INTO retired_instances (instance_id, key_id, name, at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![robot.instance_id, robot.key_id, robot.name, super::now_ms()],
+        )?;
+    }
     tx.commit()?;
     Ok(Deletion::Done)
+}
+
+/// Whether an operator deleted the robot `name` that this machine
+/// (`instance_id`, of `key_id`) had registered, and it has not been
+/// registered again with `replace` since.
+pub fn is_retired(
+    conn: &Connection,
+    instance_id: &str,
+    key_id: &str,
+    name: &str,
+) -> Result<bool, DbError> {
+    Ok(conn
+        .row_cached(
+            "SELECT 1 FROM retired_instances WHERE instance_id = ?1 AND key_id = ?2 AND name = ?3",
+            params![instance_id, key_id, name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 /// Records a heartbeat.

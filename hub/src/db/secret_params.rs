@@ -4,7 +4,10 @@
 //! key (as access-key secrets are, `crate::secrets`), with the session id
 //! as associated data. They are opened only to build the lease a robot
 //! receives, and a trigger drops the sealed blob when the session ends
-//! (migration 5), so an ended session keeps no secret at all.
+//! (migrations 5 and 7), so an ended session keeps no secret at all. The
+//! blob's old page images leave the write-ahead log at the next
+//! checkpoint, which the serve loop runs within seconds of a purge
+//! ([`checkpoint`]).
 
 use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
@@ -101,12 +104,39 @@ pub fn seal_rows_left_in_clear(
         )?;
     }
     tx.commit()?;
-    if !rows.is_empty() {
-        // The clear values may still sit in the write-ahead log's old
-        // frames: copy the log into the database and empty it.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    if !rows.is_empty() && !checkpoint(conn)? {
+        // A reader kept the log from being emptied: the serve loop's
+        // checkpoint takes it from here.
+        tracing::warn!(
+            "the database is busy; the clear values stay in the write-ahead log until the next \
+             checkpoint"
+        );
+        conn.execute(
+            "UPDATE secret_purges SET count = count + 1 WHERE id = 1",
+            [],
+        )?;
     }
     Ok(rows.len())
+}
+
+/// How many times secret params were dropped from a session (the purge
+/// trigger counts them), so that a checkpoint runs only when there is
+/// something to wipe.
+pub fn purges(conn: &Connection) -> Result<i64, DbError> {
+    Ok(
+        conn.row_cached("SELECT count FROM secret_purges WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// Copies the write-ahead log into the database and empties it, so that
+/// the old page images it holds (sealed secret params among them) are
+/// gone from the disk; `secure_delete` has zeroed them in the database.
+/// `false` when a reader kept the log from being emptied.
+pub fn checkpoint(conn: &Connection) -> Result<bool, DbError> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(busy == 0)
 }
 
 /// Sessions holding sealed secret params: a new master key must not be

@@ -46,8 +46,9 @@ fn robot_name(
 }
 
 /// The registered robot `name`, which must be this caller's and this
-/// instance's. The agent stops on `robot_of_another_key` and
-/// `robot_name_taken`, so their messages say what happened.
+/// instance's. The agent stops on `robot_of_another_key`,
+/// `robot_name_taken` and `robot_deleted`, so their messages say what
+/// happened.
 async fn own_robot(
     hub: &Hub,
     caller: &Caller,
@@ -56,6 +57,18 @@ async fn own_robot(
 ) -> Result<RobotRow, ApiError> {
     let lookup = name.to_string();
     let Some(robot) = hub.db.call(move |conn| robots::find(conn, &lookup)).await? else {
+        let (instance, key, lookup) = (
+            instance_id.to_string(),
+            caller.key_id.clone(),
+            name.to_string(),
+        );
+        let retired = hub
+            .db
+            .call(move |conn| robots::is_retired(conn, &instance, &key, &lookup))
+            .await?;
+        if retired {
+            return Err(deleted(name));
+        }
         return Err(ApiError::not_found(
             "robot_not_registered",
             format!("there is no robot `{name}` on this hub; run `tasuki register` first"),
@@ -71,7 +84,8 @@ async fn own_robot(
         return Err(ApiError::not_found(
             "robot_not_registered",
             format!(
-                "the robot `{name}` was moved to this access key by a hub operator and no                  machine has registered it since; run `tasuki register`"
+                "the robot `{name}` was moved to this access key by a hub operator and no \
+                 machine has registered it since; run `tasuki register`"
             ),
         ));
     }
@@ -85,7 +99,9 @@ async fn own_robot(
             StatusCode::CONFLICT,
             "robot_name_taken",
             format!(
-                "this robot name `{name}` was taken over by {host} with --replace; this machine                  no longer gets its work. Register this machine under another name, or take                  the name back with `tasuki register --replace`"
+                "this robot name `{name}` was taken over by {host} with --replace; this machine \
+                 no longer gets its work. Register this machine under another name, or take \
+                 the name back with `tasuki register --replace`"
             ),
         ));
     }
@@ -97,14 +113,33 @@ async fn own_robot(
 fn another_key(name: &str, moved_from_caller: bool) -> ApiError {
     let what = if moved_from_caller {
         format!(
-            "this robot `{name}` was moved to another access key by a hub operator              (`tasuki-hub robots transfer`); this key can no longer drive it"
+            "this robot `{name}` was moved to another access key by a hub operator \
+             (`tasuki-hub robots transfer`); this key can no longer drive it"
         )
     } else {
         format!(
-            "the robot name `{name}` belongs to another access key, and a robot is driven only              by the key that registered it (--replace does not change that); only a hub              operator can move it to this key, with `tasuki-hub robots transfer {name}              --to-key <access_key_id>`, or choose another name"
+            "the robot name `{name}` belongs to another access key, and a robot is driven only \
+             by the key that registered it (--replace does not change that); only a hub \
+             operator can move it to this key, with `tasuki-hub robots transfer {name} \
+             --to-key <access_key_id>`, or choose another name"
         )
     };
     ApiError::new(StatusCode::FORBIDDEN, "robot_of_another_key", what)
+}
+
+/// An operator deleted the robot this machine had registered. The agent
+/// would register it again on `robot_not_registered`; on this it stops.
+/// 410: no retry or new token changes it (an agent takes a 403 for a
+/// credentials problem).
+fn deleted(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "robot_deleted",
+        format!(
+            "a hub operator deleted robot `{name}` (tasuki-hub robots delete); register this \
+             machine again to bring it back: tasuki register --name {name} --replace ..."
+        ),
+    )
 }
 
 fn name_taken(name: &str, by: &str) -> ApiError {

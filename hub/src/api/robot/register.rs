@@ -13,7 +13,7 @@ use super::super::Hub;
 use super::super::auth::RobotCaller;
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
-use super::{another_key, name_taken, own_robot, robot_name};
+use super::{another_key, deleted, name_taken, own_robot, robot_name};
 use crate::db::now_ms;
 use crate::db::robots::{self, Registered};
 
@@ -49,6 +49,10 @@ pub async fn register(
         Registered::OtherKey { moved_from_caller } => {
             tracing::warn!(robot = %name, key_id = %caller.key_id, "refused to register a robot of another key");
             Err(another_key(&name, moved_from_caller))
+        }
+        Registered::Deleted => {
+            tracing::warn!(robot = %name, key_id = %caller.key_id, "refused to register a deleted robot again without replace");
+            Err(deleted(&name))
         }
         Registered::LimitReached { limit } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
