@@ -127,7 +127,8 @@ async fn an_agent_whose_robot_an_operator_deleted_exits_and_a_register_brings_it
     // The agent does not register the robot again: it stops, and says why.
     let status = agent.wait(Duration::from_secs(15));
     let log = agent.log();
-    let status = status.unwrap_or_else(|| panic!("the agent of a deleted robot kept running:\n{log}"));
+    let status =
+        status.unwrap_or_else(|| panic!("the agent of a deleted robot kept running:\n{log}"));
     assert_eq!(status.code(), Some(EXIT_DISPLACED), "{log}");
     assert!(
         log.contains("a hub operator deleted robot `deleted`")

@@ -111,8 +111,7 @@ impl Setup {
         ["", "-wal", "-shm"].iter().any(|suffix| {
             let mut path = self.scratch.db().into_os_string();
             path.push(suffix);
-            std::fs::read(&path)
-                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
         })
     }
 

@@ -83,10 +83,7 @@ mod tests {
             escape("\u{85}\u{7f}\u{2066}\u{2028}\u{2029}", Style::Plain),
             "\\u{85}\\u{7f}\\u{2066}\\u{2028}\\u{2029}"
         );
-        assert_eq!(
-            escape("x\u{2028}y\u{1b}", Style::Json),
-            "x\\u2028y\\u001b"
-        );
+        assert_eq!(escape("x\u{2028}y\u{1b}", Style::Json), "x\\u2028y\\u001b");
         assert!(matches!(
             escape("plain – ünïcode 日本語", Style::Plain),
             Cow::Borrowed(_)

@@ -172,6 +172,9 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
             // connection, past the default cap of 1024.
             "--max-connections",
             "100000",
+            // ...all from 127.0.0.1, past the default cap per address.
+            "--max-connections-per-address",
+            "0",
         ])
         .arg("--db")
         .arg(dir.join("hub.db"))

@@ -147,7 +147,12 @@ impl AuthLimiter {
         result
     }
 
-    fn enter(&self, source: Option<IpAddr>, key: Option<&str>, now: Instant) -> Result<Entry, ApiError> {
+    fn enter(
+        &self,
+        source: Option<IpAddr>,
+        key: Option<&str>,
+        now: Instant,
+    ) -> Result<Entry, ApiError> {
         let mut counts = lock(&self.counts);
         let trusted = match (source, key) {
             (Some(ip), Some(key)) => counts
@@ -367,8 +372,7 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     /// its failures reset if its window is over.
     fn entry(&mut self, key: K, now: Instant) -> &mut Window {
         if !self.map.contains_key(&key) && self.map.len() >= MAX_TRACKED {
-            self.map
-                .retain(|_, w| w.in_flight > 0 || !w.expired(now));
+            self.map.retain(|_, w| w.in_flight > 0 || !w.expired(now));
             if self.map.len() >= MAX_TRACKED
                 && let Some(oldest) = self
                     .map

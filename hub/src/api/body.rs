@@ -1,6 +1,7 @@
 //! The JSON request body extractor. Unlike axum's `Json`, every rejection
 //! is a JSON error that names the problem: the field path of a wrong or
-//! unknown field, the line and column of a syntax error, the size limit.
+//! unknown field, the line and column of a syntax error, the size limit
+//! (10 MB, or an endpoint's own), a body that did not arrive in time.
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
@@ -36,24 +37,22 @@ where
                 ),
             )
         };
-        // Refused before a byte of it is read.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > LIMIT as u64) {
-            return Err(too_large());
-        }
         let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
             .await
             .map_err(|e| {
                 if let Some(slow) = body_deadline::too_slow(&e) {
-                    ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", slow.to_string())
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        slow.to_string(),
+                    )
                 } else if is_length_limit(&e) {
                     too_large()
                 } else {
-                    ApiError::bad_request("unreadable_body", format!("cannot read the request body: {e}"))
+                    ApiError::bad_request(
+                        "unreadable_body",
+                        format!("cannot read the request body: {e}"),
+                    )
                 }
             })?;
         parse(&bytes).map(JsonBody)

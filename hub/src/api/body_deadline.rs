@@ -80,9 +80,8 @@ impl HttpBody for Deadlined {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
-                    let earned = Duration::from_secs_f64(
-                        this.received as f64 / BYTES_PER_SECOND as f64,
-                    );
+                    let earned =
+                        Duration::from_secs_f64(this.received as f64 / BYTES_PER_SECOND as f64);
                     this.timer
                         .as_mut()
                         .reset(this.started + this.allowance + earned);

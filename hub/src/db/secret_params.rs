@@ -111,7 +111,10 @@ pub fn seal_rows_left_in_clear(
             "the database is busy; the clear values stay in the write-ahead log until the next \
              checkpoint"
         );
-        conn.execute("UPDATE secret_purges SET count = count + 1 WHERE id = 1", [])?;
+        conn.execute(
+            "UPDATE secret_purges SET count = count + 1 WHERE id = 1",
+            [],
+        )?;
     }
     Ok(rows.len())
 }
@@ -120,9 +123,11 @@ pub fn seal_rows_left_in_clear(
 /// trigger counts them), so that a checkpoint runs only when there is
 /// something to wipe.
 pub fn purges(conn: &Connection) -> Result<i64, DbError> {
-    Ok(conn.row_cached("SELECT count FROM secret_purges WHERE id = 1", [], |r| {
-        r.get(0)
-    })?)
+    Ok(
+        conn.row_cached("SELECT count FROM secret_purges WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// Copies the write-ahead log into the database and empties it, so that
