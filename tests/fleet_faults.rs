@@ -180,23 +180,34 @@ async fn blackouts_shorter_than_the_lease_end_every_session_in_success() {
             proxy.black_out();
             tokio::time::sleep(Duration::from_secs(blackout_s)).await;
             proxy.restore();
+            let restored = jiff::Timestamp::now();
             let s = finished(&api, id, Duration::from_secs(120)).await;
+            // A session whose step ended in the blackout: how long its
+            // report took once the network was back.
+            let recovery = s["ended_at"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .filter(|ended| *ended < restored)
+                .map(|_| restored.duration_until(jiff::Timestamp::now()));
             let logs = all_logs(&api, id).await;
-            (
-                name,
-                blackout_s,
-                offset_ms,
-                id,
-                s,
-                logs,
-                (robot, proxy, agent),
-            )
+            let run = (name, blackout_s, offset_ms, id);
+            (run, s, logs, recovery, (robot, proxy, agent))
         }));
     }
     let mut failures = Vec::new();
     for t in tasks {
-        let (name, blackout_s, offset_ms, id, s, logs, (_robot, _proxy, agent)) =
+        let ((name, blackout_s, offset_ms, id), s, logs, recovery, (_robot, _proxy, agent)) =
             t.await.expect("run");
+        if let Some(took) = recovery {
+            eprintln!("{name}: reported {took:#} after the network came back");
+            // A few seconds (the retry interval is 2 s); generous for a
+            // loaded machine running twenty agents.
+            if took > jiff::SignedDuration::from_secs(10) {
+                failures.push(format!(
+                    "{name}: reported {took:#} after the network came back"
+                ));
+            }
+        }
         let seqs: Vec<u64> = logs.iter().filter_map(|l| l["seq"].as_u64()).collect();
         let ok = s["status"] == "success"
             && messages(&logs) == numbered(1..=LINES)

@@ -9,10 +9,10 @@
 //! whole line and the lines stay in memory, in order after the file's;
 //! writing is tried again at most once a [`DISK_RETRY`], and the trouble
 //! is logged once when it starts, then at most once a [`TROUBLE_LOG_EVERY`].
-//! Lines the hub has acknowledged leave memory whether or not they ever
-//! reached the disk, so memory holds at most what is both unsent and
-//! unwritable, up to [`MEMORY_LIMIT`] bytes (past it the spool is full:
-//! [`Lines::full`]).
+//! While the disk refuses lines, those the hub has acknowledged leave
+//! memory without ever reaching it, so memory holds at most what is both
+//! unsent and unwritable, up to [`MEMORY_LIMIT`] bytes (past it the spool
+//! is full: [`Lines::full`]); otherwise every line goes to the file.
 //!
 //! The sender reads with a [`Reader`]: the file's whole lines up to what
 //! was written, and only once it has read all of those, the lines still in
@@ -255,9 +255,15 @@ impl Lines {
         }
     }
 
-    /// The hub has every line up to `high_seq`: those need not be kept in
-    /// memory any more (on disk they stay until the session is finished).
+    /// The hub has every line up to `high_seq`. While the disk refuses
+    /// lines, those need not be kept in memory any more, which is what
+    /// bounds memory; while it takes them they still go to the file, so
+    /// that the file holds every line (a hub that loses lines it had, from
+    /// a database restored mid-session, gets them again from there).
     pub fn acked(&mut self, high_seq: u64) {
+        if self.trouble.is_none() {
+            return;
+        }
         while let Some(l) = self.memory.front()
             && l.seq <= high_seq
         {
