@@ -87,7 +87,7 @@ async fn an_agent_whose_robot_an_operator_moved_to_another_key_exits_with_its_co
     let status = status.unwrap_or_else(|| panic!("the displaced agent kept running:\n{log}"));
     assert_eq!(status.code(), Some(EXIT_DISPLACED), "{log}");
     assert!(
-        log.contains("a hub operator moved this robot to another access key"),
+        log.contains("was moved to another access key by a hub operator"),
         "{log}"
     );
 }

@@ -277,14 +277,15 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
 /// The hub gave this robot to someone else: no answer to a poll will
 /// change, so the agent stops (with `crate::EXIT_DISPLACED`) instead of
 /// retrying for ever.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Displaced {
+    /// The hub's own message says whether an operator moved the robot or
+    /// the name was another key's all along.
     #[error(
-        "robot `{0}` now belongs to another access key: a hub operator moved this robot to \
-         another access key (tasuki-hub robots transfer); register this machine under another \
-         name or ask the operator; this agent stops"
+        "robot `{robot}` is not this access key's: {hub_says}; register this machine under \
+         another name or ask the hub's operator; this agent stops"
     )]
-    ToAnotherKey(String),
+    ToAnotherKey { robot: String, hub_says: String },
     #[error("robot `{0}` was registered from another machine with --replace; this agent stops")]
     ByAnotherInstance(String),
     #[error(
@@ -298,8 +299,11 @@ pub enum Displaced {
 /// is no longer this agent's.
 pub fn displacement(robot: &str, e: &CallError) -> Option<Displaced> {
     match e {
-        CallError::Rejected { code, .. } if code == ROBOT_OF_ANOTHER_KEY => {
-            Some(Displaced::ToAnotherKey(robot.to_string()))
+        CallError::Rejected { code, message, .. } if code == ROBOT_OF_ANOTHER_KEY => {
+            Some(Displaced::ToAnotherKey {
+                robot: robot.to_string(),
+                hub_says: message.trim_end_matches('.').to_string(),
+            })
         }
         CallError::Rejected { code, .. } if code == ROBOT_NAME_TAKEN => {
             Some(Displaced::ByAnotherInstance(robot.to_string()))
@@ -549,17 +553,21 @@ mod tests {
 
     #[test]
     fn a_robot_given_to_another_key_or_machine_is_displaced() {
+        let moved = Displaced::ToAnotherKey {
+            robot: "r1".into(),
+            hub_says: "the hub's words".into(),
+        };
         assert_eq!(
             displacement("r1", &rejected(403, "robot_of_another_key")),
-            Some(Displaced::ToAnotherKey("r1".into()))
+            Some(moved.clone())
         );
         assert_eq!(
             displacement("r1", &rejected(409, "robot_name_taken")),
             Some(Displaced::ByAnotherInstance("r1".into()))
         );
-        let to_key = Displaced::ToAnotherKey("r1".into()).to_string();
+        let to_key = moved.to_string();
         assert!(
-            to_key.contains("tasuki-hub robots transfer") && to_key.contains("another name"),
+            to_key.contains("the hub's words") && to_key.contains("another name"),
             "{to_key}"
         );
         for passing in [
