@@ -120,6 +120,15 @@ impl Robot {
 
     /// `start`, with these variables added to the agent's environment.
     pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        self.launch(extra, env, true)
+    }
+
+    /// Starts `tasuki agent` without waiting for it to register.
+    pub fn spawn(&self, extra: &[&str]) -> Agent {
+        self.launch(extra, &[], false)
+    }
+
+    fn launch(&self, extra: &[&str], env: &[(&str, &str)], wait_registered: bool) -> Agent {
         let stderr_path = self.dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -144,10 +153,12 @@ impl Robot {
             child: Some(child),
             stderr_path,
         };
-        let ok = eventually(Duration::from_secs(20), || {
-            agent.log().contains("waiting for sessions")
-        });
-        assert!(ok, "the agent did not register:\n{}", agent.log());
+        if wait_registered {
+            let ok = eventually(Duration::from_secs(20), || {
+                agent.log().contains("waiting for sessions")
+            });
+            assert!(ok, "the agent did not register:\n{}", agent.log());
+        }
         agent
     }
 }
