@@ -1,4 +1,4 @@
-//! The hub's request parsing, `hub/src/api/{error,body,query,search,params}.rs`
+//! The hub's request parsing, `hub/src/api/{error,body,body_deadline,query,search,params}.rs`
 //! compiled in unchanged (the hub is a binary crate). They reach each other
 //! through `super::`, and the database only through the three items that
 //! `db.rs` stands in for.
@@ -10,6 +10,10 @@ pub mod error;
 #[allow(dead_code)]
 #[path = "../../hub/src/api/body.rs"]
 pub mod body;
+
+#[allow(dead_code)]
+#[path = "../../hub/src/api/body_deadline.rs"]
+pub mod body_deadline;
 
 #[allow(dead_code)]
 #[path = "../../hub/src/api/query.rs"]
