@@ -172,8 +172,22 @@ fn parse_json(text: &str) -> Result<Located, Problem> {
         })?;
     // JSON is YAML, so the YAML reader can tell where each node is; if it
     // disagrees with the JSON (it should not), locations are simply absent.
-    let positions = parse_yaml(text).map(|l| l.positions).unwrap_or_default();
+    // JSON allows characters in strings that YAML refuses (DEL, C1
+    // controls); a space in their place moves no line or column.
+    let yaml_safe: String = text
+        .chars()
+        .map(|c| if yaml_printable(c) { c } else { ' ' })
+        .collect();
+    let positions = parse_yaml(&yaml_safe)
+        .map(|l| l.positions)
+        .unwrap_or_default();
     Ok(Located { value, positions })
+}
+
+/// YAML 1.2's printable characters (its `c-printable`).
+fn yaml_printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+        || c >= '\u{10000}'
 }
 
 /// Reads a JSON value the way the YAML reader reads YAML: a duplicate key
@@ -421,6 +435,17 @@ mod tests {
         let text = "{\n  \"name\": \"x\",\n  \"steps\": [\n    {\"id\": \"a\"}\n  ]\n}";
         let doc = parse(text, Format::Json).unwrap();
         assert_eq!(doc.position("steps[0].id").map(|p| p.0), Some(4));
+    }
+
+    /// Found by the `workflow` fuzz target: a DEL in a string left every
+    /// problem of a JSON workflow without a line.
+    #[test]
+    fn json_positions_survive_characters_yaml_refuses() {
+        let text =
+            "{\n  \"name\": \"a\u{7f}\u{9f}b\",\n  \"steps\": [\n    {\"i\": \"log\"}\n  ]\n}";
+        let doc = parse(text, Format::Json).unwrap();
+        assert_eq!(doc.value["name"], "a\u{7f}\u{9f}b");
+        assert_eq!(doc.position("steps[0].i").map(|p| p.0), Some(4));
     }
 
     #[test]
