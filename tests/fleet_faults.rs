@@ -11,7 +11,9 @@ mod hub_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use fleet_support::*;
 use hub_support::*;
@@ -29,6 +31,8 @@ const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
 struct Proxy {
     url: String,
     out: watch::Sender<bool>,
+    /// Bytes a second each connection may carry either way; 0 for no limit.
+    rate: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,9 +41,12 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let url = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let (out, gate) = watch::channel(false);
+        let rate = Arc::new(AtomicU64::new(0));
+        let limit = rate.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let gate = gate.clone();
+                let limit = limit.clone();
                 tokio::spawn(async move {
                     let mut g = gate.clone();
                     let _ = g.wait_for(|out| !*out).await;
@@ -48,12 +55,22 @@ impl Proxy {
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::spawn(pump(cr, sw, gate.clone()));
-                    tokio::spawn(pump(sr, cw, gate));
+                    tokio::spawn(pump(cr, sw, gate.clone(), limit.clone()));
+                    tokio::spawn(pump(sr, cw, gate, limit));
                 });
             }
         });
-        Proxy { url, out, task }
+        Proxy {
+            url,
+            out,
+            rate,
+            task,
+        }
+    }
+
+    /// Slows every connection down to `bytes_per_second` each way.
+    fn throttle(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::SeqCst);
     }
 
     fn black_out(&self) {
@@ -76,6 +93,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut gate: watch::Receiver<bool>,
+    rate: Arc<AtomicU64>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -89,6 +107,10 @@ async fn pump(
         };
         if to.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        let rate = rate.load(Ordering::SeqCst);
+        if rate > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
         }
     }
     let _ = to.shutdown().await;
@@ -831,4 +853,72 @@ async fn an_agent_killed_while_out_of_touch_delivers_its_spooled_lines_once_afte
     );
     let runs = std::fs::read_to_string(flags.join("runs")).unwrap();
     assert_eq!(runs.lines().count(), 1, "the session ran once");
+}
+
+/// Issue 12 (from the notes of issue 4): a restarted agent lists the leases
+/// of the spools it recovers as held, so the hub keeps them alive while
+/// their lines go. The network is slowed down so that delivering the
+/// recovered lines takes longer than the lease lives (6 s here): a lease
+/// left unrenewed meanwhile would end the session `robot_lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_spool_keeps_its_lease_alive_while_it_is_delivered() {
+    const LEASE_TTL_S: u64 = 6;
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let ttl = LEASE_TTL_S.to_string();
+    let hub = Hub::start_with(
+        &scratch,
+        &[
+            "--quota-per-robot",
+            "1000000",
+            "--hold-seconds",
+            "1",
+            "--lease-ttl-seconds",
+            &ttl,
+        ],
+    );
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let (robot, proxy, agent) = robot_behind_proxy(&scratch, &hub, &key, "slowpoke").await;
+    let yaml = shell_yaml(
+        "slowpoke",
+        "n=1\nwhile true; do\n  echo \"line $n\"\n  n=$((n+1))\ndone",
+    );
+    let id = queue(&api, workflow(&api, &yaml, &[]).await, json!({})).await;
+    wait_lines(&api, id, 10, &agent).await;
+    // About 550 lines a second reach the hub from now on; the spool gets
+    // tens of thousands.
+    proxy.throttle(50_000);
+    let spool = robot.dir.join("work").join("spool");
+    assert!(
+        eventually(Duration::from_secs(30), || last_spooled_seq(&spool)
+            >= 12_000),
+        "lines did not reach the spool\n{}",
+        agent.log()
+    );
+    agent.signal("KILL");
+    drop(agent);
+    let on_disk = last_spooled_seq(&spool);
+    let restarted = Instant::now();
+    let again = robot.start(&[]);
+    let s = finished(&api, id, Duration::from_secs(120)).await;
+    let took = restarted.elapsed();
+    assert_eq!(
+        s["error"]["code"],
+        "agent_restarted",
+        "the recovered lease stayed alive: {s}\n{}",
+        again.log()
+    );
+    let logs = all_logs(&api, id).await;
+    let delivered = u32::try_from(logs.len()).unwrap();
+    assert!(u64::from(delivered) >= on_disk, "{delivered} of {on_disk}");
+    assert_eq!(
+        messages(&logs),
+        numbered(1..=delivered),
+        "each line once, in order"
+    );
+    // Otherwise the lease never needed renewing and this proves nothing.
+    assert!(
+        took > Duration::from_secs(LEASE_TTL_S + 2),
+        "delivery took only {took:?}; slow the proxy down further"
+    );
 }

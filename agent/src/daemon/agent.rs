@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::client::{CallError, ROBOT_NAME_TAKEN, ROBOT_OF_ANOTHER_KEY, backoff, retry_delay};
 use super::metrics::Sampler;
 use super::session::{self, SessionEnv};
-use super::ship::{self, Shipped};
+use super::ship::recover::Leftover;
+use super::ship::{Finishing, Shipped};
 
 /// How long to wait before polling again when the answer only repeated
 /// cancels the agent is already carrying out.
@@ -57,15 +58,13 @@ struct Running {
     single_process: bool,
     /// When the hub's cancel reached the agent, for the latency metric.
     cancel_requested: Arc<std::sync::OnceLock<std::time::Instant>>,
-    /// Its final report is on the way: the hub frees its slot the moment
-    /// the report arrives (and may offer the next session in the same
-    /// breath), so the agent counts the slot as free too.
-    finishing: Arc<AtomicBool>,
+    /// Its final report is on the way, so its slot counts as free.
+    finishing: Finishing,
 }
 
 impl Running {
     fn occupies_slot(&self) -> bool {
-        !self.finishing.load(Ordering::SeqCst)
+        !self.finishing.is_set()
     }
 }
 
@@ -137,19 +136,14 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             tokio::task::spawn_blocking(move || {
                 super::private_fs::tighten(&env.spool_root());
                 super::private_fs::tighten(&env.sessions_root());
-                let leftovers = ship::leftover_spools(&env.spool_root());
+                let leftovers = super::ship::recover::leftovers(&env.spool_root());
                 super::scratch::remove_leftovers(&env.sessions_root(), &env.artifacts_dir);
                 leftovers
             })
             .await
         };
-        let leftovers = listed.unwrap_or_default();
         env.scratch.refill();
-        let env = env.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            ship::recover(&env.client, leftovers, &env.metrics, &stop).await;
-        });
+        recover(&env, &state, &stop, listed.unwrap_or_default());
     }
 
     let mut sampler = Sampler::new(&env.work_dir);
@@ -425,7 +419,7 @@ fn start(
 ) {
     let id = lease.session_id;
     let cancel = CancellationToken::new();
-    let finishing = Arc::new(AtomicBool::new(false));
+    let finishing = Finishing::default();
     let cancel_requested = Arc::new(std::sync::OnceLock::new());
     state.running().insert(
         id,
@@ -459,6 +453,54 @@ fn start(
         // count (a session that never started frees no slot on the hub):
         // poll again with the same poll id.
         state.changed.notify_one();
+    });
+}
+
+/// Delivers the spools a killed run left, one after the other, in a task
+/// of their own. Their leases are held meanwhile (listed in every poll,
+/// so the hub keeps them alive while their lines go), occupying no slot.
+fn recover(
+    env: &Arc<SessionEnv>,
+    state: &Arc<State>,
+    stop: &CancellationToken,
+    leftovers: Vec<Leftover>,
+) {
+    if leftovers.is_empty() {
+        return;
+    }
+    {
+        let mut running = state.running();
+        for leftover in &leftovers {
+            let lease = leftover.lease();
+            running.insert(
+                lease.session_id,
+                Running {
+                    lease_id: lease.lease_id.clone(),
+                    // Nothing left to cancel: the session is over.
+                    cancel: CancellationToken::new(),
+                    single_process: false,
+                    cancel_requested: Arc::default(),
+                    finishing: leftover.finishing(),
+                },
+            );
+        }
+    }
+    let (env, state, stop) = (env.clone(), state.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut leftovers = leftovers.into_iter();
+        for leftover in leftovers.by_ref() {
+            let id = leftover.lease().session_id;
+            let outcome = leftover.deliver(&env.client, &env.metrics, &stop).await;
+            state.running().remove(&id);
+            state.changed.notify_one();
+            if outcome == Shipped::Interrupted {
+                break;
+            }
+        }
+        // The agent is exiting: the rest stay on disk for the next start.
+        for rest in leftovers {
+            state.running().remove(&rest.lease().session_id);
+        }
     });
 }
 

@@ -3,8 +3,12 @@
 //! - `config.rs`: the config and credentials files.
 //! - `client.rs`: the hub client (signing, retries).
 //! - `agent.rs`: the poll loop, session supervision, drain.
-//! - `session.rs`: one leased session, from ack to report.
-//! - `ship.rs`: the log spool and the shipper.
+//! - `session.rs`: one leased session: check it, run it, ship it.
+//! - `ship/`: what a session produced, on its way to the hub: the sink,
+//!   the spool, the sender, crash recovery.
+//! - `scratch.rs`, `checked.rs`, `workdir_lock.rs`: each session's
+//!   directories made ahead, workflows already checked, one agent per work
+//!   dir.
 //! - `metrics.rs`: host metrics for the heartbeat.
 //! - `private_fs.rs`: folders 0700 and files 0600, the agent's alone.
 //! - `health.rs`: Prometheus metrics, `/healthz` and `/metrics`.
@@ -20,7 +24,6 @@ mod private_fs;
 mod scratch;
 mod session;
 mod ship;
-mod spool;
 mod workdir_lock;
 
 use std::io::Read;

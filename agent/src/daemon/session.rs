@@ -5,12 +5,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
-use tasuki_actions::language::params::{ParamInputs, bind_params};
+use tasuki_actions::language::params::{BoundParams, ParamInputs, bind_params};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
 use tasuki_protocol::{HeldLease, Lease};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use super::checked::CheckedWorkflows;
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
 use super::scratch::ScratchPool;
-use super::ship::{self, Shipped, Spool};
+use super::ship::{self, Finishing, Shipped, Source, Spool, SpoolSink};
 
 /// How long after a session's start its spool's lease is recorded and the
 /// next session's directories are made.
@@ -59,18 +58,66 @@ impl SessionEnv {
     }
 }
 
-/// Runs a leased session to its end. `cancel` is the session's own token
-/// (the hub asked, or the agent is stopping hard); `stop` interrupts
-/// shipping when the agent exits without waiting.
+/// Runs a leased session to its end: checks it, runs it, and ships what
+/// it produced (`ship/`). `cancel` is the session's own token (the hub
+/// asked, or the agent is stopping hard); `stop` interrupts shipping when
+/// the agent exits without waiting; `finishing` is set once the final
+/// report is on its way.
 pub async fn run(
     env: Arc<SessionEnv>,
     lease: Lease,
     cancel: CancellationToken,
     stop: CancellationToken,
-    finishing: Arc<AtomicBool>,
+    finishing: Finishing,
 ) -> Shipped {
-    let id = lease.session_id;
     let received = Instant::now();
+    let prepared = prepare(&env, &lease);
+    env.metrics
+        .pickup_seconds
+        .observe(super::health::seconds_since(received));
+    tracing::info!(session_queue_id = lease.session_id, workflow = %lease.workflow.name, "session started");
+    let held = HeldLease {
+        session_id: lease.session_id,
+        lease_id: lease.lease_id,
+    };
+    match prepared {
+        Ok((workflow, params)) => {
+            run_checked(&env, held, workflow, params, cancel, stop, finishing).await
+        }
+        Err((code, message)) => {
+            let report = ship::failed_before_start(&held, code, message);
+            let created = {
+                let (root, held, finishing) = (env.spool_root(), held.clone(), finishing.clone());
+                tokio::task::spawn_blocking(move || Spool::create(&root, held, finishing))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|created| created)
+            };
+            match created {
+                Ok(spool) => {
+                    env.metrics.session_ended("error");
+                    ship::ship(
+                        &env.client,
+                        &spool,
+                        Source::Ended(report),
+                        &env.metrics,
+                        &stop,
+                    )
+                    .await
+                }
+                Err(e) => cannot_spool(&env, &held, e, &finishing, &stop).await,
+            }
+        }
+    }
+}
+
+/// The lease's workflow checked with this robot's settings (the hub
+/// validated it without them, such as the `env` allow-list), and its
+/// params bound; or the error code and message the session ends with.
+fn prepare(
+    env: &SessionEnv,
+    lease: &Lease,
+) -> Result<(Arc<tasuki_actions::Workflow>, BoundParams), (&'static str, String)> {
     let origin = format!(
         "workflow {} ({}).{}",
         lease.workflow.id,
@@ -81,79 +128,49 @@ pub async fn run(
             "yaml"
         }
     );
-    // Checked again here: the hub validated it without this robot's
-    // settings (such as the `env` allow-list).
     let load = LoadOptions {
         env_allow: Some(env.options.env_allow.clone()),
         allowed_actions: Some(env.allowed_actions.clone()),
         allow_file_urls: Some(env.options.browser.allow_file_urls),
     };
-    let prepared = env
+    let workflow = env
         .checked
         .get_or_check(&lease.workflow, || {
             parse_workflow(&lease.workflow.source, &origin, &env.registry, &load)
         })
-        .map_err(|problems| ("invalid_workflow", problems.to_string()))
-        .and_then(|workflow| {
-            let inputs = ParamInputs {
-                file: lease.params.clone(),
-                ..ParamInputs::default()
-            };
-            bind_params(&workflow, &inputs)
-                .map(|params| (workflow, params))
-                .map_err(|problems| ("invalid_params", problems.to_string()))
-        });
-    env.metrics
-        .pickup_seconds
-        .observe(super::health::seconds_since(received));
-    tracing::info!(session_queue_id = id, workflow = %lease.workflow.name, "session started");
+        .map_err(|problems| ("invalid_workflow", problems.to_string()))?;
+    let inputs = ParamInputs {
+        file: lease.params.clone(),
+        ..ParamInputs::default()
+    };
+    let params = bind_params(&workflow, &inputs)
+        .map_err(|problems| ("invalid_params", problems.to_string()))?;
+    Ok((workflow, params))
+}
 
-    let spool_lease = HeldLease {
-        session_id: id,
-        lease_id: lease.lease_id.clone(),
-    };
-    let (workflow, mut params) = match prepared {
-        Ok(p) => p,
-        Err((code, message)) => {
-            let created = {
-                let (root, lease, finishing) =
-                    (env.spool_root(), spool_lease.clone(), finishing.clone());
-                tokio::task::spawn_blocking(move || Spool::create(&root, lease, finishing)).await
-            };
-            let spool = match created {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
-                Err(e) => {
-                    let e = std::io::Error::other(e.to_string());
-                    return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await;
-                }
-            };
-            env.metrics.session_ended("error");
-            let report = ship::failed_before_start(&spool_lease, code, message);
-            let outcome = ship::ship(
-                &env.client,
-                &spool,
-                ship::Shipper::none(),
-                None,
-                Some(report),
-                &env.metrics,
-                &stop,
-            )
-            .await;
-            return outcome;
-        }
-    };
+/// Runs a checked session with its spool sink, while the sender ships
+/// what it produces; then removes its directories.
+async fn run_checked(
+    env: &Arc<SessionEnv>,
+    held: HeldLease,
+    workflow: Arc<tasuki_actions::Workflow>,
+    mut params: BoundParams,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+    finishing: Finishing,
+) -> Shipped {
     params
         .secret_values
         .push(env.robot_secret.expose_secret().to_string());
     let scratch = match env.scratch.take().await {
         Ok(s) => s,
-        Err(e) => return cannot_spool(&env, &spool_lease, e, &finishing, &stop).await,
+        Err(e) => return cannot_spool(env, &held, e, &finishing, &stop).await,
     };
     let (session_dir, artifacts_dir) = (scratch.work_dir, scratch.artifacts_dir);
-    let spool = Spool::adopt(scratch.spool_dir, spool_lease.clone(), finishing.clone());
+    let id = held.session_id;
+    let spool = Spool::adopt(scratch.spool_dir, held, finishing);
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
-    let sink = Arc::new(spool.sink(scratch.logs, &step_ids, env.metrics.clone(), cancel.clone()));
+    let sink = SpoolSink::new(scratch.logs, &step_ids, env.metrics.clone(), cancel.clone());
     // Beside the work dir, so the sessions root's removal at start takes it.
     let private_dir = session_dir.with_extension("private");
     let options = ExecOptions {
@@ -165,59 +182,41 @@ pub async fn run(
     let executor = Executor::new(env.registry.clone(), options);
     let shipping = {
         let env = env.clone();
-        let shipper = sink.shipper();
+        let source = Source::Live {
+            sink: sink.clone(),
+            artifacts_dir: artifacts_dir.clone(),
+        };
         let stop = stop.clone();
-        let artifacts_dir = artifacts_dir.clone();
         tokio::spawn(async move {
             // Disk work that the first step need not wait for: the lease
             // only a restarted agent reads, and the next session's
             // directories. On a small machine it would otherwise compete
             // with the first step for the CPU.
             tokio::time::sleep(BACKGROUND_DISK_WORK_AFTER).await;
-            let written = {
-                let dir = spool.dir.clone();
-                let spool_lease = spool.lease.clone();
-                tokio::task::spawn_blocking(move || ship::write_lease(&dir, &spool_lease)).await
-            };
-            // Recorded before anything is shipped, so that the spool's
-            // removal after the final report can never come first.
-            match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(session_queue_id = id, error = %e, "cannot record the spool's lease; should the agent crash now, the session would end as robot_lost")
-                }
-                Err(e) => {
-                    tracing::warn!(session_queue_id = id, error = %e, "recording the spool's lease failed")
-                }
+            if let Err(e) = spool.record_lease().await {
+                tracing::warn!(session_queue_id = spool.lease.session_id, error = %e, "cannot record the spool's lease; should the agent crash now, the session would end as robot_lost");
             }
             env.scratch.refill();
-            let outcome = ship::ship(
-                &env.client,
-                &spool,
-                shipper,
-                Some(&artifacts_dir),
-                None,
-                &env.metrics,
-                &stop,
-            )
-            .await;
-            (outcome, spool)
+            let outcome = ship::ship(&env.client, &spool, source, &env.metrics, &stop).await;
+            (outcome, spool.dir)
         })
     };
     let flusher = {
         let sink = sink.clone();
         tokio::spawn(async move { sink.keep_flushed(SPOOL_FLUSH_EVERY).await })
     };
-    let report = executor.run(&workflow, &params, sink.clone(), cancel).await;
+    let report = executor
+        .run(&workflow, &params, Arc::new(sink.clone()), cancel)
+        .await;
     env.metrics.session_ended(report.status.as_str());
     tracing::info!(session_queue_id = id, status = ?report.status, duration_ms = report.duration_ms, "session ended");
     let shipped = shipping.await;
     flusher.abort();
     sink.flush().await;
     let (outcome, spool_dir) = match shipped {
-        Ok((outcome, spool)) => (outcome, Some(spool.dir)),
+        Ok((outcome, dir)) => (outcome, Some(dir)),
         Err(e) => {
-            tracing::error!(session_queue_id = id, error = %e, "the shipping task failed");
+            tracing::error!(error = %e, "the shipping task failed");
             (Shipped::Interrupted, None)
         }
     };
@@ -244,7 +243,7 @@ async fn cannot_spool(
     env: &SessionEnv,
     lease: &HeldLease,
     e: std::io::Error,
-    finishing: &AtomicBool,
+    finishing: &Finishing,
     stop: &CancellationToken,
 ) -> Shipped {
     tracing::error!(session_queue_id = lease.session_id, error = %e, "cannot create the session's spool");
@@ -253,18 +252,8 @@ async fn cannot_spool(
         "agent_error",
         format!("the robot cannot write its log spool: {e}"),
     );
-    finish_only(env, lease, report, finishing, stop).await
-}
-
-async fn finish_only(
-    env: &SessionEnv,
-    lease: &HeldLease,
-    report: tasuki_protocol::FinishSession,
-    finishing: &AtomicBool,
-    stop: &CancellationToken,
-) -> Shipped {
     env.metrics.session_ended("error");
-    finishing.store(true, std::sync::atomic::Ordering::SeqCst);
+    finishing.set();
     match env
         .client
         .finish(lease.session_id, &lease.lease_id, &report, stop)

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tasuki_protocol::LogLine;
 
-use super::health::Metrics;
+use crate::daemon::health::Metrics;
 
 /// Lines waiting in memory before they are written out unasked.
 const WRITE_OUT_AT: usize = 64 * 1024;
@@ -101,7 +101,7 @@ struct PendingWrite {
 /// on the blocking pool; the lock is not held while the disk works, so
 /// the executor and the sender are never held up by a slow disk.
 pub fn write_out(lines: &std::sync::Mutex<Lines>) {
-    let Some(mut w) = super::ship::lock(lines).start_write() else {
+    let Some(mut w) = super::lock(lines).start_write() else {
         return;
     };
     let written = w
@@ -114,7 +114,7 @@ pub fn write_out(lines: &std::sync::Mutex<Lines>) {
         // lines either way, and the next write starts there).
         let _ = w.file.set_len(w.at);
     }
-    super::ship::lock(lines).end_write(w, written);
+    super::lock(lines).end_write(w, written);
 }
 
 /// The disk refused a write.
@@ -368,7 +368,7 @@ impl Reader {
         max: usize,
     ) {
         let end = match lines {
-            Some(l) => super::ship::lock(l).disk_len(),
+            Some(l) => super::lock(l).disk_len(),
             None => self
                 .file
                 .as_ref()
@@ -393,7 +393,7 @@ impl Reader {
         out: &mut VecDeque<Spooled>,
         max: usize,
     ) -> bool {
-        let lines = super::ship::lock(lines);
+        let lines = super::lock(lines);
         if self.read_pos != lines.disk_len() {
             return false;
         }
