@@ -517,9 +517,21 @@ async fn once_runs_one_session_and_exits() {
 async fn sigterm_drains_the_running_session_and_takes_no_new_one() {
     let f = fleet();
     let (_robot, mut agent) = f.agent("drainer", &["--max-concurrency", "2"], &[]);
-    let wf = workflow(&f.api, &shell_yaml("slow", "sleep 1.5\necho finished"), &[]).await;
+    let wf = workflow(
+        &f.api,
+        &shell_yaml("slow", "echo started\nsleep 1.5\necho finished"),
+        &[],
+    )
+    .await;
     let running_id = queue(&f.api, wf, json!({})).await;
-    running(&f.api, running_id, LIMIT).await;
+    // Running on the robot, not only leased: a lease still on its way when
+    // the drain begins is handed back instead (the hub's `running` comes
+    // from the grant).
+    let deadline = std::time::Instant::now() + LIMIT;
+    while all_logs(&f.api, running_id).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     agent.signal("TERM");
     // Queued after the drain began: it must wait for another robot.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -532,6 +544,41 @@ async fn sigterm_drains_the_running_session_and_takes_no_new_one() {
     assert!(logs.iter().any(|l| l["message"] == "finished"));
     let s = f.api.get(&format!("/v1/session_queues/{later}")).await.body;
     assert_eq!(s["status"], "queued", "{s}");
+}
+
+/// A lease the hub grants just as the agent begins to drain (its poll in
+/// flight, abandoned for the drain) is handed back before the agent exits,
+/// never left `running` on the hub until its lease expires. Each round
+/// signals the agent the moment the hub shows the session granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_granted_as_the_drain_begins_is_run_or_handed_back() {
+    let f = fleet();
+    for round in 0..10 {
+        let name = format!("edge-{round}");
+        let (_robot, mut agent) = f.agent(&name, &[], &[]);
+        assert!(
+            eventually(LIMIT, || agent.log().contains("registered")),
+            "{}",
+            agent.log()
+        );
+        let wf = workflow(
+            &f.api,
+            &shell_yaml(&name, "echo started\nsleep 0.2"),
+            &[name.as_str()],
+        )
+        .await;
+        let id = queue(&f.api, wf, json!({})).await;
+        running(&f.api, id, LIMIT).await;
+        agent.signal("TERM");
+        let status = agent.wait(LIMIT).expect("the agent exits after draining");
+        assert!(status.success(), "{}", agent.log());
+        let s = f.api.get(&format!("/v1/session_queues/{id}")).await.body;
+        assert!(
+            s["status"] == "success" || s["status"] == "queued",
+            "round {round}: run to its end or handed back, not left to expire: {s}\n{}",
+            agent.log()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

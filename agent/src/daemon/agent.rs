@@ -149,6 +149,9 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     let mut sampler = Sampler::new(&env.work_dir);
     let mut sessions = JoinSet::new();
     let mut poll_id = new_id();
+    // The poll with this id was given up before its answer came (see
+    // `state.changed` below): the hub may have leased it a session.
+    let mut abandoned = false;
     let mut delays = backoff();
     loop {
         while let Some(done) = sessions.try_join_next() {
@@ -173,7 +176,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             let free = if draining || exclusive { 0 } else { free };
             (held, free)
         };
-        if draining && held.is_empty() {
+        // A drain ends once nothing is held, and once a poll given up in
+        // flight has been sent again and answered: a lease granted to it
+        // is then released rather than left running until it expires.
+        if draining && held.is_empty() && !abandoned {
             break;
         }
         let metrics = sampler.as_mut().map(|s| s.metrics());
@@ -202,6 +208,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             // comes back rather than waiting out its ack deadline.
             _ = state.changed.notified() => None,
         };
+        abandoned = answer.is_none();
         match answer {
             None => continue,
             Some(Ok(resp)) => {
@@ -395,9 +402,10 @@ fn handle(
         } else {
             // Not for us now (a drain began as it arrived): hand it straight
             // back, before any poll lists it, so that another robot runs it.
+            // In `sessions`, so that an agent about to exit waits for it.
             let client = env.client.clone();
             let stop = stop.clone();
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 if let Err(e) = client
                     .release(lease.session_id, &lease.lease_id, &stop)
                     .await

@@ -34,11 +34,25 @@ impl Default for SessionLimits {
 
 /// Bytes of log messages stored per session, so that a batch is not
 /// checked by summing a million lines. Seeded from the database the first
-/// time a session is seen; forgotten wholesale when it grows large (each
-/// session is then seeded again), which bounds it.
+/// time a session is seen; forgotten when the session's robot reports it
+/// finished, and wholesale should it still grow large (sessions whose
+/// robots never finish them; each is then seeded again), which bounds it.
 #[derive(Default)]
 pub struct Usage {
     log_bytes: Mutex<HashMap<i64, u64>>,
+}
+
+impl Usage {
+    /// Drops a session's entry: its robot finished it.
+    pub fn forget(&self, session_id: i64) {
+        let mut map = self.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&session_id);
+        // A map that once held many sessions keeps its capacity.
+        if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+            let len = map.len();
+            map.shrink_to(len * 2);
+        }
+    }
 }
 
 const MAX_TRACKED_SESSIONS: usize = 64 * 1024;
@@ -142,4 +156,27 @@ impl SessionLimits {
 
 fn too_much(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_session_is_forgotten_and_the_table_shrinks_back() {
+        let usage = Usage::default();
+        {
+            let mut map = usage.log_bytes.lock().unwrap();
+            for id in 0..10_000 {
+                map.insert(id, 1);
+            }
+        }
+        for id in 0..9_990 {
+            usage.forget(id);
+        }
+        let map = usage.log_bytes.lock().unwrap();
+        assert_eq!(map.len(), 10);
+        assert!(!map.contains_key(&0) && map.contains_key(&9_999));
+        assert!(map.capacity() < 2048, "capacity {}", map.capacity());
+    }
 }

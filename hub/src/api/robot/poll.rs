@@ -43,7 +43,13 @@ pub async fn poll(
                 let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
                 let mut offered =
                     leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
-                if !lost.is_empty() || !cancel.is_empty() || !offered.is_empty() {
+                // A draining robot that holds nothing is waiting for nothing:
+                // it has only come back for what an abandoned poll was sent.
+                if !lost.is_empty()
+                    || !cancel.is_empty()
+                    || !offered.is_empty()
+                    || (req.draining && req.held.is_empty())
+                {
                     return Ok(Ok(response(offered, cancel, lost)));
                 }
                 let want = Want {

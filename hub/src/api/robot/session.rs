@@ -301,6 +301,9 @@ pub async fn finish(
         })
         .await?;
     let session = session.ok_or_else(ApiError::internal)?;
+    // Its log is complete: the counter is only a cache of the database,
+    // which seeds it again should a late batch still come.
+    hub.session_usage.forget(id);
     match outcome {
         Finished::Now => {
             tracing::info!(session_queue_id = id, %status, key_id = %caller.key_id, "session finished");
