@@ -391,10 +391,10 @@ async fn lines_kept_in_memory_while_the_spool_disk_is_full_arrive_after_those_on
     let logs = all_logs(&api, id).await;
     assert_eq!(messages(&logs), numbered(1..=300), "{}", agent.log());
     let log = agent.log();
-    assert_eq!(
-        log.matches("cannot write the log spool").count(),
-        1,
-        "the full disk is mentioned once:\n{log}"
+    let mentions = log.matches("cannot write the log spool").count();
+    assert!(
+        (1..=2).contains(&mentions),
+        "the full disk is mentioned once by each session that met it:\n{log}"
     );
     assert!(
         log.lines().count() < 200,
@@ -523,8 +523,9 @@ fn last_spooled_seq(disk: &Path) -> u64 {
 /// Issue 12, item 4: the spool's disk fills mid-session. Lines the disk
 /// refuses wait in memory and still arrive, exactly and in order, and the
 /// session ends `success`; the agent says once that the disk is full (no
-/// log storm), keeps polling and honours a cancel of its other session
-/// meanwhile, and goes back to the disk once it has room. (The network is
+/// log storm), keeps polling, honours a cancel of its other session and
+/// runs a session queued meanwhile, and goes back to the disk once it has
+/// room. (The network is
 /// blacked out while lines must wait, so that they do wait rather than
 /// reach the hub before the disk is tried.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,6 +601,16 @@ async fn a_spool_disk_that_fills_mid_session_is_survived() {
         "the cancelled session's process still runs"
     );
     wait_lines(&api, printing, 2500, &agent).await;
+    // A session that arrives while the disk is still full runs, and its
+    // lines reach the hub from memory.
+    let newcomer = shell_yaml(
+        "newcomer",
+        "i=1; while [ $i -le 100 ]; do echo \"line $i\"; i=$((i+1)); done",
+    );
+    let newcomer = queue(&api, workflow(&api, &newcomer, &[]).await, json!({})).await;
+    let s = finished(&api, newcomer, Duration::from_secs(30)).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(messages(&all_logs(&api, newcomer).await), numbered(1..=100));
     let doctor = std::process::Command::new(tasuki_bin())
         .args(["doctor", "--config"])
         .arg(robot.config())
@@ -630,10 +641,10 @@ async fn a_spool_disk_that_fills_mid_session_is_survived() {
     let logs = all_logs(&api, printing).await;
     assert_eq!(messages(&logs), numbered(1..=3000));
     let log = agent.log();
-    assert_eq!(
-        log.matches("cannot write the log spool").count(),
-        1,
-        "the full disk is mentioned once:\n{log}"
+    let mentions = log.matches("cannot write the log spool").count();
+    assert!(
+        (1..=2).contains(&mentions),
+        "the full disk is mentioned once by each session that met it:\n{log}"
     );
     assert!(
         log.contains("the log spool is writable again"),
