@@ -131,6 +131,17 @@ impl Setup {
 }
 
 async fn poll(api: &Api, name: &str, poll_id: &str, free_slots: u32, held: &[&Lease]) -> Value {
+    poll_as(api, name, poll_id, free_slots, held, false).await
+}
+
+async fn poll_as(
+    api: &Api,
+    name: &str,
+    poll_id: &str,
+    free_slots: u32,
+    held: &[&Lease],
+    draining: bool,
+) -> Value {
     let held: Vec<Value> = held
         .iter()
         .map(|(id, lease)| json!({"session_id": id, "lease_id": lease}))
@@ -142,7 +153,7 @@ async fn poll(api: &Api, name: &str, poll_id: &str, free_slots: u32, held: &[&Le
                 "instance_id": name,
                 "poll_id": poll_id,
                 "free_slots": free_slots,
-                "draining": false,
+                "draining": draining,
                 "held": held,
             }),
         )
@@ -232,6 +243,38 @@ async fn a_lost_poll_answer_is_sent_again_to_the_same_poll_id() {
     // The lease is still the session's.
     let r = s.log_line(&first).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+}
+
+/// A draining robot that holds nothing comes back only for what a poll it
+/// gave up was sent: the hub answers it at once (not after the hold), with
+/// that lease, which the robot then hands back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_robot_that_holds_nothing_is_answered_at_once() {
+    // The default hold (25 s), which the answer must not wait out.
+    let s = setup_with(&["--quota-per-robot", "1000000"]);
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let first = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    assert_eq!(first.0, id);
+
+    // The robot gave p1 up as its drain began; it asks again, draining.
+    let started = std::time::Instant::now();
+    let again = poll_as(&s.robot_api, "r1", "p1", 0, &[], true).await;
+    assert_eq!(only_lease(&again), first, "the same lease, sent again");
+    let r = s.release(&first).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    assert_eq!(s.session(id).await["status"], "queued");
+
+    // Nothing held, nothing more to say: answered at once, not held.
+    let last = poll_as(&s.robot_api, "r1", "p2", 0, &[], true).await;
+    assert_empty(&last);
+    let hold = last["hold_seconds"].as_u64().expect("hold_seconds");
+    assert_eq!(hold, 25);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?} (the hold is {hold} s)",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
