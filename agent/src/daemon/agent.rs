@@ -9,8 +9,10 @@
 //! shorter than the lease ends no session.
 //!
 //! Shutdown: the first SIGTERM or Ctrl-C drains (no new sessions, the
-//! running ones finish and report, for up to the drain grace); the second
-//! cancels them; a third kills their process trees and exits at once.
+//! running ones finish and report, for up to the drain grace; a poll given
+//! up in flight is sent again before the agent exits, so that a lease the
+//! hub granted to it is handed back); the second cancels them; a third
+//! kills their process trees and exits at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
