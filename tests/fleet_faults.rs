@@ -932,3 +932,93 @@ async fn a_recovered_spool_keeps_its_lease_alive_while_it_is_delivered() {
         "delivery took only {took:?}; slow the proxy down further"
     );
 }
+
+/// Issue 12: when neither the spool's disk nor the hub takes lines, they
+/// wait in memory up to the bound (32 MiB); past it the session is stopped
+/// and ends `error` with code `spool_full`, and every line it printed still
+/// reaches the hub once the network is back: a clear error, never a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_full_in_memory_ends_the_session_spool_full_with_no_gap() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let proxy = Proxy::start(hub_addr(&hub)).await;
+    let robot = Robot::new(scratch.dir.path(), "overflow");
+    let disk = SmallDisk::mount(&robot.dir.join("work").join("spool"), "2m");
+    let out = robot.register_at(&proxy.url, &key, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = robot.start(&[]);
+    let flags = scratch.dir.path().join("flags");
+    std::fs::create_dir_all(&flags).unwrap();
+    // Lines of about 1 KiB, without end once the disk is full.
+    let yaml = shell_yaml(
+        "overflow",
+        "pad=$(printf '%01000d' 0)\n\
+         echo \"line 1 $pad\"\n\
+         while [ ! -e \"${params.dir}/full\" ]; do sleep 0.02; done\n\
+         i=2; while true; do echo \"line $i $pad\"; i=$((i+1)); done",
+    );
+    let id = queue(
+        &api,
+        workflow(&api, &yaml, &[]).await,
+        json!({"dir": flags.display().to_string()}),
+    )
+    .await;
+    wait_lines(&api, id, 1, &agent).await;
+    proxy.black_out();
+    disk.fill();
+    std::fs::write(flags.join("full"), b"").unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || agent
+            .log()
+            .contains("the log spool is full")),
+        "the spool never filled\n{}",
+        agent.log()
+    );
+    proxy.restore();
+    let s = finished(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "spool_full", "{s}");
+    let logs = all_logs(&api, id).await;
+    let seqs: Vec<u64> = logs.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=logs.len() as u64).collect::<Vec<_>>(),
+        "no gap in the log"
+    );
+    // The step's own lines, then the agent's note on stopping it.
+    let numbers: Vec<u64> = logs
+        .iter()
+        .filter_map(|l| l["message"].as_str()?.strip_prefix("line "))
+        .map(|rest| {
+            rest.split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    let n = numbers.len() as u64;
+    assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "every line, in order");
+    // The bound counts each line's JSON, a little more than its message.
+    let bytes: usize = logs
+        .iter()
+        .filter_map(|l| Some(l["message"].as_str()?.len()))
+        .sum();
+    assert!(
+        bytes > 28 * 1024 * 1024,
+        "the memory bound was reached: {n} lines, {bytes} bytes"
+    );
+    let at: u64 = s["error"]["message"]
+        .as_str()
+        .and_then(|m| m.split("full at line ").nth(1))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the error names the line: {s}"));
+    assert!(at <= n, "line {at} of {n}");
+    drop(disk);
+}
