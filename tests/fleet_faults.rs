@@ -866,19 +866,47 @@ async fn an_agent_killed_while_out_of_touch_delivers_its_spooled_lines_once_afte
     assert_eq!(runs.lines().count(), 1, "the session ran once");
 }
 
-/// Issue 12 (from the notes of issue 4): a restarted agent lists the leases
-/// of the spools it recovers as held, so the hub keeps them alive while
-/// their lines go. The network is slowed down so that delivering the
-/// recovered lines takes longer than the lease lives (6 s here): a lease
-/// left unrenewed meanwhile would end the session `robot_lost`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recovered_spool_keeps_its_lease_alive_while_it_is_delivered() {
-    const LEASE_TTL_S: u64 = 6;
-    let scratch = Scratch::new();
-    let key = create_key(&scratch, ALL_SCOPES);
-    let ttl = LEASE_TTL_S.to_string();
-    let hub = Hub::start_with(
-        &scratch,
+/// The lease's life on the hubs of the recovery tests: delivering their
+/// recovered lines takes longer.
+const SHORT_LEASE_TTL_S: u64 = 6;
+/// Lines in the recovery tests' spools.
+const BACKLOG: u32 = 15_000;
+
+/// A robot behind a slowed-down proxy (about 1,000 lines a second reach
+/// the hub) whose agent was killed with [`BACKLOG`] lines spooled, most of
+/// them not delivered; the session's id.
+async fn killed_with_a_backlog(
+    scratch: &Scratch,
+    hub: &Hub,
+    key: &Key,
+    api: &Api,
+) -> (Robot, Proxy, i64) {
+    let (robot, proxy, agent) = robot_behind_proxy(scratch, hub, key, "slowpoke").await;
+    let yaml = shell_yaml(
+        "slowpoke",
+        &format!(
+            "n=1\nwhile [ $n -le {BACKLOG} ]; do\n  echo \"line $n\"\n  n=$((n+1))\ndone\nexec sleep 300"
+        ),
+    );
+    let id = queue(api, workflow(api, &yaml, &["slowpoke"]).await, json!({})).await;
+    wait_lines(api, id, 10, &agent).await;
+    proxy.throttle(100_000);
+    let spool = robot.dir.join("work").join("spool");
+    assert!(
+        eventually(Duration::from_secs(30), || last_spooled_seq(&spool)
+            == u64::from(BACKLOG)),
+        "lines did not reach the spool\n{}",
+        agent.log()
+    );
+    agent.signal("KILL");
+    drop(agent);
+    (robot, proxy, id)
+}
+
+fn short_lease_hub(scratch: &Scratch) -> Hub {
+    let ttl = SHORT_LEASE_TTL_S.to_string();
+    Hub::start_with(
+        scratch,
         &[
             "--quota-per-robot",
             "1000000",
@@ -887,28 +915,21 @@ async fn a_recovered_spool_keeps_its_lease_alive_while_it_is_delivered() {
             "--lease-ttl-seconds",
             &ttl,
         ],
-    );
+    )
+}
+
+/// Issue 12 (from the notes of issue 4): a restarted agent lists the leases
+/// of the spools it recovers as held, so the hub keeps them alive while
+/// their lines go. The network is slowed down so that delivering the
+/// recovered lines takes longer than the lease lives: a lease left
+/// unrenewed meanwhile would end the session `robot_lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_spool_keeps_its_lease_alive_while_it_is_delivered() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = short_lease_hub(&scratch);
     let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
-    let (robot, proxy, agent) = robot_behind_proxy(&scratch, &hub, &key, "slowpoke").await;
-    let yaml = shell_yaml(
-        "slowpoke",
-        "n=1\nwhile [ $n -le 15000 ]; do\n  echo \"line $n\"\n  n=$((n+1))\ndone\nexec sleep 300",
-    );
-    let id = queue(&api, workflow(&api, &yaml, &[]).await, json!({})).await;
-    wait_lines(&api, id, 10, &agent).await;
-    // About 1,000 lines a second reach the hub from now on; the spool
-    // gets all 15,000 within a second or two.
-    proxy.throttle(100_000);
-    let spool = robot.dir.join("work").join("spool");
-    assert!(
-        eventually(Duration::from_secs(30), || last_spooled_seq(&spool)
-            == 15_000),
-        "lines did not reach the spool\n{}",
-        agent.log()
-    );
-    agent.signal("KILL");
-    drop(agent);
-    let on_disk = last_spooled_seq(&spool);
+    let (robot, _proxy, id) = killed_with_a_backlog(&scratch, &hub, &key, &api).await;
     let restarted = Instant::now();
     let again = robot.start(&[]);
     let s = finished(&api, id, Duration::from_secs(120)).await;
@@ -920,17 +941,63 @@ async fn a_recovered_spool_keeps_its_lease_alive_while_it_is_delivered() {
         again.log()
     );
     let logs = all_logs(&api, id).await;
-    assert_eq!(on_disk, 15_000);
     assert_eq!(
         messages(&logs),
-        numbered(1..=15_000),
+        numbered(1..=BACKLOG),
         "every line once, in order"
     );
     // Otherwise the lease never needed renewing and this proves nothing.
     assert!(
-        took > Duration::from_secs(LEASE_TTL_S + 2),
+        took > Duration::from_secs(SHORT_LEASE_TTL_S + 2),
         "delivery took only {took:?}; slow the proxy down further"
     );
+}
+
+/// A recovered spool whose lease the hub has already ended (the agent was
+/// down longer than the lease lives) still delivers every line, and does
+/// not hold up new work meanwhile: once the hub says the lease is lost, the
+/// robot stops listing it, so its polls wait for work again instead of
+/// being answered at once with the same news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_spool_whose_lease_was_lost_does_not_hold_up_new_work() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = short_lease_hub(&scratch);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let (robot, _proxy, id) = killed_with_a_backlog(&scratch, &hub, &key, &api).await;
+    let s = finished(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(s["error"]["code"], "robot_lost", "{s}");
+    let again = robot.start(&[]);
+    let quick = shell_yaml("quick", "echo quick");
+    let quick = queue(&api, workflow(&api, &quick, &["slowpoke"]).await, json!({})).await;
+    let q = finished(&api, quick, Duration::from_secs(60)).await;
+    assert_eq!(q["status"], "success", "{q}\n{}", again.log());
+    let delivered = all_logs(&api, id).await.len();
+    assert!(
+        delivered < BACKLOG as usize,
+        "the new session waited for the recovered spool ({delivered} lines delivered first)\n{}",
+        again.log()
+    );
+    // The rest still arrives, after the hub's own line on the loss.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let logs = all_logs(&api, id).await;
+        let lines: Vec<String> = messages(&logs)
+            .into_iter()
+            .filter(|m| m.starts_with("line "))
+            .collect();
+        if lines.len() >= BACKLOG as usize {
+            assert_eq!(lines, numbered(1..=BACKLOG), "every line once, in order");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {BACKLOG} lines\n{}",
+            lines.len(),
+            again.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Issue 12: when neither the spool's disk nor the hub takes lines, they

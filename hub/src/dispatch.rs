@@ -219,6 +219,19 @@ impl Dispatcher {
         Ok(Poll::Wait { rx, seq })
     }
 
+    /// A robot has one poll outstanding: a new one supersedes the
+    /// registration of any older one (a poll the robot gave up, whose
+    /// connection the hub may not have seen close yet), which must not be
+    /// granted a session that nobody would receive. Called with the
+    /// database connection held, at the start of every poll.
+    pub fn supersede(&self, robot_id: i64, now_ms: i64) {
+        let mut waiters = self.lock();
+        if let Some(old) = waiters.by_robot.remove(&robot_id) {
+            waiters.answered_at.insert(robot_id, now_ms);
+            let _ = old.tx.send(Wake::Replaced);
+        }
+    }
+
     /// Removes a registration whose poll timed out. False when it was
     /// already answered (its wake is then in the channel).
     pub fn forget(&self, robot_id: i64, seq: u64) -> bool {

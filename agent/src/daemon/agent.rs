@@ -28,7 +28,7 @@ use super::client::{CallError, ROBOT_NAME_TAKEN, ROBOT_OF_ANOTHER_KEY, backoff, 
 use super::metrics::Sampler;
 use super::session::{self, SessionEnv};
 use super::ship::recover::Leftover;
-use super::ship::{Finishing, Shipped};
+use super::ship::{Shipped, SlotFreed};
 
 /// How long to wait before polling again when the answer only repeated
 /// cancels the agent is already carrying out.
@@ -56,17 +56,25 @@ pub struct AgentOptions {
 
 struct Running {
     lease_id: String,
+    /// Stops the session (a live one) or its delivery (a recovered spool).
     cancel: CancellationToken,
     single_process: bool,
     /// When the hub's cancel reached the agent, for the latency metric.
     cancel_requested: Arc<std::sync::OnceLock<std::time::Instant>>,
-    /// Its final report is on the way, so its slot counts as free.
-    finishing: Finishing,
+    slot_freed: SlotFreed,
+    /// A spool a killed run left: nothing runs, its lines are delivered.
+    recovered: bool,
+    /// Listed in the poll's `held`, which renews the lease; no longer once
+    /// the hub said the lease is lost (renewing it is pointless), or asked
+    /// to cancel a recovered spool (there is nothing to stop). Else every
+    /// poll would be answered at once with the same news, and none could
+    /// bring new work while the session's lines are still on their way.
+    listed: bool,
 }
 
 impl Running {
     fn occupies_slot(&self) -> bool {
-        !self.finishing.is_set()
+        !self.slot_freed.is_set()
     }
 }
 
@@ -86,7 +94,7 @@ struct State {
     /// Cancelled when draining begins.
     drain_started: CancellationToken,
     /// Something the outstanding poll said is out of date: draining began,
-    /// or a session ended while draining.
+    /// a session or a recovered spool ended, or a slot freed.
     changed: Notify,
 }
 
@@ -165,10 +173,11 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         // `--once` with its session taken wants no more work: to the hub
         // that is a drain.
         let draining = state.draining.load(Ordering::SeqCst) || (opts.once && taken > 0);
-        let (held, free) = {
+        let (held, free, idle) = {
             let running = state.running();
             let held: Vec<HeldLease> = running
                 .iter()
+                .filter(|(_, r)| r.listed)
                 .map(|(&session_id, r)| HeldLease {
                     session_id,
                     lease_id: r.lease_id.clone(),
@@ -176,12 +185,14 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 .collect();
             let (free, exclusive) = slots(&running, opts.max_concurrency);
             let free = if draining || exclusive { 0 } else { free };
-            (held, free)
+            (held, free, running.is_empty())
         };
-        // A drain ends once nothing is held, and once a poll given up in
-        // flight has been sent again and answered: a lease granted to it
-        // is then released rather than left running until it expires.
-        if draining && held.is_empty() && !abandoned {
+        // A drain ends once nothing runs or delivers, and once a poll given
+        // up in flight has been sent again and answered: a lease granted to
+        // it is then released rather than left running until it expires.
+        // (A re-sent poll that fails counts as answered: the hub is out of
+        // reach, and the agent exits rather than wait for it.)
+        if draining && idle && !abandoned {
             break;
         }
         let metrics = sampler.as_mut().map(|s| s.metrics());
@@ -318,6 +329,9 @@ pub fn displacement(robot: &str, e: &CallError) -> Option<Displaced> {
     }
 }
 
+/// How long a lease that arrived during a drain may take to be handed back.
+const RELEASE_WITHIN: Duration = Duration::from_secs(10);
+
 /// How long sessions still shipping get once the drain grace is over.
 const SHIP_GRACE: Duration = Duration::from_secs(30);
 
@@ -366,18 +380,20 @@ fn handle(
 ) -> bool {
     let mut news = !resp.leases.is_empty();
     {
-        let running = state.running();
+        let mut running = state.running();
         for id in resp.cancel.iter().chain(&resp.lost) {
-            if let Some(r) = running.get(id)
-                && !r.cancel.is_cancelled()
-            {
+            let lost = resp.lost.contains(id);
+            let Some(r) = running.get_mut(id) else {
+                continue;
+            };
+            if lost || r.recovered {
+                news |= r.listed;
+                r.listed = false;
+            }
+            if !r.recovered && !r.cancel.is_cancelled() {
                 news = true;
                 let _ = r.cancel_requested.set(std::time::Instant::now());
-                tracing::info!(
-                    session_queue_id = id,
-                    lost = resp.lost.contains(id),
-                    "cancelling the session"
-                );
+                tracing::info!(session_queue_id = id, lost, "cancelling the session");
                 r.cancel.cancel();
             }
         }
@@ -405,14 +421,23 @@ fn handle(
             // Not for us now (a drain began as it arrived): hand it straight
             // back, before any poll lists it, so that another robot runs it.
             // In `sessions`, so that an agent about to exit waits for it.
+            // Bounded: a hub out of reach ends the lease itself, later.
             let client = env.client.clone();
             let stop = stop.clone();
             sessions.spawn(async move {
-                if let Err(e) = client
-                    .release(lease.session_id, &lease.lease_id, &stop)
-                    .await
-                {
-                    tracing::warn!(session_queue_id = lease.session_id, error = %e, "cannot release a lease");
+                let released = tokio::time::timeout(
+                    RELEASE_WITHIN,
+                    client.release(lease.session_id, &lease.lease_id, &stop),
+                )
+                .await;
+                match released {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(session_queue_id = lease.session_id, error = %e, "cannot release a lease")
+                    }
+                    Err(_) => {
+                        tracing::warn!(session_queue_id = lease.session_id, "the hub did not take back a lease in time; it will expire")
+                    }
                 }
             });
         }
@@ -429,7 +454,7 @@ fn start(
 ) {
     let id = lease.session_id;
     let cancel = CancellationToken::new();
-    let finishing = Finishing::default();
+    let slot_freed = SlotFreed::default();
     let cancel_requested = Arc::new(std::sync::OnceLock::new());
     state.running().insert(
         id,
@@ -438,7 +463,9 @@ fn start(
             cancel: cancel.clone(),
             single_process: lease.workflow.single_process_mode,
             cancel_requested: cancel_requested.clone(),
-            finishing: finishing.clone(),
+            slot_freed: slot_freed.clone(),
+            recovered: false,
+            listed: true,
         },
     );
     env.metrics.session_started(id, &lease.workflow.name);
@@ -448,7 +475,7 @@ fn start(
     let stop = stop.clone();
     sessions.spawn(async move {
         let metrics = env.metrics.clone();
-        let outcome = session::run(env, lease, cancel, stop, finishing).await;
+        let outcome = session::run(env, lease, cancel, stop, slot_freed).await;
         metrics.session_left(id);
         if let Some(at) = cancel_requested.get() {
             metrics
@@ -467,8 +494,11 @@ fn start(
 }
 
 /// Delivers the spools a killed run left, one after the other, in a task
-/// of their own. Their leases are held meanwhile (listed in every poll,
-/// so the hub keeps them alive while their lines go), occupying no slot.
+/// of their own, beside new work. Their leases are held meanwhile (listed
+/// in every poll, so the hub keeps them alive while their lines go),
+/// occupying no slot. Each has its own token, which a drain past its grace
+/// (or a second signal) cancels like a session's: its spool then stays for
+/// the next start.
 fn recover(
     env: &Arc<SessionEnv>,
     state: &Arc<State>,
@@ -478,40 +508,70 @@ fn recover(
     if leftovers.is_empty() {
         return;
     }
+    let mut delivering = Vec::new();
     {
         let mut running = state.running();
-        for leftover in &leftovers {
+        for leftover in leftovers {
             let lease = leftover.lease();
+            let cancel = stop.child_token();
             running.insert(
                 lease.session_id,
                 Running {
                     lease_id: lease.lease_id.clone(),
-                    // Nothing left to cancel: the session is over.
-                    cancel: CancellationToken::new(),
+                    cancel: cancel.clone(),
                     single_process: false,
                     cancel_requested: Arc::default(),
-                    finishing: leftover.finishing(),
+                    slot_freed: leftover.slot_freed(),
+                    recovered: true,
+                    listed: true,
                 },
             );
+            delivering.push((leftover, cancel));
         }
     }
-    let (env, state, stop) = (env.clone(), state.clone(), stop.clone());
+    let (env, state) = (env.clone(), state.clone());
     tokio::spawn(async move {
-        let mut leftovers = leftovers.into_iter();
-        for leftover in leftovers.by_ref() {
+        // Should this task end early (a panic), the drain must not wait for
+        // what it will never deliver.
+        let _forget = Forget {
+            state: state.clone(),
+            ids: delivering
+                .iter()
+                .map(|(l, _)| l.lease().session_id)
+                .collect(),
+        };
+        for (leftover, cancel) in delivering {
             let id = leftover.lease().session_id;
-            let outcome = leftover.deliver(&env.client, &env.metrics, &stop).await;
+            let outcome = leftover.deliver(&env.client, &env.metrics, &cancel).await;
+            if outcome == Shipped::Interrupted {
+                tracing::info!(
+                    session_queue_id = id,
+                    "a recovered spool stays for the next start"
+                );
+            }
             state.running().remove(&id);
             state.changed.notify_one();
-            if outcome == Shipped::Interrupted {
-                break;
-            }
-        }
-        // The agent is exiting: the rest stay on disk for the next start.
-        for rest in leftovers {
-            state.running().remove(&rest.lease().session_id);
         }
     });
+}
+
+/// Removes recovered spools from the running sessions when dropped.
+struct Forget {
+    state: Arc<State>,
+    ids: Vec<i64>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let mut running = self.state.running();
+        for id in &self.ids {
+            if running.get(id).is_some_and(|r| r.recovered) {
+                running.remove(id);
+            }
+        }
+        drop(running);
+        self.state.changed.notify_one();
+    }
 }
 
 /// A drain that outlasts `grace` cancels the sessions still running, so

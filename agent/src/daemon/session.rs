@@ -18,7 +18,7 @@ use super::checked::CheckedWorkflows;
 use super::client::{CallError, HubClient};
 use super::health::Metrics;
 use super::scratch::ScratchPool;
-use super::ship::{self, Finishing, Shipped, Source, Spool, SpoolSink};
+use super::ship::{self, Shipped, SlotFreed, Source, Spool, SpoolSink};
 
 /// How long after a session's start its spool's lease is recorded and the
 /// next session's directories are made.
@@ -61,14 +61,14 @@ impl SessionEnv {
 /// Runs a leased session to its end: checks it, runs it, and ships what
 /// it produced (`ship/`). `cancel` is the session's own token (the hub
 /// asked, or the agent is stopping hard); `stop` interrupts shipping when
-/// the agent exits without waiting; `finishing` is set once the final
+/// the agent exits without waiting; `slot_freed` is set once the final
 /// report is on its way.
 pub async fn run(
     env: Arc<SessionEnv>,
     lease: Lease,
     cancel: CancellationToken,
     stop: CancellationToken,
-    finishing: Finishing,
+    slot_freed: SlotFreed,
 ) -> Shipped {
     let received = Instant::now();
     let prepared = prepare(&env, &lease);
@@ -82,13 +82,13 @@ pub async fn run(
     };
     match prepared {
         Ok((workflow, params)) => {
-            run_checked(&env, held, workflow, params, cancel, stop, finishing).await
+            run_checked(&env, held, workflow, params, cancel, stop, slot_freed).await
         }
         Err((code, message)) => {
             let report = ship::failed_before_start(&held, code, message);
             let created = {
-                let (root, held, finishing) = (env.spool_root(), held.clone(), finishing.clone());
-                tokio::task::spawn_blocking(move || Spool::create(&root, held, finishing))
+                let (root, held, slot_freed) = (env.spool_root(), held.clone(), slot_freed.clone());
+                tokio::task::spawn_blocking(move || Spool::create(&root, held, slot_freed))
                     .await
                     .map_err(std::io::Error::other)
                     .and_then(|created| created)
@@ -105,7 +105,7 @@ pub async fn run(
                     )
                     .await
                 }
-                Err(e) => cannot_spool(&env, &held, e, &finishing, &stop).await,
+                Err(e) => cannot_spool(&env, &held, e, &slot_freed, &stop).await,
             }
         }
     }
@@ -157,18 +157,18 @@ async fn run_checked(
     mut params: BoundParams,
     cancel: CancellationToken,
     stop: CancellationToken,
-    finishing: Finishing,
+    slot_freed: SlotFreed,
 ) -> Shipped {
     params
         .secret_values
         .push(env.robot_secret.expose_secret().to_string());
     let scratch = match env.scratch.take().await {
         Ok(s) => s,
-        Err(e) => return cannot_spool(env, &held, e, &finishing, &stop).await,
+        Err(e) => return cannot_spool(env, &held, e, &slot_freed, &stop).await,
     };
     let (session_dir, artifacts_dir) = (scratch.work_dir, scratch.artifacts_dir);
     let id = held.session_id;
-    let spool = Spool::adopt(scratch.spool_dir, held, finishing);
+    let spool = Spool::adopt(scratch.spool_dir, held, slot_freed);
     let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
     let sink = SpoolSink::new(scratch.logs, &step_ids, env.metrics.clone(), cancel.clone());
     // Beside the work dir, so the sessions root's removal at start takes it.
@@ -216,7 +216,7 @@ async fn run_checked(
     let (outcome, spool_dir) = match shipped {
         Ok((outcome, dir)) => (outcome, Some(dir)),
         Err(e) => {
-            tracing::error!(error = %e, "the shipping task failed");
+            tracing::error!(session_queue_id = id, error = %e, "the shipping task failed");
             (Shipped::Interrupted, None)
         }
     };
@@ -243,7 +243,7 @@ async fn cannot_spool(
     env: &SessionEnv,
     lease: &HeldLease,
     e: std::io::Error,
-    finishing: &Finishing,
+    slot_freed: &SlotFreed,
     stop: &CancellationToken,
 ) -> Shipped {
     tracing::error!(session_queue_id = lease.session_id, error = %e, "cannot create the session's spool");
@@ -253,7 +253,7 @@ async fn cannot_spool(
         format!("the robot cannot write its log spool: {e}"),
     );
     env.metrics.session_ended("error");
-    finishing.set();
+    slot_freed.set();
     match env
         .client
         .finish(lease.session_id, &lease.lease_id, &report, stop)

@@ -64,15 +64,15 @@ pub enum Shipped {
     Interrupted,
 }
 
-/// Set once a session's final report is on its way: the hub frees the
-/// session's slot the moment the report arrives (and may offer the next
-/// session in the same breath), so the agent counts the slot as free from
-/// then on. Shared by the sender, which sets it, and the poll loop, which
-/// reads it.
+/// Set once a session no longer occupies one of the robot's slots: its
+/// final report is on its way (the hub frees the slot the moment the
+/// report arrives, and may offer the next session in the same breath), or
+/// it is a spool a killed run left, over before this run began. Shared by
+/// the sender, which sets it, and the poll loop, which counts slots.
 #[derive(Clone, Default)]
-pub struct Finishing(Arc<AtomicBool>);
+pub struct SlotFreed(Arc<AtomicBool>);
 
-impl Finishing {
+impl SlotFreed {
     pub fn set(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
@@ -88,29 +88,29 @@ pub struct Spool {
     /// In the directory's `lease.json` too, so that a restarted agent
     /// knows which session and lease its lines belong to.
     pub lease: HeldLease,
-    pub finishing: Finishing,
+    pub slot_freed: SlotFreed,
 }
 
 impl Spool {
     /// Creates the spool directory of a session, lease recorded. Blocking.
-    pub fn create(root: &Path, lease: HeldLease, finishing: Finishing) -> std::io::Result<Spool> {
+    pub fn create(root: &Path, lease: HeldLease, slot_freed: SlotFreed) -> std::io::Result<Spool> {
         let dir = root.join(lease.session_id.to_string());
         crate::daemon::private_fs::create_dir_all(&dir)?;
         write_lease(&dir, &lease)?;
         Ok(Spool {
             dir,
             lease,
-            finishing,
+            slot_freed,
         })
     }
 
     /// A spool in a directory made ahead (`scratch.rs`); it is recoverable
     /// after a crash once [`Spool::record_lease`] has run.
-    pub fn adopt(dir: PathBuf, lease: HeldLease, finishing: Finishing) -> Spool {
+    pub fn adopt(dir: PathBuf, lease: HeldLease, slot_freed: SlotFreed) -> Spool {
         Spool {
             dir,
             lease,
-            finishing,
+            slot_freed,
         }
     }
 

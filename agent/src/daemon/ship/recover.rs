@@ -15,7 +15,7 @@ use tasuki_protocol::{FinishSession, HeldLease};
 use tokio_util::sync::CancellationToken;
 
 use super::sender::{Source, ship};
-use super::{FINISH_FILE, Finishing, LEASE_FILE, Shipped, Spool, report};
+use super::{FINISH_FILE, LEASE_FILE, Shipped, SlotFreed, Spool, report};
 use crate::daemon::client::HubClient;
 use crate::daemon::health::Metrics;
 
@@ -31,8 +31,8 @@ impl Leftover {
     }
 
     /// Already set: the session is over, and occupies no slot.
-    pub fn finishing(&self) -> Finishing {
-        self.spool.finishing.clone()
+    pub fn slot_freed(&self) -> SlotFreed {
+        self.spool.slot_freed.clone()
     }
 
     /// Delivers the spool's lines and report, then removes it.
@@ -90,10 +90,10 @@ fn read_leftover(dir: PathBuf) -> Option<Leftover> {
             )
         });
     // Already over: its slot is free as far as the agent is concerned.
-    let finishing = Finishing::default();
-    finishing.set();
+    let slot_freed = SlotFreed::default();
+    slot_freed.set();
     Some(Leftover {
-        spool: Spool::adopt(dir, lease, finishing),
+        spool: Spool::adopt(dir, lease, slot_freed),
         report,
     })
 }
@@ -110,9 +110,9 @@ mod tests {
             lease_id: format!("lease-{id}"),
         };
         // Cut off mid-run: a lease, no report.
-        let cut = Spool::create(root.path(), lease(1), Finishing::default()).unwrap();
+        let cut = Spool::create(root.path(), lease(1), SlotFreed::default()).unwrap();
         // Ended before the crash: its report was written.
-        let ended = Spool::create(root.path(), lease(2), Finishing::default()).unwrap();
+        let ended = Spool::create(root.path(), lease(2), SlotFreed::default()).unwrap();
         let mut written = report::failed_before_start(&lease(2), "invalid_params", "x".into());
         written.status = tasuki_protocol::SessionStatus::Success;
         written.error = None;
@@ -140,7 +140,7 @@ mod tests {
             found[1].report.status,
             tasuki_protocol::SessionStatus::Success
         );
-        assert!(found.iter().all(|l| l.spool.finishing.is_set()));
+        assert!(found.iter().all(|l| l.spool.slot_freed.is_set()));
         assert!(!unused.exists(), "a spool without a lease is removed");
         assert!(cut.dir.exists() && ended.dir.exists());
     }

@@ -327,7 +327,7 @@ impl Sender<'_> {
             return Shipped::Interrupted;
         };
         let (session, lease) = (self.spool.lease.session_id, &self.spool.lease.lease_id);
-        self.spool.finishing.set();
+        self.spool.slot_freed.set();
         let shipped = match self.client.finish(session, lease, report, self.stop).await {
             Ok(_) => Shipped::Finished,
             Err(CallError::LeaseLost(_)) => Shipped::LeaseLost,
