@@ -277,6 +277,36 @@ async fn a_draining_robot_that_holds_nothing_is_answered_at_once() {
     );
 }
 
+/// A robot has one poll outstanding: a newer poll supersedes an older one
+/// that is still open (the robot gave it up, and the hub has not seen its
+/// connection close), which is answered empty at once. Were it left
+/// waiting, a session queued next could be granted to a poll nobody
+/// reads, and would sit `running` until its lease expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_poll_supersedes_an_older_one_still_open() {
+    // The default hold (25 s), which the old poll must not wait out.
+    let s = setup_with(&["--quota-per-robot", "1000000"]);
+    s.register("r1").await;
+    let older = {
+        let api = Api::new(&s.hub, Some(token(&s.key, "robot")));
+        tokio::spawn(async move { poll(&api, "r1", "p1", 1, &[]).await })
+    };
+    // The older poll is waiting at the hub.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!older.is_finished(), "nothing to say yet: it waits");
+    let newer = poll_as(&s.robot_api, "r1", "p2", 0, &[], true).await;
+    assert_empty(&newer);
+    let answered = tokio::time::timeout(Duration::from_secs(10), older)
+        .await
+        .expect("the older poll is answered when the newer one comes")
+        .expect("the older poll's task");
+    assert_empty(&answered);
+    // Nobody waits for work now: a new session stays queued.
+    let id = s.queued_session().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.session(id).await["status"], "queued");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_handed_back_before_any_poll_lists_it_goes_to_the_next_robot() {
     let s = setup();
