@@ -217,3 +217,39 @@ steps:
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&marker)));
     assert!(!script_left, "the forced exit left the script file behind");
 }
+
+/// What a step printed before it was stopped comes before the note that
+/// says it was stopped, however much of it was still in the pipe.
+#[test]
+fn a_stopped_steps_output_comes_before_the_note_that_stopped_it() {
+    let scratch = Scratch::new();
+    let workflow = r#"
+version: 1
+name: chatty
+steps:
+  - id: chatty
+    action: shell.run
+    timeout: 500ms
+    with:
+      shell: sh
+      script: |
+        i=1; while true; do echo "tick $i"; i=$((i+1)); done
+"#;
+    let child = spawn_run(&scratch, workflow, &[]);
+    let r = wait_with_limit(child, Duration::from_secs(10));
+    assert_eq!(r.report["steps"]["chatty"]["error"]["code"], "timeout");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let note = lines
+        .iter()
+        .position(|l| l.contains("stopped the process tree"))
+        .unwrap_or_else(|| panic!("no note on stopping the step:\n{}", r.stderr));
+    assert!(
+        lines[..note].iter().any(|l| l.contains("tick ")),
+        "the step printed before it was stopped"
+    );
+    let late: Vec<&&str> = lines[note..]
+        .iter()
+        .filter(|l| l.contains("tick "))
+        .collect();
+    assert!(late.is_empty(), "output after the note: {late:?}");
+}

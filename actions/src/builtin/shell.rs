@@ -262,6 +262,8 @@ impl TypedAction for ShellRun {
                         &mut readers_done,
                     )
                     .await;
+                    // What the processes printed comes before the note.
+                    drain(&mut readers, &mut readers_done).await;
                     ctx.log(
                         LogLevel::Warn,
                         &format!("ended processes the step left running ({how})"),
@@ -274,8 +276,10 @@ impl TypedAction for ShellRun {
             Ended::TimedOut | Ended::Cancelled => {
                 let how =
                     terminate_reading(&mut tree, grace, &mut readers, &mut readers_done).await;
+                // What the processes printed before they died comes before
+                // the note, however late the pipe gives it up.
+                drain(&mut readers, &mut readers_done).await;
                 ctx.log(LogLevel::Warn, &format!("stopped the process tree ({how})"));
-                drain(&mut readers, readers_done).await;
                 return Err(match ended {
                     Ended::TimedOut => ActionError::new(
                         codes::TIMEOUT,
@@ -290,7 +294,7 @@ impl TypedAction for ShellRun {
                 });
             }
         };
-        drain(&mut readers, readers_done).await;
+        drain(&mut readers, &mut readers_done).await;
 
         let stdout_text = lock(&stdout_tail).text();
         let stderr_text = lock(&stderr_tail).text();
@@ -354,12 +358,18 @@ async fn terminate_reading(
     }
 }
 
+/// Reads what is left in the pipes, for at most [`PIPE_DRAIN`] (a process
+/// that escaped the tree may hold them open).
 async fn drain(
     readers: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    done: bool,
+    done: &mut bool,
 ) {
-    if !done {
-        let _ = tokio::time::timeout(PIPE_DRAIN, readers.as_mut()).await;
+    if !*done
+        && tokio::time::timeout(PIPE_DRAIN, readers.as_mut())
+            .await
+            .is_ok()
+    {
+        *done = true;
     }
 }
 
