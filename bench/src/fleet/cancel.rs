@@ -149,6 +149,11 @@ async fn join<T: Send + 'static>(h: JoinHandle<T>) -> Result<T> {
 
 pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let stage = Stage::new(bins, "cancel", opts.keep)?;
+    // Steps may not add entries to the folders above the robot's
+    // credentials (Landlock; docs/security.md), and the stage's folder is
+    // one of them: the pid files go in a folder of their own.
+    let pids_dir = stage.dir.join("pids");
+    std::fs::create_dir_all(&pids_dir).context("create the pid files' folder")?;
     let agent = stage.agent("cancel-1", 1).await?;
     let wf = stage.workflow(YAML).await?;
     let mut guard = PidGuard::default();
@@ -157,7 +162,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let (mut orphans, mut timeouts) = (0usize, 0usize);
     let mut notes: Vec<String> = Vec::new();
     for rep in 0..opts.reps {
-        let file = stage.dir.join(format!("pids-{rep}.txt"));
+        let file = pids_dir.join(format!("pids-{rep}.txt"));
         let id = stage
             .api
             .queue(wf, json!({ "file": file.display().to_string() }))
