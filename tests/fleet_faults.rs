@@ -359,6 +359,22 @@ impl OnSmallDisk {
     }
 }
 
+/// Fills `disk`, tells the step so (flag file `full`), waits for the step's
+/// flag file `printed` (it printed what the full disk must hold), and for
+/// the agent to say the disk refused lines.
+fn fill_while_printing(disk: &SmallDisk, flags: &Path, printed: &str, agent: &Agent) {
+    disk.fill();
+    std::fs::write(flags.join("full"), b"").unwrap();
+    wait_file(&flags.join(printed));
+    assert!(
+        eventually(Duration::from_secs(30), || agent
+            .log()
+            .contains("cannot write the log spool")),
+        "the agent never noticed the full disk\n{}",
+        agent.log()
+    );
+}
+
 /// The spooled lines of the one session's spool on `disk`.
 fn spooled_lines(disk: &Path) -> usize {
     std::fs::read_dir(disk)
@@ -422,17 +438,8 @@ async fn lines_kept_in_memory_while_the_spool_disk_is_full_arrive_after_those_on
         "lines 1-10 never reached the spool file\n{}",
         agent.log()
     );
-    disk.fill();
-    std::fs::write(flags.join("full"), b"").unwrap();
-    wait_file(&flags.join("printed"));
     // The agent has read lines past 10 once it says the disk refused them.
-    assert!(
-        eventually(Duration::from_secs(30), || agent
-            .log()
-            .contains("cannot write the log spool")),
-        "the agent never noticed the full disk\n{}",
-        agent.log()
-    );
+    fill_while_printing(&disk, &flags, "printed", &agent);
     assert!(
         all_logs(&api, id).await.is_empty(),
         "the hub got lines through the blackout"
@@ -625,16 +632,7 @@ async fn a_spool_disk_that_fills_mid_session_is_survived() {
 
     // The disk fills while lines 501-2500 cannot reach the hub either.
     proxy.black_out();
-    disk.fill();
-    std::fs::write(flags.join("full"), b"").unwrap();
-    wait_file(&flags.join("p2"));
-    assert!(
-        eventually(Duration::from_secs(30), || agent
-            .log()
-            .contains("cannot write the log spool")),
-        "the agent never noticed the full disk\n{}",
-        agent.log()
-    );
+    fill_while_printing(&disk, &flags, "p2", &agent);
     proxy.restore();
     // With the disk still full, the agent answers the hub at once, and
     // its lines reach the hub from memory.
