@@ -10,6 +10,7 @@
 
 pub mod builtin;
 pub mod language;
+pub mod packs;
 pub mod runtime;
 
 pub use language::model::{ParamSpec, Step, Workflow};

@@ -15,8 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::display::{Display, Target};
 use crate::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, RunArgs};
 
-pub fn validate(file: &Path, allow_env: Vec<String>, allow_file_urls: bool) -> u8 {
-    let registry = Registry::builtin();
+pub fn validate(
+    file: &Path,
+    allow_env: Vec<String>,
+    allow_file_urls: bool,
+    packs: &crate::packs::PackDirs,
+) -> u8 {
+    let registry = packs.registry();
     match load_workflow(
         file,
         &registry,
@@ -64,7 +69,7 @@ fn invalid(lines: &[String]) -> u8 {
 }
 
 pub fn run(args: RunArgs) -> u8 {
-    let registry = Registry::builtin();
+    let registry = args.packs.registry();
     let load = LoadOptions {
         env_allow: Some(args.allow_env.clone()),
         allow_file_urls: Some(args.browser.allow_file_urls),
@@ -109,7 +114,7 @@ pub fn run(args: RunArgs) -> u8 {
     };
 
     if args.dry_run {
-        return print_plan(&workflow, &params, &args);
+        return print_plan(&workflow, &params, &args, &registry);
     }
 
     let work_dir = match &args.work_dir {
@@ -117,6 +122,7 @@ pub fn run(args: RunArgs) -> u8 {
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
     let options = ExecOptions {
+        session_id: format!("local-{}", jiff::Timestamp::now().as_millisecond()),
         work_dir,
         artifacts_dir: args.artifacts.clone(),
         env_allow: args.allow_env.clone(),
@@ -225,8 +231,13 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
     }
 }
 
-fn print_plan(workflow: &Workflow, params: &BoundParams, args: &RunArgs) -> u8 {
-    let steps = plan(workflow, params, &args.allow_env);
+fn print_plan(
+    workflow: &Workflow,
+    params: &BoundParams,
+    args: &RunArgs,
+    registry: &Registry,
+) -> u8 {
+    let steps = plan(workflow, params, &args.allow_env, registry);
     match args.output {
         OutputFormat::Json => {
             let doc = serde_json::json!({

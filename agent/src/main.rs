@@ -12,6 +12,7 @@ mod inputs;
 mod local_run;
 mod log_escape;
 mod logging;
+mod packs;
 mod service;
 mod settings;
 
@@ -40,9 +41,20 @@ enum Command {
         /// Accept browser steps that open local files (see `run --allow-file-urls`).
         #[arg(long)]
         allow_file_urls: bool,
+        #[command(flatten)]
+        packs: packs::PackDirs,
     },
-    /// Print the JSON Schema of the workflow format, for editors.
-    Schema,
+    /// Print the JSON Schema of the workflow format, for editors (with the
+    /// actions of the packs found).
+    Schema {
+        #[command(flatten)]
+        packs: packs::PackDirs,
+    },
+    /// Action packs: list those installed, or check one.
+    Packs {
+        #[command(subcommand)]
+        command: packs::PacksCommand,
+    },
     /// Register this machine as a robot with a hub, and write its config
     /// and credentials.
     Register(daemon::RegisterArgs),
@@ -120,6 +132,8 @@ pub struct RunArgs {
     pub cancel_grace: String,
     #[command(flatten)]
     pub browser: BrowserArgs,
+    #[command(flatten)]
+    pub packs: packs::PackDirs,
 }
 
 /// Where browser steps find their browser.
@@ -196,7 +210,9 @@ fn main() -> ExitCode {
             file,
             allow_env,
             allow_file_urls,
-        } => local_run::validate(&file, allow_env, allow_file_urls),
+            packs,
+        } => local_run::validate(&file, allow_env, allow_file_urls, &packs),
+        Command::Packs { command } => packs::run(command),
         Command::Demo {
             output,
             browser,
@@ -218,10 +234,8 @@ fn main() -> ExitCode {
                 EXIT_INVALID
             }
         },
-        Command::Schema => {
-            let schema = tasuki_actions::language::schema::workflow_schema(
-                &tasuki_actions::Registry::builtin(),
-            );
+        Command::Schema { packs } => {
+            let schema = tasuki_actions::language::schema::workflow_schema(&packs.registry());
             crate::print_stdout(
                 &serde_json::to_string_pretty(&schema)
                     .unwrap_or_default()

@@ -7,7 +7,7 @@ mod control;
 mod http;
 #[cfg(windows)]
 mod job_object;
-mod process;
+pub(crate) mod process;
 mod shell;
 mod step_env;
 pub mod tree_records;

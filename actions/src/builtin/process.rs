@@ -483,7 +483,7 @@ impl Tail {
 
 /// Reads lines of at most `max` bytes. A longer line is cut, with a marker,
 /// and the rest of it is skipped, so one runaway line cannot exhaust memory.
-/// The cut masks secrets first (see [`emit`]).
+/// The cut masks secrets first (see [`emit_line`]).
 /// Before each read from the pipe it waits for the session's sink to want
 /// more lines (see [`crate::EventSink::log_room`]), until `unpaced` is
 /// cancelled: once the process has ended (or is being stopped), what is
@@ -511,7 +511,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
         let available = reader.fill_buf().await?;
         if available.is_empty() {
             if !line.is_empty() || truncated {
-                emit(&line, max, truncated, ctx, &mut on_line);
+                emit_line(&line, max, truncated, ctx, &mut on_line);
             }
             return Ok(());
         }
@@ -529,7 +529,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
         let consumed = found_newline.map(|i| i + 1).unwrap_or(available.len());
         reader.consume(consumed);
         if found_newline.is_some() {
-            emit(&line, max, truncated, ctx, &mut on_line);
+            emit_line(&line, max, truncated, ctx, &mut on_line);
             line.clear();
             truncated = false;
         }
@@ -541,7 +541,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
 /// straddles it (the line holds
 /// [`crate::runtime::context::ActionContext::mask_cut_margin`] bytes past
 /// `max` for that).
-fn emit(
+pub(crate) fn emit_line(
     line: &[u8],
     max: usize,
     truncated: bool,

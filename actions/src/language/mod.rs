@@ -112,7 +112,7 @@ pub fn load_workflow(
     parse_workflow(&text, &origin, registry, options)
 }
 
-fn locate(mut problems: Problems, origin: &str, located: Option<&Located>) -> Problems {
+pub(crate) fn locate(mut problems: Problems, origin: &str, located: Option<&Located>) -> Problems {
     for p in &mut problems.0 {
         p.file = Some(origin.to_string());
         if p.line.is_none()

@@ -17,6 +17,9 @@ use super::mask::Masker;
 /// Settings that shape how actions behave, shared by every step of a session.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
+    /// The session's id, as packs are told it: the hub's id on a robot,
+    /// `local-…` for `tasuki run`.
+    pub session_id: String,
     /// Default working directory of `shell.run`.
     pub work_dir: PathBuf,
     /// Where actions write files the session keeps (screenshots, downloads).
@@ -87,6 +90,7 @@ impl Default for BrowserSettings {
 impl Default for ExecOptions {
     fn default() -> Self {
         ExecOptions {
+            session_id: "local".into(),
             work_dir: PathBuf::from("."),
             artifacts_dir: PathBuf::from("tasuki-artifacts"),
             env_allow: Vec::new(),
@@ -179,6 +183,8 @@ impl SessionShared {
 /// Handed to an action for one attempt of one step.
 pub struct ActionContext {
     pub step_id: String,
+    /// 1 for a step's first attempt, 2 for its first retry, and so on.
+    pub attempt: u32,
     /// Cancelled when the session is cancelled or the step times out.
     pub cancel: CancellationToken,
     pub(crate) shared: Arc<SessionShared>,

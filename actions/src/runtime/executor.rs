@@ -573,7 +573,9 @@ impl<'e> Session<'e> {
             .build();
         let mut attempt = 1;
         loop {
-            let result = self.attempt(step, action.as_ref(), args.clone()).await;
+            let result = self
+                .attempt(step, action.as_ref(), args.clone(), attempt)
+                .await;
             let error = match result {
                 Ok(output) => return Ok(output),
                 Err(e) if e.code == codes::CANCELLED => {
@@ -615,10 +617,12 @@ impl<'e> Session<'e> {
         step: &Step,
         action: &dyn super::registry::Action,
         args: Value,
+        attempt: u32,
     ) -> Result<Value, ActionError> {
         let token = self.cancel.child_token();
         let ctx = ActionContext {
             step_id: step.id.clone(),
+            attempt,
             cancel: token.clone(),
             shared: self.shared.clone(),
         };

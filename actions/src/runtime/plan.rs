@@ -7,7 +7,8 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::mask::Masker;
+use super::mask::{MASK, Masker};
+use super::registry::Registry;
 use crate::language::model::{Step, Workflow};
 use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Template};
@@ -39,7 +40,12 @@ impl Scope for StaticScope {
     }
 }
 
-pub fn plan(workflow: &Workflow, params: &BoundParams, env_allow: &[String]) -> Vec<PlannedStep> {
+pub fn plan(
+    workflow: &Workflow,
+    params: &BoundParams,
+    env_allow: &[String],
+    registry: &Registry,
+) -> Vec<PlannedStep> {
     let env = env_allow
         .iter()
         .filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), Value::String(v))))
@@ -50,36 +56,52 @@ pub fn plan(workflow: &Workflow, params: &BoundParams, env_allow: &[String]) -> 
     };
     let masker = Masker::new(&params.secret_values);
     let mut out = Vec::new();
-    walk(&workflow.steps, 0, &scope, &masker, &mut out);
-    walk(&workflow.on_error, 0, &scope, &masker, &mut out);
+    let walker = Walker {
+        scope: &scope,
+        masker: &masker,
+        registry,
+    };
+    walker.walk(&workflow.steps, 0, &mut out);
+    walker.walk(&workflow.on_error, 0, &mut out);
     out
 }
 
-fn walk(
-    steps: &[Step],
-    depth: usize,
-    scope: &StaticScope,
-    masker: &Masker,
-    out: &mut Vec<PlannedStep>,
-) {
-    for step in steps {
-        let mut with = resolve(&Value::Object(step.with.clone()), scope);
-        masker.mask_value(&mut with);
-        let condition = step.condition.as_ref().map(|c| {
-            let mut v = resolve(&Value::String(c.clone()), scope);
-            masker.mask_value(&mut v);
-            v
-        });
-        out.push(PlannedStep {
-            path: step.path.clone(),
-            id: step.id.clone(),
-            action: step.action.clone(),
-            depth,
-            condition,
-            with,
-        });
-        walk(&step.steps, depth + 1, scope, masker, out);
-        walk(&step.catch, depth + 1, scope, masker, out);
+struct Walker<'a> {
+    scope: &'a StaticScope,
+    masker: &'a Masker,
+    registry: &'a Registry,
+}
+
+impl Walker<'_> {
+    fn walk(&self, steps: &[Step], depth: usize, out: &mut Vec<PlannedStep>) {
+        for step in steps {
+            let mut with = resolve(&Value::Object(step.with.clone()), self.scope);
+            self.masker.mask_value(&mut with);
+            // An action's secret arguments are masked whatever they hold.
+            if let (Some(action), Value::Object(map)) = (self.registry.get(&step.action), &mut with)
+            {
+                for name in action.secret_args() {
+                    if let Some(value) = map.get_mut(&name) {
+                        *value = Value::String(MASK.into());
+                    }
+                }
+            }
+            let condition = step.condition.as_ref().map(|c| {
+                let mut v = resolve(&Value::String(c.clone()), self.scope);
+                self.masker.mask_value(&mut v);
+                v
+            });
+            out.push(PlannedStep {
+                path: step.path.clone(),
+                id: step.id.clone(),
+                action: step.action.clone(),
+                depth,
+                condition,
+                with,
+            });
+            self.walk(&step.steps, depth + 1, out);
+            self.walk(&step.catch, depth + 1, out);
+        }
     }
 }
 

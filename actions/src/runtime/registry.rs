@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use sha2::Digest;
 
 use super::context::ActionContext;
 
@@ -61,6 +62,28 @@ pub trait Action: Send + Sync + 'static {
     /// `script`". Returns (path below `with`, message) pairs.
     fn check_args(&self, _args: &Map<String, Value>) -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// The JSON Schema of the output, when the action declares one.
+    fn output_schema(&self) -> Option<Value> {
+        None
+    }
+
+    /// One line for people, shown by `tasuki schema`.
+    fn description(&self) -> Option<String> {
+        None
+    }
+
+    /// Top-level arguments whose values are secret: masked in the dry-run
+    /// plan and in what the action sends back.
+    fn secret_args(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The pack (name, version) that serves the action; `None` for a
+    /// built-in one.
+    fn pack(&self) -> Option<(&str, &str)> {
+        None
     }
 
     /// Runs the action on rendered arguments. It must return promptly once
@@ -140,6 +163,17 @@ struct Registered {
     schema: Arc<Value>,
 }
 
+/// One action as a robot offers it to a hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub name: String,
+    /// The pack's name and version; `None` for a built-in action.
+    pub pack: Option<(String, String)>,
+    /// SHA-256 of the argument and output schemas, so that a hub can tell
+    /// two versions of an action apart.
+    pub schema_sha256: String,
+}
+
 impl Registry {
     /// An empty registry. Most callers want [`Registry::builtin`].
     pub fn new() -> Self {
@@ -167,5 +201,22 @@ impl Registry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.actions.keys().map(String::as_str)
+    }
+
+    /// Every action, by name, with where it comes from.
+    pub fn offers(&self) -> Vec<Offer> {
+        self.actions
+            .iter()
+            .map(|(name, r)| {
+                let both =
+                    serde_json::json!({"args": *r.schema, "output": r.action.output_schema()});
+                let digest = sha2::Sha256::digest(both.to_string().as_bytes());
+                Offer {
+                    name: name.clone(),
+                    pack: r.action.pack().map(|(p, v)| (p.to_string(), v.to_string())),
+                    schema_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+                }
+            })
+            .collect()
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use tasuki_actions::{ExecOptions, Registry};
+use tasuki_actions::ExecOptions;
 use tasuki_protocol::{HostFacts, RegisterRobot};
 use tokio_util::sync::CancellationToken;
 
@@ -380,7 +380,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         }
     };
     let config = effective.settings();
-    let registry = Registry::builtin();
+    let (registry, packs) = crate::packs::registry(&config.action_packs);
     let allowed = match effective.allowed_actions(&registry) {
         Ok(a) => a,
         Err(e) => {
@@ -411,6 +411,12 @@ fn run_agent(args: AgentArgs) -> u8 {
         tracing::warn!("{warning}");
     }
     warn_unless_confined(&config.credentials_file);
+    for problem in packs.problems.iter() {
+        tracing::warn!("action pack left out: {problem}");
+    }
+    for pack in &packs.packs {
+        tracing::info!(pack = %pack.name, version = %pack.version, dir = %pack.dir.display(), "action pack loaded");
+    }
     let metrics = Arc::new(health::Metrics::new());
     let client = match client::HubClient::new(&config, &creds, metrics.clone()) {
         Ok(c) => Arc::new(c),

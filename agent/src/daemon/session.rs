@@ -174,6 +174,7 @@ async fn run_checked(
     // Beside the work dir, so the sessions root's removal at start takes it.
     let private_dir = session_dir.with_extension("private");
     let options = ExecOptions {
+        session_id: id.to_string(),
         work_dir: session_dir.clone(),
         artifacts_dir: artifacts_dir.clone(),
         private_dir: Some(private_dir.clone()),

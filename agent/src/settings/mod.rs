@@ -395,6 +395,11 @@ impl Effective {
             work_dir: self.path("paths.work_dir").unwrap_or_default(),
             artifacts_dir: self.path("paths.artifacts_dir").unwrap_or_default(),
             log_dir: self.path("paths.log_dir"),
+            action_packs: self
+                .list("paths.action_packs")
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
             log_retention: self.count("paths.log_retention") as usize,
             log_json: self.text("paths.log_format") == "json",
             env_allow: self.list("behaviour.env_allow"),
@@ -436,6 +441,8 @@ pub struct Settings {
     pub work_dir: PathBuf,
     pub artifacts_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
+    /// Folders of action packs.
+    pub action_packs: Vec<PathBuf>,
     pub log_retention: usize,
     pub log_json: bool,
     pub env_allow: Vec<String>,
@@ -472,6 +479,12 @@ mod defaults {
                 Some((Value::Path(w), _)) => Value::Path(w.join("artifacts")),
                 _ => Value::Path(crate::daemon::default_work_dir().join("artifacts")),
             },
+            "paths.action_packs" => Value::List(
+                crate::packs::default_dirs(config_dir)
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect(),
+            ),
             "paths.log_retention" => Value::Count(14),
             "paths.log_format" => return text("plain"),
             "behaviour.allowed_actions" => Value::List(vec!["*".into()]),

@@ -137,6 +137,11 @@ pub const KEYS: &[Key] = &[
         "where sessions write screenshots and downloads",
     ),
     key(
+        "paths.action_packs",
+        Kind::List,
+        "folders of action packs (docs/action-packs.md); beside the config file and in the data folder by default",
+    ),
+    key(
         "paths.log_dir",
         Kind::Path,
         "rolling daily log files; unset means standard error only",
