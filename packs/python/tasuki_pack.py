@@ -31,6 +31,12 @@ __all__ = ["Pack", "Context", "ActionFailed", "PROTOCOL"]
 
 PROTOCOL = 1
 LEVELS = ("debug", "info", "warn", "error")
+# The robot ends a pack that writes a longer line (pack_output_too_large), and
+# its state with it; an output this long is answered as an error instead.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+# The robot cuts log messages far shorter than this (16 KiB by default); this
+# only keeps a runaway message from becoming a line the robot ends the pack for.
+MAX_LOG_CHARS = 1024 * 1024
 # The manifest's rule for pack and action names, and the protocol's rule for
 # error codes: checked here so that a mistake shows up in the pack's own
 # traceback rather than as a protocol error on the robot's side.
@@ -123,9 +129,8 @@ class Context:
         the request was answered goes to whichever step is running then."""
         if level not in LEVELS:
             raise ValueError(f"log level {level!r}: use one of {', '.join(LEVELS)}")
-        self._pack._write(
-            {"type": "log", "id": self.request_id, "level": level, "message": str(message)}, self
-        )
+        message = str(message)[:MAX_LOG_CHARS]
+        self._pack._write({"type": "log", "id": self.request_id, "level": level, "message": message}, self)
 
     def artifact(self, path):
         """Keep a file with the session. A relative path is relative to
@@ -176,7 +181,7 @@ class Pack:
         it to the step that is running, or the next one)."""
         if level not in LEVELS:
             raise ValueError(f"log level {level!r}: use one of {', '.join(LEVELS)}")
-        self._write({"type": "log", "level": level, "message": str(message)})
+        self._write({"type": "log", "level": level, "message": str(message)[:MAX_LOG_CHARS]})
 
     def serve(self):
         """Serve requests until `shutdown` or the end of standard input, then
@@ -247,10 +252,13 @@ class Pack:
             output = fn(ctx, **ctx.args)
             ctx.check_cancelled()
             try:
-                answer = {"type": "result", "id": request_id, "output": output}
-                _encode(answer)
+                answer = _encode({"type": "result", "id": request_id, "output": output})
             except (TypeError, ValueError) as e:
                 raise ActionFailed("pack_exception", f"{ctx.action} returned an output that is not JSON: {e}") from None
+            if len(answer) > MAX_LINE_BYTES:
+                raise ActionFailed(
+                    "pack_output_too_large", f"{ctx.action}: the output is {len(answer)} bytes; a line holds {MAX_LINE_BYTES}"
+                )
         except _BadRequest as e:
             answer = _error(request_id, "bad_request", f"a `run` request the pack cannot read: {e}")
         except ActionFailed as e:
@@ -259,7 +267,7 @@ class Pack:
             traceback.print_exc()
             text = str(e)
             answer = _error(request_id, "pack_exception", f"{type(e).__name__}: {text}" if text else type(e).__name__)
-        if flag.is_set() and answer.get("code") != "cancelled":
+        if flag.is_set() and (isinstance(answer, bytes) or answer["code"] != "cancelled"):
             # The protocol asks for `cancelled` once a cancel arrived, whatever
             # the action made of it (a result, or a failure the cancel caused).
             answer = _error(request_id, "cancelled", f"{message.get('action')} was cancelled")
@@ -269,11 +277,17 @@ class Pack:
 
     def _write(self, message, ctx=None, answer=False):
         """Write one whole line and flush it, under a lock, since logs may come
-        from any thread. A log of a request already answered loses its id
-        (the robot would reject an id that is no longer open); the check and
-        the write happen under the same lock, so no line can slip between an
-        answer and the flag that records it."""
+        from any thread. `message` is a dict, or a line already encoded (a
+        result, encoded once to check it). A log of a request already answered
+        loses its id (the robot would reject an id that is no longer open);
+        the check and the write happen under the same lock, so no line can
+        slip between an answer and the flag that records it."""
         with self._out_lock:
+            if isinstance(message, bytes):
+                self._out.write(message)
+                self._out.flush()
+                ctx._answered = True
+                return
             if ctx is not None and ctx._answered:
                 if message["type"] == "artifact":
                     raise RuntimeError("artifact() after the action returned: the request is already answered")

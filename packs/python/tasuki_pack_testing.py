@@ -76,8 +76,11 @@ class PackProcess:
         return "".join(self._stderr)
 
     def send(self, message):
-        """Send a message (a dict) or raw bytes, which are sent as they are."""
-        data = message if isinstance(message, bytes) else json.dumps(message).encode("utf-8") + b"\n"
+        """Send a message (a dict) or raw bytes, which are sent as they are.
+        A dict is written as the robot writes it: compact, UTF-8 unescaped."""
+        if not isinstance(message, bytes):
+            message = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        data = message
         self.process.stdin.write(data)
         self.process.stdin.flush()
 

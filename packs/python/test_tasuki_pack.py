@@ -89,7 +89,7 @@ class DemoPackTest(unittest.TestCase):
         answer, _ = pack.call("nope")
         self.assertEqual(answer["code"], "unknown_action")
         self.assertIn("`nope`", answer["message"])
-        self.assertIn("greet, noisy", answer["message"])
+        self.assertIn("it has: big, boom, greet, late_log, noisy", answer["message"])
 
     def test_arguments_the_function_does_not_take_are_bad_args(self):
         pack = self.start()
@@ -189,6 +189,22 @@ class DemoPackTest(unittest.TestCase):
         answer, _ = pack.call("not_json")
         self.assertEqual(answer["code"], "pack_exception")
         self.assertIn("not JSON", answer["message"])
+
+    def test_an_output_too_long_for_a_line_is_an_error_and_the_pack_lives_on(self):
+        pack = self.start()
+        pack.ready()
+        answer, _ = pack.call("big", {"size": 16 * 1024 * 1024})
+        self.assertEqual(answer["code"], "pack_output_too_large")
+        self.assertEqual(pack.call("big", {"size": 3})[0]["output"], "xxx")
+
+    def test_a_log_after_the_answer_loses_its_id(self):
+        pack = self.start()
+        pack.ready()
+        self.assertEqual(pack.call("late_log")[0], {"type": "result", "id": "1", "output": None})
+        answer, events = pack.call("wait", {"seconds": 1})
+        self.assertEqual(answer["type"], "result")
+        self.assertIn({"type": "log", "level": "info", "message": "late"}, events)
+        self.assertEqual(pack.shutdown(), 0)
 
 
 class InProcessTest(unittest.TestCase):

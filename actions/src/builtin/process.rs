@@ -511,7 +511,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
         let available = reader.fill_buf().await?;
         if available.is_empty() {
             if !line.is_empty() || truncated {
-                emit_line(&line, max, truncated, ctx, &mut on_line);
+                emit_line(&line, max, truncated, &ctx.shared.masker, &mut on_line);
             }
             return Ok(());
         }
@@ -529,7 +529,7 @@ pub async fn for_each_line<R: AsyncRead + Unpin>(
         let consumed = found_newline.map(|i| i + 1).unwrap_or(available.len());
         reader.consume(consumed);
         if found_newline.is_some() {
-            emit_line(&line, max, truncated, ctx, &mut on_line);
+            emit_line(&line, max, truncated, &ctx.shared.masker, &mut on_line);
             line.clear();
             truncated = false;
         }
@@ -545,7 +545,7 @@ pub(crate) fn emit_line(
     line: &[u8],
     max: usize,
     truncated: bool,
-    ctx: &crate::runtime::context::ActionContext,
+    masker: &crate::runtime::mask::Masker,
     on_line: &mut impl FnMut(&str),
 ) {
     let line = if truncated {
@@ -555,7 +555,7 @@ pub(crate) fn emit_line(
     };
     let cut = truncated || line.len() > max;
     let mut text = if cut {
-        ctx.mask_cut(line, max)
+        masker.mask_cut(line, max)
     } else {
         String::from_utf8_lossy(line).into_owned()
     };

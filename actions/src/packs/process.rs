@@ -21,7 +21,7 @@ use super::wire::{self, MAX_LINE_BYTES, PROTOCOL_VERSION, PackMessage, RunContex
 use crate::builtin::process::{Tail, Tree, emit_line, private_temp, step_command};
 use crate::language::argcheck;
 use crate::language::problem::Problems;
-use crate::runtime::context::ActionContext;
+use crate::runtime::context::{ActionContext, SessionShared};
 use crate::runtime::event::LogLevel;
 use crate::runtime::mask::Masker;
 use crate::runtime::registry::{ActionError, codes};
@@ -97,6 +97,11 @@ pub(crate) struct PackProcess {
     secrets: Vec<String>,
     masker: Masker,
     grace: Duration,
+    /// Where lines go, also between steps and at the session's end.
+    shared: Arc<SessionShared>,
+    /// The step that used the pack last: lines that name no request are
+    /// its.
+    step_id: String,
 }
 
 impl PackProcess {
@@ -153,6 +158,8 @@ impl PackProcess {
             secrets: Vec::new(),
             masker: Masker::default(),
             grace: options.cancel_grace,
+            shared: ctx.shared.clone(),
+            step_id: ctx.step_id.clone(),
         };
         match process.handshake(ctx).await {
             Ok(()) => Ok(process),
@@ -181,7 +188,7 @@ impl PackProcess {
                 }
             };
             match incoming {
-                Some(Incoming::Stderr { bytes, cut }) => self.log_stderr(ctx, &bytes, cut),
+                Some(Incoming::Stderr { bytes, cut }) => self.log_stderr(&bytes, cut),
                 Some(Incoming::Stdout(lines)) => {
                     let mut lines = lines.into_iter();
                     match lines.next() {
@@ -202,7 +209,7 @@ impl PackProcess {
                     }
                     // Anything written with `ready` belongs to no request yet.
                     for line in lines {
-                        if let Some(error) = self.stray(ctx, line) {
+                        if let Some(error) = self.stray(line) {
                             return Err(error);
                         }
                     }
@@ -210,6 +217,7 @@ impl PackProcess {
                 }
                 Some(Incoming::StdoutClosed) | None => {
                     let how = self.exit_status().await;
+                    self.log_leftovers().await;
                     return Err(failed(format!(
                         "it {how} before writing `ready`{}",
                         self.stderr_hint()
@@ -228,6 +236,7 @@ impl PackProcess {
         args: &Value,
     ) -> Result<Value, ActionError> {
         self.learn_secrets(action, args);
+        self.step_id = ctx.step_id.clone();
         let id = self.next_id.to_string();
         self.next_id += 1;
         let options = ctx.options();
@@ -245,7 +254,7 @@ impl PackProcess {
             () = ctx.cancel.cancelled() => return Err(self.cancel(ctx, &id).await),
         };
         if written.is_err() {
-            return Err(self.crashed(ctx, action).await);
+            return Err(self.crashed(action).await);
         }
         loop {
             let incoming = tokio::select! {
@@ -262,7 +271,7 @@ impl PackProcess {
                     self.end().await;
                     return Err(error);
                 }
-                Outcome::Closed => return Err(self.crashed(ctx, action).await),
+                Outcome::Closed => return Err(self.crashed(action).await),
             }
         }
     }
@@ -284,6 +293,7 @@ impl PackProcess {
             );
         }
         self.end().await;
+        self.log_leftovers().await;
         clean
     }
 
@@ -352,19 +362,12 @@ impl PackProcess {
     }
 
     /// The pack closed its output (or its input) mid-request.
-    async fn crashed(&mut self, ctx: &ActionContext, action: &str) -> ActionError {
+    async fn crashed(&mut self, action: &str) -> ActionError {
         let how = self.exit_status().await;
         self.end().await;
         // What it printed as it died is the best clue; the pipe closes
         // with the process, so this wait is short.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(incoming) = self.incoming.recv().await {
-                if let Incoming::Stderr { bytes, cut } = incoming {
-                    self.log_stderr(ctx, &bytes, cut);
-                }
-            }
-        })
-        .await;
+        self.log_leftovers().await;
         ActionError::new(
             CRASHED,
             format!(
@@ -403,7 +406,7 @@ impl PackProcess {
         let lines = match incoming {
             None | Some(Incoming::StdoutClosed) => return Outcome::Closed,
             Some(Incoming::Stderr { bytes, cut }) => {
-                self.log_stderr(ctx, &bytes, cut);
+                self.log_stderr(&bytes, cut);
                 return Outcome::Pending;
             }
             Some(Incoming::Stdout(lines)) => lines,
@@ -437,7 +440,7 @@ impl PackProcess {
                     continue;
                 }
                 other => {
-                    if let Some(error) = self.stray(ctx, other) {
+                    if let Some(error) = self.stray(other) {
                         return Outcome::Broken(error);
                     }
                     continue;
@@ -461,14 +464,10 @@ impl PackProcess {
 
     /// A line that belongs to no request: a log line is logged; anything
     /// else is a protocol error.
-    fn stray(&mut self, ctx: &ActionContext, line: Line) -> Option<ActionError> {
+    fn stray(&mut self, line: Line) -> Option<ActionError> {
         match line {
             Line::Message(PackMessage::Log { level, message, .. }) => {
-                let masked = self.masker.mask(&message);
-                let max = ctx.options().max_log_line_bytes;
-                emit_line(masked.as_bytes(), max, false, ctx, &mut |text| {
-                    ctx.log(level, text)
-                });
+                self.log(level, message.as_bytes(), false);
                 None
             }
             Line::Message(PackMessage::Ready { .. }) => {
@@ -531,14 +530,49 @@ impl PackProcess {
         format!("`{quoted}`")
     }
 
-    fn log_stderr(&mut self, ctx: &ActionContext, bytes: &[u8], cut: bool) {
+    fn log_stderr(&mut self, bytes: &[u8], cut: bool) {
+        let text = self.log(LogLevel::Warn, bytes, cut);
+        self.stderr_tail.push(&text);
+    }
+
+    /// Logs a line from the pack as the current step's, its secrets masked
+    /// before a long line is cut; returns the line as logged.
+    fn log(&self, level: LogLevel, bytes: &[u8], cut: bool) -> String {
         let masked = self.masker.mask(&String::from_utf8_lossy(bytes));
-        let max = ctx.options().max_log_line_bytes;
-        let tail = &mut self.stderr_tail;
-        emit_line(masked.as_bytes(), max, cut, ctx, &mut |text| {
-            tail.push(text);
-            ctx.log(LogLevel::Warn, text);
-        });
+        let max = self.shared.options.max_log_line_bytes;
+        let mut logged = String::new();
+        emit_line(
+            masked.as_bytes(),
+            max,
+            cut,
+            &self.shared.masker,
+            &mut |text| {
+                self.shared.log(level, Some(&self.step_id), text);
+                logged = text.to_string();
+            },
+        );
+        logged
+    }
+
+    /// Logs what the pack wrote that no step read: at the session's end,
+    /// the last lines of a pack that was not asked anything since.
+    async fn log_leftovers(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(incoming) = self.incoming.recv().await {
+                match incoming {
+                    Incoming::Stderr { bytes, cut } => self.log_stderr(&bytes, cut),
+                    Incoming::Stdout(lines) => {
+                        for line in lines {
+                            if let Line::Message(PackMessage::Log { level, message, .. }) = line {
+                                self.log(level, message.as_bytes(), false);
+                            }
+                        }
+                    }
+                    Incoming::StdoutClosed => {}
+                }
+            }
+        })
+        .await;
     }
 
     /// The step's answer: an output checked against the action's schema,

@@ -69,6 +69,18 @@ def noisy(ctx):
     return {"text": "héllo ✓ \u2028 \"quoted\"\nnext line", "stolen": stolen}
 
 
+@pack.action("big")
+def big(ctx, size):
+    return "x" * size
+
+
+@pack.action("late_log")
+def late_log(ctx):
+    """Logs from a thread after the request was answered."""
+    threading.Timer(0.2, ctx.log, ("info", "late")).start()
+    return None
+
+
 @pack.action("not_json")
 def not_json(ctx):
     return {"when": object()}
