@@ -91,10 +91,10 @@ def _read_file(path, given, mode="rb", **kwargs):
 def _load(path, data, values=False):
     """Parse a workbook. With values=True, formula cells hold their stored
     values rather than their formulas. Macros of an .xlsm are kept, so that
-    saving it does not drop them."""
+    saving it does not drop them (.xlsm, .xltm)."""
     try:
         return openpyxl.load_workbook(
-            io.BytesIO(data), data_only=values, keep_vba=path.lower().endswith(".xlsm") and not values
+            io.BytesIO(data), data_only=values, keep_vba=path.lower().endswith((".xlsm", ".xltm")) and not values
         )
     except Exception as e:  # a parse of bytes: any failure means "not a workbook we can read"
         raise ActionFailed("bad_workbook", f"{path} is not a workbook openpyxl can read ({type(e).__name__}: {e})") from None

@@ -25,6 +25,9 @@ def clean_env(extra=None):
     not depend on the tester's shell."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "SYSTEMROOT", "TEMP", "TMP") if k in os.environ}
     env["TASUKI_PACK_PROTOCOL"] = "1"
+    # Not the robot's doing: keeps test runs from leaving __pycache__ folders
+    # in the packs' source folders.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
     return env
 
