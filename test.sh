@@ -11,5 +11,6 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 source scripts/need-test-tools.sh
 source scripts/need-browser.sh
+source scripts/need-python-packs.sh
 
 cargo test --workspace --locked "$@"

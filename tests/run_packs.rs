@@ -474,3 +474,50 @@ fn the_schema_lists_pack_actions() {
         "{text}"
     );
 }
+
+#[test]
+fn the_python_helper_and_the_shipped_packs_pass_their_own_tests() {
+    for suite in ["packs/python", "packs/excel", "examples/packs/shout"] {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "unittest", "discover", "-s", suite])
+            .current_dir(repo_root())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .expect("start python3");
+        let report = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{suite}:\n{report}");
+        // unittest's summary: "Ran N tests" then "OK"; a skip would say so.
+        assert!(
+            report.contains("\nOK\n") && !report.contains("skipped"),
+            "{suite}:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn a_pack_written_in_shell_runs_from_a_workflow() {
+    let scratch = Scratch::new();
+    let workflow = r#"
+version: 1
+name: shout
+steps:
+  - id: loud
+    action: shout.upper
+    with: { text: "hello from sh" }
+  - id: caught
+    action: try
+    steps:
+      - id: fails
+        action: shout.fail
+    catch:
+      - id: noted
+        action: log
+        with: { message: "caught ${error.code}" }
+"#;
+    let file = scratch.write("flow.yaml", workflow);
+    let shout = repo_root().join("examples/packs/shout");
+    let r = run_json(scratch.path(), &file, &["--packs", shout.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.report["steps"]["loud"]["output"]["text"], "HELLO FROM SH");
+    assert!(r.stderr.contains("caught shouted_failure"), "{}", r.stderr);
+}

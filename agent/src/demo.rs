@@ -30,6 +30,11 @@ const SITE: &[(&str, &str, &[u8])] = &[
         "application/json",
         include_bytes!("../../examples/site/api/orders.json"),
     ),
+    (
+        "api/orders.csv",
+        "text/csv; charset=utf-8",
+        include_bytes!("../../examples/site/api/orders.csv"),
+    ),
 ];
 
 pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::path::Path) -> u8 {

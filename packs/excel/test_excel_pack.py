@@ -20,10 +20,7 @@ sys.path.insert(0, HELPER)
 import openpyxl  # noqa: E402  (an ImportError here fails the run loudly)
 from tasuki_pack_testing import PackProcess, check_schema, clean_env  # noqa: E402
 
-try:
-    import yaml  # only to read the manifest; the protocol tests do not need it
-except ImportError:
-    yaml = None
+import yaml  # noqa: E402  (reads the manifest; missing, the run fails loudly)
 
 MANIFEST = os.path.join(HERE, "tasuki-pack.yaml")
 
@@ -38,7 +35,7 @@ class ExcelPackTest(unittest.TestCase):
         work = tempfile.TemporaryDirectory()
         self.addCleanup(work.cleanup)
         self.work = work.name
-        self.schemas = manifest()["actions"] if yaml else None
+        self.schemas = manifest()["actions"]
 
     def start(self, cwd=None):
         """The pack as the manifest starts it; sys.executable rather than the
@@ -258,7 +255,6 @@ class ExcelPackTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(elsewhere.name, "sub")))
 
 
-@unittest.skipIf(yaml is None, "PyYAML is needed to read the manifest")
 class ManifestTest(unittest.TestCase):
     def test_the_manifest_is_as_the_page_asks(self):
         m = manifest()
