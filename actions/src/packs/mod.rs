@@ -107,3 +107,67 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::language::allowed::Allowed;
+    use crate::{LoadOptions, parse_workflow};
+
+    fn probe_registry() -> Registry {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/packs");
+        let found = discover(&[dir]);
+        assert!(found.problems.is_empty(), "{}", found.problems);
+        let mut registry = Registry::builtin();
+        for pack in &found.packs {
+            registry.register_pack(pack);
+        }
+        registry
+    }
+
+    const USES_PROBE: &str =
+        "version: 1\nname: w\nsteps:\n  - id: s\n    action: probe.hello\n    with: { name: x }\n";
+
+    #[test]
+    fn allowed_actions_refuse_a_pack_action_like_a_built_in_one() {
+        let registry = probe_registry();
+        let only_logs = Allowed::new(&["log".to_string()], &registry).unwrap();
+        let options = LoadOptions {
+            allowed_actions: Some(only_logs),
+            ..LoadOptions::default()
+        };
+        let problems = parse_workflow(USES_PROBE, "w.yaml", &registry, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains("w.yaml:5:") && problems.contains("this robot refuses `probe.hello`"),
+            "{problems}"
+        );
+
+        let probe_family = Allowed::new(&["probe.*".to_string()], &registry).unwrap();
+        let options = LoadOptions {
+            allowed_actions: Some(probe_family),
+            ..LoadOptions::default()
+        };
+        assert!(parse_workflow(USES_PROBE, "w.yaml", &registry, &options).is_ok());
+    }
+
+    #[test]
+    fn offers_name_each_pack_action_with_its_pack_and_version() {
+        let offers = probe_registry().offers();
+        let hello = offers.iter().find(|o| o.name == "probe.hello").unwrap();
+        assert_eq!(hello.pack, Some(("probe".to_string(), "0.1.0".to_string())));
+        assert_eq!(hello.schema_sha256.len(), 64);
+        let log = offers.iter().find(|o| o.name == "log").unwrap();
+        assert_eq!(log.pack, None);
+    }
+
+    #[test]
+    fn the_first_pack_of_a_name_wins_and_the_second_is_reported() {
+        let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/packs/probe");
+        let found = discover(&[probe.clone(), probe]);
+        assert_eq!(found.packs.len(), 1);
+        let problems = found.problems.to_string();
+        assert!(problems.contains("was already loaded from"), "{problems}");
+    }
+}
