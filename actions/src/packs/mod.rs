@@ -71,6 +71,13 @@ pub fn discover(dirs: &[PathBuf]) -> Found {
 }
 
 fn add(found: &mut Found, dir: &Path) {
+    if let Err(why) = only_owner_writes(dir) {
+        found.problems.push(Problem {
+            file: Some(dir.join(MANIFEST_FILE).display().to_string()),
+            ..Problem::new("", why)
+        });
+        return;
+    }
     match manifest::load(dir) {
         Ok(m) => {
             if let Some(first) = found.packs.iter().find(|p| p.name == m.name) {
@@ -91,6 +98,52 @@ fn add(found: &mut Found, dir: &Path) {
         }
         Err(problems) => found.problems.extend(problems),
     }
+}
+
+/// A pack runs as the robot: whoever can change its files can run code as
+/// the robot. So a pack folder, or a file directly in it, that every user
+/// may write, or that another account owns (root aside), is refused (Unix;
+/// on Windows the folder's ACL is the administrator's). Group write is
+/// allowed: with per-user groups (Ubuntu's umask 002) it is the norm.
+fn only_owner_writes(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let me = nix::unistd::geteuid().as_raw();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot list the pack folder: {e}"))?
+            .flatten()
+            .map(|e| e.path());
+        for path in std::iter::once(dir.to_path_buf()).chain(entries) {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o002 != 0 {
+                return Err(format!(
+                    "{} is writable by every user (mode {:o}), who could then run code as the robot; \
+                     run `chmod o-w {}` (the pack is left out until then)",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                ));
+            }
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(format!(
+                    "{} belongs to another account (uid {}), which could then run code as the robot; \
+                     give it to this account or root (the pack is left out until then)",
+                    path.display(),
+                    meta.uid()
+                ));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 impl Registry {
@@ -160,6 +213,33 @@ mod tests {
         assert_eq!(hello.schema_sha256.len(), 64);
         let log = offers.iter().find(|o| o.name == "log").unwrap();
         assert_eq!(log.pack, None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_pack_other_users_may_change_is_left_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path().join("open");
+        std::fs::create_dir(&pack).unwrap();
+        std::fs::write(
+            pack.join(MANIFEST_FILE),
+            "manifest: 1\nname: open\nversion: '1'\ncommand: [x]\nactions:\n  go:\n    args: { type: object }\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(discover(&[dir.path().to_path_buf()]).packs.len(), 1);
+        let script = pack.join("pack.py");
+        std::fs::write(&script, "").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let found = discover(&[dir.path().to_path_buf()]);
+        assert!(found.packs.is_empty());
+        let problems = found.problems.to_string();
+        assert!(
+            problems.contains("pack.py is writable by every user (mode 666)")
+                && problems.contains("chmod o-w"),
+            "{problems}"
+        );
     }
 
     #[test]
