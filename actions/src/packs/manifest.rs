@@ -80,10 +80,17 @@ pub fn load(dir: &Path) -> Result<Manifest, Problems> {
     let dir =
         std::path::absolute(dir).map_err(|e| whole(format!("cannot resolve the folder: {e}")))?;
     let text = read_limited(&file).map_err(whole)?;
-    let located = source::parse(&text, Format::Yaml)
+    parse(&text, &dir, &file)
+}
+
+/// Checks manifest text as if read from `file` in the folder `dir`
+/// (absolute). Problems name `file`, with lines where the text has them.
+pub fn parse(text: &str, dir: &Path, file: &Path) -> Result<Manifest, Problems> {
+    let origin = file.display().to_string();
+    let located = source::parse(text, Format::Yaml)
         .map_err(|p| crate::language::locate(Problems(vec![p]), &origin, None))?;
     let mut problems = Problems::default();
-    let manifest = lower(&located.value, &dir, &file, &mut problems);
+    let manifest = lower(&located.value, dir, file, &mut problems);
     match manifest {
         Some(m) if problems.is_empty() => Ok(m),
         _ => Err(crate::language::locate(problems, &origin, Some(&located))),

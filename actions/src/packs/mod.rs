@@ -13,7 +13,7 @@ mod action;
 mod check;
 pub mod manifest;
 mod process;
-mod wire;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
