@@ -2,7 +2,8 @@
 //!
 //! Each robot has at most one poll waiting here. A session that becomes
 //! available (queued, or handed back unrun) goes to the robot that has
-//! waited longest among those that may take it, and its lease travels down
+//! waited longest among those that may take it (`routing.rs`: pins,
+//! actions, labels; and room for it), and its lease travels down
 //! that poll's channel at once: no robot is woken for nothing, and pickup
 //! costs one database write. The poll's free slot was the robot's
 //! acceptance, so the session is `running` on it from that write on.
@@ -30,8 +31,9 @@ use rusqlite::Connection;
 use tasuki_protocol::Lease;
 use tokio::sync::oneshot;
 
-use crate::db::DbError;
-use crate::db::leases::{self, Load, Needs};
+use crate::db::leases::{self, Load};
+use crate::db::{DbError, robots};
+use crate::routing::{Capabilities, Needs};
 use crate::secrets::{MasterKey, new_lease_id};
 
 /// Why a waiting poll is answered.
@@ -66,6 +68,10 @@ struct Waiter {
     seq: u64,
     want: Want,
     load: Load,
+    /// The robot's catalog and labels, read when the poll began to wait.
+    /// A robot registers again (and so sends another catalog) only from a
+    /// new agent process, whose first poll supersedes this one.
+    offers: Capabilities,
     tx: oneshot::Sender<Wake>,
 }
 
@@ -80,7 +86,7 @@ impl Waiter {
 
     fn may_take(&self, needs: &Needs) -> bool {
         self.wants_work()
-            && needs.allows(&self.want.name)
+            && needs.fits(&self.offers)
             && (!needs.single_process || self.load.active == 0)
     }
 }
@@ -194,18 +200,28 @@ impl Dispatcher {
     ) -> Result<Poll, DbError> {
         let load = leases::load_of(conn, want.robot_id)?;
         let (tx, rx) = oneshot::channel();
-        let waiter = Waiter {
+        let mut waiter = Waiter {
             seq: 0,
             want,
             load,
+            offers: Capabilities::default(),
             tx,
         };
         if waiter.wants_work()
-            && let Some(session_id) = leases::next_for(conn, &waiter.want.name, load)?
+            && let Some(session_id) =
+                leases::next_for(conn, waiter.want.robot_id, &waiter.want.name, load)?
             && let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)?
         {
             return Ok(Poll::Leased(Box::new(lease)));
         }
+        // Gone meanwhile (deleted by an operator): nothing is offered to it,
+        // and grants check the robot anyway.
+        waiter.offers =
+            robots::capabilities(conn, waiter.want.robot_id)?.unwrap_or_else(|| Capabilities {
+                name: waiter.want.name.clone(),
+                actions: Some(Default::default()),
+                labels: Default::default(),
+            });
         let mut waiters = self.lock();
         if waiters.closed {
             return Ok(Poll::Closed);
@@ -340,7 +356,7 @@ impl Dispatcher {
             }
             (waiter.seq, waiter.want.clone())
         };
-        let Some(session_id) = leases::next_for(conn, &want.name, load)? else {
+        let Some(session_id) = leases::next_for(conn, want.robot_id, &want.name, load)? else {
             return Ok(());
         };
         let Some(lease) = self.grant(conn, session_id, &want, now_ms)? else {

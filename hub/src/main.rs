@@ -9,6 +9,7 @@ mod listener;
 mod log_escape;
 mod peer_limit;
 mod robots;
+mod routing;
 mod secrets;
 mod serve;
 mod store;

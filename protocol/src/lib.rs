@@ -22,9 +22,9 @@ pub use auth::{Claims, TokenRequest, TokenResponse};
 pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
 pub use robot::{
-    FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch, LogsStored,
-    PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList, RobotRegistered,
-    RobotState, StepsStored, StepsUpdate,
+    ActionOffer, FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch,
+    LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList,
+    RobotRegistered, RobotState, StepsStored, StepsUpdate,
 };
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{

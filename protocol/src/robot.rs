@@ -38,6 +38,13 @@ pub const MAX_LOG_MESSAGE_BYTES: usize = 64 * 1024;
 pub const MAX_ARTIFACT_BYTES: usize = 50 * 1024 * 1024;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 64;
+/// Actions one robot may offer, at most.
+pub const MAX_ACTION_OFFERS: usize = 1000;
+/// An action's full name: a pack's name (32) and its action's (32), or a
+/// built-in family and action, with the dot between.
+pub const MAX_ACTION_NAME_LEN: usize = 65;
+/// A pack's version, or the agent's for a built-in action.
+pub const MAX_OFFER_VERSION_LEN: usize = 64;
 
 /// Checks a robot name: 1 to 64 ASCII letters, digits, `.`, `_` or `-`,
 /// starting with a letter or digit. Names end up in URLs, logs and file
@@ -81,6 +88,113 @@ fn check_plain_name(what: &str, name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an action's name as a robot offers it: `family.action` (such as
+/// `excel.read_sheet`) or a plain built-in name (`log`); each part starts
+/// with a lowercase letter and holds lowercase letters, digits and `_`.
+pub fn check_action_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an action name cannot be empty".into());
+    }
+    if name.len() > MAX_ACTION_NAME_LEN {
+        return Err(format!(
+            "an action name has at most {MAX_ACTION_NAME_LEN} characters, this one has {}",
+            name.chars().count()
+        ));
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 2 {
+        return Err(format!(
+            "an action name is `family.action` or a plain name, with at most one `.`: `{name}`"
+        ));
+    }
+    for part in parts {
+        check_action_part(part).map_err(|e| format!("`{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A pack's name, or one part of an action's: 1 to 32 lowercase ASCII
+/// letters, digits and `_`, starting with a letter (docs/action-packs.md).
+pub fn check_pack_name(name: &str) -> Result<(), String> {
+    check_action_part(name)
+}
+
+fn check_action_part(part: &str) -> Result<(), String> {
+    if !part.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err("each part of an action name starts with a lowercase letter".into());
+    }
+    if part.len() > 32 {
+        return Err("each part of an action name has at most 32 characters".into());
+    }
+    if let Some(c) = part
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return Err(format!(
+            "an action name holds only lowercase ASCII letters, digits, `_` and one `.`, not {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// One action a robot offers: what the hub validates workflows against
+/// and routes sessions by (docs/protocol.md, *The action catalog*).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionOffer {
+    /// The full name steps use: `excel.read_sheet`, `shell.run`, `log`.
+    pub name: String,
+    /// The pack that serves it; absent for a built-in action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<String>,
+    /// The pack's version, or the agent's for a built-in action.
+    pub version: String,
+    /// SHA-256 (lowercase hex) of the action's argument and output
+    /// schemas, so that two versions of an action can be told apart.
+    pub schema_sha256: String,
+}
+
+impl ActionOffer {
+    /// Checks every field; `Err` names the field (below the offer) and
+    /// what is wrong with it.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        check_action_name(&self.name).map_err(|e| ("name", e))?;
+        if let Some(pack) = &self.pack {
+            check_pack_name(pack).map_err(|e| ("pack", format!("a pack name: {e}")))?;
+            if self.name.split_once('.').map(|(family, _)| family) != Some(pack.as_str()) {
+                return Err((
+                    "name",
+                    format!(
+                        "an action of the pack `{pack}` is named `{pack}.<action>`, not `{}`",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        if self.version.is_empty()
+            || self.version.len() > MAX_OFFER_VERSION_LEN
+            || self.version.chars().any(char::is_control)
+        {
+            return Err((
+                "version",
+                format!("1 to {MAX_OFFER_VERSION_LEN} bytes of printable text"),
+            ));
+        }
+        if self.schema_sha256.len() != 64
+            || !self
+                .schema_sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err((
+                "schema_sha256",
+                "a SHA-256 in 64 lowercase hexadecimal digits".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `PUT /v1/robot/robots/{name}`: register, or re-register after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +212,12 @@ pub struct RegisterRobot {
     /// Take the name over from another instance (a rebuilt machine).
     #[serde(default)]
     pub replace: bool,
+    /// Every action the robot runs (built-ins and packs, those its
+    /// `allowed_actions` refuse left out). Absent from agents older than
+    /// the catalog: the hub then knows nothing of the robot's actions and
+    /// routes it any session, as it did before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<ActionOffer>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -276,6 +396,10 @@ pub struct RobotItem {
     pub host: HostFacts,
     pub metrics: Option<HostMetrics>,
     pub running_sessions: Vec<i64>,
+    /// The robot's action catalog as it last registered; `null` for an
+    /// agent older than the catalog (its actions are unknown).
+    #[serde(default)]
+    pub actions: Option<Vec<ActionOffer>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +443,52 @@ mod tests {
         assert!(check_artifact_name("a/b").is_err());
     }
 
+    fn offer(name: &str, pack: Option<&str>) -> ActionOffer {
+        ActionOffer {
+            name: name.into(),
+            pack: pack.map(String::from),
+            version: "1.0.0".into(),
+            schema_sha256: "0".repeat(64),
+        }
+    }
+
+    #[test]
+    fn action_offers() {
+        assert!(offer("log", None).check().is_ok());
+        assert!(offer("browser.get_text", None).check().is_ok());
+        assert!(offer("excel.read_sheet", Some("excel")).check().is_ok());
+        assert!(
+            offer(&format!("{0}.{0}", "a".repeat(32)), None)
+                .check()
+                .is_ok()
+        );
+        for bad in [
+            "",
+            "Excel.read",
+            "a.b.c",
+            ".log",
+            "log.",
+            "a-b",
+            "1x",
+            "a..b",
+        ] {
+            assert_eq!(offer(bad, None).check().unwrap_err().0, "name", "{bad:?}");
+        }
+        assert_eq!(
+            offer("excel.read", Some("word")).check().unwrap_err().0,
+            "name"
+        );
+        assert_eq!(offer("x.y", Some("X")).check().unwrap_err().0, "pack");
+        let mut o = offer("log", None);
+        o.version = "1\n".into();
+        assert_eq!(o.check().unwrap_err().0, "version");
+        o.version = "v".repeat(65);
+        assert_eq!(o.check().unwrap_err().0, "version");
+        let mut o = offer("log", None);
+        o.schema_sha256 = "A".repeat(64);
+        assert_eq!(o.check().unwrap_err().0, "schema_sha256");
+    }
+
     #[test]
     fn robot_requests_refuse_unknown_fields() {
         let err = serde_json::from_str::<PollRequest>(
@@ -326,5 +496,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("frees"), "{err}");
+        let err = serde_json::from_str::<ActionOffer>(
+            r#"{"name":"log","version":"1","schema_sha256":"","schema":{}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("schema"), "{err}");
     }
 }

@@ -144,6 +144,11 @@ pub struct SessionQueue {
         with = "crate::time::millis_opt"
     )]
     pub cancel_requested_at: Option<Timestamp>,
+    /// For a `queued` session that no registered robot could ever take
+    /// (its workflow's pins, actions or labels), which robots lack what.
+    /// Absent while some robot could: the session only waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
 }
 
 /// `POST /v1/session_queues`.
@@ -209,6 +214,7 @@ mod tests {
             error: None,
             outputs: None,
             cancel_requested_at: None,
+            queued_reason: None,
         };
         let v = serde_json::to_value(&q).unwrap();
         assert!(v["robot"].is_null());

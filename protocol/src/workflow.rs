@@ -22,6 +22,11 @@ pub struct WorkflowItem {
     pub receiver_infos: String,
     /// The names of the robots this workflow is pinned to; empty means any.
     pub workflow_robots: Vec<String>,
+    /// Labels a robot must carry, every one, to run this workflow. Not
+    /// AUTORO's: present only when there are some, so that the item keeps
+    /// AUTORO's shape otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub robot_labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +53,10 @@ pub struct CreateWorkflow {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_robots: Option<Vec<String>>,
+    /// Labels a robot must carry, every one, to run the workflow's
+    /// sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot_labels: Option<Vec<String>>,
 }
 
 impl CreateWorkflow {

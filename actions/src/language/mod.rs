@@ -34,6 +34,12 @@ pub struct LoadOptions {
     /// `builtin/browser/navigation.rs`); `None` when the caller cannot
     /// know, as with `env_allow`.
     pub allow_file_urls: Option<bool>,
+    /// Set by a hub, which knows pack actions only from what its robots
+    /// offer: an action missing from the registry is then reported as one
+    /// that no robot of the hub offers, followed by this text (what the
+    /// fleet does offer). `None` (a robot, `tasuki validate`): it is an
+    /// unknown action.
+    pub fleet_offers: Option<String>,
 }
 
 /// Parses and validates workflow text. `origin` names the file in every

@@ -611,6 +611,19 @@ impl Workflow {
         out
     }
 
+    /// The actions the steps use, each once, in name order; control flow
+    /// (`set`, `for_each`, `try`), which the executor runs itself, left
+    /// out. A hub routes a session only to a robot that offers them all.
+    pub fn actions_used(&self) -> Vec<String> {
+        let used: std::collections::BTreeSet<&str> = self
+            .all_steps()
+            .into_iter()
+            .map(|s| s.action.as_str())
+            .filter(|a| ![CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY].contains(a))
+            .collect();
+        used.into_iter().map(String::from).collect()
+    }
+
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
     }

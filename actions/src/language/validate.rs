@@ -164,17 +164,24 @@ impl Validator<'_> {
                 .names()
                 .chain(CONTROL_ACTIONS.iter().copied())
                 .collect();
-            let hint = known
+            let close = known
                 .iter()
                 .map(|k| (edit_distance(action, k), *k))
                 .filter(|(d, _)| *d <= 3)
                 .min_by_key(|(d, _)| *d)
-                .map(|(_, k)| format!("; did you mean `{k}`?"))
-                .unwrap_or_else(|| format!("; known actions: {}", known.join(", ")));
-            self.problems.add(
-                join(&step.path, "action"),
-                format!("unknown action `{action}`{hint}"),
-            );
+                .map(|(_, k)| k);
+            let message = match (&self.options.fleet_offers, close) {
+                (Some(offers), Some(k)) => format!(
+                    "no robot of this hub offers `{action}` (did you mean `{k}`?); {offers}"
+                ),
+                (Some(offers), None) => format!("no robot of this hub offers `{action}`; {offers}"),
+                (None, Some(k)) => format!("unknown action `{action}`; did you mean `{k}`?"),
+                (None, None) => format!(
+                    "unknown action `{action}`; known actions: {}",
+                    known.join(", ")
+                ),
+            };
+            self.problems.add(join(&step.path, "action"), message);
         } else if !is_control
             && let Some(allowed) = &self.options.allowed_actions
             && !allowed.allows(action)
@@ -435,5 +442,55 @@ impl Validator<'_> {
                 "`{var}` is not defined before this step (define it with `set`, `save_as` or `for_each`)"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::language::{LoadOptions, parse_workflow};
+    use crate::runtime::registry::Registry;
+
+    const USES: &str = "version: 1\nname: w\nsteps:\n  - id: a\n    action: excel.read_sheet\n  - id: b\n    action: shel.run\n";
+
+    fn problems(options: &LoadOptions) -> Vec<(String, String)> {
+        parse_workflow(USES, "w.yaml", &Registry::builtin(), options)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_robot_calls_a_missing_action_unknown() {
+        let p = problems(&LoadOptions::default());
+        assert_eq!(p[0].0, "steps[0].action");
+        assert!(
+            p[0].1
+                .starts_with("unknown action `excel.read_sheet`; known actions: "),
+            "{p:?}"
+        );
+        assert_eq!(
+            p[1].1,
+            "unknown action `shel.run`; did you mean `shell.run`?"
+        );
+    }
+
+    #[test]
+    fn a_hub_says_no_robot_offers_it_and_what_the_fleet_offers() {
+        let options = LoadOptions {
+            fleet_offers: Some("no robot of this hub offers any action pack".into()),
+            ..LoadOptions::default()
+        };
+        let p = problems(&options);
+        assert_eq!(
+            p[0].1,
+            "no robot of this hub offers `excel.read_sheet`; no robot of this hub offers any action pack"
+        );
+        assert_eq!(
+            p[1].1,
+            "no robot of this hub offers `shel.run` (did you mean `shell.run`?); no robot of \
+             this hub offers any action pack"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - `config.rs`: the config and credentials files.
 //! - `client.rs`: the hub client (signing, retries).
+//! - `catalog.rs`: the actions the robot offers the hub.
 //! - `agent.rs`: the poll loop, session supervision, drain.
 //! - `session.rs`: one leased session: check it, run it, ship it.
 //! - `ship/`: what a session produced, on its way to the hub: the sink,
@@ -15,6 +16,7 @@
 //! - the settings are read by `crate::settings`.
 
 mod agent;
+mod catalog;
 mod checked;
 mod client;
 mod config;
@@ -191,8 +193,8 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
     };
     // The file as it will be: what is already in it, with the
     // registration set over it.
-    let config = match registration_settings(&registration, &config_path) {
-        Ok(s) => s,
+    let (config, offered) = match registration_settings(&registration, &config_path) {
+        Ok(both) => both,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(EXIT_INVALID);
@@ -218,7 +220,7 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
     let client = client::HubClient::new(&config, &creds, Arc::default())?;
     let request = RegisterRobot {
         replace: args.replace,
-        ..register_request(&config, &creds)
+        ..register_request(&config, &creds, offered)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -289,8 +291,13 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// The settings the registration will leave in the config file, checked
 /// as `tasuki agent` will check them: a bad name or URL is refused before
-/// the hub is asked.
-fn registration_settings(r: &Registration, config_path: &Path) -> anyhow::Result<Settings> {
+/// the hub is asked. With them, the action catalog the agent will send
+/// (`catalog.rs`), so that the hub knows the robot's actions from the
+/// start; the agent sends it again at every start.
+fn registration_settings(
+    r: &Registration,
+    config_path: &Path,
+) -> anyhow::Result<(Settings, Vec<tasuki_protocol::ActionOffer>)> {
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let draft = dir.path().join("agent.toml");
     if config_path.exists() {
@@ -298,13 +305,8 @@ fn registration_settings(r: &Registration, config_path: &Path) -> anyhow::Result
             .with_context(|| format!("reading {}", config_path.display()))?;
     }
     config::write_registration(&draft, r)?;
-    let no_env = |_: &str| None;
-    let effective = crate::settings::Effective::load(&crate::settings::Sources {
-        config_path: &draft,
-        env: &no_env,
-        flags: &[],
-    })
-    .map_err(|e| {
+    // Errors name the file the user has, not the draft.
+    let named = |e: crate::settings::SettingsError| {
         anyhow::anyhow!(
             "{}",
             e.to_string().replace(
@@ -312,11 +314,27 @@ fn registration_settings(r: &Registration, config_path: &Path) -> anyhow::Result
                 &config_path.display().to_string()
             )
         )
-    })?;
-    Ok(effective.settings())
+    };
+    let no_env = |_: &str| None;
+    let effective = crate::settings::Effective::load(&crate::settings::Sources {
+        config_path: &draft,
+        env: &no_env,
+        flags: &[],
+    })
+    .map_err(named)?;
+    let config = effective.settings();
+    let (registry, _) = crate::packs::registry(&config.action_packs);
+    let allowed = effective.allowed_actions(&registry).map_err(named)?;
+    Ok((config, catalog::offers(&registry, &allowed)))
 }
 
-fn register_request(config: &Settings, creds: &Credentials) -> RegisterRobot {
+/// What the robot tells the hub at registration; `actions` is its
+/// catalog (see `catalog.rs`).
+fn register_request(
+    config: &Settings,
+    creds: &Credentials,
+    actions: Vec<tasuki_protocol::ActionOffer>,
+) -> RegisterRobot {
     RegisterRobot {
         instance_id: creds.instance_id.clone(),
         labels: config.control_plane.labels.clone(),
@@ -328,6 +346,7 @@ fn register_request(config: &Settings, creds: &Credentials) -> RegisterRobot {
             arch: std::env::consts::ARCH.to_string(),
         },
         replace: false,
+        actions: Some(actions),
     }
 }
 
@@ -417,6 +436,7 @@ fn run_agent(args: AgentArgs) -> u8 {
     for pack in &packs.packs {
         tracing::info!(pack = %pack.name, version = %pack.version, dir = %pack.dir.display(), "action pack loaded");
     }
+    let offered = catalog::offers(&registry, &allowed);
     let metrics = Arc::new(health::Metrics::new());
     let client = match client::HubClient::new(&config, &creds, metrics.clone()) {
         Ok(c) => Arc::new(c),
@@ -488,7 +508,7 @@ fn run_agent(args: AgentArgs) -> u8 {
     let opts = agent::AgentOptions {
         max_concurrency: config.control_plane.max_concurrency,
         once: args.once,
-        register: register_request(&config, &creds),
+        register: register_request(&config, &creds, offered),
         drain_grace: config.drain_grace,
     };
     // One thread: the agent waits on the hub, on child processes and on

@@ -132,6 +132,7 @@ fn prepare(
         env_allow: Some(env.options.env_allow.clone()),
         allowed_actions: Some(env.allowed_actions.clone()),
         allow_file_urls: Some(env.options.browser.allow_file_urls),
+        fleet_offers: None,
     };
     let workflow = env
         .checked

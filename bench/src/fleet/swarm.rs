@@ -101,6 +101,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
                 max_concurrency: 1,
                 host: HostFacts::default(),
                 replace: false,
+                actions: None,
             };
             shared
                 .call::<_, serde_json::Value>(

@@ -8,6 +8,7 @@ mod auth_limit;
 mod body;
 mod body_deadline;
 mod error;
+mod fleet_actions;
 mod params;
 mod query;
 mod quota;
@@ -50,7 +51,8 @@ pub struct Hub {
     pub quota: quota::Quota,
     /// Robots one access key may register; each raises its quota.
     pub max_robots_per_key: u64,
-    /// The actions workflows are validated against: the agent's built-ins.
+    /// The agent's built-ins; workflows are validated against them and the
+    /// actions the fleet offers (`fleet_actions.rs`).
     pub registry: Registry,
     /// The robots waiting in a long poll.
     pub dispatch: Dispatcher,

@@ -70,6 +70,7 @@ pub async fn list(
                 host: r.host,
                 metrics: r.metrics,
                 running_sessions,
+                actions: r.actions,
             }
         })
         .collect();

@@ -17,8 +17,9 @@ use super::error::ApiError;
 use super::query::{QueryParams, page, path_id, shorten};
 use super::{Hub, params, search};
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
-use crate::db::{artifacts as stored_artifacts, leases, logs, now_ms, workflows};
+use crate::db::{DbError, artifacts as stored_artifacts, leases, logs, now_ms, robots, workflows};
 use crate::dispatch::Wake;
+use crate::routing;
 
 const DEFAULT_PER_PAGE: i64 = 10;
 const MAX_PER_PAGE: i64 = 50;
@@ -88,10 +89,31 @@ pub async fn get_one(
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
     hub.db
-        .call(move |conn| sessions::get(conn, id))
+        .call(move |conn| {
+            let mut session = sessions::get(conn, id)?;
+            if let Some(session) = &mut session {
+                explain_wait(conn, session)?;
+            }
+            Ok(session)
+        })
         .await?
         .map(Json)
         .ok_or_else(|| session_not_found(id))
+}
+
+/// Sets `queued_reason` on a queued session that no registered robot
+/// could ever take. (Not on the answer to its creation, which keeps
+/// AUTORO's shape and the pickup's path short: a read says it.)
+fn explain_wait(conn: &rusqlite::Connection, session: &mut SessionQueue) -> Result<(), DbError> {
+    if session.status != SessionStatus::Queued {
+        return Ok(());
+    }
+    let Some(needs) = leases::needs_of(conn, session.id)? else {
+        return Ok(());
+    };
+    let robots = robots::capabilities_for(conn, &needs)?;
+    session.queued_reason = routing::queued_reason(&needs, &robots);
+    Ok(())
 }
 
 pub async fn list(
@@ -114,7 +136,13 @@ pub async fn list(
     }
     let (session_queues, total_count) = hub
         .db
-        .call(move |conn| sessions::list(conn, &filter, page.limit, page.offset))
+        .call(move |conn| {
+            let (mut page, total) = sessions::list(conn, &filter, page.limit, page.offset)?;
+            for session in &mut page {
+                explain_wait(conn, session)?;
+            }
+            Ok((page, total))
+        })
         .await?;
     Ok(Json(SessionQueueList {
         session_queues,

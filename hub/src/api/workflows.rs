@@ -7,16 +7,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use tasuki_actions::{LoadOptions, Problems, Workflow, parse_workflow};
-use tasuki_protocol::robot::check_robot_name;
+use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
 use tasuki_protocol::{CreateWorkflow, ProblemItem, WorkflowItem, WorkflowList};
 
 use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::fleet_actions;
 use super::query::{QueryParams, page};
-use crate::db::now_ms;
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
+use crate::db::{now_ms, robots};
 
 const DEFAULT_PER_PAGE: i64 = 300;
 const MAX_PER_PAGE: i64 = 1000;
@@ -30,6 +31,7 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateWorkflow>,
 ) -> Result<(StatusCode, Json<WorkflowItem>), ApiError> {
     let workflow_robots = check_robots(req.workflow_robots.unwrap_or_default())?;
+    let robot_labels = check_labels(req.robot_labels.unwrap_or_default())?;
     if let Some(d) = &req.description
         && d.chars().count() > MAX_DESCRIPTION_CHARS
     {
@@ -64,13 +66,19 @@ pub async fn create(
             ));
         }
     };
-    // Validation is the agent's own loader: what the hub accepts, a robot
-    // can run. It is CPU work, so it stays off the reactor.
+    // Validation is the agent's own loader, with the actions some robot of
+    // the fleet offers: what the hub accepts, a robot can run. It is CPU
+    // work, so it stays off the reactor.
+    let fleet = hub.db.call(|conn| robots::fleet_catalog(conn)).await?;
     let parsed = {
         let hub = hub.clone();
         tokio::task::spawn_blocking(move || {
-            parse_workflow(&source, origin, &hub.registry, &LoadOptions::default())
-                .map(|w| (w, source))
+            let (registry, offers) = fleet_actions::registry(&hub.registry, &fleet);
+            let options = LoadOptions {
+                fleet_offers: Some(offers),
+                ..LoadOptions::default()
+            };
+            parse_workflow(&source, origin, &registry, &options).map(|w| (w, source))
         })
         .await
         .map_err(|e| {
@@ -103,6 +111,8 @@ pub async fn create(
         source,
         param_specs: param_specs(&workflow),
         workflow_robots,
+        required_actions: workflow.actions_used(),
+        robot_labels,
     };
     let item = hub
         .db
@@ -148,6 +158,28 @@ fn check_robots(names: Vec<String>) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(names)
+}
+
+/// The labels a robot must carry to run the workflow.
+fn check_labels(labels: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::invalid_field(
+            "robot_labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, label) in labels.iter().enumerate() {
+        let path = format!("robot_labels[{i}]");
+        check_label(label).map_err(|e| ApiError::invalid_field(&path, e))?;
+        if !seen.insert(label.as_str()) {
+            return Err(ApiError::invalid_field(
+                &path,
+                format!("`{label}` is listed twice"),
+            ));
+        }
+    }
+    Ok(labels)
 }
 
 fn param_specs(workflow: &Workflow) -> Vec<StoredParam> {

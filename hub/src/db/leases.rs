@@ -11,21 +11,8 @@ use tasuki_protocol::{
 };
 
 use super::{DbError, parse_json, secret_params};
+use crate::routing::Needs;
 use crate::secrets::MasterKey;
-
-/// What a robot must be to take a session.
-#[derive(Debug, Clone)]
-pub struct Needs {
-    /// Robot names the workflow is pinned to; empty means any.
-    pub pins: Vec<String>,
-    pub single_process: bool,
-}
-
-impl Needs {
-    pub fn allows(&self, robot_name: &str) -> bool {
-        self.pins.is_empty() || self.pins.iter().any(|p| p == robot_name)
-    }
-}
 
 /// The sessions a robot holds leases on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,38 +36,67 @@ pub fn load_of(conn: &Connection, robot_id: i64) -> Result<Load, DbError> {
     })
 }
 
-/// The oldest queued session `robot_name` may take, given its load.
-pub fn next_for(conn: &Connection, robot_name: &str, load: Load) -> Result<Option<i64>, DbError> {
+/// [`next_for`]'s statement: `?1` the robot's name, `?2` its active
+/// leases, `?3` its id.
+const NEXT_FOR: &str = "
+    SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+    WHERE s.status = 'queued' AND s.lease_id IS NULL
+      AND (w.workflow_robots = '[]'
+           OR EXISTS (SELECT 1 FROM json_each(w.workflow_robots) WHERE value = ?1))
+      AND (w.single_process_mode = 0 OR ?2 = 0)
+      AND (w.required_actions = '[]'
+           OR (SELECT actions IS NULL FROM robots WHERE id = ?3)
+           OR NOT EXISTS (
+               SELECT 1 FROM json_each(w.required_actions) needed
+               WHERE needed.value NOT IN (
+                   SELECT json_extract(offer.value, '$.name')
+                   FROM robots r, json_each(r.actions) offer
+                   WHERE r.id = ?3 AND json_extract(offer.value, '$.name') IS NOT NULL)))
+      AND (w.robot_labels = '[]'
+           OR NOT EXISTS (
+               SELECT 1 FROM json_each(w.robot_labels) needed
+               WHERE needed.value NOT IN (
+                   SELECT label.value FROM robots r, json_each(r.labels) label
+                   WHERE r.id = ?3)))
+    ORDER BY s.id LIMIT 1";
+
+/// The oldest queued session the robot `robot_id` (named `robot_name`)
+/// may take, given its load: what `routing::Needs::fits` says, in SQL.
+/// The robot's action names and labels are read once per statement (the
+/// `IN` subqueries depend on no row of the outer query, so SQLite builds
+/// each once, as an index), whatever the number of sessions it passes over.
+pub fn next_for(
+    conn: &Connection,
+    robot_id: i64,
+    robot_name: &str,
+    load: Load,
+) -> Result<Option<i64>, DbError> {
     Ok(conn
-        .row_cached(
-            "SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
-             WHERE s.status = 'queued' AND s.lease_id IS NULL
-               AND (w.workflow_robots = '[]'
-                    OR EXISTS (SELECT 1 FROM json_each(w.workflow_robots) WHERE value = ?1))
-               AND (w.single_process_mode = 0 OR ?2 = 0)
-             ORDER BY s.id LIMIT 1",
-            params![robot_name, load.active],
-            |r| r.get(0),
-        )
+        .row_cached(NEXT_FOR, params![robot_name, load.active, robot_id], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 
 /// What a queued, unleased session needs of a robot; `None` when it is not
 /// waiting for one.
 pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbError> {
-    let row: Option<(String, bool)> = conn
+    let row: Option<(String, bool, String, String)> = conn
         .row_cached(
-            "SELECT w.workflow_robots, w.single_process_mode
+            "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL",
             [session_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    row.map(|(pins, single_process)| {
+    row.map(|(pins, single_process, actions, labels)| {
+        let what = |field: &str| format!("session {session_id}: its workflow's {field}");
         Ok(Needs {
-            pins: parse_json(&format!("session {session_id}: workflow_robots"), &pins)?,
+            pins: parse_json(&what("workflow_robots"), &pins)?,
             single_process,
+            actions: parse_json(&what("required_actions"), &actions)?,
+            labels: parse_json(&what("robot_labels"), &labels)?,
         })
     })
     .transpose()
@@ -571,4 +587,156 @@ pub fn running_by_robot(conn: &Connection) -> Result<Vec<(i64, i64)>, DbError> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::robots::{self, Registered};
+    use crate::db::sessions::{self, NewSession};
+    use crate::db::workflows::{self, NewWorkflow};
+    use tasuki_protocol::{ActionOffer, RegisterRobot};
+
+    fn robot(conn: &mut Connection, name: &str, actions: Option<&[&str]>, labels: &[&str]) -> i64 {
+        let req = RegisterRobot {
+            instance_id: format!("i-{name}"),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            version: "t".into(),
+            max_concurrency: 1,
+            host: Default::default(),
+            replace: false,
+            actions: actions.map(|a| {
+                a.iter()
+                    .map(|n| ActionOffer {
+                        name: n.to_string(),
+                        pack: None,
+                        version: "t".into(),
+                        schema_sha256: "0".repeat(64),
+                    })
+                    .collect()
+            }),
+        };
+        match robots::register(conn, name, "key", &req, 100, 0).unwrap() {
+            Registered::Ok(r) => r.id,
+            _ => panic!("registered"),
+        }
+    }
+
+    fn session(conn: &Connection, master: &MasterKey, needs: &Needs) -> i64 {
+        let w = workflows::insert(
+            conn,
+            &NewWorkflow {
+                name: "w".into(),
+                description: String::new(),
+                single_process_mode: needs.single_process,
+                source_format: "yaml",
+                source: String::new(),
+                param_specs: Vec::new(),
+                workflow_robots: needs.pins.clone(),
+                required_actions: needs.actions.clone(),
+                robot_labels: needs.labels.clone(),
+            },
+            0,
+        )
+        .unwrap();
+        sessions::insert(
+            conn,
+            &NewSession {
+                workflow_id: w.id,
+                params: Map::new(),
+                secret_params: Vec::new(),
+            },
+            master,
+            0,
+        )
+        .unwrap()
+        .id
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// `next_for` (SQL) and `Needs::fits` (the dispatcher's, in memory)
+    /// pick the same session for every robot.
+    #[test]
+    fn next_for_agrees_with_needs_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::create(&dir.path().join("key")).unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate::migrate(&mut conn, "mem").unwrap();
+        let robot_ids = [
+            robot(&mut conn, "plain", Some(&["log", "shell.run"]), &[]),
+            robot(&mut conn, "packs", Some(&["log", "probe.hello"]), &["gpu"]),
+            robot(&mut conn, "old", None, &[]),
+            robot(&mut conn, "bare", Some(&[]), &["gpu", "ssd"]),
+        ];
+        let all_needs = [
+            Needs {
+                actions: strings(&["probe.hello", "log"]),
+                ..Needs::default()
+            },
+            Needs {
+                labels: strings(&["gpu", "ssd"]),
+                ..Needs::default()
+            },
+            Needs {
+                actions: strings(&["shell.run"]),
+                labels: strings(&["gpu"]),
+                ..Needs::default()
+            },
+            Needs {
+                pins: strings(&["old"]),
+                actions: strings(&["x.y"]),
+                ..Needs::default()
+            },
+            Needs {
+                actions: strings(&["log"]),
+                ..Needs::default()
+            },
+            Needs::default(),
+        ];
+        // Each robot in turn sees the queue with the sessions before the
+        // one it takes still there: start from every offset.
+        for skip in 0..all_needs.len() {
+            let ids: Vec<(i64, &Needs)> = all_needs[skip..]
+                .iter()
+                .map(|n| (session(&conn, &master, n), n))
+                .collect();
+            for &robot_id in &robot_ids {
+                let caps = robots::capabilities(&conn, robot_id).unwrap().unwrap();
+                let expected = ids.iter().find(|(_, n)| n.fits(&caps)).map(|(id, _)| *id);
+                let got = next_for(&conn, robot_id, &caps.name, Load::default()).unwrap();
+                assert_eq!(got, expected, "robot {} from {skip}", caps.name);
+                for (id, needs) in &ids {
+                    let stored = needs_of(&conn, *id).unwrap().unwrap();
+                    assert_eq!(stored.fits(&caps), needs.fits(&caps));
+                }
+            }
+            conn.execute("UPDATE session_queues SET status = 'cancelled'", [])
+                .unwrap();
+        }
+    }
+
+    /// The robot's catalog is read once per statement, not once per
+    /// session passed over.
+    #[test]
+    fn next_for_reads_the_robots_catalog_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate::migrate(&mut conn, "mem").unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {NEXT_FOR}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params!["r", 0, 1], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let lists: Vec<&String> = plan
+            .iter()
+            .filter(|l| l.contains("LIST SUBQUERY"))
+            .collect();
+        assert_eq!(lists.len(), 2, "{plan:#?}");
+        assert!(lists.iter().all(|l| !l.contains("CORRELATED")), "{plan:#?}");
+    }
 }

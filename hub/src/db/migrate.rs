@@ -179,6 +179,20 @@ const MIGRATIONS: &[&str] = &[
         UPDATE secret_purges SET count = count + 1 WHERE id = 1;
     END;
     "#,
+    // 8: routing by what robots offer (docs/protocol.md, *The action
+    // catalog*). `robots.actions` is the catalog a robot sent at its last
+    // registration (JSON [{name, pack?, version, schema_sha256}]), NULL for
+    // an agent older than catalogs, whose actions are unknown and not
+    // filtered on. `workflows.required_actions` lists the actions the
+    // workflow's steps use (control flow left out), computed at upload;
+    // workflows stored before this version list none, as they were checked
+    // against the built-ins only. `workflows.robot_labels` lists the labels
+    // a robot must carry to run the workflow.
+    r#"
+    ALTER TABLE robots ADD COLUMN actions TEXT;
+    ALTER TABLE workflows ADD COLUMN required_actions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE workflows ADD COLUMN robot_labels TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {

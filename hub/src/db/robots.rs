@@ -1,10 +1,13 @@
 //! Registered robots and their heartbeats.
 
+use std::collections::HashSet;
+
 use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
-use tasuki_protocol::{HostFacts, HostMetrics, RegisterRobot};
+use tasuki_protocol::{ActionOffer, HostFacts, HostMetrics, RegisterRobot};
 
 use super::{DbError, parse_json, to_timestamp};
+use crate::routing::{Capabilities, Needs};
 
 /// What the robot protocol needs of a robot on every call.
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct RobotDetails {
     pub metrics: Option<HostMetrics>,
     pub draining: bool,
     pub last_seen_at: Option<jiff::Timestamp>,
+    /// The catalog of its last registration; `None` when it sent none.
+    pub actions: Option<Vec<ActionOffer>>,
 }
 
 pub enum Registered {
@@ -116,14 +121,15 @@ pub fn register(
     }
     let labels = to_json(&req.labels)?;
     let host = to_json(&req.host)?;
+    let actions = req.actions.as_ref().map(to_json).transpose()?;
     let Some(existing) = find(&tx, name)? else {
         if count_of_key(&tx, key_id)? >= max_robots {
             return Ok(Registered::LimitReached { limit: max_robots });
         }
         tx.exec_cached(
             "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
-                                 max_concurrency, host, last_seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2)",
+                                 max_concurrency, host, last_seen_at, actions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2, ?9)",
             params![
                 name,
                 now_ms,
@@ -132,7 +138,8 @@ pub fn register(
                 labels,
                 req.version,
                 req.max_concurrency,
-                host
+                host,
+                actions
             ],
         )?;
         let row =
@@ -158,7 +165,7 @@ pub fn register(
     }
     tx.exec_cached(
         "UPDATE robots SET instance_id = ?2, labels = ?3, version = ?4, max_concurrency = ?5,
-                host = ?6, draining = 0, last_seen_at = ?7
+                host = ?6, draining = 0, last_seen_at = ?7, actions = ?8
          WHERE id = ?1",
         params![
             existing.id,
@@ -167,7 +174,8 @@ pub fn register(
             req.version,
             req.max_concurrency,
             host,
-            now_ms
+            now_ms,
+            actions
         ],
     )?;
     let row = find(&tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
@@ -290,7 +298,7 @@ pub fn heartbeat(
 pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, name, labels, version, max_concurrency, host, metrics, draining, last_seen_at,
-                key_id
+                key_id, actions
          FROM robots ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -305,6 +313,7 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
             r.get::<_, bool>(7)?,
             r.get::<_, Option<i64>>(8)?,
             r.get::<_, String>(9)?,
+            r.get::<_, Option<String>>(10)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -320,6 +329,7 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
             draining,
             last_seen,
             key_id,
+            actions,
         ) = row?;
         let what = |f: &str| format!("robot {name}: {f}");
         out.push(RobotDetails {
@@ -333,11 +343,125 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
                 .transpose()?,
             draining,
             last_seen_at: last_seen.map(to_timestamp).transpose()?,
+            actions: actions
+                .map(|a| parse_json(&what("actions"), &a))
+                .transpose()?,
             name,
             key_id,
         });
     }
     Ok(out)
+}
+
+/// What robot `id` offers, for matching it with sessions while its poll
+/// waits; `None` when there is no such robot.
+pub fn capabilities(conn: &Connection, id: i64) -> Result<Option<Capabilities>, DbError> {
+    let row: Option<(String, String, bool)> = conn
+        .row_cached(
+            "SELECT name, labels, actions IS NULL FROM robots WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((name, labels, unknown)) = row else {
+        return Ok(None);
+    };
+    let actions = if unknown {
+        None
+    } else {
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_extract(offer.value, '$.name')
+             FROM robots r, json_each(r.actions) offer
+             WHERE r.id = ?1 AND json_extract(offer.value, '$.name') IS NOT NULL",
+        )?;
+        let names = stmt
+            .query_map([id], |r| r.get::<_, String>(0))?
+            .collect::<Result<HashSet<_>, _>>()?;
+        Some(names)
+    };
+    Ok(Some(Capabilities {
+        labels: parse_json(&format!("robot {name}: labels"), &labels)?,
+        actions,
+        name,
+    }))
+}
+
+/// Every registered robot, with as much of its catalog as `needs` asks
+/// about (a session's `queued_reason` needs no more), by name.
+pub fn capabilities_for(conn: &Connection, needs: &Needs) -> Result<Vec<Capabilities>, DbError> {
+    let needed = to_json(&needs.actions)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.name, r.labels, r.actions IS NULL,
+                (SELECT json_group_array(needed.value) FROM json_each(?1) needed
+                 WHERE needed.value IN (SELECT json_extract(offer.value, '$.name')
+                                        FROM json_each(r.actions) offer))
+         FROM robots r ORDER BY r.name",
+    )?;
+    let rows = stmt.query_map([needed], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, labels, unknown, offered) = row?;
+        let what = |f: &str| format!("robot {name}: {f}");
+        out.push(Capabilities {
+            labels: parse_json(&what("labels"), &labels)?,
+            actions: if unknown {
+                None
+            } else {
+                Some(parse_json(&what("actions"), &offered)?)
+            },
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// What the fleet offers, for validating a workflow on upload.
+#[derive(Debug, Default)]
+pub struct FleetCatalog {
+    /// Every action name some robot offers.
+    pub actions: HashSet<String>,
+    /// `(pack, version, robot)` for every pack some robot offers, in that
+    /// order.
+    pub packs: Vec<(String, String, String)>,
+    /// Robots that sent no catalog (agents older than catalogs), by name.
+    pub unknown: Vec<String>,
+}
+
+pub fn fleet_catalog(conn: &Connection) -> Result<FleetCatalog, DbError> {
+    let actions = conn
+        .prepare_cached(
+            "SELECT DISTINCT json_extract(offer.value, '$.name')
+             FROM robots r, json_each(r.actions) offer
+             WHERE json_extract(offer.value, '$.name') IS NOT NULL",
+        )?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let packs = conn
+        .prepare_cached(
+            "SELECT DISTINCT json_extract(offer.value, '$.pack') AS pack,
+                    json_extract(offer.value, '$.version') AS version, r.name
+             FROM robots r, json_each(r.actions) offer
+             WHERE pack IS NOT NULL AND version IS NOT NULL
+             ORDER BY pack, version, r.name",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let unknown = conn
+        .prepare_cached("SELECT name FROM robots WHERE actions IS NULL ORDER BY name")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(FleetCatalog {
+        actions,
+        packs,
+        unknown,
+    })
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, DbError> {

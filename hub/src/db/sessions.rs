@@ -214,6 +214,7 @@ fn read_row(r: &Row) -> rusqlite::Result<Result<SessionQueue, DbError>> {
                 .map(|s| parse_json(&what("outputs"), &s))
                 .transpose()?,
             cancel_requested_at: time(cancel_requested_at)?,
+            queued_reason: None,
         })
     })())
 }
@@ -238,6 +239,8 @@ mod tests {
                 source: String::new(),
                 param_specs: Vec::new(),
                 workflow_robots: Vec::new(),
+                required_actions: Vec::new(),
+                robot_labels: Vec::new(),
             },
             0,
         )

@@ -28,6 +28,11 @@ pub struct NewWorkflow {
     pub source: String,
     pub param_specs: Vec<StoredParam>,
     pub workflow_robots: Vec<String>,
+    /// The actions its steps use: a session goes only to a robot that
+    /// offers them all.
+    pub required_actions: Vec<String>,
+    /// Labels a robot must carry, every one, to run its sessions.
+    pub robot_labels: Vec<String>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -43,12 +48,17 @@ const COLOR: &str = "#000000";
 pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<WorkflowItem, DbError> {
     let specs = serde_json::to_string(&w.param_specs)
         .map_err(|e| DbError::Corrupt(format!("param specs: {e}")))?;
-    let robots = serde_json::to_string(&w.workflow_robots)
-        .map_err(|e| DbError::Corrupt(format!("workflow robots: {e}")))?;
+    let json = |what: &str, list: &[String]| {
+        serde_json::to_string(list).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+    };
+    let robots = json("workflow robots", &w.workflow_robots)?;
+    let actions = json("required actions", &w.required_actions)?;
+    let labels = json("robot labels", &w.robot_labels)?;
     conn.exec_cached(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
-                                param_specs, workflow_robots, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                param_specs, workflow_robots, created_at, required_actions,
+                                robot_labels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             w.name,
             w.description,
@@ -57,7 +67,9 @@ pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<Workflo
             w.source,
             specs,
             robots,
-            now_ms
+            now_ms,
+            actions,
+            labels
         ],
     )?;
     Ok(item(
@@ -66,6 +78,7 @@ pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<Workflo
         w.description.clone(),
         w.single_process_mode,
         w.workflow_robots.clone(),
+        w.robot_labels.clone(),
     ))
 }
 
@@ -75,6 +88,7 @@ fn item(
     description: String,
     single_process_mode: bool,
     workflow_robots: Vec<String>,
+    robot_labels: Vec<String>,
 ) -> WorkflowItem {
     WorkflowItem {
         id,
@@ -88,6 +102,7 @@ fn item(
         color: COLOR.into(),
         receiver_infos: String::new(),
         workflow_robots,
+        robot_labels,
     }
 }
 
@@ -99,7 +114,7 @@ pub fn list(
 ) -> Result<(Vec<WorkflowItem>, u64), DbError> {
     let total = super::count(conn, "SELECT COUNT(*) FROM workflows", [])?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, description, single_process_mode, workflow_robots
+        "SELECT id, name, description, single_process_mode, workflow_robots, robot_labels
          FROM workflows ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
     let rows = stmt.query_map([limit, offset], |r| {
@@ -109,13 +124,15 @@ pub fn list(
             r.get::<_, String>(2)?,
             r.get::<_, bool>(3)?,
             r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
         ))
     })?;
     let mut items = Vec::new();
     for row in rows {
-        let (id, name, description, spm, robots) = row?;
+        let (id, name, description, spm, robots, labels) = row?;
         let robots = parse_json(&format!("workflow {id}: workflow_robots"), &robots)?;
-        items.push(item(id, name, description, spm, robots));
+        let labels = parse_json(&format!("workflow {id}: robot_labels"), &labels)?;
+        items.push(item(id, name, description, spm, robots, labels));
     }
     Ok((items, total))
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use tasuki_protocol::robot::{MAX_LABELS, check_label};
+use tasuki_protocol::robot::{MAX_ACTION_OFFERS, MAX_LABELS, check_label};
 use tasuki_protocol::{RegisterRobot, RobotCheck, RobotRegistered};
 
 use super::super::Hub;
@@ -145,6 +145,33 @@ fn check(req: &RegisterRobot) -> Result<(), ApiError> {
     }
     for (i, label) in req.labels.iter().enumerate() {
         check_label(label).map_err(|e| ApiError::invalid_field(&format!("labels[{i}]"), e))?;
+    }
+    if let Some(offers) = &req.actions {
+        check_catalog(offers)?;
+    }
+    Ok(())
+}
+
+/// The robot's action catalog: what workflows are validated against and
+/// sessions routed by, so each name must be one a step could use, once.
+fn check_catalog(offers: &[tasuki_protocol::ActionOffer]) -> Result<(), ApiError> {
+    if offers.len() > MAX_ACTION_OFFERS {
+        return Err(ApiError::invalid_field(
+            "actions",
+            format!("at most {MAX_ACTION_OFFERS} actions, not {}", offers.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, offer) in offers.iter().enumerate() {
+        offer
+            .check()
+            .map_err(|(field, e)| ApiError::invalid_field(&format!("actions[{i}].{field}"), e))?;
+        if !seen.insert(offer.name.as_str()) {
+            return Err(ApiError::invalid_field(
+                &format!("actions[{i}].name"),
+                format!("`{}` is listed twice", offer.name),
+            ));
+        }
     }
     Ok(())
 }
