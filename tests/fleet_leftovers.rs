@@ -105,3 +105,70 @@ async fn a_restarted_agent_ends_the_killed_ones_process_trees_and_removes_its_sc
         again.log()
     );
 }
+
+/// The first file named `name` under `root`, however deep.
+fn find_file(root: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_ends_the_pack_processes_a_killed_one_left() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--quota-per-robot", "1000000"]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Robot::new(scratch.dir.path(), "packrat");
+    robot.register_ok(&hub, &key, &[]);
+    let packs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/packs");
+    let with_packs = format!("paths.action_packs={}", packs.display());
+    let agent = robot.start(&["--set", &with_packs]);
+
+    // `probe.hang` starts a child, writes both pids to pids.txt in the
+    // session's work dir, and never answers.
+    let yaml = "version: 1\nname: hangs-in-a-pack\nsteps:\n  - id: work\n    action: probe.hang\n";
+    let wf = workflow(&api, yaml, &[]).await;
+    let id = queue(&api, wf, json!({})).await;
+    running(&api, id, LIMIT).await;
+    let mut pids = Vec::new();
+    let started = eventually(LIMIT, || {
+        pids = find_file(&robot.dir, "pids.txt")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .filter(|text| text.ends_with('\n'))
+            .map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.len() == 2 && pids.iter().all(|p| alive(*p))
+    });
+    assert!(started, "the pack did not start:\n{}", agent.log());
+
+    agent.signal("KILL");
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pids.iter().all(|p| alive(*p)), "the kill alone ended them");
+
+    let again = robot.start(&["--set", &with_packs]);
+    let ended = eventually(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p)));
+    assert!(
+        ended,
+        "the pack or its child is still alive: {:?}\n{}",
+        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>(),
+        again.log()
+    );
+    let s = finished(&api, id, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "agent_restarted", "{s}");
+}

@@ -79,7 +79,7 @@ pub fn run(args: &SettingsArgs) -> u8 {
         }
     };
     let settings = effective.settings();
-    let registry = Registry::builtin();
+    let (registry, packs) = crate::packs::registry(&settings.action_packs);
     match effective.allowed_actions(&registry) {
         Ok(_) => r.ok(
             "config",
@@ -96,6 +96,7 @@ pub fn run(args: &SettingsArgs) -> u8 {
             "correct behaviour.allowed_actions",
         ),
     }
+    action_packs(&mut r, &packs);
     log_files(&mut r, &settings);
     let creds = credentials(&mut r, &settings);
     work_dir(&mut r, &settings.work_dir);
@@ -111,6 +112,30 @@ pub fn run(args: &SettingsArgs) -> u8 {
     }
     browser(&mut r, &settings);
     done(&r)
+}
+
+/// Packs that do not load are left out of what the robot offers; say so
+/// here rather than only in the agent's log.
+fn action_packs(r: &mut Report, found: &tasuki_actions::packs::Found) {
+    let loaded: Vec<String> = found
+        .packs
+        .iter()
+        .map(|p| format!("{} {}", p.name, p.version))
+        .collect();
+    let summary = if loaded.is_empty() {
+        "none loaded".to_string()
+    } else {
+        loaded.join(", ")
+    };
+    if found.problems.is_empty() {
+        r.ok("action packs", &summary);
+    } else {
+        r.warn(
+            "action packs",
+            &format!("{summary}; left out: {}", found.problems),
+            "correct the named manifest (`tasuki packs check DIR` checks one), then restart the robot",
+        );
+    }
 }
 
 fn done(r: &Report) -> u8 {
