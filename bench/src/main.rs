@@ -8,7 +8,11 @@
 //!   WebDriver calls (the floor) and through Robot Framework with
 //!   SeleniumLibrary (the peer); and what one browser per session saves
 //!   over one browser per step.
-//! - `all` (the default): all three (`--no-browser` skips the browser).
+//! - `packs` (`packs.rs`, issue 13): one action call of a running pack
+//!   against a built-in `set` step and a bare JSON round trip through a
+//!   pipe; the start-up of three packs beside bare spawns.
+//! - `all` (the default): all four (`--no-browser` skips the browser,
+//!   `--no-packs` the packs).
 //! - `spawn-loop`: the whole-process baseline; spawns and waits for a program
 //!   N times, and nothing else.
 //! - `raw-browser`: the browser floor as a process of its own.
@@ -18,6 +22,7 @@
 //! alike; ratios are computed run by run and their median is reported.
 
 mod browser;
+mod packs;
 mod site;
 mod stats;
 mod webdriver;
@@ -66,7 +71,9 @@ enum Command {
     Shell,
     /// A 10-step browser workflow: tasuki, raw WebDriver, Robot Framework.
     Browser,
-    /// Every benchmark (the default); `--no-browser` leaves the browser out.
+    /// An action pack's call against a `set` step and a bare JSON round trip; packs' start-up.
+    Packs,
+    /// Every benchmark (the default); `--no-browser` and `--no-packs` leave those out.
     All,
     /// Spawns and waits for PROGRAM COUNT times: the whole-process baseline.
     SpawnLoop {
@@ -92,7 +99,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct Opts {
-    /// Measured runs of every benchmark (overrides --executor-runs, --shell-runs and --browser-runs).
+    /// Measured runs of every benchmark (overrides --executor-runs, --shell-runs, --browser-runs and --packs-runs).
     #[arg(long, global = true)]
     runs: Option<usize>,
     /// Measured runs of the executor benchmark.
@@ -104,6 +111,12 @@ struct Opts {
     /// Measured runs of the 10-step browser benchmark (each run measures every way once).
     #[arg(long, default_value_t = 11, global = true)]
     browser_runs: usize,
+    /// Measured runs of the packs benchmark (each run measures every variant once).
+    #[arg(long, default_value_t = 21, global = true)]
+    packs_runs: usize,
+    /// Pack action calls (and `set` steps, and bare round trips) per run of the packs benchmark.
+    #[arg(long, default_value_t = 500, global = true)]
+    pack_calls: usize,
     /// Runs of the browser reuse comparison (each runs both variants once; no warm-up).
     #[arg(long, default_value_t = 5, global = true)]
     reuse_runs: usize,
@@ -140,6 +153,9 @@ struct Opts {
     /// Leave the browser benchmark out of `all`.
     #[arg(long, global = true)]
     no_browser: bool,
+    /// Leave the packs benchmark out of `all`.
+    #[arg(long, global = true)]
+    no_packs: bool,
     /// Leave Robot Framework out of the browser benchmark.
     #[arg(long, global = true)]
     no_robot: bool,
@@ -162,6 +178,10 @@ impl Opts {
 
     fn browser_runs(&self) -> usize {
         self.runs.unwrap_or(self.browser_runs).max(1)
+    }
+
+    fn packs_runs(&self) -> usize {
+        self.runs.unwrap_or(self.packs_runs).max(1)
     }
 
     /// The `tasuki` binary, which must exist.
@@ -195,10 +215,19 @@ fn main() -> ExitCode {
         Command::RawBrowser { url, dir, poll_ms } => {
             browser::raw_browser(opts, &url, &dir, poll_ms).map(|()| true)
         }
-        Command::Executor => run_benchmarks(opts, true, false, false),
-        Command::Shell => run_benchmarks(opts, false, true, false),
-        Command::Browser => run_benchmarks(opts, false, false, true),
-        Command::All => run_benchmarks(opts, true, true, !opts.no_browser),
+        Command::Executor => run_benchmarks(opts, Which::only(|w| w.executor = true)),
+        Command::Shell => run_benchmarks(opts, Which::only(|w| w.shell = true)),
+        Command::Browser => run_benchmarks(opts, Which::only(|w| w.browser = true)),
+        Command::Packs => run_benchmarks(opts, Which::only(|w| w.packs = true)),
+        Command::All => run_benchmarks(
+            opts,
+            Which {
+                executor: true,
+                shell: true,
+                browser: !opts.no_browser,
+                packs: !opts.no_packs,
+            },
+        ),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -210,8 +239,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The benchmarks a command runs.
+#[derive(Default)]
+struct Which {
+    executor: bool,
+    shell: bool,
+    browser: bool,
+    packs: bool,
+}
+
+impl Which {
+    fn only(set: impl FnOnce(&mut Which)) -> Which {
+        let mut which = Which::default();
+        set(&mut which);
+        which
+    }
+}
+
 /// Returns whether every target was met (always true without --fail-on-miss).
-fn run_benchmarks(opts: &Opts, executor: bool, shell: bool, browser: bool) -> Result<bool> {
+fn run_benchmarks(opts: &Opts, which: Which) -> Result<bool> {
+    let Which {
+        executor,
+        shell,
+        browser,
+        packs,
+    } = which;
     // Checked first, so a missing binary fails before minutes of measuring.
     let tasuki = if shell || browser {
         Some(opts.tasuki_bin()?)
@@ -220,6 +272,9 @@ fn run_benchmarks(opts: &Opts, executor: bool, shell: bool, browser: bool) -> Re
     };
     if browser {
         browser::preflight(opts)?;
+    }
+    if packs {
+        packs::preflight()?;
     }
     let dir = tempfile::Builder::new()
         .prefix("tasuki-bench-")
@@ -242,6 +297,11 @@ fn run_benchmarks(opts: &Opts, executor: bool, shell: bool, browser: bool) -> Re
         let tasuki = tasuki.as_deref().context("no tasuki binary")?;
         let r = bench_shell(opts, &runtime, tasuki, dir.path())?;
         r.write(&mut md, opts);
+        verdicts.extend(r.verdicts());
+    }
+    if packs {
+        let r = packs::bench_packs(opts, &runtime, dir.path())?;
+        r.write(&mut md);
         verdicts.extend(r.verdicts());
     }
     drop(runtime);
@@ -875,7 +935,7 @@ struct Verdict {
 }
 
 fn write_verdicts(md: &mut String, verdicts: &[Verdict]) {
-    let _ = writeln!(md, "### Targets (issues 2 and 3)\n");
+    let _ = writeln!(md, "### Targets\n");
     let _ = writeln!(md, "| Target | Measured (median) | Goal | Result |");
     let _ = writeln!(md, "|---|---:|---:|---|");
     for v in verdicts {
