@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                    # all benchmarks, default run counts
 #   bench/run.sh --runs 31          # more runs each
-#   bench/run.sh shell --runs 5     # one benchmark (executor, shell, browser, all)
+#   bench/run.sh shell --runs 5     # one benchmark (executor, shell, packs, browser, all)
 #   bench/run.sh --no-browser       # all but the browser benchmark
 #
 # The browser benchmark compares with Robot Framework + SeleniumLibrary:
@@ -36,11 +36,11 @@ subcommand=all
 for arg in "$@"; do
   case "$arg" in
     --no-robot | --no-browser) want_robot=0 ;;
-    executor | shell | spawn-loop | raw-browser) subcommand="$arg" ;;
+    executor | shell | packs | spawn-loop | raw-browser) subcommand="$arg" ;;
   esac
 done
 case "$subcommand" in
-  executor | shell | spawn-loop | raw-browser) want_robot=0 ;;
+  executor | shell | packs | spawn-loop | raw-browser) want_robot=0 ;;
 esac
 robot_version="not used"
 if [ "$want_robot" = 1 ] && [ -z "${ROBOT_BIN:-}" ]; then
