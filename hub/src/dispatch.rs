@@ -69,8 +69,10 @@ struct Waiter {
     want: Want,
     load: Load,
     /// The robot's catalog and labels, read when the poll began to wait.
-    /// A robot registers again (and so sends another catalog) only from a
-    /// new agent process, whose first poll supersedes this one.
+    /// An agent registers (and sends its catalog) as it starts, before its
+    /// first poll, which supersedes any older one; a registration while a
+    /// poll waits (`tasuki register` run again by hand) counts from the
+    /// robot's next poll, at most a hold later.
     offers: Capabilities,
     tx: oneshot::Sender<Wake>,
 }
