@@ -58,7 +58,7 @@ fn a_pack_call_logs_saves_an_artifact_and_answers() {
     assert_eq!(r.report["steps"]["s"]["output"]["greeting"], "hello, world");
     assert!(r.stderr.contains("hello from the pack"), "{}", r.stderr);
     assert!(r.stderr.contains("warn: a line on stderr"), "{}", r.stderr);
-    assert!(r.stderr.contains("artifact: hello.txt"), "{}", r.stderr);
+    assert!(r.stderr.contains("artifact: `hello.txt`"), "{}", r.stderr);
     let artifact =
         std::fs::read_to_string(scratch.path().join("tasuki-artifacts/hello.txt")).unwrap();
     assert!(
@@ -178,6 +178,34 @@ fn protocol_breaches_fail_the_step_with_a_message_for_the_packs_author() {
             "{action} took {:?}",
             started.elapsed()
         );
+    }
+}
+
+#[test]
+fn an_artifact_must_be_a_regular_file_directly_in_the_artifacts_folder() {
+    for (kind, expected) in [
+        (
+            "link",
+            "`link.txt` is not a regular file (a link or a folder)",
+        ),
+        (
+            "subfolder",
+            "`sub/x.txt` is not a plain file name in the artifacts folder",
+        ),
+        (
+            "outside",
+            "`/etc/hostname` is not directly in the artifacts folder",
+        ),
+    ] {
+        let scratch = Scratch::new();
+        let r = run_with_packs(
+            &scratch,
+            &one_step("probe.bad_artifact", &format!("{{ kind: {kind} }}")),
+            &[],
+        );
+        let (code, message) = error_of(&r, "s");
+        assert_eq!(code, "pack_protocol_error", "{kind}: {message}");
+        assert!(message.contains(expected), "{kind}: {message}");
     }
 }
 

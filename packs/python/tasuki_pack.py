@@ -133,10 +133,9 @@ class Context:
         self._pack._write({"type": "log", "id": self.request_id, "level": level, "message": message}, self)
 
     def artifact(self, path):
-        """Keep a file with the session. A relative path is relative to
-        `artifacts_dir` (not to the working directory); an absolute path
-        inside the work directory is copied into the artifacts directory by
-        the robot. Must be called before the action returns."""
+        """Keep a file with the session: write it directly into
+        `artifacts_dir` first, then pass its file name (or its absolute path
+        there). Must be called before the action returns."""
         self._pack._write({"type": "artifact", "id": self.request_id, "path": os.fspath(path)}, self)
 
 

@@ -243,7 +243,18 @@ mod tests {
             if let Some(m) = marker {
                 command.env(MARKER_VAR, m);
             }
-            command.spawn().unwrap()
+            let child = command.spawn().unwrap();
+            // `spawn` returns once the child has begun its exec, which sets
+            // up the new environment a moment later: until then
+            // /proc/PID/environ reads empty.
+            let pid = child.id() as i32;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.is_empty())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            child
         };
         let mut stranger = spawn(None);
         let mut ours = spawn(Some("m-ours"));

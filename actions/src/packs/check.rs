@@ -15,6 +15,9 @@ use crate::runtime::event::EventSink;
 use crate::runtime::mask::Masker;
 use crate::runtime::registry::ActionError;
 
+/// How long one self-test request may take before it is cancelled.
+const REQUEST_LIMIT: Duration = Duration::from_secs(60);
+
 /// What a check found, in the order it happened.
 #[derive(Debug)]
 pub struct CheckReport {
@@ -68,9 +71,18 @@ pub async fn check(
     for (i, test) in manifest.self_test.iter().enumerate() {
         let ctx = context(format!("self_test_{}", i + 1));
         let began = Instant::now();
+        // A request that never ends is cancelled, as a step's timeout would.
+        let timer = {
+            let cancel = ctx.cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REQUEST_LIMIT).await;
+                cancel.cancel();
+            })
+        };
         let result = process
             .call(&ctx, &test.action, &Value::Object(test.with.clone()))
             .await;
+        timer.abort();
         requests.push(RequestOutcome {
             action: format!("{}.{}", manifest.name, test.action),
             took: began.elapsed(),

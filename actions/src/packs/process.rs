@@ -127,6 +127,9 @@ impl PackProcess {
             .stderr(std::process::Stdio::piped());
         private_temp(&mut command, options)
             .map_err(|e| start_failed(format!("cannot make its temporary directory: {e}")))?;
+        // The protocol lets a pack write artifacts there from its first request.
+        std::fs::create_dir_all(&options.artifacts_dir)
+            .map_err(|e| start_failed(format!("cannot make the artifacts folder: {e}")))?;
         let mut tree = Tree::spawn_step(command, options).map_err(|e| {
             start_failed(format!(
                 "cannot run `{program}` (from `command` in {}): {e}",
@@ -138,11 +141,14 @@ impl PackProcess {
         let stderr = tree.child_mut().stderr().take();
         let (tx, incoming) = mpsc::channel(64);
         let mut readers = Vec::new();
+        // What a log line keeps past the cut, so that a secret across it
+        // is still masked whole; the rest of a long line is dropped as it
+        // is read, so queued lines stay small.
+        let keep = options.max_log_line_bytes + STDERR_MARGIN;
         if let Some(out) = stdout {
-            readers.push(tokio::spawn(read_stdout(out, tx.clone())));
+            readers.push(tokio::spawn(read_stdout(out, keep, tx.clone())));
         }
         if let Some(err) = stderr {
-            let keep = options.max_log_line_bytes + STDERR_MARGIN;
             readers.push(tokio::spawn(read_stderr(err, keep, tx)));
         }
         let mut process = PackProcess {
@@ -240,29 +246,54 @@ impl PackProcess {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let options = ctx.options();
+        // Absolute, as the protocol says: the pack's own working directory
+        // need not be the robot's.
+        let (work_dir, artifacts_dir) = (
+            absolute(&options.work_dir),
+            absolute(&options.artifacts_dir),
+        );
         let context = RunContext {
             session_id: &options.session_id,
             step_id: &ctx.step_id,
             attempt: ctx.attempt,
-            work_dir: &options.work_dir,
-            artifacts_dir: &options.artifacts_dir,
+            work_dir: &work_dir,
+            artifacts_dir: &artifacts_dir,
         };
         let request = wire::run(&id, action, args, &context);
         self.in_flight = Some(id.clone());
-        let written = tokio::select! {
-            written = self.write(&request) => written,
-            () = ctx.cancel.cancelled() => return Err(self.cancel(ctx, &id).await),
-        };
-        if written.is_err() {
+        let Some(mut stdin) = self.stdin.take() else {
             return Err(self.crashed(action).await);
-        }
+        };
+        // The request is written while what the pack writes is read: a
+        // pack blocked on its own full pipe must not leave both sides
+        // waiting on each other.
+        let mut write = std::pin::pin!(async move {
+            stdin.write_all(request.as_bytes()).await?;
+            stdin.flush().await?;
+            Ok::<_, std::io::Error>(stdin)
+        });
+        let mut writing = true;
         loop {
             let incoming = tokio::select! {
+                written = write.as_mut(), if writing => {
+                    writing = false;
+                    match written {
+                        Ok(stdin) => self.stdin = Some(stdin),
+                        Err(_) => return Err(self.crashed(action).await),
+                    }
+                    continue;
+                }
                 incoming = self.next_paced(ctx) => incoming,
                 () = ctx.cancel.cancelled() => return Err(self.cancel(ctx, &id).await),
             };
             match self.handle(ctx, incoming, &id) {
                 Outcome::Pending => {}
+                Outcome::Answer(_) if writing => {
+                    self.end().await;
+                    return Err(self.protocol_error(&format!(
+                        "it answered request `{id}` before reading all of it"
+                    )));
+                }
                 Outcome::Answer(answer) => {
                     self.in_flight = None;
                     return self.finish(action, answer);
@@ -293,17 +324,19 @@ impl PackProcess {
             );
         }
         self.end().await;
-        self.log_leftovers().await;
         clean
     }
 
-    /// Ends the process tree: interrupt, terminate, kill.
+    /// Ends the process tree (interrupt, terminate, kill), then logs what
+    /// it wrote that no step read: its last stderr lines often say why it
+    /// failed.
     pub async fn end(&mut self) {
         self.stdin = None;
         if !self.ended {
             self.tree.terminate(self.grace / 2).await;
             self.ended = true;
         }
+        self.log_leftovers().await;
     }
 
     async fn write(&mut self, line: &str) -> std::io::Result<()> {
@@ -364,10 +397,9 @@ impl PackProcess {
     /// The pack closed its output (or its input) mid-request.
     async fn crashed(&mut self, action: &str) -> ActionError {
         let how = self.exit_status().await;
+        // What it printed as it died is the best clue (`end` logs it); the
+        // pipe closes with the process, so the wait is short.
         self.end().await;
-        // What it printed as it died is the best clue; the pipe closes
-        // with the process, so this wait is short.
-        self.log_leftovers().await;
         ActionError::new(
             CRASHED,
             format!(
@@ -422,7 +454,9 @@ impl PackProcess {
                 }) => {
                     if let Err(e) = wire::check_error_code(&code) {
                         return Outcome::Broken(self.protocol_error(&format!(
-                            "its error for request `{rid}` has the code `{code}`: {e}"
+                            "its error for request {} has the code {}: {e}",
+                            self.quote(&rid),
+                            self.quote(&code)
                         )));
                     }
                     (rid, Err((code, message)))
@@ -476,7 +510,8 @@ impl PackProcess {
             Line::Message(PackMessage::Result { id, .. } | PackMessage::Error { id, .. })
             | Line::Message(PackMessage::Artifact { id: Some(id), .. }) => {
                 Some(self.protocol_error(&format!(
-                    "it wrote about request `{id}`, which is not open (no request is)"
+                    "it wrote about request {}, which is not open (no request is)",
+                    self.quote(&id)
                 )))
             }
             Line::Message(PackMessage::Artifact { id: None, .. }) => {
@@ -498,9 +533,15 @@ impl PackProcess {
     }
 
     fn not_open(&self, named: &str, open: &str) -> ActionError {
-        self.protocol_error(&format!(
-            "it wrote about request `{named}`, which is not open (the open request is `{open}`)"
-        ))
+        let what = if named == open {
+            format!("it wrote about request `{open}` after answering it")
+        } else {
+            format!(
+                "it wrote about request {}, which is not open (the open request is `{open}`)",
+                self.quote(named)
+            )
+        };
+        self.protocol_error(&what)
     }
 
     fn protocol_error(&self, what: &str) -> ActionError {
@@ -515,14 +556,16 @@ impl PackProcess {
 
     fn describe(&self, line: &Line) -> String {
         match line {
-            Line::Message(m) => format!("{m:?}").chars().take(QUOTE_CHARS).collect(),
+            Line::Message(m) => self.quote(&format!("{m:?}")),
             Line::Bad { text, .. } => self.quote(text),
             Line::TooLong => format!("a line over {} MiB", MAX_LINE_BYTES / (1024 * 1024)),
         }
     }
 
+    /// Text from the pack, for a message: every secret masked before it
+    /// is cut to [`QUOTE_CHARS`], so no prefix of one survives the cut.
     fn quote(&self, text: &str) -> String {
-        let masked = self.masker.mask(text);
+        let masked = self.shared.masker.mask(&self.masker.mask(text));
         let mut quoted: String = masked.chars().take(QUOTE_CHARS).collect();
         if quoted.len() < masked.len() {
             quoted.push('…');
@@ -616,53 +659,40 @@ impl PackProcess {
         }
     }
 
-    /// A file the pack reports: kept if it is in the artifacts folder,
-    /// copied there from the work folder, refused from anywhere else.
+    /// A file the pack reports: a regular file directly in the session's
+    /// artifacts folder, which is what the robot ships. Nothing is copied
+    /// and no symbolic link is followed: the robot's own rights must never
+    /// read or write a file on behalf of a confined pack.
     fn artifact(&self, ctx: &ActionContext, path: &str) -> Result<(), ActionError> {
-        let options = ctx.options();
-        let refuse = |why: String| self.protocol_error(&format!("its artifact `{path}` {why}"));
-        std::fs::create_dir_all(&options.artifacts_dir).map_err(|e| {
-            refuse(format!(
-                "cannot be kept: the artifacts folder cannot be made ({e})"
+        let artifacts = absolute(&ctx.options().artifacts_dir);
+        let refuse = |why: &str| {
+            self.protocol_error(&format!(
+                "its artifact {} {why}; write the file directly into `context.artifacts_dir` and report its name",
+                self.quote(path)
             ))
-        })?;
+        };
         let given = std::path::Path::new(path);
-        let full = if given.is_absolute() {
-            given.to_path_buf()
+        let name = if given.is_absolute() {
+            match (given.parent(), given.file_name()) {
+                (Some(parent), Some(name)) if parent == artifacts => name,
+                _ => return Err(refuse("is not directly in the artifacts folder")),
+            }
         } else {
-            options.artifacts_dir.join(given)
+            let mut parts = given.components();
+            match (parts.next(), parts.next()) {
+                (Some(std::path::Component::Normal(name)), None) => name,
+                _ => return Err(refuse("is not a plain file name in the artifacts folder")),
+            }
         };
-        let real = full
-            .canonicalize()
-            .map_err(|e| refuse(format!("cannot be read ({e})")))?;
-        if !real.is_file() {
-            return Err(refuse("is not a file".into()));
+        match std::fs::symlink_metadata(artifacts.join(name)) {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => return Err(refuse("is not a regular file (a link or a folder)")),
+            Err(e) => return Err(refuse(&format!("cannot be read ({e})"))),
         }
-        let artifacts = options
-            .artifacts_dir
-            .canonicalize()
-            .map_err(|e| refuse(e.to_string()))?;
-        let kept = if real.starts_with(&artifacts) {
-            real
-        } else if options
-            .work_dir
-            .canonicalize()
-            .is_ok_and(|work| real.starts_with(work))
-        {
-            let name = real
-                .file_name()
-                .ok_or_else(|| refuse("has no file name".into()))?;
-            let copy = artifacts.join(name);
-            std::fs::copy(&real, &copy)
-                .map_err(|e| refuse(format!("cannot be copied into the artifacts folder ({e})")))?;
-            copy
-        } else {
-            return Err(refuse(
-                "is outside the session's work and artifacts folders".into(),
-            ));
-        };
-        let shown = kept.strip_prefix(&artifacts).unwrap_or(&kept);
-        ctx.log(LogLevel::Info, &format!("artifact: {}", shown.display()));
+        ctx.log(
+            LogLevel::Info,
+            &format!("artifact: {}", self.quote(&name.to_string_lossy())),
+        );
         Ok(())
     }
 
@@ -699,6 +729,12 @@ impl Drop for PackProcess {
     }
 }
 
+/// `path` made absolute against the robot's working directory (lexically:
+/// it need not exist yet).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 #[cfg(unix)]
 fn signal_of(status: &std::process::ExitStatus) -> Option<i32> {
     std::os::unix::process::ExitStatusExt::signal(status)
@@ -712,7 +748,7 @@ fn signal_of(_status: &std::process::ExitStatus) -> Option<i32> {
 /// Reads protocol lines. Lines that arrived together are passed on
 /// together, so that a second answer written with the first is seen with
 /// it (docs/action-packs.md).
-async fn read_stdout<R: AsyncRead + Unpin>(pipe: R, tx: mpsc::Sender<Incoming>) {
+async fn read_stdout<R: AsyncRead + Unpin>(pipe: R, keep: usize, tx: mpsc::Sender<Incoming>) {
     let mut lines = CappedLines::new(pipe, MAX_LINE_BYTES);
     let mut batch = Vec::new();
     loop {
@@ -720,7 +756,7 @@ async fn read_stdout<R: AsyncRead + Unpin>(pipe: R, tx: mpsc::Sender<Incoming>) 
             Some((bytes, cut)) => {
                 if cut {
                     batch.push(Line::TooLong);
-                } else if let Some(line) = parse_line(&bytes) {
+                } else if let Some(line) = parse_line(&bytes, keep) {
                     batch.push(line);
                 }
                 if lines.has_whole_line() {
@@ -746,17 +782,36 @@ async fn read_stdout<R: AsyncRead + Unpin>(pipe: R, tx: mpsc::Sender<Incoming>) 
     }
 }
 
-fn parse_line(bytes: &[u8]) -> Option<Line> {
+/// A protocol line, with a log message cut to `keep` bytes and a bad line
+/// to what a message quotes.
+fn parse_line(bytes: &[u8], keep: usize) -> Option<Line> {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
     Some(match PackMessage::parse(bytes) {
+        Ok(PackMessage::Log {
+            id,
+            level,
+            mut message,
+        }) => {
+            if message.len() > keep {
+                let mut end = keep;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+            }
+            Line::Message(PackMessage::Log { id, level, message })
+        }
         Ok(message) => Line::Message(message),
-        Err(why) => Line::Bad {
-            text: String::from_utf8_lossy(bytes).into_owned(),
-            why,
-        },
+        Err(why) => {
+            let start = &bytes[..bytes.len().min(4 * QUOTE_CHARS)];
+            Line::Bad {
+                text: String::from_utf8_lossy(start).into_owned(),
+                why,
+            }
+        }
     })
 }
 

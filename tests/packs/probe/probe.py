@@ -93,6 +93,23 @@ def run(request):
         time.sleep(1000)
     elif action == "bad_output":
         send({"type": "result", "id": rid, "output": {"greeting": 42}})
+    elif action == "bad_artifact":
+        artifacts = ctx["artifacts_dir"]
+        if args["kind"] == "link":
+            target = os.path.join(ctx["work_dir"], "secret.txt")
+            with open(target, "w") as f:
+                f.write("not for the hub\n")
+            os.symlink(target, os.path.join(artifacts, "link.txt"))
+            path = "link.txt"
+        elif args["kind"] == "subfolder":
+            os.makedirs(os.path.join(artifacts, "sub"), exist_ok=True)
+            with open(os.path.join(artifacts, "sub", "x.txt"), "w") as f:
+                f.write("x\n")
+            path = "sub/x.txt"
+        else:
+            path = "/etc/hostname"
+        send({"type": "artifact", "id": rid, "path": path})
+        send({"type": "result", "id": rid, "output": None})
     elif action == "fail":
         send({"type": "error", "id": rid, "code": args.get("code", "probe_failed"), "message": "failed as asked"})
     elif action == "login":
