@@ -15,27 +15,6 @@ use hub_support::*;
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(60);
-const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
-
-struct Fleet {
-    scratch: Scratch,
-    hub: Hub,
-    key: Key,
-    api: Api,
-}
-
-fn fleet() -> Fleet {
-    let scratch = Scratch::new();
-    let key = create_key(&scratch, ALL_SCOPES);
-    let hub = Hub::start_with(&scratch, HUB_ARGS);
-    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
-    Fleet {
-        scratch,
-        hub,
-        key,
-        api,
-    }
-}
 
 /// A session's record and its log lines joined, for looking for a leak.
 async fn everything_shown(api: &Api, id: i64, session: &Value) -> (String, Vec<String>) {
@@ -71,7 +50,7 @@ fn step<'a>(session: &'a Value, id: &str) -> &'a Value {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shell_step_cannot_read_copy_link_or_move_the_robots_credentials() {
-    let f = fleet();
+    let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "confined");
     robot.register_ok(&f.hub, &f.key, &[]);
     let agent = robot.start(&[]);
@@ -138,7 +117,7 @@ async fn a_shell_step_cannot_read_copy_link_or_move_the_robots_credentials() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confined_step_still_works_in_its_work_dir_and_reads_the_system() {
-    let f = fleet();
+    let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "worker");
     robot.register_ok(&f.hub, &f.key, &[]);
     let _agent = robot.start(&[]);
@@ -198,7 +177,7 @@ async fn a_confined_step_still_works_in_its_work_dir_and_reads_the_system() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_cannot_read_the_robots_credentials() {
-    let f = fleet();
+    let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "browsing");
     robot.register_ok(&f.hub, &f.key, &[]);
     // The operator allows file: URLs on this robot, so only Landlock stands
@@ -314,7 +293,7 @@ steps:
 /// browser steps still run; shell steps write in their private TMPDIR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_robot_with_its_credentials_under_tmp_still_runs_browser_and_shell_steps() {
-    let f = fleet();
+    let f = Fleet::start();
     assert!(
         f.scratch.dir.path().starts_with(std::env::temp_dir()),
         "the scratch folder is under the system's temporary folder"
@@ -375,7 +354,7 @@ const ENV_YAML: &str = "version: 1\nname: environment\nsteps:\n  - id: env\n    
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_sees_only_the_base_environment_and_what_the_robot_passes_on() {
-    let f = fleet();
+    let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "env");
     robot.register_ok(&f.hub, &f.key, &[]);
     let _agent = robot.start_with_env(

@@ -19,9 +19,6 @@ use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The tests read sessions often, far above AUTORO's 60 calls a minute.
-const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
-
 const HELLO: &str = "version: 1
 name: hello-from-the-pack
 steps:
@@ -37,26 +34,6 @@ steps:
     action: log
     with: {message: hi}
 ";
-
-struct Fleet {
-    scratch: Scratch,
-    hub: Hub,
-    key: Key,
-    api: Api,
-}
-
-fn fleet() -> Fleet {
-    let scratch = Scratch::new();
-    let key = create_key(&scratch, ALL_SCOPES);
-    let hub = Hub::start_with(&scratch, HUB_ARGS);
-    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
-    Fleet {
-        scratch,
-        hub,
-        key,
-        api,
-    }
-}
 
 /// The folder of test packs (tests/packs), which holds the probe pack.
 fn test_packs() -> PathBuf {
@@ -100,18 +77,11 @@ impl Fleet {
     }
 
     async fn upload(&self, yaml: &str, robot_labels: &[&str]) -> Reply {
-        self.api
-            .post(
-                "/v1/workflows",
-                &json!({"yaml": yaml, "robot_labels": robot_labels}),
-            )
-            .await
+        upload_labelled(&self.api, yaml, robot_labels).await
     }
 
     async fn workflow(&self, yaml: &str, robot_labels: &[&str]) -> i64 {
-        let r = self.upload(yaml, robot_labels).await;
-        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
-        r.body["id"].as_i64().expect("workflow id")
+        workflow_labelled(&self.api, yaml, robot_labels).await
     }
 }
 
@@ -141,7 +111,7 @@ async fn run_all(api: &Api, workflow: i64, count: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_workflow_runs_only_on_the_robot_that_has_the_pack() {
-    let f = fleet();
+    let f = Fleet::start();
     let _plain = f.agent("plain", &[], None, &[]);
     let _packs = f.agent("with-probe", &[], Some(&test_packs()), &[]);
 
@@ -192,7 +162,7 @@ async fn a_pack_workflow_runs_only_on_the_robot_that_has_the_pack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_with_robot_labels_runs_only_on_a_robot_that_carries_them() {
-    let f = fleet();
+    let f = Fleet::start();
     let _plain = f.agent("plain", &["--labels", "linux"], None, &[]);
     let _special = f.agent("special-1", &["--labels", "linux,special"], None, &[]);
     assert_eq!(
@@ -214,7 +184,7 @@ async fn a_workflow_with_robot_labels_runs_only_on_a_robot_that_carries_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_needs_a_label_no_robot_has_stays_queued_and_says_why() {
-    let f = fleet();
+    let f = Fleet::start();
     let _a = f.agent("robot-a", &["--labels", "linux"], None, &[]);
     let _b = f.agent("robot-b", &[], None, &[]);
 
@@ -243,7 +213,7 @@ async fn a_session_that_needs_a_label_no_robot_has_stays_queued_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_robot_whose_allowed_actions_refuse_the_pack_neither_offers_it_nor_gets_it() {
-    let f = fleet();
+    let f = Fleet::start();
     let packs = test_packs();
     let _refuser = f.agent(
         "refuser",
@@ -290,7 +260,7 @@ async fn a_robot_whose_allowed_actions_refuse_the_pack_neither_offers_it_nor_get
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_sessions_each_have_their_own_pack_process() {
-    let f = fleet();
+    let f = Fleet::start();
     let _agent = f.agent(
         "pair",
         &["--max-concurrency", "2"],
@@ -347,7 +317,7 @@ steps:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasuki_register_sends_the_catalog_before_the_agent_starts() {
-    let f = fleet();
+    let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "new-robot");
     // Its config names the folder of test packs and refuses the browser.
     std::fs::write(

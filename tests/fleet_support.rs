@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::hub_support::{Api, Hub, Key};
+use crate::hub_support::{ALL_SCOPES, Api, Hub, Key, Reply, Scratch, create_key, token};
 
 /// The `tasuki` binary, built beside `tasuki-hub` by `cargo test --workspace`.
 pub fn tasuki_bin() -> PathBuf {
@@ -235,6 +235,48 @@ pub async fn workflow(api: &Api, yaml: &str, robots: &[&str]) -> i64 {
         .await;
     assert_eq!(r.status.as_u16(), 201, "{}", r.body);
     r.body["id"].as_i64().expect("workflow id")
+}
+
+/// `POST /v1/workflows` of `yaml` for robots that carry every label in
+/// `robot_labels`, answered as it was.
+pub async fn upload_labelled(api: &Api, yaml: &str, robot_labels: &[&str]) -> Reply {
+    api.post(
+        "/v1/workflows",
+        &json!({"yaml": yaml, "robot_labels": robot_labels}),
+    )
+    .await
+}
+
+/// [`upload_labelled`], which must succeed; returns the workflow's id.
+pub async fn workflow_labelled(api: &Api, yaml: &str, robot_labels: &[&str]) -> i64 {
+    let r = upload_labelled(api, yaml, robot_labels).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    r.body["id"].as_i64().expect("workflow id")
+}
+
+/// A hub (its quota out of the way), a key with every scope, and a client
+/// for it: what a fleet test starts from.
+pub struct Fleet {
+    pub scratch: Scratch,
+    pub hub: Hub,
+    pub key: Key,
+    pub api: Api,
+}
+
+impl Fleet {
+    pub fn start() -> Fleet {
+        let scratch = Scratch::new();
+        let key = create_key(&scratch, ALL_SCOPES);
+        // Fleet tests read sessions often, far above AUTORO's 60 calls a minute.
+        let hub = Hub::start_with(&scratch, &["--quota-per-robot", "1000000"]);
+        let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+        Fleet {
+            scratch,
+            hub,
+            key,
+            api,
+        }
+    }
 }
 
 /// Queues a session and returns its id.

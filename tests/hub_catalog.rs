@@ -12,7 +12,7 @@ mod hub_support;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fleet_support::queue;
+use fleet_support::{queue, upload_labelled, workflow_labelled};
 use hub_support::*;
 use serde_json::{Value, json};
 
@@ -84,18 +84,11 @@ impl Setup {
     }
 
     async fn upload(&self, yaml: &str, robot_labels: &[&str]) -> Reply {
-        self.api
-            .post(
-                "/v1/workflows",
-                &json!({"yaml": yaml, "robot_labels": robot_labels}),
-            )
-            .await
+        upload_labelled(&self.api, yaml, robot_labels).await
     }
 
     async fn workflow(&self, yaml: &str, robot_labels: &[&str]) -> i64 {
-        let r = self.upload(yaml, robot_labels).await;
-        assert_eq!(r.status.as_u16(), 201, "{}", r.body);
-        r.body["id"].as_i64().expect("workflow id")
+        workflow_labelled(&self.api, yaml, robot_labels).await
     }
 
     async fn robots(&self) -> Vec<Value> {
