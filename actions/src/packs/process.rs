@@ -96,7 +96,6 @@ pub(crate) struct PackProcess {
     /// The values of secret arguments the pack has been sent.
     secrets: Vec<String>,
     masker: Masker,
-    grace: Duration,
     /// Where lines go, also between steps and at the session's end.
     shared: Arc<SessionShared>,
     /// The step that used the pack last: lines that name no request are
@@ -163,7 +162,6 @@ impl PackProcess {
             stderr_tail: Tail::new(STDERR_TAIL_BYTES),
             secrets: Vec::new(),
             masker: Masker::default(),
-            grace: options.cancel_grace,
             shared: ctx.shared.clone(),
             step_id: ctx.step_id.clone(),
         };
@@ -333,7 +331,9 @@ impl PackProcess {
     pub async fn end(&mut self) {
         self.stdin = None;
         if !self.ended {
-            self.tree.terminate(self.grace / 2).await;
+            self.tree
+                .terminate(self.shared.options.cancel_grace / 2)
+                .await;
             self.ended = true;
         }
         self.log_leftovers().await;
@@ -362,7 +362,7 @@ impl PackProcess {
             codes::CANCELLED,
             format!("the request to pack `{name}` was cancelled"),
         );
-        let window = CANCEL_ANSWER.min(self.grace);
+        let window = CANCEL_ANSWER.min(self.shared.options.cancel_grace);
         let answered = tokio::time::timeout(window, async {
             if self.write(&wire::cancel(id)).await.is_err() {
                 return false;
