@@ -18,12 +18,22 @@ use crate::{EXIT_FAILED, OutputFormat};
 const WORKFLOW_NAME: &str = "examples/quickstart.yaml (built in)";
 const WORKFLOW: &str = include_str!("../../examples/quickstart.yaml");
 
-/// The demo shop, as shipped in examples/site.
+/// The demo shop and its back office, as shipped in examples/site.
 const SITE: &[(&str, &str, &[u8])] = &[
     (
         "index.html",
         "text/html; charset=utf-8",
         include_bytes!("../../examples/site/index.html"),
+    ),
+    (
+        "backoffice.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../examples/site/backoffice.html"),
+    ),
+    (
+        "backoffice-report.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../examples/site/backoffice-report.html"),
     ),
     (
         "api/orders.json",
