@@ -30,6 +30,26 @@ struct Workflow {
     steps: Vec<Step>,
     /// Steps that run when the workflow fails, with `${error}` bound.
     on_error: Option<Vec<Step>>,
+    /// Browser settings of this workflow, over the robot's.
+    browser: Option<BrowserSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct BrowserSection {
+    /// A dialog (alert, confirm, prompt) that no step handles: `fail` the
+    /// step (the default), or `accept` or `dismiss` it with a warning.
+    unexpected_dialog: Option<UnexpectedDialog>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum UnexpectedDialog {
+    Fail,
+    Accept,
+    Dismiss,
 }
 
 #[derive(JsonSchema)]

@@ -68,6 +68,43 @@ pub struct BrowserSettings {
     /// Whether `file:` and `view-source:` URLs may be opened; they read
     /// local files (see `builtin/browser/navigation.rs`).
     pub allow_file_urls: bool,
+    /// What a browser step does about a dialog (alert, confirm, prompt)
+    /// that no step was there to handle.
+    pub unexpected_dialog: DialogPolicy,
+}
+
+/// What a browser step does about a dialog that no step expected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DialogPolicy {
+    /// Fail the step, quoting the dialog, and dismiss the dialog so that
+    /// later steps (`on_error`) can still use the browser.
+    #[default]
+    Fail,
+    /// Accept it, log a warning with its text, and go on.
+    Accept,
+    /// Dismiss it, log a warning with its text, and go on.
+    Dismiss,
+}
+
+impl DialogPolicy {
+    pub const NAMES: &'static [&'static str] = &["fail", "accept", "dismiss"];
+
+    pub fn parse(name: &str) -> Option<DialogPolicy> {
+        match name {
+            "fail" => Some(DialogPolicy::Fail),
+            "accept" => Some(DialogPolicy::Accept),
+            "dismiss" => Some(DialogPolicy::Dismiss),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialogPolicy::Fail => "fail",
+            DialogPolicy::Accept => "accept",
+            DialogPolicy::Dismiss => "dismiss",
+        }
+    }
 }
 
 impl Default for BrowserSettings {
@@ -83,6 +120,7 @@ impl Default for BrowserSettings {
             element_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
             allow_file_urls: false,
+            unexpected_dialog: DialogPolicy::Fail,
         }
     }
 }

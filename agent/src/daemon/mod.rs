@@ -483,6 +483,7 @@ fn run_agent(args: AgentArgs) -> u8 {
                 headless: config.headless,
                 window_size: config.window_size,
                 allow_file_urls: config.browser_allow_file_urls,
+                unexpected_dialog: config.unexpected_dialog,
                 ..Default::default()
             },
             env_allow: config.env_allow.clone(),

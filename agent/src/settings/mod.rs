@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tasuki_actions::runtime::context::DialogPolicy;
 
 pub use value::{Value, masked_url};
 
@@ -392,6 +393,8 @@ impl Effective {
                 self.values.get("browser.allow_file_urls"),
                 Some((Value::Bool(true), _))
             ),
+            unexpected_dialog: DialogPolicy::parse(&self.text("browser.unexpected_dialog"))
+                .unwrap_or_default(),
             work_dir: self.path("paths.work_dir").unwrap_or_default(),
             artifacts_dir: self.path("paths.artifacts_dir").unwrap_or_default(),
             log_dir: self.path("paths.log_dir"),
@@ -438,6 +441,7 @@ pub struct Settings {
     pub headless: bool,
     pub window_size: (u32, u32),
     pub browser_allow_file_urls: bool,
+    pub unexpected_dialog: DialogPolicy,
     pub work_dir: PathBuf,
     pub artifacts_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
@@ -474,6 +478,7 @@ mod defaults {
             "browser.headless" => Value::Bool(true),
             "browser.window_size" => Value::Size(1280, 800),
             "browser.allow_file_urls" => Value::Bool(false),
+            "browser.unexpected_dialog" => return text("fail"),
             "paths.work_dir" => Value::Path(crate::daemon::default_work_dir()),
             "paths.artifacts_dir" => match set.get("paths.work_dir") {
                 Some((Value::Path(w), _)) => Value::Path(w.join("artifacts")),

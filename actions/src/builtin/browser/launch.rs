@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
+use thirtyfour::{CapabilitiesHelper, ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
 
 use crate::builtin::process::{Tree, step_command};
 use crate::runtime::context::{BrowserSettings, ExecOptions};
@@ -114,6 +114,10 @@ impl Browser {
             ActionError::new(CODE_START, format!("cannot configure the browser: {e}"))
         };
         caps.add_experimental_option("prefs", prefs)
+            .map_err(start_error)?;
+        // A dialog stays open until a step answers it (see dialogs.rs),
+        // rather than being dismissed by whichever command meets it.
+        caps.set("unhandledPromptBehavior", "ignore")
             .map_err(start_error)?;
 
         if let Some(remote_url) = &settings.remote_url {
