@@ -378,9 +378,11 @@ impl TypedAction for RightClick {
     }
 }
 
-/// Chromium does not start an HTML5 drag (`draggable="true"`, `dragstart`
-/// and `drop` listeners) from WebDriver's pointer actions, so such a source
-/// gets the drag's events from a script, with one shared DataTransfer.
+/// Whether pointer actions start an HTML5 drag (`draggable="true"`,
+/// `dragstart` and `drop` listeners) depends on the Chromium and
+/// chromedriver versions and on the page cancelling `dragenter` as well as
+/// `dragover`; so such a source gets the drag's events from a script, with
+/// one shared DataTransfer, which works on every version.
 const HTML5_DRAG_JS: &str = r#"
 const [source, target] = arguments;
 const data = new DataTransfer();
