@@ -426,3 +426,40 @@ fn bad_browser_arguments_are_refused_with_the_field_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn history_moves_back_forward_and_reloads_and_the_workflow_sets_the_element_wait() {
+    require_browser();
+    let server = start_server();
+    let (_s, r) = run_steps(
+        &server,
+        "browser: {element_timeout: 700ms}\n",
+        &format!(
+            r##"
+  - {{id: type_note, action: browser.type, with: {{selector: "#note", text: "changed", clear: true}}}}
+  - {{id: away, action: browser.goto, with: {{url: "{shop}"}}}}
+  - {{id: back, action: browser.go_back}}
+  - {{id: forward, action: browser.go_forward}}
+  - {{id: back_again, action: browser.go_back}}
+  - {{id: reload, action: browser.reload}}
+  - {{id: note, action: browser.get_attribute, with: {{selector: "#note", name: value}}}}
+  - {{id: missing, action: browser.click, with: {{selector: "#no-such"}}, continue_on_error: true}}
+"##,
+            shop = server.url("/site/index.html")
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps = &r.report["steps"];
+    assert!(
+        steps["back"]["output"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tests/input.html")
+    );
+    assert_eq!(steps["forward"]["output"]["title"], "Tasuki demo shop");
+    assert_eq!(steps["reload"]["output"]["title"], "input");
+    // The reload threw the typed text away.
+    assert_eq!(steps["note"]["output"]["value"], "nothing");
+    let missing = steps["missing"]["error"]["message"].as_str().unwrap();
+    assert!(missing.contains("after waiting 700 ms"), "{missing}");
+}

@@ -35,6 +35,8 @@ pub struct Workflow {
 pub struct WorkflowBrowser {
     /// `unexpected_dialog: fail | accept | dismiss`.
     pub unexpected_dialog: Option<DialogPolicy>,
+    /// `element_timeout`: how long element waits last unless a step says.
+    pub element_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +109,7 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "on_error",
     "browser",
 ];
-const BROWSER_FIELDS: &[&str] = &["unexpected_dialog"];
+const BROWSER_FIELDS: &[&str] = &["unexpected_dialog", "element_timeout"];
 const STEP_FIELDS: &[&str] = &[
     "id",
     "name",
@@ -293,7 +295,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
             problems.add(
                 path,
                 format!(
-                    "expected a mapping such as `unexpected_dialog: accept`, found {}",
+                    "expected a mapping such as `unexpected_dialog: accept` or `element_timeout: 10s`, found {}",
                     describe(other)
                 ),
             );
@@ -373,7 +375,11 @@ fn lower_browser(map: &Map<String, Value>, path: &str, problems: &mut Problems) 
             }
             policy
         });
-    WorkflowBrowser { unexpected_dialog }
+    let element_timeout = fields.duration("element_timeout", problems);
+    WorkflowBrowser {
+        unexpected_dialog,
+        element_timeout,
+    }
 }
 
 fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -> Vec<ParamSpec> {

@@ -41,6 +41,9 @@ struct BrowserSection {
     /// A dialog (alert, confirm, prompt) that no step handles: `fail` the
     /// step (the default), or `accept` or `dismiss` it with a warning.
     unexpected_dialog: Option<UnexpectedDialog>,
+    /// How long element waits last unless a step gives `timeout`; 30s by
+    /// default.
+    element_timeout: Option<DurationArg>,
 }
 
 #[derive(JsonSchema)]

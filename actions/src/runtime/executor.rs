@@ -68,6 +68,9 @@ impl Executor {
         if let Some(policy) = workflow.browser.unexpected_dialog {
             options.browser.unexpected_dialog = policy;
         }
+        if let Some(timeout) = workflow.browser.element_timeout {
+            options.browser.element_timeout = timeout;
+        }
         let shared = Arc::new(SessionShared::new(sink.clone(), masker, options));
         sink.emit(Event::SessionStarted {
             workflow: workflow.name.clone(),

@@ -99,6 +99,37 @@ impl TypedAction for Goto {
     }
 }
 
+/// `browser.go_back`, `browser.go_forward` and `browser.reload`: through
+/// the page's history, waiting for the page to load as `browser.goto` does.
+pub enum History {
+    Back,
+    Forward,
+    Reload,
+}
+
+impl TypedAction for History {
+    type Args = NoArgs;
+
+    async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
+        run(ctx, None, |h| async move {
+            let (done, what) = match self {
+                History::Back => (h.driver.back().await, "going back"),
+                History::Forward => (h.driver.forward().await, "going forward"),
+                History::Reload => (h.driver.refresh().await, "reloading the page"),
+            };
+            done.map_err(|e| driver_error(what, e))?;
+            let url = h
+                .driver
+                .current_url()
+                .await
+                .map_err(|e| driver_error("reading the URL", e))?;
+            let title = h.driver.title().await.unwrap_or_default();
+            Ok(json!({ "url": url.to_string(), "title": title }))
+        })
+        .await
+    }
+}
+
 /// Checked when the step runs, whatever validation saw: the URL may come
 /// from a template.
 fn navigable(ctx: &ActionContext, url: &str) -> Result<(), ActionError> {

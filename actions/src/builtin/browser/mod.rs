@@ -92,6 +92,9 @@ pub const CODE_DOWNLOAD: &str = "download_timeout";
 pub fn register(r: &mut Registry) {
     r.register("browser.open", actions::Open);
     r.register("browser.goto", actions::Goto);
+    r.register("browser.go_back", actions::History::Back);
+    r.register("browser.go_forward", actions::History::Forward);
+    r.register("browser.reload", actions::History::Reload);
     r.register("browser.click", actions::Click);
     r.register("browser.type", actions::Type);
     r.register("browser.select", actions::Select);
