@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{Event, EventSink, LogLevel, LogLine};
-use super::mask::Masker;
+use super::mask::{Masker, SessionMasker};
 
 /// Settings that shape how actions behave, shared by every step of a session.
 #[derive(Debug, Clone)]
@@ -187,7 +187,9 @@ impl Resources {
 /// Session-wide state that outlives single steps.
 pub(crate) struct SessionShared {
     pub sink: Arc<dyn EventSink>,
-    pub masker: Masker,
+    /// Starts with the secret params; actions may add to it (see
+    /// [`ActionContext::add_secrets`]).
+    pub masker: SessionMasker,
     pub options: ExecOptions,
     next_seq: AtomicU64,
     pub resources: tokio::sync::Mutex<Resources>,
@@ -197,7 +199,7 @@ impl SessionShared {
     pub fn new(sink: Arc<dyn EventSink>, masker: Masker, options: ExecOptions) -> Self {
         SessionShared {
             sink,
-            masker,
+            masker: SessionMasker::new(masker),
             options,
             next_seq: AtomicU64::new(1),
             resources: tokio::sync::Mutex::new(Resources::default()),
@@ -251,6 +253,18 @@ impl ActionContext {
 
     pub fn mask(&self, text: &str) -> String {
         self.shared.masker.mask(text)
+    }
+
+    /// Masks `values` too, in every log line, step output and error from
+    /// now on, for the rest of the session: values a step learns that are
+    /// as secret as a secret param (a cookie's value). The workflow's
+    /// variables keep the real values, so later steps can use them.
+    pub fn add_secrets<I, S>(&self, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.shared.masker.add(values);
     }
 
     /// See [`Masker::cut_margin`]: what a reader cutting long lines keeps
