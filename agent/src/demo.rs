@@ -91,6 +91,7 @@ pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::
         let options = ExecOptions {
             artifacts_dir: artifacts.to_path_buf(),
             work_dir: scratch.path().to_path_buf(),
+            state_dir: scratch.path().to_path_buf(),
             browser: browser.settings(),
             ..ExecOptions::default()
         };

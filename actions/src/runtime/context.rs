@@ -24,6 +24,13 @@ pub struct ExecOptions {
     pub work_dir: PathBuf,
     /// Where actions write files the session keeps (screenshots, downloads).
     pub artifacts_dir: PathBuf,
+    /// Where actions keep what outlives the session, such as the cookies
+    /// `browser.save_cookies` saves for a later session's
+    /// `browser.load_cookies`: the work directory for `tasuki run`; on a
+    /// robot, a folder per workflow kept across its sessions
+    /// (`<work dir>/state/<workflow id>`), made private to the agent's
+    /// account when an action first writes there.
+    pub state_dir: PathBuf,
     /// Environment variables templates may read as `${env.NAME}`.
     pub env_allow: Vec<String>,
     /// How long a cancelled process tree gets between interrupt, terminate
@@ -131,6 +138,7 @@ impl Default for ExecOptions {
             session_id: "local".into(),
             work_dir: PathBuf::from("."),
             artifacts_dir: PathBuf::from("tasuki-artifacts"),
+            state_dir: PathBuf::from("."),
             env_allow: Vec::new(),
             cancel_grace: Duration::from_secs(5),
             max_log_line_bytes: 16 * 1024,

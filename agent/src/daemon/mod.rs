@@ -460,6 +460,17 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    // Workflows' state folders (saved cookies) outlive sessions and
+    // agents; only the agent's account may read them.
+    let state_root = session::state_root(&work_dir);
+    if let Err(e) = private_fs::create_dir_all(&state_root) {
+        eprintln!(
+            "error: cannot create the state folder {}: {e}",
+            state_root.display()
+        );
+        return EXIT_FAILED;
+    }
+    private_fs::tighten(&state_root);
     // What a killed agent's sessions left running ends first, before the
     // hub is reached (their records go with the sessions' directories,
     // after registration).

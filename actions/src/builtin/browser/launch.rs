@@ -41,6 +41,8 @@ pub struct Browser {
     /// Downloads already handed out by `wait_for_download`.
     pub claimed: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
     pub description: String,
+    /// The windows this session has seen and came from (`windows.rs`).
+    pub windows: super::windows::SharedWindows,
 }
 
 impl Browser {
@@ -138,6 +140,7 @@ impl Browser {
                 driver_tree: None,
                 _profile: None,
                 claimed: existing_downloads(&downloads),
+                windows: Default::default(),
                 downloads,
                 description: format!(
                     "remote WebDriver at {remote} ({} ms)",
@@ -233,6 +236,7 @@ impl Browser {
             driver_tree: Some(tree),
             _profile: Some(profile),
             claimed: existing_downloads(&downloads),
+            windows: Default::default(),
             downloads,
             description: format!(
                 "Chromium {} via chromedriver on port {port}{} ({} ms)",

@@ -57,13 +57,16 @@ macro_rules! element_args {
 }
 
 mod actions;
+mod cookies;
 mod dialogs;
 mod forms;
 mod input;
 mod launch;
 pub mod locator;
 mod navigation;
+mod page;
 mod query;
+mod windows;
 
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
@@ -125,6 +128,16 @@ pub fn register(r: &mut Registry) {
     r.register("browser.exists", query::Count { as_exists: true });
     r.register("browser.wait_for_url", query::WaitForPage { title: false });
     r.register("browser.wait_for_title", query::WaitForPage { title: true });
+    r.register("browser.switch_window", windows::SwitchWindow);
+    r.register("browser.close_window", windows::CloseWindow);
+    r.register("browser.list_windows", windows::ListWindows);
+    r.register("browser.get_cookies", cookies::GetCookies);
+    r.register("browser.add_cookie", cookies::AddCookie);
+    r.register("browser.delete_cookies", cookies::DeleteCookies);
+    r.register("browser.save_cookies", cookies::SaveCookies);
+    r.register("browser.load_cookies", cookies::LoadCookies);
+    r.register("browser.get_html", page::GetHtml);
+    r.register("browser.print_pdf", page::PrintPdf);
 }
 
 /// What a browser action works with: cheap clones of the session's browser.
