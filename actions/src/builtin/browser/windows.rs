@@ -261,7 +261,14 @@ fn regex(field: &str, pattern: &str) -> Result<Regex, String> {
     regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
-        .map_err(|e| format!("`{pattern}` is not a valid regular expression for `{field}`: {e}"))
+        .map_err(|e| {
+            // The parser's message draws a caret under the pattern; its
+            // last line says what is wrong.
+            let text = e.to_string();
+            let why = text.lines().last().unwrap_or("").trim();
+            let why = why.strip_prefix("error: ").unwrap_or(why);
+            format!("`{pattern}` is not a valid regular expression for `{field}`: {why}")
+        })
 }
 
 impl TypedAction for SwitchWindow {
