@@ -202,9 +202,11 @@ pub struct SwitchWindowArgs {
     /// The window with this handle (from `browser.list_windows`).
     handle: Option<String>,
     /// `true`: a window this session has not seen yet, such as the tab
-    /// the previous step's click opened. Windows open when the session's
-    /// first window action runs, and every window a window action has
-    /// listed since, count as seen.
+    /// the previous step's click opened. Seen are the window the session
+    /// was on when its first window action ran, the windows open at each
+    /// `list_windows`, `close_window` and switch by other means, and those
+    /// `new: true` switched to (so a second `new: true` reaches a second
+    /// new tab).
     new: Option<bool>,
     /// How long to wait for such a window; the element timeout (30s) by
     /// default.
@@ -390,13 +392,14 @@ async fn switch_window(
             },
             None if matches!(want, Want::Index(_) | Want::Handle(_) | Want::New) => None,
             None => {
-                // By title or URL: the window the session is on first (no
-                // switch needed), then the others in the browser's order.
+                // By title or URL: the window the session was on first (no
+                // switch needed the first time), then the others in the
+                // browser's order.
                 let mut found = None;
-                let ordered: Vec<String> = on
+                let ordered: Vec<String> = original
                     .iter()
                     .filter(|h| all.contains(h))
-                    .chain(all.iter().filter(|h| Some(*h) != on.as_ref()))
+                    .chain(all.iter().filter(|h| Some(*h) != original.as_ref()))
                     .cloned()
                     .collect();
                 for handle in ordered {
