@@ -30,7 +30,8 @@ impl Site {
 const MAIN: &str = r#"<!doctype html><title>Main page</title>
 <p id="marker">main</p>
 <a id="open" href="/report.html" target="_blank">the report</a>
-<button id="later" onclick="setTimeout(function () { window.open('/report.html?late=1', '_blank'); }, 800)">open later</button>"#;
+<button id="later" onclick="setTimeout(function () { window.open('/report.html?late=1', '_blank'); }, 800)">open later</button>
+<button id="two" onclick="window.open('/report.html?n=1', '_blank'); window.open('/report.html?n=2', '_blank')">open two</button>"#;
 
 const REPORT: &str = r#"<!doctype html><title>Quarterly report</title>
 <h1 id="heading">Report</h1>"#;
@@ -285,6 +286,70 @@ steps:
     assert_eq!(out("alone")["count"], 1);
     assert_eq!(out("alone")["windows"][0]["current"], true);
     assert_eq!(out("still_works")["text"], "main");
+}
+
+/// Two tabs opened by one click are reached one `new: true` after the
+/// other; a tab its page closed is left for the one the session came from.
+#[test]
+fn two_new_tabs_in_turn_and_a_tab_that_closed_itself() {
+    require_browser();
+    let site = start_site("unused");
+    let scratch = Scratch::new();
+    let r = run_in(
+        &scratch,
+        &format!(
+            r##"
+version: 1
+name: two
+steps:
+  - id: go
+    action: browser.goto
+    with: {{url: "{main}"}}
+  - id: click
+    action: browser.click
+    with: {{selector: "#two"}}
+  - id: first
+    action: browser.switch_window
+    with: {{new: true}}
+  - id: first_url
+    action: browser.get_url
+  - id: second
+    action: browser.switch_window
+    with: {{new: true}}
+  - id: second_url
+    action: browser.get_url
+  - id: close_itself
+    action: browser.execute_script
+    with: {{script: "setTimeout(function () {{ window.close(); }}, 0); return null"}}
+  - id: wait
+    action: sleep
+    with: {{duration: 500ms}}
+  - id: close
+    action: browser.close_window
+  - id: back
+    action: browser.get_url
+"##,
+            main = site.url("/main.html"),
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps = &r.report["steps"];
+    let out = |id: &str| steps[id]["output"].clone();
+    assert_ne!(out("first")["handle"], out("second")["handle"]);
+    let mut urls = [
+        out("first_url")["url"].as_str().unwrap().to_string(),
+        out("second_url")["url"].as_str().unwrap().to_string(),
+    ];
+    urls.sort();
+    assert_eq!(
+        urls,
+        [site.url("/report.html?n=1"), site.url("/report.html?n=2")]
+    );
+    // The second tab was gone already: nothing closed, and the session is
+    // back on the first new tab, where it came from.
+    assert_eq!(out("close")["closed"], Value::Null, "{}", out("close"));
+    assert_eq!(out("close")["handle"], out("first")["handle"]);
+    assert_eq!(out("back")["url"], out("first_url")["url"]);
 }
 
 #[test]

@@ -22,6 +22,7 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use thirtyfour::common::command::Command;
 use thirtyfour::error::{WebDriverError, WebDriverErrorInner};
 use thirtyfour::{WebDriver, WindowHandle};
 
@@ -83,9 +84,16 @@ fn no_such_window(e: &WebDriverError) -> bool {
 }
 
 /// The current window's handle; `None` when the page closed it.
+/// chromedriver then answers either "no such window" or a null handle
+/// (which thirtyfour's `window()` cannot decode), so the command is sent
+/// as is.
 async fn current_handle(driver: &WebDriver) -> Result<Option<String>, ActionError> {
-    match driver.window().await {
-        Ok(h) => Ok(Some(h.to_string())),
+    let read = match driver.cmd(Command::GetWindowHandle).await {
+        Ok(r) => r.value::<Option<String>>(),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(h) => Ok(h.filter(|h| !h.is_empty())),
         Err(e) if no_such_window(&e) => Ok(None),
         Err(e) => Err(driver_error("reading the current window", e)),
     }
