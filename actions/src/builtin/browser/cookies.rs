@@ -73,6 +73,9 @@ async fn page_url(driver: &WebDriver) -> Result<url::Url, ActionError> {
 
 pub struct GetCookies;
 
+/// The cookies the open page can see. Their values, those of 6 characters
+/// or more, are masked like secrets in the logs and outputs from now on;
+/// later steps' templates still get the real values.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetCookiesArgs {
@@ -399,7 +402,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct SaveCookies;
 
 /// Saves the cookies the open page can see, as a JSON list of W3C
-/// WebDriver cookies, for `browser.load_cookies` in a later session.
+/// WebDriver cookies, for `browser.load_cookies` in a later session. Their
+/// values (6 characters or more) are masked in the logs from now on.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaveCookiesArgs {
@@ -455,7 +459,8 @@ pub struct LoadCookies;
 /// Adds the cookies of a file `browser.save_cookies` wrote. WebDriver adds
 /// cookies only for the open page's site, so open a page of that site
 /// first: the cookies for its host (and the domains above it) are loaded,
-/// the others skipped, as are expired ones.
+/// the others skipped, as are expired ones. Their values (6 characters or
+/// more) are masked in the logs from now on.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadCookiesArgs {

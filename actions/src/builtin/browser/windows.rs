@@ -463,6 +463,9 @@ async fn switch_window(
 
 pub struct CloseWindow;
 
+/// Closes the current window and switches to the one the session was on
+/// before it (else the first left open). The browser's last window is not
+/// closed: `browser.close` ends the browser.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloseWindowArgs {}
@@ -529,6 +532,10 @@ impl TypedAction for CloseWindow {
 
 pub struct ListWindows;
 
+/// Every open window, in the browser's order, with its title and URL. The
+/// session stays on its window (at its top-level page, out of any frame,
+/// when there are several: reading another window's title means switching
+/// to it).
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListWindowsArgs {}
