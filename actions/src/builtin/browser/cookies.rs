@@ -42,6 +42,14 @@ fn mask_values<'a>(ctx: &ActionContext, values: impl IntoIterator<Item = &'a str
     );
 }
 
+fn cookies_n(n: usize) -> String {
+    if n == 1 {
+        "1 cookie".into()
+    } else {
+        format!("{n} cookies")
+    }
+}
+
 fn cookie_json(c: &Cookie) -> Value {
     json!({
         "name": c.name,
@@ -442,7 +450,7 @@ impl TypedAction for SaveCookies {
                 })?;
                 ctx.log(
                     LogLevel::Info,
-                    &format!("saved {} cookies to {}", cookies.len(), path.display()),
+                    &format!("saved {} to {}", cookies_n(cookies.len()), path.display()),
                 );
                 Ok(json!({ "file": path.display().to_string(), "count": cookies.len() }))
             }
@@ -531,7 +539,10 @@ impl TypedAction for LoadCookies {
                 }
                 ctx.log(
                     LogLevel::Info,
-                    &format!("loaded {loaded} cookies from {shown}, skipped {skipped}"),
+                    &format!(
+                        "loaded {} from {shown}, skipped {skipped}",
+                        cookies_n(loaded)
+                    ),
                 );
                 Ok(json!({ "file": shown, "loaded": loaded, "skipped": skipped }))
             }
