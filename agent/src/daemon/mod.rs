@@ -499,9 +499,11 @@ fn run_agent(args: AgentArgs) -> u8 {
             },
             env_allow: config.env_allow.clone(),
             cancel_grace: config.cancel_grace,
-            // Steps' processes cannot read the robot's key (Landlock on
-            // Linux; warned about at start where nothing enforces it).
-            protected_paths: vec![config.credentials_file.clone()],
+            // Steps' processes cannot read the robot's key, nor any
+            // workflow's state folder (saved logins: only the agent's
+            // cookie actions use them). Landlock on Linux; warned about at
+            // start where nothing enforces it.
+            protected_paths: vec![config.credentials_file.clone(), state_root.clone()],
             env_pass: config.env_pass.clone(),
             ..ExecOptions::default()
         },
