@@ -212,5 +212,8 @@ async fn a_workflows_saved_cookies_reach_its_next_session_and_no_other_workflow(
     assert_eq!(s["status"], "error", "{s}");
     let logs = serde_json::Value::from(all_logs(&f.api, id).await).to_string();
     assert!(logs.contains("Permission denied"), "{logs}");
-    assert!(!logs.contains(&value), "a step read the saved cookie: {logs}");
+    assert!(
+        !logs.contains(&value),
+        "a step read the saved cookie: {logs}"
+    );
 }
