@@ -87,13 +87,7 @@ impl TypedAction for Goto {
                 .goto(args.url.as_str())
                 .await
                 .map_err(|e| driver_error(&format!("opening {}", args.url), e))?;
-            let url = h
-                .driver
-                .current_url()
-                .await
-                .map_err(|e| driver_error("reading the URL", e))?;
-            let title = h.driver.title().await.unwrap_or_default();
-            Ok(json!({ "url": url.to_string(), "title": title }))
+            where_now(&h).await
         })
         .await
     }
@@ -118,16 +112,21 @@ impl TypedAction for History {
                 History::Reload => (h.driver.refresh().await, "reloading the page"),
             };
             done.map_err(|e| driver_error(what, e))?;
-            let url = h
-                .driver
-                .current_url()
-                .await
-                .map_err(|e| driver_error("reading the URL", e))?;
-            let title = h.driver.title().await.unwrap_or_default();
-            Ok(json!({ "url": url.to_string(), "title": title }))
+            where_now(&h).await
         })
         .await
     }
+}
+
+/// The page's URL and title: what a step that moves the page answers.
+async fn where_now(h: &Handle) -> Result<Value, ActionError> {
+    let url = h
+        .driver
+        .current_url()
+        .await
+        .map_err(|e| driver_error("reading the URL", e))?;
+    let title = h.driver.title().await.unwrap_or_default();
+    Ok(json!({ "url": url.to_string(), "title": title }))
 }
 
 /// Checked when the step runs, whatever validation saw: the URL may come
@@ -725,13 +724,7 @@ impl TypedAction for GetUrl {
 
     async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
         run(ctx, None, |h| async move {
-            let url = h
-                .driver
-                .current_url()
-                .await
-                .map_err(|e| driver_error("get_url", e))?;
-            let title = h.driver.title().await.unwrap_or_default();
-            Ok(json!({ "url": url.to_string(), "title": title }))
+            where_now(&h).await
         })
         .await
     }
