@@ -197,23 +197,4 @@ async fn a_workflows_saved_cookies_reach_its_next_session_and_no_other_workflow(
             && message.contains(&format!("state/{other}")),
         "{s}"
     );
-
-    // Nor can a step's process read it, or any workflow's, though it runs
-    // as the robot's account: the state folders are kept from step
-    // processes as the credentials are (Landlock).
-    let snoop = format!(
-        "version: 1\nname: snoop\nsteps:\n  - id: cat\n    action: shell.run\n    with:\n      \
-         argv: [cat, \"{}\"]\n",
-        saved.display()
-    );
-    let snoop = workflow(&f.api, &snoop, &["keeper"]).await;
-    let id = queue(&f.api, snoop, json!({})).await;
-    let s = finished(&f.api, id, LIMIT).await;
-    assert_eq!(s["status"], "error", "{s}");
-    let logs = serde_json::Value::from(all_logs(&f.api, id).await).to_string();
-    assert!(logs.contains("Permission denied"), "{logs}");
-    assert!(
-        !logs.contains(&value),
-        "a step read the saved cookie: {logs}"
-    );
 }

@@ -499,11 +499,13 @@ fn run_agent(args: AgentArgs) -> u8 {
             },
             env_allow: config.env_allow.clone(),
             cancel_grace: config.cancel_grace,
-            // Steps' processes cannot read the robot's key, nor any
-            // workflow's state folder (saved logins: only the agent's
-            // cookie actions use them). Landlock on Linux; warned about at
-            // start where nothing enforces it.
-            protected_paths: vec![config.credentials_file.clone(), state_root.clone()],
+            // Steps' processes cannot read the robot's key (Landlock on
+            // Linux; warned about at start where nothing enforces it). The
+            // workflows' state folders are not protected so: Landlock
+            // freezes the protected path's ancestors, and those of
+            // `<work>/state` (the work dir, its parent, `/tmp` for a work
+            // dir there) are where steps write (docs/security.md).
+            protected_paths: vec![config.credentials_file.clone()],
             env_pass: config.env_pass.clone(),
             ..ExecOptions::default()
         },
