@@ -239,6 +239,21 @@ impl Tree {
         })
     }
 
+    /// Moves the tree's record (see `tree_records.rs`) into another
+    /// private directory, that of the tree's new owner.
+    pub fn move_record(&mut self, private_dir: &std::path::Path) -> std::io::Result<()> {
+        match &mut self.record {
+            Some(record) => record.move_into(private_dir),
+            None => Ok(()),
+        }
+    }
+
+    /// The id of the tree's first process, which leads its process group
+    /// on Unix; `None` once it has been reaped.
+    pub fn leader(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn child_mut(&mut self) -> &mut Box<dyn ChildWrapper> {
         &mut self.child
     }

@@ -68,6 +68,46 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Moves the record into `private_dir`'s records, where the tree's new
+    /// owner keeps them: a warm browser handed to a session (see
+    /// `browser/warm.rs`).
+    pub fn move_into(&mut self, private_dir: &Path) -> std::io::Result<()> {
+        let dir = private_dir.join(RECORDS_DIR);
+        super::process::private_dir_all(&dir)?;
+        let path = dir.join(&self.marker);
+        std::fs::rename(&self.path, &path)?;
+        self.path = path;
+        Ok(())
+    }
+}
+
+/// The records in `private_dir` whose group is still led by the recorded
+/// process: `(group, marker)` of each live recorded tree.
+pub fn live_recorded_groups(private_dir: &Path) -> Vec<(i32, String)> {
+    let Ok(records) = std::fs::read_dir(private_dir.join(RECORDS_DIR)) else {
+        return Vec::new();
+    };
+    let mut live = Vec::new();
+    for record in records.flatten() {
+        let Ok(text) = std::fs::read_to_string(record.path()) else {
+            continue;
+        };
+        let mut fields = text.split_whitespace();
+        let (Some(marker), Some(group), Some(start)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if let (Ok(pgid), Ok(start)) = (group.parse::<i32>(), start.parse::<u64>())
+            && pgid > 1
+            && start_time(pgid) == Some(start)
+        {
+            live.push((pgid, marker.to_string()));
+        }
+    }
+    live
+}
+
 impl Drop for Record {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -68,6 +68,10 @@ pub struct BrowserSettings {
     /// Whether `file:` and `view-source:` URLs may be opened; they read
     /// local files (see `builtin/browser/navigation.rs`).
     pub allow_file_urls: bool,
+    /// A robot's browser started ahead, which a session's first browser
+    /// step takes when it fits (`builtin/browser/warm.rs`); `None` but on a
+    /// robot with `browser.warm` on.
+    pub warm: Option<crate::builtin::browser::warm::WarmBrowsers>,
 }
 
 impl Default for BrowserSettings {
@@ -83,6 +87,7 @@ impl Default for BrowserSettings {
             element_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
             allow_file_urls: false,
+            warm: None,
         }
     }
 }
