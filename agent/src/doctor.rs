@@ -634,7 +634,12 @@ fn warm_browser(r: &mut Report, settings: &Settings) {
     let held = |m: &Memory| {
         let pss = m
             .pss_bytes
-            .map(|b| format!(", {} proportional (PSS: shared pages divided among them)", mib(b)))
+            .map(|b| {
+                format!(
+                    ", {} proportional (PSS: shared pages divided among them)",
+                    mib(b)
+                )
+            })
             .unwrap_or_default();
         format!(
             "{} resident summed over its {} processes{pss}",
@@ -645,18 +650,29 @@ fn warm_browser(r: &mut Report, settings: &Settings) {
     if let Some(m) = recorded_memory(&crate::daemon::warm_dir(&settings.work_dir), true) {
         r.ok(
             name,
-            &format!("on; the agent's warm browser waits for a session, holding {}", held(&m)),
+            &format!(
+                "on; the agent's warm browser waits for a session, holding {}",
+                held(&m)
+            ),
         );
         return;
     }
     let Some(runtime) = crate::local_run::runtime() else {
-        r.fail(name, "cannot start an async runtime", "report this as a bug");
+        r.fail(
+            name,
+            "cannot start an async runtime",
+            "report this as a bug",
+        );
         return;
     };
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
-            r.fail(name, &format!("no temporary directory: {e}"), "check TMPDIR");
+            r.fail(
+                name,
+                &format!("no temporary directory: {e}"),
+                "check TMPDIR",
+            );
             return;
         }
     };

@@ -94,7 +94,8 @@ pub fn live_recorded_groups(private_dir: &Path) -> Vec<(i32, String)> {
             continue;
         };
         let mut fields = text.split_whitespace();
-        let (Some(marker), Some(group), Some(start)) = (fields.next(), fields.next(), fields.next())
+        let (Some(marker), Some(group), Some(start)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };

@@ -41,8 +41,11 @@ use crate::runtime::event::LogLevel;
 
 /// How often an idle warm browser is asked whether it still answers.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
-/// How long a warm browser gets to answer before it counts as dead.
-const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// How long a warm browser gets to answer before it counts as dead. A
+/// dead Chromium is reported by chromedriver at once; this is for one that
+/// hangs, and is generous because a busy machine (browsers starting on
+/// every core) can delay a live one's answer by seconds.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How long a session's first browser step waits for a warm browser that
 /// is still starting (it normally takes under a second) before it starts
 /// its own.
@@ -361,13 +364,33 @@ async fn supervise(inner: Arc<Inner>) {
                     handle.note(true, format!("cannot create {}: {e}", inner.dir.display()));
                 }
                 let no_overrides = Overrides::default();
-                let launched = tokio::select! {
-                    r = Browser::launch(
+                let launch = async {
+                    let browser = Browser::launch(
                         &inner.settings,
                         &no_overrides,
                         inner.dir.join("downloads"),
                         &inner.options,
-                    ) => Some(r),
+                    )
+                    .await?;
+                    // Ready once its first page answers: on a busy machine
+                    // that can take seconds after the launch, which are
+                    // better spent here than in a session's first step.
+                    match &browser.driver {
+                        Some(driver) => match settled(driver).await {
+                            Ok(()) => Ok(browser),
+                            Err(why) => {
+                                browser.shutdown(false).await;
+                                Err(crate::runtime::registry::ActionError::new(
+                                    super::launch::CODE_START,
+                                    format!("it started but did not answer: {why}"),
+                                ))
+                            }
+                        },
+                        None => Ok(browser),
+                    }
+                };
+                let launched = tokio::select! {
+                    r = launch => Some(r),
                     _ = abort.cancelled() => None,
                     _ = inner.closed.cancelled() => None,
                 };
@@ -412,7 +435,8 @@ async fn supervise(inner: Arc<Inner>) {
                     Some(Err(e)) => {
                         *lock(&inner.state) = State::Empty;
                         failures += 1;
-                        let pause = (RETRY_FIRST * 2u32.saturating_pow(failures - 1)).min(RETRY_MAX);
+                        let pause =
+                            (RETRY_FIRST * 2u32.saturating_pow(failures - 1)).min(RETRY_MAX);
                         handle.note(
                             true,
                             format!(
@@ -481,10 +505,17 @@ async fn answers(driver: &WebDriver) -> Result<(), String> {
     match tokio::time::timeout(ANSWER_WITHIN, driver.title()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(first_line(&e.to_string())),
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            ANSWER_WITHIN.as_millis()
-        )),
+        Err(_) => Err(format!("no answer within {} ms", ANSWER_WITHIN.as_millis())),
+    }
+}
+
+/// [`answers`], with the time a browser that has just started may need.
+async fn settled(driver: &WebDriver) -> Result<(), String> {
+    const WITHIN: Duration = Duration::from_secs(30);
+    match tokio::time::timeout(WITHIN, driver.title()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(first_line(&e.to_string())),
+        Err(_) => Err(format!("no answer within {} s", WITHIN.as_secs())),
     }
 }
 
@@ -517,7 +548,9 @@ pub(super) async fn attach(
         Taken::SetAside(why) => {
             ctx.log(
                 LogLevel::Info,
-                &format!("the warm browser was not used and has been ended: this step asks for {why}"),
+                &format!(
+                    "the warm browser was not used and has been ended: this step asks for {why}"
+                ),
             );
             return None;
         }
@@ -582,9 +615,9 @@ async fn hand_over(browser: &Browser, downloads: &Path) -> Result<(), String> {
     let cdp = driver.cdp();
     let domain = cdp.browser();
     let set = domain.set_download_behavior(
-            DownloadBehavior::Allow,
-            Some(downloads.display().to_string()),
-        );
+        DownloadBehavior::Allow,
+        Some(downloads.display().to_string()),
+    );
     match tokio::time::timeout(ANSWER_WITHIN, set).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!(
