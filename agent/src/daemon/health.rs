@@ -55,6 +55,7 @@ pub struct Metrics {
     warm: std::sync::OnceLock<WarmBrowsers>,
     warm_ready: Gauge,
     warm_bytes: Gauge,
+    warm_pss_bytes: Gauge,
 }
 
 #[derive(Default)]
@@ -96,6 +97,7 @@ impl Metrics {
             warm: std::sync::OnceLock::new(),
             warm_ready: Gauge::default(),
             warm_bytes: Gauge::default(),
+            warm_pss_bytes: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -168,6 +170,11 @@ impl Metrics {
             "Memory the waiting warm browser holds: resident memory summed over chromedriver, Chromium and its helpers (shared pages counted in each); 0 when none waits",
             m.warm_bytes.clone(),
         );
+        r.register(
+            "warm_browser_pss_bytes",
+            "The same memory proportionally: each shared page divided among the processes that map it, what the warm browser really takes (Linux); 0 when none waits",
+            m.warm_pss_bytes.clone(),
+        );
         m
     }
 
@@ -220,10 +227,12 @@ impl Metrics {
     fn encode(&self) -> String {
         self.rss_bytes.set(own_rss_bytes() as i64);
         if let Some(warm) = self.warm.get() {
-            let memory = warm.memory(false);
-            self.warm_ready.set(i64::from(memory.is_some()));
+            let memory = warm.memory(true);
+            self.warm_ready.set(i64::from(warm.is_ready()));
             self.warm_bytes
                 .set(memory.map_or(0, |m| m.rss_bytes) as i64);
+            self.warm_pss_bytes
+                .set(memory.and_then(|m| m.pss_bytes).unwrap_or(0) as i64);
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

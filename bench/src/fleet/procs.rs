@@ -252,6 +252,17 @@ impl Stage {
     /// `tasuki register`, then `tasuki agent`; returns once the agent logs
     /// that it waits for sessions.
     pub async fn agent(&self, name: &str, max_concurrency: u32) -> Result<Proc> {
+        self.agent_with(name, max_concurrency, &[]).await
+    }
+
+    /// [`agent`](Self::agent), with these arguments added to `tasuki
+    /// agent`'s (`--set table.key=value`, say).
+    pub async fn agent_with(
+        &self,
+        name: &str,
+        max_concurrency: u32,
+        extra: &[&str],
+    ) -> Result<Proc> {
         let dir = self.dir.join(format!("robot-{name}"));
         std::fs::create_dir_all(&dir).context("create the robot's folder")?;
         let secret = dir.join("secret.txt");
@@ -283,6 +294,7 @@ impl Stage {
             .arg("agent")
             .arg("--config")
             .arg(&config)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
