@@ -464,7 +464,11 @@ async fn supervise(inner: Arc<Inner>) {
                     _ = inner.closed.cancelled() => return,
                     _ = tokio::time::sleep(WATCH_EVERY) => {}
                 }
-                if let Err(why) = answers(&driver).await {
+                let answered = tokio::select! {
+                    r = answers(&driver) => r,
+                    _ = inner.closed.cancelled() => return,
+                };
+                if let Err(why) = answered {
                     drop(driver);
                     let dead = {
                         let mut state = lock(&inner.state);
