@@ -59,6 +59,9 @@ struct Variant {
     to_page: Dist,
     /// The page's request → the step's end.
     page_to_end: Dist,
+    /// POST sent → the step's log saying it has its browser (attached to
+    /// the warm one, or started one): the session's log line, to the ms.
+    to_browser: Dist,
     attached: usize,
     launched: usize,
 }
@@ -227,6 +230,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             to_step_end: Dist::default(),
             to_page: Dist::default(),
             page_to_end: Dist::default(),
+            to_browser: Dist::default(),
             attached: 0,
             launched: 0,
         },
@@ -237,6 +241,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             to_step_end: Dist::default(),
             to_page: Dist::default(),
             page_to_end: Dist::default(),
+            to_browser: Dist::default(),
             attached: 0,
             launched: 0,
         },
@@ -293,10 +298,23 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
                 .get(&format!("/v1/session_queues/{id}/logs"))
                 .await?;
             let attached = logs.to_string().contains("attached to the warm browser");
+            let has_browser = logs["logs"].as_array().and_then(|lines| {
+                lines.iter().find_map(|l| {
+                    let m = l["message"].as_str().unwrap_or("");
+                    (m.starts_with("attached to the warm browser") || m.starts_with("started "))
+                        .then(|| l["ts"].as_str()?.parse::<jiff::Timestamp>().ok())
+                        .flatten()
+                })
+            });
             if round >= opts.warm_warmup {
                 variant.to_step_end.push_ms(ended_ms - wall_ms(sent, clock));
                 variant.to_page.push(arrived.saturating_duration_since(sent));
                 variant.page_to_end.push_ms(ended_ms - wall_ms(arrived, clock));
+                if let Some(at) = has_browser {
+                    variant
+                        .to_browser
+                        .push_ms(at.as_millisecond() as f64 - wall_ms(sent, clock));
+                }
                 if attached {
                     variant.attached += 1;
                 } else {
@@ -351,6 +369,11 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             "**enqueue → end of the first browser step**",
             &mut warm.to_step_end,
             &mut cold.to_step_end,
+        ),
+        (
+            "of which: enqueue → the step has its browser (attached, or started: its log line, to the ms)",
+            &mut warm.to_browser,
+            &mut cold.to_browser,
         ),
         (
             "of which: enqueue → the page's request arrives",
