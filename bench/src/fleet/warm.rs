@@ -399,6 +399,14 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     }
     writeln!(
         out,
+        "\nFirst browser steps ending more than 1 s after the enqueue: warm {} of {}, cold {} of {}.",
+        warm.to_step_end.count_above(1000.0),
+        warm.to_step_end.len(),
+        cold.to_step_end.count_above(1000.0),
+        cold.to_step_end.len(),
+    )?;
+    writeln!(
+        out,
         "\nSessions whose first step attached to a warm browser: warm robot {} of {}, cold robot {} of {}.\n",
         warm.attached,
         warm.attached + warm.launched,
@@ -453,3 +461,4 @@ fn times(a: f64, b: f64) -> String {
         format!("{:.2}×", a / b)
     }
 }
+
