@@ -538,7 +538,10 @@ async fn metrics_and_doctor_report_the_warm_browsers_memory() {
         "{bytes}"
     );
     let pss = value("tasuki_warm_browser_pss_bytes");
-    assert!(pss > 10.0 * 1024.0 * 1024.0 && pss < bytes, "{pss} of {bytes}");
+    assert!(
+        pss > 10.0 * 1024.0 * 1024.0 && pss < bytes,
+        "{pss} of {bytes}"
+    );
 
     let doctor = |extra: &[&str]| -> String {
         let out = std::process::Command::new(tasuki_bin())

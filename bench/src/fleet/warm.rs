@@ -151,7 +151,11 @@ fn tree_memory(root: u32) -> Result<TreeMemory> {
         }
         let parent = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        procs.push((pid, parent, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        procs.push((
+            pid,
+            parent,
+            String::from_utf8_lossy(&cmdline).replace('\0', " "),
+        ));
     }
     let mut tree = vec![root];
     let mut i = 0;
@@ -286,7 +290,11 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
                 .api
                 .finished(id, Duration::from_millis(25), Duration::from_secs(60))
                 .await?;
-            ensure!(status == "success", "session {id} ({}) ended {status}", variant.name);
+            ensure!(
+                status == "success",
+                "session {id} ({}) ended {status}",
+                variant.name
+            );
             let session = stage.api.get(&format!("/v1/session_queues/{id}")).await?;
             let ended = session["steps"][0]["ended_at"]
                 .as_str()
@@ -308,8 +316,12 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             });
             if round >= opts.warm_warmup {
                 variant.to_step_end.push_ms(ended_ms - wall_ms(sent, clock));
-                variant.to_page.push(arrived.saturating_duration_since(sent));
-                variant.page_to_end.push_ms(ended_ms - wall_ms(arrived, clock));
+                variant
+                    .to_page
+                    .push(arrived.saturating_duration_since(sent));
+                variant
+                    .page_to_end
+                    .push_ms(ended_ms - wall_ms(arrived, clock));
                 if let Some(at) = has_browser {
                     variant
                         .to_browser
@@ -361,7 +373,10 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
         opts.warm_warmup,
         settle.as_millis()
     )?;
-    writeln!(out, "| measure | warm p50 | warm p99 | cold p50 | cold p99 | warm / cold at p50 |")?;
+    writeln!(
+        out,
+        "| measure | warm p50 | warm p99 | cold p50 | cold p99 | warm / cold at p50 |"
+    )?;
     writeln!(out, "|---|---|---|---|---|---|")?;
     let [warm, cold] = &mut variants;
     for (what, w, c) in [
@@ -461,4 +476,3 @@ fn times(a: f64, b: f64) -> String {
         format!("{:.2}×", a / b)
     }
 }
-
