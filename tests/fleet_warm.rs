@@ -191,8 +191,56 @@ fn assert_gone(browser: &Seen, what: &str) {
     );
 }
 
+/// A running agent that is stopped with SIGTERM, not killed, should the
+/// test fail: so that it ends its warm browser rather than leave it.
+struct Warm(Option<Agent>);
+
+impl Warm {
+    fn start(robot: &Robot, args: &[&str]) -> Warm {
+        Warm(Some(robot.start(args)))
+    }
+
+    fn into_inner(mut self) -> Agent {
+        self.0.take().expect("running")
+    }
+}
+
+impl std::ops::Deref for Warm {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Warm {
+    fn deref_mut(&mut self) -> &mut Agent {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.0.take() {
+            // `pid` panics once the agent has been waited for.
+            let pid = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.pid()));
+            if let Ok(pid) = pid {
+                // The first drains; a second cancels what still runs.
+                for _ in 0..2 {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status();
+                    if agent.wait(Duration::from_secs(10)).is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// SIGTERM: the agent drains and exits; returns its log.
-fn stop(mut agent: Agent) -> String {
+fn stop(agent: Warm) -> String {
+    let mut agent = agent.into_inner();
     agent.signal("TERM");
     let status = agent.wait(Duration::from_secs(30));
     let log = agent.log();
@@ -231,7 +279,7 @@ async fn an_idle_robot_keeps_a_browser_warm_and_each_session_gets_a_fresh_one() 
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "warm");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(WARM);
+    let agent = Warm::start(&robot, WARM);
     let pages = page_server().await;
     let first = warm_browser(&agent, &[]);
 
@@ -285,7 +333,7 @@ async fn a_step_asking_for_another_kind_of_browser_launches_its_own_and_the_warm
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "particular");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(WARM);
+    let agent = Warm::start(&robot, WARM);
     let pages = page_server().await;
     let warm = warm_browser(&agent, &[]);
 
@@ -333,7 +381,7 @@ async fn a_warm_browser_whose_chromium_died_is_not_handed_out_and_leaves_nothing
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "crashy");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(WARM);
+    let agent = Warm::start(&robot, WARM);
     let pages = page_server().await;
     let dead = warm_browser(&agent, &[]);
     let wf = workflow(&f.api, GOTO, &[]).await;
@@ -383,7 +431,7 @@ async fn a_cancelled_session_leaves_nothing_of_the_warm_browser_it_took() {
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "cancelled");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(WARM);
+    let agent = Warm::start(&robot, WARM);
     let pages = page_server().await;
     let warm = warm_browser(&agent, &[]);
     let yaml = "version: 1\nname: hangs\nparams:\n  page: \"\"\nsteps:\n  - id: go\n    action: browser.goto\n    with: {url: \"${params.page}\"}\n  - id: hang\n    action: browser.wait_for\n    with: {selector: \"#never\", timeout: 10m}\n";
@@ -425,7 +473,7 @@ async fn once_leaves_no_warm_browser_behind() {
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "single");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let mut agent = robot.start(&["--once", "--set", "browser.warm=true"]);
+    let agent = Warm::start(&robot, &["--once", "--set", "browser.warm=true"]);
     let pages = page_server().await;
     let warm = warm_browser(&agent, &[]);
     let wf = workflow(&f.api, GOTO, &[]).await;
@@ -437,6 +485,7 @@ async fn once_leaves_no_warm_browser_behind() {
             .await
             .contains("attached to the warm browser")
     );
+    let mut agent = agent.into_inner();
     let status = agent.wait(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -461,7 +510,7 @@ async fn a_restarted_agent_ends_the_warm_browser_a_killed_one_left() {
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "phoenix");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(WARM);
+    let agent = Warm::start(&robot, WARM);
     let left = warm_browser(&agent, &[]);
     agent.signal("KILL");
     drop(agent);
@@ -471,7 +520,7 @@ async fn a_restarted_agent_ends_the_warm_browser_a_killed_one_left() {
         "the kill alone ended the browser"
     );
 
-    let again = robot.start(WARM);
+    let again = Warm::start(&robot, WARM);
     let ended = eventually(Duration::from_secs(10), || {
         !alive(left.driver) && !alive(left.chromium)
     });
@@ -491,6 +540,12 @@ async fn a_restarted_agent_ends_the_warm_browser_a_killed_one_left() {
         mentioning(&left.profile).is_empty()
     });
     assert!(gone, "{:?}", mentioning(&left.profile));
+    // Its profile too (cookies, for a session's browser): recorded with it.
+    assert!(
+        !std::path::Path::new(&left.profile).exists(),
+        "the killed agent's warm profile {} was left behind",
+        left.profile
+    );
     let fresh = warm_browser(&again, &[&left]);
     assert_ne!(fresh.profile, left.profile);
     stop(again);
@@ -504,12 +559,15 @@ async fn metrics_and_doctor_report_the_warm_browsers_memory() {
     let f = Fleet::start();
     let robot = Robot::new(f.scratch.dir.path(), "measured");
     robot.register_ok(&f.hub, &f.key, &[]);
-    let agent = robot.start(&[
-        "--set",
-        "browser.warm=true",
-        "--set",
-        "metrics.listen=127.0.0.1:0",
-    ]);
+    let agent = Warm::start(
+        &robot,
+        &[
+            "--set",
+            "browser.warm=true",
+            "--set",
+            "metrics.listen=127.0.0.1:0",
+        ],
+    );
     let warm = warm_browser(&agent, &[]);
     let bound = agent
         .log()

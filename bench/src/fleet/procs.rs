@@ -57,6 +57,10 @@ pub struct Proc {
     child: Option<Child>,
     pub what: String,
     pub log: PathBuf,
+    /// Stopped with SIGTERM when dropped (and killed only if it has not
+    /// exited within 30 s): an agent that keeps a browser warm ends it
+    /// then, where SIGKILL would leave it running.
+    pub graceful: bool,
 }
 
 impl Proc {
@@ -106,6 +110,22 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.graceful
+                && let Ok(pid) = i32::try_from(child.id())
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .is_ok()
+            {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -188,6 +208,7 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
         child: Some(child),
         what: "tasuki-hub".into(),
         log,
+        graceful: false,
     };
     let stdout = stdout.context("the hub's stdout is not piped")?;
     let (tx, rx) = mpsc::channel();
@@ -305,6 +326,7 @@ impl Stage {
             child: Some(child),
             what: format!("tasuki agent `{name}`"),
             log,
+            graceful: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !agent.log_text().contains("waiting for sessions") {

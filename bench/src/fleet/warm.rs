@@ -199,7 +199,7 @@ fn tree_memory(root: u32) -> Result<TreeMemory> {
 
 pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let stage = Stage::new(bins, "warm", opts.keep)?;
-    let warm_agent = stage
+    let mut warm_agent = stage
         .agent_with(
             "warm-1",
             1,
@@ -211,6 +211,9 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             ],
         )
         .await?;
+    // Stopped with SIGTERM however the bench ends, so that the warm
+    // browser is ended with the agent.
+    warm_agent.graceful = true;
     let cold_agent = stage.agent_with("cold-1", 1, &[]).await?;
     let (server, mut arrivals) = page_server().await?;
     let yaml = "version: 1\nname: warm-bench\nparams:\n  url: \"\"\nsteps:\n  - id: go\n    action: browser.goto\n    with:\n      url: \"${params.url}\"\n";

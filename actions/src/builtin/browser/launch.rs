@@ -203,6 +203,8 @@ impl Browser {
                     format!("cannot start {}: {e}", chromedriver.display()),
                 )
             })?;
+            // A restarted agent removes it once it has ended the tree.
+            tree.record_temp_dir(profile.0.path());
             if wait_until_listening(port, &mut tree).await? {
                 driver_up = Some((port, tree));
                 break;
