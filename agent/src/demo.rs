@@ -18,12 +18,22 @@ use crate::{EXIT_FAILED, OutputFormat};
 const WORKFLOW_NAME: &str = "examples/quickstart.yaml (built in)";
 const WORKFLOW: &str = include_str!("../../examples/quickstart.yaml");
 
-/// The demo shop, as shipped in examples/site.
+/// The demo shop and its back office, as shipped in examples/site.
 const SITE: &[(&str, &str, &[u8])] = &[
     (
         "index.html",
         "text/html; charset=utf-8",
         include_bytes!("../../examples/site/index.html"),
+    ),
+    (
+        "backoffice.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../examples/site/backoffice.html"),
+    ),
+    (
+        "backoffice-report.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../examples/site/backoffice-report.html"),
     ),
     (
         "api/orders.json",
@@ -81,6 +91,7 @@ pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::
         let options = ExecOptions {
             artifacts_dir: artifacts.to_path_buf(),
             work_dir: scratch.path().to_path_buf(),
+            state_dir: scratch.path().to_path_buf(),
             browser: browser.settings(),
             ..ExecOptions::default()
         };

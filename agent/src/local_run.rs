@@ -123,6 +123,9 @@ pub fn run(args: RunArgs) -> u8 {
     };
     let options = ExecOptions {
         session_id: format!("local-{}", jiff::Timestamp::now().as_millisecond()),
+        // Saved cookies (browser.save_cookies) go beside the workflow's
+        // other files, for the next `tasuki run` to load.
+        state_dir: work_dir.clone(),
         work_dir,
         artifacts_dir: args.artifacts.clone(),
         env_allow: args.allow_env.clone(),

@@ -159,6 +159,7 @@ pub fn start_server() -> TestServer {
                 }))
                 .route("/flaky/{n}", get(flaky))
                 .route("/site/{*file}", get(site))
+                .route("/tests/{*file}", get(test_page))
                 .route("/pages/{name}", get(page))
                 .route("/files/report.csv", get(|| async {
                     ([(header::CONTENT_TYPE, "text/csv"), (header::CONTENT_DISPOSITION, "attachment; filename=\"report.csv\"")], "id,total\n1,42\n")
@@ -220,6 +221,19 @@ async fn site(
     State(state): State<ServerState>,
     UrlPath(file): UrlPath<String>,
 ) -> impl IntoResponse {
+    serve_file(&state.site, &file).await
+}
+
+/// The pages in tests/pages, for the browser tests that need more than a
+/// few lines of HTML.
+async fn test_page(UrlPath(file): UrlPath<String>) -> impl IntoResponse {
+    serve_file(&repo_root().join("tests/pages"), &file).await
+}
+
+async fn serve_file(
+    root: &Path,
+    file: &str,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], Vec<u8>) {
     if file.contains("..") {
         return (
             StatusCode::BAD_REQUEST,
@@ -227,7 +241,7 @@ async fn site(
             Vec::new(),
         );
     }
-    let path = state.site.join(&file);
+    let path = root.join(file);
     let content_type = match path.extension().and_then(|e| e.to_str()) {
         Some("html") => "text/html; charset=utf-8",
         Some("json") => "application/json",

@@ -570,7 +570,7 @@ pub(crate) fn emit_line(
     line: &[u8],
     max: usize,
     truncated: bool,
-    masker: &crate::runtime::mask::Masker,
+    masker: &crate::runtime::mask::SessionMasker,
     on_line: &mut impl FnMut(&str),
 ) {
     let line = if truncated {

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::duration::parse_duration;
 use super::problem::{Problems, index, join};
 use super::template::describe;
+use crate::runtime::context::DialogPolicy;
 
 /// A workflow, checked and ready to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,9 +23,20 @@ pub struct Workflow {
     pub timeout: Option<Duration>,
     pub steps: Vec<Step>,
     pub on_error: Vec<Step>,
+    /// The workflow's own browser settings, over the robot's.
+    pub browser: WorkflowBrowser,
     /// What validation found unwise but not wrong (a secret in `argv`):
     /// callers show these, and the workflow still runs.
     pub warnings: Problems,
+}
+
+/// `browser:` in a workflow: what it says wins over the robot's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkflowBrowser {
+    /// `unexpected_dialog: fail | accept | dismiss`.
+    pub unexpected_dialog: Option<DialogPolicy>,
+    /// `element_timeout`: how long element waits last unless a step says.
+    pub element_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +107,9 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "timeout",
     "steps",
     "on_error",
+    "browser",
 ];
+const BROWSER_FIELDS: &[&str] = &["unexpected_dialog", "element_timeout"];
 const STEP_FIELDS: &[&str] = &[
     "id",
     "name",
@@ -274,6 +288,20 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         .bool("single_process_mode", &mut problems)
         .unwrap_or(false);
     let timeout = fields.duration("timeout", &mut problems);
+    let browser = match fields.get("browser") {
+        None | Some((Value::Null, _)) => WorkflowBrowser::default(),
+        Some((Value::Object(b), path)) => lower_browser(b, &path, &mut problems),
+        Some((other, path)) => {
+            problems.add(
+                path,
+                format!(
+                    "expected a mapping such as `unexpected_dialog: accept` or `element_timeout: 10s`, found {}",
+                    describe(other)
+                ),
+            );
+            WorkflowBrowser::default()
+        }
+    };
     let params = match fields.get("params") {
         None | Some((Value::Null, _)) => Vec::new(),
         Some((Value::Object(p), path)) => lower_params(p, &path, &mut problems),
@@ -324,9 +352,34 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         timeout,
         steps,
         on_error,
+        browser,
         warnings: Problems::default(),
     };
     (Some(workflow), problems)
+}
+
+fn lower_browser(map: &Map<String, Value>, path: &str, problems: &mut Problems) -> WorkflowBrowser {
+    let fields = Fields::new(map, path, BROWSER_FIELDS, problems);
+    let unexpected_dialog = fields
+        .string("unexpected_dialog", problems)
+        .and_then(|name| {
+            let policy = DialogPolicy::parse(&name);
+            if policy.is_none() {
+                problems.add(
+                    join(path, "unexpected_dialog"),
+                    format!(
+                        "unknown dialog policy `{name}`; expected one of: {}",
+                        DialogPolicy::NAMES.join(", ")
+                    ),
+                );
+            }
+            policy
+        });
+    let element_timeout = fields.duration("element_timeout", problems);
+    WorkflowBrowser {
+        unexpected_dialog,
+        element_timeout,
+    }
 }
 
 fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -> Vec<ParamSpec> {

@@ -30,6 +30,29 @@ struct Workflow {
     steps: Vec<Step>,
     /// Steps that run when the workflow fails, with `${error}` bound.
     on_error: Option<Vec<Step>>,
+    /// Browser settings of this workflow, over the robot's.
+    browser: Option<BrowserSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct BrowserSection {
+    /// A dialog (alert, confirm, prompt) that no step handles: `fail` the
+    /// step (the default), or `accept` or `dismiss` it with a warning.
+    unexpected_dialog: Option<UnexpectedDialog>,
+    /// How long element waits last unless a step gives `timeout`; 30s by
+    /// default.
+    element_timeout: Option<DurationArg>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum UnexpectedDialog {
+    Fail,
+    Accept,
+    Dismiss,
 }
 
 #[derive(JsonSchema)]

@@ -264,9 +264,13 @@ impl Validator<'_> {
                         &mut self.problems,
                     );
                     for (sub, message) in action_impl.check_args(&step.with) {
-                        // An empty sub-path is about `with` as a whole.
+                        // An empty sub-path is about `with` as a whole; one
+                        // with `.` or `[` is a path below it (`keys[1]`,
+                        // `target.selector`).
                         let at = if sub.is_empty() {
                             with_path.clone()
+                        } else if sub.contains(['.', '[']) {
+                            format!("{with_path}.{sub}")
                         } else {
                             join(&with_path, &sub)
                         };

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{Event, EventSink, LogLevel, LogLine};
-use super::mask::Masker;
+use super::mask::{Masker, SessionMasker};
 
 /// Settings that shape how actions behave, shared by every step of a session.
 #[derive(Debug, Clone)]
@@ -24,6 +24,13 @@ pub struct ExecOptions {
     pub work_dir: PathBuf,
     /// Where actions write files the session keeps (screenshots, downloads).
     pub artifacts_dir: PathBuf,
+    /// Where actions keep what outlives the session, such as the cookies
+    /// `browser.save_cookies` saves for a later session's
+    /// `browser.load_cookies`: the work directory for `tasuki run`; on a
+    /// robot, a folder per workflow kept across its sessions
+    /// (`<work dir>/state/<workflow id>`), made private to the agent's
+    /// account when an action first writes there.
+    pub state_dir: PathBuf,
     /// Environment variables templates may read as `${env.NAME}`.
     pub env_allow: Vec<String>,
     /// How long a cancelled process tree gets between interrupt, terminate
@@ -68,10 +75,47 @@ pub struct BrowserSettings {
     /// Whether `file:` and `view-source:` URLs may be opened; they read
     /// local files (see `builtin/browser/navigation.rs`).
     pub allow_file_urls: bool,
+    /// What a browser step does about a dialog (alert, confirm, prompt)
+    /// that no step was there to handle.
+    pub unexpected_dialog: DialogPolicy,
     /// A robot's browser started ahead, which a session's first browser
     /// step takes when it fits (`builtin/browser/warm.rs`); `None` but on a
     /// robot with `browser.warm` on.
     pub warm: Option<crate::builtin::browser::warm::WarmBrowsers>,
+}
+
+/// What a browser step does about a dialog that no step expected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DialogPolicy {
+    /// Fail the step, quoting the dialog, and dismiss the dialog so that
+    /// later steps (`on_error`) can still use the browser.
+    #[default]
+    Fail,
+    /// Accept it, log a warning with its text, and go on.
+    Accept,
+    /// Dismiss it, log a warning with its text, and go on.
+    Dismiss,
+}
+
+impl DialogPolicy {
+    pub const NAMES: &'static [&'static str] = &["fail", "accept", "dismiss"];
+
+    pub fn parse(name: &str) -> Option<DialogPolicy> {
+        match name {
+            "fail" => Some(DialogPolicy::Fail),
+            "accept" => Some(DialogPolicy::Accept),
+            "dismiss" => Some(DialogPolicy::Dismiss),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialogPolicy::Fail => "fail",
+            DialogPolicy::Accept => "accept",
+            DialogPolicy::Dismiss => "dismiss",
+        }
+    }
 }
 
 impl Default for BrowserSettings {
@@ -87,6 +131,7 @@ impl Default for BrowserSettings {
             element_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
             allow_file_urls: false,
+            unexpected_dialog: DialogPolicy::Fail,
             warm: None,
         }
     }
@@ -98,6 +143,7 @@ impl Default for ExecOptions {
             session_id: "local".into(),
             work_dir: PathBuf::from("."),
             artifacts_dir: PathBuf::from("tasuki-artifacts"),
+            state_dir: PathBuf::from("."),
             env_allow: Vec::new(),
             cancel_grace: Duration::from_secs(5),
             max_log_line_bytes: 16 * 1024,
@@ -154,7 +200,9 @@ impl Resources {
 /// Session-wide state that outlives single steps.
 pub(crate) struct SessionShared {
     pub sink: Arc<dyn EventSink>,
-    pub masker: Masker,
+    /// Starts with the secret params; actions may add to it (see
+    /// [`ActionContext::add_secrets`]).
+    pub masker: SessionMasker,
     pub options: ExecOptions,
     next_seq: AtomicU64,
     pub resources: tokio::sync::Mutex<Resources>,
@@ -164,7 +212,7 @@ impl SessionShared {
     pub fn new(sink: Arc<dyn EventSink>, masker: Masker, options: ExecOptions) -> Self {
         SessionShared {
             sink,
-            masker,
+            masker: SessionMasker::new(masker),
             options,
             next_seq: AtomicU64::new(1),
             resources: tokio::sync::Mutex::new(Resources::default()),
@@ -218,6 +266,18 @@ impl ActionContext {
 
     pub fn mask(&self, text: &str) -> String {
         self.shared.masker.mask(text)
+    }
+
+    /// Masks `values` too, in every log line, step output and error from
+    /// now on, for the rest of the session: values a step learns that are
+    /// as secret as a secret param (a cookie's value). The workflow's
+    /// variables keep the real values, so later steps can use them.
+    pub fn add_secrets<I, S>(&self, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.shared.masker.add(values);
     }
 
     /// See [`Masker::cut_margin`]: what a reader cutting long lines keeps

@@ -64,11 +64,14 @@ impl Executor {
     ) -> SessionReport {
         let started_at = Timestamp::now();
         let masker = Masker::new(&params.secret_values);
-        let shared = Arc::new(SessionShared::new(
-            sink.clone(),
-            masker,
-            self.options.clone(),
-        ));
+        let mut options = self.options.clone();
+        if let Some(policy) = workflow.browser.unexpected_dialog {
+            options.browser.unexpected_dialog = policy;
+        }
+        if let Some(timeout) = workflow.browser.element_timeout {
+            options.browser.element_timeout = timeout;
+        }
+        let shared = Arc::new(SessionShared::new(sink.clone(), masker, options));
         sink.emit(Event::SessionStarted {
             workflow: workflow.name.clone(),
             started_at,

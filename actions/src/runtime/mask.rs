@@ -1,6 +1,8 @@
 //! Replaces secret values with `***` wherever they appear, including inside
 //! longer text.
 
+use std::sync::{Arc, RwLock};
+
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
 
@@ -11,6 +13,9 @@ pub struct Masker {
     matcher: Option<AhoCorasick>,
     /// The longest form of any secret, in bytes.
     longest: usize,
+    /// The secrets themselves (not their encoded forms), so that a masker
+    /// with more of them can be built (see [`Masker::with`]).
+    secrets: Vec<String>,
 }
 
 impl Masker {
@@ -21,13 +26,16 @@ impl Masker {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let mut kept: Vec<String> = secrets
+            .into_iter()
+            .map(|s| s.as_ref().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        kept.sort();
+        kept.dedup();
         let mut patterns: Vec<String> = Vec::new();
-        for secret in secrets {
-            let secret = secret.as_ref();
-            if secret.is_empty() {
-                continue;
-            }
-            patterns.push(secret.to_string());
+        for secret in &kept {
+            patterns.push(secret.clone());
             patterns.extend(encoded_forms(secret));
         }
         patterns.retain(|p| !p.is_empty());
@@ -42,7 +50,30 @@ impl Masker {
             .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)
             .ok();
-        Masker { matcher, longest }
+        Masker {
+            matcher,
+            longest,
+            secrets: kept,
+        }
+    }
+
+    /// A masker for these secrets and `more`; `None` when `more` holds no
+    /// non-empty value this one does not mask already, so a caller need
+    /// not rebuild.
+    pub fn with<I, S>(&self, more: I) -> Option<Masker>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let new: Vec<String> = more
+            .into_iter()
+            .map(|s| s.as_ref().to_string())
+            .filter(|s| !s.is_empty() && self.secrets.binary_search(s).is_err())
+            .collect();
+        if new.is_empty() {
+            return None;
+        }
+        Some(Masker::new(self.secrets.iter().chain(new.iter())))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,6 +156,69 @@ impl Masker {
             }
             _ => {}
         }
+    }
+}
+
+/// A session's masker, which actions may add secrets to while the session
+/// runs (a cookie value read from the browser, say). Readers take the
+/// current masker under a read lock held only for an `Arc` clone; adding
+/// builds a new masker and swaps it in, so a line masked before the swap
+/// keeps what it had, and every line after it masks the new secrets too.
+#[derive(Debug, Default)]
+pub struct SessionMasker {
+    current: RwLock<Arc<Masker>>,
+}
+
+impl SessionMasker {
+    pub fn new(masker: Masker) -> SessionMasker {
+        SessionMasker {
+            current: RwLock::new(Arc::new(masker)),
+        }
+    }
+
+    /// The masker as it is now.
+    pub fn current(&self) -> Arc<Masker> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Masks `more` too from now on. Returns whether anything was added
+    /// (values already masked, and empty ones, are not).
+    pub fn add<I, S>(&self, more: I) -> bool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        match current.with(more) {
+            Some(bigger) => {
+                *current = Arc::new(bigger);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        self.current().mask(text)
+    }
+
+    pub fn mask_in_place(&self, text: &mut String) {
+        self.current().mask_in_place(text)
+    }
+
+    pub fn mask_value(&self, value: &mut Value) {
+        self.current().mask_value(value)
+    }
+
+    pub fn mask_cut(&self, text: &[u8], max: usize) -> String {
+        self.current().mask_cut(text, max)
+    }
+
+    pub fn cut_margin(&self) -> usize {
+        self.current().cut_margin()
     }
 }
 
@@ -231,6 +325,26 @@ mod tests {
                 assert!(cut.len() <= max + MASK.len(), "{}", cut.len());
             }
         }
+    }
+
+    #[test]
+    fn a_session_masker_masks_secrets_added_while_it_runs() {
+        let session = SessionMasker::new(Masker::new(["hunter2"]));
+        let before = session.current();
+        assert_eq!(session.mask("hunter2 cookie-value-1"), "*** cookie-value-1");
+        assert!(session.add(["cookie-value-1", ""]));
+        // Already masked: nothing to rebuild.
+        assert!(!session.add(["cookie-value-1", "hunter2"]));
+        assert_eq!(session.mask("hunter2 cookie-value-1"), "*** ***");
+        let mut v = serde_json::json!({"cookies": [{"value": "cookie-value-1"}]});
+        session.mask_value(&mut v);
+        assert_eq!(v, serde_json::json!({"cookies": [{"value": "***"}]}));
+        // Encoded forms of an added secret are masked as at the start.
+        session.add(["a+b/c=="]);
+        assert_eq!(session.mask("q=a%2Bb%2Fc%3D%3D"), "q=***");
+        assert_eq!(session.cut_margin(), "a%2Bb%2Fc%3D%3D".len() - 1);
+        // A masker taken before the addition is unchanged.
+        assert_eq!(before.mask("cookie-value-1"), "cookie-value-1");
     }
 
     #[test]

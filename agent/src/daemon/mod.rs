@@ -460,6 +460,17 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    // Workflows' state folders (saved cookies) outlive sessions and
+    // agents; only the agent's account may read them.
+    let state_root = session::state_root(&work_dir);
+    if let Err(e) = private_fs::create_dir_all(&state_root) {
+        eprintln!(
+            "error: cannot create the state folder {}: {e}",
+            state_root.display()
+        );
+        return EXIT_FAILED;
+    }
+    private_fs::tighten(&state_root);
     // What a killed agent's sessions left running ends first, before the
     // hub is reached (their records go with the sessions' directories,
     // after registration).
@@ -479,13 +490,16 @@ fn run_agent(args: AgentArgs) -> u8 {
             headless: config.headless,
             window_size: config.window_size,
             allow_file_urls: config.browser_allow_file_urls,
+            unexpected_dialog: config.unexpected_dialog,
             ..Default::default()
         },
         env_allow: config.env_allow.clone(),
         cancel_grace: config.cancel_grace,
-        // Steps' processes cannot read the robot's key (Landlock on
-        // Linux; warned about at start where nothing enforces it).
-        protected_paths: vec![config.credentials_file.clone()],
+        // Steps' processes cannot read the robot's key, nor any
+        // workflow's state folder (saved logins: only the agent's
+        // cookie actions use them). Landlock on Linux; warned about at
+        // start where nothing enforces it.
+        protected_paths: vec![config.credentials_file.clone(), state_root.clone()],
         env_pass: config.env_pass.clone(),
         ..ExecOptions::default()
     };

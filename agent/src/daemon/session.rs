@@ -56,6 +56,20 @@ impl SessionEnv {
     pub fn sessions_root(&self) -> PathBuf {
         self.work_dir.join("sessions")
     }
+
+    /// A workflow's state folder (`ExecOptions::state_dir`): what its
+    /// sessions keep for its later ones, such as saved cookies; its
+    /// sessions' actions reach no other workflow's. Made 0700 when an
+    /// action first writes there.
+    pub fn state_dir(&self, workflow_id: i64) -> PathBuf {
+        state_root(&self.work_dir).join(workflow_id.to_string())
+    }
+}
+
+/// `<work dir>/state`: the workflows' state folders, which outlive
+/// sessions (the agent makes it 0700 at start).
+pub fn state_root(work_dir: &std::path::Path) -> PathBuf {
+    work_dir.join("state")
 }
 
 /// Runs a leased session to its end: checks it, runs it, and ships what
@@ -81,8 +95,9 @@ pub async fn run(
         lease_id: lease.lease_id,
     };
     match prepared {
-        Ok((workflow, params)) => {
-            run_checked(&env, held, workflow, params, cancel, stop, slot_freed).await
+        Ok(checked) => {
+            let state_dir = env.state_dir(lease.workflow.id);
+            run_checked(&env, held, checked, state_dir, cancel, stop, slot_freed).await
         }
         Err((code, message)) => {
             let report = ship::failed_before_start(&held, code, message);
@@ -154,8 +169,8 @@ fn prepare(
 async fn run_checked(
     env: &Arc<SessionEnv>,
     held: HeldLease,
-    workflow: Arc<tasuki_actions::Workflow>,
-    mut params: BoundParams,
+    (workflow, mut params): (Arc<tasuki_actions::Workflow>, BoundParams),
+    state_dir: PathBuf,
     cancel: CancellationToken,
     stop: CancellationToken,
     slot_freed: SlotFreed,
@@ -178,6 +193,7 @@ async fn run_checked(
         session_id: id.to_string(),
         work_dir: session_dir.clone(),
         artifacts_dir: artifacts_dir.clone(),
+        state_dir,
         private_dir: Some(private_dir.clone()),
         ..env.options.clone()
     };

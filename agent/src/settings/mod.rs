@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tasuki_actions::runtime::context::DialogPolicy;
 
 pub use value::{Value, masked_url};
 
@@ -392,6 +393,8 @@ impl Effective {
                 self.values.get("browser.allow_file_urls"),
                 Some((Value::Bool(true), _))
             ),
+            unexpected_dialog: DialogPolicy::parse(&self.text("browser.unexpected_dialog"))
+                .unwrap_or_default(),
             browser_warm: matches!(
                 self.values.get("browser.warm"),
                 Some((Value::Bool(true), _))
@@ -442,6 +445,7 @@ pub struct Settings {
     pub headless: bool,
     pub window_size: (u32, u32),
     pub browser_allow_file_urls: bool,
+    pub unexpected_dialog: DialogPolicy,
     /// `browser.warm`: a browser started ahead (agent mode).
     pub browser_warm: bool,
     pub work_dir: PathBuf,
@@ -480,6 +484,7 @@ mod defaults {
             "browser.headless" => Value::Bool(true),
             "browser.window_size" => Value::Size(1280, 800),
             "browser.allow_file_urls" => Value::Bool(false),
+            "browser.unexpected_dialog" => return text("fail"),
             "browser.warm" => Value::Bool(false),
             "paths.work_dir" => Value::Path(crate::daemon::default_work_dir()),
             "paths.artifacts_dir" => match set.get("paths.work_dir") {

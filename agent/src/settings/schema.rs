@@ -133,6 +133,11 @@ pub const KEYS: &[Key] = &[
         "let browser steps open file: and view-source: URLs (local files)",
     ),
     key(
+        "browser.unexpected_dialog",
+        Kind::Choice(tasuki_actions::runtime::context::DialogPolicy::NAMES),
+        "a dialog no step handles: fail the step, or accept or dismiss it with a warning",
+    ),
+    key(
         "paths.work_dir",
         Kind::Path,
         "sessions' working directories and the log spool",

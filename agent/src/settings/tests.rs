@@ -117,6 +117,10 @@ fn defaults_fill_the_rest_and_follow_each_other() {
     assert_eq!(s.log_retention, 14);
     assert!(!s.log_json);
     assert!(s.headless);
+    assert_eq!(
+        s.unexpected_dialog,
+        tasuki_actions::runtime::context::DialogPolicy::Fail
+    );
     assert_eq!(s.window_size, (1280, 800));
     assert_eq!(s.metrics_listen, None);
 }
@@ -130,6 +134,7 @@ fn every_kind_reads_from_the_environment_and_flags() {
         .flag("metrics.listen=127.0.0.1:9464")
         .flag("browser.window_size=800x600")
         .flag("paths.log_format=json")
+        .flag("browser.unexpected_dialog=dismiss")
         .flag("control_plane.labels=a,b");
     let eff = case.load().expect("valid");
     let s = eff.settings();
@@ -142,6 +147,10 @@ fn every_kind_reads_from_the_environment_and_flags() {
     assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(s.window_size, (800, 600));
     assert!(s.log_json);
+    assert_eq!(
+        s.unexpected_dialog,
+        tasuki_actions::runtime::context::DialogPolicy::Dismiss
+    );
     assert_eq!(s.control_plane.labels, vec!["a", "b"]);
     // A bare port listens on loopback.
     let case = Case::new(&format!("{GOOD}\n[metrics]\nlisten = \"9464\"\n"));
@@ -203,7 +212,8 @@ fn bad_values_are_refused_with_what_would_be_right() {
     let case = Case::new(
         "[control_plane]\nurl = \"ftp://h\"\nname = \"bad name!\"\nmax_concurrency = 0\n\
          [behaviour]\ndrain_grace = \"10\"\n[metrics]\nlisten = \"localhost\"\n\
-         [browser]\nwindow_size = \"big\"\n[paths]\nlog_format = \"xml\"\n",
+         [browser]\nwindow_size = \"big\"\nunexpected_dialog = \"ignore\"\n\
+         [paths]\nlog_format = \"xml\"\n",
     );
     let p = case.problems().join("\n");
     for want in [
@@ -213,7 +223,8 @@ fn bad_values_are_refused_with_what_would_be_right() {
         ":6: `behaviour.drain_grace`:",
         ":8: `metrics.listen`: must be a port (on loopback) or an IP address and port",
         ":10: `browser.window_size`: must be WIDTHxHEIGHT",
-        ":12: `paths.log_format`: must be one of `plain`, `json`, not `xml`",
+        ":11: `browser.unexpected_dialog`: must be one of `fail`, `accept`, `dismiss`, not `ignore`",
+        ":13: `paths.log_format`: must be one of `plain`, `json`, not `xml`",
     ] {
         assert!(p.contains(want), "missing {want:?} in:\n{p}");
     }

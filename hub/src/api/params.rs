@@ -154,6 +154,7 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         timeout: None,
         steps: Vec::new(),
         on_error: Vec::new(),
+        browser: Default::default(),
         warnings: Default::default(),
     }
 }

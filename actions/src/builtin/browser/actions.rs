@@ -10,48 +10,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use thirtyfour::By;
 
+use super::locator::xpath_literal;
 use super::{
-    CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, Wait, check_locator,
+    CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, check_locator,
     check_navigation, driver_error, run, sha256_hex, with_element, write_artifact,
 };
 use crate::builtin::args::{DurationArg, Text};
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction, codes};
-
-/// Element-taking arguments. serde cannot combine `flatten` with
-/// `deny_unknown_fields`, so each struct spells the common fields out.
-macro_rules! element_args {
-    ($(#[$meta:meta])* $name:ident { $($body:tt)* }) => {
-        $(#[$meta])*
-        #[derive(Deserialize, JsonSchema)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {
-            /// A CSS selector for the element.
-            selector: Option<String>,
-            /// An XPath for the element, instead of `selector`.
-            xpath: Option<String>,
-            /// How long to wait for the element; 30s by default.
-            timeout: Option<DurationArg>,
-            /// How often to look while waiting; 50ms by default.
-            poll: Option<DurationArg>,
-            $($body)*
-        }
-
-        impl $name {
-            fn locator(&self) -> Locator {
-                Locator { css: self.selector.clone(), xpath: self.xpath.clone() }
-            }
-            fn wait(&self, ctx: &ActionContext) -> Wait {
-                let settings = &ctx.options().browser;
-                Wait {
-                    timeout: self.timeout.map_or(settings.element_timeout, |d| d.0),
-                    poll: self.poll.map_or(settings.poll_interval, |d| d.0).max(Duration::from_millis(5)),
-                }
-            }
-        }
-    };
-}
 
 pub struct Open;
 
@@ -82,6 +49,7 @@ impl TypedAction for Open {
         if let Some(url) = &args.url {
             navigable(ctx, url)?;
         }
+        let args = &args;
         run(ctx, Some(&overrides), |h| async move {
             if let Some(url) = &args.url {
                 h.driver
@@ -113,21 +81,52 @@ impl TypedAction for Goto {
 
     async fn run(&self, ctx: &ActionContext, args: GotoArgs) -> Result<Value, ActionError> {
         navigable(ctx, &args.url)?;
+        let args = &args;
         run(ctx, None, |h| async move {
             h.driver
                 .goto(args.url.as_str())
                 .await
                 .map_err(|e| driver_error(&format!("opening {}", args.url), e))?;
-            let url = h
-                .driver
-                .current_url()
-                .await
-                .map_err(|e| driver_error("reading the URL", e))?;
-            let title = h.driver.title().await.unwrap_or_default();
-            Ok(json!({ "url": url.to_string(), "title": title }))
+            where_now(&h).await
         })
         .await
     }
+}
+
+/// `browser.go_back`, `browser.go_forward` and `browser.reload`: through
+/// the page's history, waiting for the page to load as `browser.goto` does.
+pub enum History {
+    Back,
+    Forward,
+    Reload,
+}
+
+impl TypedAction for History {
+    type Args = NoArgs;
+
+    async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
+        run(ctx, None, |h| async move {
+            let (done, what) = match self {
+                History::Back => (h.driver.back().await, "going back"),
+                History::Forward => (h.driver.forward().await, "going forward"),
+                History::Reload => (h.driver.refresh().await, "reloading the page"),
+            };
+            done.map_err(|e| driver_error(what, e))?;
+            where_now(&h).await
+        })
+        .await
+    }
+}
+
+/// The page's URL and title: what a step that moves the page answers.
+async fn where_now(h: &Handle) -> Result<Value, ActionError> {
+    let url = h
+        .driver
+        .current_url()
+        .await
+        .map_err(|e| driver_error("reading the URL", e))?;
+    let title = h.driver.title().await.unwrap_or_default();
+    Ok(json!({ "url": url.to_string(), "title": title }))
 }
 
 /// Checked when the step runs, whatever validation saw: the URL may come
@@ -150,10 +149,11 @@ impl TypedAction for Click {
 
     async fn run(&self, ctx: &ActionContext, args: ClickArgs) -> Result<Value, ActionError> {
         let (locator, wait) = (args.locator(), args.wait(ctx));
+        let locator = &locator;
         run(ctx, None, |h| async move {
             with_element(
                 &h,
-                &locator,
+                locator,
                 wait,
                 "click",
                 |el| async move { el.click().await },
@@ -187,6 +187,7 @@ impl TypedAction for Type {
         let (locator, wait) = (args.locator(), args.wait(ctx));
         let text = args.text.0.clone();
         let chars = text.chars().count();
+        let (args, locator, text) = (&args, &locator, &text);
         let result = run(ctx, None, |h| async move {
             // Clearing and the first keys go inside the retry, so a field
             // that is present but not yet interactable is waited for.
@@ -196,7 +197,7 @@ impl TypedAction for Type {
                 Some(_) => chars_iter.next().map(String::from).unwrap_or_default(),
             };
             let clear = args.clear;
-            let (element, file_input) = with_element(&h, &locator, wait, "type", |el| {
+            let (element, file_input) = with_element(&h, locator, wait, "type", |el| {
                 let first = first.clone();
                 async move {
                     // Keys sent to a file input select the files they name
@@ -275,10 +276,11 @@ impl TypedAction for Select {
 
     async fn run(&self, ctx: &ActionContext, args: SelectArgs) -> Result<Value, ActionError> {
         let (locator, wait) = (args.locator(), args.wait(ctx));
+        let (args, locator) = (&args, &locator);
         run(ctx, None, |h| async move {
             let (value, label, index) = (args.value.clone(), args.label.clone(), args.index);
             let driver = h.driver.clone();
-            with_element(&h, &locator, wait, "select", move |el| {
+            with_element(&h, locator, wait, "select", move |el| {
                 let (value, label, driver) = (value.clone(), label.clone(), driver.clone());
                 async move {
                     // One lookup for the option, a click only if it is not
@@ -315,18 +317,6 @@ impl TypedAction for Select {
     }
 }
 
-/// `s` as an XPath string literal, whatever quotes it holds.
-fn xpath_literal(s: &str) -> String {
-    if !s.contains('"') {
-        format!("\"{s}\"")
-    } else if !s.contains('\'') {
-        format!("'{s}'")
-    } else {
-        let parts: Vec<String> = s.split('"').map(|p| format!("\"{p}\"")).collect();
-        format!("concat({})", parts.join(", '\"', "))
-    }
-}
-
 element_args!(UploadArgs {
     /// The file to upload, relative to the session's work directory.
     file: String,
@@ -351,8 +341,9 @@ impl TypedAction for Upload {
             .map_err(|m| ActionError::new(codes::INVALID_ARGS, format!("with.file: {m}")))?;
         let (locator, wait) = (args.locator(), args.wait(ctx));
         let text = path.display().to_string();
+        let (locator, text, path) = (&locator, &text, &path);
         run(ctx, None, |h| async move {
-            with_element(&h, &locator, wait, "upload", |el| {
+            with_element(&h, locator, wait, "upload", |el| {
                 let text = text.clone();
                 async move { el.send_keys(text).await }
             })
@@ -432,8 +423,9 @@ impl TypedAction for GetText {
 
     async fn run(&self, ctx: &ActionContext, args: GetTextArgs) -> Result<Value, ActionError> {
         let (locator, wait) = (args.locator(), args.wait(ctx));
+        let locator = &locator;
         run(ctx, None, |h| async move {
-            let text = with_element(&h, &locator, wait, "get_text", |el| async move {
+            let text = with_element(&h, locator, wait, "get_text", |el| async move {
                 el.text().await
             })
             .await?;
@@ -460,8 +452,9 @@ impl TypedAction for GetAttribute {
     async fn run(&self, ctx: &ActionContext, args: GetAttributeArgs) -> Result<Value, ActionError> {
         let (locator, wait) = (args.locator(), args.wait(ctx));
         let name = args.name.clone();
+        let (args, locator, name) = (&args, &locator, &name);
         run(ctx, None, |h| async move {
-            let value = with_element(&h, &locator, wait, "get_attribute", |el| {
+            let value = with_element(&h, locator, wait, "get_attribute", |el| {
                 let name = name.clone();
                 async move {
                     // The live property first (an input's current `value`),
@@ -484,11 +477,15 @@ impl TypedAction for GetAttribute {
 enum WaitState {
     Present,
     Visible,
+    /// Not visible, or not there at all.
     Hidden,
+    /// No element matches any more (a spinner gone).
+    Absent,
 }
 
 element_args!(WaitForArgs {
-    /// What to wait for; `visible` by default, or the text when `text` is given.
+    /// What to wait for: `present`, `visible` (the default), `hidden`, or
+    /// `absent` (no element matches any more); the text when `text` is given.
     state: Option<WaitState>,
     /// Wait until the element's text contains this.
     text: Option<String>,
@@ -510,11 +507,12 @@ impl TypedAction for WaitFor {
             WaitState::Visible
         });
         let text = args.text.clone();
+        let (locator, text) = (&locator, &text);
         run(ctx, None, |h| async move {
             let started = Instant::now();
             let deadline = started + wait.timeout;
             loop {
-                if condition_holds(&h, &locator, state, text.as_deref()).await? {
+                if condition_holds(&h, locator, state, text.as_deref()).await? {
                     return Ok(json!({ "waited_ms": started.elapsed().as_millis() as u64 }));
                 }
                 if Instant::now() >= deadline {
@@ -523,6 +521,7 @@ impl TypedAction for WaitFor {
                         (None, WaitState::Present) => "to be present".into(),
                         (None, WaitState::Visible) => "to be visible".into(),
                         (None, WaitState::Hidden) => "to be hidden".into(),
+                        (None, WaitState::Absent) => "to be gone".into(),
                     };
                     return Err(ActionError::new(
                         CODE_NOT_FOUND,
@@ -546,18 +545,18 @@ async fn condition_holds(
     state: WaitState,
     text: Option<&str>,
 ) -> Result<bool, ActionError> {
-    let found = h
-        .driver
-        .find_all(locator.by())
+    let found = locator
+        .find_all(&h.driver)
         .await
         .map_err(|e| driver_error("wait_for", e))?;
     let Some(el) = found.into_iter().next() else {
-        return Ok(state == WaitState::Hidden);
+        return Ok(matches!(state, WaitState::Hidden | WaitState::Absent));
     };
     // A stale element means the page changed under us: look again next poll.
     let outcome = async {
         let holds = match state {
             WaitState::Present => true,
+            WaitState::Absent => false,
             WaitState::Visible => el.is_displayed().await?,
             WaitState::Hidden => !el.is_displayed().await?,
         };
@@ -606,13 +605,16 @@ impl TypedAction for ExecuteScript {
         ctx: &ActionContext,
         args: ExecuteScriptArgs,
     ) -> Result<Value, ActionError> {
+        let args = &args;
         run(ctx, None, |h| async move {
             let result = if args.is_async {
                 h.driver
-                    .execute_async(args.script.as_str(), args.args)
+                    .execute_async(args.script.as_str(), args.args.clone())
                     .await
             } else {
-                h.driver.execute(args.script.as_str(), args.args).await
+                h.driver
+                    .execute(args.script.as_str(), args.args.clone())
+                    .await
             };
             let ret = result.map_err(|e| driver_error("execute_script", e))?;
             Ok(json!({ "result": ret.json().clone() }))
@@ -651,9 +653,10 @@ impl TypedAction for ExtractTable {
 
     async fn run(&self, ctx: &ActionContext, args: ExtractTableArgs) -> Result<Value, ActionError> {
         let (locator, wait) = (args.locator(), args.wait(ctx));
+        let locator = &locator;
         run(ctx, None, |h| async move {
             let driver = h.driver.clone();
-            let table = with_element(&h, &locator, wait, "extract_table", move |el| {
+            let table = with_element(&h, locator, wait, "extract_table", move |el| {
                 let driver = driver.clone();
                 async move {
                     let arg = el.to_json()?;
@@ -696,13 +699,14 @@ impl TypedAction for Screenshot {
             .path
             .clone()
             .unwrap_or_else(|| format!("{}.png", ctx.step_id));
+        let (locator, name) = (&locator, &name);
         run(ctx, None, |h| async move {
             let png = if locator.is_set() {
-                with_element(&h, &locator, wait, "screenshot", |el| async move { el.screenshot_as_png().await }).await?
+                with_element(&h, locator, wait, "screenshot", |el| async move { el.screenshot_as_png().await }).await?
             } else {
                 h.driver.screenshot_as_png().await.map_err(|e| driver_error("screenshot", e))?
             };
-            let path = write_artifact(ctx, &name, &png)?;
+            let path = write_artifact(ctx, name, &png)?;
             Ok(json!({ "path": path.display().to_string(), "size": png.len(), "sha256": sha256_hex(&png) }))
         })
         .await
@@ -720,13 +724,7 @@ impl TypedAction for GetUrl {
 
     async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
         run(ctx, None, |h| async move {
-            let url = h
-                .driver
-                .current_url()
-                .await
-                .map_err(|e| driver_error("get_url", e))?;
-            let title = h.driver.title().await.unwrap_or_default();
-            Ok(json!({ "url": url.to_string(), "title": title }))
+            where_now(&h).await
         })
         .await
     }
@@ -769,6 +767,7 @@ impl TypedAction for SwitchFrame {
 
     async fn run(&self, ctx: &ActionContext, args: SwitchFrameArgs) -> Result<Value, ActionError> {
         let (locator, wait) = (args.locator(), args.wait(ctx));
+        let (args, locator) = (&args, &locator);
         run(ctx, None, |h| async move {
             match (args.to, args.index) {
                 (Some(FrameTarget::Top), _) => h
@@ -787,7 +786,7 @@ impl TypedAction for SwitchFrame {
                     .await
                     .map_err(|e| driver_error(&format!("switch_frame to frame {i}"), e))?,
                 (None, None) => {
-                    with_element(&h, &locator, wait, "switch_frame", |el| async move {
+                    with_element(&h, locator, wait, "switch_frame", |el| async move {
                         el.enter_frame().await
                     })
                     .await?
@@ -820,6 +819,7 @@ impl TypedAction for WaitForDownload {
     ) -> Result<Value, ActionError> {
         let settings = ctx.options().browser.clone();
         let timeout = args.timeout.map_or(settings.element_timeout, |d| d.0);
+        let (args, settings) = (&args, &settings);
         run(ctx, None, |h| async move {
             let deadline = Instant::now() + timeout;
             let mut last_size: Option<(std::path::PathBuf, u64)> = None;

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
+use thirtyfour::{CapabilitiesHelper, ChromiumLikeCapabilities, DesiredCapabilities, WebDriver};
 
 use crate::builtin::process::{Tree, step_command};
 use crate::runtime::context::{BrowserSettings, ExecOptions};
@@ -41,6 +41,8 @@ pub struct Browser {
     /// Downloads already handed out by `wait_for_download`.
     pub claimed: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
     pub description: String,
+    /// The windows this session has seen and came from (`windows.rs`).
+    pub windows: super::windows::SharedWindows,
 }
 
 impl Browser {
@@ -115,6 +117,10 @@ impl Browser {
         };
         caps.add_experimental_option("prefs", prefs)
             .map_err(start_error)?;
+        // A dialog stays open until a step answers it (see dialogs.rs),
+        // rather than being dismissed by whichever command meets it.
+        caps.set("unhandledPromptBehavior", "ignore")
+            .map_err(start_error)?;
 
         if let Some(remote_url) = &settings.remote_url {
             let remote = redact_userinfo(remote_url);
@@ -134,6 +140,7 @@ impl Browser {
                 driver_tree: None,
                 profile: None,
                 claimed: existing_downloads(&downloads),
+                windows: Default::default(),
                 downloads,
                 description: format!(
                     "remote WebDriver at {remote} ({} ms)",
@@ -231,6 +238,7 @@ impl Browser {
             driver_tree: Some(tree),
             profile: Some(profile),
             claimed: existing_downloads(&downloads),
+            windows: Default::default(),
             downloads,
             description: format!(
                 "Chromium {} via chromedriver on port {port}{} ({} ms)",

@@ -6,10 +6,68 @@
 //! polling loops (50 ms by default, rather than thirtyfour's 500 ms), which
 //! also makes every wait interruptible by a cancel.
 
+/// The fields of an element-taking action's arguments: the locator
+/// (`locator::LocatorArgs`, spelled out because serde cannot combine
+/// `flatten` with `deny_unknown_fields`), the wait, then the action's own.
+macro_rules! element_args {
+    ($(#[$meta:meta])* $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(serde::Deserialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// A CSS selector for the element.
+            selector: Option<String>,
+            /// An XPath for the element, instead of `selector`.
+            xpath: Option<String>,
+            /// The element whose visible text (whitespace normalised) is exactly this.
+            by_text: Option<String>,
+            /// The element whose visible text contains this.
+            by_text_contains: Option<String>,
+            /// An ARIA role such as `button`, `link`, `textbox`, `checkbox`, `tab`;
+            /// with `by_label`, the one with that accessible name.
+            by_role: Option<String>,
+            /// The accessible name (aria-label, its label, alt, text...), exactly.
+            by_label: Option<String>,
+            /// How long to wait for the element; 30s by default.
+            timeout: Option<crate::builtin::args::DurationArg>,
+            /// How often to look while waiting; 50ms by default.
+            poll: Option<crate::builtin::args::DurationArg>,
+            $($body)*
+        }
+
+        impl $name {
+            #[allow(dead_code)]
+            fn locator(&self) -> $crate::builtin::browser::locator::Locator {
+                $crate::builtin::browser::locator::LocatorArgs {
+                    selector: self.selector.clone(),
+                    xpath: self.xpath.clone(),
+                    by_text: self.by_text.clone(),
+                    by_text_contains: self.by_text_contains.clone(),
+                    by_role: self.by_role.clone(),
+                    by_label: self.by_label.clone(),
+                }
+                .locator()
+            }
+            #[allow(dead_code)]
+            fn wait(&self, ctx: &crate::runtime::context::ActionContext) -> $crate::builtin::browser::Wait {
+                $crate::builtin::browser::Wait::from_args(ctx, self.timeout, self.poll)
+            }
+        }
+    };
+}
+
 mod actions;
+mod cookies;
+mod dialogs;
+mod forms;
+mod input;
 mod launch;
+pub mod locator;
 mod navigation;
+mod page;
+mod query;
 pub mod warm;
+mod windows;
 
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
@@ -19,7 +77,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thirtyfour::error::{WebDriverError, WebDriverErrorInner};
-use thirtyfour::{By, WebDriver, WebElement};
+use thirtyfour::{WebDriver, WebElement};
+
+pub use locator::Locator;
 
 pub use launch::{Browser, Overrides, find_chromedriver, find_chromium};
 pub use navigation::{FILE_URLS_SETTING, NAVIGATING_ACTIONS, check_navigation};
@@ -36,6 +96,9 @@ pub const CODE_DOWNLOAD: &str = "download_timeout";
 pub fn register(r: &mut Registry) {
     r.register("browser.open", actions::Open);
     r.register("browser.goto", actions::Goto);
+    r.register("browser.go_back", actions::History::Back);
+    r.register("browser.go_forward", actions::History::Forward);
+    r.register("browser.reload", actions::History::Reload);
     r.register("browser.click", actions::Click);
     r.register("browser.type", actions::Type);
     r.register("browser.select", actions::Select);
@@ -50,6 +113,32 @@ pub fn register(r: &mut Registry) {
     r.register("browser.switch_frame", actions::SwitchFrame);
     r.register("browser.wait_for_download", actions::WaitForDownload);
     r.register("browser.close", actions::Close);
+    r.register("browser.accept_dialog", dialogs::AcceptDialog);
+    r.register("browser.dismiss_dialog", dialogs::DismissDialog);
+    r.register("browser.press_keys", input::PressKeys);
+    r.register("browser.hover", input::Hover);
+    r.register("browser.double_click", input::DoubleClick);
+    r.register("browser.right_click", input::RightClick);
+    r.register("browser.drag_and_drop", input::DragAndDrop);
+    r.register("browser.scroll", input::Scroll);
+    r.register("browser.check", forms::Check { want: true });
+    r.register("browser.uncheck", forms::Check { want: false });
+    r.register("browser.clear", forms::Clear);
+    r.register("browser.get_state", forms::GetState);
+    r.register("browser.count", query::Count { as_exists: false });
+    r.register("browser.exists", query::Count { as_exists: true });
+    r.register("browser.wait_for_url", query::WaitForPage { title: false });
+    r.register("browser.wait_for_title", query::WaitForPage { title: true });
+    r.register("browser.switch_window", windows::SwitchWindow);
+    r.register("browser.close_window", windows::CloseWindow);
+    r.register("browser.list_windows", windows::ListWindows);
+    r.register("browser.get_cookies", cookies::GetCookies);
+    r.register("browser.add_cookie", cookies::AddCookie);
+    r.register("browser.delete_cookies", cookies::DeleteCookies);
+    r.register("browser.save_cookies", cookies::SaveCookies);
+    r.register("browser.load_cookies", cookies::LoadCookies);
+    r.register("browser.get_html", page::GetHtml);
+    r.register("browser.print_pdf", page::PrintPdf);
 }
 
 /// What a browser action works with: cheap clones of the session's browser.
@@ -60,35 +149,6 @@ pub struct Handle {
     pub claimed: Arc<Mutex<Vec<PathBuf>>>,
 }
 
-/// Where an element is: a CSS selector or an XPath.
-#[derive(Debug, Clone)]
-pub struct Locator {
-    pub css: Option<String>,
-    pub xpath: Option<String>,
-}
-
-impl Locator {
-    fn by(&self) -> By {
-        match (&self.css, &self.xpath) {
-            (Some(css), _) => By::Css(css.clone()),
-            (None, Some(xpath)) => By::XPath(xpath.clone()),
-            (None, None) => By::Css("*"),
-        }
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.css.is_some() || self.xpath.is_some()
-    }
-
-    fn describe(&self) -> String {
-        match (&self.css, &self.xpath) {
-            (Some(css), _) => format!("selector `{css}`"),
-            (None, Some(x)) => format!("xpath `{x}`"),
-            (None, None) => "no selector".into(),
-        }
-    }
-}
-
 /// How long to wait for an element, and how often to look.
 #[derive(Debug, Clone, Copy)]
 pub struct Wait {
@@ -96,31 +156,44 @@ pub struct Wait {
     pub poll: Duration,
 }
 
-/// Checks shared by every action that takes an element.
-pub fn check_locator(args: &Map<String, Value>, required: bool) -> Vec<(String, String)> {
-    match (args.contains_key("selector"), args.contains_key("xpath")) {
-        (true, true) => vec![(
-            "xpath".into(),
-            "give either `selector` (CSS) or `xpath`, not both".into(),
-        )],
-        (false, false) if required => vec![(
-            String::new(),
-            "missing the element: give `selector` (CSS) or `xpath`".into(),
-        )],
-        _ => Vec::new(),
+impl Wait {
+    /// A step's `timeout` and `poll`, or the robot's defaults.
+    pub fn from_args(
+        ctx: &ActionContext,
+        timeout: Option<crate::builtin::args::DurationArg>,
+        poll: Option<crate::builtin::args::DurationArg>,
+    ) -> Wait {
+        let settings = &ctx.options().browser;
+        Wait {
+            timeout: timeout.map_or(settings.element_timeout, |d| d.0),
+            poll: poll
+                .map_or(settings.poll_interval, |d| d.0)
+                .max(Duration::from_millis(5)),
+        }
     }
+}
+
+/// Checks shared by every action that takes an element: one way to find
+/// it, or none when it is optional.
+pub fn check_locator(args: &Map<String, Value>, required: bool) -> Vec<(String, String)> {
+    locator::check(args, required, "")
 }
 
 /// Runs `op` against the session's browser, starting it first if needed.
 /// A cancel interrupts at once; a failure saves a screenshot and the page
-/// URL as artifacts and names them in the error.
+/// URL as artifacts and names them in the error. A dialog that no step
+/// expected is handled by the session's policy (see `dialogs.rs`): the
+/// step fails quoting it, or the dialog is answered and `op` runs again,
+/// which is why `op` is `FnMut`. WebDriver refuses a command while a dialog
+/// is open before doing anything, so running `op` again repeats nothing
+/// that took effect.
 pub async fn run<F, Fut>(
     ctx: &ActionContext,
     overrides: Option<&Overrides>,
-    op: F,
+    mut op: F,
 ) -> Result<Value, ActionError>
 where
-    F: FnOnce(Handle) -> Fut,
+    F: FnMut(Handle) -> Fut,
     Fut: Future<Output = Result<Value, ActionError>>,
 {
     let handle = tokio::select! {
@@ -128,19 +201,30 @@ where
         _ = ctx.cancel.cancelled() => return Err(cancelled()),
     };
     let evidence_driver = handle.driver.clone();
-    let result = tokio::select! {
-        r = op(handle) => r,
-        _ = ctx.cancel.cancelled() => return Err(cancelled()),
-    };
-    match result {
-        Ok(v) => Ok(v),
-        Err(e) if e.code == codes::CANCELLED => Err(e),
-        Err(mut e) => {
-            if let Some(note) = save_evidence(ctx, &evidence_driver).await {
-                e.message.push_str(&note);
+    let mut answered = 0;
+    loop {
+        let result = tokio::select! {
+            r = op(handle.clone()) => r,
+            _ = ctx.cancel.cancelled() => return Err(cancelled()),
+        };
+        let mut error = match result {
+            Ok(v) => return Ok(v),
+            Err(e) if e.code == codes::CANCELLED => return Err(e),
+            Err(e) if e.code == dialogs::CODE_DIALOG_OPEN => {
+                match dialogs::unexpected(ctx, &handle.driver, answered).await {
+                    Ok(()) => {
+                        answered += 1;
+                        continue;
+                    }
+                    Err(e) => e,
+                }
             }
-            Err(e)
+            Err(e) => e,
+        };
+        if let Some(note) = save_evidence(ctx, &evidence_driver).await {
+            error.message.push_str(&note);
         }
+        return Err(error);
     }
 }
 
@@ -289,6 +373,7 @@ fn retriable(e: &WebDriverError) -> bool {
 
 pub fn driver_error(what: &str, e: WebDriverError) -> ActionError {
     let code = match e.as_inner() {
+        WebDriverErrorInner::UnexpectedAlertOpen(_) => dialogs::CODE_DIALOG_OPEN,
         WebDriverErrorInner::JavascriptError(_) => CODE_SCRIPT,
         WebDriverErrorInner::InvalidSelector(_) => codes::INVALID_ARGS,
         _ => CODE_BROWSER,
@@ -319,7 +404,7 @@ where
     let deadline = Instant::now() + wait.timeout;
     let mut last: Option<String>;
     loop {
-        match h.driver.find_all(locator.by()).await {
+        match locator.find_all(&h.driver).await {
             Ok(found) => match found.into_iter().next() {
                 Some(element) => match op(element).await {
                     Ok(v) => return Ok(v),
