@@ -29,7 +29,10 @@ async fn page_server() -> String {
             "/",
             axum::routing::get(|| async {
                 axum::response::Html(
-                    "<html><head><title>Warm page</title></head><body><h1 id=title>Warm page</h1></body></html>",
+                    "<html><head><title>Warm page</title></head><body><h1 id=title>Warm page</h1>\
+                     <a id=tab href=\"/\" target=_blank>again</a>\
+                     <button id=ask onclick=\"document.getElementById('title').textContent = confirm('Sure?') ? 'yes' : 'no'\">ask</button>\
+                     </body></html>",
                 )
             }),
         )
@@ -283,7 +286,7 @@ async fn an_idle_robot_keeps_a_browser_warm_and_each_session_gets_a_fresh_one() 
     let pages = page_server().await;
     let first = warm_browser(&agent, &[]);
 
-    let yaml = "version: 1\nname: warm-download\nparams:\n  pages: \"\"\nsteps:\n  - id: go\n    action: browser.goto\n    with: {url: \"${params.pages}/download.html\"}\n  - id: click\n    action: browser.click\n    with: {selector: \"#get\"}\n  - id: saved\n    action: browser.wait_for_download\n    with: {name: report, timeout: 20s}\n  - id: back\n    action: browser.goto\n    with: {url: \"${params.pages}/\"}\n  - id: title\n    action: browser.get_text\n    with: {selector: \"#title\"}\n";
+    let yaml = "version: 1\nname: warm-download\nparams:\n  pages: \"\"\nsteps:\n  - id: go\n    action: browser.goto\n    with: {url: \"${params.pages}/download.html\"}\n  - id: click\n    action: browser.click\n    with: {selector: \"#get\"}\n  - id: saved\n    action: browser.wait_for_download\n    with: {name: report, timeout: 20s}\n  - id: back\n    action: browser.goto\n    with: {url: \"${params.pages}/\"}\n  - id: title\n    action: browser.get_text\n    with: {selector: \"#title\"}\n  - id: open_tab\n    action: browser.click\n    with: {selector: \"#tab\"}\n  - id: to_tab\n    action: browser.switch_window\n    with: {new: true}\n  - id: close_tab\n    action: browser.close_window\n  - id: ask\n    action: browser.click\n    with: {selector: \"#ask\"}\n  - id: confirm\n    action: browser.accept_dialog\n  - id: answered\n    action: browser.get_text\n    with: {selector: \"#title\"}\n";
     let wf = workflow(&f.api, yaml, &[]).await;
     let id = queue(&f.api, wf, json!({ "pages": pages })).await;
     let s = finished(&f.api, id, LIMIT).await;
@@ -295,6 +298,11 @@ async fn an_idle_robot_keeps_a_browser_warm_and_each_session_gets_a_fresh_one() 
     );
     assert!(!log.contains("started Chromium"), "{log}");
     assert_eq!(step(&s, "title")["output"]["text"], "Warm page");
+    // The other actions work on it as on a browser of the session's own:
+    // a tab opened by a link, a dialog opened by a click.
+    assert_eq!(step(&s, "to_tab")["output"]["title"], "Warm page", "{s}");
+    assert_eq!(step(&s, "confirm")["output"]["message"], "Sure?", "{s}");
+    assert_eq!(step(&s, "answered")["output"]["text"], "yes", "{s}");
     let saved = &step(&s, "saved")["output"];
     assert_eq!(saved["name"], "report.csv", "{s}");
     let path = saved["path"].as_str().expect("a path");
