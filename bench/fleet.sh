@@ -8,6 +8,7 @@
 #   FLEET_IDLE_SECONDS=30 bench/fleet.sh idle
 #   bench/fleet.sh soak                     # 10,000 sessions, two agents
 #   bench/fleet.sh soak --soak-sessions 500 # a short soak
+#   bench/fleet.sh warm                     # browser.warm side by side (needs Chromium)
 #
 # Arguments are passed to `tasuki-fleet-bench` (see its --help).
 # CARGO_TARGET_DIR is honoured; TASUKI_BIN and TASUKI_HUB_BIN override the

@@ -111,6 +111,7 @@ pub fn run(args: &SettingsArgs) -> u8 {
         );
     }
     browser(&mut r, &settings);
+    warm_browser(&mut r, &settings);
     done(&r)
 }
 
@@ -603,5 +604,117 @@ fn headless_session(r: &mut Report, browser: BrowserSettings) {
             &why,
             "run `tasuki demo` to see the browser start, and check the messages above",
         );
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `browser.warm`: the memory the waiting warm browser holds, that of the
+/// running agent when it has one, else that of one started here.
+fn warm_browser(r: &mut Report, settings: &Settings) {
+    use tasuki_actions::builtin::browser::warm::{Memory, measure_idle, recorded_memory};
+    let name = "warm browser";
+    if !settings.browser_warm {
+        r.ok(
+            name,
+            "off (browser.warm): each session's first browser step starts its own browser",
+        );
+        return;
+    }
+    if settings.remote_webdriver.is_some() {
+        r.warn(
+            name,
+            "browser.warm is on, but browser.remote_webdriver is set: there is no local browser to warm",
+            "turn browser.warm off, or unset browser.remote_webdriver",
+        );
+        return;
+    }
+    let held = |m: &Memory| {
+        let pss = m
+            .pss_bytes
+            .map(|b| {
+                format!(
+                    ", {} proportional (PSS: shared pages divided among them)",
+                    mib(b)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "{} resident summed over its {} processes{pss}",
+            mib(m.rss_bytes),
+            m.processes
+        )
+    };
+    if let Some(m) = recorded_memory(&crate::daemon::warm_dir(&settings.work_dir), true) {
+        r.ok(
+            name,
+            &format!(
+                "on; the agent's warm browser waits for a session, holding {}",
+                held(&m)
+            ),
+        );
+        return;
+    }
+    let Some(runtime) = crate::local_run::runtime() else {
+        r.fail(
+            name,
+            "cannot start an async runtime",
+            "report this as a bug",
+        );
+        return;
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            r.fail(
+                name,
+                &format!("no temporary directory: {e}"),
+                "check TMPDIR",
+            );
+            return;
+        }
+    };
+    let browser = BrowserSettings {
+        chromium: settings.chromium.clone(),
+        chromedriver: settings.chromedriver.clone(),
+        headless: settings.headless,
+        window_size: settings.window_size,
+        ..Default::default()
+    };
+    let options = ExecOptions {
+        browser: browser.clone(),
+        env_pass: settings.env_pass.clone(),
+        ..ExecOptions::default()
+    };
+    let measured = runtime.block_on(measure_idle(
+        &browser,
+        &options,
+        dir.path().join("downloads"),
+        Duration::from_secs(2),
+    ));
+    match measured {
+        Ok((took, Some(m))) => r.ok(
+            name,
+            &format!(
+                "on; no warm browser waits now (no agent runs here, or it is serving a session); \
+                 one started here in {} ms and held {} while idle",
+                took.as_millis(),
+                held(&m)
+            ),
+        ),
+        Ok((took, None)) => r.ok(
+            name,
+            &format!(
+                "on; one started here in {} ms (its memory cannot be measured on this system)",
+                took.as_millis()
+            ),
+        ),
+        Err(e) => r.fail(
+            name,
+            &format!("on, but a browser cannot be started: {}", e.message),
+            "see the browser checks above, or turn browser.warm off",
+        ),
     }
 }

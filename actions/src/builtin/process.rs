@@ -173,7 +173,8 @@ impl Tree {
     pub fn spawn_step(mut command: Command, options: &ExecOptions) -> std::io::Result<Tree> {
         let marker = super::tree_records::new_marker();
         command.env(super::tree_records::MARKER_VAR, &marker);
-        let record = match &options.private_dir {
+        #[cfg_attr(not(unix), allow(unused_mut))]
+        let mut record = match &options.private_dir {
             Some(private) => Some(Record::create(private, &marker)?),
             None => None,
         };
@@ -184,7 +185,7 @@ impl Tree {
         }
         let mut tree = Tree::spawn(command)?;
         #[cfg(unix)]
-        if let Some(record) = &record {
+        if let Some(record) = &mut record {
             record.set_group(tree.pgid.as_raw());
         }
         tree.record = record;
@@ -237,6 +238,30 @@ impl Tree {
             finished: false,
             record: None,
         })
+    }
+
+    /// Moves the tree's record (see `tree_records.rs`) into another
+    /// private directory, that of the tree's new owner.
+    pub fn move_record(&mut self, private_dir: &std::path::Path) -> std::io::Result<()> {
+        match &mut self.record {
+            Some(record) => record.move_into(private_dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a temporary directory of the tree's (a browser profile), for
+    /// a restarted agent to remove once it has ended the tree (see
+    /// `tree_records.rs`).
+    pub fn record_temp_dir(&mut self, dir: &std::path::Path) {
+        if let Some(record) = &mut self.record {
+            record.add_temp_dir(dir);
+        }
+    }
+
+    /// The id of the tree's first process, which leads its process group
+    /// on Unix; `None` once it has been reaped.
+    pub fn leader(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn child_mut(&mut self) -> &mut Box<dyn ChildWrapper> {

@@ -42,30 +42,124 @@ pub fn new_marker() -> String {
 pub struct Record {
     path: PathBuf,
     marker: String,
+    /// The group and its leader's start time, once spawned.
+    group: Option<(i32, u64)>,
+    /// Temporary directories of the tree's (a browser profile), removed
+    /// with its processes by a restarted agent; see [`removable`].
+    temp_dirs: Vec<PathBuf>,
 }
+
+/// The prefix of the temporary directories a restarted agent removes.
+const TEMP_PREFIX: &str = "tasuki-";
 
 impl Record {
     /// Records `marker` in `private_dir`, before the tree is spawned.
     pub fn create(private_dir: &Path, marker: &str) -> std::io::Result<Record> {
         let dir = private_dir.join(RECORDS_DIR);
         super::process::private_dir_all(&dir)?;
-        let path = dir.join(marker);
-        super::process::write_private_file(&path, &format!("{marker}\n"))?;
-        Ok(Record {
-            path,
+        let record = Record {
+            path: dir.join(marker),
             marker: marker.to_string(),
-        })
+            group: None,
+            temp_dirs: Vec::new(),
+        };
+        record.write()?;
+        Ok(record)
+    }
+
+    /// `marker [pgid start]`, then a `dir PATH` line for each temporary
+    /// directory.
+    fn write(&self) -> std::io::Result<()> {
+        let mut text = self.marker.clone();
+        if let Some((pgid, start)) = self.group {
+            text.push_str(&format!(" {pgid} {start}"));
+        }
+        text.push('\n');
+        for dir in &self.temp_dirs {
+            text.push_str(&format!("dir {}\n", dir.display()));
+        }
+        super::process::write_private_file(&self.path, &text)
     }
 
     /// Adds the group and its leader's start time, once spawned.
-    pub fn set_group(&self, pgid: i32) {
+    pub fn set_group(&mut self, pgid: i32) {
         if let Some(start) = start_time(pgid) {
-            let _ = super::process::write_private_file(
-                &self.path,
-                &format!("{} {pgid} {start}\n", self.marker),
-            );
+            self.group = Some((pgid, start));
+            let _ = self.write();
         }
     }
+
+    /// Adds a temporary directory the tree uses, for a restarted agent to
+    /// remove once the tree is ended: only one directly in the system's
+    /// temporary directory and named `tasuki-...` (see [`removable`]).
+    pub fn add_temp_dir(&mut self, dir: &Path) {
+        self.temp_dirs.push(dir.to_path_buf());
+        let _ = self.write();
+    }
+}
+
+/// Whether a recorded temporary directory may be removed: directly in the
+/// system's temporary directory and named `tasuki-...`, so that a record a
+/// step forged cannot have the agent remove anything else.
+fn removable(dir: &Path) -> bool {
+    dir.is_absolute()
+        && dir.parent() == Some(std::env::temp_dir().as_path())
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX) && n.len() > TEMP_PREFIX.len())
+}
+
+/// What a record says: the marker, the group and its leader's start time
+/// when known, and the temporary directories.
+type Parsed = (String, Option<(i32, u64)>, Vec<PathBuf>);
+
+fn parse(text: &str) -> Option<Parsed> {
+    let mut lines = text.lines();
+    let mut fields = lines.next()?.split_whitespace();
+    let marker = fields.next()?.to_string();
+    let group = fields.next().and_then(|g| g.parse::<i32>().ok());
+    let start = fields.next().and_then(|s| s.parse::<u64>().ok());
+    let dirs = lines
+        .filter_map(|l| l.strip_prefix("dir "))
+        .map(PathBuf::from)
+        .collect();
+    Some((marker, group.zip(start), dirs))
+}
+
+impl Record {
+    /// Moves the record into `private_dir`'s records, where the tree's new
+    /// owner keeps them: a warm browser handed to a session (see
+    /// `browser/warm.rs`).
+    pub fn move_into(&mut self, private_dir: &Path) -> std::io::Result<()> {
+        let dir = private_dir.join(RECORDS_DIR);
+        super::process::private_dir_all(&dir)?;
+        let path = dir.join(&self.marker);
+        std::fs::rename(&self.path, &path)?;
+        self.path = path;
+        Ok(())
+    }
+}
+
+/// The records in `private_dir` whose group is still led by the recorded
+/// process: `(group, marker)` of each live recorded tree.
+pub fn live_recorded_groups(private_dir: &Path) -> Vec<(i32, String)> {
+    let Ok(records) = std::fs::read_dir(private_dir.join(RECORDS_DIR)) else {
+        return Vec::new();
+    };
+    let mut live = Vec::new();
+    for record in records.flatten() {
+        let Ok(text) = std::fs::read_to_string(record.path()) else {
+            continue;
+        };
+        if let Some((marker, Some((pgid, start)), _)) = parse(&text)
+            && pgid > 1
+            && start_time(pgid) == Some(start)
+        {
+            live.push((pgid, marker));
+        }
+    }
+    live
 }
 
 impl Drop for Record {
@@ -83,6 +177,7 @@ pub fn end_recorded_trees(root: &Path) -> usize {
     };
     let mut markers = Vec::new();
     let mut groups = Vec::new();
+    let mut temp_dirs = Vec::new();
     for session in sessions.flatten() {
         // Only the sessions' private directories hold records; a work dir
         // beside them is the steps' to write in.
@@ -96,19 +191,22 @@ pub fn end_recorded_trees(root: &Path) -> usize {
             let Ok(text) = std::fs::read_to_string(record.path()) else {
                 continue;
             };
-            let mut fields = text.split_whitespace();
-            let Some(marker) = fields.next() else {
+            let Some((marker, group, dirs)) = parse(&text) else {
                 continue;
             };
-            markers.push(marker.to_string());
-            let group = fields.next().and_then(|g| g.parse::<i32>().ok());
-            let start = fields.next().and_then(|s| s.parse::<u64>().ok());
-            if let (Some(pgid), Some(start)) = (group, start) {
-                groups.push((pgid, start, marker.to_string()));
+            if let Some((pgid, start)) = group {
+                groups.push((pgid, start, marker.clone()));
             }
+            markers.push(marker);
+            temp_dirs.extend(dirs.into_iter().filter(|d| removable(d)));
         }
     }
-    end(&groups, &markers)
+    let killed = end(&groups, &markers);
+    // Its processes are gone: what they kept there (cookies, say) goes too.
+    for dir in temp_dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    killed
 }
 
 #[cfg(target_os = "linux")]
@@ -212,6 +310,25 @@ mod tests {
         let first = start_time(me).expect("our own start time");
         assert_eq!(start_time(me), Some(first));
         assert_eq!(start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn only_tasukis_own_temporary_directories_are_removed() {
+        let tmp = std::env::temp_dir();
+        assert!(removable(&tmp.join("tasuki-profile-abc")));
+        for other in [
+            tmp.join("tasuki-"),
+            tmp.join("other"),
+            tmp.join("x").join("tasuki-profile-abc"),
+            PathBuf::from("tasuki-profile-abc"),
+            PathBuf::from("/etc/tasuki-x"),
+        ] {
+            assert!(!removable(&other), "{}", other.display());
+        }
+        let (marker, group, dirs) = parse("m1 42 7\ndir /tmp/tasuki-profile-a\n").unwrap();
+        assert_eq!((marker.as_str(), group), ("m1", Some((42, 7))));
+        assert_eq!(dirs, [PathBuf::from("/tmp/tasuki-profile-a")]);
+        assert_eq!(parse("m2\n").unwrap().1, None);
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct BrowserSettings {
     /// What a browser step does about a dialog (alert, confirm, prompt)
     /// that no step was there to handle.
     pub unexpected_dialog: DialogPolicy,
+    /// A robot's browser started ahead, which a session's first browser
+    /// step takes when it fits (`builtin/browser/warm.rs`); `None` but on a
+    /// robot with `browser.warm` on.
+    pub warm: Option<crate::builtin::browser::warm::WarmBrowsers>,
 }
 
 /// What a browser step does about a dialog that no step expected.
@@ -128,6 +132,7 @@ impl Default for BrowserSettings {
             poll_interval: Duration::from_millis(50),
             allow_file_urls: false,
             unexpected_dialog: DialogPolicy::Fail,
+            warm: None,
         }
     }
 }

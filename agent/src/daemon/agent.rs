@@ -155,6 +155,11 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         env.scratch.refill();
         recover(&env, &state, &stop, listed.unwrap_or_default());
     }
+    // After the sweep above: what a killed run's warm browser left is gone.
+    let warm = env.options.browser.warm.clone();
+    if let Some(warm) = &warm {
+        warm.start();
+    }
 
     let mut sampler = Sampler::new(&env.work_dir);
     let mut sessions = JoinSet::new();
@@ -187,6 +192,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             let free = if draining || exclusive { 0 } else { free };
             (held, free, running.is_empty())
         };
+        // A browser is kept warm while the robot could take a session.
+        if let Some(warm) = &warm {
+            warm.want(free > 0);
+        }
         // A drain ends once nothing runs or delivers, and once a poll given
         // up in flight has been sent again and answered: a lease granted to
         // it is then released rather than left running until it expires.
@@ -416,7 +425,7 @@ fn handle(
             !(done_taking || cannot_fit)
         };
         if take {
-            start(env, state, stop, sessions, lease);
+            start(env, state, opts, stop, sessions, lease);
         } else {
             // Not for us now (a drain began as it arrived): hand it straight
             // back, before any poll lists it, so that another robot runs it.
@@ -448,6 +457,7 @@ fn handle(
 fn start(
     env: &Arc<SessionEnv>,
     state: &Arc<State>,
+    opts: &AgentOptions,
     stop: &CancellationToken,
     sessions: &mut JoinSet<()>,
     lease: Lease,
@@ -470,6 +480,13 @@ fn start(
     );
     env.metrics.session_started(id, &lease.workflow.name);
     *state.taken.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    // Before the session's first step can take the warm browser: a robot
+    // with no slot left warms no other meanwhile (the loop wants one again
+    // once a slot frees).
+    if let Some(warm) = &env.options.browser.warm {
+        let (free, exclusive) = slots(&state.running(), opts.max_concurrency);
+        warm.want(free > 0 && !exclusive && !opts.once);
+    }
     let env = env.clone();
     let state = state.clone();
     let stop = stop.clone();

@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use tasuki_actions::builtin::browser::warm::WarmBrowsers;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -50,6 +51,11 @@ pub struct Metrics {
     rss_bytes: Gauge,
     running_gauge: Gauge,
     live: Liveness,
+    /// The robot's warm browser (`browser.warm`), read at each scrape.
+    warm: std::sync::OnceLock<WarmBrowsers>,
+    warm_ready: Gauge,
+    warm_bytes: Gauge,
+    warm_pss_bytes: Gauge,
 }
 
 #[derive(Default)]
@@ -88,6 +94,10 @@ impl Metrics {
             rss_bytes: Gauge::default(),
             running_gauge: Gauge::default(),
             live: Liveness::default(),
+            warm: std::sync::OnceLock::new(),
+            warm_ready: Gauge::default(),
+            warm_bytes: Gauge::default(),
+            warm_pss_bytes: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -150,7 +160,29 @@ impl Metrics {
             "Sessions running now",
             m.running_gauge.clone(),
         );
+        r.register(
+            "warm_browser_ready",
+            "1 while a browser started ahead (browser.warm) waits for the next session",
+            m.warm_ready.clone(),
+        );
+        r.register(
+            "warm_browser_bytes",
+            "Memory the waiting warm browser holds: resident memory summed over chromedriver, Chromium and its helpers (shared pages counted in each); 0 when none waits",
+            m.warm_bytes.clone(),
+        );
+        r.register(
+            "warm_browser_pss_bytes",
+            "The same memory proportionally: each shared page divided among the processes that map it, what the warm browser really takes (Linux); 0 when none waits",
+            m.warm_pss_bytes.clone(),
+        );
         m
+    }
+
+    /// The warm browser whose state `/metrics` reports; once, at start.
+    pub fn set_warm(&self, warm: Option<WarmBrowsers>) {
+        if let Some(warm) = warm {
+            let _ = self.warm.set(warm);
+        }
     }
 
     pub fn session_ended(&self, status: &str) {
@@ -190,8 +222,18 @@ impl Metrics {
         self.running_gauge.set(running.len() as i64);
     }
 
+    /// Reads /proc (the agent's and the warm browser's memory): call it on
+    /// the blocking pool.
     fn encode(&self) -> String {
         self.rss_bytes.set(own_rss_bytes() as i64);
+        if let Some(warm) = self.warm.get() {
+            let memory = warm.memory(true);
+            self.warm_ready.set(i64::from(warm.is_ready()));
+            self.warm_bytes
+                .set(memory.map_or(0, |m| m.rss_bytes) as i64);
+            self.warm_pss_bytes
+                .set(memory.and_then(|m| m.pss_bytes).unwrap_or(0) as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -297,12 +339,16 @@ async fn healthz(State(s): State<Arc<Served>>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<Arc<Served>>) -> impl IntoResponse {
+    let metrics = s.metrics.clone();
+    let text = tokio::task::spawn_blocking(move || metrics.encode())
+        .await
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        text,
     )
 }
 

@@ -482,33 +482,37 @@ fn run_agent(args: AgentArgs) -> u8 {
             "ended processes that sessions of an earlier run left running"
         );
     }
+    let mut options = ExecOptions {
+        browser: tasuki_actions::runtime::context::BrowserSettings {
+            chromium: config.chromium.clone(),
+            chromedriver: config.chromedriver.clone(),
+            remote_url: config.remote_webdriver.clone(),
+            headless: config.headless,
+            window_size: config.window_size,
+            allow_file_urls: config.browser_allow_file_urls,
+            unexpected_dialog: config.unexpected_dialog,
+            ..Default::default()
+        },
+        env_allow: config.env_allow.clone(),
+        cancel_grace: config.cancel_grace,
+        // Steps' processes cannot read the robot's key (Landlock on
+        // Linux; warned about at start where nothing enforces it). The
+        // workflows' state folders are not protected so: Landlock freezes
+        // the protected path's ancestors, and those of `<work>/state` (the
+        // work dir, its parent, `/tmp` for a work dir there) are where
+        // steps write (docs/security.md).
+        protected_paths: vec![config.credentials_file.clone()],
+        env_pass: config.env_pass.clone(),
+        ..ExecOptions::default()
+    };
+    options.browser.warm = warm_browsers(&config, &options, &allowed, &work_dir);
+    let warm = options.browser.warm.clone();
+    metrics.set_warm(warm.clone());
     let env = Arc::new(session::SessionEnv {
         client,
         registry,
         checked: Default::default(),
-        options: ExecOptions {
-            browser: tasuki_actions::runtime::context::BrowserSettings {
-                chromium: config.chromium.clone(),
-                chromedriver: config.chromedriver.clone(),
-                remote_url: config.remote_webdriver.clone(),
-                headless: config.headless,
-                window_size: config.window_size,
-                allow_file_urls: config.browser_allow_file_urls,
-                unexpected_dialog: config.unexpected_dialog,
-                ..Default::default()
-            },
-            env_allow: config.env_allow.clone(),
-            cancel_grace: config.cancel_grace,
-            // Steps' processes cannot read the robot's key (Landlock on
-            // Linux; warned about at start where nothing enforces it). The
-            // workflows' state folders are not protected so: Landlock
-            // freezes the protected path's ancestors, and those of
-            // `<work>/state` (the work dir, its parent, `/tmp` for a work
-            // dir there) are where steps write (docs/security.md).
-            protected_paths: vec![config.credentials_file.clone()],
-            env_pass: config.env_pass.clone(),
-            ..ExecOptions::default()
-        },
+        options,
         allowed_actions: allowed,
         scratch: scratch::ScratchPool::new(
             work_dir.join("spool"),
@@ -563,7 +567,15 @@ fn run_agent(args: AgentArgs) -> u8 {
             }
         }
     }
-    match runtime.block_on(agent::run(env, opts)) {
+    let ran = runtime.block_on(async {
+        let ran = agent::run(env, opts).await;
+        // However the loop ended (drain, --once, displaced, an error).
+        if let Some(warm) = &warm {
+            warm.close().await;
+        }
+        ran
+    });
+    match ran {
         Ok(()) => EXIT_OK,
         // Logged when it happened.
         Err(e) if e.is::<agent::Displaced>() => crate::EXIT_DISPLACED,
@@ -572,6 +584,52 @@ fn run_agent(args: AgentArgs) -> u8 {
             EXIT_FAILED
         }
     }
+}
+
+/// Where the idle warm browser's process record lives: beside the
+/// sessions' private directories, so that the sweep at start
+/// (`end_recorded_trees` over `sessions`) ends what a killed agent's warm
+/// browser left running, and the removal of the sessions' leftovers removes
+/// it.
+pub fn warm_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("sessions").join("warm-browser.private")
+}
+
+/// The robot's warm browser slot, when `browser.warm` is on and there is a
+/// local browser to warm that sessions may use.
+fn warm_browsers(
+    config: &Settings,
+    options: &ExecOptions,
+    allowed: &tasuki_actions::language::allowed::Allowed,
+    work_dir: &Path,
+) -> Option<tasuki_actions::builtin::browser::warm::WarmBrowsers> {
+    if !config.browser_warm {
+        return None;
+    }
+    if config.remote_webdriver.is_some() {
+        tracing::warn!(
+            "browser.warm is on, but browser.remote_webdriver is set: there is no local browser to warm"
+        );
+        return None;
+    }
+    if !allowed.allows("browser.open") {
+        tracing::info!(
+            "browser.warm is on, but behaviour.allowed_actions refuses the browser: no browser is warmed"
+        );
+        return None;
+    }
+    Some(tasuki_actions::builtin::browser::warm::WarmBrowsers::new(
+        options.browser.clone(),
+        options.clone(),
+        warm_dir(work_dir),
+        |note| {
+            if note.warning {
+                tracing::warn!("{}", note.message);
+            } else {
+                tracing::info!("{}", note.message);
+            }
+        },
+    ))
 }
 
 /// Linux: makes the agent non-dumpable before it reads its credentials, so

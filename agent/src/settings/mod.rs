@@ -395,6 +395,10 @@ impl Effective {
             ),
             unexpected_dialog: DialogPolicy::parse(&self.text("browser.unexpected_dialog"))
                 .unwrap_or_default(),
+            browser_warm: matches!(
+                self.values.get("browser.warm"),
+                Some((Value::Bool(true), _))
+            ),
             work_dir: self.path("paths.work_dir").unwrap_or_default(),
             artifacts_dir: self.path("paths.artifacts_dir").unwrap_or_default(),
             log_dir: self.path("paths.log_dir"),
@@ -442,6 +446,8 @@ pub struct Settings {
     pub window_size: (u32, u32),
     pub browser_allow_file_urls: bool,
     pub unexpected_dialog: DialogPolicy,
+    /// `browser.warm`: a browser started ahead (agent mode).
+    pub browser_warm: bool,
     pub work_dir: PathBuf,
     pub artifacts_dir: PathBuf,
     pub log_dir: Option<PathBuf>,
@@ -479,6 +485,7 @@ mod defaults {
             "browser.window_size" => Value::Size(1280, 800),
             "browser.allow_file_urls" => Value::Bool(false),
             "browser.unexpected_dialog" => return text("fail"),
+            "browser.warm" => Value::Bool(false),
             "paths.work_dir" => Value::Path(crate::daemon::default_work_dir()),
             "paths.artifacts_dir" => match set.get("paths.work_dir") {
                 Some((Value::Path(w), _)) => Value::Path(w.join("artifacts")),

@@ -122,6 +122,12 @@ pub const KEYS: &[Key] = &[
         "the browser window's size",
     ),
     key(
+        "browser.warm",
+        Kind::Bool,
+        "keep a headless browser started ahead while the robot has a free slot, for the next \
+         session's first browser step (holds memory while idle)",
+    ),
+    key(
         "browser.allow_file_urls",
         Kind::Bool,
         "let browser steps open file: and view-source: URLs (local files)",

@@ -13,6 +13,9 @@
 //!   under that load, and the hub's RSS and CPU.
 //! - `soak`: many short sessions through one hub and two agents; RSS and
 //!   open descriptors of each sampled every second (not part of `all`).
+//! - `warm`: two agents, one keeping a browser warm (`browser.warm`), take
+//!   turns: enqueue → the end of the first `browser.goto`, and each idle
+//!   robot's memory (needs Chromium; not part of `all`).
 //! - `all` (the default): every one of them but `soak`.
 //!
 //! The Markdown report goes to stdout, progress to stderr. The binaries
@@ -27,6 +30,7 @@ mod procs;
 mod soak;
 mod stats;
 mod swarm;
+mod warm;
 
 use std::io::Write as _;
 use std::process::{Command as Process, ExitCode};
@@ -63,7 +67,11 @@ enum Command {
     /// Many short sessions through one hub and two agents: RSS and
     /// descriptors over time (not part of `all`).
     Soak,
-    /// All of the above but `soak` (the default).
+    /// Two agents, with and without `browser.warm`: enqueue → the end of
+    /// the first browser step, and idle memory (needs Chromium; not part
+    /// of `all`).
+    Warm,
+    /// All of the above but `soak` and `warm` (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
     #[command(hide = true)]
@@ -103,6 +111,12 @@ pub struct Opts {
     /// soak: sessions that end before growth is measured (default: a tenth).
     #[arg(long, global = true)]
     pub soak_warmup: Option<usize>,
+    /// warm: rounds measured (one session for each robot a round).
+    #[arg(long, global = true, default_value_t = 40)]
+    pub warm_sessions: usize,
+    /// warm: warm-up rounds, not counted.
+    #[arg(long, global = true, default_value_t = 3)]
+    pub warm_warmup: usize,
     /// Keep each run's scratch folder (databases, logs) and print its path.
     #[arg(long, global = true)]
     pub keep: bool,
@@ -169,6 +183,7 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::Idle => ("idle", idle::run(&bins, opts).await),
             Command::Fleet => ("fleet", swarm::run(&bins, opts).await),
             Command::Soak => ("soak", soak::run(&bins, opts).await),
+            Command::Warm => ("warm", warm::run(&bins, opts).await),
             Command::All | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");

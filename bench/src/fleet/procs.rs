@@ -57,6 +57,10 @@ pub struct Proc {
     child: Option<Child>,
     pub what: String,
     pub log: PathBuf,
+    /// Stopped with SIGTERM when dropped (and killed only if it has not
+    /// exited within 30 s): an agent that keeps a browser warm ends it
+    /// then, where SIGKILL would leave it running.
+    pub graceful: bool,
 }
 
 impl Proc {
@@ -106,6 +110,22 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.graceful
+                && let Ok(pid) = i32::try_from(child.id())
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .is_ok()
+            {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -188,6 +208,7 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
         child: Some(child),
         what: "tasuki-hub".into(),
         log,
+        graceful: false,
     };
     let stdout = stdout.context("the hub's stdout is not piped")?;
     let (tx, rx) = mpsc::channel();
@@ -252,6 +273,17 @@ impl Stage {
     /// `tasuki register`, then `tasuki agent`; returns once the agent logs
     /// that it waits for sessions.
     pub async fn agent(&self, name: &str, max_concurrency: u32) -> Result<Proc> {
+        self.agent_with(name, max_concurrency, &[]).await
+    }
+
+    /// [`agent`](Self::agent), with these arguments added to `tasuki
+    /// agent`'s (`--set table.key=value`, say).
+    pub async fn agent_with(
+        &self,
+        name: &str,
+        max_concurrency: u32,
+        extra: &[&str],
+    ) -> Result<Proc> {
         let dir = self.dir.join(format!("robot-{name}"));
         std::fs::create_dir_all(&dir).context("create the robot's folder")?;
         let secret = dir.join("secret.txt");
@@ -283,6 +315,7 @@ impl Stage {
             .arg("agent")
             .arg("--config")
             .arg(&config)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -293,6 +326,7 @@ impl Stage {
             child: Some(child),
             what: format!("tasuki agent `{name}`"),
             log,
+            graceful: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !agent.log_text().contains("waiting for sessions") {

@@ -37,6 +37,15 @@ impl Dist {
         self.values[rank.clamp(1, n) - 1]
     }
 
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// How many samples exceed `limit` (ms).
+    pub fn count_above(&self, limit: f64) -> usize {
+        self.values.iter().filter(|v| **v > limit).count()
+    }
+
     pub fn max(&mut self) -> f64 {
         self.pct(100.0)
     }

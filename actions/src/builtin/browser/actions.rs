@@ -723,10 +723,7 @@ impl TypedAction for GetUrl {
     type Args = NoArgs;
 
     async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
-        run(ctx, None, |h| async move {
-            where_now(&h).await
-        })
-        .await
+        run(ctx, None, |h| async move { where_now(&h).await }).await
     }
 }
 

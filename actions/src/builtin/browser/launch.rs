@@ -36,7 +36,7 @@ pub struct Browser {
     /// The local chromedriver and everything it started; `None` for remote.
     driver_tree: Option<Tree>,
     /// The fresh profile; see `Profile`.
-    _profile: Option<Profile>,
+    profile: Option<Profile>,
     pub downloads: PathBuf,
     /// Downloads already handed out by `wait_for_download`.
     pub claimed: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
@@ -138,7 +138,7 @@ impl Browser {
             return Ok(Browser {
                 driver: Some(driver),
                 driver_tree: None,
-                _profile: None,
+                profile: None,
                 claimed: existing_downloads(&downloads),
                 windows: Default::default(),
                 downloads,
@@ -210,6 +210,8 @@ impl Browser {
                     format!("cannot start {}: {e}", chromedriver.display()),
                 )
             })?;
+            // A restarted agent removes it once it has ended the tree.
+            tree.record_temp_dir(profile.0.path());
             if wait_until_listening(port, &mut tree).await? {
                 driver_up = Some((port, tree));
                 break;
@@ -234,7 +236,7 @@ impl Browser {
         Ok(Browser {
             driver: Some(driver),
             driver_tree: Some(tree),
-            _profile: Some(profile),
+            profile: Some(profile),
             claimed: existing_downloads(&downloads),
             windows: Default::default(),
             downloads,
@@ -245,6 +247,26 @@ impl Browser {
                 started.elapsed().as_millis()
             ),
         })
+    }
+
+    /// The local chromedriver's process group, which Chromium's processes
+    /// share (all but its crash handler, which names the profile); `None`
+    /// for a remote WebDriver.
+    pub(super) fn driver_group(&self) -> Option<u32> {
+        self.driver_tree.as_ref().and_then(Tree::leader)
+    }
+
+    pub(super) fn profile_dir(&self) -> Option<&Path> {
+        self.profile.as_ref().map(|p| p.0.path())
+    }
+
+    /// Hands the record of the driver's tree (see `tree_records.rs`) to
+    /// another private directory: the session that takes a warm browser.
+    pub(super) fn move_records(&mut self, private_dir: &Path) -> std::io::Result<()> {
+        match &mut self.driver_tree {
+            Some(tree) => tree.move_record(private_dir),
+            None => Ok(()),
+        }
     }
 
     /// Quit politely when there is time, then make sure: kill the driver's
@@ -307,7 +329,7 @@ impl Drop for Profile {
 
 /// Files already in the downloads directory when the browser starts (an
 /// earlier run's) are never handed out by `wait_for_download`.
-fn existing_downloads(dir: &Path) -> std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>> {
+pub(super) fn existing_downloads(dir: &Path) -> std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>> {
     let files = std::fs::read_dir(dir)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -66,6 +66,7 @@ pub mod locator;
 mod navigation;
 mod page;
 mod query;
+pub mod warm;
 mod windows;
 
 use std::future::Future;
@@ -241,14 +242,18 @@ async fn ensure_browser(
         // Chromium needs an absolute download directory.
         let downloads = ctx.options().artifacts_dir.join("downloads");
         let downloads = std::path::absolute(&downloads).unwrap_or(downloads);
-        let browser = Browser::launch(
-            settings,
-            overrides.unwrap_or(&Overrides::default()),
-            downloads.clone(),
-            ctx.options(),
-        )
-        .await?;
-        ctx.log(LogLevel::Info, &format!("started {}", browser.description));
+        let overrides = overrides.unwrap_or(&Overrides::default()).clone();
+        // A robot's warm browser, when it has one of the kind the step
+        // wants (see warm.rs); it logs what it did.
+        let browser = match warm::attach(ctx, &overrides, &downloads).await {
+            Some(browser) => browser,
+            None => {
+                let browser =
+                    Browser::launch(settings, &overrides, downloads.clone(), ctx.options()).await?;
+                ctx.log(LogLevel::Info, &format!("started {}", browser.description));
+                browser
+            }
+        };
         resources.insert(browser);
     } else if overrides.is_some() {
         ctx.log(
