@@ -463,3 +463,60 @@ fn history_moves_back_forward_and_reloads_and_the_workflow_sets_the_element_wait
     let missing = steps["missing"]["error"]["message"].as_str().unwrap();
     assert!(missing.contains("after waiting 700 ms"), "{missing}");
 }
+
+#[test]
+fn a_dialog_a_page_opens_as_it_loads_meets_the_policy_and_secret_keys_are_typed_as_text() {
+    require_browser();
+    let server = start_server();
+    let onload = server.url("/tests/onload-alert.html");
+    let scratch = Scratch::new();
+    let run = |header: &str, steps: &str| {
+        let file = scratch.write(
+            "flow.yaml",
+            &format!("version: 1\nname: onload\n{header}steps:\n{steps}"),
+        );
+        run_json(scratch.path(), &file, &[])
+    };
+    // Under `accept`: the navigation's own step answers the page's alert
+    // and goes on; a step that types once types once.
+    let r = run(
+        "params:\n  pin: {secret: true, default: \"pass+word\"}\nbrowser: {unexpected_dialog: accept}\n",
+        &format!(
+            r##"  - {{id: go, action: browser.goto, with: {{url: "{onload}"}}}}
+  - {{id: type, action: browser.type, with: {{selector: "#field", text: "once"}}}}
+  - {{id: alert_again, action: browser.execute_script, with: {{script: "setTimeout(function () {{ alert('later') }}, 0); return 1"}}}}
+  - {{id: wait, action: sleep, with: {{duration: 300ms}}}}
+  - {{id: keys, action: browser.press_keys, with: {{selector: "#field", keys: ["${{params.pin}}"]}}}}
+  - {{id: value, action: browser.get_attribute, with: {{selector: "#field", name: value}}}}
+"##
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps = &r.report["steps"];
+    assert_eq!(steps["go"]["output"]["title"], "onload alert");
+    assert!(
+        r.stderr
+            .contains("accepted a dialog no step expected: \"Welcome back, operator\""),
+        "{}",
+        r.stderr
+    );
+    // The alert left open by the script was answered before press_keys
+    // acted, and the secret was typed as text, not read as key names.
+    assert!(r.stderr.contains("\"later\""), "{}", r.stderr);
+    assert_eq!(steps["value"]["output"]["value"], "once***");
+    // Under `fail` (the default): the navigation's step fails quoting it.
+    let r = run(
+        "",
+        &format!("  - {{id: go, action: browser.goto, with: {{url: \"{onload}\"}}}}\n"),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let error = &r.report["steps"]["go"]["error"];
+    assert_eq!(error["code"], "unexpected_dialog");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"Welcome back, operator\""),
+        "{error}"
+    );
+}

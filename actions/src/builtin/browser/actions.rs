@@ -13,7 +13,7 @@ use thirtyfour::By;
 use super::locator::xpath_literal;
 use super::{
     CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, check_locator,
-    check_navigation, driver_error, run, sha256_hex, with_element, write_artifact,
+    check_navigation, driver_error, run, run_acting, sha256_hex, with_element, write_artifact,
 };
 use crate::builtin::args::{DurationArg, Text};
 use crate::runtime::context::ActionContext;
@@ -50,19 +50,14 @@ impl TypedAction for Open {
             navigable(ctx, url)?;
         }
         let args = &args;
-        run(ctx, Some(&overrides), |h| async move {
+        run_acting(ctx, Some(&overrides), |h| async move {
             if let Some(url) = &args.url {
                 h.driver
                     .goto(url.as_str())
                     .await
                     .map_err(|e| driver_error(&format!("opening {url}"), e))?;
             }
-            let url = h
-                .driver
-                .current_url()
-                .await
-                .map_err(|e| driver_error("reading the URL", e))?;
-            Ok(json!({ "url": url.to_string() }))
+            where_now(ctx, &h).await
         })
         .await
     }
@@ -82,12 +77,12 @@ impl TypedAction for Goto {
     async fn run(&self, ctx: &ActionContext, args: GotoArgs) -> Result<Value, ActionError> {
         navigable(ctx, &args.url)?;
         let args = &args;
-        run(ctx, None, |h| async move {
+        run_acting(ctx, None, |h| async move {
             h.driver
                 .goto(args.url.as_str())
                 .await
                 .map_err(|e| driver_error(&format!("opening {}", args.url), e))?;
-            where_now(&h).await
+            where_now(ctx, &h).await
         })
         .await
     }
@@ -105,28 +100,46 @@ impl TypedAction for History {
     type Args = NoArgs;
 
     async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
-        run(ctx, None, |h| async move {
+        run_acting(ctx, None, |h| async move {
             let (done, what) = match self {
                 History::Back => (h.driver.back().await, "going back"),
                 History::Forward => (h.driver.forward().await, "going forward"),
                 History::Reload => (h.driver.refresh().await, "reloading the page"),
             };
             done.map_err(|e| driver_error(what, e))?;
-            where_now(&h).await
+            where_now(ctx, &h).await
         })
         .await
     }
 }
 
-/// The page's URL and title: what a step that moves the page answers.
-async fn where_now(h: &Handle) -> Result<Value, ActionError> {
-    let url = h
-        .driver
-        .current_url()
-        .await
-        .map_err(|e| driver_error("reading the URL", e))?;
-    let title = h.driver.title().await.unwrap_or_default();
-    Ok(json!({ "url": url.to_string(), "title": title }))
+/// The page's URL and title: what a step that moves the page answers. The
+/// page it arrived at may open a dialog as it loads: that one meets the
+/// session's policy here, where reading again repeats nothing.
+async fn where_now(ctx: &ActionContext, h: &Handle) -> Result<Value, ActionError> {
+    let mut answered = 0;
+    loop {
+        let read = async {
+            let url = h
+                .driver
+                .current_url()
+                .await
+                .map_err(|e| driver_error("reading the URL", e))?;
+            let title = h
+                .driver
+                .title()
+                .await
+                .map_err(|e| driver_error("reading the title", e))?;
+            Ok::<_, ActionError>(json!({ "url": url.to_string(), "title": title }))
+        };
+        match read.await {
+            Err(e) if e.code == super::dialogs::CODE_DIALOG_OPEN => {
+                super::dialogs::unexpected(ctx, &h.driver, answered).await?;
+                answered += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Checked when the step runs, whatever validation saw: the URL may come
@@ -188,7 +201,7 @@ impl TypedAction for Type {
         let text = args.text.0.clone();
         let chars = text.chars().count();
         let (args, locator, text) = (&args, &locator, &text);
-        let result = run(ctx, None, |h| async move {
+        let result = run_acting(ctx, None, |h| async move {
             // Clearing and the first keys go inside the retry, so a field
             // that is present but not yet interactable is waited for.
             let mut chars_iter = text.chars();
@@ -342,7 +355,7 @@ impl TypedAction for Upload {
         let (locator, wait) = (args.locator(), args.wait(ctx));
         let text = path.display().to_string();
         let (locator, text, path) = (&locator, &text, &path);
-        run(ctx, None, |h| async move {
+        run_acting(ctx, None, |h| async move {
             with_element(&h, locator, wait, "upload", |el| {
                 let text = text.clone();
                 async move { el.send_keys(text).await }
@@ -606,7 +619,7 @@ impl TypedAction for ExecuteScript {
         args: ExecuteScriptArgs,
     ) -> Result<Value, ActionError> {
         let args = &args;
-        run(ctx, None, |h| async move {
+        run_acting(ctx, None, |h| async move {
             let result = if args.is_async {
                 h.driver
                     .execute_async(args.script.as_str(), args.args.clone())
@@ -723,7 +736,7 @@ impl TypedAction for GetUrl {
     type Args = NoArgs;
 
     async fn run(&self, ctx: &ActionContext, _args: NoArgs) -> Result<Value, ActionError> {
-        run(ctx, None, |h| async move { where_now(&h).await }).await
+        run(ctx, None, |h| async move { where_now(ctx, &h).await }).await
     }
 }
 

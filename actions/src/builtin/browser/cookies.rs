@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use thirtyfour::error::WebDriverErrorInner;
 use thirtyfour::{Cookie, SameSite, WebDriver};
 
-use super::{CODE_BROWSER, driver_error, run};
+use super::{CODE_BROWSER, driver_error, run, run_acting};
 use crate::builtin::args::Text;
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
@@ -177,7 +177,7 @@ impl TypedAction for AddCookie {
             SameSiteArg::None => SameSite::None,
         });
         let name = args.name;
-        run(ctx, None, move |h| {
+        run_acting(ctx, None, move |h| {
             let cookie = cookie.clone();
             let name = name.clone();
             async move {
@@ -236,7 +236,7 @@ impl TypedAction for DeleteCookies {
         args: DeleteCookiesArgs,
     ) -> Result<Value, ActionError> {
         let name = args.name;
-        run(ctx, None, move |h| {
+        run_acting(ctx, None, move |h| {
             let name = name.clone();
             async move {
                 let before = all_cookies(&h.driver).await?;
@@ -504,7 +504,7 @@ impl TypedAction for LoadCookies {
         let file = args.file;
         let shown = path.display().to_string();
         let shown = &shown;
-        run(ctx, None, move |h| {
+        run_acting(ctx, None, move |h| {
             let (cookies, file) = (cookies.clone(), file.clone());
             async move {
                 let page = page_url(&h.driver).await?;

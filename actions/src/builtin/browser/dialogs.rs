@@ -20,9 +20,13 @@ use crate::runtime::context::{ActionContext, DialogPolicy};
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction};
 
-/// A WebDriver command was refused because a dialog is open. Also the code
-/// of the step's error when the policy is to fail.
-pub const CODE_DIALOG_OPEN: &str = "unexpected_dialog";
+/// A WebDriver command was refused because a dialog is open: the code
+/// `driver_error` gives it, which `super::run` turns into the policy's
+/// outcome. It never ends a step as it is.
+pub const CODE_DIALOG_OPEN: &str = "dialog_open";
+/// The step's error when the policy fails it, or when a dialog opened
+/// while an acting step acted.
+pub const CODE_UNEXPECTED: &str = "unexpected_dialog";
 /// `accept_dialog`/`dismiss_dialog` found no dialog in time.
 pub const CODE_NO_DIALOG: &str = "dialog_not_found";
 
@@ -57,7 +61,7 @@ pub async fn unexpected(
             "no step expected it".to_string()
         };
         return Err(ActionError::new(
-            CODE_DIALOG_OPEN,
+            CODE_UNEXPECTED,
             format!(
                 "a dialog is open: \"{quoted}\" ({why}). Answer it with browser.accept_dialog \
                  or browser.dismiss_dialog in a step right after the one that opens it, or set \
@@ -84,6 +88,19 @@ pub async fn unexpected(
         ),
     );
     Ok(())
+}
+
+/// The error of a step that acts (see `super::run_acting`) when a dialog
+/// opened while it acted: the dialog was answered by the policy, but the
+/// step is not run again.
+pub fn answered_mid_step() -> ActionError {
+    ActionError::new(
+        CODE_UNEXPECTED,
+        "a dialog opened while this step was acting and was answered by the \
+         unexpected_dialog policy (see the warning before this error); the step is not \
+         repeated, since part of it may already have taken effect. If this step opens the \
+         dialog, answer it with browser.accept_dialog or browser.dismiss_dialog in the next step",
+    )
 }
 
 fn no_dialog(e: &WebDriverError) -> bool {

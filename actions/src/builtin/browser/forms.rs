@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{CODE_BROWSER, check_locator, run, with_element};
+use super::{CODE_BROWSER, check_locator, run, run_acting, with_element};
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, TypedAction, codes};
@@ -27,7 +27,7 @@ impl TypedAction for Check {
         let want = self.want;
         let verb = if want { "check" } else { "uncheck" };
         let locator = &locator;
-        let result = run(ctx, None, |h| async move {
+        let result = run_acting(ctx, None, |h| async move {
             let (kind, was) = with_element(&h, locator, wait, verb, |el| async move {
                 let kind = el.prop("type").await?.unwrap_or_default();
                 Ok((kind, el.is_selected().await?))

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use thirtyfour::{WebDriver, WebElement};
 
 use super::locator::{self, LocatorArgs};
-use super::{Handle, Wait, check_locator, driver_error, run, with_element};
+use super::{Handle, Wait, check_locator, driver_error, run, run_acting, with_element};
 use crate::builtin::args::{DurationArg, Text};
 use crate::language::model::edit_distance;
 use crate::runtime::context::ActionContext;
@@ -252,14 +252,21 @@ impl TypedAction for PressKeys {
 
     async fn run(&self, ctx: &ActionContext, args: PressKeysArgs) -> Result<Value, ActionError> {
         let entries = args.keys.entries();
-        let presses = entries
-            .iter()
-            .map(|e| parse_press(e))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| ActionError::new(codes::INVALID_ARGS, format!("with.keys: {m}")))?;
+        let mut presses = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            // A secret is text to type, whatever it looks like: never read
+            // as key names, and never quoted in part by an error.
+            if ctx.mask(entry) != *entry {
+                presses.push(Press::Text(entry.clone()));
+                continue;
+            }
+            presses.push(parse_press(entry).map_err(|m| {
+                ActionError::new(codes::INVALID_ARGS, format!("with.keys[{i}]: {m}"))
+            })?);
+        }
         let (locator, wait) = (args.locator(), args.wait(ctx));
         let (presses, locator) = (&presses, &locator);
-        let result = run(ctx, None, |h| async move {
+        let result = run_acting(ctx, None, |h| async move {
             if locator.is_set() {
                 let sequence = as_key_sequence(presses);
                 with_element(&h, locator, wait, "press_keys", |el| {

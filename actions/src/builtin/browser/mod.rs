@@ -84,7 +84,7 @@ pub use locator::Locator;
 pub use launch::{Browser, Overrides, find_chromedriver, find_chromium};
 pub use navigation::{FILE_URLS_SETTING, NAVIGATING_ACTIONS, check_navigation};
 
-use crate::runtime::context::ActionContext;
+use crate::runtime::context::{ActionContext, DialogPolicy};
 use crate::runtime::event::LogLevel;
 use crate::runtime::registry::{ActionError, Registry, codes};
 
@@ -181,15 +181,52 @@ pub fn check_locator(args: &Map<String, Value>, required: bool) -> Vec<(String, 
 
 /// Runs `op` against the session's browser, starting it first if needed.
 /// A cancel interrupts at once; a failure saves a screenshot and the page
-/// URL as artifacts and names them in the error. A dialog that no step
-/// expected is handled by the session's policy (see `dialogs.rs`): the
-/// step fails quoting it, or the dialog is answered and `op` runs again,
-/// which is why `op` is `FnMut`. WebDriver refuses a command while a dialog
-/// is open before doing anything, so running `op` again repeats nothing
-/// that took effect.
+/// URL as artifacts and names them in the error. For steps that only read,
+/// or whose effect is the same done twice (click, select, switch): a
+/// dialog that no step expected is handled by the session's policy (see
+/// `dialogs.rs`): the step fails quoting it, or the dialog is answered and
+/// `op` runs again, which is why `op` is `FnMut`.
 pub async fn run<F, Fut>(
     ctx: &ActionContext,
     overrides: Option<&Overrides>,
+    op: F,
+) -> Result<Value, ActionError>
+where
+    F: FnMut(Handle) -> Fut,
+    Fut: Future<Output = Result<Value, ActionError>>,
+{
+    run_op(ctx, overrides, Repeat::Safe, op).await
+}
+
+/// [`run`] for steps that act and must not act twice (navigate, type,
+/// press keys, run a script, close a window, change cookies): `op` runs
+/// once. A dialog already open when the step starts is answered first by
+/// an accept or dismiss policy; one that opens while `op` acts is answered
+/// too, and the step fails saying so, since part of it may have taken
+/// effect.
+pub async fn run_acting<F, Fut>(
+    ctx: &ActionContext,
+    overrides: Option<&Overrides>,
+    op: F,
+) -> Result<Value, ActionError>
+where
+    F: FnMut(Handle) -> Fut,
+    Fut: Future<Output = Result<Value, ActionError>>,
+{
+    run_op(ctx, overrides, Repeat::Never, op).await
+}
+
+/// Whether `op` may run again after a dialog interrupted it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Safe,
+    Never,
+}
+
+async fn run_op<F, Fut>(
+    ctx: &ActionContext,
+    overrides: Option<&Overrides>,
+    repeat: Repeat,
     mut op: F,
 ) -> Result<Value, ActionError>
 where
@@ -201,6 +238,16 @@ where
         _ = ctx.cancel.cancelled() => return Err(cancelled()),
     };
     let evidence_driver = handle.driver.clone();
+    let answers = ctx.options().browser.unexpected_dialog != DialogPolicy::Fail;
+    if repeat == Repeat::Never && answers {
+        // A dialog an earlier step left open refuses `op`'s first command,
+        // before anything took effect; answering it first lets `op` run
+        // once, whole. (Under `fail` that refusal is the step's error.)
+        tokio::select! {
+            r = dialogs::unexpected(ctx, &handle.driver, 0) => r?,
+            _ = ctx.cancel.cancelled() => return Err(cancelled()),
+        }
+    }
     let mut answered = 0;
     loop {
         let result = tokio::select! {
@@ -212,10 +259,14 @@ where
             Err(e) if e.code == codes::CANCELLED => return Err(e),
             Err(e) if e.code == dialogs::CODE_DIALOG_OPEN => {
                 match dialogs::unexpected(ctx, &handle.driver, answered).await {
-                    Ok(()) => {
+                    // (Bounded: `unexpected` gives up after a few dialogs,
+                    // and a refusal with no dialog to read is not retried
+                    // forever either.)
+                    Ok(()) if repeat == Repeat::Safe && answered < 20 => {
                         answered += 1;
                         continue;
                     }
+                    Ok(()) => dialogs::answered_mid_step(),
                     Err(e) => e,
                 }
             }

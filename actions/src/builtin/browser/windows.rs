@@ -26,7 +26,7 @@ use thirtyfour::common::command::Command;
 use thirtyfour::error::{WebDriverError, WebDriverErrorInner};
 use thirtyfour::{WebDriver, WindowHandle};
 
-use super::{Browser, CODE_BROWSER, driver_error, run};
+use super::{Browser, CODE_BROWSER, driver_error, run, run_acting};
 use crate::builtin::args::DurationArg;
 use crate::runtime::context::ActionContext;
 use crate::runtime::event::LogLevel;
@@ -474,7 +474,7 @@ impl TypedAction for CloseWindow {
     type Args = CloseWindowArgs;
 
     async fn run(&self, ctx: &ActionContext, _args: CloseWindowArgs) -> Result<Value, ActionError> {
-        run(ctx, None, move |h| async move {
+        run_acting(ctx, None, move |h| async move {
             let windows = windows_of(ctx).await?;
             let driver = &h.driver;
             let current = current_handle(driver).await?;
