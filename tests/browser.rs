@@ -569,3 +569,29 @@ fn a_remote_webdriver_can_stand_in_for_the_local_driver() {
         "tasuki started a local chromedriver despite --remote-webdriver"
     );
 }
+
+#[test]
+fn a_long_temporary_directory_still_starts_the_browser() {
+    require_browser();
+    let scratch = Scratch::new();
+    // Chromium's socket under a TMPDIR this long would pass the 107-byte
+    // limit of a socket's path, and Chromium would exit at start.
+    let tmp = scratch
+        .path()
+        .join("a-temporary-directory-with-a-rather-long-name/and-deeper");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let file = scratch.write(
+        "flow.yaml",
+        "version: 1\nname: long\nsteps:\n  - {id: open, action: browser.open, with: {url: \"data:text/html,<title>ok</title>\"}}\n",
+    );
+    let out = support::tasuki()
+        .current_dir(scratch.path())
+        .env("TMPDIR", &tmp)
+        .args(["run", file.to_str().unwrap(), "--output", "json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let r = support::result(out);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert_eq!(r.report["steps"]["open"]["output"]["title"], "ok");
+}

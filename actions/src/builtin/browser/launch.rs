@@ -153,7 +153,7 @@ impl Browser {
         let chromium = find_chromium(settings)?;
         let profile = tempfile::Builder::new()
             .prefix("tasuki-profile-")
-            .tempdir()
+            .tempdir_in(profile_root())
             .map(|dir| {
                 crate::builtin::process::register_temp_path(dir.path());
                 Profile(dir)
@@ -312,6 +312,23 @@ impl Drop for Browser {
         if let Some(driver) = self.driver.take() {
             let _ = driver.leak();
         }
+    }
+}
+
+/// Where profiles go: the temporary directory, unless its path is so long
+/// that Chromium could not start. Chromium makes a Unix socket under its
+/// TMPDIR (the profile's `tmp`, see `launch`):
+/// `.org.chromium.Chromium.XXXXXX/SingletonSocket`, and a socket's path
+/// may not pass 107 bytes; past it Chromium exits at start ("Chrome
+/// instance exited"). Then `/tmp` serves.
+fn profile_root() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    // "/tasuki-profile-XXXXXX" + "/tmp" + "/.org.chromium.Chromium.XXXXXX/SingletonSocket"
+    let socket_path = tmp.as_os_str().len() + 22 + 4 + 46;
+    if cfg!(unix) && socket_path > 107 {
+        PathBuf::from("/tmp")
+    } else {
+        tmp
     }
 }
 
