@@ -68,15 +68,8 @@ async fn an_agent_whose_robot_an_operator_moved_to_another_key_exits_with_its_co
     let mut agent = robot.start(&[]);
 
     let transfer = hub_command()
-        .args([
-            "robots",
-            "transfer",
-            "moved",
-            "--to-key",
-            &new_key.id,
-            "--db",
-        ])
-        .arg(scratch.db())
+        .args(["robots", "transfer", "moved", "--to-key", &new_key.id])
+        .args(scratch.db_args())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run tasuki-hub robots transfer");
@@ -117,8 +110,8 @@ async fn an_agent_whose_robot_an_operator_deleted_exits_and_a_register_brings_it
     );
 
     let delete = hub_command()
-        .args(["robots", "delete", "deleted", "--db"])
-        .arg(scratch.db())
+        .args(["robots", "delete", "deleted"])
+        .args(scratch.db_args())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run tasuki-hub robots delete");

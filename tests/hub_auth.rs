@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 #[test]
 fn keys_create_prints_the_secret_once_and_stores_it_sealed() {
-    let scratch = Scratch::new();
-    let out = keys_create(&scratch.db(), ALL_SCOPES);
+    // It reads the database's files.
+    let scratch = Scratch::sqlite();
+    let out = keys_create(&scratch, ALL_SCOPES);
     assert!(
         out.status.success(),
         "{}",
@@ -31,7 +32,7 @@ fn keys_create_prints_the_secret_once_and_stores_it_sealed() {
     // Neither the secret nor any long piece of it is in the database files.
     let mut db_bytes = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
-        let path = format!("{}{suffix}", scratch.db().display());
+        let path = format!("{}{suffix}", scratch.db_file().display());
         if let Ok(b) = std::fs::read(&path) {
             db_bytes.extend(b);
         }
@@ -63,12 +64,12 @@ fn keys_create_prints_the_secret_once_and_stores_it_sealed() {
 #[test]
 fn keys_create_rejects_unknown_or_no_scopes() {
     let scratch = Scratch::new();
-    let out = keys_create(&scratch.db(), "session_queue.read sesion_queue.write");
+    let out = keys_create(&scratch, "session_queue.read sesion_queue.write");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`sesion_queue.write`"), "{err}");
     assert!(out.stdout.is_empty());
-    let out = keys_create(&scratch.db(), "  ");
+    let out = keys_create(&scratch, "  ");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no scope"));
 }
@@ -83,8 +84,8 @@ fn the_master_key_file_is_guarded() {
 
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = hub_command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(scratch.db())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(scratch.db_args())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -95,8 +96,8 @@ fn the_master_key_file_is_guarded() {
     // refuses rather than making a new one.
     std::fs::remove_file(&key_file).unwrap();
     let out = hub_command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(scratch.db())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(scratch.db_args())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -405,8 +406,8 @@ async fn each_auth_failure_says_which() {
     let doomed_api = Api::new(&hub, Some(doomed_token));
     assert_eq!(doomed_api.get("/v1/workflows").await.status, StatusCode::OK);
     let out = hub_command()
-        .args(["keys", "delete", &doomed.id, "--db"])
-        .arg(scratch.db())
+        .args(["keys", "delete", &doomed.id])
+        .args(scratch.db_args())
         .output()
         .unwrap();
     assert!(

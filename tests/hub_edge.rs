@@ -396,8 +396,8 @@ fn a_certificate_that_does_not_load_stops_serve_with_the_reason() {
     let cert = scratch.dir.path().join("cert.pem");
     std::fs::write(&cert, "not a certificate").expect("write");
     let out = hub_command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(scratch.db())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(scratch.db_args())
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")

@@ -36,7 +36,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let scratch = Scratch::new();
+    let scratch = Scratch::sqlite();
     let key = create_key(&scratch, ALL_SCOPES);
     let hub = Hub::start_with(&scratch, HUB_ARGS);
     let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
@@ -72,7 +72,7 @@ impl Setup {
     /// with SQLite, as anyone who can read the file could.
     fn stored(&self, session: i64) -> (Value, bool) {
         let conn = rusqlite::Connection::open_with_flags(
-            self.scratch.db(),
+            self.scratch.db_file(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("open the database file");
@@ -93,7 +93,7 @@ impl Setup {
     /// The sealed secret params of a session, as stored.
     fn sealed_blob(&self, session: i64) -> Vec<u8> {
         let conn = rusqlite::Connection::open_with_flags(
-            self.scratch.db(),
+            self.scratch.db_file(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("open the database file");
@@ -109,7 +109,7 @@ impl Setup {
     fn on_disk(&self, needle: impl AsRef<[u8]>) -> bool {
         let needle = needle.as_ref();
         ["", "-wal", "-shm"].iter().any(|suffix| {
-            let mut path = self.scratch.db().into_os_string();
+            let mut path = self.scratch.db_file().into_os_string();
             path.push(suffix);
             std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
         })
@@ -179,7 +179,7 @@ async fn the_database_files_are_readable_by_their_owner_only() {
     let wf = workflow(&s.api, SECRET_YAML, &[]).await;
     queue(&s.api, wf, json!({"token": "t"})).await;
     let files = |s: &Setup| {
-        let db = s.scratch.db();
+        let db = s.scratch.db_file();
         let mut wal = db.clone().into_os_string();
         wal.push("-wal");
         let mut shm = db.clone().into_os_string();
@@ -195,9 +195,10 @@ async fn the_database_files_are_readable_by_their_owner_only() {
         scratch, hub, key, ..
     } = s;
     assert!(hub.stop().success());
-    std::fs::set_permissions(scratch.db(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(scratch.db_file(), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
     let hub = Hub::start_with(&scratch, HUB_ARGS);
-    assert_eq!(mode(&scratch.db()), 0o600);
+    assert_eq!(mode(&scratch.db_file()), 0o600);
     assert!(
         hub.stderr().contains("it is now its owner's only"),
         "{}",
@@ -282,9 +283,9 @@ async fn secret_params_are_sealed_while_queued_and_gone_once_the_session_ends() 
     assert!(
         s.gone_from_disk(&[&blob, &cancelled_blob]).await,
         "the sealed params of ended sessions are still in {}: db {}, wal {}",
-        s.scratch.db().display(),
-        std::fs::metadata(s.scratch.db()).map_or(0, |m| m.len()),
-        std::fs::metadata(format!("{}-wal", s.scratch.db().display())).map_or(0, |m| m.len()),
+        s.scratch.db_file().display(),
+        std::fs::metadata(s.scratch.db_file()).map_or(0, |m| m.len()),
+        std::fs::metadata(format!("{}-wal", s.scratch.db_file().display())).map_or(0, |m| m.len()),
     );
     assert!(!s.on_disk(secret));
 }
@@ -305,7 +306,7 @@ async fn secret_params_an_older_hub_stored_in_clear_are_sealed_at_start() {
     // What a hub before schema version 5 left: the values in clear, and
     // migration 5's flag on the rows that have secret params.
     {
-        let conn = rusqlite::Connection::open(scratch.db()).expect("open");
+        let conn = rusqlite::Connection::open(scratch.db_file()).expect("open");
         for (id, value) in [(live, "CLEAR-live-7e1d"), (ended, "CLEAR-ended-9b3c")] {
             conn.execute(
                 "UPDATE session_queues

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,23 +21,180 @@ pub fn hub_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tasuki-hub"))
 }
 
-/// A scratch folder holding one hub's database and key file.
+/// A scratch folder holding one hub's key file and, on SQLite, its
+/// database; on PostgreSQL, a database of its own on the test server.
+///
+/// The backend is the test run's: SQLite unless `TASUKI_TEST_BACKEND` is
+/// `postgres`, when the hubs use fresh databases on the server at
+/// `TASUKI_TEST_POSTGRES` (an admin URL; `./test.sh` starts a throwaway
+/// server and runs the hub's tests on both backends).
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    postgres: Option<TestDatabase>,
 }
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch {
-            dir: tempfile::tempdir().expect("create a temp dir"),
+        match std::env::var("TASUKI_TEST_BACKEND").as_deref() {
+            Ok("postgres") => Scratch::postgres(),
+            Ok("sqlite") | Err(_) => Scratch::sqlite(),
+            Ok(other) => panic!("TASUKI_TEST_BACKEND is `{other}`; use sqlite or postgres"),
         }
     }
-    pub fn db(&self) -> PathBuf {
+
+    /// On SQLite whatever the run's backend: for tests of the file itself.
+    pub fn sqlite() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+            postgres: None,
+        }
+    }
+
+    /// On a fresh PostgreSQL database whatever the run's backend.
+    pub fn postgres() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+            postgres: Some(TestDatabase::create()),
+        }
+    }
+
+    /// `--db`'s value.
+    pub fn db(&self) -> std::ffi::OsString {
+        match &self.postgres {
+            Some(database) => database.url.clone().into(),
+            None => self.db_file().into(),
+        }
+    }
+
+    /// `--db` and, on PostgreSQL, `--master-key`: how a hub or a command
+    /// finds this scratch's state.
+    pub fn db_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--db".into(), self.db()];
+        if self.postgres.is_some() {
+            args.push("--master-key".into());
+            args.push(self.key_file().into());
+        }
+        args
+    }
+
+    /// The SQLite file.
+    pub fn db_file(&self) -> PathBuf {
+        assert!(
+            self.postgres.is_none(),
+            "this test reads the SQLite file: start it with Scratch::sqlite()"
+        );
         self.dir.path().join("hub.db")
     }
+
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("hub.db.key")
     }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+}
+
+impl Drop for Scratch {
+    /// What the hubs said is most of what explains a failed test.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("hub-stderr-") {
+                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- the last lines of {name} ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// A database of its own on the test server, dropped afterwards.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    fn create() -> TestDatabase {
+        let admin_url = std::env::var("TASUKI_TEST_POSTGRES").expect(
+            "TASUKI_TEST_POSTGRES is not set: run the tests with ./test.sh, which starts a \
+             throwaway PostgreSQL server (or set it to an admin URL such as \
+             postgres://tasuki@127.0.0.1:5432/postgres)",
+        );
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "tasuki_test_{}_{n}_{}",
+            std::process::id(),
+            now_nanos() % 1_000_000
+        );
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let url = match admin_url.rfind('/') {
+            Some(slash) if slash > "postgres://".len() => {
+                let (base, rest) = admin_url.split_at(slash);
+                let query = rest.find('?').map_or("", |q| &rest[q..]);
+                format!("{base}/{name}{query}")
+            }
+            _ => panic!("TASUKI_TEST_POSTGRES ({admin_url}) names no database"),
+        };
+        TestDatabase {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+/// Runs one statement with `psql`, which comes with the server.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql (scripts/need-postgres.sh installs it)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A running `tasuki-hub serve`.
@@ -67,8 +224,8 @@ impl Hub {
         ));
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr log");
         let mut child = hub_command()
-            .args(["serve", "--listen", listen, "--db"])
-            .arg(scratch.db())
+            .args(["serve", "--listen", listen])
+            .args(scratch.db_args())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -155,17 +312,17 @@ pub struct Key {
     pub secret: String,
 }
 
-pub fn keys_create(db: &Path, scopes: &str) -> Output {
+pub fn keys_create(scratch: &Scratch, scopes: &str) -> Output {
     hub_command()
-        .args(["keys", "create", "--scopes", scopes, "--db"])
-        .arg(db)
+        .args(["keys", "create", "--scopes", scopes])
+        .args(scratch.db_args())
         .stdin(Stdio::null())
         .output()
         .expect("run tasuki-hub keys create")
 }
 
 pub fn create_key(scratch: &Scratch, scopes: &str) -> Key {
-    let out = keys_create(&scratch.db(), scopes);
+    let out = keys_create(scratch, scopes);
     assert!(
         out.status.success(),
         "keys create failed: {}",

@@ -25,14 +25,16 @@
 //! connection, then waiters.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::Connection;
+use crate::db::Conn;
 use tasuki_protocol::Lease;
 use tokio::sync::oneshot;
 
 use crate::db::leases::{self, Load};
 use crate::db::{DbError, robots};
+use crate::peers::{Notice, Peers};
 use crate::routing::{Capabilities, Needs};
 use crate::secrets::{MasterKey, new_lease_id};
 
@@ -128,7 +130,7 @@ pub enum Poll {
 /// Sends a lease down a waiting poll; when the poll has gone, takes the
 /// lease back and returns false.
 fn send_or_withdraw(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     waiter: Waiter,
     lease: Lease,
     now_ms: i64,
@@ -143,8 +145,32 @@ fn send_or_withdraw(
     }
 }
 
+fn poller(want: &Want) -> leases::Poller<'_> {
+    leases::Poller {
+        robot_id: want.robot_id,
+        name: &want.name,
+        key_id: &want.key_id,
+        instance_id: &want.instance_id,
+        poll_id: &want.poll_id,
+    }
+}
+
+/// How many times a poll looks at the queue before it waits while news
+/// keeps coming (each look that finds nothing for it under a stream of
+/// other robots' sessions costs a query; past this it waits, and the next
+/// news that fits reaches it as an offer).
+const MAX_LOOKS: u32 = 8;
+
 pub struct Dispatcher {
     waiters: Mutex<Waiters>,
+    /// Counts sessions offered and slots freed on this hub (from its own
+    /// requests or another hub's notices). A poll that found nothing reads
+    /// it before it looks and again, under the waiters lock, before it
+    /// waits: news in between may have found no waiter, so it looks
+    /// again. (On SQLite the one connection already keeps the two apart.)
+    news: AtomicU64,
+    /// The other hubs of a PostgreSQL database.
+    pub peers: Peers,
     /// A new lease lives this long unless the robot's next poll renews it.
     lease_ttl_ms: i64,
     /// Opens the secret params that a lease carries.
@@ -155,6 +181,8 @@ impl Dispatcher {
     pub fn new(lease_ttl_ms: i64, master: Arc<MasterKey>) -> Dispatcher {
         Dispatcher {
             waiters: Mutex::default(),
+            news: AtomicU64::new(0),
+            peers: Peers::new(),
             lease_ttl_ms,
             master,
         }
@@ -163,22 +191,36 @@ impl Dispatcher {
     /// Leases `session_id` to the robot of `want` in the database.
     fn grant(
         &self,
-        conn: &Connection,
+        conn: &mut Conn<'_>,
         session_id: i64,
         want: &Want,
         now_ms: i64,
     ) -> Result<Option<Lease>, DbError> {
         let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
-        let poller = leases::Poller {
-            robot_id: want.robot_id,
-            key_id: &want.key_id,
-            instance_id: &want.instance_id,
-            poll_id: &want.poll_id,
-        };
         leases::grant(
             conn,
             session_id,
-            &poller,
+            &poller(want),
+            &lease_id,
+            &self.master,
+            now_ms,
+            self.lease_ttl_ms,
+        )
+    }
+
+    /// Leases the oldest session the robot of `want` may take to it.
+    fn grant_next(
+        &self,
+        conn: &mut Conn<'_>,
+        want: &Want,
+        load: Load,
+        now_ms: i64,
+    ) -> Result<Option<Lease>, DbError> {
+        let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
+        leases::grant_next(
+            conn,
+            &poller(want),
+            load,
             &lease_id,
             &self.master,
             now_ms,
@@ -196,38 +238,49 @@ impl Dispatcher {
     /// one fits, or register it to wait.
     pub fn take_or_wait(
         &self,
-        conn: &Connection,
+        conn: &mut Conn<'_>,
         want: Want,
         now_ms: i64,
     ) -> Result<Poll, DbError> {
-        let load = leases::load_of(conn, want.robot_id)?;
         let (tx, rx) = oneshot::channel();
         let mut waiter = Waiter {
             seq: 0,
             want,
-            load,
+            load: Load::default(),
             offers: Capabilities::default(),
             tx,
         };
-        if waiter.wants_work()
-            && let Some(session_id) =
-                leases::next_for(conn, waiter.want.robot_id, &waiter.want.name, load)?
-            && let Some(lease) = self.grant(conn, session_id, &waiter.want, now_ms)?
-        {
-            return Ok(Poll::Leased(Box::new(lease)));
-        }
-        // Gone meanwhile (deleted by an operator): nothing is offered to it,
-        // and grants check the robot anyway.
-        waiter.offers =
-            robots::capabilities(conn, waiter.want.robot_id)?.unwrap_or_else(|| Capabilities {
-                name: waiter.want.name.clone(),
-                actions: Some(Default::default()),
-                labels: Default::default(),
-            });
-        let mut waiters = self.lock();
-        if waiters.closed {
-            return Ok(Poll::Closed);
-        }
+        let mut looks = 0;
+        let mut waiters =
+            loop {
+                looks += 1;
+                let seen = self.news.load(Ordering::SeqCst);
+                waiter.load = leases::load_of(conn, waiter.want.robot_id)?;
+                if waiter.wants_work()
+                    && let Some(lease) = self.grant_next(conn, &waiter.want, waiter.load, now_ms)?
+                {
+                    return Ok(Poll::Leased(Box::new(lease)));
+                }
+                if looks == 1 {
+                    // Gone meanwhile (deleted by an operator): nothing is
+                    // offered to it, and grants check the robot anyway.
+                    waiter.offers = robots::capabilities(conn, waiter.want.robot_id)?
+                        .unwrap_or_else(|| Capabilities {
+                            name: waiter.want.name.clone(),
+                            actions: Some(Default::default()),
+                            labels: Default::default(),
+                        });
+                }
+                let waiters = self.lock();
+                if waiters.closed {
+                    return Ok(Poll::Closed);
+                }
+                // News since the look (another connection of the pool, or
+                // another hub) found no waiter to give it to: look again.
+                if self.news.load(Ordering::SeqCst) == seen || looks >= MAX_LOOKS {
+                    break waiters;
+                }
+            };
         waiters.next_seq += 1;
         let seq = waiters.next_seq;
         let robot_id = waiter.want.robot_id;
@@ -240,9 +293,17 @@ impl Dispatcher {
     /// A robot has one poll outstanding: a new one supersedes the
     /// registration of any older one (a poll the robot gave up, whose
     /// connection the hub may not have seen close yet), which must not be
-    /// granted a session that nobody would receive. Called with the
-    /// database connection held, at the start of every poll.
-    pub fn supersede(&self, robot_id: i64, now_ms: i64) {
+    /// granted a session that nobody would receive; on another hub too.
+    /// Called with the database connection held, at the start of every
+    /// poll.
+    pub fn polled(&self, conn: &mut Conn<'_>, robot_id: i64, now_ms: i64) -> Result<(), DbError> {
+        self.superseded_elsewhere(robot_id, now_ms);
+        self.peers.tell(conn, Notice::Polled { robot_id })
+    }
+
+    /// The robot polled another hub: its poll waiting here, if any, is
+    /// answered empty.
+    pub fn superseded_elsewhere(&self, robot_id: i64, now_ms: i64) {
         let mut waiters = self.lock();
         if let Some(old) = waiters.by_robot.remove(&robot_id) {
             waiters.answered_at.insert(robot_id, now_ms);
@@ -268,9 +329,24 @@ impl Dispatcher {
     }
 
     /// Offers a session that has just become available to the robot that
-    /// has waited longest among those that may take it. Returns whether a
-    /// robot took it.
-    pub fn offer(&self, conn: &Connection, session_id: i64, now_ms: i64) -> Result<bool, DbError> {
+    /// has waited longest among those that may take it, here or, when no
+    /// robot waiting here took it, on another hub.
+    pub fn offer(&self, conn: &mut Conn<'_>, session_id: i64, now_ms: i64) -> Result<(), DbError> {
+        if !self.offer_here(conn, session_id, now_ms)? {
+            self.peers.tell(conn, Notice::Queued { session_id })?;
+        }
+        Ok(())
+    }
+
+    /// [`Dispatcher::offer`] to the robots waiting on this hub only.
+    /// Returns whether one took it.
+    pub fn offer_here(
+        &self,
+        conn: &mut Conn<'_>,
+        session_id: i64,
+        now_ms: i64,
+    ) -> Result<bool, DbError> {
+        self.news.fetch_add(1, Ordering::SeqCst);
         let Some(needs) = leases::needs_of(conn, session_id)? else {
             return Ok(false);
         };
@@ -317,7 +393,7 @@ impl Dispatcher {
     /// poll has gone meanwhile, takes the lease back and returns false.
     fn deliver(
         &self,
-        conn: &Connection,
+        conn: &mut Conn<'_>,
         robot_id: i64,
         seq: u64,
         lease: Lease,
@@ -340,13 +416,33 @@ impl Dispatcher {
 
     /// A robot finished (or lost) a session: its waiting poll, which was
     /// registered while the session still held a slot, may now take
-    /// another one.
-    pub fn slot_freed(&self, conn: &Connection, robot_id: i64, now_ms: i64) -> Result<(), DbError> {
+    /// another one, here or on the hub it waits on.
+    pub fn slot_freed(
+        &self,
+        conn: &mut Conn<'_>,
+        robot_id: i64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        if !self.slot_freed_here(conn, robot_id, now_ms)? {
+            self.peers.tell(conn, Notice::SlotFreed { robot_id })?;
+        }
+        Ok(())
+    }
+
+    /// [`Dispatcher::slot_freed`] for a poll waiting on this hub only.
+    /// Returns whether one was.
+    pub fn slot_freed_here(
+        &self,
+        conn: &mut Conn<'_>,
+        robot_id: i64,
+        now_ms: i64,
+    ) -> Result<bool, DbError> {
+        self.news.fetch_add(1, Ordering::SeqCst);
         let load = leases::load_of(conn, robot_id)?;
         let (seq, want) = {
             let mut waiters = self.lock();
             let Some(waiter) = waiters.by_robot.get_mut(&robot_id) else {
-                return Ok(());
+                return Ok(false);
             };
             if load.active < waiter.load.active {
                 let freed = waiter.load.active - load.active;
@@ -354,31 +450,60 @@ impl Dispatcher {
             }
             waiter.load = load;
             if !waiter.wants_work() {
-                return Ok(());
+                return Ok(true);
             }
             (waiter.seq, waiter.want.clone())
         };
-        let Some(session_id) = leases::next_for(conn, want.robot_id, &want.name, load)? else {
-            return Ok(());
+        let Some(lease) = self.grant_next(conn, &want, load, now_ms)? else {
+            return Ok(true);
         };
-        let Some(lease) = self.grant(conn, session_id, &want, now_ms)? else {
-            return Ok(());
-        };
+        let session_id = lease.session_id;
         if !self.deliver(conn, robot_id, seq, lease, now_ms)? {
             // That poll had gone: another robot may take the session.
             self.offer(conn, session_id, now_ms)?;
         }
+        Ok(true)
+    }
+
+    /// A session the robot runs was asked to cancel: its waiting poll,
+    /// here or on another hub, is answered so that it hears now.
+    pub fn cancel(&self, conn: &mut Conn<'_>, robot_id: i64) -> Result<(), DbError> {
+        if !self.wake(robot_id, Wake::Cancel) {
+            self.peers.tell(conn, Notice::Cancel { robot_id })?;
+        }
         Ok(())
     }
 
-    /// Answers a robot's waiting poll so that it hears of a cancel now.
-    pub fn wake(&self, robot_id: i64, why: Wake) {
+    /// Answers a robot's poll waiting on this hub, if one is. Returns
+    /// whether one was.
+    pub fn wake(&self, robot_id: i64, why: Wake) -> bool {
         let mut waiters = self.lock();
-        if let Some(w) = waiters.by_robot.remove(&robot_id)
-            && w.tx.send(why).is_ok()
-        {
-            waiters.answered_at.insert(robot_id, crate::db::now_ms());
+        match waiters.by_robot.remove(&robot_id) {
+            Some(w) => {
+                if w.tx.send(why).is_ok() {
+                    waiters.answered_at.insert(robot_id, crate::db::now_ms());
+                }
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Answers every waiting poll empty, as when its hold runs out: each
+    /// robot polls again at once and looks afresh (`peers.rs`, after its
+    /// listener missed notices). Returns how many were waiting.
+    pub fn answer_all(&self) -> usize {
+        let mut waiters = self.lock();
+        let now = crate::db::now_ms();
+        let robots: Vec<i64> = waiters.by_robot.keys().copied().collect();
+        for robot_id in &robots {
+            if let Some(w) = waiters.by_robot.remove(robot_id)
+                && w.tx.send(Wake::Replaced).is_ok()
+            {
+                waiters.answered_at.insert(*robot_id, now);
+            }
+        }
+        robots.len()
     }
 
     /// What the hub knows of a robot's connection from its polls.

@@ -1,23 +1,22 @@
 //! `tasuki-hub keys ...`: access keys, made and removed on the hub's own
 //! machine. The secret is printed once and never again.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
 use serde_json::json;
 use tasuki_protocol::Scopes;
 
 use crate::db::{keys, now_ms};
-use crate::{secrets, store};
+use crate::secrets;
+use crate::store::{self, StoreArgs};
 
-pub fn create(db_path: &Path, scopes: &str) -> anyhow::Result<()> {
+pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
     let scopes: Scopes = scopes.parse().context("--scopes")?;
     if scopes.is_empty() {
         bail!(
             "--scopes names no scope; give a space-separated list such as \"session_queue.write session_queue.read\""
         );
     }
-    let (db, master) = store::open(db_path)?;
+    let (db, master) = store::open(store).await?;
     let id = secrets::new_access_key_id()?;
     let secret = secrets::new_secret()?;
     let sealed = master.seal(&id, secret.as_bytes())?;
@@ -27,7 +26,8 @@ pub fn create(db_path: &Path, scopes: &str) -> anyhow::Result<()> {
         nonce: sealed.nonce,
         sealed: sealed.ciphertext,
     };
-    db.with(|conn| keys::insert(conn, &key, now_ms()))?;
+    db.call(move |conn| keys::insert(conn, &key, now_ms()))
+        .await?;
     println!(
         "{}",
         json!({"access_key_id": id, "secret_access_key": secret})
@@ -39,9 +39,9 @@ pub fn create(db_path: &Path, scopes: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn list(db_path: &Path) -> anyhow::Result<()> {
-    let (db, _) = store::open(db_path)?;
-    let keys = db.with(|conn| keys::list(conn))?;
+pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
+    let (db, _) = store::open(store).await?;
+    let keys = db.call(keys::list).await?;
     let rows: Vec<_> = keys
         .iter()
         .map(|k| {
@@ -56,10 +56,11 @@ pub fn list(db_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn delete(db_path: &Path, id: &str) -> anyhow::Result<()> {
-    let (db, _) = store::open(db_path)?;
-    if !db.with(|conn| keys::delete(conn, id))? {
-        bail!("there is no access key `{id}` in {}", db_path.display());
+pub async fn delete(store: &StoreArgs, id: &str) -> anyhow::Result<()> {
+    let (db, _) = store::open(store).await?;
+    let key_id = id.to_owned();
+    if !db.call(move |conn| keys::delete(conn, &key_id)).await? {
+        bail!("there is no access key `{id}` in {}", store.db);
     }
     eprintln!("deleted access key {id}; tokens signed with it no longer work");
     Ok(())

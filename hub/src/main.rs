@@ -8,6 +8,7 @@ mod keys;
 mod listener;
 mod log_escape;
 mod peer_limit;
+mod peers;
 mod robots;
 mod routing;
 mod secrets;
@@ -40,8 +41,8 @@ enum Command {
     Serve {
         #[arg(long, env = "TASUKI_HUB_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
         /// The `iss` every token must carry.
         #[arg(long, env = "TASUKI_HUB_ISSUER", default_value = "tasuki")]
         issuer: String,
@@ -90,8 +91,8 @@ enum Command {
 enum RobotsCommand {
     /// List robots with the key that owns each, as JSON.
     List {
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
     /// Give a robot to another access key (which needs the `robot` scope);
     /// the old key's agent is refused from then on.
@@ -100,14 +101,14 @@ enum RobotsCommand {
         /// The access key id that will own the robot.
         #[arg(long)]
         to_key: String,
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
     /// Delete a robot; refused while it holds a lease on a session.
     Delete {
         name: String,
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
 }
 
@@ -187,19 +188,19 @@ enum KeysCommand {
         /// session_queue.delete access_token.create workflow.write robot
         #[arg(long)]
         scopes: String,
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
     /// List access keys (never their secrets).
     List {
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
     /// Delete an access key; every token signed with it stops working.
     Delete {
         access_key_id: String,
-        #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
 }
 
@@ -210,7 +211,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             listen,
-            db,
+            store,
             issuer,
             audience,
             quota_per_robot,
@@ -219,9 +220,9 @@ fn main() -> ExitCode {
             lease_ttl_seconds,
             edge,
             session_limits,
-        } => run_server(serve::ServeOptions {
+        } => run(serve::serve(serve::ServeOptions {
             listen,
-            db,
+            store,
             issuer,
             audience,
             quota_per_robot,
@@ -250,16 +251,23 @@ fn main() -> ExitCode {
                 .tls_cert
                 .zip(edge.tls_key)
                 .map(|(cert, key)| tls::TlsFiles { cert, key }),
-        }),
+        })),
         Command::Keys { command } => match command {
-            KeysCommand::Create { scopes, db } => keys::create(&db, &scopes),
-            KeysCommand::List { db } => keys::list(&db),
-            KeysCommand::Delete { access_key_id, db } => keys::delete(&db, &access_key_id),
+            KeysCommand::Create { scopes, store } => run(keys::create(&store, &scopes)),
+            KeysCommand::List { store } => run(keys::list(&store)),
+            KeysCommand::Delete {
+                access_key_id,
+                store,
+            } => run(keys::delete(&store, &access_key_id)),
         },
         Command::Robots { command } => match command {
-            RobotsCommand::List { db } => robots::list(&db),
-            RobotsCommand::Transfer { name, to_key, db } => robots::transfer(&db, &name, &to_key),
-            RobotsCommand::Delete { name, db } => robots::delete(&db, &name),
+            RobotsCommand::List { store } => run(robots::list(&store)),
+            RobotsCommand::Transfer {
+                name,
+                to_key,
+                store,
+            } => run(robots::transfer(&store, &name, &to_key)),
+            RobotsCommand::Delete { name, store } => run(robots::delete(&store, &name)),
         },
     };
     match result {
@@ -271,11 +279,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_server(opts: serve::ServeOptions) -> anyhow::Result<()> {
+/// Every command runs on one multi-threaded runtime: the database is
+/// reached through it (`db::Db::call`), from a server or a one-shot command.
+fn run(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve::serve(opts))
+    runtime.block_on(command)
 }
 
 /// Logs go to stderr (stdout carries the `listening on` line and the

@@ -2,20 +2,19 @@
 //! robot. A robot belongs to the access key that registered it; moving it
 //! to another key is an operator's decision, never a robot key's.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
 use serde_json::json;
 use tasuki_protocol::{Scope, Scopes};
 
 use crate::db::robots::{self, Deletion, Transfer};
 use crate::db::{keys, leases};
-use crate::store;
+use crate::store::{self, StoreArgs};
 
-pub fn list(db_path: &Path) -> anyhow::Result<()> {
-    let (db, _) = store::open(db_path)?;
-    let (rows, running) =
-        db.with(|conn| Ok((robots::list(conn)?, leases::running_by_robot(conn)?)))?;
+pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
+    let (db, _) = store::open(store).await?;
+    let (rows, running) = db
+        .call(|conn| Ok((robots::list(conn)?, leases::running_by_robot(conn)?)))
+        .await?;
     let rows: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -40,12 +39,13 @@ pub fn list(db_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn transfer(db_path: &Path, name: &str, to_key: &str) -> anyhow::Result<()> {
-    let (db, _) = store::open(db_path)?;
-    let Some(key) = db.with(|conn| keys::find(conn, to_key))? else {
+pub async fn transfer(store: &StoreArgs, name: &str, to_key: &str) -> anyhow::Result<()> {
+    let (db, _) = store::open(store).await?;
+    let key_id = to_key.to_owned();
+    let Some(key) = db.call(move |conn| keys::find(conn, &key_id)).await? else {
         bail!(
             "there is no access key `{to_key}` in {}; `tasuki-hub keys list` shows them",
-            db_path.display()
+            store.db
         );
     };
     let scopes: Scopes = key
@@ -58,19 +58,22 @@ pub fn transfer(db_path: &Path, name: &str, to_key: &str) -> anyhow::Result<()> 
              could not drive the robot; create one with `tasuki-hub keys create --scopes robot`"
         );
     }
-    let (moved, running) = db.with(|conn| {
-        let moved = robots::transfer(conn, name, to_key)?;
-        let robot = robots::find(conn, name)?.map(|r| r.id);
-        let running = leases::running_by_robot(conn)?
-            .into_iter()
-            .filter(|(r, _)| Some(*r) == robot)
-            .count();
-        Ok((moved, running))
-    })?;
+    let (robot_name, key_id) = (name.to_owned(), to_key.to_owned());
+    let (moved, running) = db
+        .call(move |conn| {
+            let moved = robots::transfer(conn, &robot_name, &key_id)?;
+            let robot = robots::find(conn, &robot_name)?.map(|r| r.id);
+            let running = leases::running_by_robot(conn)?
+                .into_iter()
+                .filter(|(r, _)| Some(*r) == robot)
+                .count();
+            Ok((moved, running))
+        })
+        .await?;
     match moved {
         Transfer::NoSuchRobot => bail!(
             "there is no robot `{name}` in {}; `tasuki-hub robots list` shows them",
-            db_path.display()
+            store.db
         ),
         Transfer::AlreadyThere => bail!("the robot `{name}` already belongs to `{to_key}`"),
         Transfer::Moved { from_key_id } => {
@@ -90,9 +93,13 @@ pub fn transfer(db_path: &Path, name: &str, to_key: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn delete(db_path: &Path, name: &str) -> anyhow::Result<()> {
-    let (db, _) = store::open(db_path)?;
-    match db.with(|conn| robots::delete(conn, name))? {
+pub async fn delete(store: &StoreArgs, name: &str) -> anyhow::Result<()> {
+    let (db, _) = store::open(store).await?;
+    let robot_name = name.to_owned();
+    match db
+        .call(move |conn| robots::delete(conn, &robot_name))
+        .await?
+    {
         Deletion::Done => {
             eprintln!(
                 "deleted robot `{name}`; its agent is refused (robot_deleted) and stops, and the \
@@ -103,7 +110,7 @@ pub fn delete(db_path: &Path, name: &str) -> anyhow::Result<()> {
         }
         Deletion::NoSuchRobot => bail!(
             "there is no robot `{name}` in {}; `tasuki-hub robots list` shows them",
-            db_path.display()
+            store.db
         ),
         Deletion::Busy { sessions } => bail!(
             "the robot `{name}` holds the lease of session(s) {}; cancel them \

@@ -3,7 +3,6 @@
 //! gracefully on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    pub db: PathBuf,
+    pub store: store::StoreArgs,
     pub issuer: String,
     pub audience: String,
     pub quota_per_robot: u64,
@@ -36,7 +35,7 @@ pub struct ServeOptions {
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let (db, master) = store::open(&opts.db)?;
+    let (db, master) = store::open(&opts.store).await?;
     let t = opts.timings;
     if t.lease_ttl_seconds < t.hold_seconds + 5 {
         anyhow::bail!(
@@ -47,7 +46,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let ttl_ms = t.lease_ttl_ms();
-    let extended = db.with(|conn| leases::extend_after_restart(conn, now_ms(), ttl_ms))?;
+    let extended = db
+        .call(move |conn| leases::extend_after_restart(conn, now_ms(), ttl_ms))
+        .await?;
     if extended > 0 {
         tracing::info!(
             leases = extended,
@@ -65,6 +66,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
     hub.body_timeout = opts.body_timeout;
     let hub = Arc::new(hub);
+    let listener_task = crate::peers::listen(hub.clone())
+        .await
+        .context("listening to the other hubs of the database")?;
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     #[cfg(unix)]
     let reloader = match &tls {
@@ -78,7 +82,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The one line on stdout: scripts and tests read the port from it.
     println!("listening on {scheme}://{addr}");
-    tracing::info!(%addr, scheme, db = %opts.db.display(), "tasuki-hub serving");
+    tracing::info!(%addr, scheme, db = %opts.store.db, "tasuki-hub serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = Server {
         listener,
@@ -90,6 +94,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     sweeper.abort();
+    if let Some(task) = listener_task {
+        task.abort();
+    }
     #[cfg(unix)]
     if let Some(reloader) = reloader {
         reloader.abort();

@@ -2,23 +2,75 @@
 //! `keys` and `robots` alike; secret params an older hub left in clear are
 //! sealed here, the first moment both are at hand.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::db::{Db, keys, secret_params};
+use crate::db::{Db, Location, keys, secret_params};
 use crate::secrets::{KeyFileError, MasterKey, key_path};
 
-pub fn open(db_path: &Path) -> anyhow::Result<(Db, MasterKey)> {
-    let db = Db::open(db_path)?;
-    let key_file = key_path(db_path);
-    let master = match MasterKey::load(&key_file) {
+/// Where the hub's state is: every command that opens it takes these.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// The database: a SQLite file (created if missing; `sqlite:PATH` too)
+    /// or a PostgreSQL URL (`postgres://user@host/db`), which several hubs
+    /// may share. Give its password with --db-password-file rather than in
+    /// the URL, which other local users can read in the process list.
+    #[arg(long, env = "TASUKI_HUB_DB", default_value = "tasuki-hub.db")]
+    pub db: Location,
+    /// The file with the master key that seals access-key secrets and
+    /// secret params (mode 0600; made on first start). For SQLite it
+    /// defaults to `<db>.key`; with PostgreSQL it must be given, and every
+    /// hub of that database needs the same file.
+    #[arg(long, env = "TASUKI_HUB_MASTER_KEY")]
+    pub master_key: Option<PathBuf>,
+    /// A file (mode 0600) that holds the PostgreSQL password.
+    #[arg(long, env = "TASUKI_HUB_DB_PASSWORD_FILE")]
+    pub db_password_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn key_file(&self) -> anyhow::Result<PathBuf> {
+        match (&self.master_key, &self.db) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Location::Sqlite(path)) => Ok(key_path(path)),
+            (None, Location::Postgres(_)) => bail!(
+                "a PostgreSQL database needs --master-key PATH (or TASUKI_HUB_MASTER_KEY): the \
+                 file with the key that seals its secrets, the same file for every hub of the \
+                 database; the first hub makes it if the database is empty"
+            ),
+        }
+    }
+
+    fn location(&self) -> anyhow::Result<Location> {
+        let Some(file) = &self.db_password_file else {
+            return Ok(self.db.clone());
+        };
+        let Location::Postgres(url) = &self.db else {
+            bail!(
+                "--db-password-file is for a PostgreSQL database; {} is SQLite",
+                self.db
+            );
+        };
+        let password = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --db-password-file {}", file.display()))?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        Ok(Location::Postgres(crate::db::with_password(url, password)))
+    }
+}
+
+pub async fn open(args: &StoreArgs) -> anyhow::Result<(Db, Arc<MasterKey>)> {
+    let key_file = args.key_file()?;
+    let db = Db::open(&args.location()?).await?;
+    let master = Arc::new(match MasterKey::load(&key_file) {
         Ok(key) => key,
         Err(KeyFileError::Missing(_)) => {
             // A new master key would make every stored secret unreadable:
             // only make one while there is nothing sealed yet.
-            let (sealed_keys, sealed_params) =
-                db.with(|conn| Ok((keys::count(conn)?, secret_params::sealed_count(conn)?)))?;
+            let (sealed_keys, sealed_params) = db
+                .call(|conn| Ok((keys::count(conn)?, secret_params::sealed_count(conn)?)))
+                .await?;
             if sealed_keys + sealed_params > 0 {
                 bail!(
                     "the master key file {} is missing, but the database {} holds \
@@ -26,14 +78,17 @@ pub fn open(db_path: &Path) -> anyhow::Result<(Db, MasterKey)> {
                      session(s) sealed with it; restore the file from a backup (or delete \
                      the database to start afresh)",
                     key_file.display(),
-                    db_path.display()
+                    args.db
                 );
             }
             MasterKey::create(&key_file)?
         }
         Err(e) => return Err(e).context("cannot use the master key"),
-    };
-    let sealed = db.with(|conn| secret_params::seal_rows_left_in_clear(conn, &master))?;
+    });
+    let sealing = master.clone();
+    let sealed = db
+        .call(move |conn| secret_params::seal_rows_left_in_clear(conn, &sealing))
+        .await?;
     if sealed > 0 {
         tracing::info!(
             sessions = sealed,

@@ -106,12 +106,11 @@ const MAX_KEY_ID_LEN: usize = 128;
 impl Hub {
     pub fn new(
         db: Db,
-        master: MasterKey,
+        master: Arc<MasterKey>,
         issuer: String,
         audience: String,
         timings: Timings,
     ) -> Hub {
-        let master = Arc::new(master);
         Hub {
             db,
             dispatch: Dispatcher::new(timings.lease_ttl_ms(), master.clone()),

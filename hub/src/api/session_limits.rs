@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::db::Conn;
 use axum::http::StatusCode;
-use rusqlite::Connection;
 use tasuki_protocol::LogLine;
 
 use super::error::ApiError;
@@ -64,7 +64,7 @@ impl SessionLimits {
     pub fn append_logs(
         &self,
         usage: &Usage,
-        conn: &mut Connection,
+        conn: &mut Conn<'_>,
         session_id: i64,
         lines: &[LogLine],
     ) -> Result<Result<u64, ApiError>, DbError> {
@@ -124,7 +124,7 @@ impl SessionLimits {
     /// twice).
     pub fn check_artifact(
         &self,
-        conn: &Connection,
+        conn: &mut Conn<'_>,
         session_id: i64,
         name: &str,
         size: u64,

@@ -18,7 +18,6 @@ use super::query::{QueryParams, page, path_id, shorten};
 use super::{Hub, params, search};
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
 use crate::db::{DbError, artifacts as stored_artifacts, leases, logs, now_ms, robots, workflows};
-use crate::dispatch::Wake;
 use crate::routing;
 
 const DEFAULT_PER_PAGE: i64 = 10;
@@ -104,14 +103,14 @@ pub async fn get_one(
 /// Sets `queued_reason` on a queued session that no registered robot
 /// could ever take. (Not on the answer to its creation, which keeps
 /// AUTORO's shape and the pickup's path short: a read says it.)
-fn explain_wait(conn: &rusqlite::Connection, session: &mut SessionQueue) -> Result<(), DbError> {
+fn explain_wait(conn: &mut crate::db::Conn<'_>, session: &mut SessionQueue) -> Result<(), DbError> {
     if session.status != SessionStatus::Queued {
         return Ok(());
     }
     let Some(needs) = leases::needs_of(conn, session.id)? else {
         return Ok(());
     };
-    let robots = robots::capabilities_for(conn, &needs)?;
+    let robots = robots::all_capabilities(conn)?;
     session.queued_reason = routing::queued_reason(&needs, &robots);
     Ok(())
 }
@@ -167,7 +166,7 @@ pub async fn cancel(
             {
                 // Answer the robot's waiting poll now: that is how a
                 // cancel reaches it within a second.
-                wake_hub.dispatch.wake(robot_id, Wake::Cancel);
+                wake_hub.dispatch.cancel(conn, robot_id)?;
             }
             Ok(cancelled)
         })

@@ -69,7 +69,7 @@ pub async fn create(
     // Validation is the agent's own loader, with the actions some robot of
     // the fleet offers: what the hub accepts, a robot can run. It is CPU
     // work, so it stays off the reactor.
-    let fleet = hub.db.call(|conn| robots::fleet_catalog(conn)).await?;
+    let fleet = hub.db.call(robots::fleet_catalog).await?;
     let parsed = {
         let hub = hub.clone();
         tokio::task::spawn_blocking(move || {

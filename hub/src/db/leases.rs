@@ -2,8 +2,7 @@
 //! to its end. Every transition is one UPDATE guarded by the state it
 //! expects, so two robots (or a robot and the sweeper) can never both win.
 
-use super::Cached;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, Dialect, params};
 use serde_json::{Map, Value};
 use tasuki_protocol::robot::ROBOT_LOST;
 use tasuki_protocol::{
@@ -22,12 +21,12 @@ pub struct Load {
     pub exclusive: bool,
 }
 
-pub fn load_of(conn: &Connection, robot_id: i64) -> Result<Load, DbError> {
-    let (active, exclusive): (i64, i64) = conn.row_cached(
+pub fn load_of(conn: &mut Conn<'_>, robot_id: i64) -> Result<Load, DbError> {
+    let (active, exclusive): (i64, i64) = conn.row(
         "SELECT COUNT(*), COALESCE(MAX(w.single_process_mode), 0)
          FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
          WHERE s.robot_id = ?1 AND s.lease_id IS NOT NULL AND s.status IN ('queued', 'running')",
-        [robot_id],
+        params![robot_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(Load {
@@ -36,8 +35,8 @@ pub fn load_of(conn: &Connection, robot_id: i64) -> Result<Load, DbError> {
     })
 }
 
-/// [`next_for`]'s statement: `?1` the robot's name, `?2` its active
-/// leases, `?3` its id.
+/// [`next_for`]'s statement on SQLite: `?1` the robot's name, `?2` its
+/// active leases, `?3` its id.
 const NEXT_FOR: &str = "
     SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
     WHERE s.status = 'queued' AND s.lease_id IS NULL
@@ -66,30 +65,72 @@ const NEXT_FOR: &str = "
 /// `IN` subqueries depend on no row of the outer query, so SQLite builds
 /// each once, as an index), whatever the number of sessions it passes over.
 pub fn next_for(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     robot_id: i64,
     robot_name: &str,
     load: Load,
 ) -> Result<Option<i64>, DbError> {
-    Ok(conn
-        .row_cached(NEXT_FOR, params![robot_name, load.active, robot_id], |r| {
-            r.get(0)
-        })
-        .optional()?)
+    let active = i64::from(load.active);
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => NEXT_FOR,
+        Dialect::Postgres => NEXT_FOR_POSTGRES,
+    };
+    conn.opt_row(sql, params![robot_name, active, robot_id], |r| r.get(0))
+}
+
+/// [`NEXT_FOR`] on PostgreSQL: the same tests, with JSON containment.
+/// Another hub's grant may hold the row it would pick: `SKIP LOCKED`
+/// passes over it to the next (`grant_next`).
+const NEXT_FOR_POSTGRES: &str = "
+    SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+    WHERE s.status = 'queued' AND s.lease_id IS NULL
+      AND (w.workflow_robots = '[]'
+           OR CAST(w.workflow_robots AS JSONB) @> jsonb_build_array(CAST(?1 AS TEXT)))
+      AND (w.single_process_mode = 0 OR CAST(?2 AS BIGINT) = 0)
+      AND (w.required_actions = '[]'
+           OR (SELECT actions IS NULL FROM robots WHERE id = ?3)
+           OR (SELECT COALESCE(jsonb_agg(offer -> 'name'), '[]')
+               FROM robots r, jsonb_array_elements(CAST(r.actions AS JSONB)) offer
+               WHERE r.id = ?3) @> CAST(w.required_actions AS JSONB))
+      AND (w.robot_labels = '[]'
+           OR (SELECT CAST(labels AS JSONB) FROM robots WHERE id = ?3)
+              @> CAST(w.robot_labels AS JSONB))
+    ORDER BY s.id LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED";
+
+/// Leases the oldest queued session the robot may take (`next_for`) to
+/// it, as [`grant`] does. On PostgreSQL the pick and the grant are one
+/// transaction with the picked row locked, so hubs granting at once each
+/// get a different session rather than one of them getting none while
+/// work waits; on SQLite the connection is the hub's only one, so nothing
+/// comes between them.
+pub fn grant_next(
+    conn: &mut Conn<'_>,
+    poller: &Poller<'_>,
+    load: Load,
+    lease_id: &str,
+    master: &MasterKey,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<Option<Lease>, DbError> {
+    conn.transaction(|tx| {
+        let Some(session_id) = next_for(tx, poller.robot_id, poller.name, load)? else {
+            return Ok(None);
+        };
+        grant(tx, session_id, poller, lease_id, master, now_ms, ttl_ms)
+    })
 }
 
 /// What a queued, unleased session needs of a robot; `None` when it is not
 /// waiting for one.
-pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbError> {
-    let row: Option<(String, bool, String, String)> = conn
-        .row_cached(
-            "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels
+pub fn needs_of(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<Needs>, DbError> {
+    let row: Option<(String, bool, String, String)> = conn.opt_row(
+        "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL",
-            [session_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
+        params![session_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     row.map(|(pins, single_process, actions, labels)| {
         let what = |field: &str| format!("session {session_id}: its workflow's {field}");
         Ok(Needs {
@@ -105,6 +146,7 @@ pub fn needs_of(conn: &Connection, session_id: i64) -> Result<Option<Needs>, DbE
 /// The robot a poll speaks for, as it was when the poll was checked.
 pub struct Poller<'a> {
     pub robot_id: i64,
+    pub name: &'a str,
     pub key_id: &'a str,
     pub instance_id: &'a str,
     pub poll_id: &'a str,
@@ -117,7 +159,7 @@ pub struct Poller<'a> {
 /// another key, another machine took the name over, or it was deleted
 /// while the poll waited).
 pub fn grant(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     poller: &Poller<'_>,
     lease_id: &str,
@@ -125,7 +167,7 @@ pub fn grant(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
-    let changed = conn.exec_cached(
+    let changed = conn.execute(
         "UPDATE session_queues
          SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
              robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
@@ -167,37 +209,34 @@ pub enum Withdrawn {
 /// back unrun (`release`). Only a lease no poll has listed since can be
 /// taken back: a listed one may be running.
 pub fn withdraw(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     lease_id: &str,
     now_ms: i64,
 ) -> Result<Withdrawn, DbError> {
-    let status: Option<String> = conn
-        .row_cached(
-            "UPDATE session_queues
+    let status: Option<String> = conn.opt_row(
+        "UPDATE session_queues
              SET status = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
                  started_at = NULL,
-                 ended_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE ?3 END,
+                 ended_at = CASE WHEN cancel_requested_at IS NULL THEN NULL
+                            ELSE CAST(?3 AS BIGINT) END,
                  lease_id = NULL, lease_poll_id = NULL, robot_id = NULL,
                  lease_expires_at = NULL
              WHERE id = ?1 AND lease_id = ?2 AND lease_confirmed = 0 AND status = 'running'
              RETURNING status",
-            params![session_id, lease_id, now_ms],
-            |r| r.get(0),
-        )
-        .optional()?;
+        params![session_id, lease_id, now_ms],
+        |r| r.get(0),
+    )?;
     Ok(match status.as_deref() {
         Some("queued") => Withdrawn::Queued,
         Some(_) => Withdrawn::Cancelled,
         None => {
-            let running = conn
-                .row_cached(
-                    "SELECT 1 FROM session_queues
+            let running = conn.opt_row(
+                "SELECT 1 FROM session_queues
                      WHERE id = ?1 AND lease_id = ?2 AND status = 'running'",
-                    params![session_id, lease_id],
-                    |_| Ok(()),
-                )
-                .optional()?;
+                params![session_id, lease_id],
+                |_| Ok(()),
+            )?;
             if running.is_some() {
                 Withdrawn::Confirmed
             } else {
@@ -211,20 +250,19 @@ pub fn withdraw(
 /// listed since: what it gets again when it retries a poll whose answer it
 /// lost.
 pub fn offered_by_poll(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     robot_id: i64,
     poll_id: &str,
     master: &MasterKey,
 ) -> Result<Vec<Lease>, DbError> {
-    let mut stmt = conn.prepare_cached(
+    let ids: Vec<i64> = conn.rows(
         "SELECT id FROM session_queues
          WHERE robot_id = ?1 AND lease_poll_id = ?2 AND lease_confirmed = 0
            AND status = 'running'
          ORDER BY id",
+        params![robot_id, poll_id],
+        |r| r.get(0),
     )?;
-    let ids: Vec<i64> = stmt
-        .query_map(params![robot_id, poll_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
     let mut leases = Vec::new();
     for id in ids {
         leases.extend(lease_of(conn, id, master)?);
@@ -235,31 +273,29 @@ pub fn offered_by_poll(
 /// The lease as the robot receives it: the one place secret params are
 /// opened.
 fn lease_of(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     master: &MasterKey,
 ) -> Result<Option<Lease>, DbError> {
-    let row = conn
-        .row_cached(
-            "SELECT s.lease_id, s.params, s.secrets_sealed, w.id, w.name,
+    let row = conn.opt_row(
+        "SELECT s.lease_id, s.params, s.secrets_sealed, w.id, w.name,
                     w.single_process_mode, w.source_format, w.source
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
-            [session_id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<Vec<u8>>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, bool>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
-                ))
-            },
-        )
-        .optional()?;
+        params![session_id],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<Vec<u8>>>(2)?,
+                r.get::<i64>(3)?,
+                r.get::<String>(4)?,
+                r.get::<bool>(5)?,
+                r.get::<String>(6)?,
+                r.get::<String>(7)?,
+            ))
+        },
+    )?;
     let Some((lease_id, params, sealed, wid, wname, spm, format, source)) = row else {
         return Ok(None);
     };
@@ -286,7 +322,7 @@ fn lease_of(
 /// received them. Returns the sessions whose lease the hub no longer
 /// honours.
 pub fn renew(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     robot_id: i64,
     held: &[HeldLease],
     now_ms: i64,
@@ -294,7 +330,7 @@ pub fn renew(
 ) -> Result<Vec<i64>, DbError> {
     let mut lost = Vec::new();
     for h in held {
-        let renewed = conn.exec_cached(
+        let renewed = conn.execute(
             "UPDATE session_queues SET lease_expires_at = ?4, lease_confirmed = 1
              WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3 AND status = 'running'",
             params![h.session_id, robot_id, h.lease_id, now_ms + ttl_ms],
@@ -308,20 +344,18 @@ pub fn renew(
 
 /// Running sessions among `held` whose cancellation was asked for.
 pub fn cancels_for(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     robot_id: i64,
     held: &[HeldLease],
 ) -> Result<Vec<i64>, DbError> {
     let mut out = Vec::new();
     for h in held {
-        let asked: Option<Option<i64>> = conn
-            .row_cached(
-                "SELECT cancel_requested_at FROM session_queues
+        let asked: Option<Option<i64>> = conn.opt_row(
+            "SELECT cancel_requested_at FROM session_queues
                  WHERE id = ?1 AND robot_id = ?2 AND lease_id = ?3 AND status = 'running'",
-                params![h.session_id, robot_id, h.lease_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+            params![h.session_id, robot_id, h.lease_id],
+            |r| r.get(0),
+        )?;
         if matches!(asked, Some(Some(_))) {
             out.push(h.session_id);
         }
@@ -340,14 +374,12 @@ pub enum LeaseCheck {
     },
 }
 
-pub fn check(conn: &Connection, session_id: i64, lease_id: &str) -> Result<LeaseCheck, DbError> {
-    let row = conn
-        .row_cached(
-            "SELECT lease_id, robot_id FROM session_queues WHERE id = ?1",
-            [session_id],
-            |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)),
-        )
-        .optional()?;
+pub fn check(conn: &mut Conn<'_>, session_id: i64, lease_id: &str) -> Result<LeaseCheck, DbError> {
+    let row = conn.opt_row(
+        "SELECT lease_id, robot_id FROM session_queues WHERE id = ?1",
+        params![session_id],
+        |r| Ok((r.get::<Option<String>>(0)?, r.get::<Option<i64>>(1)?)),
+    )?;
     let Some((lease, robot)) = row else {
         return Ok(LeaseCheck::NoSession);
     };
@@ -360,21 +392,21 @@ pub fn check(conn: &Connection, session_id: i64, lease_id: &str) -> Result<Lease
 /// Stores a steps update unless a newer one is already stored. Returns the
 /// stored revision.
 pub fn update_steps(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     revision: u64,
     steps: &[StepState],
 ) -> Result<u64, DbError> {
     let json = serde_json::to_string(steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let revision = revision.min(i64::MAX as u64) as i64;
-    conn.exec_cached(
+    conn.execute(
         "UPDATE session_queues SET steps = ?2, steps_revision = ?3
          WHERE id = ?1 AND steps_revision < ?3 AND status = 'running'",
         params![session_id, json, revision],
     )?;
-    let stored: i64 = conn.row_cached(
+    let stored: i64 = conn.row(
         "SELECT steps_revision FROM session_queues WHERE id = ?1",
-        [session_id],
+        params![session_id],
         |r| r.get(0),
     )?;
     Ok(stored.max(0) as u64)
@@ -396,13 +428,22 @@ pub enum Finished {
 
 /// Ends a running session with the robot's report.
 pub fn finish(
-    conn: &mut Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     lease_id: &str,
     report: &FinishSession,
     now_ms: i64,
 ) -> Result<Finished, DbError> {
-    let tx = conn.transaction()?;
+    conn.transaction(|tx| finish_in(tx, session_id, lease_id, report, now_ms))
+}
+
+fn finish_in(
+    tx: &mut Conn<'_>,
+    session_id: i64,
+    lease_id: &str,
+    report: &FinishSession,
+    now_ms: i64,
+) -> Result<Finished, DbError> {
     let steps =
         serde_json::to_string(&report.steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let error = report
@@ -420,9 +461,10 @@ pub fn finish(
     // The robot's clock says when it ended, but never before the start
     // nor after the hub's now.
     let ended = report.ended_at.as_millisecond().min(now_ms);
-    let changed = tx.exec_cached(
+    let changed = tx.execute(
         "UPDATE session_queues
-         SET status = ?3, ended_at = MAX(?4, COALESCE(started_at, ?4)), error = ?5,
+         SET status = ?3,
+             ended_at = CASE WHEN started_at > ?4 THEN started_at ELSE ?4 END, error = ?5,
              -- A report without steps (the session never started on the
              -- robot) keeps what the robot sent before.
              steps = CASE WHEN ?6 = '[]' THEN steps ELSE ?6 END,
@@ -449,9 +491,8 @@ pub fn finish(
             Option<String>,
             Option<i64>,
             Option<String>,
-        ) = tx.row_cached(
-            "SELECT status, finish_key, error, ended_at, lease_id FROM session_queues WHERE id = ?1",
-            [session_id],
+        ) = tx.row(
+            "SELECT status, finish_key, error, ended_at, lease_id FROM session_queues WHERE id = ?1", params![session_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
         let lost = error
@@ -471,8 +512,8 @@ pub fn finish(
                  the lines above, produced under that lease; its own report said {}",
                 report.status.as_str()
             );
-            super::logs::append_note(&tx, session_id, &note, now_ms)?;
-            tx.exec_cached(
+            super::logs::append_note(tx, session_id, &note, now_ms)?;
+            tx.execute(
                 "UPDATE session_queues SET finish_key = ?2 WHERE id = ?1",
                 params![session_id, report.idempotency_key],
             )?;
@@ -485,7 +526,6 @@ pub fn finish(
             }
         }
     };
-    tx.commit()?;
     Ok(outcome)
 }
 
@@ -499,94 +539,92 @@ pub struct Swept {
 /// Ends every session whose lease ran out as `robot_lost`. A lease the
 /// robot never listed may not have reached it, but nobody can know that
 /// it did not start, so it is not queued again either.
-pub fn sweep(conn: &mut Connection, now_ms: i64, ttl_ms: i64) -> Result<Swept, DbError> {
-    let tx = conn.transaction()?;
-    let mut swept = Swept::default();
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT id, robot_id, status, lease_confirmed FROM session_queues
+pub fn sweep(conn: &mut Conn<'_>, now_ms: i64, ttl_ms: i64) -> Result<Swept, DbError> {
+    conn.transaction(|tx| {
+        let mut swept = Swept::default();
+        {
+            let rows: Vec<(i64, Option<i64>, String, bool)> = tx.rows(
+                "SELECT id, robot_id, status, lease_confirmed FROM session_queues
              WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1",
-        )?;
-        let rows: Vec<(i64, Option<i64>, String, bool)> = stmt
-            .query_map([now_ms], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (id, robot, status, confirmed) in rows {
-            if status != "running" {
-                tx.exec_cached(
-                    "UPDATE session_queues SET lease_expires_at = NULL WHERE id = ?1",
-                    [id],
-                )?;
-                continue;
-            }
-            let ttl_s = ttl_ms / 1000;
-            let high = super::logs::high_seq(&tx, id)?;
-            let message = if confirmed {
-                format!(
-                    "the robot stopped renewing its lease for {ttl_s} s (it died, or lost the \
+                params![now_ms],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            for (id, robot, status, confirmed) in rows {
+                if status != "running" {
+                    tx.execute(
+                        "UPDATE session_queues SET lease_expires_at = NULL
+                     WHERE id = ?1 AND status <> 'running'",
+                        params![id],
+                    )?;
+                    continue;
+                }
+                let ttl_s = ttl_ms / 1000;
+                let high = super::logs::high_seq(tx, id)?;
+                let message = if confirmed {
+                    format!(
+                        "the robot stopped renewing its lease for {ttl_s} s (it died, or lost the \
                      network); the session was not re-run; the hub then had its log up to line \
                      {high}, and takes the rest should the robot come back"
-                )
-            } else {
-                format!(
-                    "the robot was sent the session and did not poll again within {ttl_s} s \
+                    )
+                } else {
+                    format!(
+                        "the robot was sent the session and did not poll again within {ttl_s} s \
                      (it died, or lost the network); it may have started, so the session was \
                      not re-run"
-                )
-            };
-            let error = SessionError {
-                code: ROBOT_LOST.into(),
-                message,
-                step_id: None,
-            };
-            let error =
-                serde_json::to_string(&error).map_err(|e| DbError::Corrupt(e.to_string()))?;
-            tx.exec_cached(
-                "UPDATE session_queues
+                    )
+                };
+                let error = SessionError {
+                    code: ROBOT_LOST.into(),
+                    message,
+                    step_id: None,
+                };
+                let error =
+                    serde_json::to_string(&error).map_err(|e| DbError::Corrupt(e.to_string()))?;
+                // Guarded: every hub sweeps, and only one ends each session.
+                let ended = tx.execute(
+                    "UPDATE session_queues
                  SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
-                 WHERE id = ?1",
-                params![id, now_ms, error],
-            )?;
-            swept.lost.push((id, robot.unwrap_or(0)));
+                 WHERE id = ?1 AND status = 'running' AND lease_expires_at < ?2",
+                    params![id, now_ms, error],
+                )?;
+                if ended > 0 {
+                    swept.lost.push((id, robot.unwrap_or(0)));
+                }
+            }
         }
-    }
-    tx.commit()?;
-    Ok(swept)
+        Ok(swept)
+    })
 }
 
 /// On start, every live lease gets a fresh deadline: while the hub was
 /// down no robot could renew, and that must not count against them.
-pub fn extend_after_restart(conn: &Connection, now_ms: i64, ttl_ms: i64) -> Result<usize, DbError> {
-    Ok(conn.exec_cached(
-        "UPDATE session_queues SET lease_expires_at = MAX(lease_expires_at, ?1 + ?2)
-         WHERE lease_expires_at IS NOT NULL AND status = 'running'",
-        params![now_ms, ttl_ms],
-    )?)
+pub fn extend_after_restart(conn: &mut Conn<'_>, now_ms: i64, ttl_ms: i64) -> Result<u64, DbError> {
+    conn.execute(
+        "UPDATE session_queues SET lease_expires_at = ?1
+         WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1 AND status = 'running'",
+        params![now_ms + ttl_ms],
+    )
 }
 
 /// The robot holding a running session, for pushing a cancel to it.
-pub fn robot_of(conn: &Connection, session_id: i64) -> Result<Option<i64>, DbError> {
+pub fn robot_of(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<i64>, DbError> {
     Ok(conn
-        .row_cached(
+        .opt_row(
             "SELECT robot_id FROM session_queues WHERE id = ?1 AND lease_id IS NOT NULL",
-            [session_id],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .optional()?
+            params![session_id],
+            |r| r.get::<Option<i64>>(0),
+        )?
         .flatten())
 }
 
 /// Running sessions per robot, for `GET /v1/robots`.
-pub fn running_by_robot(conn: &Connection) -> Result<Vec<(i64, i64)>, DbError> {
-    let mut stmt = conn.prepare_cached(
+pub fn running_by_robot(conn: &mut Conn<'_>) -> Result<Vec<(i64, i64)>, DbError> {
+    conn.rows(
         "SELECT robot_id, id FROM session_queues
          WHERE status = 'running' AND robot_id IS NOT NULL ORDER BY id",
-    )?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 #[cfg(test)]
@@ -597,7 +635,7 @@ mod tests {
     use crate::db::workflows::{self, NewWorkflow};
     use tasuki_protocol::{ActionOffer, RegisterRobot};
 
-    fn robot(conn: &mut Connection, name: &str, actions: Option<&[&str]>, labels: &[&str]) -> i64 {
+    fn robot(conn: &mut Conn<'_>, name: &str, actions: Option<&[&str]>, labels: &[&str]) -> i64 {
         let req = RegisterRobot {
             instance_id: format!("i-{name}"),
             labels: labels.iter().map(|s| s.to_string()).collect(),
@@ -622,7 +660,7 @@ mod tests {
         }
     }
 
-    fn session(conn: &Connection, master: &MasterKey, needs: &Needs) -> i64 {
+    fn session(conn: &mut Conn<'_>, master: &MasterKey, needs: &Needs) -> i64 {
         let w = workflows::insert(
             conn,
             &NewWorkflow {
@@ -663,13 +701,13 @@ mod tests {
     fn next_for_agrees_with_needs_fits() {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::create(&dir.path().join("key")).unwrap();
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate::migrate(&mut conn, "mem").unwrap();
+        let mut raw = crate::db::test_connection();
+        let conn = &mut Conn::sqlite(&mut raw);
         let robot_ids = [
-            robot(&mut conn, "plain", Some(&["log", "shell.run"]), &[]),
-            robot(&mut conn, "packs", Some(&["log", "probe.hello"]), &["gpu"]),
-            robot(&mut conn, "old", None, &[]),
-            robot(&mut conn, "bare", Some(&[]), &["gpu", "ssd"]),
+            robot(conn, "plain", Some(&["log", "shell.run"]), &[]),
+            robot(conn, "packs", Some(&["log", "probe.hello"]), &["gpu"]),
+            robot(conn, "old", None, &[]),
+            robot(conn, "bare", Some(&[]), &["gpu", "ssd"]),
         ];
         let all_needs = [
             Needs {
@@ -701,19 +739,19 @@ mod tests {
         for skip in 0..all_needs.len() {
             let ids: Vec<(i64, &Needs)> = all_needs[skip..]
                 .iter()
-                .map(|n| (session(&conn, &master, n), n))
+                .map(|n| (session(conn, &master, n), n))
                 .collect();
             for &robot_id in &robot_ids {
-                let caps = robots::capabilities(&conn, robot_id).unwrap().unwrap();
+                let caps = robots::capabilities(conn, robot_id).unwrap().unwrap();
                 let expected = ids.iter().find(|(_, n)| n.fits(&caps)).map(|(id, _)| *id);
-                let got = next_for(&conn, robot_id, &caps.name, Load::default()).unwrap();
+                let got = next_for(conn, robot_id, &caps.name, Load::default()).unwrap();
                 assert_eq!(got, expected, "robot {} from {skip}", caps.name);
                 for (id, needs) in &ids {
-                    let stored = needs_of(&conn, *id).unwrap().unwrap();
+                    let stored = needs_of(conn, *id).unwrap().unwrap();
                     assert_eq!(stored.fits(&caps), needs.fits(&caps));
                 }
             }
-            conn.execute("UPDATE session_queues SET status = 'cancelled'", [])
+            conn.execute("UPDATE session_queues SET status = 'cancelled'", params![])
                 .unwrap();
         }
     }
@@ -722,13 +760,12 @@ mod tests {
     /// session passed over.
     #[test]
     fn next_for_reads_the_robots_catalog_once() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate::migrate(&mut conn, "mem").unwrap();
+        let conn = crate::db::test_connection();
         let mut stmt = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {NEXT_FOR}"))
             .unwrap();
         let plan: Vec<String> = stmt
-            .query_map(params!["r", 0, 1], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params!["r", 0, 1], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

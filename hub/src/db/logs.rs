@@ -1,8 +1,7 @@
 //! Session log lines. Robots append them (the robot protocol); the public
 //! API reads them.
 
-use super::Cached;
-use rusqlite::{Connection, params};
+use super::sql::{Conn, params};
 use tasuki_protocol::{LogLevel, LogLine, SessionStatus};
 
 use super::{DbError, sessions, to_timestamp};
@@ -10,7 +9,7 @@ use super::{DbError, sessions, to_timestamp};
 /// The lines after `after_seq`, at most `limit` of them, in order, with the
 /// session's status; `None` when there is no such session.
 pub fn after(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     after_seq: i64,
     limit: i64,
@@ -18,22 +17,22 @@ pub fn after(
     let Some(status) = sessions::status_of(conn, session_id)? else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.rows(
         "SELECT seq, ts, level, step_id, message FROM session_logs
          WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        params![session_id, after_seq, limit],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<i64>(1)?,
+                r.get::<String>(2)?,
+                r.get::<Option<String>>(3)?,
+                r.get::<String>(4)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map(params![session_id, after_seq, limit], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
     let mut lines = Vec::new();
-    for row in rows {
-        let (seq, ts, level, step_id, message) = row?;
+    for (seq, ts, level, step_id, message) in rows {
         lines.push(LogLine {
             seq: seq.max(0) as u64,
             ts: to_timestamp(ts)?,
@@ -53,14 +52,13 @@ pub fn after(
 /// repeats and skipped; a line past highest + 1 is a gap, and it and the
 /// rest are not stored (the robot resends from the answer). Returns the
 /// highest `seq` stored.
-pub fn append(conn: &mut Connection, session_id: i64, lines: &[LogLine]) -> Result<u64, DbError> {
-    let tx = conn.transaction()?;
-    let mut high = high_seq(&tx, session_id)?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO session_logs (session_id, seq, ts, level, step_id, message)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
+pub fn append(conn: &mut Conn<'_>, session_id: i64, lines: &[LogLine]) -> Result<u64, DbError> {
+    conn.transaction(|tx| {
+        // Two batches of one session at once (a robot's retry through
+        // another hub) take turns here on PostgreSQL; SQLite's
+        // transactions already do.
+        super::sessions::lock_row(tx, session_id)?;
+        let mut high = high_seq(tx, session_id)?;
         for line in lines {
             if line.seq <= high {
                 continue;
@@ -68,32 +66,36 @@ pub fn append(conn: &mut Connection, session_id: i64, lines: &[LogLine]) -> Resu
             if line.seq != high + 1 {
                 break;
             }
-            insert.execute(params![
-                session_id,
-                line.seq as i64,
-                line.ts.as_millisecond(),
-                line.level.as_str(),
-                line.step_id,
-                line.message
-            ])?;
+            tx.execute(
+                "INSERT INTO session_logs (session_id, seq, ts, level, step_id, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    session_id,
+                    line.seq as i64,
+                    line.ts.as_millisecond(),
+                    line.level.as_str(),
+                    line.step_id,
+                    line.message
+                ],
+            )?;
             high = line.seq;
         }
-    }
-    tx.commit()?;
-    Ok(high)
+        Ok(high)
+    })
 }
 
 /// Appends the hub's own line after the robot's last (a `warn` with no
 /// step): nothing the robot sends later can take its `seq`, since the hub
 /// writes one only once the robot has said it has sent everything.
 pub fn append_note(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     session_id: i64,
     message: &str,
     now_ms: i64,
 ) -> Result<u64, DbError> {
+    super::sessions::lock_row(conn, session_id)?;
     let seq = high_seq(conn, session_id)? + 1;
-    conn.exec_cached(
+    conn.execute(
         "INSERT INTO session_logs (session_id, seq, ts, level, step_id, message)
          VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
         params![
@@ -107,20 +109,19 @@ pub fn append_note(
     Ok(seq)
 }
 
-pub fn high_seq(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
-    let high: i64 = conn.row_cached(
+pub fn high_seq(conn: &mut Conn<'_>, session_id: i64) -> Result<u64, DbError> {
+    let high: i64 = conn.row(
         "SELECT COALESCE(MAX(seq), 0) FROM session_logs WHERE session_id = ?1",
-        [session_id],
+        params![session_id],
         |r| r.get(0),
     )?;
     Ok(high.max(0) as u64)
 }
 
 /// Bytes of log messages stored for a session (api/session_limits.rs).
-pub fn stored_bytes(conn: &Connection, session_id: i64) -> Result<u64, DbError> {
-    let bytes: i64 = conn.row_cached(
-        "SELECT COALESCE(SUM(length(CAST(message AS BLOB))), 0) FROM session_logs WHERE session_id = ?1",
-        [session_id],
+pub fn stored_bytes(conn: &mut Conn<'_>, session_id: i64) -> Result<u64, DbError> {
+    let bytes: i64 = conn.row(
+        "SELECT CAST(COALESCE(SUM(octet_length(message)), 0) AS BIGINT) FROM session_logs WHERE session_id = ?1", params![session_id],
         |r| r.get(0),
     )?;
     Ok(bytes.max(0) as u64)

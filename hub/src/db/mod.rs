@@ -1,13 +1,19 @@
-//! The hub's SQLite database: the source of truth. Everything the hub
-//! knows survives a restart because it is only ever kept here.
+//! The hub's database: the source of truth. Everything the hub knows
+//! survives a restart because it is only ever kept here.
 //!
-//! One connection behind a mutex: SQLite serialises writers anyway, and the
-//! hub's queries are short. Async code reaches it through [`Db::call`],
-//! which runs the closure on tokio's blocking pool so that a slow disk
-//! never stalls the reactor.
+//! Two engines behind one handle, [`Db`]: SQLite, the default, one file
+//! and one connection behind a mutex (SQLite serialises writers anyway,
+//! and the hub's queries are short); or PostgreSQL, a pool of connections
+//! that several hubs may share (`pool.rs`). Either way, async code reaches
+//! it through [`Db::call`], which runs the closure on tokio's blocking pool
+//! so that a slow disk or network never stalls the reactor, with a
+//! [`Conn`] that speaks to both (`sql.rs`): every table module is written
+//! once.
 
 mod files;
 mod migrate;
+mod pool;
+pub mod sql;
 
 pub mod artifacts;
 pub mod keys;
@@ -18,20 +24,31 @@ pub mod secret_params;
 pub mod sessions;
 pub mod workflows;
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
 
+pub use pool::Subscription;
+pub use sql::{Conn, Dialect};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("cannot open the database {path}: {source}")]
     Open {
         path: String,
         source: rusqlite::Error,
+    },
+    #[error("cannot connect to the database {url}: {}", postgres_message(.source))]
+    Connect {
+        url: String,
+        source: tokio_postgres::Error,
     },
     #[error("cannot create the database {path} readable by its owner only")]
     Files {
@@ -56,14 +73,123 @@ pub enum DbError {
     Secrets(String),
 }
 
+/// tokio-postgres's own text for a server error is only "db error": the
+/// server's message is in its source.
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Where the database is: `--db` and `TASUKI_HUB_DB`.
+#[derive(Clone)]
+pub enum Location {
+    /// A file path, or `sqlite:PATH`.
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Location, String> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            text.parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("not a PostgreSQL URL ({e}): {}", redact(text)))?;
+            return Ok(Location::Postgres(text.to_owned()));
+        }
+        let path = text.strip_prefix("sqlite:").unwrap_or(text);
+        if path.is_empty() {
+            return Err("give a database file (or sqlite:PATH, or a postgres:// URL)".into());
+        }
+        Ok(Location::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl fmt::Display for Location {
+    /// A URL's password never shows.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with `password` as its password, whatever it had: as a
+/// `password=` parameter, which the URL form takes whatever the password's
+/// characters.
+pub fn with_password(url: &str, password: &str) -> String {
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}password={encoded}")
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and a
+/// `password=` parameter likewise.
+pub fn redact(url: &str) -> String {
+    let mut shown = url.to_owned();
+    if let Some(scheme_end) = shown.find("://") {
+        let rest = scheme_end + 3;
+        if let Some(at) = shown[rest..].find('@').map(|i| rest + i)
+            && let Some(colon) = shown[rest..at].find(':').map(|i| rest + i)
+        {
+            shown.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(start) = shown.find("password=") {
+        let value = start + "password=".len();
+        let end = shown[value..].find('&').map_or(shown.len(), |i| value + i);
+        shown.replace_range(value..end, "***");
+    }
+    shown
+}
+
 #[derive(Clone)]
 pub struct Db {
-    conn: Arc<Mutex<Connection>>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Arc<pool::Pool>),
 }
 
 impl Db {
-    /// Opens (creating if needed) and migrates the database at `path`.
-    pub fn open(path: &Path) -> Result<Db, DbError> {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(location: &Location) -> Result<Db, DbError> {
+        match location {
+            Location::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || Db::open_sqlite(&path))
+                    .await
+                    .map_err(|e| DbError::Task(e.to_string()))?
+            }
+            Location::Postgres(url) => {
+                let pool = pool::Pool::connect(url).await?;
+                let db = Db {
+                    backend: Backend::Postgres(Arc::new(pool)),
+                };
+                let shown = redact(url);
+                db.call(move |conn| migrate::migrate_postgres(conn, &shown))
+                    .await?;
+                Ok(db)
+            }
+        }
+    }
+
+    fn open_sqlite(path: &Path) -> Result<Db, DbError> {
         let shown = path.display().to_string();
         files::make_private(path).map_err(|source| DbError::Files {
             path: shown.clone(),
@@ -95,44 +221,51 @@ impl Db {
             .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
-        // `tasuki-hub robots|keys` write to the file while a hub serves it.
-        // A deferred transaction that reads and then writes would fail at
-        // once with SQLITE_BUSY_SNAPSHOT when the other process wrote in
-        // between (the busy timeout does not cover it); taking the write
-        // lock at BEGIN makes it wait its turn instead.
-        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        // (`Conn::transaction` begins IMMEDIATE, for `tasuki-hub robots|keys`
+        // writing to the file while a hub serves it.)
         conn.set_prepared_statement_cache_capacity(128);
         migrate::migrate(&mut conn, &shown)?;
         Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
+            backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// A connection that listens on `channel`: on PostgreSQL only, where
+    /// several hubs may share the database; `None` on SQLite, which has
+    /// one hub.
+    pub async fn listen(&self, channel: &'static str) -> Option<Result<Subscription, DbError>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pool) => Some(pool.listen(channel).await),
+        }
+    }
+
+    /// Runs `f` with a connection, on the blocking pool.
     pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut Conn<'_>) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a half-done
-            // write behind (an open transaction rolls back when dropped),
-            // so a poisoned lock is still safe to use.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
-    }
-
-    /// Runs `f` with the connection on this thread, for the command line.
-    pub fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, DbError>,
-    ) -> Result<T, DbError> {
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || {
+                    // A panic while holding the lock cannot leave a
+                    // half-done write behind (an open transaction rolls
+                    // back when dropped), so a poisoned lock is still safe
+                    // to use.
+                    let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                    if !guard.is_autocommit() {
+                        // A closure that panicked inside a transaction.
+                        guard.execute_batch("ROLLBACK")?;
+                    }
+                    f(&mut Conn::sqlite(&mut guard))
+                })
+                .await
+                .map_err(|e| DbError::Task(e.to_string()))?
+            }
+            Backend::Postgres(pool) => pool.call(f).await,
+        }
     }
 }
 
@@ -146,37 +279,12 @@ pub fn to_timestamp(ms: i64) -> Result<jiff::Timestamp, DbError> {
         .map_err(|e| DbError::Corrupt(format!("timestamp {ms} ms is out of range: {e}")))
 }
 
-/// Statements through the connection's prepared-statement cache:
-/// compiling SQL costs more than running most of the hub's queries.
-pub trait Cached {
-    fn exec_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
-    fn row_cached<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T>;
-}
-
-impl Cached for Connection {
-    fn exec_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
-        self.prepare_cached(sql)?.execute(params)
-    }
-
-    fn row_cached<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        self.prepare_cached(sql)?.query_row(params, f)
-    }
-}
-
-/// A `COUNT(*)` query's answer.
-pub fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, DbError> {
-    let n: i64 = conn.row_cached(sql, params, |r| r.get(0))?;
-    Ok(n.max(0) as u64)
+/// A migrated SQLite database in memory, for the table modules' tests.
+#[cfg(test)]
+pub fn test_connection() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("an in-memory database");
+    migrate::migrate(&mut conn, "mem").expect("the migrations");
+    conn
 }
 
 pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, DbError> {

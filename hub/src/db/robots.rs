@@ -2,12 +2,11 @@
 
 use std::collections::HashSet;
 
-use super::Cached;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, Row, params};
 use tasuki_protocol::{ActionOffer, HostFacts, HostMetrics, RegisterRobot};
 
 use super::{DbError, parse_json, to_timestamp};
-use crate::routing::{Capabilities, Needs};
+use crate::routing::Capabilities;
 
 /// What the robot protocol needs of a robot on every call.
 #[derive(Debug, Clone)]
@@ -64,34 +63,32 @@ pub enum Registered {
     Deleted,
 }
 
-pub fn find(conn: &Connection, name: &str) -> Result<Option<RobotRow>, DbError> {
-    Ok(conn
-        .row_cached(
-            "SELECT id, name, instance_id, key_id, moved_from_key_id,
-                    COALESCE(json_extract(host, '$.hostname'), ''), max_concurrency
-             FROM robots WHERE name = ?1",
-            [name],
-            |r| {
-                Ok(RobotRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    instance_id: r.get(2)?,
-                    key_id: r.get(3)?,
-                    moved_from_key_id: r.get(4)?,
-                    hostname: r.get(5)?,
-                    max_concurrency: r.get::<_, i64>(6)?.clamp(0, u32::MAX as i64) as u32,
-                })
-            },
-        )
-        .optional()?)
+pub fn find(conn: &mut Conn<'_>, name: &str) -> Result<Option<RobotRow>, DbError> {
+    conn.opt_row(
+        "SELECT id, name, instance_id, key_id, moved_from_key_id, host, max_concurrency
+         FROM robots WHERE name = ?1",
+        params![name],
+        |r| {
+            let name: String = r.get(1)?;
+            let host: HostFacts = parse_json(&format!("robot {name}: host"), &r.get::<String>(5)?)?;
+            Ok(RobotRow {
+                id: r.get(0)?,
+                instance_id: r.get(2)?,
+                key_id: r.get(3)?,
+                moved_from_key_id: r.get(4)?,
+                hostname: host.hostname,
+                max_concurrency: r.get::<i64>(6)?.clamp(0, u32::MAX as i64) as u32,
+                name,
+            })
+        },
+    )
 }
 
 /// Robots registered by `key_id`, which set its API quota and its limit.
-pub fn count_of_key(conn: &Connection, key_id: &str) -> Result<u64, DbError> {
-    super::count(
-        conn,
+pub fn count_of_key(conn: &mut Conn<'_>, key_id: &str) -> Result<u64, DbError> {
+    conn.count(
         "SELECT COUNT(*) FROM robots WHERE key_id = ?1",
-        [key_id],
+        params![key_id],
     )
 }
 
@@ -102,19 +99,29 @@ pub fn count_of_key(conn: &Connection, key_id: &str) -> Result<u64, DbError> {
 /// new name is refused once the key has `max_robots` robots; a machine
 /// whose robot an operator deleted is refused unless `replace` is set.
 pub fn register(
-    conn: &mut Connection,
+    conn: &mut Conn<'_>,
     name: &str,
     key_id: &str,
     req: &RegisterRobot,
     max_robots: u64,
     now_ms: i64,
 ) -> Result<Registered, DbError> {
-    let tx = conn.transaction()?;
-    if is_retired(&tx, &req.instance_id, key_id, name)? {
+    conn.transaction(|tx| register_in(tx, name, key_id, req, max_robots, now_ms))
+}
+
+fn register_in(
+    tx: &mut Conn<'_>,
+    name: &str,
+    key_id: &str,
+    req: &RegisterRobot,
+    max_robots: u64,
+    now_ms: i64,
+) -> Result<Registered, DbError> {
+    if is_retired(tx, &req.instance_id, key_id, name)? {
         if !req.replace {
             return Ok(Registered::Deleted);
         }
-        tx.exec_cached(
+        tx.execute(
             "DELETE FROM retired_instances WHERE instance_id = ?1 AND key_id = ?2 AND name = ?3",
             params![req.instance_id, key_id, name],
         )?;
@@ -122,11 +129,11 @@ pub fn register(
     let labels = to_json(&req.labels)?;
     let host = to_json(&req.host)?;
     let actions = req.actions.as_ref().map(to_json).transpose()?;
-    let Some(existing) = find(&tx, name)? else {
-        if count_of_key(&tx, key_id)? >= max_robots {
+    let Some(existing) = find(tx, name)? else {
+        if count_of_key(tx, key_id)? >= max_robots {
             return Ok(Registered::LimitReached { limit: max_robots });
         }
-        tx.exec_cached(
+        tx.execute(
             "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
                                  max_concurrency, host, last_seen_at, actions)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2, ?9)",
@@ -137,14 +144,13 @@ pub fn register(
                 key_id,
                 labels,
                 req.version,
-                req.max_concurrency,
+                i64::from(req.max_concurrency),
                 host,
                 actions
             ],
         )?;
         let row =
-            find(&tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
-        tx.commit()?;
+            find(tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
         return Ok(Registered::Ok(row));
     };
     if existing.key_id != key_id {
@@ -153,9 +159,9 @@ pub fn register(
         });
     }
     if !existing.instance_id.is_empty() && existing.instance_id != req.instance_id && !req.replace {
-        let last_seen_at: Option<i64> = tx.row_cached(
+        let last_seen_at: Option<i64> = tx.row(
             "SELECT last_seen_at FROM robots WHERE id = ?1",
-            [existing.id],
+            params![existing.id],
             |r| r.get(0),
         )?;
         return Ok(Registered::Taken {
@@ -163,7 +169,7 @@ pub fn register(
             last_seen_at,
         });
     }
-    tx.exec_cached(
+    tx.execute(
         "UPDATE robots SET instance_id = ?2, labels = ?3, version = ?4, max_concurrency = ?5,
                 host = ?6, draining = 0, last_seen_at = ?7, actions = ?8
          WHERE id = ?1",
@@ -172,14 +178,13 @@ pub fn register(
             req.instance_id,
             labels,
             req.version,
-            req.max_concurrency,
+            i64::from(req.max_concurrency),
             host,
             now_ms,
             actions
         ],
     )?;
-    let row = find(&tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
-    tx.commit()?;
+    let row = find(tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
     Ok(Registered::Ok(row))
 }
 
@@ -193,23 +198,23 @@ pub enum Transfer {
 /// Gives the robot `name` to `to_key_id`. Its instance id is cleared, so
 /// the old key's agent is refused at once and the new key's agent can
 /// register the name without `replace`.
-pub fn transfer(conn: &mut Connection, name: &str, to_key_id: &str) -> Result<Transfer, DbError> {
-    let tx = conn.transaction()?;
-    let Some(robot) = find(&tx, name)? else {
-        return Ok(Transfer::NoSuchRobot);
-    };
-    if robot.key_id == to_key_id {
-        return Ok(Transfer::AlreadyThere);
-    }
-    tx.exec_cached(
-        "UPDATE robots SET key_id = ?2, moved_from_key_id = key_id, instance_id = '',
+pub fn transfer(conn: &mut Conn<'_>, name: &str, to_key_id: &str) -> Result<Transfer, DbError> {
+    conn.transaction(|tx| {
+        let Some(robot) = find(tx, name)? else {
+            return Ok(Transfer::NoSuchRobot);
+        };
+        if robot.key_id == to_key_id {
+            return Ok(Transfer::AlreadyThere);
+        }
+        tx.execute(
+            "UPDATE robots SET key_id = ?2, moved_from_key_id = key_id, instance_id = '',
                 draining = 0
          WHERE id = ?1",
-        params![robot.id, to_key_id],
-    )?;
-    tx.commit()?;
-    Ok(Transfer::Moved {
-        from_key_id: robot.key_id,
+            params![robot.id, to_key_id],
+        )?;
+        Ok(Transfer::Moved {
+            from_key_id: robot.key_id,
+        })
     })
 }
 
@@ -227,95 +232,95 @@ pub enum Deletion {
 /// keep their history but no longer name a robot. Its machine is
 /// remembered, so that its agent is refused rather than registering it
 /// again.
-pub fn delete(conn: &mut Connection, name: &str) -> Result<Deletion, DbError> {
-    let tx = conn.transaction()?;
-    let Some(robot) = find(&tx, name)? else {
-        return Ok(Deletion::NoSuchRobot);
-    };
-    let sessions: Vec<i64> = tx
-        .prepare_cached(
+pub fn delete(conn: &mut Conn<'_>, name: &str) -> Result<Deletion, DbError> {
+    conn.transaction(|tx| {
+        let Some(robot) = find(tx, name)? else {
+            return Ok(Deletion::NoSuchRobot);
+        };
+        let sessions: Vec<i64> = tx.rows(
             "SELECT id FROM session_queues
-             WHERE robot_id = ?1 AND lease_id IS NOT NULL AND status IN ('queued', 'running')
-             ORDER BY id",
-        )?
-        .query_map([robot.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if !sessions.is_empty() {
-        return Ok(Deletion::Busy { sessions });
-    }
-    tx.exec_cached(
-        "UPDATE session_queues SET robot_id = NULL WHERE robot_id = ?1",
-        [robot.id],
-    )?;
-    tx.exec_cached("DELETE FROM robots WHERE id = ?1", [robot.id])?;
-    if !robot.instance_id.is_empty() {
-        tx.exec_cached(
-            "INSERT OR REPLACE INTO retired_instances (instance_id, key_id, name, at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![robot.instance_id, robot.key_id, robot.name, super::now_ms()],
+         WHERE robot_id = ?1 AND lease_id IS NOT NULL AND status IN ('queued', 'running')
+         ORDER BY id",
+            params![robot.id],
+            |r| r.get(0),
         )?;
-    }
-    tx.commit()?;
-    Ok(Deletion::Done)
+        if !sessions.is_empty() {
+            return Ok(Deletion::Busy { sessions });
+        }
+        tx.execute(
+            "UPDATE session_queues SET robot_id = NULL WHERE robot_id = ?1",
+            params![robot.id],
+        )?;
+        tx.execute("DELETE FROM robots WHERE id = ?1", params![robot.id])?;
+        if !robot.instance_id.is_empty() {
+            tx.execute(
+                "INSERT INTO retired_instances (instance_id, key_id, name, at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (instance_id, key_id, name) DO UPDATE SET at = excluded.at",
+                params![robot.instance_id, robot.key_id, robot.name, super::now_ms()],
+            )?;
+        }
+        Ok(Deletion::Done)
+    })
 }
 
 /// Whether an operator deleted the robot `name` that this machine
 /// (`instance_id`, of `key_id`) had registered, and it has not been
 /// registered again with `replace` since.
 pub fn is_retired(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     instance_id: &str,
     key_id: &str,
     name: &str,
 ) -> Result<bool, DbError> {
     Ok(conn
-        .row_cached(
+        .opt_row(
             "SELECT 1 FROM retired_instances WHERE instance_id = ?1 AND key_id = ?2 AND name = ?3",
             params![instance_id, key_id, name],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
 /// Records a heartbeat.
 pub fn heartbeat(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     robot_id: i64,
     metrics: Option<&HostMetrics>,
     draining: bool,
     now_ms: i64,
 ) -> Result<(), DbError> {
     let metrics = metrics.map(to_json).transpose()?;
-    conn.exec_cached(
+    conn.execute(
         "UPDATE robots SET last_seen_at = ?2, draining = ?3, metrics = COALESCE(?4, metrics)
          WHERE id = ?1",
-        params![robot_id, now_ms, draining, metrics],
+        params![robot_id, now_ms, i64::from(draining), metrics],
     )?;
     Ok(())
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
-    let mut stmt = conn.prepare_cached(
+pub fn list(conn: &mut Conn<'_>) -> Result<Vec<RobotDetails>, DbError> {
+    let rows = conn.rows(
         "SELECT id, name, labels, version, max_concurrency, host, metrics, draining, last_seen_at,
                 key_id, actions
          FROM robots ORDER BY name",
+        params![],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<i64>(4)?,
+                r.get::<String>(5)?,
+                r.get::<Option<String>>(6)?,
+                r.get::<bool>(7)?,
+                r.get::<Option<i64>>(8)?,
+                r.get::<String>(9)?,
+                r.get::<Option<String>>(10)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, bool>(7)?,
-            r.get::<_, Option<i64>>(8)?,
-            r.get::<_, String>(9)?,
-            r.get::<_, Option<String>>(10)?,
-        ))
-    })?;
     let mut out = Vec::new();
     for row in rows {
         let (
@@ -330,7 +335,7 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
             last_seen,
             key_id,
             actions,
-        ) = row?;
+        ) = row;
         let what = |f: &str| format!("robot {name}: {f}");
         out.push(RobotDetails {
             id,
@@ -355,71 +360,42 @@ pub fn list(conn: &Connection) -> Result<Vec<RobotDetails>, DbError> {
 
 /// What robot `id` offers, for matching it with sessions while its poll
 /// waits; `None` when there is no such robot.
-pub fn capabilities(conn: &Connection, id: i64) -> Result<Option<Capabilities>, DbError> {
-    let row: Option<(String, String, bool)> = conn
-        .row_cached(
-            "SELECT name, labels, actions IS NULL FROM robots WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((name, labels, unknown)) = row else {
-        return Ok(None);
-    };
-    let actions = if unknown {
-        None
-    } else {
-        let mut stmt = conn.prepare_cached(
-            "SELECT json_extract(offer.value, '$.name')
-             FROM robots r, json_each(r.actions) offer
-             WHERE r.id = ?1 AND json_extract(offer.value, '$.name') IS NOT NULL",
-        )?;
-        let names = stmt
-            .query_map([id], |r| r.get::<_, String>(0))?
-            .collect::<Result<HashSet<_>, _>>()?;
-        Some(names)
-    };
-    Ok(Some(Capabilities {
-        labels: parse_json(&format!("robot {name}: labels"), &labels)?,
-        actions,
-        name,
-    }))
+pub fn capabilities(conn: &mut Conn<'_>, id: i64) -> Result<Option<Capabilities>, DbError> {
+    conn.opt_row(
+        "SELECT name, labels, actions FROM robots WHERE id = ?1",
+        params![id],
+        read_capabilities,
+    )
 }
 
-/// Every registered robot, with as much of its catalog as `needs` asks
-/// about (a session's `queued_reason` needs no more), by name.
-pub fn capabilities_for(conn: &Connection, needs: &Needs) -> Result<Vec<Capabilities>, DbError> {
-    let needed = to_json(&needs.actions)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.name, r.labels, r.actions IS NULL,
-                (SELECT json_group_array(needed.value) FROM json_each(?1) needed
-                 WHERE needed.value IN (SELECT json_extract(offer.value, '$.name')
-                                        FROM json_each(r.actions) offer))
-         FROM robots r ORDER BY r.name",
-    )?;
-    let rows = stmt.query_map([needed], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, bool>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (name, labels, unknown, offered) = row?;
-        let what = |f: &str| format!("robot {name}: {f}");
-        out.push(Capabilities {
-            labels: parse_json(&what("labels"), &labels)?,
-            actions: if unknown {
-                None
-            } else {
-                Some(parse_json(&what("actions"), &offered)?)
-            },
-            name,
-        });
-    }
-    Ok(out)
+/// Every registered robot, by name, with its catalog and labels
+/// (a session's `queued_reason`).
+pub fn all_capabilities(conn: &mut Conn<'_>) -> Result<Vec<Capabilities>, DbError> {
+    conn.rows(
+        "SELECT name, labels, actions FROM robots ORDER BY name",
+        params![],
+        read_capabilities,
+    )
+}
+
+/// `name, labels, actions` into what routing compares. The catalog is
+/// read here rather than in SQL, so that both engines share it.
+fn read_capabilities(r: &Row<'_>) -> Result<Capabilities, DbError> {
+    let name: String = r.get(0)?;
+    let what = |f: &str| format!("robot {name}: {f}");
+    let labels = parse_json(&what("labels"), &r.get::<String>(1)?)?;
+    let actions = match r.get::<Option<String>>(2)? {
+        None => None,
+        Some(text) => {
+            let offers: Vec<ActionOffer> = parse_json(&what("actions"), &text)?;
+            Some(offers.into_iter().map(|o| o.name).collect())
+        }
+    };
+    Ok(Capabilities {
+        name,
+        labels,
+        actions,
+    })
 }
 
 /// What the fleet offers, for validating a workflow on upload.
@@ -434,34 +410,29 @@ pub struct FleetCatalog {
     pub unknown: Vec<String>,
 }
 
-pub fn fleet_catalog(conn: &Connection) -> Result<FleetCatalog, DbError> {
-    let actions = conn
-        .prepare_cached(
-            "SELECT DISTINCT json_extract(offer.value, '$.name')
-             FROM robots r, json_each(r.actions) offer
-             WHERE json_extract(offer.value, '$.name') IS NOT NULL",
-        )?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<_, _>>()?;
-    let packs = conn
-        .prepare_cached(
-            "SELECT DISTINCT json_extract(offer.value, '$.pack') AS pack,
-                    json_extract(offer.value, '$.version') AS version, r.name
-             FROM robots r, json_each(r.actions) offer
-             WHERE pack IS NOT NULL AND version IS NOT NULL
-             ORDER BY pack, version, r.name",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let unknown = conn
-        .prepare_cached("SELECT name FROM robots WHERE actions IS NULL ORDER BY name")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(FleetCatalog {
-        actions,
-        packs,
-        unknown,
-    })
+pub fn fleet_catalog(conn: &mut Conn<'_>) -> Result<FleetCatalog, DbError> {
+    let robots: Vec<(String, Option<String>)> = conn.rows(
+        "SELECT name, actions FROM robots ORDER BY name",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut catalog = FleetCatalog::default();
+    let mut packs = std::collections::BTreeSet::new();
+    for (name, actions) in robots {
+        let Some(actions) = actions else {
+            catalog.unknown.push(name);
+            continue;
+        };
+        let offers: Vec<ActionOffer> = parse_json(&format!("robot {name}: actions"), &actions)?;
+        for offer in offers {
+            if let Some(pack) = offer.pack {
+                packs.insert((pack, offer.version, name.clone()));
+            }
+            catalog.actions.insert(offer.name);
+        }
+    }
+    catalog.packs = packs.into_iter().collect();
+    Ok(catalog)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, DbError> {
@@ -470,10 +441,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, DbError> {
 
 /// The access key that registered robot `id` (api/robot/session.rs binds
 /// lease calls to it).
-pub fn key_of(conn: &Connection, id: i64) -> Result<Option<String>, DbError> {
-    Ok(conn
-        .row_cached("SELECT key_id FROM robots WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .optional()?)
+pub fn key_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<String>, DbError> {
+    conn.opt_row(
+        "SELECT key_id FROM robots WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )
 }

@@ -9,10 +9,10 @@
 //! checkpoint, which the serve loop runs within seconds of a purge
 //! ([`checkpoint`]).
 
-use rusqlite::{Connection, params};
+use super::sql::{Conn, params};
 use serde_json::{Map, Value};
 
-use super::{Cached, DbError, parse_json};
+use super::{DbError, parse_json};
 use crate::secrets::MasterKey;
 
 /// What the database and every answer show in place of a secret value.
@@ -72,18 +72,28 @@ pub fn open_into(
 /// them): a live session's are sealed, an ended one's are dropped. Runs at
 /// every start, once the master key is at hand; returns how many rows
 /// changed.
-pub fn seal_rows_left_in_clear(
-    conn: &mut Connection,
-    master: &MasterKey,
-) -> Result<usize, DbError> {
-    let tx = conn.transaction()?;
-    let rows: Vec<(i64, String, String, String)> = tx
-        .prepare_cached(
-            "SELECT id, status, params, secret_params FROM session_queues
-             WHERE secrets_in_clear = 1",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
+pub fn seal_rows_left_in_clear(conn: &mut Conn<'_>, master: &MasterKey) -> Result<usize, DbError> {
+    let count = conn.transaction(|tx| seal_in_clear(tx, master))?;
+    if count > 0 && !checkpoint(conn)? {
+        tracing::warn!(
+            "the database is busy; the clear values stay in the write-ahead log until the next \
+             checkpoint"
+        );
+        conn.execute(
+            "UPDATE secret_purges SET count = count + 1 WHERE id = 1",
+            params![],
+        )?;
+    }
+    Ok(count)
+}
+
+fn seal_in_clear(tx: &mut Conn<'_>, master: &MasterKey) -> Result<usize, DbError> {
+    let rows: Vec<(i64, String, String, String)> = tx.rows(
+        "SELECT id, status, params, secret_params FROM session_queues
+         WHERE secrets_in_clear = 1",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     for (id, status, params_json, names_json) in &rows {
         let what = |f: &str| format!("session queue {id}: {f}");
         let mut params: Map<String, Value> = parse_json(&what("params"), params_json)?;
@@ -96,37 +106,21 @@ pub fn seal_rows_left_in_clear(
         };
         let params_json =
             serde_json::to_string(&params).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        tx.exec_cached(
+        tx.execute(
             "UPDATE session_queues
              SET params = ?2, secrets_sealed = ?3, secrets_in_clear = 0
              WHERE id = ?1",
             params![id, params_json, sealed],
         )?;
     }
-    tx.commit()?;
-    if !rows.is_empty() && !checkpoint(conn)? {
-        // A reader kept the log from being emptied: the serve loop's
-        // checkpoint takes it from here.
-        tracing::warn!(
-            "the database is busy; the clear values stay in the write-ahead log until the next \
-             checkpoint"
-        );
-        conn.execute(
-            "UPDATE secret_purges SET count = count + 1 WHERE id = 1",
-            [],
-        )?;
-    }
     Ok(rows.len())
 }
 
-/// How many times secret params were dropped from a session (the purge
-/// trigger counts them), so that a checkpoint runs only when there is
-/// something to wipe.
-pub fn purges(conn: &Connection) -> Result<i64, DbError> {
-    Ok(
-        conn.row_cached("SELECT count FROM secret_purges WHERE id = 1", [], |r| {
-            r.get(0)
-        })?,
+pub fn purges(conn: &mut Conn<'_>) -> Result<i64, DbError> {
+    conn.row(
+        "SELECT count FROM secret_purges WHERE id = 1",
+        params![],
+        |r| r.get(0),
     )
 }
 
@@ -134,18 +128,22 @@ pub fn purges(conn: &Connection) -> Result<i64, DbError> {
 /// the old page images it holds (sealed secret params among them) are
 /// gone from the disk; `secure_delete` has zeroed them in the database.
 /// `false` when a reader kept the log from being emptied.
-pub fn checkpoint(conn: &Connection) -> Result<bool, DbError> {
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+pub fn checkpoint(conn: &mut Conn<'_>) -> Result<bool, DbError> {
+    // PostgreSQL has no such file to empty here: its old row versions go
+    // with VACUUM (docs/security.md).
+    let Some(sqlite) = conn.as_sqlite() else {
+        return Ok(true);
+    };
+    let busy: i64 = sqlite.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     Ok(busy == 0)
 }
 
 /// Sessions holding sealed secret params: a new master key must not be
 /// made while there are any.
-pub fn sealed_count(conn: &Connection) -> Result<u64, DbError> {
-    super::count(
-        conn,
+pub fn sealed_count(conn: &mut Conn<'_>) -> Result<u64, DbError> {
+    conn.count(
         "SELECT COUNT(*) FROM session_queues WHERE secrets_sealed IS NOT NULL",
-        [],
+        params![],
     )
 }
 

@@ -1,7 +1,6 @@
 //! Session queues, as the public API sees them.
 
-use super::Cached;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::sql::{Conn, Dialect, Row, params};
 use serde_json::{Map, Value};
 use tasuki_protocol::{RobotRef, SessionQueue, SessionStatus, WorkflowRef};
 
@@ -41,7 +40,7 @@ const SELECT: &str = "
 /// Stores a new queued session; the values of its secret params are
 /// sealed (db/secret_params.rs), never written in clear.
 pub fn insert(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     s: &NewSession,
     master: &MasterKey,
     now_ms: i64,
@@ -54,35 +53,32 @@ pub fn insert(
         .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
     // The sealed values name the row's id, known only once it is inserted:
     // one transaction, so that no row is ever seen without them.
-    let tx = conn.unchecked_transaction()?;
-    tx.exec_cached(
-        "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
-         VALUES (?1, 'queued', ?2, ?3, ?4)",
-        params![s.workflow_id, params_json, secrets_json, now_ms],
-    )?;
-    let id = tx.last_insert_rowid();
-    if let Some(secrets) = secrets {
-        let sealed = secret_params::seal(master, id, &secrets)?;
-        tx.exec_cached(
-            "UPDATE session_queues SET secrets_sealed = ?2 WHERE id = ?1",
-            params![id, sealed],
+    conn.transaction(|tx| {
+        let id: i64 = tx.row(
+            "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
+             VALUES (?1, 'queued', ?2, ?3, ?4)
+             RETURNING id",
+            params![s.workflow_id, params_json, secrets_json, now_ms],
+            |r| r.get(0),
         )?;
-    }
-    let session =
-        get(&tx, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))?;
-    tx.commit()?;
-    Ok(session)
+        if let Some(secrets) = secrets {
+            let sealed = secret_params::seal(master, id, &secrets)?;
+            tx.execute(
+                "UPDATE session_queues SET secrets_sealed = ?2 WHERE id = ?1",
+                params![id, sealed],
+            )?;
+        }
+        get(tx, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))
+    })
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<Option<SessionQueue>, DbError> {
-    conn.row_cached(&format!("{SELECT} WHERE s.id = ?1"), [id], read_row)
-        .optional()?
-        .transpose()
+pub fn get(conn: &mut Conn<'_>, id: i64) -> Result<Option<SessionQueue>, DbError> {
+    conn.opt_row(&format!("{SELECT} WHERE s.id = ?1"), params![id], read_row)
 }
 
 /// One page, newest first, and the count of all that match.
 pub fn list(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     filter: &Filter,
     limit: i64,
     offset: i64,
@@ -98,26 +94,31 @@ pub fn list(
         .to_string()
     });
     // Fixed SQL with optional bounds: a NULL parameter turns its test off.
-    let condition = "(?1 IS NULL OR s.created_at < ?1)
-        AND (?2 IS NULL OR s.created_at >= ?2)
-        AND (?3 IS NULL OR s.status IN (SELECT value FROM json_each(?3)))";
-    let total = super::count(
-        conn,
+    let condition = match conn.dialect() {
+        Dialect::Sqlite => {
+            "(?1 IS NULL OR s.created_at < ?1)
+             AND (?2 IS NULL OR s.created_at >= ?2)
+             AND (?3 IS NULL OR s.status IN (SELECT value FROM json_each(?3)))"
+        }
+        Dialect::Postgres => {
+            "(CAST(?1 AS BIGINT) IS NULL OR s.created_at < ?1)
+             AND (CAST(?2 AS BIGINT) IS NULL OR s.created_at >= ?2)
+             AND (CAST(?3 AS TEXT) IS NULL
+                  OR s.status IN (SELECT jsonb_array_elements_text(CAST(?3 AS JSONB))))"
+        }
+    };
+    let total = conn.count(
         &format!("SELECT COUNT(*) FROM session_queues s WHERE {condition}"),
         params![filter.before, filter.after, statuses],
     )?;
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT} WHERE {condition} ORDER BY s.created_at DESC, s.id DESC LIMIT ?4 OFFSET ?5"
-    ))?;
-    let rows = stmt.query_map(
+    let rows = conn.rows(
+        &format!(
+            "{SELECT} WHERE {condition} ORDER BY s.created_at DESC, s.id DESC LIMIT ?4 OFFSET ?5"
+        ),
         params![filter.before, filter.after, statuses, limit, offset],
         read_row,
     )?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row??);
-    }
-    Ok((out, total))
+    Ok((rows, total))
 }
 
 /// Cancels a session: a queued one becomes `cancelled` and will never
@@ -126,35 +127,33 @@ pub fn list(
 /// Returns the session after the change and whether anything changed, or
 /// `None` when there is no such session.
 pub fn cancel(
-    conn: &mut Connection,
+    conn: &mut Conn<'_>,
     id: i64,
     now_ms: i64,
 ) -> Result<Option<(SessionQueue, bool)>, DbError> {
-    let tx = conn.transaction()?;
-    let changed = tx.exec_cached(
-        "UPDATE session_queues
+    conn.transaction(|tx| {
+        let changed = tx.execute(
+            "UPDATE session_queues
          SET status = 'cancelled', ended_at = ?2,
              cancel_requested_at = COALESCE(cancel_requested_at, ?2)
          WHERE id = ?1 AND status = 'queued'",
-        params![id, now_ms],
-    )? + tx.exec_cached(
-        "UPDATE session_queues SET cancel_requested_at = ?2
+            params![id, now_ms],
+        )? + tx.execute(
+            "UPDATE session_queues SET cancel_requested_at = ?2
          WHERE id = ?1 AND status = 'running' AND cancel_requested_at IS NULL",
-        params![id, now_ms],
-    )?;
-    let session = get(&tx, id)?;
-    tx.commit()?;
-    Ok(session.map(|s| (s, changed > 0)))
+            params![id, now_ms],
+        )?;
+        let session = get(tx, id)?;
+        Ok(session.map(|s| (s, changed > 0)))
+    })
 }
 
-pub fn status_of(conn: &Connection, id: i64) -> Result<Option<SessionStatus>, DbError> {
-    let status: Option<String> = conn
-        .row_cached(
-            "SELECT status FROM session_queues WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?;
+pub fn status_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<SessionStatus>, DbError> {
+    let status: Option<String> = conn.opt_row(
+        "SELECT status FROM session_queues WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
     status.map(|s| parse_status(id, &s)).transpose()
 }
 
@@ -163,9 +162,22 @@ fn parse_status(id: i64, text: &str) -> Result<SessionStatus, DbError> {
         .map_err(|e| DbError::Corrupt(format!("session queue {id}: {e}")))
 }
 
-/// Reads one row of [`SELECT`]. The outer error is SQLite's, the inner one
-/// a stored value that does not read back.
-fn read_row(r: &Row) -> rusqlite::Result<Result<SessionQueue, DbError>> {
+/// On PostgreSQL, locks a session's row until the transaction ends, for
+/// a read-then-write that two hubs might do at once (SQLite's
+/// transactions already take turns).
+pub fn lock_row(conn: &mut Conn<'_>, id: i64) -> Result<(), DbError> {
+    if conn.dialect() == Dialect::Postgres {
+        conn.opt_row(
+            "SELECT id FROM session_queues WHERE id = ?1 FOR UPDATE",
+            params![id],
+            |_| Ok(()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads one row of [`SELECT`].
+fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
     let id: i64 = r.get(0)?;
     let status: String = r.get(1)?;
     let params: String = r.get(2)?;
@@ -181,14 +193,11 @@ fn read_row(r: &Row) -> rusqlite::Result<Result<SessionQueue, DbError>> {
         id: r.get(11)?,
         name: r.get(12)?,
     };
-    let robot = match (
-        r.get::<_, Option<i64>>(13)?,
-        r.get::<_, Option<String>>(14)?,
-    ) {
+    let robot = match (r.get::<Option<i64>>(13)?, r.get::<Option<String>>(14)?) {
         (Some(id), Some(name)) => Some(RobotRef { id, name }),
         _ => None,
     };
-    Ok((|| {
+    {
         let what = |field: &str| format!("session queue {id}: {field}");
         let mut params: Map<String, Value> = parse_json(&what("params"), &params)?;
         let secrets: Vec<String> = parse_json(&what("secret_params"), &secret_params)?;
@@ -216,7 +225,7 @@ fn read_row(r: &Row) -> rusqlite::Result<Result<SessionQueue, DbError>> {
             cancel_requested_at: time(cancel_requested_at)?,
             queued_reason: None,
         })
-    })())
+    }
 }
 
 #[cfg(test)]
@@ -224,13 +233,13 @@ mod tests {
     use super::*;
     use crate::db::workflows::{self, NewWorkflow};
 
-    fn setup() -> (Connection, i64) {
+    fn setup() -> (rusqlite::Connection, i64) {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::create(&dir.path().join("key")).unwrap();
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate::migrate(&mut conn, "mem").unwrap();
+        let mut raw = crate::db::test_connection();
+        let conn = &mut Conn::sqlite(&mut raw);
         let w = workflows::insert(
-            &conn,
+            conn,
             &NewWorkflow {
                 name: "w".into(),
                 description: String::new(),
@@ -246,7 +255,7 @@ mod tests {
         )
         .unwrap();
         let s = insert(
-            &conn,
+            conn,
             &NewSession {
                 workflow_id: w.id,
                 params: Map::new(),
@@ -256,11 +265,11 @@ mod tests {
             1_000,
         )
         .unwrap();
-        (conn, s.id)
+        (raw, s.id)
     }
 
-    fn set_status(conn: &Connection, id: i64, status: &str) {
-        conn.exec_cached(
+    fn set_status(conn: &mut Conn<'_>, id: i64, status: &str) {
+        conn.execute(
             "UPDATE session_queues SET status = ?2 WHERE id = ?1",
             params![id, status],
         )
@@ -269,53 +278,56 @@ mod tests {
 
     #[test]
     fn cancelling_a_running_session_only_asks() {
-        let (mut conn, id) = setup();
-        set_status(&conn, id, "running");
-        let (s, changed) = cancel(&mut conn, id, 2_000).unwrap().unwrap();
+        let (mut raw, id) = setup();
+        let conn = &mut Conn::sqlite(&mut raw);
+        set_status(conn, id, "running");
+        let (s, changed) = cancel(conn, id, 2_000).unwrap().unwrap();
         assert!(changed);
         assert_eq!(s.status, SessionStatus::Running);
         assert_eq!(s.cancel_requested_at.unwrap().as_millisecond(), 2_000);
         assert!(s.ended_at.is_none());
         // The first request's time stays.
-        let (s, changed) = cancel(&mut conn, id, 3_000).unwrap().unwrap();
+        let (s, changed) = cancel(conn, id, 3_000).unwrap().unwrap();
         assert!(!changed);
         assert_eq!(s.cancel_requested_at.unwrap().as_millisecond(), 2_000);
     }
 
     #[test]
     fn cancelling_a_finished_session_changes_nothing() {
-        let (mut conn, id) = setup();
+        let (mut raw, id) = setup();
+        let conn = &mut Conn::sqlite(&mut raw);
         for status in ["success", "error"] {
-            set_status(&conn, id, status);
-            let (s, changed) = cancel(&mut conn, id, 2_000).unwrap().unwrap();
+            set_status(conn, id, status);
+            let (s, changed) = cancel(conn, id, 2_000).unwrap().unwrap();
             assert!(!changed);
             assert_eq!(s.status.as_str(), status);
             assert!(s.cancel_requested_at.is_none());
         }
-        assert!(cancel(&mut conn, id + 1, 2_000).unwrap().is_none());
+        assert!(cancel(conn, id + 1, 2_000).unwrap().is_none());
     }
 
     #[test]
     fn lists_filter_by_time_and_status() {
-        let (conn, id) = setup();
+        let (mut raw, id) = setup();
+        let conn = &mut Conn::sqlite(&mut raw);
         let all = Filter::default();
-        assert_eq!(list(&conn, &all, 10, 0).unwrap().1, 1);
+        assert_eq!(list(conn, &all, 10, 0).unwrap().1, 1);
         let before = Filter {
             before: Some(1_000),
             ..Filter::default()
         };
-        assert_eq!(list(&conn, &before, 10, 0).unwrap().1, 0);
+        assert_eq!(list(conn, &before, 10, 0).unwrap().1, 0);
         let after = Filter {
             after: Some(1_000),
             statuses: vec![SessionStatus::Queued],
             ..Filter::default()
         };
-        let (rows, total) = list(&conn, &after, 10, 0).unwrap();
+        let (rows, total) = list(conn, &after, 10, 0).unwrap();
         assert_eq!((rows[0].id, total), (id, 1));
         let running = Filter {
             statuses: vec![SessionStatus::Running],
             ..Filter::default()
         };
-        assert_eq!(list(&conn, &running, 10, 0).unwrap().1, 0);
+        assert_eq!(list(conn, &running, 10, 0).unwrap().1, 0);
     }
 }

@@ -1,7 +1,6 @@
 //! Stored workflows.
 
-use super::Cached;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Conn, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tasuki_protocol::WorkflowItem;
@@ -45,7 +44,7 @@ pub struct WorkflowParams {
 const ROBOT_TYPE: &str = "tasuki";
 const COLOR: &str = "#000000";
 
-pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<WorkflowItem, DbError> {
+pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<WorkflowItem, DbError> {
     let specs = serde_json::to_string(&w.param_specs)
         .map_err(|e| DbError::Corrupt(format!("param specs: {e}")))?;
     let json = |what: &str, list: &[String]| {
@@ -54,15 +53,16 @@ pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<Workflo
     let robots = json("workflow robots", &w.workflow_robots)?;
     let actions = json("required actions", &w.required_actions)?;
     let labels = json("robot labels", &w.robot_labels)?;
-    conn.exec_cached(
+    let id: i64 = conn.row(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at, required_actions,
                                 robot_labels)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         RETURNING id",
         params![
             w.name,
             w.description,
-            w.single_process_mode,
+            i64::from(w.single_process_mode),
             w.source_format,
             w.source,
             specs,
@@ -71,9 +71,10 @@ pub fn insert(conn: &Connection, w: &NewWorkflow, now_ms: i64) -> Result<Workflo
             actions,
             labels
         ],
+        |r| r.get(0),
     )?;
     Ok(item(
-        conn.last_insert_rowid(),
+        id,
         w.name.clone(),
         w.description.clone(),
         w.single_process_mode,
@@ -108,28 +109,28 @@ fn item(
 
 /// One page in id order, and the count of all workflows.
 pub fn list(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<WorkflowItem>, u64), DbError> {
-    let total = super::count(conn, "SELECT COUNT(*) FROM workflows", [])?;
-    let mut stmt = conn.prepare_cached(
+    let total = conn.count("SELECT COUNT(*) FROM workflows", params![])?;
+    let rows = conn.rows(
         "SELECT id, name, description, single_process_mode, workflow_robots, robot_labels
          FROM workflows ORDER BY id LIMIT ?1 OFFSET ?2",
+        params![limit, offset],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<bool>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map([limit, offset], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, bool>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-        ))
-    })?;
     let mut items = Vec::new();
-    for row in rows {
-        let (id, name, description, spm, robots, labels) = row?;
+    for (id, name, description, spm, robots, labels) in rows {
         let robots = parse_json(&format!("workflow {id}: workflow_robots"), &robots)?;
         let labels = parse_json(&format!("workflow {id}: robot_labels"), &labels)?;
         items.push(item(id, name, description, spm, robots, labels));
@@ -137,14 +138,12 @@ pub fn list(
     Ok((items, total))
 }
 
-pub fn params_of(conn: &Connection, id: i64) -> Result<Option<WorkflowParams>, DbError> {
-    let row = conn
-        .row_cached(
-            "SELECT name, param_specs FROM workflows WHERE id = ?1",
-            [id],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )
-        .optional()?;
+pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>, DbError> {
+    let row = conn.opt_row(
+        "SELECT name, param_specs FROM workflows WHERE id = ?1",
+        params![id],
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    )?;
     let Some((name, specs)) = row else {
         return Ok(None);
     };

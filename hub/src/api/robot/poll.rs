@@ -37,7 +37,7 @@ pub async fn poll(
             .clone()
             .call(move |conn| {
                 let now = now_ms();
-                hub.dispatch.supersede(robot_id, now);
+                hub.dispatch.polled(conn, robot_id, now)?;
                 robots::heartbeat(conn, robot_id, req.metrics.as_ref(), req.draining, now)?;
                 let lost =
                     leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;

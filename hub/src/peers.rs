@@ -1,0 +1,222 @@
+//! Several hubs on one PostgreSQL database.
+//!
+//! Each hub keeps the robots whose long poll waits on it (`dispatch.rs`).
+//! When something changes that a poll waiting on *another* hub must hear
+//! of (a session to run, a cancel, a freed slot, a newer poll of the same
+//! robot), the hub that made the change tells the others with
+//! `pg_notify` on one channel, and each hub's listener (here) acts on it
+//! for its own waiters exactly as it would for a local change. Grants are
+//! guarded in the database (`db/leases.rs`), so two hubs acting on one
+//! notice cannot both win.
+//!
+//! A notice can be missed only while a hub's listening connection is
+//! down. When it comes back, the hub answers every poll waiting on it
+//! (empty, as when a hold runs out): each robot polls again at once, and a
+//! poll looks at everything afresh (leases, cancels, the queue). So no
+//! robot waits longer than the outage for something it missed.
+//!
+//! On SQLite there is one hub, and nothing here runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::Hub;
+use crate::db::sql::params;
+use crate::db::{Conn, DbError, Dialect, now_ms};
+use crate::dispatch::Wake;
+
+/// The one channel every hub of a database listens on.
+const CHANNEL: &str = "tasuki_hub";
+
+/// What one hub tells the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A session is queued (new, or handed back) and no robot waiting on
+    /// the hub that queued it took it.
+    Queued { session_id: i64 },
+    /// A session running on this robot was asked to cancel.
+    Cancel { robot_id: i64 },
+    /// This robot has a free slot again (a session ended).
+    SlotFreed { robot_id: i64 },
+    /// This robot polled: its polls waiting elsewhere are superseded.
+    Polled { robot_id: i64 },
+}
+
+impl Notice {
+    fn encode(self, origin: &str) -> String {
+        let (kind, id) = match self {
+            Notice::Queued { session_id } => ('q', session_id),
+            Notice::Cancel { robot_id } => ('c', robot_id),
+            Notice::SlotFreed { robot_id } => ('f', robot_id),
+            Notice::Polled { robot_id } => ('p', robot_id),
+        };
+        format!("{origin} {kind} {id}")
+    }
+
+    /// The notice and the hub it came from; `None` for a payload no hub
+    /// of this version sends.
+    fn decode(payload: &str) -> Option<(&str, Notice)> {
+        let mut parts = payload.split(' ');
+        let origin = parts.next()?;
+        let kind = parts.next()?;
+        let id: i64 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let notice = match kind {
+            "q" => Notice::Queued { session_id: id },
+            "c" => Notice::Cancel { robot_id: id },
+            "f" => Notice::SlotFreed { robot_id: id },
+            "p" => Notice::Polled { robot_id: id },
+            _ => return None,
+        };
+        Some((origin, notice))
+    }
+}
+
+/// This hub's voice on the channel.
+pub struct Peers {
+    /// Random per process: a hub skips its own notices, which it has
+    /// already acted on.
+    origin: String,
+}
+
+impl Peers {
+    pub fn new() -> Peers {
+        let origin = crate::secrets::new_lease_id().unwrap_or_else(|_| {
+            // Only the randomness source failing; a clash would merely
+            // make this hub skip another's notices.
+            format!("hub-{}", std::process::id())
+        });
+        Peers { origin }
+    }
+
+    fn is_own(&self, origin: &str) -> bool {
+        origin == self.origin
+    }
+
+    /// Tells the other hubs of the database; nothing on SQLite.
+    pub fn tell(&self, conn: &mut Conn<'_>, notice: Notice) -> Result<(), DbError> {
+        if conn.dialect() != Dialect::Postgres {
+            return Ok(());
+        }
+        conn.execute(
+            // The channel is CHANNEL.
+            "SELECT pg_notify('tasuki_hub', ?1)",
+            params![notice.encode(&self.origin)],
+        )?;
+        Ok(())
+    }
+}
+
+/// Listens for the other hubs' notices until the hub stops; on SQLite it
+/// returns at once. The first connection is made before this returns
+/// (so that `serve` fails at start rather than serving deaf), and a lost
+/// one is made again with back-off.
+pub async fn listen(hub: Arc<Hub>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(first) = hub.db.listen(CHANNEL).await else {
+        return Ok(None);
+    };
+    let mut subscription = first?;
+    Ok(Some(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            while let Some(payload) = subscription.next().await {
+                match payload {
+                    Ok(payload) => act(&hub, &payload).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the connection listening to the other hubs failed");
+                        break;
+                    }
+                }
+            }
+            subscription = loop {
+                tokio::time::sleep(backoff).await;
+                match hub.db.listen(CHANNEL).await {
+                    Some(Ok(subscription)) => break subscription,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot listen to the other hubs yet");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    None => return,
+                }
+            };
+            backoff = Duration::from_millis(100);
+            // Notices sent while it was down are lost: every poll waiting
+            // here looks afresh.
+            let answered = hub.dispatch.answer_all();
+            tracing::info!(
+                polls = answered,
+                "listening to the other hubs again; answered the waiting polls so that they look afresh"
+            );
+        }
+    })))
+}
+
+/// Acts on another hub's notice for the polls waiting here.
+async fn act(hub: &Arc<Hub>, payload: &str) {
+    let Some((origin, notice)) = Notice::decode(payload) else {
+        tracing::warn!(
+            payload,
+            "a notice on the hubs' channel that this hub does not know"
+        );
+        return;
+    };
+    if hub.dispatch.peers.is_own(origin) {
+        return;
+    }
+    let result = match notice {
+        Notice::Cancel { robot_id } => {
+            hub.dispatch.wake(robot_id, Wake::Cancel);
+            Ok(())
+        }
+        Notice::Polled { robot_id } => {
+            hub.dispatch.superseded_elsewhere(robot_id, now_ms());
+            Ok(())
+        }
+        Notice::Queued { session_id } => {
+            let hub = hub.clone();
+            hub.db
+                .clone()
+                .call(move |conn| {
+                    hub.dispatch.offer_here(conn, session_id, now_ms())?;
+                    Ok(())
+                })
+                .await
+        }
+        Notice::SlotFreed { robot_id } => {
+            let hub = hub.clone();
+            hub.db
+                .clone()
+                .call(move |conn| {
+                    hub.dispatch
+                        .slot_freed_here(conn, robot_id, now_ms())
+                        .map(drop)
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, ?notice, "acting on another hub's notice");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_read_back_and_strangers_are_refused() {
+        for notice in [
+            Notice::Queued { session_id: 7 },
+            Notice::Cancel { robot_id: 8 },
+            Notice::SlotFreed { robot_id: 9 },
+            Notice::Polled { robot_id: 10 },
+        ] {
+            assert_eq!(Notice::decode(&notice.encode("abc")), Some(("abc", notice)));
+        }
+        for stranger in ["", "abc", "abc q", "abc q x", "abc z 1", "abc q 1 2"] {
+            assert_eq!(Notice::decode(stranger), None, "{stranger:?}");
+        }
+    }
+}
