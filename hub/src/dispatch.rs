@@ -506,6 +506,16 @@ impl Dispatcher {
         robots.len()
     }
 
+    /// The robots whose poll waits here on a connection still open.
+    pub fn waiting_robots(&self) -> Vec<i64> {
+        self.lock()
+            .by_robot
+            .iter()
+            .filter(|(_, w)| !w.tx.is_closed())
+            .map(|(robot_id, _)| *robot_id)
+            .collect()
+    }
+
     /// What the hub knows of a robot's connection from its polls.
     pub fn contact(&self, robot_id: i64) -> Contact {
         let waiters = self.lock();

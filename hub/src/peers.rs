@@ -153,6 +153,52 @@ pub async fn listen(hub: Arc<Hub>) -> anyhow::Result<Option<tokio::task::JoinHan
     })))
 }
 
+/// How often a hub of a shared database marks the robots waiting on it as
+/// seen: well inside `api/robots.rs`'s 5 s, so that a robot waiting on
+/// one hub never shows offline on another.
+const SEEN_EVERY: Duration = Duration::from_secs(2);
+
+/// Marks the robots whose poll waits here as seen, every [`SEEN_EVERY`],
+/// for the other hubs' `GET /v1/robots`; one statement for them all. On
+/// SQLite, the one hub knows its waiting polls in memory, and this
+/// returns at once.
+pub async fn mark_waiting_robots_seen(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(SEEN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let waiting = hub.dispatch.waiting_robots();
+        if waiting.is_empty() {
+            continue;
+        }
+        let ids = serde_json::Value::from(waiting).to_string();
+        let result = hub
+            .db
+            .call(move |conn| {
+                if conn.dialect() != Dialect::Postgres {
+                    return Ok(false);
+                }
+                // In id order, as every statement that locks several
+                // robots must be, so that two hubs never deadlock.
+                conn.execute(
+                    "UPDATE robots SET last_seen_at = ?1
+                     WHERE id IN (SELECT id FROM robots
+                                  WHERE id IN (SELECT CAST(value AS BIGINT)
+                                               FROM jsonb_array_elements_text(CAST(?2 AS JSONB)))
+                                  ORDER BY id FOR UPDATE)",
+                    params![now_ms(), ids],
+                )?;
+                Ok(true)
+            })
+            .await;
+        match result {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "marking the robots waiting here as seen"),
+        }
+    }
+}
+
 /// Acts on another hub's notice for the polls waiting here.
 async fn act(hub: &Arc<Hub>, payload: &str) {
     let Some((origin, notice)) = Notice::decode(payload) else {

@@ -70,6 +70,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("listening to the other hubs of the database")?;
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
+    let seen_marker = listener_task
+        .is_some()
+        .then(|| tokio::spawn(crate::peers::mark_waiting_robots_seen(hub.clone())));
     #[cfg(unix)]
     let reloader = match &tls {
         Some(tls) => Some(tls.clone().reload_on_sighup()?),
@@ -94,7 +97,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     sweeper.abort();
-    if let Some(task) = listener_task {
+    for task in [listener_task, seen_marker].into_iter().flatten() {
         task.abort();
     }
     #[cfg(unix)]

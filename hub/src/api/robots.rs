@@ -19,7 +19,9 @@ use crate::dispatch::Contact;
 /// robot polls again as soon as it has handled an answer. So a robot shows
 /// offline at most this long after its waiting poll's connection closed
 /// (hyper ends the request at once, which closes its channel) or after its
-/// next poll failed to arrive.
+/// next poll failed to arrive. On a database shared by several hubs, each
+/// hub marks the robots waiting on it as seen every 2 s (`peers.rs`), so a
+/// robot waiting on another hub counts as connected here too.
 const OFFLINE_AFTER_MS: i64 = 5_000;
 
 /// Whether a robot counts as connected at `now_ms`.

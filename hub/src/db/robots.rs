@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::sql::{Conn, Row, params};
+use super::sql::{Conn, Dialect, Row, params};
 use tasuki_protocol::{ActionOffer, HostFacts, HostMetrics, RegisterRobot};
 
 use super::{DbError, parse_json, to_timestamp};
@@ -82,6 +82,20 @@ pub fn find(conn: &mut Conn<'_>, name: &str) -> Result<Option<RobotRow>, DbError
             })
         },
     )
+}
+
+/// On PostgreSQL, locks a robot's row until the transaction ends, so that
+/// the robot's polls take turns whichever connection or hub serves them
+/// (SQLite's transactions already do).
+pub fn lock_row(conn: &mut Conn<'_>, id: i64) -> Result<(), DbError> {
+    if conn.dialect() == Dialect::Postgres {
+        conn.opt_row(
+            "SELECT id FROM robots WHERE id = ?1 FOR UPDATE",
+            params![id],
+            |_| Ok(()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Robots registered by `key_id`, which set its API quota and its limit.

@@ -36,41 +36,48 @@ pub async fn poll(
         hub.db
             .clone()
             .call(move |conn| {
-                let now = now_ms();
-                hub.dispatch.polled(conn, robot_id, now)?;
-                robots::heartbeat(conn, robot_id, req.metrics.as_ref(), req.draining, now)?;
-                let lost =
-                    leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
-                let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
-                let mut offered =
-                    leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
-                // A draining robot that holds nothing is waiting for nothing:
-                // it has only come back for what an abandoned poll was sent.
-                if !lost.is_empty()
-                    || !cancel.is_empty()
-                    || !offered.is_empty()
-                    || (req.draining && req.held.is_empty())
-                {
-                    return Ok(Ok(response(offered, cancel, lost)));
-                }
-                let want = Want {
-                    robot_id,
-                    name: robot.name,
-                    key_id: robot.key_id,
-                    instance_id: robot.instance_id,
-                    poll_id: req.poll_id,
-                    free_slots: req.free_slots,
-                    max_concurrency: robot.max_concurrency,
-                    draining: req.draining,
-                };
-                match hub.dispatch.take_or_wait(conn, want, now)? {
-                    Poll::Leased(lease) => {
-                        offered.push(*lease);
-                        Ok(Ok(response(offered, cancel, lost)))
+                // One robot's polls take turns (on PostgreSQL they may run
+                // on several connections, or hubs, at once): a poll sent
+                // again with the same id must find the lease that the
+                // first sending of it was granted.
+                conn.transaction(|conn| {
+                    robots::lock_row(conn, robot_id)?;
+                    let now = now_ms();
+                    hub.dispatch.polled(conn, robot_id, now)?;
+                    robots::heartbeat(conn, robot_id, req.metrics.as_ref(), req.draining, now)?;
+                    let lost =
+                        leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
+                    let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
+                    let mut offered =
+                        leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
+                    // A draining robot that holds nothing is waiting for nothing:
+                    // it has only come back for what an abandoned poll was sent.
+                    if !lost.is_empty()
+                        || !cancel.is_empty()
+                        || !offered.is_empty()
+                        || (req.draining && req.held.is_empty())
+                    {
+                        return Ok(Ok(response(offered, cancel, lost)));
                     }
-                    Poll::Closed => Ok(Ok(PollResponse::default())),
-                    Poll::Wait { rx, seq } => Ok(Err((rx, seq))),
-                }
+                    let want = Want {
+                        robot_id,
+                        name: robot.name,
+                        key_id: robot.key_id,
+                        instance_id: robot.instance_id,
+                        poll_id: req.poll_id,
+                        free_slots: req.free_slots,
+                        max_concurrency: robot.max_concurrency,
+                        draining: req.draining,
+                    };
+                    match hub.dispatch.take_or_wait(conn, want, now)? {
+                        Poll::Leased(lease) => {
+                            offered.push(*lease);
+                            Ok(Ok(response(offered, cancel, lost)))
+                        }
+                        Poll::Closed => Ok(Ok(PollResponse::default())),
+                        Poll::Wait { rx, seq } => Ok(Err((rx, seq))),
+                    }
+                })
             })
             .await?
     };

@@ -1,0 +1,160 @@
+//! Several hubs on one PostgreSQL database, with real agents: work queued
+//! through any hub runs exactly once on a robot polling any hub, every log
+//! line arrives once and in order, and the fleet rides out PostgreSQL
+//! restarting. (A hub killed mid-run is `fleet_hubs.rs`.)
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fleet_support::*;
+use hub_support::*;
+use serde_json::{Value, json};
+
+const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
+
+/// A session's three lines, from a step that also records that it ran.
+const WORKFLOW: &str = r#"version: 1
+name: counted
+params:
+  n: 0
+  dir: ""
+steps:
+  - id: work
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        echo "${params.n}" >> "${params.dir}/runs.txt"
+        echo "n=${params.n} line 1"
+        echo "n=${params.n} line 2"
+        echo "n=${params.n} line 3"
+"#;
+
+/// Hubs sharing one database, a key, and a client for each hub.
+struct Hubs {
+    scratch: Scratch,
+    hubs: Vec<Hub>,
+    key: Key,
+    apis: Vec<Api>,
+}
+
+impl Hubs {
+    fn start(scratch: Scratch, count: usize) -> Hubs {
+        let key = create_key(&scratch, ALL_SCOPES);
+        let hubs: Vec<Hub> = (0..count)
+            .map(|_| Hub::start_with(&scratch, HUB_ARGS))
+            .collect();
+        let apis = hubs
+            .iter()
+            .map(|hub| Api::new(hub, Some(token(&key, ALL_SCOPES))))
+            .collect();
+        Hubs {
+            scratch,
+            hubs,
+            key,
+            apis,
+        }
+    }
+
+    /// A robot registered with hub `i`, whose agent polls that hub.
+    fn agent(&self, i: usize, name: &str, register: &[&str]) -> (Robot, Agent) {
+        let robot = Robot::new(self.scratch.dir.path(), name);
+        robot.register_ok(&self.hubs[i], &self.key, register);
+        let agent = robot.start(&[]);
+        (robot, agent)
+    }
+}
+
+/// Asserts that a session's log is whole: seq 1, 2, 3... with no gap and
+/// no repeat, and the step's three lines once each, in order.
+fn assert_whole_log(n: i64, logs: &[Value]) {
+    let seqs: Vec<i64> = logs.iter().filter_map(|l| l["seq"].as_i64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=logs.len() as i64).collect::<Vec<_>>(),
+        "session n={n}: seq numbers"
+    );
+    let ours: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .filter(|m| m.starts_with(&format!("n={n} line")))
+        .collect();
+    assert_eq!(
+        ours,
+        [1, 2, 3].map(|k| format!("n={n} line {k}")),
+        "session n={n}: its lines"
+    );
+}
+
+/// The session numbers in runs.txt, sorted: each session appends its
+/// number once per run.
+fn runs(scratch: &Scratch) -> Vec<i64> {
+    let text = std::fs::read_to_string(scratch.dir.path().join("runs.txt")).unwrap_or_default();
+    let mut seen: Vec<i64> = text
+        .lines()
+        .map(|l| l.trim().parse().expect("a session number"))
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_queued_across_three_hubs_run_once_each_with_every_line() {
+    const SESSIONS: i64 = 1000;
+    let f = Hubs::start(Scratch::postgres(), 3);
+    // Ten robots, each polling one of the three hubs.
+    let agents: Vec<(Robot, Agent)> = (0..10)
+        .map(|r| f.agent(r % 3, &format!("many-{r}"), &["--max-concurrency", "2"]))
+        .collect();
+    let workflow_id = workflow(&f.apis[0], WORKFLOW, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let mut ids = Vec::new();
+    for n in 1..=SESSIONS {
+        // Round the hubs: a session and the robot that runs it meet on
+        // different hubs two times in three.
+        let api = &f.apis[(n % 3) as usize];
+        ids.push((
+            n,
+            queue(api, workflow_id, json!({"n": n, "dir": dir})).await,
+        ));
+    }
+    let mut by_robot: HashMap<String, usize> = HashMap::new();
+    for (i, &(n, id)) in ids.iter().enumerate() {
+        // Read each through another hub than the one that queued it.
+        let api = &f.apis[i % 3];
+        let session = finished(api, id, Duration::from_secs(300)).await;
+        assert_eq!(session["status"], "success", "n={n}: {session}");
+        *by_robot
+            .entry(session["robot"]["name"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+        assert_whole_log(n, &all_logs(api, id).await);
+    }
+    assert_eq!(
+        runs(&f.scratch),
+        (1..=SESSIONS).collect::<Vec<_>>(),
+        "each session ran exactly once"
+    );
+    // Work went to robots of every hub, not only to those of the hub it
+    // was queued through.
+    assert_eq!(by_robot.values().sum::<usize>(), SESSIONS as usize);
+    assert!(by_robot.len() >= 6, "{by_robot:?}");
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_waiting_on_one_hub_shows_online_on_the_others() {
+    let f = Hubs::start(Scratch::postgres(), 2);
+    let (_robot, _agent) = f.agent(0, "seen-elsewhere", &[]);
+    // Longer than the 5 s a robot counts as connected after its poll
+    // began: only the waiting poll on hub 0 keeps it online on hub 1.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let list = f.apis[1].get("/v1/robots").await;
+    let robot = &list.body["robots"][0];
+    assert_eq!(robot["name"], "seen-elsewhere", "{}", list.body);
+    assert_eq!(robot["state"], "idle", "{}", list.body);
+}
