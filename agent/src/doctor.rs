@@ -339,7 +339,10 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         .iter()
         .map(|url| {
             let sent = jiff::Timestamp::now();
-            let answer = runtime.block_on(client.get(format!("{url}/v1/robot")).send());
+            // The request is made inside the runtime: its timeout needs the
+            // runtime's timer.
+            let answer =
+                runtime.block_on(async { client.get(format!("{url}/v1/robot")).send().await });
             (url, sent, jiff::Timestamp::now(), answer)
         })
         .collect();

@@ -275,7 +275,8 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
         registered.robot_id,
-        masked_url(&config.control_plane.url),
+        // The hub that answered: a fallback when the first did not.
+        masked_url(client.base_url()),
         config_path.display(),
         creds_path.display(),
         config_path.display()
