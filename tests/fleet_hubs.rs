@@ -199,3 +199,28 @@ async fn a_session_queued_at_one_hub_wakes_a_robot_polling_another() {
     );
     eprintln!("picked up {picked_up:?} after being queued at the other hub");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_every_hub_url_and_the_token_at_a_hub_that_answers() {
+    let hubs = TwoHubs::start();
+    let robot = Robot::new(hubs.scratch.dir.path(), "twin-3");
+    robot.register_ok(&hubs.a, &hubs.key, &["--fallback-url", &hubs.b.url]);
+    kill_hard(&hubs.a);
+    let out = std::process::Command::new(tasuki_bin())
+        .arg("doctor")
+        .arg("--config")
+        .arg(robot.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki doctor");
+    let out = String::from_utf8_lossy(&out.stdout);
+    // A dead hub is a warning while another answers: the robot still works.
+    for want in [
+        format!("warn  hub: cannot reach {}", hubs.a.url),
+        format!("ok    hub: {} answered", hubs.b.url),
+        "ok    token: accepted; robot `twin-3`".to_string(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("FAIL  hub"), "{out}");
+}

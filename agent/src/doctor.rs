@@ -363,8 +363,8 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
             }
             Err(e) => {
                 let detail = format!("cannot reach {}: {}", masked_url(url), plain_error(&e));
-                let fix = "check the URL (control_plane.url, control_plane.fallback_urls), that \
-                           tasuki-hub runs there, and the network between; for a certificate \
+                let fix = "check control_plane.url and control_plane.fallback_urls, that \
+                           tasuki-hub runs at each, and the network between; for a certificate \
                            error, that control_plane.ca_file names the CA that signed the \
                            hub's certificate";
                 // The robot works while one hub answers.
