@@ -305,58 +305,80 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         );
         return;
     };
-    // First without a token: reachability, and the hub's clock from its
-    // `Date` header, which explains a refused token better than the
-    // refusal does.
-    if let Some(warning) = crate::daemon::plain_http_warning(&settings.control_plane.url) {
-        r.warn(
-            "hub",
-            &warning,
-            "serve the hub over TLS (tasuki-hub's certificate, or a reverse proxy) and set \
-             control_plane.url to its https:// URL",
-        );
+    // First without a token: reachability of every hub URL, and the
+    // clock of the first that answers from its `Date` header, which
+    // explains a refused token better than the refusal does.
+    let urls = settings.control_plane.hub_urls();
+    for url in &urls {
+        if let Some(warning) = crate::daemon::plain_http_warning(url) {
+            r.warn(
+                "hub",
+                &warning,
+                "serve the hub over TLS (tasuki-hub's certificate, or a reverse proxy) and set \
+                 its https:// URL in control_plane.url or control_plane.fallback_urls",
+            );
+        }
     }
-    let builder = match crate::daemon::hub_http(settings) {
-        Ok(b) => b,
+    let built = crate::daemon::hub_http(settings).and_then(|builder| {
+        // Built where it runs, as reqwest's connection pool expects.
+        runtime.block_on(async {
+            builder
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| plain_error(&e))
+        })
+    });
+    let client = match built {
+        Ok(c) => c,
         Err(e) => {
             r.fail("hub", &e, "check control_plane.ca_file");
             return;
         }
     };
-    let sent = jiff::Timestamp::now();
-    let probe = runtime.block_on(async {
-        let client = builder.timeout(Duration::from_secs(10)).build()?;
-        client
-            .get(format!("{}/v1/robot", settings.control_plane.url))
-            .send()
-            .await
-    });
-    let received = jiff::Timestamp::now();
-    let answer = match probe {
-        Ok(answer) => answer,
-        Err(e) => {
-            r.fail(
-                "hub",
-                &format!(
-                    "cannot reach {}: {}",
-                    masked_url(&settings.control_plane.url),
-                    plain_error(&e)
-                ),
-                "check control_plane.url, that tasuki-hub runs there, and the network between; \
-                 for a certificate error, that control_plane.ca_file names the CA that signed the \
-                 hub's certificate",
-            );
-            return;
+    let probes: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let sent = jiff::Timestamp::now();
+            // The request is made inside the runtime: its timeout needs the
+            // runtime's timer.
+            let answer =
+                runtime.block_on(async { client.get(format!("{url}/v1/robot")).send().await });
+            (url, sent, jiff::Timestamp::now(), answer)
+        })
+        .collect();
+    let any_answered = probes.iter().any(|(.., answer)| answer.is_ok());
+    let mut first_answered = None;
+    for (url, sent, received, answer) in probes {
+        match answer {
+            Ok(answer) => {
+                r.ok(
+                    "hub",
+                    &format!(
+                        "{} answered in {} ms",
+                        masked_url(url),
+                        (received - sent).get_milliseconds()
+                    ),
+                );
+                first_answered.get_or_insert((url, sent, received, answer));
+            }
+            Err(e) => {
+                let detail = format!("cannot reach {}: {}", masked_url(url), plain_error(&e));
+                let fix = "check control_plane.url and control_plane.fallback_urls, that \
+                           tasuki-hub runs at each, and the network between; for a certificate \
+                           error, that control_plane.ca_file names the CA that signed the \
+                           hub's certificate";
+                // The robot works while one hub answers.
+                if any_answered {
+                    r.warn("hub", &detail, fix);
+                } else {
+                    r.fail("hub", &detail, fix);
+                }
+            }
         }
+    }
+    let Some((answered_url, sent, received, answer)) = first_answered else {
+        return;
     };
-    r.ok(
-        "hub",
-        &format!(
-            "{} answered in {} ms",
-            masked_url(&settings.control_plane.url),
-            (received - sent).get_milliseconds()
-        ),
-    );
     let hub_date = answer
         .headers()
         .get(reqwest::header::DATE)
@@ -372,7 +394,12 @@ fn hub(r: &mut Report, settings: &Settings, creds: &Credentials) {
         ),
     }
 
-    let client = match HubClient::new(settings, creds, Arc::default()) {
+    // The token at the hub that answered: every hub of the database
+    // judges it the same.
+    let mut at_answered = settings.clone();
+    at_answered.control_plane.url = answered_url.clone();
+    at_answered.control_plane.fallback_urls.clear();
+    let client = match HubClient::new(&at_answered, creds, Arc::default()) {
         Ok(c) => c,
         Err(e) => {
             r.fail("token", &e.to_string(), "check control_plane.url");

@@ -3,8 +3,15 @@
 //! errors and 5xx (at most 2 s apart for calls about a leased session:
 //! [`LEASED_RETRY_MAX`]), `Retry-After` for 429, one immediate re-sign for
 //! 401. Artifacts are streamed from their files.
+//!
+//! A robot may know several hubs of one database (`control_plane.url`,
+//! then `control_plane.fallback_urls`): every call goes to the current one
+//! ([`HubUrls`]), and an attempt that finds it not answering moves every
+//! later attempt to the next. The robot protocol is idempotent
+//! (docs/protocol.md), so a call retried at another hub is safe.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,9 +77,93 @@ impl CallError {
     }
 }
 
+/// The hub URLs a robot may call, in order, and which one calls go to now.
+/// Shared by every call, so that one call finding a hub gone spares the
+/// others the same discovery.
+#[derive(Debug)]
+pub struct HubUrls {
+    /// Never empty; without trailing slashes.
+    urls: Vec<String>,
+    /// The index in `urls` calls go to now.
+    current: AtomicUsize,
+}
+
+impl HubUrls {
+    /// `urls` as [`crate::settings::ControlPlane::hub_urls`] gives them:
+    /// the first is where calls start.
+    pub fn new(urls: Vec<String>) -> anyhow::Result<HubUrls> {
+        anyhow::ensure!(!urls.is_empty(), "no hub URL is set");
+        Ok(HubUrls {
+            urls: urls
+                .into_iter()
+                .map(|url| url.trim_end_matches('/').to_string())
+                .collect(),
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The URL calls go to now, and its index (for [`HubUrls::failed`]).
+    fn current(&self) -> (usize, &str) {
+        let index = self.current.load(Ordering::SeqCst) % self.urls.len();
+        (index, &self.urls[index])
+    }
+
+    /// The URL calls go to now, for logs and `/healthz` (mask it).
+    pub fn current_url(&self) -> &str {
+        self.current().1
+    }
+
+    /// The hub at `used` stopped answering an attempt (`why`): later
+    /// attempts go to the next URL, wrapping around. Only the first report
+    /// about `used` moves: the calls that were under way at the dead hub
+    /// all fail there, and each of them moving one step would skip hubs
+    /// that work. Returns whether this report moved.
+    fn failed(&self, used: usize, why: &str) -> bool {
+        if self.urls.len() < 2 {
+            return false;
+        }
+        let next = (used + 1) % self.urls.len();
+        let moved = self
+            .current
+            .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if moved {
+            tracing::warn!(
+                from = %crate::settings::masked_url(&self.urls[used]),
+                to = %crate::settings::masked_url(&self.urls[next]),
+                error = %why,
+                "the hub stopped answering; moving to the next hub URL"
+            );
+        }
+        moved
+    }
+}
+
+/// Whether a failed request says the hub is not there to answer (so that
+/// another hub of the database should be asked), rather than that it
+/// answered badly: it could not be connected to (refused, DNS, TLS), the
+/// connection broke (reset, closed mid-answer), or it did not answer in
+/// time. A request that could not be built or an answer that does not
+/// parse would fail the same at every hub.
+fn hub_not_answering(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// Whether an HTTP status says the hub behind it is not answering: 502,
+/// 503 and 504 come from a proxy or load balancer in front of a hub that
+/// is down or overloaded (tasuki-hub itself sends none of them). A 500 is
+/// the hub answering that it failed, most often at the database every hub
+/// shares, and a 4xx is about the request: moving would not help either.
+fn gateway_without_hub(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
 pub struct HubClient {
     http: reqwest::Client,
-    base: String,
+    hubs: Arc<HubUrls>,
     robot: String,
     signer: Signer,
     /// Counts failed attempts, by call.
@@ -129,7 +220,7 @@ impl HubClient {
             .build()?;
         Ok(HubClient {
             http,
-            base: config.control_plane.url.trim_end_matches('/').to_string(),
+            hubs: Arc::new(HubUrls::new(config.control_plane.hub_urls())?),
             robot: config.control_plane.name.clone(),
             metrics,
             signer: Signer {
@@ -142,8 +233,14 @@ impl HubClient {
         })
     }
 
+    /// The hub URL calls go to now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        self.hubs.current_url()
+    }
+
+    /// The hub URLs and which one is in use, shared with `/healthz`.
+    pub fn hubs(&self) -> Arc<HubUrls> {
+        self.hubs.clone()
     }
 
     /// The robot's name on the hub.
@@ -180,9 +277,18 @@ impl HubClient {
         resign: bool,
     ) -> Result<T, CallError> {
         let token = self.signer.token(resign)?;
+        let (used, base) = self.hubs.current();
+        // Transient either way; only a hub not answering moves later
+        // attempts to the next hub.
+        let transient = |e: &reqwest::Error, why: String| {
+            if hub_not_answering(e) {
+                self.hubs.failed(used, &why);
+            }
+            CallError::Transient(why)
+        };
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{base}{path}"))
             .bearer_auth(token)
             .timeout(timeout);
         if let Some(lease) = lease {
@@ -193,19 +299,20 @@ impl HubClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| CallError::Transient(describe(&e)))?;
+        let resp = req.send().await.map_err(|e| transient(&e, describe(&e)))?;
         let status = resp.status();
         if status.is_success() {
             if status == StatusCode::NO_CONTENT {
                 return serde_json::from_str("null")
                     .map_err(|e| CallError::Transient(e.to_string()));
             }
-            return resp.json::<T>().await.map_err(|e| {
-                CallError::Transient(format!("reading the answer: {}", describe(&e)))
-            });
+            return resp
+                .json::<T>()
+                .await
+                .map_err(|e| transient(&e, format!("reading the answer: {}", describe(&e))));
+        }
+        if gateway_without_hub(status) {
+            self.hubs.failed(used, &status.to_string());
         }
         let retry_after = resp
             .headers()
@@ -391,10 +498,11 @@ impl HubClient {
         len: u64,
         stop: &CancellationToken,
     ) -> Result<(), CallError> {
-        let url = format!("{}/v1/robot/sessions/{session}/artifacts/{name}", self.base);
+        let path_on_hub = format!("/v1/robot/sessions/{session}/artifacts/{name}");
         let mut delays = backoff();
         loop {
             let token = self.signer.token(false)?;
+            let (used, base) = self.hubs.current();
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(|e| CallError::Rejected {
@@ -405,7 +513,7 @@ impl HubClient {
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
             let attempt = self
                 .http
-                .put(&url)
+                .put(format!("{base}{path_on_hub}"))
                 .bearer_auth(token)
                 .header(LEASE_HEADER, lease)
                 .header(reqwest::header::CONTENT_LENGTH, len)
@@ -434,7 +542,18 @@ impl HubClient {
                         message,
                     });
                 }
-                Ok(_) | Err(_) => retry_delay(&mut delays, true),
+                Ok(r) => {
+                    if gateway_without_hub(r.status()) {
+                        self.hubs.failed(used, &r.status().to_string());
+                    }
+                    retry_delay(&mut delays, true)
+                }
+                Err(e) => {
+                    if hub_not_answering(&e) {
+                        self.hubs.failed(used, &describe(&e));
+                    }
+                    retry_delay(&mut delays, true)
+                }
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -644,6 +763,60 @@ mod tests {
             w.contains("***@hub.example.com") && !w.contains("hunter2"),
             "{w}"
         );
+    }
+
+    fn hubs(urls: &[&str]) -> HubUrls {
+        HubUrls::new(urls.iter().map(|u| u.to_string()).collect()).expect("some URLs")
+    }
+
+    #[test]
+    fn failures_seen_on_one_hub_move_calls_one_step_and_wrap_around() {
+        let h = hubs(&["http://a", "http://b/", "http://c"]);
+        assert_eq!(h.current(), (0, "http://a"));
+        // Two calls under way at `a` both fail there: one step, not two.
+        assert!(h.failed(0, "connection refused"));
+        assert!(!h.failed(0, "connection reset"));
+        assert_eq!(h.current(), (1, "http://b"), "trailing slash trimmed");
+        // A late failure from `a` after `b` is in use leaves `b` alone.
+        assert!(!h.failed(0, "timed out"));
+        assert_eq!(h.current_url(), "http://b");
+        assert!(h.failed(1, "connection refused"));
+        assert!(h.failed(2, "connection refused"));
+        assert_eq!(h.current(), (0, "http://a"), "wraps around");
+    }
+
+    #[test]
+    fn a_single_hub_url_never_moves() {
+        let h = hubs(&["http://a"]);
+        assert!(!h.failed(0, "connection refused"));
+        assert_eq!(h.current(), (0, "http://a"));
+        assert!(HubUrls::new(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn only_gateway_statuses_say_the_hub_is_not_answering() {
+        for moves in [502, 503, 504] {
+            let status = StatusCode::from_u16(moves).expect("a status");
+            assert!(gateway_without_hub(status), "{moves}");
+        }
+        for stays in [400, 401, 403, 404, 408, 409, 429, 500] {
+            let status = StatusCode::from_u16(stays).expect("a status");
+            assert!(!gateway_without_hub(status), "{stays}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_counts_as_the_hub_not_answering() {
+        // A port that was just free: nothing listens there.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let e = reqwest::Client::new()
+            .get(format!("http://{closed}/v1/robot"))
+            .send()
+            .await
+            .expect_err("nothing listens");
+        assert!(hub_not_answering(&e), "{e:?}");
     }
 
     #[test]

@@ -154,6 +154,12 @@ pub fn write_registration(path: &Path, registration: &Registration) -> Result<()
         "audience",
         r.audience.as_str().into(),
     );
+    // Like ca_file, only when given: registering again (to rotate a key,
+    // say) keeps the hubs the file lists.
+    if !r.fallback_urls.is_empty() {
+        let urls: toml_edit::Array = r.fallback_urls.iter().map(String::as_str).collect();
+        set(&mut doc, "control_plane", "fallback_urls", urls.into());
+    }
     if let Some(ca) = &registration.ca_file {
         let ca = ca.display().to_string();
         set(&mut doc, "control_plane", "ca_file", ca.as_str().into());

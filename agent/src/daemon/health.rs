@@ -289,7 +289,9 @@ fn own_rss_bytes() -> u64 {
 
 struct Served {
     metrics: Arc<Metrics>,
-    hub: String,
+    /// `/healthz` names the hub in use, which changes when one stops
+    /// answering.
+    hubs: Arc<super::client::HubUrls>,
     robot: String,
 }
 
@@ -298,7 +300,7 @@ struct Served {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    hub: String,
+    hubs: Arc<super::client::HubUrls>,
     robot: String,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -309,7 +311,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let state = Arc::new(Served {
         metrics,
-        hub,
+        hubs,
         robot,
     });
     let app = axum::Router::new()
@@ -325,7 +327,8 @@ pub async fn serve(
 }
 
 async fn healthz(State(s): State<Arc<Served>>) -> impl IntoResponse {
-    let (healthy, doc) = s.metrics.health(&s.hub, &s.robot);
+    let hub = crate::settings::masked_url(s.hubs.current_url());
+    let (healthy, doc) = s.metrics.health(&hub, &s.robot);
     let status = if healthy {
         StatusCode::OK
     } else {

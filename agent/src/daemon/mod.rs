@@ -51,6 +51,11 @@ pub struct RegisterArgs {
     /// The hub's base URL.
     #[arg(long)]
     pub url: String,
+    /// Another hub of the same database, tried after --url when the hub in
+    /// use stops answering (repeatable, in order; recorded as
+    /// `control_plane.fallback_urls`, which is otherwise left as it is).
+    #[arg(long = "fallback-url", value_name = "URL")]
+    pub fallback_urls: Vec<String>,
     /// The robot's name on the hub.
     #[arg(long)]
     pub name: String,
@@ -176,6 +181,11 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
     let registration = Registration {
         control_plane: crate::settings::ControlPlane {
             url: args.url.trim_end_matches('/').to_string(),
+            fallback_urls: args
+                .fallback_urls
+                .iter()
+                .map(|url| url.trim_end_matches('/').to_string())
+                .collect(),
             name: args.name.clone(),
             labels: args
                 .labels
@@ -242,9 +252,15 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_FAILED);
         }
         Err(_) => {
+            let hubs: Vec<String> = config
+                .control_plane
+                .hub_urls()
+                .iter()
+                .map(|url| masked_url(url))
+                .collect();
             eprintln!(
-                "error: the hub at {} did not answer within 30 s",
-                masked_url(&config.control_plane.url)
+                "error: no hub answered within 30 s (tried {})",
+                hubs.join(", ")
             );
             return Ok(EXIT_FAILED);
         }
@@ -259,7 +275,8 @@ fn register_inner(args: RegisterArgs) -> anyhow::Result<u8> {
         "registered robot `{}` (id {}) with {}\nconfig: {}\ncredentials: {} (mode 0600)\nstart it with: tasuki agent --config {}",
         registered.name,
         registered.robot_id,
-        masked_url(&config.control_plane.url),
+        // The hub that answered: a fallback when the first did not.
+        masked_url(client.base_url()),
         config_path.display(),
         creds_path.display(),
         config_path.display()
@@ -426,8 +443,10 @@ fn run_agent(args: AgentArgs) -> u8 {
         eprintln!("error: the credentials hold no secret");
         return EXIT_INVALID;
     }
-    if let Some(warning) = plain_http_warning(&config.control_plane.url) {
-        tracing::warn!("{warning}");
+    for url in config.control_plane.hub_urls() {
+        if let Some(warning) = plain_http_warning(&url) {
+            tracing::warn!("{warning}");
+        }
     }
     warn_unless_confined(&config.credentials_file);
     for problem in packs.problems.iter() {
@@ -445,6 +464,7 @@ fn run_agent(args: AgentArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
+    let hubs = client.hubs();
     let work_dir = config.work_dir.clone();
     if let Err(e) = private_fs::create_dir_all(&work_dir) {
         eprintln!(
@@ -556,7 +576,7 @@ fn run_agent(args: AgentArgs) -> u8 {
         let served = runtime.block_on(health::serve(
             addr,
             metrics,
-            masked_url(&config.control_plane.url),
+            hubs,
             config.control_plane.name.clone(),
         ));
         match served {

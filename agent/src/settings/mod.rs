@@ -370,6 +370,11 @@ impl Effective {
                     .text("control_plane.url")
                     .trim_end_matches('/')
                     .to_string(),
+                fallback_urls: self
+                    .list("control_plane.fallback_urls")
+                    .iter()
+                    .map(|url| url.trim_end_matches('/').to_string())
+                    .collect(),
                 name: self.text("control_plane.name"),
                 labels: self.list("control_plane.labels"),
                 max_concurrency: self.count("control_plane.max_concurrency") as u32,
@@ -425,11 +430,28 @@ impl Effective {
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     pub url: String,
+    /// `control_plane.fallback_urls`: hubs of the same database, tried
+    /// after `url` (see [`ControlPlane::hub_urls`]).
+    pub fallback_urls: Vec<String>,
     pub name: String,
     pub labels: Vec<String>,
     pub max_concurrency: u32,
     pub issuer: String,
     pub audience: String,
+}
+
+impl ControlPlane {
+    /// Every hub URL the robot may call, in the order they are tried:
+    /// `url`, then `fallback_urls`, each once.
+    pub fn hub_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::with_capacity(1 + self.fallback_urls.len());
+        for url in std::iter::once(&self.url).chain(&self.fallback_urls) {
+            if !urls.contains(url) {
+                urls.push(url.clone());
+            }
+        }
+        urls
+    }
 }
 
 /// The agent's settings, typed.
@@ -474,9 +496,10 @@ mod defaults {
     ) -> Option<Value> {
         let text = |s: &str| Some(Value::Text(s.into()));
         Some(match key {
-            "control_plane.labels" | "behaviour.env_allow" | "behaviour.env_pass" => {
-                Value::List(Vec::new())
-            }
+            "control_plane.labels"
+            | "control_plane.fallback_urls"
+            | "behaviour.env_allow"
+            | "behaviour.env_pass" => Value::List(Vec::new()),
             "control_plane.max_concurrency" => Value::Count(1),
             "control_plane.issuer" => return text("tasuki"),
             "control_plane.audience" => return text("tasuki-hub"),

@@ -9,6 +9,9 @@ pub enum Kind {
     /// An `http://` or `https://` URL. Any `user:password@` in it is
     /// masked wherever it is shown.
     Url,
+    /// A list of URLs, each checked as [`Kind::Url`] and masked as it is;
+    /// from the environment or a flag, comma-separated.
+    UrlList,
     RobotName,
     /// Robot labels: a list, each checked by the protocol's rules.
     Labels,
@@ -60,6 +63,12 @@ pub const LOG_FORMATS: &[&str] = &["plain", "json"];
 
 pub const KEYS: &[Key] = &[
     required("control_plane.url", Kind::Url, "the hub's base URL"),
+    key(
+        "control_plane.fallback_urls",
+        Kind::UrlList,
+        "further URLs of hubs on the same database, tried in order after control_plane.url \
+         when the hub in use stops answering",
+    ),
     required(
         "control_plane.name",
         Kind::RobotName,

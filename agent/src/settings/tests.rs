@@ -374,3 +374,85 @@ fn an_allow_list_pattern_that_matches_nothing_names_where_it_was_set() {
         "{e}"
     );
 }
+
+#[test]
+fn fallback_hub_urls_come_after_the_hub_url_from_the_file_or_the_environment() {
+    let case = Case::new(&GOOD.replace(
+        "name = \"robot-1\"",
+        "name = \"robot-1\"\nfallback_urls = [\"http://10.0.0.2:8080/\", \"https://hub-c.example\"]",
+    ));
+    let s = case.load().expect("valid").settings();
+    assert_eq!(
+        s.control_plane.hub_urls(),
+        vec![
+            "http://127.0.0.1:8080",
+            "http://10.0.0.2:8080",
+            "https://hub-c.example"
+        ]
+    );
+    // Comma-separated in a variable, as every list; unset is none.
+    let case = Case::new(GOOD).env(
+        "TASUKI_CONTROL_PLANE_FALLBACK_URLS",
+        "http://10.0.0.2:8080, http://10.0.0.3:8080",
+    );
+    let s = case.load().expect("valid").settings();
+    assert_eq!(
+        s.control_plane.fallback_urls,
+        vec!["http://10.0.0.2:8080", "http://10.0.0.3:8080"]
+    );
+    let s = Case::new(GOOD).load().expect("valid").settings();
+    assert_eq!(s.control_plane.hub_urls(), vec!["http://127.0.0.1:8080"]);
+}
+
+#[test]
+fn a_bad_fallback_url_is_refused_naming_its_item_and_line() {
+    let case = Case::new(&GOOD.replace(
+        "name = \"robot-1\"",
+        "name = \"robot-1\"\nfallback_urls = [\"http://h2\", \"ftp://robot:hunter2@h3\"]",
+    ));
+    let p = case.problems();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].ends_with(
+            "agent.toml:5: `control_plane.fallback_urls`: item 1: `ftp://***@h3` is not an \
+             http:// or https:// URL"
+        ),
+        "{p:?}"
+    );
+    let p = Case::new(GOOD)
+        .flag("control_plane.fallback_urls=http://h2,h3")
+        .problems()
+        .join("\n");
+    assert!(
+        p.contains(
+            "flag --set: `control_plane.fallback_urls`: item 1: `h3` is not an http:// or \
+             https:// URL"
+        ),
+        "{p}"
+    );
+    let p = Case::new(&GOOD.replace(
+        "name = \"robot-1\"",
+        "name = \"robot-1\"\nfallback_urls = \"http://h2\"",
+    ))
+    .problems()
+    .join("\n");
+    assert!(
+        p.contains(":5: `control_plane.fallback_urls`: must be a list of strings"),
+        "{p}"
+    );
+}
+
+#[test]
+fn show_masks_the_password_in_every_fallback_hub_url() {
+    let case = Case::new(GOOD).flag(
+        "control_plane.fallback_urls=https://robot:hunter2@hub-b.example,https://hub-c.example",
+    );
+    let shown = case.load().expect("valid").show();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains(
+            "control_plane.fallback_urls = [\"https://***@hub-b.example\", \"https://hub-c.example\"]"
+        ),
+        "{shown}"
+    );
+}

@@ -29,7 +29,7 @@ pub fn from_toml(kind: Kind, value: &toml::Value, base: &Path) -> Result<Value, 
         ))
     };
     match kind {
-        Kind::Labels | Kind::List => {
+        Kind::Labels | Kind::List | Kind::UrlList => {
             let Some(items) = value.as_array() else {
                 return wrong("a list of strings, such as [\"a\", \"b\"]");
             };
@@ -63,7 +63,7 @@ pub fn from_toml(kind: Kind, value: &toml::Value, base: &Path) -> Result<Value, 
 pub fn from_text(kind: Kind, text: &str, base: &Path) -> Result<Value, String> {
     let value = match kind {
         Kind::Text | Kind::Url | Kind::RobotName | Kind::Choice(_) => Value::Text(text.to_string()),
-        Kind::Labels | Kind::List => Value::List(
+        Kind::Labels | Kind::List | Kind::UrlList => Value::List(
             text.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -122,15 +122,10 @@ pub fn from_text(kind: Kind, text: &str, base: &Path) -> Result<Value, String> {
 
 fn check(kind: Kind, value: Value) -> Result<Value, String> {
     match (&kind, &value) {
-        (Kind::Url, Value::Text(url)) => {
-            let host = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"));
-            if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
-                return Err(format!(
-                    "`{}` is not an http:// or https:// URL",
-                    masked_url(url)
-                ));
+        (Kind::Url, Value::Text(url)) => check_url(url)?,
+        (Kind::UrlList, Value::List(urls)) => {
+            for (i, url) in urls.iter().enumerate() {
+                check_url(url).map_err(|e| format!("item {i}: {e}"))?;
             }
         }
         (Kind::RobotName, Value::Text(name)) => {
@@ -160,6 +155,19 @@ fn check(kind: Kind, value: Value) -> Result<Value, String> {
     Ok(value)
 }
 
+fn check_url(url: &str) -> Result<(), String> {
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+        return Err(format!(
+            "`{}` is not an http:// or https:// URL",
+            masked_url(url)
+        ));
+    }
+    Ok(())
+}
+
 impl Value {
     /// As `tasuki config show` prints it: TOML-like, credentials in every
     /// URL masked (the hub's URL as much as a WebDriver's).
@@ -168,6 +176,13 @@ impl Value {
         match self {
             Value::Text(s) if kind == Kind::Url => quote(&masked_url(s)),
             Value::Text(s) => quote(s),
+            Value::List(l) if kind == Kind::UrlList => format!(
+                "[{}]",
+                l.iter()
+                    .map(|s| quote(&masked_url(s)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Value::List(l) => format!(
                 "[{}]",
                 l.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
