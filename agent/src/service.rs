@@ -198,10 +198,7 @@ fn spec(
     Ok(ServiceSpec {
         name: SERVICE_NAME.into(),
         display_name: "Tasuki robot agent".into(),
-        description: format!(
-            "Tasuki robot agent `{}` for {}",
-            settings.control_plane.name, settings.control_plane.url
-        ),
+        description: description(&settings.control_plane.name, &settings.control_plane.url),
         program,
         args,
         level: level(user),
@@ -221,9 +218,25 @@ fn without_nested(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
     paths
 }
 
+/// The unit's description, which any local user can read: a password in
+/// the hub's URL never shows.
+fn description(robot: &str, hub_url: &str) -> String {
+    format!(
+        "Tasuki robot agent `{robot}` for {}",
+        crate::settings::masked_url(hub_url)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_description_masks_a_password_in_the_hub_url() {
+        let text = description("r1", "https://robot:s3cret@hub.example:8443/");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("hub.example:8443"), "{text}");
+    }
 
     #[test]
     fn nested_writable_paths_are_listed_once() {
