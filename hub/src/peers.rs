@@ -184,7 +184,7 @@ pub async fn mark_waiting_robots_seen(hub: Arc<Hub>) {
                     "UPDATE robots SET last_seen_at = ?1
                      WHERE id IN (SELECT id FROM robots
                                   WHERE id IN (SELECT CAST(value AS BIGINT)
-                                               FROM jsonb_array_elements_text(CAST(?2 AS JSONB)))
+                                               FROM jsonb_array_elements_text(CAST(CAST(?2 AS TEXT) AS JSONB)))
                                   ORDER BY id FOR UPDATE)",
                     params![now_ms(), ids],
                 )?;
