@@ -2,6 +2,7 @@
 //! API follows the AUTORO REST API; see hub/README.md.
 
 mod api;
+mod copy;
 mod db;
 mod dispatch;
 mod keys;
@@ -84,6 +85,32 @@ enum Command {
     Robots {
         #[command(subcommand)]
         command: RobotsCommand,
+    },
+    /// Copy a hub's SQLite database into an empty PostgreSQL database, to
+    /// move the hub there. Stop the hub first: the source must not be
+    /// served while it is copied.
+    ///
+    /// Every table is copied as it is, ids included, in one transaction on
+    /// the target, committed only if every table's count then matches the
+    /// source's. A process that has the source open (a hub still serving
+    /// it) is found and refused, and while the copy runs no other process
+    /// can open the file. A target that holds any row is refused. Secrets
+    /// are copied sealed: start the hubs of the new database with
+    /// `--master-key` naming the SQLite hub's key file (`<from>.key`).
+    Migrate {
+        /// The SQLite database to copy: its file, or `sqlite:PATH`.
+        #[arg(long)]
+        from: db::Location,
+        /// The source's master key file, if not `<from>.key`.
+        #[arg(long)]
+        master_key: Option<PathBuf>,
+        /// The PostgreSQL database to copy into (`postgres://user@host/db`);
+        /// it must hold no rows. Its schema is made here if it has none.
+        #[arg(long)]
+        to: db::Location,
+        /// A file (mode 0600) that holds the password of --to.
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
     },
 }
 
@@ -269,6 +296,19 @@ fn main() -> ExitCode {
             } => run(robots::transfer(&store, &name, &to_key)),
             RobotsCommand::Delete { name, store } => run(robots::delete(&store, &name)),
         },
+        Command::Migrate {
+            from,
+            master_key,
+            to,
+            to_password_file,
+        } => {
+            let source = store::StoreArgs {
+                db: from,
+                master_key,
+                db_password_file: None,
+            };
+            run(copy::migrate(&source, &to, to_password_file.as_deref()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 //! `keys` and `robots` alike; secret params an older hub left in clear are
 //! sealed here, the first moment both are at hand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -31,7 +31,9 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn key_file(&self) -> anyhow::Result<PathBuf> {
+    /// The master key file: `--master-key`, or `<db>.key` beside a SQLite
+    /// file.
+    pub fn key_file(&self) -> anyhow::Result<PathBuf> {
         match (&self.master_key, &self.db) {
             (Some(path), _) => Ok(path.clone()),
             (None, Location::Sqlite(path)) => Ok(key_path(path)),
@@ -44,20 +46,31 @@ impl StoreArgs {
     }
 
     fn location(&self) -> anyhow::Result<Location> {
-        let Some(file) = &self.db_password_file else {
-            return Ok(self.db.clone());
-        };
-        let Location::Postgres(url) = &self.db else {
-            bail!(
-                "--db-password-file is for a PostgreSQL database; {} is SQLite",
-                self.db
-            );
-        };
-        let password = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --db-password-file {}", file.display()))?;
-        let password = password.trim_end_matches(['\r', '\n']);
-        Ok(Location::Postgres(crate::db::with_password(url, password)))
+        with_password_file(
+            &self.db,
+            self.db_password_file.as_deref(),
+            "--db-password-file",
+        )
     }
+}
+
+/// `location` with the password that `password_file` (given as `flag`)
+/// holds, if one is given; only a PostgreSQL database takes one.
+pub fn with_password_file(
+    location: &Location,
+    password_file: Option<&Path>,
+    flag: &str,
+) -> anyhow::Result<Location> {
+    let Some(file) = password_file else {
+        return Ok(location.clone());
+    };
+    let Location::Postgres(url) = location else {
+        bail!("{flag} is for a PostgreSQL database; {location} is SQLite");
+    };
+    let password = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {flag} {}", file.display()))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    Ok(Location::Postgres(crate::db::with_password(url, password)))
 }
 
 pub async fn open(args: &StoreArgs) -> anyhow::Result<(Db, Arc<MasterKey>)> {

@@ -11,7 +11,7 @@
 use rusqlite::Connection;
 
 use super::DbError;
-use super::sql::{Conn, params};
+use super::sql::{Conn, Dialect, params};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the public API.
@@ -334,6 +334,29 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// The schema version this hub migrates to, the same on both engines.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The version a database's schema is at (0 before the first migration).
+pub fn schema_version(conn: &mut Conn<'_>) -> Result<i64, DbError> {
+    match conn.dialect() {
+        Dialect::Sqlite => conn.row("PRAGMA user_version", params![], |r| r.get(0)),
+        Dialect::Postgres => {
+            let exists = conn.count(
+                "SELECT COUNT(*) FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = 'tasuki_schema'",
+                params![],
+            )?;
+            if exists == 0 {
+                return Ok(0);
+            }
+            Ok(conn
+                .opt_row("SELECT version FROM tasuki_schema", params![], |r| r.get(0))?
+                .unwrap_or(0))
+        }
+    }
+}
+
 /// Any number from `pg_advisory_xact_lock`'s one space, the same in every
 /// hub: "tasuki" in ASCII.
 const MIGRATION_LOCK: i64 = 0x7461_7375_6b69;
@@ -409,6 +432,10 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
+        assert_eq!(
+            schema_version(&mut Conn::sqlite(&mut conn)).unwrap(),
+            SCHEMA_VERSION
+        );
         conn.pragma_update(None, "user_version", v + 1).unwrap();
         let err = migrate(&mut conn, "mem").unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+pub use migrate::{SCHEMA_VERSION, schema_version};
 pub use pool::Subscription;
 pub use sql::{Conn, Dialect};
 
