@@ -33,8 +33,8 @@ struct Table {
     key: &'static [&'static str],
     /// Rows one page holds at most, whatever their size.
     max_page_rows: usize,
-    /// Its `id` is an identity column on PostgreSQL, whose sequence must
-    /// move past the copied ids.
+    /// Its `id` is SQLite's AUTOINCREMENT and PostgreSQL's identity, whose
+    /// sequence must move past every id the source has given.
     identity: bool,
     /// The target's migration made its rows already (the one counter
     /// row): they are overwritten, not inserted.
@@ -526,8 +526,12 @@ enum Message {
         table: usize,
         rows: Page,
     },
-    /// Every row was sent: what the source holds.
-    End(Totals),
+    /// Every row was sent: what the source holds, and the highest id each
+    /// identity table has given.
+    End {
+        held: Totals,
+        ids_given: Vec<i64>,
+    },
 }
 
 /// What a database holds: rows per table, in [`TABLES`]'s order, and the
@@ -587,8 +591,31 @@ fn read_source(
                 }
             }
         }
-        send(Message::End(totals(src, plans)?))
+        send(Message::End {
+            held: totals(src, plans)?,
+            ids_given: ids_given(src, plans)?,
+        })
     })
+}
+
+/// The highest id each identity table (0 for the others) has ever given,
+/// deleted rows' included: SQLite's AUTOINCREMENT never gives one again,
+/// and nor shall the target.
+fn ids_given(conn: &mut Conn<'_>, plans: &[Plan]) -> Result<Vec<i64>, DbError> {
+    plans
+        .iter()
+        .map(|plan| {
+            if !plan.table.identity {
+                return Ok(0);
+            }
+            let given = conn.opt_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                params![plan.table.name],
+                |r| r.get::<i64>(0),
+            )?;
+            Ok(given.unwrap_or(0))
+        })
+        .collect()
 }
 
 fn read_page(
@@ -641,12 +668,14 @@ fn write_target(
                 Ok(Message::Page { table, rows }) => {
                     copied[table] += insert(dst, &plans[table], &rows)?;
                 }
-                Ok(Message::End(source)) => {
-                    for plan in plans.iter().filter(|plan| plan.table.identity) {
-                        move_identity_past_ids(dst, plan.table.name)?;
+                Ok(Message::End { held, ids_given }) => {
+                    for (plan, given) in plans.iter().zip(ids_given) {
+                        if plan.table.identity {
+                            move_identity_past_ids(dst, plan.table.name, given)?;
+                        }
                     }
                     let target = totals(dst, plans)?;
-                    check_counts(plans, &source, &copied, &target)?;
+                    check_counts(plans, &held, &copied, &target)?;
                     return Ok(Summary {
                         tables: names.iter().copied().zip(target.rows).collect(),
                         artifact_bytes: target.artifact_bytes,
@@ -698,16 +727,17 @@ fn insert(conn: &mut Conn<'_>, plan: &Plan, rows: &[Vec<Field>]) -> Result<u64, 
     Ok(written)
 }
 
-/// The identity's next value is one past the highest copied id, so that new
-/// rows do not collide with copied ones (1 for an empty table: a sequence
-/// cannot be set to 0).
-fn move_identity_past_ids(conn: &mut Conn<'_>, table: &str) -> Result<(), DbError> {
+/// The identity's next value is one past both the highest copied id and the
+/// highest the source ever gave (`given`), so that new rows neither collide
+/// with copied ones nor take a deleted row's id. (1 for a table that never
+/// had a row: a sequence cannot be set to 0.)
+fn move_identity_past_ids(conn: &mut Conn<'_>, table: &str, given: i64) -> Result<(), DbError> {
     conn.row(
         &format!(
-            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 0) + 1, \
-             false) FROM {table}"
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+             GREATEST(COALESCE(MAX(id), 0), ?1) + 1, false) FROM {table}"
         ),
-        params![],
+        params![given],
         |r| r.get::<i64>(0),
     )?;
     Ok(())
