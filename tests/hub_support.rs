@@ -215,6 +215,31 @@ impl Hub {
 
     /// Starts on a given address: a restart keeps the port its robots know.
     pub fn start_at(scratch: &Scratch, listen: &str, extra: &[&str]) -> Hub {
+        Hub::spawn(scratch, listen, scratch.db_args(), extra)
+    }
+
+    /// Starts on `scratch`'s database with the master key in `key_file`
+    /// (a database copied from another hub's opens with that hub's key).
+    pub fn start_with_master_key(
+        scratch: &Scratch,
+        key_file: &std::path::Path,
+        extra: &[&str],
+    ) -> Hub {
+        let db_args = vec![
+            "--db".into(),
+            scratch.db(),
+            "--master-key".into(),
+            key_file.into(),
+        ];
+        Hub::spawn(scratch, "127.0.0.1:0", db_args, extra)
+    }
+
+    fn spawn(
+        scratch: &Scratch,
+        listen: &str,
+        db_args: Vec<std::ffi::OsString>,
+        extra: &[&str],
+    ) -> Hub {
         let stderr_path = scratch.dir.path().join(format!(
             "hub-stderr-{}.log",
             SystemTime::now()
@@ -225,7 +250,7 @@ impl Hub {
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr log");
         let mut child = hub_command()
             .args(["serve", "--listen", listen])
-            .args(scratch.db_args())
+            .args(db_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
