@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use tasuki_protocol::LogLine;
 
 use super::error::ApiError;
-use crate::db::{DbError, artifacts, logs};
+use crate::db::{DbError, artifacts, logs, sessions};
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
@@ -33,19 +33,45 @@ impl Default for SessionLimits {
 }
 
 /// Bytes of log messages stored per session, so that a batch is not
-/// checked by summing a million lines. Seeded from the database the first
-/// time a session is seen; forgotten when the session's robot reports it
-/// finished, and wholesale should it still grow large (sessions whose
-/// robots never finish them; each is then seeded again), which bounds it.
+/// checked by summing a million lines: `(highest seq, bytes)` as this hub
+/// last stored them. Seeded from the database the first time a session is
+/// seen, and again when the database's highest seq is not the one kept
+/// (another hub of the same database stored lines meanwhile); forgotten
+/// when the session's robot reports it finished, and wholesale should it
+/// still grow large (sessions whose robots never finish them; each is then
+/// seeded again), which bounds it. Its lock is never held across a
+/// database statement.
 #[derive(Default)]
 pub struct Usage {
-    log_bytes: Mutex<HashMap<i64, u64>>,
+    log_bytes: Mutex<HashMap<i64, (u64, u64)>>,
 }
 
 impl Usage {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (u64, u64)>> {
+        // Each change is one insert or remove: a panic elsewhere cannot
+        // leave the map half-changed.
+        self.log_bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes stored up to `high`, if this hub knows them.
+    fn bytes_at(&self, session_id: i64, high: u64) -> Option<u64> {
+        match self.lock().get(&session_id) {
+            Some(&(known_high, bytes)) if known_high == high => Some(bytes),
+            _ => None,
+        }
+    }
+
+    fn set(&self, session_id: i64, high: u64, bytes: u64) {
+        let mut map = self.lock();
+        if map.len() >= MAX_TRACKED_SESSIONS {
+            map.clear();
+        }
+        map.insert(session_id, (high, bytes));
+    }
+
     /// Drops a session's entry: its robot finished it.
     pub fn forget(&self, session_id: i64) {
-        let mut map = self.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.lock();
         map.remove(&session_id);
         // A map that once held many sessions keeps its capacity.
         if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
@@ -59,9 +85,23 @@ const MAX_TRACKED_SESSIONS: usize = 64 * 1024;
 
 impl SessionLimits {
     /// Appends a batch unless the lines it adds would take the session
-    /// past a log limit; the highest stored `seq`, or the refusal. Runs
-    /// inside one database call, so batches cannot race past a limit.
+    /// past a log limit; the highest stored `seq`, or the refusal. One
+    /// transaction with the session's row locked, so that batches cannot
+    /// race past a limit, whichever connection or hub they reach.
     pub fn append_logs(
+        &self,
+        usage: &Usage,
+        conn: &mut Conn<'_>,
+        session_id: i64,
+        lines: &[LogLine],
+    ) -> Result<Result<u64, ApiError>, DbError> {
+        conn.transaction(|tx| {
+            sessions::lock_row(tx, session_id)?;
+            self.append_logs_locked(usage, tx, session_id, lines)
+        })
+    }
+
+    fn append_logs_locked(
         &self,
         usage: &Usage,
         conn: &mut Conn<'_>,
@@ -96,9 +136,8 @@ impl SessionLimits {
                 ),
             )));
         }
-        let mut map = usage.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = match map.get(&session_id) {
-            Some(&b) => b,
+        let stored = match usage.bytes_at(session_id, high) {
+            Some(bytes) => bytes,
             None => logs::stored_bytes(conn, session_id)?,
         };
         if stored + added_bytes > self.log_bytes {
@@ -112,10 +151,7 @@ impl SessionLimits {
             )));
         }
         let stored_high = logs::append(conn, session_id, lines)?;
-        if map.len() >= MAX_TRACKED_SESSIONS {
-            map.clear();
-        }
-        map.insert(session_id, stored + added_bytes);
+        usage.set(session_id, stored_high, stored + added_bytes);
         Ok(Ok(stored_high))
     }
 

@@ -8,6 +8,13 @@
 //! A connection that broke (the server restarted, the network dropped, a
 //! transaction that could not even roll back) is not put back; the next
 //! call connects afresh, so the hub recovers by itself.
+//!
+//! The connections' own tasks (reading and writing their sockets) run on
+//! a small runtime of the pool's, not on the hub's: a statement blocks its
+//! thread until its connection task answers, and that task must never
+//! wait for a hub worker that is itself waiting (a lock held across a
+//! statement starved both of the hub's two workers once, and every
+//! statement of the hub stopped).
 
 use std::sync::Mutex;
 
@@ -23,6 +30,8 @@ use super::{DbError, redact};
 pub const POOL_SIZE: usize = 16;
 
 pub struct Pool {
+    /// Where the connections' tasks run; taken only by `Drop`.
+    driver: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
     shown: String,
     idle: Mutex<Vec<PgConn>>,
@@ -38,7 +47,14 @@ impl Pool {
                 source,
             })?;
         config.application_name("tasuki-hub");
+        let driver = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tasuki-db")
+            .enable_all()
+            .build()
+            .map_err(|e| DbError::Task(format!("cannot start the database runtime: {e}")))?;
         let pool = Pool {
+            driver: Some(driver),
             config,
             shown: redact(url),
             idle: Mutex::new(Vec::new()),
@@ -55,38 +71,52 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn driver(&self) -> &tokio::runtime::Handle {
+        match &self.driver {
+            Some(runtime) => runtime.handle(),
+            None => unreachable!("the pool's runtime goes only when the pool does"),
+        }
+    }
+
     async fn open(&self) -> Result<PgConn, DbError> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|source| DbError::Connect {
-                    url: self.shown.clone(),
-                    source,
-                })?;
+        let config = self.config.clone();
         let shown = self.shown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(db = %shown, error = %e, "a database connection ended");
-            }
+        let connecting = self.driver().spawn(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(db = %shown, error = %e, "a database connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
         });
-        Ok(PgConn::new(client, tokio::runtime::Handle::current()))
+        let client = connecting
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
+            .map_err(|source| DbError::Connect {
+                url: self.shown.clone(),
+                source,
+            })?;
+        Ok(PgConn::new(client, self.driver().clone()))
     }
 
     /// A connection of its own that listens on `channel`; its
     /// notifications' payloads arrive on the receiver, which ends (after
     /// an error, when there is one) when the connection does.
     pub async fn listen(&self, channel: &'static str) -> Result<Subscription, DbError> {
-        let (client, mut connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|source| DbError::Connect {
-                    url: self.shown.clone(),
-                    source,
-                })?;
+        let config = self.config.clone();
+        let connecting = self
+            .driver()
+            .spawn(async move { config.connect(NoTls).await });
+        let (client, mut connection) = connecting
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
+            .map_err(|source| DbError::Connect {
+                url: self.shown.clone(),
+                source,
+            })?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        self.driver().spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) => {
@@ -103,7 +133,15 @@ impl Pool {
                 }
             }
         });
-        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        let listen = format!("LISTEN {channel}");
+        let client = self
+            .driver()
+            .spawn(async move {
+                client.batch_execute(&listen).await?;
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))??;
         Ok(Subscription {
             _client: client,
             payloads: rx,
@@ -141,6 +179,16 @@ impl Pool {
             self.idle().push(conn);
         }
         result
+    }
+}
+
+impl Drop for Pool {
+    /// The hub may drop its last handle inside its own runtime, where a
+    /// runtime cannot be dropped in the ordinary (blocking) way.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.driver.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
