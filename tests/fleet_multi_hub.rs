@@ -158,3 +158,213 @@ async fn a_robot_waiting_on_one_hub_shows_online_on_the_others() {
     assert_eq!(robot["name"], "seen-elsewhere", "{}", list.body);
     assert_eq!(robot["state"], "idle", "{}", list.body);
 }
+
+/// A PostgreSQL server of this test's own, in a temporary folder on a free
+/// loopback port, so that it can be restarted without touching the server
+/// other tests share. Stopped and removed when dropped.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let bin = postgres_bin();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        #[cfg(unix)]
+        if nix::unistd::Uid::effective().is_root() {
+            // PostgreSQL refuses to run as root (scripts/throwaway-postgres.sh).
+            let status = std::process::Command::new("chown")
+                .args(["postgres:", &dir.path().display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = PrivatePostgres { dir, bin, port };
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data(),
+                "-U",
+                "tasuki",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.pg_ctl("start");
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn admin_url(&self) -> String {
+        format!("postgres://tasuki@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        let data = self.data();
+        let mut args = vec!["-D", &data, "-l", &log, "-w", "-t", "60"];
+        if action == "restart" || action == "stop" {
+            args.extend(["-m", "fast"]);
+        }
+        if action != "stop" {
+            args.extend(["-o", &options]);
+        }
+        args.push(action);
+        self.run("pg_ctl", &args);
+    }
+
+    /// Runs one of the server's programs, as `postgres` when root.
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut command = if cfg!(unix) && is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.pg_ctl("stop");
+    }
+}
+
+fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        nix::unistd::Uid::effective().is_root()
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// The folder of initdb and pg_ctl: $PG_BIN (scripts/need-postgres.sh
+/// sets it), else Debian's newest /usr/lib/postgresql/*/bin.
+fn postgres_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("PG_BIN") {
+        return bin.into();
+    }
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop().expect(
+        "PostgreSQL's server programs (initdb, pg_ctl) are missing: run ./test.sh, which \
+         installs them (scripts/need-postgres.sh), or set PG_BIN to their folder",
+    )
+}
+
+/// A session's lines come slowly, so that PostgreSQL restarts under it.
+const SLOW_WORKFLOW: &str = r#"version: 1
+name: slow
+params:
+  n: 0
+  dir: ""
+steps:
+  - id: work
+    action: shell.run
+    with:
+      shell: sh
+      script: |
+        echo "${params.n}" >> "${params.dir}/runs.txt"
+        for k in 1 2 3; do
+          echo "n=${params.n} line $k"
+          sleep 0.4
+        done
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarting_mid_run_loses_nothing_and_work_goes_on_after() {
+    let server = PrivatePostgres::start();
+    let f = Hubs::start(Scratch::postgres_at(&server.admin_url()), 2);
+    let _agents: Vec<(Robot, Agent)> = (0..2)
+        .map(|r| f.agent(r, &format!("ride-{r}"), &["--max-concurrency", "2"]))
+        .collect();
+    let workflow_id = workflow(&f.apis[0], SLOW_WORKFLOW, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let api = &f.apis[(n % 2) as usize];
+        ids.push((
+            n,
+            queue(api, workflow_id, json!({"n": n, "dir": dir})).await,
+        ));
+    }
+    running(&f.apis[0], ids[0].1, Duration::from_secs(30)).await;
+    server.pg_ctl("restart");
+    // Queued after the restart, through both hubs: their pools and their
+    // listeners have to come back for these to run.
+    for n in 5..=8 {
+        let api = &f.apis[(n % 2) as usize];
+        let id = loop {
+            let r = api
+                .post(
+                    "/v1/session_queues",
+                    &json!({"workflow_id": workflow_id, "params": {"n": n, "dir": dir}}),
+                )
+                .await;
+            if r.status.as_u16() == 201 {
+                break r.body["id"].as_i64().expect("an id");
+            }
+            // The first call after the restart may meet a broken pooled
+            // connection (500); the next one connects afresh.
+            assert_eq!(r.status.as_u16(), 500, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        ids.push((n, id));
+    }
+    for &(n, id) in &ids {
+        let api = &f.apis[(n % 2) as usize];
+        let session = finished(api, id, Duration::from_secs(120)).await;
+        assert_eq!(session["status"], "success", "n={n}: {session}");
+        assert_whole_log(n, &all_logs(api, id).await);
+    }
+    assert_eq!(
+        runs(&f.scratch),
+        (1..=8).collect::<Vec<_>>(),
+        "each session ran exactly once"
+    );
+}

@@ -52,9 +52,19 @@ impl Scratch {
 
     /// On a fresh PostgreSQL database whatever the run's backend.
     pub fn postgres() -> Scratch {
+        let admin_url = std::env::var("TASUKI_TEST_POSTGRES").expect(
+            "TASUKI_TEST_POSTGRES is not set: run the tests with ./test.sh, which starts a \
+             throwaway PostgreSQL server (or set it to an admin URL such as \
+             postgres://tasuki@127.0.0.1:5432/postgres)",
+        );
+        Scratch::postgres_at(&admin_url)
+    }
+
+    /// On a fresh database of the PostgreSQL server at `admin_url`.
+    pub fn postgres_at(admin_url: &str) -> Scratch {
         Scratch {
             dir: tempfile::tempdir().expect("create a temp dir"),
-            postgres: Some(TestDatabase::create()),
+            postgres: Some(TestDatabase::create(admin_url)),
         }
     }
 
@@ -126,12 +136,8 @@ struct TestDatabase {
 }
 
 impl TestDatabase {
-    fn create() -> TestDatabase {
-        let admin_url = std::env::var("TASUKI_TEST_POSTGRES").expect(
-            "TASUKI_TEST_POSTGRES is not set: run the tests with ./test.sh, which starts a \
-             throwaway PostgreSQL server (or set it to an admin URL such as \
-             postgres://tasuki@127.0.0.1:5432/postgres)",
-        );
+    fn create(admin_url: &str) -> TestDatabase {
+        let admin_url = admin_url.to_owned();
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!(

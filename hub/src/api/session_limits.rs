@@ -204,7 +204,7 @@ mod tests {
         {
             let mut map = usage.log_bytes.lock().unwrap();
             for id in 0..10_000 {
-                map.insert(id, 1);
+                map.insert(id, (1, 1));
             }
         }
         for id in 0..9_990 {
