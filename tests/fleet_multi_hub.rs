@@ -166,10 +166,22 @@ struct PrivatePostgres {
     dir: tempfile::TempDir,
     bin: std::path::PathBuf,
     port: u16,
+    /// Serving TLS only, with this certificate and key (PEM).
+    tls: bool,
 }
 
 impl PrivatePostgres {
     fn start() -> PrivatePostgres {
+        PrivatePostgres::start_with(None)
+    }
+
+    /// A server that takes TLS connections only: plain ones are refused
+    /// (pg_hba.conf), so a client that got in used TLS.
+    fn start_tls_only(cert_pem: &[u8], key_pem: &[u8]) -> PrivatePostgres {
+        PrivatePostgres::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&[u8], &[u8])>) -> PrivatePostgres {
         let bin = postgres_bin();
         let dir = tempfile::tempdir().expect("a temp dir");
         #[cfg(unix)]
@@ -185,7 +197,12 @@ impl PrivatePostgres {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let server = PrivatePostgres { dir, bin, port };
+        let server = PrivatePostgres {
+            dir,
+            bin,
+            port,
+            tls: tls.is_some(),
+        };
         server.run(
             "initdb",
             &[
@@ -199,6 +216,31 @@ impl PrivatePostgres {
                 "UTF8",
             ],
         );
+        if let Some((cert, key)) = tls {
+            let data = server.dir.path().join("data");
+            std::fs::write(data.join("server.crt"), cert).expect("write the certificate");
+            std::fs::write(data.join("server.key"), key).expect("write the key");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("write pg_hba.conf");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let key = data.join("server.key");
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the key");
+                if is_root() {
+                    let status = std::process::Command::new("chown")
+                        .args(["-R", "postgres:", &data.display().to_string()])
+                        .status()
+                        .expect("chown");
+                    assert!(status.success());
+                }
+            }
+        }
         server.pg_ctl("start");
         server
     }
@@ -212,11 +254,14 @@ impl PrivatePostgres {
     }
 
     fn pg_ctl(&self, action: &str) {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on");
+        }
         let log = self.dir.path().join("server.log").display().to_string();
         let data = self.data();
         let mut args = vec!["-D", &data, "-l", &log, "-w", "-t", "60"];
@@ -366,5 +411,69 @@ async fn postgresql_restarting_mid_run_loses_nothing_and_work_goes_on_after() {
         runs(&f.scratch),
         (1..=8).collect::<Vec<_>>(),
         "each session ran exactly once"
+    );
+}
+
+/// `tasuki-hub keys list` on the database at `url`: a one-shot command
+/// that connects through the same pool as `serve`.
+fn keys_list(scratch: &Scratch, url: &str, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    hub_command()
+        .args(["keys", "list", "--db", url, "--master-key"])
+        .arg(scratch.key_file())
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki-hub keys list")
+}
+
+#[test]
+fn the_database_servers_tls_certificate_is_verified_against_the_ca_given() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let (ca, cert, key) = make_ca_and_cert(certs.path(), "db");
+    let (other_ca, _, _) = make_ca_and_cert(certs.path(), "stranger");
+    let server = PrivatePostgres::start_tls_only(&cert, &key);
+    let scratch = Scratch::postgres_at(&server.admin_url());
+    let url = scratch.db().into_string().expect("a URL");
+    let ca_file = certs.path().join("db-ca.pem");
+    let other_ca_file = certs.path().join("stranger-ca.pem");
+    std::fs::write(&ca_file, &ca).expect("write");
+    std::fs::write(&other_ca_file, &other_ca).expect("write");
+
+    let required = format!("{url}?sslmode=require");
+    let ok = keys_list(
+        &scratch,
+        &required,
+        &["--db-ca-file".as_ref(), ca_file.as_os_str()],
+    );
+    assert!(
+        ok.status.success(),
+        "TLS with the server's CA: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // Another CA's word is not taken, nor the system's (which never signed it).
+    for ca in [Some(other_ca_file.as_os_str()), None] {
+        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(ca) = ca {
+            extra.extend(["--db-ca-file".as_ref(), ca]);
+        }
+        let refused = keys_list(&scratch, &required, &extra);
+        assert!(
+            !refused.status.success(),
+            "a certificate no trusted CA signed was accepted"
+        );
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("certificate"), "{err}");
+    }
+
+    // The server takes TLS only: the connection that worked was TLS.
+    let plain = keys_list(
+        &scratch,
+        &format!("{url}?sslmode=disable"),
+        &["--db-ca-file".as_ref(), ca_file.as_os_str()],
+    );
+    assert!(
+        !plain.status.success(),
+        "the server took a plain connection"
     );
 }

@@ -800,6 +800,7 @@ pub async fn migrate(
     source: &StoreArgs,
     target: &Location,
     target_password_file: Option<&Path>,
+    target_ca_file: Option<&Path>,
 ) -> anyhow::Result<()> {
     let Location::Sqlite(file) = &source.db else {
         bail!(
@@ -832,7 +833,7 @@ pub async fn migrate(
     check_master_key(&source_db, &master, &key_file).await?;
     let target_location =
         store::with_password_file(target, target_password_file, "--to-password-file")?;
-    let target_db = Db::open(&target_location)
+    let target_db = Db::open(&target_location, target_ca_file)
         .await
         .with_context(|| format!("cannot open the target {target}"))?;
 

@@ -111,6 +111,9 @@ enum Command {
         /// A file (mode 0600) that holds the password of --to.
         #[arg(long)]
         to_password_file: Option<PathBuf>,
+        /// The CA of --to's TLS certificate, as `serve --db-ca-file`.
+        #[arg(long)]
+        to_ca_file: Option<PathBuf>,
     },
 }
 
@@ -301,13 +304,20 @@ fn main() -> ExitCode {
             master_key,
             to,
             to_password_file,
+            to_ca_file,
         } => {
             let source = store::StoreArgs {
                 db: from,
                 master_key,
                 db_password_file: None,
+                db_ca_file: None,
             };
-            run(copy::migrate(&source, &to, to_password_file.as_deref()))
+            run(copy::migrate(
+                &source,
+                &to,
+                to_password_file.as_deref(),
+                to_ca_file.as_deref(),
+            ))
         }
     };
     match result {

@@ -28,6 +28,12 @@ pub struct StoreArgs {
     /// A file (mode 0600) that holds the PostgreSQL password.
     #[arg(long, env = "TASUKI_HUB_DB_PASSWORD_FILE")]
     pub db_password_file: Option<PathBuf>,
+    /// PEM certificates of the CA that signed the PostgreSQL server's TLS
+    /// certificate, instead of the system's roots. The certificate is
+    /// verified whenever TLS is used (`sslmode=prefer`, the default, uses
+    /// it when the server offers it; `sslmode=require` insists).
+    #[arg(long, env = "TASUKI_HUB_DB_CA_FILE")]
+    pub db_ca_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -75,7 +81,7 @@ pub fn with_password_file(
 
 pub async fn open(args: &StoreArgs) -> anyhow::Result<(Db, Arc<MasterKey>)> {
     let key_file = args.key_file()?;
-    let db = Db::open(&args.location()?).await?;
+    let db = Db::open(&args.location()?, args.db_ca_file.as_deref()).await?;
     let master = Arc::new(match MasterKey::load(&key_file) {
         Ok(key) => key,
         Err(KeyFileError::Missing(_)) => {

@@ -72,6 +72,8 @@ pub enum DbError {
     Task(String),
     #[error("secret params: {0}")]
     Secrets(String),
+    #[error("TLS to the database: {0}")]
+    Tls(String),
 }
 
 /// tokio-postgres's own text for a server error is only "db error": the
@@ -168,8 +170,10 @@ enum Backend {
 }
 
 impl Db {
-    /// Opens (creating if needed) and migrates the database.
-    pub async fn open(location: &Location) -> Result<Db, DbError> {
+    /// Opens (creating if needed) and migrates the database. `ca_file`
+    /// vouches for a PostgreSQL server's TLS certificate (else the
+    /// system's roots do).
+    pub async fn open(location: &Location, ca_file: Option<&Path>) -> Result<Db, DbError> {
         match location {
             Location::Sqlite(path) => {
                 let path = path.clone();
@@ -178,7 +182,7 @@ impl Db {
                     .map_err(|e| DbError::Task(e.to_string()))?
             }
             Location::Postgres(url) => {
-                let pool = pool::Pool::connect(url).await?;
+                let pool = pool::Pool::connect(url, ca_file).await?;
                 let db = Db {
                     backend: Backend::Postgres(Arc::new(pool)),
                 };

@@ -16,11 +16,13 @@
 //! statement starved both of the hub's two workers once, and every
 //! statement of the hub stopped).
 
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::{Conn, PgConn};
 use super::{DbError, redact};
@@ -33,6 +35,10 @@ pub struct Pool {
     /// Where the connections' tasks run; taken only by `Drop`.
     driver: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
+    /// TLS when the server offers it (`sslmode=prefer`, the default) or
+    /// the URL asks for it (`sslmode=require`): the server's certificate
+    /// is always verified, against the system's roots or `--db-ca-file`.
+    tls: MakeRustlsConnect,
     shown: String,
     idle: Mutex<Vec<PgConn>>,
     permits: Semaphore,
@@ -40,7 +46,7 @@ pub struct Pool {
 
 impl Pool {
     /// Checks that the server answers, and keeps that first connection.
-    pub async fn connect(url: &str) -> Result<Pool, DbError> {
+    pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Pool, DbError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|source| DbError::Connect {
                 url: redact(url),
@@ -55,6 +61,7 @@ impl Pool {
             .map_err(|e| DbError::Task(format!("cannot start the database runtime: {e}")))?;
         let pool = Pool {
             driver: Some(driver),
+            tls: tls(ca_file)?,
             config,
             shown: redact(url),
             idle: Mutex::new(Vec::new()),
@@ -79,10 +86,10 @@ impl Pool {
     }
 
     async fn open(&self) -> Result<PgConn, DbError> {
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let shown = self.shown.clone();
         let connecting = self.driver().spawn(async move {
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.connect(tls).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!(db = %shown, error = %e, "a database connection ended");
@@ -104,10 +111,10 @@ impl Pool {
     /// notifications' payloads arrive on the receiver, which ends (after
     /// an error, when there is one) when the connection does.
     pub async fn listen(&self, channel: &'static str) -> Result<Subscription, DbError> {
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let connecting = self
             .driver()
-            .spawn(async move { config.connect(NoTls).await });
+            .spawn(async move { config.connect(tls).await });
         let (client, mut connection) = connecting
             .await
             .map_err(|e| DbError::Task(e.to_string()))?
@@ -180,6 +187,42 @@ impl Pool {
         }
         result
     }
+}
+
+/// The TLS client: rustls on the aws-lc-rs provider, as the hub's own TLS.
+fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |e: String| DbError::Tls(format!("--db-ca-file {}: {e}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(cert.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+        }
+        None => {
+            // Unreadable system certificates leave those roots out; a
+            // server they would have vouched for is then refused, saying
+            // why, when a connection is made.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 impl Drop for Pool {
