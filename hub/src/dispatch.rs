@@ -41,7 +41,11 @@ use crate::secrets::{MasterKey, new_lease_id};
 /// Why a waiting poll is answered.
 #[derive(Debug)]
 pub enum Wake {
-    Lease(Box<Lease>),
+    /// A lease, and word that the transaction granting it committed: the
+    /// poll answers only once it has (a robot must never hear of a lease
+    /// that its next call would not find), and answers empty if it rolled
+    /// back (the sender is then dropped).
+    Lease(Box<Lease>, oneshot::Receiver<()>),
     /// A session the robot runs was asked to cancel.
     Cancel,
     /// The same robot polled again (its client gave up on this one).
@@ -127,16 +131,24 @@ pub enum Poll {
     Closed,
 }
 
+/// A session granted to a waiting poll.
+struct Delivered {
+    session_id: i64,
+    /// False when the poll had gone and the grant was taken back.
+    sent: bool,
+}
+
 /// Sends a lease down a waiting poll; when the poll has gone, takes the
 /// lease back and returns false.
 fn send_or_withdraw(
     conn: &mut Conn<'_>,
     waiter: Waiter,
     lease: Lease,
+    committed: oneshot::Receiver<()>,
     now_ms: i64,
 ) -> Result<bool, DbError> {
     let (session_id, lease_id) = (lease.session_id, lease.lease_id.clone());
-    match waiter.tx.send(Wake::Lease(Box::new(lease))) {
+    match waiter.tx.send(Wake::Lease(Box::new(lease), committed)) {
         Ok(()) => Ok(true),
         Err(_) => {
             leases::withdraw(conn, session_id, &lease_id, now_ms)?;
@@ -361,7 +373,10 @@ impl Dispatcher {
             else {
                 return Ok(false);
             };
-            let Some(lease) = self.grant(conn, session_id, &want, now_ms)? else {
+            let delivered = self.grant_and_deliver(conn, &want, seq, now_ms, |tx| {
+                self.grant(tx, session_id, &want, now_ms)
+            })?;
+            let Some(delivered) = delivered else {
                 if leases::needs_of(conn, session_id)?.is_none() {
                     // Taken meanwhile; the waiter keeps waiting.
                     return Ok(false);
@@ -372,12 +387,43 @@ impl Dispatcher {
                 self.take(want.robot_id, seq);
                 continue;
             };
-            if self.deliver(conn, want.robot_id, seq, lease, now_ms)? {
+            if delivered.sent {
                 return Ok(true);
             }
             // The poll went away (its hold ran out, its client
             // disconnected): the offer was taken back; try the next robot.
         }
+    }
+
+    /// Grants a session to the robot of the waiting poll `seq` (`grant`
+    /// says which) and sends it down that poll, or takes it back if the
+    /// poll has gone: one transaction with the robot's row locked, so that
+    /// a poll the robot sends again meanwhile (the same poll id, on another
+    /// connection or hub) either comes before the grant or finds the lease
+    /// as it ended, never a lease taken back after it was handed over.
+    /// `None` when nothing was granted.
+    fn grant_and_deliver(
+        &self,
+        conn: &mut Conn<'_>,
+        want: &Want,
+        seq: u64,
+        now_ms: i64,
+        grant: impl FnOnce(&mut Conn<'_>) -> Result<Option<Lease>, DbError>,
+    ) -> Result<Option<Delivered>, DbError> {
+        let (commit_tx, committed) = oneshot::channel();
+        let delivered = conn.transaction(|tx| {
+            robots::lock_row(tx, want.robot_id)?;
+            let Some(lease) = grant(tx)? else {
+                return Ok(None);
+            };
+            let session_id = lease.session_id;
+            let sent = self.deliver(tx, want.robot_id, seq, lease, committed, now_ms)?;
+            Ok(Some(Delivered { session_id, sent }))
+        })?;
+        // Committed: the poll may answer now. (On an error the sender is
+        // dropped, and the poll answers empty.)
+        let _ = commit_tx.send(());
+        Ok(delivered)
     }
 
     /// Removes the registration `seq` of `robot_id`, if it is still there.
@@ -397,11 +443,12 @@ impl Dispatcher {
         robot_id: i64,
         seq: u64,
         lease: Lease,
+        committed: oneshot::Receiver<()>,
         now_ms: i64,
     ) -> Result<bool, DbError> {
         match self.take(robot_id, seq) {
             Some(waiter) => {
-                let sent = send_or_withdraw(conn, waiter, lease, now_ms)?;
+                let sent = send_or_withdraw(conn, waiter, lease, committed, now_ms)?;
                 if sent {
                     self.lock().answered_at.insert(robot_id, now_ms);
                 }
@@ -454,11 +501,14 @@ impl Dispatcher {
             }
             (waiter.seq, waiter.want.clone())
         };
-        let Some(lease) = self.grant_next(conn, &want, load, now_ms)? else {
-            return Ok(true);
-        };
-        let session_id = lease.session_id;
-        if !self.deliver(conn, robot_id, seq, lease, now_ms)? {
+        let delivered = self.grant_and_deliver(conn, &want, seq, now_ms, |tx| {
+            self.grant_next(tx, &want, load, now_ms)
+        })?;
+        if let Some(Delivered {
+            session_id,
+            sent: false,
+        }) = delivered
+        {
             // That poll had gone: another robot may take the session.
             self.offer(conn, session_id, now_ms)?;
         }

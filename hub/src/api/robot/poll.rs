@@ -98,7 +98,11 @@ pub async fn poll(
         }
     };
     let answer = match wake {
-        Some(Wake::Lease(lease)) => response(vec![*lease], Vec::new(), Vec::new()),
+        Some(Wake::Lease(lease, committed)) => match committed.await {
+            Ok(()) => response(vec![*lease], Vec::new(), Vec::new()),
+            // The grant rolled back: there is no lease.
+            Err(_) => PollResponse::default(),
+        },
         Some(Wake::Cancel) => {
             let cancel = hub
                 .db
