@@ -143,6 +143,9 @@ async fn sweep_leases(hub: Arc<Hub>) {
                 continue;
             }
         }
+        if let Err(e) = hub.db.checkpoint().await {
+            tracing::warn!(error = %e, "checkpointing the write-ahead log");
+        }
         let swept_hub = hub.clone();
         let result = hub
             .db
