@@ -469,3 +469,33 @@ async fn the_ack_call_is_gone() {
     let now = s.session(id).await;
     assert_eq!(now["status"], "running", "{now}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_log_line_is_kept_as_a_replacement_character_on_either_database() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let (_, lease_id) = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    let r = s
+        .with_lease(
+            &format!("/v1/robot/sessions/{id}/logs"),
+            &lease_id,
+            json!({"lines": [
+                {"seq": 1, "ts": "2026-01-01T00:00:00Z", "level": "info",
+                 "step_id": "a\u{0}b", "message": "before\u{0}after"},
+                {"seq": 2, "ts": "2026-01-01T00:00:00Z", "level": "info",
+                 "step_id": null, "message": "next"}
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["high_seq"], 2, "{}", r.body);
+    let logs = s
+        .api
+        .get(&format!("/v1/session_queues/{id}/logs"))
+        .await
+        .body;
+    assert_eq!(logs["logs"][0]["message"], "before\u{fffd}after", "{logs}");
+    assert_eq!(logs["logs"][0]["step_id"], "a\u{fffd}b", "{logs}");
+    assert_eq!(logs["logs"][1]["message"], "next", "{logs}");
+}

@@ -64,6 +64,9 @@ pub struct Want {
     pub key_id: String,
     pub instance_id: String,
     pub poll_id: String,
+    /// This poll's token (`Dispatcher::poll_token`), the robot's latest
+    /// in the database while no newer poll of it has begun, on any hub.
+    pub poll_token: String,
     pub free_slots: u32,
     pub max_concurrency: u32,
     pub draining: bool,
@@ -131,11 +134,18 @@ pub enum Poll {
     Closed,
 }
 
-/// A session granted to a waiting poll.
-struct Delivered {
-    session_id: i64,
-    /// False when the poll had gone and the grant was taken back.
-    sent: bool,
+/// What became of a session offered to a waiting poll.
+enum Offered {
+    /// The robot has polled since, here or on another hub: this poll is
+    /// not its latest, and nothing was granted.
+    Stale,
+    /// Not granted: taken meanwhile, or the robot has no room for it.
+    NotGranted,
+    Granted {
+        session_id: i64,
+        /// False when the poll had gone and the grant was taken back.
+        sent: bool,
+    },
 }
 
 /// Sends a lease down a waiting poll; when the poll has gone, takes the
@@ -175,6 +185,8 @@ const MAX_LOOKS: u32 = 8;
 
 pub struct Dispatcher {
     waiters: Mutex<Waiters>,
+    /// Numbers this hub's polls, for their tokens.
+    polls: AtomicU64,
     /// Counts sessions offered and slots freed on this hub (from its own
     /// requests or another hub's notices). A poll that found nothing reads
     /// it before it looks and again, under the waiters lock, before it
@@ -193,6 +205,7 @@ impl Dispatcher {
     pub fn new(lease_ttl_ms: i64, master: Arc<MasterKey>) -> Dispatcher {
         Dispatcher {
             waiters: Mutex::default(),
+            polls: AtomicU64::new(0),
             news: AtomicU64::new(0),
             peers: Peers::new(),
             lease_ttl_ms,
@@ -238,6 +251,11 @@ impl Dispatcher {
             now_ms,
             self.lease_ttl_ms,
         )
+    }
+
+    /// A token for a poll that begins: this hub's and the poll's number.
+    pub fn poll_token(&self) -> String {
+        self.peers.token(self.polls.fetch_add(1, Ordering::Relaxed))
     }
 
     fn lock(&self) -> MutexGuard<'_, Waiters> {
@@ -373,25 +391,31 @@ impl Dispatcher {
             else {
                 return Ok(false);
             };
-            let delivered = self.grant_and_deliver(conn, &want, seq, now_ms, |tx| {
+            let offered = self.grant_and_deliver(conn, &want, seq, now_ms, |tx, load| {
+                if !load.has_room(want.max_concurrency, needs.single_process) {
+                    return Ok(None);
+                }
                 self.grant(tx, session_id, &want, now_ms)
             })?;
-            let Some(delivered) = delivered else {
-                if leases::needs_of(conn, session_id)?.is_none() {
+            match offered {
+                Offered::Granted { sent: true, .. } => return Ok(true),
+                // The poll went away (its hold ran out, its client
+                // disconnected): the offer was taken back; try the next
+                // robot.
+                Offered::Granted { sent: false, .. } => {}
+                Offered::NotGranted if leases::needs_of(conn, session_id)?.is_none() => {
                     // Taken meanwhile; the waiter keeps waiting.
                     return Ok(false);
                 }
-                // The session is still there, so the robot is no longer
-                // this poll's: the poll is answered empty (its channel is
-                // dropped), and the next robot is tried.
-                self.take(want.robot_id, seq);
-                continue;
-            };
-            if delivered.sent {
-                return Ok(true);
+                // The session is still there, so this poll may not have
+                // it (the robot is no longer the poll's, or has no room
+                // now), or it is not the robot's latest: it is answered
+                // empty (its channel is dropped), and the next robot is
+                // tried.
+                Offered::NotGranted | Offered::Stale => {
+                    self.take(want.robot_id, seq);
+                }
             }
-            // The poll went away (its hold ran out, its client
-            // disconnected): the offer was taken back; try the next robot.
         }
     }
 
@@ -408,22 +432,35 @@ impl Dispatcher {
         want: &Want,
         seq: u64,
         now_ms: i64,
-        grant: impl FnOnce(&mut Conn<'_>) -> Result<Option<Lease>, DbError>,
-    ) -> Result<Option<Delivered>, DbError> {
+        grant: impl FnOnce(&mut Conn<'_>, Load) -> Result<Option<Lease>, DbError>,
+    ) -> Result<Offered, DbError> {
         let (commit_tx, committed) = oneshot::channel();
-        let delivered = conn.transaction(|tx| {
+        let offered = conn.transaction(|tx| {
             robots::lock_row(tx, want.robot_id)?;
-            let Some(lease) = grant(tx)? else {
-                return Ok(None);
+            // A poll of the robot that began since (here, or on a hub whose
+            // notice has not arrived yet) is the one it reads: never grant
+            // to an older one, which nobody may read.
+            if !robots::is_latest_poll(tx, want.robot_id, &want.poll_token)? {
+                return Ok(Offered::Stale);
+            }
+            // Its load as it is now, not as it was when the poll began.
+            let load = leases::load_of(tx, want.robot_id)?;
+            let Some(lease) = grant(tx, load)? else {
+                return Ok(Offered::NotGranted);
             };
             let session_id = lease.session_id;
             let sent = self.deliver(tx, want.robot_id, seq, lease, committed, now_ms)?;
-            Ok(Some(Delivered { session_id, sent }))
+            Ok(Offered::Granted { session_id, sent })
         })?;
         // Committed: the poll may answer now. (On an error the sender is
-        // dropped, and the poll answers empty.)
+        // dropped, and the poll answers that it should be sent again.)
         let _ = commit_tx.send(());
-        Ok(delivered)
+        if let Offered::Granted { sent: false, .. } = offered {
+            // Back in the queue: a poll that looked while this grant held
+            // the row (and passed over it) must look again.
+            self.news.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(offered)
     }
 
     /// Removes the registration `seq` of `robot_id`, if it is still there.
@@ -501,16 +538,24 @@ impl Dispatcher {
             }
             (waiter.seq, waiter.want.clone())
         };
-        let delivered = self.grant_and_deliver(conn, &want, seq, now_ms, |tx| {
+        let offered = self.grant_and_deliver(conn, &want, seq, now_ms, |tx, load| {
+            if !load.has_room(want.max_concurrency, false) {
+                return Ok(None);
+            }
             self.grant_next(tx, &want, load, now_ms)
         })?;
-        if let Some(Delivered {
-            session_id,
-            sent: false,
-        }) = delivered
-        {
-            // That poll had gone: another robot may take the session.
-            self.offer(conn, session_id, now_ms)?;
+        match offered {
+            Offered::Granted {
+                session_id,
+                sent: false,
+            } => {
+                // That poll had gone: another robot may take the session.
+                self.offer(conn, session_id, now_ms)?;
+            }
+            Offered::Stale => {
+                self.take(robot_id, seq);
+            }
+            Offered::Granted { sent: true, .. } | Offered::NotGranted => {}
         }
         Ok(true)
     }

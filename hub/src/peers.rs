@@ -95,6 +95,11 @@ impl Peers {
         origin == self.origin
     }
 
+    /// `<this hub> <n>`: unique across the hubs of a database.
+    pub fn token(&self, n: u64) -> String {
+        format!("{} {n}", self.origin)
+    }
+
     /// Tells the other hubs of the database; nothing on SQLite.
     pub fn tell(&self, conn: &mut Conn<'_>, notice: Notice) -> Result<(), DbError> {
         if conn.dialect() != Dialect::Postgres {

@@ -152,8 +152,12 @@ async fn sweep_leases(hub: Arc<Hub>) {
             .call(move |conn| {
                 let now = now_ms();
                 let swept = leases::sweep(conn, now, swept_hub.timings.lease_ttl_ms())?;
-                for &(_, robot_id) in &swept.lost {
-                    swept_hub.dispatch.slot_freed(conn, robot_id, now)?;
+                for &(session_id, robot_id) in &swept.lost {
+                    // One robot's trouble must not keep the others' lost
+                    // sessions from being reported below.
+                    if let Err(e) = swept_hub.dispatch.slot_freed(conn, robot_id, now) {
+                        tracing::warn!(session_queue_id = session_id, robot_id, error = %e, "freeing a lost session's slot");
+                    }
                 }
                 Ok(swept)
             })

@@ -72,8 +72,12 @@ pub async fn create(
         .call(move |conn| {
             let now = now_ms();
             let session = sessions::insert(conn, &new, &dispatch_hub.master, now)?;
-            // Straight to a waiting robot, if one may take it.
-            dispatch_hub.dispatch.offer(conn, session.id, now)?;
+            // Straight to a waiting robot, if one may take it. The session
+            // is stored whatever happens here: an error must not tell the
+            // client to queue it again (robots' next polls find it).
+            if let Err(e) = dispatch_hub.dispatch.offer(conn, session.id, now) {
+                tracing::warn!(session_queue_id = session.id, error = %e, "offering a new session to the waiting robots");
+            }
             Ok(session)
         })
         .await?;
@@ -159,16 +163,26 @@ pub async fn cancel(
     let (session, changed) = hub
         .db
         .call(move |conn| {
-            let cancelled = sessions::cancel(conn, id, now_ms())?;
-            if let Some((s, true)) = &cancelled
-                && s.status == SessionStatus::Running
-                && let Some(robot_id) = leases::robot_of(conn, id)?
-            {
-                // Answer the robot's waiting poll now: that is how a
-                // cancel reaches it within a second.
-                wake_hub.dispatch.cancel(conn, robot_id)?;
-            }
-            Ok(cancelled)
+            conn.transaction(|tx| {
+                // The robot's row first (as a poll takes it): a poll of
+                // its that is looking now either sees this cancel or is
+                // waiting, to be answered, by the time this commits.
+                let robot = leases::robot_of(tx, id)?;
+                if let Some(robot_id) = robot {
+                    robots::lock_row(tx, robot_id)?;
+                }
+                let cancelled = sessions::cancel(tx, id, now_ms())?;
+                if let Some((s, true)) = &cancelled
+                    && s.status == SessionStatus::Running
+                    // (Granted since the look above: its robot, unlocked.)
+                    && let Some(robot_id) = robot.or(s.robot.as_ref().map(|r| r.id))
+                {
+                    // Answer the robot's waiting poll now: that is how a
+                    // cancel reaches it within a second.
+                    wake_hub.dispatch.cancel(tx, robot_id)?;
+                }
+                Ok(cancelled)
+            })
         })
         .await?
         .ok_or_else(|| session_not_found(id))?;

@@ -21,6 +21,14 @@ pub struct Load {
     pub exclusive: bool,
 }
 
+impl Load {
+    /// Whether a robot of `max_concurrency` slots with this load may take
+    /// one more session (a single-process one only when it runs nothing).
+    pub fn has_room(self, max_concurrency: u32, single_process: bool) -> bool {
+        !self.exclusive && self.active < max_concurrency && !(single_process && self.active > 0)
+    }
+}
+
 pub fn load_of(conn: &mut Conn<'_>, robot_id: i64) -> Result<Load, DbError> {
     let (active, exclusive): (i64, i64) = conn.row(
         "SELECT COUNT(*), COALESCE(MAX(w.single_process_mode), 0)
@@ -329,6 +337,9 @@ pub fn renew(
     ttl_ms: i64,
 ) -> Result<Vec<i64>, DbError> {
     let mut lost = Vec::new();
+    // In session order, as every statement that locks several sessions.
+    let mut held: Vec<&HeldLease> = held.iter().collect();
+    held.sort_by_key(|h| h.session_id);
     for h in held {
         let renewed = conn.execute(
             "UPDATE session_queues SET lease_expires_at = ?4, lease_confirmed = 1
@@ -540,60 +551,58 @@ pub struct Swept {
 /// robot never listed may not have reached it, but nobody can know that
 /// it did not start, so it is not queued again either.
 pub fn sweep(conn: &mut Conn<'_>, now_ms: i64, ttl_ms: i64) -> Result<Swept, DbError> {
-    conn.transaction(|tx| {
-        let mut swept = Swept::default();
-        {
-            let rows: Vec<(i64, Option<i64>, String, bool)> = tx.rows(
-                "SELECT id, robot_id, status, lease_confirmed FROM session_queues
-             WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1",
-                params![now_ms],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    // Each session is ended by a statement of its own (guarded, so that of
+    // hubs sweeping at once only one ends it), in id order: no transaction
+    // holds many rows while a robot's poll renews them in its own order.
+    let mut swept = Swept::default();
+    let rows: Vec<(i64, Option<i64>, String, bool)> = conn.rows(
+        "SELECT id, robot_id, status, lease_confirmed FROM session_queues
+         WHERE lease_expires_at IS NOT NULL AND lease_expires_at < ?1
+         ORDER BY id",
+        params![now_ms],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    for (id, robot, status, confirmed) in rows {
+        if status != "running" {
+            conn.execute(
+                "UPDATE session_queues SET lease_expires_at = NULL
+                 WHERE id = ?1 AND status <> 'running'",
+                params![id],
             )?;
-            for (id, robot, status, confirmed) in rows {
-                if status != "running" {
-                    tx.execute(
-                        "UPDATE session_queues SET lease_expires_at = NULL
-                     WHERE id = ?1 AND status <> 'running'",
-                        params![id],
-                    )?;
-                    continue;
-                }
-                let ttl_s = ttl_ms / 1000;
-                let high = super::logs::high_seq(tx, id)?;
-                let message = if confirmed {
-                    format!(
-                        "the robot stopped renewing its lease for {ttl_s} s (it died, or lost the \
-                     network); the session was not re-run; the hub then had its log up to line \
-                     {high}, and takes the rest should the robot come back"
-                    )
-                } else {
-                    format!(
-                        "the robot was sent the session and did not poll again within {ttl_s} s \
-                     (it died, or lost the network); it may have started, so the session was \
-                     not re-run"
-                    )
-                };
-                let error = SessionError {
-                    code: ROBOT_LOST.into(),
-                    message,
-                    step_id: None,
-                };
-                let error =
-                    serde_json::to_string(&error).map_err(|e| DbError::Corrupt(e.to_string()))?;
-                // Guarded: every hub sweeps, and only one ends each session.
-                let ended = tx.execute(
-                    "UPDATE session_queues
-                 SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
-                 WHERE id = ?1 AND status = 'running' AND lease_expires_at < ?2",
-                    params![id, now_ms, error],
-                )?;
-                if ended > 0 {
-                    swept.lost.push((id, robot.unwrap_or(0)));
-                }
-            }
+            continue;
         }
-        Ok(swept)
-    })
+        let ttl_s = ttl_ms / 1000;
+        let high = super::logs::high_seq(conn, id)?;
+        let message = if confirmed {
+            format!(
+                "the robot stopped renewing its lease for {ttl_s} s (it died, or lost the \
+                 network); the session was not re-run; the hub then had its log up to line \
+                 {high}, and takes the rest should the robot come back"
+            )
+        } else {
+            format!(
+                "the robot was sent the session and did not poll again within {ttl_s} s \
+                 (it died, or lost the network); it may have started, so the session was \
+                 not re-run"
+            )
+        };
+        let error = SessionError {
+            code: ROBOT_LOST.into(),
+            message,
+            step_id: None,
+        };
+        let error = serde_json::to_string(&error).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let ended = conn.execute(
+            "UPDATE session_queues
+             SET status = 'error', ended_at = ?2, error = ?3, lease_expires_at = NULL
+             WHERE id = ?1 AND status = 'running' AND lease_expires_at < ?2",
+            params![id, now_ms, error],
+        )?;
+        if ended > 0 {
+            swept.lost.push((id, robot.unwrap_or(0)));
+        }
+    }
+    Ok(swept)
 }
 
 /// On start, every live lease gets a fresh deadline: while the hub was

@@ -200,6 +200,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE workflows ADD COLUMN required_actions TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE workflows ADD COLUMN robot_labels TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 9: the robot's latest poll, as `<hub> <number>`, written at its
+    // start with the robot's row locked: a poll still registered on some
+    // hub is given a session only while it is the latest (dispatch.rs).
+    r#"
+    ALTER TABLE robots ADD COLUMN poll_token TEXT;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -318,10 +324,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
 
     -- A session's sealed secret params go the moment it ends, whichever
     -- way it ends (SQLite's trigger of the same name).
+    -- (SQLite's also counts purges, for its write-ahead log's wipe; there
+    -- is no such file here, and one counter row would make every ending
+    -- session wait for the others.)
     CREATE FUNCTION session_queues_purge_secrets() RETURNS trigger AS $$
     BEGIN
         NEW.secrets_sealed := NULL;
-        UPDATE secret_purges SET count = count + 1 WHERE id = 1;
         RETURN NEW;
     END
     $$ LANGUAGE plpgsql;
@@ -330,6 +338,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     FOR EACH ROW
     WHEN (NEW.status IN ('success', 'error', 'cancelled') AND NEW.secrets_sealed IS NOT NULL)
     EXECUTE FUNCTION session_queues_purge_secrets();
+    "#,
+    ),
+    (
+        9,
+        r#"
+    ALTER TABLE robots ADD COLUMN poll_token TEXT;
     "#,
     ),
 ];

@@ -150,10 +150,14 @@ pub fn redact(url: &str) -> String {
             shown.replace_range(colon + 1..at, "***");
         }
     }
-    if let Some(start) = shown.find("password=") {
+    // Every `password=`: a URL may carry one and --db-password-file add
+    // another.
+    let mut from = 0;
+    while let Some(start) = shown[from..].find("password=").map(|i| from + i) {
         let value = start + "password=".len();
         let end = shown[value..].find('&').map_or(shown.len(), |i| value + i);
         shown.replace_range(value..end, "***");
+        from = value + 3;
     }
     shown
 }
@@ -329,4 +333,21 @@ pub fn test_connection() -> Connection {
 
 pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, DbError> {
     serde_json::from_str(text).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_urls_passwords_never_show() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db/tasuki?password=other&sslmode=require&password=x"),
+            "postgres://hub:***@db/tasuki?password=***&sslmode=require&password=***"
+        );
+        assert_eq!(redact("postgres://hub@db/tasuki"), "postgres://hub@db/tasuki");
+        let url = with_password("postgres://hub@db/tasuki?sslmode=require", "p&w=1");
+        assert!(!redact(&url).contains("p%26w"), "{}", redact(&url));
+        assert!(url.parse::<tokio_postgres::Config>().is_ok());
+    }
 }

@@ -17,6 +17,7 @@
 //! statement of the hub stopped).
 
 use std::path::Path;
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -53,6 +54,17 @@ impl Pool {
                 source,
             })?;
         config.application_name("tasuki-hub");
+        // A server or network that stops answering must not hold the hub
+        // (or a robot's row, for every hub) for the kernel's two hours:
+        // dead connections are noticed within about half a minute, a
+        // statement waits for a row lock 10 s at most, and a transaction
+        // this hub left open (a thread that died in it) is ended.
+        config
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(15))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .options("-c lock_timeout=10s -c idle_in_transaction_session_timeout=60s");
         let driver = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tasuki-db")

@@ -296,21 +296,37 @@ pub fn is_retired(
         .is_some())
 }
 
-/// Records a heartbeat.
+/// Records a heartbeat, and `poll_token` as the robot's latest poll.
 pub fn heartbeat(
     conn: &mut Conn<'_>,
     robot_id: i64,
     metrics: Option<&HostMetrics>,
     draining: bool,
+    poll_token: &str,
     now_ms: i64,
 ) -> Result<(), DbError> {
     let metrics = metrics.map(to_json).transpose()?;
     conn.execute(
-        "UPDATE robots SET last_seen_at = ?2, draining = ?3, metrics = COALESCE(?4, metrics)
+        "UPDATE robots SET last_seen_at = ?2, draining = ?3, metrics = COALESCE(?4, metrics),
+                poll_token = ?5
          WHERE id = ?1",
-        params![robot_id, now_ms, i64::from(draining), metrics],
+        params![robot_id, now_ms, i64::from(draining), metrics, poll_token],
     )?;
     Ok(())
+}
+
+/// Whether `poll_token` is still the robot's latest poll.
+pub fn is_latest_poll(
+    conn: &mut Conn<'_>,
+    robot_id: i64,
+    poll_token: &str,
+) -> Result<bool, DbError> {
+    let latest: Option<Option<String>> = conn.opt_row(
+        "SELECT poll_token FROM robots WHERE id = ?1",
+        params![robot_id],
+        |r| r.get(0),
+    )?;
+    Ok(latest.flatten().as_deref() == Some(poll_token))
 }
 
 pub fn list(conn: &mut Conn<'_>) -> Result<Vec<RobotDetails>, DbError> {

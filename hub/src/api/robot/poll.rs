@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use tasuki_protocol::{HeldLease, PollRequest, PollResponse};
 
 use super::super::Hub;
@@ -43,8 +44,16 @@ pub async fn poll(
                 conn.transaction(|conn| {
                     robots::lock_row(conn, robot_id)?;
                     let now = now_ms();
+                    let poll_token = hub.dispatch.poll_token();
                     hub.dispatch.polled(conn, robot_id, now)?;
-                    robots::heartbeat(conn, robot_id, req.metrics.as_ref(), req.draining, now)?;
+                    robots::heartbeat(
+                        conn,
+                        robot_id,
+                        req.metrics.as_ref(),
+                        req.draining,
+                        &poll_token,
+                        now,
+                    )?;
                     let lost =
                         leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
                     let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
@@ -65,6 +74,7 @@ pub async fn poll(
                         key_id: robot.key_id,
                         instance_id: robot.instance_id,
                         poll_id: req.poll_id,
+                        poll_token,
                         free_slots: req.free_slots,
                         max_concurrency: robot.max_concurrency,
                         draining: req.draining,
@@ -91,17 +101,27 @@ pub async fn poll(
             if hub.dispatch.forget(robot_id, seq) {
                 None
             } else {
-                // Answered just as the hold ran out: the wake is in the
-                // channel, and a lease in it must not be dropped.
-                rx.try_recv().ok()
+                // Answered just as the hold ran out: whoever took the
+                // registration is sending the wake (or dropping the
+                // channel) now, and a lease in it must not be dropped.
+                rx.await.ok()
             }
         }
     };
     let answer = match wake {
         Some(Wake::Lease(lease, committed)) => match committed.await {
             Ok(()) => response(vec![*lease], Vec::new(), Vec::new()),
-            // The grant rolled back: there is no lease.
-            Err(_) => PollResponse::default(),
+            // The grant's transaction failed, perhaps at its commit, whose
+            // outcome is then unknown: the robot sends this poll again
+            // (same poll id), and gets the lease if it was granted.
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "poll_again",
+                    "the hub could not tell whether a session was leased to this poll; send it \
+                     again with the same poll_id",
+                ));
+            }
         },
         Some(Wake::Cancel) => {
             let cancel = hub

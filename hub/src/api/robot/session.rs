@@ -121,9 +121,19 @@ pub async fn logs(
     RobotCaller(caller): RobotCaller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    JsonBody(batch): JsonBody<LogBatch>,
+    JsonBody(mut batch): JsonBody<LogBatch>,
 ) -> Result<Json<LogsStored>, ApiError> {
     let id = session_id(id)?;
+    // A NUL is a character JSON carries and PostgreSQL's text cannot
+    // store: on either database it is kept as U+FFFD, so a step that
+    // printed one neither loses its line nor stops the session's log.
+    for line in &mut batch.lines {
+        for text in std::iter::once(&mut line.message).chain(line.step_id.as_mut()) {
+            if text.contains('\0') {
+                *text = text.replace('\0', "\u{fffd}");
+            }
+        }
+    }
     let lease = lease_header(&headers)?;
     if batch.lines.len() > MAX_LOG_BATCH {
         return Err(ApiError::invalid_field(
