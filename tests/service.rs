@@ -174,8 +174,9 @@ fn install_start_status_stop_uninstall_a_user_service() {
 }
 
 /// The service starts with its own environment: a setting given only as
-/// a `TASUKI_*` variable in the installing shell is refused, by name, not
-/// checked and then missing when the service starts.
+/// its `TASUKI_*` variable in the installing shell is refused, by name, not
+/// checked and then missing when the service starts. Other `TASUKI_*`
+/// variables (the test run's own among them) are no settings.
 #[test]
 fn install_refuses_settings_that_only_the_installing_shell_has() {
     let m = Machine::new();
@@ -187,6 +188,8 @@ fn install_refuses_settings_that_only_the_installing_shell_has() {
         &[
             ("TASUKI_PATHS_WORK_DIR", "/tmp/elsewhere"),
             ("TASUKI_CONTROL_PLANE_NAME", "someone"),
+            // Not a setting: the agent never reads it, so it is no matter.
+            ("TASUKI_NOT_A_SETTING", "x"),
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

@@ -156,9 +156,15 @@ fn spec(
     }
     // The service starts with its own environment, not this shell's: a
     // setting that only holds here would pass this check and fail there.
+    // (Only the variables that are settings: others, a test harness's
+    // TASUKI_TEST_* say, the agent never reads.)
+    let settings_vars: std::collections::HashSet<String> = crate::settings::schema::KEYS
+        .iter()
+        .map(|key| crate::settings::schema::env_name(key.name))
+        .collect();
     let mut from_env: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| name.starts_with("TASUKI_") && name != "TASUKI_CONFIG")
+        .filter(|name| settings_vars.contains(name))
         .collect();
     if !from_env.is_empty() {
         from_env.sort();

@@ -345,7 +345,10 @@ mod tests {
             redact("postgres://hub:s3cret@db/tasuki?password=other&sslmode=require&password=x"),
             "postgres://hub:***@db/tasuki?password=***&sslmode=require&password=***"
         );
-        assert_eq!(redact("postgres://hub@db/tasuki"), "postgres://hub@db/tasuki");
+        assert_eq!(
+            redact("postgres://hub@db/tasuki"),
+            "postgres://hub@db/tasuki"
+        );
         let url = with_password("postgres://hub@db/tasuki?sslmode=require", "p&w=1");
         assert!(!redact(&url).contains("p%26w"), "{}", redact(&url));
         assert!(url.parse::<tokio_postgres::Config>().is_ok());

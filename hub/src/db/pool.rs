@@ -17,8 +17,8 @@
 //! statement of the hub stopped).
 
 use std::path::Path;
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
