@@ -190,7 +190,7 @@ pub async fn mark_waiting_robots_seen(hub: Arc<Hub>) {
                      WHERE id IN (SELECT id FROM robots
                                   WHERE id IN (SELECT CAST(value AS BIGINT)
                                                FROM jsonb_array_elements_text(CAST(CAST(?2 AS TEXT) AS JSONB)))
-                                  ORDER BY id FOR UPDATE)",
+                                  ORDER BY id FOR NO KEY UPDATE)",
                     params![now_ms(), ids],
                 )?;
                 Ok(true)

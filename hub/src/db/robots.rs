@@ -85,12 +85,15 @@ pub fn find(conn: &mut Conn<'_>, name: &str) -> Result<Option<RobotRow>, DbError
 }
 
 /// On PostgreSQL, locks a robot's row until the transaction ends, so that
-/// the robot's polls take turns whichever connection or hub serves them
-/// (SQLite's transactions already do).
+/// the robot's polls and grants take turns whichever connection or hub
+/// serves them (SQLite's transactions already do). `NO KEY`: a grant's
+/// foreign-key check on the robot (a key share) does not wait for it, so
+/// a transaction that holds a session row and then checks its robot never
+/// deadlocks with one that holds the robot and then updates the session.
 pub fn lock_row(conn: &mut Conn<'_>, id: i64) -> Result<(), DbError> {
     if conn.dialect() == Dialect::Postgres {
         conn.opt_row(
-            "SELECT id FROM robots WHERE id = ?1 FOR UPDATE",
+            "SELECT id FROM robots WHERE id = ?1 FOR NO KEY UPDATE",
             params![id],
             |_| Ok(()),
         )?;

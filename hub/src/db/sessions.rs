@@ -168,7 +168,7 @@ fn parse_status(id: i64, text: &str) -> Result<SessionStatus, DbError> {
 pub fn lock_row(conn: &mut Conn<'_>, id: i64) -> Result<(), DbError> {
     if conn.dialect() == Dialect::Postgres {
         conn.opt_row(
-            "SELECT id FROM session_queues WHERE id = ?1 FOR UPDATE",
+            "SELECT id FROM session_queues WHERE id = ?1 FOR NO KEY UPDATE",
             params![id],
             |_| Ok(()),
         )?;

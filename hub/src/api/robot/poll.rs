@@ -97,7 +97,7 @@ pub async fn poll(
     };
     let wake = tokio::select! {
         wake = &mut rx => wake.ok(),
-        _ = tokio::time::sleep(Duration::from_secs(hub.timings.hold_seconds)) => {
+        _ = tokio::time::sleep(hold_of(hub.timings.hold_seconds)) => {
             if hub.dispatch.forget(robot_id, seq) {
                 None
             } else {
@@ -133,6 +133,18 @@ pub async fn poll(
         Some(Wake::Replaced) | Some(Wake::Shutdown) | None => PollResponse::default(),
     };
     Ok(Json(with_timings(answer, &hub)))
+}
+
+/// The hold of one poll: the configured hold, less up to a fifth at
+/// random. Robots that started together would otherwise come back in the
+/// same second at every hold, and thousands of polls arriving at once slow
+/// every call of the hub for seconds.
+fn hold_of(hold_seconds: u64) -> Duration {
+    use std::hash::BuildHasher;
+    let full_ms = hold_seconds.saturating_mul(1000);
+    // Each RandomState is seeded afresh: a cheap, good enough spread.
+    let draw = std::collections::hash_map::RandomState::new().hash_one(full_ms);
+    Duration::from_millis(full_ms - draw % (full_ms / 5 + 1))
 }
 
 fn response(leases: Vec<tasuki_protocol::Lease>, cancel: Vec<i64>, lost: Vec<i64>) -> PollResponse {
@@ -184,4 +196,25 @@ fn check(req: &PollRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_is_spread_over_its_last_fifth() {
+        let holds: Vec<Duration> = (0..200).map(|_| hold_of(25)).collect();
+        assert!(
+            holds
+                .iter()
+                .all(|h| *h >= Duration::from_secs(20) && *h <= Duration::from_secs(25))
+        );
+        let distinct: std::collections::HashSet<_> = holds.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "{} distinct holds of 200",
+            distinct.len()
+        );
+    }
 }
