@@ -23,8 +23,14 @@ use crate::swarm::Shared;
 /// The label the simulated robots carry, and the real agent does not.
 const SIM_LABEL: &str = "sim";
 /// Seconds the robots wait, sampled every second, before anything is
-/// queued.
-const WAIT_SECONDS: u64 = 10;
+/// queued: one whole hold (the hub's default 25 s) and more, so that the
+/// window holds the wave of empty answers to the robots' first polls,
+/// which the ramp bunched together, and their next polls.
+const WAIT_SECONDS: u64 = 30;
+/// The pinned pickups among the robots are spread over at least this
+/// long (a hold and more), so that they sample every phase of the
+/// robots' poll cycle, the waves of re-polls included.
+const SPREAD_SECONDS: u64 = 30;
 
 /// Each hub's VmRSS, kB.
 fn rss(stage: &Stage) -> Result<Vec<u64>> {
@@ -93,6 +99,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
         .await?;
     eprintln!("[fleet-hubs] all {r} robots polling after {ramp:.1?}; waiting {WAIT_SECONDS} s");
     let errors_ramp = shared.errors.load(Ordering::Relaxed);
+    let polls_before_wait = shared.polls.load(Ordering::Relaxed);
     let cpu0: Vec<f64> = pids
         .iter()
         .map(|p| cpu_seconds(*p))
@@ -121,13 +128,18 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     eprintln!("[fleet-hubs] {k} pinned pickups among {r} robots");
     let mut during = Pickups::default();
     let skip = probe.next as usize + warm;
+    let spread = settle.max(Duration::from_millis(
+        SPREAD_SECONDS * 1000 / k.max(1) as u64,
+    ));
+    let t_during = Instant::now();
     for _ in 0..warm + k {
         probe
-            .one(&stage.apis, pinned, skip, settle, &mut during)
+            .one(&stage.apis, pinned, skip, spread, &mut during)
             .await
             .context("pinned pickup among the simulated robots")?;
     }
 
+    let during_wall = t_during.elapsed().as_secs_f64();
     // Sessions for the simulated robots, queued on each hub in turn.
     eprintln!("[fleet-hubs] {k} sessions for the simulated robots");
     let mut sim_sent = Dist::default();
@@ -198,10 +210,14 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
          1) polling hub 1. All robots polling after {ramp:.1?}; then {WAIT_SECONDS} s of waiting, \
          sampled every second; then {k} sessions pinned to the real agent (`workflow_robots`, \
          one `http.request` step to the bench's loopback server) queued on hub 1, 2, 3, ... in \
-         turn, one at a time, as in `pickup-hubs` ({warm} warm-up not counted), against the same \
-         measured before the simulated robots came; then {k} sessions for the simulated robots \
+         turn, one at a time, as in `pickup-hubs` ({warm} warm-up not counted), {} ms apart so that \
+         they span {during_wall:.0} s, more than a hold (25 s) and so every phase of the \
+         robots' poll cycle, against the same measured before the simulated robots came ({} ms \
+         apart); then {k} sessions for the simulated robots \
          (`robot_labels: [{SIM_LABEL}]`, one `log` step), queued on each hub in turn, one at a \
-         time.\n"
+         time.\n",
+        spread.as_millis(),
+        settle.as_millis()
     )?;
     writeln!(
         out,
@@ -236,6 +252,11 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
             .map(|c| format!("{c:.2}"))
             .collect::<Vec<_>>()
             .join(" / ")
+    )?;
+    writeln!(
+        out,
+        "| polls answered (all hubs) over the waiting | {} |",
+        polls_waiting - polls_before_wait
     )?;
     writeln!(
         out,
