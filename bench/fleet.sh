@@ -10,6 +10,16 @@
 #   bench/fleet.sh soak --soak-sessions 500 # a short soak
 #   bench/fleet.sh warm                     # browser.warm side by side (needs Chromium)
 #
+# Several hubs on PostgreSQL (issue 15): each takes the admin URL of a
+# PostgreSQL server in TASUKI_BENCH_POSTGRES (or --postgres URL), creates a
+# database per measurement there and drops it at the end.
+#   export TASUKI_BENCH_POSTGRES=postgres://user@127.0.0.1:5432/postgres
+#   bench/fleet.sh pickup-hubs              # pickup: SQLite, PG one hub, PG three hubs
+#   bench/fleet.sh throughput               # sessions/s: 6 agents, 600 sessions, 3 rounds
+#   bench/fleet.sh fleet-hubs               # 5,000 simulated robots across 3 hubs
+#   bench/fleet.sh hubs                     # the three of them
+#   bench/fleet.sh hubs --sessions 200 --swarm-robots 2000 --hubs 2
+#
 # Arguments are passed to `tasuki-fleet-bench` (see its --help).
 # CARGO_TARGET_DIR is honoured; TASUKI_BIN and TASUKI_HUB_BIN override the
 # binaries under test.

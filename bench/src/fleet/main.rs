@@ -16,13 +16,27 @@
 //! - `warm`: two agents, one keeping a browser warm (`browser.warm`), take
 //!   turns: enqueue → the end of the first `browser.goto`, and each idle
 //!   robot's memory (needs Chromium; not part of `all`).
-//! - `all` (the default): every one of them but `soak`.
+//! - `pickup-hubs`: `pickup` on SQLite, on PostgreSQL with one hub and
+//!   on PostgreSQL with three hubs (POSTs to each hub in turn), side by
+//!   side (needs TASUKI_BENCH_POSTGRES; not part of `all`).
+//! - `throughput`: sessions per second through six real agents, SQLite's
+//!   hub, PostgreSQL's one hub and three hubs (needs
+//!   TASUKI_BENCH_POSTGRES; not part of `all`).
+//! - `fleet-hubs`: 5,000 simulated robots across three hubs of one
+//!   PostgreSQL database, and a real agent among them: each hub's RSS, the
+//!   database's connections, pickup (needs TASUKI_BENCH_POSTGRES; not part
+//!   of `all`).
+//! - `hubs`: `pickup-hubs`, `throughput` and `fleet-hubs`.
+//! - `all` (the default): every one of them but `soak`, `warm` and the
+//!   PostgreSQL ones.
 //!
 //! The Markdown report goes to stdout, progress to stderr. The binaries
 //! are found beside this one, or at TASUKI_BIN and TASUKI_HUB_BIN.
 
 mod api;
 mod cancel;
+mod hubs_fleet;
+mod hubs_pickup;
 mod idle;
 mod logs;
 mod pickup;
@@ -30,6 +44,7 @@ mod procs;
 mod soak;
 mod stats;
 mod swarm;
+mod throughput;
 mod warm;
 
 use std::io::Write as _;
@@ -71,7 +86,20 @@ enum Command {
     /// the first browser step, and idle memory (needs Chromium; not part
     /// of `all`).
     Warm,
-    /// All of the above but `soak` and `warm` (the default).
+    /// `pickup` on SQLite, PostgreSQL with one hub and PostgreSQL with
+    /// --hubs hubs, side by side (needs TASUKI_BENCH_POSTGRES).
+    PickupHubs,
+    /// Sessions per second through --agents real agents: SQLite, and
+    /// PostgreSQL with one hub and with --hubs hubs (needs
+    /// TASUKI_BENCH_POSTGRES).
+    Throughput,
+    /// --swarm-robots simulated robots across --hubs hubs of one
+    /// PostgreSQL database and a real agent: RSS, connections, pickup
+    /// (needs TASUKI_BENCH_POSTGRES).
+    FleetHubs,
+    /// pickup-hubs, throughput and fleet-hubs.
+    Hubs,
+    /// pickup, cancel, logs, idle and fleet (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
     #[command(hide = true)]
@@ -117,6 +145,34 @@ pub struct Opts {
     /// warm: warm-up rounds, not counted.
     #[arg(long, global = true, default_value_t = 3)]
     pub warm_warmup: usize,
+    /// pickup-hubs, throughput, fleet-hubs: the admin URL of a PostgreSQL
+    /// server, on which a database is created for each measurement and
+    /// dropped afterwards.
+    #[arg(long, global = true, env = "TASUKI_BENCH_POSTGRES")]
+    pub postgres: Option<String>,
+    /// pickup-hubs, throughput, fleet-hubs: hubs of the PostgreSQL
+    /// database in the multi-hub setup (at least 2).
+    #[arg(long, global = true, default_value_t = 3)]
+    pub hubs: usize,
+    /// throughput: real agents.
+    #[arg(long, global = true, default_value_t = 6)]
+    pub agents: usize,
+    /// throughput: each agent's max_concurrency.
+    #[arg(long, global = true, default_value_t = 4)]
+    pub agent_concurrency: u32,
+    /// throughput: sessions queued per measurement.
+    #[arg(long, global = true, default_value_t = 600)]
+    pub throughput_sessions: usize,
+    /// throughput: rounds (each setup measured once a round).
+    #[arg(long, global = true, default_value_t = 3)]
+    pub throughput_rounds: usize,
+    /// fleet-hubs: simulated robots.
+    #[arg(long, global = true, default_value_t = 5000)]
+    pub swarm_robots: usize,
+    /// fleet-hubs: sessions for the real agent, before and among the
+    /// robots, and for the simulated robots.
+    #[arg(long, global = true, default_value_t = 100)]
+    pub swarm_sessions: usize,
     /// Keep each run's scratch folder (databases, logs) and print its path.
     #[arg(long, global = true)]
     pub keep: bool,
@@ -158,10 +214,16 @@ fn main() -> ExitCode {
 async fn run(command: Command, opts: &Opts) -> Result<bool> {
     let (soft, hard) = procs::raise_nofile()?;
     let bins = Bins::locate()?;
-    emit(&format!(
-        "# Tasuki fleet benchmarks\n\n{}",
-        machine(&bins, soft, hard)
-    ));
+    let mut header = machine(&bins, soft, hard);
+    if let Some(url) = opts.postgres.as_deref() {
+        let version = procs::postgres_version(url)
+            .await
+            .unwrap_or_else(|e| format!("unknown ({e:#})"));
+        header.push_str(&format!(
+            "| PostgreSQL (TASUKI_BENCH_POSTGRES) | {version} |\n"
+        ));
+    }
+    emit(&format!("# Tasuki fleet benchmarks\n\n{header}"));
     let all = [
         Command::Pickup,
         Command::Cancel,
@@ -169,10 +231,10 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
         Command::Idle,
         Command::Fleet,
     ];
-    let todo: Vec<Command> = if command == Command::All {
-        all.to_vec()
-    } else {
-        vec![command]
+    let todo: Vec<Command> = match command {
+        Command::All => all.to_vec(),
+        Command::Hubs => vec![Command::PickupHubs, Command::Throughput, Command::FleetHubs],
+        c => vec![c],
     };
     let mut ok = true;
     for c in todo {
@@ -184,7 +246,10 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::Fleet => ("fleet", swarm::run(&bins, opts).await),
             Command::Soak => ("soak", soak::run(&bins, opts).await),
             Command::Warm => ("warm", warm::run(&bins, opts).await),
-            Command::All | Command::GenLines { .. } => continue,
+            Command::PickupHubs => ("pickup-hubs", hubs_pickup::run(&bins, opts).await),
+            Command::Throughput => ("throughput", throughput::run(&bins, opts).await),
+            Command::FleetHubs => ("fleet-hubs", hubs_fleet::run(&bins, opts).await),
+            Command::All | Command::Hubs | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");
         match result {

@@ -2,6 +2,7 @@
 //! from target/release in a scratch folder and killed when its guard is
 //! dropped; and what /proc says about them.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -87,6 +88,18 @@ impl Proc {
         Ok(())
     }
 
+    /// Fails when the process is gone (or a zombie), with the tail of its
+    /// log; for a shared reference.
+    pub fn ensure_alive(&self) -> Result<()> {
+        ensure!(
+            alive(self.pid()),
+            "{} exited; the end of its log:\n{}",
+            self.what,
+            tail(&self.log_text(), 20)
+        );
+        Ok(())
+    }
+
     /// WARN and ERROR lines of the log (tracing's format), at most `max`,
     /// and how many there were.
     pub fn problems(&self, max: usize) -> (usize, Vec<String>) {
@@ -143,11 +156,12 @@ struct CreatedKey {
     secret_access_key: String,
 }
 
-/// `tasuki-hub keys create` on a database that is not being served.
-pub fn create_key(bins: &Bins, db: &Path, scopes: &str) -> Result<Key> {
+/// `tasuki-hub keys create` on a database (before its hubs start, for
+/// SQLite); `db` is the `--db ...` (and `--master-key ...`) arguments.
+pub fn create_key(bins: &Bins, db: &[OsString], scopes: &str) -> Result<Key> {
     let out = Command::new(&bins.hub)
-        .args(["keys", "create", "--scopes", scopes, "--db"])
-        .arg(db)
+        .args(["keys", "create", "--scopes", scopes])
+        .args(db)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("run {} keys create", bins.hub.display()))?;
@@ -175,8 +189,10 @@ pub struct Hub {
     pub url: String,
 }
 
-pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
-    let log = dir.join("hub.log");
+/// Starts `tasuki-hub serve` on the database `db` (its `--db ...`
+/// arguments), logging to `dir/<name>.log`; `what` names it in reports.
+pub fn start_hub(bins: &Bins, dir: &Path, name: &str, what: &str, db: &[OsString]) -> Result<Hub> {
+    let log = dir.join(format!("{name}.log"));
     let stderr = std::fs::File::create(&log).context("create the hub's log")?;
     let mut child = Command::new(&bins.hub)
         .args([
@@ -196,8 +212,7 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
             "--max-connections-per-address",
             "0",
         ])
-        .arg("--db")
-        .arg(dir.join("hub.db"))
+        .args(db)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -206,7 +221,7 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
     let stdout = child.stdout.take();
     let mut proc = Proc {
         child: Some(child),
-        what: "tasuki-hub".into(),
+        what: what.to_string(),
         log,
         graceful: false,
     };
@@ -231,43 +246,246 @@ pub fn start_hub(bins: &Bins, dir: &Path) -> Result<Hub> {
     })
 }
 
-/// One hub with its database, key and a public API client, in a scratch
-/// folder of its own.
+/// Where a stage keeps its state.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A SQLite file in the scratch folder.
+    Sqlite,
+    /// A fresh database on this PostgreSQL server (its admin URL), dropped
+    /// when the stage is.
+    Postgres { admin_url: String },
+}
+
+/// The environment variable with the PostgreSQL server's admin URL.
+pub const POSTGRES_ENV: &str = "TASUKI_BENCH_POSTGRES";
+
+/// The PostgreSQL backend, from [`POSTGRES_ENV`]; a clear error without it.
+pub fn postgres_backend(admin_url: Option<&str>) -> Result<Backend> {
+    match admin_url {
+        Some(url) if !url.trim().is_empty() => Ok(Backend::Postgres {
+            admin_url: url.trim().to_string(),
+        }),
+        _ => bail!(
+            "this benchmark measures PostgreSQL too: set {POSTGRES_ENV} (or --postgres) to the \
+             admin URL of a PostgreSQL server (e.g. postgres://user@127.0.0.1:5432/postgres), \
+             on which the bench creates, and drops afterwards, a database per measurement"
+        ),
+    }
+}
+
+/// A database the bench made on a PostgreSQL server; dropped (WITH
+/// (FORCE)) with this guard.
+pub struct PgDb {
+    admin_url: String,
+    pub name: String,
+    /// The database's own URL, for `--db`.
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create(admin_url: &str, label: &str) -> Result<PgDb> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "tasuki_bench_{}_{}_{n}",
+            label.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            std::process::id()
+        );
+        let client = pg_connect(admin_url).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("CREATE DATABASE {name} on {}", redact(admin_url)))?;
+        Ok(PgDb {
+            admin_url: admin_url.to_string(),
+            url: with_dbname(admin_url, &name)?,
+            name,
+        })
+    }
+
+    /// Server processes connected to this database (`pg_stat_activity`),
+    /// and of them those whose application is `tasuki-hub`.
+    pub async fn connections(&self) -> Result<(i64, i64)> {
+        let client = pg_connect(&self.admin_url).await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE application_name = 'tasuki-hub') \
+                 FROM pg_stat_activity WHERE datname = $1",
+                &[&self.name],
+            )
+            .await
+            .context("count the database's connections")?;
+        Ok((row.get(0), row.get(1)))
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let admin = self.admin_url.clone();
+        let name = self.name.clone();
+        // Its own thread and runtime: this may run inside the bench's.
+        let dropped = std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = pg_connect(&admin).await?;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await?;
+                Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop the database {}", self.name);
+        }
+    }
+}
+
+/// The server's `server_version`.
+pub async fn postgres_version(admin_url: &str) -> Result<String> {
+    let client = pg_connect(admin_url).await?;
+    let row = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .context("SHOW server_version")?;
+    Ok(row.get(0))
+}
+
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connect to PostgreSQL at {}", redact(url)))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The URL with its password (if any) hidden.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            match user.split_once(':') {
+                Some((u, _)) => format!("{}{u}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `postgres://auth@host:port/db?query` with another database name.
+fn with_dbname(url: &str, name: &str) -> Result<String> {
+    let start = url
+        .find("://")
+        .map(|i| i + 3)
+        .with_context(|| format!("{} is not a postgres:// URL", redact(url)))?;
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let authority_end = head[start..].find('/').map_or(head.len(), |i| start + i);
+    Ok(format!("{}/{name}{query}", &head[..authority_end]))
+}
+
+/// Hubs on one database, with a key and a public API client per hub, in a
+/// scratch folder of their own.
 pub struct Stage {
     pub bins: Bins,
     pub dir: PathBuf,
     pub key: Key,
+    /// Hub 1's API (the same as `apis[0]`).
     pub api: Api,
+    /// Hub 1.
     pub hub: Hub,
+    /// Hubs 2.. (PostgreSQL only).
+    pub others: Vec<Hub>,
+    /// One client per hub, hub 1 first.
+    pub apis: Vec<Api>,
+    // After the hubs: dropped once they are gone.
+    pub pg: Option<PgDb>,
     // Last: removed after the processes are gone.
     _scratch: Option<tempfile::TempDir>,
 }
 
 impl Stage {
+    /// One hub on SQLite.
     pub fn new(bins: &Bins, label: &str, keep: bool) -> Result<Stage> {
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("tasuki-fleet-{label}-"))
-            .tempdir()
-            .context("create a scratch folder")?;
-        let dir = scratch.path().to_path_buf();
-        let scratch = if keep {
-            eprintln!("[{label}] keeping {}", dir.display());
-            let _ = scratch.keep();
-            None
-        } else {
-            Some(scratch)
-        };
-        let key = create_key(bins, &dir.join("hub.db"), ALL_SCOPES)?;
-        let hub = start_hub(bins, &dir)?;
-        let api = Api::new(&hub.url, &key, ALL_SCOPES)?;
+        let (dir, scratch) = scratch(label, keep)?;
+        let db = vec![OsString::from("--db"), dir.join("hub.db").into_os_string()];
+        Stage::start(bins, dir, scratch, None, &db, 1)
+    }
+
+    /// `hubs` hubs on `backend` (more than one only on PostgreSQL).
+    pub async fn with_backend(
+        bins: &Bins,
+        label: &str,
+        keep: bool,
+        backend: &Backend,
+        hubs: usize,
+    ) -> Result<Stage> {
+        match backend {
+            Backend::Sqlite => {
+                ensure!(hubs == 1, "SQLite has one hub");
+                Stage::new(bins, label, keep)
+            }
+            Backend::Postgres { admin_url } => {
+                let (dir, scratch) = scratch(label, keep)?;
+                let pg = PgDb::create(admin_url, label).await?;
+                let db = vec![
+                    OsString::from("--db"),
+                    OsString::from(&pg.url),
+                    OsString::from("--master-key"),
+                    dir.join("master.key").into_os_string(),
+                ];
+                Stage::start(bins, dir, scratch, Some(pg), &db, hubs)
+            }
+        }
+    }
+
+    fn start(
+        bins: &Bins,
+        dir: PathBuf,
+        scratch: Option<tempfile::TempDir>,
+        pg: Option<PgDb>,
+        db: &[OsString],
+        hubs: usize,
+    ) -> Result<Stage> {
+        let key = create_key(bins, db, ALL_SCOPES)?;
+        let hub = start_hub(bins, &dir, "hub", "tasuki-hub", db)?;
+        let mut others = Vec::new();
+        for i in 2..=hubs {
+            others.push(start_hub(
+                bins,
+                &dir,
+                &format!("hub-{i}"),
+                &format!("tasuki-hub {i}"),
+                db,
+            )?);
+        }
+        let mut apis = vec![Api::new(&hub.url, &key, ALL_SCOPES)?];
+        for h in &others {
+            apis.push(Api::new(&h.url, &key, ALL_SCOPES)?);
+        }
         Ok(Stage {
             bins: bins.clone(),
             dir,
             key,
-            api,
+            api: apis[0].clone(),
             hub,
+            others,
+            apis,
+            pg,
             _scratch: scratch,
         })
+    }
+
+    /// Every hub, hub 1 first.
+    pub fn hubs(&self) -> impl Iterator<Item = &Hub> {
+        std::iter::once(&self.hub).chain(self.others.iter())
     }
 
     /// `tasuki register`, then `tasuki agent`; returns once the agent logs
@@ -284,13 +502,30 @@ impl Stage {
         max_concurrency: u32,
         extra: &[&str],
     ) -> Result<Proc> {
+        self.agent_on(0, name, max_concurrency, extra).await
+    }
+
+    /// [`agent_with`](Self::agent_with), registered with (and polling)
+    /// hub `hub` (0 is hub 1).
+    pub async fn agent_on(
+        &self,
+        hub: usize,
+        name: &str,
+        max_concurrency: u32,
+        extra: &[&str],
+    ) -> Result<Proc> {
+        let url = &self
+            .hubs()
+            .nth(hub)
+            .with_context(|| format!("the stage has no hub {}", hub + 1))?
+            .url;
         let dir = self.dir.join(format!("robot-{name}"));
         std::fs::create_dir_all(&dir).context("create the robot's folder")?;
         let secret = dir.join("secret.txt");
         std::fs::write(&secret, &self.key.secret).context("write the secret file")?;
         let config = dir.join("agent.toml");
         let out = Command::new(&self.bins.tasuki)
-            .args(["register", "--url", &self.hub.url, "--name", name])
+            .args(["register", "--url", url, "--name", name])
             .args(["--access-key-id", &self.key.id, "--secret-access-key-file"])
             .arg(&secret)
             .arg("--config")
@@ -344,9 +579,19 @@ impl Stage {
 
     /// Registers a workflow and returns its id.
     pub async fn workflow(&self, yaml: &str) -> Result<i64> {
+        self.workflow_with(yaml, serde_json::json!({})).await
+    }
+
+    /// Registers a workflow with these fields beside its `yaml`
+    /// (`workflow_robots`, `robot_labels`) and returns its id.
+    pub async fn workflow_with(&self, yaml: &str, fields: serde_json::Value) -> Result<i64> {
+        let mut body = serde_json::json!({ "yaml": yaml });
+        if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+            b.extend(f.clone());
+        }
         let r = self
             .api
-            .post("/v1/workflows", &serde_json::json!({ "yaml": yaml }))
+            .post("/v1/workflows", &body)
             .await
             .context("register the workflow")?;
         r["id"]
@@ -357,7 +602,7 @@ impl Stage {
     /// The hub's and agents' WARN/ERROR lines, as report lines.
     pub fn problems_report(&self, agents: &[&Proc]) -> String {
         let mut out = String::new();
-        for p in std::iter::once(&self.hub.proc).chain(agents.iter().copied()) {
+        for p in self.hubs().map(|h| &h.proc).chain(agents.iter().copied()) {
             let (n, first) = p.problems(3);
             if n == 0 {
                 out.push_str(&format!("- {}: no WARN/ERROR lines in its log\n", p.what));
@@ -373,6 +618,21 @@ impl Stage {
         }
         out
     }
+}
+
+/// A scratch folder: its path, and its guard unless it is kept.
+fn scratch(label: &str, keep: bool) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("tasuki-fleet-{label}-"))
+        .tempdir()
+        .context("create a scratch folder")?;
+    let dir = scratch.path().to_path_buf();
+    if keep {
+        eprintln!("[{label}] keeping {}", dir.display());
+        let _ = scratch.keep();
+        return Ok((dir, None));
+    }
+    Ok((dir, Some(scratch)))
 }
 
 pub fn clip(s: &str, max: usize) -> String {

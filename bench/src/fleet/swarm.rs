@@ -24,22 +24,97 @@ use crate::procs::{Bins, Stage, clip, cpu_seconds, mib, status_kb};
 use crate::stats::{Dist, ms};
 
 /// What the robots share.
-struct Shared {
+pub struct Shared {
     http: reqwest::Client,
-    base: String,
+    /// The hubs' URLs: robot i polls hub i mod their number.
+    bases: Vec<String>,
     token: String,
+    /// The labels every simulated robot registers with.
+    labels: Vec<String>,
     /// Robots that have sent their first poll.
-    polling: AtomicUsize,
-    polls: AtomicU64,
-    leases: AtomicU64,
-    errors: AtomicU64,
-    first_errors: Mutex<Vec<String>>,
+    pub polling: AtomicUsize,
+    pub polls: AtomicU64,
+    pub leases: AtomicU64,
+    pub errors: AtomicU64,
+    pub first_errors: Mutex<Vec<String>>,
     /// (session id, when the lease arrived, robot index).
-    tx: mpsc::UnboundedSender<(i64, Instant, usize)>,
+    tx: mpsc::UnboundedSender<Lease>,
     registering: Semaphore,
 }
 
+/// (session id, when its lease reached the robot, robot index).
+pub type Lease = (i64, Instant, usize);
+
 impl Shared {
+    /// Robots for these hubs (robot i polls hub i mod their number), all
+    /// with `token` and `labels`; each lease is reported down the channel.
+    pub fn new(
+        bases: Vec<String>,
+        token: String,
+        labels: Vec<String>,
+    ) -> Result<(Arc<Shared>, mpsc::UnboundedReceiver<Lease>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(300))
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .context("build the robots' HTTP client")?;
+        let shared = Arc::new(Shared {
+            http,
+            bases,
+            token,
+            labels,
+            polling: AtomicUsize::new(0),
+            polls: AtomicU64::new(0),
+            leases: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            first_errors: Mutex::new(Vec::new()),
+            tx,
+            registering: Semaphore::new(32),
+        });
+        Ok((shared, rx))
+    }
+
+    /// Starts robots 0..r; returns once every one has sent its first poll
+    /// (or fails after `limit`), with the time that took.
+    pub async fn start(
+        self: &Arc<Self>,
+        r: usize,
+        tag: &str,
+        limit: Duration,
+    ) -> Result<(JoinSet<()>, Duration)> {
+        let started = Instant::now();
+        let mut robots = JoinSet::new();
+        for i in 0..r {
+            robots.spawn(robot(self.clone(), i));
+        }
+        let deadline = started + limit;
+        let mut last = Instant::now();
+        while self.polling.load(Ordering::Relaxed) < r {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {r} robots polling after {limit:?}; the first errors: {:?}",
+                    self.polling.load(Ordering::Relaxed),
+                    self.first_errors
+                        .lock()
+                        .map(|v| v.clone())
+                        .unwrap_or_default()
+                );
+            }
+            if last.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "[{tag}] {} of {r} robots polling",
+                    self.polling.load(Ordering::Relaxed)
+                );
+                last = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((robots, started.elapsed()))
+    }
+
     fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut v) = self.first_errors.lock()
@@ -51,6 +126,7 @@ impl Shared {
 
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
+        index: usize,
         method: reqwest::Method,
         path: &str,
         lease: Option<&str>,
@@ -59,7 +135,10 @@ impl Shared {
     ) -> Result<T> {
         let mut r = self
             .http
-            .request(method.clone(), format!("{}{path}", self.base))
+            .request(
+                method.clone(),
+                format!("{}{path}", self.bases[index % self.bases.len()]),
+            )
             .bearer_auth(&self.token)
             .timeout(timeout)
             .json(body);
@@ -96,7 +175,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
             let _permit = shared.registering.acquire().await;
             let body = RegisterRobot {
                 instance_id: instance_id.clone(),
-                labels: Vec::new(),
+                labels: shared.labels.clone(),
                 version: "fleet-bench".into(),
                 max_concurrency: 1,
                 host: HostFacts::default(),
@@ -105,6 +184,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
             };
             shared
                 .call::<_, serde_json::Value>(
+                    index,
                     reqwest::Method::PUT,
                     &format!("/v1/robot/robots/{name}"),
                     None,
@@ -140,6 +220,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
         shared.polls.fetch_add(1, Ordering::Relaxed);
         let answer: Result<PollResponse> = shared
             .call(
+                index,
                 reqwest::Method::POST,
                 &poll_path,
                 None,
@@ -172,6 +253,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
             };
             let done: Result<serde_json::Value> = shared
                 .call(
+                    index,
                     reqwest::Method::POST,
                     &format!("/v1/robot/sessions/{id}/finish"),
                     Some(&lease.lease_id),
@@ -193,51 +275,13 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let wf = stage
         .workflow("version: 1\nname: fleet-bench\nsteps:\n  - id: note\n    action: log\n    with: {message: hello}\n")
         .await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(300))
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .context("build the robots' HTTP client")?;
-    let shared = Arc::new(Shared {
-        http,
-        base: stage.api.base.clone(),
-        token: stage.api.token.clone(),
-        polling: AtomicUsize::new(0),
-        polls: AtomicU64::new(0),
-        leases: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        first_errors: Mutex::new(Vec::new()),
-        tx,
-        registering: Semaphore::new(32),
-    });
+    let (shared, mut rx) = Shared::new(
+        vec![stage.api.base.clone()],
+        stage.api.token.clone(),
+        Vec::new(),
+    )?;
     let r = opts.robots;
-    let started = Instant::now();
-    let mut robots = JoinSet::new();
-    for i in 0..r {
-        robots.spawn(robot(shared.clone(), i));
-    }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut last = Instant::now();
-    while shared.polling.load(Ordering::Relaxed) < r {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {r} robots polling after 300 s",
-                shared.polling.load(Ordering::Relaxed)
-            );
-        }
-        if last.elapsed() > Duration::from_secs(5) {
-            eprintln!(
-                "[fleet] {} of {r} robots polling",
-                shared.polling.load(Ordering::Relaxed)
-            );
-            last = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ramp = started.elapsed();
+    let (mut robots, ramp) = shared.start(r, "fleet", Duration::from_secs(300)).await?;
     eprintln!("[fleet] all {r} robots polling after {ramp:.1?}; settling 2 s");
     let (c_settle, t_settle) = (cpu_seconds(hub_pid)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(2)).await;
