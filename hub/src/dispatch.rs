@@ -8,12 +8,17 @@
 //! costs one database write. The poll's free slot was the robot's
 //! acceptance, so the session is `running` on it from that write on.
 //!
-//! Every method that reads or writes the database is called with the
-//! connection held (inside `Db::call`), so that the database and the set
-//! of waiters always change together: a poll that found nothing and a
-//! session queued at the same moment cannot miss each other. Only those
-//! methods add waiters; without the connection, a waiter can only be
-//! taken away (a poll's hold ran out, a cancel, the hub stopping).
+//! Every method that reads or writes the database is called inside
+//! `Db::call`. On SQLite that is the hub's one connection, so the database
+//! and the set of waiters change together; on PostgreSQL several
+//! connections (and hubs) run at once, so a poll that found nothing
+//! registers only if no news (`news`: a session offered, a slot freed)
+//! came while it looked, and looks again otherwise; either way a poll and
+//! a session queued at the same moment cannot miss each other. A grant to
+//! a waiting poll happens in a transaction that holds the robot's row and
+//! finds the poll still the robot's latest (`grant_and_deliver`), and the
+//! poll answers only once it committed. Polls waiting on other hubs hear of
+//! this hub's news through `peers.rs`.
 //!
 //! The waiters lock is never held across a database statement: a write
 //! may wait up to the busy timeout for a `tasuki-hub robots|keys` command
@@ -22,7 +27,7 @@
 //! So a session is granted to a waiter chosen under the lock, and the
 //! lease is sent only if that same registration (by `seq`) is still there
 //! afterwards; otherwise the grant is taken back. The lock order is always
-//! connection, then waiters.
+//! connection (and, on PostgreSQL, the robot's row), then waiters.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
