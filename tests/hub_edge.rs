@@ -791,6 +791,53 @@ async fn one_address_holds_no_more_than_its_share_of_connections() {
     );
 }
 
+/// Uploads sent at once (on PostgreSQL, on connections of their own) take
+/// turns: together they cannot pass the limit each one alone fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_uploaded_at_once_stay_within_a_session_s_limit() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--hold-seconds", "1", "--max-session-artifacts", "3"],
+    );
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = std::sync::Arc::new(Api::new(&hub, Some(token(&key, "robot"))));
+    let (id, lease) = leased(&api, &robot, "uploader").await;
+    let mut uploads = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (robot, lease) = (robot.clone(), lease.clone());
+        uploads.spawn(async move {
+            with_lease(
+                &robot,
+                reqwest::Method::PUT,
+                format!("/v1/robot/sessions/{id}/artifacts/part-{i}.txt"),
+                &lease,
+                vec![b'x'; 100],
+            )
+            .await
+        });
+    }
+    let replies = uploads.join_all().await;
+    let stored = replies.iter().filter(|r| r.status.as_u16() == 204).count();
+    assert_eq!(
+        stored,
+        3,
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    for r in replies.iter().filter(|r| r.status.as_u16() != 204) {
+        assert_refused(r, 413, "session_artifact_limit");
+    }
+    let listed = api.get(&format!("/v1/session_queues/{id}/artifacts")).await;
+    assert_eq!(
+        listed.body["artifacts"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        listed.body
+    );
+}
+
 // ---------------------------------------------------------------------
 // Item 18: per-session limits.
 

@@ -394,3 +394,50 @@ async fn a_key_may_register_only_so_many_robots() {
     register_ok(&s.robot_a, "r-0", "m-0").await;
     register_ok(&s.robot_b, "r-3", "m-3").await;
 }
+
+/// Registrations sent at once (on PostgreSQL, on connections of their own)
+/// take turns: a key's limit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_at_once_keep_a_key_s_limit() {
+    let s = setup_with(&["--hold-seconds", "1", "--max-robots-per-key", "3"]);
+    let robot_a = std::sync::Arc::new(s.robot_a);
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let api = robot_a.clone();
+        burst.spawn(async move {
+            register(&api, &format!("burst-{i}"), &format!("bm-{i}"), false).await
+        });
+    }
+    let replies = burst.join_all().await;
+    let registered = replies.iter().filter(|r| r.status.as_u16() == 200).count();
+    assert_eq!(
+        registered,
+        3,
+        "{:?}",
+        replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    for r in replies.iter().filter(|r| r.status.as_u16() != 200) {
+        assert_refused(r, 403, "robot_limit_reached");
+    }
+}
+
+/// A new name sent by two keys at once gets one owner; the other key is
+/// told it is another key's, never an error of the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_registered_by_two_keys_at_once_gets_one_owner() {
+    let s = setup();
+    for i in 0..20 {
+        let name = format!("contested-{i}");
+        let (a, b) = tokio::join!(
+            register(&s.robot_a, &name, "from-a", false),
+            register(&s.robot_b, &name, "from-b", false),
+        );
+        let (won, lost) = if a.status.as_u16() == 200 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(won.status.as_u16(), 200, "{name}: {}", won.body);
+        assert_refused(&lost, 403, "robot_of_another_key");
+    }
+}

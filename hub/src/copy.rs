@@ -80,6 +80,11 @@ const TABLES: &[Table] = &[
     },
 ];
 
+/// Tables of the schema that are not copied: `api_calls` holds the
+/// current minute's quota counts of hubs sharing a database, which a lone
+/// SQLite hub never writes.
+const NOT_COPIED: &[&str] = &["api_calls"];
+
 /// The size a page aims at: each page is sized from the rows of the one
 /// before it.
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -937,9 +942,13 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         schema.sort();
-        let mut copied: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
-        copied.sort();
-        assert_eq!(schema, copied, "a new table needs its place in TABLES");
+        let mut known: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        known.extend(NOT_COPIED);
+        known.sort();
+        assert_eq!(
+            schema, known,
+            "a new table needs its place in TABLES (or NOT_COPIED)"
+        );
     }
 
     #[test]

@@ -329,11 +329,24 @@ impl Dispatcher {
     /// registration of any older one (a poll the robot gave up, whose
     /// connection the hub may not have seen close yet), which must not be
     /// granted a session that nobody would receive; on another hub too.
-    /// Called with the database connection held, at the start of every
-    /// poll.
-    pub fn polled(&self, conn: &mut Conn<'_>, robot_id: i64, now_ms: i64) -> Result<(), DbError> {
+    /// Called with the robot's row locked, at the start of every poll;
+    /// `previous` is the token of the robot's poll before this one. Only
+    /// a poll that hub made can be waiting elsewhere: a robot that stays
+    /// on this hub tells no other.
+    pub fn polled(
+        &self,
+        conn: &mut Conn<'_>,
+        robot_id: i64,
+        previous: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
         self.superseded_elsewhere(robot_id, now_ms);
-        self.peers.tell(conn, Notice::Polled { robot_id })
+        match previous {
+            Some(token) if !self.peers.made(token) => {
+                self.peers.tell(conn, Notice::Polled { robot_id })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The robot polled another hub: its poll waiting here, if any, is

@@ -20,7 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::Hub;
+use tokio::sync::mpsc;
+
+use crate::api::{AuthEvent, Hub};
 use crate::db::sql::params;
 use crate::db::{Conn, DbError, Dialect, now_ms};
 use crate::dispatch::Wake;
@@ -29,7 +31,7 @@ use crate::dispatch::Wake;
 const CHANNEL: &str = "tasuki_hub";
 
 /// What one hub tells the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// A session is queued (new, or handed back) and no robot waiting on
     /// the hub that queued it took it.
@@ -40,38 +42,74 @@ pub enum Notice {
     SlotFreed { robot_id: i64 },
     /// This robot polled: its polls waiting elsewhere are superseded.
     Polled { robot_id: i64 },
+    /// An authentication failed or a pair became trusted
+    /// (`api/auth_limit.rs`).
+    Auth(AuthEvent),
 }
 
 impl Notice {
-    fn encode(self, origin: &str) -> String {
-        let (kind, id) = match self {
-            Notice::Queued { session_id } => ('q', session_id),
-            Notice::Cancel { robot_id } => ('c', robot_id),
-            Notice::SlotFreed { robot_id } => ('f', robot_id),
-            Notice::Polled { robot_id } => ('p', robot_id),
-        };
-        format!("{origin} {kind} {id}")
+    /// `<origin> <kind> <fields>`: fields never hold a space (a key id,
+    /// which may, is sent in hex; an absent one is `-`).
+    fn encode(&self, origin: &str) -> String {
+        match self {
+            Notice::Queued { session_id } => format!("{origin} q {session_id}"),
+            Notice::Cancel { robot_id } => format!("{origin} c {robot_id}"),
+            Notice::SlotFreed { robot_id } => format!("{origin} f {robot_id}"),
+            Notice::Polled { robot_id } => format!("{origin} p {robot_id}"),
+            Notice::Auth(AuthEvent::Failed { source, key }) => format!(
+                "{origin} a {} {}",
+                source.map_or("-".to_string(), |ip| ip.to_string()),
+                key.as_deref().map_or("-".to_string(), to_hex)
+            ),
+            Notice::Auth(AuthEvent::Trusted { source, key }) => {
+                format!("{origin} t {source} {}", to_hex(key))
+            }
+        }
     }
 
     /// The notice and the hub it came from; `None` for a payload no hub
     /// of this version sends.
     fn decode(payload: &str) -> Option<(&str, Notice)> {
-        let mut parts = payload.split(' ');
-        let origin = parts.next()?;
-        let kind = parts.next()?;
-        let id: i64 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        let notice = match kind {
-            "q" => Notice::Queued { session_id: id },
-            "c" => Notice::Cancel { robot_id: id },
-            "f" => Notice::SlotFreed { robot_id: id },
-            "p" => Notice::Polled { robot_id: id },
+        let parts: Vec<&str> = payload.split(' ').collect();
+        let id = |field: &str| field.parse::<i64>().ok();
+        let notice = match parts[..] {
+            [_, "q", n] => Notice::Queued { session_id: id(n)? },
+            [_, "c", n] => Notice::Cancel { robot_id: id(n)? },
+            [_, "f", n] => Notice::SlotFreed { robot_id: id(n)? },
+            [_, "p", n] => Notice::Polled { robot_id: id(n)? },
+            [_, "a", source, key] => Notice::Auth(AuthEvent::Failed {
+                source: match source {
+                    "-" => None,
+                    ip => Some(ip.parse().ok()?),
+                },
+                key: match key {
+                    "-" => None,
+                    hex => Some(from_hex(hex)?),
+                },
+            }),
+            [_, "t", source, key] => Notice::Auth(AuthEvent::Trusted {
+                source: source.parse().ok()?,
+                key: from_hex(key)?,
+            }),
             _ => return None,
         };
-        Some((origin, notice))
+        Some((parts[0], notice))
     }
+}
+
+fn to_hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// This hub's voice on the channel.
@@ -100,17 +138,43 @@ impl Peers {
         format!("{} {n}", self.origin)
     }
 
+    /// Whether this hub made `token` ([`Peers::token`]).
+    pub fn made(&self, token: &str) -> bool {
+        token.split(' ').next() == Some(self.origin.as_str())
+    }
+
     /// Tells the other hubs of the database; nothing on SQLite.
     pub fn tell(&self, conn: &mut Conn<'_>, notice: Notice) -> Result<(), DbError> {
         if conn.dialect() != Dialect::Postgres {
             return Ok(());
         }
         conn.execute(
-            // The channel is CHANNEL.
-            "SELECT pg_notify('tasuki_hub', ?1)",
-            params![notice.encode(&self.origin)],
+            "SELECT pg_notify(?1, ?2)",
+            params![CHANNEL, notice.encode(&self.origin)],
         )?;
         Ok(())
+    }
+}
+
+/// Tells the other hubs of this hub's failed authentications and newly
+/// trusted pairs, as the limiter reports them, until the hub stops.
+pub async fn tell_auth_events(hub: Arc<Hub>, mut events: mpsc::Receiver<AuthEvent>) {
+    let mut batch = Vec::new();
+    // Whatever came while the last batch was told goes in one call.
+    while events.recv_many(&mut batch, 64).await > 0 {
+        let notices: Vec<Notice> = batch.drain(..).map(Notice::Auth).collect();
+        let told = hub.clone();
+        let result = hub
+            .db
+            .call(move |conn| {
+                notices
+                    .into_iter()
+                    .try_for_each(|notice| told.dispatch.peers.tell(conn, notice))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "telling the other hubs of failed authentications");
+        }
     }
 }
 
@@ -216,7 +280,11 @@ async fn act(hub: &Arc<Hub>, payload: &str) {
     if hub.dispatch.peers.is_own(origin) {
         return;
     }
-    let result = match notice {
+    let result = match notice.clone() {
+        Notice::Auth(event) => {
+            hub.auth_limit.heard(event);
+            Ok(())
+        }
         Notice::Cancel { robot_id } => {
             hub.dispatch.wake(robot_id, Wake::Cancel);
             Ok(())
@@ -263,10 +331,33 @@ mod tests {
             Notice::Cancel { robot_id: 8 },
             Notice::SlotFreed { robot_id: 9 },
             Notice::Polled { robot_id: 10 },
+            Notice::Auth(AuthEvent::Failed {
+                source: Some("10.0.0.1".parse().unwrap()),
+                key: Some("AK with spaces é".into()),
+            }),
+            Notice::Auth(AuthEvent::Failed {
+                source: None,
+                key: None,
+            }),
+            Notice::Auth(AuthEvent::Trusted {
+                source: "::1".parse().unwrap(),
+                key: "AK".into(),
+            }),
         ] {
             assert_eq!(Notice::decode(&notice.encode("abc")), Some(("abc", notice)));
         }
-        for stranger in ["", "abc", "abc q", "abc q x", "abc z 1", "abc q 1 2"] {
+        for stranger in [
+            "",
+            "abc",
+            "abc q",
+            "abc q x",
+            "abc z 1",
+            "abc q 1 2",
+            "abc a - 4",
+            "abc a x -",
+            "abc t - 41",
+            "abc a - ff",
+        ] {
             assert_eq!(Notice::decode(stranger), None, "{stranger:?}");
         }
     }

@@ -64,6 +64,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.max_robots_per_key = opts.max_robots_per_key;
     hub.session_limits = opts.session_limits;
     hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
+    let auth_events = hub.db.is_shared().then(|| hub.auth_limit.share());
     hub.body_timeout = opts.body_timeout;
     let hub = Arc::new(hub);
     let listener_task = crate::peers::listen(hub.clone())
@@ -73,6 +74,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let seen_marker = listener_task
         .is_some()
         .then(|| tokio::spawn(crate::peers::mark_waiting_robots_seen(hub.clone())));
+    let auth_teller =
+        auth_events.map(|events| tokio::spawn(crate::peers::tell_auth_events(hub.clone(), events)));
+    let quota_sync = hub
+        .db
+        .is_shared()
+        .then(|| tokio::spawn(sync_quota(hub.clone())));
     #[cfg(unix)]
     let reloader = match &tls {
         Some(tls) => Some(tls.clone().reload_on_sighup()?),
@@ -97,7 +104,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     sweeper.abort();
-    for task in [listener_task, seen_marker].into_iter().flatten() {
+    for task in [listener_task, seen_marker, quota_sync, auth_teller]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     #[cfg(unix)]
@@ -173,6 +183,19 @@ async fn sweep_leases(hub: Arc<Hub>) {
                 }
             }
             Err(e) => tracing::error!(error = %e, "sweeping leases"),
+        }
+    }
+}
+
+/// Adds this hub's API calls to the counts the hubs of a shared database
+/// keep together, and learns theirs (`api/quota.rs`).
+async fn sync_quota(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(api::QUOTA_SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = hub.quota.sync(&hub.db).await {
+            tracing::warn!(error = %e, "adding up the API calls of the hubs");
         }
     }
 }

@@ -229,7 +229,8 @@ async fn authenticate(
     })?;
     if metering == Metering::Counted {
         hub.quota
-            .check(&key_id, material.robots)
+            .check(&hub.db, &key_id, material.robots)
+            .await
             .map_err(|e| rate_limited(e, material.robots, hub.quota.per_robot()))?;
     }
     Ok(Caller {

@@ -21,7 +21,12 @@
 //! turns that limit off.
 //!
 //! The counters live in memory, in maps of bounded size: expired entries
-//! go first, then the oldest.
+//! go first, then the oldest. Hubs sharing a database tell each other of
+//! every failure and of every pair newly trusted ([`AuthEvent`], carried
+//! by `peers.rs`), so that each counts the failures of all and a robot
+//! moving to another hub stays trusted there. Attempts in flight are
+//! counted per hub: a burst spread over N hubs at once can test N times
+//! as many guesses before the first failures are heard of.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, StatusCode};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::error::ApiError;
 use super::query::shorten;
@@ -58,8 +63,11 @@ impl Default for FailureLimits {
 }
 const WINDOW: Duration = Duration::from_secs(60);
 /// How long a (source, key id) pair that authenticated stays exempt from
-/// the source's and the key's limits. A robot authenticates at least once
-/// per poll hold (25 s), so a working robot is never refused.
+/// the source's and the key's limits: its trust is renewed (and told to
+/// the other hubs) by an authentication at least half of this after the
+/// last renewal, so it lasts from half of this to all of it past the last
+/// authentication. A robot authenticates at least once per poll hold
+/// (25 s), so a working robot is never refused.
 pub const TRUST_FOR: Duration = Duration::from_secs(600);
 /// Entries each map keeps at most.
 const MAX_TRACKED: usize = 16 * 1024;
@@ -76,7 +84,28 @@ pub struct AuthLimiter {
     counts: Mutex<Counts>,
     /// Told whenever an attempt in flight ends.
     settled: Notify,
+    /// Where the other hubs of a shared database hear of this hub's
+    /// failures and trusted pairs; `None` for a lone hub.
+    outbox: Option<mpsc::Sender<AuthEvent>>,
 }
+
+/// What one hub tells the others of a shared database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthEvent {
+    /// An authentication failed.
+    Failed {
+        source: Option<IpAddr>,
+        key: Option<String>,
+    },
+    /// A pair authenticated, and was not trusted here (or had not been for
+    /// half of [`TRUST_FOR`]).
+    Trusted { source: IpAddr, key: String },
+}
+
+/// Events waiting to be told; past this many (an attack failing faster
+/// than the database takes notices) the newest are dropped, and the other
+/// hubs count from their own failures alone.
+const OUTBOX: usize = 1024;
 
 #[derive(Default)]
 struct Counts {
@@ -107,6 +136,37 @@ impl AuthLimiter {
             limits,
             ..AuthLimiter::default()
         }
+    }
+
+    /// Makes this hub tell its events to the other hubs of a shared
+    /// database: the caller sends what the receiver gets.
+    pub fn share(&mut self) -> mpsc::Receiver<AuthEvent> {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        self.outbox = Some(tx);
+        rx
+    }
+
+    /// Counts what another hub of the database told.
+    pub fn heard(&self, event: AuthEvent) {
+        let now = Instant::now();
+        {
+            let mut counts = lock(&self.counts);
+            match event {
+                AuthEvent::Failed { source, key } => {
+                    if let Some(ip) = source {
+                        counts.sources.end(source_of(ip), false, true, now);
+                    }
+                    if let Some(key) = key {
+                        counts.keys.end(tracked_key(&key), false, true, now);
+                    }
+                }
+                AuthEvent::Trusted { source, key } => {
+                    counts.trust(source_of(source), tracked_key(&key), now);
+                }
+            }
+        }
+        // Waiting attempts look again (a trusted pair may go now).
+        self.settled.notify_waiters();
     }
 
     /// Runs `attempt` unless the source or the key id has failed too often;
@@ -226,7 +286,7 @@ impl AuthLimiter {
     }
 
     fn settle(&self, pending: Pending, outcome: Outcome, now: Instant) {
-        {
+        let event = {
             let mut counts = lock(&self.counts);
             let failed = outcome == Outcome::Failed;
             if let Some(ip) = pending.source {
@@ -235,13 +295,18 @@ impl AuthLimiter {
             if let Some(key) = &pending.key {
                 counts.keys.end(key.clone(), pending.in_flight, failed, now);
             }
-            if outcome == Outcome::Authenticated
-                && let (Some(ip), Some(key)) = (pending.source, pending.key)
-            {
-                counts.trust(ip, key, now);
+            match (outcome, pending.source, pending.key) {
+                (Outcome::Failed, source, key) => Some(AuthEvent::Failed { source, key }),
+                (Outcome::Authenticated, Some(ip), Some(key)) => counts
+                    .trust(ip, key.clone(), now)
+                    .then_some(AuthEvent::Trusted { source: ip, key }),
+                _ => None,
             }
-        }
+        };
         self.settled.notify_waiters();
+        if let (Some(outbox), Some(event)) = (&self.outbox, event) {
+            let _ = outbox.try_send(event);
+        }
     }
 }
 
@@ -268,10 +333,15 @@ impl Drop for Settle<'_> {
 }
 
 impl Counts {
-    fn trust(&mut self, ip: IpAddr, key: String, now: Instant) {
+    /// Trusts the pair from `now`; says whether that is news worth telling
+    /// the other hubs (a new pair, or one last told of long ago).
+    fn trust(&mut self, ip: IpAddr, key: String, now: Instant) -> bool {
         if let Some(at) = self.trusted.get_mut(&(ip, key.clone())) {
-            *at = now;
-            return;
+            let news = now.duration_since(*at) >= TRUST_FOR / 2;
+            if news {
+                *at = now;
+            }
+            return news;
         }
         if self.trusted.len() >= MAX_TRACKED {
             self.trusted
@@ -287,6 +357,7 @@ impl Counts {
             }
         }
         self.trusted.insert((ip, key), now);
+        true
     }
 }
 

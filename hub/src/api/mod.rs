@@ -36,9 +36,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::db::{Db, keys, robots as stored_robots};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
-pub use auth_limit::{AuthLimiter, FailureLimits};
+pub use auth_limit::{AuthEvent, AuthLimiter, FailureLimits};
 pub use error::ApiError;
-pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota};
+pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota, SYNC_EVERY as QUOTA_SYNC_EVERY};
 pub use session_limits::SessionLimits;
 
 /// What every request handler shares.

@@ -77,7 +77,8 @@ async fn issue(hub: &Hub, req: &TokenRequest) -> Result<TokenResponse, ApiError>
         ));
     }
     hub.quota
-        .check(&req.access_key_id, key.robots)
+        .check(&hub.db, &req.access_key_id, key.robots)
+        .await
         .map_err(|e| auth::rate_limited(e, key.robots, hub.quota.per_robot()))?;
     if !key.scopes.contains(Scope::AccessTokenCreate) {
         return Err(ApiError::new(

@@ -206,6 +206,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE robots ADD COLUMN poll_token TEXT;
     "#,
+    // 10: public API calls per access key and clock minute, summed over
+    // the hubs of a shared database (db/api_calls.rs); a lone SQLite hub
+    // counts in memory and leaves it empty.
+    r#"
+    CREATE TABLE api_calls (
+        key_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        calls  INTEGER NOT NULL,
+        PRIMARY KEY (key_id, minute)
+    ) STRICT;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -344,6 +355,19 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         9,
         r#"
     ALTER TABLE robots ADD COLUMN poll_token TEXT;
+    "#,
+    ),
+    (
+        10,
+        // Unlogged: counts of the current minute need not survive a crash
+        // of the server, and are written on every hub's every sync.
+        r#"
+    CREATE UNLOGGED TABLE api_calls (
+        key_id TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        calls  BIGINT NOT NULL,
+        PRIMARY KEY (key_id, minute)
+    );
     "#,
     ),
 ];

@@ -15,6 +15,7 @@ mod migrate;
 mod pool;
 pub mod sql;
 
+pub mod api_calls;
 pub mod artifacts;
 pub mod keys;
 pub mod leases;
@@ -282,6 +283,12 @@ impl Db {
             Backend::Sqlite { .. } => None,
             Backend::Postgres(pool) => Some(pool.listen(channel).await),
         }
+    }
+
+    /// Whether several hubs may share this database (PostgreSQL), so that
+    /// what one hub counts in memory must be summed with the others'.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Runs `f` with a connection, on the blocking pool.

@@ -41,8 +41,12 @@ pub struct Pool {
     /// is always verified, against the system's roots or `--db-ca-file`.
     tls: MakeRustlsConnect,
     shown: String,
-    idle: Mutex<Vec<PgConn>>,
-    permits: Semaphore,
+    /// Shared with the blocking threads, which put their connection back
+    /// themselves: a caller that goes away mid-call does not take it along.
+    idle: Arc<Mutex<Vec<PgConn>>>,
+    /// One per connection in use; held by the blocking thread until it has
+    /// put its connection back, so the pool never exceeds its size.
+    permits: Arc<Semaphore>,
 }
 
 impl Pool {
@@ -76,8 +80,8 @@ impl Pool {
             tls: tls(ca_file)?,
             config,
             shown: redact(url),
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(POOL_SIZE),
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(POOL_SIZE)),
         };
         let first = pool.open().await?;
         pool.idle().push(first);
@@ -85,9 +89,7 @@ impl Pool {
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PgConn>> {
-        // Each change to the list is one push or pop: a panic elsewhere
-        // cannot leave it half-changed.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        lock_idle(&self.idle)
     }
 
     fn driver(&self) -> &tokio::runtime::Handle {
@@ -173,9 +175,10 @@ impl Pool {
         F: FnOnce(&mut Conn<'_>) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| DbError::Task(e.to_string()))?;
         let idle = loop {
@@ -188,17 +191,24 @@ impl Pool {
             Some(conn) => conn,
             None => self.open().await?,
         };
-        let (result, conn) = tokio::task::spawn_blocking(move || {
+        let idle = self.idle.clone();
+        tokio::task::spawn_blocking(move || {
             let result = f(&mut Conn::postgres(&mut conn));
-            (result, conn)
+            if !conn.broken && !conn.client.is_closed() {
+                lock_idle(&idle).push(conn);
+            }
+            drop(permit);
+            result
         })
         .await
-        .map_err(|e| DbError::Task(e.to_string()))?;
-        if !conn.broken && !conn.client.is_closed() {
-            self.idle().push(conn);
-        }
-        result
+        .map_err(|e| DbError::Task(e.to_string()))?
     }
+}
+
+fn lock_idle(idle: &Mutex<Vec<PgConn>>) -> std::sync::MutexGuard<'_, Vec<PgConn>> {
+    // Each change to the list is one push or pop: a panic elsewhere cannot
+    // leave it half-changed.
+    idle.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The TLS client: rustls on the aws-lc-rs provider, as the hub's own TLS.

@@ -101,6 +101,20 @@ pub fn lock_row(conn: &mut Conn<'_>, id: i64) -> Result<(), DbError> {
     Ok(())
 }
 
+/// [`lock_row`] for a poll, which returns the token of the robot's latest
+/// poll before this one (`None` on SQLite, whose one hub knows it).
+pub fn lock_for_poll(conn: &mut Conn<'_>, id: i64) -> Result<Option<String>, DbError> {
+    if conn.dialect() != Dialect::Postgres {
+        return Ok(None);
+    }
+    let token: Option<Option<String>> = conn.opt_row(
+        "SELECT poll_token FROM robots WHERE id = ?1 FOR NO KEY UPDATE",
+        params![id],
+        |r| r.get(0),
+    )?;
+    Ok(token.flatten())
+}
+
 /// Robots registered by `key_id`, which set its API quota and its limit.
 pub fn count_of_key(conn: &mut Conn<'_>, key_id: &str) -> Result<u64, DbError> {
     conn.count(
@@ -143,32 +157,29 @@ fn register_in(
             params![req.instance_id, key_id, name],
         )?;
     }
-    let labels = to_json(&req.labels)?;
-    let host = to_json(&req.host)?;
-    let actions = req.actions.as_ref().map(to_json).transpose()?;
-    let Some(existing) = find(tx, name)? else {
-        if count_of_key(tx, key_id)? >= max_robots {
-            return Ok(Registered::LimitReached { limit: max_robots });
-        }
+    if tx.dialect() == Dialect::Postgres {
+        // One key's registrations take turns (on SQLite every write
+        // transaction does), so that its robot count holds against
+        // `max_robots` and one machine's name is not registered twice at
+        // once.
+        // The lock's first half, 29282, is "rb" in ASCII: this lock's
+        // space; the second is the key id's hash.
         tx.execute(
-            "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
-                                 max_concurrency, host, last_seen_at, actions)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2, ?9)",
-            params![
-                name,
-                now_ms,
-                req.instance_id,
-                key_id,
-                labels,
-                req.version,
-                i64::from(req.max_concurrency),
-                host,
-                actions
-            ],
+            "SELECT pg_advisory_xact_lock(29282, hashtext(?1))",
+            params![key_id],
         )?;
-        let row =
-            find(tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
-        return Ok(Registered::Ok(row));
+    }
+    let existing = match find(tx, name)? {
+        Some(existing) => existing,
+        None => match insert(tx, name, key_id, req, max_robots, now_ms)? {
+            Inserted::Now(row) => return Ok(Registered::Ok(row)),
+            Inserted::LimitReached => {
+                return Ok(Registered::LimitReached { limit: max_robots });
+            }
+            // Another key registered the name at the same moment: it is
+            // that key's, as if it had been there first.
+            Inserted::Already(row) => row,
+        },
     };
     if existing.key_id != key_id {
         return Ok(Registered::OtherKey {
@@ -186,6 +197,9 @@ fn register_in(
             last_seen_at,
         });
     }
+    let labels = to_json(&req.labels)?;
+    let host = to_json(&req.host)?;
+    let actions = req.actions.as_ref().map(to_json).transpose()?;
     tx.execute(
         "UPDATE robots SET instance_id = ?2, labels = ?3, version = ?4, max_concurrency = ?5,
                 host = ?6, draining = 0, last_seen_at = ?7, actions = ?8
@@ -203,6 +217,50 @@ fn register_in(
     )?;
     let row = find(tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
     Ok(Registered::Ok(row))
+}
+
+enum Inserted {
+    Now(RobotRow),
+    LimitReached,
+    /// The name was registered meanwhile, by another key.
+    Already(RobotRow),
+}
+
+/// Registers the new robot `name` unless the key has `max_robots`.
+fn insert(
+    tx: &mut Conn<'_>,
+    name: &str,
+    key_id: &str,
+    req: &RegisterRobot,
+    max_robots: u64,
+    now_ms: i64,
+) -> Result<Inserted, DbError> {
+    if count_of_key(tx, key_id)? >= max_robots {
+        return Ok(Inserted::LimitReached);
+    }
+    let inserted = tx.execute(
+        "INSERT INTO robots (name, created_at, instance_id, key_id, labels, version,
+                             max_concurrency, host, last_seen_at, actions)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2, ?9)
+         ON CONFLICT (name) DO NOTHING",
+        params![
+            name,
+            now_ms,
+            req.instance_id,
+            key_id,
+            to_json(&req.labels)?,
+            req.version,
+            i64::from(req.max_concurrency),
+            to_json(&req.host)?,
+            req.actions.as_ref().map(to_json).transpose()?
+        ],
+    )?;
+    let row = find(tx, name)?.ok_or_else(|| DbError::Corrupt(format!("robot {name} vanished")))?;
+    Ok(if inserted == 1 {
+        Inserted::Now(row)
+    } else {
+        Inserted::Already(row)
+    })
 }
 
 /// What an operator's `robots transfer` did.
@@ -254,6 +312,9 @@ pub fn delete(conn: &mut Conn<'_>, name: &str) -> Result<Deletion, DbError> {
         let Some(robot) = find(tx, name)? else {
             return Ok(Deletion::NoSuchRobot);
         };
+        // A grant or a poll (which lock the robot) cannot give it a session
+        // between the look below and the delete.
+        lock_row(tx, robot.id)?;
         let sessions: Vec<i64> = tx.rows(
             "SELECT id FROM session_queues
          WHERE robot_id = ?1 AND lease_id IS NOT NULL AND status IN ('queued', 'running')

@@ -42,10 +42,11 @@ pub async fn poll(
                 // again with the same id must find the lease that the
                 // first sending of it was granted.
                 conn.transaction(|conn| {
-                    robots::lock_row(conn, robot_id)?;
+                    let previous = robots::lock_for_poll(conn, robot_id)?;
                     let now = now_ms();
                     let poll_token = hub.dispatch.poll_token();
-                    hub.dispatch.polled(conn, robot_id, now)?;
+                    hub.dispatch
+                        .polled(conn, robot_id, previous.as_deref(), now)?;
                     robots::heartbeat(
                         conn,
                         robot_id,

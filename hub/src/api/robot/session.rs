@@ -250,12 +250,17 @@ pub async fn artifact(
     let limits = hub.session_limits;
     hub.db
         .call(move |conn| {
-            let size = artifact.data.len() as u64;
-            if let Err(refused) = limits.check_artifact(conn, id, &artifact.name, size)? {
-                return Ok(Err(refused));
-            }
-            artifacts::put(conn, id, &artifact, &sha256, now_ms())?;
-            Ok(Ok(()))
+            // Uploads of one session take turns (on any hub), so that two
+            // at once cannot both fit beside the same stored ones.
+            conn.transaction(|tx| {
+                sessions::lock_row(tx, id)?;
+                let size = artifact.data.len() as u64;
+                if let Err(refused) = limits.check_artifact(tx, id, &artifact.name, size)? {
+                    return Ok(Err(refused));
+                }
+                artifacts::put(tx, id, &artifact, &sha256, now_ms())?;
+                Ok(Ok(()))
+            })
         })
         .await??;
     Ok(StatusCode::NO_CONTENT)
