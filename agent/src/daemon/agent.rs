@@ -402,7 +402,17 @@ fn handle(
             if !r.recovered && !r.cancel.is_cancelled() {
                 news = true;
                 let _ = r.cancel_requested.set(std::time::Instant::now());
-                tracing::info!(session_queue_id = id, lost, "cancelling the session");
+                if r.occupies_slot() {
+                    tracing::info!(session_queue_id = id, lost, "cancelling the session");
+                } else {
+                    // Its run is over and its report on the way or there: a
+                    // lease the hub has ended with the report is no news.
+                    tracing::debug!(
+                        session_queue_id = id,
+                        lost,
+                        "the hub ended the lease of a session that has already run"
+                    );
+                }
                 r.cancel.cancel();
             }
         }

@@ -23,7 +23,14 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::AsyncMessage;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// A connection's driving half, as `tokio_postgres::connect` returns it.
+type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
 
 use super::sql::{Conn, PgConn};
 use super::{DbError, redact};
@@ -99,25 +106,28 @@ impl Pool {
         }
     }
 
-    async fn open(&self) -> Result<PgConn, DbError> {
+    /// A new connection, and the future that drives it (to be spawned on
+    /// the driver runtime).
+    async fn connection(&self) -> Result<(tokio_postgres::Client, Connection), DbError> {
         let (config, tls) = (self.config.clone(), self.tls.clone());
-        let shown = self.shown.clone();
-        let connecting = self.driver().spawn(async move {
-            let (client, connection) = config.connect(tls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(db = %shown, error = %e, "a database connection ended");
-                }
-            });
-            Ok::<_, tokio_postgres::Error>(client)
-        });
-        let client = connecting
+        self.driver()
+            .spawn(async move { config.connect(tls).await })
             .await
             .map_err(|e| DbError::Task(e.to_string()))?
             .map_err(|source| DbError::Connect {
                 url: self.shown.clone(),
                 source,
-            })?;
+            })
+    }
+
+    async fn open(&self) -> Result<PgConn, DbError> {
+        let (client, connection) = self.connection().await?;
+        let shown = self.shown.clone();
+        self.driver().spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(db = %shown, error = %e, "a database connection ended");
+            }
+        });
         Ok(PgConn::new(client, self.driver().clone()))
     }
 
@@ -125,17 +135,7 @@ impl Pool {
     /// notifications' payloads arrive on the receiver, which ends (after
     /// an error, when there is one) when the connection does.
     pub async fn listen(&self, channel: &'static str) -> Result<Subscription, DbError> {
-        let (config, tls) = (self.config.clone(), self.tls.clone());
-        let connecting = self
-            .driver()
-            .spawn(async move { config.connect(tls).await });
-        let (client, mut connection) = connecting
-            .await
-            .map_err(|e| DbError::Task(e.to_string()))?
-            .map_err(|source| DbError::Connect {
-                url: self.shown.clone(),
-                source,
-            })?;
+        let (client, mut connection) = self.connection().await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.driver().spawn(async move {
             loop {
