@@ -187,18 +187,10 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
         .map(|p| status_kb(*p, "VmHWM"))
         .collect::<Result<_>>()?;
     let conns_end = db.connections().await?;
-    let mut robots = robots;
-    robots.abort_all();
-    while robots.join_next().await.is_some() {}
+    let (errors, first_errors) = shared.stop(robots).await;
     for h in stage.hubs() {
         h.proc.ensure_alive()?;
     }
-    let errors = shared.errors.load(Ordering::Relaxed);
-    let first_errors = shared
-        .first_errors
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
 
     let mut out = String::new();
     writeln!(out, "## fleet-hubs\n")?;

@@ -46,6 +46,19 @@ pub struct Shared {
 pub type Lease = (i64, Instant, usize);
 
 impl Shared {
+    /// Stops the robots; returns how many errors they met and the first
+    /// few of them.
+    pub async fn stop(&self, mut robots: JoinSet<()>) -> (u64, Vec<String>) {
+        robots.abort_all();
+        while robots.join_next().await.is_some() {}
+        let first = self
+            .first_errors
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        (self.errors.load(Ordering::Relaxed), first)
+    }
+
     /// Robots for these hubs (robot i polls hub i mod their number), all
     /// with `token` and `labels`; each lease is reported down the channel.
     pub fn new(
@@ -281,7 +294,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
         Vec::new(),
     )?;
     let r = opts.robots;
-    let (mut robots, ramp) = shared.start(r, "fleet", Duration::from_secs(300)).await?;
+    let (robots, ramp) = shared.start(r, "fleet", Duration::from_secs(300)).await?;
     eprintln!("[fleet] all {r} robots polling after {ramp:.1?}; settling 2 s");
     let (c_settle, t_settle) = (cpu_seconds(hub_pid)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -340,14 +353,7 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let cpu = cpu_seconds(hub_pid)? - cpu0;
     let rss1 = status_kb(hub_pid, "VmRSS")?;
     let hwm = status_kb(hub_pid, "VmHWM")?;
-    robots.abort_all();
-    while robots.join_next().await.is_some() {}
-    let errors = shared.errors.load(Ordering::Relaxed);
-    let first_errors = shared
-        .first_errors
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
+    let (errors, first_errors) = shared.stop(robots).await;
 
     let mut out = String::new();
     writeln!(out, "## fleet\n")?;
