@@ -65,6 +65,10 @@ const TABLES: &[Table] = &[
     },
     Table {
         identity: true,
+        ..Table::new("schedules", &["id"])
+    },
+    Table {
+        identity: true,
         ..Table::new("session_queues", &["id"])
     },
     Table::new("session_logs", &["session_id", "seq"]),

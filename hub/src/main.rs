@@ -12,6 +12,7 @@ mod peer_limit;
 mod peers;
 mod robots;
 mod routing;
+mod schedule;
 mod secrets;
 mod serve;
 mod store;

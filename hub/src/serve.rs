@@ -71,6 +71,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("listening to the other hubs of the database")?;
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
+    let scheduler = tokio::spawn(crate::schedule::run(hub.clone()));
     let seen_marker = listener_task
         .is_some()
         .then(|| tokio::spawn(crate::peers::mark_waiting_robots_seen(hub.clone())));
@@ -104,6 +105,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     sweeper.abort();
+    scheduler.abort();
     for task in [listener_task, seen_marker, quota_sync, auth_teller]
         .into_iter()
         .flatten()

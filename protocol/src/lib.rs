@@ -13,6 +13,7 @@ pub mod error;
 pub mod log_escape;
 pub mod logs;
 pub mod robot;
+pub mod schedule;
 pub mod scope;
 pub mod session;
 pub mod time;
@@ -26,9 +27,10 @@ pub use robot::{
     LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList,
     RobotRegistered, RobotState, StepsStored, StepsUpdate,
 };
+pub use schedule::{CreateSchedule, Missed, Overlap, Schedule, ScheduleList, ScheduleOutcome};
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{
-    CreateSessionQueue, RobotRef, SessionError, SessionQueue, SessionQueueList, SessionStatus,
-    StepState, StepStatus, WorkflowRef,
+    CreateSessionQueue, RerunSessionQueue, RobotRef, SessionError, SessionOrigin, SessionQueue,
+    SessionQueueList, SessionStatus, StepState, StepStatus, WorkflowRef,
 };
 pub use workflow::{CreateWorkflow, WorkflowItem, WorkflowList};

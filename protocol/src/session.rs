@@ -149,6 +149,23 @@ pub struct SessionQueue {
     /// Absent while some robot could: the session only waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_reason: Option<String>,
+    /// How the hub itself queued the session; absent for a client's POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<SessionOrigin>,
+}
+
+/// A session the hub queued on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionOrigin {
+    /// A schedule's run, due at `due_at`.
+    Schedule {
+        schedule_id: i64,
+        #[serde(with = "crate::time::millis")]
+        due_at: Timestamp,
+    },
+    /// `POST /v1/session_queues/{id}/rerun` of session `session_id`.
+    Rerun { session_id: i64 },
 }
 
 /// `POST /v1/session_queues`.
@@ -157,6 +174,15 @@ pub struct SessionQueue {
 pub struct CreateSessionQueue {
     pub workflow_id: i64,
     /// Values for the workflow's declared params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Map<String, Value>>,
+}
+
+/// `POST /v1/session_queues/{id}/rerun`: the values of the session's
+/// secret params, which are not kept once it ends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerunSessionQueue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Map<String, Value>>,
 }
@@ -215,6 +241,7 @@ mod tests {
             outputs: None,
             cancel_requested_at: None,
             queued_reason: None,
+            origin: None,
         };
         let v = serde_json::to_value(&q).unwrap();
         assert!(v["robot"].is_null());

@@ -44,6 +44,28 @@ pub mod millis_opt {
     }
 }
 
+/// For `#[serde(with = "tasuki_protocol::time::millis_vec")]` on a
+/// `Vec<Timestamp>`.
+pub mod millis_vec {
+    use super::*;
+    use serde::ser::SerializeSeq;
+
+    pub fn serialize<S: Serializer>(times: &[Timestamp], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(times.len()))?;
+        for ts in times {
+            seq.serialize_element(&format(*ts))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Timestamp>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,30 @@ fn check_content_type(req: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// A JSON body that may be left out: none at all (no length, or a length
+/// of 0) reads as `T::default()`; one that is there is read as
+/// [`JsonBody`] reads it.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let length = headers.get(axum::http::header::CONTENT_LENGTH);
+        let chunked = headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+        if length.is_some_and(|l| l == "0") || (length.is_none() && !chunked) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        let JsonBody(body) = JsonBody::<T>::from_request(req, state).await?;
+        Ok(OptionalJsonBody(body))
+    }
+}
+
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(

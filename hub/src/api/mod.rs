@@ -14,9 +14,10 @@ mod query;
 mod quota;
 mod robot;
 mod robots;
+mod schedules;
 mod search;
 mod session_limits;
-mod sessions;
+pub(crate) mod sessions;
 mod token;
 mod workflows;
 
@@ -65,6 +66,8 @@ pub struct Hub {
     /// How long a request body may take to arrive, before what its size
     /// earns (body_deadline.rs).
     pub body_timeout: Duration,
+    /// Told when a schedule is made or resumed here.
+    pub schedules_wake: crate::schedule::Wake,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -125,6 +128,7 @@ impl Hub {
             session_limits: SessionLimits::default(),
             session_usage: session_limits::Usage::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            schedules_wake: Default::default(),
         }
     }
 
@@ -186,6 +190,26 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/v1/session_queues/{id}/artifacts/{name}",
             get(sessions::artifact),
+        )
+        .route(
+            "/v1/session_queues/{id}/rerun",
+            axum::routing::post(sessions::rerun),
+        )
+        .route(
+            "/v1/workflows/{id}/schedules",
+            get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::get_one).delete(schedules::delete),
+        )
+        .route(
+            "/v1/schedules/{id}/pause",
+            axum::routing::post(schedules::pause),
+        )
+        .route(
+            "/v1/schedules/{id}/resume",
+            axum::routing::post(schedules::resume),
         )
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())

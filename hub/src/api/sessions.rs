@@ -8,14 +8,16 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tasuki_protocol::{
-    CreateSessionQueue, LogsResponse, SessionQueue, SessionQueueList, SessionStatus,
+    CreateSessionQueue, LogsResponse, RerunSessionQueue, SessionOrigin, SessionQueue,
+    SessionQueueList, SessionStatus,
 };
 
 use super::auth::{Authorized, need};
-use super::body::JsonBody;
+use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
 use super::query::{QueryParams, page, path_id, shorten};
 use super::{Hub, params, search};
+use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
 use crate::db::{DbError, artifacts as stored_artifacts, leases, logs, now_ms, robots, workflows};
 use crate::routing;
@@ -38,6 +40,20 @@ pub async fn create(
         ));
     }
     let given = req.params.unwrap_or_default();
+    let new = checked_session(&hub, workflow_id, given, None).await?;
+    let session = queue(&hub, new).await?;
+    tracing::info!(session_queue_id = session.id, workflow_id, key_id = %caller.key_id, "session queued");
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+/// A new session of `workflow_id` with `params`, checked against the
+/// workflow's declared params.
+pub async fn checked_session(
+    hub: &Hub,
+    workflow_id: i64,
+    params: serde_json::Map<String, serde_json::Value>,
+    origin: Option<SessionOrigin>,
+) -> Result<NewSession, ApiError> {
     let Some(workflow) = hub
         .db
         .call(move |conn| workflows::params_of(conn, workflow_id))
@@ -45,43 +61,117 @@ pub async fn create(
     else {
         return Err(workflow_not_found(workflow_id));
     };
-    let secret_params =
-        params::check(&workflow.name, &workflow.params, &given).map_err(|problems| {
-            ApiError::unprocessable(
-                "invalid_params",
-                format!(
-                    "the params do not fit the workflow `{}`: {}",
-                    workflow.name,
-                    problems
-                        .iter()
-                        .map(|p| format!("{}: {}", p.path, p.message))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            )
-            .with_problems(problems)
-        })?;
-    let new = NewSession {
+    let secret_params = params::check(&workflow.name, &workflow.params, &params)
+        .map_err(|problems| invalid_params(&workflow.name, problems))?;
+    Ok(NewSession {
         workflow_id,
-        params: given,
+        params,
         secret_params,
-    };
+        origin,
+    })
+}
+
+fn invalid_params(workflow: &str, problems: Vec<tasuki_protocol::ProblemItem>) -> ApiError {
+    ApiError::unprocessable(
+        "invalid_params",
+        format!(
+            "the params do not fit the workflow `{workflow}`: {}",
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    )
+    .with_problems(problems)
+}
+
+/// Stores a new session and offers it to the waiting robots.
+async fn queue(hub: &Arc<Hub>, new: NewSession) -> Result<SessionQueue, ApiError> {
     let dispatch_hub = hub.clone();
-    let session = hub
+    Ok(hub
         .db
         .call(move |conn| {
             let now = now_ms();
             let session = sessions::insert(conn, &new, &dispatch_hub.master, now)?;
-            // Straight to a waiting robot, if one may take it. The session
-            // is stored whatever happens here: an error must not tell the
-            // client to queue it again (robots' next polls find it).
-            if let Err(e) = dispatch_hub.dispatch.offer(conn, session.id, now) {
-                tracing::warn!(session_queue_id = session.id, error = %e, "offering a new session to the waiting robots");
-            }
+            offer(conn, &dispatch_hub, session.id, now);
             Ok(session)
         })
-        .await?;
-    tracing::info!(session_queue_id = session.id, workflow_id, key_id = %caller.key_id, "session queued");
+        .await?)
+}
+
+/// Offers a stored session straight to a waiting robot, if one may take
+/// it. The session is stored whatever happens here: an error must not
+/// tell the client to queue it again (robots' next polls find it).
+pub fn offer(conn: &mut crate::db::Conn<'_>, hub: &Hub, session_id: i64, now: i64) {
+    if let Err(e) = hub.dispatch.offer(conn, session_id, now) {
+        tracing::warn!(session_queue_id = session_id, error = %e, "offering a new session to the waiting robots");
+    }
+}
+
+/// `POST /v1/session_queues/{id}/rerun`: a new session of the same
+/// workflow with the same params. Secret values are not kept once a
+/// session ends (docs/security.md), so the body gives them again:
+/// `{"params": {"<secret param>": "..."}}`.
+pub async fn rerun(
+    State(hub): State<Arc<Hub>>,
+    Authorized(caller, _): Authorized<need::SessionQueueWrite>,
+    id: Result<Path<String>, PathRejection>,
+    OptionalJsonBody(body): OptionalJsonBody<RerunSessionQueue>,
+) -> Result<(StatusCode, Json<SessionQueue>), ApiError> {
+    let id = session_id(id)?;
+    let given = body.params.unwrap_or_default();
+    let original = hub
+        .db
+        .call(move |conn| sessions::get(conn, id))
+        .await?
+        .ok_or_else(|| session_not_found(id))?;
+    if !original.status.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_not_ended",
+            format!(
+                "session queue {id} is {}; a session is re-run once it has ended",
+                original.status
+            ),
+        ));
+    }
+    let workflow_id = original.workflow.id;
+    let mut params = original.params;
+    for (name, value) in given {
+        if params.get(&name).and_then(|v| v.as_str()) != Some(MASK) {
+            return Err(ApiError::invalid_field(
+                &format!("params.{name}"),
+                format!(
+                    "a re-run keeps session {id}'s params; only its secret params, whose values \
+                     are not kept once it ended, are given again, and `{name}` is not one"
+                ),
+            ));
+        }
+        params.insert(name, value);
+    }
+    let new = checked_session(
+        &hub,
+        workflow_id,
+        params,
+        Some(SessionOrigin::Rerun { session_id: id }),
+    )
+    .await?;
+    if let Some(missing) = new
+        .secret_params
+        .iter()
+        .find(|name| new.params.get(*name).and_then(|v| v.as_str()) == Some(MASK))
+    {
+        return Err(ApiError::invalid_field(
+            &format!("params.{missing}"),
+            format!(
+                "`{missing}` is a secret param, whose value is not kept once session {id} \
+                 ended; give it again: {{\"params\": {{\"{missing}\": \"...\"}}}}"
+            ),
+        ));
+    }
+    let session = queue(&hub, new).await?;
+    tracing::info!(session_queue_id = session.id, rerun_of = id, key_id = %caller.key_id, "session re-run");
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -162,34 +252,42 @@ pub async fn cancel(
     let wake_hub = hub.clone();
     let (session, changed) = hub
         .db
-        .call(move |conn| {
-            conn.transaction(|tx| {
-                // The robot's row first (as a poll takes it): a poll of
-                // its that is looking now either sees this cancel or is
-                // waiting, to be answered, by the time this commits.
-                let robot = leases::robot_of(tx, id)?;
-                if let Some(robot_id) = robot {
-                    robots::lock_row(tx, robot_id)?;
-                }
-                let cancelled = sessions::cancel(tx, id, now_ms())?;
-                if let Some((s, true)) = &cancelled
-                    && s.status == SessionStatus::Running
-                    // (Granted since the look above: its robot, unlocked.)
-                    && let Some(robot_id) = robot.or(s.robot.as_ref().map(|r| r.id))
-                {
-                    // Answer the robot's waiting poll now: that is how a
-                    // cancel reaches it within a second.
-                    wake_hub.dispatch.cancel(tx, robot_id)?;
-                }
-                Ok(cancelled)
-            })
-        })
+        .call(move |conn| conn.transaction(|tx| cancel_in(tx, &wake_hub, id, now_ms())))
         .await?
         .ok_or_else(|| session_not_found(id))?;
     if changed {
         tracing::info!(session_queue_id = id, status = %session.status, key_id = %caller.key_id, "cancel requested");
     }
     Ok(Json(session))
+}
+
+/// Cancels a session inside the caller's transaction, and tells its robot
+/// at once; the session after the change and whether anything changed, or
+/// `None` when there is no such session.
+pub fn cancel_in(
+    tx: &mut crate::db::Conn<'_>,
+    hub: &Hub,
+    id: i64,
+    now: i64,
+) -> Result<Option<(SessionQueue, bool)>, DbError> {
+    // The robot's row first (as a poll takes it): a poll of its that is
+    // looking now either sees this cancel or is waiting, to be answered,
+    // by the time this commits.
+    let robot = leases::robot_of(tx, id)?;
+    if let Some(robot_id) = robot {
+        robots::lock_row(tx, robot_id)?;
+    }
+    let cancelled = sessions::cancel(tx, id, now)?;
+    if let Some((s, true)) = &cancelled
+        && s.status == SessionStatus::Running
+        // (Granted since the look above: its robot, unlocked.)
+        && let Some(robot_id) = robot.or(s.robot.as_ref().map(|r| r.id))
+    {
+        // Answer the robot's waiting poll now: that is how a cancel
+        // reaches it within a second.
+        hub.dispatch.cancel(tx, robot_id)?;
+    }
+    Ok(cancelled)
 }
 
 pub async fn logs(

@@ -310,7 +310,12 @@ fn lease_of(
     let mut params: Map<String, Value> =
         parse_json(&format!("session queue {session_id}: params"), &params)?;
     if let Some(sealed) = sealed {
-        secret_params::open_into(master, session_id, &sealed, &mut params)?;
+        secret_params::open_into(
+            master,
+            secret_params::Owner::Session(session_id),
+            &sealed,
+            &mut params,
+        )?;
     }
     Ok(Some(Lease {
         session_id,
@@ -692,6 +697,7 @@ mod tests {
                 workflow_id: w.id,
                 params: Map::new(),
                 secret_params: Vec::new(),
+                origin: None,
             },
             master,
             0,

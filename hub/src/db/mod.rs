@@ -21,6 +21,7 @@ pub mod keys;
 pub mod leases;
 pub mod logs;
 pub mod robots;
+pub mod schedules;
 pub mod secret_params;
 pub mod sessions;
 pub mod workflows;

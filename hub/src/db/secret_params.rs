@@ -18,8 +18,29 @@ use crate::secrets::MasterKey;
 /// What the database and every answer show in place of a secret value.
 pub const MASK: &str = "***";
 
-fn aad(session_id: i64) -> String {
-    format!("session_queue {session_id} secret params")
+/// What sealed values belong to: the associated data they are sealed
+/// with, so that a blob copied onto another row does not open.
+#[derive(Clone, Copy)]
+pub enum Owner {
+    Session(i64),
+    /// A schedule keeps its sessions' secret values until it is deleted.
+    Schedule(i64),
+}
+
+impl Owner {
+    fn aad(self) -> String {
+        match self {
+            Owner::Session(id) => format!("session_queue {id} secret params"),
+            Owner::Schedule(id) => format!("schedule {id} secret params"),
+        }
+    }
+
+    fn what(self) -> String {
+        match self {
+            Owner::Session(id) => format!("session queue {id}"),
+            Owner::Schedule(id) => format!("schedule {id}"),
+        }
+    }
 }
 
 /// Splits the secret values out of `params`, leaving `***` in their
@@ -39,31 +60,33 @@ pub fn split(
 
 pub fn seal(
     master: &MasterKey,
-    session_id: i64,
+    owner: Owner,
     secrets: &Map<String, Value>,
 ) -> Result<Vec<u8>, DbError> {
     let plain = serde_json::to_vec(secrets).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let sealed = master
-        .seal(&aad(session_id), &plain)
-        .map_err(|e| DbError::Secrets(format!("session queue {session_id}: {e}")))?;
+        .seal(&owner.aad(), &plain)
+        .map_err(|e| DbError::Secrets(format!("{}: {e}", owner.what())))?;
     Ok(sealed.into_blob())
 }
 
-/// Puts the sealed values back into `params`, for a robot's lease.
+/// Puts the sealed values back into `params`: for a robot's lease, or a
+/// schedule's new session.
 pub fn open_into(
     master: &MasterKey,
-    session_id: i64,
+    owner: Owner,
     blob: &[u8],
     params: &mut Map<String, Value>,
 ) -> Result<(), DbError> {
-    let plain = master.open_blob(&aad(session_id), blob).map_err(|_| {
+    let plain = master.open_blob(&owner.aad(), blob).map_err(|_| {
         DbError::Secrets(format!(
-            "session queue {session_id}: the sealed secret params do not open with the master \
-             key; is <db>.key the one this database was created with?"
+            "{}: the sealed secret params do not open with the master key; is <db>.key the \
+             one this database was created with?",
+            owner.what()
         ))
     })?;
     let secrets: Map<String, Value> = serde_json::from_slice(&plain)
-        .map_err(|e| DbError::Corrupt(format!("session queue {session_id}: secret params: {e}")))?;
+        .map_err(|e| DbError::Corrupt(format!("{}: secret params: {e}", owner.what())))?;
     params.extend(secrets);
     Ok(())
 }
@@ -101,7 +124,7 @@ fn seal_in_clear(tx: &mut Conn<'_>, master: &MasterKey) -> Result<usize, DbError
         let secrets = split(&mut params, &names);
         let live = matches!(status.as_str(), "queued" | "running");
         let sealed = match secrets {
-            Some(secrets) if live => Some(seal(master, *id, &secrets)?),
+            Some(secrets) if live => Some(seal(master, Owner::Session(*id), &secrets)?),
             _ => None,
         };
         let params_json =
@@ -165,11 +188,11 @@ mod tests {
             Value::from(params.clone()),
             json!({"who": "ann", "token": MASK})
         );
-        let blob = seal(&master, 7, &secrets).unwrap();
+        let blob = seal(&master, Owner::Session(7), &secrets).unwrap();
         assert!(!String::from_utf8_lossy(&blob).contains("s3cret"));
         let mut other = params.clone();
-        assert!(open_into(&master, 8, &blob, &mut other).is_err());
-        open_into(&master, 7, &blob, &mut params).unwrap();
+        assert!(open_into(&master, Owner::Session(8), &blob, &mut other).is_err());
+        open_into(&master, Owner::Session(7), &blob, &mut params).unwrap();
         assert_eq!(
             Value::from(params),
             json!({"who": "ann", "token": "s3cret"})

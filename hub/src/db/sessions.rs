@@ -2,9 +2,9 @@
 
 use super::sql::{Conn, Dialect, Row, params};
 use serde_json::{Map, Value};
-use tasuki_protocol::{RobotRef, SessionQueue, SessionStatus, WorkflowRef};
+use tasuki_protocol::{RobotRef, SessionOrigin, SessionQueue, SessionStatus, WorkflowRef};
 
-use super::secret_params::{self, MASK};
+use super::secret_params::{self, MASK, Owner};
 use super::{DbError, parse_json, to_timestamp};
 use crate::secrets::MasterKey;
 
@@ -16,6 +16,8 @@ pub struct NewSession {
     pub params: Map<String, Value>,
     /// Names of params the workflow marks `secret: true`.
     pub secret_params: Vec<String>,
+    /// Set when the hub queues it itself.
+    pub origin: Option<SessionOrigin>,
 }
 
 /// Which sessions a list returns. Times are milliseconds since the epoch.
@@ -32,7 +34,7 @@ pub struct Filter {
 const SELECT: &str = "
     SELECT s.id, s.status, s.params, s.secret_params, s.created_at, s.started_at,
            s.ended_at, s.cancel_requested_at, s.steps, s.error, s.outputs,
-           w.id, w.name, r.id, r.name
+           w.id, w.name, r.id, r.name, s.schedule_id, s.scheduled_for, s.rerun_of
     FROM session_queues s
     JOIN workflows w ON w.id = s.workflow_id
     LEFT JOIN robots r ON r.id = s.robot_id";
@@ -53,16 +55,33 @@ pub fn insert(
         .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
     // The sealed values name the row's id, known only once it is inserted:
     // one transaction, so that no row is ever seen without them.
+    let (schedule_id, scheduled_for, rerun_of) = match &s.origin {
+        None => (None, None, None),
+        Some(SessionOrigin::Schedule {
+            schedule_id,
+            due_at,
+        }) => (Some(*schedule_id), Some(due_at.as_millisecond()), None),
+        Some(SessionOrigin::Rerun { session_id }) => (None, None, Some(*session_id)),
+    };
     conn.transaction(|tx| {
         let id: i64 = tx.row(
-            "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
-             VALUES (?1, 'queued', ?2, ?3, ?4)
+            "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at,
+                                         schedule_id, scheduled_for, rerun_of)
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7)
              RETURNING id",
-            params![s.workflow_id, params_json, secrets_json, now_ms],
+            params![
+                s.workflow_id,
+                params_json,
+                secrets_json,
+                now_ms,
+                schedule_id,
+                scheduled_for,
+                rerun_of
+            ],
             |r| r.get(0),
         )?;
         if let Some(secrets) = secrets {
-            let sealed = secret_params::seal(master, id, &secrets)?;
+            let sealed = secret_params::seal(master, Owner::Session(id), &secrets)?;
             tx.execute(
                 "UPDATE session_queues SET secrets_sealed = ?2 WHERE id = ?1",
                 params![id, sealed],
@@ -148,6 +167,17 @@ pub fn cancel(
     })
 }
 
+/// The sessions a schedule queued that are still queued or running.
+pub fn active_of_schedule(conn: &mut Conn<'_>, schedule_id: i64) -> Result<Vec<i64>, DbError> {
+    conn.rows(
+        "SELECT id FROM session_queues
+         WHERE schedule_id = ?1 AND status IN ('queued', 'running')
+         ORDER BY id",
+        params![schedule_id],
+        |r| r.get(0),
+    )
+}
+
 pub fn status_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<SessionStatus>, DbError> {
     let status: Option<String> = conn.opt_row(
         "SELECT status FROM session_queues WHERE id = ?1",
@@ -197,6 +227,18 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
         (Some(id), Some(name)) => Some(RobotRef { id, name }),
         _ => None,
     };
+    let origin = match (
+        r.get::<Option<i64>>(15)?,
+        r.get::<Option<i64>>(16)?,
+        r.get::<Option<i64>>(17)?,
+    ) {
+        (Some(schedule_id), Some(due_at), _) => Some(SessionOrigin::Schedule {
+            schedule_id,
+            due_at: to_timestamp(due_at)?,
+        }),
+        (_, _, Some(session_id)) => Some(SessionOrigin::Rerun { session_id }),
+        _ => None,
+    };
     {
         let what = |field: &str| format!("session queue {id}: {field}");
         let mut params: Map<String, Value> = parse_json(&what("params"), &params)?;
@@ -224,6 +266,7 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
                 .transpose()?,
             cancel_requested_at: time(cancel_requested_at)?,
             queued_reason: None,
+            origin,
         })
     }
 }
@@ -260,6 +303,7 @@ mod tests {
                 workflow_id: w.id,
                 params: Map::new(),
                 secret_params: Vec::new(),
+                origin: None,
             },
             &master,
             1_000,

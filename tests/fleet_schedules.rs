@@ -1,0 +1,411 @@
+//! Schedules and re-runs end to end: a real `tasuki-hub` queuing sessions
+//! at the times a cron expression names, real agents running them, and
+//! the hub killed and started again under a schedule.
+#![cfg(unix)]
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::time::{Duration, Instant};
+
+use fleet_support::*;
+use hub_support::*;
+use serde_json::{Value, json};
+
+/// The tests read sessions often, far above AUTORO's 60 calls a minute.
+const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
+
+fn sleeper(name: &str, seconds: u32) -> String {
+    format!(
+        "version: 1\nname: {name}\nsteps:\n  - id: work\n    action: shell.run\n    with: {{argv: [sleep, \"{seconds}\"]}}\n"
+    )
+}
+
+fn ms(value: &Value) -> i64 {
+    let text = value.as_str().unwrap_or_else(|| panic!("a time: {value}"));
+    text.parse::<jiff::Timestamp>()
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .as_millisecond()
+}
+
+async fn create_schedule(api: &Api, workflow_id: i64, body: Value) -> Value {
+    let r = api
+        .post(&format!("/v1/workflows/{workflow_id}/schedules"), &body)
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    r.body
+}
+
+/// Every session the schedule queued, oldest first.
+async fn sessions_of(api: &Api, schedule_id: i64) -> Vec<Value> {
+    let r = api.get("/v1/session_queues?per_page=50").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let mut found: Vec<Value> = r.body["session_queues"]
+        .as_array()
+        .expect("session_queues")
+        .iter()
+        .filter(|s| s["origin"]["schedule_id"].as_i64() == Some(schedule_id))
+        .cloned()
+        .collect();
+    found.sort_by_key(|s| s["id"].as_i64());
+    found
+}
+
+/// Waits until the schedule has queued `n` sessions.
+async fn until_sessions(api: &Api, schedule_id: i64, n: usize, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = sessions_of(api, schedule_id).await;
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "schedule {schedule_id} queued {} sessions of {n} in {limit:?}",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (started, ended) of each session that ran, in ms.
+fn spans(sessions: &[Value]) -> Vec<(i64, i64)> {
+    sessions
+        .iter()
+        .filter(|s| !s["started_at"].is_null())
+        .map(|s| {
+            let end = if s["ended_at"].is_null() {
+                i64::MAX
+            } else {
+                ms(&s["ended_at"])
+            };
+            (ms(&s["started_at"]), end)
+        })
+        .collect()
+}
+
+fn assert_no_overlap(sessions: &[Value]) {
+    let spans = spans(sessions);
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two sessions of one schedule ran at once: {pair:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_starts_sessions_on_time_and_a_paused_one_starts_none() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "clock");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let workflow_id = workflow(&f.api, &sleeper("tick", 0), &[]).await;
+    let schedule = create_schedule(
+        &f.api,
+        workflow_id,
+        json!({"cron": "*/2 * * * * *", "timezone": "Europe/Berlin"}),
+    )
+    .await;
+    let id = schedule["id"].as_i64().expect("schedule id");
+    // The next five runs, two seconds apart, on even seconds.
+    let next: Vec<i64> = schedule["next_runs"]
+        .as_array()
+        .expect("next_runs")
+        .iter()
+        .map(ms)
+        .collect();
+    assert_eq!(next.len(), 5, "{schedule}");
+    for pair in next.windows(2) {
+        assert_eq!(pair[1] - pair[0], 2_000, "{schedule}");
+    }
+    assert!(next.iter().all(|t| t % 2_000 == 0), "{schedule}");
+
+    let sessions = until_sessions(&f.api, id, 3, Duration::from_secs(20)).await;
+    let mut due: Vec<i64> = Vec::new();
+    for s in &sessions[..3] {
+        let due_at = ms(&s["origin"]["due_at"]);
+        assert_eq!(due_at % 2_000, 0, "{s}");
+        // Queued within a second of its time (it is asleep until then).
+        let late = ms(&s["created_at"]) - due_at;
+        assert!(
+            (0..1_000).contains(&late),
+            "queued {late} ms after its time: {s}"
+        );
+        due.push(due_at);
+        let done = finished(
+            &f.api,
+            s["id"].as_i64().expect("id"),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(done["status"], "success", "{done}");
+    }
+    due.dedup();
+    assert_eq!(due.len(), 3, "one session per due time: {due:?}");
+
+    let paused = f
+        .api
+        .post(&format!("/v1/schedules/{id}/pause"), &json!({}))
+        .await;
+    assert_eq!(paused.status.as_u16(), 200, "{}", paused.body);
+    assert_eq!(paused.body["enabled"], false);
+    assert_eq!(paused.body["next_runs"], json!([]));
+    let count = sessions_of(&f.api, id).await.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sessions_of(&f.api, id).await.len(),
+        count,
+        "a paused schedule queued a session"
+    );
+
+    let resumed = f
+        .api
+        .post(&format!("/v1/schedules/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(resumed.status.as_u16(), 200, "{}", resumed.body);
+    until_sessions(&f.api, id, count + 1, Duration::from_secs(10)).await;
+
+    let gone = f.api.delete(&format!("/v1/schedules/{id}")).await;
+    assert_eq!(gone.status.as_u16(), 204, "{}", gone.body);
+    let r = f.api.get(&format!("/v1/schedules/{id}")).await;
+    assert_eq!((r.status.as_u16(), r.code()), (404, "schedule_not_found"));
+}
+
+/// Each overlap policy, with a robot that could run two at once: the
+/// policy, not the robot's capacity, keeps a schedule's runs apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_policies_skip_wait_or_cancel_the_previous_run() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "busy");
+    robot.register_ok(&f.hub, &f.key, &["--max-concurrency", "2"]);
+    let _agent = robot.start(&[]);
+
+    // skip: runs every second, each lasting 3 s, never side by side.
+    let slow = workflow(&f.api, &sleeper("slow", 3), &[]).await;
+    let skip = create_schedule(
+        &f.api,
+        slow,
+        json!({"cron": "* * * * * *", "overlap": "skip"}),
+    )
+    .await;
+    let skip_id = skip["id"].as_i64().expect("id");
+    let mut saw_skipped = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sessions_of(&f.api, skip_id).await.len() < 2 {
+        let r = f.api.get(&format!("/v1/schedules/{skip_id}")).await;
+        saw_skipped |= r.body["last_outcome"] == "skipped";
+        assert!(Instant::now() < deadline, "the skip schedule stalled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    f.api
+        .post(&format!("/v1/schedules/{skip_id}/pause"), &json!({}))
+        .await;
+    let skipped = sessions_of(&f.api, skip_id).await;
+    for s in &skipped {
+        finished(
+            &f.api,
+            s["id"].as_i64().expect("id"),
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let skipped = sessions_of(&f.api, skip_id).await;
+    assert!(saw_skipped, "no run was skipped");
+    assert_no_overlap(&skipped);
+
+    // queue: a run due while one runs starts when it ends.
+    let queue = create_schedule(
+        &f.api,
+        slow,
+        json!({"cron": "* * * * * *", "overlap": "queue"}),
+    )
+    .await;
+    let queue_id = queue["id"].as_i64().expect("id");
+    let queued = until_sessions(&f.api, queue_id, 3, Duration::from_secs(30)).await;
+    f.api
+        .post(&format!("/v1/schedules/{queue_id}/pause"), &json!({}))
+        .await;
+    for s in &queued {
+        finished(
+            &f.api,
+            s["id"].as_i64().expect("id"),
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let queued = sessions_of(&f.api, queue_id).await;
+    assert_no_overlap(&queued);
+    for pair in queued.windows(2) {
+        // The next one was queued as soon as the hub saw the previous end.
+        let gap = ms(&pair[1]["created_at"]) - ms(&pair[0]["ended_at"]);
+        assert!(
+            gap < 2_500,
+            "the waiting run was queued {gap} ms after the previous ended"
+        );
+    }
+
+    // cancel_previous: each run cancels the one before.
+    let endless = workflow(&f.api, &sleeper("endless", 60), &[]).await;
+    let cancel = create_schedule(
+        &f.api,
+        endless,
+        json!({"cron": "*/2 * * * * *", "overlap": "cancel_previous"}),
+    )
+    .await;
+    let cancel_id = cancel["id"].as_i64().expect("id");
+    let runs = until_sessions(&f.api, cancel_id, 3, Duration::from_secs(30)).await;
+    f.api
+        .post(&format!("/v1/schedules/{cancel_id}/pause"), &json!({}))
+        .await;
+    for s in &runs[..2] {
+        let done = finished(
+            &f.api,
+            s["id"].as_i64().expect("id"),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+    }
+    let r = f.api.get(&format!("/v1/schedules/{cancel_id}")).await;
+    assert_eq!(r.body["last_outcome"], "cancelled_previous", "{}", r.body);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_run_starts_once_across_a_hub_killed_and_started_again() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let w = workflow(&api, &sleeper("nobody-runs-it", 0), &[]).await;
+    // No robot: each run cancels the queued one before it, so every due
+    // time leaves exactly one session.
+    let s = create_schedule(
+        &api,
+        w,
+        json!({"cron": "* * * * * *", "overlap": "cancel_previous"}),
+    )
+    .await;
+    let id = s["id"].as_i64().expect("id");
+    until_sessions(&api, id, 3, Duration::from_secs(20)).await;
+    kill(
+        Pid::from_raw(hub.pid().expect("pid") as i32),
+        Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    drop(hub);
+    let hub = Hub::start_with(&scratch, HUB_ARGS);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let before = sessions_of(&api, id).await.len();
+    until_sessions(&api, id, before + 3, Duration::from_secs(20)).await;
+
+    let sessions = sessions_of(&api, id).await;
+    let due: Vec<i64> = sessions
+        .iter()
+        .map(|s| ms(&s["origin"]["due_at"]))
+        .collect();
+    for pair in due.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "a due time started twice, or out of order: {due:?}"
+        );
+    }
+    // Only the newest may still be queued.
+    for s in &sessions[..sessions.len() - 1] {
+        assert_eq!(s["status"], "cancelled", "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_runs_the_same_workflow_and_params_with_its_secret_given_again() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "again");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let yaml = "version: 1
+name: checked
+params:
+  who: {}
+  token: {secret: true}
+steps:
+  - id: check
+    action: shell.run
+    with:
+      shell: sh
+      env: {WHO: \"${params.who}\", TOKEN: \"${params.token}\"}
+      script: test \"$WHO\" = ada && test \"$TOKEN\" = s3cret-value
+";
+    let w = workflow(&f.api, yaml, &[]).await;
+    let first = queue(&f.api, w, json!({"who": "ada", "token": "s3cret-value"})).await;
+    let done = finished(&f.api, first, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "success", "{done}");
+
+    // Without the secret, which the ended session no longer keeps.
+    let r = f
+        .api
+        .post_raw(&format!("/v1/session_queues/{first}/rerun"), "")
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_field"),
+        "{}",
+        r.body
+    );
+    assert!(r.message().contains("params.token"), "{}", r.body);
+    // A param that is not secret cannot be changed.
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{first}/rerun"),
+            &json!({"params": {"who": "bob", "token": "s3cret-value"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_field"),
+        "{}",
+        r.body
+    );
+
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{first}/rerun"),
+            &json!({"params": {"token": "s3cret-value"}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(
+        r.body["origin"],
+        json!({"type": "rerun", "session_id": first})
+    );
+    assert_eq!(r.body["params"], json!({"who": "ada", "token": "***"}));
+    let again = r.body["id"].as_i64().expect("id");
+    let done = finished(&f.api, again, Duration::from_secs(30)).await;
+    assert_eq!(
+        done["status"], "success",
+        "the re-run got other params: {done}"
+    );
+    assert!(!done.to_string().contains("s3cret-value"), "{done}");
+
+    // A session still running is not re-run.
+    let slow = workflow(&f.api, &sleeper("slow-rerun", 30), &[]).await;
+    let running_id = queue(&f.api, slow, json!({})).await;
+    running(&f.api, running_id, Duration::from_secs(30)).await;
+    let r = f
+        .api
+        .post_raw(&format!("/v1/session_queues/{running_id}/rerun"), "")
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "session_not_ended"),
+        "{}",
+        r.body
+    );
+}
