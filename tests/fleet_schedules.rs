@@ -409,3 +409,53 @@ steps:
         r.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_missed_while_the_hub_was_down_run_once_or_not_at_all() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    // Later than 2 s is missed (60 s unless told).
+    let args = ["--quota-per-robot", "1000000", "--schedule-missed-after-seconds", "2"];
+    let hub = Hub::start_with(&scratch, &args);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let w = workflow(&api, &sleeper("nobody-runs-it", 0), &[]).await;
+    let every_second = |missed: &str| {
+        json!({"cron": "* * * * * *", "overlap": "cancel_previous", "missed": missed})
+    };
+    let once = create_schedule(&api, w, every_second("run_once")).await["id"]
+        .as_i64()
+        .expect("id");
+    let skip = create_schedule(&api, w, every_second("skip")).await["id"]
+        .as_i64()
+        .expect("id");
+    until_sessions(&api, once, 1, Duration::from_secs(10)).await;
+    until_sessions(&api, skip, 1, Duration::from_secs(10)).await;
+    assert!(hub.stop().success(), "the hub did not stop cleanly");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restarted = jiff::Timestamp::now().as_millisecond();
+    let hub = Hub::start_with(&scratch, &args);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let before_once = sessions_of(&api, once).await.len();
+    let before_skip = sessions_of(&api, skip).await.len();
+    until_sessions(&api, once, before_once + 2, Duration::from_secs(10)).await;
+    until_sessions(&api, skip, before_skip + 2, Duration::from_secs(10)).await;
+
+    // Late by more than 2 s: a run due while the hub was down.
+    let late = |s: &Value| ms(&s["created_at"]) - ms(&s["origin"]["due_at"]) > 2_000;
+    let after_restart = |sessions: Vec<Value>| -> Vec<Value> {
+        sessions
+            .into_iter()
+            .filter(|s| ms(&s["created_at"]) >= restarted)
+            .collect()
+    };
+    let once_late = after_restart(sessions_of(&api, once).await)
+        .into_iter()
+        .filter(late)
+        .count();
+    assert_eq!(once_late, 1, "missed: run_once makes one run for the runs missed");
+    let skip_late = after_restart(sessions_of(&api, skip).await)
+        .into_iter()
+        .filter(late)
+        .count();
+    assert_eq!(skip_late, 0, "missed: skip makes no run for the runs missed");
+}

@@ -71,6 +71,13 @@ enum Command {
         #[arg(long, env = "TASUKI_HUB_LEASE_TTL_SECONDS", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(6..=3600))]
         lease_ttl_seconds: u64,
+        /// How late a schedule's run may be (the hubs were down) and still
+        /// count as on time; a later one follows the schedule's `missed`
+        /// policy.
+        #[arg(long, env = "TASUKI_HUB_SCHEDULE_MISSED_AFTER_SECONDS",
+              default_value_t = schedule::MISSED_AFTER.as_secs(),
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        schedule_missed_after_seconds: u64,
         #[command(flatten)]
         edge: EdgeArgs,
         #[command(flatten)]
@@ -249,6 +256,7 @@ fn main() -> ExitCode {
             max_robots_per_key,
             hold_seconds,
             lease_ttl_seconds,
+            schedule_missed_after_seconds,
             edge,
             session_limits,
         } => run(serve::serve(serve::ServeOptions {
@@ -262,6 +270,7 @@ fn main() -> ExitCode {
                 hold_seconds,
                 lease_ttl_seconds,
             },
+            schedule_missed_after: std::time::Duration::from_secs(schedule_missed_after_seconds),
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),

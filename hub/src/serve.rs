@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub quota_per_robot: u64,
     pub max_robots_per_key: u64,
     pub timings: api::Timings,
+    /// A schedule's run later than this was missed.
+    pub schedule_missed_after: Duration,
     pub edge: EdgeLimits,
     /// The allowance of a request body (api/body_deadline.rs).
     pub body_timeout: Duration,
@@ -66,6 +68,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.auth_limit = api::AuthLimiter::new(opts.auth_failures);
     let auth_events = hub.db.is_shared().then(|| hub.auth_limit.share());
     hub.body_timeout = opts.body_timeout;
+    hub.schedule_missed_after = opts.schedule_missed_after;
     let hub = Arc::new(hub);
     let listener_task = crate::peers::listen(hub.clone())
         .await

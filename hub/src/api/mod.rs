@@ -68,6 +68,9 @@ pub struct Hub {
     pub body_timeout: Duration,
     /// Told when a schedule is made or resumed here.
     pub schedules_wake: crate::schedule::Wake,
+    /// A schedule's run later than this was missed (its `missed` policy
+    /// applies).
+    pub schedule_missed_after: Duration,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -129,6 +132,7 @@ impl Hub {
             session_usage: session_limits::Usage::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
             schedules_wake: Default::default(),
+            schedule_missed_after: crate::schedule::MISSED_AFTER,
         }
     }
 

@@ -33,8 +33,8 @@ pub use cron::Cron;
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// A run more than this late was missed (the hubs were down), and follows
-/// the schedule's `missed` policy.
-pub const MISSED_AFTER_MS: i64 = 60_000;
+/// the schedule's `missed` policy; `serve --schedule-missed-after-seconds`.
+pub const MISSED_AFTER: Duration = Duration::from_secs(60);
 
 /// Schedules a pass takes before it lets a waiting caller in; a pass goes
 /// on until none is due.
@@ -91,7 +91,7 @@ fn pass(conn: &mut Conn<'_>, hub: &Hub) -> Result<Option<i64>, DbError> {
                     let next = next_time(&schedule, now)
                         .ok()
                         .flatten()
-                        .unwrap_or(now + MISSED_AFTER_MS);
+                        .unwrap_or(now + MISSED_AFTER.as_millis() as i64);
                     tx.execute(
                         "UPDATE schedules SET next_due_at = ?2, waiting = 0 WHERE id = ?1",
                         crate::db::sql::params![id, next],
@@ -163,7 +163,7 @@ fn fire(
     };
     // Times passed while no hub ran fold into this one.
     let next_due_at = next_time(s, now)?;
-    let missed = now - due > MISSED_AFTER_MS;
+    let missed = now - due > hub.schedule_missed_after.as_millis() as i64;
     let outcome = if missed && s.missed == Missed::Skip {
         ScheduleOutcome::Missed
     } else if active.is_empty() {
