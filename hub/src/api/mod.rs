@@ -71,6 +71,8 @@ pub struct Hub {
     /// A schedule's run later than this was missed (its `missed` policy
     /// applies).
     pub schedule_missed_after: Duration,
+    /// Told whenever a session ends on this hub (for `?wait=`).
+    pub session_ended: tokio::sync::Notify,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -133,6 +135,7 @@ impl Hub {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             schedules_wake: Default::default(),
             schedule_missed_after: crate::schedule::MISSED_AFTER,
+            session_ended: tokio::sync::Notify::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Session queues: create, read, list, cancel, and read logs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -27,11 +28,23 @@ const MAX_PER_PAGE: i64 = 50;
 /// Log lines per response; a reader asks again with the last `seq`.
 const LOG_LINES_PER_CALL: i64 = 10_000;
 
+/// The longest `?wait=` a create may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(120);
+/// A waiting create looks at its session at least this often (a session
+/// ended on another hub of the database tells this one nothing).
+const WAIT_LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// `POST /v1/session_queues`; with `?wait=30s` (Schift's `mode=sync`) it
+/// answers when the session has ended or the wait is over, whichever
+/// comes first, with the session as it then stands.
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::SessionQueueWrite>,
+    mut q: QueryParams,
     JsonBody(req): JsonBody<CreateSessionQueue>,
 ) -> Result<(StatusCode, Json<SessionQueue>), ApiError> {
+    let wait = q.take("wait").map(|w| parse_wait(&w)).transpose()?;
+    q.finish()?;
     let workflow_id = req.workflow_id;
     if workflow_id <= 0 {
         return Err(ApiError::invalid_field(
@@ -43,7 +56,69 @@ pub async fn create(
     let new = checked_session(&hub, workflow_id, given, None).await?;
     let session = queue(&hub, new).await?;
     tracing::info!(session_queue_id = session.id, workflow_id, key_id = %caller.key_id, "session queued");
+    let session = match wait {
+        Some(wait) => until_ended(&hub, session, wait).await?,
+        None => session,
+    };
     Ok((StatusCode::CREATED, Json(session)))
+}
+
+/// `30s`, `500ms`, `2m`, or whole seconds; at most [`MAX_WAIT`].
+fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1_000)
+    };
+    let wait = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .map(Duration::from_millis)
+        .filter(|w| *w <= MAX_WAIT)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!(
+                    "the query parameter `wait` is a duration such as `30s`, `500ms` or `2m`, \
+                     at most {} s, not `{}`",
+                    MAX_WAIT.as_secs(),
+                    shorten(text)
+                ),
+            )
+        })?;
+    Ok(wait)
+}
+
+/// The session once it has ended, or as it stands when `wait` is over.
+async fn until_ended(
+    hub: &Hub,
+    mut session: SessionQueue,
+    wait: Duration,
+) -> Result<SessionQueue, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let id = session.id;
+    while !session.status.is_terminal() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Told when a session ends on this hub; made before the look, so
+        // that an end between the look and the wait is not missed.
+        let ended = hub.session_ended.notified();
+        let _ = tokio::time::timeout((deadline - now).min(WAIT_LOOK_EVERY), ended).await;
+        session = hub
+            .db
+            .call(move |conn| sessions::get(conn, id))
+            .await?
+            .ok_or_else(|| session_not_found(id))?;
+    }
+    Ok(session)
 }
 
 /// A new session of `workflow_id` with `params`, checked against the

@@ -319,6 +319,7 @@ pub async fn finish(
     // Its log is complete: the counter is only a cache of the database,
     // which seeds it again should a late batch still come.
     hub.session_usage.forget(id);
+    hub.session_ended.notify_waiters();
     match outcome {
         Finished::Now => {
             tracing::info!(session_queue_id = id, %status, key_id = %caller.key_id, "session finished");

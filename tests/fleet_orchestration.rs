@@ -1,6 +1,7 @@
-//! Schedules and re-runs end to end: a real `tasuki-hub` queuing sessions
-//! at the times a cron expression names, real agents running them, and
-//! the hub killed and started again under a schedule.
+//! The hub as an orchestrator, end to end: a real `tasuki-hub` queuing
+//! sessions at the times a cron expression names (and killed and started
+//! again under a schedule), re-runs, and creates that wait for the end,
+//! with real agents running the sessions.
 #![cfg(unix)]
 
 #[path = "fleet_support.rs"]
@@ -415,13 +416,16 @@ async fn runs_missed_while_the_hub_was_down_run_once_or_not_at_all() {
     let scratch = Scratch::new();
     let key = create_key(&scratch, ALL_SCOPES);
     // Later than 2 s is missed (60 s unless told).
-    let args = ["--quota-per-robot", "1000000", "--schedule-missed-after-seconds", "2"];
+    let args = [
+        "--quota-per-robot",
+        "1000000",
+        "--schedule-missed-after-seconds",
+        "2",
+    ];
     let hub = Hub::start_with(&scratch, &args);
     let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
     let w = workflow(&api, &sleeper("nobody-runs-it", 0), &[]).await;
-    let every_second = |missed: &str| {
-        json!({"cron": "* * * * * *", "overlap": "cancel_previous", "missed": missed})
-    };
+    let every_second = |missed: &str| json!({"cron": "* * * * * *", "overlap": "cancel_previous", "missed": missed});
     let once = create_schedule(&api, w, every_second("run_once")).await["id"]
         .as_i64()
         .expect("id");
@@ -452,10 +456,69 @@ async fn runs_missed_while_the_hub_was_down_run_once_or_not_at_all() {
         .into_iter()
         .filter(late)
         .count();
-    assert_eq!(once_late, 1, "missed: run_once makes one run for the runs missed");
+    assert_eq!(
+        once_late, 1,
+        "missed: run_once makes one run for the runs missed"
+    );
     let skip_late = after_restart(sessions_of(&api, skip).await)
         .into_iter()
         .filter(late)
         .count();
-    assert_eq!(skip_late, 0, "missed: skip makes no run for the runs missed");
+    assert_eq!(
+        skip_late, 0,
+        "missed: skip makes no run for the runs missed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_waits_answers_with_the_final_state() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "sync");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let quick = workflow(&f.api, &sleeper("quick", 1), &[]).await;
+    let r = f
+        .api
+        .post(
+            "/v1/session_queues?wait=30s",
+            &json!({"workflow_id": quick}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(r.body["status"], "success", "{}", r.body);
+    assert!(!r.body["ended_at"].is_null(), "{}", r.body);
+
+    // A wait that runs out first answers with the session as it stands.
+    let slow = workflow(&f.api, &sleeper("slow-sync", 30), &[]).await;
+    let started = Instant::now();
+    let r = f
+        .api
+        .post(
+            "/v1/session_queues?wait=1500ms",
+            &json!({"workflow_id": slow}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert!(
+        matches!(r.body["status"].as_str(), Some("queued" | "running")),
+        "{}",
+        r.body
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1_500));
+
+    for bad in ["forever", "-1s", "10m", "1h"] {
+        let r = f
+            .api
+            .post(
+                &format!("/v1/session_queues?wait={bad}"),
+                &json!({"workflow_id": quick}),
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (400, "invalid_parameter"),
+            "{bad}: {}",
+            r.body
+        );
+    }
 }
