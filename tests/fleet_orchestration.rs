@@ -522,3 +522,113 @@ async fn a_create_that_waits_answers_with_the_final_state() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_refuse_bad_input_and_callers_without_the_scopes_their_runs_need() {
+    let f = Fleet::start();
+    let yaml = "version: 1\nname: typed\nparams:\n  count: {default: 1}\nsteps:\n  - id: s\n    action: shell.run\n    with: {argv: [\"true\"]}\n";
+    let w = workflow(&f.api, yaml, &[]).await;
+    let path = format!("/v1/workflows/{w}/schedules");
+    for (body, field, says) in [
+        (json!({"cron": "61 * * * *"}), "cron", "61 is out of range"),
+        (json!({"cron": "* * * *"}), "cron", "5 fields"),
+        (json!({"cron": "0 0 30 2 *"}), "cron", "names no time"),
+        (
+            json!({"cron": "* * * * *", "timezone": "Mars/Olympus"}),
+            "timezone",
+            "IANA",
+        ),
+    ] {
+        let r = f.api.post(&path, &body).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, "invalid_field"),
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["problems"][0]["path"], field, "{}", r.body);
+        assert!(r.message().contains(says), "{body}: {}", r.body);
+    }
+    let r = f
+        .api
+        .post(
+            &path,
+            &json!({"cron": "* * * * *", "params": {"count": "three"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_params"),
+        "{}",
+        r.body
+    );
+    let r = f
+        .api
+        .post(&path, &json!({"cron": "* * * * *", "overlap": "sometimes"}))
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(r.message().contains("overlap"), "{}", r.body);
+    let r = f
+        .api
+        .post("/v1/workflows/999/schedules", &json!({"cron": "* * * * *"}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (404, "workflow_not_found"),
+        "{}",
+        r.body
+    );
+    let r = f.api.get("/v1/schedules/12345").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (404, "schedule_not_found"),
+        "{}",
+        r.body
+    );
+    let r = f.api.get("/v1/schedules/zero").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_id"),
+        "{}",
+        r.body
+    );
+
+    // A key that may write workflows but not queue sessions cannot queue
+    // them through a schedule, nor cancel them through one.
+    let writer = create_key(&f.scratch, "workflow.write session_queue.read");
+    let writer = Api::new(
+        &f.hub,
+        Some(token(&writer, "workflow.write session_queue.read")),
+    );
+    let r = writer.post(&path, &json!({"cron": "* * * * *"})).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "insufficient_scope"),
+        "{}",
+        r.body
+    );
+    assert!(r.message().contains("session_queue.write"), "{}", r.body);
+    let queuer = create_key(&f.scratch, "workflow.write session_queue.write");
+    let queuer = Api::new(
+        &f.hub,
+        Some(token(&queuer, "workflow.write session_queue.write")),
+    );
+    let r = queuer
+        .post(
+            &path,
+            &json!({"cron": "* * * * *", "overlap": "cancel_previous"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "insufficient_scope"),
+        "{}",
+        r.body
+    );
+    assert!(r.message().contains("session_queue.delete"), "{}", r.body);
+    let r = queuer
+        .post(&path, &json!({"cron": "* * * * *", "enabled": false}))
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(r.body["next_runs"], json!([]), "{}", r.body);
+}
