@@ -632,3 +632,145 @@ async fn schedules_refuse_bad_input_and_callers_without_the_scopes_their_runs_ne
     assert_eq!(r.status.as_u16(), 201, "{}", r.body);
     assert_eq!(r.body["next_runs"], json!([]), "{}", r.body);
 }
+
+/// `serve --metrics-listen`'s address, from the hub's log.
+async fn metrics_url(hub: &Hub) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = hub.stderr();
+        if let Some(line) = log.lines().find(|l| l.contains("metrics listening")) {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .unwrap_or_else(|| panic!("no addr= in {line}"));
+            return format!("http://{addr}/metrics");
+        }
+        assert!(Instant::now() < deadline, "no metrics listener: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One sample's value, by its name and labels as the text shows them.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_move_as_sessions_queue_and_run() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--metrics-listen", "127.0.0.1:0"]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let url = metrics_url(&hub).await;
+    let scrape = || async {
+        reqwest::get(&url)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("the text")
+    };
+    let yaml = "version: 1\nname: metered\nsteps:\n  - id: s\n    action: shell.run\n    with: {argv: [\"true\"]}\n";
+    let r = api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": yaml, "robot_labels": ["gpu"]}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let w = r.body["id"].as_i64().expect("id");
+    queue(&api, w, json!({})).await;
+    queue(&api, w, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let text = scrape().await;
+    assert_eq!(
+        sample(&text, "tasuki_hub_queue_depth{workflow=\"metered\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tasuki_hub_queue_depth_by_robot_label{label=\"gpu\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    let waited = sample(
+        &text,
+        "tasuki_hub_queue_oldest_wait_seconds{workflow=\"metered\"}",
+    );
+    assert!(waited.is_some_and(|s| s >= 1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "tasuki_hub_sessions{status=\"queued\",workflow=\"metered\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tasuki_hub_robots{state=\"idle\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    let posts = "tasuki_hub_api_requests_total{route=\"/v1/session_queues\",status=\"201\"}";
+    assert_eq!(sample(&text, posts), Some(2.0), "{text}");
+
+    // A robot with the label takes them.
+    let robot = Robot::new(scratch.dir.path(), "metered");
+    robot.register_ok(&hub, &key, &["--labels", "gpu"]);
+    let _agent = robot.start(&[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape().await;
+        if sample(
+            &text,
+            "tasuki_hub_sessions{status=\"success\",workflow=\"metered\"}",
+        ) == Some(2.0)
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sessions never succeeded: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        sample(&text, "tasuki_hub_queue_depth{workflow=\"metered\"}"),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tasuki_hub_robots{state=\"idle\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tasuki_hub_recent_pickups"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "tasuki_hub_recent_pickup_seconds{quantile=\"0.5\"}").is_some(),
+        "{text}"
+    );
+
+    // Past the quota (60 calls a minute for a key without robots).
+    let reader = create_key(&scratch, "session_queue.read");
+    let reader = Api::new(&hub, Some(token(&reader, "session_queue.read")));
+    let mut refused = false;
+    for _ in 0..70 {
+        refused |= reader.get("/v1/workflows").await.status.as_u16() == 429;
+    }
+    assert!(refused);
+    let text = scrape().await;
+    assert!(
+        sample(&text, "tasuki_hub_quota_refusals_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+}

@@ -8,6 +8,7 @@ mod dispatch;
 mod keys;
 mod listener;
 mod log_escape;
+mod metrics;
 mod peer_limit;
 mod peers;
 mod robots;
@@ -37,6 +38,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; `serve`'s many options make it the large one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API.
@@ -78,6 +81,10 @@ enum Command {
               default_value_t = schedule::MISSED_AFTER.as_secs(),
               value_parser = clap::value_parser!(u64).range(1..=86_400))]
         schedule_missed_after_seconds: u64,
+        /// Serve Prometheus metrics at /metrics on this address (off unless
+        /// given; a loopback or private address: they name workflows).
+        #[arg(long, env = "TASUKI_HUB_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         edge: EdgeArgs,
         #[command(flatten)]
@@ -257,6 +264,7 @@ fn main() -> ExitCode {
             hold_seconds,
             lease_ttl_seconds,
             schedule_missed_after_seconds,
+            metrics_listen,
             edge,
             session_limits,
         } => run(serve::serve(serve::ServeOptions {
@@ -271,6 +279,7 @@ fn main() -> ExitCode {
                 lease_ttl_seconds,
             },
             schedule_missed_after: std::time::Duration::from_secs(schedule_missed_after_seconds),
+            metrics_listen,
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub timings: api::Timings,
     /// A schedule's run later than this was missed.
     pub schedule_missed_after: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub edge: EdgeLimits,
     /// The allowance of a request body (api/body_deadline.rs).
     pub body_timeout: Duration,
@@ -75,6 +77,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .context("listening to the other hubs of the database")?;
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let scheduler = tokio::spawn(crate::schedule::run(hub.clone()));
+    if let Some(addr) = opts.metrics_listen {
+        let bound = crate::metrics::serve(addr, hub.clone()).await?;
+        tracing::info!(addr = %bound, "metrics listening");
+    }
     let seen_marker = listener_task
         .is_some()
         .then(|| tokio::spawn(crate::peers::mark_waiting_robots_seen(hub.clone())));

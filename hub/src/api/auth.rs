@@ -228,10 +228,7 @@ async fn authenticate(
         ApiError::unauthorized("invalid_claim", format!("the token's `scopes` claim: {e}"))
     })?;
     if metering == Metering::Counted {
-        hub.quota
-            .check(&hub.db, &key_id, material.robots)
-            .await
-            .map_err(|e| rate_limited(e, material.robots, hub.quota.per_robot()))?;
+        count_call(hub, &key_id, material.robots).await?;
     }
     Ok(Caller {
         key_id,
@@ -247,7 +244,16 @@ pub fn unknown_key(key_id: &str) -> ApiError {
     )
 }
 
-pub fn rate_limited(e: quota::Exceeded, robots: u64, per_robot: u64) -> ApiError {
+/// Counts one public API call of `key_id` (which has registered
+/// `robots`) against its quota, or refuses it with 429.
+pub async fn count_call(hub: &Hub, key_id: &str, robots: u64) -> Result<(), ApiError> {
+    hub.quota.check(&hub.db, key_id, robots).await.map_err(|e| {
+        hub.metrics.quota_refusals.inc();
+        rate_limited(e, robots, hub.quota.per_robot())
+    })
+}
+
+fn rate_limited(e: quota::Exceeded, robots: u64, per_robot: u64) -> ApiError {
     let mut err = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",

@@ -13,7 +13,7 @@ mod params;
 mod query;
 mod quota;
 mod robot;
-mod robots;
+pub(crate) mod robots;
 mod schedules;
 mod search;
 mod session_limits;
@@ -73,6 +73,8 @@ pub struct Hub {
     pub schedule_missed_after: Duration,
     /// Told whenever a session ends on this hub (for `?wait=`).
     pub session_ended: tokio::sync::Notify,
+    /// This process's counters for `/metrics`.
+    pub metrics: crate::metrics::Counters,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -136,6 +138,7 @@ impl Hub {
             schedules_wake: Default::default(),
             schedule_missed_after: crate::schedule::MISSED_AFTER,
             session_ended: tokio::sync::Notify::new(),
+            metrics: Default::default(),
         }
     }
 
@@ -220,6 +223,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())
+        .route_layer(middleware::from_fn_with_state(
+            hub.clone(),
+            crate::metrics::count_request,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))

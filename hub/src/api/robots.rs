@@ -33,6 +33,23 @@ fn online(contact: Contact, last_seen_ms: Option<i64>, now_ms: i64) -> bool {
             .any(|t| now_ms - t < OFFLINE_AFTER_MS)
 }
 
+/// A robot's state at `now_ms`, as `GET /v1/robots` and `/metrics` say it.
+pub fn state_of(
+    hub: &Hub,
+    robot_id: i64,
+    last_seen_ms: Option<i64>,
+    running: bool,
+    now_ms: i64,
+) -> RobotState {
+    if !online(hub.dispatch.contact(robot_id), last_seen_ms, now_ms) {
+        RobotState::Offline
+    } else if running {
+        RobotState::Busy
+    } else {
+        RobotState::Idle
+    }
+}
+
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
@@ -53,13 +70,7 @@ pub async fn list(
         .map(|r| {
             let running_sessions = by_robot.remove(&r.id).unwrap_or_default();
             let last_seen = r.last_seen_at.map(|t| t.as_millisecond());
-            let state = if !online(hub.dispatch.contact(r.id), last_seen, now) {
-                RobotState::Offline
-            } else if running_sessions.is_empty() {
-                RobotState::Idle
-            } else {
-                RobotState::Busy
-            };
+            let state = state_of(&hub, r.id, last_seen, !running_sessions.is_empty(), now);
             RobotItem {
                 id: r.id,
                 name: r.name,

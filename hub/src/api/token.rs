@@ -76,10 +76,7 @@ async fn issue(hub: &Hub, req: &TokenRequest) -> Result<TokenResponse, ApiError>
             ),
         ));
     }
-    hub.quota
-        .check(&hub.db, &req.access_key_id, key.robots)
-        .await
-        .map_err(|e| auth::rate_limited(e, key.robots, hub.quota.per_robot()))?;
+    auth::count_call(hub, &req.access_key_id, key.robots).await?;
     if !key.scopes.contains(Scope::AccessTokenCreate) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -219,7 +219,7 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 11: schedules (db/schedules.rs), and where a session the hub queued
     // itself came from: a schedule's run due at `scheduled_for`, or a
-    // re-run of another session.
+    // re-run of another session; sessions by start time (/metrics).
     r#"
     CREATE TABLE schedules (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -249,6 +249,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE session_queues ADD COLUMN rerun_of INTEGER;
     CREATE INDEX session_queues_schedule ON session_queues (schedule_id)
         WHERE schedule_id IS NOT NULL;
+    -- /metrics reads the pickups of the last minutes.
+    CREATE INDEX session_queues_started ON session_queues (started_at)
+        WHERE started_at IS NOT NULL;
     "#,
 ];
 
@@ -430,6 +433,9 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE session_queues ADD COLUMN rerun_of BIGINT;
     CREATE INDEX session_queues_schedule ON session_queues (schedule_id)
         WHERE schedule_id IS NOT NULL;
+    -- /metrics reads the pickups of the last minutes.
+    CREATE INDEX session_queues_started ON session_queues (started_at)
+        WHERE started_at IS NOT NULL;
     "#,
     ),
 ];

@@ -20,6 +20,7 @@ pub mod artifacts;
 pub mod keys;
 pub mod leases;
 pub mod logs;
+pub mod metrics;
 pub mod robots;
 pub mod schedules;
 pub mod secret_params;
