@@ -1,7 +1,8 @@
 # Sourced by test.sh: makes sure every tool the tests start is there,
 # installing the missing ones with apt-get when running as root on Debian or
 # Ubuntu (as scripts/need-browser.sh does for Chromium), and otherwise
-# naming the exact command. Each entry is "command:Debian package:why".
+# naming the exact command. Each entry is "command:Debian package:why"; a
+# command that starts with / is a file that must exist.
 test_tools=(
     "cc:build-essential:crates that compile C"
     "openssl:openssl:the AUTORO signing recipe and the TLS tests' certificates"
@@ -10,8 +11,14 @@ test_tools=(
     "python3:python3:steps in the confinement tests"
     "mount:mount:the full-disk fault test's small tmpfs"
     "systemd-analyze:systemd:systemd-analyze verify of the rendered units"
+    "/usr/share/zoneinfo/Europe/Berlin:tzdata:schedules in a time zone (the hub reads the system's zones)"
 )
-have() { command -v "$1" >/dev/null 2>&1; }
+have() {
+    case "$1" in
+        /*) [ -e "$1" ] ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
 missing_tools=()
 missing_packages=()
 for entry in "${test_tools[@]}"; do
