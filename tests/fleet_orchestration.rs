@@ -774,3 +774,145 @@ async fn the_metrics_move_as_sessions_queue_and_run() {
         "{text}"
     );
 }
+
+/// A workflow with an error handler, by id; its sessions end in error.
+async fn upload(api: &Api, yaml: &str, handler: Option<i64>) -> Reply {
+    let mut body = json!({ "yaml": yaml });
+    if let Some(handler) = handler {
+        body["error_handler_workflow_id"] = json!(handler);
+    }
+    api.post("/v1/workflows", &body).await
+}
+
+fn failing(name: &str) -> String {
+    format!(
+        "version: 1\nname: {name}\nparams:\n  token: {{secret: true, default: none}}\nsteps:\n  - id: fail\n    action: shell.run\n    with: {{argv: [sh, -c, \"exit 3\"]}}\n"
+    )
+}
+
+/// The session that handles `failed`, once the hub has queued it.
+async fn handler_of(api: &Api, failed: i64, limit: Duration) -> Option<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = api.get("/v1/session_queues?per_page=50").await;
+        let found = r.body["session_queues"]
+            .as_array()
+            .expect("session_queues")
+            .iter()
+            .find(|s| s["origin"] == json!({"type": "error_handler", "session_id": failed}))
+            .cloned();
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_queues_its_error_handler_once_and_handlers_do_not_chain() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "handler");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let handler_yaml = "version: 1
+name: on-failure
+params:
+  failed_session_id: {default: 0}
+  error_code: {default: \"\"}
+  failed_params: {default: {}}
+steps:
+  - id: note
+    action: shell.run
+    with: {argv: [\"true\"]}
+";
+    let r = upload(&f.api, handler_yaml, None).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let handler = r.body["id"].as_i64().expect("id");
+
+    // A handler that itself fails, whose own handler is `handler`.
+    let r = upload(&f.api, &failing("failing-handler"), Some(handler)).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(r.body["error_handler_workflow_id"], handler, "{}", r.body);
+    let failing_handler = r.body["id"].as_i64().expect("id");
+    let r = upload(&f.api, &failing("fails"), Some(failing_handler)).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let fails = r.body["id"].as_i64().expect("id");
+
+    // A session of `failing-handler` run directly: its handler runs with
+    // the failure's details, the secret as ***.
+    let direct = queue(&f.api, failing_handler, json!({"token": "t0ps3cret"})).await;
+    let done = finished(&f.api, direct, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let handled = handler_of(&f.api, direct, Duration::from_secs(15))
+        .await
+        .expect("the handler was not queued");
+    assert_eq!(
+        handled["params"],
+        json!({
+            "failed_session_id": direct,
+            "error_code": done["error"]["code"],
+            "failed_params": {"token": "***"},
+        }),
+        "{handled}"
+    );
+    let handled_done = finished(
+        &f.api,
+        handled["id"].as_i64().expect("id"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(handled_done["status"], "success", "{handled_done}");
+    assert!(!handled_done.to_string().contains("t0ps3cret"));
+
+    // `fails` → its handler `failing-handler` runs and fails → no handler
+    // for a handler's failure.
+    let first = queue(&f.api, fails, json!({})).await;
+    finished(&f.api, first, Duration::from_secs(30)).await;
+    let as_handler = handler_of(&f.api, first, Duration::from_secs(15))
+        .await
+        .expect("the handler was not queued");
+    assert_eq!(as_handler["workflow"]["id"], failing_handler);
+    let as_handler_id = as_handler["id"].as_i64().expect("id");
+    let done = finished(&f.api, as_handler_id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    assert!(
+        handler_of(&f.api, as_handler_id, Duration::from_secs(3))
+            .await
+            .is_none(),
+        "a handler's failure queued another handler"
+    );
+    // Exactly one handler for each failure.
+    let r = f.api.get("/v1/session_queues?per_page=50").await;
+    let handlers_of_first = r.body["session_queues"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|s| s["origin"]["session_id"] == first)
+        .count();
+    assert_eq!(handlers_of_first, 1);
+
+    // Refused: no such handler; a handler that requires another param.
+    let r = upload(&f.api, &failing("orphan"), Some(9_999)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_field"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"],
+        "error_handler_workflow_id"
+    );
+    let needy = "version: 1\nname: needy\nparams:\n  customer: {}\nsteps:\n  - id: s\n    action: shell.run\n    with: {argv: [\"true\"]}\n";
+    let needy = upload(&f.api, needy, None).await.body["id"]
+        .as_i64()
+        .expect("id");
+    let r = upload(&f.api, &failing("picky"), Some(needy)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_field"),
+        "{}",
+        r.body
+    );
+    assert!(r.message().contains("customer"), "{}", r.body);
+}

@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Hub};
-use crate::db::{leases, now_ms, secret_params};
+use crate::db::{error_handlers, leases, now_ms, secret_params};
 use crate::listener::{EdgeLimits, Server};
 use crate::store;
 use crate::tls::{ReloadableTls, TlsFiles};
@@ -195,6 +195,36 @@ async fn sweep_leases(hub: Arc<Hub>) {
             }
             Err(e) => tracing::error!(error = %e, "sweeping leases"),
         }
+        queue_error_handlers(&hub).await;
+    }
+}
+
+/// Queues the error-handler workflows of sessions that failed since the
+/// last look (db/error_handlers.rs), and offers them to the robots.
+async fn queue_error_handlers(hub: &Arc<Hub>) {
+    let offering = hub.clone();
+    let result = hub
+        .db
+        .call(move |conn| {
+            let now = now_ms();
+            let queued = error_handlers::queue_due(conn, &offering.master, now)?;
+            for &(_, handler) in &queued {
+                api::sessions::offer(conn, &offering, handler, now);
+            }
+            Ok(queued)
+        })
+        .await;
+    match result {
+        Ok(queued) => {
+            for (failed, handler) in queued {
+                tracing::info!(
+                    session_queue_id = handler,
+                    handles = failed,
+                    "queued the error handler of a failed session"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "queueing error handlers"),
     }
 }
 

@@ -166,6 +166,8 @@ pub enum SessionOrigin {
     },
     /// `POST /v1/session_queues/{id}/rerun` of session `session_id`.
     Rerun { session_id: i64 },
+    /// The error handler of session `session_id`, which ended in error.
+    ErrorHandler { session_id: i64 },
 }
 
 /// `POST /v1/session_queues`.

@@ -57,6 +57,10 @@ pub struct CreateWorkflow {
     /// sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robot_labels: Option<Vec<String>>,
+    /// A workflow queued when one of this workflow's sessions ends in
+    /// error, with the failure's details as params (hub/README.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_handler_workflow_id: Option<i64>,
 }
 
 impl CreateWorkflow {

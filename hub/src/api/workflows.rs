@@ -14,10 +14,11 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::fleet_actions;
 use super::query::{QueryParams, page};
+use super::{fleet_actions, params};
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
-use crate::db::{now_ms, robots};
+use crate::db::{error_handlers, now_ms, robots};
+use serde_json::json;
 
 const DEFAULT_PER_PAGE: i64 = 300;
 const MAX_PER_PAGE: i64 = 1000;
@@ -100,6 +101,9 @@ pub async fn create(
             ),
         ])));
     }
+    if let Some(handler) = req.error_handler_workflow_id {
+        check_handler(&hub, handler).await?;
+    }
     let new = NewWorkflow {
         description: req
             .description
@@ -113,6 +117,7 @@ pub async fn create(
         workflow_robots,
         required_actions: workflow.actions_used(),
         robot_labels,
+        error_handler_workflow_id: req.error_handler_workflow_id,
     };
     let item = hub
         .db
@@ -120,6 +125,42 @@ pub async fn create(
         .await?;
     tracing::info!(workflow_id = item.id, name = %item.name, key_id = %caller.key_id, "workflow registered");
     Ok((StatusCode::CREATED, Json(item)))
+}
+
+/// An error handler must exist and take the params a failure gives it
+/// (`db/error_handlers.rs`): any it requires must be among them, with
+/// their types.
+async fn check_handler(hub: &Hub, handler: i64) -> Result<(), ApiError> {
+    let field = "error_handler_workflow_id";
+    let Some(workflow) = hub
+        .db
+        .call(move |conn| workflows::params_of(conn, handler))
+        .await?
+    else {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("there is no workflow {handler}"),
+        ));
+    };
+    let sample = error_handlers::details(1, 1, "w", "code", "message", json!({}));
+    let given = error_handlers::given(&workflow.params, &sample);
+    params::check(&workflow.name, &workflow.params, &given).map_err(|problems| {
+        ApiError::invalid_field(
+            field,
+            format!(
+                "workflow {handler} (`{}`) cannot handle errors: a handler is given only \
+                 failed_session_id, failed_workflow_id, failed_workflow_name, error_code, \
+                 error_message and failed_params, and {}",
+                workflow.name,
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        )
+    })?;
+    Ok(())
 }
 
 pub async fn list(

@@ -687,6 +687,7 @@ mod tests {
                 workflow_robots: needs.pins.clone(),
                 required_actions: needs.actions.clone(),
                 robot_labels: needs.labels.clone(),
+                error_handler_workflow_id: None,
             },
             0,
         )

@@ -247,6 +247,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE session_queues ADD COLUMN schedule_id INTEGER;
     ALTER TABLE session_queues ADD COLUMN scheduled_for INTEGER;
     ALTER TABLE session_queues ADD COLUMN rerun_of INTEGER;
+    -- A failed session's error handler (db/error_handlers.rs): the
+    -- workflow queued when one of this workflow's sessions ends in error,
+    -- the handler's session a failed one got, and the failed session a
+    -- handler's session handles.
+    ALTER TABLE workflows ADD COLUMN error_handler_workflow_id INTEGER;
+    ALTER TABLE session_queues ADD COLUMN handler_session INTEGER;
+    ALTER TABLE session_queues ADD COLUMN handles_session INTEGER;
+    CREATE INDEX session_queues_failed ON session_queues (ended_at) WHERE status = 'error';
     CREATE INDEX session_queues_schedule ON session_queues (schedule_id)
         WHERE schedule_id IS NOT NULL;
     -- /metrics reads the pickups of the last minutes.
@@ -431,6 +439,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE session_queues ADD COLUMN schedule_id BIGINT;
     ALTER TABLE session_queues ADD COLUMN scheduled_for BIGINT;
     ALTER TABLE session_queues ADD COLUMN rerun_of BIGINT;
+    ALTER TABLE workflows ADD COLUMN error_handler_workflow_id BIGINT;
+    ALTER TABLE session_queues ADD COLUMN handler_session BIGINT;
+    ALTER TABLE session_queues ADD COLUMN handles_session BIGINT;
+    CREATE INDEX session_queues_failed ON session_queues (ended_at) WHERE status = 'error';
     CREATE INDEX session_queues_schedule ON session_queues (schedule_id)
         WHERE schedule_id IS NOT NULL;
     -- /metrics reads the pickups of the last minutes.

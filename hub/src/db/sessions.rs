@@ -34,7 +34,8 @@ pub struct Filter {
 const SELECT: &str = "
     SELECT s.id, s.status, s.params, s.secret_params, s.created_at, s.started_at,
            s.ended_at, s.cancel_requested_at, s.steps, s.error, s.outputs,
-           w.id, w.name, r.id, r.name, s.schedule_id, s.scheduled_for, s.rerun_of
+           w.id, w.name, r.id, r.name, s.schedule_id, s.scheduled_for, s.rerun_of,
+           s.handles_session
     FROM session_queues s
     JOIN workflows w ON w.id = s.workflow_id
     LEFT JOIN robots r ON r.id = s.robot_id";
@@ -55,19 +56,24 @@ pub fn insert(
         .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
     // The sealed values name the row's id, known only once it is inserted:
     // one transaction, so that no row is ever seen without them.
-    let (schedule_id, scheduled_for, rerun_of) = match &s.origin {
-        None => (None, None, None),
+    let (mut schedule_id, mut scheduled_for, mut rerun_of, mut handles) = (None, None, None, None);
+    match &s.origin {
+        None => {}
         Some(SessionOrigin::Schedule {
-            schedule_id,
+            schedule_id: id,
             due_at,
-        }) => (Some(*schedule_id), Some(due_at.as_millisecond()), None),
-        Some(SessionOrigin::Rerun { session_id }) => (None, None, Some(*session_id)),
-    };
+        }) => {
+            schedule_id = Some(*id);
+            scheduled_for = Some(due_at.as_millisecond());
+        }
+        Some(SessionOrigin::Rerun { session_id }) => rerun_of = Some(*session_id),
+        Some(SessionOrigin::ErrorHandler { session_id }) => handles = Some(*session_id),
+    }
     conn.transaction(|tx| {
         let id: i64 = tx.row(
             "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at,
-                                         schedule_id, scheduled_for, rerun_of)
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7)
+                                         schedule_id, scheduled_for, rerun_of, handles_session)
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              RETURNING id",
             params![
                 s.workflow_id,
@@ -76,7 +82,8 @@ pub fn insert(
                 now_ms,
                 schedule_id,
                 scheduled_for,
-                rerun_of
+                rerun_of,
+                handles
             ],
             |r| r.get(0),
         )?;
@@ -231,12 +238,14 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
         r.get::<Option<i64>>(15)?,
         r.get::<Option<i64>>(16)?,
         r.get::<Option<i64>>(17)?,
+        r.get::<Option<i64>>(18)?,
     ) {
-        (Some(schedule_id), Some(due_at), _) => Some(SessionOrigin::Schedule {
+        (Some(schedule_id), Some(due_at), _, _) => Some(SessionOrigin::Schedule {
             schedule_id,
             due_at: to_timestamp(due_at)?,
         }),
-        (_, _, Some(session_id)) => Some(SessionOrigin::Rerun { session_id }),
+        (_, _, Some(session_id), _) => Some(SessionOrigin::Rerun { session_id }),
+        (_, _, _, Some(session_id)) => Some(SessionOrigin::ErrorHandler { session_id }),
         _ => None,
     };
     {
@@ -293,6 +302,7 @@ mod tests {
                 workflow_robots: Vec::new(),
                 required_actions: Vec::new(),
                 robot_labels: Vec::new(),
+                error_handler_workflow_id: None,
             },
             0,
         )

@@ -32,6 +32,8 @@ pub struct NewWorkflow {
     pub required_actions: Vec<String>,
     /// Labels a robot must carry, every one, to run its sessions.
     pub robot_labels: Vec<String>,
+    /// Queued when one of its sessions ends in error (`error_handlers.rs`).
+    pub error_handler_workflow_id: Option<i64>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -56,8 +58,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
     let id: i64 = conn.row(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at, required_actions,
-                                robot_labels)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                                robot_labels, error_handler_workflow_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          RETURNING id",
         params![
             w.name,
@@ -69,7 +71,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             robots,
             now_ms,
             actions,
-            labels
+            labels,
+            w.error_handler_workflow_id
         ],
         |r| r.get(0),
     )?;
@@ -80,6 +83,7 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
         w.single_process_mode,
         w.workflow_robots.clone(),
         w.robot_labels.clone(),
+        w.error_handler_workflow_id,
     ))
 }
 
@@ -90,6 +94,7 @@ fn item(
     single_process_mode: bool,
     workflow_robots: Vec<String>,
     robot_labels: Vec<String>,
+    error_handler_workflow_id: Option<i64>,
 ) -> WorkflowItem {
     WorkflowItem {
         id,
@@ -99,7 +104,7 @@ fn item(
         debug_mode: false,
         robot_type: ROBOT_TYPE.into(),
         single_process_mode,
-        error_handler_workflow_id: None,
+        error_handler_workflow_id,
         color: COLOR.into(),
         receiver_infos: String::new(),
         workflow_robots,
@@ -115,7 +120,8 @@ pub fn list(
 ) -> Result<(Vec<WorkflowItem>, u64), DbError> {
     let total = conn.count("SELECT COUNT(*) FROM workflows", params![])?;
     let rows = conn.rows(
-        "SELECT id, name, description, single_process_mode, workflow_robots, robot_labels
+        "SELECT id, name, description, single_process_mode, workflow_robots, robot_labels,
+                error_handler_workflow_id
          FROM workflows ORDER BY id LIMIT ?1 OFFSET ?2",
         params![limit, offset],
         |r| {
@@ -126,14 +132,15 @@ pub fn list(
                 r.get::<bool>(3)?,
                 r.get::<String>(4)?,
                 r.get::<String>(5)?,
+                r.get::<Option<i64>>(6)?,
             ))
         },
     )?;
     let mut items = Vec::new();
-    for (id, name, description, spm, robots, labels) in rows {
+    for (id, name, description, spm, robots, labels, handler) in rows {
         let robots = parse_json(&format!("workflow {id}: workflow_robots"), &robots)?;
         let labels = parse_json(&format!("workflow {id}: robot_labels"), &labels)?;
-        items.push(item(id, name, description, spm, robots, labels));
+        items.push(item(id, name, description, spm, robots, labels, handler));
     }
     Ok((items, total))
 }
