@@ -916,3 +916,215 @@ steps:
     );
     assert!(r.message().contains("customer"), "{}", r.body);
 }
+
+/// `Tasuki-Signature` for `body` at unix time `t`.
+fn signed(secret: &str, t: i64, body: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, format!("{t}.{body}").as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},v1={hex}")
+}
+
+async fn deliver(api: &Api, path: &str, signature: Option<&str>, body: &str) -> Reply {
+    let mut r = api
+        .http
+        .post(format!("{}{path}", api.base))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(signature) = signature {
+        r = r.header("Tasuki-Signature", signature);
+    }
+    api.send(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_queues_a_session_with_mapped_params_once() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "hooked");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let yaml = "version: 1
+name: hooked
+params:
+  customer: {default: nobody}
+  token: {secret: true}
+steps:
+  - id: check
+    action: shell.run
+    with:
+      shell: sh
+      env: {C: \"${params.customer}\", T: \"${params.token}\"}
+      script: test \"$C\" = c-42 && test \"$T\" = t0k3n
+";
+    let w = workflow(&f.api, yaml, &[]).await;
+    let r = f
+        .api
+        .post(
+            &format!("/v1/workflows/{w}/triggers"),
+            &json!({"params_mapping": {"customer": "/data/customer/id", "token": "/auth/token"}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let secret = r.body["secret"]
+        .as_str()
+        .expect("the secret, once")
+        .to_string();
+    let path = r.body["path"].as_str().expect("path").to_string();
+    // Listed without its secret.
+    let listed = f.api.get(&format!("/v1/workflows/{w}/triggers")).await;
+    assert!(
+        listed.body["triggers"][0].get("secret").is_none(),
+        "{}",
+        listed.body
+    );
+    assert!(!listed.body.to_string().contains(&secret));
+
+    let anon = Api::new(&f.hub, None);
+    let now = jiff::Timestamp::now().as_second();
+    let body = r#"{"data": {"customer": {"id": "c-42"}}, "auth": {"token": "t0k3n"}}"#;
+    let signature = signed(&secret, now, body);
+    let r = deliver(&anon, &path, Some(&signature), body).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(
+        r.body["params"],
+        json!({"customer": "c-42", "token": "***"}),
+        "{}",
+        r.body
+    );
+    let trigger_id = r.body["origin"]["trigger_id"].as_i64().expect("origin");
+    assert_eq!(r.body["origin"]["type"], "trigger");
+    assert!(path.ends_with(&format!("/{trigger_id}")));
+    let done = finished(
+        &f.api,
+        r.body["id"].as_i64().expect("id"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        done["status"], "success",
+        "the mapped params did not arrive: {done}"
+    );
+
+    // The same request again: taken once.
+    let r = deliver(&anon, &path, Some(&signature), body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "replayed"),
+        "{}",
+        r.body
+    );
+    // Sent twice at once: one session.
+    let twice = signed(&secret, now + 1, body);
+    let (a, b) = tokio::join!(
+        deliver(&anon, &path, Some(&twice), body),
+        deliver(&anon, &path, Some(&twice), body)
+    );
+    let mut codes = [a.status.as_u16(), b.status.as_u16()];
+    codes.sort();
+    assert_eq!(codes, [201, 409], "{} / {}", a.body, b.body);
+
+    // Refusals, each naming what is wrong.
+    let r = deliver(
+        &anon,
+        &path,
+        Some(&signed("not-the-secret", now, body)),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "invalid_signature"),
+        "{}",
+        r.body
+    );
+    let r = deliver(&anon, &path, Some(&signed(&secret, now - 600, body)), body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "stale_signature"),
+        "{}",
+        r.body
+    );
+    let r = deliver(&anon, &path, None, body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_signature_header"),
+        "{}",
+        r.body
+    );
+    let r = deliver(&anon, &path, Some("t=1,v1=zz"), body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_signature_header"),
+        "{}",
+        r.body
+    );
+    let r = deliver(&anon, "/v1/triggers/9999", Some(&signature), body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "unknown_trigger"),
+        "{}",
+        r.body
+    );
+    // A body without the secret param: the params check names it, and the
+    // request may be sent again once fixed (its signature was not taken).
+    let lacking = r#"{"data": {"customer": {"id": "c-42"}}}"#;
+    let r = deliver(
+        &anon,
+        &path,
+        Some(&signed(&secret, now + 2, lacking)),
+        lacking,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_params"),
+        "{}",
+        r.body
+    );
+    assert!(r.message().contains("token"), "{}", r.body);
+    let r = deliver(
+        &anon,
+        &path,
+        Some(&signed(&secret, now + 2, "not json")),
+        "not json",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_json"),
+        "{}",
+        r.body
+    );
+
+    // Bad mappings when it is made.
+    for (mapping, says) in [
+        (json!({"nobody": "/x"}), "declares no param"),
+        (json!({"customer": "x"}), "JSON Pointer"),
+        (json!({"customer": 3}), "JSON Pointer"),
+    ] {
+        let r = f
+            .api
+            .post(
+                &format!("/v1/workflows/{w}/triggers"),
+                &json!({"params_mapping": mapping}),
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, "invalid_field"),
+            "{}",
+            r.body
+        );
+        assert!(r.message().contains(says), "{}", r.body);
+    }
+    // Deleted: refused as unknown.
+    let r = f.api.delete(&path).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.body);
+    let r = deliver(&anon, &path, Some(&signed(&secret, now + 3, body)), body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "unknown_trigger"),
+        "{}",
+        r.body
+    );
+}

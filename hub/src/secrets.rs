@@ -244,7 +244,7 @@ pub fn new_lease_id() -> Result<String, SealError> {
     Ok(encode_hex(&bytes))
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
+pub fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -27,7 +27,10 @@ pub use robot::{
     LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList,
     RobotRegistered, RobotState, StepsStored, StepsUpdate,
 };
-pub use schedule::{CreateSchedule, Missed, Overlap, Schedule, ScheduleList, ScheduleOutcome};
+pub use schedule::{
+    CreateSchedule, CreateTrigger, Missed, Overlap, Schedule, ScheduleList, ScheduleOutcome,
+    Trigger, TriggerList,
+};
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{
     CreateSessionQueue, RerunSessionQueue, RobotRef, SessionError, SessionOrigin, SessionQueue,

@@ -1,5 +1,6 @@
-//! Schedules: a workflow's sessions queued by the hub at the times a cron
-//! expression names (hub/README.md, "Schedules").
+//! Schedules (a workflow's sessions queued by the hub at the times a cron
+//! expression names) and webhook triggers (queued by signed requests):
+//! hub/README.md, "Schedules" and "Webhook triggers".
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -100,4 +101,34 @@ pub struct Schedule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleList {
     pub schedules: Vec<Schedule>,
+}
+
+/// `POST /v1/workflows/{id}/triggers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTrigger {
+    /// Param name → a JSON Pointer (RFC 6901) into the request's body:
+    /// `{"customer": "/data/customer/id"}`; `""` is the whole body.
+    #[serde(default)]
+    pub params_mapping: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub id: i64,
+    pub workflow_id: i64,
+    /// Where to send signed requests, on this hub.
+    pub path: String,
+    pub params_mapping: Map<String, Value>,
+    /// The signing secret: in the answer that made the trigger only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(with = "crate::time::millis")]
+    pub created_at: Timestamp,
+}
+
+/// `GET /v1/workflows/{id}/triggers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerList {
+    pub triggers: Vec<Trigger>,
 }

@@ -168,6 +168,8 @@ pub enum SessionOrigin {
     Rerun { session_id: i64 },
     /// The error handler of session `session_id`, which ended in error.
     ErrorHandler { session_id: i64 },
+    /// A signed request to webhook trigger `trigger_id`.
+    Trigger { trigger_id: i64 },
 }
 
 /// `POST /v1/session_queues`.

@@ -19,6 +19,7 @@ mod search;
 mod session_limits;
 pub(crate) mod sessions;
 mod token;
+mod triggers;
 mod workflows;
 
 use std::sync::Arc;
@@ -220,6 +221,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/v1/schedules/{id}/resume",
             axum::routing::post(schedules::resume),
+        )
+        .route(
+            "/v1/workflows/{id}/triggers",
+            get(triggers::list).post(triggers::create),
+        )
+        .route(
+            "/v1/triggers/{id}",
+            axum::routing::post(triggers::deliver).delete(triggers::delete),
         )
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())

@@ -102,6 +102,16 @@ pub fn page(
 }
 
 /// A positive id from the URL path.
+/// The id in a route's `{id}`, a `what` id.
+pub fn id_in(
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let axum::extract::Path(text) =
+        path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
+    path_id(what, &text)
+}
+
 pub fn path_id(what: &str, text: &str) -> Result<i64, ApiError> {
     match text.parse::<i64>() {
         Ok(id) if id > 0 => Ok(id),

@@ -17,7 +17,7 @@ use super::Hub;
 use super::auth::{Authorized, Caller, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::path_id;
+use super::query::id_in;
 use super::sessions::checked_session;
 use crate::db::schedules::{self, NewSchedule, StoredSchedule};
 use crate::db::{DbError, now_ms, to_timestamp};
@@ -230,11 +230,6 @@ fn shown(s: StoredSchedule) -> Result<Schedule, ApiError> {
         last_session_id: s.last_session_id,
         created_at: to_timestamp(s.created_at)?,
     })
-}
-
-fn id_in(path: Result<Path<String>, PathRejection>, what: &str) -> Result<i64, ApiError> {
-    let Path(text) = path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
-    path_id(what, &text)
 }
 
 fn not_found(id: i64) -> ApiError {

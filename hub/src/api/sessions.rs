@@ -16,7 +16,7 @@ use tasuki_protocol::{
 use super::auth::{Authorized, need};
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
-use super::query::{QueryParams, page, path_id, shorten};
+use super::query::{QueryParams, id_in, page, path_id, shorten};
 use super::{Hub, params, search};
 use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
@@ -461,8 +461,7 @@ pub async fn artifact(
 }
 
 fn session_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
-    let Path(text) = path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
-    path_id("session queue", &text)
+    id_in(path, "session queue")
 }
 
 fn session_not_found(id: i64) -> ApiError {

@@ -26,6 +26,7 @@ pub mod robots;
 pub mod schedules;
 pub mod secret_params;
 pub mod sessions;
+pub mod triggers;
 pub mod workflows;
 
 use std::fmt;

@@ -35,7 +35,7 @@ const SELECT: &str = "
     SELECT s.id, s.status, s.params, s.secret_params, s.created_at, s.started_at,
            s.ended_at, s.cancel_requested_at, s.steps, s.error, s.outputs,
            w.id, w.name, r.id, r.name, s.schedule_id, s.scheduled_for, s.rerun_of,
-           s.handles_session
+           s.handles_session, s.trigger_id
     FROM session_queues s
     JOIN workflows w ON w.id = s.workflow_id
     LEFT JOIN robots r ON r.id = s.robot_id";
@@ -56,7 +56,8 @@ pub fn insert(
         .map_err(|e| DbError::Corrupt(format!("secret params: {e}")))?;
     // The sealed values name the row's id, known only once it is inserted:
     // one transaction, so that no row is ever seen without them.
-    let (mut schedule_id, mut scheduled_for, mut rerun_of, mut handles) = (None, None, None, None);
+    let (mut schedule_id, mut scheduled_for, mut rerun_of, mut handles, mut trigger_id) =
+        (None, None, None, None, None);
     match &s.origin {
         None => {}
         Some(SessionOrigin::Schedule {
@@ -68,12 +69,14 @@ pub fn insert(
         }
         Some(SessionOrigin::Rerun { session_id }) => rerun_of = Some(*session_id),
         Some(SessionOrigin::ErrorHandler { session_id }) => handles = Some(*session_id),
+        Some(SessionOrigin::Trigger { trigger_id: id }) => trigger_id = Some(*id),
     }
     conn.transaction(|tx| {
         let id: i64 = tx.row(
             "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at,
-                                         schedule_id, scheduled_for, rerun_of, handles_session)
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                         schedule_id, scheduled_for, rerun_of, handles_session,
+                                         trigger_id)
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              RETURNING id",
             params![
                 s.workflow_id,
@@ -83,7 +86,8 @@ pub fn insert(
                 schedule_id,
                 scheduled_for,
                 rerun_of,
-                handles
+                handles,
+                trigger_id
             ],
             |r| r.get(0),
         )?;
@@ -239,13 +243,15 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
         r.get::<Option<i64>>(16)?,
         r.get::<Option<i64>>(17)?,
         r.get::<Option<i64>>(18)?,
+        r.get::<Option<i64>>(19)?,
     ) {
-        (Some(schedule_id), Some(due_at), _, _) => Some(SessionOrigin::Schedule {
+        (Some(schedule_id), Some(due_at), _, _, _) => Some(SessionOrigin::Schedule {
             schedule_id,
             due_at: to_timestamp(due_at)?,
         }),
-        (_, _, Some(session_id), _) => Some(SessionOrigin::Rerun { session_id }),
-        (_, _, _, Some(session_id)) => Some(SessionOrigin::ErrorHandler { session_id }),
+        (_, _, Some(session_id), _, _) => Some(SessionOrigin::Rerun { session_id }),
+        (_, _, _, Some(session_id), _) => Some(SessionOrigin::ErrorHandler { session_id }),
+        (_, _, _, _, Some(trigger_id)) => Some(SessionOrigin::Trigger { trigger_id }),
         _ => None,
     };
     {
