@@ -1128,3 +1128,242 @@ steps:
         r.body
     );
 }
+
+/// A receiver of notifications on loopback: records each request, and
+/// answers with the statuses it is given, then 200.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+}
+
+async fn receiver(statuses: Vec<u16>) -> Receiver {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Arc::default();
+    let answers = Arc::new(Mutex::new(statuses.into_iter()));
+    let app = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (got, answers) = (got.clone(), answers.clone());
+                async move {
+                    got.lock().unwrap().push((headers, body));
+                    let status = answers.lock().unwrap().next().unwrap_or(200);
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver {
+        url: format!("http://{addr}/hook"),
+        got,
+    }
+}
+
+async fn deliveries_of(api: &Api, id: i64) -> Vec<Value> {
+    let r = api.get(&format!("/v1/notifications/{id}/deliveries")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    r.body["deliveries"].as_array().expect("deliveries").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_arrive_signed_and_are_retried_after_a_receiver_error() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--quota-per-robot", "1000000", "--notify-private-addresses"],
+    );
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Robot::new(scratch.dir.path(), "notified");
+    robot.register_ok(&hub, &key, &[]);
+    let _agent = robot.start(&[]);
+    let yaml = "version: 1\nname: told\nparams:\n  token: {secret: true}\nsteps:\n  - id: s\n    action: shell.run\n    with: {argv: [\"true\"]}\n";
+    let w = workflow(&api, yaml, &[]).await;
+    // The receiver fails the first request: the hub tries again.
+    let rx = receiver(vec![500]).await;
+    let r = api
+        .post(
+            "/v1/notifications",
+            &json!({"url": rx.url, "events": ["success", "error"], "workflow_id": w}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let id = r.body["id"].as_i64().expect("id");
+    let secret = r.body["secret"].as_str().expect("secret").to_string();
+    let listed = api.get("/v1/notifications").await;
+    assert!(
+        !listed.body.to_string().contains(&secret),
+        "{}",
+        listed.body
+    );
+
+    let session = queue(&api, w, json!({"token": "n0tify-s3cret"})).await;
+    let done = finished(&api, session, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "success");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let log = deliveries_of(&api, id).await;
+        if log.first().is_some_and(|d| d["status"] == "delivered") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {log:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let d = &delivered[0];
+    assert_eq!(d["event"], "session.success");
+    assert_eq!(d["session_id"], session);
+    assert_eq!(d["attempts"], 2, "{d}");
+    assert_eq!(d["last_status_code"], 200, "{d}");
+
+    let got = rx.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one failed attempt, one delivered");
+    for (headers, body) in &got {
+        let header = headers["tasuki-signature"].to_str().expect("ASCII");
+        let t: i64 = header
+            .split(',')
+            .find_map(|p| p.strip_prefix("t="))
+            .and_then(|t| t.parse().ok())
+            .expect("t=");
+        assert_eq!(
+            header,
+            signed(&secret, t, body),
+            "the signature does not verify"
+        );
+        let event: Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(event["event"], "session.success");
+        assert_eq!(event["session"]["id"], session);
+        assert_eq!(event["session"]["params"]["token"], "***");
+        assert!(!body.contains("n0tify-s3cret"));
+    }
+
+    // A test event, through the same log.
+    let r = api
+        .post(&format!("/v1/notifications/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(r.body["event"], "test");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deliveries_of(&api, id).await[0]["status"] != "delivered" {
+        assert!(
+            Instant::now() < deadline,
+            "the test event was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_receiver_never_delays_sessions_and_private_addresses_are_refused() {
+    let f = Fleet::start();
+    // Without --notify-private-addresses: loopback is refused.
+    let r = f
+        .api
+        .post(
+            "/v1/notifications",
+            &json!({"url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "invalid_field"),
+        "{}",
+        r.body
+    );
+    assert!(r.message().contains("private"), "{}", r.body);
+    for (body, field) in [
+        (json!({"url": "ftp://example.com/x"}), "url"),
+        (json!({"url": "http://localhost:9/x"}), "url"),
+        (json!({"url": "http://[::1]:9/x"}), "url"),
+        // A public address, never sent to (no session ends on this hub).
+        (
+            json!({"url": "https://192.0.2.10/x", "events": ["queued"]}),
+            "events[0]",
+        ),
+        (
+            json!({"url": "https://192.0.2.10/x", "events": []}),
+            "events",
+        ),
+        (
+            json!({"url": "https://192.0.2.10/x", "workflow_id": 999}),
+            "workflow_id",
+        ),
+    ] {
+        let r = f.api.post("/v1/notifications", &body).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, "invalid_field"),
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["problems"][0]["path"], field, "{}", r.body);
+    }
+
+    // A receiver that accepts and never answers, on a hub that allows it.
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--quota-per-robot", "1000000", "--notify-private-addresses"],
+    );
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("http://{}/hook", silent.local_addr().expect("addr"));
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open.push(conn);
+        }
+    });
+    let r = api
+        .post("/v1/notifications", &json!({"url": silent_url}))
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let notification = r.body["id"].as_i64().expect("id");
+    let robot = Robot::new(scratch.dir.path(), "unbothered");
+    robot.register_ok(&hub, &key, &[]);
+    let _agent = robot.start(&[]);
+    let w = workflow(&api, &sleeper("unbothered", 0), &[]).await;
+    // A first session's notification goes to the silent receiver, and
+    // waits there (up to 10 s an attempt).
+    let first = queue(&api, w, json!({})).await;
+    finished(&api, first, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hub never called the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Meanwhile, sessions start and end one after another.
+    let started = Instant::now();
+    for _ in 0..5 {
+        let id = queue(&api, w, json!({})).await;
+        let done = finished(&api, id, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "success");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "five one-step sessions took {:?} beside a silent receiver",
+        started.elapsed()
+    );
+    // The first notification was still waiting on the receiver all along.
+    let log = deliveries_of(&api, notification).await;
+    let first_delivery = log
+        .iter()
+        .find(|d| d["session_id"] == first)
+        .expect("the first session's delivery");
+    assert_eq!(first_delivery["status"], "pending", "{first_delivery}");
+}

@@ -73,6 +73,14 @@ const TABLES: &[Table] = &[
     },
     Table {
         identity: true,
+        ..Table::new("notifications", &["id"])
+    },
+    Table {
+        identity: true,
+        ..Table::new("notification_deliveries", &["id"])
+    },
+    Table {
+        identity: true,
         ..Table::new("session_queues", &["id"])
     },
     Table::new("session_logs", &["session_id", "seq"]),

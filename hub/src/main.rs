@@ -9,6 +9,7 @@ mod keys;
 mod listener;
 mod log_escape;
 mod metrics;
+mod notify;
 mod peer_limit;
 mod peers;
 mod robots;
@@ -16,6 +17,7 @@ mod routing;
 mod schedule;
 mod secrets;
 mod serve;
+mod signature;
 mod store;
 mod tls;
 
@@ -85,6 +87,11 @@ enum Command {
         /// given; a loopback or private address: they name workflows).
         #[arg(long, env = "TASUKI_HUB_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Let notifications go to loopback, private and link-local
+        /// addresses (refused otherwise: a key holder must not make the hub
+        /// a client of what only its network reaches).
+        #[arg(long, env = "TASUKI_HUB_NOTIFY_PRIVATE_ADDRESSES")]
+        notify_private_addresses: bool,
         #[command(flatten)]
         edge: EdgeArgs,
         #[command(flatten)]
@@ -265,6 +272,7 @@ fn main() -> ExitCode {
             lease_ttl_seconds,
             schedule_missed_after_seconds,
             metrics_listen,
+            notify_private_addresses,
             edge,
             session_limits,
         } => run(serve::serve(serve::ServeOptions {
@@ -280,6 +288,7 @@ fn main() -> ExitCode {
             },
             schedule_missed_after: std::time::Duration::from_secs(schedule_missed_after_seconds),
             metrics_listen,
+            notify_private_addresses,
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),

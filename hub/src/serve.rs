@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Hub};
-use crate::db::{error_handlers, leases, now_ms, secret_params};
+use crate::db::{error_handlers, leases, notifications, now_ms, secret_params};
 use crate::listener::{EdgeLimits, Server};
 use crate::store;
 use crate::tls::{ReloadableTls, TlsFiles};
@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub schedule_missed_after: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Notifications may go to private addresses.
+    pub notify_private_addresses: bool,
     pub edge: EdgeLimits,
     /// The allowance of a request body (api/body_deadline.rs).
     pub body_timeout: Duration,
@@ -71,12 +73,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let auth_events = hub.db.is_shared().then(|| hub.auth_limit.share());
     hub.body_timeout = opts.body_timeout;
     hub.schedule_missed_after = opts.schedule_missed_after;
+    hub.notify_private_addresses = opts.notify_private_addresses;
     let hub = Arc::new(hub);
     let listener_task = crate::peers::listen(hub.clone())
         .await
         .context("listening to the other hubs of the database")?;
     let sweeper = tokio::spawn(sweep_leases(hub.clone()));
     let scheduler = tokio::spawn(crate::schedule::run(hub.clone()));
+    let notifier = tokio::spawn(crate::notify::run(hub.clone()));
     if let Some(addr) = opts.metrics_listen {
         let bound = crate::metrics::serve(addr, hub.clone()).await?;
         tracing::info!(addr = %bound, "metrics listening");
@@ -115,6 +119,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     sweeper.abort();
     scheduler.abort();
+    notifier.abort();
     for task in [listener_task, seen_marker, quota_sync, auth_teller]
         .into_iter()
         .flatten()
@@ -196,6 +201,21 @@ async fn sweep_leases(hub: Arc<Hub>) {
             Err(e) => tracing::error!(error = %e, "sweeping leases"),
         }
         queue_error_handlers(&hub).await;
+        make_notification_events(&hub).await;
+    }
+}
+
+/// Makes the notification events of sessions that ended since the last
+/// look (db/notifications.rs), and wakes the sender.
+async fn make_notification_events(hub: &Arc<Hub>) {
+    match hub
+        .db
+        .call(|conn| notifications::make_events(conn, now_ms()))
+        .await
+    {
+        Ok(0) => {}
+        Ok(_) => hub.notifications_wake.notify_one(),
+        Err(e) => tracing::error!(error = %e, "making notification events"),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 pub mod log_escape;
 pub mod logs;
+pub mod notification;
 pub mod robot;
 pub mod schedule;
 pub mod scope;
@@ -22,6 +23,9 @@ pub mod workflow;
 pub use auth::{Claims, TokenRequest, TokenResponse};
 pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
+pub use notification::{
+    CreateNotification, Delivery, DeliveryList, DeliveryStatus, Notification, NotificationList,
+};
 pub use robot::{
     ActionOffer, FinishSession, HeldLease, HostFacts, HostMetrics, Lease, LeasedWorkflow, LogBatch,
     LogsStored, PollRequest, PollResponse, RegisterRobot, RobotCheck, RobotItem, RobotList,

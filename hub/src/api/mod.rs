@@ -9,6 +9,7 @@ mod body;
 mod body_deadline;
 mod error;
 mod fleet_actions;
+mod notifications;
 mod params;
 mod query;
 mod quota;
@@ -76,6 +77,10 @@ pub struct Hub {
     pub session_ended: tokio::sync::Notify,
     /// This process's counters for `/metrics`.
     pub metrics: crate::metrics::Counters,
+    /// Told when notification deliveries are queued here.
+    pub notifications_wake: tokio::sync::Notify,
+    /// Notifications may go to private addresses (`notify.rs`).
+    pub notify_private_addresses: bool,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -140,6 +145,8 @@ impl Hub {
             schedule_missed_after: crate::schedule::MISSED_AFTER,
             session_ended: tokio::sync::Notify::new(),
             metrics: Default::default(),
+            notifications_wake: tokio::sync::Notify::new(),
+            notify_private_addresses: false,
         }
     }
 
@@ -229,6 +236,19 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/v1/triggers/{id}",
             axum::routing::post(triggers::deliver).delete(triggers::delete),
+        )
+        .route(
+            "/v1/notifications",
+            get(notifications::list).post(notifications::create),
+        )
+        .route("/v1/notifications/{id}", delete(notifications::delete))
+        .route(
+            "/v1/notifications/{id}/deliveries",
+            get(notifications::deliveries),
+        )
+        .route(
+            "/v1/notifications/{id}/test",
+            axum::routing::post(notifications::test),
         )
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())

@@ -29,12 +29,12 @@ use super::error::ApiError;
 use super::query::{id_in, shorten};
 use super::sessions::{checked_session, offer};
 use crate::db::{now_ms, sessions, to_timestamp, triggers, workflows};
-use crate::secrets::{encode_hex, new_secret};
+use crate::secrets::new_secret;
+use crate::signature;
 
 /// How far a request's `t` may be from the hub's clock, either way; and
 /// how long its signature is remembered.
 pub const REPLAY_WINDOW_MS: i64 = 5 * 60_000;
-const HEADER: &str = "tasuki-signature";
 /// Mappings a trigger may have.
 const MAX_MAPPINGS: usize = 64;
 
@@ -234,10 +234,7 @@ async fn verify(
             ),
         ));
     }
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
-    let mut signed = format!("{t}.").into_bytes();
-    signed.extend_from_slice(body);
-    let expected = encode_hex(aws_lc_rs::hmac::sign(&key, &signed).as_ref());
+    let expected = signature::v1(&secret, t, body);
     if aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), signature.as_bytes())
         .is_err()
     {
@@ -274,7 +271,7 @@ fn signature_header(headers: &HeaderMap) -> Result<(i64, String), ApiError> {
         )
     };
     let value = headers
-        .get(HEADER)
+        .get(signature::HEADER)
         .ok_or_else(|| bad("is missing"))?
         .to_str()
         .map_err(|_| bad("is not ASCII"))?;

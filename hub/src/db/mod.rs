@@ -22,6 +22,7 @@ pub mod keys;
 pub mod leases;
 pub mod logs;
 pub mod metrics;
+pub mod notifications;
 pub mod robots;
 pub mod schedules;
 pub mod secret_params;

@@ -1,0 +1,265 @@
+//! Notifications out: sends the deliveries `db/notifications.rs` queues,
+//! signed (`signature.rs`), with retries and back-off. Every hub runs it;
+//! a delivery is claimed before it is sent, so one hub sends each attempt.
+//! It runs beside everything else and sessions never wait on it: a slow or
+//! dead receiver holds only its own delivery's task.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::api::Hub;
+use crate::db::notifications::{self, Attempt, Due};
+use crate::db::now_ms;
+use crate::signature;
+
+/// Attempts per delivery; the waits between them double from 1 s (about
+/// two minutes in all).
+pub const MAX_ATTEMPTS: u32 = 8;
+/// One attempt's limit.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A claimed delivery is another hub's to take after this.
+const CLAIM_MS: i64 = 60_000;
+/// Deliveries in flight at once, per hub.
+const IN_FLIGHT: usize = 32;
+/// The longest the sender sleeps without looking.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// Sends due deliveries until the hub stops.
+pub async fn run(hub: Arc<Hub>) {
+    let client = match reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tasuki-hub/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the notifications' HTTP client; none is sent");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let free = slots.available_permits() as i64;
+        let now = now_ms();
+        let claimed = if free > 0 {
+            hub.db
+                .call(move |conn| notifications::claim_due(conn, now, now + CLAIM_MS, free))
+                .await
+        } else {
+            Ok(Vec::new())
+        };
+        match claimed {
+            Ok(due) => {
+                for delivery in due {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (hub, client) = (hub.clone(), client.clone());
+                    tokio::spawn(async move {
+                        attempt(&hub, &client, delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming notification deliveries"),
+        }
+        let next = hub
+            .db
+            .call(notifications::earliest_due)
+            .await
+            .ok()
+            .flatten();
+        let sleep = next
+            .map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64))
+            .unwrap_or(LOOK_EVERY)
+            .clamp(Duration::from_millis(20), LOOK_EVERY);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = hub.notifications_wake.notified() => {}
+        }
+    }
+}
+
+/// Sends one delivery and records what it met.
+async fn attempt(hub: &Hub, client: &reqwest::Client, d: Due) {
+    let master = hub.master.clone();
+    let id = d.notification_id;
+    let target = hub
+        .db
+        .call(move |conn| notifications::target(conn, id, &master))
+        .await;
+    let result = match target {
+        Ok(Some((url, secret))) => send(hub, client, &url, &secret, &d).await,
+        Ok(None) => Err((None, "the notification was deleted".to_string())),
+        Err(e) => Err((None, e.to_string())),
+    };
+    let attempts = d.attempts + 1;
+    let now = now_ms();
+    let recorded = match result {
+        Ok(code) => Attempt {
+            status_code: Some(code),
+            error: None,
+            retry_at_ms: None,
+            delivered: true,
+        },
+        Err((code, error)) => {
+            tracing::warn!(delivery = d.id, attempts, %error, "a notification was not delivered");
+            Attempt {
+                status_code: code,
+                error: Some(error),
+                retry_at_ms: (attempts < MAX_ATTEMPTS)
+                    .then(|| now + 1000 * (1i64 << (attempts - 1).min(16))),
+                delivered: false,
+            }
+        }
+    };
+    let id = d.id;
+    if let Err(e) = hub
+        .db
+        .call(move |conn| notifications::record(conn, id, &recorded, now))
+        .await
+    {
+        tracing::warn!(delivery = id, error = %e, "recording a notification's attempt");
+    }
+}
+
+/// A 2xx answer's status, or the status (if any) and what went wrong.
+async fn send(
+    hub: &Hub,
+    client: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    d: &Due,
+) -> Result<u16, (Option<u16>, String)> {
+    allowed(url, hub.notify_private_addresses)
+        .await
+        .map_err(|e| (None, e))?;
+    let t = jiff::Timestamp::now().as_second();
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header(
+            signature::HEADER,
+            signature::header_value(secret, t, d.payload.as_bytes()),
+        )
+        .header("tasuki-delivery", d.id.to_string())
+        .header("tasuki-event", d.event.as_str())
+        .body(d.payload.clone())
+        .send()
+        .await
+        .map_err(|e| (None, format!("{e}")))?;
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        Ok(status)
+    } else {
+        Err((Some(status), format!("the receiver answered {status}")))
+    }
+}
+
+/// Refuses a receiver whose address is loopback, private, link-local or
+/// unspecified unless the hub allows them: a key holder must not turn the
+/// hub into a client of what only the hub's network can reach. Names are
+/// resolved here, just before each attempt (a name that resolves to
+/// another address between this look and the connection is not caught).
+pub async fn allowed(url: &str, private_ok: bool) -> Result<(), String> {
+    if private_ok {
+        return Ok(());
+    }
+    let (host, port) = host_of(url)?;
+    let addresses = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    for addr in addresses {
+        refuse_private(&host, addr.ip())?;
+    }
+    Ok(())
+}
+
+/// [`allowed`] without resolving: what a URL's address literal (or
+/// `localhost`) says, when a notification is made.
+pub fn allowed_as_written(url: &str, private_ok: bool) -> Result<(), String> {
+    if private_ok {
+        return Ok(());
+    }
+    let (host, _) = host_of(url)?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return refuse_private(&host, IpAddr::from([127, 0, 0, 1]));
+    }
+    match host.parse::<IpAddr>() {
+        Ok(ip) => refuse_private(&host, ip),
+        Err(_) => Ok(()),
+    }
+}
+
+fn host_of(url: &str) -> Result<(String, u16), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("the URL does not parse: {e}"))?;
+    let host = parsed.host_str().ok_or("the URL has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((host, parsed.port_or_known_default().unwrap_or(443)))
+}
+
+fn refuse_private(host: &str, ip: IpAddr) -> Result<(), String> {
+    if private(ip) {
+        return Err(format!(
+            "{host} is {ip}, a private address; the hub sends notifications to public \
+             addresses only unless started with --notify-private-addresses"
+        ));
+    }
+    Ok(())
+}
+
+fn private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                // 100.64.0.0/10, carrier-grade NAT.
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                // fc00::/7 unique local, fe80::/10 link-local.
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_known() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
+            assert!(!private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
