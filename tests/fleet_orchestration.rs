@@ -1367,3 +1367,103 @@ async fn a_dead_receiver_never_delays_sessions_and_private_addresses_are_refused
         .expect("the first session's delivery");
     assert_eq!(first_delivery["status"], "pending", "{first_delivery}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_each_change_and_who_made_it() {
+    let f = Fleet::start();
+    let auditor = create_key(&f.scratch, "audit.read");
+    let auditor = Api::new(&f.hub, Some(token(&auditor, "audit.read")));
+    let w = workflow(&f.api, &sleeper("audited", 60), &[]).await;
+    let schedule = create_schedule(&f.api, w, json!({"cron": "0 0 1 1 *"})).await["id"]
+        .as_i64()
+        .expect("id");
+    f.api
+        .post(&format!("/v1/schedules/{schedule}/pause"), &json!({}))
+        .await;
+    f.api
+        .post(&format!("/v1/schedules/{schedule}/resume"), &json!({}))
+        .await;
+    assert_eq!(
+        f.api
+            .delete(&format!("/v1/schedules/{schedule}"))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    let trigger = f
+        .api
+        .post(&format!("/v1/workflows/{w}/triggers"), &json!({}))
+        .await;
+    let trigger_secret = trigger.body["secret"].as_str().expect("secret").to_string();
+    let trigger = trigger.body["id"].as_i64().expect("id");
+    assert_eq!(
+        f.api
+            .delete(&format!("/v1/triggers/{trigger}"))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    let session = queue(&f.api, w, json!({})).await;
+    let r = f
+        .api
+        .delete(&format!("/v1/session_queues/{session}/cancel"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+
+    // Without audit.read: refused.
+    let r = f.api.get("/v1/audit_log").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "insufficient_scope"),
+        "{}",
+        r.body
+    );
+    let r = auditor.get("/v1/audit_log?per_page=100").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let entries = r.body["entries"].as_array().expect("entries");
+    let seen: Vec<(String, String, String)> = entries
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("").to_string(),
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["subject"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let by = |action: &str, subject: String| (f.key.id.clone(), action.to_string(), subject);
+    // The two keys were made on the command line, by the operator.
+    assert_eq!(
+        seen[0],
+        (
+            "operator".to_string(),
+            "key.create".to_string(),
+            format!("key {}", f.key.id)
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(
+        (seen[1].0.as_str(), seen[1].1.as_str()),
+        ("operator", "key.create"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen[2..].to_vec(),
+        vec![
+            by("workflow.create", format!("workflow {w}")),
+            by("schedule.create", format!("schedule {schedule}")),
+            by("schedule.pause", format!("schedule {schedule}")),
+            by("schedule.resume", format!("schedule {schedule}")),
+            by("schedule.delete", format!("schedule {schedule}")),
+            by("trigger.create", format!("trigger {trigger}")),
+            by("trigger.delete", format!("trigger {trigger}")),
+            by("session_queue.cancel", format!("session_queue {session}")),
+        ],
+        "{seen:?}"
+    );
+    assert!(!r.body.to_string().contains(&trigger_secret), "{}", r.body);
+    assert!(!r.body.to_string().contains(&f.key.secret), "{}", r.body);
+}

@@ -81,6 +81,10 @@ const TABLES: &[Table] = &[
     },
     Table {
         identity: true,
+        ..Table::new("audit_log", &["id"])
+    },
+    Table {
+        identity: true,
         ..Table::new("session_queues", &["id"])
     },
     Table::new("session_logs", &["session_id", "seq"]),

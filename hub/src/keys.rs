@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tasuki_protocol::Scopes;
 
-use crate::db::{keys, now_ms};
+use crate::db::{audit, keys, now_ms};
 use crate::secrets;
 use crate::store::{self, StoreArgs};
 
@@ -26,8 +26,17 @@ pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
         nonce: sealed.nonce,
         sealed: sealed.ciphertext,
     };
-    db.call(move |conn| keys::insert(conn, &key, now_ms()))
-        .await?;
+    let scopes_shown = scopes.to_string();
+    db.call(move |conn| {
+        conn.transaction(|tx| {
+            let now = now_ms();
+            keys::insert(tx, &key, now)?;
+            let subject = format!("key {}", key.id);
+            let detail = json!({"scopes": scopes_shown});
+            audit::record(tx, audit::OPERATOR, "key.create", &subject, detail, now)
+        })
+    })
+    .await?;
     println!(
         "{}",
         json!({"access_key_id": id, "secret_access_key": secret})
@@ -59,7 +68,26 @@ pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
 pub async fn delete(store: &StoreArgs, id: &str) -> anyhow::Result<()> {
     let (db, _) = store::open(store).await?;
     let key_id = id.to_owned();
-    if !db.call(move |conn| keys::delete(conn, &key_id)).await? {
+    let deleted = db
+        .call(move |conn| {
+            conn.transaction(|tx| {
+                let deleted = keys::delete(tx, &key_id)?;
+                if deleted {
+                    let subject = format!("key {key_id}");
+                    audit::record(
+                        tx,
+                        audit::OPERATOR,
+                        "key.delete",
+                        &subject,
+                        json!({}),
+                        now_ms(),
+                    )?;
+                }
+                Ok(deleted)
+            })
+        })
+        .await?;
+    if !deleted {
         bail!("there is no access key `{id}` in {}", store.db);
     }
     eprintln!("deleted access key {id}; tokens signed with it no longer work");

@@ -7,7 +7,7 @@ use serde_json::json;
 use tasuki_protocol::{Scope, Scopes};
 
 use crate::db::robots::{self, Deletion, Transfer};
-use crate::db::{keys, leases};
+use crate::db::{audit, keys, leases, now_ms};
 use crate::store::{self, StoreArgs};
 
 pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
@@ -62,6 +62,18 @@ pub async fn transfer(store: &StoreArgs, name: &str, to_key: &str) -> anyhow::Re
     let (moved, running) = db
         .call(move |conn| {
             let moved = robots::transfer(conn, &robot_name, &key_id)?;
+            if let Transfer::Moved { from_key_id } = &moved {
+                let detail = json!({"from_key_id": from_key_id, "to_key_id": key_id});
+                let subject = format!("robot {robot_name}");
+                audit::record(
+                    conn,
+                    audit::OPERATOR,
+                    "robot.transfer",
+                    &subject,
+                    detail,
+                    now_ms(),
+                )?;
+            }
             let robot = robots::find(conn, &robot_name)?.map(|r| r.id);
             let running = leases::running_by_robot(conn)?
                 .into_iter()
@@ -97,7 +109,21 @@ pub async fn delete(store: &StoreArgs, name: &str) -> anyhow::Result<()> {
     let (db, _) = store::open(store).await?;
     let robot_name = name.to_owned();
     match db
-        .call(move |conn| robots::delete(conn, &robot_name))
+        .call(move |conn| {
+            let deleted = robots::delete(conn, &robot_name)?;
+            if let Deletion::Done = deleted {
+                let subject = format!("robot {robot_name}");
+                audit::record(
+                    conn,
+                    audit::OPERATOR,
+                    "robot.delete",
+                    &subject,
+                    json!({}),
+                    now_ms(),
+                )?;
+            }
+            Ok(deleted)
+        })
         .await?
     {
         Deletion::Done => {

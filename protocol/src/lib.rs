@@ -32,8 +32,8 @@ pub use robot::{
     RobotRegistered, RobotState, StepsStored, StepsUpdate,
 };
 pub use schedule::{
-    CreateSchedule, CreateTrigger, Missed, Overlap, Schedule, ScheduleList, ScheduleOutcome,
-    Trigger, TriggerList,
+    AuditEntry, AuditLog, CreateSchedule, CreateTrigger, Missed, Overlap, Schedule, ScheduleList,
+    ScheduleOutcome, Trigger, TriggerList,
 };
 pub use scope::{Scope, ScopeError, Scopes};
 pub use session::{

@@ -132,3 +132,24 @@ pub struct Trigger {
 pub struct TriggerList {
     pub triggers: Vec<Trigger>,
 }
+
+/// One change on the hub, as `GET /v1/audit_log` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(with = "crate::time::millis")]
+    pub at: Timestamp,
+    /// The access key id that asked, or `operator` (the hub's command line).
+    pub actor: String,
+    /// `workflow.create`, `schedule.pause`, `key.delete`, …
+    pub action: String,
+    /// What it was done to: `workflow 3`, `schedule 7`, `key TSK…`.
+    pub subject: String,
+    pub detail: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditLog {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+}

@@ -13,16 +13,19 @@ pub enum Scope {
     AccessTokenCreate,
     WorkflowWrite,
     Robot,
+    /// Reading the hub's audit log (who changed what).
+    AuditRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::SessionQueueWrite,
         Scope::SessionQueueRead,
         Scope::SessionQueueDelete,
         Scope::AccessTokenCreate,
         Scope::WorkflowWrite,
         Scope::Robot,
+        Scope::AuditRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Scope {
             Scope::AccessTokenCreate => "access_token.create",
             Scope::WorkflowWrite => "workflow.write",
             Scope::Robot => "robot",
+            Scope::AuditRead => "audit.read",
         }
     }
 

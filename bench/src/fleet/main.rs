@@ -27,6 +27,9 @@
 //!   database's connections, pickup (needs TASUKI_BENCH_POSTGRES; not part
 //!   of `all`).
 //! - `hubs`: `pickup-hubs`, `throughput` and `fleet-hubs`.
+//! - `orchestration`: a signed webhook call → the first step, beside a
+//!   POST; how late schedules' runs are queued, one and 1,000 (not part
+//!   of `all`).
 //! - `all` (the default): every one of them but `soak`, `warm` and the
 //!   PostgreSQL ones.
 //!
@@ -39,6 +42,7 @@ mod hubs_fleet;
 mod hubs_pickup;
 mod idle;
 mod logs;
+mod orchestration;
 mod pickup;
 mod procs;
 mod soak;
@@ -99,6 +103,9 @@ enum Command {
     FleetHubs,
     /// pickup-hubs, throughput and fleet-hubs.
     Hubs,
+    /// Webhook → first step beside a POST; schedules' lateness with one
+    /// and 1,000 schedules (not part of `all`).
+    Orchestration,
     /// pickup, cancel, logs, idle and fleet (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
@@ -249,6 +256,7 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::PickupHubs => ("pickup-hubs", hubs_pickup::run(&bins, opts).await),
             Command::Throughput => ("throughput", throughput::run(&bins, opts).await),
             Command::FleetHubs => ("fleet-hubs", hubs_fleet::run(&bins, opts).await),
+            Command::Orchestration => ("orchestration", orchestration::run(&bins, opts).await),
             Command::All | Command::Hubs | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");

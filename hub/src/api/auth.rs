@@ -80,6 +80,7 @@ pub mod need {
     pub struct SessionQueueRead;
     pub struct SessionQueueDelete;
     pub struct WorkflowWrite;
+    pub struct AuditRead;
 
     impl RequiredScope for SessionQueueWrite {
         const SCOPE: Scope = Scope::SessionQueueWrite;
@@ -92,6 +93,9 @@ pub mod need {
     }
     impl RequiredScope for WorkflowWrite {
         const SCOPE: Scope = Scope::WorkflowWrite;
+    }
+    impl RequiredScope for AuditRead {
+        const SCOPE: Scope = Scope::AuditRead;
     }
 }
 

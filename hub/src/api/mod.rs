@@ -3,6 +3,7 @@
 //! do not count toward the quota, which only the public API's
 //! [`auth::Authorized`] extractor applies.
 
+mod audit;
 mod auth;
 mod auth_limit;
 mod body;
@@ -250,6 +251,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/v1/notifications/{id}/test",
             axum::routing::post(notifications::test),
         )
+        .route("/v1/audit_log", get(audit::list))
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())
         .route_layer(middleware::from_fn_with_state(

@@ -20,7 +20,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::{QueryParams, id_in, page, shorten};
 use crate::db::notifications::{self, NewNotification};
-use crate::db::{now_ms, workflows};
+use crate::db::{audit, now_ms, workflows};
 use crate::secrets::new_secret;
 
 const MAX_URL_CHARS: usize = 2000;
@@ -94,13 +94,22 @@ pub async fn create(
         events,
     };
     let (master, sealed) = (hub.master.clone(), secret.clone());
+    let actor = caller.key_id.clone();
     let made = hub
         .db
         .call(move |conn| {
             if notifications::list(conn)?.len() >= MAX_NOTIFICATIONS {
                 return Ok(None);
             }
-            notifications::insert(conn, &new, &sealed, &master, now_ms()).map(Some)
+            conn.transaction(|tx| {
+                let now = now_ms();
+                let made = notifications::insert(tx, &new, &sealed, &master, now)?;
+                let subject = format!("notification {}", made.id);
+                let detail =
+                    json!({"url": made.url, "events": made.events, "workflow_id": made.workflow_id});
+                audit::record(tx, &actor, "notification.create", &subject, detail, now)?;
+                Ok(Some(made))
+            })
         })
         .await?
         .ok_or_else(|| {
@@ -134,9 +143,27 @@ pub async fn delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "notification")?;
+    let actor = caller.key_id.clone();
     if !hub
         .db
-        .call(move |conn| notifications::delete(conn, id))
+        .call(move |conn| {
+            conn.transaction(|tx| {
+                let deleted = notifications::delete(tx, id)?;
+                if deleted {
+                    let subject = format!("notification {id}");
+                    let detail = json!({});
+                    audit::record(
+                        tx,
+                        &actor,
+                        "notification.delete",
+                        &subject,
+                        detail,
+                        now_ms(),
+                    )?;
+                }
+                Ok(deleted)
+            })
+        })
         .await?
     {
         return Err(not_found(id));

@@ -20,8 +20,9 @@ use super::error::ApiError;
 use super::query::id_in;
 use super::sessions::checked_session;
 use crate::db::schedules::{self, NewSchedule, StoredSchedule};
-use crate::db::{DbError, now_ms, to_timestamp};
+use crate::db::{DbError, audit, now_ms, to_timestamp};
 use crate::schedule::{Cron, time_zone};
+use serde_json::json;
 
 /// Schedules one workflow may have.
 const MAX_PER_WORKFLOW: usize = 100;
@@ -68,6 +69,7 @@ pub async fn create(
         next_due_at: req.enabled.then_some(first.as_millisecond()),
     };
     let master = hub.master.clone();
+    let actor = caller.key_id.clone();
     let stored = hub
         .db
         .call(move |conn| {
@@ -75,7 +77,17 @@ pub async fn create(
                 if schedules::of_workflow(tx, workflow_id)?.len() >= MAX_PER_WORKFLOW {
                     return Ok(None);
                 }
-                schedules::insert(tx, &new, &master, now).map(Some)
+                let made = schedules::insert(tx, &new, &master, now)?;
+                audit::record(
+                    tx,
+                    &actor,
+                    "schedule.create",
+                    &format!("schedule {}", made.id),
+                    json!({"workflow_id": made.workflow_id, "cron": made.cron,
+                           "timezone": made.timezone, "enabled": made.enabled}),
+                    now,
+                )?;
+                Ok(Some(made))
             })
         })
         .await?
@@ -123,6 +135,7 @@ pub async fn pause(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Schedule>, ApiError> {
     let id = id_in(id, "schedule")?;
+    let actor = caller.key_id.clone();
     let stored = hub
         .db
         .call(move |conn| {
@@ -130,6 +143,8 @@ pub async fn pause(
                 if !schedules::set_next(tx, id, None)? {
                     return Ok(None);
                 }
+                let subject = format!("schedule {id}");
+                audit::record(tx, &actor, "schedule.pause", &subject, json!({}), now_ms())?;
                 schedules::get(tx, id)
             })
         })
@@ -153,6 +168,7 @@ pub async fn resume(
     let next = next_runs(&current, now_ms(), 1)?
         .first()
         .map(|t| t.as_millisecond());
+    let actor = caller.key_id.clone();
     let stored = hub
         .db
         .call(move |conn| {
@@ -160,6 +176,8 @@ pub async fn resume(
                 if !schedules::set_next(tx, id, next)? {
                     return Ok(None);
                 }
+                let subject = format!("schedule {id}");
+                audit::record(tx, &actor, "schedule.resume", &subject, json!({}), now_ms())?;
                 schedules::get(tx, id)
             })
         })
@@ -176,7 +194,21 @@ pub async fn delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "schedule")?;
-    if !hub.db.call(move |conn| schedules::delete(conn, id)).await? {
+    let actor = caller.key_id.clone();
+    let deleted = hub
+        .db
+        .call(move |conn| {
+            conn.transaction(|tx| {
+                let deleted = schedules::delete(tx, id)?;
+                if deleted {
+                    let subject = format!("schedule {id}");
+                    audit::record(tx, &actor, "schedule.delete", &subject, json!({}), now_ms())?;
+                }
+                Ok(deleted)
+            })
+        })
+        .await?;
+    if !deleted {
         return Err(not_found(id));
     }
     tracing::info!(schedule_id = id, key_id = %caller.key_id, "schedule deleted");

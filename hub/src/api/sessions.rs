@@ -20,7 +20,9 @@ use super::query::{QueryParams, id_in, page, path_id, shorten};
 use super::{Hub, params, search};
 use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
-use crate::db::{DbError, artifacts as stored_artifacts, leases, logs, now_ms, robots, workflows};
+use crate::db::{
+    DbError, artifacts as stored_artifacts, audit, leases, logs, now_ms, robots, workflows,
+};
 use crate::routing;
 
 const DEFAULT_PER_PAGE: i64 = 10;
@@ -325,9 +327,21 @@ pub async fn cancel(
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
     let wake_hub = hub.clone();
+    let actor = caller.key_id.clone();
     let (session, changed) = hub
         .db
-        .call(move |conn| conn.transaction(|tx| cancel_in(tx, &wake_hub, id, now_ms())))
+        .call(move |conn| {
+            conn.transaction(|tx| {
+                let now = now_ms();
+                let cancelled = cancel_in(tx, &wake_hub, id, now)?;
+                if let Some((s, true)) = &cancelled {
+                    let detail = serde_json::json!({"status": s.status});
+                    let subject = format!("session_queue {id}");
+                    audit::record(tx, &actor, "session_queue.cancel", &subject, detail, now)?;
+                }
+                Ok(cancelled)
+            })
+        })
         .await?
         .ok_or_else(|| session_not_found(id))?;
     if changed {

@@ -28,7 +28,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::{id_in, shorten};
 use super::sessions::{checked_session, offer};
-use crate::db::{now_ms, sessions, to_timestamp, triggers, workflows};
+use crate::db::{audit, now_ms, sessions, to_timestamp, triggers, workflows};
 use crate::secrets::new_secret;
 use crate::signature;
 
@@ -92,17 +92,19 @@ pub async fn create(
     })?;
     let master = hub.master.clone();
     let (mapping, sealed_secret) = (req.params_mapping, secret.clone());
+    let actor = caller.key_id.clone();
     let stored = hub
         .db
         .call(move |conn| {
-            triggers::insert(
-                conn,
-                workflow_id,
-                &mapping,
-                &sealed_secret,
-                &master,
-                now_ms(),
-            )
+            conn.transaction(|tx| {
+                let now = now_ms();
+                let made =
+                    triggers::insert(tx, workflow_id, &mapping, &sealed_secret, &master, now)?;
+                let subject = format!("trigger {}", made.id);
+                let detail = serde_json::json!({"workflow_id": workflow_id});
+                audit::record(tx, &actor, "trigger.create", &subject, detail, now)?;
+                Ok(made)
+            })
         })
         .await?;
     tracing::info!(trigger_id = stored.id, workflow_id, key_id = %caller.key_id, "trigger created");
@@ -132,7 +134,22 @@ pub async fn delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "trigger")?;
-    if !hub.db.call(move |conn| triggers::delete(conn, id)).await? {
+    let actor = caller.key_id.clone();
+    let deleted = hub
+        .db
+        .call(move |conn| {
+            conn.transaction(|tx| {
+                let deleted = triggers::delete(tx, id)?;
+                if deleted {
+                    let subject = format!("trigger {id}");
+                    let detail = serde_json::json!({});
+                    audit::record(tx, &actor, "trigger.delete", &subject, detail, now_ms())?;
+                }
+                Ok(deleted)
+            })
+        })
+        .await?;
+    if !deleted {
         return Err(not_found(id));
     }
     tracing::info!(trigger_id = id, key_id = %caller.key_id, "trigger deleted");

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::query::{QueryParams, page};
 use super::{fleet_actions, params};
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
-use crate::db::{error_handlers, now_ms, robots};
+use crate::db::{audit, error_handlers, now_ms, robots};
 use serde_json::json;
 
 const DEFAULT_PER_PAGE: i64 = 300;
@@ -104,6 +104,7 @@ pub async fn create(
     if let Some(handler) = req.error_handler_workflow_id {
         check_handler(&hub, handler).await?;
     }
+    let actor = caller.key_id.clone();
     let new = NewWorkflow {
         description: req
             .description
@@ -121,7 +122,21 @@ pub async fn create(
     };
     let item = hub
         .db
-        .call(move |conn| workflows::insert(conn, &new, now_ms()))
+        .call(move |conn| {
+            conn.transaction(|tx| {
+                let now = now_ms();
+                let item = workflows::insert(tx, &new, now)?;
+                audit::record(
+                    tx,
+                    &actor,
+                    "workflow.create",
+                    &format!("workflow {}", item.id),
+                    json!({"name": item.name, "error_handler_workflow_id": item.error_handler_workflow_id}),
+                    now,
+                )?;
+                Ok(item)
+            })
+        })
         .await?;
     tracing::info!(workflow_id = item.id, name = %item.name, key_id = %caller.key_id, "workflow registered");
     Ok((StatusCode::CREATED, Json(item)))

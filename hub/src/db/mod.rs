@@ -17,6 +17,7 @@ pub mod sql;
 
 pub mod api_calls;
 pub mod artifacts;
+pub mod audit;
 pub mod error_handlers;
 pub mod keys;
 pub mod leases;
