@@ -43,7 +43,17 @@ async fn a_robot_refused_with_429_waits_retry_after_and_recovers() {
     let scratch = Scratch::new();
     let admin = create_key(&scratch, ALL_SCOPES);
     let robot_key = create_key(&scratch, "robot");
-    let flags = ["--hold-seconds", "1", "--auth-failures-per-source", "3"];
+    // The test reads its session often: the API quota is out of the way
+    // (tested in hub_robots), so that only the failed-authentication
+    // limit answers 429 here.
+    let flags = [
+        "--hold-seconds",
+        "1",
+        "--auth-failures-per-source",
+        "3",
+        "--quota-per-robot",
+        "1000000",
+    ];
     let hub = Hub::start_with(&scratch, &flags);
     let robot = Robot::new(scratch.dir.path(), "limited");
     robot.register_ok(&hub, &robot_key, &[]);
