@@ -220,13 +220,23 @@ async fn schedules(bins: &Bins, opts: &Opts) -> Result<String> {
     Ok(out)
 }
 
-/// Runs `count` schedules for `run` on a fresh hub; each run's lateness.
+/// Runs `count` schedules (100 a workflow) for `run` on a fresh hub; each
+/// run's lateness.
 async fn lateness(bins: &Bins, opts: &Opts, count: usize, run: Duration) -> Result<Dist> {
     let stage = Stage::new(bins, "orchestration-schedules", opts.keep)?;
-    let wf = stage
-        .workflow("version: 1\nname: scheduled\nsteps:\n  - id: s\n    action: shell.run\n    with: {argv: [\"true\"]}\n")
-        .await?;
+    // A workflow has at most 100 schedules: 1,000 take ten workflows.
+    let mut workflows = Vec::new();
+    for w in 0..count.div_ceil(100) {
+        workflows.push(
+            stage
+                .workflow(&format!(
+                    "version: 1\nname: scheduled-{w}\nsteps:\n  - id: s\n    action: shell.run\n    with: {{argv: [\"true\"]}}\n"
+                ))
+                .await?,
+        );
+    }
     for i in 0..count {
+        let wf = workflows[i / 100];
         let cron = if count == 1 {
             "* * * * * *".to_string()
         } else {
