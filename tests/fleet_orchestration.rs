@@ -1467,3 +1467,33 @@ async fn the_audit_log_records_each_change_and_who_made_it() {
     assert!(!r.body.to_string().contains(&trigger_secret), "{}", r.body);
     assert!(!r.body.to_string().contains(&f.key.secret), "{}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_outputs_appear_in_the_session() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "outputs");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let yaml = "version: 1
+name: totals
+params:
+  token: {secret: true}
+steps:
+  - id: sum
+    action: set
+    with: {n: 42}
+outputs:
+  total: ${steps.sum.output.n}
+  echoed: \"${params.token}\"
+";
+    let w = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, w, json!({"token": "0utput-s3cret"})).await;
+    let done = finished(&f.api, id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(
+        done["outputs"],
+        json!({"total": 42, "echoed": "***"}),
+        "{done}"
+    );
+    assert!(!done.to_string().contains("0utput-s3cret"));
+}

@@ -495,3 +495,61 @@ fn schema_command_prints_a_json_schema_with_per_action_arguments() {
         assert!(text.contains(needle), "schema lacks {needle}");
     }
 }
+
+#[test]
+fn outputs_are_rendered_on_success_with_secrets_masked() {
+    let r = run_text(
+        r#"
+version: 1
+name: outputs
+params:
+  who: ann
+  token: {secret: true, default: s3cr3t-out}
+steps:
+  - id: sum
+    action: set
+    with: {n: 3, items: [a, b]}
+outputs:
+  total: ${steps.sum.output.n}
+  summary: "${params.who} has ${steps.sum.output.n}"
+  nested: {first: "${steps.sum.output.items[0]}", token: "${params.token}"}
+"#,
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.report["outputs"],
+        json!({
+            "total": 3,
+            "summary": "ann has 3",
+            "nested": {"first": "a", "token": "***"},
+        })
+    );
+    assert!(!r.stdout.contains("s3cr3t-out") && !r.stderr.contains("s3cr3t-out"));
+
+    // An output that cannot be rendered fails the session, saying which.
+    let r = run_text(
+        r#"
+version: 1
+name: outputs-fail
+steps:
+  - id: sum
+    action: set
+    with: {n: 3}
+outputs:
+  missing: ${steps.sum.output.nope}
+"#,
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert_eq!(r.report["status"], "error", "{}", r.report);
+    assert_eq!(r.report["error"]["code"], "outputs_failed", "{}", r.report);
+    assert!(
+        r.report["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("outputs.missing")),
+        "{}",
+        r.report
+    );
+    assert!(r.report.get("outputs").is_none(), "{}", r.report);
+}

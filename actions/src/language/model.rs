@@ -28,6 +28,9 @@ pub struct Workflow {
     /// What validation found unwise but not wrong (a secret in `argv`):
     /// callers show these, and the workflow still runs.
     pub warnings: Problems,
+    /// `outputs:`: the session's results, name → a value with templates
+    /// over params and steps, rendered when the session succeeds.
+    pub outputs: Map<String, Value>,
 }
 
 /// `browser:` in a workflow: what it says wins over the robot's settings.
@@ -108,6 +111,7 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "steps",
     "on_error",
     "browser",
+    "outputs",
 ];
 const BROWSER_FIELDS: &[&str] = &["unexpected_dialog", "element_timeout"];
 const STEP_FIELDS: &[&str] = &[
@@ -344,6 +348,31 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         );
     }
 
+    let outputs = match fields.get("outputs") {
+        None | Some((Value::Null, _)) => Map::new(),
+        Some((Value::Object(map), path)) => {
+            for name in map.keys() {
+                if !is_identifier(name) {
+                    problems.add(
+                        join(&path, name),
+                        "an output's name is an identifier (letters, digits, `_` and `-`, not \
+                         starting with a digit)",
+                    );
+                }
+            }
+            map.clone()
+        }
+        Some((other, path)) => {
+            problems.add(
+                path,
+                format!(
+                    "expected a mapping of output names to values, such as `total: \"${{steps.sum.output}}\"`, found {}",
+                    describe(other)
+                ),
+            );
+            Map::new()
+        }
+    };
     let workflow = Workflow {
         name,
         description,
@@ -354,6 +383,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         on_error,
         browser,
         warnings: Problems::default(),
+        outputs,
     };
     (Some(workflow), problems)
 }

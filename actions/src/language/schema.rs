@@ -32,6 +32,10 @@ struct Workflow {
     on_error: Option<Vec<Step>>,
     /// Browser settings of this workflow, over the robot's.
     browser: Option<BrowserSection>,
+    /// The session's results: output name → a value, with templates over
+    /// params and steps, rendered when the session succeeds (at most
+    /// 64 KiB as JSON; secret values masked).
+    outputs: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(JsonSchema)]

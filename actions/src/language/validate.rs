@@ -45,6 +45,10 @@ pub fn validate(
         in_error: false,
     };
     v.steps(&workflow.steps);
+    // Rendered once the steps have run (on success).
+    for (name, value) in &workflow.outputs {
+        v.templates_in(value, &join("outputs", name));
+    }
     v.in_error = true;
     v.steps(&workflow.on_error);
     (v.problems, v.warnings)

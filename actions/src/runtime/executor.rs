@@ -31,6 +31,10 @@ use crate::language::model::{CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, W
 use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
 
+/// How large a session's rendered `outputs:` may be, as JSON: they travel
+/// in the final report.
+const MAX_OUTPUTS_BYTES: usize = 64 * 1024;
+
 /// How long `on_error` may run; it must not keep a failed session alive.
 const ON_ERROR_LIMIT: Duration = Duration::from_secs(300);
 
@@ -143,6 +147,23 @@ impl Executor {
             }
             other => other,
         };
+        // Outputs are the result of a session that succeeded: one that
+        // cannot be rendered fails it.
+        let mut outputs = None;
+        let outcome = match outcome {
+            Ok(()) if !workflow.outputs.is_empty() => match session.outputs(&workflow.outputs) {
+                Ok(rendered) => {
+                    outputs = Some(rendered);
+                    Ok(())
+                }
+                Err(message) => Err(ErrorInfo {
+                    code: codes::OUTPUTS.into(),
+                    message,
+                    step_id: None,
+                }),
+            },
+            other => other,
+        };
         let (status, error) = match outcome {
             Ok(()) => (SessionStatus::Success, None),
             Err(failure) if cancel.is_cancelled() => (SessionStatus::Cancelled, Some(failure)),
@@ -224,6 +245,7 @@ impl Executor {
             params: params.masked(),
             steps,
             error,
+            outputs,
         };
         sink.emit(Event::SessionFinished(Box::new(report.clone())));
         report
@@ -660,6 +682,26 @@ impl<'e> Session<'e> {
                 "the session was cancelled",
             ))
         }
+    }
+
+    /// The workflow's outputs, rendered and masked.
+    fn outputs(&self, declared: &Map<String, Value>) -> Result<Value, String> {
+        let mut out = Map::with_capacity(declared.len());
+        for (name, value) in declared {
+            let rendered = self
+                .render(value)
+                .map_err(|e| format!("outputs.{name}: {e}"))?;
+            out.insert(name.clone(), rendered);
+        }
+        let mut out = Value::Object(out);
+        self.shared.masker.mask_value(&mut out);
+        let size = out.to_string().len();
+        if size > MAX_OUTPUTS_BYTES {
+            return Err(format!(
+                "the outputs are {size} bytes as JSON; they may be at most {MAX_OUTPUTS_BYTES}"
+            ));
+        }
+        Ok(out)
     }
 
     fn render_text(&self, text: &str) -> Result<Value, String> {

@@ -50,6 +50,8 @@ pub mod codes {
     pub const HTTP_STATUS: &str = "http_status";
     pub const RESPONSE_TOO_LARGE: &str = "response_too_large";
     pub const UNKNOWN_ACTION: &str = "unknown_action";
+    /// The workflow's `outputs:` could not be rendered, or are too large.
+    pub const OUTPUTS: &str = "outputs_failed";
 }
 
 /// An action, as the executor sees it.

@@ -93,6 +93,10 @@ pub struct SessionReport {
     pub params: Value,
     pub steps: IndexMap<String, StepRecord>,
     pub error: Option<ErrorInfo>,
+    /// The workflow's `outputs:`, rendered when it succeeded; secret values
+    /// masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
 }
 
 pub fn millis_between(start: Timestamp, end: Timestamp) -> u64 {

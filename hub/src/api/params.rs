@@ -156,6 +156,7 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         on_error: Vec::new(),
         browser: Default::default(),
         warnings: Default::default(),
+        outputs: Default::default(),
     }
 }
 

@@ -49,7 +49,7 @@ pub(super) fn finish_report(lease: &HeldLease, report: &SessionReport) -> Finish
             .iter()
             .map(|(id, r)| step_state(id, r))
             .collect(),
-        outputs: None,
+        outputs: report.outputs.clone(),
     }
 }
 

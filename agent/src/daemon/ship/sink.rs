@@ -351,6 +351,7 @@ mod tests {
             params: serde_json::Value::Null,
             steps: Default::default(),
             error: None,
+            outputs: None,
         })));
         let finish = sink.final_report(&lease).unwrap();
         assert_eq!(finish.status, SessionStatus::Error);
