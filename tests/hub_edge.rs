@@ -419,6 +419,51 @@ async fn another_key_cannot_use_a_lease_it_does_not_hold() {
     assert_eq!(r.body["status"], "success", "{}", r.body);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_report_with_outputs_no_robot_makes_is_refused() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--hold-seconds", "1"]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Api::new(&hub, Some(token(&key, "robot")));
+    let (id, lease) = leased(&api, &robot, "outputs").await;
+    let finish = format!("/v1/robot/sessions/{id}/finish");
+    // Too large, or not an object: refused, naming the field.
+    for outputs in [json!({"big": "x".repeat(70 * 1024)}), json!([1, 2])] {
+        let report = json!({"status": "success", "idempotency_key": "k0",
+            "ended_at": "2026-01-01T00:00:00Z", "steps": [], "outputs": outputs});
+        let r = with_lease(
+            &robot,
+            reqwest::Method::POST,
+            &finish,
+            &lease,
+            report.to_string(),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, "invalid_field"),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["problems"][0]["path"], "outputs");
+    }
+    let r = api.get(&format!("/v1/session_queues/{id}")).await;
+    assert_eq!(r.body["status"], "running", "{}", r.body);
+    let report = json!({"status": "success", "idempotency_key": "k1",
+        "ended_at": "2026-01-01T00:00:00Z", "steps": [], "outputs": {"n": 1}});
+    let r = with_lease(
+        &robot,
+        reqwest::Method::POST,
+        &finish,
+        &lease,
+        report.to_string(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["outputs"], json!({"n": 1}), "{}", r.body);
+}
+
 // ---------------------------------------------------------------------
 // Item 11: failed authentication.
 

@@ -36,6 +36,9 @@ pub const MAX_LOG_BATCH: usize = 5_000;
 pub const MAX_LOG_MESSAGE_BYTES: usize = 64 * 1024;
 /// Bytes of one artifact, at most.
 pub const MAX_ARTIFACT_BYTES: usize = 50 * 1024 * 1024;
+/// A finished session's `outputs`, as JSON, at most (the executor renders
+/// no more: tasuki_actions' `MAX_OUTPUTS_BYTES`).
+pub const MAX_OUTPUTS_BYTES: usize = 64 * 1024;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 64;
 /// Actions one robot may offer, at most.

@@ -32,7 +32,8 @@ use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
 
 /// How large a session's rendered `outputs:` may be, as JSON: they travel
-/// in the final report.
+/// in the final report, whose hub refuses more (the robot protocol's
+/// `MAX_OUTPUTS_BYTES`, which this crate does not depend on).
 const MAX_OUTPUTS_BYTES: usize = 64 * 1024;
 
 /// How long `on_error` may run; it must not keep a failed session alive.

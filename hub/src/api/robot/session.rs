@@ -10,7 +10,8 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use tasuki_protocol::robot::{
-    MAX_ARTIFACT_BYTES, MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, check_artifact_name,
+    MAX_ARTIFACT_BYTES, MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, MAX_OUTPUTS_BYTES,
+    check_artifact_name,
 };
 use tasuki_protocol::{
     FinishSession, LogBatch, LogsStored, SessionQueue, StepState, StepsStored, StepsUpdate,
@@ -291,6 +292,17 @@ pub async fn finish(
         ));
     }
     check_steps(&report.steps, "steps")?;
+    if let Some(outputs) = &report.outputs {
+        let size = outputs.to_string().len();
+        if !outputs.is_object() || size > MAX_OUTPUTS_BYTES {
+            return Err(ApiError::invalid_field(
+                "outputs",
+                format!(
+                    "an object of at most {MAX_OUTPUTS_BYTES} bytes as JSON (this is {size} bytes)"
+                ),
+            ));
+        }
+    }
     if let Some(e) = &report.error
         && (e.code.len() > 128 || e.message.len() > MAX_LOG_MESSAGE_BYTES)
     {
