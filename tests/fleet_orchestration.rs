@@ -18,6 +18,14 @@ use serde_json::{Value, json};
 /// The tests read sessions often, far above AUTORO's 60 calls a minute.
 const HUB_ARGS: &[&str] = &["--quota-per-robot", "1000000"];
 
+/// A registered robot with its agent running, for `f`'s hub.
+fn running_robot(f: &Fleet, name: &str, register: &[&str]) -> (Robot, Agent) {
+    let robot = Robot::new(f.scratch.dir.path(), name);
+    robot.register_ok(&f.hub, &f.key, register);
+    let agent = robot.start(&[]);
+    (robot, agent)
+}
+
 fn sleeper(name: &str, seconds: u32) -> String {
     format!(
         "version: 1\nname: {name}\nsteps:\n  - id: work\n    action: shell.run\n    with: {{argv: [sleep, \"{seconds}\"]}}\n"
@@ -100,9 +108,7 @@ fn assert_no_overlap(sessions: &[Value]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_starts_sessions_on_time_and_a_paused_one_starts_none() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "clock");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "clock", &[]);
     let workflow_id = workflow(&f.api, &sleeper("tick", 0), &[]).await;
     let schedule = create_schedule(
         &f.api,
@@ -180,9 +186,7 @@ async fn a_schedule_starts_sessions_on_time_and_a_paused_one_starts_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlap_policies_skip_wait_or_cancel_the_previous_run() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "busy");
-    robot.register_ok(&f.hub, &f.key, &["--max-concurrency", "2"]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "busy", &["--max-concurrency", "2"]);
 
     // skip: runs every second, each lasting 3 s, never side by side.
     let slow = workflow(&f.api, &sleeper("slow", 3), &[]).await;
@@ -326,9 +330,7 @@ async fn a_due_run_starts_once_across_a_hub_killed_and_started_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerun_runs_the_same_workflow_and_params_with_its_secret_given_again() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "again");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "again", &[]);
     let yaml = "version: 1
 name: checked
 params:
@@ -473,9 +475,7 @@ async fn runs_missed_while_the_hub_was_down_run_once_or_not_at_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_waits_answers_with_the_final_state() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "sync");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "sync", &[]);
     let quick = workflow(&f.api, &sleeper("quick", 1), &[]).await;
     let r = f
         .api
@@ -811,9 +811,7 @@ async fn handler_of(api: &Api, failed: i64, limit: Duration) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_session_queues_its_error_handler_once_and_handlers_do_not_chain() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "handler");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "handler", &[]);
     let handler_yaml = "version: 1
 name: on-failure
 params:
@@ -940,9 +938,7 @@ async fn deliver(api: &Api, path: &str, signature: Option<&str>, body: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_webhook_queues_a_session_with_mapped_params_once() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "hooked");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "hooked", &[]);
     let yaml = "version: 1
 name: hooked
 params:
@@ -1471,9 +1467,7 @@ async fn the_audit_log_records_each_change_and_who_made_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_outputs_appear_in_the_session() {
     let f = Fleet::start();
-    let robot = Robot::new(f.scratch.dir.path(), "outputs");
-    robot.register_ok(&f.hub, &f.key, &[]);
-    let _agent = robot.start(&[]);
+    let _agent = running_robot(&f, "outputs", &[]);
     let yaml = "version: 1
 name: totals
 params:

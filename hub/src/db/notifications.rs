@@ -11,6 +11,7 @@
 use serde_json::Value;
 use tasuki_protocol::{Delivery, DeliveryStatus, Notification};
 
+use super::secret_params::{Owner, open_bytes, seal_bytes};
 use super::sql::{Conn, Dialect, Row, params};
 use super::{DbError, parse_json, sessions, to_timestamp};
 use crate::secrets::MasterKey;
@@ -23,10 +24,6 @@ pub struct NewNotification {
 
 /// Sessions ended further back than this when a hub looks make no events.
 const LOOK_BACK_MS: i64 = 10 * 60_000;
-
-fn aad(id: i64) -> String {
-    format!("notification {id} secret")
-}
 
 pub fn insert(
     conn: &mut Conn<'_>,
@@ -43,10 +40,7 @@ pub fn insert(
             params![n.workflow_id, n.url, events, Vec::<u8>::new(), now_ms],
             |r| r.get(0),
         )?;
-        let sealed = master
-            .seal(&aad(id), secret.as_bytes())
-            .map_err(|e| DbError::Secrets(format!("notification {id}: {e}")))?
-            .into_blob();
+        let sealed = seal_bytes(master, Owner::Notification(id), secret.as_bytes())?;
         tx.execute(
             "UPDATE notifications SET secret_sealed = ?2 WHERE id = ?1",
             params![id, sealed],
@@ -96,11 +90,7 @@ pub fn target(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     row.map(|(url, sealed)| {
-        let secret = master.open_blob(&aad(id), &sealed).map_err(|_| {
-            DbError::Secrets(format!(
-                "notification {id}: its secret does not open with the master key"
-            ))
-        })?;
+        let secret = open_bytes(master, Owner::Notification(id), &sealed)?;
         Ok((url, secret))
     })
     .transpose()

@@ -25,6 +25,10 @@ pub enum Owner {
     Session(i64),
     /// A schedule keeps its sessions' secret values until it is deleted.
     Schedule(i64),
+    /// A webhook trigger's signing secret.
+    Trigger(i64),
+    /// A notification's signing secret.
+    Notification(i64),
 }
 
 impl Owner {
@@ -32,6 +36,8 @@ impl Owner {
         match self {
             Owner::Session(id) => format!("session_queue {id} secret params"),
             Owner::Schedule(id) => format!("schedule {id} secret params"),
+            Owner::Trigger(id) => format!("trigger {id} secret"),
+            Owner::Notification(id) => format!("notification {id} secret"),
         }
     }
 
@@ -39,6 +45,8 @@ impl Owner {
         match self {
             Owner::Session(id) => format!("session queue {id}"),
             Owner::Schedule(id) => format!("schedule {id}"),
+            Owner::Trigger(id) => format!("trigger {id}"),
+            Owner::Notification(id) => format!("notification {id}"),
         }
     }
 }
@@ -64,10 +72,26 @@ pub fn seal(
     secrets: &Map<String, Value>,
 ) -> Result<Vec<u8>, DbError> {
     let plain = serde_json::to_vec(secrets).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    seal_bytes(master, owner, &plain)
+}
+
+/// Seals `plain` for `owner`'s row.
+pub fn seal_bytes(master: &MasterKey, owner: Owner, plain: &[u8]) -> Result<Vec<u8>, DbError> {
     let sealed = master
-        .seal(&owner.aad(), &plain)
+        .seal(&owner.aad(), plain)
         .map_err(|e| DbError::Secrets(format!("{}: {e}", owner.what())))?;
     Ok(sealed.into_blob())
+}
+
+/// Opens what [`seal_bytes`] sealed for `owner`.
+pub fn open_bytes(master: &MasterKey, owner: Owner, blob: &[u8]) -> Result<Vec<u8>, DbError> {
+    master.open_blob(&owner.aad(), blob).map_err(|_| {
+        DbError::Secrets(format!(
+            "{}: the sealed secret does not open with the master key; is <db>.key the one \
+             this database was created with?",
+            owner.what()
+        ))
+    })
 }
 
 /// Puts the sealed values back into `params`: for a robot's lease, or a
@@ -78,13 +102,7 @@ pub fn open_into(
     blob: &[u8],
     params: &mut Map<String, Value>,
 ) -> Result<(), DbError> {
-    let plain = master.open_blob(&owner.aad(), blob).map_err(|_| {
-        DbError::Secrets(format!(
-            "{}: the sealed secret params do not open with the master key; is <db>.key the \
-             one this database was created with?",
-            owner.what()
-        ))
-    })?;
+    let plain = open_bytes(master, owner, blob)?;
     let secrets: Map<String, Value> = serde_json::from_slice(&plain)
         .map_err(|e| DbError::Corrupt(format!("{}: secret params: {e}", owner.what())))?;
     params.extend(secrets);

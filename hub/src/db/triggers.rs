@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use super::secret_params::{Owner, open_bytes, seal_bytes};
 use super::sql::{Conn, params};
 use super::{DbError, parse_json};
 use crate::secrets::MasterKey;
@@ -17,10 +18,6 @@ pub struct StoredTrigger {
     /// Param name → JSON Pointer into a request's body.
     pub mapping: Map<String, Value>,
     pub created_at: i64,
-}
-
-fn aad(id: i64) -> String {
-    format!("trigger {id} secret")
 }
 
 pub fn insert(
@@ -42,10 +39,7 @@ pub fn insert(
             params![workflow_id, mapping_json, Vec::<u8>::new(), now_ms],
             |r| r.get(0),
         )?;
-        let sealed = master
-            .seal(&aad(id), secret.as_bytes())
-            .map_err(|e| DbError::Secrets(format!("trigger {id}: {e}")))?
-            .into_blob();
+        let sealed = seal_bytes(master, Owner::Trigger(id), secret.as_bytes())?;
         tx.execute(
             "UPDATE triggers SET secret_sealed = ?2 WHERE id = ?1",
             params![id, sealed],
@@ -73,12 +67,7 @@ pub fn get(
     let Some((trigger, sealed)) = row else {
         return Ok(None);
     };
-    let secret = master.open_blob(&aad(id), &sealed).map_err(|_| {
-        DbError::Secrets(format!(
-            "trigger {id}: its secret does not open with the master key; is <db>.key the one \
-             this database was created with?"
-        ))
-    })?;
+    let secret = open_bytes(master, Owner::Trigger(id), &sealed)?;
     Ok(Some((trigger, secret)))
 }
 
