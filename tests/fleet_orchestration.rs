@@ -889,6 +889,16 @@ steps:
         .count();
     assert_eq!(handlers_of_first, 1);
 
+    // A key that cannot queue sessions cannot have the hub queue them.
+    let writer = create_key(&f.scratch, "workflow.write");
+    let writer = Api::new(&f.hub, Some(token(&writer, "workflow.write")));
+    let r = upload(&writer, &failing("sneaky"), Some(handler)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "insufficient_scope"),
+        "{}",
+        r.body
+    );
     // Refused: no such handler; a handler that requires another param.
     let r = upload(&f.api, &failing("orphan"), Some(9_999)).await;
     assert_eq!(
@@ -1057,7 +1067,7 @@ steps:
     let r = deliver(&anon, "/v1/triggers/9999", Some(&signature), body).await;
     assert_eq!(
         (r.status.as_u16(), r.code()),
-        (401, "unknown_trigger"),
+        (401, "invalid_signature"),
         "{}",
         r.body
     );
@@ -1119,7 +1129,7 @@ steps:
     let r = deliver(&anon, &path, Some(&signed(&secret, now + 3, body)), body).await;
     assert_eq!(
         (r.status.as_u16(), r.code()),
-        (401, "unknown_trigger"),
+        (401, "invalid_signature"),
         "{}",
         r.body
     );
@@ -1197,6 +1207,24 @@ async fn notifications_arrive_signed_and_are_retried_after_a_receiver_error() {
         !listed.body.to_string().contains(&secret),
         "{}",
         listed.body
+    );
+    // The URL as its origin: a webhook URL's path is often its credential.
+    let origin = rx.url.trim_end_matches("/hook");
+    assert_eq!(
+        listed.body["notifications"][0]["url"],
+        format!("{origin}/…")
+    );
+    // Its events carry sessions: a key that cannot read them cannot make one.
+    let writer = create_key(&scratch, "workflow.write");
+    let writer = Api::new(&hub, Some(token(&writer, "workflow.write")));
+    let r = writer
+        .post("/v1/notifications", &json!({"url": rx.url}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "insufficient_scope"),
+        "{}",
+        r.body
     );
 
     let session = queue(&api, w, json!({"token": "n0tify-s3cret"})).await;

@@ -151,7 +151,8 @@ async fn send(
         .body(d.payload.clone())
         .send()
         .await
-        .map_err(|e| (None, format!("{e}")))?;
+        // Without the URL, which may hold a credential.
+        .map_err(|e| (None, format!("{}", e.without_url())))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
         Ok(status)
@@ -218,21 +219,46 @@ fn refuse_private(host: &str, ip: IpAddr) -> Result<(), String> {
 fn private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
+                // 0.0.0.0/8 ("this network"), 240.0.0.0/4 (reserved).
+                || a == 0
+                || a >= 240
                 // 100.64.0.0/10, carrier-grade NAT.
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+                || (a == 100 && (b & 0xc0) == 64)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            // An IPv4 address inside: mapped (::ffff:a.b.c.d), compatible
+            // (::a.b.c.d), NAT64 (64:ff9b::/96), 6to4 (2002:ab.cd::/16).
+            let inner = if s[0] == 0x2002 {
+                Some(std::net::Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                ))
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0; 6] {
+                Some(std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                ))
+            } else {
+                v6.to_ipv4_mapped()
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 // fc00::/7 unique local, fe80::/10 link-local.
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| private(IpAddr::V4(v4)))
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || inner.is_some_and(|v4| private(IpAddr::V4(v4)))
         }
     }
 }
@@ -258,7 +284,13 @@ mod tests {
         ] {
             assert!(private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "100.128.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!private(ip.parse().unwrap()), "{ip}");
         }
     }

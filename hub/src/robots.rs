@@ -61,25 +61,28 @@ pub async fn transfer(store: &StoreArgs, name: &str, to_key: &str) -> anyhow::Re
     let (robot_name, key_id) = (name.to_owned(), to_key.to_owned());
     let (moved, running) = db
         .call(move |conn| {
-            let moved = robots::transfer(conn, &robot_name, &key_id)?;
-            if let Transfer::Moved { from_key_id } = &moved {
-                let detail = json!({"from_key_id": from_key_id, "to_key_id": key_id});
-                let subject = format!("robot {robot_name}");
-                audit::record(
-                    conn,
-                    audit::OPERATOR,
-                    "robot.transfer",
-                    &subject,
-                    detail,
-                    now_ms(),
-                )?;
-            }
-            let robot = robots::find(conn, &robot_name)?.map(|r| r.id);
-            let running = leases::running_by_robot(conn)?
-                .into_iter()
-                .filter(|(r, _)| Some(*r) == robot)
-                .count();
-            Ok((moved, running))
+            // The transfer and its audit entry commit together.
+            conn.transaction(|conn| {
+                let moved = robots::transfer(conn, &robot_name, &key_id)?;
+                if let Transfer::Moved { from_key_id } = &moved {
+                    let detail = json!({"from_key_id": from_key_id, "to_key_id": key_id});
+                    let subject = format!("robot {robot_name}");
+                    audit::record(
+                        conn,
+                        audit::OPERATOR,
+                        "robot.transfer",
+                        &subject,
+                        detail,
+                        now_ms(),
+                    )?;
+                }
+                let robot = robots::find(conn, &robot_name)?.map(|r| r.id);
+                let running = leases::running_by_robot(conn)?
+                    .into_iter()
+                    .filter(|(r, _)| Some(*r) == robot)
+                    .count();
+                Ok((moved, running))
+            })
         })
         .await?;
     match moved {
@@ -110,19 +113,23 @@ pub async fn delete(store: &StoreArgs, name: &str) -> anyhow::Result<()> {
     let robot_name = name.to_owned();
     match db
         .call(move |conn| {
-            let deleted = robots::delete(conn, &robot_name)?;
-            if let Deletion::Done = deleted {
-                let subject = format!("robot {robot_name}");
-                audit::record(
-                    conn,
-                    audit::OPERATOR,
-                    "robot.delete",
-                    &subject,
-                    json!({}),
-                    now_ms(),
-                )?;
-            }
-            Ok(deleted)
+            // The deletion and its audit entry commit together.
+            conn.transaction(|tx| {
+                let deleted = robots::delete(tx, &robot_name)?;
+                if let Deletion::Done = deleted {
+                    let subject = format!("robot {robot_name}");
+                    let detail = json!({});
+                    audit::record(
+                        tx,
+                        audit::OPERATOR,
+                        "robot.delete",
+                        &subject,
+                        detail,
+                        now_ms(),
+                    )?;
+                }
+                Ok(deleted)
+            })
         })
         .await?
     {

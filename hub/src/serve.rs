@@ -208,9 +208,19 @@ async fn sweep_leases(hub: Arc<Hub>) {
 /// Makes the notification events of sessions that ended since the last
 /// look (db/notifications.rs), and wakes the sender.
 async fn make_notification_events(hub: &Arc<Hub>) {
+    // Batch after batch until the sessions that ended are all seen.
     match hub
         .db
-        .call(|conn| notifications::make_events(conn, now_ms()))
+        .call(|conn| {
+            let mut made = 0;
+            loop {
+                let (batch, more) = notifications::make_events(conn, now_ms())?;
+                made += batch;
+                if !more {
+                    return Ok(made);
+                }
+            }
+        })
         .await
     {
         Ok(0) => {}
@@ -227,7 +237,15 @@ async fn queue_error_handlers(hub: &Arc<Hub>) {
         .db
         .call(move |conn| {
             let now = now_ms();
-            let queued = error_handlers::queue_due(conn, &offering.master, now)?;
+            // Batch after batch until every failure is seen.
+            let mut queued = Vec::new();
+            loop {
+                let (batch, more) = error_handlers::queue_due(conn, &offering.master, now)?;
+                queued.extend(batch);
+                if !more {
+                    break;
+                }
+            }
             for &(_, handler) in &queued {
                 api::sessions::offer(conn, &offering, handler, now);
             }

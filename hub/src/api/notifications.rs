@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
 use tasuki_protocol::{
-    CreateNotification, Delivery, DeliveryList, Notification, NotificationList, SessionStatus,
+    CreateNotification, Delivery, DeliveryList, Notification, NotificationList, Scope,
+    SessionStatus,
 };
 
 use super::Hub;
@@ -32,6 +33,9 @@ pub async fn create(
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
     JsonBody(req): JsonBody<CreateNotification>,
 ) -> Result<(StatusCode, Json<Notification>), ApiError> {
+    // Events carry sessions (params, outputs, errors): only for a caller
+    // who may read them.
+    caller.require(Scope::SessionQueueRead)?;
     if req.url.chars().count() > MAX_URL_CHARS {
         return Err(ApiError::invalid_field(
             "url",
@@ -105,8 +109,10 @@ pub async fn create(
                 let now = now_ms();
                 let made = notifications::insert(tx, &new, &sealed, &master, now)?;
                 let subject = format!("notification {}", made.id);
-                let detail =
-                    json!({"url": made.url, "events": made.events, "workflow_id": made.workflow_id});
+                // The URL may hold a credential (a chat webhook's): its
+                // origin only.
+                let detail = json!({"url": shown_url(&made.url), "events": made.events,
+                                    "workflow_id": made.workflow_id});
                 audit::record(tx, &actor, "notification.create", &subject, detail, now)?;
                 Ok(Some(made))
             })
@@ -132,9 +138,11 @@ pub async fn list(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
 ) -> Result<Json<NotificationList>, ApiError> {
-    Ok(Json(NotificationList {
-        notifications: hub.db.call(notifications::list).await?,
-    }))
+    let mut notifications = hub.db.call(notifications::list).await?;
+    for n in &mut notifications {
+        n.url = shown_url(&n.url);
+    }
+    Ok(Json(NotificationList { notifications }))
 }
 
 pub async fn delete(
@@ -198,9 +206,10 @@ pub async fn deliveries(
 /// log like any other.
 pub async fn test(
     State(hub): State<Arc<Hub>>,
-    _: Authorized<need::WorkflowWrite>,
+    Authorized(caller, _): Authorized<need::WorkflowWrite>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Delivery>), ApiError> {
+    caller.require(Scope::SessionQueueRead)?;
     let id = id_in(id, "notification")?;
     let delivery = hub
         .db
@@ -219,6 +228,22 @@ pub async fn test(
         .ok_or_else(|| not_found(id))?;
     hub.notifications_wake.notify_one();
     Ok((StatusCode::CREATED, Json(delivery)))
+}
+
+/// A receiver's URL as lists show it: its origin, the rest elided, since
+/// a webhook URL's path and query are often its credential.
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let origin = u.origin().ascii_serialization();
+            if u.path() == "/" && u.query().is_none() {
+                origin
+            } else {
+                format!("{origin}/…")
+            }
+        }
+        Err(_) => "…".to_string(),
+    }
 }
 
 fn not_found(id: i64) -> ApiError {

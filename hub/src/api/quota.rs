@@ -9,7 +9,8 @@
 //! memory. Hubs sharing PostgreSQL add what they counted to the key's row
 //! of `api_calls` ([`Quota::sync`], every [`SYNC_EVERY`]) and learn what
 //! the others added; a key's first call of a minute on a hub adds itself
-//! at once, so that a hub never starts a minute unaware of the others. A
+//! at once, so that a hub starts a minute knowing the others' count
+//! (calls arriving while it does count on this hub's own until then). A
 //! key can therefore pass its quota only by the calls the other hubs let
 //! through within one sync, and a restart forgets only this hub's unsynced
 //! calls: both err toward letting calls through, never toward refusing.

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tasuki_protocol::{
-    CreateSessionQueue, LogsResponse, RerunSessionQueue, SessionOrigin, SessionQueue,
+    CreateSessionQueue, LogsResponse, RerunSessionQueue, Scope, SessionOrigin, SessionQueue,
     SessionQueueList, SessionStatus,
 };
 
@@ -32,9 +32,10 @@ const LOG_LINES_PER_CALL: i64 = 10_000;
 
 /// The longest `?wait=` a create may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(120);
-/// A waiting create looks at its session at least this often (a session
-/// ended on another hub of the database tells this one nothing).
-const WAIT_LOOK_EVERY: Duration = Duration::from_millis(100);
+/// A waiting create looks at its session when a session ends on this hub,
+/// and at least this often (a session that ended on another hub of the
+/// database tells this one nothing).
+const WAIT_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// `POST /v1/session_queues`; with `?wait=30s` (Schift's `mode=sync`) it
 /// answers when the session has ended or the wait is over, whichever
@@ -196,6 +197,8 @@ pub async fn rerun(
     id: Result<Path<String>, PathRejection>,
     OptionalJsonBody(body): OptionalJsonBody<RerunSessionQueue>,
 ) -> Result<(StatusCode, Json<SessionQueue>), ApiError> {
+    // It copies the original's params, which reading needs.
+    caller.require(Scope::SessionQueueRead)?;
     let id = session_id(id)?;
     let given = body.params.unwrap_or_default();
     let original = hub
@@ -214,9 +217,21 @@ pub async fn rerun(
         ));
     }
     let workflow_id = original.workflow.id;
+    let secret: Vec<String> = hub
+        .db
+        .call(move |conn| workflows::params_of(conn, workflow_id))
+        .await?
+        .map(|w| {
+            w.params
+                .into_iter()
+                .filter(|p| p.secret)
+                .map(|p| p.name)
+                .collect()
+        })
+        .unwrap_or_default();
     let mut params = original.params;
     for (name, value) in given {
-        if params.get(&name).and_then(|v| v.as_str()) != Some(MASK) {
+        if !secret.contains(&name) {
             return Err(ApiError::invalid_field(
                 &format!("params.{name}"),
                 format!(

@@ -230,18 +230,16 @@ async fn verify(
     body: &[u8],
 ) -> Result<(triggers::StoredTrigger, Map<String, Value>), ApiError> {
     let master = hub.master.clone();
-    let Some((trigger, secret)) = hub
+    let found = hub
         .db
         .call(move |conn| triggers::get(conn, id, &master))
-        .await?
-    else {
-        return Err(ApiError::unauthorized(
-            "unknown_trigger",
-            format!("there is no trigger {id}"),
-        ));
-    };
+        .await?;
     let now = now_ms();
-    if (now - t.saturating_mul(1000)).abs() > REPLAY_WINDOW_MS {
+    let off_by = t
+        .checked_mul(1000)
+        .and_then(|t_ms| now.checked_sub(t_ms))
+        .map(i64::unsigned_abs);
+    if off_by.is_none_or(|off| off > REPLAY_WINDOW_MS as u64) {
         return Err(ApiError::unauthorized(
             "stale_signature",
             format!(
@@ -251,10 +249,19 @@ async fn verify(
             ),
         ));
     }
+    // An unknown trigger is refused as a wrong signature is, after the
+    // same work, so that ids cannot be probed.
+    let (trigger, secret) = match found {
+        Some((trigger, secret)) => (Some(trigger), secret),
+        None => (None, b"no such trigger".to_vec()),
+    };
     let expected = signature::v1(&secret, t, body);
-    if aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), signature.as_bytes())
-        .is_err()
-    {
+    let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
+        expected.as_bytes(),
+        signature.as_bytes(),
+    )
+    .is_ok();
+    let Some(trigger) = trigger.filter(|_| matches) else {
         return Err(ApiError::unauthorized(
             "invalid_signature",
             format!(
@@ -262,7 +269,7 @@ async fn verify(
                  the body as sent, keyed with trigger {id}'s secret"
             ),
         ));
-    }
+    };
     let document: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
     // What the body lacks is left out: the param's default applies, or

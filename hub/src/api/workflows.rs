@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use tasuki_actions::{LoadOptions, Problems, Workflow, parse_workflow};
 use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
-use tasuki_protocol::{CreateWorkflow, ProblemItem, WorkflowItem, WorkflowList};
+use tasuki_protocol::{CreateWorkflow, ProblemItem, Scope, WorkflowItem, WorkflowList};
 
 use super::Hub;
 use super::auth::{Authorized, need};
@@ -102,6 +102,9 @@ pub async fn create(
         ])));
     }
     if let Some(handler) = req.error_handler_workflow_id {
+        // The hub will queue the handler's sessions on its own: only for a
+        // caller who may queue sessions.
+        caller.require(Scope::SessionQueueWrite)?;
         check_handler(&hub, handler).await?;
     }
     let actor = caller.key_id.clone();

@@ -20,14 +20,18 @@ use crate::secrets::MasterKey;
 /// was down longer leaves theirs unqueued.
 const LOOK_BACK_MS: i64 = 10 * 60_000;
 
-/// Queues the handlers of sessions that failed lately and have none;
-/// returns each (failed session, handler session) pair, whose handler is
-/// to be offered to the robots.
+/// Failed sessions one batch of [`queue_due`] looks at.
+const BATCH: usize = 50;
+
+/// Queues the handlers of a batch of sessions that failed lately and have
+/// none; returns each (failed session, handler session) pair, whose
+/// handler is to be offered to the robots, and whether more may be waiting
+/// (the batch was full).
 pub fn queue_due(
     conn: &mut Conn<'_>,
     master: &MasterKey,
     now_ms: i64,
-) -> Result<Vec<(i64, i64)>, DbError> {
+) -> Result<(Vec<(i64, i64)>, bool), DbError> {
     let lock = match conn.dialect() {
         Dialect::Sqlite => "",
         Dialect::Postgres => "FOR UPDATE OF s SKIP LOCKED",
@@ -42,7 +46,7 @@ pub fn queue_due(
                  JOIN workflows h ON h.id = w.error_handler_workflow_id
                  WHERE s.status = 'error' AND s.ended_at >= ?1
                    AND s.handler_session IS NULL AND s.handles_session IS NULL
-                 ORDER BY s.id LIMIT 50 {lock}"
+                 ORDER BY s.id LIMIT {BATCH} {lock}"
             ),
             params![now_ms - LOOK_BACK_MS],
             |r| {
@@ -57,6 +61,7 @@ pub fn queue_due(
                 })
             },
         )?;
+        let full = failed.len() == BATCH;
         let mut queued = Vec::new();
         for Failed {
             id,
@@ -101,7 +106,7 @@ pub fn queue_due(
             )?;
             queued.push((id, handler_session));
         }
-        Ok(queued)
+        Ok((queued, full))
     })
 }
 

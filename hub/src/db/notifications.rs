@@ -120,9 +120,13 @@ pub fn queue(
     )
 }
 
-/// Makes the events of sessions that ended lately and have none yet;
-/// returns how many deliveries were queued.
-pub fn make_events(conn: &mut Conn<'_>, now_ms: i64) -> Result<usize, DbError> {
+/// Sessions one batch of [`make_events`] looks at.
+const BATCH: usize = 200;
+
+/// Makes the events of sessions that ended lately and have none yet, a
+/// batch of them; returns how many deliveries were queued, and whether
+/// more sessions may be waiting (the batch was full).
+pub fn make_events(conn: &mut Conn<'_>, now_ms: i64) -> Result<(usize, bool), DbError> {
     let lock = match conn.dialect() {
         Dialect::Sqlite => "",
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -133,13 +137,14 @@ pub fn make_events(conn: &mut Conn<'_>, now_ms: i64) -> Result<usize, DbError> {
                 "SELECT id FROM session_queues
                  WHERE notified IS NULL AND ended_at >= ?1
                    AND status IN ('success', 'error', 'cancelled')
-                 ORDER BY id LIMIT 200 {lock}"
+                 ORDER BY id LIMIT {BATCH} {lock}"
             ),
             params![now_ms - LOOK_BACK_MS],
             |r| r.get(0),
         )?;
+        let full = ended.len() == BATCH;
         if ended.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let targets = list(tx)?;
         let mut queued = 0;
@@ -176,7 +181,7 @@ pub fn make_events(conn: &mut Conn<'_>, now_ms: i64) -> Result<usize, DbError> {
                 }
             }
         }
-        Ok(queued)
+        Ok((queued, full))
     })
 }
 

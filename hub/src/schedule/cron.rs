@@ -239,9 +239,18 @@ fn bits(text: &str, field: &Field) -> Result<u64, CronError> {
         };
         let (range, step) = match part.split_once('/') {
             Some((range, step)) => {
-                let step: u32 = step.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                    bad(format!("`{step}` is not a step (a whole number from 1)"))
-                })?;
+                // At most the field's maximum, so that counting up by it
+                // from a value of the field cannot overflow.
+                let step: u32 = step
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=field.max).contains(s))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`{step}` is not a step (a whole number from 1 to {})",
+                            field.max
+                        ))
+                    })?;
                 (range, step)
             }
             None => (part, 1),
@@ -385,6 +394,7 @@ mod tests {
             ("61 * * * *", "the minute field `61`: 61 is out of range"),
             ("* * * * MON-XYZ", "`XYZ` is not a number or a name"),
             ("*/0 * * * *", "is not a step"),
+            ("5/4294967295 * * * *", "is not a step"),
             ("5-1 * * * *", "runs backwards"),
             ("@often", "not a cron shorthand"),
         ] {

@@ -31,6 +31,8 @@ pub use cron::Cron;
 
 /// The longest the scheduler sleeps without looking.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The shortest.
+const MIN_SLEEP: Duration = Duration::from_millis(5);
 
 /// A run more than this late was missed (the hubs were down), and follows
 /// the schedule's `missed` policy; `serve --schedule-missed-after-seconds`.
@@ -62,11 +64,13 @@ pub async fn run(hub: Arc<Hub>) {
                 tracing::warn!(error = %e, "running the due schedules");
                 None
             });
+        // At least a moment: a due schedule another hub holds right now
+        // (skipped, locked) must not make this loop spin.
         let sleep = match earliest {
             Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
             None => LOOK_EVERY,
         }
-        .min(LOOK_EVERY);
+        .clamp(MIN_SLEEP, LOOK_EVERY);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = hub.schedules_wake.0.notified() => {}
@@ -79,36 +83,35 @@ pub async fn run(hub: Arc<Hub>) {
 fn pass(conn: &mut Conn<'_>, hub: &Hub) -> Result<Option<i64>, DbError> {
     for _ in 0..BATCH {
         let now = now_ms();
-        let taken = conn.transaction(|tx| {
+        // Taken and fired in one transaction, which a failure rolls back
+        // whole (a cancelled previous run included).
+        let mut taken = None;
+        let fired = conn.transaction(|tx| {
             let Some(schedule) = schedules::take_due(tx, now, 1)?.pop() else {
                 return Ok(None);
             };
-            let id = schedule.id;
-            match fire(tx, hub, &schedule, now) {
-                Ok(started) => Ok(Some((id, Ok(started)))),
-                Err(e) => {
-                    // Not taken again at once: its next time, or a minute.
-                    let next = next_time(&schedule, now)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(now + MISSED_AFTER.as_millis() as i64);
-                    tx.execute(
-                        "UPDATE schedules SET next_due_at = ?2, waiting = 0 WHERE id = ?1",
-                        crate::db::sql::params![id, next],
-                    )?;
-                    Ok(Some((id, Err(e))))
-                }
-            }
-        })?;
-        match taken {
-            None => break,
-            Some((_, Ok(Some(session_id)))) => {
+            taken = Some(schedule.clone());
+            fire(tx, hub, &schedule, now)
+        });
+        match (fired, taken) {
+            (Ok(_), None) => break,
+            (Ok(Some(session_id)), Some(_)) => {
                 api_sessions::offer(conn, hub, session_id, now_ms());
             }
-            Some((_, Ok(None))) => {}
-            Some((id, Err(e))) => {
-                tracing::error!(schedule_id = id, error = %e, "a schedule's run failed to start");
+            (Ok(None), Some(_)) => {}
+            (Err(e), Some(schedule)) => {
+                tracing::error!(schedule_id = schedule.id, error = %e, "a schedule's run failed to start");
+                // Not taken again at once: its next time, or a minute.
+                let next = next_time(&schedule, now)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(now + MISSED_AFTER.as_millis() as i64);
+                conn.execute(
+                    "UPDATE schedules SET next_due_at = ?2, waiting = 0 WHERE id = ?1",
+                    crate::db::sql::params![schedule.id, next],
+                )?;
             }
+            (Err(e), None) => return Err(e),
         }
     }
     schedules::earliest_due(conn)
