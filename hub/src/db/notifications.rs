@@ -127,18 +127,21 @@ const BATCH: usize = 200;
 /// batch of them; returns how many deliveries were queued, and whether
 /// more sessions may be waiting (the batch was full).
 pub fn make_events(conn: &mut Conn<'_>, now_ms: i64) -> Result<(usize, bool), DbError> {
+    const ENDED: &str = "FROM session_queues
+         WHERE notified IS NULL AND ended_at >= ?1
+           AND status IN ('success', 'error', 'cancelled')";
+    // A look first, outside any transaction: most seconds nothing ended,
+    // and SQLite's one writer need not be taken for that.
+    if !conn.exists(ENDED, params![now_ms - LOOK_BACK_MS])? {
+        return Ok((0, false));
+    }
     let lock = match conn.dialect() {
         Dialect::Sqlite => "",
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
     };
     conn.transaction(|tx| {
         let ended: Vec<i64> = tx.rows(
-            &format!(
-                "SELECT id FROM session_queues
-                 WHERE notified IS NULL AND ended_at >= ?1
-                   AND status IN ('success', 'error', 'cancelled')
-                 ORDER BY id LIMIT {BATCH} {lock}"
-            ),
+            &format!("SELECT id {ENDED} ORDER BY id LIMIT {BATCH} {lock}"),
             params![now_ms - LOOK_BACK_MS],
             |r| r.get(0),
         )?;
@@ -203,6 +206,12 @@ pub fn claim_due(
     held_until_ms: i64,
     limit: i64,
 ) -> Result<Vec<Due>, DbError> {
+    const DUE: &str = "FROM notification_deliveries
+         WHERE status = 'pending' AND next_attempt_at <= ?1";
+    // A look first, outside any transaction (see `make_events`).
+    if !conn.exists(DUE, params![now_ms])? {
+        return Ok(Vec::new());
+    }
     let lock = match conn.dialect() {
         Dialect::Sqlite => "",
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -210,9 +219,7 @@ pub fn claim_due(
     conn.transaction(|tx| {
         let due = tx.rows(
             &format!(
-                "SELECT id, notification_id, event, payload, attempts
-                 FROM notification_deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= ?1
+                "SELECT id, notification_id, event, payload, attempts {DUE}
                  ORDER BY next_attempt_at LIMIT ?2 {lock}"
             ),
             params![now_ms, limit],

@@ -118,6 +118,21 @@ pub fn delete(conn: &mut Conn<'_>, id: i64) -> Result<bool, DbError> {
     Ok(conn.execute("DELETE FROM schedules WHERE id = ?1", params![id])? > 0)
 }
 
+/// Schedules with a run due by `?1`, or a run waiting for a previous
+/// session that has ended.
+const DUE: &str = "FROM schedules
+     WHERE enabled = 1
+       AND (next_due_at <= ?1
+            OR (waiting = 1
+                AND NOT EXISTS (SELECT 1 FROM session_queues q
+                                WHERE q.schedule_id = schedules.id
+                                  AND q.status IN ('queued', 'running'))))";
+
+/// Whether [`take_due`] would find a schedule: a read, in no transaction.
+pub fn any_due(conn: &mut Conn<'_>, now_ms: i64) -> Result<bool, DbError> {
+    conn.exists(DUE, params![now_ms])
+}
+
 /// Enabled schedules with a run due by `now_ms` or waiting for the
 /// previous session, locked until the transaction ends (on PostgreSQL,
 /// skipping rows another hub holds); at most `limit`.
@@ -131,16 +146,7 @@ pub fn take_due(
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
     };
     conn.rows(
-        &format!(
-            "SELECT {COLUMNS} FROM schedules
-             WHERE enabled = 1
-               AND (next_due_at <= ?1
-                    OR (waiting = 1
-                        AND NOT EXISTS (SELECT 1 FROM session_queues q
-                                        WHERE q.schedule_id = schedules.id
-                                          AND q.status IN ('queued', 'running'))))
-             ORDER BY next_due_at LIMIT ?2 {lock}"
-        ),
+        &format!("SELECT {COLUMNS} {DUE} ORDER BY next_due_at LIMIT ?2 {lock}"),
         params![now_ms, limit],
         read_row,
     )

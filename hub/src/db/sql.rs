@@ -428,6 +428,17 @@ impl<'a> Conn<'a> {
         Ok(n.max(0) as u64)
     }
 
+    /// Whether the rows `from_where` (`FROM … WHERE …`) names include one.
+    pub fn exists(&mut self, from_where: &str, params: &[&dyn Param]) -> Result<bool, DbError> {
+        Ok(self
+            .opt_row(
+                &format!("SELECT 1 {from_where} LIMIT 1"),
+                params,
+                |_| Ok(()),
+            )?
+            .is_some())
+    }
+
     /// Statements without parameters or results, one after another.
     pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match &mut self.inner {

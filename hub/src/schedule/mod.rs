@@ -83,6 +83,11 @@ pub async fn run(hub: Arc<Hub>) {
 fn pass(conn: &mut Conn<'_>, hub: &Hub) -> Result<Option<i64>, DbError> {
     for _ in 0..BATCH {
         let now = now_ms();
+        // A look first, outside any transaction: SQLite's one writer is
+        // not taken each second for nothing.
+        if !schedules::any_due(conn, now)? {
+            break;
+        }
         // Taken and fired in one transaction, which a failure rolls back
         // whole (a cancelled previous run included).
         let mut taken = None;
