@@ -311,6 +311,12 @@ pub struct Lease {
     pub workflow: LeasedWorkflow,
     /// The session's params, secrets included: only the robot sees them.
     pub params: Map<String, Value>,
+    /// The values of the credentials its workflow declares, `{name:
+    /// {field: text}}`, read when the lease was granted. Absent for a
+    /// workflow that uses none, so hubs and agents older than
+    /// credentials still understand each other.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub credentials: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

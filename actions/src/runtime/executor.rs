@@ -120,6 +120,7 @@ impl Executor {
             registry: &self.registry,
             shared: shared.clone(),
             params: Value::Object(params.values.clone()),
+            credentials: Value::Object(params.credentials.clone()),
             env: Value::Object(env),
             vars: Map::new(),
             step_states: Value::Object(step_states),
@@ -265,6 +266,8 @@ struct Session<'e> {
     registry: &'e Registry,
     shared: Arc<SessionShared>,
     params: Value,
+    /// `{name: {field: text}}`, every text also in the masker.
+    credentials: Value,
     env: Value,
     vars: Map<String, Value>,
     /// `{id: {status, output, error}}` as templates read it, unmasked.
@@ -280,6 +283,7 @@ impl Scope for Session<'_> {
     fn root(&self, path: &PathExpr) -> Result<Cow<'_, Value>, String> {
         match path.root.as_str() {
             "params" => Ok(Cow::Borrowed(&self.params)),
+            crate::language::credentials::ROOT => Ok(Cow::Borrowed(&self.credentials)),
             "steps" => match path.segments.first() {
                 Some(Segment::Key(id)) if self.step_states.get(id).is_none() => {
                     Err(format!("there is no step `{id}`"))
