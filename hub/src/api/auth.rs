@@ -81,6 +81,8 @@ pub mod need {
     pub struct SessionQueueDelete;
     pub struct WorkflowWrite;
     pub struct AuditRead;
+    pub struct CredentialRead;
+    pub struct CredentialWrite;
 
     impl RequiredScope for SessionQueueWrite {
         const SCOPE: Scope = Scope::SessionQueueWrite;
@@ -96,6 +98,12 @@ pub mod need {
     }
     impl RequiredScope for AuditRead {
         const SCOPE: Scope = Scope::AuditRead;
+    }
+    impl RequiredScope for CredentialRead {
+        const SCOPE: Scope = Scope::CredentialRead;
+    }
+    impl RequiredScope for CredentialWrite {
+        const SCOPE: Scope = Scope::CredentialWrite;
     }
 }
 

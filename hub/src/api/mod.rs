@@ -8,6 +8,7 @@ mod auth;
 mod auth_limit;
 mod body;
 mod body_deadline;
+mod credentials;
 mod error;
 mod fleet_actions;
 mod notifications;
@@ -250,6 +251,16 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/v1/notifications/{id}/test",
             axum::routing::post(notifications::test),
+        )
+        .route(
+            "/v1/credentials",
+            get(credentials::list).post(credentials::create),
+        )
+        .route(
+            "/v1/credentials/{name}",
+            get(credentials::get_one)
+                .put(credentials::update)
+                .delete(credentials::delete),
         )
         .route("/v1/audit_log", get(audit::list))
         .route("/v1/robots", get(robots::list))

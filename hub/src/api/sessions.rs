@@ -141,6 +141,7 @@ pub async fn checked_session(
     };
     let secret_params = params::check(&workflow.name, &workflow.params, &params)
         .map_err(|problems| invalid_params(&workflow.name, problems))?;
+    super::credentials::check_for_session(hub, workflow_id).await?;
     Ok(NewSession {
         workflow_id,
         params,

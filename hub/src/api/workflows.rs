@@ -16,6 +16,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::{QueryParams, page};
 use super::{fleet_actions, params};
+use crate::db::credentials::Declared;
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
 use crate::db::{audit, error_handlers, now_ms, robots};
 use serde_json::json;
@@ -122,7 +123,16 @@ pub async fn create(
         required_actions: workflow.actions_used(),
         robot_labels,
         error_handler_workflow_id: req.error_handler_workflow_id,
+        credentials: workflow
+            .credentials
+            .iter()
+            .map(|c| Declared {
+                name: c.name.clone(),
+                kind: c.kind.as_str().to_string(),
+            })
+            .collect(),
     };
+    let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
     let item = hub
         .db
         .call(move |conn| {
@@ -134,7 +144,8 @@ pub async fn create(
                     &actor,
                     "workflow.create",
                     &format!("workflow {}", item.id),
-                    json!({"name": item.name, "error_handler_workflow_id": item.error_handler_workflow_id}),
+                    json!({"name": item.name, "error_handler_workflow_id": item.error_handler_workflow_id,
+                           "credentials": credential_names}),
                     now,
                 )?;
                 Ok(item)

@@ -309,6 +309,7 @@ mod tests {
                 required_actions: Vec::new(),
                 robot_labels: Vec::new(),
                 error_handler_workflow_id: None,
+                credentials: Vec::new(),
             },
             0,
         )

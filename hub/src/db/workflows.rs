@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tasuki_protocol::WorkflowItem;
 
+use super::credentials::Declared;
 use super::{DbError, parse_json};
 
 /// What the hub keeps of a declared param, to check the params of a
@@ -34,6 +35,9 @@ pub struct NewWorkflow {
     pub robot_labels: Vec<String>,
     /// Queued when one of its sessions ends in error (`error_handlers.rs`).
     pub error_handler_workflow_id: Option<i64>,
+    /// The credentials it declares: its sessions go only to robots every
+    /// one of them allows, and their leases carry the values.
+    pub credentials: Vec<Declared>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -55,11 +59,13 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
     let robots = json("workflow robots", &w.workflow_robots)?;
     let actions = json("required actions", &w.required_actions)?;
     let labels = json("robot labels", &w.robot_labels)?;
+    let credentials = serde_json::to_string(&w.credentials)
+        .map_err(|e| DbError::Corrupt(format!("credentials: {e}")))?;
     let id: i64 = conn.row(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at, required_actions,
-                                robot_labels, error_handler_workflow_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                robot_labels, error_handler_workflow_id, credentials)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          RETURNING id",
         params![
             w.name,
@@ -72,7 +78,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             now_ms,
             actions,
             labels,
-            w.error_handler_workflow_id
+            w.error_handler_workflow_id,
+            credentials
         ],
         |r| r.get(0),
     )?;
@@ -158,4 +165,16 @@ pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>,
         name,
         params: parse_json(&format!("workflow {id}: param_specs"), &specs)?,
     }))
+}
+
+/// The credentials workflow `id` declares; `None` when there is no such
+/// workflow.
+pub fn credentials_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Vec<Declared>>, DbError> {
+    let row: Option<String> = conn.opt_row(
+        "SELECT credentials FROM workflows WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    row.map(|text| parse_json(&format!("workflow {id}: credentials"), &text))
+        .transpose()
 }
