@@ -93,6 +93,7 @@ pub async fn create(
         })
         .await??;
     tracing::info!(credential = %made.name, kind = %made.kind, key_id = %caller.key_id, "credential created");
+    reoffer(&hub, &made.name).await;
     Ok((StatusCode::CREATED, Json(made)))
 }
 
@@ -191,6 +192,7 @@ pub async fn update(
         })
         .await??;
     tracing::info!(credential = %changed.name, version = changed.version, key_id = %caller.key_id, "credential changed");
+    reoffer(&hub, &changed.name).await;
     Ok(Json(changed))
 }
 
@@ -227,6 +229,28 @@ pub async fn delete(
     }
     tracing::info!(credential = %name, key_id = %caller.key_id, "credential deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sessions waiting for the credential `name` (made, or allowing other
+/// robots now) are offered to the robots waiting in a poll, as a new
+/// session is; a robot not waiting finds them at its next poll anyway.
+async fn reoffer(hub: &Arc<Hub>, name: &str) {
+    /// Sessions offered again at most, per change.
+    const MAX_REOFFERED: i64 = 1000;
+    let (dispatch_hub, name) = (hub.clone(), name.to_string());
+    let offered = hub
+        .db
+        .call(move |conn| {
+            let now = now_ms();
+            for id in credentials::queued_sessions_using(conn, &name, MAX_REOFFERED)? {
+                super::sessions::offer(conn, &dispatch_hub, id, now);
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = offered {
+        tracing::warn!(error = %e, "offering the sessions that wait for a credential");
+    }
 }
 
 /// A session of `workflow_id` is refused while a credential its workflow

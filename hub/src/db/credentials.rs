@@ -239,6 +239,32 @@ pub fn allows(
     Ok(out)
 }
 
+/// Queued, unleased sessions whose workflow uses the credential `name`
+/// (oldest first, at most `limit`): offered to the waiting robots again
+/// when the credential is made or whom it allows changes.
+pub fn queued_sessions_using(
+    conn: &mut Conn<'_>,
+    name: &str,
+    limit: i64,
+) -> Result<Vec<i64>, DbError> {
+    let rows: Vec<(i64, String)> = conn.rows(
+        "SELECT s.id, w.credentials FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+         WHERE s.status = 'queued' AND s.lease_id IS NULL AND w.credentials <> '[]'
+         ORDER BY s.id LIMIT ?1",
+        params![limit],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for (id, declared) in rows {
+        let declared: Vec<Declared> =
+            parse_json(&format!("session queue {id}: its workflow's credentials"), &declared)?;
+        if declared.iter().any(|d| d.name == name) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 /// The values of `declared` for a lease, opened now: so a rotation
 /// reaches the next lease granted. A credential deleted since the session
 /// was routed is left out (the robot then fails the session, naming it).

@@ -762,7 +762,14 @@ mod tests {
                 required_actions: needs.actions.clone(),
                 robot_labels: needs.labels.clone(),
                 error_handler_workflow_id: None,
-                credentials: Vec::new(),
+                credentials: needs
+                    .credentials
+                    .iter()
+                    .map(|c| credentials::Declared {
+                        name: c.name.clone(),
+                        kind: "token".into(),
+                    })
+                    .collect(),
             },
             0,
         )
@@ -800,7 +807,54 @@ mod tests {
             robot(conn, "old", None, &[]),
             robot(conn, "bare", Some(&[]), &["gpu", "ssd"]),
         ];
+        // Credentials that allow by label, by name, nobody; and one that
+        // does not exist.
+        let allows = [
+            ("by_gpu", Some((vec![], vec!["gpu"]))),
+            ("by_name", Some((vec!["plain", "old"], vec![]))),
+            ("nobody", Some((vec![], vec![]))),
+            ("gone", None),
+        ];
+        let mut cred = std::collections::HashMap::new();
+        for (name, allow) in allows {
+            let allow = allow.map(|(robots, labels)| tasuki_protocol::CredentialAllow {
+                robots: strings(&robots),
+                labels: strings(&labels),
+            });
+            if let Some(allow) = &allow {
+                let new = credentials::NewCredential {
+                    name: name.into(),
+                    kind: "token".into(),
+                    fields: serde_json::json!({"token": "t"}).as_object().unwrap().clone(),
+                    allow: allow.clone(),
+                    description: String::new(),
+                };
+                credentials::insert(conn, &new, &master, "k", 0).unwrap().unwrap();
+            }
+            cred.insert(name, CredentialNeed { name: name.into(), allow });
+        }
         let all_needs = [
+            Needs {
+                credentials: vec![cred["by_gpu"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                credentials: vec![cred["by_gpu"].clone(), cred["by_name"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                actions: strings(&["log"]),
+                credentials: vec![cred["by_name"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                credentials: vec![cred["nobody"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                credentials: vec![cred["gone"].clone()],
+                ..Needs::default()
+            },
             Needs {
                 actions: strings(&["probe.hello", "log"]),
                 ..Needs::default()
