@@ -368,3 +368,71 @@ mod tests {
         assert_eq!(missing[0].path, "credentials.site");
     }
 }
+
+#[cfg(test)]
+mod validation_tests {
+    use crate::language::{LoadOptions, parse_workflow};
+    use crate::runtime::registry::Registry;
+
+    fn problems(text: &str) -> Vec<(String, String)> {
+        parse_workflow(text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect()
+    }
+
+    const HEAD: &str = "version: 1\nname: w\ncredentials:\n  site: username_password\n  api: token\nsteps:\n";
+
+    #[test]
+    fn declared_credentials_and_their_fields_validate() {
+        let text = format!(
+            "{HEAD}  - id: a\n    action: log\n    with: {{message: \"${{credentials.site.username}} ${{credentials.api.token}}\"}}\n"
+        );
+        let w = parse_workflow(&text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
+            .unwrap();
+        assert_eq!(w.credentials.len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_credential_or_field_is_refused_at_its_field_path() {
+        let text = format!(
+            "{HEAD}  - id: a\n    action: log\n    with: {{message: \"${{credentials.shop.username}}\"}}\n  - id: b\n    action: log\n    with: {{message: \"${{credentials.site.token}}\"}}\n  - id: c\n    action: log\n    with: {{message: \"${{credentials.site}}\"}}\n"
+        );
+        let p = problems(&text);
+        assert_eq!(p[0].0, "steps[0].with.message");
+        assert!(
+            p[0].1
+                .contains("no credential named `shop` is declared under `credentials`; the workflow declares: site, api"),
+            "{p:?}"
+        );
+        assert_eq!(p[1].0, "steps[1].with.message");
+        assert!(
+            p[1].1
+                .contains("a `username_password` credential has no field `token`; its fields are username, password"),
+            "{p:?}"
+        );
+        assert_eq!(p[2].0, "steps[2].with.message");
+        assert!(p[2].1.contains("write `credentials.site.FIELD`"), "{p:?}");
+    }
+
+    #[test]
+    fn the_declaration_is_checked() {
+        let p = problems(
+            "version: 1\nname: w\ncredentials:\n  site: password\n  9x: token\n  ok: [1]\nsteps:\n  - id: a\n    action: log\n    with: {message: hi}\n",
+        );
+        let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["credentials.site", "credentials.9x", "credentials.ok"],
+            "{p:?}"
+        );
+        assert!(p[0].1.contains("unknown credential kind `password`"), "{p:?}");
+        // `credentials` is a root, not a variable name.
+        let p = problems(
+            "version: 1\nname: w\nsteps:\n  - id: a\n    action: set\n    with: {credentials: 1}\n",
+        );
+        assert_eq!(p[0].0, "steps[0].with.credentials", "{p:?}");
+    }
+}
