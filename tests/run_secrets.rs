@@ -207,7 +207,8 @@ outputs:
     let r = run_json(scratch.path(), &file, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("the workflow uses the credentials site; pass them with --credentials-file"),
+        r.stderr
+            .contains("the workflow uses the credentials site; pass them with --credentials-file"),
         "{}",
         r.stderr
     );
@@ -222,6 +223,10 @@ outputs:
         &["--credentials-file", bad.to_str().unwrap()],
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("credentials.site.password"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("credentials.site.password"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains(USER), "{}", r.stderr);
 }

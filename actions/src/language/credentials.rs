@@ -375,23 +375,34 @@ mod validation_tests {
     use crate::runtime::registry::Registry;
 
     fn problems(text: &str) -> Vec<(String, String)> {
-        parse_workflow(text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|p| (p.path, p.message))
-            .collect()
+        parse_workflow(
+            text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|p| (p.path, p.message))
+        .collect()
     }
 
-    const HEAD: &str = "version: 1\nname: w\ncredentials:\n  site: username_password\n  api: token\nsteps:\n";
+    const HEAD: &str =
+        "version: 1\nname: w\ncredentials:\n  site: username_password\n  api: token\nsteps:\n";
 
     #[test]
     fn declared_credentials_and_their_fields_validate() {
         let text = format!(
             "{HEAD}  - id: a\n    action: log\n    with: {{message: \"${{credentials.site.username}} ${{credentials.api.token}}\"}}\n"
         );
-        let w = parse_workflow(&text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-            .unwrap();
+        let w = parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .unwrap();
         assert_eq!(w.credentials.len(), 2);
     }
 
@@ -428,7 +439,10 @@ mod validation_tests {
             ["credentials.site", "credentials.9x", "credentials.ok"],
             "{p:?}"
         );
-        assert!(p[0].1.contains("unknown credential kind `password`"), "{p:?}");
+        assert!(
+            p[0].1.contains("unknown credential kind `password`"),
+            "{p:?}"
+        );
         // `credentials` is a root, not a variable name.
         let p = problems(
             "version: 1\nname: w\nsteps:\n  - id: a\n    action: set\n    with: {credentials: 1}\n",

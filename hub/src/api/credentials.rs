@@ -51,12 +51,13 @@ pub async fn create(
     })?;
     check_fields(kind, &req.fields)?;
     check_allow(&req.allow)?;
+    let fields = in_kind_order(kind, req.fields);
     let description = req.description.unwrap_or_default();
     check_description(&description)?;
     let new = NewCredential {
         name: req.name,
         kind: kind.as_str().to_string(),
-        fields: req.fields,
+        fields,
         allow: req.allow,
         description,
     };
@@ -161,8 +162,9 @@ pub async fn update(
                         return Ok(Err(e));
                     }
                 }
+                let kind = CredentialKind::parse(&current.kind);
                 let change = Change {
-                    fields: req.fields,
+                    fields: req.fields.zip(kind).map(|(f, k)| in_kind_order(k, f)),
                     allow: req.allow,
                     description: req.description,
                 };
@@ -363,6 +365,15 @@ fn check_fields(kind: CredentialKind, fields: &Map<String, Value>) -> Result<(),
     Ok(())
 }
 
+/// The fields in the order the kind lists them (`username`, `password`),
+/// whatever the request's: so metadata reads the same after a rotation.
+fn in_kind_order(kind: CredentialKind, mut fields: Map<String, Value>) -> Map<String, Value> {
+    kind.fields()
+        .iter()
+        .filter_map(|f| fields.remove(*f).map(|v| ((*f).to_string(), v)))
+        .collect()
+}
+
 fn check_allow(allow: &CredentialAllow) -> Result<(), ApiError> {
     if allow.robots.len() > MAX_ALLOWED_ROBOTS {
         return Err(ApiError::invalid_field(
@@ -381,7 +392,8 @@ fn check_allow(allow: &CredentialAllow) -> Result<(), ApiError> {
         ));
     }
     for (i, label) in allow.labels.iter().enumerate() {
-        check_label(label).map_err(|e| ApiError::invalid_field(&format!("allow.labels[{i}]"), e))?;
+        check_label(label)
+            .map_err(|e| ApiError::invalid_field(&format!("allow.labels[{i}]"), e))?;
     }
     Ok(())
 }

@@ -256,8 +256,10 @@ pub fn queued_sessions_using(
     )?;
     let mut out = Vec::new();
     for (id, declared) in rows {
-        let declared: Vec<Declared> =
-            parse_json(&format!("session queue {id}: its workflow's credentials"), &declared)?;
+        let declared: Vec<Declared> = parse_json(
+            &format!("session queue {id}: its workflow's credentials"),
+            &declared,
+        )?;
         if declared.iter().any(|d| d.name == name) {
             out.push(id);
         }
@@ -320,10 +322,19 @@ mod tests {
         let made = insert(&mut conn, &new, &master, "k", 1000)
             .unwrap()
             .unwrap();
-        assert_eq!((made.version, made.fields.clone()), (1, vec!["token".into()]));
-        assert!(insert(&mut conn, &new, &master, "k", 1000).unwrap().is_none());
+        assert_eq!(
+            (made.version, made.fields.clone()),
+            (1, vec!["token".into()])
+        );
+        assert!(
+            insert(&mut conn, &new, &master, "k", 1000)
+                .unwrap()
+                .is_none()
+        );
         let blob: Vec<u8> = conn
-            .row("SELECT fields_sealed FROM credentials", params![], |r| r.get(0))
+            .row("SELECT fields_sealed FROM credentials", params![], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert!(!String::from_utf8_lossy(&blob).contains("tok-one"));
         let declared = [Declared {

@@ -825,13 +825,24 @@ mod tests {
                 let new = credentials::NewCredential {
                     name: name.into(),
                     kind: "token".into(),
-                    fields: serde_json::json!({"token": "t"}).as_object().unwrap().clone(),
+                    fields: serde_json::json!({"token": "t"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
                     allow: allow.clone(),
                     description: String::new(),
                 };
-                credentials::insert(conn, &new, &master, "k", 0).unwrap().unwrap();
+                credentials::insert(conn, &new, &master, "k", 0)
+                    .unwrap()
+                    .unwrap();
             }
-            cred.insert(name, CredentialNeed { name: name.into(), allow });
+            cred.insert(
+                name,
+                CredentialNeed {
+                    name: name.into(),
+                    allow,
+                },
+            );
         }
         let all_needs = [
             Needs {
