@@ -132,7 +132,7 @@ const NEXT_FOR_POSTGRES: &str = "
                               FROM jsonb_array_elements_text(CAST(c.allow_labels AS JSONB))
                                    allowed(label)
                               WHERE (SELECT CAST(labels AS JSONB) FROM robots WHERE id = ?3)
-                                    @> jsonb_build_array(allowed.label)))))
+                                    @> jsonb_build_array(allowed.label))))))
       -- END credentials
     ORDER BY s.id LIMIT 1
     FOR UPDATE OF s SKIP LOCKED";
