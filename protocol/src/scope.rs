@@ -166,6 +166,15 @@ mod tests {
     }
 
     #[test]
+    fn every_scope_has_its_own_bit_and_round_trips() {
+        let all: Scopes = Scope::ALL.into_iter().collect();
+        assert_eq!(all.iter().count(), Scope::ALL.len());
+        assert_eq!(all.to_string().parse::<Scopes>().unwrap(), all);
+        let c: Scopes = "credential.read credential.write".parse().unwrap();
+        assert!(c.contains(Scope::CredentialWrite) && !c.contains(Scope::AuditRead));
+    }
+
+    #[test]
     fn intersects() {
         let a: Scopes = "robot workflow.write".parse().unwrap();
         let b: Scopes = "robot session_queue.read".parse().unwrap();
