@@ -467,3 +467,49 @@ async fn the_credential_api_refuses_each_bad_field_by_its_path() {
         r.body
     );
 }
+
+/// A `file` credential on a robot: its content in a private file (0600) in
+/// the session's private folder, gone with the session, its lines masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_credential_reaches_the_robot_as_a_private_file() {
+    const LINE: &str = "cert-line-Pz6Wq3Rt8Y";
+    let f = Fleet::start();
+    let admin = create_key(&f.scratch, ADMIN_SCOPES);
+    let admin = Api::new(&f.hub, Some(token(&admin, ADMIN_SCOPES)));
+    let robot = Robot::new(f.scratch.dir.path(), "cert-robot");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let r = admin
+        .post(
+            "/v1/credentials",
+            &json!({"name": "cert", "kind": "file", "fields": {"content": format!("{LINE}\n")},
+                    "allow": {"robots": ["cert-robot"]}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let seen = f.scratch.dir.path().join("seen.txt");
+    let w = workflow(
+        &admin,
+        &format!(
+            "version: 1\nname: cert\ncredentials: {{cert: file}}\nsteps:\n  - id: use\n    action: shell.run\n    with:\n      shell: sh\n      env: {{F: \"${{credentials.cert.path}}\"}}\n      script: |\n        printf '%s %s\\n' \"$F\" \"$(stat -c %a \"$F\")\" > '{}'\n        cat \"$F\"\n",
+            seen.display()
+        ),
+        &[],
+    )
+    .await;
+    let id = queue(&admin, w, json!({})).await;
+    let s = finished(&admin, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "success", "{s}");
+    let seen = std::fs::read_to_string(&seen).expect("what the step saw");
+    let (path, mode) = seen.trim_end().rsplit_once(' ').expect("path and mode");
+    assert_eq!(mode, "600", "{seen}");
+    assert!(path.contains(".private/credentials/cert"), "{path}");
+    assert!(
+        eventually(Duration::from_secs(10), || !Path::new(path).exists()),
+        "{path} outlived the session"
+    );
+    let logs = serde_json::to_string(&all_logs(&admin, id).await).expect("logs");
+    assert!(!logs.contains(LINE) && logs.contains("***"), "{logs}");
+    assert!(!agent.log().contains(LINE), "{}", agent.log());
+    assert!(!f.hub.stderr().contains(LINE));
+}

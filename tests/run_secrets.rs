@@ -230,3 +230,59 @@ outputs:
     );
     assert!(!r.stderr.contains(USER), "{}", r.stderr);
 }
+
+/// A `file` credential: its content as `${credentials.NAME.content}`, and
+/// as a private file (0600) at `${credentials.NAME.path}`, gone once the
+/// run ends; each line of it masked.
+#[cfg(unix)]
+#[test]
+fn a_file_credential_is_a_private_file_for_the_session_only() {
+    const LINE_ONE: &str = "-----KEY-Vq8Lm2Xr9Tn-----";
+    const LINE_TWO: &str = "body-Hj4Zw7Qp1Ks";
+    let scratch = Scratch::new();
+    let creds = scratch.write(
+        "creds.json",
+        &serde_json::json!({"cert": {"content": format!("{LINE_ONE}\n{LINE_TWO}\n")}}).to_string(),
+    );
+    let seen = scratch.path().join("seen.txt");
+    let file = scratch.write(
+        "flow.yaml",
+        &format!(
+            r#"
+version: 1
+name: file-cred
+credentials:
+  cert: file
+steps:
+  - id: use
+    action: shell.run
+    with:
+      shell: sh
+      env: {{F: "${{credentials.cert.path}}"}}
+      script: |
+        printf '%s %s\n' "$F" "$(stat -c %a "$F")" > '{seen}'
+        cat "$F" >> '{seen}'
+        cat "$F"
+"#,
+            seen = seen.display()
+        ),
+    );
+    let r = run_json(
+        scratch.path(),
+        &file,
+        &["--credentials-file", creds.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let seen = std::fs::read_to_string(&seen).expect("what the step saw");
+    let (first, rest) = seen.split_once('\n').expect("two parts");
+    let (path, mode) = first.rsplit_once(' ').expect("path and mode");
+    assert_eq!(mode, "600", "{seen}");
+    assert_eq!(rest, format!("{LINE_ONE}\n{LINE_TWO}\n"));
+    assert!(
+        !std::path::Path::new(path).exists(),
+        "{path} outlived the run"
+    );
+    let everything = format!("{}{}", r.stdout, r.stderr);
+    assert!(!everything.contains(LINE_ONE), "{everything}");
+    assert!(!everything.contains(LINE_TWO), "{everything}");
+}

@@ -68,6 +68,15 @@ impl CredentialKind {
         }
     }
 
+    /// The fields a template may read: the stored ones, and a `file`'s
+    /// `path`, the private file the runner writes its content to.
+    pub fn readable_fields(self) -> &'static [&'static str] {
+        match self {
+            CredentialKind::File => &["content", "path"],
+            other => other.fields(),
+        }
+    }
+
     /// The most one field may hold, in bytes.
     pub fn max_field_bytes(self) -> usize {
         match self {
@@ -172,7 +181,7 @@ pub(crate) fn check_reference(
             declared_names()
         ));
     };
-    let fields = spec.kind.fields();
+    let fields = spec.kind.readable_fields();
     match segments.get(1) {
         Some(Segment::Key(field)) if fields.contains(&field.as_str()) => {}
         Some(Segment::Key(field)) => {
@@ -308,6 +317,73 @@ pub fn bind_credentials(
     } else {
         Err(problems)
     }
+}
+
+/// The private files of a session's `file` credentials, removed when
+/// dropped (the session's end).
+#[derive(Debug, Default)]
+pub struct CredentialFiles {
+    dir: Option<std::path::PathBuf>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for CredentialFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Writes each `file` credential's content to a file only its owner can
+/// read, in `private_dir`'s `credentials` folder (0700; a robot's session
+/// has one, removed with it) or else in a private temporary folder, and
+/// sets its `path` field in `values` to it. Nothing is written for a
+/// workflow without `file` credentials.
+pub fn write_files(
+    declared: &[CredentialSpec],
+    values: &mut Map<String, Value>,
+    private_dir: Option<&std::path::Path>,
+) -> std::io::Result<CredentialFiles> {
+    let files: Vec<&CredentialSpec> = declared
+        .iter()
+        .filter(|c| c.kind == CredentialKind::File && values.contains_key(&c.name))
+        .collect();
+    if files.is_empty() {
+        return Ok(CredentialFiles::default());
+    }
+    let (dir, temp) = match private_dir {
+        Some(p) => {
+            let dir = p.join("credentials");
+            crate::builtin::process::private_dir_all(&dir)?;
+            (dir, None)
+        }
+        None => {
+            // tempfile makes the folder 0700 on Unix.
+            let temp = tempfile::Builder::new()
+                .prefix("tasuki-credentials-")
+                .tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let guard = CredentialFiles {
+        dir: Some(dir.clone()),
+        _temp: temp,
+    };
+    for spec in files {
+        let Some(Value::Object(fields)) = values.get_mut(&spec.name) else {
+            continue;
+        };
+        let content = fields
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let path = dir.join(&spec.name);
+        crate::builtin::process::write_private_file(&path, &content)?;
+        fields.insert("path".into(), Value::String(path.display().to_string()));
+    }
+    Ok(guard)
 }
 
 /// A value's type, never the value: what is described here is secret.

@@ -116,11 +116,31 @@ impl Executor {
             })
             .collect();
 
+        // `file` credentials' private files, removed when this ends.
+        let mut credentials = params.credentials.clone();
+        let _credential_files = match crate::language::credentials::write_files(
+            &workflow.credentials,
+            &mut credentials,
+            shared.options.private_dir.as_deref(),
+        ) {
+            Ok(files) => Some(files),
+            Err(e) => {
+                shared.log(
+                    LogLevel::Error,
+                    None,
+                    &format!(
+                        "cannot write the private files of the workflow's file credentials \
+                         (their `path` is not set): {e}"
+                    ),
+                );
+                None
+            }
+        };
         let mut session = Session {
             registry: &self.registry,
             shared: shared.clone(),
             params: Value::Object(params.values.clone()),
-            credentials: Value::Object(params.credentials.clone()),
+            credentials: Value::Object(credentials),
             env: Value::Object(env),
             vars: Map::new(),
             step_states: Value::Object(step_states),
