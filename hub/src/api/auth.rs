@@ -321,6 +321,16 @@ fn verify(
         &validation,
     )
     .map_err(|e| claim_error(e.kind(), hub, unverified))?;
+    // `scopes` is not one of the JWT's registered claims, so the
+    // validation above does not require it; absent, it is missing like
+    // the others, not malformed.
+    if data.claims.get("scopes").is_none() {
+        return Err(ApiError::unauthorized(
+            "missing_claim",
+            "the token has no `scopes` claim; set it to the space-separated scopes the token \
+             may use, such as \"session_queue.write session_queue.read\"",
+        ));
+    }
     let claims: Claims = serde_json::from_value(data.claims).map_err(|e| {
         ApiError::unauthorized(
             "invalid_claim",

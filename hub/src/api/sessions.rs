@@ -16,7 +16,7 @@ use tasuki_protocol::{
 use super::auth::{Authorized, need};
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
-use super::query::{QueryParams, id_in, page, path_id, shorten};
+use super::query::{QueryParams, id_in, page, path_id, shorten, NoQuery};
 use super::{Hub, params, search};
 use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
@@ -139,7 +139,12 @@ pub async fn checked_session(
     else {
         return Err(workflow_not_found(workflow_id));
     };
-    let secret_params = params::check(&workflow.name, &workflow.params, &params)
+    let secret_params = params::check(
+        &workflow.name,
+        &workflow.params,
+        workflow.accept_undeclared_params,
+        &params,
+    )
         .map_err(|problems| invalid_params(&workflow.name, problems))?;
     Ok(NewSession {
         workflow_id,
@@ -194,6 +199,7 @@ pub fn offer(conn: &mut crate::db::Conn<'_>, hub: &Hub, session_id: i64, now: i6
 pub async fn rerun(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::SessionQueueWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     OptionalJsonBody(body): OptionalJsonBody<RerunSessionQueue>,
 ) -> Result<(StatusCode, Json<SessionQueue>), ApiError> {
@@ -270,6 +276,7 @@ pub async fn rerun(
 pub async fn get_one(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
@@ -338,6 +345,7 @@ pub async fn list(
 pub async fn cancel(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::SessionQueueDelete>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
@@ -427,6 +435,7 @@ pub struct ArtifactList {
 pub async fn artifacts(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ArtifactList>, ApiError> {
     let id = session_id(id)?;
@@ -458,6 +467,7 @@ pub async fn artifacts(
 pub async fn artifact(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) =

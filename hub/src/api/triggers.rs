@@ -26,7 +26,7 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{id_in, shorten};
+use super::query::{id_in, shorten, NoQuery};
 use super::sessions::{checked_session, offer};
 use crate::db::{audit, now_ms, sessions, to_timestamp, triggers, workflows};
 use crate::secrets::new_secret;
@@ -41,6 +41,7 @@ const MAX_MAPPINGS: usize = 64;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     workflow: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<CreateTrigger>,
 ) -> Result<(StatusCode, Json<Trigger>), ApiError> {
@@ -116,6 +117,7 @@ pub async fn create(
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     workflow: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TriggerList>, ApiError> {
     let workflow_id = id_in(workflow, "workflow")?;
@@ -131,6 +133,7 @@ pub async fn list(
 pub async fn delete(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "trigger")?;
@@ -160,6 +163,7 @@ pub async fn delete(
 pub async fn deliver(
     State(hub): State<Arc<Hub>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,

@@ -14,7 +14,7 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{QueryParams, page};
+use super::query::{QueryParams, page, NoQuery};
 use super::{fleet_actions, params};
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
 use crate::db::{audit, error_handlers, now_ms, robots};
@@ -29,6 +29,7 @@ const MAX_ROBOTS: usize = 100;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     JsonBody(req): JsonBody<CreateWorkflow>,
 ) -> Result<(StatusCode, Json<WorkflowItem>), ApiError> {
     let workflow_robots = check_robots(req.workflow_robots.unwrap_or_default())?;
@@ -118,6 +119,7 @@ pub async fn create(
         source_format: format,
         source,
         param_specs: param_specs(&workflow),
+        accept_undeclared_params: workflow.accept_undeclared_params,
         workflow_robots,
         required_actions: workflow.actions_used(),
         robot_labels,
@@ -162,7 +164,13 @@ async fn check_handler(hub: &Hub, handler: i64) -> Result<(), ApiError> {
     };
     let sample = error_handlers::details(1, 1, "w", "code", "message", json!({}));
     let given = error_handlers::given(&workflow.params, &sample);
-    params::check(&workflow.name, &workflow.params, &given).map_err(|problems| {
+    params::check(
+        &workflow.name,
+        &workflow.params,
+        workflow.accept_undeclared_params,
+        &given,
+    )
+    .map_err(|problems| {
         ApiError::invalid_field(
             field,
             format!(

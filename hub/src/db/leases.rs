@@ -684,6 +684,7 @@ mod tests {
                 source_format: "yaml",
                 source: String::new(),
                 param_specs: Vec::new(),
+                accept_undeclared_params: false,
                 workflow_robots: needs.pins.clone(),
                 required_actions: needs.actions.clone(),
                 robot_labels: needs.labels.clone(),

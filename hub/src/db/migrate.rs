@@ -321,6 +321,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX session_queues_started ON session_queues (started_at)
         WHERE started_at IS NOT NULL;
     "#,
+    // 12: a workflow that takes params it does not declare
+    // (`accept_undeclared_params: true`, api/params.rs): 0 or 1.
+    r#"
+    ALTER TABLE workflows ADD COLUMN accept_undeclared_params INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -558,6 +563,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     -- /metrics reads the pickups of the last minutes.
     CREATE INDEX session_queues_started ON session_queues (started_at)
         WHERE started_at IS NOT NULL;
+    "#,
+    ),
+    (
+        12,
+        r#"
+    ALTER TABLE workflows ADD COLUMN accept_undeclared_params BIGINT NOT NULL DEFAULT 0;
     "#,
     ),
 ];

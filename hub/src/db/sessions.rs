@@ -305,6 +305,7 @@ mod tests {
                 source_format: "yaml",
                 source: String::new(),
                 param_specs: Vec::new(),
+                accept_undeclared_params: false,
                 workflow_robots: Vec::new(),
                 required_actions: Vec::new(),
                 robot_labels: Vec::new(),

@@ -26,6 +26,8 @@ pub struct NewWorkflow {
     pub source_format: &'static str,
     pub source: String,
     pub param_specs: Vec<StoredParam>,
+    /// `accept_undeclared_params: true`: sessions may give other params.
+    pub accept_undeclared_params: bool,
     pub workflow_robots: Vec<String>,
     /// The actions its steps use: a session goes only to a robot that
     /// offers them all.
@@ -40,6 +42,8 @@ pub struct NewWorkflow {
 pub struct WorkflowParams {
     pub name: String,
     pub params: Vec<StoredParam>,
+    /// Sessions may give params it does not declare.
+    pub accept_undeclared_params: bool,
 }
 
 // Fields AUTORO has and Tasuki does not use; see `WorkflowItem`.
@@ -58,8 +62,9 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
     let id: i64 = conn.row(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at, required_actions,
-                                robot_labels, error_handler_workflow_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                robot_labels, error_handler_workflow_id,
+                                accept_undeclared_params)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          RETURNING id",
         params![
             w.name,
@@ -72,7 +77,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             now_ms,
             actions,
             labels,
-            w.error_handler_workflow_id
+            w.error_handler_workflow_id,
+            i64::from(w.accept_undeclared_params)
         ],
         |r| r.get(0),
     )?;
@@ -147,15 +153,22 @@ pub fn list(
 
 pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>, DbError> {
     let row = conn.opt_row(
-        "SELECT name, param_specs FROM workflows WHERE id = ?1",
+        "SELECT name, param_specs, accept_undeclared_params FROM workflows WHERE id = ?1",
         params![id],
-        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<bool>(2)?,
+            ))
+        },
     )?;
-    let Some((name, specs)) = row else {
+    let Some((name, specs, accept_undeclared_params)) = row else {
         return Ok(None);
     };
     Ok(Some(WorkflowParams {
         name,
         params: parse_json(&format!("workflow {id}: param_specs"), &specs)?,
+        accept_undeclared_params,
     }))
 }
