@@ -17,6 +17,7 @@ use super::auth_limit;
 use super::error::ApiError;
 use super::query::shorten;
 use super::quota;
+use super::wrapped_token;
 use super::{Hub, KeyMaterial};
 
 /// Clock skew allowed between the signer and the hub.
@@ -158,7 +159,8 @@ impl Unverified {
 async fn limited(parts: &Parts, hub: &Arc<Hub>, metering: Metering) -> Result<Caller, ApiError> {
     let claimed = bearer(parts)
         .ok()
-        .and_then(|t| jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(t).ok())
+        .map(|t| wrapped_token::joined(t, hub.autoro_compat))
+        .and_then(|t| jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(&*t).ok())
         .and_then(|c| match c.sub {
             Some(serde_json::Value::String(s)) => Some(s),
             _ => None,
@@ -177,7 +179,10 @@ async fn authenticate(
     hub: &Arc<Hub>,
     metering: Metering,
 ) -> Result<Caller, ApiError> {
-    let token = bearer(parts)?;
+    let presented = bearer(parts)?;
+    // A token wrapped over lines, let through by compat mode.
+    let token = wrapped_token::joined(presented, hub.autoro_compat);
+    let token: &str = &token;
     let header = jsonwebtoken::decode_header(token).map_err(|e| {
         ApiError::unauthorized(
             "malformed_token",
@@ -226,6 +231,13 @@ async fn authenticate(
     let material = hub.key_material(&key_id).await?;
     let Some(material) = material else {
         return Err(unknown_key(&key_id));
+    };
+    let resigned;
+    let token = if token.len() != presented.len() {
+        resigned = wrapped_token::canonical(presented, &material.secret);
+        resigned.as_str()
+    } else {
+        token
     };
     let claims = verify(token, &material, hub, &unverified)?;
     let token_scopes: Scopes = claims.scopes.parse().map_err(|e| {

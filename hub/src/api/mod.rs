@@ -23,6 +23,7 @@ pub(crate) mod sessions;
 mod token;
 mod triggers;
 mod workflows;
+mod wrapped_token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +83,9 @@ pub struct Hub {
     pub notifications_wake: tokio::sync::Notify,
     /// Notifications may go to private addresses (`notify.rs`).
     pub notify_private_addresses: bool,
+    /// `--autoro-compat`: a bearer token wrapped over lines, which the
+    /// listener then lets through, is read (`wrapped_token.rs`).
+    pub autoro_compat: bool,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -148,6 +152,7 @@ impl Hub {
             metrics: Default::default(),
             notifications_wake: tokio::sync::Notify::new(),
             notify_private_addresses: false,
+            autoro_compat: false,
         }
     }
 
