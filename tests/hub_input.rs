@@ -327,7 +327,10 @@ async fn unknown_query_parameters_are_refused_on_every_call() {
         (Method::GET, format!("/v1/session_queues/{s}")),
         (Method::DELETE, format!("/v1/session_queues/{s}/cancel")),
         (Method::GET, format!("/v1/session_queues/{s}/artifacts")),
-        (Method::GET, format!("/v1/session_queues/{s}/artifacts/a.png")),
+        (
+            Method::GET,
+            format!("/v1/session_queues/{s}/artifacts/a.png"),
+        ),
         (Method::POST, format!("/v1/session_queues/{s}/rerun")),
         (Method::POST, "/v1/workflows".into()),
         (Method::GET, format!("/v1/workflows/{w}/schedules")),
@@ -351,7 +354,10 @@ async fn unknown_query_parameters_are_refused_on_every_call() {
         (Method::POST, format!("/v1/robot/sessions/{s}/release")),
         (Method::POST, format!("/v1/robot/sessions/{s}/logs")),
         (Method::PUT, format!("/v1/robot/sessions/{s}/steps")),
-        (Method::PUT, format!("/v1/robot/sessions/{s}/artifacts/a.png")),
+        (
+            Method::PUT,
+            format!("/v1/robot/sessions/{s}/artifacts/a.png"),
+        ),
         (Method::POST, format!("/v1/robot/sessions/{s}/finish")),
         // The calls that take some refuse the others.
         (Method::GET, "/v1/session_queues".into()),
@@ -375,6 +381,10 @@ async fn unknown_query_parameters_are_refused_on_every_call() {
             "{method} {path}: {}",
             r.body
         );
-        assert!(r.message().contains("`mode`"), "{method} {path}: {}", r.body);
+        assert!(
+            r.message().contains("`mode`"),
+            "{method} {path}: {}",
+            r.body
+        );
     }
 }

@@ -399,7 +399,12 @@ async fn a_default_hub_says_which_header_is_broken_over_lines_and_how_to_fix_it(
     let body = json_of(body);
     assert_eq!(body["error"]["code"], "line_break_in_header", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    for needle in ["`Authorization` header", "broken over several lines", "base64 -w0", "tr -d"] {
+    for needle in [
+        "`Authorization` header",
+        "broken over several lines",
+        "base64 -w0",
+        "tr -d",
+    ] {
         assert!(message.contains(needle), "`{needle}` not in: {message}");
     }
 }
@@ -428,8 +433,16 @@ async fn without_the_opt_in_a_workflow_refuses_undeclared_params_even_in_compat_
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
     assert_eq!(r.code(), "invalid_params", "{}", r.body);
-    assert_eq!(r.body["error"]["problems"][0]["path"], "params.var1", "{}", r.body);
-    assert!(r.message().contains("accept_undeclared_params"), "{}", r.body);
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "params.var1",
+        "{}",
+        r.body
+    );
+    assert!(
+        r.message().contains("accept_undeclared_params"),
+        "{}",
+        r.body
+    );
 
     // A template reference to an undeclared param is refused without it too.
     let r = api

@@ -231,7 +231,8 @@ impl HeadWatch {
         } else if !line.colon && line.name.len() < MAX_NAME {
             line.name.push(b);
         }
-        line.base64 &= b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'.' | b'=');
+        line.base64 &=
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'.' | b'=');
         if self.mode == Mode::Join && self.held.len() > MAX_HELD {
             // Too long to be a wrapped token: let it through as it came,
             // and stop watching (hyper judges the rest).
@@ -364,9 +365,17 @@ mod tests {
         ] {
             let (out, watch) = run(Mode::Join, input, 1);
             assert_eq!(out, input, "{}", String::from_utf8_lossy(input));
-            assert!(watch.unjoined().is_some(), "{}", String::from_utf8_lossy(input));
+            assert!(
+                watch.unjoined().is_some(),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
-        let (_, watch) = run(Mode::Join, b"GET / HTTP/1.1\r\nX-Token: abc\ndef\r\n\r\n", 4);
+        let (_, watch) = run(
+            Mode::Join,
+            b"GET / HTTP/1.1\r\nX-Token: abc\ndef\r\n\r\n",
+            4,
+        );
         assert_eq!(watch.unjoined(), Some("X-Token"));
     }
 
@@ -394,7 +403,8 @@ mod tests {
 
     #[test]
     fn only_the_first_head_is_watched() {
-        let input: &[u8] = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nAuthorization: Bearer a\nb\r\n\r\n";
+        let input: &[u8] =
+            b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nAuthorization: Bearer a\nb\r\n\r\n";
         let (out, watch) = run(Mode::Join, input, 1);
         assert_eq!(out, input);
         assert_eq!(watch.unjoined(), None);

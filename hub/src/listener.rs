@@ -436,13 +436,16 @@ mod tests {
     #[test]
     fn a_refused_head_with_a_wrapped_value_says_so() {
         let hyper_400 = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
-        let json = String::from_utf8(json_refusal(hyper_400, Some("Authorization")).unwrap()).unwrap();
+        let json =
+            String::from_utf8(json_refusal(hyper_400, Some("Authorization")).unwrap()).unwrap();
         assert!(json.contains("\"line_break_in_header\""), "{json}");
         assert!(json.contains("`Authorization` header"), "{json}");
         assert!(json.contains("base64 -w0"), "{json}");
         // Other refusals are what they were.
-        let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
-        let json = String::from_utf8(json_refusal(hyper_431, Some("Authorization")).unwrap()).unwrap();
+        let hyper_431 =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        let json =
+            String::from_utf8(json_refusal(hyper_431, Some("Authorization")).unwrap()).unwrap();
         assert!(json.contains("\"headers_too_large\""), "{json}");
     }
 }

@@ -248,8 +248,13 @@ mod tests {
         let text = format!(
             "version: 1\nname: w\naccept_undeclared_params: {opt_in}\nparams:\n  who: world\nsteps:\n  - {{id: a, action: log, with: {{message: hi}}}}\n"
         );
-        parse_workflow(&text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-            .expect("valid")
+        parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid")
     }
 
     fn file(v: Value) -> ParamInputs {
@@ -287,10 +292,16 @@ mod tests {
             flags: vec![("count".into(), "3".into())],
             ..ParamInputs::default()
         };
-        assert_eq!(bind_params(&w, &flags).expect("bound").values["count"], json!("3"));
+        assert_eq!(
+            bind_params(&w, &flags).expect("bound").values["count"],
+            json!("3")
+        );
         // A secrets file's undeclared name is secret, like any of its names.
         let secrets = ParamInputs {
-            secrets: json!({"token": "s3cret"}).as_object().cloned().unwrap_or_default(),
+            secrets: json!({"token": "s3cret"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             ..ParamInputs::default()
         };
         let bound = bind_params(&w, &secrets).expect("bound");
@@ -300,9 +311,11 @@ mod tests {
 
     #[test]
     fn an_undeclared_name_must_be_readable_by_a_template() {
-        let problems =
-            bind_params(&workflow(true), &file(json!({"a b": 1, "9x": 2}))).unwrap_err();
+        let problems = bind_params(&workflow(true), &file(json!({"a b": 1, "9x": 2}))).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.0[0].message.contains("is not an identifier"), "{problems:?}");
+        assert!(
+            problems.0[0].message.contains("is not an identifier"),
+            "{problems:?}"
+        );
     }
 }

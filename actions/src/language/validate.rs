@@ -512,8 +512,13 @@ mod tests {
 
     #[test]
     fn a_reference_to_an_undeclared_param_is_refused_without_the_opt_in() {
-        let p = parse_workflow(READS_VAR1, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-            .unwrap_err();
+        let p = parse_workflow(
+            READS_VAR1,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
         assert_eq!(p.0.len(), 1, "{p:?}");
         assert!(
             p.0[0].message.contains("no param named `var1` is declared")
@@ -525,22 +530,39 @@ mod tests {
     #[test]
     fn a_workflow_that_takes_undeclared_params_may_refer_to_them() {
         let text = format!("accept_undeclared_params: true\n{READS_VAR1}");
-        let w = parse_workflow(&text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-            .expect("valid");
+        let w = parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid");
         assert!(w.accept_undeclared_params);
         // Other references are checked as ever.
-        let text = format!("{text}  - id: b\n    action: log\n    with: {{message: \"${{steps.zz.output}}\"}}\n");
+        let text = format!(
+            "{text}  - id: b\n    action: log\n    with: {{message: \"${{steps.zz.output}}\"}}\n"
+        );
         assert!(
-            parse_workflow(&text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-                .is_err()
+            parse_workflow(
+                &text,
+                "w.yaml",
+                &Registry::builtin(),
+                &LoadOptions::default()
+            )
+            .is_err()
         );
     }
 
     #[test]
     fn the_opt_in_is_a_boolean() {
         let text = format!("accept_undeclared_params: yes\n{READS_VAR1}");
-        let p = parse_workflow(&text, "w.yaml", &Registry::builtin(), &LoadOptions::default())
-            .unwrap_err();
+        let p = parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
         assert!(
             p.0.iter().any(|p| p.path == "accept_undeclared_params"),
             "{p:?}"

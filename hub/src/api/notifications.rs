@@ -19,7 +19,7 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{QueryParams, id_in, page, shorten, NoQuery};
+use super::query::{NoQuery, QueryParams, id_in, page, shorten};
 use crate::db::notifications::{self, NewNotification};
 use crate::db::{audit, now_ms, workflows};
 use crate::secrets::new_secret;

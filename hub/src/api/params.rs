@@ -209,7 +209,13 @@ mod tests {
 
     #[test]
     fn accepts_declared_params_of_the_right_type() {
-        let secrets = check("w", &specs(), false, &given(json!({"who": "x", "token": "t"}))).unwrap();
+        let secrets = check(
+            "w",
+            &specs(),
+            false,
+            &given(json!({"who": "x", "token": "t"})),
+        )
+        .unwrap();
         assert_eq!(secrets, vec!["token"]);
     }
 
@@ -247,21 +253,34 @@ mod tests {
             default: Some(json!([])),
             secret: false,
         }];
-        let problems =
-            check("w", &specs, false, &given(json!({"list": ["a", {"b": "${x}"}]}))).unwrap_err();
+        let problems = check(
+            "w",
+            &specs,
+            false,
+            &given(json!({"list": ["a", {"b": "${x}"}]})),
+        )
+        .unwrap_err();
         assert_eq!(problems[0].path, "params.list[1].b");
     }
 
     #[test]
     fn undeclared_params_need_the_workflow_s_opt_in() {
         let doc = given(json!({"var1": "this is string", "var2": ["this", "is", "array"]}));
-        let problems = check("w", &specs(), false, &given(json!({"var1": "x", "token": "t"})))
-            .unwrap_err();
+        let problems = check(
+            "w",
+            &specs(),
+            false,
+            &given(json!({"var1": "x", "token": "t"})),
+        )
+        .unwrap_err();
         assert_eq!(problems[0].path, "params.var1");
         assert!(problems[0].message.contains("accept_undeclared_params"));
         let mut with_token = doc.clone();
         with_token.insert("token".into(), json!("t"));
-        assert_eq!(check("w", &specs(), true, &with_token).unwrap(), vec!["token"]);
+        assert_eq!(
+            check("w", &specs(), true, &with_token).unwrap(),
+            vec!["token"]
+        );
     }
 
     #[test]
@@ -270,7 +289,9 @@ mod tests {
             "w",
             &specs(),
             true,
-            &given(json!({"token": "t", "var1": "this is ${var1}", "a b": 1, "o": {"k": ["${x}"]}})),
+            &given(
+                json!({"token": "t", "var1": "this is ${var1}", "a b": 1, "o": {"k": ["${x}"]}}),
+            ),
         )
         .unwrap_err();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
@@ -278,8 +299,13 @@ mod tests {
         assert!(paths.contains(&"params.o.k[0]"), "{problems:?}");
         assert!(paths.contains(&"params[\"a b\"]"), "{problems:?}");
         // A declared param keeps its type check.
-        let problems = check("w", &specs(), true, &given(json!({"token": "t", "count": "3"})))
-            .unwrap_err();
+        let problems = check(
+            "w",
+            &specs(),
+            true,
+            &given(json!({"token": "t", "count": "3"})),
+        )
+        .unwrap_err();
         assert_eq!(problems[0].path, "params.count");
     }
 }

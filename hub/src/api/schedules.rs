@@ -17,7 +17,7 @@ use super::Hub;
 use super::auth::{Authorized, Caller, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{id_in, NoQuery};
+use super::query::{NoQuery, id_in};
 use super::sessions::checked_session;
 use crate::db::schedules::{self, NewSchedule, StoredSchedule};
 use crate::db::{DbError, audit, now_ms, to_timestamp};

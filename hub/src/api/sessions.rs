@@ -16,7 +16,7 @@ use tasuki_protocol::{
 use super::auth::{Authorized, need};
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
-use super::query::{QueryParams, id_in, page, path_id, shorten, NoQuery};
+use super::query::{NoQuery, QueryParams, id_in, page, path_id, shorten};
 use super::{Hub, params, search};
 use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID};
@@ -145,7 +145,7 @@ pub async fn checked_session(
         workflow.accept_undeclared_params,
         &params,
     )
-        .map_err(|problems| invalid_params(&workflow.name, problems))?;
+    .map_err(|problems| invalid_params(&workflow.name, problems))?;
     Ok(NewSession {
         workflow_id,
         params,

@@ -14,7 +14,7 @@ use tasuki_protocol::{Claims, Scope, TokenRequest, TokenResponse};
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{shorten, NoQuery};
+use super::query::{NoQuery, shorten};
 use super::{Hub, auth};
 
 /// A token request is two short strings and a number: a body this size

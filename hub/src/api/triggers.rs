@@ -20,13 +20,14 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
+use tasuki_actions::language::model::is_identifier;
 use tasuki_protocol::{CreateTrigger, Scope, SessionOrigin, SessionQueue, Trigger, TriggerList};
 
 use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{id_in, shorten, NoQuery};
+use super::query::{NoQuery, id_in, shorten};
 use super::sessions::{checked_session, offer};
 use crate::db::{audit, now_ms, sessions, to_timestamp, triggers, workflows};
 use crate::secrets::new_secret;
@@ -66,13 +67,22 @@ pub async fn create(
     }
     for (name, pointer) in &req.params_mapping {
         let field = format!("params_mapping.{}", shorten(name));
-        if !workflow.params.iter().any(|p| &p.name == name) {
+        // A workflow that takes undeclared params takes them from a
+        // trigger too (the call's params are checked again at delivery).
+        let declared = workflow.params.iter().any(|p| &p.name == name);
+        let taken = declared || (workflow.accept_undeclared_params && is_identifier(name));
+        if !taken {
             return Err(ApiError::invalid_field(
                 &field,
                 format!(
-                    "workflow `{}` declares no param `{}`",
+                    "workflow `{}` declares no param `{}`{}",
                     workflow.name,
-                    shorten(name)
+                    shorten(name),
+                    if workflow.accept_undeclared_params {
+                        " (it takes undeclared params, but this name is not an identifier)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

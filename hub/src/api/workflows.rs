@@ -14,7 +14,7 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{QueryParams, page, NoQuery};
+use super::query::{NoQuery, QueryParams, page};
 use super::{fleet_actions, params};
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
 use crate::db::{audit, error_handlers, now_ms, robots};

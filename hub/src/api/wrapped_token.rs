@@ -92,11 +92,17 @@ mod tests {
         // Signed over the joined text: stays as signed.
         let signature = sign("eyJh.eyJpbSIsIjog", secret);
         let presented = format!("eyJh.eyJp bSIs Ijog.{signature}");
-        assert_eq!(canonical(&presented, secret), format!("eyJh.eyJpbSIsIjog.{signature}"));
+        assert_eq!(
+            canonical(&presented, secret),
+            format!("eyJh.eyJpbSIsIjog.{signature}")
+        );
         // Another key's signature over the wrapped text is not re-signed.
         let other = sign("eyJh.eyJp\nbSIs\nIjog", b"another");
         let presented = format!("eyJh.eyJp bSIs Ijog.{other}");
-        assert_eq!(canonical(&presented, secret), format!("eyJh.eyJpbSIsIjog.{other}"));
+        assert_eq!(
+            canonical(&presented, secret),
+            format!("eyJh.eyJpbSIsIjog.{other}")
+        );
         assert_eq!(joined("a b.c", false), "a b.c");
         assert_eq!(joined("a b.c", true), "ab.c");
     }

@@ -155,13 +155,7 @@ pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>,
     let row = conn.opt_row(
         "SELECT name, param_specs, accept_undeclared_params FROM workflows WHERE id = ?1",
         params![id],
-        |r| {
-            Ok((
-                r.get::<String>(0)?,
-                r.get::<String>(1)?,
-                r.get::<bool>(2)?,
-            ))
-        },
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<bool>(2)?)),
     )?;
     let Some((name, specs, accept_undeclared_params)) = row else {
         return Ok(None);

@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use tasuki_protocol::robot::{MAX_ACTION_OFFERS, MAX_LABELS, check_label};
 use tasuki_protocol::{RegisterRobot, RobotCheck, RobotRegistered};
 
-use super::super::query::{NoQuery, QueryParams};
 use super::super::Hub;
 use super::super::auth::RobotCaller;
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
+use super::super::query::{NoQuery, QueryParams};
 use super::{another_key, deleted, name_taken, own_robot, robot_name};
 use crate::db::now_ms;
 use crate::db::robots::{self, Registered};
