@@ -180,9 +180,12 @@ async fn authenticate(
     metering: Metering,
 ) -> Result<Caller, ApiError> {
     let presented = bearer(parts)?;
-    // A token wrapped over lines, let through by compat mode.
-    let token = wrapped_token::joined(presented, hub.autoro_compat);
-    let token: &str = &token;
+    // A token wrapped over lines, let through by compat mode: its parts
+    // are read joined; its signature is checked below, once the key is
+    // known (wrapped_token.rs).
+    let joined = wrapped_token::joined(presented, hub.autoro_compat);
+    let was_wrapped = matches!(joined, std::borrow::Cow::Owned(_));
+    let token: &str = &joined;
     let header = jsonwebtoken::decode_header(token).map_err(|e| {
         ApiError::unauthorized(
             "malformed_token",
@@ -233,7 +236,7 @@ async fn authenticate(
         return Err(unknown_key(&key_id));
     };
     let resigned;
-    let token = if token.len() != presented.len() {
+    let token = if was_wrapped {
         resigned = wrapped_token::canonical(presented, &material.secret);
         resigned.as_str()
     } else {
