@@ -32,13 +32,6 @@ fn sleeper(name: &str, seconds: u32) -> String {
     )
 }
 
-fn ms(value: &Value) -> i64 {
-    let text = value.as_str().unwrap_or_else(|| panic!("a time: {value}"));
-    text.parse::<jiff::Timestamp>()
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-        .as_millisecond()
-}
-
 async fn create_schedule(api: &Api, workflow_id: i64, body: Value) -> Value {
     let r = api
         .post(&format!("/v1/workflows/{workflow_id}/schedules"), &body)
