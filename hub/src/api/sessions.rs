@@ -17,6 +17,7 @@ use super::auth::{Authorized, need};
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
 use super::query::{QueryParams, id_in, page, path_id, shorten};
+use super::waits::MAX_WAITS_PER_KEY;
 use super::{Hub, params, search};
 use crate::db::concurrency::{self, AtLimit};
 use crate::db::secret_params::MASK;
@@ -56,6 +57,12 @@ pub async fn create(
             format!("a workflow id is a positive whole number, not {workflow_id}"),
         ));
     }
+    // Counted before anything is queued, so that a refused wait queues
+    // nothing.
+    let _held = match wait {
+        Some(_) => Some(hub.waits.take(&caller.key_id).ok_or_else(too_many_waits)?),
+        None => None,
+    };
     let given = req.params.unwrap_or_default();
     let new = checked_session(&hub, workflow_id, given, None).await?;
     let session = queue(&hub, new).await?;
@@ -65,6 +72,20 @@ pub async fn create(
         None => session,
     };
     Ok((StatusCode::CREATED, Json(session)))
+}
+
+fn too_many_waits() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_waits",
+        format!(
+            "this access key already holds {MAX_WAITS_PER_KEY} creates waiting (`?wait=`) on \
+             this hub, the most it may; send this one without `wait` and read the session \
+             later, or retry once one has been answered"
+        ),
+    );
+    e.retry_after = Some(1);
+    e
 }
 
 /// `30s`, `500ms`, `2m`, or whole seconds; at most [`MAX_WAIT`].
