@@ -1382,7 +1382,6 @@ async fn a_dead_receiver_never_delays_sessions_and_private_addresses_are_refused
         );
         assert_eq!(r.body["error"]["problems"][0]["path"], field, "{}", r.body);
     }
-
     // A receiver that accepts and never answers, on a hub that allows it.
     let scratch = Scratch::new();
     let key = create_key(&scratch, ALL_SCOPES);
