@@ -184,7 +184,7 @@ async fn sweep_leases(hub: Arc<Hub>) {
                 for &(session_id, robot_id) in &swept.lost {
                     // One robot's trouble must not keep the others' lost
                     // sessions from being reported below.
-                    if let Err(e) = swept_hub.dispatch.slot_freed(conn, robot_id, now) {
+                    if let Err(e) = swept_hub.dispatch.session_ended(conn, robot_id, session_id, now) {
                         tracing::warn!(session_queue_id = session_id, robot_id, error = %e, "freeing a lost session's slot");
                     }
                 }

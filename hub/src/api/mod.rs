@@ -22,6 +22,7 @@ mod session_limits;
 pub(crate) mod sessions;
 mod token;
 mod triggers;
+mod waits;
 mod workflows;
 mod wrapped_token;
 
@@ -77,6 +78,8 @@ pub struct Hub {
     pub schedule_missed_after: Duration,
     /// Told whenever a session ends on this hub (for `?wait=`).
     pub session_ended: tokio::sync::Notify,
+    /// The `?wait=` creates each key holds open here.
+    pub waits: waits::Waits,
     /// This process's counters for `/metrics`.
     pub metrics: crate::metrics::Counters,
     /// Told when notification deliveries are queued here.
@@ -149,6 +152,7 @@ impl Hub {
             schedules_wake: Default::default(),
             schedule_missed_after: crate::schedule::MISSED_AFTER,
             session_ended: tokio::sync::Notify::new(),
+            waits: Default::default(),
             metrics: Default::default(),
             notifications_wake: tokio::sync::Notify::new(),
             notify_private_addresses: false,

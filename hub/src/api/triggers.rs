@@ -28,7 +28,7 @@ use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::{NoQuery, id_in, shorten};
-use super::sessions::{checked_session, offer};
+use super::sessions::{announce, at_limit, checked_session};
 use crate::db::{audit, now_ms, sessions, to_timestamp, triggers, workflows};
 use crate::secrets::new_secret;
 use crate::signature;
@@ -211,10 +211,14 @@ pub async fn deliver(
                 if !triggers::first_delivery(tx, id, &signature, now, now - 2 * REPLAY_WINDOW_MS)? {
                     return Ok(None);
                 }
-                sessions::insert(tx, &new, &queuing.master, now).map(Some)
+                let queued = sessions::insert(tx, &new, &queuing.master, now)?;
+                if queued.is_err() {
+                    triggers::forget_delivery(tx, id, &signature)?;
+                }
+                Ok(Some(queued))
             })?;
-            if let Some(session) = &session {
-                offer(conn, &queuing, session.id, now);
+            if let Some(Ok(queued)) = &session {
+                announce(conn, &queuing, queued, now);
             }
             Ok(session)
         })
@@ -225,7 +229,9 @@ pub async fn deliver(
                 "replayed",
                 format!("this signed request was taken before by trigger {id}; it is taken once"),
             )
-        })?;
+        })?
+        .map_err(at_limit)?
+        .session;
     tracing::info!(
         session_queue_id = session.id,
         trigger_id = id,

@@ -321,7 +321,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX session_queues_started ON session_queues (started_at)
         WHERE started_at IS NOT NULL;
     "#,
-    // 12: a workflow that takes params it does not declare
+    // 12: concurrency policies (db/concurrency.rs): at most
+    // `concurrency_limit` sessions of a workflow run at once, per value of
+    // its param `concurrency_key_param` when it has one, which each session
+    // keeps as `concurrency_key` ('' without one).
+    r#"
+    ALTER TABLE workflows ADD COLUMN concurrency_limit INTEGER;
+    ALTER TABLE workflows ADD COLUMN concurrency_on_limit TEXT;
+    ALTER TABLE workflows ADD COLUMN concurrency_key_param TEXT;
+    ALTER TABLE session_queues ADD COLUMN concurrency_key TEXT NOT NULL DEFAULT '';
+    CREATE INDEX session_queues_concurrency
+        ON session_queues (workflow_id, concurrency_key, status)
+        WHERE status IN ('queued', 'running');
+    "#,
+    // 13: a workflow that takes params it does not declare
     // (`accept_undeclared_params: true`, api/params.rs): 0 or 1.
     r#"
     ALTER TABLE workflows ADD COLUMN accept_undeclared_params INTEGER NOT NULL DEFAULT 0;
@@ -565,8 +578,24 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         WHERE started_at IS NOT NULL;
     "#,
     ),
+    // 12: concurrency policies (db/concurrency.rs): at most
+    // `concurrency_limit` sessions of a workflow run at once, per value of
+    // its param `concurrency_key_param` when it has one, which each session
+    // keeps as `concurrency_key` ('' without one).
     (
         12,
+        r#"
+    ALTER TABLE workflows ADD COLUMN concurrency_limit BIGINT;
+    ALTER TABLE workflows ADD COLUMN concurrency_on_limit TEXT;
+    ALTER TABLE workflows ADD COLUMN concurrency_key_param TEXT;
+    ALTER TABLE session_queues ADD COLUMN concurrency_key TEXT NOT NULL DEFAULT '';
+    CREATE INDEX session_queues_concurrency
+        ON session_queues (workflow_id, concurrency_key, status)
+        WHERE status IN ('queued', 'running');
+    "#,
+    ),
+    (
+        13,
         r#"
     ALTER TABLE workflows ADD COLUMN accept_undeclared_params BIGINT NOT NULL DEFAULT 0;
     "#,

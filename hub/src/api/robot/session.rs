@@ -327,7 +327,7 @@ pub async fn finish(
             let now = now_ms();
             let outcome = leases::finish(conn, id, &lease, &report, now)?;
             if matches!(outcome, Finished::Now) {
-                hub2.dispatch.slot_freed(conn, robot_id, now)?;
+                hub2.dispatch.session_ended(conn, robot_id, id, now)?;
             }
             Ok((outcome, sessions::get(conn, id)?))
         })
