@@ -1572,3 +1572,37 @@ outputs:
     );
     assert!(!done.to_string().contains("0utput-s3cret"));
 }
+
+/// The AUTORO document's undeclared params reach the robot as their JSON
+/// values, for a workflow that takes them; one the session was not given
+/// fails the step that reads it.
+#[tokio::test]
+async fn a_robot_reads_undeclared_params_as_given() {
+    let f = Fleet::start();
+    let (_robot, _agent) = running_robot(&f, "undeclared-bot", &[]);
+    let workflow_id = workflow(
+        &f.api,
+        "version: 1\nname: Awesome Workflow.\naccept_undeclared_params: true\nsteps:\n  - id: say\n    action: log\n    with: {message: \"${params.var1}\"}\noutputs:\n  text: \"${params.var1}\"\n  list: \"${params.var2}\"\n  second: \"${params.var2[1]}\"\n",
+        &[],
+    )
+    .await;
+    let id = queue(
+        &f.api,
+        workflow_id,
+        json!({"var1": "this is string", "var2": ["this", "is", "array"]}),
+    )
+    .await;
+    let done = finished(&f.api, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(
+        done["outputs"],
+        json!({"text": "this is string", "list": ["this", "is", "array"], "second": "is"}),
+        "{done}"
+    );
+
+    let id = queue(&f.api, workflow_id, json!({"var2": []})).await;
+    let done = finished(&f.api, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no field `var1`"), "{done}");
+}
