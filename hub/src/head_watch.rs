@@ -256,18 +256,7 @@ impl HeadWatch {
             // A header of its own: the client ends lines with bare LFs.
             out.append(&mut self.held);
             self.name = line.name;
-            self.state = State::Header {
-                colon: true,
-                cr: false,
-            };
-            if !crlf {
-                // This line's own LF was bare too: what follows may
-                // continue it. Hand the LF back to be judged as such.
-                out.pop();
-                self.bare_lf(out);
-            } else {
-                self.state = State::LineStart { cr: false };
-            }
+            self.after_line(crlf, out);
             return;
         }
         // A line with no `:` after a bare LF: the value was wrapped.
@@ -277,29 +266,29 @@ impl HeadWatch {
         if !join {
             out.append(&mut self.held);
             self.note_unjoined();
-            self.state = if crlf {
-                State::LineStart { cr: false }
-            } else {
-                // Judged again as a bare LF of the same header.
-                out.pop();
-                self.bare_lf(out);
-                return;
-            };
+            self.after_line(crlf, out);
             return;
         }
-        // Joined: the held LF becomes a space, the line stays; its own end
-        // is judged as any end of the header's line.
+        // Joined: the held LF (its first byte, put there by `bare_lf`)
+        // becomes a space, the line stays; its own end is judged as any
+        // end of the header's line.
         let mut held = std::mem::take(&mut self.held);
-        held[0] = b' ';
-        held.pop(); // its LF
-        if crlf {
-            held.pop(); // its CR
+        if let Some(lf) = held.first_mut() {
+            *lf = b' ';
         }
         out.extend_from_slice(&held);
+        self.after_line(crlf, out);
+    }
+
+    /// The line just passed to `out` ended with CR LF (`crlf`) or a bare
+    /// LF, its last byte in `out`: after CR LF a new line starts; a bare
+    /// LF is taken back and judged as one inside the header's line, since
+    /// what follows may continue it.
+    fn after_line(&mut self, crlf: bool, out: &mut Vec<u8>) {
         if crlf {
-            out.extend_from_slice(b"\r\n");
             self.state = State::LineStart { cr: false };
         } else {
+            out.pop();
             self.bare_lf(out);
         }
     }
@@ -408,5 +397,19 @@ mod tests {
         let (out, watch) = run(Mode::Join, input, 1);
         assert_eq!(out, input);
         assert_eq!(watch.unjoined(), None);
+    }
+
+    #[test]
+    fn a_wrapped_token_is_joined_whatever_ends_the_lines() {
+        let input: &[u8] = b"GET / HTTP/1.1\nAuthorization: Bearer a.b\nc\nd.e\nHost: h\n\nbody";
+        let (out, watch) = run(Mode::Join, input, 1);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET / HTTP/1.1\nAuthorization: Bearer a.b c d.e\nHost: h\n\nbody"
+        );
+        assert_eq!(watch.unjoined(), None);
+        let (out, watch) = run(Mode::Explain, input, 3);
+        assert_eq!(out, input);
+        assert_eq!(watch.unjoined(), Some("Authorization"));
     }
 }
