@@ -402,6 +402,7 @@ async fn a_default_hub_says_which_header_is_broken_over_lines_and_how_to_fix_it(
     for needle in [
         "`Authorization` header",
         "broken over several lines",
+        "line feed",
         "base64 -w0",
         "tr -d",
     ] {
