@@ -147,6 +147,38 @@ async fn a_thousand_sessions_queued_across_three_hubs_run_once_each_with_every_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_s_concurrency_limit_holds_across_hubs() {
+    let f = Hubs::start(Scratch::postgres(), 3);
+    // Room for twelve at once, on robots polling all three hubs.
+    let agents: Vec<(Robot, Agent)> = (0..6)
+        .map(|r| f.agent(r % 3, &format!("limited-{r}"), &["--max-concurrency", "2"]))
+        .collect();
+    let r = f.apis[0]
+        .post(
+            "/v1/workflows",
+            &json!({
+                "yaml": "version: 1\nname: two-at-once\nsteps:\n  - id: work\n    action: shell.run\n    with: {argv: [sleep, \"1\"]}\n",
+                "concurrency": {"limit": 2},
+            }),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let workflow_id = r.body["id"].as_i64().expect("workflow id");
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(queue(&f.apis[n % 3], workflow_id, json!({})).await);
+    }
+    let mut done = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let session = finished(&f.apis[n % 3], *id, Duration::from_secs(120)).await;
+        assert_eq!(session["status"], "success", "{session}");
+        done.push(session);
+    }
+    assert_eq!(most_at_once(&done), 2, "{done:#?}");
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_robot_waiting_on_one_hub_shows_online_on_the_others() {
     let f = Hubs::start(Scratch::postgres(), 2);
     let (_robot, _agent) = f.agent(0, "seen-elsewhere", &[]);

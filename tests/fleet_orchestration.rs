@@ -32,13 +32,6 @@ fn sleeper(name: &str, seconds: u32) -> String {
     )
 }
 
-fn ms(value: &Value) -> i64 {
-    let text = value.as_str().unwrap_or_else(|| panic!("a time: {value}"));
-    text.parse::<jiff::Timestamp>()
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-        .as_millisecond()
-}
-
 async fn create_schedule(api: &Api, workflow_id: i64, body: Value) -> Value {
     let r = api
         .post(&format!("/v1/workflows/{workflow_id}/schedules"), &body)
@@ -520,6 +513,67 @@ async fn a_create_that_waits_answers_with_the_final_state() {
             "{bad}: {}",
             r.body
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_holds_at_most_sixteen_waiting_creates_at_once() {
+    // No robot: every session stays queued, and every wait holds.
+    let f = Fleet::start();
+    let idle = workflow(&f.api, &sleeper("nobody-runs-it", 0), &[]).await;
+    let body = json!({"workflow_id": idle});
+    let mut waiting = Vec::new();
+    for _ in 0..16 {
+        let api = f.api.clone();
+        let body = body.clone();
+        waiting.push(tokio::spawn(async move {
+            api.post("/v1/session_queues?wait=60s", &body).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.api.get("/v1/session_queues").await.body["total_count"] != 16 {
+        assert!(
+            Instant::now() < deadline,
+            "the sixteen waits were not all queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = f.api.post("/v1/session_queues?wait=5s", &body).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (429, "too_many_waits"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    // Refused before anything was queued; a create without `wait` is not
+    // counted.
+    assert_eq!(
+        f.api.get("/v1/session_queues").await.body["total_count"],
+        16
+    );
+    let r = f.api.post("/v1/session_queues", &body).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    // A wait answered frees its place.
+    f.api.delete("/v1/session_queues/1/cancel").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = f.api.post("/v1/session_queues?wait=100ms", &body).await;
+        if r.status.as_u16() == 201 {
+            break;
+        }
+        assert_eq!(r.code(), "too_many_waits", "{}", r.body);
+        assert!(Instant::now() < deadline, "no place was freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in 2..=16 {
+        f.api
+            .delete(&format!("/v1/session_queues/{id}/cancel"))
+            .await;
+    }
+    for w in waiting {
+        let r = w.await.expect("a wait");
+        assert_eq!(r.body["status"], "cancelled", "{}", r.body);
     }
 }
 
@@ -1328,7 +1382,6 @@ async fn a_dead_receiver_never_delays_sessions_and_private_addresses_are_refused
         );
         assert_eq!(r.body["error"]["problems"][0]["path"], field, "{}", r.body);
     }
-
     // A receiver that accepts and never answers, on a hub that allows it.
     let scratch = Scratch::new();
     let key = create_key(&scratch, ALL_SCOPES);
@@ -1518,4 +1571,38 @@ outputs:
         "{done}"
     );
     assert!(!done.to_string().contains("0utput-s3cret"));
+}
+
+/// The AUTORO document's undeclared params reach the robot as their JSON
+/// values, for a workflow that takes them; one the session was not given
+/// fails the step that reads it.
+#[tokio::test]
+async fn a_robot_reads_undeclared_params_as_given() {
+    let f = Fleet::start();
+    let (_robot, _agent) = running_robot(&f, "undeclared-bot", &[]);
+    let workflow_id = workflow(
+        &f.api,
+        "version: 1\nname: Awesome Workflow.\naccept_undeclared_params: true\nsteps:\n  - id: say\n    action: log\n    with: {message: \"${params.var1}\"}\noutputs:\n  text: \"${params.var1}\"\n  list: \"${params.var2}\"\n  second: \"${params.var2[1]}\"\n",
+        &[],
+    )
+    .await;
+    let id = queue(
+        &f.api,
+        workflow_id,
+        json!({"var1": "this is string", "var2": ["this", "is", "array"]}),
+    )
+    .await;
+    let done = finished(&f.api, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(
+        done["outputs"],
+        json!({"text": "this is string", "list": ["this", "is", "array"], "second": "is"}),
+        "{done}"
+    );
+
+    let id = queue(&f.api, workflow_id, json!({"var2": []})).await;
+    let done = finished(&f.api, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no field `var1`"), "{done}");
 }

@@ -351,3 +351,29 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A time the API gave (`started_at`, ...), in ms since the epoch.
+pub fn ms(value: &Value) -> i64 {
+    let text = value.as_str().unwrap_or_else(|| panic!("a time: {value}"));
+    text.parse::<jiff::Timestamp>()
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .as_millisecond()
+}
+
+/// The most of these ended sessions that ran at one instant, by the hub's
+/// `started_at` and `ended_at`.
+pub fn most_at_once(sessions: &[Value]) -> usize {
+    let mut edges: Vec<(i64, i32)> = Vec::new();
+    for s in sessions {
+        edges.push((ms(&s["started_at"]), 1));
+        edges.push((ms(&s["ended_at"]), -1));
+    }
+    // An end before a start at the same instant: the slot was free.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}

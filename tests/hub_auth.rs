@@ -345,6 +345,13 @@ async fn each_auth_failure_says_which() {
                     c.as_object_mut().unwrap().remove("scopes");
                 }),
             )),
+            // Absent like `exp` or `sub`: missing, not malformed.
+            "missing_claim",
+            "scopes",
+        ),
+        (
+            "scopes not a string",
+            Some(sign(&key.secret, &with(&|c| c["scopes"] = json!(5)))),
             "invalid_claim",
             "scopes",
         ),

@@ -281,3 +281,110 @@ async fn the_quota_answers_429_with_retry_after() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Every call refuses a query parameter it does not take, naming it (a
+/// misspelt `?wait=` or AUTORO's `?mode=sync` must not silently mean
+/// nothing); `POST /v1/session_queues` still takes `?wait=`.
+#[tokio::test]
+async fn unknown_query_parameters_are_refused_on_every_call() {
+    let scratch = Scratch::new();
+    let scopes = format!("{ALL_SCOPES} audit.read");
+    let key = create_key(&scratch, &scopes);
+    let hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&key, &scopes)));
+    let workflow_id = create_hello(&api).await;
+
+    let r = api
+        .post(
+            "/v1/session_queues?mode=sync",
+            &json!({"workflow_id": workflow_id, "params": {"token": "t"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.code(), "unknown_parameter", "{}", r.body);
+    assert!(r.message().contains("`mode`"), "{}", r.body);
+    let r = api
+        .post(
+            "/v1/session_queues?wait=100ms",
+            &json!({"workflow_id": workflow_id, "params": {"token": "t"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let session_id = r.body["id"].as_i64().unwrap();
+    let r = api
+        .post(
+            "/v1/session_queues?wait=100ms&mode=sync",
+            &json!({"workflow_id": workflow_id, "params": {"token": "t"}}),
+        )
+        .await;
+    assert_eq!(r.code(), "unknown_parameter", "{}", r.body);
+
+    use reqwest::Method;
+    let s = session_id;
+    let w = workflow_id;
+    let calls: Vec<(Method, String)> = vec![
+        (Method::POST, "/v1/token".into()),
+        (Method::GET, format!("/v1/session_queues/{s}")),
+        (Method::DELETE, format!("/v1/session_queues/{s}/cancel")),
+        (Method::GET, format!("/v1/session_queues/{s}/artifacts")),
+        (
+            Method::GET,
+            format!("/v1/session_queues/{s}/artifacts/a.png"),
+        ),
+        (Method::POST, format!("/v1/session_queues/{s}/rerun")),
+        (Method::POST, "/v1/workflows".into()),
+        (Method::GET, format!("/v1/workflows/{w}/schedules")),
+        (Method::POST, format!("/v1/workflows/{w}/schedules")),
+        (Method::GET, "/v1/schedules/1".into()),
+        (Method::DELETE, "/v1/schedules/1".into()),
+        (Method::POST, "/v1/schedules/1/pause".into()),
+        (Method::POST, "/v1/schedules/1/resume".into()),
+        (Method::GET, format!("/v1/workflows/{w}/triggers")),
+        (Method::POST, format!("/v1/workflows/{w}/triggers")),
+        (Method::POST, "/v1/triggers/1".into()),
+        (Method::DELETE, "/v1/triggers/1".into()),
+        (Method::GET, "/v1/notifications".into()),
+        (Method::POST, "/v1/notifications".into()),
+        (Method::DELETE, "/v1/notifications/1".into()),
+        (Method::POST, "/v1/notifications/1/test".into()),
+        (Method::GET, "/v1/robots".into()),
+        (Method::PUT, "/v1/robot/robots/r1".into()),
+        (Method::GET, "/v1/robot/robots/r1?instance_id=i".into()),
+        (Method::POST, "/v1/robot/robots/r1/poll".into()),
+        (Method::POST, format!("/v1/robot/sessions/{s}/release")),
+        (Method::POST, format!("/v1/robot/sessions/{s}/logs")),
+        (Method::PUT, format!("/v1/robot/sessions/{s}/steps")),
+        (
+            Method::PUT,
+            format!("/v1/robot/sessions/{s}/artifacts/a.png"),
+        ),
+        (Method::POST, format!("/v1/robot/sessions/{s}/finish")),
+        // The calls that take some refuse the others.
+        (Method::GET, "/v1/session_queues".into()),
+        (Method::GET, format!("/v1/session_queues/{s}/logs")),
+        (Method::GET, "/v1/workflows".into()),
+        (Method::GET, "/v1/audit_log".into()),
+        (Method::GET, "/v1/notifications/1/deliveries".into()),
+    ];
+    for (method, path) in calls {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let r = api
+            .send(
+                api.request(method.clone(), &format!("{path}{sep}mode=sync"))
+                    .header("content-type", "application/json")
+                    .body("{}"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "unknown_parameter"),
+            "{method} {path}: {}",
+            r.body
+        );
+        assert!(
+            r.message().contains("`mode`"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+}

@@ -2,7 +2,10 @@
 //! only the base URL and the token's `iss`/`aud` changed (and `sub`, `nbf`
 //! and `exp`, which every reader fills in): the JWT is built with
 //! `base64` and `openssl dgst -hmac` exactly as the document shows, and the
-//! calls are its curl commands.
+//! calls are its curl commands. A hub in its AUTORO-compatible mode
+//! (`--autoro-compat`) takes them with nothing changed but the base URL, the
+//! key and the ids, GNU base64's wrapped lines included; a default hub
+//! refuses the wrapped token, saying why.
 
 #[path = "hub_support.rs"]
 mod hub_support;
@@ -20,8 +23,15 @@ const PRELUDE: &str = r#"set -euo pipefail
 base64() { command base64 "$@" | tr -d '\n'; }
 "#;
 
-/// Runs a bash script and returns its stdout.
+/// Runs a bash script, with base64 made to write one line as on macOS,
+/// and returns its stdout.
 fn bash(script: &str) -> String {
+    bash_as_is(&format!("{PRELUDE}{script}"))
+}
+
+/// Runs a bash script with the machine's own tools (GNU base64 wraps at 76
+/// columns) and returns its stdout.
+fn bash_as_is(script: &str) -> String {
     for tool in ["bash", "openssl", "curl", "base64", "sed", "tr"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -35,7 +45,7 @@ fn bash(script: &str) -> String {
         );
     }
     let out = Command::new("bash")
-        .args(["-c", &format!("{PRELUDE}{script}")])
+        .args(["-c", &format!("set -euo pipefail\n{script}")])
         .stdin(Stdio::null())
         .output()
         .expect("run bash");
@@ -77,9 +87,15 @@ base64 | sed "s/+/-/g;s/\//_/g;s/=//g""#,
 
 /// The document's JWT recipe with our `iss`, `aud`, key and times.
 fn sign_like_the_document(iss: &str, aud: &str, key: &Key) -> String {
+    bash(&jwt_recipe(iss, aud, key))
+}
+
+/// The document's JWT recipe, its three commands chained by variables,
+/// with our `iss`, `aud`, key and times.
+fn jwt_recipe(iss: &str, aud: &str, key: &Key) -> String {
     let nbf = now();
     let exp = nbf + 600;
-    let script = format!(
+    format!(
         r#"HEADER=$(echo -n '{{"alg":"HS256","typ":"JWT"}}' | base64)
 PAYLOAD=$(echo -n '{{"iss": "{iss}","sub": "{sub}","aud": "{aud}","nbf": {nbf},"exp": {exp},"scopes": "session_queue.write session_queue.read access_token.create"}}' | \
 base64 | \
@@ -91,8 +107,7 @@ echo -n "$HEADER.$PAYLOAD.$SIGNATURE"
 "#,
         sub = key.id,
         secret = key.secret,
-    );
-    bash(&script)
+    )
 }
 
 async fn register_seed_workflow(hub: &Hub, key: &Key) -> i64 {
@@ -242,4 +257,224 @@ async fn a_hub_can_take_the_documents_own_issuer_and_audience() {
         r#"curl --location --request GET "{base}/v1/workflows" --header "Authorization: Bearer {jwt}""#
     )));
     assert_eq!(refused["error"]["code"], "invalid_issuer", "{refused}");
+}
+
+/// The document's own `iss` and `aud`.
+const AUTORO_ISSUER: &str = "console.autoro.io";
+const AUTORO_AUDIENCE: &str = "https://api.autoro.io/";
+
+/// The document's JWT recipe as it is, GNU base64's line wraps kept: a
+/// test of the wrapped token must have one.
+fn wrapped_jwt(key: &Key) -> String {
+    let jwt = bash_as_is(&jwt_recipe(AUTORO_ISSUER, AUTORO_AUDIENCE, key));
+    assert!(
+        jwt.contains('\n'),
+        "this machine's base64 does not wrap its output (a macOS-like base64?), so the \
+         wrapped-token case cannot be run here: {jwt}"
+    );
+    jwt
+}
+
+/// The document's 実行キューを作成する command with its params.
+fn create_command(base: &str, jwt: &str, workflow_id: i64) -> String {
+    format!(
+        r#"curl --location --request POST "{base}/v1/session_queues" \
+  --header "Authorization: Bearer {jwt}" \
+  --header "content-type: application/json" \
+  --data "{{
+  \"workflow_id\": {workflow_id},
+  \"params\": {{
+    \"var1\": \"this is string\",
+    \"var2\": [\"this\", \"is\", \"array\"]
+  }}
+}}""#
+    )
+}
+
+/// A workflow that declares no params and takes the document's.
+const TAKES_UNDECLARED: &str = "version: 1\nname: Awesome Workflow.\naccept_undeclared_params: true\nsteps:\n  - id: say\n    action: log\n    with: {message: \"${params.var1}\"}\n";
+
+#[tokio::test]
+async fn in_compat_mode_the_documents_commands_work_as_written_on_linux() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    // The documented flag set: --autoro-compat alone.
+    let hub = Hub::start_with(&scratch, &["--autoro-compat"]);
+    let base = hub.url.clone();
+    let mut c = claims(&key, ALL_SCOPES);
+    c["iss"] = json!(AUTORO_ISSUER);
+    c["aud"] = json!(AUTORO_AUDIENCE);
+    let setup = Api::new(&hub, Some(sign(&key.secret, &c)));
+    let r = setup
+        .post("/v1/workflows", &json!({"yaml": TAKES_UNDECLARED}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let workflow_id = r.body["id"].as_i64().unwrap();
+
+    // 実行キューを作成する, with the JWT of the document's recipe, wrapped
+    // lines and all, and the document's undeclared params.
+    let jwt = wrapped_jwt(&key);
+    let created = json_of(&bash_as_is(&create_command(&base, &jwt, workflow_id)));
+    assert_eq!(created["status"], "queued", "{created}");
+    assert_eq!(
+        created["workflow"],
+        json!({"id": workflow_id, "name": "Awesome Workflow."})
+    );
+    assert_eq!(
+        created["params"],
+        json!({"var1": "this is string", "var2": ["this", "is", "array"]})
+    );
+    let session_id = created["id"].as_i64().unwrap();
+
+    // トークンを生成する: the hub signs it with the document's iss and aud.
+    let token = json_of(&bash_as_is(&format!(
+        r#"curl --location --request POST "{base}/v1/token" \
+  --header "content-type: application/json" \
+  --data "{{
+  \"access_key_id\": \"{id}\",
+  \"secret_access_key\": \"{secret}\",
+  \"expires\": 3600
+}}""#,
+        id = key.id,
+        secret = key.secret
+    )));
+    let token = token["token"].as_str().expect("a token").to_string();
+    let issued: Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(&token).expect("the token's claims");
+    assert_eq!(issued["iss"], AUTORO_ISSUER);
+    assert_eq!(issued["aud"], AUTORO_AUDIENCE);
+
+    // 実行キューの一覧を取得する.
+    let list = json_of(&bash_as_is(&format!(
+        r#"curl --location --request GET "{base}/v1/session_queues?page=1&per_page=3&query=before:2019-10-11%20after:2019-07-01" \
+  --header "Authorization: Bearer {token}""#
+    )));
+    assert_eq!(list, json!({"session_queues": [], "total_count": 0}));
+    let list = json_of(&bash_as_is(&format!(
+        r#"curl --location --request GET "{base}/v1/session_queues?page=1&per_page=10&query=" \
+  --header "Authorization: Bearer {token}""#
+    )));
+    assert_eq!(list["total_count"], 1, "{list}");
+    assert_eq!(list["session_queues"][0]["id"], session_id);
+
+    // ワークフロー一覧を取得する, with the wrapped JWT again.
+    let workflows = json_of(&bash_as_is(&format!(
+        r#"curl --location --request GET "{base}/v1/workflows?page=1&per_page=10" \
+  --header "Authorization: Bearer {jwt}""#
+    )));
+    assert_eq!(workflows["workflows"][0]["id"], workflow_id, "{workflows}");
+
+    // 実行キューをキャンセルする.
+    let cancelled = json_of(&bash_as_is(&format!(
+        r#"curl --location --request DELETE "{base}/v1/session_queues/{session_id}/cancel" \
+  --header "Authorization: Bearer {token}" \
+  --header "content-type: application/json""#
+    )));
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+
+    // A wrapped token signed by another key is still refused, by its
+    // signature.
+    let mut forged = key.clone();
+    forged.secret = "0".repeat(64);
+    let jwt = wrapped_jwt(&forged);
+    let refused = json_of(&bash_as_is(&create_command(&base, &jwt, workflow_id)));
+    assert_eq!(refused["error"]["code"], "invalid_signature", "{refused}");
+}
+
+#[tokio::test]
+async fn a_default_hub_says_which_header_is_broken_over_lines_and_how_to_fix_it() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(
+        &scratch,
+        &["--issuer", AUTORO_ISSUER, "--audience", AUTORO_AUDIENCE],
+    );
+    let jwt = wrapped_jwt(&key);
+    let answer = bash_as_is(&format!(
+        "{} --silent --write-out '\n%{{http_code}} %{{content_type}}'",
+        create_command(&hub.url, &jwt, 1)
+    ));
+    let (body, status) = answer.rsplit_once('\n').expect("a status line");
+    assert_eq!(status, "400 application/json", "{answer}");
+    let body = json_of(body);
+    assert_eq!(body["error"]["code"], "line_break_in_header", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for needle in [
+        "`Authorization` header",
+        "broken over several lines",
+        "line feed",
+        "base64 -w0",
+        "tr -d",
+    ] {
+        assert!(message.contains(needle), "`{needle}` not in: {message}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_opt_in_a_workflow_refuses_undeclared_params_even_in_compat_mode() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--autoro-compat"]);
+    let mut c = claims(&key, ALL_SCOPES);
+    c["iss"] = json!(AUTORO_ISSUER);
+    c["aud"] = json!(AUTORO_AUDIENCE);
+    let api = Api::new(&hub, Some(sign(&key.secret, &c)));
+    let strict = api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": "version: 1\nname: strict\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n"}),
+        )
+        .await;
+    assert_eq!(strict.status, StatusCode::CREATED, "{}", strict.body);
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": strict.body["id"], "params": {"var1": "this is string"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.code(), "invalid_params", "{}", r.body);
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "params.var1",
+        "{}",
+        r.body
+    );
+    assert!(
+        r.message().contains("accept_undeclared_params"),
+        "{}",
+        r.body
+    );
+
+    // A template reference to an undeclared param is refused without it too.
+    let r = api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": TAKES_UNDECLARED.replace("accept_undeclared_params: true\n", "")}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.message().contains("no param named `var1`"), "{}", r.body);
+
+    // With it, a `${...}` literal in an undeclared param's value is refused,
+    // as in a declared one's.
+    let open = api
+        .post("/v1/workflows", &json!({"yaml": TAKES_UNDECLARED}))
+        .await;
+    assert_eq!(open.status, StatusCode::CREATED, "{}", open.body);
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": open.body["id"], "params": {"var1": "this is ${var1}", "var2": [{"k": "${x}"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.code(), "invalid_params", "{}", r.body);
+    let paths: Vec<&str> = r.body["error"]["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["params.var1", "params.var2[0].k"], "{}", r.body);
+    assert!(r.message().contains("`${...}` literal"), "{}", r.body);
 }

@@ -424,6 +424,7 @@ impl Reply {
 }
 
 /// A client for one hub, sending `token` when it has one.
+#[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
     pub base: String,

@@ -491,6 +491,7 @@ fn schema_command_prints_a_json_schema_with_per_action_arguments() {
         "ok_exit_codes",
         "expect_status",
         "single_process_mode",
+        "accept_undeclared_params",
     ] {
         assert!(text.contains(needle), "schema lacks {needle}");
     }
@@ -552,4 +553,48 @@ outputs:
         r.report
     );
     assert!(r.report.get("outputs").is_none(), "{}", r.report);
+}
+
+/// `--param` with a name the workflow does not declare: refused, unless the
+/// workflow takes undeclared params; then bound as text and read as
+/// `${params.NAME}`, and a reference to one not given fails its step when
+/// it runs (validation cannot know).
+#[test]
+fn undeclared_params_need_the_opt_in_and_are_checked_when_the_step_runs() {
+    const FLOW: &str = r#"
+version: 1
+name: undeclared
+params:
+  who: ann
+steps:
+  - id: greet
+    action: set
+    with: {who: "${params.who}", extra: "${params.var1}"}
+"#;
+    // Without the opt-in the reference itself is refused.
+    let r = run_text(FLOW, &["--param", "var1=hello"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no param named `var1`"), "{}", r.stderr);
+    let plain = FLOW.replace(", extra: \"${params.var1}\"", "");
+    let r = run_text(&plain, &["--param", "var1=hello"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("unknown param `var1`"), "{}", r.stderr);
+
+    let open = FLOW.replace("params:\n", "accept_undeclared_params: true\nparams:\n");
+    let r = run_text(&open, &["--param", "var1=3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.report["steps"]["greet"]["output"],
+        json!({"who": "ann", "extra": "3"})
+    );
+    let r = run_text(&open, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let err = &r.report["error"];
+    assert_eq!(err["step_id"], "greet", "{}", r.stdout);
+    assert_eq!(err["code"], "template_error", "{}", r.stdout);
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no field `var1`"), "{message}");
+    let r = run_text(&open, &["--param", "9x=1"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not an identifier"), "{}", r.stderr);
 }

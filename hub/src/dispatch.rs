@@ -38,7 +38,7 @@ use tasuki_protocol::Lease;
 use tokio::sync::oneshot;
 
 use crate::db::leases::{self, Load};
-use crate::db::{DbError, robots};
+use crate::db::{DbError, concurrency, robots};
 use crate::peers::{Notice, Peers};
 use crate::routing::{Capabilities, Needs};
 use crate::secrets::{MasterKey, new_lease_id};
@@ -514,6 +514,24 @@ impl Dispatcher {
                 Ok(false)
             }
         }
+    }
+
+    /// A robot's session ended (finished, or lost): the robot's slot is
+    /// free ([`Dispatcher::slot_freed`]), and when its workflow has a
+    /// concurrency limit, the oldest session waiting for that limit may
+    /// start now, on any robot that may take it.
+    pub fn session_ended(
+        &self,
+        conn: &mut Conn<'_>,
+        robot_id: i64,
+        session_id: i64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        self.slot_freed(conn, robot_id, now_ms)?;
+        if let Some(next) = concurrency::next_waiting(conn, session_id)? {
+            self.offer(conn, next, now_ms)?;
+        }
+        Ok(())
     }
 
     /// A robot finished (or lost) a session: its waiting poll, which was

@@ -12,7 +12,10 @@
 //! over its buffer, bytes that are not HTTP) never reaches the router:
 //! hyper answers it itself, 400, 414 or 431 with an empty body, and closes
 //! the connection. [`JsonRefusals`] puts the API's JSON error in place of
-//! that answer, so that every error the hub sends is one.
+//! that answer, so that every error the hub sends is one. It also watches
+//! the connection's first head as hyper reads it ([`crate::head_watch`]):
+//! a header value broken over lines (a JWT from GNU `base64`) is named in
+//! that error with its fix, or, with `--autoro-compat`, joined.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_service::Service;
 
+use crate::head_watch::{self, HeadWatch};
 use crate::peer_limit::{PerAddress, Slot};
 use crate::tls::ReloadableTls;
 
@@ -46,12 +50,19 @@ pub struct EdgeLimits {
     /// Open connections from one address at most (0: no cap); past it,
     /// its new connections are closed at once.
     pub max_per_address: usize,
+    /// What to do with a header value wrapped over lines in a connection's
+    /// first head: explain the refusal, or (`--autoro-compat`) join a
+    /// wrapped `Authorization` token.
+    pub wrapped_headers: head_watch::Mode,
 }
 
 /// After an accept error that is about resources (EMFILE, ENFILE,
 /// ENOBUFS, ENOMEM), the loop waits this long before accepting again:
 /// connections closing meanwhile give the descriptors back.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What one read takes from a connection while its first head is watched.
+const WATCH_READ: usize = 8 * 1024;
 
 pub struct Server {
     pub listener: TcpListener,
@@ -143,15 +154,15 @@ impl Server {
         }
         let router = self.router.clone();
         let tls = self.tls.as_ref().map(ReloadableTls::acceptor);
-        let header_timeout = self.limits.header_timeout;
+        let limits = self.limits;
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(tcp, peer, router, header_timeout, stop).await,
+                None => serve_connection(tcp, peer, router, limits, stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, router, header_timeout, stop).await
+                            serve_connection(stream, peer, router, limits, stop).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -166,7 +177,7 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     router: Router,
-    header_timeout: Duration,
+    limits: EdgeLimits,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -178,8 +189,9 @@ async fn serve_connection<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(JsonRefusals::new(io)), service);
+        .header_read_timeout(limits.header_timeout);
+    let io = JsonRefusals::new(io, limits.wrapped_headers);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -215,7 +227,8 @@ fn is_resource_error(e: &io::Error) -> bool {
 }
 
 /// A connection whose writes are hyper's, except that hyper's own answer
-/// to a head it could not parse is replaced by the API's JSON error.
+/// to a head it could not parse is replaced by the API's JSON error; and
+/// whose first head is read through a [`HeadWatch`].
 ///
 /// That answer is recognised by its exact shape: hyper writes it alone,
 /// as the connection's last write, with a status of 400, 414 or 431 and
@@ -228,20 +241,26 @@ struct JsonRefusals<I> {
     /// The JSON answer being written in place of hyper's, and the length
     /// of hyper's, which is reported written once the JSON one is.
     replacing: Option<(Vec<u8>, usize)>,
+    watch: HeadWatch,
+    /// Bytes read and watched, not yet handed to hyper.
+    ready: Vec<u8>,
 }
 
 impl<I> JsonRefusals<I> {
-    fn new(inner: I) -> JsonRefusals<I> {
+    fn new(inner: I, mode: head_watch::Mode) -> JsonRefusals<I> {
         JsonRefusals {
             inner,
             replacing: None,
+            watch: HeadWatch::new(mode),
+            ready: Vec::new(),
         }
     }
 }
 
 /// The JSON answer to write instead of `buf`, when `buf` is hyper's
-/// answer to an unparsable head.
-fn json_refusal(buf: &[u8]) -> Option<Vec<u8>> {
+/// answer to an unparsable head; `wrapped` names the header whose value
+/// came broken over lines, if one did.
+fn json_refusal(buf: &[u8], wrapped: Option<&str>) -> Option<Vec<u8>> {
     let head = std::str::from_utf8(buf).ok()?.strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
@@ -261,7 +280,10 @@ fn json_refusal(buf: &[u8]) -> Option<Vec<u8>> {
     if !empty {
         return None;
     }
-    let body = unparsed_request(status)?;
+    let body = match (status, wrapped) {
+        (400, Some(header)) => error_body("line_break_in_header", &line_break_message(header)),
+        _ => unparsed_request(status)?,
+    };
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n",
@@ -289,6 +311,22 @@ fn unparsed_request(status: u16) -> Option<Vec<u8>> {
         ),
         _ => return None,
     };
+    Some(error_body(code, message))
+}
+
+/// Why a head with a wrapped value was refused, and the fix.
+fn line_break_message(header: &str) -> String {
+    let header = if header.is_empty() { "a" } else { header };
+    format!(
+        "the value of the `{header}` header is broken over several lines (a line feed inside \
+         it, followed by a line with no `:`), which is not valid HTTP. GNU `base64` wraps its \
+         output every 76 characters: build the token with `base64 -w0`, or pipe base64's \
+         output through `tr -d '\\n'`, so that the value is one line (a hub started with \
+         --autoro-compat joins a wrapped Authorization token)"
+    )
+}
+
+fn error_body(code: &str, message: &str) -> Vec<u8> {
     let body = ErrorBody {
         error: ErrorDetail {
             code: code.into(),
@@ -296,7 +334,8 @@ fn unparsed_request(status: u16) -> Option<Vec<u8>> {
             problems: Vec::new(),
         },
     };
-    serde_json::to_vec(&body).ok()
+    // Serialising this struct of strings cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for JsonRefusals<I> {
@@ -305,7 +344,31 @@ impl<I: AsyncRead + Unpin> AsyncRead for JsonRefusals<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.watch.done() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            // Still in the first head: read, and let the watch pass on
+            // what hyper is to see (it may hold the end back for a while).
+            let mut scratch = [0u8; WATCH_READ];
+            let mut read = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.watch.end(&mut this.ready);
+                if this.ready.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            this.watch.feed(read.filled(), &mut this.ready);
+        }
     }
 }
 
@@ -317,7 +380,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for JsonRefusals<I> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.replacing.is_none()
-            && let Some(json) = json_refusal(buf)
+            && let Some(json) = json_refusal(buf, this.watch.unjoined())
         {
             this.replacing = Some((json, buf.len()));
         }
@@ -353,7 +416,7 @@ mod tests {
     fn only_hyper_s_own_empty_refusals_are_replaced() {
         let hyper_414 =
             b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 15:00:00 GMT\r\n\r\n";
-        let json = String::from_utf8(json_refusal(hyper_414).expect("replaced")).unwrap();
+        let json = String::from_utf8(json_refusal(hyper_414, None).expect("replaced")).unwrap();
         assert!(json.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{json}");
         assert!(json.contains("content-type: application/json"), "{json}");
         assert!(json.ends_with("}"), "{json}");
@@ -366,7 +429,23 @@ mod tests {
             b"{\"robots\": []}",
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nmore",
         ] {
-            assert!(json_refusal(other).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(json_refusal(other, None).is_none(), "{}", String::from_utf8_lossy(other));
         }
+    }
+
+    #[test]
+    fn a_refused_head_with_a_wrapped_value_says_so() {
+        let hyper_400 = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let json =
+            String::from_utf8(json_refusal(hyper_400, Some("Authorization")).unwrap()).unwrap();
+        assert!(json.contains("\"line_break_in_header\""), "{json}");
+        assert!(json.contains("`Authorization` header"), "{json}");
+        assert!(json.contains("base64 -w0"), "{json}");
+        // Other refusals are what they were.
+        let hyper_431 =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        let json =
+            String::from_utf8(json_refusal(hyper_431, Some("Authorization")).unwrap()).unwrap();
+        assert!(json.contains("\"headers_too_large\""), "{json}");
     }
 }

@@ -5,6 +5,7 @@ mod api;
 mod copy;
 mod db;
 mod dispatch;
+mod head_watch;
 mod keys;
 mod listener;
 mod log_escape;
@@ -50,12 +51,21 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         store: store::StoreArgs,
-        /// The `iss` every token must carry.
-        #[arg(long, env = "TASUKI_HUB_ISSUER", default_value = "tasuki")]
-        issuer: String,
-        /// The `aud` every token must carry.
-        #[arg(long, env = "TASUKI_HUB_AUDIENCE", default_value = "tasuki-hub")]
-        audience: String,
+        /// The `iss` every token must carry [default: tasuki, or
+        /// console.autoro.io with --autoro-compat].
+        #[arg(long, env = "TASUKI_HUB_ISSUER")]
+        issuer: Option<String>,
+        /// The `aud` every token must carry [default: tasuki-hub, or
+        /// https://api.autoro.io/ with --autoro-compat].
+        #[arg(long, env = "TASUKI_HUB_AUDIENCE")]
+        audience: Option<String>,
+        /// Take the AUTORO document's examples as written: tokens of its
+        /// `iss` and `aud` (unless --issuer or --audience say otherwise),
+        /// and an `Authorization` token wrapped over lines by GNU base64
+        /// joined rather than refused (hub/README.md, "AUTORO-compatible
+        /// mode").
+        #[arg(long, env = "TASUKI_HUB_AUTORO_COMPAT")]
+        autoro_compat: bool,
         /// Public API calls a minute each access key may make, per
         /// registered robot (AUTORO's rule is 60; never less than 60).
         #[arg(long, env = "TASUKI_HUB_QUOTA_PER_ROBOT", default_value_t = 60,
@@ -267,6 +277,7 @@ fn main() -> ExitCode {
             store,
             issuer,
             audience,
+            autoro_compat,
             quota_per_robot,
             max_robots_per_key,
             hold_seconds,
@@ -279,8 +290,9 @@ fn main() -> ExitCode {
         } => run(serve::serve(serve::ServeOptions {
             listen,
             store,
-            issuer,
-            audience,
+            issuer: issuer.unwrap_or_else(|| token_default(autoro_compat, "tasuki", AUTORO_ISSUER)),
+            audience: audience
+                .unwrap_or_else(|| token_default(autoro_compat, "tasuki-hub", AUTORO_AUDIENCE)),
             quota_per_robot,
             max_robots_per_key,
             timings: api::Timings {
@@ -290,10 +302,16 @@ fn main() -> ExitCode {
             schedule_missed_after: std::time::Duration::from_secs(schedule_missed_after_seconds),
             metrics_listen,
             notify_private_addresses,
+            autoro_compat,
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),
                 max_per_address: edge.max_connections_per_address as usize,
+                wrapped_headers: if autoro_compat {
+                    head_watch::Mode::Join
+                } else {
+                    head_watch::Mode::Explain
+                },
             },
             body_timeout: std::time::Duration::from_secs(edge.body_timeout_seconds),
             auth_failures: api::FailureLimits {
@@ -356,6 +374,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `iss` and `aud` the AUTORO document's tokens carry.
+const AUTORO_ISSUER: &str = "console.autoro.io";
+const AUTORO_AUDIENCE: &str = "https://api.autoro.io/";
+
+/// A token claim's expected value when no flag gives it: the AUTORO
+/// document's in its compatible mode, Tasuki's own otherwise.
+fn token_default(autoro_compat: bool, tasuki: &str, autoro: &str) -> String {
+    if autoro_compat { autoro } else { tasuki }.to_string()
 }
 
 /// Every command runs on one multi-threaded runtime: the database is

@@ -4,7 +4,7 @@
 //! It runs beside everything else and sessions never wait on it: a slow or
 //! dead receiver holds only its own delivery's task.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +29,7 @@ const LOOK_EVERY: Duration = Duration::from_millis(500);
 
 /// Sends due deliveries until the hub stops.
 pub async fn run(hub: Arc<Hub>) {
-    let client = match reqwest::Client::builder()
-        .timeout(ATTEMPT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tasuki-hub/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match client(hub.notify_private_addresses) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "cannot make the notifications' HTTP client; none is sent");
@@ -135,9 +130,9 @@ async fn send(
     secret: &[u8],
     d: &Due,
 ) -> Result<u16, (Option<u16>, String)> {
-    allowed(url, hub.notify_private_addresses)
-        .await
-        .map_err(|e| (None, e))?;
+    // An address written in the URL is checked here; a name, by
+    // `PublicOnly` as the connection resolves it.
+    allowed_as_written(url, hub.notify_private_addresses).map_err(|e| (None, e))?;
     let t = jiff::Timestamp::now().as_second();
     let response = client
         .post(url)
@@ -152,7 +147,7 @@ async fn send(
         .send()
         .await
         // Without the URL, which may hold a credential.
-        .map_err(|e| (None, format!("{}", e.without_url())))?;
+        .map_err(|e| (None, with_causes(&e.without_url())))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
         Ok(status)
@@ -161,27 +156,61 @@ async fn send(
     }
 }
 
-/// Refuses a receiver whose address is loopback, private, link-local or
-/// unspecified unless the hub allows them: a key holder must not turn the
-/// hub into a client of what only the hub's network can reach. Names are
-/// resolved here, just before each attempt (a name that resolves to
-/// another address between this look and the connection is not caught).
-pub async fn allowed(url: &str, private_ok: bool) -> Result<(), String> {
-    if private_ok {
-        return Ok(());
+/// The notifications' HTTP client: no redirects, a time limit, and, unless
+/// `private_ok`, names resolved by [`PublicOnly`].
+fn client(private_ok: bool) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tasuki-hub/", env!("CARGO_PKG_VERSION")));
+    if !private_ok {
+        builder = builder.dns_resolver(PublicOnly);
     }
-    let (host, port) = host_of(url)?;
-    let addresses = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    for addr in addresses {
-        refuse_private(&host, addr.ip())?;
-    }
-    Ok(())
+    builder.build()
 }
 
-/// [`allowed`] without resolving: what a URL's address literal (or
-/// `localhost`) says, when a notification is made.
+/// The resolver of the notifications' client while private receivers are
+/// refused: a key holder must not turn the hub into a client of what only
+/// the hub's network can reach. The addresses it checks are the ones the
+/// connection then uses, from one lookup, so a name cannot resolve to a
+/// public address for the check and a private one for the connection (DNS
+/// rebinding). (reqwest does not resolve an address written in the URL:
+/// [`allowed_as_written`] checks those.)
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect();
+            for addr in &addresses {
+                refuse_private(&host, addr.ip())?;
+            }
+            let addresses: reqwest::dns::Addrs = Box::new(addresses.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+/// An error and what caused it, as one line: reqwest's own says only
+/// "error sending request".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Refuses a receiver whose URL names a private address (or `localhost`)
+/// unless the hub allows them: when a notification is made, and before
+/// each attempt (a name is checked as it is resolved, by `PublicOnly`).
 pub fn allowed_as_written(url: &str, private_ok: bool) -> Result<(), String> {
     if private_ok {
         return Ok(());
@@ -266,6 +295,41 @@ fn private(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name that resolves to a private address is refused by the lookup
+    /// the connection uses: nothing connects to the listener.
+    #[tokio::test]
+    async fn a_name_that_resolves_to_a_private_address_is_never_connected_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let error = client(false)
+            .unwrap()
+            .post(format!("http://localhost:{port}/hook"))
+            .send()
+            .await
+            .expect_err("refused");
+        let text = with_causes(&error.without_url());
+        assert!(
+            text.contains("localhost is 127.0.0.1, a private address"),
+            "{text}"
+        );
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "the hub connected to a private address");
+        // Allowed, the same name is connected to.
+        let sent = tokio::spawn(async move {
+            client(true)
+                .unwrap()
+                .post(format!("http://localhost:{port}/hook"))
+                .send()
+                .await
+        });
+        let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+        assert!(
+            matches!(accepted, Ok(Ok(_))),
+            "not connected to when allowed"
+        );
+        sent.abort();
+    }
 
     #[test]
     fn private_addresses_are_known() {

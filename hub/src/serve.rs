@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Notifications may go to private addresses.
     pub notify_private_addresses: bool,
+    /// `--autoro-compat` (hub/README.md, "AUTORO-compatible mode").
+    pub autoro_compat: bool,
     pub edge: EdgeLimits,
     /// The allowance of a request body (api/body_deadline.rs).
     pub body_timeout: Duration,
@@ -74,6 +76,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.body_timeout = opts.body_timeout;
     hub.schedule_missed_after = opts.schedule_missed_after;
     hub.notify_private_addresses = opts.notify_private_addresses;
+    hub.autoro_compat = opts.autoro_compat;
     let hub = Arc::new(hub);
     let listener_task = crate::peers::listen(hub.clone())
         .await
@@ -181,7 +184,7 @@ async fn sweep_leases(hub: Arc<Hub>) {
                 for &(session_id, robot_id) in &swept.lost {
                     // One robot's trouble must not keep the others' lost
                     // sessions from being reported below.
-                    if let Err(e) = swept_hub.dispatch.slot_freed(conn, robot_id, now) {
+                    if let Err(e) = swept_hub.dispatch.session_ended(conn, robot_id, session_id, now) {
                         tracing::warn!(session_queue_id = session_id, robot_id, error = %e, "freeing a lost session's slot");
                     }
                 }

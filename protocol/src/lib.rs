@@ -44,4 +44,4 @@ pub use session::{
     CreateSessionQueue, RerunSessionQueue, RobotRef, SessionError, SessionOrigin, SessionQueue,
     SessionQueueList, SessionStatus, StepState, StepStatus, WorkflowRef,
 };
-pub use workflow::{CreateWorkflow, WorkflowItem, WorkflowList};
+pub use workflow::{Concurrency, CreateWorkflow, OnLimit, WorkflowItem, WorkflowList};

@@ -72,6 +72,8 @@ pub enum ScheduleOutcome {
     CancelledPrevious,
     /// More than a minute late, and skipped (`missed: skip`).
     Missed,
+    /// Refused by the workflow's concurrency policy (`on_limit: refuse`).
+    AtLimit,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,38 @@ pub struct WorkflowItem {
     /// AUTORO's shape otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub robot_labels: Vec<String>,
+    /// How many of its sessions may run at once. Not AUTORO's: present
+    /// only when the workflow has a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A workflow's concurrency policy: at most `limit` of its sessions run at
+/// once (at most `limit` per value of the param `key`, when given), and
+/// what a session queued at the limit does (hub/README.md, *Concurrency
+/// policies*).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    pub limit: u32,
+    #[serde(default)]
+    pub on_limit: OnLimit,
+    /// A declared, non-secret param: the limit holds per value of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// What a new session does when its workflow (or its key) is at the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Waits in the queue until a running one ends.
+    #[default]
+    Wait,
+    /// Is refused: 409 `concurrency_limit`.
+    Refuse,
+    /// Is queued, and the oldest queued or running one is cancelled.
+    CancelOldest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +93,8 @@ pub struct CreateWorkflow {
     /// error, with the failure's details as params (hub/README.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_handler_workflow_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
 }
 
 impl CreateWorkflow {

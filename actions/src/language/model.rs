@@ -20,6 +20,12 @@ pub struct Workflow {
     pub name: String,
     pub description: Option<String>,
     pub params: Vec<ParamSpec>,
+    /// `accept_undeclared_params: true`: a session may be given params the
+    /// workflow does not declare (the AUTORO document's way), bound as
+    /// they come and read as `${params.NAME}`. A reference to an
+    /// undeclared param then cannot be checked before the run: one the
+    /// session was not given fails its step.
+    pub accept_undeclared_params: bool,
     pub single_process_mode: bool,
     pub timeout: Option<Duration>,
     pub steps: Vec<Step>,
@@ -119,6 +125,7 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "name",
     "description",
     "params",
+    "accept_undeclared_params",
     "single_process_mode",
     "timeout",
     "steps",
@@ -305,6 +312,9 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
     let single_process_mode = fields
         .bool("single_process_mode", &mut problems)
         .unwrap_or(false);
+    let accept_undeclared_params = fields
+        .bool("accept_undeclared_params", &mut problems)
+        .unwrap_or(false);
     let timeout = fields.duration("timeout", &mut problems);
     let browser = match fields.get("browser") {
         None | Some((Value::Null, _)) => WorkflowBrowser::default(),
@@ -396,6 +406,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         name,
         description,
         params,
+        accept_undeclared_params,
         single_process_mode,
         timeout,
         steps,

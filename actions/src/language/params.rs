@@ -3,8 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use super::model::Workflow;
-use super::problem::Problems;
+use super::model::{Workflow, is_identifier};
+use super::problem::{Problems, join};
 use super::template::describe;
 
 #[derive(Debug, Default, Clone)]
@@ -52,11 +52,28 @@ impl BoundParams {
 pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundParams, Problems> {
     let mut problems = Problems::default();
     let declared: Vec<&str> = workflow.params.iter().map(|p| p.name.as_str()).collect();
-    let unknown = |name: &str, origin: &str, problems: &mut Problems| {
+    // An undeclared name is refused, unless the workflow takes undeclared
+    // params: then it is bound as given, if a template can name it.
+    let undeclared = |name: &str, origin: &str, problems: &mut Problems| -> bool {
+        if workflow.accept_undeclared_params {
+            if is_identifier(name) {
+                return true;
+            }
+            problems.add(
+                join("params", name),
+                format!(
+                    "the param name `{name}` from {origin} is not an identifier (letters, \
+                     digits, `_` and `-`, at most 64, not starting with a digit), so \
+                     `${{params.NAME}}` could not read it"
+                ),
+            );
+            return false;
+        }
         problems.add(
             format!("params.{name}"),
             format!(
-                "unknown param `{name}` from {origin}; the workflow declares: {}",
+                "unknown param `{name}` from {origin}; the workflow declares: {} (a workflow \
+                 that says `accept_undeclared_params: true` takes others too)",
                 if declared.is_empty() {
                     "no params".to_string()
                 } else {
@@ -64,6 +81,7 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
                 }
             ),
         );
+        false
     };
 
     let mut values = Map::new();
@@ -74,7 +92,11 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
     }
     for (name, value) in &inputs.file {
         match workflow.param(name) {
-            None => unknown(name, "the params file", &mut problems),
+            None => {
+                if undeclared(name, "the params file", &mut problems) {
+                    values.insert(name.clone(), value.clone());
+                }
+            }
             Some(spec) => match mismatch(value, spec.default.as_ref()) {
                 Some(expected) => problems.add(
                     format!("params.{name}"),
@@ -91,7 +113,13 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
     }
     for (name, text) in &inputs.flags {
         match workflow.param(name) {
-            None => unknown(name, "--param", &mut problems),
+            // Without a declared default to take the type of, a string,
+            // as for a declared param without a default.
+            None => {
+                if undeclared(name, "--param", &mut problems) {
+                    values.insert(name.clone(), Value::String(text.clone()));
+                }
+            }
             Some(spec) => match coerce(text, spec.default.as_ref()) {
                 Ok(v) => {
                     values.insert(name.clone(), v);
@@ -115,9 +143,7 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
         .map(|p| p.name.clone())
         .collect();
     for (name, value) in &inputs.secrets {
-        if workflow.param(name).is_none() {
-            unknown(name, "the secrets file", &mut problems);
-        } else {
+        if workflow.param(name).is_some() || undeclared(name, "the secrets file", &mut problems) {
             values.insert(name.clone(), value.clone());
             if !secret_names.contains(name) {
                 secret_names.push(name.clone());
@@ -220,4 +246,88 @@ fn mismatch(value: &Value, default: Option<&Value>) -> Option<&'static str> {
             | (Value::Object(_), Value::Object(_))
     );
     (!same && !default.is_null()).then(|| describe(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::language::{LoadOptions, parse_workflow};
+    use crate::runtime::registry::Registry;
+
+    fn workflow(opt_in: bool) -> Workflow {
+        let text = format!(
+            "version: 1\nname: w\naccept_undeclared_params: {opt_in}\nparams:\n  who: world\nsteps:\n  - {{id: a, action: log, with: {{message: hi}}}}\n"
+        );
+        parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid")
+    }
+
+    fn file(v: Value) -> ParamInputs {
+        ParamInputs {
+            file: v.as_object().cloned().unwrap_or_default(),
+            ..ParamInputs::default()
+        }
+    }
+
+    #[test]
+    fn undeclared_params_are_refused_without_the_opt_in() {
+        let problems = bind_params(&workflow(false), &file(json!({"var1": "x"}))).unwrap_err();
+        assert_eq!(problems.0[0].path, "params.var1");
+        assert!(
+            problems.0[0].message.contains("unknown param `var1`")
+                && problems.0[0].message.contains("accept_undeclared_params"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn undeclared_params_are_bound_as_given_with_the_opt_in() {
+        let w = workflow(true);
+        let bound = bind_params(
+            &w,
+            &file(json!({"var1": "this is string", "var2": ["this", "is", "array"], "n": 3, "o": {"a": 1}})),
+        )
+        .expect("bound");
+        assert_eq!(bound.values["var2"], json!(["this", "is", "array"]));
+        assert_eq!(bound.values["n"], json!(3));
+        assert_eq!(bound.values["o"], json!({"a": 1}));
+        assert_eq!(bound.values["who"], json!("world"));
+        // --param gives a string, as for a declared param without a default.
+        let flags = ParamInputs {
+            flags: vec![("count".into(), "3".into())],
+            ..ParamInputs::default()
+        };
+        assert_eq!(
+            bind_params(&w, &flags).expect("bound").values["count"],
+            json!("3")
+        );
+        // A secrets file's undeclared name is secret, like any of its names.
+        let secrets = ParamInputs {
+            secrets: json!({"token": "s3cret"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            ..ParamInputs::default()
+        };
+        let bound = bind_params(&w, &secrets).expect("bound");
+        assert_eq!(bound.secret_names, vec!["token"]);
+        assert_eq!(bound.masked()["token"], json!("***"));
+    }
+
+    #[test]
+    fn an_undeclared_name_must_be_readable_by_a_template() {
+        let problems = bind_params(&workflow(true), &file(json!({"a b": 1, "9x": 2}))).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems.0[0].message.contains("is not an identifier"),
+            "{problems:?}"
+        );
+    }
 }

@@ -22,6 +22,11 @@ struct Workflow {
     /// Param names and their defaults. A mapping declares the param in full;
     /// a param without a default is required.
     params: Option<BTreeMap<String, Param>>,
+    /// Take params the workflow does not declare (the AUTORO document's
+    /// way): a session's undeclared params are bound as given (strings,
+    /// numbers, lists, objects) and read as `${params.NAME}`; a reference to
+    /// one the session was not given fails its step when it runs.
+    accept_undeclared_params: Option<bool>,
     /// Run alone on the robot, with one browser and one working directory
     /// shared by every step.
     single_process_mode: Option<bool>,

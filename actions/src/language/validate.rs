@@ -42,6 +42,7 @@ pub fn validate(
         all_ids: workflow.all_steps().iter().map(|s| s.id.clone()).collect(),
         params: workflow.params.iter().map(|p| p.name.clone()).collect(),
         credentials: &workflow.credentials,
+        accept_undeclared_params: workflow.accept_undeclared_params,
         done: HashSet::new(),
         vars: HashSet::new(),
         in_error: false,
@@ -67,6 +68,9 @@ struct Validator<'a> {
     params: HashSet<String>,
     /// `credentials:`, which `${credentials.NAME.FIELD}` must name.
     credentials: &'a [CredentialSpec],
+    /// The workflow takes undeclared params: a reference to one is
+    /// resolved (or fails its step) only when the session runs.
+    accept_undeclared_params: bool,
     /// Steps that have run before the one being checked.
     done: HashSet<String>,
     /// Variables defined before the step being checked.
@@ -423,8 +427,10 @@ impl Validator<'_> {
             "params" => match first {
                 None => Ok(()),
                 Some(name) if self.params.contains(name) => Ok(()),
+                Some(_) if self.accept_undeclared_params => Ok(()),
                 Some(name) => Err(format!(
-                    "no param named `{name}` is declared under `params`"
+                    "no param named `{name}` is declared under `params` (declare it, or let \
+                     the workflow take undeclared params with `accept_undeclared_params: true`)"
                 )),
             },
             "steps" => {
@@ -517,6 +523,67 @@ mod tests {
             p[1].1,
             "no robot of this hub offers `shel.run` (did you mean `shell.run`?); no robot of \
              this hub offers any action pack"
+        );
+    }
+
+    const READS_VAR1: &str = "version: 1\nname: w\nsteps:\n  - id: a\n    action: log\n    with: {message: \"${params.var1}\"}\n";
+
+    #[test]
+    fn a_reference_to_an_undeclared_param_is_refused_without_the_opt_in() {
+        let p = parse_workflow(
+            READS_VAR1,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(p.0.len(), 1, "{p:?}");
+        assert!(
+            p.0[0].message.contains("no param named `var1` is declared")
+                && p.0[0].message.contains("accept_undeclared_params: true"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_workflow_that_takes_undeclared_params_may_refer_to_them() {
+        let text = format!("accept_undeclared_params: true\n{READS_VAR1}");
+        let w = parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid");
+        assert!(w.accept_undeclared_params);
+        // Other references are checked as ever.
+        let text = format!(
+            "{text}  - id: b\n    action: log\n    with: {{message: \"${{steps.zz.output}}\"}}\n"
+        );
+        assert!(
+            parse_workflow(
+                &text,
+                "w.yaml",
+                &Registry::builtin(),
+                &LoadOptions::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_opt_in_is_a_boolean() {
+        let text = format!("accept_undeclared_params: yes\n{READS_VAR1}");
+        let p = parse_workflow(
+            &text,
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            p.0.iter().any(|p| p.path == "accept_undeclared_params"),
+            "{p:?}"
         );
     }
 }

@@ -17,6 +17,7 @@ use super::auth_limit;
 use super::error::ApiError;
 use super::query::shorten;
 use super::quota;
+use super::wrapped_token;
 use super::{Hub, KeyMaterial};
 
 /// Clock skew allowed between the signer and the hub.
@@ -166,7 +167,8 @@ impl Unverified {
 async fn limited(parts: &Parts, hub: &Arc<Hub>, metering: Metering) -> Result<Caller, ApiError> {
     let claimed = bearer(parts)
         .ok()
-        .and_then(|t| jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(t).ok())
+        .map(|t| wrapped_token::joined(t, hub.autoro_compat))
+        .and_then(|t| jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(&*t).ok())
         .and_then(|c| match c.sub {
             Some(serde_json::Value::String(s)) => Some(s),
             _ => None,
@@ -185,7 +187,13 @@ async fn authenticate(
     hub: &Arc<Hub>,
     metering: Metering,
 ) -> Result<Caller, ApiError> {
-    let token = bearer(parts)?;
+    let presented = bearer(parts)?;
+    // A token wrapped over lines, let through by compat mode: its parts
+    // are read joined; its signature is checked below, once the key is
+    // known (wrapped_token.rs).
+    let joined = wrapped_token::joined(presented, hub.autoro_compat);
+    let was_wrapped = matches!(joined, std::borrow::Cow::Owned(_));
+    let token: &str = &joined;
     let header = jsonwebtoken::decode_header(token).map_err(|e| {
         ApiError::unauthorized(
             "malformed_token",
@@ -234,6 +242,13 @@ async fn authenticate(
     let material = hub.key_material(&key_id).await?;
     let Some(material) = material else {
         return Err(unknown_key(&key_id));
+    };
+    let resigned;
+    let token = if was_wrapped {
+        resigned = wrapped_token::canonical(presented, &material.secret);
+        resigned.as_str()
+    } else {
+        token
     };
     let claims = verify(token, &material, hub, &unverified)?;
     let token_scopes: Scopes = claims.scopes.parse().map_err(|e| {
@@ -329,6 +344,16 @@ fn verify(
         &validation,
     )
     .map_err(|e| claim_error(e.kind(), hub, unverified))?;
+    // `scopes` is not one of the JWT's registered claims, so the
+    // validation above does not require it; absent, it is missing like
+    // the others, not malformed.
+    if data.claims.get("scopes").is_none() {
+        return Err(ApiError::unauthorized(
+            "missing_claim",
+            "the token has no `scopes` claim; set it to the space-separated scopes the token \
+             may use, such as \"session_queue.write session_queue.read\"",
+        ));
+    }
     let claims: Claims = serde_json::from_value(data.claims).map_err(|e| {
         ApiError::unauthorized(
             "invalid_claim",

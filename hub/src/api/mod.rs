@@ -23,7 +23,9 @@ mod session_limits;
 pub(crate) mod sessions;
 mod token;
 mod triggers;
+mod waits;
 mod workflows;
+mod wrapped_token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,12 +79,17 @@ pub struct Hub {
     pub schedule_missed_after: Duration,
     /// Told whenever a session ends on this hub (for `?wait=`).
     pub session_ended: tokio::sync::Notify,
+    /// The `?wait=` creates each key holds open here.
+    pub waits: waits::Waits,
     /// This process's counters for `/metrics`.
     pub metrics: crate::metrics::Counters,
     /// Told when notification deliveries are queued here.
     pub notifications_wake: tokio::sync::Notify,
     /// Notifications may go to private addresses (`notify.rs`).
     pub notify_private_addresses: bool,
+    /// `--autoro-compat`: a bearer token wrapped over lines, which the
+    /// listener then lets through, is read (`wrapped_token.rs`).
+    pub autoro_compat: bool,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -146,9 +153,11 @@ impl Hub {
             schedules_wake: Default::default(),
             schedule_missed_after: crate::schedule::MISSED_AFTER,
             session_ended: tokio::sync::Notify::new(),
+            waits: Default::default(),
             metrics: Default::default(),
             notifications_wake: tokio::sync::Notify::new(),
             notify_private_addresses: false,
+            autoro_compat: false,
         }
     }
 

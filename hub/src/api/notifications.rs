@@ -19,7 +19,7 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{QueryParams, id_in, page, shorten};
+use super::query::{NoQuery, QueryParams, id_in, page, shorten};
 use crate::db::notifications::{self, NewNotification};
 use crate::db::{audit, now_ms, workflows};
 use crate::secrets::new_secret;
@@ -31,6 +31,7 @@ const MAX_NOTIFICATIONS: usize = 200;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     JsonBody(req): JsonBody<CreateNotification>,
 ) -> Result<(StatusCode, Json<Notification>), ApiError> {
     // Events carry sessions (params, outputs, errors): only for a caller
@@ -137,6 +138,7 @@ pub async fn create(
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
 ) -> Result<Json<NotificationList>, ApiError> {
     let mut notifications = hub.db.call(notifications::list).await?;
     for n in &mut notifications {
@@ -148,6 +150,7 @@ pub async fn list(
 pub async fn delete(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "notification")?;
@@ -207,6 +210,7 @@ pub async fn deliveries(
 pub async fn test(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Delivery>), ApiError> {
     caller.require(Scope::SessionQueueRead)?;

@@ -1,9 +1,12 @@
 //! Checking the params of a new session against its workflow's declared
 //! params, with the rules `tasuki run --params-file` applies: only declared
-//! names, and a value of the same JSON type as the default.
+//! names (others too when the workflow says `accept_undeclared_params:
+//! true`, if a template can name them), and a value of the same JSON type
+//! as the default. No value may hold a `${...}` literal, declared or not.
 
 use serde_json::{Map, Value};
 use tasuki_actions::Workflow;
+use tasuki_actions::language::model::is_identifier;
 use tasuki_actions::language::params::{ParamInputs, bind_params};
 use tasuki_actions::language::problem::{index, join};
 use tasuki_actions::{ParamSpec, Problems};
@@ -16,6 +19,7 @@ use crate::db::workflows::StoredParam;
 pub fn check(
     workflow_name: &str,
     specs: &[StoredParam],
+    accept_undeclared: bool,
     given: &Map<String, Value>,
 ) -> Result<Vec<String>, Vec<ProblemItem>> {
     let mut problems = Problems::default();
@@ -40,16 +44,28 @@ pub fn check(
     }
     let declared: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for name in given.keys() {
-        if !declared.contains(&name.as_str()) {
+        if declared.contains(&name.as_str()) {
+            continue;
+        }
+        if !accept_undeclared {
             problems.add(
                 join("params", name),
                 format!(
-                    "unknown param `{name}`; the workflow `{workflow_name}` declares {}",
+                    "unknown param `{name}`; the workflow `{workflow_name}` declares {} \
+                     (a workflow that says `accept_undeclared_params: true` takes others too)",
                     if declared.is_empty() {
                         "no params".to_string()
                     } else {
                         declared.join(", ")
                     }
+                ),
+            );
+        } else if !is_identifier(name) && !name.contains("${") {
+            problems.add(
+                join("params", name),
+                format!(
+                    "the param name `{name}` is not an identifier (letters, digits, `_` and \
+                     `-`, not starting with a digit), so `${{params.NAME}}` could not read it"
                 ),
             );
         }
@@ -150,6 +166,8 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
                 description: None,
             })
             .collect(),
+        // Undeclared names are checked above and not given to it.
+        accept_undeclared_params: false,
         single_process_mode: false,
         timeout: None,
         steps: Vec::new(),
@@ -192,7 +210,13 @@ mod tests {
 
     #[test]
     fn accepts_declared_params_of_the_right_type() {
-        let secrets = check("w", &specs(), &given(json!({"who": "x", "token": "t"}))).unwrap();
+        let secrets = check(
+            "w",
+            &specs(),
+            false,
+            &given(json!({"who": "x", "token": "t"})),
+        )
+        .unwrap();
         assert_eq!(secrets, vec!["token"]);
     }
 
@@ -201,6 +225,7 @@ mod tests {
         let problems = check(
             "w",
             &specs(),
+            false,
             &given(json!({"who": 1, "extra": true, "count": "${count}"})),
         )
         .unwrap_err();
@@ -217,7 +242,7 @@ mod tests {
     fn does_not_echo_a_huge_name() {
         let mut given = Map::new();
         given.insert("n".repeat(100_000), json!(1));
-        let problems = check("w", &specs(), &given).unwrap_err();
+        let problems = check("w", &specs(), false, &given).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].message.len() < 200, "{}", problems[0].message);
     }
@@ -229,8 +254,59 @@ mod tests {
             default: Some(json!([])),
             secret: false,
         }];
-        let problems =
-            check("w", &specs, &given(json!({"list": ["a", {"b": "${x}"}]}))).unwrap_err();
+        let problems = check(
+            "w",
+            &specs,
+            false,
+            &given(json!({"list": ["a", {"b": "${x}"}]})),
+        )
+        .unwrap_err();
         assert_eq!(problems[0].path, "params.list[1].b");
+    }
+
+    #[test]
+    fn undeclared_params_need_the_workflow_s_opt_in() {
+        let doc = given(json!({"var1": "this is string", "var2": ["this", "is", "array"]}));
+        let problems = check(
+            "w",
+            &specs(),
+            false,
+            &given(json!({"var1": "x", "token": "t"})),
+        )
+        .unwrap_err();
+        assert_eq!(problems[0].path, "params.var1");
+        assert!(problems[0].message.contains("accept_undeclared_params"));
+        let mut with_token = doc.clone();
+        with_token.insert("token".into(), json!("t"));
+        assert_eq!(
+            check("w", &specs(), true, &with_token).unwrap(),
+            vec!["token"]
+        );
+    }
+
+    #[test]
+    fn undeclared_params_are_checked_for_templates_and_names() {
+        let problems = check(
+            "w",
+            &specs(),
+            true,
+            &given(
+                json!({"token": "t", "var1": "this is ${var1}", "a b": 1, "o": {"k": ["${x}"]}}),
+            ),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"params.var1"), "{problems:?}");
+        assert!(paths.contains(&"params.o.k[0]"), "{problems:?}");
+        assert!(paths.contains(&"params[\"a b\"]"), "{problems:?}");
+        // A declared param keeps its type check.
+        let problems = check(
+            "w",
+            &specs(),
+            true,
+            &given(json!({"token": "t", "count": "3"})),
+        )
+        .unwrap_err();
+        assert_eq!(problems[0].path, "params.count");
     }
 }

@@ -81,6 +81,23 @@ impl QueryParams {
     }
 }
 
+/// A call that takes no query parameters: any given is refused by name,
+/// as the calls that take some refuse those they do not know. Without it
+/// axum would ignore the query string, and `?wait=30s` sent to the wrong
+/// call would silently mean nothing.
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        QueryParams::from_request_parts(parts, state)
+            .await?
+            .finish()?;
+        Ok(NoQuery)
+    }
+}
+
 /// `page` and `per_page`, as LIMIT and OFFSET.
 pub struct Page {
     pub limit: i64,

@@ -17,7 +17,7 @@ use super::Hub;
 use super::auth::{Authorized, Caller, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::id_in;
+use super::query::{NoQuery, id_in};
 use super::sessions::checked_session;
 use crate::db::schedules::{self, NewSchedule, StoredSchedule};
 use crate::db::{DbError, audit, now_ms, to_timestamp};
@@ -33,6 +33,7 @@ const MAX_CRON_CHARS: usize = 200;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     workflow: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<CreateSchedule>,
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
@@ -107,6 +108,7 @@ pub async fn create(
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     workflow: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ScheduleList>, ApiError> {
     let workflow_id = id_in(workflow, "workflow")?;
@@ -122,6 +124,7 @@ pub async fn list(
 pub async fn get_one(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Schedule>, ApiError> {
     let id = id_in(id, "schedule")?;
@@ -132,6 +135,7 @@ pub async fn get_one(
 pub async fn pause(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Schedule>, ApiError> {
     let id = id_in(id, "schedule")?;
@@ -157,6 +161,7 @@ pub async fn pause(
 pub async fn resume(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Schedule>, ApiError> {
     let id = id_in(id, "schedule")?;
@@ -191,6 +196,7 @@ pub async fn resume(
 pub async fn delete(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "schedule")?;

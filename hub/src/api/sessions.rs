@@ -16,10 +16,12 @@ use tasuki_protocol::{
 use super::auth::{Authorized, need};
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
-use super::query::{QueryParams, id_in, page, path_id, shorten};
+use super::query::{NoQuery, QueryParams, id_in, page, path_id, shorten};
+use super::waits::MAX_WAITS_PER_KEY;
 use super::{Hub, params, search};
+use crate::db::concurrency::{self, AtLimit};
 use crate::db::secret_params::MASK;
-use crate::db::sessions::{self, NewSession, PROJECT_ID};
+use crate::db::sessions::{self, NewSession, PROJECT_ID, Queued};
 use crate::db::{
     DbError, artifacts as stored_artifacts, audit, leases, logs, now_ms, robots, workflows,
 };
@@ -55,6 +57,12 @@ pub async fn create(
             format!("a workflow id is a positive whole number, not {workflow_id}"),
         ));
     }
+    // Counted before anything is queued, so that a refused wait queues
+    // nothing.
+    let _held = match wait {
+        Some(_) => Some(hub.waits.take(&caller.key_id).ok_or_else(too_many_waits)?),
+        None => None,
+    };
     let given = req.params.unwrap_or_default();
     let new = checked_session(&hub, workflow_id, given, None).await?;
     let session = queue(&hub, new).await?;
@@ -64,6 +72,20 @@ pub async fn create(
         None => session,
     };
     Ok((StatusCode::CREATED, Json(session)))
+}
+
+fn too_many_waits() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_waits",
+        format!(
+            "this access key already holds {MAX_WAITS_PER_KEY} creates waiting (`?wait=`) on \
+             this hub, the most it may; send this one without `wait` and read the session \
+             later, or retry once one has been answered"
+        ),
+    );
+    e.retry_after = Some(1);
+    e
 }
 
 /// `30s`, `500ms`, `2m`, or whole seconds; at most [`MAX_WAIT`].
@@ -139,8 +161,13 @@ pub async fn checked_session(
     else {
         return Err(workflow_not_found(workflow_id));
     };
-    let secret_params = params::check(&workflow.name, &workflow.params, &params)
-        .map_err(|problems| invalid_params(&workflow.name, problems))?;
+    let secret_params = params::check(
+        &workflow.name,
+        &workflow.params,
+        workflow.accept_undeclared_params,
+        &params,
+    )
+    .map_err(|problems| invalid_params(&workflow.name, problems))?;
     super::credentials::check_for_session(hub, workflow_id).await?;
     Ok(NewSession {
         workflow_id,
@@ -165,23 +192,56 @@ fn invalid_params(workflow: &str, problems: Vec<tasuki_protocol::ProblemItem>) -
     .with_problems(problems)
 }
 
-/// Stores a new session and offers it to the waiting robots.
+/// Stores a new session (unless its workflow's concurrency policy refuses
+/// it) and offers it to the waiting robots.
 async fn queue(hub: &Arc<Hub>, new: NewSession) -> Result<SessionQueue, ApiError> {
     let dispatch_hub = hub.clone();
-    Ok(hub
+    let queued = hub
         .db
         .call(move |conn| {
             let now = now_ms();
-            let session = sessions::insert(conn, &new, &dispatch_hub.master, now)?;
-            offer(conn, &dispatch_hub, session.id, now);
-            Ok(session)
+            let queued = sessions::insert(conn, &new, &dispatch_hub.master, now)?;
+            if let Ok(queued) = &queued {
+                announce(conn, &dispatch_hub, queued, now);
+            }
+            Ok(queued)
         })
-        .await?)
+        .await?;
+    Ok(queued.map_err(at_limit)?.session)
+}
+
+/// The answer to a session its workflow's concurrency policy refused.
+pub fn at_limit(refused: AtLimit) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "concurrency_limit",
+        format!("{refused}; queue it again once one has ended"),
+    )
+}
+
+/// Makes a session just stored known: cancels the sessions its workflow's
+/// policy gave way (`cancel_oldest`), then offers it straight to a waiting
+/// robot, if one may take it. The session is stored whatever happens
+/// here: an error must not tell the client to queue it again (robots' next
+/// polls find it).
+pub fn announce(conn: &mut crate::db::Conn<'_>, hub: &Hub, queued: &Queued, now: i64) {
+    let id = queued.session.id;
+    for &old in &queued.cancel {
+        match cancel_in(conn, hub, old, now) {
+            Ok(_) => tracing::info!(
+                session_queue_id = old,
+                for_session = id,
+                "cancelled by its workflow's concurrency policy (cancel_oldest)"
+            ),
+            Err(e) => tracing::warn!(session_queue_id = old, for_session = id, error = %e,
+                "cancelling a session its workflow's concurrency policy gave way"),
+        }
+    }
+    offer(conn, hub, id, now);
 }
 
 /// Offers a stored session straight to a waiting robot, if one may take
-/// it. The session is stored whatever happens here: an error must not
-/// tell the client to queue it again (robots' next polls find it).
+/// it; an error is logged (see [`announce`]).
 pub fn offer(conn: &mut crate::db::Conn<'_>, hub: &Hub, session_id: i64, now: i64) {
     if let Err(e) = hub.dispatch.offer(conn, session_id, now) {
         tracing::warn!(session_queue_id = session_id, error = %e, "offering a new session to the waiting robots");
@@ -195,6 +255,7 @@ pub fn offer(conn: &mut crate::db::Conn<'_>, hub: &Hub, session_id: i64, now: i6
 pub async fn rerun(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::SessionQueueWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     OptionalJsonBody(body): OptionalJsonBody<RerunSessionQueue>,
 ) -> Result<(StatusCode, Json<SessionQueue>), ApiError> {
@@ -271,6 +332,7 @@ pub async fn rerun(
 pub async fn get_one(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
@@ -292,6 +354,19 @@ pub async fn get_one(
 /// AUTORO's shape and the pickup's path short: a read says it.)
 fn explain_wait(conn: &mut crate::db::Conn<'_>, session: &mut SessionQueue) -> Result<(), DbError> {
     if session.status != SessionStatus::Queued {
+        return Ok(());
+    }
+    if let Some(AtLimit { limit, key, .. }) = concurrency::waiting_for_limit(conn, session.id)? {
+        session.queued_reason = Some(match key {
+            Some((param, value)) => format!(
+                "{limit} session(s) of this workflow with {param} `{value}` are running, its \
+                 concurrency limit; it starts when one ends"
+            ),
+            None => format!(
+                "{limit} session(s) of this workflow are running, its concurrency limit; it \
+                 starts when one ends"
+            ),
+        });
         return Ok(());
     }
     let Some(needs) = leases::needs_of(conn, session.id)? else {
@@ -339,6 +414,7 @@ pub async fn list(
 pub async fn cancel(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::SessionQueueDelete>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
@@ -428,6 +504,7 @@ pub struct ArtifactList {
 pub async fn artifacts(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ArtifactList>, ApiError> {
     let id = session_id(id)?;
@@ -459,6 +536,7 @@ pub async fn artifacts(
 pub async fn artifact(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) =

@@ -14,7 +14,7 @@ use tasuki_protocol::{Claims, Scope, TokenRequest, TokenResponse};
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::shorten;
+use super::query::{NoQuery, shorten};
 use super::{Hub, auth};
 
 /// A token request is two short strings and a number: a body this size
@@ -28,6 +28,7 @@ const MAX_EXPIRES: i64 = auth::MAX_TOKEN_SECONDS;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    _: NoQuery,
     JsonBody(req): JsonBody<TokenRequest, TOKEN_BODY_BYTES>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     // Failed secrets are limited per source and key id (auth_limit.rs).

@@ -20,14 +20,15 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
+use tasuki_actions::language::model::is_identifier;
 use tasuki_protocol::{CreateTrigger, Scope, SessionOrigin, SessionQueue, Trigger, TriggerList};
 
 use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{id_in, shorten};
-use super::sessions::{checked_session, offer};
+use super::query::{NoQuery, id_in, shorten};
+use super::sessions::{announce, at_limit, checked_session};
 use crate::db::{audit, now_ms, sessions, to_timestamp, triggers, workflows};
 use crate::secrets::new_secret;
 use crate::signature;
@@ -41,6 +42,7 @@ const MAX_MAPPINGS: usize = 64;
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     workflow: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<CreateTrigger>,
 ) -> Result<(StatusCode, Json<Trigger>), ApiError> {
@@ -65,13 +67,22 @@ pub async fn create(
     }
     for (name, pointer) in &req.params_mapping {
         let field = format!("params_mapping.{}", shorten(name));
-        if !workflow.params.iter().any(|p| &p.name == name) {
+        // A workflow that takes undeclared params takes them from a
+        // trigger too (the call's params are checked again at delivery).
+        let declared = workflow.params.iter().any(|p| &p.name == name);
+        let taken = declared || (workflow.accept_undeclared_params && is_identifier(name));
+        if !taken {
             return Err(ApiError::invalid_field(
                 &field,
                 format!(
-                    "workflow `{}` declares no param `{}`",
+                    "workflow `{}` declares no param `{}`{}",
                     workflow.name,
-                    shorten(name)
+                    shorten(name),
+                    if workflow.accept_undeclared_params {
+                        " (it takes undeclared params, but this name is not an identifier)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -116,6 +127,7 @@ pub async fn create(
 pub async fn list(
     State(hub): State<Arc<Hub>>,
     _: Authorized<need::SessionQueueRead>,
+    _: NoQuery,
     workflow: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TriggerList>, ApiError> {
     let workflow_id = id_in(workflow, "workflow")?;
@@ -131,6 +143,7 @@ pub async fn list(
 pub async fn delete(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = id_in(id, "trigger")?;
@@ -160,6 +173,7 @@ pub async fn delete(
 pub async fn deliver(
     State(hub): State<Arc<Hub>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
@@ -197,10 +211,14 @@ pub async fn deliver(
                 if !triggers::first_delivery(tx, id, &signature, now, now - 2 * REPLAY_WINDOW_MS)? {
                     return Ok(None);
                 }
-                sessions::insert(tx, &new, &queuing.master, now).map(Some)
+                let queued = sessions::insert(tx, &new, &queuing.master, now)?;
+                if queued.is_err() {
+                    triggers::forget_delivery(tx, id, &signature)?;
+                }
+                Ok(Some(queued))
             })?;
-            if let Some(session) = &session {
-                offer(conn, &queuing, session.id, now);
+            if let Some(Ok(queued)) = &session {
+                announce(conn, &queuing, queued, now);
             }
             Ok(session)
         })
@@ -211,7 +229,9 @@ pub async fn deliver(
                 "replayed",
                 format!("this signed request was taken before by trigger {id}; it is taken once"),
             )
-        })?;
+        })?
+        .map_err(at_limit)?
+        .session;
     tracing::info!(
         session_queue_id = session.id,
         trigger_id = id,

@@ -8,13 +8,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use tasuki_actions::{LoadOptions, Problems, Workflow, parse_workflow};
 use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
-use tasuki_protocol::{CreateWorkflow, ProblemItem, Scope, WorkflowItem, WorkflowList};
+use tasuki_protocol::{
+    Concurrency, CreateWorkflow, OnLimit, ProblemItem, Scope, WorkflowItem, WorkflowList,
+};
 
 use super::Hub;
-use super::auth::{Authorized, need};
+use super::auth::{Authorized, Caller, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{QueryParams, page};
+use super::query::{NoQuery, QueryParams, page, shorten};
 use super::{fleet_actions, params};
 use crate::db::credentials::Declared;
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
@@ -26,10 +28,12 @@ const MAX_PER_PAGE: i64 = 1000;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 10_000;
 const MAX_ROBOTS: usize = 100;
+const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
 
 pub async fn create(
     State(hub): State<Arc<Hub>>,
     Authorized(caller, _): Authorized<need::WorkflowWrite>,
+    _: NoQuery,
     JsonBody(req): JsonBody<CreateWorkflow>,
 ) -> Result<(StatusCode, Json<WorkflowItem>), ApiError> {
     let workflow_robots = check_robots(req.workflow_robots.unwrap_or_default())?;
@@ -108,6 +112,10 @@ pub async fn create(
         caller.require(Scope::SessionQueueWrite)?;
         check_handler(&hub, handler).await?;
     }
+    let concurrency = match req.concurrency {
+        Some(policy) => Some(check_concurrency(policy, &workflow, &caller)?),
+        None => None,
+    };
     let actor = caller.key_id.clone();
     let new = NewWorkflow {
         description: req
@@ -119,10 +127,12 @@ pub async fn create(
         source_format: format,
         source,
         param_specs: param_specs(&workflow),
+        accept_undeclared_params: workflow.accept_undeclared_params,
         workflow_robots,
         required_actions: workflow.actions_used(),
         robot_labels,
         error_handler_workflow_id: req.error_handler_workflow_id,
+        concurrency,
         credentials: workflow
             .credentials
             .iter()
@@ -144,8 +154,12 @@ pub async fn create(
                     &actor,
                     "workflow.create",
                     &format!("workflow {}", item.id),
-                    json!({"name": item.name, "error_handler_workflow_id": item.error_handler_workflow_id,
-                           "credentials": credential_names}),
+                    json!({
+                        "name": item.name,
+                        "error_handler_workflow_id": item.error_handler_workflow_id,
+                        "concurrency": item.concurrency,
+                        "credentials": credential_names,
+                    }),
                     now,
                 )?;
                 Ok(item)
@@ -154,6 +168,57 @@ pub async fn create(
         .await?;
     tracing::info!(workflow_id = item.id, name = %item.name, key_id = %caller.key_id, "workflow registered");
     Ok((StatusCode::CREATED, Json(item)))
+}
+
+/// A concurrency policy's limit is at least one, its key a declared param
+/// whose values are not secret (a session's key is stored and shown in
+/// clear), and a policy that cancels sessions is set only by a caller who
+/// may cancel them.
+fn check_concurrency(
+    policy: Concurrency,
+    workflow: &Workflow,
+    caller: &Caller,
+) -> Result<Concurrency, ApiError> {
+    if !(1..=MAX_CONCURRENCY_LIMIT).contains(&policy.limit) {
+        return Err(ApiError::invalid_field(
+            "concurrency.limit",
+            format!("between 1 and {MAX_CONCURRENCY_LIMIT} sessions at once"),
+        ));
+    }
+    if let Some(key) = &policy.key {
+        match workflow.params.iter().find(|p| &p.name == key) {
+            None => {
+                return Err(ApiError::invalid_field(
+                    "concurrency.key",
+                    format!(
+                        "`{}` is not a param of the workflow; the key names one of its params \
+                         ({})",
+                        shorten(key),
+                        workflow
+                            .params
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(p) if p.secret => {
+                return Err(ApiError::invalid_field(
+                    "concurrency.key",
+                    format!(
+                        "`{key}` is a secret param; a session's key is kept and shown in clear, \
+                         so it must be a param that is not secret"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if policy.on_limit == OnLimit::CancelOldest {
+        caller.require(Scope::SessionQueueDelete)?;
+    }
+    Ok(policy)
 }
 
 /// An error handler must exist and take the params a failure gives it
@@ -173,7 +238,13 @@ async fn check_handler(hub: &Hub, handler: i64) -> Result<(), ApiError> {
     };
     let sample = error_handlers::details(1, 1, "w", "code", "message", json!({}));
     let given = error_handlers::given(&workflow.params, &sample);
-    params::check(&workflow.name, &workflow.params, &given).map_err(|problems| {
+    params::check(
+        &workflow.name,
+        &workflow.params,
+        workflow.accept_undeclared_params,
+        &given,
+    )
+    .map_err(|problems| {
         ApiError::invalid_field(
             field,
             format!(

@@ -1,4 +1,4 @@
-//! Named credentials (migration 13): each one's fields sealed with the
+//! Named credentials (migration 14): each one's fields sealed with the
 //! master key as access-key secrets are (`secret_params::Owner::Credential`,
 //! the id and version as associated data), and the robots it allows. The
 //! fields are opened in one place only, [`values_for_lease`], to build a

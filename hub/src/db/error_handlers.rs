@@ -103,7 +103,16 @@ pub fn queue_due(
                     .collect(),
                 origin: Some(SessionOrigin::ErrorHandler { session_id: id }),
             };
-            let handler_session = sessions::insert(tx, &new, master, now_ms)?.id;
+            // A handler's session waits at its workflow's limit: never
+            // refused (db/concurrency.rs).
+            let handler_session = match sessions::insert(tx, &new, master, now_ms)? {
+                Ok(queued) => queued.session.id,
+                Err(at_limit) => {
+                    return Err(DbError::Corrupt(format!(
+                        "an error handler's session was refused: {at_limit}"
+                    )));
+                }
+            };
             tx.execute(
                 "UPDATE session_queues SET handler_session = ?2 WHERE id = ?1",
                 params![id, handler_session],

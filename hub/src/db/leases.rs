@@ -9,7 +9,7 @@ use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
 
-use super::{DbError, audit, credentials, parse_json, secret_params};
+use super::{DbError, audit, concurrency, credentials, parse_json, secret_params};
 use crate::routing::{CredentialNeed, Needs};
 use crate::secrets::MasterKey;
 
@@ -45,9 +45,13 @@ pub fn load_of(conn: &mut Conn<'_>, robot_id: i64) -> Result<Load, DbError> {
 
 /// [`next_for`]'s statement on SQLite: `?1` the robot's name, `?2` its
 /// active leases, `?3` its id.
-const NEXT_FOR: &str = "
+const NEXT_FOR: &str = concat!(
+    "
     SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
     WHERE s.status = 'queued' AND s.lease_id IS NULL
+      AND ",
+    crate::under_limit!("s"),
+    "
       AND (w.workflow_robots = '[]'
            OR EXISTS (SELECT 1 FROM json_each(w.workflow_robots) WHERE value = ?1))
       AND (w.single_process_mode = 0 OR ?2 = 0)
@@ -65,7 +69,7 @@ const NEXT_FOR: &str = "
                WHERE needed.value NOT IN (
                    SELECT label.value FROM robots r, json_each(r.labels) label
                    WHERE r.id = ?3)))
-      -- BEGIN credentials (migration 13): every credential the workflow
+      -- BEGIN credentials (migration 14): every credential the workflow
       -- uses exists and allows this robot, by name or by one of its labels
       -- (routing::CredentialNeed).
       AND (w.credentials = '[]'
@@ -81,7 +85,8 @@ const NEXT_FOR: &str = "
                                             robots r, json_each(r.labels) label
                               WHERE r.id = ?3 AND label.value = allowed.value)))))
       -- END credentials
-    ORDER BY s.id LIMIT 1";
+    ORDER BY s.id LIMIT 1"
+);
 
 /// The oldest queued session the robot `robot_id` (named `robot_name`)
 /// may take, given its load: what `routing::Needs::fits` says, in SQL.
@@ -105,9 +110,13 @@ pub fn next_for(
 /// [`NEXT_FOR`] on PostgreSQL: the same tests, with JSON containment.
 /// Another hub's grant may hold the row it would pick: `SKIP LOCKED`
 /// passes over it to the next (`grant_next`).
-const NEXT_FOR_POSTGRES: &str = "
+const NEXT_FOR_POSTGRES: &str = concat!(
+    "
     SELECT s.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
     WHERE s.status = 'queued' AND s.lease_id IS NULL
+      AND ",
+    crate::under_limit!("s"),
+    "
       AND (w.workflow_robots = '[]'
            OR CAST(w.workflow_robots AS JSONB) @> jsonb_build_array(CAST(?1 AS TEXT)))
       AND (w.single_process_mode = 0 OR CAST(?2 AS BIGINT) = 0)
@@ -119,7 +128,7 @@ const NEXT_FOR_POSTGRES: &str = "
       AND (w.robot_labels = '[]'
            OR (SELECT CAST(labels AS JSONB) FROM robots WHERE id = ?3)
               @> CAST(w.robot_labels AS JSONB))
-      -- BEGIN credentials (migration 13): as on SQLite.
+      -- BEGIN credentials (migration 14): as on SQLite.
       AND (w.credentials = '[]'
            OR NOT EXISTS (
                SELECT 1 FROM jsonb_array_elements(CAST(w.credentials AS JSONB)) used
@@ -135,7 +144,8 @@ const NEXT_FOR_POSTGRES: &str = "
                                     @> jsonb_build_array(allowed.label))))))
       -- END credentials
     ORDER BY s.id LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED";
+    FOR UPDATE OF s SKIP LOCKED"
+);
 
 /// Leases the oldest queued session the robot may take (`next_for`) to
 /// it, as [`grant`] does. On PostgreSQL the pick and the grant are one
@@ -161,13 +171,17 @@ pub fn grant_next(
 }
 
 /// What a queued, unleased session needs of a robot; `None` when it is not
-/// waiting for one.
+/// waiting for one (a session waiting for its workflow's concurrency limit
+/// waits for a running one to end, not for a robot).
 pub fn needs_of(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<Needs>, DbError> {
     let row: Option<(String, bool, String, String, String)> = conn.opt_row(
-        "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels,
-                w.credentials
+        concat!(
+            "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels,
+                    w.credentials
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
-             WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL",
+             WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL AND ",
+            crate::under_limit!("s")
+        ),
         params![session_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
@@ -214,13 +228,22 @@ pub fn grant(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
+    // Counted after the workflow's lock, so that hubs granting at once
+    // never both see room for one (db/concurrency.rs).
+    concurrency::lock_for_session(conn, session_id)?;
     let changed = conn.execute(
-        "UPDATE session_queues
+        concat!(
+            "UPDATE session_queues
          SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
              robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
          WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL
            AND EXISTS (SELECT 1 FROM robots
-                       WHERE id = ?2 AND key_id = ?7 AND instance_id = ?8)",
+                       WHERE id = ?2 AND key_id = ?7 AND instance_id = ?8)
+           AND EXISTS (SELECT 1 FROM workflows w
+                       WHERE w.id = session_queues.workflow_id AND ",
+            crate::under_limit!("session_queues"),
+            ")"
+        ),
         params![
             session_id,
             poller.robot_id,
@@ -758,10 +781,12 @@ mod tests {
                 source_format: "yaml",
                 source: String::new(),
                 param_specs: Vec::new(),
+                accept_undeclared_params: false,
                 workflow_robots: needs.pins.clone(),
                 required_actions: needs.actions.clone(),
                 robot_labels: needs.labels.clone(),
                 error_handler_workflow_id: None,
+                concurrency: None,
                 credentials: needs
                     .credentials
                     .iter()
@@ -786,6 +811,8 @@ mod tests {
             0,
         )
         .unwrap()
+        .unwrap()
+        .session
         .id
     }
 

@@ -4,6 +4,7 @@ use super::sql::{Conn, Dialect, Row, params};
 use serde_json::{Map, Value};
 use tasuki_protocol::{RobotRef, SessionOrigin, SessionQueue, SessionStatus, WorkflowRef};
 
+use super::concurrency::{self, AtLimit};
 use super::secret_params::{self, MASK, Owner};
 use super::{DbError, parse_json, to_timestamp};
 use crate::secrets::MasterKey;
@@ -40,14 +41,24 @@ const SELECT: &str = "
     JOIN workflows w ON w.id = s.workflow_id
     LEFT JOIN robots r ON r.id = s.robot_id";
 
-/// Stores a new queued session; the values of its secret params are
+/// A session stored, and the sessions its workflow's concurrency policy
+/// asks to cancel to make room for it (`cancel_oldest`): the caller
+/// cancels them once the new one is committed (`api::sessions::announce`).
+#[derive(Debug)]
+pub struct Queued {
+    pub session: SessionQueue,
+    pub cancel: Vec<i64>,
+}
+
+/// Stores a new queued session, unless its workflow's concurrency policy
+/// refuses it (db/concurrency.rs); the values of its secret params are
 /// sealed (db/secret_params.rs), never written in clear.
 pub fn insert(
     conn: &mut Conn<'_>,
     s: &NewSession,
     master: &MasterKey,
     now_ms: i64,
-) -> Result<SessionQueue, DbError> {
+) -> Result<Result<Queued, AtLimit>, DbError> {
     let mut params = s.params.clone();
     let secrets = secret_params::split(&mut params, &s.secret_params);
     let params_json =
@@ -72,11 +83,15 @@ pub fn insert(
         Some(SessionOrigin::Trigger { trigger_id: id }) => trigger_id = Some(*id),
     }
     conn.transaction(|tx| {
+        let admitted = match concurrency::admit(tx, s.workflow_id, &s.params, s.origin.as_ref())? {
+            Ok(admitted) => admitted,
+            Err(at_limit) => return Ok(Err(at_limit)),
+        };
         let id: i64 = tx.row(
             "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at,
                                          schedule_id, scheduled_for, rerun_of, handles_session,
-                                         trigger_id)
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                                         trigger_id, concurrency_key)
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              RETURNING id",
             params![
                 s.workflow_id,
@@ -87,7 +102,8 @@ pub fn insert(
                 scheduled_for,
                 rerun_of,
                 handles,
-                trigger_id
+                trigger_id,
+                admitted.key
             ],
             |r| r.get(0),
         )?;
@@ -98,7 +114,12 @@ pub fn insert(
                 params![id, sealed],
             )?;
         }
-        get(tx, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))
+        let session =
+            get(tx, id)?.ok_or_else(|| DbError::Corrupt(format!("session queue {id} vanished")))?;
+        Ok(Ok(Queued {
+            session,
+            cancel: admitted.cancel,
+        }))
     })
 }
 
@@ -305,10 +326,12 @@ mod tests {
                 source_format: "yaml",
                 source: String::new(),
                 param_specs: Vec::new(),
+                accept_undeclared_params: false,
                 workflow_robots: Vec::new(),
                 required_actions: Vec::new(),
                 robot_labels: Vec::new(),
                 error_handler_workflow_id: None,
+                concurrency: None,
                 credentials: Vec::new(),
             },
             0,
@@ -325,8 +348,9 @@ mod tests {
             &master,
             1_000,
         )
+        .unwrap()
         .unwrap();
-        (raw, s.id)
+        (raw, s.session.id)
     }
 
     fn set_status(conn: &mut Conn<'_>, id: i64, status: &str) {

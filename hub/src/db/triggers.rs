@@ -109,6 +109,21 @@ pub fn first_delivery(
     )? == 1)
 }
 
+/// Takes back [`first_delivery`]'s record of a request that queued
+/// nothing after all (its workflow's concurrency policy refused it), so
+/// that the same signed request may be sent again.
+pub fn forget_delivery(
+    conn: &mut Conn<'_>,
+    trigger_id: i64,
+    signature: &str,
+) -> Result<(), DbError> {
+    conn.execute(
+        "DELETE FROM trigger_deliveries WHERE trigger_id = ?1 AND signature = ?2",
+        params![trigger_id, signature],
+    )?;
+    Ok(())
+}
+
 fn read_row(r: &super::sql::Row<'_>) -> Result<StoredTrigger, DbError> {
     let id: i64 = r.get(0)?;
     Ok(StoredTrigger {

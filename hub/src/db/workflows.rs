@@ -3,8 +3,9 @@
 use super::sql::{Conn, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tasuki_protocol::WorkflowItem;
+use tasuki_protocol::{Concurrency, WorkflowItem};
 
+use super::concurrency::{self, Columns};
 use super::credentials::Declared;
 use super::{DbError, parse_json};
 
@@ -27,6 +28,8 @@ pub struct NewWorkflow {
     pub source_format: &'static str,
     pub source: String,
     pub param_specs: Vec<StoredParam>,
+    /// `accept_undeclared_params: true`: sessions may give other params.
+    pub accept_undeclared_params: bool,
     pub workflow_robots: Vec<String>,
     /// The actions its steps use: a session goes only to a robot that
     /// offers them all.
@@ -35,6 +38,8 @@ pub struct NewWorkflow {
     pub robot_labels: Vec<String>,
     /// Queued when one of its sessions ends in error (`error_handlers.rs`).
     pub error_handler_workflow_id: Option<i64>,
+    /// How many of its sessions run at once (`concurrency.rs`).
+    pub concurrency: Option<Concurrency>,
     /// The credentials it declares: its sessions go only to robots every
     /// one of them allows, and their leases carry the values.
     pub credentials: Vec<Declared>,
@@ -44,6 +49,8 @@ pub struct NewWorkflow {
 pub struct WorkflowParams {
     pub name: String,
     pub params: Vec<StoredParam>,
+    /// Sessions may give params it does not declare.
+    pub accept_undeclared_params: bool,
 }
 
 // Fields AUTORO has and Tasuki does not use; see `WorkflowItem`.
@@ -59,13 +66,16 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
     let robots = json("workflow robots", &w.workflow_robots)?;
     let actions = json("required actions", &w.required_actions)?;
     let labels = json("robot labels", &w.robot_labels)?;
+    let c = w.concurrency.as_ref();
     let credentials = serde_json::to_string(&w.credentials)
         .map_err(|e| DbError::Corrupt(format!("credentials: {e}")))?;
     let id: i64 = conn.row(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at, required_actions,
-                                robot_labels, error_handler_workflow_id, credentials)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                robot_labels, error_handler_workflow_id, concurrency_limit,
+                                concurrency_on_limit, concurrency_key_param,
+                                accept_undeclared_params, credentials)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          RETURNING id",
         params![
             w.name,
@@ -79,43 +89,54 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             actions,
             labels,
             w.error_handler_workflow_id,
+            c.map(|c| i64::from(c.limit)),
+            c.map(|c| concurrency::on_limit_text(c.on_limit)),
+            c.and_then(|c| c.key.clone()),
+            i64::from(w.accept_undeclared_params),
             credentials
         ],
         |r| r.get(0),
     )?;
     Ok(item(
         id,
-        w.name.clone(),
-        w.description.clone(),
-        w.single_process_mode,
-        w.workflow_robots.clone(),
-        w.robot_labels.clone(),
-        w.error_handler_workflow_id,
+        Listed {
+            name: w.name.clone(),
+            description: w.description.clone(),
+            single_process_mode: w.single_process_mode,
+            workflow_robots: w.workflow_robots.clone(),
+            robot_labels: w.robot_labels.clone(),
+            error_handler_workflow_id: w.error_handler_workflow_id,
+            concurrency: w.concurrency.clone(),
+        },
     ))
 }
 
-fn item(
-    id: i64,
+/// What a workflow's item shows of it.
+struct Listed {
     name: String,
     description: String,
     single_process_mode: bool,
     workflow_robots: Vec<String>,
     robot_labels: Vec<String>,
     error_handler_workflow_id: Option<i64>,
-) -> WorkflowItem {
+    concurrency: Option<Concurrency>,
+}
+
+fn item(id: i64, w: Listed) -> WorkflowItem {
     WorkflowItem {
         id,
-        name,
-        description,
+        name: w.name,
+        description: w.description,
         vpn_option_id: None,
         debug_mode: false,
         robot_type: ROBOT_TYPE.into(),
-        single_process_mode,
-        error_handler_workflow_id,
+        single_process_mode: w.single_process_mode,
+        error_handler_workflow_id: w.error_handler_workflow_id,
         color: COLOR.into(),
         receiver_infos: String::new(),
-        workflow_robots,
-        robot_labels,
+        workflow_robots: w.workflow_robots,
+        robot_labels: w.robot_labels,
+        concurrency: w.concurrency,
     }
 }
 
@@ -128,10 +149,12 @@ pub fn list(
     let total = conn.count("SELECT COUNT(*) FROM workflows", params![])?;
     let rows = conn.rows(
         "SELECT id, name, description, single_process_mode, workflow_robots, robot_labels,
-                error_handler_workflow_id
+                error_handler_workflow_id, concurrency_limit, concurrency_on_limit,
+                concurrency_key_param
          FROM workflows ORDER BY id LIMIT ?1 OFFSET ?2",
         params![limit, offset],
         |r| {
+            let columns: Columns = (r.get(7)?, r.get(8)?, r.get(9)?);
             Ok((
                 r.get::<i64>(0)?,
                 r.get::<String>(1)?,
@@ -140,30 +163,41 @@ pub fn list(
                 r.get::<String>(4)?,
                 r.get::<String>(5)?,
                 r.get::<Option<i64>>(6)?,
+                columns,
             ))
         },
     )?;
     let mut items = Vec::new();
-    for (id, name, description, spm, robots, labels, handler) in rows {
-        let robots = parse_json(&format!("workflow {id}: workflow_robots"), &robots)?;
-        let labels = parse_json(&format!("workflow {id}: robot_labels"), &labels)?;
-        items.push(item(id, name, description, spm, robots, labels, handler));
+    for (id, name, description, spm, robots, labels, handler, columns) in rows {
+        items.push(item(
+            id,
+            Listed {
+                name,
+                description,
+                single_process_mode: spm,
+                workflow_robots: parse_json(&format!("workflow {id}: workflow_robots"), &robots)?,
+                robot_labels: parse_json(&format!("workflow {id}: robot_labels"), &labels)?,
+                error_handler_workflow_id: handler,
+                concurrency: concurrency::from_columns(id, columns)?,
+            },
+        ));
     }
     Ok((items, total))
 }
 
 pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>, DbError> {
     let row = conn.opt_row(
-        "SELECT name, param_specs FROM workflows WHERE id = ?1",
+        "SELECT name, param_specs, accept_undeclared_params FROM workflows WHERE id = ?1",
         params![id],
-        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<bool>(2)?)),
     )?;
-    let Some((name, specs)) = row else {
+    let Some((name, specs, accept_undeclared_params)) = row else {
         return Ok(None);
     };
     Ok(Some(WorkflowParams {
         name,
         params: parse_json(&format!("workflow {id}: param_specs"), &specs)?,
+        accept_undeclared_params,
     }))
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use crate::api::{Hub, sessions as api_sessions};
 use crate::db::schedules::{self, Fired, StoredSchedule};
-use crate::db::sessions::{self, NewSession};
+use crate::db::sessions::{self, NewSession, Queued};
 use crate::db::{Conn, DbError, now_ms, to_timestamp};
 
 pub use cron::Cron;
@@ -100,8 +100,8 @@ fn pass(conn: &mut Conn<'_>, hub: &Hub) -> Result<Option<i64>, DbError> {
         });
         match (fired, taken) {
             (Ok(_), None) => break,
-            (Ok(Some(session_id)), Some(_)) => {
-                api_sessions::offer(conn, hub, session_id, now_ms());
+            (Ok(Some(queued)), Some(_)) => {
+                api_sessions::announce(conn, hub, &queued, now_ms());
             }
             (Ok(None), Some(_)) => {}
             (Err(e), Some(schedule)) => {
@@ -148,18 +148,18 @@ pub fn time_zone(name: &str) -> Result<TimeZone, String> {
     })
 }
 
-/// Decides and starts `s`'s due (or waiting) run; the new session's id.
+/// Decides and starts `s`'s due (or waiting) run; the new session.
 fn fire(
     tx: &mut Conn<'_>,
     hub: &Hub,
     s: &StoredSchedule,
     now: i64,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<Queued>, DbError> {
     let active = sessions::active_of_schedule(tx, s.id)?;
     let due = s.next_due_at.filter(|due| *due <= now);
     let Some(due) = due else {
         // Only a waiting run (take_due found the previous session ended).
-        let session_id = start(tx, hub, s, s.last_due_at.unwrap_or(now), now)?;
+        let queued = start(tx, hub, s, s.last_due_at.unwrap_or(now), now)?;
         schedules::record(
             tx,
             s.id,
@@ -167,11 +167,11 @@ fn fire(
                 next_due_at: s.next_due_at,
                 waiting: false,
                 due_at: None,
-                outcome: ScheduleOutcome::Started,
-                session_id: Some(session_id),
+                outcome: outcome_of(&queued, ScheduleOutcome::Started),
+                session_id: queued.as_ref().map(|q| q.session.id),
             },
         )?;
-        return Ok(Some(session_id));
+        return Ok(queued);
     };
     // Times passed while no hub ran fold into this one.
     let next_due_at = next_time(s, now)?;
@@ -192,12 +192,14 @@ fn fire(
             }
         }
     };
-    let session_id = match outcome {
+    let (outcome, queued) = match outcome {
         ScheduleOutcome::Started | ScheduleOutcome::CancelledPrevious => {
-            Some(start(tx, hub, s, due, now)?)
+            let queued = start(tx, hub, s, due, now)?;
+            (outcome_of(&queued, outcome), queued)
         }
-        _ => None,
+        _ => (outcome, None),
     };
+    let session_id = queued.as_ref().map(|q| q.session.id);
     tracing::info!(
         schedule_id = s.id,
         workflow_id = s.workflow_id,
@@ -218,17 +220,27 @@ fn fire(
             session_id,
         },
     )?;
-    Ok(session_id)
+    Ok(queued)
 }
 
-/// Queues the schedule's session for the run due at `due`.
+/// `started` as the run's outcome, unless the workflow's concurrency
+/// policy refused its session.
+fn outcome_of(queued: &Option<Queued>, started: ScheduleOutcome) -> ScheduleOutcome {
+    match queued {
+        Some(_) => started,
+        None => ScheduleOutcome::AtLimit,
+    }
+}
+
+/// Queues the schedule's session for the run due at `due`; `None` when
+/// the workflow's concurrency policy refused it.
 fn start(
     tx: &mut Conn<'_>,
     hub: &Hub,
     s: &StoredSchedule,
     due: i64,
     now: i64,
-) -> Result<i64, DbError> {
+) -> Result<Option<Queued>, DbError> {
     let new = NewSession {
         workflow_id: s.workflow_id,
         params: schedules::params_with_secrets(tx, s, &hub.master)?,
@@ -238,5 +250,5 @@ fn start(
             due_at: to_timestamp(due)?,
         }),
     };
-    Ok(sessions::insert(tx, &new, &hub.master, now)?.id)
+    Ok(sessions::insert(tx, &new, &hub.master, now)?.ok())
 }

@@ -14,6 +14,7 @@ use super::super::Hub;
 use super::super::auth::RobotCaller;
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
+use super::super::query::NoQuery;
 use super::{own_robot, robot_name};
 use crate::db::{leases, now_ms, robots};
 use crate::dispatch::{Poll, Wake, Want};
@@ -24,6 +25,7 @@ const MAX_HELD: usize = 1024;
 pub async fn poll(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     name: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<PollRequest>,
 ) -> Result<Json<PollResponse>, ApiError> {

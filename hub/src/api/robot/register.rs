@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use tasuki_protocol::robot::{MAX_ACTION_OFFERS, MAX_LABELS, check_label};
 use tasuki_protocol::{RegisterRobot, RobotCheck, RobotRegistered};
@@ -13,6 +13,7 @@ use super::super::Hub;
 use super::super::auth::RobotCaller;
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
+use super::super::query::{NoQuery, QueryParams};
 use super::{another_key, deleted, name_taken, own_robot, robot_name};
 use crate::db::now_ms;
 use crate::db::robots::{self, Registered};
@@ -23,6 +24,7 @@ const MAX_CONCURRENCY: u32 = 256;
 pub async fn register(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     name: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<RegisterRobot>,
 ) -> Result<Json<RobotRegistered>, ApiError> {
@@ -82,22 +84,17 @@ pub async fn register(
     }
 }
 
-#[derive(serde::Deserialize)]
-pub struct InstanceQuery {
-    instance_id: Option<String>,
-}
-
 /// `GET /v1/robot/robots/{name}?instance_id=…`: is the robot registered to
 /// this key and this machine? Changes nothing.
 pub async fn check_registration(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
     name: Result<Path<String>, PathRejection>,
-    query: Result<Query<InstanceQuery>, QueryRejection>,
+    mut q: QueryParams,
 ) -> Result<Json<RobotCheck>, ApiError> {
     let name = robot_name(name)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let instance_id = query.instance_id.unwrap_or_default();
+    let instance_id = q.take("instance_id").unwrap_or_default();
+    q.finish()?;
     if instance_id.is_empty() || instance_id.len() > 64 {
         return Err(ApiError::invalid_field(
             "instance_id",

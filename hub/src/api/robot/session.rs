@@ -21,7 +21,7 @@ use super::super::Hub;
 use super::super::auth::{Caller, RobotCaller};
 use super::super::body::JsonBody;
 use super::super::error::ApiError;
-use super::super::query::path_id;
+use super::super::query::{NoQuery, path_id};
 use super::{lease_header, lease_lost};
 use crate::db::artifacts::{self, Artifact};
 use crate::db::leases::{self, Finished, LeaseCheck, Withdrawn};
@@ -85,6 +85,7 @@ async fn held(hub: &Hub, caller: &Caller, id: i64, lease: &str) -> Result<LeaseC
 pub async fn release(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
@@ -120,6 +121,7 @@ pub async fn release(
 pub async fn logs(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonBody(mut batch): JsonBody<LogBatch>,
@@ -182,6 +184,7 @@ pub async fn logs(
 pub async fn steps(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonBody(update): JsonBody<StepsUpdate>,
@@ -218,6 +221,7 @@ fn check_steps(steps: &[StepState], field: &str) -> Result<(), ApiError> {
 pub async fn artifact(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -270,6 +274,7 @@ pub async fn artifact(
 pub async fn finish(
     State(hub): State<Arc<Hub>>,
     RobotCaller(caller): RobotCaller,
+    _: NoQuery,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonBody(report): JsonBody<FinishSession>,
@@ -322,7 +327,7 @@ pub async fn finish(
             let now = now_ms();
             let outcome = leases::finish(conn, id, &lease, &report, now)?;
             if matches!(outcome, Finished::Now) {
-                hub2.dispatch.slot_freed(conn, robot_id, now)?;
+                hub2.dispatch.session_ended(conn, robot_id, id, now)?;
             }
             Ok((outcome, sessions::get(conn, id)?))
         })
