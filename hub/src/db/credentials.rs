@@ -267,25 +267,49 @@ pub fn queued_sessions_using(
     Ok(out)
 }
 
-/// The values of `declared` for a lease, opened now: so a rotation
-/// reaches the next lease granted. A credential deleted since the session
-/// was routed is left out (the robot then fails the session, naming it).
+/// The values of `declared` for a lease to the robot `robot_id`, opened
+/// now: so a rotation reaches the next lease granted. Only credentials
+/// that allow that robot are opened, whatever routed the session there
+/// (the one place values leave the database, so the rule holds even if a
+/// change raced the routing): one deleted, or no longer allowing the
+/// robot, is left out, and the robot fails the session, naming it.
 pub fn values_for_lease(
     conn: &mut Conn<'_>,
     declared: &[Declared],
+    robot_id: i64,
     master: &MasterKey,
 ) -> Result<(Map<String, Value>, Vec<Delivered>), DbError> {
     let mut values = Map::new();
     let mut delivered = Vec::new();
+    if declared.is_empty() {
+        return Ok((values, delivered));
+    }
+    let robot: Option<(String, String)> = conn.opt_row(
+        "SELECT name, labels FROM robots WHERE id = ?1",
+        params![robot_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some((robot_name, labels)) = robot else {
+        return Ok((values, delivered));
+    };
+    let labels: Vec<String> = parse_json(&format!("robot {robot_id}: labels"), &labels)?;
     for d in declared {
-        let row: Option<(i64, i64, Vec<u8>)> = conn.opt_row(
-            "SELECT id, version, fields_sealed FROM credentials WHERE name = ?1",
+        let row: Option<(i64, i64, Vec<u8>, String, String)> = conn.opt_row(
+            "SELECT id, version, fields_sealed, allow_robots, allow_labels
+             FROM credentials WHERE name = ?1",
             params![d.name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
-        let Some((id, version, sealed)) = row else {
+        let Some((id, version, sealed, allow_robots, allow_labels)) = row else {
             continue;
         };
+        let what = |f: &str| format!("credential {}: {f}", d.name);
+        let allow_robots: Vec<String> = parse_json(&what("allow_robots"), &allow_robots)?;
+        let allow_labels: Vec<String> = parse_json(&what("allow_labels"), &allow_labels)?;
+        if !allow_robots.contains(&robot_name) && !allow_labels.iter().any(|l| labels.contains(l)) {
+            tracing::warn!(credential = %d.name, robot = %robot_name, "a lease went to a robot the credential does not allow (it changed meanwhile); its values are left out");
+            continue;
+        }
         let mut fields = Map::new();
         secret_params::open_into(master, Owner::Credential(id, version), &sealed, &mut fields)?;
         values.insert(d.name.clone(), Value::Object(fields));
@@ -308,6 +332,23 @@ mod tests {
         let master = MasterKey::create(&dir.path().join("key")).unwrap();
         let mut raw = crate::db::test_connection();
         let mut conn = Conn::sqlite(&mut raw);
+        let robot = |conn: &mut Conn<'_>, name: &str| {
+            let req = tasuki_protocol::RegisterRobot {
+                instance_id: format!("i-{name}"),
+                labels: vec![],
+                version: "t".into(),
+                max_concurrency: 1,
+                host: Default::default(),
+                replace: false,
+                actions: None,
+            };
+            match crate::db::robots::register(conn, name, "key", &req, 100, 0).unwrap() {
+                crate::db::robots::Registered::Ok(r) => r.id,
+                _ => panic!("registered"),
+            }
+        };
+        let r1 = robot(&mut conn, "r1");
+        let r2 = robot(&mut conn, "r2");
         let fields = json!({"token": "tok-one"}).as_object().unwrap().clone();
         let new = NewCredential {
             name: "api".into(),
@@ -350,7 +391,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((changed.version, changed.updated_by.as_str()), (2, "k2"));
-        let (values, delivered) = values_for_lease(&mut conn, &declared, &master).unwrap();
+        let (values, delivered) = values_for_lease(&mut conn, &declared, r1, &master).unwrap();
         assert_eq!(Value::Object(values), json!({"api": {"token": "tok-two"}}));
         assert_eq!(
             delivered,
@@ -359,8 +400,12 @@ mod tests {
                 version: 2
             }]
         );
+        // A robot the credential does not allow gets nothing, whatever
+        // routed the session to it.
+        let (values, delivered) = values_for_lease(&mut conn, &declared, r2, &master).unwrap();
+        assert!(values.is_empty() && delivered.is_empty());
         assert!(delete(&mut conn, "api").unwrap());
-        let (values, _) = values_for_lease(&mut conn, &declared, &master).unwrap();
+        let (values, _) = values_for_lease(&mut conn, &declared, r1, &master).unwrap();
         assert!(values.is_empty());
     }
 }

@@ -371,7 +371,7 @@ fn lease_of(
 ) -> Result<Option<(Lease, Vec<credentials::Delivered>)>, DbError> {
     let row = conn.opt_row(
         "SELECT s.lease_id, s.params, s.secrets_sealed, w.id, w.name,
-                    w.single_process_mode, w.source_format, w.source, w.credentials
+                    w.single_process_mode, w.source_format, w.source, w.credentials, s.robot_id
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
         params![session_id],
@@ -381,6 +381,7 @@ fn lease_of(
                     r.get::<String>(0)?,
                     r.get::<String>(1)?,
                     r.get::<Option<Vec<u8>>>(2)?,
+                    r.get::<Option<i64>>(9)?,
                 ),
                 (
                     r.get::<i64>(3)?,
@@ -393,7 +394,8 @@ fn lease_of(
             ))
         },
     )?;
-    let Some(((lease_id, params, sealed), (wid, wname, spm, format, source, declared))) = row
+    let Some(((lease_id, params, sealed, robot_id), (wid, wname, spm, format, source, declared))) =
+        row
     else {
         return Ok(None);
     };
@@ -401,7 +403,11 @@ fn lease_of(
         &format!("session queue {session_id}: its workflow's credentials"),
         &declared,
     )?;
-    let (credential_values, delivered) = credentials::values_for_lease(conn, &declared, master)?;
+    // A leased session has its robot; without one, no credential goes.
+    let (credential_values, delivered) = match robot_id {
+        Some(robot_id) => credentials::values_for_lease(conn, &declared, robot_id, master)?,
+        None => Default::default(),
+    };
     let mut params: Map<String, Value> =
         parse_json(&format!("session queue {session_id}: params"), &params)?;
     if let Some(sealed) = sealed {
