@@ -439,6 +439,19 @@ pub struct RobotList {
 mod tests {
     use super::*;
 
+    /// A lease without credentials reads and writes as before them, so
+    /// older agents and hubs understand newer ones.
+    #[test]
+    fn a_lease_without_credentials_has_no_credentials_field() {
+        let old = serde_json::json!({"session_id": 1, "lease_id": "l",
+            "workflow": {"id": 2, "name": "w", "single_process_mode": false,
+                         "format": "yaml", "source": "x"},
+            "params": {}});
+        let lease: Lease = serde_json::from_value(old.clone()).unwrap();
+        assert!(lease.credentials.is_empty());
+        assert_eq!(serde_json::to_value(&lease).unwrap(), old);
+    }
+
     #[test]
     fn names() {
         assert!(check_robot_name("standard-1").is_ok());
