@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use tasuki_protocol::{Credential, CredentialAllow};
 
 use super::secret_params::{self, Owner};
-use super::sql::{Conn, params};
+use super::sql::{Conn, Dialect, params};
 use super::{DbError, parse_json, to_timestamp};
 use crate::secrets::MasterKey;
 
@@ -150,8 +150,14 @@ pub fn update(
     actor: &str,
     now_ms: i64,
 ) -> Result<Option<Credential>, DbError> {
+    // Locked until the caller's transaction ends: two hubs rotating at
+    // once seal versions one after the other, never the same number twice.
+    let lock = match conn.dialect() {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
     let row: Option<(i64, i64)> = conn.opt_row(
-        "SELECT id, version FROM credentials WHERE name = ?1",
+        &format!("SELECT id, version FROM credentials WHERE name = ?1{lock}"),
         params![name],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -247,11 +253,15 @@ pub fn queued_sessions_using(
     name: &str,
     limit: i64,
 ) -> Result<Vec<i64>, DbError> {
+    // Narrowed in SQL to workflows whose declarations mention the name
+    // (as a JSON string), so that the limit counts likely sessions; the
+    // declarations are then read exactly.
+    let mentioned = format!("%{}%", serde_json::Value::String(name.to_string()));
     let rows: Vec<(i64, String)> = conn.rows(
         "SELECT s.id, w.credentials FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
-         WHERE s.status = 'queued' AND s.lease_id IS NULL AND w.credentials <> '[]'
+         WHERE s.status = 'queued' AND s.lease_id IS NULL AND w.credentials LIKE ?2
          ORDER BY s.id LIMIT ?1",
-        params![limit],
+        params![limit, mentioned],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut out = Vec::new();

@@ -229,8 +229,25 @@ pub fn grant(
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
     // Counted after the workflow's lock, so that hubs granting at once
-    // never both see room for one (db/concurrency.rs).
-    concurrency::lock_for_session(conn, session_id)?;
+    // never both see room for one (db/concurrency.rs). The session's row
+    // is locked first, as `grant_next`'s pick locks it, so that every
+    // grant takes the two in one order: another hub's grant holding it
+    // means someone else is getting it.
+    if conn.dialect() == Dialect::Postgres {
+        let free: Option<(i64, bool)> = conn.opt_row(
+            "SELECT s.workflow_id, w.concurrency_limit IS NOT NULL
+             FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+             WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL
+             FOR UPDATE OF s SKIP LOCKED",
+            params![session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        match free {
+            None => return Ok(None),
+            Some((workflow_id, true)) => concurrency::lock(conn, workflow_id)?,
+            Some((_, false)) => {}
+        }
+    }
     let changed = conn.execute(
         concat!(
             "UPDATE session_queues
