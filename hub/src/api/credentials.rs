@@ -24,8 +24,9 @@ use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::shorten;
+use crate::db::credentials::Declared;
 use crate::db::credentials::{self, Change, NewCredential};
-use crate::db::{audit, now_ms, workflows};
+use crate::db::{audit, now_ms};
 
 /// Credentials a hub keeps at most.
 const MAX_CREDENTIALS: u64 = 1000;
@@ -255,24 +256,14 @@ async fn reoffer(hub: &Arc<Hub>, name: &str) {
     }
 }
 
-/// A session of `workflow_id` is refused while a credential its workflow
-/// uses does not exist, or is of another kind than the workflow declares:
+/// A session is refused while a credential its workflow uses (`declared`,
+/// with the hub's `kinds` of those names) does not exist, or is of another kind than the workflow declares:
 /// it could never run. (A credential deleted after the session was
 /// queued keeps it queued, with `queued_reason` saying why.)
-pub async fn check_for_session(hub: &Hub, workflow_id: i64) -> Result<(), ApiError> {
-    let found = hub
-        .db
-        .call(move |conn| {
-            let Some(declared) = workflows::credentials_of(conn, workflow_id)? else {
-                return Ok(None);
-            };
-            let names: Vec<String> = declared.iter().map(|d| d.name.clone()).collect();
-            Ok(Some((declared, credentials::kinds(conn, &names)?)))
-        })
-        .await?;
-    let Some((declared, kinds)) = found else {
-        return Ok(());
-    };
+pub fn check_for_session(
+    declared: &[Declared],
+    kinds: &Map<String, Value>,
+) -> Result<(), ApiError> {
     for d in declared {
         match kinds.get(&d.name).and_then(Value::as_str) {
             None => {

@@ -20,6 +20,7 @@ use super::query::{NoQuery, QueryParams, id_in, page, path_id, shorten};
 use super::waits::MAX_WAITS_PER_KEY;
 use super::{Hub, params, search};
 use crate::db::concurrency::{self, AtLimit};
+use crate::db::credentials as db_credentials;
 use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID, Queued};
 use crate::db::{
@@ -154,9 +155,25 @@ pub async fn checked_session(
     params: serde_json::Map<String, serde_json::Value>,
     origin: Option<SessionOrigin>,
 ) -> Result<NewSession, ApiError> {
-    let Some(workflow) = hub
+    // One trip to the database (this is the pickup's path): the
+    // workflow, and the kinds of the credentials it declares, if any.
+    let Some((workflow, kinds)) = hub
         .db
-        .call(move |conn| workflows::params_of(conn, workflow_id))
+        .call(move |conn| {
+            let Some(workflow) = workflows::params_of(conn, workflow_id)? else {
+                return Ok(None);
+            };
+            let names: Vec<String> = workflow
+                .credentials
+                .iter()
+                .map(|d| d.name.clone())
+                .collect();
+            let kinds = match names.is_empty() {
+                true => Default::default(),
+                false => db_credentials::kinds(conn, &names)?,
+            };
+            Ok(Some((workflow, kinds)))
+        })
         .await?
     else {
         return Err(workflow_not_found(workflow_id));
@@ -168,7 +185,7 @@ pub async fn checked_session(
         &params,
     )
     .map_err(|problems| invalid_params(&workflow.name, problems))?;
-    super::credentials::check_for_session(hub, workflow_id).await?;
+    super::credentials::check_for_session(&workflow.credentials, &kinds)?;
     Ok(NewSession {
         workflow_id,
         params,

@@ -51,6 +51,8 @@ pub struct WorkflowParams {
     pub params: Vec<StoredParam>,
     /// Sessions may give params it does not declare.
     pub accept_undeclared_params: bool,
+    /// The credentials it declares (`credentials.rs`).
+    pub credentials: Vec<Declared>,
 }
 
 // Fields AUTORO has and Tasuki does not use; see `WorkflowItem`.
@@ -187,28 +189,25 @@ pub fn list(
 
 pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>, DbError> {
     let row = conn.opt_row(
-        "SELECT name, param_specs, accept_undeclared_params FROM workflows WHERE id = ?1",
+        "SELECT name, param_specs, accept_undeclared_params, credentials
+         FROM workflows WHERE id = ?1",
         params![id],
-        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<bool>(2)?)),
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<bool>(2)?,
+                r.get::<String>(3)?,
+            ))
+        },
     )?;
-    let Some((name, specs, accept_undeclared_params)) = row else {
+    let Some((name, specs, accept_undeclared_params, credentials)) = row else {
         return Ok(None);
     };
     Ok(Some(WorkflowParams {
         name,
         params: parse_json(&format!("workflow {id}: param_specs"), &specs)?,
         accept_undeclared_params,
+        credentials: parse_json(&format!("workflow {id}: credentials"), &credentials)?,
     }))
-}
-
-/// The credentials workflow `id` declares; `None` when there is no such
-/// workflow.
-pub fn credentials_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Vec<Declared>>, DbError> {
-    let row: Option<String> = conn.opt_row(
-        "SELECT credentials FROM workflows WHERE id = ?1",
-        params![id],
-        |r| r.get(0),
-    )?;
-    row.map(|text| parse_json(&format!("workflow {id}: credentials"), &text))
-        .transpose()
 }
