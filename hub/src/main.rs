@@ -2,6 +2,7 @@
 //! API follows the AUTORO REST API; see hub/README.md.
 
 mod api;
+mod console;
 mod copy;
 mod db;
 mod dispatch;

@@ -77,6 +77,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.schedule_missed_after = opts.schedule_missed_after;
     hub.notify_private_addresses = opts.notify_private_addresses;
     hub.autoro_compat = opts.autoro_compat;
+    hub.tls = tls.is_some();
     let hub = Arc::new(hub);
     let listener_task = crate::peers::listen(hub.clone())
         .await

@@ -4,23 +4,23 @@
 //! [`auth::Authorized`] extractor applies.
 
 mod audit;
-mod auth;
-mod auth_limit;
+pub(crate) mod auth;
+pub(crate) mod auth_limit;
 mod body;
 mod body_deadline;
-mod error;
+pub(crate) mod error;
 mod fleet_actions;
 mod notifications;
 mod params;
-mod query;
+pub(crate) mod query;
 mod quota;
 mod robot;
 pub(crate) mod robots;
 mod schedules;
-mod search;
+pub(crate) mod search;
 mod session_limits;
 pub(crate) mod sessions;
-mod token;
+pub(crate) mod token;
 mod triggers;
 mod waits;
 mod workflows;
@@ -89,6 +89,8 @@ pub struct Hub {
     /// `--autoro-compat`: a bearer token wrapped over lines, which the
     /// listener then lets through, is read (`wrapped_token.rs`).
     pub autoro_compat: bool,
+    /// The hub serves TLS: the console's cookie is marked `Secure`.
+    pub tls: bool,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -157,6 +159,7 @@ impl Hub {
             notifications_wake: tokio::sync::Notify::new(),
             notify_private_addresses: false,
             autoro_compat: false,
+            tls: false,
         }
     }
 
@@ -263,6 +266,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/audit_log", get(audit::list))
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())
+        .merge(crate::console::routes())
         .route_layer(middleware::from_fn_with_state(
             hub.clone(),
             crate::metrics::count_request,
