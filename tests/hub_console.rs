@@ -803,6 +803,9 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
             .expect("the screenshots")
             .flatten()
         {
+            if !entry.path().is_file() {
+                continue;
+            }
             std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a screenshot");
         }
     }
