@@ -673,6 +673,31 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         "{}",
         out(&r, "error")
     );
+    // The same at a phone's width.
+    drive(
+        &work,
+        &shots,
+        "phone",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/sessions/{broken_id}"),
+            &format!(
+                r##"  - id: failed_phone_shot
+    action: browser.screenshot
+    with: {{path: session-failed-phone.png}}
+  - id: list
+    action: browser.goto
+    with: {{url: "{base}/ui/sessions"}}
+  - id: list_phone_shot
+    action: browser.screenshot
+    with: {{path: sessions-phone.png}}
+"##
+            ),
+        )
+        .replace("[1280, 800]", "[390, 844]"),
+        &f.key,
+    );
     let mut c = Browserless::new(&f.hub);
     c.sign_in(&f.key, "/ui").await;
     let img = c
@@ -789,6 +814,8 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         "rerun.png",
         "cancelled.png",
         "session-failed.png",
+        "session-failed-phone.png",
+        "sessions-phone.png",
         "session-secret.png",
     ] {
         let path: PathBuf = shots.join(name);

@@ -171,7 +171,7 @@ pub fn status(s: SessionStatus) -> Markup {
 pub fn time(t: Option<Timestamp>) -> Markup {
     match t {
         Some(t) => html! {
-            time datetime=(t.to_string()) { (t.strftime("%Y-%m-%d %H:%M:%S")) }
+            time datetime=(t.to_string()) { (t.strftime("%Y-%m-%d %H:%M:%S")) span class="tz" { " UTC" } }
         },
         None => html! { span class="none" { "—" } },
     }

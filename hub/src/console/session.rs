@@ -103,6 +103,28 @@ pub async fn page(
             }
         }
         (actions(&op, &s, &secret))
+        section aria-labelledby="artifacts-h" {
+            h2 id="artifacts-h" { "Artifacts" }
+            @if files.is_empty() {
+                p class="none" { "None." }
+            } @else {
+                ul class="artifacts" id="artifacts" {
+                    @for (name, size, _) in &files {
+                        @let url = format!("/ui/sessions/{}/artifacts/{}", s.id, layout::encode_segment(name));
+                        li {
+                            @if looks_like_image(name) {
+                                figure {
+                                    a href=(url) { img src=(url) alt={ "Screenshot " (name) } loading="lazy"; }
+                                    figcaption { (name) " (" (layout::bytes(*size)) ")" }
+                                }
+                            } @else {
+                                a href=(url) download { (name) } " (" (layout::bytes(*size)) ")"
+                            }
+                        }
+                    }
+                }
+            }
+        }
         section aria-labelledby="steps-h" {
             h2 id="steps-h" { "Steps" }
             @match &s.steps {
@@ -128,6 +150,17 @@ pub async fn page(
                 _ => { p class="none" { "No step has run yet." } }
             }
         }
+        section aria-labelledby="log-h" {
+            h2 id="log-h" { "Log" }
+            @if live {
+                p class="note" id="log-live" { "Streaming while the session runs." }
+            }
+            pre class="log" id="log" tabindex="0"
+                data-stream=[live.then(|| format!("/ui/sessions/{}/log/stream?after={last_seq}", s.id))]
+                data-status=(s.status.as_str()) {
+                @for line in &lines { (log_line(line)) }
+            }
+        }
         section aria-labelledby="params-h" {
             h2 id="params-h" { "Params" }
             @if s.params.is_empty() {
@@ -142,39 +175,6 @@ pub async fn page(
             @if let Some(outputs) = &s.outputs {
                 h3 { "Outputs" }
                 pre { (pretty(outputs)) }
-            }
-        }
-        section aria-labelledby="artifacts-h" {
-            h2 id="artifacts-h" { "Artifacts" }
-            @if files.is_empty() {
-                p class="none" { "None." }
-            } @else {
-                ul class="artifacts" id="artifacts" {
-                    @for (name, size, _) in &files {
-                        @let url = format!("/ui/sessions/{}/artifacts/{}", s.id, layout::encode_segment(name));
-                        li {
-                            @if looks_like_image(name) {
-                                figure {
-                                    a href=(url) { img src=(url) alt={ "Screenshot " (name) } loading="lazy"; }
-                                    figcaption { (name) " (" (layout::bytes(*size)) ")" }
-                                }
-                            } @else {
-                                a href=(url) download { (name) } " (" (layout::bytes(*size)) ")"
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        section aria-labelledby="log-h" {
-            h2 id="log-h" { "Log" }
-            @if live {
-                p class="note" id="log-live" { "Streaming while the session runs." }
-            }
-            pre class="log" id="log" tabindex="0"
-                data-stream=[live.then(|| format!("/ui/sessions/{}/log/stream?after={last_seq}", s.id))]
-                data-status=(s.status.as_str()) {
-                @for line in &lines { (log_line(line)) }
             }
         }
     };
