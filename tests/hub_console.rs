@@ -317,6 +317,14 @@ async fn sign_in_cookie_csrf_scopes_and_error_pages_over_plain_http() {
         "{}",
         page.location()
     );
+
+    // `--no-console`: no /ui at all.
+    let plain = Scratch::new();
+    let hub = Hub::start_with(&plain, &["--no-console"]);
+    let c = Browserless::new(&hub);
+    for path in ["/ui", "/ui/sessions", "/ui/login", "/ui/static/console.js"] {
+        assert_eq!(c.get(path).await.status, 404, "{path}");
+    }
 }
 
 /// Runs a console-driving workflow with `tasuki run`; its report.

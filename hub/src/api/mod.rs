@@ -91,6 +91,8 @@ pub struct Hub {
     pub autoro_compat: bool,
     /// The hub serves TLS: the console's cookie is marked `Secure`.
     pub tls: bool,
+    /// The web console is served at `/ui` (`--no-console` turns it off).
+    pub console: bool,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -160,6 +162,7 @@ impl Hub {
             notify_private_addresses: false,
             autoro_compat: false,
             tls: false,
+            console: true,
         }
     }
 
@@ -201,6 +204,11 @@ impl Hub {
 }
 
 pub fn router(hub: Arc<Hub>) -> Router {
+    let console = if hub.console {
+        crate::console::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/v1/token", post(token::create))
         .route(
@@ -266,7 +274,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/audit_log", get(audit::list))
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())
-        .merge(crate::console::routes())
+        .merge(console)
         .route_layer(middleware::from_fn_with_state(
             hub.clone(),
             crate::metrics::count_request,
