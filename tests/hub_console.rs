@@ -273,6 +273,43 @@ async fn sign_in_cookie_csrf_scopes_and_error_pages_over_plain_http() {
         page.body
     );
 
+    // Cookies the hub did not make for this key: forged, expired, an API
+    // token without the console's nonce. Each leads to the sign-in page
+    // (and back to the page after), and clears itself.
+    let with_nonce = |mut c: Value| {
+        c["nonce"] = json!("00112233445566778899aabbccddeeff");
+        c
+    };
+    let mut expired = with_nonce(claims(&full, ALL_SCOPES));
+    expired["nbf"] = json!(now() - 4000);
+    expired["exp"] = json!(now() - 3600);
+    for (what, cookie) in [
+        (
+            "forged",
+            sign(&"f".repeat(64), &with_nonce(claims(&full, ALL_SCOPES))),
+        ),
+        ("expired", sign(&full.secret, &expired)),
+        ("without a nonce", token(&full, ALL_SCOPES)),
+        ("not a token", "garbage".to_string()),
+    ] {
+        let mut other = Browserless::new(&hub);
+        other.cookie = Some(cookie);
+        let page = other.get("/ui/robots").await;
+        assert_eq!(page.status, 303, "{what}");
+        assert_eq!(page.location(), "/ui/login?next=/ui/robots", "{what}");
+        assert!(
+            page.headers["set-cookie"]
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0"),
+            "{what}"
+        );
+    }
+    // One the test signs itself, as the hub does: the bearer path checks it.
+    let mut own = Browserless::new(&hub);
+    own.cookie = Some(sign(&full.secret, &with_nonce(claims(&full, ALL_SCOPES))));
+    assert_eq!(own.get("/ui/robots").await.status, 200);
+
     // Error pages.
     let page = c.get("/ui/sessions/999999").await;
     assert_eq!(page.status, 404);

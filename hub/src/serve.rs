@@ -140,6 +140,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Waiting polls are answered now rather than held to the end of the
     // grace period; robots simply poll again, elsewhere or later.
     hub.dispatch.close();
+    hub.closing.send_replace(true);
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(joined) => joined.context("the server task")?,

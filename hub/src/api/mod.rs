@@ -93,6 +93,10 @@ pub struct Hub {
     pub tls: bool,
     /// The web console is served at `/ui` (`--no-console` turns it off).
     pub console: bool,
+    /// Set when the hub begins to shut down: the console's log streams end
+    /// then (the browser reconnects, to this hub or another) rather than
+    /// hold the shutdown to its grace period.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -163,6 +167,7 @@ impl Hub {
             autoro_compat: false,
             tls: false,
             console: true,
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 

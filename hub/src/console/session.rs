@@ -290,6 +290,7 @@ pub async fn log_stream(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = resume.or(q.ok().and_then(|Query(q)| q.after)).unwrap_or(0);
     let tail = Tail {
+        closing: hub.closing.subscribe(),
         hub,
         id,
         seq: after,
@@ -302,6 +303,7 @@ pub async fn log_stream(
 
 struct Tail {
     hub: Arc<Hub>,
+    closing: tokio::sync::watch::Receiver<bool>,
     id: i64,
     seq: u64,
     status: Option<SessionStatus>,
@@ -311,7 +313,9 @@ struct Tail {
 
 async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
     loop {
-        if t.done {
+        // A hub shutting down ends the stream without an `end` event: the
+        // browser reconnects from its last event id.
+        if t.done || *t.closing.borrow() {
             return None;
         }
         if let Some(line) = t.buffered.pop_front() {
@@ -357,7 +361,10 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
             t.done = true;
             return Some((Ok(Event::default().event("end").data(status.as_str())), t));
         }
-        tokio::time::sleep(STREAM_POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(STREAM_POLL) => {}
+            _ = t.closing.changed() => {}
+        }
     }
 }
 
