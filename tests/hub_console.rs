@@ -310,6 +310,30 @@ async fn sign_in_cookie_csrf_scopes_and_error_pages_over_plain_http() {
     own.cookie = Some(sign(&full.secret, &with_nonce(claims(&full, ALL_SCOPES))));
     assert_eq!(own.get("/ui/robots").await.status, 200);
 
+    // Filters by workflow and robot (the console's own, beside the API's
+    // search terms).
+    let page = c.get(&format!("/ui/sessions?workflow={wf}")).await;
+    assert!(
+        page.body.contains(&format!("id=\"session-{queued}\"")),
+        "{}",
+        page.body
+    );
+    let page = c
+        .get(&format!(
+            "/ui/sessions?workflow={}&after=2000-01-01",
+            wf + 1
+        ))
+        .await;
+    assert!(page.body.contains("No sessions match."), "{}", page.body);
+    let page = c.get("/ui/sessions?robot=1").await;
+    assert!(page.body.contains("No sessions match."), "{}", page.body);
+    let page = c.get("/ui/sessions?robot=the-bot").await;
+    assert!(
+        page.body.contains("the robot filter is an id"),
+        "{}",
+        page.body
+    );
+
     // Error pages.
     let page = c.get("/ui/sessions/999999").await;
     assert_eq!(page.status, 404);
@@ -844,6 +868,20 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         assert_eq!(page.status, 200, "{path}");
         assert!(!page.body.contains(secret), "the secret is in {path}");
     }
+    // The list filtered by this robot and a status.
+    let robots = f.api.get("/v1/robots").await;
+    let robot_id = robots.body["robots"][0]["id"]
+        .as_i64()
+        .expect("the robot's id");
+    let page = c
+        .get(&format!("/ui/sessions?robot={robot_id}&status=cancelled"))
+        .await;
+    assert!(
+        page.body.contains(&format!("id=\"session-{long_id}\"")),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains(&format!("id=\"session-{watched}\"")));
     let hub_log = f.hub.stderr();
     assert!(hub_log.contains("queued (console)"), "{hub_log}");
     assert!(!hub_log.contains(secret), "the secret is in the hub's log");
