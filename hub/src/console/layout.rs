@@ -254,6 +254,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_database_failure_is_a_500_page_that_says_so() {
+        let page = PageError::from(DbError::Corrupt("a test".into()));
+        assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(page.message.contains("cannot reach its database"));
+        // An API error from a database failure says as much, and no more.
+        let page = PageError::from(ApiError::from(DbError::Corrupt("a test".into())));
+        assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(page.message.contains("may not reach its database"));
+        assert!(!page.message.contains("a test"));
+    }
+
+    #[test]
     fn encodes_and_decodes() {
         assert_eq!(encode("/ui/sessions?a=b&c"), "/ui/sessions%3Fa%3Db%26c");
         assert_eq!(encode_segment("shot 1/2.png"), "shot%201%2F2.png");
