@@ -513,6 +513,14 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
     let long = workflow(&f.api, LONG, &[]).await;
     let secretive = workflow(&f.api, SECRETIVE, &[]).await;
     let broken_wf = workflow(&f.api, &broken(&base), &[]).await;
+    // Pinned to a robot that does not exist: its sessions stay queued.
+    let parked = workflow(
+        &f.api,
+        "version: 1\nname: parked\nsteps:\n  - id: wait\n    action: log\n    with: {message: never}\n",
+        &["nobody"],
+    )
+    .await;
+    let bearer = f.api.token.clone().expect("the fleet's token");
 
     // 1. Sign in, queue `slow` from its workflow page, and watch its log
     // stream in: lines arrive on the page without a reload while it runs.
@@ -567,6 +575,19 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
   - id: sessions_shot
     action: browser.screenshot
     with: {{path: sessions.png}}
+  - id: list_mark
+    action: browser.execute_script
+    with: {{script: "window.listMarker = 'kept'; return null"}}
+  - id: queue_elsewhere
+    action: browser.execute_script
+    with:
+      script: "fetch('/v1/session_queues', {{method: 'POST', headers: {{'authorization': 'Bearer {bearer}', 'content-type': 'application/json'}}, body: JSON.stringify({{workflow_id: {parked}}})}}); return null"
+  - id: appeared
+    action: browser.wait_for
+    with: {{selector: "#sessions-table tbody", text: "parked", timeout: 20s}}
+  - id: list_kept
+    action: browser.execute_script
+    with: {{script: "return window.listMarker || 'reloaded'"}}
   - id: robots
     action: browser.goto
     with: {{url: "{base}/ui/robots"}}
@@ -616,6 +637,11 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
             && row.contains("slow")
             && row.contains("console-bot"),
         "{row}"
+    );
+    assert_eq!(
+        out(&r, "list_kept")["result"],
+        "kept",
+        "the new session appeared in the list without a reload"
     );
     let robot_row = out(&r, "robot_row")["text"].as_str().unwrap_or("");
     assert!(
