@@ -42,7 +42,7 @@ async fn limited(api: &Api, yaml: &str, concurrency: Value) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_keeps_at_most_the_limit_running_and_starts_the_next_when_one_ends() {
+async fn wait_keeps_at_most_the_limit_running() {
     let f = Fleet::start();
     let _robot = roomy_robot(&f);
     let workflow_id = limited(
@@ -70,6 +70,46 @@ async fn wait_keeps_at_most_the_limit_running_and_starts_the_next_when_one_ends(
     }
     // The robot had room for four: the limit, not the robot, held them.
     assert_eq!(most_at_once(&done), 2, "{done:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_session_starts_on_another_robot_as_soon_as_one_ends() {
+    let f = Fleet::start();
+    let mut agents = Vec::new();
+    for name in ["first", "second"] {
+        let robot = Robot::new(f.scratch.dir.path(), name);
+        robot.register_ok(&f.hub, &f.key, &[]);
+        agents.push((name, robot.start(&[]), robot));
+    }
+    let workflow_id = limited(
+        &f.api,
+        &sleeper("one-at-a-time", 3.0),
+        json!({"limit": 1, "on_limit": "wait"}),
+    )
+    .await;
+    let earlier = queue(&f.api, workflow_id, json!({})).await;
+    let ran = running(&f.api, earlier, Duration::from_secs(30)).await;
+    let later = queue(&f.api, workflow_id, json!({})).await;
+    // The robot running the earlier one drains: it finishes it and takes
+    // nothing more. Only the other robot, whose poll has been waiting all
+    // along, can take the later one, and only the end of the earlier one
+    // can tell it to (its poll would otherwise wait out its 25 s).
+    let busy = ran["robot"]["name"].as_str().expect("a robot").to_string();
+    let (_, agent, _) = agents
+        .iter()
+        .find(|(name, _, _)| *name == busy)
+        .expect("the busy robot");
+    agent.signal("TERM");
+    let ended = finished(&f.api, earlier, Duration::from_secs(30)).await;
+    assert_eq!(ended["status"], "success", "{ended}");
+    let started = running(&f.api, later, Duration::from_secs(30)).await;
+    assert_ne!(started["robot"]["name"], busy, "{started}");
+    let gap = ms(&started["started_at"]) - ms(&ended["ended_at"]);
+    assert!(
+        gap < 5_000,
+        "the waiting session started {gap} ms after the running one ended"
+    );
+    finished(&f.api, later, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,6 +169,21 @@ async fn cancel_oldest_cancels_the_running_session_and_runs_the_new_one() {
         ms(&started["started_at"]) >= ms(&ended["ended_at"]),
         "{ended}\n{started}"
     );
+    // The audit log says the policy cancelled it, and for which session.
+    let auditor = create_key(&f.scratch, "audit.read");
+    let auditor = Api::new(&f.hub, Some(token(&auditor, "audit.read")));
+    let log = auditor.get("/v1/audit_log").await;
+    let entry = log.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["action"] == "session_queue.cancel")
+        .unwrap_or_else(|| panic!("no cancel recorded: {}", log.body))
+        .clone();
+    assert_eq!(entry["actor"], "hub", "{entry}");
+    assert_eq!(entry["subject"], format!("session_queue {old}"), "{entry}");
+    assert_eq!(entry["detail"]["reason"], "concurrency_policy", "{entry}");
+    assert_eq!(entry["detail"]["for_session_queue"], new, "{entry}");
     f.api
         .delete(&format!("/v1/session_queues/{new}/cancel"))
         .await;

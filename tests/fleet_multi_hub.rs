@@ -176,6 +176,38 @@ async fn a_workflow_s_concurrency_limit_holds_across_hubs() {
     }
     assert_eq!(most_at_once(&done), 2, "{done:#?}");
     drop(agents);
+
+    // Refused at the limit: creates sent at once through all three hubs
+    // (no robot runs them now, so each stays queued and counts) store
+    // exactly the limit.
+    let r = f.apis[0]
+        .post(
+            "/v1/workflows",
+            &json!({
+                "yaml": "version: 1\nname: two-or-none\nsteps:\n  - id: work\n    action: log\n    with: {message: hi}\n",
+                "concurrency": {"limit": 2, "on_limit": "refuse"},
+            }),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let refusing = r.body["id"].as_i64().expect("workflow id");
+    let creates = (0..12).map(|n| {
+        let api = f.apis[n % 3].clone();
+        tokio::spawn(async move {
+            api.post("/v1/session_queues", &json!({"workflow_id": refusing}))
+                .await
+        })
+    });
+    let mut stored = 0;
+    for create in creates.collect::<Vec<_>>() {
+        let r = create.await.expect("a create");
+        match r.status.as_u16() {
+            201 => stored += 1,
+            409 => assert_eq!(r.code(), "concurrency_limit", "{}", r.body),
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    assert_eq!(stored, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,3 +145,144 @@ steps:
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
 }
+
+/// `tasuki run --credentials-file`: the workflow reads a credential's
+/// fields, a step gets them (its file shows they arrived), and not one
+/// value reaches the log, the step outputs, the report or the outputs.
+/// Without the file the run is refused, naming the credential; a dry run
+/// checks the references without it.
+#[test]
+fn credentials_from_a_file_reach_the_step_and_are_masked_everywhere() {
+    const USER: &str = "robo-user-7Hq2";
+    const PASS: &str = "pw-Zr8LmQ4vTx";
+    let scratch = Scratch::new();
+    let creds = scratch.write(
+        "creds.yaml",
+        &format!("site:\n  username: {USER}\n  password: {PASS}\nunused:\n  token: zzz\n"),
+    );
+    let out = scratch.path().join("arrived.txt");
+    let file = scratch.write(
+        "flow.yaml",
+        &format!(
+            r#"
+version: 1
+name: creds
+credentials:
+  site: username_password
+steps:
+  - id: use
+    action: shell.run
+    with:
+      shell: sh
+      env: {{U: "${{credentials.site.username}}", P: "${{credentials.site.password}}"}}
+      script: |
+        printf '%s:%s' "$U" "$P" > '{out}'
+        echo "user=$U pass=$P"
+  - id: say
+    action: log
+    with: {{message: "logged in as ${{credentials.site.username}}"}}
+outputs:
+  who: "${{credentials.site.username}}"
+"#,
+            out = out.display()
+        ),
+    );
+    let r = run_json(
+        scratch.path(),
+        &file,
+        &["--credentials-file", creds.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("the step's file"),
+        format!("{USER}:{PASS}")
+    );
+    let everything = format!("{}{}", r.stdout, r.stderr);
+    assert!(!everything.contains(USER), "{everything}");
+    assert!(!everything.contains(PASS), "{everything}");
+    assert!(r.stderr.contains("user=*** pass=***"), "{}", r.stderr);
+    assert_eq!(r.report["outputs"]["who"], "***");
+
+    // Without the file: refused before anything runs, naming it.
+    let r = run_json(scratch.path(), &file, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the workflow uses the credentials site; pass them with --credentials-file"),
+        "{}",
+        r.stderr
+    );
+    // A dry run needs no values.
+    let r = run_json(scratch.path(), &file, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A file that lacks a field: refused at its path, without a value.
+    let bad = scratch.write("bad.yaml", &format!("site:\n  username: {USER}\n"));
+    let r = run_json(
+        scratch.path(),
+        &file,
+        &["--credentials-file", bad.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("credentials.site.password"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(USER), "{}", r.stderr);
+}
+
+/// A `file` credential: its content as `${credentials.NAME.content}`, and
+/// as a private file (0600) at `${credentials.NAME.path}`, gone once the
+/// run ends; each line of it masked.
+#[cfg(unix)]
+#[test]
+fn a_file_credential_is_a_private_file_for_the_session_only() {
+    const LINE_ONE: &str = "-----KEY-Vq8Lm2Xr9Tn-----";
+    const LINE_TWO: &str = "body-Hj4Zw7Qp1Ks";
+    let scratch = Scratch::new();
+    let creds = scratch.write(
+        "creds.json",
+        &serde_json::json!({"cert": {"content": format!("{LINE_ONE}\n{LINE_TWO}\n")}}).to_string(),
+    );
+    let seen = scratch.path().join("seen.txt");
+    let file = scratch.write(
+        "flow.yaml",
+        &format!(
+            r#"
+version: 1
+name: file-cred
+credentials:
+  cert: file
+steps:
+  - id: use
+    action: shell.run
+    with:
+      shell: sh
+      env: {{F: "${{credentials.cert.path}}"}}
+      script: |
+        printf '%s %s\n' "$F" "$(stat -c %a "$F")" > '{seen}'
+        cat "$F" >> '{seen}'
+        cat "$F"
+"#,
+            seen = seen.display()
+        ),
+    );
+    let r = run_json(
+        scratch.path(),
+        &file,
+        &["--credentials-file", creds.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let seen = std::fs::read_to_string(&seen).expect("what the step saw");
+    let (first, rest) = seen.split_once('\n').expect("two parts");
+    let (path, mode) = first.rsplit_once(' ').expect("path and mode");
+    assert_eq!(mode, "600", "{seen}");
+    assert_eq!(rest, format!("{LINE_ONE}\n{LINE_TWO}\n"));
+    assert!(
+        !std::path::Path::new(path).exists(),
+        "{path} outlived the run"
+    );
+    let everything = format!("{}{}", r.stdout, r.stderr);
+    assert!(!everything.contains(LINE_ONE), "{everything}");
+    assert!(!everything.contains(LINE_TWO), "{everything}");
+}

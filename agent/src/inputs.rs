@@ -67,6 +67,27 @@ pub fn check_secrets_permissions(_path: &Path) -> Option<String> {
     None
 }
 
+/// Reads `--credentials-file` (mode checked like the secrets file's). A
+/// parse error is told without the text it quotes: that is a secret.
+pub fn credentials(args: &crate::RunArgs) -> Result<Option<Map<String, Value>>, String> {
+    let Some(p) = &args.credentials_file else {
+        return Ok(None);
+    };
+    if let Some(w) = check_secrets_permissions(p) {
+        eprintln!("{w}");
+    }
+    read_value_file(p, "credentials file")
+        .map(Some)
+        .map_err(|_| match std::fs::metadata(p) {
+            Err(io) => format!("{}: cannot read the credentials file: {io}", p.display()),
+            Ok(_) => format!(
+                "{}: the credentials file is not a valid JSON or YAML mapping of credential \
+                 names to their fields",
+                p.display()
+            ),
+        })
+}
+
 pub fn gather(args: &crate::RunArgs) -> Result<ParamInputs, Vec<String>> {
     let mut errors = Vec::new();
     let flags = parse_flags(&args.params).unwrap_or_else(|e| {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tasuki_actions::language::credentials::bind_credentials;
 use tasuki_actions::language::duration::parse_duration;
 use tasuki_actions::language::params::{BoundParams, bind_params};
 use tasuki_actions::runtime::plan::plan;
@@ -68,6 +69,44 @@ fn invalid(lines: &[String]) -> u8 {
     EXIT_INVALID
 }
 
+/// The workflow's credentials from `--credentials-file`. A dry run
+/// without the file checks the references only (loading did); with it,
+/// the file is checked too.
+fn bind_local_credentials(
+    workflow: &Workflow,
+    args: &RunArgs,
+    params: BoundParams,
+) -> Result<BoundParams, u8> {
+    let given = crate::inputs::credentials(args).map_err(|e| invalid(&[e]))?;
+    if workflow.credentials.is_empty() {
+        return Ok(params);
+    }
+    let given = match given {
+        Some(g) => g,
+        None if args.dry_run => return Ok(params),
+        None => {
+            let names: Vec<&str> = workflow
+                .credentials
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            return Err(invalid(&[format!(
+                "the workflow uses the credentials {}; pass them with --credentials-file FILE \
+                 ({{NAME: {{FIELD: VALUE}}}})",
+                names.join(", ")
+            )]));
+        }
+    };
+    let origin = args
+        .credentials_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    bind_credentials(&workflow.credentials, &given, &origin)
+        .map(|bound| params.with_credentials(bound))
+        .map_err(|problems| report_problems(&problems))
+}
+
 pub fn run(args: RunArgs) -> u8 {
     let registry = args.packs.registry();
     let load = LoadOptions {
@@ -107,6 +146,10 @@ pub fn run(args: RunArgs) -> u8 {
     let params = match bind_params(&workflow, &inputs) {
         Ok(p) => p,
         Err(problems) => return report_problems(&problems),
+    };
+    let params = match bind_local_credentials(&workflow, &args, params) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let cancel_grace = match parse_duration(&args.cancel_grace) {
         Ok(d) => d,

@@ -107,6 +107,11 @@ pub struct RunArgs {
     /// A JSON or YAML file of secret param values; they are masked everywhere.
     #[arg(long, value_name = "FILE")]
     pub secrets_file: Option<PathBuf>,
+    /// A JSON or YAML file of the credentials the workflow declares under
+    /// `credentials:`, as `{NAME: {FIELD: VALUE}}`; masked everywhere.
+    /// `--dry-run` checks it when given and does without it otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
     /// `text` shows progress; `json` prints one final report on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

@@ -65,6 +65,10 @@ const TABLES: &[Table] = &[
     },
     Table {
         identity: true,
+        ..Table::new("credentials", &["id"])
+    },
+    Table {
+        identity: true,
         ..Table::new("schedules", &["id"])
     },
     Table {

@@ -528,7 +528,19 @@ impl Dispatcher {
         now_ms: i64,
     ) -> Result<(), DbError> {
         self.slot_freed(conn, robot_id, now_ms)?;
-        if let Some(next) = concurrency::next_waiting(conn, session_id)? {
+        self.offer_next_waiting(conn, session_id, now_ms)
+    }
+
+    /// A session that ran is over (ended, or taken back and cancelled):
+    /// when its workflow has a concurrency limit, the oldest session
+    /// waiting for that limit is offered to every robot that may take it.
+    pub fn offer_next_waiting(
+        &self,
+        conn: &mut Conn<'_>,
+        ended: i64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        if let Some(next) = concurrency::next_waiting(conn, ended)? {
             self.offer(conn, next, now_ms)?;
         }
         Ok(())

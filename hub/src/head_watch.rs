@@ -210,6 +210,15 @@ impl HeadWatch {
             Mode::Join => self.held.push(b),
             Mode::Explain => out.push(b),
         }
+        if self.mode == Mode::Join && self.held.len() > MAX_HELD {
+            // Too long to be a wrapped token (checked before anything else,
+            // so that no byte, a CR neither, is held past it): let it
+            // through as it came, and stop watching (hyper judges the rest).
+            out.append(&mut self.held);
+            self.note_unjoined();
+            self.state = State::Done;
+            return;
+        }
         let line = &mut self.line;
         if b == b'\n' {
             let crlf = line.cr;
@@ -233,13 +242,6 @@ impl HeadWatch {
         }
         line.base64 &=
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'.' | b'=');
-        if self.mode == Mode::Join && self.held.len() > MAX_HELD {
-            // Too long to be a wrapped token: let it through as it came,
-            // and stop watching (hyper judges the rest).
-            out.append(&mut self.held);
-            self.note_unjoined();
-            self.state = State::Done;
-        }
     }
 
     /// The line after a bare LF is whole (`crlf`: it ended with CR LF).
@@ -315,6 +317,24 @@ mod tests {
             watch.feed(piece, &mut out);
         }
         (out, watch)
+    }
+
+    /// A continuation of CRs alone is held no longer than any other line.
+    #[test]
+    fn a_line_of_carriage_returns_is_not_held_past_the_limit() {
+        let mut input = b"GET / HTTP/1.1\r\nAuthorization: Bearer a\nb".to_vec();
+        input.extend(std::iter::repeat_n(b'\r', 20 * 1024));
+        let mut watch = HeadWatch::new(Mode::Join);
+        let mut out = Vec::new();
+        for piece in input.chunks(512) {
+            watch.feed(piece, &mut out);
+            assert!(
+                watch.held.len() <= MAX_HELD + 1,
+                "{} held",
+                watch.held.len()
+            );
+        }
+        assert_eq!(out, input, "let through as it came");
     }
 
     const WRAPPED: &[u8] = b"POST /v1/session_queues HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer eyJh.eyJp\nbSIs\nIjog.c2ln\r\ncontent-type: application/json\r\n\r\n{\"a\":1}\nnot: head";

@@ -252,6 +252,7 @@ enum KeysCommand {
     Create {
         /// Space-separated: session_queue.write session_queue.read
         /// session_queue.delete access_token.create workflow.write robot
+        /// audit.read credential.read credential.write
         #[arg(long)]
         scopes: String,
         #[command(flatten)]

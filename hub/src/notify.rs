@@ -157,14 +157,17 @@ async fn send(
 }
 
 /// The notifications' HTTP client: no redirects, a time limit, and, unless
-/// `private_ok`, names resolved by [`PublicOnly`].
+/// `private_ok`, names resolved by [`PublicOnly`] and no proxy.
 fn client(private_ok: bool) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tasuki-hub/", env!("CARGO_PKG_VERSION")));
     if !private_ok {
-        builder = builder.dns_resolver(PublicOnly);
+        // Straight to the receiver: through a proxy (HTTPS_PROXY, ...) the
+        // resolver would only ever see the proxy's name, and the proxy
+        // would reach the private names it must not.
+        builder = builder.dns_resolver(PublicOnly).no_proxy();
     }
     builder.build()
 }

@@ -13,6 +13,8 @@
 
 use std::collections::HashSet;
 
+use tasuki_protocol::CredentialAllow;
+
 /// What a robot must be to take a session.
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
@@ -23,6 +25,27 @@ pub struct Needs {
     pub actions: Vec<String>,
     /// Labels the robot must carry, every one.
     pub labels: Vec<String>,
+    /// The credentials its workflow uses: every one must allow the robot.
+    pub credentials: Vec<CredentialNeed>,
+}
+
+/// A credential a session's workflow uses, and whom it allows.
+#[derive(Debug, Clone)]
+pub struct CredentialNeed {
+    pub name: String,
+    /// `None`: there is no credential of that name (deleted, or not made
+    /// yet), which allows no robot; the session waits for it.
+    pub allow: Option<CredentialAllow>,
+}
+
+impl CredentialNeed {
+    /// The robot's name is listed, or one of its labels is. Empty lists
+    /// allow nobody: a credential reaches no robot by default.
+    fn allows(&self, robot: &Capabilities) -> bool {
+        self.allow.as_ref().is_some_and(|a| {
+            a.robots.contains(&robot.name) || a.labels.iter().any(|l| robot.labels.contains(l))
+        })
+    }
 }
 
 /// What a robot offers, as it last registered.
@@ -42,6 +65,8 @@ pub enum Lack {
     NotPinned,
     Action(String),
     Label(String),
+    /// A credential its workflow uses does not allow the robot.
+    Credential(String),
 }
 
 impl Needs {
@@ -54,6 +79,7 @@ impl Needs {
                 .as_ref()
                 .is_none_or(|offered| self.actions.iter().all(|a| offered.contains(a)))
             && self.labels.iter().all(|l| robot.labels.contains(l))
+            && self.credentials.iter().all(|c| c.allows(robot))
     }
 
     /// Everything `robot` lacks for the session; empty when it
@@ -77,6 +103,12 @@ impl Needs {
                 .filter(|l| !robot.labels.contains(*l))
                 .map(|l| Lack::Label(l.clone())),
         );
+        lacks.extend(
+            self.credentials
+                .iter()
+                .filter(|c| !c.allows(robot))
+                .map(|c| Lack::Credential(c.name.clone())),
+        );
         lacks
     }
 
@@ -99,6 +131,20 @@ pub fn queued_reason(needs: &Needs, robots: &[Capabilities]) -> Option<String> {
     if robots.iter().any(|r| needs.fits(r)) {
         return None;
     }
+    let missing: Vec<&str> = needs
+        .credentials
+        .iter()
+        .filter(|c| c.allow.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "its workflow uses the credential{} {}, which this hub does not have; it waits \
+             until one of that name is made (POST /v1/credentials)",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        ));
+    }
     // Robots the workflow is not pinned to are out whatever else they
     // have: only the pinned ones are worth describing.
     let candidates: Vec<(&Capabilities, Vec<Lack>)> = robots
@@ -116,7 +162,7 @@ pub fn queued_reason(needs: &Needs, robots: &[Capabilities]) -> Option<String> {
     let mut parts: Vec<String> = candidates
         .iter()
         .take(ROBOTS_NAMED)
-        .map(|(robot, lacks)| format!("{} lacks {}", robot.name, describe(lacks)))
+        .map(|(robot, lacks)| format!("{} {}", robot.name, describe(lacks)))
         .collect();
     if candidates.len() > ROBOTS_NAMED {
         parts.push(format!("and {} more", candidates.len() - ROBOTS_NAMED));
@@ -124,7 +170,8 @@ pub fn queued_reason(needs: &Needs, robots: &[Capabilities]) -> Option<String> {
     Some(format!("no robot can run it: {}", parts.join("; ")))
 }
 
-/// `excel.read_sheet, probe.hello and the labels gpu, ssd`.
+/// `lacks excel.read_sheet, probe.hello and the labels gpu, ssd and is
+/// not allowed by the credential shop`.
 fn describe(lacks: &[Lack]) -> String {
     let actions: Vec<&str> = lacks
         .iter()
@@ -149,7 +196,27 @@ fn describe(lacks: &[Lack]) -> String {
         [one] => parts.push(format!("the label {one}")),
         many => parts.push(format!("the labels {}", many.join(", "))),
     }
-    parts.join(" and ")
+    let credentials: Vec<&str> = lacks
+        .iter()
+        .filter_map(|l| match l {
+            Lack::Credential(c) => Some(c.as_str()),
+            _ => None,
+        })
+        .collect();
+    let lacking = (!parts.is_empty()).then(|| format!("lacks {}", parts.join(" and ")));
+    let refused = match credentials.as_slice() {
+        [] => None,
+        [one] => Some(format!("is not allowed by the credential {one}")),
+        many => Some(format!(
+            "is not allowed by the credentials {}",
+            many.join(", ")
+        )),
+    };
+    [lacking, refused]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 #[cfg(test)]
@@ -233,6 +300,48 @@ mod tests {
         assert_eq!(
             queued_reason(&n, &[]).as_deref(),
             Some("no robot is registered on this hub")
+        );
+    }
+
+    #[test]
+    fn a_credential_allows_robots_by_name_or_label_and_nobody_when_missing() {
+        let robots = [
+            robot("robot-a", None, &["eu"]),
+            robot("robot-b", None, &[]),
+            robot("robot-c", None, &[]),
+        ];
+        let need = |allow: Option<CredentialAllow>| Needs {
+            credentials: vec![CredentialNeed {
+                name: "shop".into(),
+                allow,
+            }],
+            ..Needs::default()
+        };
+        let by_label = need(Some(CredentialAllow {
+            robots: vec!["robot-c".into()],
+            labels: vec!["eu".into()],
+        }));
+        let fits: Vec<bool> = robots.iter().map(|r| by_label.fits(r)).collect();
+        assert_eq!(fits, [true, false, true]);
+        for r in &robots {
+            assert_eq!(by_label.fits(r), by_label.lacks(r).is_empty());
+        }
+        let nobody = need(Some(CredentialAllow::default()));
+        assert_eq!(
+            queued_reason(&nobody, &robots[..2]).as_deref(),
+            Some(
+                "no robot can run it: robot-a is not allowed by the credential shop; robot-b is \
+                 not allowed by the credential shop"
+            )
+        );
+        let missing = need(None);
+        assert!(robots.iter().all(|r| !missing.fits(r)));
+        assert_eq!(
+            queued_reason(&missing, &robots).as_deref(),
+            Some(
+                "its workflow uses the credential shop, which this hub does not have; it waits \
+                 until one of that name is made (POST /v1/credentials)"
+            )
         );
     }
 

@@ -9,6 +9,7 @@
 //! without breaking an older agent.
 
 pub mod auth;
+pub mod credential;
 pub mod error;
 pub mod log_escape;
 pub mod logs;
@@ -21,6 +22,9 @@ pub mod time;
 pub mod workflow;
 
 pub use auth::{Claims, TokenRequest, TokenResponse};
+pub use credential::{
+    CreateCredential, Credential, CredentialAllow, CredentialList, UpdateCredential,
+};
 pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};
 pub use notification::{

@@ -311,6 +311,12 @@ pub struct Lease {
     pub workflow: LeasedWorkflow,
     /// The session's params, secrets included: only the robot sees them.
     pub params: Map<String, Value>,
+    /// The values of the credentials its workflow declares, `{name:
+    /// {field: text}}`, read when the lease was granted. Absent for a
+    /// workflow that uses none, so hubs and agents older than
+    /// credentials still understand each other.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub credentials: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,6 +438,19 @@ pub struct RobotList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lease without credentials reads and writes as before them, so
+    /// older agents and hubs understand newer ones.
+    #[test]
+    fn a_lease_without_credentials_has_no_credentials_field() {
+        let old = serde_json::json!({"session_id": 1, "lease_id": "l",
+            "workflow": {"id": 2, "name": "w", "single_process_mode": false,
+                         "format": "yaml", "source": "x"},
+            "params": {}});
+        let lease: Lease = serde_json::from_value(old.clone()).unwrap();
+        assert!(lease.credentials.is_empty());
+        assert_eq!(serde_json::to_value(&lease).unwrap(), old);
+    }
 
     #[test]
     fn names() {

@@ -15,10 +15,14 @@ pub enum Scope {
     Robot,
     /// Reading the hub's audit log (who changed what).
     AuditRead,
+    /// Reading credentials' metadata (never a value).
+    CredentialRead,
+    /// Making, rotating and deleting credentials.
+    CredentialWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::SessionQueueWrite,
         Scope::SessionQueueRead,
         Scope::SessionQueueDelete,
@@ -26,6 +30,8 @@ impl Scope {
         Scope::WorkflowWrite,
         Scope::Robot,
         Scope::AuditRead,
+        Scope::CredentialRead,
+        Scope::CredentialWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,10 +43,12 @@ impl Scope {
             Scope::WorkflowWrite => "workflow.write",
             Scope::Robot => "robot",
             Scope::AuditRead => "audit.read",
+            Scope::CredentialRead => "credential.read",
+            Scope::CredentialWrite => "credential.write",
         }
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         1 << (self as u8)
     }
 }
@@ -74,7 +82,7 @@ impl FromStr for Scope {
 /// A set of scopes, written as the space-separated string that the `scopes`
 /// claim carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Scopes(u8);
+pub struct Scopes(u16);
 
 impl Scopes {
     pub fn empty() -> Scopes {
@@ -155,6 +163,15 @@ mod tests {
             .parse::<Scopes>()
             .unwrap_err();
         assert!(err.to_string().contains("`sesion_queue.write`"), "{err}");
+    }
+
+    #[test]
+    fn every_scope_has_its_own_bit_and_round_trips() {
+        let all: Scopes = Scope::ALL.into_iter().collect();
+        assert_eq!(all.iter().count(), Scope::ALL.len());
+        assert_eq!(all.to_string().parse::<Scopes>().unwrap(), all);
+        let c: Scopes = "credential.read credential.write".parse().unwrap();
+        assert!(c.contains(Scope::CredentialWrite) && !c.contains(Scope::AuditRead));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod allowed;
 pub mod argcheck;
+pub mod credentials;
 pub mod duration;
 pub mod model;
 pub mod params;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::credentials::CredentialSpec;
 use super::duration::parse_duration;
 use super::problem::{Problems, index, join};
 use super::template::describe;
@@ -37,6 +38,9 @@ pub struct Workflow {
     /// `outputs:`: the session's results, name → a value with templates
     /// over params and steps, rendered when the session succeeds.
     pub outputs: Map<String, Value>,
+    /// `credentials:`: the named credentials its templates read, with
+    /// their kinds (`credentials.rs`).
+    pub credentials: Vec<CredentialSpec>,
 }
 
 /// `browser:` in a workflow: what it says wins over the robot's settings.
@@ -102,7 +106,16 @@ pub const CONTROL_FOR_EACH: &str = "for_each";
 pub const CONTROL_TRY: &str = "try";
 
 /// Names a template may not use for a variable.
-pub const RESERVED_ROOTS: &[&str] = &["params", "steps", "env", "error", "true", "false", "null"];
+pub const RESERVED_ROOTS: &[&str] = &[
+    "params",
+    "steps",
+    "env",
+    "error",
+    "credentials",
+    "true",
+    "false",
+    "null",
+];
 
 pub const MAX_STEPS: usize = 10_000;
 const MAX_ID_LEN: usize = 64;
@@ -119,6 +132,7 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "on_error",
     "browser",
     "outputs",
+    "credentials",
 ];
 const BROWSER_FIELDS: &[&str] = &["unexpected_dialog", "element_timeout"];
 const STEP_FIELDS: &[&str] = &[
@@ -383,7 +397,12 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
             Map::new()
         }
     };
+    let credentials = match fields.get("credentials") {
+        None => Vec::new(),
+        Some((v, path)) => super::credentials::lower(v, &path, &mut problems),
+    };
     let workflow = Workflow {
+        credentials,
         name,
         description,
         params,

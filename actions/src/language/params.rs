@@ -23,9 +23,20 @@ pub struct BoundParams {
     /// The text of every secret value, for masking.
     pub secret_values: Vec<String>,
     pub secret_names: Vec<String>,
+    /// `{name: {field: text}}`: the credentials the workflow reads
+    /// (`credentials.rs`), never part of the report's params.
+    pub credentials: Map<String, Value>,
 }
 
 impl BoundParams {
+    /// Adds the session's credentials: readable as `${credentials...}`,
+    /// and every value masked like a secret param's.
+    pub fn with_credentials(mut self, bound: super::credentials::BoundCredentials) -> Self {
+        self.secret_values.extend(bound.secret_values);
+        self.credentials = bound.values;
+        self
+    }
+
     /// The values with secrets replaced by `***`, for reports.
     pub fn masked(&self) -> Value {
         let mut out = self.values.clone();
@@ -167,6 +178,7 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
         values,
         secret_values,
         secret_names,
+        credentials: Map::new(),
     })
 }
 

@@ -41,6 +41,22 @@ struct Workflow {
     /// params and steps, rendered when the session succeeds (at most
     /// 64 KiB as JSON; secret values masked).
     outputs: Option<BTreeMap<String, serde_json::Value>>,
+    /// The named credentials the workflow reads, name → kind; read as
+    /// `${credentials.NAME.FIELD}` and masked everywhere. A robot
+    /// receives them from its hub, `tasuki run` from `--credentials-file`.
+    credentials: Option<BTreeMap<String, CredentialKindDoc>>,
+}
+
+/// A credential's kind and so its fields: `username_password`
+/// (`username`, `password`), `token` (`token`), `file` (`content`, at
+/// most 64 KiB).
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum CredentialKindDoc {
+    UsernamePassword,
+    Token,
+    File,
 }
 
 #[derive(JsonSchema)]

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::LoadOptions;
 use super::argcheck;
+use super::credentials::{self, CredentialSpec};
 use super::model::{
     CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow, check_variable_name, edit_distance,
 };
@@ -40,6 +41,7 @@ pub fn validate(
         ids: HashMap::new(),
         all_ids: workflow.all_steps().iter().map(|s| s.id.clone()).collect(),
         params: workflow.params.iter().map(|p| p.name.clone()).collect(),
+        credentials: &workflow.credentials,
         accept_undeclared_params: workflow.accept_undeclared_params,
         done: HashSet::new(),
         vars: HashSet::new(),
@@ -64,6 +66,8 @@ struct Validator<'a> {
     ids: HashMap<String, String>,
     all_ids: HashSet<String>,
     params: HashSet<String>,
+    /// `credentials:`, which `${credentials.NAME.FIELD}` must name.
+    credentials: &'a [CredentialSpec],
     /// The workflow takes undeclared params: a reference to one is
     /// resolved (or fails its step) only when the session runs.
     accept_undeclared_params: bool,
@@ -108,6 +112,19 @@ impl Validator<'_> {
                 }
                 let mut named: Vec<&str> = Vec::new();
                 for p in &found {
+                    if p.root == credentials::ROOT {
+                        if let Some(Segment::Key(name)) = p.segments.first() {
+                            self.warnings.add(
+                                path,
+                                format!(
+                                    "credential `{name}` is passed in `argv`, where every user \
+                                     of the machine can read it while the process runs; pass \
+                                     it in `env` or use it in a `script`"
+                                ),
+                            );
+                        }
+                        continue;
+                    }
                     if p.root != "params" {
                         continue;
                     }
@@ -446,6 +463,7 @@ impl Validator<'_> {
                     _ => Ok(()),
                 }
             }
+            credentials::ROOT => credentials::check_reference(self.credentials, &p.segments),
             "error" if self.in_error => Ok(()),
             "error" => Err("`error` is only bound inside `on_error` and `catch`".into()),
             var if self.vars.contains(var) => Ok(()),

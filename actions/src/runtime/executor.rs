@@ -116,10 +116,31 @@ impl Executor {
             })
             .collect();
 
+        // `file` credentials' private files, removed when this ends.
+        let mut credentials = params.credentials.clone();
+        let _credential_files = match crate::language::credentials::write_files(
+            &workflow.credentials,
+            &mut credentials,
+            shared.options.private_dir.as_deref(),
+        ) {
+            Ok(files) => Some(files),
+            Err(e) => {
+                shared.log(
+                    LogLevel::Error,
+                    None,
+                    &format!(
+                        "cannot write the private files of the workflow's file credentials \
+                         (their `path` is not set): {e}"
+                    ),
+                );
+                None
+            }
+        };
         let mut session = Session {
             registry: &self.registry,
             shared: shared.clone(),
             params: Value::Object(params.values.clone()),
+            credentials: Value::Object(credentials),
             env: Value::Object(env),
             vars: Map::new(),
             step_states: Value::Object(step_states),
@@ -265,6 +286,8 @@ struct Session<'e> {
     registry: &'e Registry,
     shared: Arc<SessionShared>,
     params: Value,
+    /// `{name: {field: text}}`, every text also in the masker.
+    credentials: Value,
     env: Value,
     vars: Map<String, Value>,
     /// `{id: {status, output, error}}` as templates read it, unmasked.
@@ -280,6 +303,7 @@ impl Scope for Session<'_> {
     fn root(&self, path: &PathExpr) -> Result<Cow<'_, Value>, String> {
         match path.root.as_str() {
             "params" => Ok(Cow::Borrowed(&self.params)),
+            crate::language::credentials::ROOT => Ok(Cow::Borrowed(&self.credentials)),
             "steps" => match path.segments.first() {
                 Some(Segment::Key(id)) if self.step_states.get(id).is_none() => {
                     Err(format!("there is no step `{id}`"))

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
+use tasuki_actions::language::credentials::bind_credentials;
 use tasuki_actions::language::params::{BoundParams, ParamInputs, bind_params};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
 use tasuki_protocol::{HeldLease, Lease};
@@ -161,7 +162,13 @@ fn prepare(
     };
     let params = bind_params(&workflow, &inputs)
         .map_err(|problems| ("invalid_params", problems.to_string()))?;
-    Ok((workflow, params))
+    // The values live in this session's memory only: never in the spool
+    // (which keeps a `HeldLease`, no params), a log or a file; the
+    // masker gets each one.
+    let credentials =
+        bind_credentials(&workflow.credentials, &lease.credentials, "the hub's lease")
+            .map_err(|problems| ("invalid_credentials", problems.to_string()))?;
+    Ok((workflow, params.with_credentials(credentials)))
 }
 
 /// Runs a checked session with its spool sink, while the sender ships

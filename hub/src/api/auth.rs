@@ -82,6 +82,8 @@ pub mod need {
     pub struct SessionQueueDelete;
     pub struct WorkflowWrite;
     pub struct AuditRead;
+    pub struct CredentialRead;
+    pub struct CredentialWrite;
 
     impl RequiredScope for SessionQueueWrite {
         const SCOPE: Scope = Scope::SessionQueueWrite;
@@ -97,6 +99,12 @@ pub mod need {
     }
     impl RequiredScope for AuditRead {
         const SCOPE: Scope = Scope::AuditRead;
+    }
+    impl RequiredScope for CredentialRead {
+        const SCOPE: Scope = Scope::CredentialRead;
+    }
+    impl RequiredScope for CredentialWrite {
+        const SCOPE: Scope = Scope::CredentialWrite;
     }
 }
 

@@ -169,6 +169,30 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// serde's "invalid type: string \"hunter2\", expected a map" without the
+/// value it quotes: a body may be a secret's (a credential's fields, a
+/// secret param), and an answer never repeats one.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some(at) = rest.rfind(", expected ") else {
+            continue;
+        };
+        let (unexpected, expected) = rest.split_at(at);
+        let what = unexpected.split(' ').next().unwrap_or(unexpected);
+        // `string "..."`, `integer `5``, `floating point `1.5``: the kind
+        // alone; `map`, `sequence`, `null` and `boolean` quote nothing.
+        let what = match what {
+            "floating" => "floating point",
+            other => other,
+        };
+        return format!("{prefix}{what}{expected}");
+    }
+    message.to_string()
+}
+
 fn body_error(path: &str, e: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
@@ -183,6 +207,7 @@ fn body_error(path: &str, e: serde_json::Error) -> ApiError {
                 Some(i) => text[..i].to_string(),
                 None => text,
             };
+            let message = without_value(&message);
             let (code, path) = if path == "." {
                 ("invalid_body", "body".to_string())
             } else {
@@ -216,6 +241,25 @@ mod tests {
     struct Req {
         workflow_id: i64,
         params: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+
+    #[test]
+    fn a_refused_value_is_not_repeated() {
+        let e = parse::<Req>(br#"{"workflow_id": 1, "params": "hunter2"}"#).unwrap_err();
+        assert_eq!(e.problems[0].path, "params");
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(
+            e.message.contains("invalid type: string, expected a map"),
+            "{}",
+            e.message
+        );
+        let e = parse::<Req>(br#"{"workflow_id": 1.5}"#).unwrap_err();
+        assert!(!e.message.contains("1.5"), "{}", e.message);
+        assert!(
+            e.message.contains("floating point, expected"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

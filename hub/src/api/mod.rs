@@ -8,6 +8,7 @@ pub(crate) mod auth;
 pub(crate) mod auth_limit;
 mod body;
 mod body_deadline;
+mod credentials;
 pub(crate) mod error;
 mod fleet_actions;
 mod notifications;
@@ -275,6 +276,16 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/v1/notifications/{id}/test",
             axum::routing::post(notifications::test),
+        )
+        .route(
+            "/v1/credentials",
+            get(credentials::list).post(credentials::create),
+        )
+        .route(
+            "/v1/credentials/{name}",
+            get(credentials::get_one)
+                .put(credentials::update)
+                .delete(credentials::delete),
         )
         .route("/v1/audit_log", get(audit::list))
         .route("/v1/robots", get(robots::list))

@@ -175,6 +175,7 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         browser: Default::default(),
         warnings: Default::default(),
         outputs: Default::default(),
+        credentials: Vec::new(),
     }
 }
 

@@ -168,6 +168,7 @@ pub async fn checked_session(
         &params,
     )
     .map_err(|problems| invalid_params(&workflow.name, problems))?;
+    super::credentials::check_for_session(hub, workflow_id).await?;
     Ok(NewSession {
         workflow_id,
         params,
@@ -226,7 +227,22 @@ pub fn at_limit(refused: AtLimit) -> ApiError {
 pub fn announce(conn: &mut crate::db::Conn<'_>, hub: &Hub, queued: &Queued, now: i64) {
     let id = queued.session.id;
     for &old in &queued.cancel {
-        match cancel_in(conn, hub, old, now) {
+        // Each in a transaction of its own, as a client's cancel is, and
+        // recorded as the policy's.
+        let cancelled = conn.transaction(|tx| {
+            let cancelled = cancel_in(tx, hub, old, now)?;
+            if let Some((s, true)) = &cancelled {
+                let detail = serde_json::json!({
+                    "status": s.status,
+                    "reason": "concurrency_policy",
+                    "for_session_queue": id,
+                });
+                let subject = format!("session_queue {old}");
+                audit::record(tx, "hub", "session_queue.cancel", &subject, detail, now)?;
+            }
+            Ok(cancelled)
+        });
+        match cancelled {
             Ok(_) => tracing::info!(
                 session_queue_id = old,
                 for_session = id,

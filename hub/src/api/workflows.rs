@@ -18,6 +18,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::{NoQuery, QueryParams, page, shorten};
 use super::{fleet_actions, params};
+use crate::db::credentials::Declared;
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
 use crate::db::{audit, error_handlers, now_ms, robots};
 use serde_json::json;
@@ -132,7 +133,16 @@ pub async fn create(
         robot_labels,
         error_handler_workflow_id: req.error_handler_workflow_id,
         concurrency,
+        credentials: workflow
+            .credentials
+            .iter()
+            .map(|c| Declared {
+                name: c.name.clone(),
+                kind: c.kind.as_str().to_string(),
+            })
+            .collect(),
     };
+    let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
     let item = hub
         .db
         .call(move |conn| {
@@ -148,6 +158,7 @@ pub async fn create(
                         "name": item.name,
                         "error_handler_workflow_id": item.error_handler_workflow_id,
                         "concurrency": item.concurrency,
+                        "credentials": credential_names,
                     }),
                     now,
                 )?;

@@ -47,7 +47,8 @@ macro_rules! under_limit {
 
 /// On PostgreSQL, takes the lock that serialises counting a workflow's
 /// sessions against its limit, until the transaction ends; nothing on
-/// SQLite, whose one connection serialises everything.
+/// SQLite, whose one connection serialises everything. A caller that
+/// holds session rows took them first (the lock order).
 pub fn lock(tx: &mut Conn<'_>, workflow_id: i64) -> Result<(), DbError> {
     if tx.dialect() == Dialect::Postgres {
         // 29283: this lock's class (registrations take 29282, robots.rs);
@@ -56,22 +57,6 @@ pub fn lock(tx: &mut Conn<'_>, workflow_id: i64) -> Result<(), DbError> {
             "SELECT pg_advisory_xact_lock(29283, CAST(CAST(?1 AS BIGINT) % 2147483647 AS INTEGER))",
             params![workflow_id],
         )?;
-    }
-    Ok(())
-}
-
-/// [`lock`] for the workflow of session `session_id`, when it has a limit.
-pub fn lock_for_session(tx: &mut Conn<'_>, session_id: i64) -> Result<(), DbError> {
-    if tx.dialect() == Dialect::Postgres {
-        let limited: Option<i64> = tx.opt_row(
-            "SELECT w.id FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
-             WHERE s.id = ?1 AND w.concurrency_limit IS NOT NULL",
-            params![session_id],
-            |r| r.get(0),
-        )?;
-        if let Some(workflow_id) = limited {
-            lock(tx, workflow_id)?;
-        }
     }
     Ok(())
 }

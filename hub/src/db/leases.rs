@@ -9,8 +9,8 @@ use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
 
-use super::{DbError, concurrency, parse_json, secret_params};
-use crate::routing::Needs;
+use super::{DbError, audit, concurrency, credentials, parse_json, secret_params};
+use crate::routing::{CredentialNeed, Needs};
 use crate::secrets::MasterKey;
 
 /// The sessions a robot holds leases on.
@@ -69,6 +69,22 @@ const NEXT_FOR: &str = concat!(
                WHERE needed.value NOT IN (
                    SELECT label.value FROM robots r, json_each(r.labels) label
                    WHERE r.id = ?3)))
+      -- BEGIN credentials (migration 14): every credential the workflow
+      -- uses exists and allows this robot, by name or by one of its labels
+      -- (routing::CredentialNeed).
+      AND (w.credentials = '[]'
+           OR NOT EXISTS (
+               SELECT 1 FROM json_each(w.credentials) used
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM credentials c
+                   WHERE c.name = json_extract(used.value, '$.name')
+                     AND (EXISTS (SELECT 1 FROM json_each(c.allow_robots) allowed
+                                  WHERE allowed.value = ?1)
+                          OR EXISTS (
+                              SELECT 1 FROM json_each(c.allow_labels) allowed,
+                                            robots r, json_each(r.labels) label
+                              WHERE r.id = ?3 AND label.value = allowed.value)))))
+      -- END credentials
     ORDER BY s.id LIMIT 1"
 );
 
@@ -112,6 +128,21 @@ const NEXT_FOR_POSTGRES: &str = concat!(
       AND (w.robot_labels = '[]'
            OR (SELECT CAST(labels AS JSONB) FROM robots WHERE id = ?3)
               @> CAST(w.robot_labels AS JSONB))
+      -- BEGIN credentials (migration 14): as on SQLite.
+      AND (w.credentials = '[]'
+           OR NOT EXISTS (
+               SELECT 1 FROM jsonb_array_elements(CAST(w.credentials AS JSONB)) used
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM credentials c
+                   WHERE c.name = used ->> 'name'
+                     AND (CAST(c.allow_robots AS JSONB) @> jsonb_build_array(CAST(?1 AS TEXT))
+                          OR EXISTS (
+                              SELECT 1
+                              FROM jsonb_array_elements_text(CAST(c.allow_labels AS JSONB))
+                                   allowed(label)
+                              WHERE (SELECT CAST(labels AS JSONB) FROM robots WHERE id = ?3)
+                                    @> jsonb_build_array(allowed.label))))))
+      -- END credentials
     ORDER BY s.id LIMIT 1
     FOR UPDATE OF s SKIP LOCKED"
 );
@@ -143,26 +174,34 @@ pub fn grant_next(
 /// waiting for one (a session waiting for its workflow's concurrency limit
 /// waits for a running one to end, not for a robot).
 pub fn needs_of(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<Needs>, DbError> {
-    let row: Option<(String, bool, String, String)> = conn.opt_row(
+    let row: Option<(String, bool, String, String, String)> = conn.opt_row(
         concat!(
-            "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels
+            "SELECT w.workflow_robots, w.single_process_mode, w.required_actions, w.robot_labels,
+                    w.credentials
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL AND ",
             crate::under_limit!("s")
         ),
         params![session_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
-    row.map(|(pins, single_process, actions, labels)| {
-        let what = |field: &str| format!("session {session_id}: its workflow's {field}");
-        Ok(Needs {
-            pins: parse_json(&what("workflow_robots"), &pins)?,
-            single_process,
-            actions: parse_json(&what("required_actions"), &actions)?,
-            labels: parse_json(&what("robot_labels"), &labels)?,
-        })
-    })
-    .transpose()
+    let Some((pins, single_process, actions, labels, declared)) = row else {
+        return Ok(None);
+    };
+    let what = |field: &str| format!("session {session_id}: its workflow's {field}");
+    let declared: Vec<credentials::Declared> = parse_json(&what("credentials"), &declared)?;
+    let names: Vec<String> = declared.into_iter().map(|d| d.name).collect();
+    let credentials = credentials::allows(conn, &names)?
+        .into_iter()
+        .map(|(name, allow)| CredentialNeed { name, allow })
+        .collect();
+    Ok(Some(Needs {
+        pins: parse_json(&what("workflow_robots"), &pins)?,
+        single_process,
+        actions: parse_json(&what("required_actions"), &actions)?,
+        labels: parse_json(&what("robot_labels"), &labels)?,
+        credentials,
+    }))
 }
 
 /// The robot a poll speaks for, as it was when the poll was checked.
@@ -190,8 +229,25 @@ pub fn grant(
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
     // Counted after the workflow's lock, so that hubs granting at once
-    // never both see room for one (db/concurrency.rs).
-    concurrency::lock_for_session(conn, session_id)?;
+    // never both see room for one (db/concurrency.rs). The session's row
+    // is locked first, as `grant_next`'s pick locks it, so that every
+    // grant takes the two in one order: another hub's grant holding it
+    // means someone else is getting it.
+    if conn.dialect() == Dialect::Postgres {
+        let free: Option<(i64, bool)> = conn.opt_row(
+            "SELECT s.workflow_id, w.concurrency_limit IS NOT NULL
+             FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+             WHERE s.id = ?1 AND s.status = 'queued' AND s.lease_id IS NULL
+             FOR UPDATE OF s SKIP LOCKED",
+            params![session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        match free {
+            None => return Ok(None),
+            Some((workflow_id, true)) => concurrency::lock(conn, workflow_id)?,
+            Some((_, false)) => {}
+        }
+    }
     let changed = conn.execute(
         concat!(
             "UPDATE session_queues
@@ -219,7 +275,27 @@ pub fn grant(
     if changed == 0 {
         return Ok(None);
     }
-    lease_of(conn, session_id, master)
+    let Some((lease, delivered)) = lease_of(conn, session_id, master)? else {
+        return Ok(None);
+    };
+    if !delivered.is_empty() {
+        // Which session received which credential, on which robot: in the
+        // grant's own transaction, so a lease that is sent was recorded.
+        let list: Vec<Value> = delivered
+            .iter()
+            .map(|d| serde_json::json!({"name": d.name, "version": d.version}))
+            .collect();
+        audit::record(
+            conn,
+            poller.key_id,
+            "credential.deliver",
+            &format!("session_queue {session_id}"),
+            serde_json::json!({"session_queue_id": session_id, "robot": poller.name,
+                               "robot_id": poller.robot_id, "credentials": list}),
+            now_ms,
+        )?;
+    }
+    Ok(Some(lease))
 }
 
 /// What became of a session whose lease was taken back.
@@ -296,39 +372,58 @@ pub fn offered_by_poll(
     )?;
     let mut leases = Vec::new();
     for id in ids {
-        leases.extend(lease_of(conn, id, master)?);
+        // The same lease again, its answer lost: the credentials as they
+        // are now (a rotation since reaches it too), recorded at the grant.
+        leases.extend(lease_of(conn, id, master)?.map(|(lease, _)| lease));
     }
     Ok(leases)
 }
 
-/// The lease as the robot receives it: the one place secret params are
-/// opened.
+/// The lease as the robot receives it, and the credentials it carries:
+/// the one place secret params and credentials are opened.
 fn lease_of(
     conn: &mut Conn<'_>,
     session_id: i64,
     master: &MasterKey,
-) -> Result<Option<Lease>, DbError> {
+) -> Result<Option<(Lease, Vec<credentials::Delivered>)>, DbError> {
     let row = conn.opt_row(
         "SELECT s.lease_id, s.params, s.secrets_sealed, w.id, w.name,
-                    w.single_process_mode, w.source_format, w.source
+                    w.single_process_mode, w.source_format, w.source, w.credentials, s.robot_id
              FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
              WHERE s.id = ?1 AND s.lease_id IS NOT NULL",
         params![session_id],
         |r| {
             Ok((
-                r.get::<String>(0)?,
-                r.get::<String>(1)?,
-                r.get::<Option<Vec<u8>>>(2)?,
-                r.get::<i64>(3)?,
-                r.get::<String>(4)?,
-                r.get::<bool>(5)?,
-                r.get::<String>(6)?,
-                r.get::<String>(7)?,
+                (
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<Vec<u8>>>(2)?,
+                    r.get::<Option<i64>>(9)?,
+                ),
+                (
+                    r.get::<i64>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<bool>(5)?,
+                    r.get::<String>(6)?,
+                    r.get::<String>(7)?,
+                    r.get::<String>(8)?,
+                ),
             ))
         },
     )?;
-    let Some((lease_id, params, sealed, wid, wname, spm, format, source)) = row else {
+    let Some(((lease_id, params, sealed, robot_id), (wid, wname, spm, format, source, declared))) =
+        row
+    else {
         return Ok(None);
+    };
+    let declared: Vec<credentials::Declared> = parse_json(
+        &format!("session queue {session_id}: its workflow's credentials"),
+        &declared,
+    )?;
+    // A leased session has its robot; without one, no credential goes.
+    let (credential_values, delivered) = match robot_id {
+        Some(robot_id) => credentials::values_for_lease(conn, &declared, robot_id, master)?,
+        None => Default::default(),
     };
     let mut params: Map<String, Value> =
         parse_json(&format!("session queue {session_id}: params"), &params)?;
@@ -340,7 +435,7 @@ fn lease_of(
             &mut params,
         )?;
     }
-    Ok(Some(Lease {
+    let lease = Lease {
         session_id,
         lease_id,
         workflow: LeasedWorkflow {
@@ -351,7 +446,9 @@ fn lease_of(
             source,
         },
         params,
-    }))
+        credentials: credential_values,
+    };
+    Ok(Some((lease, delivered)))
 }
 
 /// Renews the leases a robot says it holds, which confirms that it
@@ -713,6 +810,14 @@ mod tests {
                 robot_labels: needs.labels.clone(),
                 error_handler_workflow_id: None,
                 concurrency: None,
+                credentials: needs
+                    .credentials
+                    .iter()
+                    .map(|c| credentials::Declared {
+                        name: c.name.clone(),
+                        kind: "token".into(),
+                    })
+                    .collect(),
             },
             0,
         )
@@ -752,7 +857,65 @@ mod tests {
             robot(conn, "old", None, &[]),
             robot(conn, "bare", Some(&[]), &["gpu", "ssd"]),
         ];
+        // Credentials that allow by label, by name, nobody; and one that
+        // does not exist.
+        let allows = [
+            ("by_gpu", Some((vec![], vec!["gpu"]))),
+            ("by_name", Some((vec!["plain", "old"], vec![]))),
+            ("nobody", Some((vec![], vec![]))),
+            ("gone", None),
+        ];
+        let mut cred = std::collections::HashMap::new();
+        for (name, allow) in allows {
+            let allow = allow.map(|(robots, labels)| tasuki_protocol::CredentialAllow {
+                robots: strings(&robots),
+                labels: strings(&labels),
+            });
+            if let Some(allow) = &allow {
+                let new = credentials::NewCredential {
+                    name: name.into(),
+                    kind: "token".into(),
+                    fields: serde_json::json!({"token": "t"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    allow: allow.clone(),
+                    description: String::new(),
+                };
+                credentials::insert(conn, &new, &master, "k", 0)
+                    .unwrap()
+                    .unwrap();
+            }
+            cred.insert(
+                name,
+                CredentialNeed {
+                    name: name.into(),
+                    allow,
+                },
+            );
+        }
         let all_needs = [
+            Needs {
+                credentials: vec![cred["by_gpu"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                credentials: vec![cred["by_gpu"].clone(), cred["by_name"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                actions: strings(&["log"]),
+                credentials: vec![cred["by_name"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                credentials: vec![cred["nobody"].clone()],
+                ..Needs::default()
+            },
+            Needs {
+                credentials: vec![cred["gone"].clone()],
+                ..Needs::default()
+            },
             Needs {
                 actions: strings(&["probe.hello", "log"]),
                 ..Needs::default()

@@ -19,6 +19,7 @@ pub mod api_calls;
 pub mod artifacts;
 pub mod audit;
 pub mod concurrency;
+pub mod credentials;
 pub mod error_handlers;
 pub mod keys;
 pub mod leases;

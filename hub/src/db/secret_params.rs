@@ -29,6 +29,9 @@ pub enum Owner {
     Trigger(i64),
     /// A notification's signing secret.
     Notification(i64),
+    /// A named credential's fields: its id, and its version, so that an
+    /// older version's blob copied back does not open.
+    Credential(i64, i64),
 }
 
 impl Owner {
@@ -38,6 +41,7 @@ impl Owner {
             Owner::Schedule(id) => format!("schedule {id} secret params"),
             Owner::Trigger(id) => format!("trigger {id} secret"),
             Owner::Notification(id) => format!("notification {id} secret"),
+            Owner::Credential(id, version) => format!("credential {id} version {version} fields"),
         }
     }
 
@@ -47,6 +51,7 @@ impl Owner {
             Owner::Schedule(id) => format!("schedule {id}"),
             Owner::Trigger(id) => format!("trigger {id}"),
             Owner::Notification(id) => format!("notification {id}"),
+            Owner::Credential(id, _) => format!("credential {id}"),
         }
     }
 }

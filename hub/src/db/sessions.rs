@@ -354,6 +354,7 @@ mod tests {
                 robot_labels: Vec::new(),
                 error_handler_workflow_id: None,
                 concurrency: None,
+                credentials: Vec::new(),
             },
             0,
         )

@@ -6,6 +6,7 @@ use serde_json::Value;
 use tasuki_protocol::{Concurrency, WorkflowItem};
 
 use super::concurrency::{self, Columns};
+use super::credentials::Declared;
 use super::{DbError, parse_json};
 
 /// What the hub keeps of a declared param, to check the params of a
@@ -39,6 +40,9 @@ pub struct NewWorkflow {
     pub error_handler_workflow_id: Option<i64>,
     /// How many of its sessions run at once (`concurrency.rs`).
     pub concurrency: Option<Concurrency>,
+    /// The credentials it declares: its sessions go only to robots every
+    /// one of them allows, and their leases carry the values.
+    pub credentials: Vec<Declared>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -63,13 +67,15 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
     let actions = json("required actions", &w.required_actions)?;
     let labels = json("robot labels", &w.robot_labels)?;
     let c = w.concurrency.as_ref();
+    let credentials = serde_json::to_string(&w.credentials)
+        .map_err(|e| DbError::Corrupt(format!("credentials: {e}")))?;
     let id: i64 = conn.row(
         "INSERT INTO workflows (name, description, single_process_mode, source_format, source,
                                 param_specs, workflow_robots, created_at, required_actions,
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
-                                accept_undeclared_params)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                accept_undeclared_params, credentials)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          RETURNING id",
         params![
             w.name,
@@ -86,7 +92,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             c.map(|c| i64::from(c.limit)),
             c.map(|c| concurrency::on_limit_text(c.on_limit)),
             c.and_then(|c| c.key.clone()),
-            i64::from(w.accept_undeclared_params)
+            i64::from(w.accept_undeclared_params),
+            credentials
         ],
         |r| r.get(0),
     )?;
@@ -216,4 +223,16 @@ pub fn source_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Source>, DbError
             })
         },
     )
+}
+
+/// The credentials workflow `id` declares; `None` when there is no such
+/// workflow.
+pub fn credentials_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Vec<Declared>>, DbError> {
+    let row: Option<String> = conn.opt_row(
+        "SELECT credentials FROM workflows WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    row.map(|text| parse_json(&format!("workflow {id}: credentials"), &text))
+        .transpose()
 }

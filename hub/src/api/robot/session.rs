@@ -98,8 +98,10 @@ pub async fn release(
         .call(move |conn| {
             let now = now_ms();
             let withdrawn = leases::withdraw(conn, id, &lease, now)?;
-            if withdrawn == Withdrawn::Queued {
-                hub2.dispatch.offer(conn, id, now)?;
+            match withdrawn {
+                Withdrawn::Queued => hub2.dispatch.offer(conn, id, now)?,
+                Withdrawn::Cancelled => hub2.dispatch.offer_next_waiting(conn, id, now)?,
+                Withdrawn::Confirmed | Withdrawn::Gone => {}
             }
             Ok(withdrawn)
         })
