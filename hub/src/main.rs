@@ -2,6 +2,7 @@
 //! API follows the AUTORO REST API; see hub/README.md.
 
 mod api;
+mod console;
 mod copy;
 mod db;
 mod dispatch;
@@ -102,6 +103,9 @@ enum Command {
         /// a client of what only its network reaches).
         #[arg(long, env = "TASUKI_HUB_NOTIFY_PRIVATE_ADDRESSES")]
         notify_private_addresses: bool,
+        /// Do not serve the web console at /ui (served by default).
+        #[arg(long, env = "TASUKI_HUB_NO_CONSOLE")]
+        no_console: bool,
         #[command(flatten)]
         edge: EdgeArgs,
         #[command(flatten)]
@@ -285,6 +289,7 @@ fn main() -> ExitCode {
             schedule_missed_after_seconds,
             metrics_listen,
             notify_private_addresses,
+            no_console,
             edge,
             session_limits,
         } => run(serve::serve(serve::ServeOptions {
@@ -303,6 +308,7 @@ fn main() -> ExitCode {
             metrics_listen,
             notify_private_addresses,
             autoro_compat,
+            console: !no_console,
             edge: listener::EdgeLimits {
                 max_connections: edge.max_connections as usize,
                 header_timeout: std::time::Duration::from_secs(edge.header_timeout_seconds),

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub notify_private_addresses: bool,
     /// `--autoro-compat` (hub/README.md, "AUTORO-compatible mode").
     pub autoro_compat: bool,
+    /// Serve the web console at `/ui`.
+    pub console: bool,
     pub edge: EdgeLimits,
     /// The allowance of a request body (api/body_deadline.rs).
     pub body_timeout: Duration,
@@ -77,6 +79,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     hub.schedule_missed_after = opts.schedule_missed_after;
     hub.notify_private_addresses = opts.notify_private_addresses;
     hub.autoro_compat = opts.autoro_compat;
+    hub.tls = tls.is_some();
+    hub.console = opts.console;
     let hub = Arc::new(hub);
     let listener_task = crate::peers::listen(hub.clone())
         .await
@@ -136,6 +140,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Waiting polls are answered now rather than held to the end of the
     // grace period; robots simply poll again, elsewhere or later.
     hub.dispatch.close();
+    hub.closing.send_replace(true);
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(joined) => joined.context("the server task")?,

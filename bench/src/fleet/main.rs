@@ -30,6 +30,8 @@
 //! - `orchestration`: a signed webhook call → the first step, beside a
 //!   POST; how late schedules' runs are queued, one and 1,000 (not part
 //!   of `all`).
+//! - `console`: `/ui/sessions` rendered with 10,000 sessions stored (not
+//!   part of `all`).
 //! - `all` (the default): every one of them but `soak`, `warm` and the
 //!   PostgreSQL ones.
 //!
@@ -38,6 +40,7 @@
 
 mod api;
 mod cancel;
+mod console;
 mod hubs_fleet;
 mod hubs_pickup;
 mod idle;
@@ -106,6 +109,9 @@ enum Command {
     /// Webhook → first step beside a POST; schedules' lateness with one
     /// and 1,000 schedules (not part of `all`).
     Orchestration,
+    /// The web console's sessions list with --console-sessions stored
+    /// (not part of `all`).
+    Console,
     /// pickup, cancel, logs, idle and fleet (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
@@ -180,6 +186,15 @@ pub struct Opts {
     /// robots, and for the simulated robots.
     #[arg(long, global = true, default_value_t = 100)]
     pub swarm_sessions: usize,
+    /// console: sessions stored.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub console_sessions: usize,
+    /// console: requests timed per page.
+    #[arg(long, global = true, default_value_t = 200)]
+    pub console_requests: usize,
+    /// console: requests per page before timing.
+    #[arg(long, global = true, default_value_t = 10)]
+    pub console_warmup: usize,
     /// Keep each run's scratch folder (databases, logs) and print its path.
     #[arg(long, global = true)]
     pub keep: bool,
@@ -257,6 +272,7 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::Throughput => ("throughput", throughput::run(&bins, opts).await),
             Command::FleetHubs => ("fleet-hubs", hubs_fleet::run(&bins, opts).await),
             Command::Orchestration => ("orchestration", orchestration::run(&bins, opts).await),
+            Command::Console => ("console", console::run(&bins, opts).await),
             Command::All | Command::Hubs | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");

@@ -188,6 +188,49 @@ async fn authenticate(
     metering: Metering,
 ) -> Result<Caller, ApiError> {
     let presented = bearer(parts)?;
+    authenticate_token(presented, hub, metering)
+        .await
+        .map(|(caller, _)| caller)
+}
+
+/// The console's session cookie: a token checked exactly as a bearer
+/// token is, with failures limited the same way (`auth_limit.rs`), and
+/// not counted toward the API's quota (a page's refreshes are not API
+/// calls). Also returns the key's secret, which the console's CSRF tokens
+/// are derived with.
+pub(crate) async fn authenticate_cookie(
+    token: &str,
+    hub: &Arc<Hub>,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(Caller, Vec<u8>), ApiError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(ApiError::unauthorized(
+            "malformed_token",
+            format!("the session cookie is longer than {MAX_TOKEN_BYTES} bytes"),
+        ));
+    }
+    let claimed = jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(token)
+        .ok()
+        .and_then(|c| match c.sub {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        });
+    hub.auth_limit
+        .guard(
+            peer,
+            claimed.as_deref(),
+            authenticate_token(token, hub, Metering::Exempt),
+        )
+        .await
+}
+
+/// A token, wherever it came from (a bearer header, the console's cookie):
+/// the caller it authenticates and its key's secret.
+async fn authenticate_token(
+    presented: &str,
+    hub: &Arc<Hub>,
+    metering: Metering,
+) -> Result<(Caller, Vec<u8>), ApiError> {
     // A token wrapped over lines, let through by compat mode: its parts
     // are read joined; its signature is checked below, once the key is
     // known (wrapped_token.rs).
@@ -257,11 +300,14 @@ async fn authenticate(
     if metering == Metering::Counted {
         count_call(hub, &key_id, material.robots).await?;
     }
-    Ok(Caller {
-        key_id,
-        key_scopes: material.scopes,
-        token_scopes,
-    })
+    Ok((
+        Caller {
+            key_id,
+            key_scopes: material.scopes,
+            token_scopes,
+        },
+        material.secret,
+    ))
 }
 
 pub fn unknown_key(key_id: &str) -> ApiError {

@@ -4,24 +4,24 @@
 //! [`auth::Authorized`] extractor applies.
 
 mod audit;
-mod auth;
-mod auth_limit;
+pub(crate) mod auth;
+pub(crate) mod auth_limit;
 mod body;
 mod body_deadline;
 mod credentials;
-mod error;
+pub(crate) mod error;
 mod fleet_actions;
 mod notifications;
 mod params;
-mod query;
+pub(crate) mod query;
 mod quota;
 mod robot;
 pub(crate) mod robots;
 mod schedules;
-mod search;
+pub(crate) mod search;
 mod session_limits;
 pub(crate) mod sessions;
-mod token;
+pub(crate) mod token;
 mod triggers;
 mod waits;
 mod workflows;
@@ -90,6 +90,14 @@ pub struct Hub {
     /// `--autoro-compat`: a bearer token wrapped over lines, which the
     /// listener then lets through, is read (`wrapped_token.rs`).
     pub autoro_compat: bool,
+    /// The hub serves TLS: the console's cookie is marked `Secure`.
+    pub tls: bool,
+    /// The web console is served at `/ui` (`--no-console` turns it off).
+    pub console: bool,
+    /// Set when the hub begins to shut down: the console's log streams end
+    /// then (the browser reconnects, to this hub or another) rather than
+    /// hold the shutdown to its grace period.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -158,6 +166,9 @@ impl Hub {
             notifications_wake: tokio::sync::Notify::new(),
             notify_private_addresses: false,
             autoro_compat: false,
+            tls: false,
+            console: true,
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -199,6 +210,11 @@ impl Hub {
 }
 
 pub fn router(hub: Arc<Hub>) -> Router {
+    let console = if hub.console {
+        crate::console::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/v1/token", post(token::create))
         .route(
@@ -274,6 +290,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/audit_log", get(audit::list))
         .route("/v1/robots", get(robots::list))
         .merge(robot::routes())
+        .merge(console)
         .route_layer(middleware::from_fn_with_state(
             hub.clone(),
             crate::metrics::count_request,

@@ -56,6 +56,16 @@ pub async fn list(
     q: QueryParams,
 ) -> Result<Json<RobotList>, ApiError> {
     q.finish()?;
+    let robots = items(&hub).await?;
+    Ok(Json(RobotList {
+        total_count: robots.len() as u64,
+        robots,
+    }))
+}
+
+/// Every registered robot as `GET /v1/robots` shows it (the console's
+/// robots page too).
+pub(crate) async fn items(hub: &Hub) -> Result<Vec<RobotItem>, ApiError> {
     let (rows, running) = hub
         .db
         .call(|conn| Ok((robots::list(conn)?, leases::running_by_robot(conn)?)))
@@ -70,7 +80,7 @@ pub async fn list(
         .map(|r| {
             let running_sessions = by_robot.remove(&r.id).unwrap_or_default();
             let last_seen = r.last_seen_at.map(|t| t.as_millisecond());
-            let state = state_of(&hub, r.id, last_seen, !running_sessions.is_empty(), now);
+            let state = state_of(hub, r.id, last_seen, !running_sessions.is_empty(), now);
             RobotItem {
                 id: r.id,
                 name: r.name,
@@ -87,8 +97,5 @@ pub async fn list(
             }
         })
         .collect();
-    Ok(Json(RobotList {
-        total_count: robots.len() as u64,
-        robots,
-    }))
+    Ok(robots)
 }

@@ -211,7 +211,7 @@ fn invalid_params(workflow: &str, problems: Vec<tasuki_protocol::ProblemItem>) -
 
 /// Stores a new session (unless its workflow's concurrency policy refuses
 /// it) and offers it to the waiting robots.
-async fn queue(hub: &Arc<Hub>, new: NewSession) -> Result<SessionQueue, ApiError> {
+pub(crate) async fn queue(hub: &Arc<Hub>, new: NewSession) -> Result<SessionQueue, ApiError> {
     let dispatch_hub = hub.clone();
     let queued = hub
         .db
@@ -295,6 +295,18 @@ pub async fn rerun(
     caller.require(Scope::SessionQueueRead)?;
     let id = session_id(id)?;
     let given = body.params.unwrap_or_default();
+    let session = rerun_session(&hub, id, given).await?;
+    tracing::info!(session_queue_id = session.id, rerun_of = id, key_id = %caller.key_id, "session re-run");
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+/// Queues a re-run of session `id` with its params, the values of its
+/// secret params `given` again (the console's Re-run form uses this too).
+pub(crate) async fn rerun_session(
+    hub: &Arc<Hub>,
+    id: i64,
+    given: serde_json::Map<String, serde_json::Value>,
+) -> Result<SessionQueue, ApiError> {
     let original = hub
         .db
         .call(move |conn| sessions::get(conn, id))
@@ -337,7 +349,7 @@ pub async fn rerun(
         params.insert(name, value);
     }
     let new = checked_session(
-        &hub,
+        hub,
         workflow_id,
         params,
         Some(SessionOrigin::Rerun { session_id: id }),
@@ -356,9 +368,7 @@ pub async fn rerun(
             ),
         ));
     }
-    let session = queue(&hub, new).await?;
-    tracing::info!(session_queue_id = session.id, rerun_of = id, key_id = %caller.key_id, "session re-run");
-    Ok((StatusCode::CREATED, Json(session)))
+    queue(hub, new).await
 }
 
 pub async fn get_one(
@@ -384,7 +394,10 @@ pub async fn get_one(
 /// Sets `queued_reason` on a queued session that no registered robot
 /// could ever take. (Not on the answer to its creation, which keeps
 /// AUTORO's shape and the pickup's path short: a read says it.)
-fn explain_wait(conn: &mut crate::db::Conn<'_>, session: &mut SessionQueue) -> Result<(), DbError> {
+pub(crate) fn explain_wait(
+    conn: &mut crate::db::Conn<'_>,
+    session: &mut SessionQueue,
+) -> Result<(), DbError> {
     if session.status != SessionStatus::Queued {
         return Ok(());
     }
@@ -450,8 +463,20 @@ pub async fn cancel(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
+    let session = cancel_session(&hub, id, &caller.key_id).await?;
+    Ok(Json(session))
+}
+
+/// Cancels session `id` for `actor` (a key id), audited; the session after
+/// the change. The console's Cancel form uses this too.
+pub(crate) async fn cancel_session(
+    hub: &Arc<Hub>,
+    id: i64,
+    actor: &str,
+) -> Result<SessionQueue, ApiError> {
     let wake_hub = hub.clone();
-    let actor = caller.key_id.clone();
+    let actor = actor.to_string();
+    let key_id = actor.clone();
     let (session, changed) = hub
         .db
         .call(move |conn| {
@@ -469,9 +494,9 @@ pub async fn cancel(
         .await?
         .ok_or_else(|| session_not_found(id))?;
     if changed {
-        tracing::info!(session_queue_id = id, status = %session.status, key_id = %caller.key_id, "cancel requested");
+        tracing::info!(session_queue_id = id, status = %session.status, key_id = %key_id, "cancel requested");
     }
-    Ok(Json(session))
+    Ok(session)
 }
 
 /// Cancels a session inside the caller's transaction, and tells its robot
@@ -604,7 +629,7 @@ fn session_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError
     id_in(path, "session queue")
 }
 
-fn session_not_found(id: i64) -> ApiError {
+pub(crate) fn session_not_found(id: i64) -> ApiError {
     ApiError::not_found(
         "session_queue_not_found",
         format!("there is no session queue {id}"),

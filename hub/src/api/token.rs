@@ -58,26 +58,7 @@ async fn issue(hub: &Hub, req: &TokenRequest) -> Result<TokenResponse, ApiError>
             "must not be empty",
         ));
     }
-    let Some(key) = hub.key_material(&req.access_key_id).await? else {
-        return Err(auth::unknown_key(&req.access_key_id));
-    };
-    // Constant time, so that the time taken says nothing about how much of
-    // a guess was right.
-    if aws_lc_rs::constant_time::verify_slices_are_equal(
-        req.secret_access_key.as_bytes(),
-        &key.secret,
-    )
-    .is_err()
-    {
-        return Err(ApiError::unauthorized(
-            "invalid_secret",
-            format!(
-                "the secret access key is not the one of access key `{}`",
-                shorten(&req.access_key_id)
-            ),
-        ));
-    }
-    auth::count_call(hub, &req.access_key_id, key.robots).await?;
+    let key = check_secret(hub, &req.access_key_id, &req.secret_access_key).await?;
     if !key.scopes.contains(Scope::AccessTokenCreate) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -109,4 +90,30 @@ async fn issue(hub: &Hub, req: &TokenRequest) -> Result<TokenResponse, ApiError>
     })?;
     let expires_at = jiff::Timestamp::from_second(claims.exp).map_err(|_| ApiError::internal())?;
     Ok(TokenResponse { token, expires_at })
+}
+
+/// The key `key_id`, once `secret` is found to be its secret; the call is
+/// counted toward the key's quota. The console's sign-in checks a secret
+/// with this too. (Callers run it under `hub.auth_limit`.)
+pub(crate) async fn check_secret(
+    hub: &Hub,
+    key_id: &str,
+    secret: &str,
+) -> Result<super::KeyMaterial, ApiError> {
+    let Some(key) = hub.key_material(key_id).await? else {
+        return Err(auth::unknown_key(key_id));
+    };
+    // Constant time, so that the time taken says nothing about how much of
+    // a guess was right.
+    if aws_lc_rs::constant_time::verify_slices_are_equal(secret.as_bytes(), &key.secret).is_err() {
+        return Err(ApiError::unauthorized(
+            "invalid_secret",
+            format!(
+                "the secret access key is not the one of access key `{}`",
+                shorten(key_id)
+            ),
+        ));
+    }
+    auth::count_call(hub, key_id, key.robots).await?;
+    Ok(key)
 }

@@ -30,6 +30,10 @@ pub struct Filter {
     pub after: Option<i64>,
     /// Any of these statuses; empty means any status.
     pub statuses: Vec<SessionStatus>,
+    /// Of this workflow only (the console's filter).
+    pub workflow_id: Option<i64>,
+    /// Taken by this robot only (the console's filter).
+    pub robot_id: Option<i64>,
 }
 
 const SELECT: &str = "
@@ -149,24 +153,42 @@ pub fn list(
         Dialect::Sqlite => {
             "(?1 IS NULL OR s.created_at < ?1)
              AND (?2 IS NULL OR s.created_at >= ?2)
-             AND (?3 IS NULL OR s.status IN (SELECT value FROM json_each(?3)))"
+             AND (?3 IS NULL OR s.status IN (SELECT value FROM json_each(?3)))
+             AND (?4 IS NULL OR s.workflow_id = ?4)
+             AND (?5 IS NULL OR s.robot_id = ?5)"
         }
         Dialect::Postgres => {
             "(CAST(?1 AS BIGINT) IS NULL OR s.created_at < ?1)
              AND (CAST(?2 AS BIGINT) IS NULL OR s.created_at >= ?2)
              AND (CAST(?3 AS TEXT) IS NULL
-                  OR s.status IN (SELECT jsonb_array_elements_text(CAST(?3 AS JSONB))))"
+                  OR s.status IN (SELECT jsonb_array_elements_text(CAST(?3 AS JSONB))))
+             AND (CAST(?4 AS BIGINT) IS NULL OR s.workflow_id = ?4)
+             AND (CAST(?5 AS BIGINT) IS NULL OR s.robot_id = ?5)"
         }
     };
     let total = conn.count(
         &format!("SELECT COUNT(*) FROM session_queues s WHERE {condition}"),
-        params![filter.before, filter.after, statuses],
+        params![
+            filter.before,
+            filter.after,
+            statuses,
+            filter.workflow_id,
+            filter.robot_id
+        ],
     )?;
     let rows = conn.rows(
         &format!(
-            "{SELECT} WHERE {condition} ORDER BY s.created_at DESC, s.id DESC LIMIT ?4 OFFSET ?5"
+            "{SELECT} WHERE {condition} ORDER BY s.created_at DESC, s.id DESC LIMIT ?6 OFFSET ?7"
         ),
-        params![filter.before, filter.after, statuses, limit, offset],
+        params![
+            filter.before,
+            filter.after,
+            statuses,
+            filter.workflow_id,
+            filter.robot_id,
+            limit,
+            offset
+        ],
         read_row,
     )?;
     Ok((rows, total))

@@ -211,3 +211,27 @@ pub fn params_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<WorkflowParams>,
         credentials: parse_json(&format!("workflow {id}: credentials"), &credentials)?,
     }))
 }
+
+/// A workflow as the console shows it: name, description, source format
+/// and source text.
+pub struct Source {
+    pub name: String,
+    pub description: String,
+    pub format: String,
+    pub text: String,
+}
+
+pub fn source_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Source>, DbError> {
+    conn.opt_row(
+        "SELECT name, description, source_format, source FROM workflows WHERE id = ?1",
+        params![id],
+        |r| {
+            Ok(Source {
+                name: r.get(0)?,
+                description: r.get(1)?,
+                format: r.get(2)?,
+                text: r.get(3)?,
+            })
+        },
+    )
+}

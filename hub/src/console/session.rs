@@ -1,0 +1,484 @@
+//! `/ui/sessions/{id}`: one session. Its steps as a timeline, its params
+//! (secret ones masked, as the API shows them), its artifacts (screenshots
+//! inline), its log, streamed live over Server-Sent Events while it runs,
+//! and the Cancel and Re-run forms.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use futures_util::stream::{self, Stream};
+use maud::{Markup, html};
+use serde::Deserialize;
+use tasuki_protocol::{LogLine, Scope, SessionOrigin, SessionQueue, SessionStatus, StepStatus};
+
+use super::auth::{CSRF_FIELD, Operator};
+use super::layout::{self, PageError};
+use crate::api::Hub;
+use crate::api::sessions::{cancel_session, explain_wait, rerun_session, session_not_found};
+use crate::db::{artifacts, logs, sessions, workflows};
+
+/// Log lines rendered with the page; the stream sends the rest.
+const PAGE_LINES: i64 = 5_000;
+/// Lines read from the database at a time by the stream.
+const STREAM_BATCH: i64 = 1_000;
+/// How often the stream looks for new lines while there are none.
+const STREAM_POLL: Duration = Duration::from_millis(250);
+/// Shown inline; anything else is a download. Not SVG: it can carry script.
+const INLINE_IMAGES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+pub fn parse_id(id: &str) -> Result<i64, PageError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| PageError::not_found(format!("`{}` is not a session id", shorten(id))))
+}
+
+fn shorten(text: &str) -> String {
+    crate::api::query::shorten(text).to_string()
+}
+
+pub async fn page(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Markup, PageError> {
+    op.require(Scope::SessionQueueRead)?;
+    let id = parse_id(&id)?;
+    let found = hub
+        .db
+        .call(move |conn| {
+            let Some(mut session) = sessions::get(conn, id)? else {
+                return Ok(None);
+            };
+            explain_wait(conn, &mut session)?;
+            let lines = logs::after(conn, id, 0, PAGE_LINES)?
+                .map(|(lines, _)| lines)
+                .unwrap_or_default();
+            let files = artifacts::list(conn, id)?;
+            let secret: Vec<String> = workflows::params_of(conn, session.workflow.id)?
+                .map(|w| {
+                    w.params
+                        .into_iter()
+                        .filter(|p| p.secret)
+                        .map(|p| p.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Some((session, lines, files, secret)))
+        })
+        .await?;
+    let Some((s, lines, files, secret)) = found else {
+        return Err(session_not_found(id).into());
+    };
+    let last_seq = lines.last().map(|l| l.seq).unwrap_or(0);
+    let more = lines.len() as i64 >= PAGE_LINES;
+    let live = !s.status.is_terminal() || more;
+    let title = format!("Session {} · {}", s.id, s.workflow.name);
+    let body = html! {
+        h1 { "Session #" (s.id) " " span class="sub" { (s.workflow.name) } }
+        section class="summary" aria-label="Summary" {
+            dl {
+                dt { "Status" } dd id="session-status" { (layout::status(s.status)) }
+                dt { "Workflow" } dd { a href={ "/ui/workflows/" (s.workflow.id) } { (s.workflow.name) } }
+                dt { "Robot" } dd { @match &s.robot { Some(r) => (r.name), None => span class="none" { "not taken yet" } } }
+                dt { "Queued" } dd { (layout::time(Some(s.created_at))) }
+                dt { "Started" } dd { (layout::time(s.started_at)) }
+                dt { "Ended" } dd { (layout::time(s.ended_at)) }
+                dt { "Duration" } dd { (layout::duration_between(s.started_at, s.ended_at)) }
+                @if let Some(origin) = &s.origin { dt { "Origin" } dd { (origin_text(origin)) } }
+                @if let Some(t) = s.cancel_requested_at { dt { "Cancel requested" } dd { (layout::time(Some(t))) } }
+            }
+            @if let Some(reason) = &s.queued_reason { p class="note" { (reason) } }
+            @if let Some(e) = &s.error {
+                p class="problem" id="session-error" {
+                    strong { "Error " code { (e.code) } } @if let Some(step) = &e.step_id { " in step " code { (step) } } ": " (e.message)
+                }
+            }
+        }
+        (actions(&op, &s, &secret))
+        section aria-labelledby="artifacts-h" {
+            h2 id="artifacts-h" { "Artifacts" }
+            @if files.is_empty() {
+                p class="none" { "None." }
+            } @else {
+                ul class="artifacts" id="artifacts" {
+                    @for (name, size, _) in &files {
+                        @let url = format!("/ui/sessions/{}/artifacts/{}", s.id, layout::encode_segment(name));
+                        li {
+                            @if looks_like_image(name) {
+                                figure {
+                                    a href=(url) { img src=(url) alt={ "Screenshot " (name) } loading="lazy"; }
+                                    figcaption { (name) " (" (layout::bytes(*size)) ")" }
+                                }
+                            } @else {
+                                a href=(url) download { (name) } " (" (layout::bytes(*size)) ")"
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="steps-h" {
+            h2 id="steps-h" { "Steps" }
+            @match &s.steps {
+                Some(steps) if !steps.is_empty() => {
+                    ol class="timeline" id="steps" {
+                        @for step in steps {
+                            li class={ "step step-" (step_status(step.status)) } {
+                                div class="step-head" {
+                                    code { (step.id) }
+                                    span class={ "status status-" (step_status(step.status)) } { (step_status(step.status)) }
+                                    span class="dur" { (step.duration_ms.map(layout::duration_ms).unwrap_or_else(|| layout::duration_between(step.started_at, step.ended_at))) }
+                                }
+                                @if !step.output.is_null() {
+                                    details { summary { "Output" } pre { (pretty(&step.output)) } }
+                                }
+                                @if let Some(e) = &step.error {
+                                    p class="problem" { code { (e.code) } ": " (e.message) }
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => { p class="none" { "No step has run yet." } }
+            }
+        }
+        section aria-labelledby="log-h" {
+            h2 id="log-h" { "Log" }
+            @if live {
+                p class="note" id="log-live" { "Streaming while the session runs." }
+            }
+            pre class="log" id="log" tabindex="0"
+                data-stream=[live.then(|| format!("/ui/sessions/{}/log/stream?after={last_seq}", s.id))]
+                data-status=(s.status.as_str()) {
+                @for line in &lines { (log_line(line)) }
+            }
+        }
+        section aria-labelledby="params-h" {
+            h2 id="params-h" { "Params" }
+            @if s.params.is_empty() {
+                p class="none" { "None." }
+            } @else {
+                table class="kv" {
+                    @for (name, value) in &s.params {
+                        tr { th scope="row" { (name) } td { code { (compact(value)) } } }
+                    }
+                }
+            }
+            @if let Some(outputs) = &s.outputs {
+                h3 { "Outputs" }
+                pre { (pretty(outputs)) }
+            }
+        }
+    };
+    Ok(layout::page(&op, &title, "sessions", body))
+}
+
+fn actions(op: &Operator, s: &SessionQueue, secret: &[String]) -> Markup {
+    html! {
+        section class="actions" aria-label="Actions" {
+            @if !s.status.is_terminal() {
+                form method="post" action={ "/ui/sessions/" (s.id) "/cancel" } {
+                    input type="hidden" name=(CSRF_FIELD) value=(op.csrf);
+                    button type="submit" id="cancel" class="danger" { "Cancel session" }
+                    @if !op.may(Scope::SessionQueueDelete) { span class="note" { " (your key lacks session_queue.delete)" } }
+                }
+            } @else {
+                form method="post" action={ "/ui/sessions/" (s.id) "/rerun" } {
+                    input type="hidden" name=(CSRF_FIELD) value=(op.csrf);
+                    @for name in secret {
+                        label { "Secret param " code { (name) } " "
+                            input type="password" name={ "secret." (name) } autocomplete="off" required;
+                        }
+                    }
+                    button type="submit" id="rerun" { "Re-run" }
+                    @if !op.may(Scope::SessionQueueWrite) { span class="note" { " (your key lacks session_queue.write)" } }
+                }
+            }
+        }
+    }
+}
+
+fn origin_text(origin: &SessionOrigin) -> Markup {
+    match origin {
+        SessionOrigin::Schedule {
+            schedule_id,
+            due_at,
+        } => {
+            html! { "schedule " (schedule_id) ", due " (layout::time(Some(*due_at))) }
+        }
+        SessionOrigin::Rerun { session_id } => {
+            html! { "re-run of " a href={ "/ui/sessions/" (session_id) } { "#" (session_id) } }
+        }
+        SessionOrigin::ErrorHandler { session_id } => {
+            html! { "error handler of " a href={ "/ui/sessions/" (session_id) } { "#" (session_id) } }
+        }
+        SessionOrigin::Trigger { trigger_id } => html! { "trigger " (trigger_id) },
+    }
+}
+
+fn step_status(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pending => "pending",
+        StepStatus::Running => "running",
+        StepStatus::Success => "success",
+        StepStatus::Error => "error",
+        StepStatus::Skipped => "skipped",
+        StepStatus::Cancelled => "cancelled",
+    }
+}
+
+fn log_line(l: &LogLine) -> Markup {
+    html! {
+        span class={ "line level-" (l.level.as_str()) } data-seq=(l.seq) {
+            (l.ts.strftime("%H:%M:%S")) " " (l.level.as_str()) " "
+            @if let Some(step) = &l.step_id { "[" (step) "] " }
+            (l.message) "\n"
+        }
+    }
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn compact(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn looks_like_image(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".png", ".jpg", ".jpeg", ".gif", ".webp"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+}
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    after: Option<u64>,
+}
+
+/// `GET /ui/sessions/{id}/log/stream`: the lines after `?after=` (or the
+/// `Last-Event-ID` a reconnecting browser sends), each an event with
+/// `id: <seq>`, then the lines as they arrive, until the session has
+/// ended and every line is sent. A `status` event tells each change of
+/// status; `end` closes the stream. It looks for new lines every 250 ms
+/// (log lines reach the hub in batches a robot sends; there is no
+/// notification of them to wait on across hubs of one database).
+pub async fn log_stream(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
+    op.require(Scope::SessionQueueRead)?;
+    let id = parse_id(&id)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let after = resume.or(q.ok().and_then(|Query(q)| q.after)).unwrap_or(0);
+    let tail = Tail {
+        closing: hub.closing.subscribe(),
+        hub,
+        id,
+        seq: after,
+        status: None,
+        buffered: VecDeque::new(),
+        done: false,
+    };
+    Ok(Sse::new(stream::unfold(tail, next_event)).keep_alive(KeepAlive::default()))
+}
+
+struct Tail {
+    hub: Arc<Hub>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    id: i64,
+    seq: u64,
+    status: Option<SessionStatus>,
+    buffered: VecDeque<LogLine>,
+    done: bool,
+}
+
+async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
+    loop {
+        // A hub shutting down ends the stream without an `end` event: the
+        // browser reconnects from its last event id.
+        if t.done || *t.closing.borrow() {
+            return None;
+        }
+        if let Some(line) = t.buffered.pop_front() {
+            return Some((Ok(line_event(&line)), t));
+        }
+        let (id, after) = (t.id, t.seq as i64);
+        let read = t
+            .hub
+            .db
+            .call(move |conn| logs::after(conn, id, after, STREAM_BATCH))
+            .await;
+        let (lines, status) = match read {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                t.done = true;
+                return Some((Ok(Event::default().event("end").data("gone")), t));
+            }
+            Err(e) => {
+                tracing::warn!(session_queue_id = id, error = %e, "console log stream");
+                t.done = true;
+                let event = Event::default()
+                    .event("problem")
+                    .data("the hub cannot reach its database");
+                return Some((Ok(event), t));
+            }
+        };
+        let had_lines = !lines.is_empty();
+        if let Some(last) = lines.last() {
+            t.seq = last.seq;
+        }
+        t.buffered.extend(lines);
+        if t.status != Some(status) {
+            t.status = Some(status);
+            return Some((
+                Ok(Event::default().event("status").data(status.as_str())),
+                t,
+            ));
+        }
+        if had_lines {
+            continue;
+        }
+        if status.is_terminal() {
+            t.done = true;
+            return Some((Ok(Event::default().event("end").data(status.as_str())), t));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STREAM_POLL) => {}
+            _ = t.closing.changed() => {}
+        }
+    }
+}
+
+fn line_event(l: &LogLine) -> Event {
+    // JSON: a message's line breaks stay inside one `data:` line, and the
+    // page sets it as text, never as markup.
+    let data = serde_json::json!({
+        "seq": l.seq,
+        "time": l.ts.strftime("%H:%M:%S").to_string(),
+        "level": l.level.as_str(),
+        "step": l.step_id,
+        "message": l.message,
+    });
+    Event::default()
+        .id(l.seq.to_string())
+        .event("line")
+        .data(data.to_string())
+}
+
+pub async fn artifact(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    op.require(Scope::SessionQueueRead)?;
+    let id = parse_id(&id)?;
+    let lookup = name.clone();
+    let found = hub
+        .db
+        .call(move |conn| artifacts::get(conn, id, &lookup))
+        .await?
+        .ok_or_else(|| {
+            PageError::not_found(format!("session {id} has no artifact `{}`", shorten(&name)))
+        })?;
+    let image = INLINE_IMAGES.contains(&found.content_type.as_str());
+    // A name is the robot's; only plain characters go into the header.
+    let file: String = found
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (content_type, disposition) = if image {
+        (found.content_type, format!("inline; filename=\"{file}\""))
+    } else {
+        // Never rendered as a page of this origin.
+        (
+            "application/octet-stream".to_string(),
+            format!("attachment; filename=\"{file}\""),
+        )
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::CACHE_CONTROL, "private, max-age=60".to_string()),
+        ],
+        found.data,
+    )
+        .into_response())
+}
+
+/// The fields of a posted form, in order.
+pub type Fields = Vec<(String, String)>;
+
+pub fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+pub async fn cancel(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Result<Response, PageError> {
+    op.check_csrf(field(&fields, CSRF_FIELD))?;
+    op.require(Scope::SessionQueueDelete)?;
+    let id = parse_id(&id)?;
+    cancel_session(&hub, id, &op.caller.key_id).await?;
+    Ok(Redirect::to(&format!("/ui/sessions/{id}")).into_response())
+}
+
+pub async fn rerun(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Result<Response, PageError> {
+    op.check_csrf(field(&fields, CSRF_FIELD))?;
+    op.require(Scope::SessionQueueWrite)?;
+    op.require(Scope::SessionQueueRead)?;
+    let id = parse_id(&id)?;
+    let mut given = serde_json::Map::new();
+    for (name, value) in &fields {
+        if let Some(param) = name.strip_prefix("secret.") {
+            given.insert(param.to_string(), serde_json::Value::String(value.clone()));
+        }
+    }
+    let session = rerun_session(&hub, id, given).await.map_err(|e| {
+        let mut page = PageError::from(e);
+        if page.status == StatusCode::CONFLICT || page.status.is_client_error() {
+            page.title = "Re-run refused".into();
+        }
+        page
+    })?;
+    tracing::info!(session_queue_id = session.id, rerun_of = id, key_id = %op.caller.key_id, "session re-run (console)");
+    Ok(Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response())
+}

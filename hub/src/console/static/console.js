@@ -1,0 +1,69 @@
+// Tasuki console: the little that needs script. Every page reads fine
+// without it; this keeps pages current while sessions run.
+(function () {
+  "use strict";
+
+  // The sessions table: fetch this page again and swap the table.
+  function refreshTable(el) {
+    var every = parseInt(el.getAttribute("data-refresh"), 10) || 5000;
+    setTimeout(function () {
+      fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (r) {
+          if (r.redirected || !r.ok) { throw new Error("status " + r.status); }
+          return r.text();
+        })
+        .then(function (html) {
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var fresh = doc.getElementById("sessions-table");
+          var current = document.getElementById("sessions-table");
+          if (fresh && current) {
+            current.replaceWith(fresh);
+            refreshTable(fresh);
+          }
+        })
+        .catch(function () { setTimeout(function () { refreshTable(el); }, 5000); });
+    }, every);
+  }
+
+  // A session's log: lines as they arrive, over Server-Sent Events. The
+  // browser resumes from the last event id when the connection drops.
+  function streamLog(pre) {
+    var url = pre.getAttribute("data-stream");
+    var shown = pre.getAttribute("data-status");
+    var source = new EventSource(url);
+    source.addEventListener("line", function (e) {
+      var l;
+      try { l = JSON.parse(e.data); } catch (err) { return; }
+      var span = document.createElement("span");
+      span.className = "line level-" + l.level;
+      span.setAttribute("data-seq", String(l.seq));
+      span.textContent = l.time + " " + l.level + " " + (l.step ? "[" + l.step + "] " : "") + l.message + "\n";
+      var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.appendChild(span);
+      if (atEnd) { pre.scrollTop = pre.scrollHeight; }
+    });
+    // A new status: the page shows steps and artifacts as they now
+    // stand; it is fetched again (the log resumes where it was).
+    source.addEventListener("status", function (e) {
+      if (e.data !== shown) { source.close(); setTimeout(function () { location.reload(); }, 300); }
+    });
+    source.addEventListener("end", function (e) {
+      source.close();
+      var live = document.getElementById("log-live");
+      if (live) { live.textContent = "The session has ended (" + e.data + ")."; }
+      if (e.data !== shown) { setTimeout(function () { location.reload(); }, 300); }
+    });
+    source.addEventListener("problem", function (e) {
+      source.close();
+      var live = document.getElementById("log-live");
+      if (live) { live.textContent = "Log stream stopped: " + e.data + "."; }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var table = document.getElementById("sessions-table");
+    if (table) { refreshTable(table); }
+    var log = document.getElementById("log");
+    if (log && log.getAttribute("data-stream")) { streamLog(log); }
+  });
+})();

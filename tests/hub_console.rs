@@ -1,0 +1,962 @@
+//! The web console at `/ui`, end to end: a real hub and a real agent, the
+//! console driven in headless Chromium by `tasuki run` workflows (the
+//! project's own WebDriver code), and its cookie, CSRF and scope checks
+//! read with a plain HTTP client. Screenshots of each page are kept in
+//! the test's scratch folder (`console-screens/`).
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet_support::*;
+use hub_support::*;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Browser tests need Chromium and chromedriver; they fail, never skip.
+fn require_browser() {
+    let found = |names: &[&str]| {
+        std::env::var_os("PATH").is_some_and(|p| {
+            std::env::split_paths(&p).any(|d| names.iter().any(|n| d.join(n).is_file()))
+        })
+    };
+    assert!(
+        found(&["chromium", "chromium-browser", "google-chrome"]) && found(&["chromedriver"]),
+        "the console tests need Chromium and chromedriver on PATH (Debian/Ubuntu: apt-get install chromium chromium-driver)"
+    );
+}
+
+/// Percent-encodes a form value.
+fn enc(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A plain HTTP client of the console: no redirects followed, the session
+/// cookie kept by hand.
+struct Browserless {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+struct Page {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the first hidden `csrf` field.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
+        let rest = &self.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').expect("end of the value")].to_string()
+    }
+}
+
+impl Browserless {
+    fn new(hub: &Hub) -> Browserless {
+        Browserless {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a client"),
+            base: hub.url.clone(),
+            cookie: None,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Page {
+        let r = match &self.cookie {
+            Some(c) => r.header("cookie", format!("tasuki_console={c}")),
+            None => r,
+        };
+        let resp = r.send().await.expect("the hub answers");
+        Page {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.text().await.expect("a body"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Page {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(fields)),
+        )
+        .await
+    }
+
+    /// Signs in; the answer to the sign-in.
+    async fn sign_in(&mut self, key: &Key, next: &str) -> Page {
+        let page = self
+            .post(
+                "/ui/login",
+                &[
+                    ("access_key_id", &key.id),
+                    ("secret_access_key", &key.secret),
+                    ("next", next),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, 303, "sign-in: {}", page.body);
+        let set = page
+            .headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .expect("a Set-Cookie");
+        let value = set
+            .strip_prefix("tasuki_console=")
+            .and_then(|v| v.split(';').next())
+            .expect("the session cookie");
+        self.cookie = Some(value.to_string());
+        page
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_cookie_csrf_scopes_and_error_pages_over_plain_http() {
+    let scratch = Scratch::new();
+    let full = create_key(&scratch, ALL_SCOPES);
+    let no_delete = create_key(&scratch, "session_queue.read session_queue.write");
+    // Never signed in with: its failures are not forgiven as a trusted
+    // key's would be (auth_limit.rs).
+    let guessed = create_key(&scratch, "session_queue.read");
+    let hub = Hub::start_with(&scratch, &["--auth-failures-per-key", "3"]);
+    let api = Api::new(&hub, Some(token(&full, ALL_SCOPES)));
+    let wf = create_hello(&api).await;
+    // No robot: it stays queued.
+    let queued = queue(&api, wf, json!({"token": "t0k3n-value"})).await;
+
+    // Not signed in: to the sign-in page, and back here after.
+    let mut c = Browserless::new(&hub);
+    let page = c.get(&format!("/ui/sessions/{queued}")).await;
+    assert_eq!(page.status, 303);
+    assert_eq!(
+        page.location(),
+        format!("/ui/login?next=/ui/sessions/{queued}")
+    );
+    let login = c.get(page.location()).await;
+    assert_eq!(login.status, 200);
+    let csp = login.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!login.body.contains("<script>"), "an inline script");
+
+    // The cookie's flags.
+    let signed = c.sign_in(&full, &format!("/ui/sessions/{queued}")).await;
+    assert_eq!(signed.location(), format!("/ui/sessions/{queued}"));
+    let set = signed.headers["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=1800"] {
+        assert!(set.contains(flag), "{flag} missing: {set}");
+    }
+    assert!(!set.contains("Secure"), "a plain-HTTP hub: {set}");
+
+    // `next` never leads off the console.
+    for evil in ["https://evil.example/", "//evil.example/ui", "/v1/robots"] {
+        let mut other = Browserless::new(&hub);
+        let page = other.sign_in(&full, evil).await;
+        assert_eq!(page.location(), "/ui/sessions", "{evil}");
+    }
+
+    // A wrong secret: refused, named, and limited like POST /v1/token.
+    let wrong = Key {
+        id: guessed.id.clone(),
+        secret: "0".repeat(64),
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let page = Browserless::new(&hub)
+            .post(
+                "/ui/login",
+                &[
+                    ("access_key_id", &wrong.id),
+                    ("secret_access_key", &wrong.secret),
+                ],
+            )
+            .await;
+        assert!(!page.body.contains(&wrong.secret));
+        statuses.push(page.status);
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401], "{statuses:?}");
+    assert_eq!(statuses[4], 429, "{statuses:?}");
+
+    // The session page, its forms' CSRF token.
+    let page = c.get(&format!("/ui/sessions/{queued}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("queued"));
+    assert!(!page.body.contains("t0k3n-value"), "a secret param shown");
+    let csrf = page.csrf();
+    let cancel = format!("/ui/sessions/{queued}/cancel");
+
+    // Without the token, or with a wrong one: refused, nothing changed.
+    let page = c.post(&cancel, &[]).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("CSRF"), "{}", page.body);
+    let page = c.post(&cancel, &[("csrf", &"ab".repeat(32))]).await;
+    assert_eq!(page.status, 403);
+    // A token of another sign-in of the same key does not pass either.
+    let mut second = Browserless::new(&hub);
+    second.sign_in(&full, "/ui").await;
+    let page = second.post(&cancel, &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, 403);
+    let still = api.get(&format!("/v1/session_queues/{queued}")).await;
+    assert_eq!(still.body["status"], "queued");
+
+    // A key without session_queue.delete: refused, the scope named.
+    let mut reader = Browserless::new(&hub);
+    reader.sign_in(&no_delete, "/ui").await;
+    let page = reader.get(&format!("/ui/sessions/{queued}")).await;
+    assert_eq!(page.status, 200);
+    let page = reader.post(&cancel, &[("csrf", &page.csrf())]).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("session_queue.delete"), "{}", page.body);
+    let still = api.get(&format!("/v1/session_queues/{queued}")).await;
+    assert_eq!(still.body["status"], "queued");
+
+    // With it: cancelled, and back to the session's page.
+    let page = c.post(&cancel, &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.location(), format!("/ui/sessions/{queued}"));
+    let done = api.get(&format!("/v1/session_queues/{queued}")).await;
+    assert_eq!(done.body["status"], "cancelled");
+
+    // The log stream of an ended session: its status, then its end.
+    let page = c
+        .get(&format!("/ui/sessions/{queued}/log/stream?after=0"))
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("event: status\ndata: cancelled") && page.body.contains("event: end"),
+        "{}",
+        page.body
+    );
+
+    // Cookies the hub did not make for this key: forged, expired, an API
+    // token without the console's nonce. Each leads to the sign-in page
+    // (and back to the page after), and clears itself.
+    let with_nonce = |mut c: Value| {
+        c["nonce"] = json!("00112233445566778899aabbccddeeff");
+        c
+    };
+    let mut expired = with_nonce(claims(&full, ALL_SCOPES));
+    expired["nbf"] = json!(now() - 4000);
+    expired["exp"] = json!(now() - 3600);
+    for (what, cookie) in [
+        (
+            "forged",
+            sign(&"f".repeat(64), &with_nonce(claims(&full, ALL_SCOPES))),
+        ),
+        ("expired", sign(&full.secret, &expired)),
+        ("without a nonce", token(&full, ALL_SCOPES)),
+        ("not a token", "garbage".to_string()),
+    ] {
+        let mut other = Browserless::new(&hub);
+        other.cookie = Some(cookie);
+        let page = other.get("/ui/robots").await;
+        assert_eq!(page.status, 303, "{what}");
+        assert_eq!(page.location(), "/ui/login?next=/ui/robots", "{what}");
+        assert!(
+            page.headers["set-cookie"]
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0"),
+            "{what}"
+        );
+    }
+    // One the test signs itself, as the hub does: the bearer path checks it.
+    let mut own = Browserless::new(&hub);
+    own.cookie = Some(sign(&full.secret, &with_nonce(claims(&full, ALL_SCOPES))));
+    assert_eq!(own.get("/ui/robots").await.status, 200);
+
+    // Filters by workflow and robot (the console's own, beside the API's
+    // search terms).
+    let page = c.get(&format!("/ui/sessions?workflow={wf}")).await;
+    assert!(
+        page.body.contains(&format!("id=\"session-{queued}\"")),
+        "{}",
+        page.body
+    );
+    let page = c
+        .get(&format!(
+            "/ui/sessions?workflow={}&after=2000-01-01",
+            wf + 1
+        ))
+        .await;
+    assert!(page.body.contains("No sessions match."), "{}", page.body);
+    let page = c.get("/ui/sessions?robot=1").await;
+    assert!(page.body.contains("No sessions match."), "{}", page.body);
+    let page = c.get("/ui/sessions?robot=the-bot").await;
+    assert!(
+        page.body.contains("the robot filter is an id"),
+        "{}",
+        page.body
+    );
+
+    // Error pages.
+    let page = c.get("/ui/sessions/999999").await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("there is no session queue 999999"));
+    assert_eq!(c.get("/ui/sessions/abc").await.status, 404);
+    assert_eq!(c.get("/ui/workflows/999999").await.status, 404);
+    let page = c.get("/ui/sessions?status=finished").await;
+    assert!(page.body.contains("unknown session status `finished`"));
+    for path in ["/ui/sessions", "/ui/robots", "/ui/workflows"] {
+        let page = c.get(path).await;
+        assert_eq!(page.status, 200, "{path}");
+    }
+
+    // Signing out clears the cookie.
+    let page = c.get("/ui/sessions").await;
+    let out = c.post("/ui/logout", &[("csrf", &page.csrf())]).await;
+    assert_eq!(out.status, 303);
+    assert!(
+        out.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+
+    // Deleting the key ends its sign-ins at once.
+    let page = reader.get("/ui/sessions").await;
+    assert_eq!(page.status, 200);
+    let out = hub_command()
+        .args(["keys", "delete", &no_delete.id])
+        .args(scratch.db_args())
+        .output()
+        .expect("keys delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = reader.get("/ui/sessions").await;
+    assert_eq!(page.status, 303);
+    assert!(
+        page.location().starts_with("/ui/login"),
+        "{}",
+        page.location()
+    );
+
+    // `--no-console`: no /ui at all.
+    let plain = Scratch::new();
+    let hub = Hub::start_with(&plain, &["--no-console"]);
+    let c = Browserless::new(&hub);
+    for path in ["/ui", "/ui/sessions", "/ui/login", "/ui/static/console.js"] {
+        assert_eq!(c.get(path).await.status, 404, "{path}");
+    }
+}
+
+/// Runs a console-driving workflow with `tasuki run`; its report.
+fn drive(dir: &Path, shots: &Path, name: &str, yaml: &str, key: &Key) -> Value {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).expect("write the driver");
+    let out = std::process::Command::new(tasuki_bin())
+        .current_dir(dir)
+        .arg("run")
+        .arg(&file)
+        .args(["--output", "json", "--artifacts"])
+        .arg(shots)
+        .args(["--param", &format!("key_secret={}", key.secret)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("start tasuki run");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "driver {name} failed ({:?}): {}\n{}",
+        out.status,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
+}
+
+/// The first steps of every driver: open the browser at `path`, which
+/// sends it to the sign-in page, and sign in; it is back at `path` after.
+fn signed_in_at(base: &str, key: &Key, path: &str, steps: &str) -> String {
+    format!(
+        r##"version: 1
+name: console-driver
+params:
+  key_secret: {{secret: true}}
+steps:
+  - id: open
+    action: browser.open
+    with: {{window_size: [1280, 800]}}
+  - id: go
+    action: browser.goto
+    with: {{url: "{base}{path}"}}
+  - id: key
+    action: browser.type
+    with: {{selector: "#access_key_id", text: "{key_id}"}}
+  - id: secret
+    action: browser.type
+    with: {{selector: "#secret_access_key", text: "${{params.key_secret}}"}}
+  - id: sign_in
+    action: browser.click
+    with: {{selector: "#sign-in"}}
+  - id: back
+    action: browser.wait_for_url
+    with: {{contains: "{path}"}}
+{steps}"##,
+        key_id = key.id
+    )
+}
+
+fn out<'a>(report: &'a Value, step: &str) -> &'a Value {
+    &report["steps"][step]["output"]
+}
+
+const SLOW: &str = r##"version: 1
+name: slow
+description: counts to twelve, a line a second
+params:
+  who: world
+steps:
+  - id: count
+    action: shell.run
+    with: {argv: [sh, -c, "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line-$i; sleep 1; done"]}
+"##;
+
+const LONG: &str = r##"version: 1
+name: long
+params:
+  pidfile: ""
+steps:
+  - id: wait
+    action: shell.run
+    with: {argv: [sh, -c, "echo $$ > \"$1\"; exec sleep 300", sh, "${params.pidfile}"]}
+"##;
+
+const SECRETIVE: &str = r##"version: 1
+name: secretive
+params:
+  token: {secret: true}
+  label: plain
+steps:
+  - id: use
+    action: shell.run
+    with: {argv: [sh, -c, "test -n \"$1\" && echo used-the-token", sh, "${params.token}"]}
+"##;
+
+fn broken(base: &str) -> String {
+    format!(
+        r##"version: 1
+name: broken
+steps:
+  - id: open
+    action: browser.open
+  - id: go
+    action: browser.goto
+    with: {{url: "{base}/ui/login"}}
+  - id: press
+    action: browser.click
+    with: {{selector: "#no-such-button", timeout: 2s}}
+"##
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_browser_against_a_real_fleet() {
+    require_browser();
+    let f = Fleet::start();
+    let base = f.hub.url.clone();
+    let robot = Robot::new(f.scratch.dir.path(), "console-bot");
+    robot.register_ok(&f.hub, &f.key, &["--labels", "screens"]);
+    let _agent = robot.start(&[]);
+    let shots = f.scratch.dir.path().join("console-screens");
+    let work = f.scratch.dir.path().join("driver");
+    std::fs::create_dir_all(&work).expect("the driver's folder");
+    let slow = workflow(&f.api, SLOW, &[]).await;
+    let long = workflow(&f.api, LONG, &[]).await;
+    let secretive = workflow(&f.api, SECRETIVE, &[]).await;
+    let broken_wf = workflow(&f.api, &broken(&base), &[]).await;
+    // Pinned to a robot that does not exist: its sessions stay queued.
+    let parked = workflow(
+        &f.api,
+        "version: 1\nname: parked\nsteps:\n  - id: wait\n    action: log\n    with: {message: never}\n",
+        &["nobody"],
+    )
+    .await;
+    let bearer = f.api.token.clone().expect("the fleet's token");
+
+    // 1. Sign in, queue `slow` from its workflow page, and watch its log
+    // stream in: lines arrive on the page without a reload while it runs.
+    let r = drive(
+        &work,
+        &shots,
+        "watch",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/workflows/{slow}"),
+            &format!(
+                r##"  - id: workflow_shot
+    action: browser.screenshot
+    with: {{path: workflow.png}}
+  - id: queue
+    action: browser.click
+    with: {{selector: "#queue"}}
+  - id: running
+    action: browser.wait_for
+    with: {{selector: "#session-status", text: "running", timeout: 60s}}
+  - id: mark
+    action: browser.execute_script
+    with: {{script: "window.consoleMarker = 'same-page'; return location.pathname"}}
+  - id: streamed
+    action: browser.wait_for
+    with: {{selector: "#log", text: "line-8", timeout: 30s}}
+  - id: still
+    action: browser.execute_script
+    with: {{script: "return [window.consoleMarker || 'reloaded', document.getElementById('session-status').textContent]"}}
+  - id: running_shot
+    action: browser.screenshot
+    with: {{path: session-running.png}}
+  - id: done
+    action: browser.wait_for
+    with: {{selector: "#session-status", text: "success", timeout: 60s}}
+  - id: log
+    action: browser.get_text
+    with: {{selector: "#log"}}
+  - id: steps
+    action: browser.get_text
+    with: {{selector: "#steps"}}
+  - id: session_shot
+    action: browser.screenshot
+    with: {{path: session.png}}
+  - id: list
+    action: browser.goto
+    with: {{url: "{base}/ui/sessions"}}
+  - id: table
+    action: browser.get_text
+    with: {{selector: "#sessions-table tbody tr"}}
+  - id: sessions_shot
+    action: browser.screenshot
+    with: {{path: sessions.png}}
+  - id: list_mark
+    action: browser.execute_script
+    with: {{script: "window.listMarker = 'kept'; return null"}}
+  - id: queue_elsewhere
+    action: browser.execute_script
+    with:
+      script: "fetch('/v1/session_queues', {{method: 'POST', headers: {{'authorization': 'Bearer {bearer}', 'content-type': 'application/json'}}, body: JSON.stringify({{workflow_id: {parked}}})}}); return null"
+  - id: appeared
+    action: browser.wait_for
+    with: {{selector: "#sessions-table tbody", text: "parked", timeout: 20s}}
+  - id: list_kept
+    action: browser.execute_script
+    with: {{script: "return window.listMarker || 'reloaded'"}}
+  - id: robots
+    action: browser.goto
+    with: {{url: "{base}/ui/robots"}}
+  - id: robot_row
+    action: browser.get_text
+    with: {{selector: "#robots tbody tr"}}
+  - id: robots_shot
+    action: browser.screenshot
+    with: {{path: robots.png}}
+  - id: workflows
+    action: browser.goto
+    with: {{url: "{base}/ui/workflows"}}
+  - id: workflows_shot
+    action: browser.screenshot
+    with: {{path: workflows.png}}
+"##
+            ),
+        ),
+        &f.key,
+    );
+    let path = out(&r, "mark")["result"].as_str().unwrap_or("").to_string();
+    let watched: i64 = path
+        .strip_prefix("/ui/sessions/")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the queue form led to {path}"));
+    assert_eq!(
+        out(&r, "still")["result"],
+        json!(["same-page", "▶ running"]),
+        "line-8 arrived over the stream while it ran"
+    );
+    let log = out(&r, "log")["text"].as_str().unwrap_or("");
+    for i in 1..=12 {
+        assert!(
+            log.contains(&format!("line-{i}\n")) || log.ends_with(&format!("line-{i}")),
+            "line-{i} missing: {log}"
+        );
+    }
+    let steps = out(&r, "steps")["text"].as_str().unwrap_or("");
+    assert!(
+        steps.contains("count") && steps.contains("success"),
+        "{steps}"
+    );
+    let row = out(&r, "table")["text"].as_str().unwrap_or("");
+    assert!(
+        row.contains(&format!("#{watched}"))
+            && row.contains("success")
+            && row.contains("slow")
+            && row.contains("console-bot"),
+        "{row}"
+    );
+    assert_eq!(
+        out(&r, "list_kept")["result"],
+        "kept",
+        "the new session appeared in the list without a reload"
+    );
+    let robot_row = out(&r, "robot_row")["text"].as_str().unwrap_or("");
+    assert!(
+        robot_row.contains("console-bot")
+            && robot_row.contains("screens")
+            && robot_row.contains("idle"),
+        "{robot_row}"
+    );
+    let api_view = f.api.get(&format!("/v1/session_queues/{watched}")).await;
+    assert_eq!(api_view.body["workflow"]["id"], slow);
+
+    // 2. Re-run it from its page.
+    let r = drive(
+        &work,
+        &shots,
+        "rerun",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/sessions/{watched}"),
+            &format!(
+                r##"  - id: rerun
+    action: browser.click
+    with: {{selector: "#rerun"}}
+  - id: origin
+    action: browser.wait_for
+    with: {{selector: "a[href='/ui/sessions/{watched}']", text: "#{watched}"}}
+  - id: url
+    action: browser.get_url
+  - id: rerun_shot
+    action: browser.screenshot
+    with: {{path: rerun.png}}
+"##
+            ),
+        ),
+        &f.key,
+    );
+    let url = out(&r, "url")["url"].as_str().unwrap_or("").to_string();
+    let rerun: i64 = url
+        .rsplit('/')
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the re-run led to {url}"));
+    assert_ne!(rerun, watched);
+    let again = f.api.get(&format!("/v1/session_queues/{rerun}")).await;
+    assert_eq!(again.body["origin"]["type"], "rerun", "{}", again.body);
+    assert_eq!(again.body["origin"]["session_id"], watched);
+    finished(&f.api, rerun, LIMIT).await;
+
+    // 3. Cancel a running session from its page; its process ends.
+    let pidfile = f.scratch.dir.path().join("long.pid");
+    let long_id = queue(
+        &f.api,
+        long,
+        json!({"pidfile": pidfile.display().to_string()}),
+    )
+    .await;
+    running(&f.api, long_id, LIMIT).await;
+    let pid = pid_in(&pidfile).await;
+    assert!(alive(pid));
+    drive(
+        &work,
+        &shots,
+        "cancel",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/sessions/{long_id}"),
+            r##"  - id: cancel
+    action: browser.click
+    with: {selector: "#cancel"}
+  - id: cancelled
+    action: browser.wait_for
+    with: {selector: "#session-status", text: "cancelled", timeout: 60s}
+  - id: cancelled_shot
+    action: browser.screenshot
+    with: {path: cancelled.png}
+"##,
+        ),
+        &f.key,
+    );
+    assert_eq!(
+        finished(&f.api, long_id, LIMIT).await["status"],
+        "cancelled"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(pid)),
+        "the cancelled session's process {pid} still runs"
+    );
+
+    // 4. A failed browser session: its failure screenshot inline.
+    let broken_id = queue(&f.api, broken_wf, json!({})).await;
+    assert_eq!(finished(&f.api, broken_id, LIMIT).await["status"], "error");
+    let r = drive(
+        &work,
+        &shots,
+        "failure",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/sessions/{broken_id}"),
+            r##"  - id: image
+    action: browser.wait_for
+    with: {selector: "#artifacts img[src$='press-failure.png']"}
+  - id: loaded
+    action: browser.execute_script
+    with: {script: "var i = document.querySelector('#artifacts img'); return [i.complete, i.naturalWidth > 0]"}
+  - id: error
+    action: browser.get_text
+    with: {selector: "#session-error"}
+  - id: failed_shot
+    action: browser.screenshot
+    with: {path: session-failed.png}
+"##,
+        ),
+        &f.key,
+    );
+    assert_eq!(out(&r, "loaded")["result"], json!([true, true]));
+    assert!(
+        out(&r, "error")["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("press"),
+        "{}",
+        out(&r, "error")
+    );
+    // The same at a phone's width.
+    drive(
+        &work,
+        &shots,
+        "phone",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/sessions/{broken_id}"),
+            &format!(
+                r##"  - id: failed_phone_shot
+    action: browser.screenshot
+    with: {{path: session-failed-phone.png}}
+  - id: list
+    action: browser.goto
+    with: {{url: "{base}/ui/sessions"}}
+  - id: list_phone_shot
+    action: browser.screenshot
+    with: {{path: sessions-phone.png}}
+"##
+            ),
+        )
+        .replace("[1280, 800]", "[390, 844]"),
+        &f.key,
+    );
+    let mut c = Browserless::new(&f.hub);
+    c.sign_in(&f.key, "/ui").await;
+    let img = c
+        .get(&format!(
+            "/ui/sessions/{broken_id}/artifacts/press-failure.png"
+        ))
+        .await;
+    assert_eq!(img.status, 200);
+    assert_eq!(img.headers["content-type"], "image/png");
+    assert_eq!(img.headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        Browserless::new(&f.hub)
+            .get(&format!(
+                "/ui/sessions/{broken_id}/artifacts/press-failure.png"
+            ))
+            .await
+            .status,
+        303,
+        "an artifact without the cookie"
+    );
+
+    // 5. Queue with a secret param from the workflow page; the secret is
+    // on no page afterwards, nor in the hub's log.
+    let secret = "s3cr3t-Console-Value-4711";
+    let r = drive(
+        &work,
+        &shots,
+        "secret",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/workflows/{secretive}"),
+            &format!(
+                r##"  - id: token
+    action: browser.type
+    with: {{selector: "#param-token", text: "{secret}"}}
+  - id: queue
+    action: browser.click
+    with: {{selector: "#queue"}}
+  - id: done
+    action: browser.wait_for
+    with: {{selector: "#session-status", text: "success", timeout: 60s}}
+  - id: url
+    action: browser.get_url
+  - id: page
+    action: browser.get_html
+  - id: secret_shot
+    action: browser.screenshot
+    with: {{path: session-secret.png}}
+  - id: workflow_again
+    action: browser.goto
+    with: {{url: "{base}/ui/workflows/{secretive}"}}
+  - id: form_page
+    action: browser.get_html
+  - id: list
+    action: browser.goto
+    with: {{url: "{base}/ui/sessions"}}
+  - id: list_page
+    action: browser.get_html
+"##
+            ),
+        ),
+        &f.key,
+    );
+    let url = out(&r, "url")["url"].as_str().unwrap_or("").to_string();
+    let queued: i64 = url
+        .rsplit('/')
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the queue form led to {url}"));
+    for step in ["page", "form_page", "list_page"] {
+        let html = out(&r, step)["html"].as_str().unwrap_or("");
+        assert!(html.contains("<main"), "{step}: {html}");
+        assert!(
+            !html.contains(secret),
+            "the secret is in the page of {step}"
+        );
+    }
+    let html = out(&r, "page")["html"].as_str().unwrap_or("");
+    assert!(html.contains("***"), "the secret param is shown masked");
+    let logs = all_logs(&f.api, queued).await;
+    assert!(
+        logs.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("used-the-token")),
+        "the session got its secret: {logs:?}"
+    );
+    // Every page as the hub sends it, and the log stream.
+    for path in [
+        "/ui/sessions".to_string(),
+        format!("/ui/sessions/{queued}"),
+        format!("/ui/sessions/{queued}/log/stream?after=0"),
+        "/ui/workflows".to_string(),
+        format!("/ui/workflows/{secretive}"),
+        "/ui/robots".to_string(),
+    ] {
+        let page = c.get(&path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains(secret), "the secret is in {path}");
+    }
+    // The list filtered by this robot and a status.
+    let robots = f.api.get("/v1/robots").await;
+    let robot_id = robots.body["robots"][0]["id"]
+        .as_i64()
+        .expect("the robot's id");
+    let page = c
+        .get(&format!("/ui/sessions?robot={robot_id}&status=cancelled"))
+        .await;
+    assert!(
+        page.body.contains(&format!("id=\"session-{long_id}\"")),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains(&format!("id=\"session-{watched}\"")));
+    let hub_log = f.hub.stderr();
+    assert!(hub_log.contains("queued (console)"), "{hub_log}");
+    assert!(!hub_log.contains(secret), "the secret is in the hub's log");
+
+    // The screenshots, one per page.
+    for name in [
+        "workflow.png",
+        "session-running.png",
+        "session.png",
+        "sessions.png",
+        "robots.png",
+        "workflows.png",
+        "rerun.png",
+        "cancelled.png",
+        "session-failed.png",
+        "session-failed-phone.png",
+        "sessions-phone.png",
+        "session-secret.png",
+    ] {
+        let path: PathBuf = shots.join(name);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 1000, "{} is missing or empty", path.display());
+    }
+    if let Some(dir) = std::env::var_os("TASUKI_CONSOLE_SCREENS") {
+        // Kept for a look (and for docs/console.png) past the scratch dir.
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("TASUKI_CONSOLE_SCREENS");
+        for entry in std::fs::read_dir(&shots)
+            .expect("the screenshots")
+            .flatten()
+        {
+            if !entry.path().is_file() {
+                continue;
+            }
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a screenshot");
+        }
+    }
+}
+
+/// The pid a session's step wrote, once it is there.
+async fn pid_in(file: &Path) -> u32 {
+    for _ in 0..200 {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no pid in {}", file.display());
+}
