@@ -120,7 +120,7 @@ fn check_session_params(req: &p::CreateSessionQueue) {
         },
     ];
     let given = req.params.clone().unwrap_or_default();
-    match params::check("fuzz", &specs, &given) {
+    match params::check("fuzz", &specs, false, &given) {
         Ok(secrets) => assert_eq!(secrets, ["token"]),
         Err(problems) => {
             assert!(!problems.is_empty());
