@@ -153,6 +153,17 @@ impl IntoResponse for PageError {
 }
 
 /// A status as a word with a symbol; its colour only repeats it.
+/// A page's id from its path (`/ui/sessions/{id}`), or the 404 that says
+/// it is not one; `what` names the thing (`session`, `workflow`).
+pub fn page_id(id: &str, what: &str) -> Result<i64, PageError> {
+    id.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        PageError::not_found(format!(
+            "`{}` is not a {what} id",
+            crate::api::query::shorten(id)
+        ))
+    })
+}
+
 pub fn status(s: SessionStatus) -> Markup {
     let symbol = match s {
         SessionStatus::Queued => "◷",

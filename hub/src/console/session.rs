@@ -33,11 +33,8 @@ const STREAM_POLL: Duration = Duration::from_millis(250);
 /// Shown inline; anything else is a download. Not SVG: it can carry script.
 const INLINE_IMAGES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
-pub fn parse_id(id: &str) -> Result<i64, PageError> {
-    id.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| PageError::not_found(format!("`{}` is not a session id", shorten(id))))
+fn parse_id(id: &str) -> Result<i64, PageError> {
+    layout::page_id(id, "session")
 }
 
 fn shorten(text: &str) -> String {

@@ -78,12 +78,7 @@ fn kind_of(p: &StoredParam) -> Kind {
 }
 
 fn parse_id(id: &str) -> Result<i64, PageError> {
-    id.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        PageError::not_found(format!(
-            "`{}` is not a workflow id",
-            crate::api::query::shorten(id)
-        ))
-    })
+    layout::page_id(id, "workflow")
 }
 
 pub async fn page(
