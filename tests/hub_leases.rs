@@ -336,6 +336,70 @@ async fn a_lease_handed_back_before_any_poll_lists_it_goes_to_the_next_robot() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 }
 
+/// A robot lists every lease it received in the poll it sends next. A
+/// lease sent to an earlier poll and not listed never reached it (the
+/// answer went to a sending of a poll the robot had given up, which on
+/// PostgreSQL can reach the hub after the sending the robot reads): the
+/// next poll takes it back and the session runs, rather than sitting
+/// `running` until its lease expires and ending `robot_lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_next_poll_does_not_list_goes_back_to_the_queue() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let unread = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    assert_eq!(unread.0, id);
+
+    // The robot never read that answer, and has moved on to a new poll.
+    let again = only_lease(&s.poll("r1", "p2", 1, &[]).await);
+    assert_eq!(again.0, id, "the session comes back to the robot");
+    assert_ne!(again.1, unread.1, "under a new lease");
+    let r = s.log_line(&unread).await;
+    assert_refused(&r, 409, "lease_lost");
+    let r = s.log_line(&again).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+
+    // A lease the poll does list stays the robot's.
+    assert_empty(&s.poll("r1", "p3", 0, &[&again]).await);
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "r1", "{now}");
+}
+
+/// A lease taken back that way goes to the robot that waits for work when
+/// the robot whose poll took it back has no room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_back_by_a_poll_goes_to_a_waiting_robot() {
+    // The default hold (25 s): robot b's poll waits until it is offered
+    // the session, and the test fails if that offer never comes.
+    let s = setup_with(&["--quota-per-robot", "1000000"]);
+    let id = s.queued_session().await;
+    s.register("a").await;
+    s.register("b").await;
+    let unread = only_lease(&s.poll("a", "a1", 1, &[]).await);
+    assert_eq!(unread.0, id);
+    let b = {
+        let api = Api::new(&s.hub, Some(token(&s.key, "robot")));
+        tokio::spawn(async move { poll(&api, "b", "b1", 1, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_finished(), "robot b waits for work");
+
+    // Robot a polls again, full (another session took its slot), holding
+    // nothing: the unread lease is taken back and offered to robot b.
+    let a_again = poll_as(&s.robot_api, "a", "a2", 0, &[], true).await;
+    assert_empty(&a_again);
+    let b_got = tokio::time::timeout(Duration::from_secs(10), b)
+        .await
+        .expect("robot b is offered the session taken back")
+        .expect("robot b's poll");
+    let got = only_lease(&b_got);
+    assert_eq!(got.0, id);
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "b", "{now}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_lease_cannot_be_handed_back() {
     let s = setup();

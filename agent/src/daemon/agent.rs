@@ -174,6 +174,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 tracing::error!(error = %e, "a session task failed");
             }
         }
+        // The poll built below says how things stand now; a change stored
+        // before this point must not make the agent give it up the moment
+        // it is sent (each such give-up sends the poll twice).
+        forget_stored_change(&state.changed);
         let taken = *state.taken.lock().unwrap_or_else(|p| p.into_inner());
         // `--once` with its session taken wants no more work: to the hub
         // that is a drain.
@@ -295,6 +299,17 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     env.scratch.clear();
     stop.cancel();
     Ok(())
+}
+
+/// Takes the wake-up that `Notify::notify_one` stores when nobody is
+/// waiting, if there is one.
+fn forget_stored_change(changed: &Notify) {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let mut notified = std::pin::pin!(changed.notified());
+    let _ = notified
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()));
 }
 
 /// The hub gave this robot to someone else: no answer to a poll will
@@ -688,6 +703,20 @@ mod tests {
             code: code.into(),
             message: "the hub's words".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_stored_change_is_forgotten_and_a_later_one_still_wakes() {
+        let changed = Notify::new();
+        changed.notify_one();
+        forget_stored_change(&changed);
+        let woke = tokio::time::timeout(Duration::from_millis(50), changed.notified()).await;
+        assert!(woke.is_err(), "the stored wake-up was taken");
+        // Nothing stored: forgetting takes nothing from a later change.
+        forget_stored_change(&changed);
+        changed.notify_one();
+        let woke = tokio::time::timeout(Duration::from_secs(5), changed.notified()).await;
+        assert!(woke.is_ok(), "a change after it wakes the poll");
     }
 
     #[test]

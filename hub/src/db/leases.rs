@@ -353,6 +353,41 @@ pub fn withdraw(
     })
 }
 
+/// Takes back the leases of `robot_id` that were sent in answer to an
+/// earlier poll than `poll_id` and that this poll does not list in `held`.
+/// A robot lists every lease it received in the poll it sends next, so
+/// these never reached it: the answer carrying them went to a sending of
+/// an old poll that the robot had given up (on PostgreSQL such a sending
+/// can reach the robot's row after the newer one and be granted work).
+/// Left alone they would sit `running` until the lease expired and end
+/// `robot_lost`. Returns each session with what became of it.
+pub fn withdraw_unlisted(
+    conn: &mut Conn<'_>,
+    robot_id: i64,
+    poll_id: &str,
+    held: &[HeldLease],
+    now_ms: i64,
+) -> Result<Vec<(i64, Withdrawn)>, DbError> {
+    let unconfirmed: Vec<(i64, String)> = conn.rows(
+        "SELECT id, lease_id FROM session_queues
+         WHERE robot_id = ?1 AND status = 'running' AND lease_confirmed = 0
+           AND lease_poll_id <> ?2
+         ORDER BY id",
+        params![robot_id, poll_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut withdrawn = Vec::new();
+    for (session_id, lease_id) in unconfirmed {
+        let listed = held
+            .iter()
+            .any(|h| h.session_id == session_id && h.lease_id == lease_id);
+        if !listed {
+            withdrawn.push((session_id, withdraw(conn, session_id, &lease_id, now_ms)?));
+        }
+    }
+    Ok(withdrawn)
+}
+
 /// Leases sent in answer to the poll `poll_id` that the robot has not
 /// listed since: what it gets again when it retries a poll whose answer it
 /// lost.

@@ -16,7 +16,8 @@ use super::super::body::JsonBody;
 use super::super::error::ApiError;
 use super::super::query::NoQuery;
 use super::{own_robot, robot_name};
-use crate::db::{leases, now_ms, robots};
+use crate::db::leases::Withdrawn;
+use crate::db::{Conn, leases, now_ms, robots};
 use crate::dispatch::{Poll, Wake, Want};
 
 /// Held leases one poll may list, at most.
@@ -43,7 +44,8 @@ pub async fn poll(
                 // on several connections, or hubs, at once): a poll sent
                 // again with the same id must find the lease that the
                 // first sending of it was granted.
-                conn.transaction(|conn| {
+                let mut withdrawn = Vec::new();
+                let answer = conn.transaction(|conn| {
                     let previous = robots::lock_for_poll(conn, robot_id)?;
                     let now = now_ms();
                     let poll_token = hub.dispatch.poll_token();
@@ -59,6 +61,8 @@ pub async fn poll(
                     )?;
                     let lost =
                         leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
+                    withdrawn =
+                        leases::withdraw_unlisted(conn, robot_id, &req.poll_id, &req.held, now)?;
                     let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
                     let mut offered =
                         leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
@@ -90,7 +94,12 @@ pub async fn poll(
                         Poll::Closed => Ok(Ok(PollResponse::default())),
                         Poll::Wait { rx, seq } => Ok(Err((rx, seq))),
                     }
-                })
+                })?;
+                // After the commit: an offer inside the poll's transaction
+                // could reach another robot before the session is queued
+                // for anyone else to see.
+                offer_withdrawn(&hub, conn, robot_id, &withdrawn);
+                Ok(answer)
             })
             .await?
     };
@@ -136,6 +145,29 @@ pub async fn poll(
         Some(Wake::Replaced) | Some(Wake::Shutdown) | None => PollResponse::default(),
     };
     Ok(Json(with_timings(answer, &hub)))
+}
+
+/// Offers again the sessions whose leases this robot never received
+/// (`leases::withdraw_unlisted`). A failure here loses nothing: each
+/// session is queued, and the next poll that may take it finds it.
+fn offer_withdrawn(hub: &Hub, conn: &mut Conn<'_>, robot_id: i64, withdrawn: &[(i64, Withdrawn)]) {
+    for &(session_id, outcome) in withdrawn {
+        tracing::warn!(
+            robot_id,
+            session_queue_id = session_id,
+            ?outcome,
+            "a lease sent to an earlier poll never reached its robot; taken back"
+        );
+        let now = now_ms();
+        let offered = match outcome {
+            Withdrawn::Queued => hub.dispatch.offer(conn, session_id, now),
+            Withdrawn::Cancelled => hub.dispatch.offer_next_waiting(conn, session_id, now),
+            Withdrawn::Confirmed | Withdrawn::Gone => Ok(()),
+        };
+        if let Err(e) = offered {
+            tracing::warn!(session_queue_id = session_id, error = %e, "cannot offer a session taken back");
+        }
+    }
 }
 
 /// The hold of one poll: the configured hold, less up to a fifth at
