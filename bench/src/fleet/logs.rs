@@ -14,14 +14,28 @@ use crate::Opts;
 use crate::procs::{Bins, Stage, mib, now_nanos, status_kb};
 use crate::stats::{Dist, ms, ratio};
 
-/// The hidden `gen-lines N`: prints `i <unix nanos>` for i in 1..=N,
-/// flushing every 1000 lines so that the timestamps stay honest.
-pub fn gen_lines(n: u64) -> Result<()> {
+/// The hidden `gen-lines N [--per-second R]`: prints `i <unix nanos>` for
+/// i in 1..=N, flushing every 1000 lines (every hundredth of a second's
+/// worth at a rate) so that the timestamps stay honest.
+pub fn gen_lines(n: u64, per_second: Option<u64>) -> Result<()> {
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let flush_every = per_second.map_or(1000, |r| (r / 100).max(1));
+    let started = Instant::now();
     for i in 1..=n {
+        if let Some(rate) = per_second.filter(|r| *r > 0) {
+            // Line i is due at (i - 1) / rate seconds.
+            let due = started + Duration::from_secs_f64((i - 1) as f64 / rate as f64);
+            let now = Instant::now();
+            // Ahead by a millisecond or more: wait (lines go in bursts
+            // of a millisecond's worth, not a sleep per line).
+            if due > now + Duration::from_millis(1) {
+                w.flush().context("flush")?;
+                std::thread::sleep(due - now);
+            }
+        }
         writeln!(w, "{i} {}", now_nanos()).context("write a line")?;
-        if i % 1000 == 0 {
+        if i % flush_every == 0 {
             w.flush().context("flush")?;
         }
     }

@@ -32,6 +32,9 @@
 //!   of `all`).
 //! - `console`: `/ui/sessions` rendered with 10,000 sessions stored (not
 //!   part of `all`).
+//! - `console-log`: a session's console page in headless Chromium while
+//!   its step prints 10,000 lines a second (needs Chromium; not part of
+//!   `all`).
 //! - `all` (the default): every one of them but `soak`, `warm` and the
 //!   PostgreSQL ones.
 //!
@@ -41,6 +44,7 @@
 mod api;
 mod cancel;
 mod console;
+mod console_log;
 mod hubs_fleet;
 mod hubs_pickup;
 mod idle;
@@ -112,11 +116,21 @@ enum Command {
     /// The web console's sessions list with --console-sessions stored
     /// (not part of `all`).
     Console,
+    /// A session's console page in headless Chromium while its step
+    /// prints --console-log-rate lines a second (needs Chromium; not part
+    /// of `all`).
+    ConsoleLog,
     /// pickup, cancel, logs, idle and fleet (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
     #[command(hide = true)]
-    GenLines { n: u64 },
+    GenLines {
+        n: u64,
+        /// Spread the lines evenly at this rate instead of printing them
+        /// at once.
+        #[arg(long)]
+        per_second: Option<u64>,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -192,6 +206,12 @@ pub struct Opts {
     /// console: requests timed per page.
     #[arg(long, global = true, default_value_t = 200)]
     pub console_requests: usize,
+    /// console-log: lines the step prints.
+    #[arg(long, global = true, default_value_t = 100_000)]
+    pub console_log_lines: u64,
+    /// console-log: lines a second.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub console_log_rate: u64,
     /// console: requests per page before timing.
     #[arg(long, global = true, default_value_t = 10)]
     pub console_warmup: usize,
@@ -203,8 +223,8 @@ pub struct Opts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::All);
-    if let Command::GenLines { n } = command {
-        return match logs::gen_lines(n) {
+    if let Command::GenLines { n, per_second } = command {
+        return match logs::gen_lines(n, per_second) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gen-lines: {e:#}");
@@ -273,6 +293,7 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::FleetHubs => ("fleet-hubs", hubs_fleet::run(&bins, opts).await),
             Command::Orchestration => ("orchestration", orchestration::run(&bins, opts).await),
             Command::Console => ("console", console::run(&bins, opts).await),
+            Command::ConsoleLog => ("console-log", console_log::run(&bins, opts).await),
             Command::All | Command::Hubs | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");

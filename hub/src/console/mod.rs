@@ -40,6 +40,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/ui/sessions", get(sessions::list))
         .route("/ui/sessions/{id}", get(session::page))
         .route("/ui/sessions/{id}/log/stream", get(session::log_stream))
+        .route("/ui/sessions/{id}/log.txt", get(session::log_text))
         .route("/ui/sessions/{id}/cancel", post(session::cancel))
         .route("/ui/sessions/{id}/rerun", post(session::rerun))
         .route("/ui/sessions/{id}/artifacts/{name}", get(session::artifact))

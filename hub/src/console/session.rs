@@ -24,8 +24,12 @@ use crate::api::Hub;
 use crate::api::sessions::{cancel_session, explain_wait, rerun_session, session_not_found};
 use crate::db::{artifacts, logs, sessions, workflows};
 
-/// Log lines rendered with the page; the stream sends the rest.
+/// Log lines rendered with the page: the last ones (the stream sends
+/// what comes after them; `log.txt` has them all).
 const PAGE_LINES: i64 = 5_000;
+/// Log lines a page keeps while it streams; older ones leave the page
+/// (a browser stays quick with a step printing thousands a second).
+const LIVE_LINES: u32 = 10_000;
 /// Lines read from the database at a time by the stream.
 const STREAM_BATCH: i64 = 1_000;
 /// How often the stream looks for new lines while there are none.
@@ -55,7 +59,8 @@ pub async fn page(
                 return Ok(None);
             };
             explain_wait(conn, &mut session)?;
-            let lines = logs::after(conn, id, 0, PAGE_LINES)?
+            let from = (logs::high_seq(conn, id)? as i64 - PAGE_LINES).max(0);
+            let lines = logs::after(conn, id, from, PAGE_LINES)?
                 .map(|(lines, _)| lines)
                 .unwrap_or_default();
             let files = artifacts::list(conn, id)?;
@@ -75,8 +80,8 @@ pub async fn page(
         return Err(session_not_found(id).into());
     };
     let last_seq = lines.last().map(|l| l.seq).unwrap_or(0);
-    let more = lines.len() as i64 >= PAGE_LINES;
-    let live = !s.status.is_terminal() || more;
+    let first_seq = lines.first().map(|l| l.seq).unwrap_or(1);
+    let live = !s.status.is_terminal();
     let title = format!("Session {} · {}", s.id, s.workflow.name);
     let body = html! {
         h1 { "Session #" (s.id) " " span class="sub" { (s.workflow.name) } }
@@ -149,11 +154,18 @@ pub async fn page(
         }
         section aria-labelledby="log-h" {
             h2 id="log-h" { "Log" }
+            p {
+                a id="log-text" href={ "/ui/sessions/" (s.id) "/log.txt" } { "The whole log as text" }
+            }
             @if live {
                 p class="note" id="log-live" { "Streaming while the session runs." }
             }
+            p class="note" id="log-trimmed" hidden[first_seq == 1] {
+                "Lines before " (first_seq) " are not shown here."
+            }
             pre class="log" id="log" tabindex="0"
                 data-stream=[live.then(|| format!("/ui/sessions/{}/log/stream?after={last_seq}", s.id))]
+                data-keep=(LIVE_LINES)
                 data-status=(s.status.as_str()) {
                 @for line in &lines { (log_line(line)) }
             }
@@ -379,6 +391,76 @@ fn line_event(l: &LogLine) -> Event {
         .id(l.seq.to_string())
         .event("line")
         .data(data.to_string())
+}
+
+/// `GET /ui/sessions/{id}/log.txt`: every line of the log as plain text,
+/// read from the database a batch at a time as it is sent.
+pub async fn log_text(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    op.require(Scope::SessionQueueRead)?;
+    let id = parse_id(&id)?;
+    let read = move |hub: Arc<Hub>, after: i64| async move {
+        hub.db
+            .call(move |conn| logs::after(conn, id, after, STREAM_BATCH))
+            .await
+    };
+    let Some((first, _)) = read(hub.clone(), 0).await? else {
+        return Err(session_not_found(id).into());
+    };
+    let body = stream::unfold(Some((hub, first)), move |state| async move {
+        let (hub, lines) = state?;
+        if lines.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        for l in &lines {
+            text.push_str(&text_line(l));
+        }
+        let last = lines.last().map(|l| l.seq as i64).unwrap_or(0);
+        let next = match read(hub.clone(), last).await {
+            Ok(Some((more, _))) => Some((hub, more)),
+            Ok(None) => None,
+            Err(e) => {
+                // The status and headers are gone: the text says so.
+                tracing::warn!(session_queue_id = id, error = %e, "console log text");
+                text.push_str("\n[the hub cannot reach its database: the log stops here]\n");
+                None
+            }
+        };
+        Some((Ok::<_, Infallible>(text), next))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"session-{id}.log\""),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// One line of `log.txt`: its time to the millisecond, level, step and
+/// message.
+fn text_line(l: &LogLine) -> String {
+    let step = l
+        .step_id
+        .as_deref()
+        .map(|s| format!("[{s}] "))
+        .unwrap_or_default();
+    format!(
+        "{} {} {}{}\n",
+        l.ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        l.level.as_str(),
+        step,
+        l.message
+    )
 }
 
 pub async fn artifact(
