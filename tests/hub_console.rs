@@ -960,3 +960,143 @@ async fn pid_in(file: &Path) -> u32 {
     }
     panic!("no pid in {}", file.display());
 }
+
+const LOUD: &str = r##"version: 1
+name: loud
+params:
+  go: ""
+steps:
+  - id: ready
+    action: shell.run
+    with: {argv: [sh, -c, 'while [ ! -e "$1" ]; do sleep 0.05; done', sh, "${params.go}"]}
+  - id: print
+    action: shell.run
+    with: {argv: [sh, -c, "seq 1 30000 | sed s/^/n-/"]}
+  - id: linger
+    action: shell.run
+    with: {argv: [sleep, "5"]}
+"##;
+
+/// Watches what the console's own code adds to `#log`: the most lines the
+/// page held at once, the main thread's longest busy spell (a 10 ms
+/// timer's lateness), and a mark on `<body>` once `n-30000` is shown.
+const LOG_WATCH: &str = "var log = document.getElementById('log'); \
+var w = window.__watch = {most: log.childElementCount, stall: 0}; \
+var tick = performance.now(); \
+setInterval(function () { var now = performance.now(); w.stall = Math.max(w.stall, now - tick - 10); tick = now; }, 10); \
+new MutationObserver(function () { \
+  w.most = Math.max(w.most, log.childElementCount); \
+  var last = log.lastElementChild; \
+  if (last && /\\] n-30000\\n?$/.test(last.textContent)) { document.body.setAttribute('data-all-shown', '1'); } \
+}).observe(log, {childList: true}); return null";
+
+/// A step that prints 30,000 lines as fast as it can, watched live: every
+/// line reaches the page, which keeps only its last 10,000 and says so,
+/// and stays responsive; `log.txt` has them all, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_log_streams_into_a_page_that_keeps_its_last_lines() {
+    require_browser();
+    let f = Fleet::start();
+    let base = f.hub.url.clone();
+    let robot = Robot::new(f.scratch.dir.path(), "loud-bot");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let _agent = robot.start(&[]);
+    let shots = f.scratch.dir.path().join("console-screens");
+    let work = f.scratch.dir.path().join("driver");
+    std::fs::create_dir_all(&work).expect("the driver's folder");
+    let go = f.scratch.dir.path().join("go");
+    let loud = workflow(&f.api, LOUD, &[]).await;
+    let id = queue(&f.api, loud, json!({"go": go.display().to_string()})).await;
+
+    let r = drive(
+        &work,
+        &shots,
+        "loud",
+        &signed_in_at(
+            &base,
+            &f.key,
+            &format!("/ui/sessions/{id}"),
+            &format!(
+                r##"  - id: running
+    action: browser.wait_for
+    with: {{selector: "#session-status", text: "running", timeout: 60s}}
+  - id: watch
+    action: browser.execute_script
+    with: {{script: {watch}}}
+  - id: start
+    action: shell.run
+    with: {{argv: [touch, {go}]}}
+  - id: all_shown
+    action: browser.wait_for
+    with: {{selector: "body[data-all-shown]", state: present, timeout: 60s}}
+  - id: seen
+    action: browser.execute_script
+    with:
+      script: "var log = document.getElementById('log'); var note = document.getElementById('log-trimmed'); return [window.__watch.most, log.childElementCount, Number(log.firstElementChild.getAttribute('data-seq')), Number(log.lastElementChild.getAttribute('data-seq')), note.hidden, note.textContent, window.__watch.stall]"
+  - id: loud_shot
+    action: browser.screenshot
+    with: {{path: session-loud.png}}
+"##,
+                watch = serde_json::to_string(LOG_WATCH).expect("json"),
+                go = serde_json::to_string(&go.display().to_string()).expect("json"),
+            ),
+        ),
+        &f.key,
+    );
+    let seen = &out(&r, "seen")["result"];
+    let most = seen[0].as_u64().expect("most lines");
+    assert!(most <= 10_000, "the page held {most} lines at once: {seen}");
+    assert_eq!(seen[1], 10_000, "the last 10,000 lines stay: {seen}");
+    let (first, last) = (seen[2].as_u64().unwrap_or(0), seen[3].as_u64().unwrap_or(0));
+    assert!(
+        first > 20_000 && last - first + 1 == 10_000,
+        "the page keeps the last lines it got, with no gap: {seen}"
+    );
+    assert_eq!(seen[4], false, "the page says lines were left out: {seen}");
+    assert_eq!(seen[5], format!("Lines before {first} are not shown here."));
+    // A generous bound, the behaviour itself: a page that freezes for
+    // seconds under a fast log is the defect this guards against.
+    let stall = seen[6].as_f64().expect("stall");
+    assert!(
+        stall < 3_000.0,
+        "the page's main thread was busy {stall} ms at once"
+    );
+
+    finished(&f.api, id, LIMIT).await;
+    let mut c = Browserless::new(&f.hub);
+    c.sign_in(&f.key, "/ui/sessions").await;
+    let text = c.get(&format!("/ui/sessions/{id}/log.txt")).await;
+    assert_eq!(text.status, 200, "{}", text.body);
+    assert_eq!(
+        text.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/plain; charset=utf-8")
+    );
+    let printed: Vec<&str> = text
+        .body
+        .lines()
+        .filter_map(|l| l.split_once("[print] ").map(|(_, m)| m))
+        .collect();
+    let expected: Vec<String> = (1..=30_000).map(|i| format!("n-{i}")).collect();
+    assert!(
+        printed == expected,
+        "log.txt holds {} of the step's lines (first {:?}, last {:?})",
+        printed.len(),
+        printed.first(),
+        printed.last()
+    );
+    // The finished session's page shows the last 5,000 lines, no stream.
+    let page = c.get(&format!("/ui/sessions/{id}")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body.matches("data-seq=").count(), 5_000);
+    assert!(page.body.contains("] n-30000\n"), "the last line is shown");
+    assert!(!page.body.contains("data-stream="), "no stream once ended");
+    assert!(
+        page.body.contains("Lines before "),
+        "it says lines are left out"
+    );
+    assert!(page.body.contains(&format!("/ui/sessions/{id}/log.txt")));
+    let gone = c.get("/ui/sessions/999999/log.txt").await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+}

@@ -96,7 +96,10 @@ struct Line {
 
 pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let (n, rate) = (opts.console_log_lines, opts.console_log_rate);
-    ensure!(n >= 100 && rate > 0, "--console-log-lines ≥ 100, --console-log-rate > 0");
+    ensure!(
+        n >= 100 && rate > 0,
+        "--console-log-lines ≥ 100, --console-log-rate > 0"
+    );
     let stage = Stage::new(bins, "console-log", opts.keep)?;
     let agent = stage.agent("console-log-1", 1).await?;
     let go = stage.dir.join(GO_FILE);
@@ -138,8 +141,8 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     for l in &seen.latency_ms {
         page.push_ms(*l);
     }
-    let shown_rate = (seen.shown.saturating_sub(1)) as f64
-        / ((seen.last_at - seen.first_at) / 1e3).max(1e-3);
+    let shown_rate =
+        (seen.shown.saturating_sub(1)) as f64 / ((seen.last_at - seen.first_at) / 1e3).max(1e-3);
     let mut out = String::new();
     writeln!(out, "## console-log\n")?;
     writeln!(
@@ -291,7 +294,10 @@ async fn drive(bins: &Bins, dir: &Path, yaml: &str, secret: &str) -> Result<Valu
         bail!(
             "the console driver failed ({}): {}\n{}",
             out.status,
-            tail(&serde_json::to_string_pretty(&report).unwrap_or_default(), 40),
+            tail(
+                &serde_json::to_string_pretty(&report).unwrap_or_default(),
+                40
+            ),
             tail(&String::from_utf8_lossy(&out.stderr), 20)
         );
     }

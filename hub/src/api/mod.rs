@@ -98,6 +98,11 @@ pub struct Hub {
     /// then (the browser reconnects, to this hub or another) rather than
     /// hold the shutdown to its grace period.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The session whose log lines were stored here last: the console's
+    /// log stream of that session looks for them at once rather than at
+    /// its next poll (lines stored through another hub are found by that
+    /// poll).
+    pub logs_stored: tokio::sync::watch::Sender<Option<i64>>,
 }
 
 /// How long a poll is held and a lease lives (docs/protocol.md).
@@ -169,6 +174,7 @@ impl Hub {
             tls: false,
             console: true,
             closing: tokio::sync::watch::Sender::new(false),
+            logs_stored: tokio::sync::watch::Sender::new(None),
         }
     }
 

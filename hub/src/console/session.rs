@@ -32,7 +32,7 @@ const PAGE_LINES: i64 = 5_000;
 const LIVE_LINES: u32 = 10_000;
 /// Lines read from the database at a time by the stream.
 const STREAM_BATCH: i64 = 1_000;
-/// How often the stream looks for new lines while there are none.
+/// How often the stream looks for new lines while none are stored here.
 const STREAM_POLL: Duration = Duration::from_millis(250);
 /// Shown inline; anything else is a download. Not SVG: it can carry script.
 const INLINE_IMAGES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
@@ -281,9 +281,9 @@ pub struct StreamQuery {
 /// `Last-Event-ID` a reconnecting browser sends), each an event with
 /// `id: <seq>`, then the lines as they arrive, until the session has
 /// ended and every line is sent. A `status` event tells each change of
-/// status; `end` closes the stream. It looks for new lines every 250 ms
-/// (log lines reach the hub in batches a robot sends; there is no
-/// notification of them to wait on across hubs of one database).
+/// status; `end` closes the stream. It looks for new lines as soon as a
+/// robot's batch is stored on this hub, and every 250 ms (a batch sent
+/// through another hub of the database, a change of status).
 pub async fn log_stream(
     State(hub): State<Arc<Hub>>,
     op: Operator,
@@ -300,6 +300,7 @@ pub async fn log_stream(
     let after = resume.or(q.ok().and_then(|Query(q)| q.after)).unwrap_or(0);
     let tail = Tail {
         closing: hub.closing.subscribe(),
+        logs_stored: hub.logs_stored.subscribe(),
         hub,
         id,
         seq: after,
@@ -313,6 +314,7 @@ pub async fn log_stream(
 struct Tail {
     hub: Arc<Hub>,
     closing: tokio::sync::watch::Receiver<bool>,
+    logs_stored: tokio::sync::watch::Receiver<Option<i64>>,
     id: i64,
     seq: u64,
     status: Option<SessionStatus>,
@@ -331,6 +333,8 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
             return Some((Ok(line_event(&line)), t));
         }
         let (id, after) = (t.id, t.seq as i64);
+        // Lines stored from here on wake the wait below.
+        t.logs_stored.borrow_and_update();
         let read = t
             .hub
             .db
@@ -370,9 +374,21 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
             t.done = true;
             return Some((Ok(Event::default().event("end").data(status.as_str())), t));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(STREAM_POLL) => {}
-            _ = t.closing.changed() => {}
+        let poll = tokio::time::sleep(STREAM_POLL);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = &mut poll => break,
+                // Another session's batch is no news here; when two come
+                // close together only the last is seen, and the poll finds
+                // the first.
+                stored = t.logs_stored.changed() => {
+                    if stored.is_err() || *t.logs_stored.borrow_and_update() == Some(t.id) {
+                        break;
+                    }
+                }
+                _ = t.closing.changed() => break,
+            }
         }
     }
 }
@@ -434,7 +450,10 @@ pub async fn log_text(
     });
     Ok((
         [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
             (
                 header::CONTENT_DISPOSITION,
                 format!("inline; filename=\"session-{id}.log\""),

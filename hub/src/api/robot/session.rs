@@ -180,6 +180,7 @@ pub async fn logs(
                 .append_logs(&hub2.session_usage, conn, id, &batch.lines)
         })
         .await??;
+    hub.logs_stored.send_replace(Some(id));
     Ok(Json(LogsStored { high_seq }))
 }
 
