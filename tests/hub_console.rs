@@ -521,6 +521,7 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
     )
     .await;
     let bearer = f.api.token.clone().expect("the fleet's token");
+    let robot_bearer = token(&f.key, "robot");
 
     // 1. Sign in, queue `slow` from its workflow page, and watch its log
     // stream in: lines arrive on the page without a reload while it runs.
@@ -597,6 +598,19 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
   - id: robots_shot
     action: browser.screenshot
     with: {{path: robots.png}}
+  - id: robots_mark
+    action: browser.execute_script
+    with: {{script: "window.robotsMarker = 'kept'; return null"}}
+  - id: register_elsewhere
+    action: browser.execute_script
+    with:
+      script: "fetch('/v1/robot/robots/late-bot', {{method: 'PUT', headers: {{'authorization': 'Bearer {robot_bearer}', 'content-type': 'application/json'}}, body: JSON.stringify({{instance_id: 'late-bot', version: 'test', max_concurrency: 1}})}}); return null"
+  - id: late_robot
+    action: browser.wait_for
+    with: {{selector: "#robots tbody", text: "late-bot", timeout: 20s}}
+  - id: robots_kept
+    action: browser.execute_script
+    with: {{script: "return window.robotsMarker || 'reloaded'"}}
   - id: workflows
     action: browser.goto
     with: {{url: "{base}/ui/workflows"}}
@@ -642,6 +656,11 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         out(&r, "list_kept")["result"],
         "kept",
         "the new session appeared in the list without a reload"
+    );
+    assert_eq!(
+        out(&r, "robots_kept")["result"],
+        "kept",
+        "a robot registered meanwhile appeared in the list without a reload"
     );
     let robot_row = out(&r, "robot_row")["text"].as_str().unwrap_or("");
     assert!(
@@ -1099,4 +1118,42 @@ async fn a_fast_log_streams_into_a_page_that_keeps_its_last_lines() {
     assert!(page.body.contains(&format!("/ui/sessions/{id}/log.txt")));
     let gone = c.get("/ui/sessions/999999/log.txt").await;
     assert_eq!(gone.status, 404, "{}", gone.body);
+}
+
+/// A hub whose database is gone answers the console with a page that says
+/// so (a 500 naming the database, nothing of the failure's details), not a
+/// blank or a crash; the sign-in page, which needs no database, still
+/// renders. On PostgreSQL whatever the run's backend: its database can be
+/// dropped under a running hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_lost_its_database_says_so_on_every_page() {
+    let scratch = Scratch::postgres();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &[]);
+    let mut c = Browserless::new(&hub);
+    c.sign_in(&key, "/ui/sessions").await;
+    assert_eq!(c.get("/ui/sessions").await.status, 200);
+
+    scratch.lose_database();
+    for path in [
+        "/ui/sessions",
+        "/ui/sessions/1",
+        "/ui/robots",
+        "/ui/workflows",
+    ] {
+        let page = c.get(path).await;
+        assert_eq!(page.status, 500, "{path}: {}", page.body);
+        assert!(
+            page.body.contains("Database unreachable")
+                && page.body.contains("the hub cannot reach its database"),
+            "{path}: {}",
+            page.body
+        );
+        assert!(
+            !page.body.contains("does not exist"),
+            "{path}: the failure's details"
+        );
+    }
+    let login = Browserless::new(&hub).get("/ui/login").await;
+    assert_eq!(login.status, 200, "{}", login.body);
 }

@@ -103,6 +103,19 @@ impl Scratch {
     pub fn is_postgres(&self) -> bool {
         self.postgres.is_some()
     }
+
+    /// Drops this scratch's PostgreSQL database under the hubs that use
+    /// it, ending their connections: a hub that has lost its database.
+    pub fn lose_database(&self) {
+        let db = self
+            .postgres
+            .as_ref()
+            .expect("lose_database needs a scratch on PostgreSQL (Scratch::postgres)");
+        psql(
+            &db.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name),
+        );
+    }
 }
 
 impl Drop for Scratch {

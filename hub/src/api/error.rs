@@ -72,10 +72,20 @@ impl ApiError {
     }
 }
 
+/// The code of an error that the database caused: a page of the console
+/// says so rather than "the hub failed".
+pub const DATABASE: &str = "database";
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
         tracing::error!(error = %e, "database");
-        ApiError::internal()
+        // What failed stays in the log: it can name the database's address.
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            DATABASE,
+            "the hub cannot reach its database, or the database failed this request; the hub's \
+             log says why",
+        )
     }
 }
 

@@ -102,9 +102,8 @@ impl PageError {
     }
 }
 
-impl From<DbError> for PageError {
-    fn from(e: DbError) -> PageError {
-        tracing::error!(error = %e, "database (console)");
+impl PageError {
+    fn database() -> PageError {
         PageError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Database unreachable",
@@ -114,8 +113,18 @@ impl From<DbError> for PageError {
     }
 }
 
+impl From<DbError> for PageError {
+    fn from(e: DbError) -> PageError {
+        tracing::error!(error = %e, "database (console)");
+        PageError::database()
+    }
+}
+
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> PageError {
+        if e.code == crate::api::error::DATABASE {
+            return PageError::database();
+        }
         let title = match e.status {
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::FORBIDDEN => "Not allowed",
@@ -125,9 +134,7 @@ impl From<ApiError> for PageError {
             _ => "Refused",
         };
         let message = if e.status.is_server_error() {
-            "the hub failed to handle this page (it may not reach its database); its log says \
-             why"
-            .to_string()
+            "the hub failed to handle this page; its log says why".to_string()
         } else {
             e.message
         };
@@ -272,8 +279,12 @@ mod tests {
         // An API error from a database failure says as much, and no more.
         let page = PageError::from(ApiError::from(DbError::Corrupt("a test".into())));
         assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(page.message.contains("may not reach its database"));
+        assert!(page.message.contains("cannot reach its database"));
         assert!(!page.message.contains("a test"));
+        // Any other failure of the hub does not blame the database.
+        let page = PageError::from(ApiError::internal());
+        assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!page.message.contains("database"), "{}", page.message);
     }
 
     #[test]

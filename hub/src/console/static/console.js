@@ -3,8 +3,10 @@
 (function () {
   "use strict";
 
-  // The sessions table: fetch this page again and swap the table.
-  function refreshTable(el) {
+  // A part of the page marked `data-refresh` (the sessions table, the
+  // robots table): fetch this page again every so often and swap that
+  // part, found by its id.
+  function refreshPart(el) {
     var every = parseInt(el.getAttribute("data-refresh"), 10) || 5000;
     setTimeout(function () {
       fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
@@ -14,14 +16,14 @@
         })
         .then(function (html) {
           var doc = new DOMParser().parseFromString(html, "text/html");
-          var fresh = doc.getElementById("sessions-table");
-          var current = document.getElementById("sessions-table");
+          var fresh = doc.getElementById(el.id);
+          var current = document.getElementById(el.id);
           if (fresh && current) {
             current.replaceWith(fresh);
-            refreshTable(fresh);
+            refreshPart(fresh);
           }
         })
-        .catch(function () { setTimeout(function () { refreshTable(el); }, 5000); });
+        .catch(function () { setTimeout(function () { refreshPart(el); }, 5000); });
     }, every);
   }
 
@@ -107,8 +109,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    var table = document.getElementById("sessions-table");
-    if (table) { refreshTable(table); }
+    var parts = document.querySelectorAll("[data-refresh][id]");
+    for (var i = 0; i < parts.length; i++) { refreshPart(parts[i]); }
     var log = document.getElementById("log");
     if (log && log.getAttribute("data-stream")) { streamLog(log); }
   });
