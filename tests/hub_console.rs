@@ -1157,3 +1157,55 @@ async fn a_hub_that_lost_its_database_says_so_on_every_page() {
     let login = Browserless::new(&hub).get("/ui/login").await;
     assert_eq!(login.status, 200, "{}", login.body);
 }
+
+/// A key without `session_queue.delete` sees the Cancel button with a note
+/// saying which scope it lacks; pressing it in the browser shows the
+/// refusal, and the session is not cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_the_scope_is_refused_in_the_browser() {
+    require_browser();
+    let scratch = Scratch::new();
+    let full = create_key(&scratch, ALL_SCOPES);
+    let reader = create_key(&scratch, "session_queue.read session_queue.write");
+    let hub = Hub::start_with(&scratch, &[]);
+    let api = Api::new(&hub, Some(token(&full, ALL_SCOPES)));
+    let wf = create_hello(&api).await;
+    // No robot: it stays queued.
+    let queued = queue(&api, wf, json!({"token": "t0k3n-value"})).await;
+    let work = scratch.dir.path().join("driver");
+    let shots = scratch.dir.path().join("console-screens");
+    std::fs::create_dir_all(&work).expect("the driver's folder");
+    let r = drive(
+        &work,
+        &shots,
+        "refused",
+        &signed_in_at(
+            &hub.url,
+            &reader,
+            &format!("/ui/sessions/{queued}"),
+            r##"  - id: note
+    action: browser.get_text
+    with: {selector: "section.actions"}
+  - id: cancel
+    action: browser.click
+    with: {selector: "#cancel"}
+  - id: refused
+    action: browser.wait_for
+    with: {selector: "#problem", text: "session_queue.delete"}
+  - id: heading
+    action: browser.get_text
+    with: {selector: "h1"}
+  - id: refused_shot
+    action: browser.screenshot
+    with: {path: refused.png}
+"##,
+        ),
+        &reader,
+    );
+    let note = out(&r, "note")["text"].as_str().unwrap_or("");
+    assert!(note.contains("your key lacks session_queue.delete"), "{note}");
+    assert_eq!(out(&r, "heading")["text"], "Not allowed");
+    let now = api.get(&format!("/v1/session_queues/{queued}")).await;
+    assert_eq!(now.body["status"], "queued", "{}", now.body);
+    assert!(now.body["cancel_requested_at"].is_null(), "{}", now.body);
+}
