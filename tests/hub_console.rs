@@ -1203,7 +1203,10 @@ async fn a_key_without_the_scope_is_refused_in_the_browser() {
         &reader,
     );
     let note = out(&r, "note")["text"].as_str().unwrap_or("");
-    assert!(note.contains("your key lacks session_queue.delete"), "{note}");
+    assert!(
+        note.contains("your key lacks session_queue.delete"),
+        "{note}"
+    );
     assert_eq!(out(&r, "heading")["text"], "Not allowed");
     let now = api.get(&format!("/v1/session_queues/{queued}")).await;
     assert_eq!(now.body["status"], "queued", "{}", now.body);
