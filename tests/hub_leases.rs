@@ -142,21 +142,45 @@ async fn poll_as(
     held: &[&Lease],
     draining: bool,
 ) -> Value {
+    poll_with(api, name, (poll_id, None), free_slots, held, draining).await
+}
+
+/// A poll numbered `seq` (`poll_seq`), as agents that number them send.
+async fn poll_numbered(
+    api: &Api,
+    name: &str,
+    poll_id: &str,
+    seq: u64,
+    free_slots: u32,
+    held: &[&Lease],
+) -> Value {
+    poll_with(api, name, (poll_id, Some(seq)), free_slots, held, false).await
+}
+
+async fn poll_with(
+    api: &Api,
+    name: &str,
+    (poll_id, poll_seq): (&str, Option<u64>),
+    free_slots: u32,
+    held: &[&Lease],
+    draining: bool,
+) -> Value {
     let held: Vec<Value> = held
         .iter()
         .map(|(id, lease)| json!({"session_id": id, "lease_id": lease}))
         .collect();
+    let mut body = json!({
+        "instance_id": name,
+        "poll_id": poll_id,
+        "free_slots": free_slots,
+        "draining": draining,
+        "held": held,
+    });
+    if let Some(seq) = poll_seq {
+        body["poll_seq"] = json!(seq);
+    }
     let r = api
-        .post(
-            &format!("/v1/robot/robots/{name}/poll"),
-            &json!({
-                "instance_id": name,
-                "poll_id": poll_id,
-                "free_slots": free_slots,
-                "draining": draining,
-                "held": held,
-            }),
-        )
+        .post(&format!("/v1/robot/robots/{name}/poll"), &body)
         .await;
     assert_eq!(r.status.as_u16(), 200, "poll of {name}: {}", r.body);
     r.body
@@ -336,22 +360,23 @@ async fn a_lease_handed_back_before_any_poll_lists_it_goes_to_the_next_robot() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 }
 
-/// A robot lists every lease it received in the poll it sends next. A
-/// lease sent to an earlier poll and not listed never reached it (the
-/// answer went to a sending of a poll the robot had given up, which on
-/// PostgreSQL can reach the hub after the sending the robot reads): the
-/// next poll takes it back and the session runs, rather than sitting
-/// `running` until its lease expires and ending `robot_lost`.
+/// A robot that numbers its polls (`poll_seq`) lists in each the leases it
+/// received in answer to lower-numbered ones. A lease sent to a lower
+/// number and not listed never reached it (the answer went to a sending of
+/// a poll the robot had given up, which on PostgreSQL can reach the hub
+/// after the sending the robot reads): the poll takes it back and the
+/// session runs, rather than sitting `running` until its lease expires
+/// and ending `robot_lost`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_the_next_poll_does_not_list_goes_back_to_the_queue() {
     let s = setup();
     let id = s.queued_session().await;
     s.register("r1").await;
-    let unread = only_lease(&s.poll("r1", "p1", 1, &[]).await);
+    let unread = only_lease(&poll_numbered(&s.robot_api, "r1", "p1", 1, 1, &[]).await);
     assert_eq!(unread.0, id);
 
     // The robot never read that answer, and has moved on to a new poll.
-    let again = only_lease(&s.poll("r1", "p2", 1, &[]).await);
+    let again = only_lease(&poll_numbered(&s.robot_api, "r1", "p2", 2, 1, &[]).await);
     assert_eq!(again.0, id, "the session comes back to the robot");
     assert_ne!(again.1, unread.1, "under a new lease");
     let r = s.log_line(&unread).await;
@@ -360,7 +385,7 @@ async fn a_lease_the_next_poll_does_not_list_goes_back_to_the_queue() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 
     // A lease the poll does list stays the robot's.
-    assert_empty(&s.poll("r1", "p3", 0, &[&again]).await);
+    assert_empty(&poll_numbered(&s.robot_api, "r1", "p3", 3, 0, &[&again]).await);
     let now = s.session(id).await;
     assert_eq!(now["status"], "running", "{now}");
     assert_eq!(now["robot"]["name"], "r1", "{now}");
@@ -376,7 +401,7 @@ async fn a_lease_taken_back_by_a_poll_goes_to_a_waiting_robot() {
     let id = s.queued_session().await;
     s.register("a").await;
     s.register("b").await;
-    let unread = only_lease(&s.poll("a", "a1", 1, &[]).await);
+    let unread = only_lease(&poll_numbered(&s.robot_api, "a", "a1", 1, 1, &[]).await);
     assert_eq!(unread.0, id);
     let b = {
         let api = Api::new(&s.hub, Some(token(&s.key, "robot")));
@@ -387,7 +412,7 @@ async fn a_lease_taken_back_by_a_poll_goes_to_a_waiting_robot() {
 
     // Robot a polls again, full (another session took its slot), holding
     // nothing: the unread lease is taken back and offered to robot b.
-    let a_again = poll_as(&s.robot_api, "a", "a2", 0, &[], true).await;
+    let a_again = poll_numbered(&s.robot_api, "a", "a2", 2, 0, &[]).await;
     assert_empty(&a_again);
     let b_got = tokio::time::timeout(Duration::from_secs(10), b)
         .await
@@ -398,6 +423,56 @@ async fn a_lease_taken_back_by_a_poll_goes_to_a_waiting_robot() {
     let now = s.session(id).await;
     assert_eq!(now["status"], "running", "{now}");
     assert_eq!(now["robot"]["name"], "b", "{now}");
+}
+
+/// A sending of an older poll that reaches the hub late (the robot gave it
+/// up long ago) takes back nothing sent to a newer poll: the robot may be
+/// running it. A poll without a number (an agent older than `poll_seq`)
+/// takes back nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_sending_of_an_older_poll_takes_back_nothing_newer() {
+    let s = setup();
+    let id = s.queued_session().await;
+    s.register("r1").await;
+    let received = only_lease(&poll_numbered(&s.robot_api, "r1", "p5", 5, 1, &[]).await);
+    assert_eq!(received.0, id);
+
+    // Poll 4, given up before poll 5 was sent, arrives now, listing
+    // nothing; then an unnumbered poll listing nothing.
+    assert_empty(&poll_numbered(&s.robot_api, "r1", "p4", 4, 0, &[]).await);
+    assert_empty(&s.poll("r1", "p-old", 0, &[]).await);
+    let r = s.log_line(&received).await;
+    assert_eq!(
+        r.status.as_u16(),
+        200,
+        "the lease is still the session's: {}",
+        r.body
+    );
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "r1", "{now}");
+
+    // A number the hub cannot store is refused, naming the field.
+    let r = s
+        .robot_api
+        .post(
+            "/v1/robot/robots/r1/poll",
+            &json!({"instance_id": "r1", "poll_id": "p-big", "free_slots": 0,
+                    "poll_seq": u64::MAX}),
+        )
+        .await;
+    assert_refused(&r, 422, "invalid_field");
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"], "poll_seq",
+        "{}",
+        r.body
+    );
+
+    // Poll 6 lists it: confirmed, and never taken back after.
+    assert_empty(&poll_numbered(&s.robot_api, "r1", "p6", 6, 0, &[&received]).await);
+    assert_empty(&poll_numbered(&s.robot_api, "r1", "p7", 7, 0, &[]).await);
+    let r = s.log_line(&received).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,8 @@ pub struct Want {
     pub key_id: String,
     pub instance_id: String,
     pub poll_id: String,
+    /// The poll's number, when the robot sends one (`PollRequest::poll_seq`).
+    pub poll_seq: Option<i64>,
     /// This poll's token (`Dispatcher::poll_token`), the robot's latest
     /// in the database while no newer poll of it has begun, on any hub.
     pub poll_token: String,
@@ -179,6 +181,7 @@ fn poller(want: &Want) -> leases::Poller<'_> {
         key_id: &want.key_id,
         instance_id: &want.instance_id,
         poll_id: &want.poll_id,
+        poll_seq: want.poll_seq,
     }
 }
 

@@ -245,6 +245,10 @@ pub struct RobotRegistered {
     /// `robot`. Empty from a hub older than this field.
     #[serde(default)]
     pub key_scopes: Vec<String>,
+    /// The hub reads `PollRequest::poll_seq`; false from a hub older than
+    /// it, which refuses the field.
+    #[serde(default)]
+    pub poll_seq: bool,
 }
 
 /// `GET /v1/robot/robots/{name}?instance_id=…`: the robot is registered
@@ -300,6 +304,15 @@ pub struct PollRequest {
     pub held: Vec<HeldLease>,
     #[serde(default)]
     pub metrics: Option<HostMetrics>,
+    /// Orders this robot's poll ids: each new poll id has a higher number
+    /// than the one before, and a poll sent again keeps its number. A poll
+    /// with a number lists in `held` every lease the robot received in
+    /// answer to a lower-numbered one and still runs, so the hub takes back
+    /// an unconfirmed lease of a lower-numbered poll that it does not list:
+    /// the robot never received it. Sent only to a hub whose registration
+    /// answer says `poll_seq: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_seq: Option<u64>,
 }
 
 /// A session handed to a robot: `running` on it from the moment the hub

@@ -128,10 +128,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
         tracing::error!("{displaced}");
         return Err(displaced.into());
     }
-    let mut lease_ttl = match registered {
+    let (mut lease_ttl, mut numbered) = match registered {
         Ok(r) => {
             tracing::info!(robot = %r.name, robot_id = r.robot_id, hub = %crate::settings::masked_url(client.base_url()), "registered; waiting for sessions");
-            Duration::from_secs(r.lease_ttl_seconds)
+            (Duration::from_secs(r.lease_ttl_seconds), r.poll_seq)
         }
         Err(e) => anyhow::bail!("cannot register with the hub: {e}"),
     };
@@ -164,6 +164,9 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
     let mut sampler = Sampler::new(&env.work_dir);
     let mut sessions = JoinSet::new();
     let mut poll_id = new_id();
+    // Numbers this run's poll ids in order (`PollRequest::poll_seq`), from
+    // the clock at its start so that they also follow an earlier run's.
+    let mut poll_seq = first_poll_seq();
     // The poll with this id was given up before its answer came (see
     // `state.changed` below): the hub may have leased it a session.
     let mut abandoned = false;
@@ -216,6 +219,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             draining,
             held,
             metrics,
+            poll_seq: numbered.then_some(poll_seq),
         };
         let holding = !req.held.is_empty();
         let renewal_due = async {
@@ -241,6 +245,7 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                 env.metrics.poll_answered();
                 lease_ttl = Duration::from_secs(resp.lease_ttl_seconds);
                 poll_id = new_id();
+                poll_seq += 1;
                 delays = backoff();
                 let repeats_only = !resp.cancel.is_empty() || !resp.lost.is_empty();
                 let news = handle(&env, &state, &opts, &stop, &mut sessions, resp);
@@ -265,7 +270,10 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
                     CallError::Rejected { ref code, .. } if code == "robot_not_registered" => {
                         // The hub lost the robot (a new database): register again.
                         match client.register(&opts.register, &stop).await {
-                            Ok(_) => (e, true),
+                            Ok(r) => {
+                                numbered = r.poll_seq;
+                                (e, true)
+                            }
                             Err(again) => (again, false),
                         }
                     }
@@ -680,6 +688,13 @@ async fn watch_signals(state: Arc<State>) {
             }
         }
     }
+}
+
+/// The first poll number of this run: microseconds since the epoch, so a
+/// restarted agent's polls number above its last run's (a clock set back
+/// meanwhile only makes the hub take back less: never a lease it holds).
+fn first_poll_seq() -> u64 {
+    u64::try_from(jiff::Timestamp::now().as_microsecond()).unwrap_or(1)
 }
 
 /// 128 random bits as hex: poll ids and instance ids.

@@ -225,6 +225,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
             draining: false,
             held: Vec::new(),
             metrics: None,
+            poll_seq: None,
         };
         if first {
             shared.polling.fetch_add(1, Ordering::Relaxed);

@@ -211,6 +211,8 @@ pub struct Poller<'a> {
     pub key_id: &'a str,
     pub instance_id: &'a str,
     pub poll_id: &'a str,
+    /// The poll's number (`PollRequest::poll_seq`), when the robot sends one.
+    pub poll_seq: Option<i64>,
 }
 
 /// Leases a queued session to a robot, in answer to its poll: the session
@@ -252,7 +254,7 @@ pub fn grant(
         concat!(
             "UPDATE session_queues
          SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
-             robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
+             lease_poll_seq = ?9, robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
          WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL
            AND EXISTS (SELECT 1 FROM robots
                        WHERE id = ?2 AND key_id = ?7 AND instance_id = ?8)
@@ -269,7 +271,8 @@ pub fn grant(
             now_ms,
             now_ms + ttl_ms,
             poller.key_id,
-            poller.instance_id
+            poller.instance_id,
+            poller.poll_seq
         ],
     )?;
     if changed == 0 {
@@ -327,7 +330,7 @@ pub fn withdraw(
                  started_at = NULL,
                  ended_at = CASE WHEN cancel_requested_at IS NULL THEN NULL
                             ELSE CAST(?3 AS BIGINT) END,
-                 lease_id = NULL, lease_poll_id = NULL, robot_id = NULL,
+                 lease_id = NULL, lease_poll_id = NULL, lease_poll_seq = NULL, robot_id = NULL,
                  lease_expires_at = NULL
              WHERE id = ?1 AND lease_id = ?2 AND lease_confirmed = 0 AND status = 'running'
              RETURNING status",
@@ -353,27 +356,29 @@ pub fn withdraw(
     })
 }
 
-/// Takes back the leases of `robot_id` that were sent in answer to an
-/// earlier poll than `poll_id` and that this poll does not list in `held`.
-/// A robot lists every lease it received in the poll it sends next, so
-/// these never reached it: the answer carrying them went to a sending of
-/// an old poll that the robot had given up (on PostgreSQL such a sending
-/// can reach the robot's row after the newer one and be granted work).
-/// Left alone they would sit `running` until the lease expired and end
-/// `robot_lost`. Returns each session with what became of it.
+/// Takes back the leases of `robot_id` that were sent in answer to a poll
+/// numbered lower than `poll_seq` and that this poll does not list in
+/// `held`. A robot lists in every poll the leases it received in answer to
+/// the polls before it and still runs (`PollRequest::poll_seq`), so these
+/// never reached it: the answer carrying them went to a sending of a poll
+/// that the robot had given up (on PostgreSQL such a sending can reach the
+/// robot's row after the newer one and be granted work). Left alone they
+/// would sit `running` until the lease expired and end `robot_lost`. This
+/// holds however late the poll arrives: a lease granted to a higher
+/// number is never touched. Returns each session with what became of it.
 pub fn withdraw_unlisted(
     conn: &mut Conn<'_>,
     robot_id: i64,
-    poll_id: &str,
+    poll_seq: i64,
     held: &[HeldLease],
     now_ms: i64,
 ) -> Result<Vec<(i64, Withdrawn)>, DbError> {
     let unconfirmed: Vec<(i64, String)> = conn.rows(
         "SELECT id, lease_id FROM session_queues
          WHERE robot_id = ?1 AND status = 'running' AND lease_confirmed = 0
-           AND lease_poll_id <> ?2
+           AND lease_poll_seq < ?2
          ORDER BY id",
-        params![robot_id, poll_id],
+        params![robot_id, poll_seq],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut withdrawn = Vec::new();

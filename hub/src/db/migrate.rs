@@ -364,6 +364,13 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     ALTER TABLE workflows ADD COLUMN credentials TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 15: the number of the poll a lease was sent to (`poll_seq` in the
+    // robot protocol; NULL from robots that send none): a later poll that
+    // does not list an unconfirmed lease of a lower number takes it back
+    // (leases::withdraw_unlisted).
+    r#"
+    ALTER TABLE session_queues ADD COLUMN lease_poll_seq INTEGER;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -645,6 +652,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         updated_by    TEXT NOT NULL
     );
     ALTER TABLE workflows ADD COLUMN credentials TEXT NOT NULL DEFAULT '[]';
+    "#,
+    ),
+    (
+        15,
+        r#"
+    ALTER TABLE session_queues ADD COLUMN lease_poll_seq BIGINT;
     "#,
     ),
 ];

@@ -35,6 +35,7 @@ pub async fn poll(
     let robot = own_robot(&hub, &caller, &name, &req.instance_id).await?;
     let robot_id = robot.id;
     let held = req.held.clone();
+    let poll_seq = req.poll_seq.map(|s| s as i64);
     let answer_now = {
         let hub = hub.clone();
         hub.db
@@ -61,8 +62,9 @@ pub async fn poll(
                     )?;
                     let lost =
                         leases::renew(conn, robot_id, &req.held, now, hub.timings.lease_ttl_ms())?;
-                    withdrawn =
-                        leases::withdraw_unlisted(conn, robot_id, &req.poll_id, &req.held, now)?;
+                    if let Some(seq) = poll_seq {
+                        withdrawn = leases::withdraw_unlisted(conn, robot_id, seq, &req.held, now)?;
+                    }
                     let cancel = leases::cancels_for(conn, robot_id, &req.held)?;
                     let mut offered =
                         leases::offered_by_poll(conn, robot_id, &req.poll_id, &hub.master)?;
@@ -81,6 +83,7 @@ pub async fn poll(
                         key_id: robot.key_id,
                         instance_id: robot.instance_id,
                         poll_id: req.poll_id,
+                        poll_seq,
                         poll_token,
                         free_slots: req.free_slots,
                         max_concurrency: robot.max_concurrency,
@@ -210,6 +213,12 @@ fn check(req: &PollRequest) -> Result<(), ApiError> {
     };
     id("instance_id", &req.instance_id)?;
     id("poll_id", &req.poll_id)?;
+    if req.poll_seq.is_some_and(|s| s > i64::MAX as u64) {
+        return Err(ApiError::invalid_field(
+            "poll_seq",
+            format!("at most {}", i64::MAX),
+        ));
+    }
     if req.free_slots > 1024 {
         return Err(ApiError::invalid_field(
             "free_slots",

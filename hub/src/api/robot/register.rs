@@ -46,6 +46,7 @@ pub async fn register(
                 hold_seconds: hub.timings.hold_seconds,
                 lease_ttl_seconds: hub.timings.lease_ttl_seconds,
                 key_scopes: caller.key_scopes.iter().map(|s| s.to_string()).collect(),
+                poll_seq: true,
             }))
         }
         Registered::OtherKey { moved_from_caller } => {
