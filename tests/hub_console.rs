@@ -787,8 +787,9 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         "{}",
         out(&r, "error")
     );
-    // The same at a phone's width.
-    drive(
+    // The same at a phone's width: nothing wider than the screen but the
+    // tables, which scroll inside their own box.
+    let phone = drive(
         &work,
         &shots,
         "phone",
@@ -806,11 +807,19 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
   - id: list_phone_shot
     action: browser.screenshot
     with: {{path: sessions-phone.png}}
+  - id: list_width
+    action: browser.execute_script
+    with: {{script: "return [document.documentElement.scrollWidth, window.innerWidth]"}}
 "##
             ),
         )
         .replace("[1280, 800]", "[390, 844]"),
         &f.key,
+    );
+    let width = &out(&phone, "list_width")["result"];
+    assert!(
+        width[0].as_u64() <= width[1].as_u64(),
+        "the sessions page is wider than a phone's screen: {width}"
     );
     let mut c = Browserless::new(&f.hub);
     c.sign_in(&f.key, "/ui").await;
@@ -1202,6 +1211,38 @@ async fn a_key_without_the_scope_is_refused_in_the_browser() {
         ),
         &reader,
     );
+    // Signing in with the keyboard alone: Tab from field to field, Enter
+    // to send.
+    let keys = format!(
+        r##"version: 1
+name: keyboard
+params:
+  key_secret: {{secret: true}}
+steps:
+  - id: open
+    action: browser.open
+    with: {{window_size: [1280, 800]}}
+  - id: go
+    action: browser.goto
+    with: {{url: "{base}/ui/login"}}
+  - id: id
+    action: browser.press_keys
+    with: {{selector: "#access_key_id", keys: ["{key_id}", Tab]}}
+  - id: secret
+    action: browser.press_keys
+    with: {{keys: ["${{params.key_secret}}", Enter]}}
+  - id: in
+    action: browser.wait_for_url
+    with: {{contains: "/ui/sessions"}}
+  - id: listed
+    action: browser.wait_for
+    with: {{selector: "#sessions-table tbody", text: "#{queued}"}}
+"##,
+        base = hub.url,
+        key_id = reader.id
+    );
+    drive(&work, &shots, "keyboard", &keys, &reader);
+
     let note = out(&r, "note")["text"].as_str().unwrap_or("");
     assert!(
         note.contains("your key lacks session_queue.delete"),
