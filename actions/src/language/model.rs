@@ -30,6 +30,12 @@ pub struct Workflow {
     pub timeout: Option<Duration>,
     pub steps: Vec<Step>,
     pub on_error: Vec<Step>,
+    /// `finally:`: steps that run once the steps (and `on_error`) are over,
+    /// whatever their end: success, failure, timeout or cancel.
+    pub finally: Vec<Step>,
+    /// `finally_timeout:`: how long each `finally` block (the workflow's,
+    /// and each `try`'s) may run; a cancel does not stop one, this does.
+    pub finally_timeout: Duration,
     /// The workflow's own browser settings, over the robot's.
     pub browser: WorkflowBrowser,
     /// What validation found unwise but not wrong (a secret in `argv`):
@@ -77,6 +83,9 @@ pub struct Step {
     pub steps: Vec<Step>,
     /// The handler of `try`.
     pub catch: Vec<Step>,
+    /// The cleanup of `try`: runs after its steps and `catch`, whatever
+    /// their end.
+    pub finally: Vec<Step>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,6 +127,8 @@ pub const RESERVED_ROOTS: &[&str] = &[
 ];
 
 pub const MAX_STEPS: usize = 10_000;
+/// `finally_timeout` unless the workflow sets it.
+pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_ID_LEN: usize = 64;
 
 const WORKFLOW_FIELDS: &[&str] = &[
@@ -130,6 +141,8 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "timeout",
     "steps",
     "on_error",
+    "finally",
+    "finally_timeout",
     "browser",
     "outputs",
     "credentials",
@@ -147,6 +160,7 @@ const STEP_FIELDS: &[&str] = &[
     "save_as",
     "steps",
     "catch",
+    "finally",
 ];
 const PARAM_FIELDS: &[&str] = &["default", "secret", "description"];
 const RETRY_FIELDS: &[&str] = &["times", "delay", "max_delay", "factor"];
@@ -365,6 +379,13 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         None | Some((Value::Null, _)) => Vec::new(),
         Some((v, path)) => lower_steps(v, &path, &mut problems, &mut count, 0),
     };
+    let finally = match fields.get("finally") {
+        None | Some((Value::Null, _)) => Vec::new(),
+        Some((v, path)) => lower_steps(v, &path, &mut problems, &mut count, 0),
+    };
+    let finally_timeout = fields
+        .duration("finally_timeout", &mut problems)
+        .unwrap_or(DEFAULT_FINALLY_TIMEOUT);
     if count > MAX_STEPS {
         problems.add(
             "steps",
@@ -411,6 +432,8 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         timeout,
         steps,
         on_error,
+        finally,
+        finally_timeout,
         browser,
         warnings: Problems::default(),
         outputs,
@@ -616,6 +639,10 @@ fn lower_step(
         .get("catch")
         .map(|(v, p)| lower_steps(v, &p, problems, count, depth + 1))
         .unwrap_or_default();
+    let finally = fields
+        .get("finally")
+        .map(|(v, p)| lower_steps(v, &p, problems, count, depth + 1))
+        .unwrap_or_default();
 
     // A step with a broken id or action is kept with an empty one, which
     // the validator skips, so that its other fields are still checked.
@@ -631,6 +658,7 @@ fn lower_step(
         save_as,
         steps,
         catch,
+        finally,
     })
 }
 
@@ -716,11 +744,13 @@ impl Workflow {
                 out.push(s);
                 walk(&s.steps, out);
                 walk(&s.catch, out);
+                walk(&s.finally, out);
             }
         }
         let mut out = Vec::new();
         walk(&self.steps, &mut out);
         walk(&self.on_error, &mut out);
+        walk(&self.finally, &mut out);
         out
     }
 

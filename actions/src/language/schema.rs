@@ -35,6 +35,12 @@ struct Workflow {
     steps: Vec<Step>,
     /// Steps that run when the workflow fails, with `${error}` bound.
     on_error: Option<Vec<Step>>,
+    /// Cleanup: steps that run after the steps and `on_error`, whatever
+    /// their end (success, failure, timeout, cancel). A cancel does not
+    /// stop them; `finally_timeout` does.
+    finally: Option<Vec<Step>>,
+    /// How long each `finally` block may run (default 60s).
+    finally_timeout: Option<DurationArg>,
     /// Browser settings of this workflow, over the robot's.
     browser: Option<BrowserSection>,
     /// The session's results: output name → a value, with templates over
@@ -123,6 +129,9 @@ struct Step {
     steps: Option<Vec<Step>>,
     /// The handler of `try`, with `${error}` bound.
     catch: Option<Vec<Step>>,
+    /// The cleanup of `try`: runs after its steps and `catch`, whatever
+    /// their end, a cancel included (bounded by `finally_timeout`).
+    finally: Option<Vec<Step>>,
 }
 
 #[derive(JsonSchema)]

@@ -54,6 +54,10 @@ pub fn validate(
     }
     v.in_error = true;
     v.steps(&workflow.on_error);
+    // After the steps and on_error, whichever of them ran: `error` is not
+    // bound (a session that succeeded has none).
+    v.in_error = false;
+    v.steps(&workflow.finally);
     (v.problems, v.warnings)
 }
 
@@ -240,11 +244,13 @@ impl Validator<'_> {
                 );
             }
         }
-        if !step.catch.is_empty() && action != CONTROL_TRY {
-            self.problems.add(
-                join(&step.path, "catch"),
-                format!("only `try` steps have `catch`, not `{action}`"),
-            );
+        for (field, steps) in [("catch", &step.catch), ("finally", &step.finally)] {
+            if !steps.is_empty() && action != CONTROL_TRY {
+                self.problems.add(
+                    join(&step.path, field),
+                    format!("only `try` steps have `{field}`, not `{action}`"),
+                );
+            }
         }
 
         // Arguments are rendered before the step runs, in the outer scope.
@@ -277,6 +283,7 @@ impl Validator<'_> {
                 let was = std::mem::replace(&mut self.in_error, true);
                 self.steps(&step.catch);
                 self.in_error = was;
+                self.steps(&step.finally);
             }
             _ => {
                 if let (Some(schema), Some(action_impl)) =

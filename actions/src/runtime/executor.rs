@@ -83,16 +83,12 @@ impl Executor {
         });
 
         let session_token = cancel.child_token();
-        let timed_out = Arc::new(AtomicBool::new(false));
-        let timer = workflow.timeout.map(|limit| {
-            let token = session_token.clone();
-            let flag = timed_out.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(limit).await;
-                flag.store(true, Ordering::SeqCst);
-                token.cancel();
-            })
-        });
+        let timed_out = Arc::new(TimeLimit::new(
+            "the workflow's timeout ran out during this step".into(),
+        ));
+        let timer = workflow
+            .timeout
+            .map(|limit| timed_out.start(limit, session_token.clone()));
 
         let mut records = IndexMap::new();
         // Every step is readable from the start, as pending with a null
@@ -148,6 +144,7 @@ impl Executor {
             error_binding: None,
             cancel: session_token.clone(),
             timed_out: timed_out.clone(),
+            finally_timeout: workflow.finally_timeout,
         };
 
         let outcome = session.run_steps(&workflow.steps).await;
@@ -158,7 +155,7 @@ impl Executor {
         // A timeout is a failure, not a cancel: the step it interrupted is
         // recorded as such, and on_error runs.
         let outcome = match outcome {
-            Err(failure) if timed_out.load(Ordering::SeqCst) => {
+            Err(failure) if timed_out.hit() => {
                 let limit = workflow.timeout.map(format_duration).unwrap_or_default();
                 let info = ErrorInfo {
                     code: codes::TIMEOUT.into(),
@@ -235,6 +232,30 @@ impl Executor {
             }
         };
 
+        // Cleanup, whatever the end: the browser is still open for it. A
+        // failing `finally` fails a session that had succeeded; after a
+        // failure or a cancel it is logged, and the first failure stands.
+        let (status, error) = if workflow.finally.is_empty() {
+            (status, error)
+        } else {
+            shared.log(LogLevel::Info, None, "running the finally steps");
+            match session.run_finally(&workflow.finally).await {
+                Ok(()) => (status, error),
+                Err(f) if status == SessionStatus::Success => {
+                    outputs = None;
+                    (SessionStatus::Error, Some(f))
+                }
+                Err(f) => {
+                    shared.log(
+                        LogLevel::Error,
+                        f.step_id.as_deref(),
+                        &format!("a finally step failed too: {}", f.message),
+                    );
+                    (status, error)
+                }
+            }
+        };
+
         // Resources (the browser) end with the session, whatever its end.
         let resources = shared.resources.lock().await.drain();
         let graceful = status != SessionStatus::Cancelled;
@@ -295,8 +316,47 @@ struct Session<'e> {
     records: IndexMap<String, StepRecord>,
     error_binding: Option<Value>,
     cancel: CancellationToken,
-    /// Set when the workflow's timeout cancelled the session token.
-    timed_out: Arc<AtomicBool>,
+    /// Set when a time limit cancelled `cancel`: the workflow's timeout,
+    /// or a `finally` block's.
+    timed_out: Arc<TimeLimit>,
+    /// How long each `finally` block may run.
+    finally_timeout: Duration,
+}
+
+/// A time limit that cancels a token when it runs out, and remembers that
+/// it did: a step it interrupted failed with `timeout`, it was not
+/// cancelled by anyone.
+struct TimeLimit {
+    hit: AtomicBool,
+    /// What a step it interrupted says.
+    message: String,
+}
+
+impl TimeLimit {
+    fn new(message: String) -> TimeLimit {
+        TimeLimit {
+            hit: AtomicBool::new(false),
+            message,
+        }
+    }
+
+    fn hit(&self) -> bool {
+        self.hit.load(Ordering::SeqCst)
+    }
+
+    /// Cancels `token` after `limit`, unless the returned task is aborted.
+    fn start(
+        self: &Arc<Self>,
+        limit: Duration,
+        token: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            this.hit.store(true, Ordering::SeqCst);
+            token.cancel();
+        })
+    }
 }
 
 impl Scope for Session<'_> {
@@ -420,12 +480,8 @@ impl<'e> Session<'e> {
     ) -> Result<(), Failure> {
         // The workflow timeout cancels through the session token; the step
         // it interrupted failed, it was not cancelled by anyone.
-        let f = if f.code == codes::CANCELLED && self.timed_out.load(Ordering::SeqCst) {
-            failure(
-                codes::TIMEOUT,
-                "the workflow's timeout ran out during this step",
-                &step.id,
-            )
+        let f = if f.code == codes::CANCELLED && self.timed_out.hit() {
+            failure(codes::TIMEOUT, self.timed_out.message.clone(), &step.id)
         } else {
             f
         };
@@ -577,7 +633,48 @@ impl<'e> Session<'e> {
         result.map(|()| Value::Array(outputs))
     }
 
+    /// Runs a `finally` block: whatever became of the steps before it,
+    /// with a token of its own (the session's may already be cancelled, by
+    /// a cancel or the workflow's timeout) that only `finally_timeout`
+    /// cancels. The session's token and time limit are back after it.
+    fn run_finally<'a>(&'a mut self, steps: &'a [Step]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let token = CancellationToken::new();
+            let limit = Arc::new(TimeLimit::new(format!(
+                "the finally steps' limit of {} ran out during this step",
+                format_duration(self.finally_timeout)
+            )));
+            let timer = limit.start(self.finally_timeout, token.clone());
+            let outer_token = std::mem::replace(&mut self.cancel, token);
+            let outer_limit = std::mem::replace(&mut self.timed_out, limit);
+            let result = self.run_steps(steps).await;
+            timer.abort();
+            self.cancel = outer_token;
+            self.timed_out = outer_limit;
+            result
+        })
+    }
+
     async fn try_catch(&mut self, step: &Step) -> Result<Value, Failure> {
+        let outcome = self.try_body(step).await;
+        if step.finally.is_empty() {
+            return outcome;
+        }
+        match (outcome, self.run_finally(&step.finally).await) {
+            (outcome, Ok(())) => outcome,
+            (Ok(_), Err(f)) => Err(f),
+            (Err(f), Err(also)) => {
+                self.shared.log(
+                    LogLevel::Error,
+                    also.step_id.as_deref(),
+                    &format!("a finally step failed too: {}", also.message),
+                );
+                Err(f)
+            }
+        }
+    }
+
+    async fn try_body(&mut self, step: &Step) -> Result<Value, Failure> {
         match self.run_steps(&step.steps).await {
             Ok(()) => Ok(json!({"caught": false, "error": null})),
             Err(f) if f.code == codes::CANCELLED && self.cancel.is_cancelled() => Err(f),

@@ -63,6 +63,7 @@ pub fn plan(
     };
     walker.walk(&workflow.steps, 0, &mut out);
     walker.walk(&workflow.on_error, 0, &mut out);
+    walker.walk(&workflow.finally, 0, &mut out);
     out
 }
 
@@ -101,6 +102,7 @@ impl Walker<'_> {
             });
             self.walk(&step.steps, depth + 1, out);
             self.walk(&step.catch, depth + 1, out);
+            self.walk(&step.finally, depth + 1, out);
         }
     }
 }

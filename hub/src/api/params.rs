@@ -172,6 +172,8 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         timeout: None,
         steps: Vec::new(),
         on_error: Vec::new(),
+        finally: Vec::new(),
+        finally_timeout: tasuki_actions::language::model::DEFAULT_FINALLY_TIMEOUT,
         browser: Default::default(),
         warnings: Default::default(),
         outputs: Default::default(),
