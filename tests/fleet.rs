@@ -383,6 +383,63 @@ async fn cancelling_a_running_shell_step_ends_its_grandchild_within_seconds() {
     assert_eq!(again.body["status"], "cancelled");
 }
 
+/// A session cancelled through the hub runs its `finally` steps on the
+/// robot before it ends: the cleanup's effect is there, and the hub's
+/// report shows the cleanup step succeeded while the session is
+/// `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_session_runs_its_finally_steps_on_the_robot() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("tidy-bot", &[], &[]);
+    let yaml = "version: 1
+name: tidy
+params:
+  dir: \"\"
+steps:
+  - id: long
+    action: shell.run
+    with: {argv: [sh, -c, 'echo $$ > \"$1/long.pid\"; exec sleep 300', sh, \"${params.dir}\"]}
+finally:
+  - id: logout
+    action: shell.run
+    with: {argv: [sh, -c, 'echo logged-out > \"$1/logout.txt\"', sh, \"${params.dir}\"]}
+";
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let dir = f.scratch.dir.path().display().to_string();
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    running(&f.api, id, LIMIT).await;
+    let pid_file = f.scratch.dir.path().join("long.pid");
+    assert!(eventually(LIMIT, || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|t| t.ends_with('\n'))));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+
+    let r = f
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert!(r.body["cancel_requested_at"].is_string(), "{}", r.body);
+    let s = finished(&f.api, id, Duration::from_secs(30)).await;
+    assert_eq!(s["status"], "cancelled", "{s}");
+    let logout = std::fs::read_to_string(f.scratch.dir.path().join("logout.txt"));
+    assert_eq!(logout.ok().as_deref(), Some("logged-out\n"), "the cleanup ran");
+    let by_id: HashMap<&str, &Value> = s["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|st| (st["id"].as_str().unwrap_or(""), st))
+        .collect();
+    assert_eq!(by_id["long"]["status"], "cancelled", "{s}");
+    assert_eq!(by_id["logout"]["status"], "success", "{s}");
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "the cancelled step's process {pid} survived"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_run_fifty_sessions_each_exactly_once() {
     let f = fleet();
