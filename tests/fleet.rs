@@ -425,7 +425,11 @@ finally:
     let s = finished(&f.api, id, Duration::from_secs(30)).await;
     assert_eq!(s["status"], "cancelled", "{s}");
     let logout = std::fs::read_to_string(f.scratch.dir.path().join("logout.txt"));
-    assert_eq!(logout.ok().as_deref(), Some("logged-out\n"), "the cleanup ran");
+    assert_eq!(
+        logout.ok().as_deref(),
+        Some("logged-out\n"),
+        "the cleanup ran"
+    );
     let by_id: HashMap<&str, &Value> = s["steps"]
         .as_array()
         .expect("steps")

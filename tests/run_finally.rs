@@ -146,10 +146,7 @@ fn a_hanging_finally_step_is_ended_at_its_limit() {
     assert_eq!(r.report["error"]["step_id"], "stuck");
     assert_eq!(r.report["error"]["code"], "timeout");
     let message = r.report["error"]["message"].as_str().unwrap_or("");
-    assert!(
-        message.contains("finally steps' limit of 1s"),
-        "{message}"
-    );
+    assert!(message.contains("finally steps' limit of 1s"), "{message}");
     assert_eq!(r.report["steps"]["next"]["status"], "skipped");
     assert!(
         eventually(Duration::from_secs(5), || !alive(stuck)),
@@ -204,7 +201,11 @@ fn finally_where_it_does_not_belong_is_refused_with_its_path() {
         "finally[0].with.message",
         "there is no step with id `nope`",
     ] {
-        assert!(r.stderr.contains(expected), "`{expected}` missing: {}", r.stderr);
+        assert!(
+            r.stderr.contains(expected),
+            "`{expected}` missing: {}",
+            r.stderr
+        );
     }
 }
 
