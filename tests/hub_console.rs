@@ -817,9 +817,13 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         &f.key,
     );
     let width = &out(&phone, "list_width")["result"];
+    let (page, screen) = (
+        width[0].as_u64().expect("the page's width"),
+        width[1].as_u64().expect("the window's width"),
+    );
     assert!(
-        width[0].as_u64() <= width[1].as_u64(),
-        "the sessions page is wider than a phone's screen: {width}"
+        page <= screen,
+        "the sessions page ({page} px) is wider than a phone's screen ({screen} px)"
     );
     let mut c = Browserless::new(&f.hub);
     c.sign_in(&f.key, "/ui").await;

@@ -395,9 +395,9 @@ async fn a_lease_the_next_poll_does_not_list_goes_back_to_the_queue() {
 /// the robot whose poll took it back has no room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_back_by_a_poll_goes_to_a_waiting_robot() {
-    // The default hold (25 s): robot b's poll waits until it is offered
-    // the session, and the test fails if that offer never comes.
-    let s = setup_with(&["--quota-per-robot", "1000000"]);
+    // Polls held 5 s: robot b's waits until it is offered the session,
+    // and is answered empty (failing the test) if that offer never comes.
+    let s = setup_with(&["--quota-per-robot", "1000000", "--hold-seconds", "5"]);
     let id = s.queued_session().await;
     s.register("a").await;
     s.register("b").await;
@@ -473,6 +473,36 @@ async fn a_late_sending_of_an_older_poll_takes_back_nothing_newer() {
     assert_empty(&poll_numbered(&s.robot_api, "r1", "p7", 7, 0, &[]).await);
     let r = s.log_line(&received).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+}
+
+/// Two more ways a robot shows it may hold a lease no poll listed: a call
+/// carrying it (its log lines), and its agent starting again (it
+/// registers; the run before may have begun the session and died before
+/// a poll listed it). Neither lease is taken back by a later poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_used_or_sent_to_an_earlier_run_is_not_taken_back() {
+    let s = setup();
+    s.register("r1").await;
+    let first = s.queued_session().await;
+    let used = only_lease(&poll_numbered(&s.robot_api, "r1", "p1", 1, 1, &[]).await);
+    assert_eq!(used.0, first);
+    let r = s.log_line(&used).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_empty(&poll_numbered(&s.robot_api, "r1", "p2", 2, 0, &[]).await);
+    assert_eq!(s.session(first).await["status"], "running");
+    let r = s.log_line(&used).await;
+    assert_eq!(r.status.as_u16(), 200, "still the session's: {}", r.body);
+
+    s.register("r2").await;
+    let second = s.queued_session().await;
+    let unheard = only_lease(&poll_numbered(&s.robot_api, "r2", "q1", 1, 1, &[]).await);
+    assert_eq!(unheard.0, second);
+    // The agent starts again: it registers, and its polls number on.
+    s.register("r2").await;
+    assert_empty(&poll_numbered(&s.robot_api, "r2", "q2", 2, 0, &[]).await);
+    let now = s.session(second).await;
+    assert_eq!(now["status"], "running", "{now}");
+    assert_eq!(now["robot"]["name"], "r2", "{now}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,16 @@ pub async fn run(env: Arc<SessionEnv>, opts: AgentOptions) -> anyhow::Result<()>
             }
             Some(Err(e)) => {
                 env.metrics.poll_failed();
+                // A hub older than `poll_seq` behind the same address as
+                // the one that said it reads it (hubs being upgraded one
+                // by one): poll without it, at once.
+                if numbered
+                    && matches!(&e, CallError::Rejected { message, .. } if message.contains("poll_seq"))
+                {
+                    tracing::warn!(error = %e, "the hub refused poll_seq; polling without it");
+                    numbered = false;
+                    continue;
+                }
                 let (e, registered_again) = match e {
                     CallError::Rejected { ref code, .. } if code == "robot_not_registered" => {
                         // The hub lost the robot (a new database): register again.

@@ -115,8 +115,7 @@ impl PageError {
 
 impl From<DbError> for PageError {
     fn from(e: DbError) -> PageError {
-        tracing::error!(error = %e, "database (console)");
-        PageError::database()
+        ApiError::from(e).into()
     }
 }
 
@@ -273,13 +272,18 @@ mod tests {
 
     #[test]
     fn a_database_failure_is_a_500_page_that_says_so() {
-        let page = PageError::from(DbError::Corrupt("a test".into()));
+        let lost = || DbError::Sqlite(rusqlite::Error::InvalidQuery);
+        let page = PageError::from(lost());
         assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(page.message.contains("cannot reach its database"));
         // An API error from a database failure says as much, and no more.
-        let page = PageError::from(ApiError::from(DbError::Corrupt("a test".into())));
+        let page = PageError::from(ApiError::from(lost()));
         assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(page.message.contains("cannot reach its database"));
+        assert!(!page.message.contains("InvalidQuery"));
+        // A row the hub cannot read back is the hub's failure.
+        let page = PageError::from(DbError::Corrupt("a test".into()));
+        assert!(!page.message.contains("database"), "{}", page.message);
         assert!(!page.message.contains("a test"));
         // Any other failure of the hub does not blame the database.
         let page = PageError::from(ApiError::internal());

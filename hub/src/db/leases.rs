@@ -393,6 +393,22 @@ pub fn withdraw_unlisted(
     Ok(withdrawn)
 }
 
+/// A robot registers as its agent starts: the polls of the agent that ran
+/// before (killed, perhaps after it received a lease and before a poll
+/// listed it) are over, and nothing this run lists can say whether that
+/// agent began one of their leases. So their unconfirmed leases lose their
+/// poll numbers, and `withdraw_unlisted` leaves them alone: they are
+/// listed by the new run (a spool it delivers) or end `robot_lost`.
+pub fn forget_poll_numbers(conn: &mut Conn<'_>, robot_id: i64) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE session_queues SET lease_poll_seq = NULL
+         WHERE robot_id = ?1 AND status = 'running' AND lease_confirmed = 0
+           AND lease_poll_seq IS NOT NULL",
+        params![robot_id],
+    )?;
+    Ok(())
+}
+
 /// Leases sent in answer to the poll `poll_id` that the robot has not
 /// listed since: what it gets again when it retries a poll whose answer it
 /// lost.
@@ -537,6 +553,18 @@ pub fn cancels_for(
         }
     }
     Ok(out)
+}
+
+/// A call carrying the lease (log lines, steps, an artifact) shows that
+/// the robot received it: the lease is confirmed as a poll listing it
+/// would, and is never taken back (`withdraw`, `withdraw_unlisted`).
+pub fn confirm(conn: &mut Conn<'_>, session_id: i64, lease_id: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE session_queues SET lease_confirmed = 1
+         WHERE id = ?1 AND lease_id = ?2 AND lease_confirmed = 0",
+        params![session_id, lease_id],
+    )?;
+    Ok(())
 }
 
 /// Where a lease stands, for calls that carry one.
@@ -858,6 +886,7 @@ mod tests {
                         kind: "token".into(),
                     })
                     .collect(),
+                retry_on: Vec::new(),
             },
             0,
         )

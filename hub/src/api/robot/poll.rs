@@ -155,6 +155,9 @@ pub async fn poll(
 /// session is queued, and the next poll that may take it finds it.
 fn offer_withdrawn(hub: &Hub, conn: &mut Conn<'_>, robot_id: i64, withdrawn: &[(i64, Withdrawn)]) {
     for &(session_id, outcome) in withdrawn {
+        if matches!(outcome, Withdrawn::Confirmed | Withdrawn::Gone) {
+            continue;
+        }
         tracing::warn!(
             robot_id,
             session_queue_id = session_id,
@@ -164,7 +167,10 @@ fn offer_withdrawn(hub: &Hub, conn: &mut Conn<'_>, robot_id: i64, withdrawn: &[(
         let now = now_ms();
         let offered = match outcome {
             Withdrawn::Queued => hub.dispatch.offer(conn, session_id, now),
-            Withdrawn::Cancelled => hub.dispatch.offer_next_waiting(conn, session_id, now),
+            Withdrawn::Cancelled => {
+                hub.session_ended.notify_waiters();
+                hub.dispatch.offer_next_waiting(conn, session_id, now)
+            }
             Withdrawn::Confirmed | Withdrawn::Gone => Ok(()),
         };
         if let Err(e) = offered {

@@ -35,7 +35,13 @@ pub async fn register(
     let max_robots = hub.max_robots_per_key;
     let outcome = hub
         .db
-        .call(move |conn| robots::register(conn, &lookup, &key_id, &req, max_robots, now_ms()))
+        .call(move |conn| {
+            let outcome = robots::register(conn, &lookup, &key_id, &req, max_robots, now_ms())?;
+            if let Registered::Ok(robot) = &outcome {
+                crate::db::leases::forget_poll_numbers(conn, robot.id)?;
+            }
+            Ok(outcome)
+        })
         .await?;
     match outcome {
         Registered::Ok(robot) => {

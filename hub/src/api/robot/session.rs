@@ -176,6 +176,7 @@ pub async fn logs(
     let high_seq = hub
         .db
         .call(move |conn| {
+            leases::confirm(conn, id, &lease)?;
             hub2.session_limits
                 .append_logs(&hub2.session_usage, conn, id, &batch.lines)
         })
@@ -198,7 +199,10 @@ pub async fn steps(
     held(&hub, &caller, id, &lease).await?;
     let revision = hub
         .db
-        .call(move |conn| leases::update_steps(conn, id, update.revision, &update.steps))
+        .call(move |conn| {
+            leases::confirm(conn, id, &lease)?;
+            leases::update_steps(conn, id, update.revision, &update.steps)
+        })
         .await?;
     Ok(Json(StepsStored { revision }))
 }
@@ -262,6 +266,7 @@ pub async fn artifact(
             // at once cannot both fit beside the same stored ones.
             conn.transaction(|tx| {
                 sessions::lock_row(tx, id)?;
+                leases::confirm(tx, id, &lease)?;
                 let size = artifact.data.len() as u64;
                 if let Err(refused) = limits.check_artifact(tx, id, &artifact.name, size)? {
                     return Ok(Err(refused));
