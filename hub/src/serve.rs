@@ -193,11 +193,27 @@ async fn sweep_leases(hub: Arc<Hub>) {
                         tracing::warn!(session_queue_id = session_id, robot_id, error = %e, "freeing a lost session's slot");
                     }
                 }
+                for &(session_id, robot_id) in &swept.requeued {
+                    let offered = swept_hub
+                        .dispatch
+                        .slot_freed(conn, robot_id, now)
+                        .and_then(|()| swept_hub.dispatch.offer(conn, session_id, now));
+                    if let Err(e) = offered {
+                        tracing::warn!(session_queue_id = session_id, error = %e, "offering a session queued again");
+                    }
+                }
                 Ok(swept)
             })
             .await;
         match result {
             Ok(swept) => {
+                for (id, robot_id) in swept.requeued {
+                    tracing::warn!(
+                        session_queue_id = id,
+                        robot_id,
+                        "lease expired; the workflow's retry_on queued the session again"
+                    );
+                }
                 for (id, robot_id) in swept.lost {
                     tracing::warn!(
                         session_queue_id = id,

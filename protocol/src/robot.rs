@@ -27,6 +27,9 @@ pub const LEASE_HEADER: &str = "tasuki-lease";
 
 /// The error code of a session whose robot stopped renewing its lease.
 pub const ROBOT_LOST: &str = "robot_lost";
+/// The code of a session an agent was stopped in the middle of and
+/// reported when it started again (its spool's lines delivered).
+pub const AGENT_RESTARTED: &str = "agent_restarted";
 /// The error code of a call about a lease the hub no longer honours.
 pub const LEASE_LOST: &str = "lease_lost";
 

@@ -152,6 +152,11 @@ pub struct SessionQueue {
     /// How the hub itself queued the session; absent for a client's POST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<SessionOrigin>,
+    /// Which run of the session this is, from 2 on: its workflow's
+    /// `retry_on` queued it again after a run that could not finish
+    /// (its robot lost, its agent restarted). Absent for a first run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// A session the hub queued on its own.
@@ -246,6 +251,7 @@ mod tests {
             cancel_requested_at: None,
             queued_reason: None,
             origin: None,
+            attempt: None,
         };
         let v = serde_json::to_value(&q).unwrap();
         assert!(v["robot"].is_null());

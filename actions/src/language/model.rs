@@ -36,6 +36,10 @@ pub struct Workflow {
     /// `finally_timeout:`: how long each `finally` block (the workflow's,
     /// and each `try`'s) may run; a cancel does not stop one, this does.
     pub finally_timeout: Duration,
+    /// `retry_on:`: the ends of a session, among [`RETRY_ON_CODES`], after
+    /// which its hub queues it again (the workflow is safe to repeat).
+    /// Empty by default: a session runs at most once.
+    pub retry_on: Vec<String>,
     /// The workflow's own browser settings, over the robot's.
     pub browser: WorkflowBrowser,
     /// What validation found unwise but not wrong (a secret in `argv`):
@@ -127,6 +131,10 @@ pub const RESERVED_ROOTS: &[&str] = &[
 ];
 
 pub const MAX_STEPS: usize = 10_000;
+/// What `retry_on` may name: a session that ended so never finished its
+/// run, through no fault of its own.
+pub const RETRY_ON_CODES: &[&str] = &["robot_lost", "agent_restarted"];
+
 /// `finally_timeout` unless the workflow sets it.
 pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_ID_LEN: usize = 64;
@@ -143,6 +151,7 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "on_error",
     "finally",
     "finally_timeout",
+    "retry_on",
     "browser",
     "outputs",
     "credentials",
@@ -386,6 +395,10 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
     let finally_timeout = fields
         .duration("finally_timeout", &mut problems)
         .unwrap_or(DEFAULT_FINALLY_TIMEOUT);
+    let retry_on = match fields.get("retry_on") {
+        None | Some((Value::Null, _)) => Vec::new(),
+        Some((v, path)) => lower_retry_on(v, &path, &mut problems),
+    };
     if count > MAX_STEPS {
         problems.add(
             "steps",
@@ -434,6 +447,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         on_error,
         finally,
         finally_timeout,
+        retry_on,
         browser,
         warnings: Problems::default(),
         outputs,
@@ -660,6 +674,38 @@ fn lower_step(
         catch,
         finally,
     })
+}
+
+fn lower_retry_on(value: &Value, path: &str, problems: &mut Problems) -> Vec<String> {
+    let Value::Array(items) = value else {
+        problems.add(
+            path,
+            format!(
+                "expected a list such as `[robot_lost, agent_restarted]`, found {}",
+                describe(value)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut codes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(code) if RETRY_ON_CODES.contains(&code) => {
+                if !codes.iter().any(|c| c == code) {
+                    codes.push(code.to_string());
+                }
+            }
+            _ => problems.add(
+                index(path, i),
+                format!(
+                    "a session is queued again only after {}, not {}",
+                    RETRY_ON_CODES.join(" or "),
+                    describe(item)
+                ),
+            ),
+        }
+    }
+    codes
 }
 
 pub(crate) fn check_variable_name(name: &str, path: &str, problems: &mut Problems) {

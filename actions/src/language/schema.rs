@@ -41,6 +41,12 @@ struct Workflow {
     finally: Option<Vec<Step>>,
     /// How long each `finally` block may run (default 60s).
     finally_timeout: Option<DurationArg>,
+    /// After which ends its hub queues the session again, at most 3 times
+    /// (for a workflow that is safe to repeat): `robot_lost` (its robot
+    /// stopped renewing the lease), `agent_restarted` (the agent was
+    /// killed mid-run and restarted). By default a session runs at most
+    /// once.
+    retry_on: Option<Vec<RetryOnDoc>>,
     /// Browser settings of this workflow, over the robot's.
     browser: Option<BrowserSection>,
     /// The session's results: output name → a value, with templates over
@@ -51,6 +57,14 @@ struct Workflow {
     /// `${credentials.NAME.FIELD}` and masked everywhere. A robot
     /// receives them from its hub, `tasuki run` from `--credentials-file`.
     credentials: Option<BTreeMap<String, CredentialKindDoc>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum RetryOnDoc {
+    RobotLost,
+    AgentRestarted,
 }
 
 /// A credential's kind and so its fields: `username_password`

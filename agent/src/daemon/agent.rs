@@ -460,12 +460,16 @@ fn handle(
             let busy = free < opts.max_concurrency;
             let done_taking = state.draining.load(Ordering::SeqCst) || (opts.once && taken > 0);
             let cannot_fit = free == 0 || exclusive || (lease.workflow.single_process_mode && busy);
-            if running.contains_key(&lease.session_id) {
+            match running.get(&lease.session_id) {
                 // A repeat of a lease already running here: the next poll
                 // lists it, which is all the hub needs to hear.
-                continue;
+                Some(r) if r.lease_id == lease.lease_id => continue,
+                // The session's next run (its workflow's `retry_on`), sent
+                // while this agent still delivers the run before: handed
+                // back, and offered again once that one is gone.
+                Some(_) => false,
+                None => !(done_taking || cannot_fit),
             }
-            !(done_taking || cannot_fit)
         };
         if take {
             start(env, state, opts, stop, sessions, lease);

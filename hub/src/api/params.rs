@@ -174,6 +174,7 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         on_error: Vec::new(),
         finally: Vec::new(),
         finally_timeout: tasuki_actions::language::model::DEFAULT_FINALLY_TIMEOUT,
+        retry_on: Vec::new(),
         browser: Default::default(),
         warnings: Default::default(),
         outputs: Default::default(),

@@ -85,7 +85,8 @@ const MAX_TRACKED_SESSIONS: usize = 64 * 1024;
 
 impl SessionLimits {
     /// Appends a batch unless the lines it adds would take the session
-    /// past a log limit; the highest stored `seq`, or the refusal. One
+    /// past a log limit; the highest `seq` stored, numbered as the robot
+    /// numbers its run's lines (`logs::seq_base`), or the refusal. One
     /// transaction with the session's row locked, so that batches cannot
     /// race past a limit, whichever connection or hub they reach.
     pub fn append_logs(
@@ -109,14 +110,16 @@ impl SessionLimits {
         lines: &[LogLine],
     ) -> Result<Result<u64, ApiError>, DbError> {
         let high = logs::high_seq(conn, session_id)?;
+        let base = logs::seq_base(conn, session_id)?;
         // What logs::append will store: lines after the highest, without gaps.
         let mut next = high + 1;
         let mut added_bytes = 0u64;
         for line in lines {
-            if line.seq < next {
+            let seq = line.seq.saturating_add(base);
+            if seq < next {
                 continue;
             }
-            if line.seq != next {
+            if seq != next {
                 break;
             }
             added_bytes += line.message.len() as u64;
@@ -124,7 +127,7 @@ impl SessionLimits {
         }
         let added_lines = next - 1 - high;
         if added_lines == 0 {
-            return Ok(Ok(high));
+            return Ok(Ok(high.saturating_sub(base)));
         }
         if high + added_lines > self.log_lines {
             return Ok(Err(too_much(
@@ -150,9 +153,9 @@ impl SessionLimits {
                 ),
             )));
         }
-        let stored_high = logs::append(conn, session_id, lines)?;
+        let stored_high = logs::append(conn, session_id, base, lines)?;
         usage.set(session_id, stored_high, stored + added_bytes);
-        Ok(Ok(stored_high))
+        Ok(Ok(stored_high.saturating_sub(base)))
     }
 
     /// Whether an artifact `name` of `size` bytes fits beside the others

@@ -141,6 +141,7 @@ pub async fn create(
                 kind: c.kind.as_str().to_string(),
             })
             .collect(),
+        retry_on: workflow.retry_on.clone(),
     };
     let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
     let item = hub

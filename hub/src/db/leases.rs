@@ -4,7 +4,7 @@
 
 use super::sql::{Conn, Dialect, params};
 use serde_json::{Map, Value};
-use tasuki_protocol::robot::ROBOT_LOST;
+use tasuki_protocol::robot::{AGENT_RESTARTED, ROBOT_LOST};
 use tasuki_protocol::{
     FinishSession, HeldLease, Lease, LeasedWorkflow, SessionError, SessionStatus, StepState,
 };
@@ -628,6 +628,10 @@ pub enum Finished {
     /// produced under the lease. The log now ends with the hub's line
     /// saying so; the verdict stands.
     AfterLoss,
+    /// The report said the run was cut off (`agent_restarted`), and the
+    /// workflow's `retry_on` queued the session again: the caller offers
+    /// it.
+    Requeued,
 }
 
 /// Ends a running session with the robot's report.
@@ -648,6 +652,19 @@ fn finish_in(
     report: &FinishSession,
     now_ms: i64,
 ) -> Result<Finished, DbError> {
+    if let Some(e) = report.error.as_ref().filter(|e| e.code == AGENT_RESTARTED)
+        && report.status == SessionStatus::Error
+        && requeue_for_retry(
+            tx,
+            session_id,
+            Still::Leased(lease_id),
+            AGENT_RESTARTED,
+            &e.message,
+            now_ms,
+        )?
+    {
+        return Ok(Finished::Requeued);
+    }
     let steps =
         serde_json::to_string(&report.steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let error = report
@@ -733,11 +750,89 @@ fn finish_in(
     Ok(outcome)
 }
 
+/// What must still hold when `requeue_for_retry` looks at a session.
+pub enum Still<'a> {
+    /// Its lease ran out before this time (the sweep).
+    Expired(i64),
+    /// This lease is its own (a robot's report).
+    Leased(&'a str),
+}
+
+/// How many times `retry_on` queues one session again: four runs at most.
+pub const MAX_RETRIES: i64 = 3;
+
+/// Queues a running session again, when its workflow's `retry_on` names
+/// `code` (how its run ended without finishing: `robot_lost`,
+/// `agent_restarted`), no cancel was asked for, and it has runs left. Its
+/// lease, robot, steps and report are cleared; its log keeps what the run
+/// sent and a line of the hub's saying why it runs again, and the next
+/// run's lines follow (`logs::seq_base`). The caller offers it. False,
+/// with nothing changed, otherwise.
+pub fn requeue_for_retry(
+    conn: &mut Conn<'_>,
+    session_id: i64,
+    still: Still<'_>,
+    code: &str,
+    why: &str,
+    now_ms: i64,
+) -> Result<bool, DbError> {
+    conn.transaction(|tx| {
+        super::sessions::lock_row(tx, session_id)?;
+        const RUNS: &str = "SELECT s.attempt, w.retry_on
+             FROM session_queues s JOIN workflows w ON w.id = s.workflow_id
+             WHERE s.id = ?1 AND s.status = 'running' AND s.cancel_requested_at IS NULL";
+        let read = |r: &super::sql::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+        let row: Option<(i64, String)> = match still {
+            Still::Expired(now) => tx.opt_row(
+                &format!("{RUNS} AND s.lease_expires_at < ?2"),
+                params![session_id, now],
+                read,
+            )?,
+            Still::Leased(lease) => tx.opt_row(
+                &format!("{RUNS} AND s.lease_id = ?2"),
+                params![session_id, lease],
+                read,
+            )?,
+        };
+        let Some((attempt, retry_on)) = row else {
+            return Ok(false);
+        };
+        let retry_on: Vec<String> = parse_json(
+            &format!("session queue {session_id}: its workflow's retry_on"),
+            &retry_on,
+        )?;
+        if !retry_on.iter().any(|c| c == code) || attempt > MAX_RETRIES {
+            return Ok(false);
+        }
+        let note = format!(
+            "[tasuki-hub] run {attempt} ended {code}: {why}; the workflow's retry_on queues the \
+             session again (run {} of at most {})",
+            attempt + 1,
+            MAX_RETRIES + 1
+        );
+        let base = super::logs::append_note(tx, session_id, &note, now_ms)?;
+        tx.execute(
+            "UPDATE session_queues
+             SET status = 'queued', attempt = attempt + 1, log_seq_base = ?2,
+                 started_at = NULL, ended_at = NULL, robot_id = NULL,
+                 lease_id = NULL, lease_poll_id = NULL, lease_poll_seq = NULL,
+                 lease_expires_at = NULL, lease_confirmed = 0,
+                 steps = NULL, steps_revision = steps_revision + 1,
+                 error = NULL, outputs = NULL, finish_key = NULL
+             WHERE id = ?1 AND status = 'running'",
+            params![session_id, base as i64],
+        )?;
+        Ok(true)
+    })
+}
+
 /// Running sessions whose robot stopped renewing their lease:
 /// `(session, robot)`.
 #[derive(Debug, Default)]
 pub struct Swept {
     pub lost: Vec<(i64, i64)>,
+    /// Queued again instead, by their workflow's `retry_on`.
+    pub requeued: Vec<(i64, i64)>,
 }
 
 /// Ends every session whose lease ran out as `robot_lost`. A lease the
@@ -765,6 +860,11 @@ pub fn sweep(conn: &mut Conn<'_>, now_ms: i64, ttl_ms: i64) -> Result<Swept, DbE
             continue;
         }
         let ttl_s = ttl_ms / 1000;
+        let why = format!("its robot stopped renewing the lease for {ttl_s} s");
+        if requeue_for_retry(conn, id, Still::Expired(now_ms), ROBOT_LOST, &why, now_ms)? {
+            swept.requeued.push((id, robot.unwrap_or(0)));
+            continue;
+        }
         let high = super::logs::high_seq(conn, id)?;
         let message = if confirmed {
             format!(

@@ -48,11 +48,29 @@ pub fn after(
     Ok(Some((lines, status)))
 }
 
-/// Appends a batch: lines at or below the stored highest `seq` are
-/// repeats and skipped; a line past highest + 1 is a gap, and it and the
-/// rest are not stored (the robot resends from the answer). Returns the
-/// highest `seq` stored.
-pub fn append(conn: &mut Conn<'_>, session_id: i64, lines: &[LogLine]) -> Result<u64, DbError> {
+/// Where the run under way's lines go: its robot numbers them from 1, and
+/// line `n` is stored as `base + n`, after the lines of the runs before it
+/// (`retry_on`, leases::requeue_for_retry); 0 for a first run.
+pub fn seq_base(conn: &mut Conn<'_>, session_id: i64) -> Result<u64, DbError> {
+    let base: Option<i64> = conn.opt_row(
+        "SELECT log_seq_base FROM session_queues WHERE id = ?1",
+        params![session_id],
+        |r| r.get(0),
+    )?;
+    Ok(base.unwrap_or(0).max(0) as u64)
+}
+
+/// Appends a batch of the run under way, whose lines are stored from
+/// `base` on ([`seq_base`]): lines at or below the stored highest `seq`
+/// are repeats and skipped; a line past highest + 1 is a gap, and it and
+/// the rest are not stored (the robot resends from the answer). Returns
+/// the highest `seq` stored.
+pub fn append(
+    conn: &mut Conn<'_>,
+    session_id: i64,
+    base: u64,
+    lines: &[LogLine],
+) -> Result<u64, DbError> {
     conn.transaction(|tx| {
         // Two batches of one session at once (a robot's retry through
         // another hub) take turns here on PostgreSQL; SQLite's
@@ -60,10 +78,11 @@ pub fn append(conn: &mut Conn<'_>, session_id: i64, lines: &[LogLine]) -> Result
         super::sessions::lock_row(tx, session_id)?;
         let mut high = high_seq(tx, session_id)?;
         for line in lines {
-            if line.seq <= high {
+            let seq = line.seq.saturating_add(base);
+            if seq <= high {
                 continue;
             }
-            if line.seq != high + 1 {
+            if seq != high + 1 {
                 break;
             }
             tx.execute(
@@ -71,14 +90,14 @@ pub fn append(conn: &mut Conn<'_>, session_id: i64, lines: &[LogLine]) -> Result
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     session_id,
-                    line.seq as i64,
+                    seq as i64,
                     line.ts.as_millisecond(),
                     line.level.as_str(),
                     line.step_id,
                     line.message
                 ],
             )?;
-            high = line.seq;
+            high = seq;
         }
         Ok(high)
     })

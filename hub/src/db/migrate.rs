@@ -371,6 +371,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE session_queues ADD COLUMN lease_poll_seq INTEGER;
     "#,
+    // 16: `retry_on` (leases::requeue_for_retry): a workflow's list of the
+    // ends after which its sessions are queued again; a session's
+    // `attempt` (1 for its first run); and `log_seq_base`, the stored
+    // log's last line before the attempt under way, whose robot numbers
+    // its lines from 1 again.
+    r#"
+    ALTER TABLE workflows ADD COLUMN retry_on TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE session_queues ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE session_queues ADD COLUMN log_seq_base INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -658,6 +668,14 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         15,
         r#"
     ALTER TABLE session_queues ADD COLUMN lease_poll_seq BIGINT;
+    "#,
+    ),
+    (
+        16,
+        r#"
+    ALTER TABLE workflows ADD COLUMN retry_on TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE session_queues ADD COLUMN attempt BIGINT NOT NULL DEFAULT 1;
+    ALTER TABLE session_queues ADD COLUMN log_seq_base BIGINT NOT NULL DEFAULT 0;
     "#,
     ),
 ];

@@ -40,7 +40,7 @@ const SELECT: &str = "
     SELECT s.id, s.status, s.params, s.secret_params, s.created_at, s.started_at,
            s.ended_at, s.cancel_requested_at, s.steps, s.error, s.outputs,
            w.id, w.name, r.id, r.name, s.schedule_id, s.scheduled_for, s.rerun_of,
-           s.handles_session, s.trigger_id
+           s.handles_session, s.trigger_id, s.attempt
     FROM session_queues s
     JOIN workflows w ON w.id = s.workflow_id
     LEFT JOIN robots r ON r.id = s.robot_id";
@@ -297,6 +297,7 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
         (_, _, _, _, Some(trigger_id)) => Some(SessionOrigin::Trigger { trigger_id }),
         _ => None,
     };
+    let attempt: i64 = r.get(20)?;
     {
         let what = |field: &str| format!("session queue {id}: {field}");
         let mut params: Map<String, Value> = parse_json(&what("params"), &params)?;
@@ -325,6 +326,7 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
             cancel_requested_at: time(cancel_requested_at)?,
             queued_reason: None,
             origin,
+            attempt: (attempt > 1).then(|| u32::try_from(attempt).unwrap_or(u32::MAX)),
         })
     }
 }
@@ -355,6 +357,7 @@ mod tests {
                 error_handler_workflow_id: None,
                 concurrency: None,
                 credentials: Vec::new(),
+                retry_on: Vec::new(),
             },
             0,
         )

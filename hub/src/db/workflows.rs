@@ -43,6 +43,9 @@ pub struct NewWorkflow {
     /// The credentials it declares: its sessions go only to robots every
     /// one of them allows, and their leases carry the values.
     pub credentials: Vec<Declared>,
+    /// `retry_on:`: the ends after which a session is queued again
+    /// (`leases::requeue_for_retry`).
+    pub retry_on: Vec<String>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -68,6 +71,7 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
     let robots = json("workflow robots", &w.workflow_robots)?;
     let actions = json("required actions", &w.required_actions)?;
     let labels = json("robot labels", &w.robot_labels)?;
+    let retry_on = json("retry_on", &w.retry_on)?;
     let c = w.concurrency.as_ref();
     let credentials = serde_json::to_string(&w.credentials)
         .map_err(|e| DbError::Corrupt(format!("credentials: {e}")))?;
@@ -76,8 +80,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                                 param_specs, workflow_robots, created_at, required_actions,
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
-                                accept_undeclared_params, credentials)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                                accept_undeclared_params, credentials, retry_on)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
          RETURNING id",
         params![
             w.name,
@@ -95,7 +99,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             c.map(|c| concurrency::on_limit_text(c.on_limit)),
             c.and_then(|c| c.key.clone()),
             i64::from(w.accept_undeclared_params),
-            credentials
+            credentials,
+            retry_on
         ],
         |r| r.get(0),
     )?;

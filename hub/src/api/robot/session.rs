@@ -334,8 +334,13 @@ pub async fn finish(
         .call(move |conn| {
             let now = now_ms();
             let outcome = leases::finish(conn, id, &lease, &report, now)?;
-            if matches!(outcome, Finished::Now) {
-                hub2.dispatch.session_ended(conn, robot_id, id, now)?;
+            match outcome {
+                Finished::Now => hub2.dispatch.session_ended(conn, robot_id, id, now)?,
+                Finished::Requeued => {
+                    hub2.dispatch.slot_freed(conn, robot_id, now)?;
+                    hub2.dispatch.offer(conn, id, now)?;
+                }
+                Finished::Already | Finished::AfterLoss | Finished::Conflict { .. } => {}
             }
             Ok((outcome, sessions::get(conn, id)?))
         })
@@ -351,6 +356,13 @@ pub async fn finish(
             Ok(Json(session))
         }
         Finished::Already => Ok(Json(session)),
+        Finished::Requeued => {
+            tracing::info!(
+                session_queue_id = id,
+                "a run cut off by an agent restart; retry_on queued the session again"
+            );
+            Ok(Json(session))
+        }
         Finished::AfterLoss => {
             tracing::info!(session_queue_id = id, %status, "a robot back from a lost lease delivered its session's log");
             Err(lease_lost(
