@@ -90,6 +90,18 @@ pub struct Step {
     /// The cleanup of `try`: runs after its steps and `catch`, whatever
     /// their end.
     pub finally: Vec<Step>,
+    /// The branches of `parallel`, in document order: each runs its steps
+    /// one after another, beside the others.
+    pub branches: Vec<Branch>,
+}
+
+/// One branch of a `parallel` step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branch {
+    pub name: String,
+    /// Where it sits, e.g. `steps[2].branches.prices`.
+    pub path: String,
+    pub steps: Vec<Step>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +129,10 @@ impl Default for RetryPolicy {
 pub const CONTROL_SET: &str = "set";
 pub const CONTROL_FOR_EACH: &str = "for_each";
 pub const CONTROL_TRY: &str = "try";
+pub const CONTROL_PARALLEL: &str = "parallel";
+/// The control steps, which the executor runs itself.
+pub const CONTROL_ACTIONS: &[&str] =
+    &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY, CONTROL_PARALLEL];
 
 /// Names a template may not use for a variable.
 pub const RESERVED_ROOTS: &[&str] = &[
@@ -170,6 +186,7 @@ const STEP_FIELDS: &[&str] = &[
     "steps",
     "catch",
     "finally",
+    "branches",
 ];
 const PARAM_FIELDS: &[&str] = &["default", "secret", "description"];
 const RETRY_FIELDS: &[&str] = &["times", "delay", "max_delay", "factor"];
@@ -657,6 +674,10 @@ fn lower_step(
         .get("finally")
         .map(|(v, p)| lower_steps(v, &p, problems, count, depth + 1))
         .unwrap_or_default();
+    let branches = fields
+        .get("branches")
+        .map(|(v, p)| lower_branches(v, &p, problems, count, depth + 1))
+        .unwrap_or_default();
 
     // A step with a broken id or action is kept with an empty one, which
     // the validator skips, so that its other fields are still checked.
@@ -673,7 +694,48 @@ fn lower_step(
         steps,
         catch,
         finally,
+        branches,
     })
+}
+
+fn lower_branches(
+    value: &Value,
+    path: &str,
+    problems: &mut Problems,
+    count: &mut usize,
+    depth: usize,
+) -> Vec<Branch> {
+    let Value::Object(map) = value else {
+        problems.add(
+            path,
+            format!(
+                "expected a mapping of branch names to lists of steps, found {}",
+                describe(value)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut branches = Vec::with_capacity(map.len());
+    for (name, steps) in map {
+        let here = join(path, name);
+        if !is_identifier(name) {
+            problems.add(
+                &here,
+                format!("branch name `{name}` must start with a letter or `_` and contain only letters, digits, `_` and `-`"),
+            );
+            continue;
+        }
+        let steps = lower_steps(steps, &here, problems, count, depth);
+        if steps.is_empty() {
+            problems.add(&here, "a branch needs at least one step");
+        }
+        branches.push(Branch {
+            name: name.clone(),
+            path: here,
+            steps,
+        });
+    }
+    branches
 }
 
 fn lower_retry_on(value: &Value, path: &str, problems: &mut Problems) -> Vec<String> {
@@ -782,21 +844,32 @@ fn lower_retry(value: &Value, path: &str, problems: &mut Problems) -> Option<Ret
     Some(policy)
 }
 
+/// `steps` and every step inside them (a `for_each`'s or `try`'s steps,
+/// `catch`, `finally`, `parallel`'s branches), in document order.
+pub fn nested(steps: &[Step]) -> Vec<&Step> {
+    fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
+        for s in steps {
+            out.push(s);
+            walk(&s.steps, out);
+            walk(&s.catch, out);
+            walk(&s.finally, out);
+            for b in &s.branches {
+                walk(&b.steps, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(steps, &mut out);
+    out
+}
+
 impl Workflow {
     /// Every step, nested ones included, in document order.
     pub fn all_steps(&self) -> Vec<&Step> {
-        fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
-            for s in steps {
-                out.push(s);
-                walk(&s.steps, out);
-                walk(&s.catch, out);
-                walk(&s.finally, out);
-            }
-        }
         let mut out = Vec::new();
-        walk(&self.steps, &mut out);
-        walk(&self.on_error, &mut out);
-        walk(&self.finally, &mut out);
+        for steps in [&self.steps, &self.on_error, &self.finally] {
+            out.extend(nested(steps));
+        }
         out
     }
 
@@ -808,7 +881,7 @@ impl Workflow {
             .all_steps()
             .into_iter()
             .map(|s| s.action.as_str())
-            .filter(|a| ![CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY].contains(a))
+            .filter(|a| !CONTROL_ACTIONS.contains(a))
             .collect();
         used.into_iter().map(String::from).collect()
     }

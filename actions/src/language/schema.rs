@@ -127,7 +127,7 @@ struct Step {
     /// A label for people.
     name: Option<String>,
     /// A registered action such as `shell.run`, or a control step:
-    /// set, log, sleep, fail, for_each, try.
+    /// set, log, sleep, fail, for_each, try, parallel.
     action: String,
     /// The action's arguments. Strings may contain `${...}` templates.
     with: Option<BTreeMap<String, Value>>,
@@ -146,6 +146,11 @@ struct Step {
     /// The cleanup of `try`: runs after its steps and `catch`, whatever
     /// their end, a cancel included (bounded by `finally_timeout`).
     finally: Option<Vec<Step>>,
+    /// The branches of `parallel`: name → steps. They run at the same
+    /// time (at most `with.max_parallel` at once; those that use the
+    /// browser one after another); `with.on_failure: cancel_siblings`
+    /// (the default) or `finish_siblings`.
+    branches: Option<BTreeMap<String, Vec<Step>>>,
 }
 
 #[derive(JsonSchema)]

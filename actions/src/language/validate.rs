@@ -10,14 +10,14 @@ use super::LoadOptions;
 use super::argcheck;
 use super::credentials::{self, CredentialSpec};
 use super::model::{
-    CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow, check_variable_name, edit_distance,
+    CONTROL_ACTIONS, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step, Workflow,
+    check_variable_name, edit_distance,
 };
 use super::problem::{Problems, join};
 use super::template::{PathExpr, Segment, Template, paths};
 use crate::builtin::browser;
 use crate::runtime::registry::Registry;
 
-const CONTROL_ACTIONS: &[&str] = &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY];
 const SHELL_RUN: &str = "shell.run";
 const STEP_FIELDS_READABLE: &[&str] = &["output", "status", "error"];
 
@@ -244,6 +244,12 @@ impl Validator<'_> {
                 );
             }
         }
+        if !step.branches.is_empty() && action != CONTROL_PARALLEL {
+            self.problems.add(
+                join(&step.path, "branches"),
+                format!("only `parallel` steps have `branches`, not `{action}`"),
+            );
+        }
         for (field, steps) in [("catch", &step.catch), ("finally", &step.finally)] {
             if !steps.is_empty() && action != CONTROL_TRY {
                 self.problems.add(
@@ -266,6 +272,7 @@ impl Validator<'_> {
                 }
             }
             CONTROL_FOR_EACH => self.for_each(step, &with_path),
+            CONTROL_PARALLEL => self.parallel(step, &with_path),
             CONTROL_TRY => {
                 if !step.with.is_empty() {
                     self.problems.add(
@@ -325,6 +332,64 @@ impl Validator<'_> {
         if action == CONTROL_SET {
             self.vars.extend(step.with.keys().cloned());
         }
+    }
+
+    /// Each branch sees what ran before the `parallel` step and its own
+    /// steps, never another branch's (which may not have run yet); after
+    /// it, every branch's steps have run. Variables set in a branch stay
+    /// in it.
+    fn parallel(&mut self, step: &Step, with_path: &str) {
+        for (key, value) in &step.with {
+            let at = join(with_path, key);
+            match (key.as_str(), value) {
+                ("max_parallel", Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {}
+                ("max_parallel", Value::String(s)) if s.contains("${") => {}
+                ("max_parallel", other) => self.problems.add(
+                    at,
+                    format!(
+                        "expected a whole number of branches from 1, found {}",
+                        super::template::describe(other)
+                    ),
+                ),
+                ("on_failure", Value::String(s))
+                    if s == "cancel_siblings" || s == "finish_siblings" => {}
+                ("on_failure", other) => self.problems.add(
+                    at,
+                    format!(
+                        "expected `cancel_siblings` or `finish_siblings`, found {}",
+                        super::template::describe(other)
+                    ),
+                ),
+                _ => self.problems.add(
+                    at,
+                    format!(
+                        "unknown argument `{key}`; `parallel` takes `max_parallel` and `on_failure`"
+                    ),
+                ),
+            }
+        }
+        if step.branches.is_empty() {
+            self.problems.add(
+                join(&step.path, "branches"),
+                "`parallel` needs its branches under `branches`, a mapping of names to steps",
+            );
+        }
+        if !step.steps.is_empty() {
+            self.problems.add(
+                join(&step.path, "steps"),
+                "`parallel` runs `branches`, not `steps`",
+            );
+        }
+        let (done, vars) = (self.done.clone(), self.vars.clone());
+        let mut after = done.clone();
+        for branch in &step.branches {
+            self.done = done.clone();
+            self.vars = vars.clone();
+            self.steps(&branch.steps);
+            after.extend(self.done.iter().cloned());
+        }
+        self.done = after;
+        self.vars = vars;
     }
 
     fn for_each(&mut self, step: &Step, with_path: &str) {

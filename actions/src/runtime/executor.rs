@@ -27,7 +27,9 @@ use super::report::{
     ErrorInfo, SessionReport, SessionStatus, StepRecord, StepStatus, millis_between,
 };
 use crate::language::duration::format_duration;
-use crate::language::model::{CONTROL_FOR_EACH, CONTROL_SET, CONTROL_TRY, Step, Workflow};
+use crate::language::model::{
+    Branch, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step, Workflow, nested,
+};
 use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
 
@@ -457,6 +459,7 @@ impl<'e> Session<'e> {
             CONTROL_SET => self.set(step),
             CONTROL_FOR_EACH => self.for_each(step).await,
             CONTROL_TRY => self.try_catch(step).await,
+            CONTROL_PARALLEL => self.parallel(step).await,
             _ => self.invoke(step).await,
         };
         match result {
@@ -631,6 +634,130 @@ impl<'e> Session<'e> {
             self.vars.insert(index_name, v);
         }
         result.map(|()| Value::Array(outputs))
+    }
+
+    /// Runs the branches of a `parallel` step at the same time (at most
+    /// `max_parallel` at once), each in a fork of the session: what ran
+    /// before is readable, variables set inside stay inside, and the
+    /// branch's step records and states come back once all have ended.
+    /// Branches that use the browser, the session's one window, run one
+    /// after another. A failing branch cancels the others unless
+    /// `on_failure: finish_siblings`; the step then fails with the first
+    /// failure that was not such a cancel.
+    async fn parallel(&mut self, step: &Step) -> Result<Value, Failure> {
+        let args = self
+            .render_map(&step.with)
+            .map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
+        let max = match args.get("max_parallel") {
+            None => step.branches.len(),
+            Some(v) => match v.as_u64().filter(|n| *n >= 1) {
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => {
+                    return Err(failure(
+                        codes::INVALID_ARGS,
+                        format!("with.max_parallel: expected a whole number from 1, found {v}"),
+                        &step.id,
+                    ));
+                }
+            },
+        };
+        let finish_siblings =
+            args.get("on_failure").and_then(Value::as_str) == Some("finish_siblings");
+        let siblings = self.cancel.child_token();
+        let slots = tokio::sync::Semaphore::new(max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
+        let browser = tokio::sync::Mutex::new(());
+        let mut forks: Vec<Session<'e>> = step
+            .branches
+            .iter()
+            .map(|b| self.fork(b, siblings.child_token()))
+            .collect();
+        let runs = forks.iter_mut().zip(&step.branches).map(|(fork, branch)| {
+            let (slots, browser, siblings) = (&slots, &browser, &siblings);
+            async move {
+                // Never closed: a permit always comes.
+                let _slot = slots.acquire().await;
+                let _browser = if uses_browser(&branch.steps) {
+                    Some(browser.lock().await)
+                } else {
+                    None
+                };
+                let result = fork.run_steps(&branch.steps).await;
+                if result.is_err() && !finish_siblings {
+                    siblings.cancel();
+                }
+                result
+            }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        let mut statuses = Map::new();
+        let mut first_failure = None;
+        let mut first_cancel = None;
+        for ((fork, branch), result) in forks.into_iter().zip(&step.branches).zip(results) {
+            self.merge(fork, &branch.steps);
+            let status = match result {
+                Ok(()) => StepStatus::Success,
+                Err(f) if f.code == codes::CANCELLED => {
+                    first_cancel.get_or_insert(f);
+                    StepStatus::Cancelled
+                }
+                Err(f) => {
+                    first_failure.get_or_insert(f);
+                    StepStatus::Error
+                }
+            };
+            statuses.insert(branch.name.clone(), Value::String(status.as_str().into()));
+        }
+        match first_failure.or(first_cancel) {
+            Some(f) => Err(f),
+            None => Ok(json!({"branches": statuses})),
+        }
+    }
+
+    /// A session for one branch of a `parallel` step: the same shared
+    /// parts, a copy of what templates read, the records of the branch's
+    /// own steps, and its own token.
+    fn fork(&self, branch: &Branch, cancel: CancellationToken) -> Session<'e> {
+        let mut records = IndexMap::new();
+        for step in nested(&branch.steps) {
+            if let Some(record) = self.records.get(&step.id) {
+                records.insert(step.id.clone(), record.clone());
+            }
+        }
+        Session {
+            registry: self.registry,
+            shared: self.shared.clone(),
+            params: self.params.clone(),
+            credentials: self.credentials.clone(),
+            env: self.env.clone(),
+            vars: self.vars.clone(),
+            step_states: self.step_states.clone(),
+            records,
+            error_binding: self.error_binding.clone(),
+            cancel,
+            timed_out: self.timed_out.clone(),
+            finally_timeout: self.finally_timeout,
+        }
+    }
+
+    /// Takes back what a branch's steps recorded.
+    fn merge(&mut self, fork: Session<'e>, steps: &[Step]) {
+        let Session {
+            mut records,
+            mut step_states,
+            ..
+        } = fork;
+        for step in nested(steps) {
+            let id = &step.id;
+            if let Some(record) = records.shift_remove(id) {
+                self.records.insert(id.clone(), record);
+            }
+            if let (Some(state), Value::Object(mine)) = (
+                step_states.get_mut(id).map(Value::take),
+                &mut self.step_states,
+            ) {
+                mine.insert(id.clone(), state);
+            }
+        }
     }
 
     /// Runs a `finally` block: whatever became of the steps before it,
@@ -852,6 +979,13 @@ impl<'e> Session<'e> {
         }
         Ok(out)
     }
+}
+
+/// Whether a branch drives the browser, which a session has one of.
+fn uses_browser(steps: &[Step]) -> bool {
+    nested(steps)
+        .iter()
+        .any(|s| s.action.starts_with("browser."))
 }
 
 fn failure(code: impl Into<String>, message: impl Into<String>, step_id: &str) -> Failure {

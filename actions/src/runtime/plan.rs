@@ -103,6 +103,9 @@ impl Walker<'_> {
             self.walk(&step.steps, depth + 1, out);
             self.walk(&step.catch, depth + 1, out);
             self.walk(&step.finally, depth + 1, out);
+            for branch in &step.branches {
+                self.walk(&branch.steps, depth + 1, out);
+            }
         }
     }
 }
