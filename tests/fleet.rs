@@ -444,6 +444,59 @@ finally:
     );
 }
 
+/// A `parallel` step on a robot: its branches overlap by the times the
+/// hub stores for their steps, and a later step reads both outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_step_runs_its_branches_at_once_on_the_robot() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("fan-bot", &[], &[]);
+    let yaml = "version: 1
+name: fan
+steps:
+  - id: both
+    action: parallel
+    branches:
+      left:
+        - id: nap_left
+          action: shell.run
+          with: {argv: [sh, -c, 'sleep 1; echo L']}
+      right:
+        - id: nap_right
+          action: shell.run
+          with: {argv: [sh, -c, 'sleep 1; echo R']}
+  - id: joined
+    action: log
+    with: {message: '${steps.nap_left.output.stdout}${steps.nap_right.output.stdout}'}
+outputs:
+  joined: '${steps.joined.output.message}'
+";
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+    assert_eq!(s["outputs"]["joined"], "LR", "{s}");
+    let by_id: HashMap<&str, &Value> = s["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|st| (st["id"].as_str().unwrap_or(""), st))
+        .collect();
+    let span = |id: &str| {
+        let at = |field: &str| {
+            by_id[id][field]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .unwrap_or_else(|| panic!("{id}.{field}: {s}"))
+        };
+        (at("started_at"), at("ended_at"))
+    };
+    let (left, right) = (span("nap_left"), span("nap_right"));
+    assert!(
+        left.0 < right.1 && right.0 < left.1,
+        "the branches did not overlap: {left:?} {right:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_run_fifty_sessions_each_exactly_once() {
     let f = fleet();

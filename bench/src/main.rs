@@ -292,6 +292,7 @@ fn run_benchmarks(opts: &Opts, which: Which) -> Result<bool> {
         let r = bench_executor(opts, &runtime, tasuki.as_deref(), dir.path())?;
         r.write(&mut md, opts);
         verdicts.extend(r.verdicts());
+        bench_branches(opts, &runtime)?.write(&mut md, opts);
     }
     if shell {
         let tasuki = tasuki.as_deref().context("no tasuki binary")?;
@@ -575,6 +576,86 @@ impl ExecutorResult {
             goal: format!("≥ {} steps/s", thousands(TARGET_STEPS_PER_SEC)),
             met: rate >= TARGET_STEPS_PER_SEC,
         }]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A `parallel` step's overhead
+
+/// Branches of the `parallel` step measured.
+const BRANCHES: usize = 100;
+
+struct BranchesResult {
+    runs: usize,
+    /// `Executor::run` wall time of the same 100 `set` steps in a row, ms.
+    sequential_ms: Samples,
+    /// ... and as one `parallel` step of 100 one-step branches, ms.
+    parallel_ms: Samples,
+}
+
+/// One `parallel` step of [`BRANCHES`] branches of one `set` step each,
+/// against the same steps one after another, in the same runs.
+fn bench_branches(opts: &Opts, runtime: &tokio::runtime::Runtime) -> Result<BranchesResult> {
+    let registry = Registry::builtin();
+    let mut sequential = String::from("version: 1\nname: bench-sequential\nsteps:\n");
+    let mut parallel = String::from(
+        "version: 1\nname: bench-branches\nsteps:\n  - id: fan\n    action: parallel\n    branches:\n",
+    );
+    for i in 0..BRANCHES {
+        let _ = writeln!(
+            sequential,
+            "  - id: s{i}\n    action: set\n    with: {{n: {i}}}"
+        );
+        let _ = writeln!(
+            parallel,
+            "      b{i}:\n        - id: s{i}\n          action: set\n          with: {{n: {i}}}"
+        );
+    }
+    let sequential = Arc::new(parse(&sequential, &registry)?);
+    let parallel = Arc::new(parse(&parallel, &registry)?);
+    let (seq_params, par_params) = (Arc::new(bind(&sequential)?), Arc::new(bind(&parallel)?));
+    let runs = opts.executor_runs();
+    let mut result = BranchesResult {
+        runs,
+        sequential_ms: Samples::default(),
+        parallel_ms: Samples::default(),
+    };
+    for run in 0..opts.warmup + runs {
+        progress("branches", run, opts.warmup, runs);
+        let (seq, report) =
+            run_session(runtime, &registry, &sequential, &seq_params, Drive::Spawned)?;
+        check_report(&report, BRANCHES)?;
+        let (par, report) = run_session(runtime, &registry, &parallel, &par_params, Drive::Spawned)?;
+        check_report(&report, BRANCHES + 1)?;
+        if run >= opts.warmup {
+            result.sequential_ms.push(ms(seq));
+            result.parallel_ms.push(ms(par));
+        }
+    }
+    Ok(result)
+}
+
+impl BranchesResult {
+    fn write(&self, md: &mut String, opts: &Opts) {
+        let _ = writeln!(
+            md,
+            "### A `parallel` step with {BRANCHES} branches\n\n{} measured runs after {} warm-up \
+             runs, taking turns: one `parallel` step of {BRANCHES} branches of one `set` step each, \
+             against the same {BRANCHES} `set` steps one after another (the baseline). Wall time of \
+             `Executor::run`.\n",
+            self.runs, opts.warmup
+        );
+        let _ = writeln!(md, "| Measure | Median | Min | Max |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        row(md, "100 `set` steps in a row (ms)", &self.sequential_ms, 2);
+        row(md, "one `parallel` step, 100 branches (ms)", &self.parallel_ms, 2);
+        let (p, s) = (self.parallel_ms.median(), self.sequential_ms.median());
+        let _ = writeln!(
+            md,
+            "\nRatio of the medians: {:.2}×; the branch step's own cost: {:.1} µs a branch.\n",
+            p / s,
+            (p - s) * 1e3 / BRANCHES as f64
+        );
     }
 }
 
