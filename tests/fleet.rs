@@ -497,6 +497,48 @@ outputs:
     );
 }
 
+/// A session that logs past its workflow's `limits.log_bytes` runs to its
+/// end and reports: its log is cut, ending with the hub's line that says
+/// at which line and by which limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_past_its_workflow_s_limit_is_cut_and_the_session_finishes() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("chatty-bot", &[], &[]);
+    let yaml = "version: 1
+name: chatty
+limits: {log_bytes: 300}
+steps:
+  - id: talk
+    action: shell.run
+    with: {argv: [sh, -c, 'for i in $(seq 1 200); do echo line-$i-xxxxxxxxxx; done']}
+  - id: after
+    action: log
+    with: {message: still-running}
+";
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+    let logs = all_logs(&f.api, id).await;
+    let last = logs.last().expect("a log");
+    let message = last["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("[tasuki-hub] the log stops here, at line ")
+            && message.contains("its workflow's limits.log_bytes (300 bytes of messages)"),
+        "{message}"
+    );
+    let seqs: Vec<i64> = logs
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let stored: usize = logs[..logs.len() - 1]
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or("").len())
+        .sum();
+    assert!(stored <= 300, "{stored} bytes stored before the cut");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_run_fifty_sessions_each_exactly_once() {
     let f = fleet();

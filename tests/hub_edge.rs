@@ -948,22 +948,51 @@ async fn a_session_stores_no_more_than_its_limits() {
     let forty = "x".repeat(40);
     let r = logs(log_batch(1, &[&forty, &forty])).await;
     assert_eq!(r.body["high_seq"], 2, "{}", r.body);
-    let r = logs(log_batch(3, &[&"y".repeat(30)])).await;
-    assert_refused(&r, 413, "session_log_limit");
-    assert!(
-        r.message().contains("--max-session-log-bytes"),
-        "{}",
-        r.message()
-    );
     // A resent batch is not counted twice.
-    let r = logs(log_batch(1, &[&forty, &forty, "a", "b", "c"])).await;
-    assert_eq!(r.body["high_seq"], 5, "{}", r.body);
-    let r = logs(log_batch(6, &["d"])).await;
-    assert_refused(&r, 413, "session_log_limit");
+    let r = logs(log_batch(1, &[&forty, &forty, "a", "b"])).await;
+    assert_eq!(r.body["high_seq"], 4, "{}", r.body);
+    // Past a limit the log is cut, not refused: the lines that fit, then
+    // the hub's line saying where and why; the robot is told the whole
+    // batch was taken, so it carries on and its report arrives.
+    let r = logs(log_batch(5, &[&"y".repeat(30), "z"])).await;
+    assert_eq!(r.body["high_seq"], 6, "{}", r.body);
+    let r = logs(log_batch(8, &["later"])).await;
+    assert_eq!(r.body["high_seq"], 8, "{}", r.body);
+    let stored = api.get(&format!("/v1/session_queues/{id}/logs")).await;
+    let lines = stored.body["logs"].as_array().expect("logs").clone();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(messages.len(), 5, "{messages:?}");
+    assert_eq!(&messages[..4], [&*forty, &*forty, "a", "b"]);
+    assert_eq!(
+        messages[4],
+        "[tasuki-hub] the log stops here, at line 5: this session reached the hub's \
+         --max-session-log-bytes (100 bytes of messages); the lines after it were not stored"
+    );
+    assert_eq!(lines[4]["seq"], 5);
+
+    // The line limit cuts the same way.
+    let (id, lease) = leased(&api, &robot, "chatty").await;
+    let r = with_lease(
+        &robot,
+        reqwest::Method::POST,
+        format!("/v1/robot/sessions/{id}/logs"),
+        &lease,
+        log_batch(1, &["1", "2", "3", "4", "5", "6", "7"]),
+    )
+    .await;
+    assert_eq!(r.body["high_seq"], 7, "{}", r.body);
+    let stored = api.get(&format!("/v1/session_queues/{id}/logs")).await;
+    let last = stored.body["logs"][5]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(
-        r.message().contains("--max-session-log-lines"),
+        last.contains("at line 6") && last.contains("--max-session-log-lines (5 lines)"),
         "{}",
-        r.message()
+        stored.body
     );
 }
 

@@ -598,3 +598,44 @@ steps:
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("not an identifier"), "{}", r.stderr);
 }
+
+#[test]
+fn limits_steps_ends_a_loop_that_runs_too_long_but_not_its_cleanup() {
+    let r = run_text(
+        "version: 1\nname: t\nlimits: {steps: 5}\nsteps:\n  - id: each\n    action: for_each\n    with: {items: [1, 2, 3, 4, 5, 6, 7, 8]}\n    steps:\n      - id: tick\n        action: log\n        with: {message: \"${item}\"}\nfinally:\n  - id: tidy\n    action: log\n    with: {message: done}\n",
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.report["error"]["code"], "step_limit", "{}", r.report);
+    let message = r.report["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("limits.steps"), "{message}");
+    assert_eq!(r.report["steps"]["tidy"]["status"], "success");
+}
+
+#[test]
+fn limits_output_bytes_fails_outputs_that_are_too_large() {
+    let r = run_text(
+        "version: 1\nname: t\nlimits: {output_bytes: 20}\nsteps:\n  - id: a\n    action: log\n    with: {message: hi}\noutputs:\n  text: \"a rather long output value\"\n",
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.report["error"]["code"], "outputs_failed");
+    let message = r.report["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("limits.output_bytes is 20"), "{message}");
+}
+
+#[test]
+fn bad_limits_are_refused_with_their_paths() {
+    let r = run_text(
+        "version: 1\nname: t\nlimits: {steps: 0, log_bytes: lots, wall_time: 3}\nsteps:\n  - id: a\n    action: log\n    with: {message: hi}\n",
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for expected in ["limits.steps", "limits.log_bytes", "limits.wall_time"] {
+        assert!(
+            r.stderr.contains(expected),
+            "`{expected}` missing: {}",
+            r.stderr
+        );
+    }
+}

@@ -625,7 +625,8 @@ fn bench_branches(opts: &Opts, runtime: &tokio::runtime::Runtime) -> Result<Bran
         let (seq, report) =
             run_session(runtime, &registry, &sequential, &seq_params, Drive::Spawned)?;
         check_report(&report, BRANCHES)?;
-        let (par, report) = run_session(runtime, &registry, &parallel, &par_params, Drive::Spawned)?;
+        let (par, report) =
+            run_session(runtime, &registry, &parallel, &par_params, Drive::Spawned)?;
         check_report(&report, BRANCHES + 1)?;
         if run >= opts.warmup {
             result.sequential_ms.push(ms(seq));
@@ -648,7 +649,12 @@ impl BranchesResult {
         let _ = writeln!(md, "| Measure | Median | Min | Max |");
         let _ = writeln!(md, "|---|---:|---:|---:|");
         row(md, "100 `set` steps in a row (ms)", &self.sequential_ms, 2);
-        row(md, "one `parallel` step, 100 branches (ms)", &self.parallel_ms, 2);
+        row(
+            md,
+            "one `parallel` step, 100 branches (ms)",
+            &self.parallel_ms,
+            2,
+        );
         let (p, s) = (self.parallel_ms.median(), self.sequential_ms.median());
         let _ = writeln!(
             md,

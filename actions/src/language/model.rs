@@ -40,6 +40,8 @@ pub struct Workflow {
     /// which its hub queues it again (the workflow is safe to repeat).
     /// Empty by default: a session runs at most once.
     pub retry_on: Vec<String>,
+    /// `limits:`: bounds on one session of this workflow.
+    pub limits: Limits,
     /// The workflow's own browser settings, over the robot's.
     pub browser: WorkflowBrowser,
     /// What validation found unwise but not wrong (a secret in `argv`):
@@ -52,6 +54,20 @@ pub struct Workflow {
     /// their kinds (`credentials.rs`).
     pub credentials: Vec<CredentialSpec>,
 }
+
+/// `limits:` in a workflow. Each bound, when reached, ends the session
+/// (or cuts its log) with an error naming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Steps run, each iteration of a loop and each branch's counted.
+    pub steps: Option<u64>,
+    /// Bytes of log messages the hub stores; the log is cut past it.
+    pub log_bytes: Option<u64>,
+    /// Bytes of the rendered `outputs:`, as JSON.
+    pub output_bytes: Option<u64>,
+}
+
+const LIMIT_FIELDS: &[&str] = &["steps", "log_bytes", "output_bytes"];
 
 /// `browser:` in a workflow: what it says wins over the robot's settings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -168,6 +184,7 @@ const WORKFLOW_FIELDS: &[&str] = &[
     "finally",
     "finally_timeout",
     "retry_on",
+    "limits",
     "browser",
     "outputs",
     "credentials",
@@ -412,6 +429,38 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
     let finally_timeout = fields
         .duration("finally_timeout", &mut problems)
         .unwrap_or(DEFAULT_FINALLY_TIMEOUT);
+    let limits = match fields.get("limits") {
+        None | Some((Value::Null, _)) => Limits::default(),
+        Some((Value::Object(map), path)) => {
+            let limits = Fields::new(map, &path, LIMIT_FIELDS, &mut problems);
+            let mut bound = |name: &str| match limits.get(name) {
+                None => None,
+                Some((Value::Number(n), _)) if n.as_u64().is_some_and(|n| n >= 1) => n.as_u64(),
+                Some((other, p)) => {
+                    problems.add(
+                        p,
+                        format!("expected a whole number from 1, found {}", describe(other)),
+                    );
+                    None
+                }
+            };
+            Limits {
+                steps: bound("steps"),
+                log_bytes: bound("log_bytes"),
+                output_bytes: bound("output_bytes"),
+            }
+        }
+        Some((other, path)) => {
+            problems.add(
+                path,
+                format!(
+                    "expected a mapping such as `{{steps: 1000, log_bytes: 10000000}}`, found {}",
+                    describe(other)
+                ),
+            );
+            Limits::default()
+        }
+    };
     let retry_on = match fields.get("retry_on") {
         None | Some((Value::Null, _)) => Vec::new(),
         Some((v, path)) => lower_retry_on(v, &path, &mut problems),
@@ -465,6 +514,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         finally,
         finally_timeout,
         retry_on,
+        limits,
         browser,
         warnings: Problems::default(),
         outputs,

@@ -47,6 +47,12 @@ struct Workflow {
     /// killed mid-run and restarted). By default a session runs at most
     /// once.
     retry_on: Option<Vec<RetryOnDoc>>,
+    /// Bounds on one session: `steps` run (loops' iterations and branches
+    /// counted; `finally` and `on_error` exempt) ends it `step_limit`;
+    /// `output_bytes` of its rendered outputs, `outputs_failed`;
+    /// `log_bytes` of log messages its hub stores, past which the log is
+    /// cut with a line saying where and why.
+    limits: Option<LimitsDoc>,
     /// Browser settings of this workflow, over the robot's.
     browser: Option<BrowserSection>,
     /// The session's results: output name → a value, with templates over
@@ -57,6 +63,18 @@ struct Workflow {
     /// `${credentials.NAME.FIELD}` and masked everywhere. A robot
     /// receives them from its hub, `tasuki run` from `--credentials-file`.
     credentials: Option<BTreeMap<String, CredentialKindDoc>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LimitsDoc {
+    #[schemars(range(min = 1))]
+    steps: Option<u64>,
+    #[schemars(range(min = 1))]
+    log_bytes: Option<u64>,
+    #[schemars(range(min = 1))]
+    output_bytes: Option<u64>,
 }
 
 #[derive(JsonSchema)]

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -147,6 +147,10 @@ impl Executor {
             cancel: session_token.clone(),
             timed_out: timed_out.clone(),
             finally_timeout: workflow.finally_timeout,
+            steps_run: Arc::new(StepCount {
+                run: AtomicU64::new(0),
+                limit: workflow.limits.steps,
+            }),
         };
 
         let outcome = session.run_steps(&workflow.steps).await;
@@ -172,17 +176,19 @@ impl Executor {
         // cannot be rendered fails it.
         let mut outputs = None;
         let outcome = match outcome {
-            Ok(()) if !workflow.outputs.is_empty() => match session.outputs(&workflow.outputs) {
-                Ok(rendered) => {
-                    outputs = Some(rendered);
-                    Ok(())
+            Ok(()) if !workflow.outputs.is_empty() => {
+                match session.outputs(&workflow.outputs, workflow.limits.output_bytes) {
+                    Ok(rendered) => {
+                        outputs = Some(rendered);
+                        Ok(())
+                    }
+                    Err(message) => Err(ErrorInfo {
+                        code: codes::OUTPUTS.into(),
+                        message,
+                        step_id: None,
+                    }),
                 }
-                Err(message) => Err(ErrorInfo {
-                    code: codes::OUTPUTS.into(),
-                    message,
-                    step_id: None,
-                }),
-            },
+            }
             other => other,
         };
         let (status, error) = match outcome {
@@ -201,6 +207,8 @@ impl Executor {
                     // within a bound of its own.
                     let handler_token = cancel.child_token();
                     session.cancel = handler_token.clone();
+                    // The handler runs even after `limits.steps` was reached.
+                    session.steps_run = StepCount::unbounded();
                     let handler = session.run_steps(&workflow.on_error);
                     let result = tokio::select! {
                         r = handler => Some(r),
@@ -323,6 +331,22 @@ struct Session<'e> {
     timed_out: Arc<TimeLimit>,
     /// How long each `finally` block may run.
     finally_timeout: Duration,
+    /// Steps started so far, branches' too, against `limits.steps`.
+    steps_run: Arc<StepCount>,
+}
+
+struct StepCount {
+    run: AtomicU64,
+    limit: Option<u64>,
+}
+
+impl StepCount {
+    fn unbounded() -> Arc<StepCount> {
+        Arc::new(StepCount {
+            run: AtomicU64::new(0),
+            limit: None,
+        })
+    }
 }
 
 /// A time limit that cancels a token when it runs out, and remembers that
@@ -428,6 +452,15 @@ impl<'e> Session<'e> {
             attempt: 1,
             started_at,
         });
+        let run = self.steps_run.run.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(limit) = self.steps_run.limit.filter(|l| run > *l) {
+            let f = failure(
+                codes::STEP_LIMIT,
+                format!("the session has run {limit} steps, its workflow's limits.steps"),
+                &step.id,
+            );
+            return self.fail(step, started_at, clock, f);
+        }
 
         if let Some(condition) = &step.condition {
             match self.render_text(condition) {
@@ -736,6 +769,7 @@ impl<'e> Session<'e> {
             cancel,
             timed_out: self.timed_out.clone(),
             finally_timeout: self.finally_timeout,
+            steps_run: self.steps_run.clone(),
         }
     }
 
@@ -774,10 +808,13 @@ impl<'e> Session<'e> {
             let timer = limit.start(self.finally_timeout, token.clone());
             let outer_token = std::mem::replace(&mut self.cancel, token);
             let outer_limit = std::mem::replace(&mut self.timed_out, limit);
+            // A cleanup runs even after `limits.steps` was reached.
+            let outer_count = std::mem::replace(&mut self.steps_run, StepCount::unbounded());
             let result = self.run_steps(steps).await;
             timer.abort();
             self.cancel = outer_token;
             self.timed_out = outer_limit;
+            self.steps_run = outer_count;
             result
         })
     }
@@ -933,8 +970,9 @@ impl<'e> Session<'e> {
         }
     }
 
-    /// The workflow's outputs, rendered and masked.
-    fn outputs(&self, declared: &Map<String, Value>) -> Result<Value, String> {
+    /// The workflow's outputs, rendered and masked, at most `limit` bytes
+    /// as JSON (`limits.output_bytes`) and never more than a report carries.
+    fn outputs(&self, declared: &Map<String, Value>, limit: Option<u64>) -> Result<Value, String> {
         let mut out = Map::with_capacity(declared.len());
         for (name, value) in declared {
             let rendered = self
@@ -945,6 +983,11 @@ impl<'e> Session<'e> {
         let mut out = Value::Object(out);
         self.shared.masker.mask_value(&mut out);
         let size = out.to_string().len();
+        if let Some(limit) = limit.filter(|l| (size as u64) > *l) {
+            return Err(format!(
+                "the outputs are {size} bytes as JSON; the workflow's limits.output_bytes is {limit}"
+            ));
+        }
         if size > MAX_OUTPUTS_BYTES {
             return Err(format!(
                 "the outputs are {size} bytes as JSON; they may be at most {MAX_OUTPUTS_BYTES}"

@@ -52,6 +52,8 @@ pub mod codes {
     pub const UNKNOWN_ACTION: &str = "unknown_action";
     /// The workflow's `outputs:` could not be rendered, or are too large.
     pub const OUTPUTS: &str = "outputs_failed";
+    /// The workflow's `limits.steps` was reached.
+    pub const STEP_LIMIT: &str = "step_limit";
 }
 
 /// An action, as the executor sees it.

@@ -175,6 +175,7 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         finally: Vec::new(),
         finally_timeout: tasuki_actions::language::model::DEFAULT_FINALLY_TIMEOUT,
         retry_on: Vec::new(),
+        limits: Default::default(),
         browser: Default::default(),
         warnings: Default::default(),
         outputs: Default::default(),

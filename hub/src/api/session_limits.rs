@@ -1,7 +1,11 @@
 //! How much one session may store: a robot key could otherwise fill the
 //! hub's disk with artifacts under ever new names and endless log
-//! batches. Each limit, once reached, refuses the call with 413 and an
-//! error that names the limit and the flag that sets it.
+//! batches. An artifact past a limit is refused with 413 and an error that
+//! names the limit and the flag that sets it. A log past a limit (the
+//! hub's, or its workflow's `limits.log_bytes`) is cut: the lines that fit
+//! are stored, then a line of the hub's saying at which line and by which
+//! limit, and later lines are answered as taken and dropped, so the
+//! session runs on and its report arrives.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -86,7 +90,7 @@ const MAX_TRACKED_SESSIONS: usize = 64 * 1024;
 impl SessionLimits {
     /// Appends a batch unless the lines it adds would take the session
     /// past a log limit; the highest `seq` stored, numbered as the robot
-    /// numbers its run's lines (`logs::seq_base`), or the refusal. One
+    /// numbers its run's lines (`logs::LogState::seq_base`), or the refusal. One
     /// transaction with the session's row locked, so that batches cannot
     /// race past a limit, whichever connection or hub they reach.
     pub fn append_logs(
@@ -109,11 +113,29 @@ impl SessionLimits {
         session_id: i64,
         lines: &[LogLine],
     ) -> Result<Result<u64, ApiError>, DbError> {
+        let state = logs::state(conn, session_id)?;
+        let base = state.seq_base;
+        // The batch's lines as the robot numbers them are all dealt with
+        // once the log is cut: answered as taken, never stored.
+        let batch_high = lines.iter().map(|l| l.seq).max().unwrap_or(0);
+        if state.cut_at.is_some() {
+            return Ok(Ok(batch_high));
+        }
         let high = logs::high_seq(conn, session_id)?;
-        let base = logs::seq_base(conn, session_id)?;
-        // What logs::append will store: lines after the highest, without gaps.
+        let stored = match usage.bytes_at(session_id, high) {
+            Some(bytes) => bytes,
+            None => logs::stored_bytes(conn, session_id)?,
+        };
+        let (byte_limit, byte_limit_named) = match state.workflow_log_bytes {
+            Some(w) if w < self.log_bytes => (w, "its workflow's limits.log_bytes"),
+            _ => (self.log_bytes, "the hub's --max-session-log-bytes"),
+        };
+        // What logs::append will store: lines after the highest, without
+        // gaps, while they fit.
         let mut next = high + 1;
         let mut added_bytes = 0u64;
+        let mut fitting = Vec::new();
+        let mut passed = None;
         for line in lines {
             let seq = line.seq.saturating_add(base);
             if seq < next {
@@ -122,40 +144,42 @@ impl SessionLimits {
             if seq != next {
                 break;
             }
-            added_bytes += line.message.len() as u64;
+            let bytes = line.message.len() as u64;
+            if next > self.log_lines {
+                passed = Some(("the hub's --max-session-log-lines", self.log_lines, "lines"));
+                break;
+            }
+            if stored + added_bytes + bytes > byte_limit {
+                passed = Some((byte_limit_named, byte_limit, "bytes of messages"));
+                break;
+            }
+            added_bytes += bytes;
+            fitting.push(line.clone());
             next += 1;
         }
-        let added_lines = next - 1 - high;
-        if added_lines == 0 {
-            return Ok(Ok(high.saturating_sub(base)));
-        }
-        if high + added_lines > self.log_lines {
-            return Ok(Err(too_much(
-                "session_log_limit",
-                format!(
-                    "session {session_id} may store at most {} log lines (--max-session-log-lines); \
-                     it has {high}, and this batch adds {added_lines}",
-                    self.log_lines
-                ),
-            )));
-        }
-        let stored = match usage.bytes_at(session_id, high) {
-            Some(bytes) => bytes,
-            None => logs::stored_bytes(conn, session_id)?,
+        let stored_high = if fitting.is_empty() {
+            high
+        } else {
+            logs::append(conn, session_id, base, &fitting)?
         };
-        if stored + added_bytes > self.log_bytes {
-            return Ok(Err(too_much(
-                "session_log_limit",
-                format!(
-                    "session {session_id} may store at most {} bytes of log messages \
-                     (--max-session-log-bytes); it has {stored}, and this batch adds {added_bytes}",
-                    self.log_bytes
-                ),
-            )));
-        }
-        let stored_high = logs::append(conn, session_id, base, lines)?;
         usage.set(session_id, stored_high, stored + added_bytes);
-        Ok(Ok(stored_high.saturating_sub(base)))
+        let Some((limit, value, unit)) = passed else {
+            return Ok(Ok(stored_high.saturating_sub(base)));
+        };
+        let note = format!(
+            "[tasuki-hub] the log stops here, at line {}: this session reached {limit} ({value} \
+             {unit}); the lines after it were not stored",
+            stored_high + 1
+        );
+        let cut = logs::append_note(conn, session_id, &note, crate::db::now_ms())?;
+        logs::cut(conn, session_id, cut)?;
+        tracing::warn!(
+            session_queue_id = session_id,
+            line = cut,
+            limit,
+            "a session's log reached its limit and was cut"
+        );
+        Ok(Ok(batch_high))
     }
 
     /// Whether an artifact `name` of `size` bytes fits beside the others

@@ -766,7 +766,7 @@ pub const MAX_RETRIES: i64 = 3;
 /// `agent_restarted`), no cancel was asked for, and it has runs left. Its
 /// lease, robot, steps and report are cleared; its log keeps what the run
 /// sent and a line of the hub's saying why it runs again, and the next
-/// run's lines follow (`logs::seq_base`). The caller offers it. False,
+/// run's lines follow (`logs::LogState::seq_base`). The caller offers it. False,
 /// with nothing changed, otherwise.
 pub fn requeue_for_retry(
     conn: &mut Conn<'_>,
@@ -987,6 +987,7 @@ mod tests {
                     })
                     .collect(),
                 retry_on: Vec::new(),
+                limit_log_bytes: None,
             },
             0,
         )

@@ -48,20 +48,46 @@ pub fn after(
     Ok(Some((lines, status)))
 }
 
-/// Where the run under way's lines go: its robot numbers them from 1, and
-/// line `n` is stored as `base + n`, after the lines of the runs before it
-/// (`retry_on`, leases::requeue_for_retry); 0 for a first run.
-pub fn seq_base(conn: &mut Conn<'_>, session_id: i64) -> Result<u64, DbError> {
-    let base: Option<i64> = conn.opt_row(
-        "SELECT log_seq_base FROM session_queues WHERE id = ?1",
+/// What a session's log may still take.
+pub struct LogState {
+    /// Where the run under way's lines go: its robot numbers them from 1,
+    /// and line `n` is stored as `seq_base + n`, after the lines of the
+    /// runs before it (`retry_on`, leases::requeue_for_retry); 0 for a
+    /// first run.
+    pub seq_base: u64,
+    /// The line of the hub's note where the log was cut at a limit.
+    pub cut_at: Option<u64>,
+    /// Its workflow's `limits.log_bytes`.
+    pub workflow_log_bytes: Option<u64>,
+}
+
+pub fn state(conn: &mut Conn<'_>, session_id: i64) -> Result<LogState, DbError> {
+    let row: Option<(i64, Option<i64>, Option<i64>)> = conn.opt_row(
+        "SELECT s.log_seq_base, s.log_cut_at, w.limit_log_bytes
+         FROM session_queues s JOIN workflows w ON w.id = s.workflow_id WHERE s.id = ?1",
         params![session_id],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    Ok(base.unwrap_or(0).max(0) as u64)
+    let (base, cut, bytes) = row.unwrap_or((0, None, None));
+    let unsigned = |v: i64| v.max(0) as u64;
+    Ok(LogState {
+        seq_base: unsigned(base),
+        cut_at: cut.map(unsigned),
+        workflow_log_bytes: bytes.map(unsigned),
+    })
+}
+
+/// Marks the log cut at `line` (the hub's note): nothing more is stored.
+pub fn cut(conn: &mut Conn<'_>, session_id: i64, line: u64) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE session_queues SET log_cut_at = ?2 WHERE id = ?1",
+        params![session_id, line as i64],
+    )?;
+    Ok(())
 }
 
 /// Appends a batch of the run under way, whose lines are stored from
-/// `base` on ([`seq_base`]): lines at or below the stored highest `seq`
+/// `base` on ([`LogState::seq_base`]): lines at or below the stored highest `seq`
 /// are repeats and skipped; a line past highest + 1 is a gap, and it and
 /// the rest are not stored (the robot resends from the answer). Returns
 /// the highest `seq` stored.

@@ -375,11 +375,15 @@ const MIGRATIONS: &[&str] = &[
     // ends after which its sessions are queued again; a session's
     // `attempt` (1 for its first run); and `log_seq_base`, the stored
     // log's last line before the attempt under way, whose robot numbers
-    // its lines from 1 again.
+    // its lines from 1 again; `log_cut_at`, the line of the hub's note
+    // where a log that reached a limit was cut (api/session_limits.rs);
+    // and a workflow's `limits.log_bytes`.
     r#"
     ALTER TABLE workflows ADD COLUMN retry_on TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE session_queues ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE session_queues ADD COLUMN log_seq_base INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session_queues ADD COLUMN log_cut_at INTEGER;
+    ALTER TABLE workflows ADD COLUMN limit_log_bytes INTEGER;
     "#,
 ];
 
@@ -676,6 +680,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE workflows ADD COLUMN retry_on TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE session_queues ADD COLUMN attempt BIGINT NOT NULL DEFAULT 1;
     ALTER TABLE session_queues ADD COLUMN log_seq_base BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE session_queues ADD COLUMN log_cut_at BIGINT;
+    ALTER TABLE workflows ADD COLUMN limit_log_bytes BIGINT;
     "#,
     ),
 ];

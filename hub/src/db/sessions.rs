@@ -358,6 +358,7 @@ mod tests {
                 concurrency: None,
                 credentials: Vec::new(),
                 retry_on: Vec::new(),
+                limit_log_bytes: None,
             },
             0,
         )

@@ -46,6 +46,9 @@ pub struct NewWorkflow {
     /// `retry_on:`: the ends after which a session is queued again
     /// (`leases::requeue_for_retry`).
     pub retry_on: Vec<String>,
+    /// `limits.log_bytes`: its sessions' logs are cut past it
+    /// (api/session_limits.rs), or past the hub's own limit if lower.
+    pub limit_log_bytes: Option<u64>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -80,8 +83,10 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                                 param_specs, workflow_robots, created_at, required_actions,
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
-                                accept_undeclared_params, credentials, retry_on)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                                accept_undeclared_params, credentials, retry_on,
+                                limit_log_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)
          RETURNING id",
         params![
             w.name,
@@ -100,7 +105,9 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             c.and_then(|c| c.key.clone()),
             i64::from(w.accept_undeclared_params),
             credentials,
-            retry_on
+            retry_on,
+            w.limit_log_bytes
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
         ],
         |r| r.get(0),
     )?;
