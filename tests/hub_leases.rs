@@ -505,6 +505,95 @@ async fn a_lease_used_or_sent_to_an_earlier_run_is_not_taken_back() {
     assert_eq!(now["robot"]["name"], "r2", "{now}");
 }
 
+/// `retry_on: [agent_restarted]`, spoken by hand: the report of a run cut
+/// off by an agent restart queues the session again; the old lease is
+/// refused from then on; the next run's steps start from revision 1 and
+/// its log lines, numbered from 1 by its robot, follow the first run's and
+/// the hub's note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_off_by_a_restart_is_queued_again_under_retry_on() {
+    let s = setup();
+    let wf = workflow(
+        &s.api,
+        &YAML.replace(
+            "name: lease-probe\n",
+            "name: lease-probe\nretry_on: [agent_restarted]\n",
+        ),
+        &[],
+    )
+    .await;
+    let id = queue(&s.api, wf, json!({})).await;
+    s.register("r1").await;
+    let first = only_lease(&poll_numbered(&s.robot_api, "r1", "p1", 1, 1, &[]).await);
+    assert_eq!(first.0, id);
+    let steps = |revision: u64| json!({"revision": revision, "steps": [{"id": "work", "status": "running"}]});
+    let put_steps = |lease: &str, revision: u64| {
+        s.robot_api.send(
+            s.robot_api
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/robot/sessions/{id}/steps"),
+                )
+                .header("tasuki-lease", lease)
+                .json(&steps(revision)),
+        )
+    };
+    let r = put_steps(&first.1, 5).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(s.log_line(&first).await.status.as_u16(), 200);
+    let r = s
+        .with_lease(
+            &format!("/v1/robot/sessions/{id}/finish"),
+            &first.1,
+            json!({"status": "error", "idempotency_key": "k1", "ended_at": "2026-01-01T00:00:00Z",
+                   "steps": [], "error": {"code": "agent_restarted", "message": "cut off"}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let now = s.session(id).await;
+    assert_eq!(now["status"], "queued", "{now}");
+    assert_eq!(now["attempt"], 2, "{now}");
+    // The first run's lease is not the session's any more.
+    assert_refused(&s.log_line(&first).await, 409, "lease_lost");
+
+    let second = only_lease(&poll_numbered(&s.robot_api, "r1", "p2", 2, 1, &[]).await);
+    assert_eq!(second.0, id);
+    assert_ne!(second.1, first.1);
+    let r = put_steps(&second.1, 1).await;
+    assert_eq!(
+        r.body["revision"], 1,
+        "the new run's steps are taken: {}",
+        r.body
+    );
+    let r = s.log_line(&second).await;
+    assert_eq!(
+        r.body["high_seq"], 1,
+        "numbered as the robot numbers: {}",
+        r.body
+    );
+    let logs = s.api.get(&format!("/v1/session_queues/{id}/logs")).await;
+    let lines = logs.body["logs"].as_array().expect("logs");
+    let text: Vec<(i64, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["seq"].as_i64().unwrap_or(0),
+                l["message"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert_eq!(text[0], (1, "hello"));
+    assert!(
+        text[1].0 == 2
+            && text[1]
+                .1
+                .starts_with("[tasuki-hub] run 1 ended agent_restarted: its agent was stopped"),
+        "{text:?}"
+    );
+    assert_eq!(text[2], (3, "hello"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_lease_cannot_be_handed_back() {
     let s = setup();

@@ -219,3 +219,28 @@ fn dry_run_plans_the_finally_steps() {
     let plan = r.report.to_string();
     assert!(plan.contains("tidy"), "{plan}");
 }
+
+/// A cleanup runs whatever became of the steps, so a variable they set
+/// may never have been bound: `finally` may not read one (it reads
+/// `${steps.ID...}`), and it needs some time.
+#[test]
+fn finally_reads_no_variable_the_steps_set_and_needs_time() {
+    let r = run_text(
+        "version: 1\nname: t\nfinally_timeout: 0s\nsteps:\n  - id: fetch\n    action: shell.run\n    save_as: token\n    with: {argv: [echo, t0k]}\n  - id: guarded\n    action: try\n    steps:\n      - id: mark\n        action: set\n        with: {inside: yes-it-ran}\n    finally:\n      - id: inner\n        action: log\n        with: {message: \"${inside}\"}\nfinally:\n  - id: outer\n    action: log\n    with: {message: \"${token.stdout} ${steps.fetch.status}\"}\n",
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for expected in [
+        ": finally_timeout: ",
+        ": steps[1].finally[0].with.message: `${inside}`",
+        ": finally[0].with.message: `${token.stdout}`",
+    ] {
+        assert!(
+            r.stderr.contains(expected),
+            "`{expected}` missing: {}",
+            r.stderr
+        );
+    }
+    // Reading the step, not the variable, is fine.
+    assert!(!r.stderr.contains("steps.fetch"), "{}", r.stderr);
+}

@@ -426,9 +426,17 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         None | Some((Value::Null, _)) => Vec::new(),
         Some((v, path)) => lower_steps(v, &path, &mut problems, &mut count, 0),
     };
-    let finally_timeout = fields
-        .duration("finally_timeout", &mut problems)
-        .unwrap_or(DEFAULT_FINALLY_TIMEOUT);
+    let finally_timeout = match fields.duration("finally_timeout", &mut problems) {
+        Some(d) if d.is_zero() => {
+            problems.add(
+                "finally_timeout",
+                "the finally steps need some time: give more than 0s, such as 30s",
+            );
+            DEFAULT_FINALLY_TIMEOUT
+        }
+        Some(d) => d,
+        None => DEFAULT_FINALLY_TIMEOUT,
+    };
     let limits = match fields.get("limits") {
         None | Some((Value::Null, _)) => Limits::default(),
         Some((Value::Object(map), path)) => {

@@ -47,6 +47,9 @@ pub fn validate(
         vars: HashSet::new(),
         in_error: false,
     };
+    // `finally` runs whatever became of the steps: a variable they set
+    // (`set`, `save_as`) may never have been bound.
+    let vars_at_start = v.vars.clone();
     v.steps(&workflow.steps);
     // Rendered once the steps have run (on success).
     for (name, value) in &workflow.outputs {
@@ -55,8 +58,9 @@ pub fn validate(
     v.in_error = true;
     v.steps(&workflow.on_error);
     // After the steps and on_error, whichever of them ran: `error` is not
-    // bound (a session that succeeded has none).
+    // bound (a session that succeeded has none), nor are their variables.
     v.in_error = false;
+    v.vars = vars_at_start;
     v.steps(&workflow.finally);
     (v.problems, v.warnings)
 }
@@ -286,11 +290,16 @@ impl Validator<'_> {
                         "`try` needs the steps it guards under `steps`",
                     );
                 }
+                let vars_before = self.vars.clone();
                 self.steps(&step.steps);
                 let was = std::mem::replace(&mut self.in_error, true);
                 self.steps(&step.catch);
                 self.in_error = was;
+                // The steps' and catch's variables may never have been
+                // bound when the cleanup runs.
+                let vars_after = std::mem::replace(&mut self.vars, vars_before);
                 self.steps(&step.finally);
+                self.vars = vars_after;
             }
             _ => {
                 if let (Some(schema), Some(action_impl)) =

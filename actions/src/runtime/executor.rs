@@ -683,7 +683,11 @@ impl<'e> Session<'e> {
             .map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
         let max = match args.get("max_parallel") {
             None => step.branches.len(),
-            Some(v) => match v.as_u64().filter(|n| *n >= 1) {
+            Some(v) => match v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .filter(|n| *n >= 1)
+            {
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
                 None => {
                     return Err(failure(

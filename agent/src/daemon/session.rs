@@ -205,6 +205,7 @@ async fn run_checked(
         ..env.options.clone()
     };
     let executor = Executor::new(env.registry.clone(), options);
+    let (spool_dir, held_lease) = (spool.dir.clone(), spool.lease.clone());
     let shipping = {
         let env = env.clone();
         let source = Source::Live {
@@ -233,6 +234,7 @@ async fn run_checked(
     let report = executor
         .run(&workflow, &params, Arc::new(sink.clone()), cancel)
         .await;
+    ship::record_report(&sink, &spool_dir, &held_lease).await;
     env.metrics.session_ended(report.status.as_str());
     tracing::info!(session_queue_id = id, status = ?report.status, duration_ms = report.duration_ms, "session ended");
     let shipped = shipping.await;

@@ -98,11 +98,12 @@ impl SessionLimits {
         usage: &Usage,
         conn: &mut Conn<'_>,
         session_id: i64,
+        lease_id: &str,
         lines: &[LogLine],
     ) -> Result<Result<u64, ApiError>, DbError> {
         conn.transaction(|tx| {
             sessions::lock_row(tx, session_id)?;
-            self.append_logs_locked(usage, tx, session_id, lines)
+            self.append_logs_locked(usage, tx, session_id, lease_id, lines)
         })
     }
 
@@ -111,9 +112,19 @@ impl SessionLimits {
         usage: &Usage,
         conn: &mut Conn<'_>,
         session_id: i64,
+        lease_id: &str,
         lines: &[LogLine],
     ) -> Result<Result<u64, ApiError>, DbError> {
         let state = logs::state(conn, session_id)?;
+        // The lease again, under the lock: a run queued again since the
+        // call's lease check (`retry_on`) numbers its lines afresh, and an
+        // older run's batch must not take their places.
+        if state.lease_id.as_deref() != Some(lease_id) {
+            return Ok(Err(super::robot::lease_lost(
+                session_id,
+                "the session was queued again since",
+            )));
+        }
         let base = state.seq_base;
         // The batch's lines as the robot numbers them are all dealt with
         // once the log is cut: answered as taken, never stored.

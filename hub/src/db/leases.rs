@@ -598,15 +598,18 @@ pub fn check(conn: &mut Conn<'_>, session_id: i64, lease_id: &str) -> Result<Lea
 pub fn update_steps(
     conn: &mut Conn<'_>,
     session_id: i64,
+    lease_id: &str,
     revision: u64,
     steps: &[StepState],
 ) -> Result<u64, DbError> {
     let json = serde_json::to_string(steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let revision = revision.min(i64::MAX as u64) as i64;
+    // The lease again, in the statement: a run queued again since the
+    // call's lease check (`retry_on`) must not take an older run's steps.
     conn.execute(
         "UPDATE session_queues SET steps = ?2, steps_revision = ?3
-         WHERE id = ?1 AND steps_revision < ?3 AND status = 'running'",
-        params![session_id, json, revision],
+         WHERE id = ?1 AND steps_revision < ?3 AND status = 'running' AND lease_id = ?4",
+        params![session_id, json, revision, lease_id],
     )?;
     let stored: i64 = conn.row(
         "SELECT steps_revision FROM session_queues WHERE id = ?1",
@@ -652,14 +655,17 @@ fn finish_in(
     report: &FinishSession,
     now_ms: i64,
 ) -> Result<Finished, DbError> {
-    if let Some(e) = report.error.as_ref().filter(|e| e.code == AGENT_RESTARTED)
+    if report
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == AGENT_RESTARTED)
         && report.status == SessionStatus::Error
         && requeue_for_retry(
             tx,
             session_id,
             Still::Leased(lease_id),
             AGENT_RESTARTED,
-            &e.message,
+            "its agent was stopped in the middle of it and started again",
             now_ms,
         )?
     {
@@ -817,7 +823,7 @@ pub fn requeue_for_retry(
                  started_at = NULL, ended_at = NULL, robot_id = NULL,
                  lease_id = NULL, lease_poll_id = NULL, lease_poll_seq = NULL,
                  lease_expires_at = NULL, lease_confirmed = 0,
-                 steps = NULL, steps_revision = steps_revision + 1,
+                 steps = NULL, steps_revision = 0,
                  error = NULL, outputs = NULL, finish_key = NULL
              WHERE id = ?1 AND status = 'running'",
             params![session_id, base as i64],

@@ -59,22 +59,31 @@ pub struct LogState {
     pub cut_at: Option<u64>,
     /// Its workflow's `limits.log_bytes`.
     pub workflow_log_bytes: Option<u64>,
+    /// The lease it is held under now.
+    pub lease_id: Option<String>,
 }
 
 pub fn state(conn: &mut Conn<'_>, session_id: i64) -> Result<LogState, DbError> {
-    let row: Option<(i64, Option<i64>, Option<i64>)> = conn.opt_row(
-        "SELECT s.log_seq_base, s.log_cut_at, w.limit_log_bytes
+    let unsigned = |v: i64| v.max(0) as u64;
+    let state = conn.opt_row(
+        "SELECT s.log_seq_base, s.log_cut_at, w.limit_log_bytes, s.lease_id
          FROM session_queues s JOIN workflows w ON w.id = s.workflow_id WHERE s.id = ?1",
         params![session_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| {
+            Ok(LogState {
+                seq_base: unsigned(r.get(0)?),
+                cut_at: r.get::<Option<i64>>(1)?.map(unsigned),
+                workflow_log_bytes: r.get::<Option<i64>>(2)?.map(unsigned),
+                lease_id: r.get(3)?,
+            })
+        },
     )?;
-    let (base, cut, bytes) = row.unwrap_or((0, None, None));
-    let unsigned = |v: i64| v.max(0) as u64;
-    Ok(LogState {
-        seq_base: unsigned(base),
-        cut_at: cut.map(unsigned),
-        workflow_log_bytes: bytes.map(unsigned),
-    })
+    Ok(state.unwrap_or(LogState {
+        seq_base: 0,
+        cut_at: None,
+        workflow_log_bytes: None,
+        lease_id: None,
+    }))
 }
 
 /// Marks the log cut at `line` (the hub's note): nothing more is stored.

@@ -125,6 +125,25 @@ impl Spool {
     }
 }
 
+/// Writes the session's final report into its spool (`finish.json`) as
+/// soon as its run is over, before its last lines are shipped: an agent
+/// killed meanwhile and started again sends this report, rather than
+/// taking the session for one cut off mid-run (`agent_restarted`, which a
+/// workflow's `retry_on` would run again).
+pub async fn record_report(sink: &SpoolSink, spool_dir: &Path, lease: &HeldLease) {
+    if let Some(report) = sink.final_report(lease) {
+        write_report(spool_dir, &report).await;
+    }
+}
+
+async fn write_report(spool_dir: &Path, report: &tasuki_protocol::FinishSession) {
+    if let Ok(text) = serde_json::to_vec(report) {
+        let path = spool_dir.join(FINISH_FILE);
+        let _ = tokio::task::spawn_blocking(move || crate::daemon::private_fs::write(&path, &text))
+            .await;
+    }
+}
+
 fn write_lease(dir: &Path, lease: &HeldLease) -> std::io::Result<()> {
     let text = serde_json::to_vec(lease).map_err(std::io::Error::other)?;
     crate::daemon::private_fs::write(&dir.join(LEASE_FILE), &text)

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::artifacts::Uploaded;
 use super::sink::SpoolSink;
 use super::spool::{DISK_RETRY, Reader, Spooled};
-use super::{FINISH_FILE, LOGS_FILE, Shipped, Spool, remove_dir, report};
+use super::{LOGS_FILE, Shipped, Spool, remove_dir, report};
 use crate::daemon::client::{CallError, HubClient};
 use crate::daemon::health::Metrics;
 
@@ -300,12 +300,7 @@ impl Sender<'_> {
         else {
             return;
         };
-        if let Ok(text) = serde_json::to_vec(&report) {
-            let path = self.spool.dir.join(FINISH_FILE);
-            let _ =
-                tokio::task::spawn_blocking(move || crate::daemon::private_fs::write(&path, &text))
-                    .await;
-        }
+        super::write_report(&self.spool.dir, &report).await;
         self.report = Some(report);
     }
 

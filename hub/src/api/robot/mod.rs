@@ -174,7 +174,7 @@ fn lease_header(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(text.to_string())
 }
 
-fn lease_lost(session_id: i64, why: &str) -> ApiError {
+pub(crate) fn lease_lost(session_id: i64, why: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         LEASE_LOST,

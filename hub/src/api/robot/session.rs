@@ -178,7 +178,7 @@ pub async fn logs(
         .call(move |conn| {
             leases::confirm(conn, id, &lease)?;
             hub2.session_limits
-                .append_logs(&hub2.session_usage, conn, id, &batch.lines)
+                .append_logs(&hub2.session_usage, conn, id, &lease, &batch.lines)
         })
         .await??;
     hub.logs_stored.send_replace(Some(id));
@@ -201,7 +201,7 @@ pub async fn steps(
         .db
         .call(move |conn| {
             leases::confirm(conn, id, &lease)?;
-            leases::update_steps(conn, id, update.revision, &update.steps)
+            leases::update_steps(conn, id, &lease, update.revision, &update.steps)
         })
         .await?;
     Ok(Json(StepsStored { revision }))
@@ -266,6 +266,11 @@ pub async fn artifact(
             // at once cannot both fit beside the same stored ones.
             conn.transaction(|tx| {
                 sessions::lock_row(tx, id)?;
+                // Again under the lock: the run may have been queued again
+                // since the lease check (`retry_on`).
+                if !matches!(leases::check(tx, id, &lease)?, LeaseCheck::Held { .. }) {
+                    return Ok(Err(lease_lost(id, "the session was queued again since")));
+                }
                 leases::confirm(tx, id, &lease)?;
                 let size = artifact.data.len() as u64;
                 if let Err(refused) = limits.check_artifact(tx, id, &artifact.name, size)? {
