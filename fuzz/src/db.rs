@@ -7,6 +7,12 @@
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {}
 
+impl DbError {
+    pub fn is_the_database(&self) -> bool {
+        match *self {}
+    }
+}
+
 pub mod sessions {
     use tasuki_protocol::SessionStatus;
 

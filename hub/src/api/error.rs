@@ -79,21 +79,17 @@ pub const DATABASE: &str = "database";
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
         tracing::error!(error = %e, "database");
-        match e {
+        if e.is_the_database() {
             // What failed stays in the log: it can name the database's
             // address.
-            DbError::Sqlite(_)
-            | DbError::Postgres(_)
-            | DbError::Open { .. }
-            | DbError::Connect { .. } => ApiError::new(
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 DATABASE,
                 "the hub cannot reach its database, or the database failed this request; the \
                  hub's log says why",
-            ),
-            // The hub's own failure (a row it cannot read back, its master
-            // key, a task): not the database's.
-            _ => ApiError::internal(),
+            )
+        } else {
+            ApiError::internal()
         }
     }
 }

@@ -85,6 +85,20 @@ pub enum DbError {
     Tls(String),
 }
 
+impl DbError {
+    /// The database itself failed or cannot be reached, rather than the
+    /// hub (a row it cannot read back, its master key, a task).
+    pub fn is_the_database(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite(_)
+                | DbError::Postgres(_)
+                | DbError::Open { .. }
+                | DbError::Connect { .. }
+        )
+    }
+}
+
 /// tokio-postgres's own text for a server error is only "db error": the
 /// server's message is in its source.
 fn postgres_message(e: &tokio_postgres::Error) -> String {
