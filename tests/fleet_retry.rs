@@ -53,6 +53,25 @@ fn pid(dir: &Path, name: &str) -> Option<u32> {
         .and_then(|t| t.trim().parse().ok())
 }
 
+/// Waits until each session's first run's line is at the hub: lines the
+/// agent holds in memory (between flushes to its spool) die with it.
+async fn first_lines_at_hub(api: &Api, ids: &[i64]) {
+    for &id in ids {
+        let mut logged = false;
+        for _ in 0..600 {
+            if messages(&all_logs(api, id).await)
+                .iter()
+                .any(|m| m == "first-run")
+            {
+                logged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(logged, "session {id}'s first line never reached the hub");
+    }
+}
+
 fn messages(logs: &[Value]) -> Vec<String> {
     logs.iter()
         .map(|l| l["message"].as_str().unwrap_or("").to_string())
@@ -108,6 +127,7 @@ async fn a_session_cut_off_by_an_agent_restart_runs_again_with_retry_on() {
         agent.log()
     );
 
+    first_lines_at_hub(&f.api, &[retried, once]).await;
     agent.signal("KILL");
     drop(agent);
     let again = robot.start(&[]);
@@ -159,20 +179,7 @@ async fn a_session_whose_robot_died_runs_on_another_with_retry_on() {
         agent.log()
     );
     // Their first lines are at the hub before the robot dies.
-    for id in [retried, once] {
-        let mut logged = false;
-        for _ in 0..600 {
-            if messages(&all_logs(&api, id).await)
-                .iter()
-                .any(|m| m == "first-run")
-            {
-                logged = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(logged, "session {id}'s first line never reached the hub");
-    }
+    first_lines_at_hub(&api, &[retried, once]).await;
     // The robot dies and stays dead (its first runs' shells are ended by
     // the test, as a dead machine's would be).
     agent.signal("KILL");
