@@ -767,7 +767,9 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
     with: {selector: "#artifacts img[src$='press-failure.png']"}
   - id: loaded
     action: browser.execute_script
-    with: {script: "var i = document.querySelector('#artifacts img'); return [i.complete, i.naturalWidth > 0]"}
+    with:
+      async: true
+      script: "var done = arguments[arguments.length - 1]; var i = document.querySelector('#artifacts img'); var say = function () { done([i.complete, i.naturalWidth > 0]); }; if (i.complete) { say(); } else { i.loading = 'eager'; i.addEventListener('load', say); i.addEventListener('error', say); }"
   - id: error
     action: browser.get_text
     with: {selector: "#session-error"}
@@ -1006,7 +1008,7 @@ steps:
     with: {argv: [sh, -c, "seq 1 30000 | sed s/^/n-/"]}
   - id: linger
     action: shell.run
-    with: {argv: [sleep, "5"]}
+    with: {argv: [sleep, "300"]}
 "##;
 
 /// Watches what the console's own code adds to `#log`: the most lines the
@@ -1016,10 +1018,11 @@ const LOG_WATCH: &str = "var log = document.getElementById('log'); \
 var w = window.__watch = {most: log.childElementCount, stall: 0}; \
 var tick = performance.now(); \
 setInterval(function () { var now = performance.now(); w.stall = Math.max(w.stall, now - tick - 10); tick = now; }, 10); \
-new MutationObserver(function () { \
+new MutationObserver(function (records) { \
   w.most = Math.max(w.most, log.childElementCount); \
-  var last = log.lastElementChild; \
-  if (last && /\\] n-30000\\n?$/.test(last.textContent)) { document.body.setAttribute('data-all-shown', '1'); } \
+  records.forEach(function (r) { r.addedNodes.forEach(function (n) { \
+    if (/\\] n-30000\\n?$/.test(n.textContent || '')) { document.body.setAttribute('data-all-shown', '1'); } \
+  }); }); \
 }).observe(log, {childList: true}); return null";
 
 /// A step that prints 30,000 lines as fast as it can, watched live: every
@@ -1094,7 +1097,15 @@ async fn a_fast_log_streams_into_a_page_that_keeps_its_last_lines() {
         "the page's main thread was busy {stall} ms at once"
     );
 
-    finished(&f.api, id, LIMIT).await;
+    // The session lingers, so that the page above streamed while it ran;
+    // it ends now.
+    let r = f
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert!(r.body["cancel_requested_at"].is_string(), "{}", r.body);
+    let ended = finished(&f.api, id, LIMIT).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
     let mut c = Browserless::new(&f.hub);
     c.sign_in(&f.key, "/ui/sessions").await;
     let text = c.get(&format!("/ui/sessions/{id}/log.txt")).await;

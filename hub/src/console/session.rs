@@ -360,15 +360,17 @@ async fn next_event(mut t: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
             t.seq = last.seq;
         }
         t.buffered.extend(lines);
+        // Every line stored first: a page reloads when the status changes,
+        // and would drop the lines still on their way.
+        if had_lines {
+            continue;
+        }
         if t.status != Some(status) {
             t.status = Some(status);
             return Some((
                 Ok(Event::default().event("status").data(status.as_str())),
                 t,
             ));
-        }
-        if had_lines {
-            continue;
         }
         if status.is_terminal() {
             t.done = true;
