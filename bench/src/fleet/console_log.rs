@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Opts;
+use crate::logs::{self, Page};
 use crate::procs::{Bins, Stage, now_nanos, tail};
 use crate::stats::{Dist, ms, ratio};
 
@@ -81,18 +82,6 @@ new MutationObserver(function (records) {
 }).observe(log, {childList: true});
 return null;
 "#;
-
-#[derive(Deserialize)]
-struct Page {
-    logs: Vec<Line>,
-    status: String,
-}
-
-#[derive(Deserialize)]
-struct Line {
-    seq: u64,
-    message: String,
-}
 
 pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
     let (n, rate) = (opts.console_log_lines, opts.console_log_rate);
@@ -337,11 +326,7 @@ async fn api_tail(api: &crate::api::Api, id: i64, n: u64) -> Result<Tailed> {
         let received = now_nanos();
         for l in &page.logs {
             after = l.seq;
-            let mut parts = l.message.split(' ');
-            if let (Some(i), Some(ns)) = (
-                parts.next().and_then(|p| p.parse::<u64>().ok()),
-                parts.next().and_then(|p| p.parse::<u128>().ok()),
-            ) {
+            if let Some((i, ns)) = logs::gen_line(&l.message) {
                 seen += 1;
                 if i % 100 == 0 {
                     latency.push_ms(received.saturating_sub(ns) as f64 / 1e6);

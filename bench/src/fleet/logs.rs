@@ -43,16 +43,30 @@ pub fn gen_lines(n: u64, per_second: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// A page of `GET /v1/session_queues/{id}/logs`.
 #[derive(Deserialize)]
-struct Page {
-    logs: Vec<Line>,
-    status: String,
+pub struct Page {
+    pub logs: Vec<Line>,
+    pub status: String,
 }
 
 #[derive(Deserialize)]
-struct Line {
-    seq: u64,
-    message: String,
+pub struct Line {
+    pub seq: u64,
+    pub message: String,
+}
+
+/// A `gen-lines` line, `i <unix nanos>`: its number and when it was
+/// printed; `None` for any other line.
+pub fn gen_line(message: &str) -> Option<(u64, u128)> {
+    let mut parts = message.split(' ');
+    match (
+        parts.next().and_then(|p| p.parse::<u64>().ok()),
+        parts.next().and_then(|p| p.parse::<u128>().ok()),
+    ) {
+        (Some(i), Some(ns)) if parts.next().is_none() => Some((i, ns)),
+        _ => None,
+    }
 }
 
 fn baseline(bins: &Bins, lines: u64) -> Result<Duration> {
@@ -103,12 +117,8 @@ pub async fn run(bins: &Bins, opts: &Opts) -> Result<String> {
                 disorder.push(format!("seq {} after {after}", l.seq));
             }
             after = l.seq;
-            let mut parts = l.message.split(' ');
-            match (
-                parts.next().and_then(|p| p.parse::<u64>().ok()),
-                parts.next().and_then(|p| p.parse::<u128>().ok()),
-            ) {
-                (Some(i), Some(ns)) if parts.next().is_none() => {
+            match gen_line(&l.message) {
+                Some((i, ns)) => {
                     gen_seen += 1;
                     if i != gen_seen && disorder.len() < 5 {
                         disorder.push(format!("line {i} arrived as the {gen_seen}th"));
