@@ -300,6 +300,25 @@ fn waits_for_a_delayed_element() {
 }
 
 #[test]
+fn a_wait_keeps_looking_while_the_page_reloads_under_it() {
+    require_browser();
+    let server = start_server();
+    let scratch = Scratch::new();
+    let r = run_in(
+        &scratch,
+        &format!(
+            "version: 1\nname: reloading\nsteps:\n  - id: go\n    action: browser.goto\n    with: {{url: \"{}\"}}\n  - id: settled\n    action: browser.wait_for\n    with: {{selector: \"#status\", text: \"settled\", timeout: 30s, poll: 10ms}}\n  - id: status\n    action: browser.get_text\n    with: {{selector: \"#status\"}}\n",
+            server.url("/pages/reloading.html")
+        ),
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.report);
+    assert_eq!(
+        r.report["steps"]["status"]["output"]["text"],
+        "settled after 25 loads"
+    );
+}
+
+#[test]
 fn a_missing_element_fails_clearly_with_a_screenshot_and_url() {
     require_browser();
     let server = start_server();

@@ -284,6 +284,16 @@ async fn page(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
         "download.html" => {
             r#"<!doctype html><title>download</title><a id="get" href="/files/report.csv">report</a>"#
         }
+        // Reloads itself 25 times, 40 ms apart, then settles: a wait
+        // keeps looking while documents are swapped under it.
+        "reloading.html" => {
+            r#"<!doctype html><title>reloading</title>
+<p id="status">loading</p>
+<script>var n = Number(sessionStorage.getItem('loads') || 0) + 1;
+sessionStorage.setItem('loads', n);
+if (n < 25) { document.getElementById('status').textContent = 'load ' + n; setTimeout(function () { location.reload(); }, 40); }
+else { document.getElementById('status').textContent = 'settled after ' + n + ' loads'; }</script>"#
+        }
         "delayed.html" => {
             r#"<!doctype html><title>delayed</title>
 <div id="box"><p id="spinner">loading</p></div>

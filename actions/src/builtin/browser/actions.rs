@@ -9,11 +9,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use thirtyfour::By;
+use thirtyfour::error::{WebDriverError, WebDriverErrorInner};
 
 use super::locator::xpath_literal;
 use super::{
     CODE_BROWSER, CODE_DOWNLOAD, CODE_NOT_FOUND, Handle, Locator, Overrides, check_locator,
-    check_navigation, driver_error, run, run_acting, sha256_hex, with_element, write_artifact,
+    check_navigation, driver_error, first_line, retriable_while_reading, run, run_acting,
+    sha256_hex, with_element, write_artifact,
 };
 use crate::builtin::args::{DurationArg, Text};
 use crate::runtime::context::ActionContext;
@@ -524,9 +526,16 @@ impl TypedAction for WaitFor {
         run(ctx, None, |h| async move {
             let started = Instant::now();
             let deadline = started + wait.timeout;
+            // Why the last look failed, when the page was changing under it.
+            let mut last_failure: Option<String>;
             loop {
-                if condition_holds(&h, locator, state, text.as_deref()).await? {
-                    return Ok(json!({ "waited_ms": started.elapsed().as_millis() as u64 }));
+                match condition_holds(&h, locator, state, text.as_deref()).await {
+                    Ok(true) => {
+                        return Ok(json!({ "waited_ms": started.elapsed().as_millis() as u64 }));
+                    }
+                    Ok(false) => last_failure = None,
+                    Err(e) if retriable_while_reading(&e) => last_failure = Some(first_line(&e)),
+                    Err(e) => return Err(driver_error("wait_for", e)),
                 }
                 if Instant::now() >= deadline {
                     let what = match (&text, state) {
@@ -536,10 +545,14 @@ impl TypedAction for WaitFor {
                         (None, WaitState::Hidden) => "to be hidden".into(),
                         (None, WaitState::Absent) => "to be gone".into(),
                     };
+                    let why = match last_failure {
+                        Some(reason) => format!(" (the last look failed: {reason})"),
+                        None => String::new(),
+                    };
                     return Err(ActionError::new(
                         CODE_NOT_FOUND,
                         format!(
-                            "waited {} ms for {} {what}",
+                            "waited {} ms for {} {what}{why}",
                             wait.timeout.as_millis(),
                             locator.describe()
                         ),
@@ -552,21 +565,18 @@ impl TypedAction for WaitFor {
     }
 }
 
+/// One look at the page. A stale element means the page changed under us,
+/// which is a "not yet", not a failure.
 async fn condition_holds(
     h: &Handle,
     locator: &Locator,
     state: WaitState,
     text: Option<&str>,
-) -> Result<bool, ActionError> {
-    let found = locator
-        .find_all(&h.driver)
-        .await
-        .map_err(|e| driver_error("wait_for", e))?;
-    let Some(el) = found.into_iter().next() else {
+) -> Result<bool, WebDriverError> {
+    let Some(el) = locator.find_all(&h.driver).await?.into_iter().next() else {
         return Ok(matches!(state, WaitState::Hidden | WaitState::Absent));
     };
-    // A stale element means the page changed under us: look again next poll.
-    let outcome = async {
+    let outcome: Result<bool, WebDriverError> = async {
         let holds = match state {
             WaitState::Present => true,
             WaitState::Absent => false,
@@ -574,24 +584,16 @@ async fn condition_holds(
             WaitState::Hidden => !el.is_displayed().await?,
         };
         match text {
-            Some(t) if holds => {
-                Ok::<bool, thirtyfour::error::WebDriverError>(el.text().await?.contains(t))
-            }
+            Some(t) if holds => Ok(el.text().await?.contains(t)),
             _ => Ok(holds),
         }
     }
     .await;
     match outcome {
-        Ok(b) => Ok(b),
-        Err(e)
-            if matches!(
-                e.as_inner(),
-                thirtyfour::error::WebDriverErrorInner::StaleElementReference(_)
-            ) =>
-        {
+        Err(e) if matches!(e.as_inner(), WebDriverErrorInner::StaleElementReference(_)) => {
             Ok(false)
         }
-        Err(e) => Err(driver_error("wait_for", e)),
+        other => other,
     }
 }
 

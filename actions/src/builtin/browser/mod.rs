@@ -422,6 +422,14 @@ fn retriable(e: &WebDriverError) -> bool {
     )
 }
 
+/// Errors worth another look by a step that only reads the page. A page
+/// that is loading (a reload, a redirect) can answer a look with
+/// ChromeDriver's bare "unknown error" while its document is swapped; a
+/// read is safe to repeat, an act (a click) is not, so only reads retry it.
+pub fn retriable_while_reading(e: &WebDriverError) -> bool {
+    retriable(e) || matches!(e.as_inner(), WebDriverErrorInner::UnknownError(_))
+}
+
 pub fn driver_error(what: &str, e: WebDriverError) -> ActionError {
     let code = match e.as_inner() {
         WebDriverErrorInner::UnexpectedAlertOpen(_) => dialogs::CODE_DIALOG_OPEN,
@@ -464,7 +472,8 @@ where
                 },
                 None => last = None,
             },
-            Err(e) if retriable(&e) => last = Some(first_line(&e)),
+            // Finding is a read, safe to repeat while the page loads.
+            Err(e) if retriable_while_reading(&e) => last = Some(first_line(&e)),
             Err(e) => {
                 return Err(driver_error(
                     &format!("{what}: finding {}", locator.describe()),
@@ -491,7 +500,7 @@ where
     }
 }
 
-fn first_line(e: &WebDriverError) -> String {
+pub fn first_line(e: &WebDriverError) -> String {
     e.to_string()
         .lines()
         .find(|l| !l.trim().is_empty())
