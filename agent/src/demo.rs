@@ -96,7 +96,12 @@ pub fn run(output: OutputFormat, browser: &crate::BrowserArgs, artifacts: &std::
             ..ExecOptions::default()
         };
         tokio::spawn(crate::local_run::execute(
-            workflow, params, options, output, registry,
+            workflow,
+            params,
+            options,
+            output,
+            registry,
+            std::sync::Arc::new(tasuki_actions::runtime::wait::NoWaiter),
         ))
         .await
         .unwrap_or(EXIT_FAILED)

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tasuki_actions::language::credentials::bind_credentials;
 use tasuki_actions::language::duration::parse_duration;
 use tasuki_actions::language::params::{BoundParams, bind_params};
+use tasuki_actions::runtime::executor::Start;
 use tasuki_actions::runtime::plan::plan;
+use tasuki_actions::runtime::wait::Waiter;
 use tasuki_actions::{
     ExecOptions, Executor, LoadOptions, Problems, Registry, SessionStatus, Workflow, load_workflow,
 };
@@ -156,6 +158,15 @@ pub fn run(args: RunArgs) -> u8 {
         Err(e) => return invalid(&[format!("--cancel-grace: {e}")]),
     };
 
+    let waiter = match crate::local_wait::LocalWaiter::from_flags(
+        &workflow,
+        &args.approve,
+        &args.reject,
+        &args.events,
+    ) {
+        Ok(w) => Arc::new(w),
+        Err(problems) => return invalid(&problems),
+    };
     if args.dry_run {
         return print_plan(&workflow, &params, &args, &registry);
     }
@@ -184,9 +195,16 @@ pub fn run(args: RunArgs) -> u8 {
     // and socket wake-ups then need no hand-over between threads, which
     // BENCHMARKS.md measured at about 50 µs per shell step.
     runtime.block_on(async move {
-        tokio::spawn(execute(workflow, params, options, args.output, registry))
-            .await
-            .unwrap_or(EXIT_FAILED)
+        tokio::spawn(execute(
+            workflow,
+            params,
+            options,
+            args.output,
+            registry,
+            waiter,
+        ))
+        .await
+        .unwrap_or(EXIT_FAILED)
     })
 }
 
@@ -205,6 +223,7 @@ pub async fn execute(
     options: ExecOptions,
     output: OutputFormat,
     registry: Registry,
+    waiter: Arc<dyn Waiter>,
 ) -> u8 {
     let target = match output {
         OutputFormat::Text => Target::Stdout,
@@ -215,8 +234,12 @@ pub async fn execute(
     tokio::spawn(watch_signals(cancel.clone()));
 
     let executor = Executor::new(registry, options);
+    let start = Start {
+        waiter,
+        resume: None,
+    };
     let report = executor
-        .run(&workflow, &params, display.clone(), cancel)
+        .run_with(&workflow, &params, display.clone(), cancel, start)
         .await;
     display.finish();
 

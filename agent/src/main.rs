@@ -10,6 +10,7 @@ mod display;
 mod doctor;
 mod inputs;
 mod local_run;
+mod local_wait;
 mod log_escape;
 mod logging;
 mod packs;
@@ -124,6 +125,17 @@ pub struct RunArgs {
     /// Validate, bind params and print the plan, without running anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Approve the `approval` step STEP when it is reached (repeatable);
+    /// without it or --reject, the step asks on the terminal.
+    #[arg(long, value_name = "STEP")]
+    pub approve: Vec<String>,
+    /// Reject the `approval` step STEP when it is reached (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub reject: Vec<String>,
+    /// Deliver the event NAME, with a JSON payload, to the `wait_event`
+    /// step that waits for it (repeatable).
+    #[arg(long = "event", value_name = "NAME=JSON")]
+    pub events: Vec<String>,
     /// An environment variable `${env.NAME}` may read (repeatable).
     #[arg(long = "allow-env", value_name = "NAME")]
     pub allow_env: Vec<String>,

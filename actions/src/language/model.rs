@@ -146,9 +146,29 @@ pub const CONTROL_SET: &str = "set";
 pub const CONTROL_FOR_EACH: &str = "for_each";
 pub const CONTROL_TRY: &str = "try";
 pub const CONTROL_PARALLEL: &str = "parallel";
+/// Waits for a person's decision (`runtime/wait.rs`).
+pub const CONTROL_APPROVAL: &str = "approval";
+/// Waits for an outside event (`runtime/wait.rs`).
+pub const CONTROL_WAIT_EVENT: &str = "wait_event";
 /// The control steps, which the executor runs itself.
-pub const CONTROL_ACTIONS: &[&str] =
-    &[CONTROL_SET, CONTROL_FOR_EACH, CONTROL_TRY, CONTROL_PARALLEL];
+pub const CONTROL_ACTIONS: &[&str] = &[
+    CONTROL_SET,
+    CONTROL_FOR_EACH,
+    CONTROL_TRY,
+    CONTROL_PARALLEL,
+    CONTROL_APPROVAL,
+    CONTROL_WAIT_EVENT,
+];
+
+/// The kind of wait `action` is, if it is a waiting step.
+pub fn wait_kind(action: &str) -> Option<crate::runtime::wait::WaitKind> {
+    use crate::runtime::wait::WaitKind;
+    match action {
+        CONTROL_APPROVAL => Some(WaitKind::Approval),
+        CONTROL_WAIT_EVENT => Some(WaitKind::Event),
+        _ => None,
+    }
+}
 
 /// Names a template may not use for a variable.
 pub const RESERVED_ROOTS: &[&str] = &[

@@ -145,7 +145,8 @@ struct Step {
     /// A label for people.
     name: Option<String>,
     /// A registered action such as `shell.run`, or a control step:
-    /// set, log, sleep, fail, for_each, try, parallel.
+    /// set, log, sleep, fail, for_each, try, parallel, and the waiting
+    /// steps `approval` and `wait_event` (top-level steps only).
     action: String,
     /// The action's arguments. Strings may contain `${...}` templates.
     with: Option<BTreeMap<String, Value>>,
@@ -215,6 +216,32 @@ pub fn workflow_schema(registry: &Registry) -> Value {
     per_action.push(json!({
         "if": {"properties": {"action": {"const": "for_each"}}, "required": ["action"]},
         "then": {"properties": {"with": for_each_args}, "required": ["steps"]}
+    }));
+    let duration = json!({"type": "string", "description": "a duration such as `30m` or `48h`; 24h by default, at most 720h"});
+    per_action.push(json!({
+        "if": {"properties": {"action": {"const": "approval"}}, "required": ["action"]},
+        "then": {"properties": {"with": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string", "description": "what the person deciding should know"},
+                "timeout": duration,
+                "on_timeout": {"enum": ["approve", "reject"], "description": "the decision when nobody decides in time; reject by default"}
+            },
+            "required": ["message"],
+            "additionalProperties": false
+        }}, "required": ["with"]}
+    }));
+    per_action.push(json!({
+        "if": {"properties": {"action": {"const": "wait_event"}}, "required": ["action"]},
+        "then": {"properties": {"with": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "description": "the name it is delivered under"},
+                "timeout": duration
+            },
+            "required": ["event"],
+            "additionalProperties": false
+        }}, "required": ["with"]}
     }));
     if let Some(Value::Object(step)) = schema.pointer_mut("/$defs/Step") {
         step.insert("allOf".into(), Value::Array(per_action));

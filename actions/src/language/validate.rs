@@ -11,12 +11,13 @@ use super::argcheck;
 use super::credentials::{self, CredentialSpec};
 use super::model::{
     CONTROL_ACTIONS, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step, Workflow,
-    check_variable_name, edit_distance,
+    check_variable_name, edit_distance, wait_kind,
 };
 use super::problem::{Problems, join};
 use super::template::{PathExpr, Segment, Template, paths};
 use crate::builtin::browser;
 use crate::runtime::registry::Registry;
+use crate::runtime::wait::{self, WaitKind};
 
 const SHELL_RUN: &str = "shell.run";
 const STEP_FIELDS_READABLE: &[&str] = &["output", "status", "error"];
@@ -46,11 +47,16 @@ pub fn validate(
         done: HashSet::new(),
         vars: HashSet::new(),
         in_error: false,
+        may_wait: false,
+        events: HashMap::new(),
     };
     // `finally` runs whatever became of the steps: a variable they set
     // (`set`, `save_as`) may never have been bound.
     let vars_at_start = v.vars.clone();
+    // Waiting steps only between the top-level steps (`runtime/wait.rs`).
+    v.may_wait = true;
     v.steps(&workflow.steps);
+    v.may_wait = false;
     // Rendered once the steps have run (on success).
     for (name, value) in &workflow.outputs {
         v.templates_in(value, &join("outputs", name));
@@ -85,6 +91,12 @@ struct Validator<'a> {
     vars: HashSet<String>,
     /// Inside `on_error` or `catch`, where `${error}` is bound.
     in_error: bool,
+    /// Checking the workflow's top-level `steps`, the only place a step
+    /// may wait (`runtime/wait.rs` says why).
+    may_wait: bool,
+    /// Event names waited for, and where: one wait per name, so a
+    /// delivery is never ambiguous.
+    events: HashMap<String, String>,
 }
 
 impl Validator<'_> {
@@ -266,6 +278,7 @@ impl Validator<'_> {
         // Arguments are rendered before the step runs, in the outer scope.
         self.templates_in(&Value::Object(step.with.clone()), &with_path);
 
+        let may_wait = std::mem::replace(&mut self.may_wait, false);
         match action {
             CONTROL_SET => {
                 if step.with.is_empty() {
@@ -301,6 +314,33 @@ impl Validator<'_> {
                 self.steps(&step.finally);
                 self.vars = vars_after;
             }
+            _ if let Some(kind) = wait_kind(action) => {
+                if !may_wait {
+                    self.problems.add(
+                        join(&step.path, "action"),
+                        format!(
+                            "`{action}` may only be a step of the workflow's own `steps`, not \
+                             inside `try`, `for_each`, `parallel`, `on_error` or `finally`: a \
+                             session stops and starts again between top-level steps while it \
+                             waits"
+                        ),
+                    );
+                }
+                if let Err(problems) = wait::parse(&step.id, kind, &step.with) {
+                    for (field, message) in problems {
+                        self.problems.add(join(&with_path, &field), message);
+                    }
+                }
+                if kind == WaitKind::Event
+                    && let Some(Value::String(name)) = step.with.get("event")
+                    && let Some(first) = self.events.insert(name.clone(), step.path.clone())
+                {
+                    self.problems.add(
+                        join(&with_path, "event"),
+                        format!("the event `{name}` is waited for at {first} already; give each wait its own name"),
+                    );
+                }
+            }
             _ => {
                 if let (Some(schema), Some(action_impl)) =
                     (self.registry.schema(action), self.registry.get(action))
@@ -334,6 +374,7 @@ impl Validator<'_> {
             }
         }
 
+        self.may_wait = may_wait;
         self.done.insert(step.id.clone());
         if let Some(name) = &step.save_as {
             self.vars.insert(name.clone());

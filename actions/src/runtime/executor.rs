@@ -26,9 +26,13 @@ use super::registry::{ActionError, Registry, codes};
 use super::report::{
     ErrorInfo, SessionReport, SessionStatus, StepRecord, StepStatus, millis_between,
 };
+use super::wait::{
+    self, Checkpoint, NoWaiter, Resume, WaitAnswer, WaitKind, WaitOutcome, WaitRequest, Waiter,
+};
 use crate::language::duration::format_duration;
 use crate::language::model::{
     Branch, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step, Workflow, nested,
+    wait_kind,
 };
 use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
@@ -61,7 +65,8 @@ impl Executor {
 
     /// Runs one session to its end and returns its report (which is also
     /// sent as the last event). Cancelling `cancel` stops the session at the
-    /// running step, interrupting whatever it waits on.
+    /// running step, interrupting whatever it waits on. A waiting step
+    /// fails: nothing here answers it (see [`Executor::run_with`]).
     pub async fn run(
         &self,
         workflow: &Workflow,
@@ -69,8 +74,44 @@ impl Executor {
         sink: Arc<dyn EventSink>,
         cancel: CancellationToken,
     ) -> SessionReport {
-        let started_at = Timestamp::now();
-        let masker = Masker::new(&params.secret_values);
+        self.run_with(workflow, params, sink, cancel, Start::default())
+            .await
+    }
+
+    /// [`Executor::run`], with waiting steps answered by `start.waiter`,
+    /// and, for a session taken up again after its wait, from
+    /// `start.resume`. A session whose waiter suspended it ends `waiting`,
+    /// its report carrying the checkpoint to resume it from; its `on_error`
+    /// and `finally` wait for the run that ends it.
+    pub async fn run_with(
+        &self,
+        workflow: &Workflow,
+        params: &BoundParams,
+        sink: Arc<dyn EventSink>,
+        cancel: CancellationToken,
+        start: Start,
+    ) -> SessionReport {
+        let Start { waiter, resume } = start;
+        let started_at = resume
+            .as_ref()
+            .map_or_else(Timestamp::now, |r| r.checkpoint.started_at);
+        let masker = match &resume {
+            None => Masker::new(&params.secret_values),
+            Some(r) => Masker::new(
+                params
+                    .secret_values
+                    .iter()
+                    .chain(r.checkpoint.secrets.iter()),
+            ),
+        };
+        // A session cancelled while it waited is taken up again only to end
+        // it, so that its `finally` runs.
+        if matches!(
+            resume.as_ref().map(|r| &r.outcome),
+            Some(WaitOutcome::Cancelled { .. })
+        ) {
+            cancel.cancel();
+        }
         let mut options = self.options.clone();
         if let Some(policy) = workflow.browser.unexpected_dialog {
             options.browser.unexpected_dialog = policy;
@@ -102,6 +143,25 @@ impl Executor {
                 step.id.clone(),
                 json!({"status": StepStatus::Pending.as_str(), "output": null, "error": null}),
             );
+        }
+        // A resumed session reads what its earlier run recorded.
+        let (mut vars, mut steps_run) = (Map::new(), 0);
+        if let Some(r) = &resume {
+            let c = &r.checkpoint;
+            for (id, record) in &c.records {
+                if let Some(mine) = records.get_mut(id) {
+                    *mine = record.clone();
+                }
+            }
+            if let Value::Object(states) = &c.step_states {
+                for (id, state) in states {
+                    if let Some(mine) = step_states.get_mut(id) {
+                        *mine = state.clone();
+                    }
+                }
+            }
+            vars = c.vars.clone();
+            steps_run = c.steps_run;
         }
         let env = self
             .options
@@ -140,7 +200,7 @@ impl Executor {
             params: Value::Object(params.values.clone()),
             credentials: Value::Object(credentials),
             env: Value::Object(env),
-            vars: Map::new(),
+            vars,
             step_states: Value::Object(step_states),
             records,
             error_binding: None,
@@ -148,14 +208,22 @@ impl Executor {
             timed_out: timed_out.clone(),
             finally_timeout: workflow.finally_timeout,
             steps_run: Arc::new(StepCount {
-                run: AtomicU64::new(0),
+                run: AtomicU64::new(steps_run),
                 limit: workflow.limits.steps,
             }),
+            waiter,
+            suspended: None,
         };
 
-        let outcome = session.run_steps(&workflow.steps).await;
+        let outcome = match &resume {
+            None => session.run_steps(&workflow.steps).await,
+            Some(r) => session.resume(&workflow.steps, r).await,
+        };
         if let Some(timer) = timer {
             timer.abort();
+        }
+        if let Some(wait) = session.suspended.take() {
+            return session.suspend(wait, started_at, params).await;
         }
 
         // A timeout is a failure, not a cancel: the step it interrupted is
@@ -299,9 +367,64 @@ impl Executor {
             steps,
             error,
             outputs,
+            checkpoint: None,
         };
         sink.emit(Event::SessionFinished(Box::new(report.clone())));
         report
+    }
+}
+
+/// How a session starts: who answers its waiting steps, and, when it is
+/// taken up again after one, where it goes on from.
+pub struct Start {
+    pub waiter: Arc<dyn Waiter>,
+    pub resume: Option<Resume>,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start {
+            waiter: Arc::new(NoWaiter),
+            resume: None,
+        }
+    }
+}
+
+/// What a waiting step comes to, once its wait has ended.
+fn wait_result(step: &Step, request: &WaitRequest, outcome: WaitOutcome) -> Result<Value, Failure> {
+    let how_long = format_duration(request.timeout());
+    match (request.kind, outcome) {
+        (_, WaitOutcome::Cancelled { .. }) => Err(failure(
+            codes::CANCELLED,
+            "the session was cancelled while it waited",
+            &step.id,
+        )),
+        (WaitKind::Approval, WaitOutcome::Approved { by, at, comment }) => {
+            Ok(json!({"decision": "approved", "by": by, "at": at, "comment": comment}))
+        }
+        (WaitKind::Approval, WaitOutcome::Rejected { by, at, comment }) => {
+            let why = match (by.as_str(), comment) {
+                ("timeout", _) => {
+                    format!("nobody decided within {how_long}, and its on_timeout is reject")
+                }
+                (_, Some(c)) => format!("rejected by {by} at {at}: {c}"),
+                (_, None) => format!("rejected by {by} at {at}"),
+            };
+            Err(failure(codes::REJECTED, why, &step.id))
+        }
+        (WaitKind::Event, WaitOutcome::Event { payload, at }) => {
+            Ok(json!({"event": request.event, "payload": payload, "at": at}))
+        }
+        (WaitKind::Event, WaitOutcome::TimedOut { .. }) => Err(failure(
+            codes::TIMEOUT,
+            format!("{} did not come within {how_long}", wait::describe(request)),
+            &step.id,
+        )),
+        (_, other) => Err(failure(
+            codes::RESUME,
+            format!("{} cannot end in {other:?}", wait::describe(request)),
+            &step.id,
+        )),
     }
 }
 
@@ -333,6 +456,11 @@ struct Session<'e> {
     finally_timeout: Duration,
     /// Steps started so far, branches' too, against `limits.steps`.
     steps_run: Arc<StepCount>,
+    /// Who answers waiting steps.
+    waiter: Arc<dyn Waiter>,
+    /// Set when a waiting step suspended the session: its steps stop at
+    /// once, and the session ends `waiting`.
+    suspended: Option<WaitRequest>,
 }
 
 struct StepCount {
@@ -493,8 +621,14 @@ impl<'e> Session<'e> {
             CONTROL_FOR_EACH => self.for_each(step).await,
             CONTROL_TRY => self.try_catch(step).await,
             CONTROL_PARALLEL => self.parallel(step).await,
+            action if let Some(kind) = wait_kind(action) => self.wait(step, kind).await,
             _ => self.invoke(step).await,
         };
+        if self.suspended.is_some() {
+            // Not a failure: the step is still running, somewhere else, and
+            // ends when the session is resumed.
+            return result.map(|_| ());
+        }
         match result {
             Ok(output) => {
                 if let Some(name) = &step.save_as {
@@ -774,7 +908,132 @@ impl<'e> Session<'e> {
             timed_out: self.timed_out.clone(),
             finally_timeout: self.finally_timeout,
             steps_run: self.steps_run.clone(),
+            waiter: self.waiter.clone(),
+            suspended: None,
         }
+    }
+
+    /// A waiting step: asks the waiter, and either ends the step with its
+    /// answer or suspends the session.
+    async fn wait(&mut self, step: &Step, kind: WaitKind) -> Result<Value, Failure> {
+        let rendered = self
+            .render_map(&step.with)
+            .map_err(|m| failure(codes::TEMPLATE, m, &step.id))?;
+        let mut request = wait::parse(&step.id, kind, &rendered).map_err(|problems| {
+            let text: Vec<String> = problems
+                .into_iter()
+                .map(|(field, message)| format!("with.{field}: {message}"))
+                .collect();
+            failure(codes::INVALID_ARGS, text.join("; "), &step.id)
+        })?;
+        if let Some(message) = &mut request.message {
+            self.shared.masker.mask_in_place(message);
+        }
+        self.shared.log(
+            LogLevel::Info,
+            Some(&step.id),
+            &format!(
+                "waiting for {} (at most {})",
+                wait::describe(&request),
+                format_duration(request.timeout())
+            ),
+        );
+        match self.waiter.wait(&request, self.cancel.clone()).await {
+            WaitAnswer::Decided(outcome) => wait_result(step, &request, outcome),
+            WaitAnswer::Suspend => {
+                self.suspended = Some(request);
+                Err(failure(
+                    codes::CANCELLED,
+                    "the session is suspended while it waits",
+                    &step.id,
+                ))
+            }
+            WaitAnswer::Unanswerable(message) => {
+                Err(failure(codes::WAIT_UNANSWERED, message, &step.id))
+            }
+        }
+    }
+
+    /// Goes on from the waiting step a suspended session stopped at: ends
+    /// that step with the wait's outcome, then runs the steps after it.
+    async fn resume(&mut self, steps: &[Step], resume: &Resume) -> Result<(), Failure> {
+        let id = &resume.checkpoint.wait.step_id;
+        let Some(at) = steps
+            .iter()
+            .position(|s| &s.id == id && wait_kind(&s.action) == Some(resume.checkpoint.wait.kind))
+        else {
+            return Err(ErrorInfo {
+                code: codes::RESUME.into(),
+                message: format!(
+                    "the session waited at step `{id}`, which its workflow no longer has among \
+                     its top-level steps (it changed while the session waited)"
+                ),
+                step_id: None,
+            });
+        };
+        let step = &steps[at];
+        let started_at = self
+            .records
+            .get(id)
+            .and_then(|r| r.started_at)
+            .unwrap_or_else(Timestamp::now);
+        // The step's duration counts the wait: the clock it is measured by
+        // starts when the step did, in the session's earlier run.
+        let waited = Timestamp::now().duration_since(started_at).unsigned_abs();
+        let clock = Instant::now()
+            .checked_sub(waited)
+            .unwrap_or_else(Instant::now);
+        match wait_result(step, &resume.checkpoint.wait, resume.outcome.clone()) {
+            Ok(output) => {
+                if let Some(name) = &step.save_as {
+                    self.vars.insert(name.clone(), output.clone());
+                }
+                self.finish(step, started_at, clock, StepStatus::Success, output, None);
+            }
+            Err(f) => self.fail(step, started_at, clock, f)?,
+        }
+        self.run_steps(&steps[at + 1..]).await
+    }
+
+    /// Ends a session its waiter suspended: its resources end (a browser
+    /// does not outlive a wait), and its report is `waiting`, with the
+    /// checkpoint a robot resumes it from.
+    async fn suspend(
+        mut self,
+        wait: WaitRequest,
+        started_at: Timestamp,
+        params: &BoundParams,
+    ) -> SessionReport {
+        let resources = self.shared.resources.lock().await.drain();
+        for resource in resources {
+            resource.shutdown(true).await;
+        }
+        let records = std::mem::take(&mut self.records);
+        let checkpoint = Checkpoint {
+            wait,
+            started_at,
+            vars: std::mem::take(&mut self.vars),
+            step_states: self.step_states.take(),
+            records: records.clone(),
+            steps_run: self.steps_run.run.load(Ordering::SeqCst),
+            secrets: self.shared.masker.current().secrets().to_vec(),
+        };
+        let ended_at = Timestamp::now();
+        let report = SessionReport {
+            status: SessionStatus::Waiting,
+            started_at,
+            ended_at,
+            duration_ms: millis_between(started_at, ended_at),
+            params: params.masked(),
+            steps: records,
+            error: None,
+            outputs: None,
+            checkpoint: Some(Box::new(checkpoint)),
+        };
+        self.shared
+            .sink
+            .emit(Event::SessionFinished(Box::new(report.clone())));
+        report
     }
 
     /// Takes back what a branch's steps recorded.

@@ -76,6 +76,11 @@ impl Masker {
         Some(Masker::new(self.secrets.iter().chain(new.iter())))
     }
 
+    /// The values this masks, sorted.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
     pub fn is_empty(&self) -> bool {
         self.matcher.is_none()
     }

@@ -5,3 +5,4 @@ pub mod mask;
 pub mod plan;
 pub mod registry;
 pub mod report;
+pub mod wait;

@@ -54,6 +54,14 @@ pub mod codes {
     pub const OUTPUTS: &str = "outputs_failed";
     /// The workflow's `limits.steps` was reached.
     pub const STEP_LIMIT: &str = "step_limit";
+    /// An `approval` step was rejected (or timed out with `on_timeout: reject`).
+    pub const REJECTED: &str = "approval_rejected";
+    /// A waiting step that nothing could answer (`tasuki run` with no
+    /// terminal and no `--approve`/`--reject`/`--event` for it).
+    pub const WAIT_UNANSWERED: &str = "wait_unanswered";
+    /// A suspended session could not be taken up again: its workflow no
+    /// longer has the step it waited at.
+    pub const RESUME: &str = "resume_failed";
 }
 
 /// An action, as the executor sees it.

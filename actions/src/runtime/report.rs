@@ -11,6 +11,9 @@ use serde_json::Value;
 pub enum SessionStatus {
     Queued,
     Running,
+    /// Suspended at a waiting step (`runtime/wait.rs`): the report carries
+    /// its checkpoint.
+    Waiting,
     Success,
     Error,
     Cancelled,
@@ -32,6 +35,7 @@ impl SessionStatus {
         match self {
             SessionStatus::Queued => "queued",
             SessionStatus::Running => "running",
+            SessionStatus::Waiting => "waiting",
             SessionStatus::Success => "success",
             SessionStatus::Error => "error",
             SessionStatus::Cancelled => "cancelled",
@@ -97,6 +101,10 @@ pub struct SessionReport {
     /// masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Value>,
+    /// For a `waiting` session: what it goes on from. Holds unmasked
+    /// values; it goes to the hub and nowhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Box<super::wait::Checkpoint>>,
 }
 
 pub fn millis_between(start: Timestamp, end: Timestamp) -> u64 {

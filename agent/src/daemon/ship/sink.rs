@@ -352,6 +352,7 @@ mod tests {
             steps: Default::default(),
             error: None,
             outputs: None,
+            checkpoint: None,
         })));
         let finish = sink.final_report(&lease).unwrap();
         assert_eq!(finish.status, SessionStatus::Error);
