@@ -225,6 +225,7 @@ async fn sweep_leases(hub: Arc<Hub>) {
             Err(e) => tracing::error!(error = %e, "sweeping leases"),
         }
         queue_error_handlers(&hub).await;
+        crate::api::answer_overdue_waits(&hub).await;
         make_notification_events(&hub).await;
     }
 }

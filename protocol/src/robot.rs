@@ -333,7 +333,99 @@ pub struct Lease {
     /// credentials still understand each other.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub credentials: Map<String, Value>,
+    /// For a session that waited: where to go on from, and how the wait
+    /// ended. The robot runs it from the step after the waiting one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resumption>,
 }
+
+/// A suspended session's way back: its checkpoint, as the robot that
+/// suspended it wrote it (opaque to the hub, which seals it at rest), and
+/// the wait's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resumption {
+    pub checkpoint: Value,
+    pub outcome: WaitOutcome,
+}
+
+/// How a wait ended (`tasuki_actions::runtime::wait::WaitOutcome` on the
+/// robot, the same JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum WaitOutcome {
+    Approved {
+        by: String,
+        at: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    Rejected {
+        by: String,
+        at: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    Event {
+        payload: Value,
+        at: Timestamp,
+    },
+    TimedOut {
+        at: Timestamp,
+    },
+    Cancelled {
+        at: Timestamp,
+    },
+}
+
+impl WaitOutcome {
+    /// `approved`, `rejected`, `event`, `timed_out` or `cancelled`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WaitOutcome::Approved { .. } => "approved",
+            WaitOutcome::Rejected { .. } => "rejected",
+            WaitOutcome::Event { .. } => "event",
+            WaitOutcome::TimedOut { .. } => "timed_out",
+            WaitOutcome::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
+/// What a waiting step waits for, as the robot reports it when it
+/// suspends the session (`FinishSession::suspend`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitSpec {
+    pub step_id: String,
+    pub kind: crate::session::WaitKind,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub event: Option<String>,
+    pub timeout_ms: u64,
+    /// `approve` or `reject`: an approval's answer when nobody decides.
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Approve,
+    Reject,
+}
+
+/// A session stopped at a waiting step: what it waits for, and the
+/// checkpoint a robot resumes it from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspension {
+    pub wait: WaitSpec,
+    pub checkpoint: Value,
+}
+
+/// The largest checkpoint a hub stores, as JSON.
+pub const MAX_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
+/// The longest a wait may last (the workflow language's limit too).
+pub const MAX_WAIT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeasedWorkflow {
@@ -404,6 +496,10 @@ pub struct FinishSession {
     pub steps: Vec<StepState>,
     #[serde(default)]
     pub outputs: Option<Value>,
+    /// With status `waiting`: the session stopped at a waiting step and
+    /// frees the robot; the hub keeps it until the wait is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<Suspension>,
 }
 
 /// A robot as `GET /v1/robots` lists it.

@@ -13,15 +13,19 @@ use serde_json::{Map, Value};
 pub enum SessionStatus {
     Queued,
     Running,
+    /// Stopped at an `approval` or `wait_event` step, on no robot, until
+    /// the answer comes (`SessionQueue::wait`).
+    Waiting,
     Success,
     Error,
     Cancelled,
 }
 
 impl SessionStatus {
-    pub const ALL: [SessionStatus; 5] = [
+    pub const ALL: [SessionStatus; 6] = [
         SessionStatus::Queued,
         SessionStatus::Running,
+        SessionStatus::Waiting,
         SessionStatus::Success,
         SessionStatus::Error,
         SessionStatus::Cancelled,
@@ -31,6 +35,7 @@ impl SessionStatus {
         match self {
             SessionStatus::Queued => "queued",
             SessionStatus::Running => "running",
+            SessionStatus::Waiting => "waiting",
             SessionStatus::Success => "success",
             SessionStatus::Error => "error",
             SessionStatus::Cancelled => "cancelled",
@@ -157,7 +162,76 @@ pub struct SessionQueue {
     /// (its robot lost, its agent restarted). Absent for a first run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The session's latest wait (an `approval` or `wait_event` step):
+    /// what it waits for while `waiting`, and how it was answered after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<SessionWait>,
+    /// Neena's word for an approval's answer: `approved` or `rejected`
+    /// once decided; absent for a session that never asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_status: Option<String>,
 }
+
+/// What a session waits, or waited, for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionWait {
+    pub step_id: String,
+    /// `approval` or `event`.
+    pub kind: WaitKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(with = "crate::time::millis")]
+    pub since: Timestamp,
+    /// When the wait ends by itself: an approval with its `on_timeout`,
+    /// an event as a `timeout` failure.
+    #[serde(with = "crate::time::millis")]
+    pub deadline: Timestamp,
+    /// Once answered: `approved`, `rejected`, `event`, `timed_out` or
+    /// `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Who answered: an access key id, or `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::millis_opt"
+    )]
+    pub decided_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitKind {
+    Approval,
+    Event,
+}
+
+/// `POST /v1/session_queues/{id}/approval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+/// The longest comment an approval takes.
+pub const MAX_DECISION_COMMENT_BYTES: usize = 4096;
+/// The largest event payload, as JSON.
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// A session the hub queued on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

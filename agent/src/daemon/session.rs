@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
 use tasuki_actions::language::credentials::bind_credentials;
 use tasuki_actions::language::params::{BoundParams, ParamInputs, bind_params};
+use tasuki_actions::runtime::executor::Start;
+use tasuki_actions::runtime::wait::{Resume, SuspendingWaiter};
 use tasuki_actions::{ExecOptions, Executor, LoadOptions, Registry, parse_workflow};
+use tasuki_protocol::robot::Resumption;
 use tasuki_protocol::{HeldLease, Lease};
 use tokio_util::sync::CancellationToken;
 
@@ -130,10 +133,7 @@ pub async fn run(
 /// The lease's workflow checked with this robot's settings (the hub
 /// validated it without them, such as the `env` allow-list), and its
 /// params bound; or the error code and message the session ends with.
-fn prepare(
-    env: &SessionEnv,
-    lease: &Lease,
-) -> Result<(Arc<tasuki_actions::Workflow>, BoundParams), (&'static str, String)> {
+fn prepare(env: &SessionEnv, lease: &Lease) -> Result<Prepared, (&'static str, String)> {
     let origin = format!(
         "workflow {} ({}).{}",
         lease.workflow.id,
@@ -168,7 +168,30 @@ fn prepare(
     let credentials =
         bind_credentials(&workflow.credentials, &lease.credentials, "the hub's lease")
             .map_err(|problems| ("invalid_credentials", problems.to_string()))?;
-    Ok((workflow, params.with_credentials(credentials)))
+    let resume = lease.resume.as_ref().map(resumption).transpose()?;
+    Ok((workflow, params.with_credentials(credentials), resume))
+}
+
+/// A checked workflow, its bound params, and where a session that waited
+/// goes on from.
+type Prepared = (Arc<tasuki_actions::Workflow>, BoundParams, Option<Resume>);
+
+/// The lease's resumption in the executor's terms (the same JSON).
+fn resumption(r: &Resumption) -> Result<Resume, (&'static str, String)> {
+    let bad = |e: serde_json::Error| {
+        (
+            tasuki_actions::runtime::registry::codes::RESUME,
+            format!("the hub's checkpoint of this session cannot be read: {e}"),
+        )
+    };
+    let checkpoint = serde_json::from_value(r.checkpoint.clone()).map_err(bad)?;
+    let outcome = serde_json::to_value(&r.outcome)
+        .and_then(serde_json::from_value)
+        .map_err(bad)?;
+    Ok(Resume {
+        checkpoint,
+        outcome,
+    })
 }
 
 /// Runs a checked session with its spool sink, while the sender ships
@@ -176,7 +199,7 @@ fn prepare(
 async fn run_checked(
     env: &Arc<SessionEnv>,
     held: HeldLease,
-    (workflow, mut params): (Arc<tasuki_actions::Workflow>, BoundParams),
+    (workflow, mut params, resume): Prepared,
     state_dir: PathBuf,
     cancel: CancellationToken,
     stop: CancellationToken,
@@ -231,8 +254,14 @@ async fn run_checked(
         let sink = sink.clone();
         tokio::spawn(async move { sink.keep_flushed(SPOOL_FLUSH_EVERY).await })
     };
+    // Nobody waits on a robot: a waiting step suspends the session, and
+    // its hub gathers the answer while the robot runs other sessions.
+    let start = Start {
+        waiter: Arc::new(SuspendingWaiter),
+        resume,
+    };
     let report = executor
-        .run(&workflow, &params, Arc::new(sink.clone()), cancel)
+        .run_with(&workflow, &params, Arc::new(sink.clone()), cancel, start)
         .await;
     ship::record_report(&sink, &spool_dir, &held_lease).await;
     env.metrics.session_ended(report.status.as_str());

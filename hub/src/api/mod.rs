@@ -3,6 +3,7 @@
 //! do not count toward the quota, which only the public API's
 //! [`auth::Authorized`] extractor applies.
 
+mod approvals;
 mod audit;
 pub(crate) mod auth;
 pub(crate) mod auth_limit;
@@ -43,6 +44,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::db::{Db, keys, robots as stored_robots};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
+pub(crate) use approvals::answer_overdue as answer_overdue_waits;
 pub use auth_limit::{AuthEvent, AuthLimiter, FailureLimits};
 pub use error::ApiError;
 pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota, SYNC_EVERY as QUOTA_SYNC_EVERY};
@@ -233,6 +235,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/v1/session_queues/{id}", get(sessions::get_one))
         .route("/v1/session_queues/{id}/cancel", delete(sessions::cancel))
+        .route("/v1/session_queues/{id}/approval", post(approvals::decide))
+        .route(
+            "/v1/session_queues/{id}/events/{event}",
+            post(approvals::deliver),
+        )
         .route("/v1/session_queues/{id}/logs", get(sessions::logs))
         .route(
             "/v1/session_queues/{id}/artifacts",

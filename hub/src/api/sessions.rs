@@ -515,6 +515,25 @@ pub fn cancel_in(
     if let Some(robot_id) = robot {
         robots::lock_row(tx, robot_id)?;
     }
+    // A waiting session is on no robot: its wait is answered `cancelled`,
+    // and a robot resumes it only to end it, running its `finally` steps.
+    if sessions::status_of(tx, id)? == Some(SessionStatus::Waiting) {
+        sessions::lock_row(tx, id)?;
+        tx.execute(
+            "UPDATE session_queues SET cancel_requested_at = COALESCE(cancel_requested_at, ?2)
+             WHERE id = ?1",
+            crate::db::sql::params![id, now],
+        )?;
+        let answer = crate::db::waits::Answer {
+            outcome: tasuki_protocol::robot::WaitOutcome::Cancelled {
+                at: crate::db::waits::now_timestamp(now),
+            },
+            by: "cancel".into(),
+            comment: None,
+        };
+        let answered = super::approvals::answer_in(tx, hub, id, |_, _| Ok(()), &answer, now)?;
+        return Ok(sessions::get(tx, id)?.map(|s| (s, answered.is_ok())));
+    }
     let cancelled = sessions::cancel(tx, id, now)?;
     if let Some((s, true)) = &cancelled
         && s.status == SessionStatus::Running

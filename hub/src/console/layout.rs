@@ -174,6 +174,7 @@ pub fn status(s: SessionStatus) -> Markup {
     let symbol = match s {
         SessionStatus::Queued => "◷",
         SessionStatus::Running => "▶",
+        SessionStatus::Waiting => "⏸",
         SessionStatus::Success => "✓",
         SessionStatus::Error => "✗",
         SessionStatus::Cancelled => "■",

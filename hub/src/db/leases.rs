@@ -503,6 +503,7 @@ fn lease_of(
         },
         params,
         credentials: credential_values,
+        resume: super::waits::resumption(conn, session_id, master)?,
     };
     Ok(Some((lease, delivered)))
 }
@@ -635,6 +636,9 @@ pub enum Finished {
     /// workflow's `retry_on` queued the session again: the caller offers
     /// it.
     Requeued,
+    /// The session stopped at a waiting step (`db/waits.rs`): its robot's
+    /// slot is free, and it waits on no robot.
+    Suspended,
 }
 
 /// Ends a running session with the robot's report.
@@ -643,9 +647,10 @@ pub fn finish(
     session_id: i64,
     lease_id: &str,
     report: &FinishSession,
+    master: &MasterKey,
     now_ms: i64,
 ) -> Result<Finished, DbError> {
-    conn.transaction(|tx| finish_in(tx, session_id, lease_id, report, now_ms))
+    conn.transaction(|tx| finish_in(tx, session_id, lease_id, report, master, now_ms))
 }
 
 fn finish_in(
@@ -653,8 +658,21 @@ fn finish_in(
     session_id: i64,
     lease_id: &str,
     report: &FinishSession,
+    master: &MasterKey,
     now_ms: i64,
 ) -> Result<Finished, DbError> {
+    if let (SessionStatus::Waiting, Some(suspension)) = (report.status, &report.suspend) {
+        super::sessions::lock_row(tx, session_id)?;
+        let steps =
+            serde_json::to_string(&report.steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        if super::waits::suspend_in(tx, session_id, lease_id, suspension, &steps, master, now_ms)? {
+            tx.execute(
+                "UPDATE session_queues SET finish_key = ?2 WHERE id = ?1",
+                params![session_id, report.idempotency_key],
+            )?;
+            return Ok(Finished::Suspended);
+        }
+    }
     if report
         .error
         .as_ref()

@@ -385,6 +385,40 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE session_queues ADD COLUMN log_cut_at INTEGER;
     ALTER TABLE workflows ADD COLUMN limit_log_bytes INTEGER;
     "#,
+    // 17: waiting sessions (db/waits.rs). A session's status may be
+    // `waiting`; SQLite cannot alter a CHECK, so its text in the schema is
+    // widened in place (SQLite's documented way for a change that
+    // existing rows already satisfy: sqlite.org/lang_altertable.html,
+    // "making other kinds of table schema changes"), and the DDL after it
+    // makes every connection read the schema again.
+    r#"
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_schema
+    SET sql = replace(sql,
+        'CHECK (status IN (''queued'', ''running'', ''success'', ''error'', ''cancelled''))',
+        'CHECK (status IN (''queued'', ''running'', ''waiting'', ''success'', ''error'', ''cancelled''))')
+    WHERE type = 'table' AND name = 'session_queues';
+    PRAGMA writable_schema = OFF;
+    CREATE TABLE session_waits (
+        session_id INTEGER PRIMARY KEY REFERENCES session_queues(id),
+        step_id    TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('approval', 'event')),
+        message    TEXT,
+        event      TEXT,
+        since      INTEGER NOT NULL,
+        deadline   INTEGER NOT NULL,
+        on_timeout TEXT NOT NULL CHECK (on_timeout IN ('approve', 'reject')),
+        -- Sealed with the master key, `checkpoint:<session id>` as the
+        -- associated data: it holds the session's variables.
+        checkpoint BLOB NOT NULL,
+        -- JSON, the robot protocol's WaitOutcome, once answered.
+        outcome    TEXT,
+        decided_by TEXT,
+        decided_at INTEGER,
+        comment    TEXT
+    ) STRICT;
+    CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -684,6 +718,30 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE workflows ADD COLUMN limit_log_bytes BIGINT;
     "#,
     ),
+    (
+        17,
+        r#"
+    ALTER TABLE session_queues DROP CONSTRAINT session_queues_status_check;
+    ALTER TABLE session_queues ADD CONSTRAINT session_queues_status_check
+        CHECK (status IN ('queued', 'running', 'waiting', 'success', 'error', 'cancelled'));
+    CREATE TABLE session_waits (
+        session_id BIGINT PRIMARY KEY REFERENCES session_queues(id),
+        step_id    TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('approval', 'event')),
+        message    TEXT,
+        event      TEXT,
+        since      BIGINT NOT NULL,
+        deadline   BIGINT NOT NULL,
+        on_timeout TEXT NOT NULL CHECK (on_timeout IN ('approve', 'reject')),
+        checkpoint BYTEA NOT NULL,
+        outcome    TEXT,
+        decided_by TEXT,
+        decided_at BIGINT,
+        comment    TEXT
+    );
+    CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
+    "#,
+    ),
 ];
 
 /// The schema version this hub migrates to, the same on both engines.
@@ -755,6 +813,11 @@ pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), DbError> {
         let version = i as i64 + 1;
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        // A new schema version makes every connection read the schema
+        // again, this one too: a migration that edits the schema's text
+        // (17) is not seen otherwise.
+        let schema: i64 = tx.pragma_query_value(None, "schema_version", |r| r.get(0))?;
+        tx.pragma_update(None, "schema_version", schema + 1)?;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
         tracing::info!(version, "migrated the database schema");
@@ -773,6 +836,30 @@ mod tests {
             Some(MIGRATIONS.len() as i64),
             "a migration appended to one list is appended to the other"
         );
+    }
+
+    #[test]
+    fn a_session_may_wait_after_version_17_on_this_and_every_new_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, "file").unwrap();
+        // The rows below name no workflow.
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        let insert =
+            "INSERT INTO session_queues (workflow_id, status, params, secret_params, created_at)
+                      VALUES (1, ?1, '{}', '[]', 0)";
+        conn.execute(insert, ["waiting"]).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.pragma_update(None, "foreign_keys", false).unwrap();
+        other.execute(insert, ["waiting"]).unwrap();
+        // The CHECK still holds for anything else.
+        let err = other.execute(insert, ["asleep"]).unwrap_err();
+        assert!(err.to_string().contains("CHECK"), "{err}");
+        let integrity: String = other
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod schedules;
 pub mod secret_params;
 pub mod sessions;
 pub mod triggers;
+pub mod waits;
 pub mod workflows;
 
 use std::fmt;

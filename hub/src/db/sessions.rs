@@ -127,8 +127,19 @@ pub fn insert(
     })
 }
 
+/// One session, with its latest wait (lists leave that out: a query a row).
 pub fn get(conn: &mut Conn<'_>, id: i64) -> Result<Option<SessionQueue>, DbError> {
-    conn.opt_row(&format!("{SELECT} WHERE s.id = ?1"), params![id], read_row)
+    let Some(mut session) =
+        conn.opt_row(&format!("{SELECT} WHERE s.id = ?1"), params![id], read_row)?
+    else {
+        return Ok(None);
+    };
+    session.wait = super::waits::view(conn, id)?;
+    session.approval_status = session
+        .wait
+        .as_ref()
+        .and_then(super::waits::approval_status);
+    Ok(Some(session))
 }
 
 /// One page, newest first, and the count of all that match.
@@ -327,6 +338,8 @@ fn read_row(r: &Row<'_>) -> Result<SessionQueue, DbError> {
             queued_reason: None,
             origin,
             attempt: (attempt > 1).then(|| u32::try_from(attempt).unwrap_or(u32::MAX)),
+            wait: None,
+            approval_status: None,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The hub's words for how a session went: step states and the final
 //! report, from the executor's records.
 
+use tasuki_actions::runtime::wait::Checkpoint;
 use tasuki_actions::{SessionReport, StepRecord};
+use tasuki_protocol::robot::{Suspension, WaitSpec};
 use tasuki_protocol::{
     FinishSession, HeldLease, SessionError, SessionStatus, StepState, StepStatus,
 };
@@ -31,11 +33,13 @@ pub(super) fn step_state(id: &str, r: &StepRecord) -> StepState {
 
 /// The final report, from the executor's.
 pub(super) fn finish_report(lease: &HeldLease, report: &SessionReport) -> FinishSession {
+    let suspend = report.checkpoint.as_deref().and_then(suspension);
     FinishSession {
         idempotency_key: finish_key(lease),
-        status: match report.status {
-            tasuki_actions::SessionStatus::Success => SessionStatus::Success,
-            tasuki_actions::SessionStatus::Cancelled => SessionStatus::Cancelled,
+        status: match (report.status, &suspend) {
+            (tasuki_actions::SessionStatus::Success, _) => SessionStatus::Success,
+            (tasuki_actions::SessionStatus::Cancelled, _) => SessionStatus::Cancelled,
+            (tasuki_actions::SessionStatus::Waiting, Some(_)) => SessionStatus::Waiting,
             _ => SessionStatus::Error,
         },
         ended_at: report.ended_at,
@@ -50,7 +54,20 @@ pub(super) fn finish_report(lease: &HeldLease, report: &SessionReport) -> Finish
             .map(|(id, r)| step_state(id, r))
             .collect(),
         outputs: report.outputs.clone(),
+        suspend,
     }
+}
+
+/// The executor's checkpoint as the hub takes it: the wait spelled out,
+/// the rest as opaque JSON (the robot protocol's types are the same JSON
+/// as the executor's; `None` only if they ever drift apart, which then
+/// reports the session as an error rather than waiting for nothing).
+fn suspension(checkpoint: &Checkpoint) -> Option<Suspension> {
+    let wait: WaitSpec = serde_json::to_value(&checkpoint.wait)
+        .and_then(serde_json::from_value)
+        .ok()?;
+    let checkpoint = serde_json::to_value(checkpoint).ok()?;
+    Some(Suspension { wait, checkpoint })
 }
 
 /// One key per lease: a restarted agent sending the same report again
@@ -74,6 +91,7 @@ pub fn failed_before_start(lease: &HeldLease, code: &str, message: String) -> Fi
         }),
         steps: Vec::new(),
         outputs: None,
+        suspend: None,
     }
 }
 

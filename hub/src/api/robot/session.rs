@@ -10,11 +10,13 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use tasuki_protocol::robot::{
-    MAX_ARTIFACT_BYTES, MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES, MAX_OUTPUTS_BYTES,
-    check_artifact_name,
+    MAX_ARTIFACT_BYTES, MAX_CHECKPOINT_BYTES, MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES,
+    MAX_OUTPUTS_BYTES, MAX_WAIT_MS, Suspension, check_artifact_name,
 };
+use tasuki_protocol::session::WaitKind;
 use tasuki_protocol::{
-    FinishSession, LogBatch, LogsStored, SessionQueue, StepState, StepsStored, StepsUpdate,
+    FinishSession, LogBatch, LogsStored, SessionQueue, SessionStatus, StepState, StepsStored,
+    StepsUpdate,
 };
 
 use super::super::Hub;
@@ -294,14 +296,30 @@ pub async fn finish(
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = session_id(id)?;
     let lease = lease_header(&headers)?;
-    if !report.status.is_terminal() {
-        return Err(ApiError::invalid_field(
-            "status",
-            format!(
-                "a finished session is success, error or cancelled, not {}",
-                report.status
-            ),
-        ));
+    match (report.status, &report.suspend) {
+        (SessionStatus::Waiting, Some(suspension)) => check_suspension(suspension)?,
+        (SessionStatus::Waiting, None) => {
+            return Err(ApiError::invalid_field(
+                "suspend",
+                "a waiting session says what it waits for and where it goes on from",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "suspend",
+                format!(
+                    "only a waiting session is suspended, not a {} one",
+                    report.status
+                ),
+            ));
+        }
+        (status, None) if !status.is_terminal() => {
+            return Err(ApiError::invalid_field(
+                "status",
+                format!("a finished session is success, error, cancelled or waiting, not {status}"),
+            ));
+        }
+        _ => {}
     }
     if report.idempotency_key.is_empty() || report.idempotency_key.len() > 128 {
         return Err(ApiError::invalid_field(
@@ -338,9 +356,10 @@ pub async fn finish(
         .db
         .call(move |conn| {
             let now = now_ms();
-            let outcome = leases::finish(conn, id, &lease, &report, now)?;
+            let outcome = leases::finish(conn, id, &lease, &report, &hub2.master, now)?;
             match outcome {
                 Finished::Now => hub2.dispatch.session_ended(conn, robot_id, id, now)?,
+                Finished::Suspended => hub2.dispatch.slot_freed(conn, robot_id, now)?,
                 Finished::Requeued => {
                     hub2.dispatch.slot_freed(conn, robot_id, now)?;
                     hub2.dispatch.offer(conn, id, now)?;
@@ -361,6 +380,10 @@ pub async fn finish(
             Ok(Json(session))
         }
         Finished::Already => Ok(Json(session)),
+        Finished::Suspended => {
+            tracing::info!(session_queue_id = id, key_id = %caller.key_id, "session waits; its robot is free");
+            Ok(Json(session))
+        }
         Finished::Requeued => {
             tracing::info!(
                 session_queue_id = id,
@@ -382,6 +405,70 @@ pub async fn finish(
             format!("session {id} has already ended as {status}; this report was not stored"),
         )),
     }
+}
+
+/// A suspension's fields, each checked: the hub shows the wait and keeps
+/// the checkpoint until the answer comes.
+fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
+    let wait = &s.wait;
+    if wait.step_id.is_empty() || wait.step_id.len() > 64 {
+        return Err(ApiError::invalid_field(
+            "suspend.wait.step_id",
+            "1 to 64 characters",
+        ));
+    }
+    if wait
+        .message
+        .as_ref()
+        .is_some_and(|m| m.len() > MAX_LOG_MESSAGE_BYTES)
+    {
+        return Err(ApiError::invalid_field(
+            "suspend.wait.message",
+            "at most 64 KiB",
+        ));
+    }
+    match (wait.kind, &wait.event) {
+        (WaitKind::Event, Some(name)) => {
+            let fine = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !fine {
+                return Err(ApiError::invalid_field(
+                    "suspend.wait.event",
+                    "1 to 64 letters, digits, `_` or `-`",
+                ));
+            }
+        }
+        (WaitKind::Event, None) => {
+            return Err(ApiError::invalid_field(
+                "suspend.wait.event",
+                "an event wait names its event",
+            ));
+        }
+        (WaitKind::Approval, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "suspend.wait.event",
+                "an approval waits for no event",
+            ));
+        }
+        (WaitKind::Approval, None) => {}
+    }
+    if wait.timeout_ms == 0 || wait.timeout_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid_field(
+            "suspend.wait.timeout_ms",
+            format!("1 to {MAX_WAIT_MS} (30 days)"),
+        ));
+    }
+    let size = s.checkpoint.to_string().len();
+    if !s.checkpoint.is_object() || size > MAX_CHECKPOINT_BYTES {
+        return Err(ApiError::invalid_field(
+            "suspend.checkpoint",
+            format!("an object of at most {MAX_CHECKPOINT_BYTES} bytes as JSON (this is {size})"),
+        ));
+    }
+    Ok(())
 }
 
 /// The content type an artifact is served with, from its extension.

@@ -1,0 +1,202 @@
+//! Answers to waiting sessions (`db/waits.rs`): a person's decision on an
+//! approval, an outside system's event, and, from the hub itself, a
+//! cancel or the wait's deadline. Each queues the session again, to be
+//! resumed on a robot from its checkpoint.
+//!
+//! - `POST /v1/session_queues/{id}/approval` `{decision: approve|reject,
+//!   comment?}`, scope `session_queue.write`;
+//! - `POST /v1/session_queues/{id}/events/{name}`, the body any JSON (the
+//!   payload), scope `session_queue.write`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::Value;
+use tasuki_protocol::SessionQueue;
+use tasuki_protocol::robot::WaitOutcome;
+use tasuki_protocol::session::{
+    Decide, Decision, MAX_DECISION_COMMENT_BYTES, MAX_EVENT_PAYLOAD_BYTES, WaitKind,
+};
+
+use super::Hub;
+use super::auth::{Authorized, need};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::query::{NoQuery, id_in};
+use super::sessions::session_not_found;
+use crate::db::waits::{self, Answer, Refused};
+use crate::db::{Conn, DbError, audit, now_ms, sessions};
+
+pub async fn decide(
+    State(hub): State<Arc<Hub>>,
+    Authorized(caller, _): Authorized<need::SessionQueueWrite>,
+    _: NoQuery,
+    id: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<Decide>,
+) -> Result<Json<SessionQueue>, ApiError> {
+    let id = id_in(id, "session queue")?;
+    if let Some(c) = &body.comment
+        && c.len() > MAX_DECISION_COMMENT_BYTES
+    {
+        return Err(ApiError::invalid_field(
+            "comment",
+            format!("at most {MAX_DECISION_COMMENT_BYTES} bytes"),
+        ));
+    }
+    let at = waits::now_timestamp(now_ms());
+    let (by, comment) = (caller.key_id.clone(), body.comment.clone());
+    let outcome = match body.decision {
+        Decision::Approve => WaitOutcome::Approved { by, at, comment },
+        Decision::Reject => WaitOutcome::Rejected { by, at, comment },
+    };
+    let answer = Answer {
+        outcome,
+        by: caller.key_id.clone(),
+        comment: body.comment,
+    };
+    let fits = move |kind: WaitKind, _: Option<&str>| match kind {
+        WaitKind::Approval => Ok(()),
+        WaitKind::Event => Err(format!(
+            "session {id} waits for an event, not for an approval"
+        )),
+    };
+    let session = answer_and_offer(&hub, id, fits, answer).await?;
+    tracing::info!(session_queue_id = id, decision = ?body.decision, key_id = %caller.key_id, "approval decided");
+    Ok(Json(session))
+}
+
+pub async fn deliver(
+    State(hub): State<Arc<Hub>>,
+    Authorized(caller, _): Authorized<need::SessionQueueWrite>,
+    _: NoQuery,
+    path: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(payload): JsonBody<Value>,
+) -> Result<Json<SessionQueue>, ApiError> {
+    let Ok(Path((id, name))) = path else {
+        return Err(ApiError::invalid_field(
+            "path",
+            "expected /v1/session_queues/{id}/events/{name}",
+        ));
+    };
+    let id: i64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::invalid_field("id", "a session queue id, a whole number from 1")
+    })?;
+    let size = payload.to_string().len();
+    if size > MAX_EVENT_PAYLOAD_BYTES {
+        return Err(ApiError::invalid_field(
+            "payload",
+            format!("at most {MAX_EVENT_PAYLOAD_BYTES} bytes as JSON (this is {size})"),
+        ));
+    }
+    let answer = Answer {
+        outcome: WaitOutcome::Event {
+            payload,
+            at: waits::now_timestamp(now_ms()),
+        },
+        by: caller.key_id.clone(),
+        comment: None,
+    };
+    let fits = move |kind: WaitKind, event: Option<&str>| match (kind, event) {
+        (WaitKind::Event, Some(e)) if e == name => Ok(()),
+        (WaitKind::Event, Some(e)) => Err(format!(
+            "session {id} waits for the event `{e}`, not `{name}`"
+        )),
+        _ => Err(format!(
+            "session {id} waits for an approval, not for an event"
+        )),
+    };
+    let session = answer_and_offer(&hub, id, fits, answer).await?;
+    tracing::info!(session_queue_id = id, key_id = %caller.key_id, "event delivered");
+    Ok(Json(session))
+}
+
+async fn answer_and_offer(
+    hub: &Arc<Hub>,
+    id: i64,
+    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String> + Send + 'static,
+    answer: Answer,
+) -> Result<SessionQueue, ApiError> {
+    let hub2 = hub.clone();
+    let result = hub
+        .db
+        .call(move |conn| {
+            let now = now_ms();
+            let action = format!("session_queue.{}", answer.outcome.name());
+            let detail = serde_json::json!({"by": answer.by});
+            let result = answer_in(conn, &hub2, id, fits, &answer, now)?;
+            if result.is_ok() {
+                audit::record(
+                    conn,
+                    &answer.by,
+                    &action,
+                    &format!("session_queue {id}"),
+                    detail,
+                    now,
+                )?;
+            }
+            Ok(result.map(|()| ()).and(Ok(sessions::get(conn, id)?)))
+        })
+        .await?;
+    match result {
+        Ok(Some(session)) => Ok(session),
+        Ok(None) | Err(Refused::NoSuchSession) => Err(session_not_found(id)),
+        Err(Refused::NotWaiting(why)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_waiting", why))
+        }
+    }
+}
+
+/// Answers session `id`'s wait and offers it to a robot, in one go: what
+/// the API, a cancel and the deadline sweep share.
+pub(crate) fn answer_in(
+    conn: &mut Conn<'_>,
+    hub: &Hub,
+    id: i64,
+    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String>,
+    answer: &Answer,
+    now: i64,
+) -> Result<Result<(), Refused>, DbError> {
+    let answered = waits::answer(conn, id, fits, answer, now)?;
+    if answered.is_ok() {
+        hub.dispatch.offer(conn, id, now)?;
+    }
+    Ok(answered)
+}
+
+/// Answers every wait whose deadline has passed, as its timeout says.
+pub(crate) async fn answer_overdue(hub: &Arc<Hub>) {
+    let hub2 = hub.clone();
+    let result = hub
+        .db
+        .call(move |conn| {
+            let now = now_ms();
+            let mut answered = Vec::new();
+            for (id, outcome) in waits::overdue(conn, now)? {
+                let answer = Answer {
+                    outcome,
+                    by: "timeout".into(),
+                    comment: None,
+                };
+                if answer_in(conn, &hub2, id, |_, _| Ok(()), &answer, now)?.is_ok() {
+                    answered.push((id, answer.outcome.name()));
+                }
+            }
+            Ok(answered)
+        })
+        .await;
+    match result {
+        Ok(answered) => {
+            for (id, outcome) in answered {
+                tracing::info!(
+                    session_queue_id = id,
+                    outcome,
+                    "a wait reached its deadline"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "answering overdue waits"),
+    }
+}
