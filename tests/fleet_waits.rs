@@ -1,0 +1,439 @@
+//! Approvals and waits through a real hub and real agents
+//! (docs/workflow-language.md, *Waiting*): a session stopped at an
+//! `approval` or `wait_event` step frees its robot, survives a hub
+//! restart, and resumes on a robot with its variables once it is answered:
+//! by a person, an outside event, its deadline or a cancel.
+
+#[path = "fleet_support.rs"]
+mod fleet_support;
+#[path = "hub_support.rs"]
+mod hub_support;
+
+use std::time::{Duration, Instant};
+
+use fleet_support::*;
+use hub_support::*;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until the session is `waiting`, and returns it.
+async fn waiting(api: &Api, id: i64) -> Value {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let r = api.get(&format!("/v1/session_queues/{id}")).await;
+        if r.body["status"] == "waiting" {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session {id} never waited: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn messages(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Seqs 1.. without a gap: the resumed run's lines follow the first run's
+/// and the hub's notes.
+fn assert_numbered_in_order(logs: &[Value]) {
+    let seqs: Vec<i64> = logs
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "{logs:?}"
+    );
+}
+
+const APPROVED_FLOW: &str = r#"version: 1
+name: ship-it
+steps:
+  - id: prepare
+    action: set
+    with: {release: "v42", count: 3}
+  - id: before
+    action: shell.run
+    with: {argv: [echo, "prepared ${release}"]}
+  - id: ok
+    action: approval
+    with: {message: "ship ${release}?", timeout: 1h}
+  - id: after
+    action: shell.run
+    with: {argv: [echo, "shipping ${release} x${count}, approved by ${steps.ok.output.by}: ${steps.ok.output.comment}"]}
+finally:
+  - id: tidy
+    action: log
+    with: {message: "tidied up"}
+"#;
+
+const QUICK_FLOW: &str = r#"version: 1
+name: quick
+steps:
+  - id: hello
+    action: shell.run
+    with: {argv: [echo, quick-one]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_session_frees_its_robot_survives_a_hub_restart_and_resumes_with_its_variables()
+{
+    let Fleet {
+        scratch,
+        hub,
+        key,
+        api,
+    } = Fleet::start();
+    let robot = Robot::new(scratch.dir.path(), "only-one");
+    // One slot: the other session can only run if the waiting one let go.
+    robot.register_ok(&hub, &key, &["--max-concurrency", "1"]);
+    let agent = robot.start(&[]);
+    let approved = workflow(&api, APPROVED_FLOW, &[]).await;
+    let quick = workflow(&api, QUICK_FLOW, &[]).await;
+
+    let id = queue(&api, approved, json!({})).await;
+    let s = waiting(&api, id).await;
+    assert_eq!(s["wait"]["kind"], "approval", "{s}");
+    assert_eq!(s["wait"]["step_id"], "ok", "{s}");
+    assert_eq!(s["wait"]["message"], "ship v42?", "{s}");
+    assert!(
+        s["robot"].is_null(),
+        "a waiting session is on no robot: {s}"
+    );
+    assert!(s.get("approval_status").is_none(), "{s}");
+    let steps = s["steps"].as_array().cloned().unwrap_or_default();
+    let before = steps.iter().find(|st| st["id"] == "before").cloned();
+    assert_eq!(
+        before.map(|b| b["status"].clone()),
+        Some(json!("success")),
+        "{s}"
+    );
+
+    // Measured: while it waits, its robot (one slot) runs another session.
+    let started = Instant::now();
+    let other = queue(&api, quick, json!({})).await;
+    let o = finished(&api, other, LIMIT).await;
+    let meanwhile = started.elapsed();
+    assert_eq!(o["status"], "success", "{o}\n{}", agent.log());
+    assert_eq!(o["robot"]["name"], "only-one", "{o}");
+    assert_eq!(
+        api.get(&format!("/v1/session_queues/{id}")).await.body["status"],
+        "waiting"
+    );
+    eprintln!(
+        "another session ran start to end on the robot in {meanwhile:?} while the first waited"
+    );
+
+    // The hub restarts while the session waits; nothing is lost.
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    drop(hub);
+    let hub = Hub::start_at(&scratch, &listen, &["--quota-per-robot", "1000000"]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    assert_eq!(
+        api.get(&format!("/v1/session_queues/{id}")).await.body["status"],
+        "waiting"
+    );
+
+    let r = api
+        .post(
+            &format!("/v1/session_queues/{id}/approval"),
+            &json!({"decision": "approve", "comment": "go ahead"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["status"], "queued", "{}", r.body);
+    let s = finished(&api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(s["approval_status"], "approved", "{s}");
+    assert_eq!(s["wait"]["outcome"], "approved", "{s}");
+    assert_eq!(s["wait"]["decided_by"], key.id.as_str(), "{s}");
+    assert_eq!(s["wait"]["comment"], "go ahead", "{s}");
+
+    let logs = all_logs(&api, id).await;
+    assert_numbered_in_order(&logs);
+    let text = messages(&logs);
+    let expected_after = format!("shipping v42 x3, approved by {}: go ahead", key.id);
+    let at = |needle: &str| text.iter().position(|m| m.contains(needle));
+    let order = [
+        at("prepared v42"),
+        at("[tasuki-hub] the session waits at step `ok` for an approval"),
+        at(&format!("[tasuki-hub] approved by {}", key.id)),
+        at(&expected_after),
+        at("tidied up"),
+    ];
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "first run, the hub's notes, the resumed run, its finally, in order: {text:?}"
+    );
+    assert_eq!(
+        text.iter().filter(|m| m.contains("prepared v42")).count(),
+        1,
+        "the steps before the wait ran once: {text:?}"
+    );
+    let steps = s["steps"].as_array().cloned().unwrap_or_default();
+    let ok = steps
+        .iter()
+        .find(|st| st["id"] == "ok")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ok["status"], "success", "{s}");
+    assert_eq!(ok["output"]["decision"], "approved", "{s}");
+}
+
+const DECIDED_FLOW: &str = r#"version: 1
+name: decided
+steps:
+  - id: ok
+    action: approval
+    with: {message: "go?", timeout: "TIMEOUT", on_timeout: ON_TIMEOUT}
+  - id: after
+    action: log
+    with: {message: "went on after ${steps.ok.output.by}"}
+finally:
+  - id: tidy
+    action: log
+    with: {message: "tidied up"}
+"#;
+
+fn decided_flow(timeout: &str, on_timeout: &str) -> String {
+    DECIDED_FLOW
+        .replace(
+            "name: decided",
+            &format!("name: decided-{on_timeout}-{timeout}"),
+        )
+        .replace("ON_TIMEOUT", on_timeout)
+        .replace("TIMEOUT", timeout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_or_timed_out_approval_ends_as_it_says_and_runs_finally() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "decider");
+    robot.register_ok(&f.hub, &f.key, &["--max-concurrency", "4"]);
+    let agent = robot.start(&[]);
+    let by_hand = workflow(&f.api, &decided_flow("1h", "reject"), &[]).await;
+    let timed_reject = workflow(&f.api, &decided_flow("1s", "reject"), &[]).await;
+    let timed_approve = workflow(&f.api, &decided_flow("1s", "approve"), &[]).await;
+
+    let rejected = queue(&f.api, by_hand, json!({})).await;
+    let lapsed = queue(&f.api, timed_reject, json!({})).await;
+    let waved = queue(&f.api, timed_approve, json!({})).await;
+    waiting(&f.api, rejected).await;
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{rejected}/approval"),
+            &json!({"decision": "reject", "comment": "not today"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+
+    let s = finished(&f.api, rejected, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}\n{}", agent.log());
+    assert_eq!(s["error"]["code"], "approval_rejected", "{s}");
+    assert_eq!(s["error"]["step_id"], "ok", "{s}");
+    assert!(
+        s["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not today"),
+        "{s}"
+    );
+    assert_eq!(s["approval_status"], "rejected", "{s}");
+    let text = messages(&all_logs(&f.api, rejected).await);
+    assert!(text.iter().any(|m| m == "tidied up"), "{text:?}");
+    assert!(!text.iter().any(|m| m.starts_with("went on")), "{text:?}");
+
+    let s = finished(&f.api, lapsed, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "approval_rejected", "{s}");
+    assert_eq!(s["wait"]["decided_by"], "timeout", "{s}");
+    assert!(
+        s["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nobody decided within 1s"),
+        "{s}"
+    );
+
+    let s = finished(&f.api, waved, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+    assert_eq!(s["approval_status"], "approved", "{s}");
+    let text = messages(&all_logs(&f.api, waved).await);
+    assert!(
+        text.iter().any(|m| m == "went on after timeout"),
+        "{text:?}"
+    );
+}
+
+const EVENT_FLOW: &str = r#"version: 1
+name: paid
+steps:
+  - id: invoice
+    action: set
+    with: {invoice: "INV-7"}
+  - id: hook
+    action: wait_event
+    with: {event: payment-done, timeout: 1h}
+  - id: after
+    action: shell.run
+    with: {argv: [echo, "${invoice} paid ${steps.hook.output.payload.amount} ${steps.hook.output.payload.currency}"]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_delivered_through_the_hub_resumes_the_session_with_its_payload() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "listener");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let wf = workflow(&f.api, EVENT_FLOW, &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let s = waiting(&f.api, id).await;
+    assert_eq!(s["wait"]["kind"], "event", "{s}");
+    assert_eq!(s["wait"]["event"], "payment-done", "{s}");
+
+    // The wrong event, an approval, and a key without the scope are refused.
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{id}/events/refund"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.body);
+    assert!(r.message().contains("payment-done"), "{}", r.body);
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{id}/approval"),
+            &json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.body);
+    let reader = create_key(&f.scratch, "session_queue.read");
+    let r = Api::new(&f.hub, Some(token(&reader, "session_queue.read")))
+        .post(
+            &format!("/v1/session_queues/{id}/events/payment-done"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 403, "{}", r.body);
+
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{id}/events/payment-done"),
+            &json!({"amount": 1200, "currency": "JPY"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(s["wait"]["outcome"], "event", "{s}");
+    let text = messages(&all_logs(&f.api, id).await);
+    assert!(text.iter().any(|m| m == "INV-7 paid 1200 JPY"), "{text:?}");
+
+    // Delivered twice: the second finds nothing waiting.
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{id}/events/payment-done"),
+            &json!({"amount": 1}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.body);
+    assert_eq!(r.code(), "not_waiting", "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cancelled_while_it_waits_runs_its_finally_steps_and_ends_cancelled() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "canceller");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let wf = workflow(&f.api, &decided_flow("1h", "reject"), &[]).await;
+    let id = queue(&f.api, wf, json!({})).await;
+    waiting(&f.api, id).await;
+    let r = f
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "cancelled", "{s}\n{}", agent.log());
+    assert_eq!(s["wait"]["outcome"], "cancelled", "{s}");
+    let text = messages(&all_logs(&f.api, id).await);
+    assert!(text.iter().any(|m| m == "tidied up"), "{text:?}");
+    assert!(!text.iter().any(|m| m.starts_with("went on")), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_answers_and_misplaced_waits_are_refused_by_field() {
+    let f = Fleet::start();
+    let quick = workflow(&f.api, QUICK_FLOW, &[]).await;
+    // Queued, with no robot: not waiting.
+    let id = queue(&f.api, quick, json!({})).await;
+    for (path, body, status, code) in [
+        (
+            format!("/v1/session_queues/{id}/approval"),
+            json!({"decision": "approve"}),
+            409,
+            "not_waiting",
+        ),
+        (
+            format!("/v1/session_queues/{id}/approval"),
+            json!({"decision": "maybe"}),
+            422,
+            "invalid_field",
+        ),
+        (
+            format!("/v1/session_queues/{id}/approval"),
+            json!({"decision": "approve", "comment": "x".repeat(5000)}),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/session_queues/999999/approval".to_string(),
+            json!({"decision": "approve"}),
+            404,
+            "session_queue_not_found",
+        ),
+        (
+            format!("/v1/session_queues/{id}/events/{}", "e".repeat(3)),
+            json!({"blob": "x".repeat(70_000)}),
+            422,
+            "invalid_field",
+        ),
+    ] {
+        let r = f.api.post(&path, &body).await;
+        assert_eq!(r.status.as_u16(), status, "{path}: {}", r.body);
+        assert_eq!(r.code(), code, "{path}: {}", r.body);
+    }
+
+    // A wait inside a `try` is refused at upload, at its field.
+    let nested = r#"version: 1
+name: nested
+steps:
+  - id: guard
+    action: try
+    steps:
+      - id: ok
+        action: approval
+        with: {message: "inside?"}
+"#;
+    let r = f.api.post("/v1/workflows", &json!({"yaml": nested})).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("steps[0].steps[0].action"),
+        "{}",
+        r.body
+    );
+}
