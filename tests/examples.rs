@@ -34,6 +34,12 @@ fn every_shipped_example_succeeds() {
         // ./test.sh installs).
         args.push("--packs".into());
         args.push(repo_root().join("packs").display().to_string());
+        // The example with an approval names its step `sign_off`; with no
+        // terminal here, the flag answers it.
+        if text.contains("action: approval") {
+            args.push("--approve".into());
+            args.push("sign_off".into());
+        }
         // Examples that talk to the demo shop take its address as base_url.
         if text.contains("base_url:") {
             args.push("--param".into());

@@ -326,6 +326,8 @@ mod tests {
             queued_reason: None,
             origin: None,
             attempt: None,
+            wait: None,
+            approval_status: None,
         };
         let v = serde_json::to_value(&q).unwrap();
         assert!(v["robot"].is_null());

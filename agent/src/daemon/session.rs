@@ -118,7 +118,7 @@ pub async fn run(
                     ship::ship(
                         &env.client,
                         &spool,
-                        Source::Ended(report),
+                        Source::Ended(Box::new(report)),
                         &env.metrics,
                         &stop,
                     )

@@ -264,6 +264,7 @@ async fn robot(shared: Arc<Shared>, index: usize) {
                 error: None,
                 steps: Vec::new(),
                 outputs: None,
+                suspend: None,
             };
             let done: Result<serde_json::Value> = shared
                 .call(

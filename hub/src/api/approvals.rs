@@ -137,7 +137,10 @@ async fn answer_and_offer(
                     now,
                 )?;
             }
-            Ok(result.map(|()| ()).and(Ok(sessions::get(conn, id)?)))
+            match result {
+                Ok(()) => Ok(Ok(sessions::get(conn, id)?)),
+                Err(refused) => Ok(Err(refused)),
+            }
         })
         .await?;
     match result {

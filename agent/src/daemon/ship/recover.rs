@@ -49,7 +49,7 @@ impl Leftover {
         ship(
             client,
             &self.spool,
-            Source::Ended(self.report),
+            Source::Ended(Box::new(self.report)),
             metrics,
             stop,
         )

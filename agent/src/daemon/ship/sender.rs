@@ -37,7 +37,7 @@ pub enum Source {
     },
     /// A session that is already over, with its report: one that never
     /// ran, or one a killed agent left (`recover.rs`).
-    Ended(FinishSession),
+    Ended(Box<FinishSession>),
 }
 
 /// Sends a session's spool to the hub until the final report is in.
@@ -53,7 +53,7 @@ pub async fn ship(
             sink,
             artifacts_dir,
         } => (Some(sink), Some(artifacts_dir), None),
-        Source::Ended(report) => (None, None, Some(report)),
+        Source::Ended(report) => (None, None, Some(*report)),
     };
     let reader = {
         let path = spool.dir.join(LOGS_FILE);
