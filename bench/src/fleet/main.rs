@@ -52,6 +52,7 @@ mod logs;
 mod orchestration;
 mod pickup;
 mod procs;
+mod resume;
 mod soak;
 mod stats;
 mod swarm;
@@ -120,6 +121,9 @@ enum Command {
     /// prints --console-log-rate lines a second (needs Chromium; not part
     /// of `all`).
     ConsoleLog,
+    /// Approval of a waiting session → its next step, beside a fresh
+    /// session's pickup (--reps pairs; not part of `all`).
+    Resume,
     /// pickup, cancel, logs, idle and fleet (the default).
     All,
     /// Prints `i <unix nanos>` for i in 1..=N (the log benchmark's step).
@@ -294,6 +298,7 @@ async fn run(command: Command, opts: &Opts) -> Result<bool> {
             Command::Orchestration => ("orchestration", orchestration::run(&bins, opts).await),
             Command::Console => ("console", console::run(&bins, opts).await),
             Command::ConsoleLog => ("console-log", console_log::run(&bins, opts).await),
+            Command::Resume => ("resume", resume::run(&bins, opts).await),
             Command::All | Command::Hubs | Command::GenLines { .. } => continue,
         };
         eprintln!("[{name}] done");

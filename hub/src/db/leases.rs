@@ -253,7 +253,7 @@ pub fn grant(
     let changed = conn.execute(
         concat!(
             "UPDATE session_queues
-         SET status = 'running', started_at = ?5, lease_id = ?3, lease_poll_id = ?4,
+         SET status = 'running', started_at = COALESCE(started_at, ?5), lease_id = ?3, lease_poll_id = ?4,
              lease_poll_seq = ?9, robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
          WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL
            AND EXISTS (SELECT 1 FROM robots

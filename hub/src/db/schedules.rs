@@ -126,7 +126,7 @@ const DUE: &str = "FROM schedules
             OR (waiting = 1
                 AND NOT EXISTS (SELECT 1 FROM session_queues q
                                 WHERE q.schedule_id = schedules.id
-                                  AND q.status IN ('queued', 'running'))))";
+                                  AND q.status IN ('queued', 'running', 'waiting'))))";
 
 /// Whether [`take_due`] would find a schedule: a read, in no transaction.
 pub fn any_due(conn: &mut Conn<'_>, now_ms: i64) -> Result<bool, DbError> {

@@ -145,7 +145,7 @@ fn seal_in_clear(tx: &mut Conn<'_>, master: &MasterKey) -> Result<usize, DbError
         let mut params: Map<String, Value> = parse_json(&what("params"), params_json)?;
         let names: Vec<String> = parse_json(&what("secret_params"), names_json)?;
         let secrets = split(&mut params, &names);
-        let live = matches!(status.as_str(), "queued" | "running");
+        let live = matches!(status.as_str(), "queued" | "running" | "waiting");
         let sealed = match secrets {
             Some(secrets) if live => Some(seal(master, Owner::Session(*id), &secrets)?),
             _ => None,

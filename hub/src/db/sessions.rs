@@ -236,7 +236,7 @@ pub fn cancel(
 pub fn active_of_schedule(conn: &mut Conn<'_>, schedule_id: i64) -> Result<Vec<i64>, DbError> {
     conn.rows(
         "SELECT id FROM session_queues
-         WHERE schedule_id = ?1 AND status IN ('queued', 'running')
+         WHERE schedule_id = ?1 AND status IN ('queued', 'running', 'waiting')
          ORDER BY id",
         params![schedule_id],
         |r| r.get(0),
