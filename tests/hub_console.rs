@@ -1268,3 +1268,103 @@ steps:
     assert_eq!(now.body["status"], "queued", "{}", now.body);
     assert!(now.body["cancel_requested_at"].is_null(), "{}", now.body);
 }
+
+/// A waiting session's page says what it waits for, and a person with the
+/// scope approves it there (the form's CSRF token checked); the session
+/// resumes on its robot and the page shows who decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_session_is_approved_from_its_page() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "approver-bot");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let wf = workflow(
+        &f.api,
+        "version: 1\nname: needs-a-yes\nsteps:\n  - id: ok\n    action: approval\n    with: {message: \"publish the <price> list?\"}\n  - id: after\n    action: log\n    with: {message: \"published after ${steps.ok.output.comment}\"}\n",
+        &[],
+    )
+    .await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let deadline = std::time::Instant::now() + LIMIT;
+    while f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"] != "waiting" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never waited\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut c = Browserless::new(&f.hub);
+    c.sign_in(&f.key, "/ui").await;
+    let path = format!("/ui/sessions/{id}");
+    let page = c.get(&path).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("data-status=\"waiting\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("an approval at step <code>ok</code>"),
+        "{}",
+        page.body
+    );
+    // The message is text, escaped.
+    assert!(
+        page.body.contains("publish the &lt;price&gt; list?"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("id=\"approve\""), "{}", page.body);
+
+    let approve = format!("{path}/approval");
+    let refused = c
+        .post(
+            &approve,
+            &[("csrf", &"ab".repeat(32)), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"],
+        "waiting",
+        "a form without its token changes nothing"
+    );
+    let csrf = page.csrf();
+    let done = c
+        .post(
+            &approve,
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("comment", "looks right"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(s["wait"]["decided_by"], f.key.id.as_str(), "{s}");
+    let text: Vec<String> = all_logs(&f.api, id)
+        .await
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        text.iter().any(|m| m == "published after looks right"),
+        "{text:?}"
+    );
+    let page = c.get(&path).await;
+    assert!(page.body.contains("id=\"session-answer\""), "{}", page.body);
+    assert!(
+        page.body
+            .contains(&format!("approved by <code>{}</code>", f.key.id)),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("id=\"approve\""),
+        "no form once decided"
+    );
+}

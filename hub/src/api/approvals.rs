@@ -38,6 +38,17 @@ pub async fn decide(
     JsonBody(body): JsonBody<Decide>,
 ) -> Result<Json<SessionQueue>, ApiError> {
     let id = id_in(id, "session queue")?;
+    Ok(Json(decide_as(&hub, id, body, &caller.key_id).await?))
+}
+
+/// `key_id`'s decision on session `id`'s approval: the API's and the
+/// console's.
+pub(crate) async fn decide_as(
+    hub: &Arc<Hub>,
+    id: i64,
+    body: Decide,
+    key_id: &str,
+) -> Result<SessionQueue, ApiError> {
     if let Some(c) = &body.comment
         && c.len() > MAX_DECISION_COMMENT_BYTES
     {
@@ -47,14 +58,14 @@ pub async fn decide(
         ));
     }
     let at = waits::now_timestamp(now_ms());
-    let (by, comment) = (caller.key_id.clone(), body.comment.clone());
+    let (by, comment) = (key_id.to_string(), body.comment.clone());
     let outcome = match body.decision {
         Decision::Approve => WaitOutcome::Approved { by, at, comment },
         Decision::Reject => WaitOutcome::Rejected { by, at, comment },
     };
     let answer = Answer {
         outcome,
-        by: caller.key_id.clone(),
+        by: key_id.to_string(),
         comment: body.comment,
     };
     let fits = move |kind: WaitKind, _: Option<&str>| match kind {
@@ -63,9 +74,9 @@ pub async fn decide(
             "session {id} waits for an event, not for an approval"
         )),
     };
-    let session = answer_and_offer(&hub, id, fits, answer).await?;
-    tracing::info!(session_queue_id = id, decision = ?body.decision, key_id = %caller.key_id, "approval decided");
-    Ok(Json(session))
+    let session = answer_and_offer(hub, id, fits, answer).await?;
+    tracing::info!(session_queue_id = id, decision = ?body.decision, key_id = %key_id, "approval decided");
+    Ok(session)
 }
 
 pub async fn deliver(

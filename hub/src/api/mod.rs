@@ -44,7 +44,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::db::{Db, keys, robots as stored_robots};
 use crate::dispatch::Dispatcher;
 use crate::secrets::MasterKey;
-pub(crate) use approvals::answer_overdue as answer_overdue_waits;
+pub(crate) use approvals::{answer_overdue as answer_overdue_waits, decide_as as decide_approval};
 pub use auth_limit::{AuthEvent, AuthLimiter, FailureLimits};
 pub use error::ApiError;
 pub use quota::{DEFAULT_MAX_ROBOTS_PER_KEY, Quota, SYNC_EVERY as QUOTA_SYNC_EVERY};

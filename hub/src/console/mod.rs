@@ -43,6 +43,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/ui/sessions/{id}/log.txt", get(session::log_text))
         .route("/ui/sessions/{id}/cancel", post(session::cancel))
         .route("/ui/sessions/{id}/rerun", post(session::rerun))
+        .route("/ui/sessions/{id}/approval", post(session::approval))
         .route("/ui/sessions/{id}/artifacts/{name}", get(session::artifact))
         .route("/ui/robots", get(robots::list))
         .route("/ui/workflows", get(workflows::list))

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use futures_util::stream::{self, Stream};
 use maud::{Markup, html};
 use serde::Deserialize;
+use tasuki_protocol::session::{Decide, Decision, SessionWait, WaitKind};
 use tasuki_protocol::{LogLine, Scope, SessionOrigin, SessionQueue, SessionStatus, StepStatus};
 
 use super::auth::{CSRF_FIELD, Operator};
@@ -96,6 +97,7 @@ pub async fn page(
                 dt { "Duration" } dd { (layout::duration_between(s.started_at, s.ended_at)) }
                 @if let Some(origin) = &s.origin { dt { "Origin" } dd { (origin_text(origin)) } }
                 @if let Some(t) = s.cancel_requested_at { dt { "Cancel requested" } dd { (layout::time(Some(t))) } }
+                @if let Some(w) = &s.wait { (wait_summary(w)) }
             }
             @if let Some(reason) = &s.queued_reason { p class="note" { (reason) } }
             @if let Some(e) = &s.error {
@@ -190,9 +192,50 @@ pub async fn page(
     Ok(layout::page(&op, &title, "sessions", body))
 }
 
+/// What the session waits, or waited, for, and how it was answered.
+fn wait_summary(w: &SessionWait) -> Markup {
+    html! {
+        dt { "Waits for" }
+        dd id="session-wait" {
+            @match w.kind {
+                WaitKind::Approval => { "an approval at step " code { (w.step_id) } }
+                WaitKind::Event => { "the event " code { (w.event.as_deref().unwrap_or_default()) } " at step " code { (w.step_id) } }
+            }
+            @if let Some(m) = &w.message { ": " q { (m) } }
+        }
+        @match &w.outcome {
+            None => { dt { "Until" } dd { (layout::time(Some(w.deadline))) } }
+            Some(outcome) => {
+                dt { "Answer" }
+                dd id="session-answer" {
+                    (outcome)
+                    @if let Some(by) = &w.decided_by { " by " code { (by) } }
+                    @if let Some(at) = w.decided_at { ", " (layout::time(Some(at))) }
+                    @if let Some(c) = &w.comment { ": " q { (c) } }
+                }
+            }
+        }
+    }
+}
+
 fn actions(op: &Operator, s: &SessionQueue, secret: &[String]) -> Markup {
+    let deciding = s.status == SessionStatus::Waiting
+        && s.wait
+            .as_ref()
+            .is_some_and(|w| w.kind == WaitKind::Approval && w.outcome.is_none());
     html! {
         section class="actions" aria-label="Actions" {
+            @if deciding {
+                form method="post" action={ "/ui/sessions/" (s.id) "/approval" } id="approval" {
+                    input type="hidden" name=(CSRF_FIELD) value=(op.csrf);
+                    label { "Comment " input type="text" name="comment" maxlength="4096" autocomplete="off"; }
+                    " "
+                    button type="submit" name="decision" value="approve" id="approve" { "Approve" }
+                    " "
+                    button type="submit" name="decision" value="reject" id="reject" class="danger" { "Reject" }
+                    @if !op.may(Scope::SessionQueueWrite) { span class="note" { " (your key lacks session_queue.write)" } }
+                }
+            }
             @if !s.status.is_terminal() {
                 form method="post" action={ "/ui/sessions/" (s.id) "/cancel" } {
                     input type="hidden" name=(CSRF_FIELD) value=(op.csrf);
@@ -553,6 +596,34 @@ pub async fn cancel(
     op.require(Scope::SessionQueueDelete)?;
     let id = parse_id(&id)?;
     cancel_session(&hub, id, &op.caller.key_id).await?;
+    Ok(Redirect::to(&format!("/ui/sessions/{id}")).into_response())
+}
+
+pub async fn approval(
+    State(hub): State<Arc<Hub>>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Result<Response, PageError> {
+    op.check_csrf(field(&fields, CSRF_FIELD))?;
+    op.require(Scope::SessionQueueWrite)?;
+    let id = parse_id(&id)?;
+    let decision = match field(&fields, "decision") {
+        Some("approve") => Decision::Approve,
+        Some("reject") => Decision::Reject,
+        _ => {
+            return Err(PageError::from(crate::api::ApiError::invalid_field(
+                "decision",
+                "approve or reject",
+            )));
+        }
+    };
+    let comment = field(&fields, "comment")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from);
+    let body = Decide { decision, comment };
+    crate::api::decide_approval(&hub, id, body, &op.caller.key_id).await?;
     Ok(Redirect::to(&format!("/ui/sessions/{id}")).into_response())
 }
 
