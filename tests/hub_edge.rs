@@ -996,6 +996,53 @@ async fn a_session_stores_no_more_than_its_limits() {
     );
 }
 
+/// A workflow's `limits.artifact_bytes` below the hub's own: the artifact
+/// past it is refused, naming the workflow's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_s_artifact_limit_refuses_the_artifact_past_it() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &["--hold-seconds", "1"]);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let robot = Api::new(&hub, Some(token(&key, "robot")));
+    register(&robot, "shooter").await;
+    let yaml = format!("{YAML}limits: {{artifact_bytes: 1000}}\n");
+    let r = api.post("/v1/workflows", &json!({"yaml": yaml})).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    let wf = r.body["id"].as_i64().expect("workflow id");
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": wf, "params": {}}),
+        )
+        .await;
+    let id = r.body["id"].as_i64().expect("session id");
+    let answer = poll(&robot, "shooter", "p1").await;
+    let lease = answer["leases"][0]["lease_id"]
+        .as_str()
+        .expect("a lease")
+        .to_string();
+    let put = |name: &str, size: usize| {
+        with_lease(
+            &robot,
+            reqwest::Method::PUT,
+            format!("/v1/robot/sessions/{id}/artifacts/{name}"),
+            &lease,
+            vec![b'x'; size],
+        )
+    };
+    assert_eq!(put("a.png", 600).await.status.as_u16(), 204);
+    let r = put("b.png", 600).await;
+    assert_refused(&r, 413, "session_artifact_limit");
+    assert!(
+        r.message()
+            .contains("at most 1000 bytes (its workflow's limits.artifact_bytes)"),
+        "{}",
+        r.message()
+    );
+    assert_eq!(put("b.png", 400).await.status.as_u16(), 204);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_over_size_artifact_gets_a_json_error() {
     let scratch = Scratch::new();

@@ -65,9 +65,12 @@ pub struct Limits {
     pub log_bytes: Option<u64>,
     /// Bytes of the rendered `outputs:`, as JSON.
     pub output_bytes: Option<u64>,
+    /// Bytes of artifacts the hub stores for one session; one past it is
+    /// refused.
+    pub artifact_bytes: Option<u64>,
 }
 
-const LIMIT_FIELDS: &[&str] = &["steps", "log_bytes", "output_bytes"];
+const LIMIT_FIELDS: &[&str] = &["steps", "log_bytes", "output_bytes", "artifact_bytes"];
 
 /// `browser:` in a workflow: what it says wins over the robot's settings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -476,6 +479,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
                 steps: bound("steps"),
                 log_bytes: bound("log_bytes"),
                 output_bytes: bound("output_bytes"),
+                artifact_bytes: bound("artifact_bytes"),
             }
         }
         Some((other, path)) => {

@@ -51,7 +51,8 @@ struct Workflow {
     /// counted; `finally` and `on_error` exempt) ends it `step_limit`;
     /// `output_bytes` of its rendered outputs, `outputs_failed`;
     /// `log_bytes` of log messages its hub stores, past which the log is
-    /// cut with a line saying where and why.
+    /// cut with a line saying where and why; `artifact_bytes` its hub
+    /// stores, past which an artifact is refused.
     limits: Option<LimitsDoc>,
     /// Browser settings of this workflow, over the robot's.
     browser: Option<BrowserSection>,
@@ -75,6 +76,8 @@ struct LimitsDoc {
     log_bytes: Option<u64>,
     #[schemars(range(min = 1))]
     output_bytes: Option<u64>,
+    #[schemars(range(min = 1))]
+    artifact_bytes: Option<u64>,
 }
 
 #[derive(JsonSchema)]

@@ -214,13 +214,25 @@ impl SessionLimits {
                 ),
             )));
         }
-        if bytes + size > self.artifact_bytes {
+        let workflows: Option<Option<i64>> = conn.opt_row(
+            "SELECT w.limit_artifact_bytes FROM session_queues s
+             JOIN workflows w ON w.id = s.workflow_id WHERE s.id = ?1",
+            crate::db::sql::params![session_id],
+            |r| r.get(0),
+        )?;
+        let (limit, named) = match workflows.flatten().and_then(|w| u64::try_from(w).ok()) {
+            Some(w) if w < self.artifact_bytes => (w, "its workflow's limits.artifact_bytes"),
+            _ => (
+                self.artifact_bytes,
+                "the hub's --max-session-artifact-bytes",
+            ),
+        };
+        if bytes + size > limit {
             return Ok(Err(too_much(
                 "session_artifact_limit",
                 format!(
-                    "session {session_id}'s artifacts may total at most {} bytes \
-                     (--max-session-artifact-bytes); it has {bytes}, and this one is {size}",
-                    self.artifact_bytes
+                    "session {session_id}'s artifacts may total at most {limit} bytes \
+                     ({named}); it has {bytes}, and this one is {size}"
                 ),
             )));
         }

@@ -143,6 +143,7 @@ pub async fn create(
             .collect(),
         retry_on: workflow.retry_on.clone(),
         limit_log_bytes: workflow.limits.log_bytes,
+        limit_artifact_bytes: workflow.limits.artifact_bytes,
     };
     let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
     let item = hub

@@ -1012,6 +1012,7 @@ mod tests {
                     .collect(),
                 retry_on: Vec::new(),
                 limit_log_bytes: None,
+                limit_artifact_bytes: None,
             },
             0,
         )

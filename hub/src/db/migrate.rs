@@ -418,6 +418,8 @@ const MIGRATIONS: &[&str] = &[
         comment    TEXT
     ) STRICT;
     CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
+    -- A workflow's `limits.artifact_bytes` (api/session_limits.rs).
+    ALTER TABLE workflows ADD COLUMN limit_artifact_bytes INTEGER;
     "#,
 ];
 
@@ -740,6 +742,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         comment    TEXT
     );
     CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
+    ALTER TABLE workflows ADD COLUMN limit_artifact_bytes BIGINT;
     "#,
     ),
 ];

@@ -372,6 +372,7 @@ mod tests {
                 credentials: Vec::new(),
                 retry_on: Vec::new(),
                 limit_log_bytes: None,
+                limit_artifact_bytes: None,
             },
             0,
         )

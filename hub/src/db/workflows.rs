@@ -49,6 +49,9 @@ pub struct NewWorkflow {
     /// `limits.log_bytes`: its sessions' logs are cut past it
     /// (api/session_limits.rs), or past the hub's own limit if lower.
     pub limit_log_bytes: Option<u64>,
+    /// `limits.artifact_bytes`: its sessions' artifacts may total no more
+    /// (api/session_limits.rs), nor more than the hub's own limit.
+    pub limit_artifact_bytes: Option<u64>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -84,9 +87,9 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
                                 accept_undeclared_params, credentials, retry_on,
-                                limit_log_bytes)
+                                limit_log_bytes, limit_artifact_bytes)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)
+                 ?18, ?19)
          RETURNING id",
         params![
             w.name,
@@ -107,6 +110,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             credentials,
             retry_on,
             w.limit_log_bytes
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            w.limit_artifact_bytes
                 .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
         ],
         |r| r.get(0),
