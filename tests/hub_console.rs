@@ -1331,6 +1331,34 @@ async fn a_waiting_session_is_approved_from_its_page() {
         "waiting",
         "a form without its token changes nothing"
     );
+    // A key that may read but not queue: refused, the scope named.
+    let reader = create_key(&f.scratch, "session_queue.read");
+    let mut r = Browserless::new(&f.hub);
+    r.sign_in(&reader, "/ui").await;
+    let read_page = r.get(&path).await;
+    assert!(
+        read_page
+            .body
+            .contains("your key lacks session_queue.write"),
+        "{}",
+        read_page.body
+    );
+    let refused = r
+        .post(
+            &approve,
+            &[("csrf", &read_page.csrf()), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("session_queue.write"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"],
+        "waiting"
+    );
     let csrf = page.csrf();
     let done = c
         .post(

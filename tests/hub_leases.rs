@@ -757,3 +757,90 @@ async fn a_nul_in_a_log_line_is_kept_as_a_replacement_character_on_either_databa
     assert_eq!(logs["logs"][0]["step_id"], "a\u{fffd}b", "{logs}");
     assert_eq!(logs["logs"][1]["message"], "next", "{logs}");
 }
+
+/// A robot's report that its session stopped at an approval step.
+fn suspend_report(key: &str) -> Value {
+    json!({"idempotency_key": key, "status": "waiting", "ended_at": "2026-01-01T00:00:00Z",
+           "steps": [{"id": "work", "status": "running"}],
+           "suspend": {"wait": {"step_id": "work", "kind": "approval", "message": "go?",
+                                "timeout_ms": 3_600_000, "on_timeout": "reject"},
+                       "checkpoint": {"vars": {"secret-ish": "s3cr3t"}}}})
+}
+
+/// A suspend sent again (its answer lost) gets the first answer, though
+/// the first one let go of the lease; a cancel asked while the session
+/// still ran is not lost when the robot then suspends it: the wait is
+/// answered `cancelled` at once, and the next robot resumes it only to
+/// end it. Once it ends, its checkpoint is gone from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspend_sent_again_is_answered_alike_and_a_cancel_before_it_is_kept() {
+    let s = setup();
+    s.register("pauser").await;
+    let id = s.queued_session().await;
+    let (_, lease) = only_lease(&s.poll("pauser", "p1", 1, &[]).await);
+    let finish = format!("/v1/robot/sessions/{id}/finish");
+    let first = s.with_lease(&finish, &lease, suspend_report("k1")).await;
+    assert_eq!(first.status.as_u16(), 200, "{}", first.body);
+    assert_eq!(first.body["status"], "waiting", "{}", first.body);
+    let again = s.with_lease(&finish, &lease, suspend_report("k1")).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.body);
+    assert_eq!(again.body["status"], "waiting", "{}", again.body);
+    // Another report under the lease it let go of is refused.
+    let other = s.with_lease(&finish, &lease, suspend_report("k2")).await;
+    assert_refused(&other, 409, "lease_lost");
+
+    // Cancel asked while the robot still runs it, then the robot suspends.
+    let id = s.queued_session().await;
+    let answer = s.poll("pauser", "p2", 1, &[]).await;
+    let (got, lease) = only_lease(&answer);
+    assert_eq!(got, id);
+    let r = s
+        .api
+        .delete(&format!("/v1/session_queues/{id}/cancel"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let finish = format!("/v1/robot/sessions/{id}/finish");
+    let r = s.with_lease(&finish, &lease, suspend_report("k3")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let session = s.session(id).await;
+    assert_eq!(session["status"], "queued", "{session}");
+    assert_eq!(session["wait"]["outcome"], "cancelled", "{session}");
+    // The next lease resumes it, cancelled, to run its cleanup and end.
+    let answer = s.poll("pauser", "p3", 1, &[]).await;
+    let (got, lease) = only_lease(&answer);
+    assert_eq!(got, id);
+    assert_eq!(
+        answer["leases"][0]["resume"]["outcome"]["outcome"], "cancelled",
+        "{answer}"
+    );
+    let r = s
+        .with_lease(
+            &finish,
+            &lease,
+            json!({"idempotency_key": "k4", "status": "cancelled", "ended_at": "2026-01-01T00:00:01Z"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    assert_eq!(r.body["wait"]["outcome"], "cancelled", "{}", r.body);
+    drop(s.hub);
+    let left = match s._scratch.is_postgres() {
+        true => psql(
+            s._scratch.db().to_str().expect("a UTF-8 URL"),
+            &format!(
+                "SELECT COUNT(*) FROM session_waits WHERE checkpoint IS NOT NULL AND session_id = {id}"
+            ),
+        ),
+        false => {
+            let conn = rusqlite::Connection::open(s._scratch.db_file()).expect("open");
+            conn.query_row(
+                "SELECT COUNT(*) FROM session_waits WHERE checkpoint IS NOT NULL AND session_id = ?1",
+                [id],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("count")
+            .to_string()
+        }
+    };
+    assert_eq!(left.trim(), "0", "the ended session's checkpoint is purged");
+}

@@ -364,6 +364,23 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
         )
         .await;
 
+    // One suspended at a waiting step: its sealed checkpoint must cross.
+    let suspended = queue(&api, plain, json!({})).await;
+    let (leased, lease, _) = robot.lease("r1", "third").await;
+    assert_eq!(leased, suspended);
+    robot
+        .finish(
+            suspended,
+            &lease,
+            json!({"idempotency_key": "k-wait", "status": "waiting",
+                   "ended_at": "2026-01-01T00:03:00Z",
+                   "suspend": {"wait": {"step_id": "second", "kind": "approval",
+                                        "message": "go?", "timeout_ms": 3_600_000,
+                                        "on_timeout": "reject"},
+                               "checkpoint": {"marker": "kept across the copy"}}}),
+        )
+        .await;
+
     // One cancelled while queued (its sealed params purged, which the
     // counter row counts); one left queued with its secret sealed.
     let cancelled = queue(&api, secretive, json!({"token": "T-cancelled"})).await;
@@ -386,7 +403,7 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
         .expect("run tasuki-hub robots delete");
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let sessions = [succeeded, failed, cancelled, waiting];
+    let sessions = [succeeded, failed, suspended, cancelled, waiting];
     let before = shown(&api, &sessions).await;
     assert_eq!(before.logs[0].len(), 1500);
     assert_eq!(before.artifacts.len(), 2);
@@ -407,7 +424,7 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
         "the output names the master key file to start the new hubs with: {said}"
     );
     assert!(said.contains("session_logs"), "{said}");
-    assert!(said.contains("1502 rows"), "{said}");
+    assert!(said.contains("1503 rows"), "{said}");
     assert!(
         said.contains(&format!("({} bytes)", big.len() + "a small one".len())),
         "{said}"
@@ -449,6 +466,23 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
         json!({"who": "bob", "token": QUEUED_SECRET}),
         "{sent}"
     );
+    // The suspended session is approved on the new database, and the
+    // robot that resumes it gets the checkpoint the old one sealed.
+    let r = api
+        .post(
+            &format!("/v1/session_queues/{suspended}/approval"),
+            &json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let (leased, _, sent) = robot.lease("r1", "resume").await;
+    assert_eq!(leased, suspended);
+    assert_eq!(
+        sent["resume"]["checkpoint"],
+        json!({"marker": "kept across the copy"}),
+        "{sent}"
+    );
+    assert_eq!(sent["resume"]["outcome"]["outcome"], "approved", "{sent}");
 
     // New rows get ids past the copied ones, and past the deleted robot's.
     let new_workflow = workflow(&api, PLAIN_YAML, &[]).await;

@@ -92,6 +92,8 @@ const TABLES: &[Table] = &[
         ..Table::new("session_queues", &["id"])
     },
     Table::new("session_logs", &["session_id", "seq"]),
+    // Sealed checkpoints, opened by the same master key on either side.
+    Table::new("session_waits", &["session_id"]),
     // An artifact may be 50 MiB: one to a page.
     Table {
         max_page_rows: 1,

@@ -162,6 +162,17 @@ impl Executor {
             }
             vars = c.vars.clone();
             steps_run = c.steps_run;
+            // What the earlier run recorded, told again: a consumer that
+            // starts each session with every step pending (a robot's
+            // sink) shows it from the start.
+            for (id, record) in &c.records {
+                if record.status != StepStatus::Pending && records.contains_key(id) {
+                    sink.emit(Event::StepFinished {
+                        step_id: id.clone(),
+                        record: record.clone(),
+                    });
+                }
+            }
         }
         let env = self
             .options
@@ -222,9 +233,45 @@ impl Executor {
         if let Some(timer) = timer {
             timer.abort();
         }
-        if let Some(wait) = session.suspended.take() {
-            return session.suspend(wait, started_at, params).await;
-        }
+        let outcome = match session.suspended.take() {
+            None => outcome,
+            Some(wait) => {
+                let checkpoint = session.checkpoint(wait, started_at, params);
+                let size = serde_json::to_vec(&checkpoint).map_or(usize::MAX, |v| v.len());
+                if size <= wait::MAX_CHECKPOINT_BYTES {
+                    return session.suspend(checkpoint, started_at, params).await;
+                }
+                // It cannot wait: the waiting step fails, and the session
+                // ends as after any failure.
+                let id = checkpoint.wait.step_id.clone();
+                let f = failure(
+                    codes::CHECKPOINT_TOO_LARGE,
+                    format!(
+                        "the session cannot wait here: what its later steps may read (variables \
+                         and step outputs) is {size} bytes as JSON, more than a checkpoint's {} \
+                         MiB; keep large outputs in files or artifacts",
+                        wait::MAX_CHECKPOINT_BYTES / (1024 * 1024)
+                    ),
+                    &id,
+                );
+                if let Some(step) = workflow.steps.iter().find(|s| s.id == id) {
+                    let started = session
+                        .records
+                        .get(&id)
+                        .and_then(|r| r.started_at)
+                        .unwrap_or(started_at);
+                    session.finish(
+                        step,
+                        started,
+                        Instant::now(),
+                        StepStatus::Error,
+                        Value::Null,
+                        Some(f.clone()),
+                    );
+                }
+                Err(f)
+            }
+        };
 
         // A timeout is a failure, not a cancel: the step it interrupted is
         // recorded as such, and on_error runs.
@@ -995,12 +1042,41 @@ impl<'e> Session<'e> {
         self.run_steps(&steps[at + 1..]).await
     }
 
+    /// What a session suspended at `wait` resumes from.
+    fn checkpoint(
+        &self,
+        wait: WaitRequest,
+        started_at: Timestamp,
+        params: &BoundParams,
+    ) -> Checkpoint {
+        Checkpoint {
+            wait,
+            started_at,
+            vars: self.vars.clone(),
+            step_states: self.step_states.clone(),
+            records: self.records.clone(),
+            steps_run: self.steps_run.run.load(Ordering::SeqCst),
+            // Only what steps learned: the params' and credentials' secrets
+            // (and a robot's own key) come with the lease that resumes it,
+            // from that robot's hub, and go nowhere else.
+            secrets: self
+                .shared
+                .masker
+                .current()
+                .secrets()
+                .iter()
+                .filter(|s| !params.secret_values.contains(s))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Ends a session its waiter suspended: its resources end (a browser
     /// does not outlive a wait), and its report is `waiting`, with the
     /// checkpoint a robot resumes it from.
     async fn suspend(
-        mut self,
-        wait: WaitRequest,
+        self,
+        checkpoint: Checkpoint,
         started_at: Timestamp,
         params: &BoundParams,
     ) -> SessionReport {
@@ -1008,16 +1084,7 @@ impl<'e> Session<'e> {
         for resource in resources {
             resource.shutdown(true).await;
         }
-        let records = std::mem::take(&mut self.records);
-        let checkpoint = Checkpoint {
-            wait,
-            started_at,
-            vars: std::mem::take(&mut self.vars),
-            step_states: self.step_states.take(),
-            records: records.clone(),
-            steps_run: self.steps_run.run.load(Ordering::SeqCst),
-            secrets: self.shared.masker.current().secrets().to_vec(),
-        };
+        let records = checkpoint.records.clone();
         let ended_at = Timestamp::now();
         let report = SessionReport {
             status: SessionStatus::Waiting,

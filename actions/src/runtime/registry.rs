@@ -62,6 +62,9 @@ pub mod codes {
     /// A suspended session could not be taken up again: its workflow no
     /// longer has the step it waited at.
     pub const RESUME: &str = "resume_failed";
+    /// A session could not suspend at a waiting step: what its later steps
+    /// may read is larger than a checkpoint may be.
+    pub const CHECKPOINT_TOO_LARGE: &str = "checkpoint_too_large";
 }
 
 /// An action, as the executor sees it.

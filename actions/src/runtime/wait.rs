@@ -34,6 +34,11 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The longest a wait may be set to last (30 days).
 pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The largest checkpoint a session may wait with, as JSON (its hub's
+/// limit too): a session whose later steps could read more fails its
+/// waiting step with `checkpoint_too_large` instead of suspending.
+pub const MAX_CHECKPOINT_BYTES: usize = 4 * 1024 * 1024;
+
 /// How long an event's name may be.
 pub const MAX_EVENT_NAME_LEN: usize = 64;
 

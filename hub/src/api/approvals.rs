@@ -18,7 +18,7 @@ use serde_json::Value;
 use tasuki_protocol::SessionQueue;
 use tasuki_protocol::robot::WaitOutcome;
 use tasuki_protocol::session::{
-    Decide, Decision, MAX_DECISION_COMMENT_BYTES, MAX_EVENT_PAYLOAD_BYTES, WaitKind,
+    Decide, Decision, MAX_DECISION_COMMENT_BYTES, MAX_EVENT_PAYLOAD_BYTES,
 };
 
 use super::Hub;
@@ -27,7 +27,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::{NoQuery, id_in};
 use super::sessions::session_not_found;
-use crate::db::waits::{self, Answer, Refused};
+use crate::db::waits::{self, Answer, Expect, Refused};
 use crate::db::{Conn, DbError, audit, now_ms, sessions};
 
 pub async fn decide(
@@ -68,13 +68,7 @@ pub(crate) async fn decide_as(
         by: key_id.to_string(),
         comment: body.comment,
     };
-    let fits = move |kind: WaitKind, _: Option<&str>| match kind {
-        WaitKind::Approval => Ok(()),
-        WaitKind::Event => Err(format!(
-            "session {id} waits for an event, not for an approval"
-        )),
-    };
-    let session = answer_and_offer(hub, id, fits, answer).await?;
+    let session = answer_and_offer(hub, id, Expected::Approval, answer).await?;
     tracing::info!(session_queue_id = id, decision = ?body.decision, key_id = %key_id, "approval decided");
     Ok(session)
 }
@@ -110,24 +104,21 @@ pub async fn deliver(
         by: caller.key_id.clone(),
         comment: None,
     };
-    let fits = move |kind: WaitKind, event: Option<&str>| match (kind, event) {
-        (WaitKind::Event, Some(e)) if e == name => Ok(()),
-        (WaitKind::Event, Some(e)) => Err(format!(
-            "session {id} waits for the event `{e}`, not `{name}`"
-        )),
-        _ => Err(format!(
-            "session {id} waits for an approval, not for an event"
-        )),
-    };
-    let session = answer_and_offer(&hub, id, fits, answer).await?;
+    let session = answer_and_offer(&hub, id, Expected::Event(name), answer).await?;
     tracing::info!(session_queue_id = id, key_id = %caller.key_id, "event delivered");
     Ok(Json(session))
+}
+
+/// [`Expect`], owned, to travel to the database's thread.
+enum Expected {
+    Approval,
+    Event(String),
 }
 
 async fn answer_and_offer(
     hub: &Arc<Hub>,
     id: i64,
-    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String> + Send + 'static,
+    expected: Expected,
     answer: Answer,
 ) -> Result<SessionQueue, ApiError> {
     let hub2 = hub.clone();
@@ -137,7 +128,11 @@ async fn answer_and_offer(
             let now = now_ms();
             let action = format!("session_queue.{}", answer.outcome.name());
             let detail = serde_json::json!({"by": answer.by});
-            let result = answer_in(conn, &hub2, id, fits, &answer, now)?;
+            let expect = match &expected {
+                Expected::Approval => Expect::Approval,
+                Expected::Event(name) => Expect::Event(name),
+            };
+            let result = answer_in(conn, &hub2, id, expect, &answer, now)?;
             if result.is_ok() {
                 audit::record(
                     conn,
@@ -169,11 +164,11 @@ pub(crate) fn answer_in(
     conn: &mut Conn<'_>,
     hub: &Hub,
     id: i64,
-    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String>,
+    expect: Expect<'_>,
     answer: &Answer,
     now: i64,
 ) -> Result<Result<(), Refused>, DbError> {
-    let answered = waits::answer(conn, id, fits, answer, now)?;
+    let answered = waits::answer(conn, id, expect, answer, now)?;
     if answered.is_ok() {
         hub.dispatch.offer(conn, id, now)?;
     }
@@ -188,14 +183,10 @@ pub(crate) async fn answer_overdue(hub: &Arc<Hub>) {
         .call(move |conn| {
             let now = now_ms();
             let mut answered = Vec::new();
-            for (id, outcome) in waits::overdue(conn, now)? {
-                let answer = Answer {
-                    outcome,
-                    by: "timeout".into(),
-                    comment: None,
-                };
-                if answer_in(conn, &hub2, id, |_, _| Ok(()), &answer, now)?.is_ok() {
-                    answered.push((id, answer.outcome.name()));
+            for id in waits::overdue(conn, now)? {
+                if let Some(outcome) = waits::answer_overdue(conn, id, now)? {
+                    hub2.dispatch.offer(conn, id, now)?;
+                    answered.push((id, outcome.name()));
                 }
             }
             Ok(answered)

@@ -517,8 +517,8 @@ pub fn cancel_in(
     }
     // A waiting session is on no robot: its wait is answered `cancelled`,
     // and a robot resumes it only to end it, running its `finally` steps.
+    sessions::lock_row(tx, id)?;
     if sessions::status_of(tx, id)? == Some(SessionStatus::Waiting) {
-        sessions::lock_row(tx, id)?;
         tx.execute(
             "UPDATE session_queues SET cancel_requested_at = COALESCE(cancel_requested_at, ?2)
              WHERE id = ?1",
@@ -531,7 +531,8 @@ pub fn cancel_in(
             by: "cancel".into(),
             comment: None,
         };
-        let answered = super::approvals::answer_in(tx, hub, id, |_, _| Ok(()), &answer, now)?;
+        let answered =
+            super::approvals::answer_in(tx, hub, id, crate::db::waits::Expect::Any, &answer, now)?;
         return Ok(sessions::get(tx, id)?.map(|s| (s, answered.is_ok())));
     }
     let cancelled = sessions::cancel(tx, id, now)?;

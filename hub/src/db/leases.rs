@@ -637,8 +637,9 @@ pub enum Finished {
     /// it.
     Requeued,
     /// The session stopped at a waiting step (`db/waits.rs`): its robot's
-    /// slot is free, and it waits on no robot.
-    Suspended,
+    /// slot is free, and it waits on no robot; or, `queued`, a cancel asked
+    /// while it ran answered its wait at once, and the caller offers it.
+    Suspended { queued: bool },
 }
 
 /// Ends a running session with the robot's report.
@@ -665,12 +666,16 @@ fn finish_in(
         super::sessions::lock_row(tx, session_id)?;
         let steps =
             serde_json::to_string(&report.steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        if super::waits::suspend_in(tx, session_id, lease_id, suspension, &steps, master, now_ms)? {
+        let suspended =
+            super::waits::suspend_in(tx, session_id, lease_id, suspension, &steps, master, now_ms)?;
+        if suspended != super::waits::Suspended::NotHeld {
             tx.execute(
                 "UPDATE session_queues SET finish_key = ?2 WHERE id = ?1",
                 params![session_id, report.idempotency_key],
             )?;
-            return Ok(Finished::Suspended);
+            return Ok(Finished::Suspended {
+                queued: suspended == super::waits::Suspended::Queued,
+            });
         }
     }
     if report
@@ -772,6 +777,19 @@ fn finish_in(
         }
     };
     Ok(outcome)
+}
+
+/// Whether the session's last report was sent with this idempotency key
+/// (the agent's are `finish-<session>-<lease>`, known to the robot that
+/// held the lease alone).
+pub fn reported_with(conn: &mut Conn<'_>, session_id: i64, key: &str) -> Result<bool, DbError> {
+    Ok(conn
+        .opt_row(
+            "SELECT id FROM session_queues WHERE id = ?1 AND finish_key = ?2",
+            params![session_id, key],
+            |r| r.get::<i64>(0),
+        )?
+        .is_some())
 }
 
 /// What must still hold when `requeue_for_retry` looks at a session.

@@ -409,8 +409,9 @@ const MIGRATIONS: &[&str] = &[
         deadline   INTEGER NOT NULL,
         on_timeout TEXT NOT NULL CHECK (on_timeout IN ('approve', 'reject')),
         -- Sealed with the master key, `checkpoint:<session id>` as the
-        -- associated data: it holds the session's variables.
-        checkpoint BLOB NOT NULL,
+        -- associated data: it holds the session's variables. Gone (NULL)
+        -- once the session ends, by the trigger below.
+        checkpoint BLOB,
         -- JSON, the robot protocol's WaitOutcome, once answered.
         outcome    TEXT,
         decided_by TEXT,
@@ -418,6 +419,13 @@ const MIGRATIONS: &[&str] = &[
         comment    TEXT
     ) STRICT;
     CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
+    CREATE TRIGGER session_waits_purge_checkpoint
+    AFTER UPDATE OF status ON session_queues
+    WHEN NEW.status IN ('success', 'error', 'cancelled')
+    BEGIN
+        UPDATE session_waits SET checkpoint = NULL
+        WHERE session_id = NEW.id AND checkpoint IS NOT NULL;
+    END;
     -- A workflow's `limits.artifact_bytes` (api/session_limits.rs).
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes INTEGER;
     "#,
@@ -735,13 +743,25 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         since      BIGINT NOT NULL,
         deadline   BIGINT NOT NULL,
         on_timeout TEXT NOT NULL CHECK (on_timeout IN ('approve', 'reject')),
-        checkpoint BYTEA NOT NULL,
+        checkpoint BYTEA,
         outcome    TEXT,
         decided_by TEXT,
         decided_at BIGINT,
         comment    TEXT
     );
     CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
+    CREATE FUNCTION session_waits_purge_checkpoint() RETURNS trigger AS $$
+    BEGIN
+        UPDATE session_waits SET checkpoint = NULL
+        WHERE session_id = NEW.id AND checkpoint IS NOT NULL;
+        RETURN NEW;
+    END
+    $$ LANGUAGE plpgsql;
+    CREATE TRIGGER session_waits_purge_checkpoint
+    AFTER UPDATE OF status ON session_queues
+    FOR EACH ROW
+    WHEN (NEW.status IN ('success', 'error', 'cancelled'))
+    EXECUTE FUNCTION session_waits_purge_checkpoint();
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes BIGINT;
     "#,
     ),

@@ -31,10 +31,22 @@ fn kind_str(kind: WaitKind) -> &'static str {
     }
 }
 
+/// What became of a robot's suspension.
+#[derive(Debug, PartialEq)]
+pub enum Suspended {
+    /// The session was not running under that lease: nothing changed.
+    NotHeld,
+    /// It waits, on no robot.
+    Waiting,
+    /// A cancel had been asked while it ran: its wait is answered
+    /// `cancelled` at once, and it is queued to be resumed only to end
+    /// (its `finally`); the caller offers it.
+    Queued,
+}
+
 /// Within the robot's finish transaction, with its lease checked: the
 /// session waits, on no robot. Its log gets the hub's note, after which a
-/// resumed run's lines follow (`log_seq_base`). False if the session was
-/// not running under `lease_id`.
+/// resumed run's lines follow (`log_seq_base`).
 pub fn suspend_in(
     tx: &mut Conn<'_>,
     session_id: i64,
@@ -43,15 +55,16 @@ pub fn suspend_in(
     steps: &str,
     master: &MasterKey,
     now_ms: i64,
-) -> Result<bool, DbError> {
-    let running: Option<i64> = tx.opt_row(
-        "SELECT id FROM session_queues WHERE id = ?1 AND lease_id = ?2 AND status = 'running'",
+) -> Result<Suspended, DbError> {
+    let running: Option<Option<i64>> = tx.opt_row(
+        "SELECT cancel_requested_at FROM session_queues
+         WHERE id = ?1 AND lease_id = ?2 AND status = 'running'",
         params![session_id, lease_id],
         |r| r.get(0),
     )?;
-    if running.is_none() {
-        return Ok(false);
-    }
+    let Some(cancel_asked) = running else {
+        return Ok(Suspended::NotHeld);
+    };
     let wait = &suspension.wait;
     let plain =
         serde_json::to_vec(&suspension.checkpoint).map_err(|e| DbError::Corrupt(e.to_string()))?;
@@ -102,10 +115,27 @@ pub fn suspend_in(
          WHERE id = ?1",
         params![session_id, base as i64, steps],
     )?;
-    Ok(true)
+    if cancel_asked.is_none() {
+        return Ok(Suspended::Waiting);
+    }
+    let cancelled = Answer {
+        outcome: WaitOutcome::Cancelled {
+            at: now_timestamp(now_ms),
+        },
+        by: "cancel".into(),
+        comment: None,
+    };
+    // Waiting since the statement above: always taken.
+    match answer(tx, session_id, Expect::Any, &cancelled, now_ms)? {
+        Ok(()) => Ok(Suspended::Queued),
+        Err(refused) => Err(DbError::Corrupt(format!(
+            "session queue {session_id}: its wait, just made, refused a cancel: {refused:?}"
+        ))),
+    }
 }
 
 /// What answered a wait, and who.
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub outcome: WaitOutcome,
     /// An access key id, or `timeout`.
@@ -122,16 +152,102 @@ pub enum Refused {
     NotWaiting(String),
 }
 
+/// What a wait must be for an answer to be taken.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// Any wait (a cancel).
+    Any,
+    /// An approval.
+    Approval,
+    /// The event of this name.
+    Event(&'a str),
+}
+
 /// Answers a waiting session's wait and queues it again, to be resumed;
-/// the caller offers it. `fits` says whether this answer is for what the
-/// session waits for (an approval, or the event of this name).
+/// the caller offers it. Refused, with nothing changed, when the session
+/// is not waiting or waits for something else than `expect`.
 pub fn answer(
     conn: &mut Conn<'_>,
     session_id: i64,
-    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String>,
+    expect: Expect<'_>,
     answer: &Answer,
     now_ms: i64,
 ) -> Result<Result<(), Refused>, DbError> {
+    let fits = |kind: WaitKind, event: Option<&str>| match (expect, kind, event) {
+        (Expect::Any, _, _) | (Expect::Approval, WaitKind::Approval, _) => Ok(()),
+        (Expect::Event(name), WaitKind::Event, Some(e)) if e == name => Ok(()),
+        (Expect::Event(name), WaitKind::Event, e) => Err(format!(
+            "session {session_id} waits for the event `{}`, not `{name}`",
+            e.unwrap_or_default()
+        )),
+        (Expect::Event(_), WaitKind::Approval, _) => Err(format!(
+            "session {session_id} waits for an approval, not for an event"
+        )),
+        (Expect::Approval, WaitKind::Event, _) => Err(format!(
+            "session {session_id} waits for an event, not for an approval"
+        )),
+    };
+    let taken = record_answer(conn, session_id, fits, |_| Some(answer.clone()), now_ms)?;
+    Ok(taken.map(|_| ()))
+}
+
+/// Answers a wait whose deadline has passed, as its `on_timeout` says,
+/// decided on the locked row: a wait answered meanwhile (or a newer wait
+/// of the same session, not yet due) is left alone. Whether it answered.
+pub fn answer_overdue(
+    conn: &mut Conn<'_>,
+    session_id: i64,
+    now_ms: i64,
+) -> Result<Option<WaitOutcome>, DbError> {
+    let at = now_timestamp(now_ms);
+    let taken = record_answer(
+        conn,
+        session_id,
+        |_, _| Ok(()),
+        |row: &WaitRow| {
+            if row.deadline > now_ms {
+                return None;
+            }
+            let outcome = match (row.kind, row.on_timeout.as_str()) {
+                (WaitKind::Event, _) => WaitOutcome::TimedOut { at },
+                (WaitKind::Approval, "approve") => WaitOutcome::Approved {
+                    by: "timeout".into(),
+                    at,
+                    comment: None,
+                },
+                (WaitKind::Approval, _) => WaitOutcome::Rejected {
+                    by: "timeout".into(),
+                    at,
+                    comment: None,
+                },
+            };
+            Some(Answer {
+                outcome,
+                by: "timeout".into(),
+                comment: None,
+            })
+        },
+        now_ms,
+    )?;
+    Ok(taken.ok().map(|a| a.outcome))
+}
+
+/// The unanswered wait of a session, as `record_answer` reads it locked.
+struct WaitRow {
+    kind: WaitKind,
+    deadline: i64,
+    on_timeout: String,
+}
+
+/// The one way a wait is answered: on the locked session row, the wait
+/// checked by `fits`, the answer chosen by `choose` (none: leave it).
+fn record_answer(
+    conn: &mut Conn<'_>,
+    session_id: i64,
+    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String>,
+    choose: impl FnOnce(&WaitRow) -> Option<Answer>,
+    now_ms: i64,
+) -> Result<Result<Answer, Refused>, DbError> {
     conn.transaction(|tx| {
         super::sessions::lock_row(tx, session_id)?;
         let status: Option<String> = tx.opt_row(
@@ -142,12 +258,13 @@ pub fn answer(
         let Some(status) = status else {
             return Ok(Err(Refused::NoSuchSession));
         };
-        let row: Option<(String, Option<String>)> = tx.opt_row(
-            "SELECT kind, event FROM session_waits WHERE session_id = ?1 AND outcome IS NULL",
+        let row: Option<(String, Option<String>, i64, String)> = tx.opt_row(
+            "SELECT kind, event, deadline, on_timeout FROM session_waits
+             WHERE session_id = ?1 AND outcome IS NULL",
             params![session_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
-        let (kind, event) = match (status.as_str(), row) {
+        let (kind, event, deadline, on_timeout) = match (status.as_str(), row) {
             ("waiting", Some(row)) => row,
             _ => {
                 return Ok(Err(Refused::NotWaiting(format!(
@@ -159,6 +276,16 @@ pub fn answer(
         if let Err(why) = fits(kind, event.as_deref()) {
             return Ok(Err(Refused::NotWaiting(why)));
         }
+        let row = WaitRow {
+            kind,
+            deadline,
+            on_timeout,
+        };
+        let Some(answer) = choose(&row) else {
+            return Ok(Err(Refused::NotWaiting(format!(
+                "session {session_id}'s wait is not due"
+            ))));
+        };
         let outcome =
             serde_json::to_string(&answer.outcome).map_err(|e| DbError::Corrupt(e.to_string()))?;
         tx.execute(
@@ -171,7 +298,7 @@ pub fn answer(
             WaitOutcome::Rejected { .. } => format!("rejected by {}", answer.by),
             WaitOutcome::Event { .. } => format!("the event `{}` came", event.unwrap_or_default()),
             WaitOutcome::TimedOut { .. } => "the wait timed out".into(),
-            WaitOutcome::Cancelled { .. } => format!("cancelled by {}", answer.by),
+            WaitOutcome::Cancelled { .. } => "the session was cancelled while it waited".into(),
         };
         let note = format!("[tasuki-hub] {said}; the session is queued to go on");
         let base = super::logs::append_note(tx, session_id, &note, now_ms)?;
@@ -179,7 +306,7 @@ pub fn answer(
             "UPDATE session_queues SET status = 'queued', log_seq_base = ?2 WHERE id = ?1",
             params![session_id, base as i64],
         )?;
-        Ok(Ok(()))
+        Ok(Ok(answer))
     })
 }
 
@@ -193,37 +320,17 @@ fn parse_kind(session_id: i64, kind: &str) -> Result<WaitKind, DbError> {
     }
 }
 
-/// Waits whose deadline has passed unanswered, with what their timeout
-/// decides: `(session, outcome)`.
-pub fn overdue(conn: &mut Conn<'_>, now_ms: i64) -> Result<Vec<(i64, WaitOutcome)>, DbError> {
-    let rows: Vec<(i64, String, String)> = conn.rows(
-        "SELECT w.session_id, w.kind, w.on_timeout
+/// Sessions whose wait's deadline has passed unanswered, oldest first;
+/// `answer_overdue` answers each.
+pub fn overdue(conn: &mut Conn<'_>, now_ms: i64) -> Result<Vec<i64>, DbError> {
+    conn.rows(
+        "SELECT w.session_id
          FROM session_waits w JOIN session_queues s ON s.id = w.session_id
          WHERE w.outcome IS NULL AND w.deadline <= ?1 AND s.status = 'waiting'
          ORDER BY w.deadline LIMIT 1000",
         params![now_ms],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let at = to_timestamp(now_ms)?;
-    let (by, comment) = ("timeout".to_string(), None);
-    rows.into_iter()
-        .map(|(id, kind, on_timeout)| {
-            let outcome = match (parse_kind(id, &kind)?, on_timeout.as_str()) {
-                (WaitKind::Event, _) => WaitOutcome::TimedOut { at },
-                (WaitKind::Approval, "approve") => WaitOutcome::Approved {
-                    by: by.clone(),
-                    at,
-                    comment: comment.clone(),
-                },
-                (WaitKind::Approval, _) => WaitOutcome::Rejected {
-                    by: by.clone(),
-                    at,
-                    comment: comment.clone(),
-                },
-            };
-            Ok((id, outcome))
-        })
-        .collect()
+        |r| r.get(0),
+    )
 }
 
 /// The resumption a lease of this session carries: its checkpoint opened,
@@ -233,13 +340,14 @@ pub fn resumption(
     session_id: i64,
     master: &MasterKey,
 ) -> Result<Option<Resumption>, DbError> {
-    let row: Option<(Vec<u8>, String)> = conn.opt_row(
+    let row: Option<(Option<Vec<u8>>, String)> = conn.opt_row(
         "SELECT checkpoint, outcome FROM session_waits
          WHERE session_id = ?1 AND outcome IS NOT NULL",
         params![session_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let Some((sealed, outcome)) = row else {
+    // No checkpoint: the session has ended, and is never leased again.
+    let Some((Some(sealed), outcome)) = row else {
         return Ok(None);
     };
     let what = format!("session queue {session_id}'s checkpoint");

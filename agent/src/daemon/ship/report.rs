@@ -109,5 +109,18 @@ pub(super) fn trimmed(report: &FinishSession) -> FinishSession {
         e.message = e.message.chars().take(1024).collect();
     }
     trimmed.outputs = None;
+    // A wait the hub would not keep ends the session here: it cannot be
+    // resumed, and a report the hub refuses again would leave it running
+    // until its lease ran out.
+    if let Some(suspension) = trimmed.suspend.take() {
+        trimmed.status = SessionStatus::Error;
+        trimmed.error = Some(SessionError {
+            code: "suspend_refused".into(),
+            message: "the hub refused to keep the session waiting at this step (the agent's log \
+                      says why), so it ends here"
+                .into(),
+            step_id: Some(suspension.wait.step_id),
+        });
+    }
     trimmed
 }

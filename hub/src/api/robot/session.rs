@@ -209,6 +209,9 @@ pub async fn steps(
     Ok(Json(StepsStored { revision }))
 }
 
+/// The longest step id a robot may report.
+const MAX_STEP_ID_BYTES: usize = 256;
+
 fn check_steps(steps: &[StepState], field: &str) -> Result<(), ApiError> {
     if steps.len() > MAX_STEPS {
         return Err(ApiError::invalid_field(
@@ -217,10 +220,10 @@ fn check_steps(steps: &[StepState], field: &str) -> Result<(), ApiError> {
         ));
     }
     for (i, s) in steps.iter().enumerate() {
-        if s.id.is_empty() || s.id.len() > 256 {
+        if s.id.is_empty() || s.id.len() > MAX_STEP_ID_BYTES {
             return Err(ApiError::invalid_field(
                 &format!("{field}[{i}].id"),
-                "a step id has 1 to 256 bytes",
+                format!("a step id has 1 to {MAX_STEP_ID_BYTES} bytes"),
             ));
         }
     }
@@ -347,6 +350,22 @@ pub async fn finish(
             "code at most 128 bytes, message at most 64 KiB",
         ));
     }
+    // A report sent again gets the first answer, even when the first one
+    // let go of the lease (a suspended session is on no robot).
+    let key = report.idempotency_key.clone();
+    let repeated = hub
+        .db
+        .call(move |conn| {
+            Ok(if leases::reported_with(conn, id, &key)? {
+                sessions::get(conn, id)?
+            } else {
+                None
+            })
+        })
+        .await?;
+    if let Some(session) = repeated {
+        return Ok(Json(session));
+    }
     let LeaseCheck::Held { robot_id, .. } = held(&hub, &caller, id, &lease).await? else {
         return Err(ApiError::internal());
     };
@@ -359,7 +378,12 @@ pub async fn finish(
             let outcome = leases::finish(conn, id, &lease, &report, &hub2.master, now)?;
             match outcome {
                 Finished::Now => hub2.dispatch.session_ended(conn, robot_id, id, now)?,
-                Finished::Suspended => hub2.dispatch.slot_freed(conn, robot_id, now)?,
+                Finished::Suspended { queued } => {
+                    hub2.dispatch.session_ended(conn, robot_id, id, now)?;
+                    if queued {
+                        hub2.dispatch.offer(conn, id, now)?;
+                    }
+                }
                 Finished::Requeued => {
                     hub2.dispatch.slot_freed(conn, robot_id, now)?;
                     hub2.dispatch.offer(conn, id, now)?;
@@ -380,7 +404,7 @@ pub async fn finish(
             Ok(Json(session))
         }
         Finished::Already => Ok(Json(session)),
-        Finished::Suspended => {
+        Finished::Suspended { .. } => {
             tracing::info!(session_queue_id = id, key_id = %caller.key_id, "session waits; its robot is free");
             Ok(Json(session))
         }
@@ -411,10 +435,10 @@ pub async fn finish(
 /// the checkpoint until the answer comes.
 fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
     let wait = &s.wait;
-    if wait.step_id.is_empty() || wait.step_id.len() > 64 {
+    if wait.step_id.is_empty() || wait.step_id.len() > MAX_STEP_ID_BYTES {
         return Err(ApiError::invalid_field(
             "suspend.wait.step_id",
-            "1 to 64 characters",
+            format!("a step id has 1 to {MAX_STEP_ID_BYTES} bytes"),
         ));
     }
     if wait
