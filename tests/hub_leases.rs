@@ -594,6 +594,49 @@ async fn a_run_cut_off_by_a_restart_is_queued_again_under_retry_on() {
     assert_eq!(text[2], (3, "hello"));
 }
 
+/// `retry_on` runs a session at most four times: the fourth run cut off
+/// ends it, with the code it ended with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_runs_a_session_at_most_four_times() {
+    let s = setup();
+    let wf = workflow(
+        &s.api,
+        &YAML.replace(
+            "name: lease-probe\n",
+            "name: lease-probe\nretry_on: [agent_restarted]\n",
+        ),
+        &[],
+    )
+    .await;
+    let id = queue(&s.api, wf, json!({})).await;
+    s.register("r1").await;
+    for run in 1..=4u64 {
+        let lease =
+            only_lease(&poll_numbered(&s.robot_api, "r1", &format!("p{run}"), run, 1, &[]).await);
+        assert_eq!(lease.0, id, "run {run}");
+        let r = s
+            .with_lease(
+                &format!("/v1/robot/sessions/{id}/finish"),
+                &lease.1,
+                json!({"status": "error", "idempotency_key": format!("k{run}"),
+                       "ended_at": "2026-01-01T00:00:00Z", "steps": [],
+                       "error": {"code": "agent_restarted", "message": "cut off"}}),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        let now = s.session(id).await;
+        if run < 4 {
+            assert_eq!(now["status"], "queued", "after run {run}: {now}");
+            assert_eq!(now["attempt"], run + 1, "{now}");
+        } else {
+            assert_eq!(now["status"], "error", "after run 4: {now}");
+            assert_eq!(now["error"]["code"], "agent_restarted", "{now}");
+            assert_eq!(now["attempt"], 4, "{now}");
+        }
+    }
+    assert_empty(&poll_numbered(&s.robot_api, "r1", "p5", 5, 1, &[]).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_lease_cannot_be_handed_back() {
     let s = setup();

@@ -260,3 +260,58 @@ steps:
     // After the parallel step, every branch's steps have run.
     assert!(!r.stderr.contains("steps[3]"), "{}", r.stderr);
 }
+
+/// A cancel (Ctrl-C) while branches run ends every branch's process, marks
+/// their steps cancelled, and still runs the cleanup.
+#[test]
+fn a_cancel_ends_every_running_branch_and_the_cleanup_runs() {
+    let scratch = support::Scratch::new();
+    let flow = r#"version: 1
+name: cancel-branches
+steps:
+  - id: both
+    action: parallel
+    branches:
+      left:
+        - id: left_work
+          action: shell.run
+          with: {argv: [sh, -c, 'echo $$ > left.pid; exec sleep 300']}
+      right:
+        - id: right_work
+          action: shell.run
+          with: {argv: [sh, -c, 'echo $$ > right.pid; exec sleep 300']}
+  - id: after
+    action: log
+    with: {message: never}
+finally:
+  - id: tidy
+    action: shell.run
+    with: {argv: [sh, -c, 'echo tidy > tidy.txt']}
+"#;
+    let child = support::spawn_run(&scratch, flow, &[]);
+    let left = support::read_pid(&scratch, "left.pid");
+    let right = support::read_pid(&scratch, "right.pid");
+    support::signal(child.id(), "INT");
+    let r = support::wait_with_limit(child, std::time::Duration::from_secs(30));
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert_eq!(r.report["status"], "cancelled", "{}", r.report);
+    for step in ["left_work", "right_work", "both", "after"] {
+        assert_eq!(
+            r.report["steps"][step]["status"], "cancelled",
+            "{step}: {}",
+            r.report
+        );
+    }
+    assert_eq!(
+        r.report["steps"]["tidy"]["status"], "success",
+        "{}",
+        r.report
+    );
+    assert!(scratch.path().join("tidy.txt").exists());
+    for pid in [left, right] {
+        assert!(
+            support::eventually(std::time::Duration::from_secs(5), || !support::alive(pid)),
+            "a branch's process {pid} survived the cancel"
+        );
+    }
+}
