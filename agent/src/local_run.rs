@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tasuki_actions::language::calls::{Calls, Folder};
 use tasuki_actions::language::credentials::bind_credentials;
 use tasuki_actions::language::duration::parse_duration;
 use tasuki_actions::language::params::{BoundParams, bind_params};
@@ -18,6 +19,15 @@ use tokio_util::sync::CancellationToken;
 use crate::display::{Display, Target};
 use crate::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, RunArgs};
 
+/// `call` steps find `NAME.yaml` (`.yml`, `.json`) beside the workflow file.
+fn calls_beside(file: &Path) -> Calls {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Calls::new(Arc::new(Folder(dir.to_path_buf())))
+}
+
 pub fn validate(
     file: &Path,
     allow_env: Vec<String>,
@@ -31,6 +41,7 @@ pub fn validate(
         &LoadOptions {
             env_allow: Some(allow_env),
             allow_file_urls: Some(allow_file_urls),
+            calls: Some(calls_beside(file)),
             ..LoadOptions::default()
         },
     ) {
@@ -114,6 +125,7 @@ pub fn run(args: RunArgs) -> u8 {
     let load = LoadOptions {
         env_allow: Some(args.allow_env.clone()),
         allow_file_urls: Some(args.browser.allow_file_urls),
+        calls: Some(calls_beside(&args.file)),
         ..LoadOptions::default()
     };
     let workflow = match load_workflow(&args.file, &registry, &load) {

@@ -3,6 +3,7 @@
 
 pub mod allowed;
 pub mod argcheck;
+pub mod calls;
 pub mod credentials;
 pub mod duration;
 pub mod model;
@@ -41,6 +42,9 @@ pub struct LoadOptions {
     /// fleet does offer). `None` (a robot, `tasuki validate`): it is an
     /// unknown action.
     pub fleet_offers: Option<String>,
+    /// Where `call` steps find the workflows they run (`calls.rs`);
+    /// `None`: a workflow with one is refused, at the step.
+    pub calls: Option<calls::Calls>,
 }
 
 /// Parses and validates workflow text. `origin` names the file in every
@@ -84,6 +88,21 @@ fn check_document(
     let (errors, warnings) = validate::validate(&workflow, registry, options);
     problems.extend(errors);
     workflow.warnings = warnings;
+    if problems.is_empty() {
+        match &options.calls {
+            Some(calls) => problems.extend(calls::resolve(&mut workflow, calls, registry, options)),
+            None => {
+                for step in workflow.all_steps() {
+                    if step.action == model::CONTROL_CALL {
+                        problems.add(
+                            problem::join(&step.path, "action"),
+                            "`call` runs a workflow found by name, and nothing here can find one",
+                        );
+                    }
+                }
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(workflow)
     } else {

@@ -53,6 +53,9 @@ pub struct Workflow {
     /// `credentials:`: the named credentials its templates read, with
     /// their kinds (`credentials.rs`).
     pub credentials: Vec<CredentialSpec>,
+    /// The workflows its `call` steps run, by name, each with its own
+    /// `called` filled in (`language/calls.rs`).
+    pub called: std::collections::BTreeMap<String, std::sync::Arc<Workflow>>,
 }
 
 /// `limits:` in a workflow. Each bound, when reached, ends the session
@@ -68,9 +71,23 @@ pub struct Limits {
     /// Bytes of artifacts the hub stores for one session; one past it is
     /// refused.
     pub artifact_bytes: Option<u64>,
+    /// How deep `call` steps may nest (a workflow calling one that calls
+    /// another is 2); [`DEFAULT_SUBWORKFLOW_DEPTH`] unless set.
+    pub subworkflow_depth: Option<u64>,
 }
 
-const LIMIT_FIELDS: &[&str] = &["steps", "log_bytes", "output_bytes", "artifact_bytes"];
+const LIMIT_FIELDS: &[&str] = &[
+    "steps",
+    "log_bytes",
+    "output_bytes",
+    "artifact_bytes",
+    "subworkflow_depth",
+];
+
+/// How deep `call` steps nest unless `limits.subworkflow_depth` says.
+pub const DEFAULT_SUBWORKFLOW_DEPTH: u64 = 5;
+/// The deepest `limits.subworkflow_depth` may allow.
+pub const MAX_SUBWORKFLOW_DEPTH: u64 = 20;
 
 /// `browser:` in a workflow: what it says wins over the robot's settings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -149,6 +166,8 @@ pub const CONTROL_SET: &str = "set";
 pub const CONTROL_FOR_EACH: &str = "for_each";
 pub const CONTROL_TRY: &str = "try";
 pub const CONTROL_PARALLEL: &str = "parallel";
+/// Runs another workflow inline (`language/calls.rs`).
+pub const CONTROL_CALL: &str = "call";
 /// Waits for a person's decision (`runtime/wait.rs`).
 pub const CONTROL_APPROVAL: &str = "approval";
 /// Waits for an outside event (`runtime/wait.rs`).
@@ -161,6 +180,7 @@ pub const CONTROL_ACTIONS: &[&str] = &[
     CONTROL_PARALLEL,
     CONTROL_APPROVAL,
     CONTROL_WAIT_EVENT,
+    CONTROL_CALL,
 ];
 
 /// The kind of wait `action` is, if it is a waiting step.
@@ -480,6 +500,16 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
                 log_bytes: bound("log_bytes"),
                 output_bytes: bound("output_bytes"),
                 artifact_bytes: bound("artifact_bytes"),
+                subworkflow_depth: match bound("subworkflow_depth") {
+                    Some(d) if d > MAX_SUBWORKFLOW_DEPTH => {
+                        problems.add(
+                            join(&path, "subworkflow_depth"),
+                            format!("at most {MAX_SUBWORKFLOW_DEPTH}, found {d}"),
+                        );
+                        None
+                    }
+                    d => d,
+                },
             }
         }
         Some((other, path)) => {
@@ -550,6 +580,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         browser,
         warnings: Problems::default(),
         outputs,
+        called: Default::default(),
     };
     (Some(workflow), problems)
 }

@@ -10,8 +10,8 @@ use super::LoadOptions;
 use super::argcheck;
 use super::credentials::{self, CredentialSpec};
 use super::model::{
-    CONTROL_ACTIONS, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step, Workflow,
-    check_variable_name, edit_distance, wait_kind,
+    CONTROL_ACTIONS, CONTROL_CALL, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY,
+    Step, Workflow, check_variable_name, edit_distance, wait_kind,
 };
 use super::problem::{Problems, join};
 use super::template::{PathExpr, Segment, Template, paths};
@@ -313,6 +313,11 @@ impl Validator<'_> {
                 let vars_after = std::mem::replace(&mut self.vars, vars_before);
                 self.steps(&step.finally);
                 self.vars = vars_after;
+            }
+            CONTROL_CALL => {
+                for (field, message) in super::calls::check_args(step) {
+                    self.problems.add(join(&with_path, &field), message);
+                }
             }
             _ if let Some(kind) = wait_kind(action) => {
                 if !may_wait {

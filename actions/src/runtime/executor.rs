@@ -31,8 +31,8 @@ use super::wait::{
 };
 use crate::language::duration::format_duration;
 use crate::language::model::{
-    Branch, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step, Workflow, nested,
-    wait_kind,
+    Branch, CONTROL_CALL, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY, Step,
+    Workflow, nested, wait_kind,
 };
 use crate::language::params::BoundParams;
 use crate::language::template::{PathExpr, Scope, Segment, Template, truthy};
@@ -224,6 +224,8 @@ impl Executor {
             }),
             waiter,
             suspended: None,
+            prefix: String::new(),
+            called: workflow.called.clone(),
         };
 
         let outcome = match &resume {
@@ -508,6 +510,12 @@ struct Session<'e> {
     /// Set when a waiting step suspended the session: its steps stop at
     /// once, and the session ends `waiting`.
     suspended: Option<WaitRequest>,
+    /// What the ids of this session's steps are reported under: empty for
+    /// the session's own workflow, `CALL.` for a workflow a `call` step
+    /// runs (`CALL.INNER.` deeper). Templates read the ids without it.
+    prefix: String,
+    /// The workflows this one's `call` steps run, by name.
+    called: std::collections::BTreeMap<String, Arc<Workflow>>,
 }
 
 struct StepCount {
@@ -617,12 +625,13 @@ impl<'e> Session<'e> {
         }
         let started_at = Timestamp::now();
         let clock = Instant::now();
-        if let Some(record) = self.records.get_mut(&step.id) {
+        let reported = self.reported_id(&step.id);
+        if let Some(record) = self.records.get_mut(&reported) {
             record.status = StepStatus::Running;
             record.started_at = Some(started_at);
         }
         self.shared.sink.emit(Event::StepStarted {
-            step_id: step.id.clone(),
+            step_id: reported,
             action: step.action.clone(),
             attempt: 1,
             started_at,
@@ -668,6 +677,7 @@ impl<'e> Session<'e> {
             CONTROL_FOR_EACH => self.for_each(step).await,
             CONTROL_TRY => self.try_catch(step).await,
             CONTROL_PARALLEL => self.parallel(step).await,
+            CONTROL_CALL => self.call(step).await,
             action if let Some(kind) = wait_kind(action) => self.wait(step, kind).await,
             _ => self.invoke(step).await,
         };
@@ -720,7 +730,7 @@ impl<'e> Session<'e> {
             Some(f.clone()),
         );
         if !cancelled && step.continue_on_error {
-            self.shared.log(
+            self.log(
                 LogLevel::Warn,
                 Some(&step.id),
                 &format!(
@@ -760,6 +770,7 @@ impl<'e> Session<'e> {
         if let Some(e) = &mut error {
             masker.mask_in_place(&mut e.message);
             masker.mask_in_place(&mut e.code);
+            e.step_id = e.step_id.as_deref().map(|id| self.reported_id(id));
         }
         let record = StepRecord {
             status,
@@ -769,9 +780,10 @@ impl<'e> Session<'e> {
             output,
             error,
         };
-        self.records.insert(step.id.clone(), record.clone());
+        let reported = self.reported_id(&step.id);
+        self.records.insert(reported.clone(), record.clone());
         self.shared.sink.emit(Event::StepFinished {
-            step_id: step.id.clone(),
+            step_id: reported,
             record,
         });
     }
@@ -937,8 +949,9 @@ impl<'e> Session<'e> {
     fn fork(&self, branch: &Branch, cancel: CancellationToken) -> Session<'e> {
         let mut records = IndexMap::new();
         for step in nested(&branch.steps) {
-            if let Some(record) = self.records.get(&step.id) {
-                records.insert(step.id.clone(), record.clone());
+            let reported = self.reported_id(&step.id);
+            if let Some(record) = self.records.get(&reported) {
+                records.insert(reported, record.clone());
             }
         }
         Session {
@@ -957,7 +970,21 @@ impl<'e> Session<'e> {
             steps_run: self.steps_run.clone(),
             waiter: self.waiter.clone(),
             suspended: None,
+            prefix: self.prefix.clone(),
+            called: self.called.clone(),
         }
+    }
+
+    /// A step id as reports, events and logs say it: with this session's
+    /// prefix (a called workflow's steps are `CALL.ID`).
+    fn reported_id(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// A log line of the session, its step named as reports name it.
+    fn log(&self, level: LogLevel, step_id: Option<&str>, message: &str) {
+        let reported = step_id.map(|id| self.reported_id(id));
+        self.shared.log(level, reported.as_deref(), message);
     }
 
     /// A waiting step: asks the waiter, and either ends the step with its
@@ -976,7 +1003,7 @@ impl<'e> Session<'e> {
         if let Some(message) = &mut request.message {
             self.shared.masker.mask_in_place(message);
         }
-        self.shared.log(
+        self.log(
             LogLevel::Info,
             Some(&step.id),
             &format!(
@@ -1103,6 +1130,142 @@ impl<'e> Session<'e> {
         report
     }
 
+    /// A `call` step: runs the called workflow inline, in a session of its
+    /// own (its params bound from `with.params`, its own variables and
+    /// step names) that shares this one's browser, packs, masker, token
+    /// and step count. Its steps are reported as `CALL.ID`; its rendered
+    /// `outputs` are the step's output; a failure inside it fails the step
+    /// with that failure, its step named `CALL.ID`.
+    async fn call(&mut self, step: &Step) -> Result<Value, Failure> {
+        let name = super::super::language::calls::called_name(step).unwrap_or_default();
+        let Some(called) = self.called.get(name).cloned() else {
+            return Err(failure(
+                codes::INVALID_ARGS,
+                format!("with.workflow: the workflow `{name}` was not loaded with this one"),
+                &step.id,
+            ));
+        };
+        let given = match step.with.get("params") {
+            Some(v) => self
+                .render(v)
+                .map_err(|m| failure(codes::TEMPLATE, format!("with.params: {m}"), &step.id))?,
+            None => Value::Object(Map::new()),
+        };
+        let Value::Object(given) = given else {
+            return Err(failure(
+                codes::INVALID_ARGS,
+                "with.params: expected a mapping of param names to values",
+                &step.id,
+            ));
+        };
+        let inputs = crate::language::params::ParamInputs {
+            file: given,
+            ..Default::default()
+        };
+        let bound = crate::language::params::bind_params(&called, &inputs).map_err(|p| {
+            failure(
+                codes::INVALID_ARGS,
+                format!("with.params for `{name}`: {p}"),
+                &step.id,
+            )
+        })?;
+        self.shared.masker.add(&bound.secret_values);
+        let prefix = format!("{}{}.", self.prefix, step.id);
+        let mut records = IndexMap::new();
+        let mut step_states = Map::new();
+        for inner in called.all_steps() {
+            records.insert(format!("{prefix}{}", inner.id), StepRecord::pending());
+            step_states.insert(
+                inner.id.clone(),
+                json!({"status": StepStatus::Pending.as_str(), "output": null, "error": null}),
+            );
+        }
+        let limit = Arc::new(TimeLimit::new(format!(
+            "the timeout of workflow `{name}` ran out during this step"
+        )));
+        let mut child = Session {
+            registry: self.registry,
+            shared: self.shared.clone(),
+            params: Value::Object(bound.values),
+            credentials: Value::Object(Map::new()),
+            env: self.env.clone(),
+            vars: Map::new(),
+            step_states: Value::Object(step_states),
+            records,
+            error_binding: None,
+            cancel: self.cancel.child_token(),
+            timed_out: limit.clone(),
+            finally_timeout: called.finally_timeout,
+            steps_run: self.steps_run.clone(),
+            waiter: Arc::new(NoWaiter),
+            suspended: None,
+            prefix,
+            called: called.called.clone(),
+        };
+        let timer = called.timeout.map(|t| limit.start(t, child.cancel.clone()));
+        let outcome = child.run_called(&called).await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        self.records.extend(std::mem::take(&mut child.records));
+        // The failure's step, named from here: `CALL.ID`.
+        outcome.map_err(|mut f| {
+            f.step_id = Some(match &f.step_id {
+                Some(inner) => format!("{}.{inner}", step.id),
+                None => step.id.clone(),
+            });
+            f
+        })
+    }
+
+    /// A called workflow's steps, `on_error` after a failure, its
+    /// `outputs` after success, and its `finally` whatever the end.
+    fn run_called<'a>(&'a mut self, called: &'a Workflow) -> BoxFuture<'a, Result<Value, Failure>> {
+        Box::pin(async move {
+            let outcome = self.run_steps(&called.steps).await;
+            let outcome = match outcome {
+                Err(f) if !called.on_error.is_empty() && !self.cancel.is_cancelled() => {
+                    self.error_binding = Some(error_value(&f));
+                    if let Err(also) = self.run_steps(&called.on_error).await {
+                        self.log(
+                            LogLevel::Error,
+                            also.step_id.as_deref(),
+                            &format!("on_error failed too: {}", also.message),
+                        );
+                    }
+                    self.error_binding = None;
+                    Err(f)
+                }
+                other => other,
+            };
+            let outcome = match outcome {
+                Ok(()) => self
+                    .outputs(&called.outputs, called.limits.output_bytes)
+                    .map_err(|m| ErrorInfo {
+                        code: codes::OUTPUTS.into(),
+                        message: format!("workflow `{}`: {m}", called.name),
+                        step_id: None,
+                    }),
+                Err(f) => Err(f),
+            };
+            if called.finally.is_empty() {
+                return outcome;
+            }
+            match (outcome, self.run_finally(&called.finally).await) {
+                (outcome, Ok(())) => outcome,
+                (Ok(_), Err(f)) => Err(f),
+                (Err(f), Err(also)) => {
+                    self.log(
+                        LogLevel::Error,
+                        also.step_id.as_deref(),
+                        &format!("a finally step failed too: {}", also.message),
+                    );
+                    Err(f)
+                }
+            }
+        })
+    }
+
     /// Takes back what a branch's steps recorded.
     fn merge(&mut self, fork: Session<'e>, steps: &[Step]) {
         let Session {
@@ -1112,8 +1275,9 @@ impl<'e> Session<'e> {
         } = fork;
         for step in nested(steps) {
             let id = &step.id;
-            if let Some(record) = records.shift_remove(id) {
-                self.records.insert(id.clone(), record);
+            let reported = self.reported_id(id);
+            if let Some(record) = records.shift_remove(&reported) {
+                self.records.insert(reported, record);
             }
             if let (Some(state), Value::Object(mine)) = (
                 step_states.get_mut(id).map(Value::take),
@@ -1158,7 +1322,7 @@ impl<'e> Session<'e> {
             (outcome, Ok(())) => outcome,
             (Ok(_), Err(f)) => Err(f),
             (Err(f), Err(also)) => {
-                self.shared.log(
+                self.log(
                     LogLevel::Error,
                     also.step_id.as_deref(),
                     &format!("a finally step failed too: {}", also.message),
@@ -1173,7 +1337,7 @@ impl<'e> Session<'e> {
             Ok(()) => Ok(json!({"caught": false, "error": null})),
             Err(f) if f.code == codes::CANCELLED && self.cancel.is_cancelled() => Err(f),
             Err(f) => {
-                self.shared.log(
+                self.log(
                     LogLevel::Info,
                     Some(&step.id),
                     &format!(
@@ -1227,7 +1391,7 @@ impl<'e> Session<'e> {
             let Some(delay) = delays.next() else {
                 return Err(failure(error.code, error.message, &step.id));
             };
-            self.shared.log(
+            self.log(
                 LogLevel::Warn,
                 Some(&step.id),
                 &format!(
@@ -1245,7 +1409,7 @@ impl<'e> Session<'e> {
             }
             attempt += 1;
             self.shared.sink.emit(Event::StepStarted {
-                step_id: step.id.clone(),
+                step_id: self.reported_id(&step.id),
                 action: step.action.clone(),
                 attempt,
                 started_at: Timestamp::now(),
@@ -1262,7 +1426,7 @@ impl<'e> Session<'e> {
     ) -> Result<Value, ActionError> {
         let token = self.cancel.child_token();
         let ctx = ActionContext {
-            step_id: step.id.clone(),
+            step_id: self.reported_id(&step.id),
             attempt,
             cancel: token.clone(),
             shared: self.shared.clone(),

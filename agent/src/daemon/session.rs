@@ -149,6 +149,7 @@ fn prepare(env: &SessionEnv, lease: &Lease) -> Result<Prepared, (&'static str, S
         allowed_actions: Some(env.allowed_actions.clone()),
         allow_file_urls: Some(env.options.browser.allow_file_urls),
         fleet_offers: None,
+        calls: None,
     };
     let workflow = env
         .checked

@@ -180,6 +180,7 @@ fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
         warnings: Default::default(),
         outputs: Default::default(),
         credentials: Vec::new(),
+        called: Default::default(),
     }
 }
 

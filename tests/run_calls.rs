@@ -1,0 +1,178 @@
+//! `call` steps in `tasuki run`: another workflow, found as a file beside
+//! the calling one, runs inline with params; its outputs come back as the
+//! step's output, its steps appear nested (`CALL.ID`) in the report and
+//! the log, and its failure names its step. Cycles, a depth past
+//! `limits.subworkflow_depth`, missing workflows and wrong params are
+//! refused before anything runs.
+
+mod support;
+
+use support::{Scratch, run_json};
+
+const INVOICE: &str = r#"version: 1
+name: make-invoice
+params:
+  customer: {}
+  amount: {default: 10}
+steps:
+  - id: total
+    action: set
+    with: {total: "${params.amount}"}
+  - id: render
+    action: shell.run
+    with: {argv: [sh, -c, 'echo "invoice for $0: $1"', "${params.customer}", "${total}"]}
+outputs:
+  text: "${steps.render.output.stdout}"
+  total: "${total}"
+"#;
+
+#[test]
+fn a_called_workflow_runs_inline_and_its_outputs_come_back() {
+    let scratch = Scratch::new();
+    scratch.write("make-invoice.yaml", INVOICE);
+    let main = scratch.write(
+        "main.yaml",
+        r#"version: 1
+name: billing
+steps:
+  - id: total
+    action: set
+    with: {total: "not the called one's"}
+  - id: invoice
+    action: call
+    with: {workflow: make-invoice, params: {customer: ACME, amount: 42}}
+  - id: after
+    action: log
+    with: {message: "got ${steps.invoice.output.text} (${steps.invoice.output.total}); mine is ${total}"}
+"#,
+    );
+    let r = run_json(scratch.path(), &main, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.report["status"], "success", "{}", r.report);
+    assert_eq!(
+        r.report["steps"]["invoice"]["output"]["text"],
+        "invoice for ACME: 42"
+    );
+    // The called workflow's steps, nested under the call.
+    assert_eq!(r.report["steps"]["invoice.total"]["status"], "success");
+    assert_eq!(
+        r.report["steps"]["invoice.render"]["output"]["stdout"],
+        "invoice for ACME: 42"
+    );
+    assert!(
+        r.stderr
+            .contains("got invoice for ACME: 42 (42); mine is not the called one's"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("invoice.render"),
+        "the log names the nested step: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_failure_inside_a_called_workflow_names_its_nested_step() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "breaks.yaml",
+        "version: 1\nname: breaks\nsteps:\n  - id: ok\n    action: log\n    with: {message: fine}\n  - id: boom\n    action: fail\n    with: {message: broken inside, code: inner_failure}\nfinally:\n  - id: inner_tidy\n    action: log\n    with: {message: inner tidy}\n",
+    );
+    let main = scratch.write(
+        "main.yaml",
+        "version: 1\nname: outer\nsteps:\n  - id: run_it\n    action: call\n    with: {workflow: breaks}\n  - id: never\n    action: log\n    with: {message: never}\n",
+    );
+    let r = run_json(scratch.path(), &main, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.report["error"]["code"], "inner_failure", "{}", r.report);
+    assert_eq!(r.report["error"]["step_id"], "run_it.boom", "{}", r.report);
+    assert_eq!(r.report["steps"]["run_it"]["status"], "error");
+    assert_eq!(r.report["steps"]["run_it.boom"]["status"], "error");
+    assert_eq!(r.report["steps"]["run_it.inner_tidy"]["status"], "success");
+    assert_eq!(r.report["steps"]["never"]["status"], "skipped");
+}
+
+#[test]
+fn bad_calls_are_refused_before_anything_runs() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "loop-a.yaml",
+        "version: 1\nname: loop-a\nsteps:\n  - id: b\n    action: call\n    with: {workflow: loop-b}\n",
+    );
+    scratch.write(
+        "loop-b.yaml",
+        "version: 1\nname: loop-b\nsteps:\n  - id: a\n    action: call\n    with: {workflow: loop-a}\n",
+    );
+    scratch.write("make-invoice.yaml", INVOICE);
+    scratch.write(
+        "waits.yaml",
+        "version: 1\nname: waits\nsteps:\n  - id: ok\n    action: approval\n    with: {message: go?}\n",
+    );
+    for i in 1..=3 {
+        scratch.write(
+            &format!("deep-{i}.yaml"),
+            &format!(
+                "version: 1\nname: deep-{i}\nsteps:\n  - id: next\n    action: call\n    with: {{workflow: deep-{}}}\n",
+                i + 1
+            ),
+        );
+    }
+    scratch.write(
+        "deep-4.yaml",
+        "version: 1\nname: deep-4\nsteps:\n  - id: end\n    action: log\n    with: {message: bottom}\n",
+    );
+    let main = scratch.write(
+        "main.yaml",
+        r#"version: 1
+name: caller
+limits: {subworkflow_depth: 3}
+steps:
+  - id: cycle
+    action: call
+    with: {workflow: loop-a}
+  - id: missing
+    action: call
+    with: {workflow: nowhere}
+  - id: wrong_params
+    action: call
+    with: {workflow: make-invoice, params: {colour: blue}}
+  - id: waiting
+    action: call
+    with: {workflow: waits}
+  - id: too_deep
+    action: call
+    with: {workflow: deep-1}
+"#,
+    );
+    let r = run_json(scratch.path(), &main, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for expected in [
+        "steps[0].with.workflow: the workflow `loop-a`",
+        "`loop-a` calls itself: caller → loop-a → loop-b → loop-a",
+        "steps[1].with.workflow: cannot find the workflow `nowhere`: there is no nowhere.yaml",
+        "steps[2].with.params.colour: `make-invoice` takes no param `colour`; it takes: customer, amount",
+        "steps[2].with.params: `make-invoice` requires the param `customer`",
+        "steps[3].with.workflow: `waits` waits (its step `ok`); a called workflow may not wait",
+        "steps[4].with.workflow: the workflow `deep-1`",
+        "deep-3.yaml:6:22: steps[0].with.workflow: calling `deep-4` here nests calls 4 deep, past limits.subworkflow_depth (3) of `caller`",
+    ] {
+        assert!(r.stderr.contains(expected), "{expected}\n{}", r.stderr);
+    }
+
+    // A call's own arguments are checked first: a name written out, and
+    // nothing but `workflow` and `params`.
+    let shapes = scratch.write(
+        "shapes.yaml",
+        "version: 1\nname: shapes\nsteps:\n  - id: templated\n    action: call\n    with: {workflow: \"${env.X}\", extra: 1, params: [1]}\n",
+    );
+    let r = run_json(scratch.path(), &shapes, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for expected in [
+        "steps[0].with.workflow: `${env.X}` is not a workflow name",
+        "steps[0].with.extra: unknown argument `extra`",
+        "steps[0].with.params: expected a mapping of param names to values",
+    ] {
+        assert!(r.stderr.contains(expected), "{expected}\n{}", r.stderr);
+    }
+}
