@@ -1688,3 +1688,59 @@ async fn doctor_fails_each_broken_setup_with_a_fix() {
         ],
     );
 }
+
+/// A `call` step on a robot: the hub resolves the called workflow by
+/// name at registration and puts it in the lease; the robot runs it
+/// inline, reports its steps nested (`CALL.ID`) as they run, and the
+/// session's outputs read its outputs. A call to a workflow the hub does
+/// not have is refused at registration, at its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_called_workflow_runs_inline_on_the_robot() {
+    let f = fleet();
+    let (_robot, _agent) = f.agent("caller-bot", &[], &[]);
+    let r = f
+        .api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": "version: 1\nname: main-flow\nsteps:\n  - id: sub\n    action: call\n    with: {workflow: not-registered}\n"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("steps[0].with.workflow")
+            && r.body
+                .to_string()
+                .contains("this hub has no workflow named `not-registered`"),
+        "{}",
+        r.body
+    );
+    workflow(
+        &f.api,
+        "version: 1\nname: greet\nparams:\n  who: {}\nsteps:\n  - id: hello\n    action: shell.run\n    with: {argv: [sh, -c, 'echo \"hello $0\"', \"${params.who}\"]}\noutputs:\n  said: \"${steps.hello.output.stdout}\"\n",
+        &[],
+    )
+    .await;
+    let main = workflow(
+        &f.api,
+        "version: 1\nname: main-flow\nsteps:\n  - id: sub\n    action: call\n    with: {workflow: greet, params: {who: robots}}\noutputs:\n  greeting: \"${steps.sub.output.said}\"\n",
+        &[],
+    )
+    .await;
+    let id = queue(&f.api, main, json!({})).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}");
+    assert_eq!(s["outputs"]["greeting"], "hello robots", "{s}");
+    let steps = s["steps"].as_array().cloned().unwrap_or_default();
+    let nested = steps.iter().find(|st| st["id"] == "sub.hello").cloned();
+    assert_eq!(
+        nested.map(|n| n["status"].clone()),
+        Some(json!("success")),
+        "{s}"
+    );
+    let logs = all_logs(&f.api, id).await;
+    assert!(
+        logs.iter()
+            .any(|l| l["step_id"] == "sub.hello" && l["message"] == "hello robots"),
+        "{logs:?}"
+    );
+}

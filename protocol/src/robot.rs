@@ -436,6 +436,19 @@ pub struct LeasedWorkflow {
     pub format: String,
     /// The workflow file as it was registered.
     pub source: String,
+    /// The workflows its `call` steps run, and theirs, each the newest of
+    /// its name when the lease was granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub called: Vec<CalledWorkflow>,
+}
+
+/// A workflow a leased one calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalledWorkflow {
+    pub name: String,
+    /// `yaml` or `json`.
+    pub format: String,
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

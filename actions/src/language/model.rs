@@ -986,17 +986,46 @@ impl Workflow {
         out
     }
 
-    /// The actions the steps use, each once, in name order; control flow
-    /// (`set`, `for_each`, `try`), which the executor runs itself, left
-    /// out. A hub routes a session only to a robot that offers them all.
+    /// The actions the steps use, the called workflows' too, each once, in
+    /// name order; control flow (`set`, `for_each`, `try`, ...), which the
+    /// executor runs itself, left out. A hub routes a session only to a
+    /// robot that offers them all.
     pub fn actions_used(&self) -> Vec<String> {
-        let used: std::collections::BTreeSet<&str> = self
+        let mut used: std::collections::BTreeSet<String> = self
             .all_steps()
             .into_iter()
             .map(|s| s.action.as_str())
             .filter(|a| !CONTROL_ACTIONS.contains(a))
+            .map(String::from)
             .collect();
-        used.into_iter().map(String::from).collect()
+        for called in self.called.values() {
+            used.extend(called.actions_used());
+        }
+        used.into_iter().collect()
+    }
+
+    /// Every step id a session of this workflow reports: its own, and its
+    /// called workflows' as `CALL.ID` (`runtime/executor.rs`).
+    pub fn reported_step_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for step in self.all_steps() {
+            ids.push(step.id.clone());
+            if step.action == CONTROL_CALL
+                && let Some(called) = step
+                    .with
+                    .get("workflow")
+                    .and_then(Value::as_str)
+                    .and_then(|name| self.called.get(name))
+            {
+                ids.extend(
+                    called
+                        .reported_step_ids()
+                        .into_iter()
+                        .map(|inner| format!("{}.{inner}", step.id)),
+                );
+            }
+        }
+        ids
     }
 
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {

@@ -20,6 +20,7 @@ pub struct CheckedWorkflows {
 struct Checked {
     format: String,
     source: String,
+    called: Vec<tasuki_protocol::robot::CalledWorkflow>,
     workflow: Arc<Workflow>,
 }
 
@@ -35,6 +36,7 @@ impl CheckedWorkflows {
         if let Some(known) = self.lock().get(&leased.id)
             && known.source == leased.source
             && known.format == leased.format
+            && known.called == leased.called
         {
             return Ok(known.workflow.clone());
         }
@@ -48,6 +50,7 @@ impl CheckedWorkflows {
             Checked {
                 format: leased.format.clone(),
                 source: leased.source.clone(),
+                called: leased.called.clone(),
                 workflow: workflow.clone(),
             },
         );
@@ -71,6 +74,7 @@ mod tests {
             single_process_mode: false,
             format: "yaml".into(),
             source: source.into(),
+            called: Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
 use tasuki_actions::language::allowed::Allowed;
+use tasuki_actions::language::calls::{self, Calls, Sources};
 use tasuki_actions::language::credentials::bind_credentials;
 use tasuki_actions::language::params::{BoundParams, ParamInputs, bind_params};
 use tasuki_actions::runtime::executor::Start;
@@ -149,7 +150,21 @@ fn prepare(env: &SessionEnv, lease: &Lease) -> Result<Prepared, (&'static str, S
         allowed_actions: Some(env.allowed_actions.clone()),
         allow_file_urls: Some(env.options.browser.allow_file_urls),
         fleet_offers: None,
-        calls: None,
+        // Its `call` steps run the workflows the hub put in the lease.
+        calls: Some(Calls::new(Arc::new(Sources(
+            lease
+                .workflow
+                .called
+                .iter()
+                .map(|c| {
+                    let source = calls::Source {
+                        text: c.source.clone(),
+                        origin: format!("workflow {}.{}", c.name, c.format),
+                    };
+                    (c.name.clone(), source)
+                })
+                .collect(),
+        )))),
     };
     let workflow = env
         .checked
@@ -216,7 +231,7 @@ async fn run_checked(
     let (session_dir, artifacts_dir) = (scratch.work_dir, scratch.artifacts_dir);
     let id = held.session_id;
     let spool = Spool::adopt(scratch.spool_dir, held, slot_freed);
-    let step_ids: Vec<String> = workflow.all_steps().iter().map(|s| s.id.clone()).collect();
+    let step_ids = workflow.reported_step_ids();
     let sink = SpoolSink::new(scratch.logs, &step_ids, env.metrics.clone(), cancel.clone());
     // Beside the work dir, so the sessions root's removal at start takes it.
     let private_dir = session_dir.with_extension("private");

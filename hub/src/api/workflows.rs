@@ -1,11 +1,12 @@
 //! `POST /v1/workflows` and `GET /v1/workflows`.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use tasuki_actions::language::calls;
 use tasuki_actions::{LoadOptions, Problems, Workflow, parse_workflow};
 use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
 use tasuki_protocol::{
@@ -75,24 +76,10 @@ pub async fn create(
     // Validation is the agent's own loader, with the actions some robot of
     // the fleet offers: what the hub accepts, a robot can run. It is CPU
     // work, so it stays off the reactor.
-    let fleet = hub.db.call(robots::fleet_catalog).await?;
-    let parsed = {
-        let hub = hub.clone();
-        tokio::task::spawn_blocking(move || {
-            let (registry, offers) = fleet_actions::registry(&hub.registry, &fleet);
-            let options = LoadOptions {
-                fleet_offers: Some(offers),
-                ..LoadOptions::default()
-            };
-            parse_workflow(&source, origin, &registry, &options).map(|w| (w, source))
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "workflow validation task failed");
-            ApiError::internal()
-        })?
-    };
-    let (workflow, source) = parsed.map_err(invalid_workflow)?;
+    let fleet = Arc::new(hub.db.call(robots::fleet_catalog).await?);
+    let (workflow, source) = check_with_calls(&hub, fleet, source, origin)
+        .await?
+        .map_err(invalid_workflow)?;
     // Accepted all the same (see `Workflow::warnings`); the API answer has
     // no place for them yet, so the operator's log gets them.
     for warning in workflow.warnings.iter() {
@@ -144,6 +131,7 @@ pub async fn create(
         retry_on: workflow.retry_on.clone(),
         limit_log_bytes: workflow.limits.log_bytes,
         limit_artifact_bytes: workflow.limits.artifact_bytes,
+        calls: workflow.called.keys().cloned().collect(),
     };
     let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
     let item = hub
@@ -367,4 +355,106 @@ fn invalid_workflow(problems: Problems) -> ApiError {
         ),
     )
     .with_problems(items)
+}
+
+/// Parses and checks a workflow as a robot would, its `call` steps
+/// resolved against this hub's workflows (the newest of each name). The
+/// loader asks its library by name, and the database is not at hand in
+/// the blocking task: each pass records the names it could not find, they
+/// are read, and it goes again, one level of calls deeper a pass.
+async fn check_with_calls(
+    hub: &Arc<Hub>,
+    fleet: Arc<robots::FleetCatalog>,
+    source: String,
+    origin: &'static str,
+) -> Result<Result<(Workflow, String), Problems>, ApiError> {
+    let mut known: BTreeMap<String, calls::Source> = BTreeMap::new();
+    let mut absent: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let library = Arc::new(Lookup {
+            known: std::mem::take(&mut known),
+            asked: Mutex::new(BTreeSet::new()),
+        });
+        let (result, library, source_back) = {
+            let (hub, fleet, library, source) =
+                (hub.clone(), fleet.clone(), library, source.clone());
+            tokio::task::spawn_blocking(move || {
+                let (registry, offers) = fleet_actions::registry(&hub.registry, &fleet);
+                let options = LoadOptions {
+                    fleet_offers: Some(offers),
+                    calls: Some(calls::Calls::new(library.clone())),
+                    ..LoadOptions::default()
+                };
+                let result = parse_workflow(&source, origin, &registry, &options);
+                (result, library, source)
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "workflow validation task failed");
+                ApiError::internal()
+            })?
+        };
+        let library = Arc::try_unwrap(library).map_err(|_| ApiError::internal())?;
+        let asked: Vec<String> = library
+            .asked
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .filter(|n| !absent.contains(n))
+            .collect();
+        known = library.known;
+        if result.is_ok() || asked.is_empty() || known.len() > MAX_LOOKUPS {
+            return Ok(result.map(|w| (w, source_back)));
+        }
+        let found = hub
+            .db
+            .call(move |conn| {
+                let mut found = Vec::new();
+                for name in asked {
+                    let newest = workflows::newest_named(conn, &name)?;
+                    found.push((name, newest));
+                }
+                Ok(found)
+            })
+            .await?;
+        for (name, newest) in found {
+            match newest {
+                Some((format, text, _)) => {
+                    let origin = format!("workflow {name}.{format}");
+                    known.insert(name, calls::Source { text, origin });
+                }
+                None => {
+                    absent.insert(name);
+                }
+            }
+        }
+    }
+}
+
+/// The most workflows one registration looks up for its `call` steps.
+const MAX_LOOKUPS: usize = 100;
+
+/// The hub's workflows as the loader's library: those read so far, and
+/// the names asked for that were not (read before the next pass).
+struct Lookup {
+    known: BTreeMap<String, calls::Source>,
+    asked: Mutex<BTreeSet<String>>,
+}
+
+impl calls::Library for Lookup {
+    fn find(&self, name: &str) -> Result<calls::Source, String> {
+        match self.known.get(name) {
+            Some(s) => Ok(calls::Source {
+                text: s.text.clone(),
+                origin: s.origin.clone(),
+            }),
+            None => {
+                self.asked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string());
+                Err(format!("this hub has no workflow named `{name}`"))
+            }
+        }
+    }
 }

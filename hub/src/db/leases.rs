@@ -500,6 +500,7 @@ fn lease_of(
             single_process_mode: spm,
             format,
             source,
+            called: super::workflows::calls_of(conn, wid)?,
         },
         params,
         credentials: credential_values,
@@ -1031,6 +1032,7 @@ mod tests {
                 retry_on: Vec::new(),
                 limit_log_bytes: None,
                 limit_artifact_bytes: None,
+                calls: Vec::new(),
             },
             0,
         )

@@ -426,8 +426,10 @@ const MIGRATIONS: &[&str] = &[
         UPDATE session_waits SET checkpoint = NULL
         WHERE session_id = NEW.id AND checkpoint IS NOT NULL;
     END;
-    -- A workflow's `limits.artifact_bytes` (api/session_limits.rs).
+    -- A workflow's `limits.artifact_bytes` (api/session_limits.rs), and the
+    -- names its `call` steps run (JSON; db/workflows.rs `calls_of`).
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes INTEGER;
+    ALTER TABLE workflows ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
     "#,
 ];
 
@@ -763,6 +765,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     WHEN (NEW.status IN ('success', 'error', 'cancelled'))
     EXECUTE FUNCTION session_waits_purge_checkpoint();
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes BIGINT;
+    ALTER TABLE workflows ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
     "#,
     ),
 ];

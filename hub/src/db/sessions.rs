@@ -373,6 +373,7 @@ mod tests {
                 retry_on: Vec::new(),
                 limit_log_bytes: None,
                 limit_artifact_bytes: None,
+                calls: Vec::new(),
             },
             0,
         )

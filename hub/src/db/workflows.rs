@@ -3,6 +3,7 @@
 use super::sql::{Conn, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tasuki_protocol::robot::CalledWorkflow;
 use tasuki_protocol::{Concurrency, WorkflowItem};
 
 use super::concurrency::{self, Columns};
@@ -52,6 +53,8 @@ pub struct NewWorkflow {
     /// `limits.artifact_bytes`: its sessions' artifacts may total no more
     /// (api/session_limits.rs), nor more than the hub's own limit.
     pub limit_artifact_bytes: Option<u64>,
+    /// The names its `call` steps run (`calls_of` follows them).
+    pub calls: Vec<String>,
 }
 
 /// What queueing a session needs to know of its workflow.
@@ -87,9 +90,9 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
                                 accept_undeclared_params, credentials, retry_on,
-                                limit_log_bytes, limit_artifact_bytes)
+                                limit_log_bytes, limit_artifact_bytes, calls)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19)
+                 ?18, ?19, ?20)
          RETURNING id",
         params![
             w.name,
@@ -112,7 +115,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             w.limit_log_bytes
                 .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             w.limit_artifact_bytes
-                .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            serde_json::to_string(&w.calls).map_err(|e| DbError::Corrupt(e.to_string()))?
         ],
         |r| r.get(0),
     )?;
@@ -252,3 +256,60 @@ pub fn source_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Source>, DbError
         },
     )
 }
+
+/// The newest workflow of this name: `(format, source, the names it
+/// calls)`. A `call` step runs the newest of its name.
+pub fn newest_named(
+    conn: &mut Conn<'_>,
+    name: &str,
+) -> Result<Option<(String, String, Vec<String>)>, DbError> {
+    let row: Option<(i64, String, String, String)> = conn.opt_row(
+        "SELECT id, source_format, source, calls FROM workflows
+         WHERE name = ?1 ORDER BY id DESC LIMIT 1",
+        params![name],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    row.map(|(id, format, source, calls)| {
+        Ok((
+            format,
+            source,
+            parse_json(&format!("workflow {id}: calls"), &calls)?,
+        ))
+    })
+    .transpose()
+}
+
+/// Every workflow that workflow `id`'s `call` steps reach, each once, by
+/// name (the newest of each): what a lease carries for the robot.
+pub fn calls_of(conn: &mut Conn<'_>, id: i64) -> Result<Vec<CalledWorkflow>, DbError> {
+    let calls: Option<String> = conn.opt_row(
+        "SELECT calls FROM workflows WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    let mut pending: Vec<String> = match calls {
+        Some(c) => parse_json(&format!("workflow {id}: calls"), &c)?,
+        None => Vec::new(),
+    };
+    let mut found: Vec<CalledWorkflow> = Vec::new();
+    // Bounded: names repeat only once found, and the language's depth
+    // limit bounds chains; a cycle registered since stops at the seen set.
+    while let Some(name) = pending.pop() {
+        if found.iter().any(|c| c.name == name) || found.len() >= MAX_CALLED {
+            continue;
+        }
+        if let Some((format, source, calls)) = newest_named(conn, &name)? {
+            pending.extend(calls);
+            found.push(CalledWorkflow {
+                name,
+                format,
+                source,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// The most workflows one lease carries for its `call` steps.
+const MAX_CALLED: usize = 100;
