@@ -63,16 +63,32 @@ steps:
   - id: before
     action: shell.run
     with: {argv: [echo, "prepared ${release}"]}
+  - id: label
+    action: call
+    with: {workflow: make-label, params: {release: "${release}"}}
   - id: ok
     action: approval
     with: {message: "ship ${release}?", timeout: 1h}
   - id: after
     action: shell.run
-    with: {argv: [sh, -c, 'sleep 1; echo "$0"', "shipping ${release} x${count}, approved by ${steps.ok.output.by}: ${steps.ok.output.comment}"]}
+    with: {argv: [sh, -c, 'sleep 1; echo "$0"', "shipping ${release} x${count} as ${steps.label.output.label}, approved by ${steps.ok.output.by}: ${steps.ok.output.comment}"]}
 finally:
   - id: tidy
     action: log
     with: {message: "tidied up"}
+"#;
+
+/// Called by `APPROVED_FLOW` before it waits.
+const LABEL_FLOW: &str = r#"version: 1
+name: make-label
+params:
+  release: {}
+steps:
+  - id: stamp
+    action: set
+    with: {label: "box-${params.release}"}
+outputs:
+  label: "${label}"
 "#;
 
 const QUICK_FLOW: &str = r#"version: 1
@@ -96,6 +112,7 @@ async fn an_approved_session_frees_its_robot_survives_a_hub_restart_and_resumes_
     // One slot: the other session can only run if the waiting one let go.
     robot.register_ok(&hub, &key, &["--max-concurrency", "1"]);
     let agent = robot.start(&[]);
+    workflow(&api, LABEL_FLOW, &[]).await;
     let approved = workflow(&api, APPROVED_FLOW, &[]).await;
     let quick = workflow(&api, QUICK_FLOW, &[]).await;
 
@@ -188,7 +205,10 @@ async fn an_approved_session_frees_its_robot_survives_a_hub_restart_and_resumes_
     let logs = all_logs(&api, id).await;
     assert_numbered_in_order(&logs);
     let text = messages(&logs);
-    let expected_after = format!("shipping v42 x3, approved by {}: go ahead", key.id);
+    let expected_after = format!(
+        "shipping v42 x3 as box-v42, approved by {}: go ahead",
+        key.id
+    );
     let at = |needle: &str| text.iter().position(|m| m.contains(needle));
     let order = [
         at("prepared v42"),
@@ -214,6 +234,13 @@ async fn an_approved_session_frees_its_robot_survives_a_hub_restart_and_resumes_
         .unwrap_or_default();
     assert_eq!(ok["status"], "success", "{s}");
     assert_eq!(ok["output"]["decision"], "approved", "{s}");
+    // The called workflow's step, run before the wait, is still reported.
+    let stamp = steps
+        .iter()
+        .find(|st| st["id"] == "label.stamp")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(stamp["status"], "success", "{s}");
 }
 
 const DECIDED_FLOW: &str = r#"version: 1

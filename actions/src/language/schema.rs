@@ -78,6 +78,9 @@ struct LimitsDoc {
     output_bytes: Option<u64>,
     #[schemars(range(min = 1))]
     artifact_bytes: Option<u64>,
+    /// How deep `call` steps may nest; 5 by default.
+    #[schemars(range(min = 1, max = 20))]
+    subworkflow_depth: Option<u64>,
 }
 
 #[derive(JsonSchema)]
@@ -148,8 +151,9 @@ struct Step {
     /// A label for people.
     name: Option<String>,
     /// A registered action such as `shell.run`, or a control step:
-    /// set, log, sleep, fail, for_each, try, parallel, and the waiting
-    /// steps `approval` and `wait_event` (top-level steps only).
+    /// set, log, sleep, fail, for_each, try, parallel, call (another
+    /// workflow, by name), and the waiting steps `approval` and
+    /// `wait_event` (top-level steps only).
     action: String,
     /// The action's arguments. Strings may contain `${...}` templates.
     with: Option<BTreeMap<String, Value>>,
@@ -231,6 +235,18 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 "on_timeout": {"enum": ["approve", "reject"], "description": "the decision when nobody decides in time; reject by default"}
             },
             "required": ["message"],
+            "additionalProperties": false
+        }}, "required": ["with"]}
+    }));
+    per_action.push(json!({
+        "if": {"properties": {"action": {"const": "call"}}, "required": ["action"]},
+        "then": {"properties": {"with": {
+            "type": "object",
+            "properties": {
+                "workflow": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,63}$", "description": "the called workflow's name: NAME.yaml beside this file for tasuki run, the newest of that name on a hub"},
+                "params": {"type": "object", "description": "its params; templates allowed"}
+            },
+            "required": ["workflow"],
             "additionalProperties": false
         }}, "required": ["with"]}
     }));

@@ -148,10 +148,10 @@ impl Executor {
         let (mut vars, mut steps_run) = (Map::new(), 0);
         if let Some(r) = &resume {
             let c = &r.checkpoint;
+            // Its own steps' records, and those of the workflows its calls
+            // ran (`CALL.ID`), which only a run makes.
             for (id, record) in &c.records {
-                if let Some(mine) = records.get_mut(id) {
-                    *mine = record.clone();
-                }
+                records.insert(id.clone(), record.clone());
             }
             if let Value::Object(states) = &c.step_states {
                 for (id, state) in states {
@@ -166,7 +166,7 @@ impl Executor {
             // starts each session with every step pending (a robot's
             // sink) shows it from the start.
             for (id, record) in &c.records {
-                if record.status != StepStatus::Pending && records.contains_key(id) {
+                if record.status != StepStatus::Pending {
                     sink.emit(Event::StepFinished {
                         step_id: id.clone(),
                         record: record.clone(),
