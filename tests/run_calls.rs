@@ -176,3 +176,76 @@ steps:
         assert!(r.stderr.contains(expected), "{expected}\n{}", r.stderr);
     }
 }
+
+/// Calls nest (`outer.inner.ID`), run inside `parallel` branches with
+/// their records kept, mask the secret params they are given, and a
+/// called workflow's own timeout ends its step `timeout` and runs its
+/// `on_error`.
+#[test]
+fn nested_calls_calls_in_branches_secrets_and_a_called_timeout() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "leaf.yaml",
+        "version: 1\nname: leaf\nparams:\n  token: {secret: true}\nsteps:\n  - id: use\n    action: log\n    with: {message: \"token is ${params.token}\"}\noutputs:\n  done: yes-done\n",
+    );
+    scratch.write(
+        "middle.yaml",
+        "version: 1\nname: middle\nparams:\n  token: {secret: true}\nsteps:\n  - id: deeper\n    action: call\n    with: {workflow: leaf, params: {token: \"${params.token}\"}}\noutputs:\n  from_leaf: \"${steps.deeper.output.done}\"\n",
+    );
+    scratch.write(
+        "slow.yaml",
+        "version: 1\nname: slow\ntimeout: 300ms\nsteps:\n  - id: hang\n    action: sleep\n    with: {duration: 30s}\non_error:\n  - id: noted\n    action: log\n    with: {message: \"slow failed: ${error.code}\"}\n",
+    );
+    let main = scratch.write(
+        "main.yaml",
+        r#"version: 1
+name: top
+steps:
+  - id: both
+    action: parallel
+    branches:
+      one:
+        - id: outer
+          action: call
+          with: {workflow: middle, params: {token: "s3cr3t-t0ken-value"}}
+      two:
+        - id: other
+          action: call
+          with: {workflow: leaf, params: {token: "s3cr3t-t0ken-value"}}
+  - id: got
+    action: log
+    with: {message: "got ${steps.outer.output.from_leaf}"}
+  - id: slowly
+    action: call
+    with: {workflow: slow}
+"#,
+    );
+    let r = run_json(scratch.path(), &main, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        r.report["steps"]["outer.deeper.use"]["status"], "success",
+        "{}",
+        r.report
+    );
+    assert_eq!(r.report["steps"]["outer.deeper"]["status"], "success");
+    assert_eq!(r.report["steps"]["other.use"]["status"], "success");
+    assert_eq!(r.report["steps"]["got"]["status"], "success");
+    assert!(r.stderr.contains("got yes-done"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("s3cr3t-t0ken-value"),
+        "a secret leaked: {}",
+        r.stderr
+    );
+    assert!(!r.report.to_string().contains("s3cr3t-t0ken-value"));
+    assert!(r.stderr.contains("token is ***"), "{}", r.stderr);
+    // The called workflow's own timeout.
+    assert_eq!(r.report["error"]["code"], "timeout", "{}", r.report);
+    assert_eq!(r.report["error"]["step_id"], "slowly.hang", "{}", r.report);
+    assert_eq!(r.report["steps"]["slowly.hang"]["status"], "error");
+    assert_eq!(
+        r.report["steps"]["slowly.noted"]["status"], "success",
+        "{}",
+        r.report
+    );
+    assert!(r.stderr.contains("slow failed: timeout"), "{}", r.stderr);
+}

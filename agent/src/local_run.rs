@@ -241,9 +241,17 @@ pub async fn execute(
         OutputFormat::Text => Target::Stdout,
         OutputFormat::Json => Target::Stderr,
     };
-    let display = Arc::new(Display::new(target, workflow.all_steps().len()));
+    let display = Arc::new(Display::new(target, workflow.reported_step_ids().len()));
     let cancel = CancellationToken::new();
-    tokio::spawn(watch_signals(cancel.clone()));
+    // Listening before the session starts: a Ctrl-C that came before the
+    // watching task first ran would otherwise kill the process outright
+    // and leave its steps' processes behind.
+    match StopSignals::listen() {
+        Ok(signals) => {
+            tokio::spawn(watch_signals(cancel.clone(), signals));
+        }
+        Err(e) => eprintln!("cannot listen for Ctrl-C; it will end tasuki at once: {e}"),
+    }
 
     let executor = Executor::new(registry, options);
     let start = Start {
@@ -270,10 +278,10 @@ pub async fn execute(
 
 /// The first Ctrl-C (or SIGTERM) cancels gracefully: the running step is
 /// interrupted and its processes are ended. A second one exits at once.
-async fn watch_signals(cancel: CancellationToken) {
+async fn watch_signals(cancel: CancellationToken, mut signals: StopSignals) {
     let mut received = 0;
     loop {
-        if wait_for_signal().await.is_err() {
+        if signals.next().await.is_none() {
             return;
         }
         received += 1;
@@ -288,13 +296,39 @@ async fn watch_signals(cancel: CancellationToken) {
     }
 }
 
-#[cfg(unix)]
+/// The next Ctrl-C or SIGTERM (Ctrl-Break on Windows).
 pub async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+    StopSignals::listen()?
+        .next()
+        .await
+        .ok_or_else(|| std::io::Error::other("the signal listener closed"))
+}
+
+/// Ctrl-C and SIGTERM, listened for from the moment this is made: one
+/// that comes before the first `next` is kept, not handed to the default
+/// action (which ends the process at once).
+#[cfg(unix)]
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    pub fn listen() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal; `None` once the listener is gone.
+    pub async fn next(&mut self) -> Option<()> {
+        tokio::select! {
+            r = self.interrupt.recv() => r,
+            r = self.terminate.recv() => r,
+        }
     }
 }
 
@@ -304,11 +338,26 @@ pub async fn wait_for_signal() -> std::io::Result<()> {
 /// SIGHUP is on Unix: the agent ends at once, and the job objects of its
 /// steps end their process trees.
 #[cfg(not(unix))]
-pub async fn wait_for_signal() -> std::io::Result<()> {
-    let mut ctrl_break = tokio::signal::windows::ctrl_break()?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = ctrl_break.recv() => Ok(()),
+pub struct StopSignals {
+    ctrl_c: tokio::signal::windows::CtrlC,
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+}
+
+#[cfg(not(unix))]
+impl StopSignals {
+    pub fn listen() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            ctrl_c: tokio::signal::windows::ctrl_c()?,
+            ctrl_break: tokio::signal::windows::ctrl_break()?,
+        })
+    }
+
+    /// The next signal; `None` once the listener is gone.
+    pub async fn next(&mut self) -> Option<()> {
+        tokio::select! {
+            r = self.ctrl_c.recv() => r,
+            r = self.ctrl_break.recv() => r,
+        }
     }
 }
 

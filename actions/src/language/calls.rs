@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -83,7 +83,21 @@ pub struct Calls {
     pub stack: Vec<String>,
     /// The outermost workflow's `limits.subworkflow_depth`.
     pub depth: u64,
+    /// Workflows loaded so far in this load, by name, with the depth of
+    /// the calls below them: each is read and checked once, however many
+    /// steps call it.
+    loaded: Arc<Mutex<Loaded>>,
 }
+
+/// Workflows loaded for calls, by name, with how deep the calls below
+/// each go.
+type Loaded = BTreeMap<String, (Arc<Workflow>, u64)>;
+
+/// The most workflows one load reads for its calls.
+pub const MAX_CALLED_WORKFLOWS: usize = 100;
+/// The most steps a session reports, its called workflows' included (a
+/// robot's report is refused past it).
+pub const MAX_REPORTED_STEPS: u64 = 10_000;
 
 impl Calls {
     pub fn new(library: Arc<dyn Library>) -> Calls {
@@ -91,8 +105,50 @@ impl Calls {
             library,
             stack: Vec::new(),
             depth: DEFAULT_SUBWORKFLOW_DEPTH,
+            loaded: Arc::default(),
         }
     }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How deep the calls below `workflow` go (0: it calls nothing).
+fn height(workflow: &Workflow, loaded: &Loaded) -> u64 {
+    workflow
+        .called
+        .keys()
+        .map(|name| loaded.get(name).map_or(1, |(_, h)| h + 1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// How many steps a session of `workflow` reports, its calls' expanded,
+/// counted once per called workflow (`memo`), stopping past `cap`.
+fn reported_steps(workflow: &Workflow, memo: &mut BTreeMap<String, u64>, cap: u64) -> u64 {
+    let mut total = 0u64;
+    for step in workflow.all_steps() {
+        total = total.saturating_add(1);
+        if step.action == CONTROL_CALL
+            && let Some(name) = called_name(step)
+            && let Some(called) = workflow.called.get(name)
+        {
+            let inner = match memo.get(name) {
+                Some(n) => *n,
+                None => {
+                    let n = reported_steps(called, memo, cap);
+                    memo.insert(name.to_string(), n);
+                    n
+                }
+            };
+            total = total.saturating_add(inner);
+        }
+        if total > cap {
+            return total;
+        }
+    }
+    total
 }
 
 impl fmt::Debug for Calls {
@@ -186,6 +242,27 @@ pub fn resolve(
             check_params(&step, called, &mut problems);
             continue;
         }
+        let cached = calls.loaded().get(name).cloned();
+        if let Some((called, below)) = cached {
+            // Read already in this load: its calls are known to be no
+            // cycle back through it; only the depth here is new.
+            if calls.stack.len() as u64 + 1 + below > calls.depth {
+                problems.add(
+                    at,
+                    format!(
+                        "calling `{name}` here nests calls {} deep, past limits.subworkflow_depth \
+                         ({}) of `{}`",
+                        calls.stack.len() as u64 + 1 + below,
+                        calls.depth,
+                        calls.stack.first().unwrap_or(&workflow.name)
+                    ),
+                );
+            } else {
+                check_params(&step, &called, &mut problems);
+                workflow.called.insert(name.to_string(), called);
+            }
+            continue;
+        }
         if name == workflow.name || calls.stack.iter().any(|s| s == name) {
             let mut chain = calls.stack.clone();
             chain.push(workflow.name.clone());
@@ -203,6 +280,13 @@ pub fn resolve(
                     calls.depth,
                     calls.stack.first().unwrap_or(&workflow.name)
                 ),
+            );
+            continue;
+        }
+        if calls.loaded().len() >= MAX_CALLED_WORKFLOWS {
+            problems.add(
+                at,
+                format!("the calls reach more than {MAX_CALLED_WORKFLOWS} workflows; call fewer"),
             );
             continue;
         }
@@ -244,7 +328,12 @@ pub fn resolve(
                     continue;
                 }
                 check_params(&step, &called, &mut problems);
-                workflow.called.insert(name.to_string(), Arc::new(called));
+                let called = Arc::new(called);
+                let below = height(&called, &calls.loaded());
+                calls
+                    .loaded()
+                    .insert(name.to_string(), (called.clone(), below));
+                workflow.called.insert(name.to_string(), called);
             }
             Err(inner_problems) => {
                 problems.add(
@@ -255,6 +344,18 @@ pub fn resolve(
                     ),
                 );
             }
+        }
+    }
+    if calls.stack.is_empty() && problems.is_empty() {
+        let reported = reported_steps(workflow, &mut BTreeMap::new(), MAX_REPORTED_STEPS);
+        if reported > MAX_REPORTED_STEPS {
+            problems.add(
+                "steps",
+                format!(
+                    "with the workflows it calls, a session would report more than \
+                     {MAX_REPORTED_STEPS} steps; call fewer, or fewer times"
+                ),
+            );
         }
     }
     problems

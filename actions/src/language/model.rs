@@ -991,15 +991,23 @@ impl Workflow {
     /// executor runs itself, left out. A hub routes a session only to a
     /// robot that offers them all.
     pub fn actions_used(&self) -> Vec<String> {
-        let mut used: std::collections::BTreeSet<String> = self
-            .all_steps()
-            .into_iter()
-            .map(|s| s.action.as_str())
-            .filter(|a| !CONTROL_ACTIONS.contains(a))
-            .map(String::from)
-            .collect();
-        for called in self.called.values() {
-            used.extend(called.actions_used());
+        let mut used = std::collections::BTreeSet::new();
+        // Each called workflow once, however many paths reach it.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut pending: Vec<&Workflow> = vec![self];
+        while let Some(w) = pending.pop() {
+            used.extend(
+                w.all_steps()
+                    .into_iter()
+                    .map(|s| s.action.as_str())
+                    .filter(|a| !CONTROL_ACTIONS.contains(a))
+                    .map(String::from),
+            );
+            for (name, called) in &w.called {
+                if seen.insert(name.as_str()) {
+                    pending.push(called);
+                }
+            }
         }
         used.into_iter().collect()
     }

@@ -901,12 +901,13 @@ impl<'e> Session<'e> {
             .iter()
             .map(|b| self.fork(b, siblings.child_token()))
             .collect();
+        let called = &self.called;
         let runs = forks.iter_mut().zip(&step.branches).map(|(fork, branch)| {
             let (slots, browser, siblings) = (&slots, &browser, &siblings);
             async move {
                 // Never closed: a permit always comes.
                 let _slot = slots.acquire().await;
-                let _browser = if uses_browser(&branch.steps) {
+                let _browser = if uses_browser(&branch.steps, called) {
                     Some(browser.lock().await)
                 } else {
                     None
@@ -1194,7 +1195,13 @@ impl<'e> Session<'e> {
             records,
             error_binding: None,
             cancel: self.cancel.child_token(),
-            timed_out: limit.clone(),
+            // Its own timeout, or, without one, the caller's (a step it
+            // interrupts then fails `timeout`, as in the caller).
+            timed_out: if called.timeout.is_some() {
+                limit.clone()
+            } else {
+                self.timed_out.clone()
+            },
             finally_timeout: called.finally_timeout,
             steps_run: self.steps_run.clone(),
             waiter: Arc::new(NoWaiter),
@@ -1224,9 +1231,28 @@ impl<'e> Session<'e> {
         Box::pin(async move {
             let outcome = self.run_steps(&called.steps).await;
             let outcome = match outcome {
-                Err(f) if !called.on_error.is_empty() && !self.cancel.is_cancelled() => {
+                Err(f)
+                    if !called.on_error.is_empty()
+                        && (!self.cancel.is_cancelled() || self.timed_out.hit()) =>
+                {
                     self.error_binding = Some(error_value(&f));
-                    if let Err(also) = self.run_steps(&called.on_error).await {
+                    // A token of its own after a timeout (which cancelled
+                    // this one), bounded like the session's handler.
+                    let outer = std::mem::replace(&mut self.cancel, CancellationToken::new());
+                    let handler =
+                        tokio::time::timeout(ON_ERROR_LIMIT, self.run_steps(&called.on_error));
+                    let handled = handler.await.unwrap_or_else(|_| {
+                        Err(ErrorInfo {
+                            code: codes::TIMEOUT.into(),
+                            message: format!(
+                                "on_error did not finish within {}",
+                                format_duration(ON_ERROR_LIMIT)
+                            ),
+                            step_id: None,
+                        })
+                    });
+                    self.cancel = outer;
+                    if let Err(also) = handled {
                         self.log(
                             LogLevel::Error,
                             also.step_id.as_deref(),
@@ -1269,16 +1295,15 @@ impl<'e> Session<'e> {
     /// Takes back what a branch's steps recorded.
     fn merge(&mut self, fork: Session<'e>, steps: &[Step]) {
         let Session {
-            mut records,
+            records,
             mut step_states,
             ..
         } = fork;
+        // The fork holds its branch's records only: its own steps', and
+        // those of the workflows they called (`CALL.ID`).
+        self.records.extend(records);
         for step in nested(steps) {
             let id = &step.id;
-            let reported = self.reported_id(id);
-            if let Some(record) = records.shift_remove(&reported) {
-                self.records.insert(reported, record);
-            }
             if let (Some(state), Value::Object(mine)) = (
                 step_states.get_mut(id).map(Value::take),
                 &mut self.step_states,
@@ -1519,10 +1544,22 @@ impl<'e> Session<'e> {
 }
 
 /// Whether a branch drives the browser, which a session has one of.
-fn uses_browser(steps: &[Step]) -> bool {
-    nested(steps)
-        .iter()
-        .any(|s| s.action.starts_with("browser."))
+/// Whether `steps` drive the browser, through the workflows they call too.
+fn uses_browser(
+    steps: &[Step],
+    called: &std::collections::BTreeMap<String, Arc<Workflow>>,
+) -> bool {
+    nested(steps).iter().any(|s| {
+        s.action.starts_with("browser.")
+            || (s.action == CONTROL_CALL
+                && super::super::language::calls::called_name(s)
+                    .and_then(|name| called.get(name))
+                    .is_some_and(|w| {
+                        [&w.steps, &w.on_error, &w.finally]
+                            .into_iter()
+                            .any(|steps| uses_browser(steps, &w.called))
+                    }))
+    })
 }
 
 fn failure(code: impl Into<String>, message: impl Into<String>, step_id: &str) -> Failure {

@@ -403,6 +403,22 @@ async fn check_with_calls(
             .filter(|n| !absent.contains(n))
             .collect();
         known = library.known;
+        if result.is_ok() {
+            // What every lease of it carries: bounded.
+            let called: usize = result
+                .as_ref()
+                .map(|w| called_sources_len(w, &known))
+                .unwrap_or(0);
+            if called > MAX_CALLED_SOURCE_BYTES {
+                return Ok(Err(Problems(vec![tasuki_actions::Problem::new(
+                    "steps",
+                    format!(
+                        "the workflows it calls are {called} bytes of source together, more \
+                         than the {MAX_CALLED_SOURCE_BYTES} a lease carries"
+                    ),
+                )])));
+            }
+        }
         if result.is_ok() || asked.is_empty() || known.len() > MAX_LOOKUPS {
             return Ok(result.map(|w| (w, source_back)));
         }
@@ -433,6 +449,26 @@ async fn check_with_calls(
 
 /// The most workflows one registration looks up for its `call` steps.
 const MAX_LOOKUPS: usize = 100;
+
+/// The most source text of called workflows one lease carries.
+const MAX_CALLED_SOURCE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The bytes of source of every workflow `workflow` reaches through calls.
+fn called_sources_len(workflow: &Workflow, known: &BTreeMap<String, calls::Source>) -> usize {
+    let mut seen = BTreeSet::new();
+    let mut pending: Vec<&Workflow> = vec![workflow];
+    while let Some(w) = pending.pop() {
+        for (name, called) in &w.called {
+            if seen.insert(name.clone()) {
+                pending.push(called);
+            }
+        }
+    }
+    seen.iter()
+        .filter_map(|name| known.get(name))
+        .map(|s| s.text.len())
+        .sum()
+}
 
 /// The hub's workflows as the loader's library: those read so far, and
 /// the names asked for that were not (read before the next pass).

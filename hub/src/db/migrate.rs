@@ -430,6 +430,7 @@ const MIGRATIONS: &[&str] = &[
     -- names its `call` steps run (JSON; db/workflows.rs `calls_of`).
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes INTEGER;
     ALTER TABLE workflows ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX workflows_by_name ON workflows (name, id);
     "#,
 ];
 
@@ -766,6 +767,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     EXECUTE FUNCTION session_waits_purge_checkpoint();
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes BIGINT;
     ALTER TABLE workflows ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX workflows_by_name ON workflows (name, id);
     "#,
     ),
 ];
