@@ -492,3 +492,100 @@ steps:
         r.body
     );
 }
+
+/// `t=<seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, as a sender
+/// outside signs a callback.
+fn signature(secret: &str, t: i64, body: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, format!("{t}.{body}").as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},v1={hex}")
+}
+
+/// A sender that holds no access key delivers the event signed with the
+/// key the step gave (a secret param here): a wrong or stale signature is
+/// refused, the right one resumes the session, and the key is on no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_callback_delivers_the_event_without_an_access_key() {
+    let f = Fleet::start();
+    let robot = Robot::new(f.scratch.dir.path(), "callee");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let wf = workflow(
+        &f.api,
+        r#"version: 1
+name: signed-hook
+params:
+  hook_key: {secret: true}
+steps:
+  - id: hook
+    action: wait_event
+    with: {event: shipped, secret: "${params.hook_key}"}
+  - id: after
+    action: log
+    with: {message: "tracking ${steps.hook.output.payload.tracking}"}
+"#,
+        &[],
+    )
+    .await;
+    let key = "k3y-0f-the-partner-2026";
+    let id = queue(&f.api, wf, json!({"hook_key": key})).await;
+    let s = waiting(&f.api, id).await;
+    let callback = s["wait"]["callback"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(callback, format!("/v1/callbacks/{id}/shipped"), "{s}");
+
+    let http = reqwest::Client::new();
+    let post = |sig: String, body: &'static str| {
+        http.post(format!("{}{callback}", f.hub.url))
+            .header("tasuki-signature", sig)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let body = r#"{"tracking": "JP-4711"}"#;
+    let now = jiff::Timestamp::now().as_second();
+    let r = post(signature("a-wrong-key-of-16b", now, body), body)
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = post(signature(key, now - 3600, body), body)
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 401, "a stale signature");
+    let r = post(signature(key, now, body), body).await.expect("answer");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(s["wait"]["decided_by"], "callback", "{s}");
+    let text = messages(&all_logs(&f.api, id).await);
+    assert!(text.iter().any(|m| m == "tracking JP-4711"), "{text:?}");
+    // The same request again finds nothing waiting.
+    let r = post(signature(key, now, body), body).await.expect("answer");
+    assert_eq!(r.status().as_u16(), 401, "taken once");
+    assert!(!s.to_string().contains(key), "{s}");
+    assert!(!text.iter().any(|m| m.contains(key)), "{text:?}");
+    assert!(!f.hub.stderr().contains(key), "the hub's log holds the key");
+
+    // A key written in the workflow file is refused.
+    let r = f
+        .api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": "version: 1\nname: leaky\nsteps:\n  - id: hook\n    action: wait_event\n    with: {event: e, secret: written-in-the-file}\n"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("steps[0].with.secret"),
+        "{}",
+        r.body
+    );
+}

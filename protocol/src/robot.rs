@@ -404,6 +404,10 @@ pub struct WaitSpec {
     pub timeout_ms: u64,
     /// `approve` or `reject`: an approval's answer when nobody decides.
     pub on_timeout: OnTimeout,
+    /// An event's signing key: the hub then takes the event, signed with
+    /// it, at `POST /v1/callbacks/{session}/{event}` without an access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -203,6 +203,10 @@ pub struct SessionWait {
     pub decided_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// For an event whose step gave a signing key: where its sender posts
+    /// it, signed (`Tasuki-Signature`), without an access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

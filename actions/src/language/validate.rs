@@ -336,6 +336,15 @@ impl Validator<'_> {
                         self.problems.add(join(&with_path, &field), message);
                     }
                 }
+                if let Some(Value::String(secret)) = step.with.get("secret")
+                    && !secret.contains("${")
+                {
+                    self.problems.add(
+                        join(&with_path, "secret"),
+                        "give the signing key as a secret param or a credential \
+                         (`${params.NAME}`, `${credentials.NAME.FIELD}`), not written in the file",
+                    );
+                }
                 if kind == WaitKind::Event
                     && let Some(Value::String(name)) = step.with.get("event")
                     && let Some(first) = self.events.insert(name.clone(), step.path.clone())

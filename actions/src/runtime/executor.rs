@@ -1004,6 +1004,9 @@ impl<'e> Session<'e> {
         if let Some(message) = &mut request.message {
             self.shared.masker.mask_in_place(message);
         }
+        if let Some(secret) = &request.secret {
+            self.shared.masker.add([secret]);
+        }
         self.log(
             LogLevel::Info,
             Some(&step.id),

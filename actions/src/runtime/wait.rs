@@ -73,7 +73,15 @@ pub struct WaitRequest {
     /// For an approval: the decision when the timeout runs out.
     #[serde(default)]
     pub on_timeout: OnTimeout,
+    /// For an event: the key its sender signs the delivery with
+    /// (`Tasuki-Signature`), when the workflow gives one; the hub then
+    /// takes the event from a sender that holds no access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
+
+/// The shortest signing key an event wait takes.
+pub const MIN_EVENT_SECRET_BYTES: usize = 16;
 
 impl WaitRequest {
     pub fn timeout(&self) -> Duration {
@@ -200,7 +208,7 @@ pub fn parse(
     let mut problems = Vec::new();
     let known: &[&str] = match kind {
         WaitKind::Approval => &["message", "timeout", "on_timeout"],
-        WaitKind::Event => &["event", "timeout"],
+        WaitKind::Event => &["event", "timeout", "secret"],
     };
     for key in with.keys() {
         if !known.contains(&key.as_str()) {
@@ -262,6 +270,7 @@ pub fn parse(
         event: None,
         timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
         on_timeout: OnTimeout::Reject,
+        secret: None,
     };
     match kind {
         WaitKind::Approval => {
@@ -288,17 +297,32 @@ pub fn parse(
                 )),
             }
         }
-        WaitKind::Event => match text("event", &mut problems) {
-            None if !with.contains_key("event") => problems.push((
-                "event".into(),
-                "missing required argument `event`: the name its sender delivers it under".into(),
-            )),
-            None => {}
-            Some(name) => match check_event_name(&name) {
-                Ok(()) => request.event = Some(name),
-                Err(message) => problems.push(("event".into(), message)),
-            },
-        },
+        WaitKind::Event => {
+            match text("secret", &mut problems) {
+                None => {}
+                // Validation sees the template; the run, what it gave.
+                Some(s) if s.contains("${") => request.secret = Some(s),
+                Some(s) if !with.contains_key("secret") || s.len() >= MIN_EVENT_SECRET_BYTES => {
+                    request.secret = Some(s)
+                }
+                Some(_) => problems.push((
+                    "secret".into(),
+                    format!("a signing key has at least {MIN_EVENT_SECRET_BYTES} bytes"),
+                )),
+            }
+            match text("event", &mut problems) {
+                None if !with.contains_key("event") => problems.push((
+                    "event".into(),
+                    "missing required argument `event`: the name its sender delivers it under"
+                        .into(),
+                )),
+                None => {}
+                Some(name) => match check_event_name(&name) {
+                    Ok(()) => request.event = Some(name),
+                    Err(message) => problems.push(("event".into(), message)),
+                },
+            }
+        }
     }
     if problems.is_empty() {
         Ok(request)

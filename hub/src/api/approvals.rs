@@ -6,14 +6,20 @@
 //! - `POST /v1/session_queues/{id}/approval` `{decision: approve|reject,
 //!   comment?}`, scope `session_queue.write`;
 //! - `POST /v1/session_queues/{id}/events/{name}`, the body any JSON (the
-//!   payload), scope `session_queue.write`.
+//!   payload), scope `session_queue.write`;
+//! - `POST /v1/callbacks/{id}/{name}`, the same without an access key,
+//!   signed (`Tasuki-Signature`, as webhook triggers are) with the key the
+//!   `wait_event` step gave: for a sender outside, which holds no key.
 
 use std::sync::Arc;
 
-use axum::Json;
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde_json::Value;
 use tasuki_protocol::SessionQueue;
 use tasuki_protocol::robot::WaitOutcome;
@@ -25,7 +31,7 @@ use super::Hub;
 use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::query::{NoQuery, id_in};
+use super::query::{NoQuery, id_in, shorten};
 use super::sessions::session_not_found;
 use crate::db::waits::{self, Answer, Expect, Refused};
 use crate::db::{Conn, DbError, audit, now_ms, sessions};
@@ -113,6 +119,85 @@ pub async fn deliver(
 enum Expected {
     Approval,
     Event(String),
+}
+
+pub async fn deliver_signed(
+    State(hub): State<Arc<Hub>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    _: NoQuery,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SessionQueue>, ApiError> {
+    let Ok(Path((id, name))) = path else {
+        return Err(ApiError::invalid_field(
+            "path",
+            "expected /v1/callbacks/{id}/{name}",
+        ));
+    };
+    let id: i64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::invalid_field("id", "a session queue id, a whole number from 1")
+    })?;
+    let (t, signature) = super::triggers::signature_header(&headers)?;
+    super::triggers::check_time(t)?;
+    // A wrong signature counts as a failed authentication of the address
+    // (auth_limit.rs), as at a trigger.
+    let source = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let what = format!("callback {id}");
+    let verify = async {
+        let master = hub.master.clone();
+        let key = hub
+            .db
+            .call(move |conn| waits::callback_key(conn, id, &master))
+            .await?;
+        // No such wait is refused as a wrong signature is, after the same
+        // work, so that sessions cannot be probed.
+        let (event, key) = key.unwrap_or_else(|| (String::new(), b"no such wait".to_vec()));
+        let expected = crate::signature::v1(&key, t, &body);
+        let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
+            expected.as_bytes(),
+            signature.as_bytes(),
+        )
+        .is_ok();
+        if !matches || event != name {
+            return Err(ApiError::unauthorized(
+                "invalid_signature",
+                format!(
+                    "the signature does not match a wait of session {id} for the event `{}`: v1 \
+                     is the hex HMAC-SHA256 of `{t}.` followed by the body as sent, keyed with \
+                     the step's signing key",
+                    shorten(&name)
+                ),
+            ));
+        }
+        Ok(())
+    };
+    hub.auth_limit.guard(source, Some(&what), verify).await?;
+    if body.len() > MAX_EVENT_PAYLOAD_BYTES {
+        return Err(ApiError::invalid_field(
+            "payload",
+            format!(
+                "at most {MAX_EVENT_PAYLOAD_BYTES} bytes as JSON (this is {})",
+                body.len()
+            ),
+        ));
+    }
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
+    let answer = Answer {
+        outcome: WaitOutcome::Event {
+            payload,
+            at: waits::now_timestamp(now_ms()),
+        },
+        by: "callback".into(),
+        comment: None,
+    };
+    let session = answer_and_offer(&hub, id, Expected::Event(name), answer).await?;
+    tracing::info!(
+        session_queue_id = id,
+        "event delivered by a signed callback"
+    );
+    Ok(Json(session))
 }
 
 async fn answer_and_offer(

@@ -240,6 +240,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/v1/session_queues/{id}/events/{event}",
             post(approvals::deliver),
         )
+        .route(
+            "/v1/callbacks/{id}/{event}",
+            post(approvals::deliver_signed),
+        )
         .route("/v1/session_queues/{id}/logs", get(sessions::logs))
         .route(
             "/v1/session_queues/{id}/artifacts",

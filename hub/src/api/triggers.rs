@@ -254,21 +254,7 @@ async fn verify(
         .db
         .call(move |conn| triggers::get(conn, id, &master))
         .await?;
-    let now = now_ms();
-    let off_by = t
-        .checked_mul(1000)
-        .and_then(|t_ms| now.checked_sub(t_ms))
-        .map(i64::unsigned_abs);
-    if off_by.is_none_or(|off| off > REPLAY_WINDOW_MS as u64) {
-        return Err(ApiError::unauthorized(
-            "stale_signature",
-            format!(
-                "the signature's time t={t} is more than {} s from the hub's clock; sign each \
-                 request when it is sent",
-                REPLAY_WINDOW_MS / 1000
-            ),
-        ));
-    }
+    check_time(t)?;
     // An unknown trigger is refused as a wrong signature is, after the
     // same work, so that ids cannot be probed.
     let (trigger, secret) = match found {
@@ -304,8 +290,27 @@ async fn verify(
     Ok((trigger, params))
 }
 
+/// A signature's time `t` within [`REPLAY_WINDOW_MS`] of the hub's clock.
+pub(crate) fn check_time(t: i64) -> Result<(), ApiError> {
+    let off_by = t
+        .checked_mul(1000)
+        .and_then(|t_ms| now_ms().checked_sub(t_ms))
+        .map(i64::unsigned_abs);
+    if off_by.is_none_or(|off| off > REPLAY_WINDOW_MS as u64) {
+        return Err(ApiError::unauthorized(
+            "stale_signature",
+            format!(
+                "the signature's time t={t} is more than {} s from the hub's clock; sign each \
+                 request when it is sent",
+                REPLAY_WINDOW_MS / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `t=<seconds>,v1=<hex>`.
-fn signature_header(headers: &HeaderMap) -> Result<(i64, String), ApiError> {
+pub(crate) fn signature_header(headers: &HeaderMap) -> Result<(i64, String), ApiError> {
     let bad = |why: &str| {
         ApiError::bad_request(
             "invalid_signature_header",

@@ -412,6 +412,9 @@ const MIGRATIONS: &[&str] = &[
         -- associated data: it holds the session's variables. Gone (NULL)
         -- once the session ends, by the trigger below.
         checkpoint BLOB,
+        -- An event's signing key (`wait_event`'s `secret`), sealed with
+        -- `callback:<session id>`; gone with the checkpoint.
+        callback_secret BLOB,
         -- JSON, the robot protocol's WaitOutcome, once answered.
         outcome    TEXT,
         decided_by TEXT,
@@ -423,7 +426,7 @@ const MIGRATIONS: &[&str] = &[
     AFTER UPDATE OF status ON session_queues
     WHEN NEW.status IN ('success', 'error', 'cancelled')
     BEGIN
-        UPDATE session_waits SET checkpoint = NULL
+        UPDATE session_waits SET checkpoint = NULL, callback_secret = NULL
         WHERE session_id = NEW.id AND checkpoint IS NOT NULL;
     END;
     -- A workflow's `limits.artifact_bytes` (api/session_limits.rs), and the
@@ -747,6 +750,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         deadline   BIGINT NOT NULL,
         on_timeout TEXT NOT NULL CHECK (on_timeout IN ('approve', 'reject')),
         checkpoint BYTEA,
+        callback_secret BYTEA,
         outcome    TEXT,
         decided_by TEXT,
         decided_at BIGINT,
@@ -755,7 +759,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX session_waits_due ON session_waits (deadline) WHERE outcome IS NULL;
     CREATE FUNCTION session_waits_purge_checkpoint() RETURNS trigger AS $$
     BEGIN
-        UPDATE session_waits SET checkpoint = NULL
+        UPDATE session_waits SET checkpoint = NULL, callback_secret = NULL
         WHERE session_id = NEW.id AND checkpoint IS NOT NULL;
         RETURN NEW;
     END

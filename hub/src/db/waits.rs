@@ -24,6 +24,34 @@ fn aad(session_id: i64) -> String {
     format!("checkpoint:{session_id}")
 }
 
+/// The associated data an event's sealed signing key opens with.
+fn callback_aad(session_id: i64) -> String {
+    format!("callback:{session_id}")
+}
+
+/// The signing key of the event session `session_id` waits for, when its
+/// step gave one: `(event name, key)`.
+pub fn callback_key(
+    conn: &mut Conn<'_>,
+    session_id: i64,
+    master: &MasterKey,
+) -> Result<Option<(String, Vec<u8>)>, DbError> {
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = conn.opt_row(
+        "SELECT w.event, w.callback_secret FROM session_waits w
+         JOIN session_queues s ON s.id = w.session_id
+         WHERE w.session_id = ?1 AND w.outcome IS NULL AND s.status = 'waiting'",
+        params![session_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some((Some(event), Some(sealed))) = row else {
+        return Ok(None);
+    };
+    let key = master
+        .open_blob(&callback_aad(session_id), &sealed)
+        .map_err(|e| DbError::Secrets(format!("session queue {session_id}'s signing key: {e}")))?;
+    Ok(Some((event, key)))
+}
+
 fn kind_str(kind: WaitKind) -> &'static str {
     match kind {
         WaitKind::Approval => "approval",
@@ -81,10 +109,21 @@ pub fn suspend_in(
         "DELETE FROM session_waits WHERE session_id = ?1",
         params![session_id],
     )?;
+    let callback_secret = match &wait.secret {
+        Some(secret) => Some(
+            master
+                .seal(&callback_aad(session_id), secret.as_bytes())
+                .map_err(|e| {
+                    DbError::Secrets(format!("session queue {session_id}'s signing key: {e}"))
+                })?
+                .into_blob(),
+        ),
+        None => None,
+    };
     tx.execute(
         "INSERT INTO session_waits (session_id, step_id, kind, message, event, since, deadline,
-                                    on_timeout, checkpoint)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                    on_timeout, checkpoint, callback_secret)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             session_id,
             wait.step_id,
@@ -94,7 +133,8 @@ pub fn suspend_in(
             now_ms,
             deadline,
             on_timeout,
-            sealed
+            sealed,
+            callback_secret
         ],
     )?;
     let what = match wait.kind {
@@ -376,10 +416,11 @@ pub fn view(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<SessionWait>,
         Option<String>,
         Option<i64>,
         Option<String>,
+        i64,
     );
     let row: Option<Row> = conn.opt_row(
         "SELECT step_id, kind, message, event, since, deadline, outcome, decided_by, decided_at,
-                comment
+                comment, CASE WHEN callback_secret IS NULL THEN 0 ELSE 1 END
          FROM session_waits WHERE session_id = ?1",
         params![session_id],
         |r| {
@@ -394,12 +435,18 @@ pub fn view(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<SessionWait>,
                 r.get(7)?,
                 r.get(8)?,
                 r.get(9)?,
+                r.get(10)?,
             ))
         },
     )?;
-    let Some((step_id, kind, message, event, since, deadline, outcome, by, at, comment)) = row
+    let Some((step_id, kind, message, event, since, deadline, outcome, by, at, comment, signed)) =
+        row
     else {
         return Ok(None);
+    };
+    let callback = match (&event, signed, &outcome) {
+        (Some(name), 1, None) => Some(format!("/v1/callbacks/{session_id}/{name}")),
+        _ => None,
     };
     let outcome = outcome
         .map(|o| parse_json::<WaitOutcome>(&format!("session queue {session_id}'s wait"), &o))
@@ -415,6 +462,7 @@ pub fn view(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<SessionWait>,
         decided_by: by,
         decided_at: at.map(to_timestamp).transpose()?,
         comment,
+        callback,
     }))
 }
 

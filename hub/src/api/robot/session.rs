@@ -479,6 +479,22 @@ fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
         }
         (WaitKind::Approval, None) => {}
     }
+    match (&wait.secret, wait.kind) {
+        (Some(secret), WaitKind::Event) if (16..=1024).contains(&secret.len()) => {}
+        (Some(_), WaitKind::Event) => {
+            return Err(ApiError::invalid_field(
+                "suspend.wait.secret",
+                "a signing key has 16 to 1024 bytes",
+            ));
+        }
+        (Some(_), WaitKind::Approval) => {
+            return Err(ApiError::invalid_field(
+                "suspend.wait.secret",
+                "an approval takes no signing key",
+            ));
+        }
+        (None, _) => {}
+    }
     if wait.timeout_ms == 0 || wait.timeout_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid_field(
             "suspend.wait.timeout_ms",
