@@ -1744,3 +1744,59 @@ async fn a_called_workflow_runs_inline_on_the_robot() {
         "{logs:?}"
     );
 }
+
+/// `--max-session-duration`: a run that lasts longer is cancelled by the
+/// hub (its process tree ended, its cleanup run) and ends `error` with
+/// code `session_duration_limit`, its log saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_the_hub_s_max_session_duration_ends_with_its_code() {
+    let mut args: Vec<&str> = HUB_ARGS.to_vec();
+    args.extend(["--max-session-duration", "2s"]);
+    let f = fleet_with(&args);
+    let (_robot, agent) = f.agent("slow-bot", &[], &[]);
+    let dir = f.scratch.dir.path().display().to_string();
+    let yaml = "version: 1
+name: too-long
+params:
+  dir: \"\"
+steps:
+  - id: forever
+    action: shell.run
+    with: {argv: [sh, -c, 'echo $$ > \"$0/forever.pid\"; exec sleep 300', \"${params.dir}\"]}
+finally:
+  - id: tidy
+    action: log
+    with: {message: tidied}
+";
+    let wf = workflow(&f.api, yaml, &[]).await;
+    let id = queue(&f.api, wf, json!({"dir": dir})).await;
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "error", "{s}\n{}", agent.log());
+    assert_eq!(s["error"]["code"], "session_duration_limit", "{s}");
+    assert!(
+        s["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--max-session-duration"),
+        "{s}"
+    );
+    let pid: u32 = std::fs::read_to_string(f.scratch.dir.path().join("forever.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the step wrote its pid");
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "the step's process {pid} survived"
+    );
+    let text: Vec<String> = all_logs(&f.api, id)
+        .await
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|m| m.contains("longer than the hub's --max-session-duration (2 s)")),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|m| m == "tidied"), "{text:?}");
+}

@@ -244,6 +244,22 @@ struct SessionLimitArgs {
     /// Total bytes of one session's log messages.
     #[arg(long, env = "TASUKI_HUB_MAX_SESSION_LOG_BYTES", default_value_t = 1024 * 1024 * 1024)]
     max_session_log_bytes: u64,
+    /// How long one run of a session may last on its robot (such as `8h`);
+    /// past it the hub cancels it and it ends `session_duration_limit`.
+    /// Time a session spends waiting (approvals, events) does not count.
+    /// No limit unless set.
+    #[arg(long, env = "TASUKI_HUB_MAX_SESSION_DURATION", value_parser = parse_duration_arg)]
+    max_session_duration: Option<std::time::Duration>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    tasuki_actions::language::duration::parse_duration(text).and_then(|d| {
+        if d.is_zero() {
+            Err("must be more than 0s".into())
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -329,6 +345,7 @@ fn main() -> ExitCode {
                 artifact_bytes: session_limits.max_session_artifact_bytes,
                 log_lines: session_limits.max_session_log_lines,
                 log_bytes: session_limits.max_session_log_bytes,
+                duration: session_limits.max_session_duration,
             },
             tls: edge
                 .tls_cert

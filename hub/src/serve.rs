@@ -226,7 +226,40 @@ async fn sweep_leases(hub: Arc<Hub>) {
         }
         queue_error_handlers(&hub).await;
         crate::api::answer_overdue_waits(&hub).await;
+        cancel_overlong_runs(&hub).await;
         make_notification_events(&hub).await;
+    }
+}
+
+/// Asks the cancel of every run past `--max-session-duration`, and tells
+/// its robot at once.
+async fn cancel_overlong_runs(hub: &Arc<Hub>) {
+    let Some(max) = hub.session_limits.duration else {
+        return;
+    };
+    let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+    let told = hub.clone();
+    let result = hub
+        .db
+        .call(move |conn| {
+            let asked = leases::over_duration(conn, now_ms(), max_ms)?;
+            for &(_, robot_id) in &asked {
+                told.dispatch.cancel(conn, robot_id)?;
+            }
+            Ok(asked)
+        })
+        .await;
+    match result {
+        Ok(asked) => {
+            for (id, robot_id) in asked {
+                tracing::warn!(
+                    session_queue_id = id,
+                    robot_id,
+                    "a run passed --max-session-duration; cancel asked"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cancelling runs past --max-session-duration"),
     }
 }
 

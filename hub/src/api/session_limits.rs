@@ -23,6 +23,8 @@ pub struct SessionLimits {
     pub artifact_bytes: u64,
     pub log_lines: u64,
     pub log_bytes: u64,
+    /// `--max-session-duration`: how long one run may last on a robot.
+    pub duration: Option<std::time::Duration>,
 }
 
 impl Default for SessionLimits {
@@ -32,6 +34,7 @@ impl Default for SessionLimits {
             artifact_bytes: 200 * 1024 * 1024,
             log_lines: 1_000_000,
             log_bytes: 1024 * 1024 * 1024,
+            duration: None,
         }
     }
 }

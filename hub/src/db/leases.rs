@@ -253,7 +253,8 @@ pub fn grant(
     let changed = conn.execute(
         concat!(
             "UPDATE session_queues
-         SET status = 'running', started_at = COALESCE(started_at, ?5), lease_id = ?3, lease_poll_id = ?4,
+         SET status = 'running', started_at = COALESCE(started_at, ?5), run_started_at = ?5,
+             lease_id = ?3, lease_poll_id = ?4,
              lease_poll_seq = ?9, robot_id = ?2, lease_confirmed = 0, lease_expires_at = ?6
          WHERE id = ?1 AND status = 'queued' AND lease_id IS NULL
            AND EXISTS (SELECT 1 FROM robots
@@ -695,6 +696,31 @@ fn finish_in(
     {
         return Ok(Finished::Requeued);
     }
+    // A cancel the hub asked for a limit ends the session as that limit's
+    // failure, not as a cancel someone chose.
+    let reason: Option<Option<String>> = tx.opt_row(
+        "SELECT cancel_reason FROM session_queues WHERE id = ?1 AND lease_id = ?2",
+        params![session_id, lease_id],
+        |r| r.get(0),
+    )?;
+    let limited;
+    let report = match reason.flatten().as_deref() {
+        Some(DURATION_REASON) if report.status == SessionStatus::Cancelled => {
+            limited = FinishSession {
+                status: SessionStatus::Error,
+                error: Some(SessionError {
+                    code: DURATION_LIMIT.into(),
+                    message: "the run lasted longer than the hub's --max-session-duration; the \
+                              hub cancelled it"
+                        .into(),
+                    step_id: report.error.as_ref().and_then(|e| e.step_id.clone()),
+                }),
+                ..report.clone()
+            };
+            &limited
+        }
+        _ => report,
+    };
     let steps =
         serde_json::to_string(&report.steps).map_err(|e| DbError::Corrupt(e.to_string()))?;
     let error = report
@@ -791,6 +817,56 @@ pub fn reported_with(conn: &mut Conn<'_>, session_id: i64, key: &str) -> Result<
             |r| r.get::<i64>(0),
         )?
         .is_some())
+}
+
+/// `cancel_reason` of a cancel `--max-session-duration` asked.
+const DURATION_REASON: &str = "duration";
+/// The error code of a session ended by `--max-session-duration`.
+pub const DURATION_LIMIT: &str = "session_duration_limit";
+
+/// Running sessions whose run has lasted longer than `max_ms`: the hub
+/// asks their cancel (once), noting why in their log. `(session, robot)`,
+/// for the caller to tell the robots.
+pub fn over_duration(
+    conn: &mut Conn<'_>,
+    now_ms: i64,
+    max_ms: i64,
+) -> Result<Vec<(i64, i64)>, DbError> {
+    let due: Vec<(i64, i64)> = conn.rows(
+        "SELECT id, robot_id FROM session_queues
+         WHERE status = 'running' AND cancel_requested_at IS NULL
+           AND run_started_at IS NOT NULL AND run_started_at <= ?1 AND robot_id IS NOT NULL
+         ORDER BY id LIMIT 1000",
+        params![now_ms - max_ms],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut asked = Vec::new();
+    for (id, robot) in due {
+        let changed = conn.transaction(|tx| {
+            let changed = tx.execute(
+                "UPDATE session_queues SET cancel_requested_at = ?2, cancel_reason = ?3
+                 WHERE id = ?1 AND status = 'running' AND cancel_requested_at IS NULL",
+                params![id, now_ms, DURATION_REASON],
+            )?;
+            if changed > 0 {
+                super::logs::append_note(
+                    tx,
+                    id,
+                    &format!(
+                        "[tasuki-hub] the run has lasted longer than the hub's \
+                         --max-session-duration ({} s); the hub cancels it",
+                        max_ms / 1000
+                    ),
+                    now_ms,
+                )?;
+            }
+            Ok(changed)
+        })?;
+        if changed > 0 {
+            asked.push((id, robot));
+        }
+    }
+    Ok(asked)
 }
 
 /// What must still hold when `requeue_for_retry` looks at a session.

@@ -434,6 +434,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes INTEGER;
     ALTER TABLE workflows ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX workflows_by_name ON workflows (name, id);
+    -- When the run under way was leased (a resumed session's started_at
+    -- is its first run's), and why the hub asked a cancel (`duration`:
+    -- --max-session-duration; NULL: someone asked).
+    ALTER TABLE session_queues ADD COLUMN run_started_at INTEGER;
+    ALTER TABLE session_queues ADD COLUMN cancel_reason TEXT;
     "#,
 ];
 
@@ -772,6 +777,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE workflows ADD COLUMN limit_artifact_bytes BIGINT;
     ALTER TABLE workflows ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX workflows_by_name ON workflows (name, id);
+    ALTER TABLE session_queues ADD COLUMN run_started_at BIGINT;
+    ALTER TABLE session_queues ADD COLUMN cancel_reason TEXT;
     "#,
     ),
 ];
