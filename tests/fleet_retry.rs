@@ -72,24 +72,10 @@ async fn first_lines_at_hub(api: &Api, ids: &[i64]) {
     }
 }
 
-fn messages(logs: &[Value]) -> Vec<String> {
-    logs.iter()
-        .map(|l| l["message"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
 /// The log of a session that ran twice: the first run's lines, the hub's
 /// note, the second run's lines, numbered 1.. without a gap.
 fn assert_two_runs_logged(logs: &[Value], why: &str) {
-    let seqs: Vec<i64> = logs
-        .iter()
-        .map(|l| l["seq"].as_i64().unwrap_or(0))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as i64).collect::<Vec<_>>(),
-        "{logs:?}"
-    );
+    assert_numbered_in_order(logs);
     let text = messages(logs);
     let first = text.iter().position(|m| m == "first-run");
     let note = text

@@ -342,6 +342,27 @@ pub async fn all_logs(api: &Api, id: i64) -> Vec<Value> {
     }
 }
 
+/// The messages of log lines, in order.
+pub fn messages(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Seqs 1.. without a gap: a later run's lines follow an earlier run's
+/// and the hub's notes between them.
+pub fn assert_numbered_in_order(logs: &[Value]) {
+    let seqs: Vec<i64> = logs
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "{logs:?}"
+    );
+}
+
 /// Whether a process is alive (a zombie counts as dead).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {

@@ -34,26 +34,6 @@ async fn waiting(api: &Api, id: i64) -> Value {
     }
 }
 
-fn messages(logs: &[Value]) -> Vec<String> {
-    logs.iter()
-        .map(|l| l["message"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
-/// Seqs 1.. without a gap: the resumed run's lines follow the first run's
-/// and the hub's notes.
-fn assert_numbered_in_order(logs: &[Value]) {
-    let seqs: Vec<i64> = logs
-        .iter()
-        .map(|l| l["seq"].as_i64().unwrap_or(0))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as i64).collect::<Vec<_>>(),
-        "{logs:?}"
-    );
-}
-
 const APPROVED_FLOW: &str = r#"version: 1
 name: ship-it
 steps:

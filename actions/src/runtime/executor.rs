@@ -1277,21 +1277,7 @@ impl<'e> Session<'e> {
                     }),
                 Err(f) => Err(f),
             };
-            if called.finally.is_empty() {
-                return outcome;
-            }
-            match (outcome, self.run_finally(&called.finally).await) {
-                (outcome, Ok(())) => outcome,
-                (Ok(_), Err(f)) => Err(f),
-                (Err(f), Err(also)) => {
-                    self.log(
-                        LogLevel::Error,
-                        also.step_id.as_deref(),
-                        &format!("a finally step failed too: {}", also.message),
-                    );
-                    Err(f)
-                }
-            }
+            self.with_cleanup(outcome, &called.finally).await
         })
     }
 
@@ -1343,10 +1329,21 @@ impl<'e> Session<'e> {
 
     async fn try_catch(&mut self, step: &Step) -> Result<Value, Failure> {
         let outcome = self.try_body(step).await;
-        if step.finally.is_empty() {
+        self.with_cleanup(outcome, &step.finally).await
+    }
+
+    /// Runs a block's `finally` steps after its `outcome`: a failing
+    /// cleanup fails a block that had succeeded; after a failure it is
+    /// logged, and the first failure stands.
+    async fn with_cleanup(
+        &mut self,
+        outcome: Result<Value, Failure>,
+        finally: &[Step],
+    ) -> Result<Value, Failure> {
+        if finally.is_empty() {
             return outcome;
         }
-        match (outcome, self.run_finally(&step.finally).await) {
+        match (outcome, self.run_finally(finally).await) {
             (outcome, Ok(())) => outcome,
             (Ok(_), Err(f)) => Err(f),
             (Err(f), Err(also)) => {
