@@ -258,6 +258,10 @@ async fn a_credential_reaches_only_the_robots_it_allows_masked_and_rotated() {
         .collect();
     let mut deliveries = deliveries;
     deliveries.sort();
+    // Each grant is recorded: a lease taken back before it reached its
+    // robot (a poll the agent gave up, docs/protocol.md) and granted
+    // again is recorded twice (docs/security.md, *Known gaps*).
+    deliveries.dedup();
     assert_eq!(
         deliveries,
         [
