@@ -399,7 +399,7 @@ async fn session_params_must_fit_the_workflow() {
         (
             json!({"token": "t", "times": "3"}),
             "params.times",
-            "number",
+            "expected an integer, found a string",
         ),
         (json!({"token": "t", "tags": "a,b"}), "params.tags", "list"),
         (json!({}), "params.token", "no default"),

@@ -1396,3 +1396,161 @@ async fn a_waiting_session_is_approved_from_its_page() {
         "no form once decided"
     );
 }
+
+const TYPED: &str = r##"version: 1
+name: typed
+params:
+  count: {type: integer, default: 3, description: How many invoices to fetch}
+  mode: {choices: [fast, careful], default: fast}
+  dry: {type: boolean}
+  token: {secret: true}
+steps:
+  - id: part
+    action: call
+    with: {workflow: part}
+"##;
+
+/// A param's declared type and choices give it its field on the queue
+/// form (a whole number, a list of choices, true or false, a password),
+/// its description is shown, and a value of the wrong type is refused by
+/// the form and by the API alike, naming the param. The workflow's page
+/// checks its stored source again, as a robot would load it today: a
+/// called workflow that changed since shows as a problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() {
+    let scratch = Scratch::new();
+    let full = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start_with(&scratch, &[]);
+    let api = Api::new(&hub, Some(token(&full, ALL_SCOPES)));
+    let register = |yaml: &'static str| {
+        let api = api.clone();
+        async move {
+            let r = api.post("/v1/workflows", &json!({ "yaml": yaml })).await;
+            assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+            r.body["id"].as_i64().expect("workflow id")
+        }
+    };
+    register(
+        "version: 1\nname: part\nparams:\n  n: 1\nsteps:\n  - {id: a, action: log, with: {message: \"n=${params.n}\"}}\n",
+    )
+    .await;
+    let typed = register(TYPED).await;
+
+    let mut c = Browserless::new(&hub);
+    c.sign_in(&full, "/ui/sessions").await;
+    let page = c.get(&format!("/ui/workflows/{typed}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for want in [
+        r#"input type="number" step="1" id="param-count""#,
+        r#"value="3""#,
+        "How many invoices to fetch",
+        r#"select id="param-mode""#,
+        r#"<option value="fast" selected>fast</option>"#,
+        r#"<option value="careful">careful</option>"#,
+        r#"select id="param-dry""#,
+        r#"input type="password" id="param-token""#,
+    ] {
+        assert!(page.body.contains(want), "{want} missing: {}", page.body);
+    }
+    assert!(!page.body.contains(r#"id="problems""#), "{}", page.body);
+    let csrf = page.csrf();
+    let queue_path = format!("/ui/workflows/{typed}/queue");
+    let sessions_before = api.get("/v1/session_queues").await.body["total"].clone();
+
+    // Refused by the form, naming the param, never echoing the secret.
+    for (count, mode, expect) in [
+        ("2.5", "fast", "the param `count`: expected an integer"),
+        ("4", "reckless", "the param `mode`: not one of the choices"),
+    ] {
+        let page = c
+            .post(
+                &queue_path,
+                &[
+                    ("csrf", &csrf),
+                    ("param.count", count),
+                    ("param.mode", mode),
+                    ("param.dry", "true"),
+                    ("param.token", "s3cret-typed"),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, 422, "{}", page.body);
+        assert!(page.body.contains(expect), "{expect}: {}", page.body);
+        assert!(!page.body.contains("s3cret-typed"));
+    }
+    // … and by the API, at the param's path.
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": typed, "params": {"count": "12", "mode": "slow", "token": "t"}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    let problems: Vec<(String, String)> = r.body["error"]["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap_or("").to_string(),
+                p["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let at = |path: &str| {
+        problems
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| panic!("no problem at {path}: {problems:?}"))
+    };
+    assert!(at("params.count").contains("expected an integer, found a string"));
+    assert!(at("params.mode").contains("not one of the choices"));
+    assert!(at("params.dry").contains("no default"));
+    assert_eq!(
+        api.get("/v1/session_queues").await.body["total"],
+        sessions_before,
+        "a refused session was stored"
+    );
+
+    // Accepted: each value stored as its type.
+    let page = c
+        .post(
+            &queue_path,
+            &[
+                ("csrf", &csrf),
+                ("param.count", "12"),
+                ("param.mode", "careful"),
+                ("param.dry", "true"),
+                ("param.token", "s3cret-typed"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let id = page
+        .location()
+        .strip_prefix("/ui/sessions/")
+        .and_then(|id| id.parse::<i64>().ok())
+        .expect("to the new session's page");
+    let session = api.get(&format!("/v1/session_queues/{id}")).await.body;
+    assert_eq!(
+        session["params"],
+        json!({"count": 12, "mode": "careful", "dry": true, "token": "***"}),
+        "{session}"
+    );
+
+    // `part` is sent again and now requires a param `typed` never gives:
+    // typed's page says so.
+    register(
+        "version: 1\nname: part\nparams:\n  m: {type: string}\nsteps:\n  - {id: a, action: log, with: {message: \"m=${params.m}\"}}\n",
+    )
+    .await;
+    let page = c.get(&format!("/ui/workflows/{typed}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(r#"id="problems""#), "{}", page.body);
+    assert!(
+        page.body.contains("requires the param `m`"),
+        "{}",
+        page.body
+    );
+}

@@ -614,6 +614,8 @@ params:
   token:
     secret: true
     default: s3cret
+  mode: {choices: [fast, careful], default: fast}
+  limit: {type: integer, default: 10}
 steps:
   - id: hello
     action: log
@@ -698,6 +700,18 @@ const PARAM_CASES: &[ParamCase] = &[
         args: &["--params-file", "params.json", REQUIRED],
         files: &[("params.json", r#"{"count": "three"}"#)],
         expect: &["params.count: ", "params file"],
+    },
+    ParamCase {
+        name: "a value not among the choices",
+        args: &["--param", "mode=reckless", REQUIRED],
+        files: &[],
+        expect: &["params.mode: ", "not one of the choices"],
+    },
+    ParamCase {
+        name: "a params file string for a declared integer",
+        args: &["--params-file", "params.json", REQUIRED],
+        files: &[("params.json", r#"{"limit": "ten"}"#)],
+        expect: &["params.limit: ", "expected an integer"],
     },
     ParamCase {
         name: "required param missing",

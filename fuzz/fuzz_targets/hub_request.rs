@@ -102,21 +102,25 @@ fn check_session_params(req: &p::CreateSessionQueue) {
             name: "who".into(),
             default: Some(json!("world")),
             secret: false,
+            ..Default::default()
         },
         StoredParam {
             name: "count".into(),
             default: Some(json!(3)),
             secret: false,
+            ..Default::default()
         },
         StoredParam {
             name: "list".into(),
             default: Some(json!([])),
             secret: false,
+            ..Default::default()
         },
         StoredParam {
             name: "token".into(),
             default: None,
             secret: true,
+            ..Default::default()
         },
     ];
     let given = req.params.clone().unwrap_or_default();

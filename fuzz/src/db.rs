@@ -28,14 +28,21 @@ pub mod sessions {
 pub mod workflows {
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
+    use tasuki_actions::language::params::ParamType;
 
     /// `hub/src/db/workflows.rs`'s `StoredParam`.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     pub struct StoredParam {
         pub name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub default: Option<Value>,
         #[serde(default)]
         pub secret: bool,
+        #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+        pub declared_type: Option<ParamType>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub choices: Vec<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
     }
 }

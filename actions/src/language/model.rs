@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::credentials::CredentialSpec;
 use super::duration::parse_duration;
+use super::params::ParamType;
 use super::problem::{Problems, index, join};
 use super::template::describe;
 use crate::runtime::context::DialogPolicy;
@@ -105,6 +106,24 @@ pub struct ParamSpec {
     pub default: Option<Value>,
     pub secret: bool,
     pub description: Option<String>,
+    /// `type:`; without it the default's type, if any (`value_type`).
+    pub declared_type: Option<ParamType>,
+    /// `choices:`: the only values it takes; empty for any.
+    pub choices: Vec<Value>,
+}
+
+impl ParamSpec {
+    /// A param with a name and nothing else declared: required, any value.
+    pub fn named(name: impl Into<String>) -> Self {
+        ParamSpec {
+            name: name.into(),
+            default: None,
+            secret: false,
+            description: None,
+            declared_type: None,
+            choices: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -248,7 +267,7 @@ const STEP_FIELDS: &[&str] = &[
     "finally",
     "branches",
 ];
-const PARAM_FIELDS: &[&str] = &["default", "secret", "description"];
+const PARAM_FIELDS: &[&str] = &["default", "secret", "description", "type", "choices"];
 const RETRY_FIELDS: &[&str] = &["times", "delay", "max_delay", "factor"];
 
 /// Whether `name` can be an id or a variable name.
@@ -638,29 +657,109 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
                 if spec.is_empty() || spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str())) =>
             {
                 let fields = Fields::new(spec, &here, PARAM_FIELDS, problems);
-                ParamSpec {
-                    name: name.clone(),
+                let declared = ParamSpec {
                     default: fields.get("default").map(|(v, _)| v.clone()),
                     secret: fields.bool("secret", problems).unwrap_or(false),
                     description: fields.string("description", problems),
-                }
+                    declared_type: param_type(&fields, problems),
+                    choices: match fields.get("choices") {
+                        None => Vec::new(),
+                        Some((Value::Array(items), path)) if items.is_empty() => {
+                            problems.add(path, "an empty list of choices leaves no value to give; leave `choices` out to take any");
+                            Vec::new()
+                        }
+                        Some((Value::Array(items), _)) => items.clone(),
+                        Some((other, path)) => {
+                            problems.add(
+                                path,
+                                format!(
+                                    "expected a list of the values it takes, found {}",
+                                    describe(other)
+                                ),
+                            );
+                            Vec::new()
+                        }
+                    },
+                    ..ParamSpec::named(name.clone())
+                };
+                check_param_shape(&declared, &here, problems);
+                declared
             }
-            Value::Null => ParamSpec {
-                name: name.clone(),
-                default: None,
-                secret: false,
-                description: None,
-            },
+            Value::Null => ParamSpec::named(name.clone()),
             other => ParamSpec {
-                name: name.clone(),
                 default: Some(other.clone()),
-                secret: false,
-                description: None,
+                ..ParamSpec::named(name.clone())
             },
         };
         params.push(spec);
     }
     params
+}
+
+fn param_type(fields: &Fields, problems: &mut Problems) -> Option<ParamType> {
+    let (v, path) = fields.get("type")?;
+    let found = match v {
+        Value::String(name) => ParamType::parse(name),
+        _ => None,
+    };
+    if found.is_none() {
+        let hint = v
+            .as_str()
+            .and_then(|name| ParamType::alias(name).or_else(|| closest(name, ParamType::NAMES)))
+            .map(|near| format!("; did you mean `{near}`?"))
+            .unwrap_or_default();
+        problems.add(
+            path,
+            format!(
+                "unknown param type {v}{hint} (a param's type is one of: {})",
+                ParamType::NAMES.join(", ")
+            ),
+        );
+    }
+    found
+}
+
+/// A declared param's default and choices fit its type, and its default
+/// is one of its choices. A secret lists no choices: they would be written
+/// in the file for anyone to read.
+fn check_param_shape(spec: &ParamSpec, path: &str, problems: &mut Problems) {
+    let Some(ty) = spec.value_type() else {
+        return;
+    };
+    if let Some(d) = &spec.default
+        && !d.is_null()
+        && let Err(e) = ty.check(d)
+    {
+        problems.add(
+            join(path, "default"),
+            format!("the default is not the param's type: {e}"),
+        );
+    }
+    let choices = join(path, "choices");
+    if spec.choices.is_empty() {
+        return;
+    }
+    if spec.secret {
+        problems.add(&choices, "a secret param cannot list choices: they would be written in the workflow for anyone to read");
+        return;
+    }
+    for (i, c) in spec.choices.iter().enumerate() {
+        if let Err(e) = ty.check(c) {
+            problems.add(
+                index(&choices, i),
+                format!("a choice must be of the param's type: {e}"),
+            );
+        }
+    }
+    if let Some(d) = &spec.default
+        && !d.is_null()
+        && !spec.choices.contains(d)
+    {
+        problems.add(
+            join(path, "default"),
+            format!("the default {d} is not one of the choices"),
+        );
+    }
 }
 
 const MAX_NESTING: usize = 16;

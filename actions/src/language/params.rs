@@ -3,7 +3,9 @@
 
 use serde_json::{Map, Value};
 
-use super::model::{Workflow, is_identifier};
+use serde::{Deserialize, Serialize};
+
+use super::model::{ParamSpec, Workflow, is_identifier};
 use super::problem::{Problems, join};
 use super::template::describe;
 
@@ -97,15 +99,12 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
                     values.insert(name.clone(), value.clone());
                 }
             }
-            Some(spec) => match mismatch(value, spec.default.as_ref()) {
-                Some(expected) => problems.add(
+            Some(spec) => match spec.check_value(value) {
+                Err(e) => problems.add(
                     format!("params.{name}"),
-                    format!(
-                        "the params file gives {}, but the default is {expected}",
-                        describe(value)
-                    ),
+                    format!("the params file gives a value the param does not take: {e}"),
                 ),
-                None => {
+                Ok(()) => {
                     values.insert(name.clone(), value.clone());
                 }
             },
@@ -120,7 +119,7 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
                     values.insert(name.clone(), Value::String(text.clone()));
                 }
             }
-            Some(spec) => match coerce(text, spec.default.as_ref()) {
+            Some(spec) => match spec.read_text(text) {
                 Ok(v) => {
                     values.insert(name.clone(), v);
                 }
@@ -194,58 +193,164 @@ fn secret_texts(value: &Value) -> Vec<String> {
     }
 }
 
-/// A `--param` value takes the type of the param's default, so that
-/// `--param count=3` stays a number where the workflow expects one.
-fn coerce(text: &str, default: Option<&Value>) -> Result<Value, String> {
-    match default {
-        None | Some(Value::String(_)) | Some(Value::Null) => Ok(Value::String(text.to_string())),
-        Some(Value::Bool(_)) => match text {
-            "true" => Ok(Value::Bool(true)),
-            "false" => Ok(Value::Bool(false)),
-            _ => Err(format!("expected true or false, found `{text}`")),
-        },
-        Some(Value::Number(d)) => {
-            let parsed: Result<serde_json::Number, _> = text.trim().parse();
-            match parsed {
-                Ok(n) if d.is_f64() || !n.is_f64() => Ok(Value::Number(n)),
-                _ => Err(format!(
-                    "expected a number like the default `{d}`, found `{text}`"
-                )),
-            }
+/// `type:` of a param: the JSON type every value of it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Number,
+    /// A number without a fraction.
+    Integer,
+    Boolean,
+    Object,
+    Array,
+}
+
+impl ParamType {
+    pub const NAMES: &'static [&'static str] =
+        &["string", "number", "integer", "boolean", "object", "array"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "string" => Self::String,
+            "number" => Self::Number,
+            "integer" => Self::Integer,
+            "boolean" => Self::Boolean,
+            "object" => Self::Object,
+            "array" => Self::Array,
+            _ => return None,
+        })
+    }
+
+    /// The name meant by another language's word for a type (`int`,
+    /// `bool`, `list`), for a hint.
+    pub fn alias(name: &str) -> Option<&'static str> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "int" | "long" | "i64" | "u64" => "integer",
+            "float" | "double" | "decimal" => "number",
+            "bool" => "boolean",
+            "str" | "text" => "string",
+            "list" | "sequence" => "array",
+            "dict" | "map" | "mapping" => "object",
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Number => "number",
+            Self::Integer => "integer",
+            Self::Boolean => "boolean",
+            Self::Object => "object",
+            Self::Array => "array",
         }
-        Some(d @ (Value::Array(_) | Value::Object(_))) => {
-            let v: Value = serde_json::from_str(text).map_err(|e| {
-                format!(
-                    "expected {} in JSON, like the default, but: {e}",
-                    describe(d)
-                )
-            })?;
-            if std::mem::discriminant(&v) == std::mem::discriminant(d) {
-                Ok(v)
-            } else {
-                Err(format!(
-                    "expected {} like the default, found {}",
-                    describe(d),
-                    describe(&v)
-                ))
-            }
+    }
+
+    /// The type a default gives a param that declares none. A whole
+    /// number gives `integer` (`--param count=2.5` against `count: 3` is a
+    /// mistake); a default written `0.0`, or `type: number`, takes any.
+    pub fn of(value: &Value) -> Option<Self> {
+        Some(match value {
+            Value::Null => return None,
+            Value::String(_) => Self::String,
+            Value::Number(n) if n.is_f64() => Self::Number,
+            Value::Number(_) => Self::Integer,
+            Value::Bool(_) => Self::Boolean,
+            Value::Object(_) => Self::Object,
+            Value::Array(_) => Self::Array,
+        })
+    }
+
+    fn wanted(self) -> &'static str {
+        match self {
+            Self::String => "a string",
+            Self::Number => "a number",
+            Self::Integer => "an integer",
+            Self::Boolean => "true or false",
+            Self::Object => "an object",
+            Self::Array => "a list",
         }
+    }
+
+    /// Whether `value` is of this type; the error says what was expected.
+    pub fn check(self, value: &Value) -> Result<(), String> {
+        let fits = match (self, value) {
+            (Self::String, Value::String(_))
+            | (Self::Number, Value::Number(_))
+            | (Self::Boolean, Value::Bool(_))
+            | (Self::Object, Value::Object(_))
+            | (Self::Array, Value::Array(_)) => true,
+            (Self::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            _ => false,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {}, found {}",
+                self.wanted(),
+                match value {
+                    Value::Number(n) if n.is_f64() => "a number with a fraction",
+                    other => describe(other),
+                }
+            ))
+        }
+    }
+
+    /// A value typed as text (a `--param` flag, a console field): a string
+    /// as it is, a number or boolean as written, an object or list in JSON.
+    pub fn read(self, text: &str) -> Result<Value, String> {
+        let value = match self {
+            Self::String => return Ok(Value::String(text.to_string())),
+            Self::Boolean => match text.trim() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(format!("expected true or false, found `{text}`")),
+            },
+            Self::Number | Self::Integer => text
+                .trim()
+                .parse::<serde_json::Number>()
+                .map(Value::Number)
+                .map_err(|_| format!("expected {}, found `{text}`", self.wanted()))?,
+            Self::Object | Self::Array => serde_json::from_str(text)
+                .map_err(|e| format!("expected {} in JSON, but: {e}", self.wanted()))?,
+        };
+        self.check(&value).map(|()| value)
     }
 }
 
-/// A value from a params file must have the JSON type of the default, when
-/// there is one, just as `--param` values are read as that type.
-fn mismatch(value: &Value, default: Option<&Value>) -> Option<&'static str> {
-    let default = default?;
-    let same = matches!(
-        (value, default),
-        (Value::String(_), Value::String(_))
-            | (Value::Number(_), Value::Number(_))
-            | (Value::Bool(_), Value::Bool(_))
-            | (Value::Array(_), Value::Array(_))
-            | (Value::Object(_), Value::Object(_))
-    );
-    (!same && !default.is_null()).then(|| describe(default))
+impl ParamSpec {
+    /// Its type: the declared one, else its default's, else its first
+    /// choice's; `None` takes any value.
+    pub fn value_type(&self) -> Option<ParamType> {
+        self.declared_type
+            .or_else(|| self.default.as_ref().and_then(ParamType::of))
+            .or_else(|| self.choices.first().and_then(ParamType::of))
+    }
+
+    /// Whether `value` may be given for it: of its type, and one of its
+    /// choices if it lists them. The error never repeats the value.
+    pub fn check_value(&self, value: &Value) -> Result<(), String> {
+        if let Some(ty) = self.value_type() {
+            ty.check(value)?;
+        }
+        if !self.choices.is_empty() && !self.choices.contains(value) {
+            let listed: Vec<String> = self.choices.iter().map(Value::to_string).collect();
+            return Err(format!("not one of the choices: {}", listed.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// A value typed as text, read as its type (a string when it has
+    /// none) and checked.
+    pub fn read_text(&self, text: &str) -> Result<Value, String> {
+        let value = match self.value_type() {
+            Some(ty) => ty.read(text)?,
+            None => Value::String(text.to_string()),
+        };
+        self.check_value(&value).map(|()| value)
+    }
 }
 
 #[cfg(test)]
@@ -328,6 +433,131 @@ mod tests {
         assert!(
             problems.0[0].message.contains("is not an identifier"),
             "{problems:?}"
+        );
+    }
+
+    fn typed() -> Result<Workflow, Problems> {
+        parse_workflow(
+            "version: 1\nname: w\nparams:\n  count: {type: integer, default: 3}\n  ratio: 0.0\n  \
+             mode: {choices: [fast, careful], default: fast}\n  tags: {type: array, default: []}\n  \
+             when: {type: string}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+    }
+
+    fn flags(pairs: &[(&str, &str)]) -> ParamInputs {
+        ParamInputs {
+            flags: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..ParamInputs::default()
+        }
+    }
+
+    #[test]
+    fn typed_params_read_flags_as_their_type() {
+        let w = typed().expect("valid");
+        let bound = bind_params(
+            &w,
+            &flags(&[
+                ("count", "12"),
+                ("ratio", "0.25"),
+                ("mode", "careful"),
+                ("tags", "[\"a\"]"),
+                ("when", "42"),
+            ]),
+        )
+        .expect("bound");
+        assert_eq!(
+            Value::Object(bound.values),
+            json!({"count": 12, "ratio": 0.25, "mode": "careful", "tags": ["a"], "when": "42"})
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_or_not_a_choice_is_refused_at_its_path() {
+        let w = typed().expect("valid");
+        let problems = bind_params(
+            &w,
+            &flags(&[("count", "2.5"), ("mode", "reckless"), ("when", "x")]),
+        )
+        .unwrap_err();
+        let said: Vec<(String, String)> = problems
+            .0
+            .iter()
+            .map(|p| (p.path.clone(), p.message.clone()))
+            .collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert_eq!(said[0].0, "params.count");
+        assert!(said[0].1.contains("expected an integer"), "{said:?}");
+        assert_eq!(said[1].0, "params.mode");
+        assert!(
+            said[1]
+                .1
+                .contains("not one of the choices: \"fast\", \"careful\""),
+            "{said:?}"
+        );
+        let problems =
+            bind_params(&w, &file(json!({"count": "3", "tags": {}, "when": "now"}))).unwrap_err();
+        let paths: Vec<&str> = problems.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["params.count", "params.tags"], "{problems:?}");
+        assert!(
+            problems.0[0]
+                .message
+                .contains("expected an integer, found a string")
+        );
+    }
+
+    #[test]
+    fn a_declaration_that_contradicts_itself_is_refused_at_its_field() {
+        let load = |params: &str| {
+            parse_workflow(
+                &format!("version: 1\nname: w\nparams:\n{params}steps:\n  - {{id: a, action: log, with: {{message: hi}}}}\n"),
+                "w.yaml",
+                &Registry::builtin(),
+                &LoadOptions::default(),
+            )
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect::<Vec<_>>()
+        };
+        let said = load("  n: {type: int}\n");
+        assert!(
+            said[0]
+                .starts_with("params.n.type: unknown param type \"int\"; did you mean `integer`?"),
+            "{said:?}"
+        );
+        let said = load("  n: {type: integer, default: \"3\"}\n");
+        assert!(
+            said[0].starts_with(
+                "params.n.default: the default is not the param's type: expected an integer"
+            ),
+            "{said:?}"
+        );
+        let said = load("  n: {type: integer, choices: [1, two]}\n");
+        assert!(
+            said[0].starts_with("params.n.choices[1]: a choice must be of the param's type"),
+            "{said:?}"
+        );
+        let said = load("  n: {choices: [a, b], default: c}\n");
+        assert!(
+            said[0].starts_with("params.n.default: the default \"c\" is not one of the choices"),
+            "{said:?}"
+        );
+        let said = load("  n: {secret: true, choices: [a, b]}\n");
+        assert!(
+            said[0].starts_with("params.n.choices: a secret param cannot list choices"),
+            "{said:?}"
+        );
+        let said = load("  n: {choices: []}\n");
+        assert!(
+            said[0].starts_with("params.n.choices: an empty list of choices"),
+            "{said:?}"
         );
     }
 }

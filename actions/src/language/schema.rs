@@ -140,6 +140,23 @@ struct ParamSpec {
     /// Masked as *** in every log line, report and error.
     secret: Option<bool>,
     description: Option<String>,
+    /// The JSON type of its values; without it, the default's type.
+    #[serde(rename = "type")]
+    value_type: Option<ParamTypeName>,
+    /// The only values it takes (not for a secret).
+    choices: Option<Vec<Value>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ParamTypeName {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Object,
+    Array,
 }
 
 #[derive(JsonSchema)]

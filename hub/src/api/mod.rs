@@ -13,7 +13,7 @@ mod credentials;
 pub(crate) mod error;
 mod fleet_actions;
 mod notifications;
-mod params;
+pub(crate) mod params;
 pub(crate) mod query;
 mod quota;
 mod robot;
@@ -25,7 +25,7 @@ pub(crate) mod sessions;
 pub(crate) mod token;
 mod triggers;
 mod waits;
-mod workflows;
+pub(crate) mod workflows;
 mod wrapped_token;
 
 use std::sync::Arc;

@@ -153,19 +153,23 @@ fn find_templates(path: &str, value: &Value, problems: &mut Problems) {
     }
 }
 
+/// The declaration a stored param came from.
+pub fn spec_of(stored: &StoredParam) -> ParamSpec {
+    ParamSpec {
+        name: stored.name.clone(),
+        default: stored.default.clone(),
+        secret: stored.secret,
+        description: stored.description.clone(),
+        declared_type: stored.declared_type,
+        choices: stored.choices.clone(),
+    }
+}
+
 fn params_only(name: &str, specs: &[StoredParam]) -> Workflow {
     Workflow {
         name: name.into(),
         description: None,
-        params: specs
-            .iter()
-            .map(|s| ParamSpec {
-                name: s.name.clone(),
-                default: s.default.clone(),
-                secret: s.secret,
-                description: None,
-            })
-            .collect(),
+        params: specs.iter().map(spec_of).collect(),
         // Undeclared names are checked above and not given to it.
         accept_undeclared_params: false,
         single_process_mode: false,
@@ -195,16 +199,19 @@ mod tests {
                 name: "who".into(),
                 default: Some(json!("world")),
                 secret: false,
+                ..Default::default()
             },
             StoredParam {
                 name: "count".into(),
                 default: Some(json!(3)),
                 secret: false,
+                ..Default::default()
             },
             StoredParam {
                 name: "token".into(),
                 default: None,
                 secret: true,
+                ..Default::default()
             },
         ]
     }
@@ -258,6 +265,7 @@ mod tests {
             name: "list".into(),
             default: Some(json!([])),
             secret: false,
+            ..Default::default()
         }];
         let problems = check(
             "w",

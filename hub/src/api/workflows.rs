@@ -322,6 +322,9 @@ fn param_specs(workflow: &Workflow) -> Vec<StoredParam> {
             name: p.name.clone(),
             default: p.default.clone(),
             secret: p.secret,
+            declared_type: p.declared_type,
+            choices: p.choices.clone(),
+            description: p.description.clone(),
         })
         .collect()
 }
@@ -362,7 +365,7 @@ fn invalid_workflow(problems: Problems) -> ApiError {
 /// loader asks its library by name, and the database is not at hand in
 /// the blocking task: each pass records the names it could not find, they
 /// are read, and it goes again, one level of calls deeper a pass.
-async fn check_with_calls(
+pub(crate) async fn check_with_calls(
     hub: &Arc<Hub>,
     fleet: Arc<robots::FleetCatalog>,
     source: String,

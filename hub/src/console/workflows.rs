@@ -16,8 +16,14 @@ use tasuki_protocol::Scope;
 use super::auth::{CSRF_FIELD, Operator};
 use super::layout::{self, PageError};
 use super::session::{Fields, field};
+use tasuki_actions::language::params::ParamType;
+use tasuki_actions::{Problem, Problems};
+
 use crate::api::Hub;
+use crate::api::params::spec_of;
 use crate::api::sessions::{checked_session, queue as queue_session};
+use crate::api::workflows::check_with_calls;
+use crate::db::robots;
 use crate::db::workflows::{self, StoredParam};
 
 const LIST_LIMIT: i64 = 1_000;
@@ -58,25 +64,6 @@ pub async fn list(State(hub): State<Arc<Hub>>, op: Operator) -> Result<Markup, P
     Ok(layout::page(&op, "Workflows", "workflows", body))
 }
 
-/// How a param's field is shown and read: by the type of its default (the
-/// workflow language declares no other type).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Number,
-    Bool,
-    Json,
-}
-
-fn kind_of(p: &StoredParam) -> Kind {
-    match &p.default {
-        Some(Value::Number(_)) => Kind::Number,
-        Some(Value::Bool(_)) => Kind::Bool,
-        Some(Value::Array(_)) | Some(Value::Object(_)) => Kind::Json,
-        _ => Kind::Text,
-    }
-}
-
 fn parse_id(id: &str) -> Result<i64, PageError> {
     layout::page_id(id, "workflow")
 }
@@ -99,6 +86,19 @@ pub async fn page(
     let Some((source, params)) = found else {
         return Err(PageError::not_found(format!("there is no workflow {id}")));
     };
+    // Checked again as a robot of today's fleet would load it: a called
+    // workflow may have changed, or the robots offering an action gone.
+    let fleet = Arc::new(hub.db.call(robots::fleet_catalog).await?);
+    let origin = if source.format == "json" {
+        "workflow.json"
+    } else {
+        "workflow.yaml"
+    };
+    let (problems, warnings) =
+        match check_with_calls(&hub, fleet, source.text.clone(), origin).await? {
+            Ok((workflow, _)) => (Problems::default(), workflow.warnings),
+            Err(problems) => (problems, Problems::default()),
+        };
     let body = html! {
         h1 { "Workflow " span class="sub" { (source.name) } }
         @if !source.description.is_empty() { p { (source.description) } }
@@ -111,6 +111,18 @@ pub async fn page(
                 @for p in &params.params { (param_field(p)) }
                 button type="submit" id="queue" { "Queue session" }
                 @if !op.may(Scope::SessionQueueWrite) { span class="note" { " (your key lacks session_queue.write)" } }
+            }
+        }
+        @if !problems.is_empty() {
+            section aria-labelledby="problems-h" class="problems" id="problems" {
+                h2 id="problems-h" { "Problems " span class="sub" { "(a robot would refuse it today)" } }
+                ul { @for p in problems.iter() { li { (problem_text(p)) } } }
+            }
+        }
+        @if !warnings.is_empty() {
+            section aria-labelledby="warnings-h" id="warnings" {
+                h2 id="warnings-h" { "Warnings" }
+                ul { @for p in warnings.iter() { li { (problem_text(p)) } } }
             }
         }
         section aria-labelledby="source-h" {
@@ -126,42 +138,74 @@ pub async fn page(
     ))
 }
 
-fn param_field(p: &StoredParam) -> Markup {
+/// Where a problem is, then what it is.
+fn problem_text(p: &Problem) -> Markup {
+    html! {
+        @if let Some(line) = p.line { "line " (line) ": " }
+        @if !p.path.is_empty() { code { (p.path) } ": " }
+        (p.message)
+    }
+}
+
+/// A param's field, by its type: a list of its choices, true/false, a
+/// number, JSON for an object or a list, else text. A secret's is a
+/// password field never filled in, not even with the workflow's default.
+fn param_field(stored: &StoredParam) -> Markup {
+    let p = spec_of(stored);
     let name = format!("param.{}", p.name);
     let field_id = format!("param-{}", p.name);
+    let help_id = format!("param-{}-help", p.name);
     let required = p.default.is_none();
+    let default_text = match &p.default {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
     html! {
         div class="field" {
             label for=(field_id) {
                 code { (p.name) }
+                @if let Some(ty) = p.value_type() { " " span class="type" { (ty.as_str()) } }
                 @if p.secret { " (secret)" }
                 @if required { " (required)" }
             }
+            @if let Some(text) = &p.description { p class="help" id=(help_id) { (text) } }
+            @let described = p.description.as_ref().map(|_| help_id.as_str());
             @if p.secret {
-                // Never filled in, not even with the workflow's default.
                 input type="password" id=(field_id) name=(name) autocomplete="off" required[required]
+                    aria-describedby=[described]
                     placeholder=[p.default.is_some().then_some("empty: the workflow's default")];
+            } @else if !p.choices.is_empty() {
+                select id=(field_id) name=(name) required[required] aria-describedby=[described] {
+                    @if required { option value="" { "choose one" } }
+                    @for c in &p.choices {
+                        @let text = match c { Value::String(s) => s.clone(), other => other.to_string() };
+                        option value=(text) selected[Some(c) == p.default.as_ref()] { (text) }
+                    }
+                }
             } @else {
-                @match kind_of(p) {
-                    Kind::Bool => {
+                @match p.value_type() {
+                    Some(ParamType::Boolean) => {
                         @let on = p.default == Some(Value::Bool(true));
-                        select id=(field_id) name=(name) {
+                        select id=(field_id) name=(name) aria-describedby=[described] {
+                            @if required { option value="" { "choose one" } }
                             option value="true" selected[on] { "true" }
-                            option value="false" selected[!on] { "false" }
+                            option value="false" selected[!on && !required] { "false" }
                         }
                     }
-                    Kind::Number => {
-                        input type="number" step="any" id=(field_id) name=(name)
-                            value=(p.default.as_ref().map(Value::to_string).unwrap_or_default());
+                    Some(ty @ (ParamType::Number | ParamType::Integer)) => {
+                        input type="number" step=(if ty == ParamType::Integer { "1" } else { "any" })
+                            id=(field_id) name=(name) required[required] aria-describedby=[described]
+                            value=(default_text);
                     }
-                    Kind::Json => {
-                        textarea id=(field_id) name=(name) rows="3" {
-                            (p.default.as_ref().map(Value::to_string).unwrap_or_default())
+                    Some(ParamType::Object | ParamType::Array) => {
+                        textarea id=(field_id) name=(name) rows="3" required[required] aria-describedby=[described] {
+                            (default_text)
                         }
                     }
-                    Kind::Text => {
+                    Some(ParamType::String) | None => {
                         input type="text" id=(field_id) name=(name) required[required]
-                            value=(match &p.default { Some(Value::String(s)) => s.clone(), Some(other) => other.to_string(), None => String::new() });
+                            aria-describedby=[described] value=(default_text);
                     }
                 }
             }
@@ -203,30 +247,18 @@ pub async fn queue(
     Ok(Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response())
 }
 
-/// A field's text as the param's value. The error never repeats a secret.
-fn read_value(p: &StoredParam, text: &str) -> Result<Value, PageError> {
+/// A field's text as the param's value, read as its type. The error
+/// never repeats a secret.
+fn read_value(stored: &StoredParam, text: &str) -> Result<Value, PageError> {
+    let p = spec_of(stored);
     if p.secret {
         return Ok(Value::String(text.to_string()));
     }
-    let bad = |what: &str| {
+    p.read_text(text).map_err(|e| {
         PageError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Params refused",
-            format!("the param `{}` must be {what}", p.name),
+            format!("the param `{}`: {e}", p.name),
         )
-    };
-    match kind_of(p) {
-        Kind::Text => Ok(Value::String(text.to_string())),
-        Kind::Bool => match text {
-            "true" => Ok(Value::Bool(true)),
-            "false" => Ok(Value::Bool(false)),
-            _ => Err(bad("true or false")),
-        },
-        Kind::Number => text
-            .trim()
-            .parse::<serde_json::Number>()
-            .map(Value::Number)
-            .map_err(|_| bad("a number")),
-        Kind::Json => serde_json::from_str(text).map_err(|_| bad("JSON (as its default is)")),
-    }
+    })
 }

@@ -3,6 +3,7 @@
 use super::sql::{Conn, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tasuki_actions::language::params::ParamType;
 use tasuki_protocol::robot::CalledWorkflow;
 use tasuki_protocol::{Concurrency, WorkflowItem};
 
@@ -12,13 +13,20 @@ use super::{DbError, parse_json};
 
 /// What the hub keeps of a declared param, to check the params of a
 /// session without parsing the workflow again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoredParam {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
     #[serde(default)]
     pub secret: bool,
+    /// `type:`, as declared (the default's type is found from the default).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub declared_type: Option<ParamType>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 pub struct NewWorkflow {
