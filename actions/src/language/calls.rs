@@ -369,7 +369,18 @@ fn check_params(step: &Step, called: &Workflow, problems: &mut Problems) {
         Some(Value::Object(map)) => map.clone(),
         _ => Default::default(),
     };
-    for name in given.keys() {
+    for (name, value) in &given {
+        // A value written out (no template in it) is checked now, as the
+        // run would check it.
+        if let Some(spec) = called.param(name)
+            && !value.to_string().contains("${")
+            && let Err(e) = spec.check_value(value)
+        {
+            problems.add(
+                join(&join(&with, "params"), name),
+                format!("`{}` does not take this value for `{name}`: {e}", called.name),
+            );
+        }
         if !called.accept_undeclared_params && !called.params.iter().any(|p| &p.name == name) {
             let declared: Vec<&str> = called.params.iter().map(|p| p.name.as_str()).collect();
             problems.add(
