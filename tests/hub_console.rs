@@ -1184,9 +1184,11 @@ async fn a_hub_that_lost_its_database_says_so_on_every_page() {
 
 /// A key without `session_queue.delete` sees the Cancel button with a note
 /// saying which scope it lacks; pressing it in the browser shows the
-/// refusal, and the session is not cancelled.
+/// refusal. A key with the scope whose form lost its CSRF token is refused
+/// too, and the browser holds the session cookie HttpOnly, SameSite=Strict,
+/// for 30 minutes. The session is not cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_without_the_scope_is_refused_in_the_browser() {
+async fn a_key_without_the_scope_or_the_csrf_token_is_refused_in_the_browser() {
     require_browser();
     let scratch = Scratch::new();
     let full = create_key(&scratch, ALL_SCOPES);
@@ -1257,6 +1259,70 @@ steps:
         key_id = reader.id
     );
     drive(&work, &shots, "keyboard", &keys, &reader);
+
+    // A key with the scope, in the same browser's view: the cookie as
+    // the browser holds it, out of reach of the page's script, and the
+    // Cancel form sent without its CSRF field is refused.
+    let forged = drive(
+        &work,
+        &shots,
+        "forged",
+        &signed_in_at(
+            &hub.url,
+            &full,
+            &format!("/ui/sessions/{queued}"),
+            r##"  - id: cookie
+    action: browser.get_cookies
+    with: {name: tasuki_console}
+  - id: script_sees
+    action: browser.execute_script
+    with: {script: "return document.cookie;"}
+  - id: strip
+    action: browser.execute_script
+    with: {script: "var f = document.querySelector('#cancel').form; var t = f.querySelector('input[name=csrf]'); t.remove(); return f.querySelectorAll('input[name=csrf]').length;"}
+  - id: cancel
+    action: browser.click
+    with: {selector: "#cancel"}
+  - id: refused
+    action: browser.wait_for
+    with: {selector: "#problem", text: "CSRF"}
+  - id: refused_shot
+    action: browser.screenshot
+    with: {path: csrf-refused.png}
+"##,
+        ),
+        &full,
+    );
+    let cookies = &out(&forged, "cookie")["cookies"];
+    assert_eq!(out(&forged, "cookie")["count"], 1, "{cookies}");
+    let cookie = &cookies[0];
+    assert_eq!(cookie["http_only"], true, "{cookie}");
+    assert_eq!(cookie["same_site"], "Strict", "{cookie}");
+    assert_eq!(cookie["path"], "/ui", "{cookie}");
+    assert_eq!(cookie["secure"], false, "a plain-HTTP hub: {cookie}");
+    let expiry = cookie["expiry"]
+        .as_i64()
+        .expect("an expiry: not a browser-session cookie");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    assert!(
+        (now + 1700..=now + 1810).contains(&expiry),
+        "30 minutes ahead: {expiry} vs now {now}"
+    );
+    let seen = out(&forged, "script_sees")["result"]
+        .as_str()
+        .expect("document.cookie is a string");
+    assert!(
+        !seen.contains("tasuki_console"),
+        "the page's script reads the session cookie: {seen}"
+    );
+    assert_eq!(
+        out(&forged, "strip")["result"],
+        0,
+        "the CSRF field was not removed"
+    );
 
     let note = out(&r, "note")["text"].as_str().unwrap_or("");
     assert!(

@@ -378,7 +378,10 @@ fn check_params(step: &Step, called: &Workflow, problems: &mut Problems) {
         {
             problems.add(
                 join(&join(&with, "params"), name),
-                format!("`{}` does not take this value for `{name}`: {e}", called.name),
+                format!(
+                    "`{}` does not take this value for `{name}`: {e}",
+                    called.name
+                ),
             );
         }
         if !called.accept_undeclared_params && !called.params.iter().any(|p| &p.name == name) {

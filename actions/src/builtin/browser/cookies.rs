@@ -58,6 +58,13 @@ fn cookie_json(c: &Cookie) -> Value {
         "path": c.path,
         "secure": c.secure.unwrap_or(false),
         "http_only": c.http_only.unwrap_or(false),
+        // `null` when the site set none (the browser's default applies).
+        "same_site": c.same_site.as_ref().and_then(|s| match s {
+            SameSite::Strict => Some("Strict"),
+            SameSite::Lax => Some("Lax"),
+            SameSite::None => Some("None"),
+            SameSite::Default => None,
+        }),
         "expiry": c.expiry,
     })
 }
