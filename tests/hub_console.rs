@@ -1,8 +1,9 @@
 //! The web console at `/ui`, end to end: a real hub and a real agent, the
 //! console driven in headless Chromium by `tasuki run` workflows (the
 //! project's own WebDriver code), and its cookie, CSRF and scope checks
-//! read with a plain HTTP client. Screenshots of each page are kept in
-//! the test's scratch folder (`console-screens/`).
+//! read with a plain HTTP client. Screenshots of each page are kept as
+//! test artifacts in `target/test-artifacts/console-screens/` (or
+//! `$TASUKI_CONSOLE_SCREENS`).
 
 #[path = "fleet_support.rs"]
 mod fleet_support;
@@ -965,17 +966,31 @@ async fn the_console_in_a_browser_against_a_real_fleet() {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1000, "{} is missing or empty", path.display());
     }
-    if let Some(dir) = std::env::var_os("TASUKI_CONSOLE_SCREENS") {
-        // Kept for a look (and for docs/console.png) past the scratch dir.
-        let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).expect("TASUKI_CONSOLE_SCREENS");
-        for entry in std::fs::read_dir(&shots)
-            .expect("the screenshots")
-            .flatten()
-        {
-            if !entry.path().is_file() {
-                continue;
-            }
+    keep_screens(&shots);
+}
+
+/// Copies a test's screenshots out of its scratch folder, which goes with
+/// the test, to `TASUKI_CONSOLE_SCREENS` or else
+/// `<target>/test-artifacts/console-screens/` (beside `debug/`): the test
+/// artifacts a CI run or a reader looks at, and where docs/console.png
+/// comes from.
+fn keep_screens(shots: &Path) {
+    let dir = std::env::var_os("TASUKI_CONSOLE_SCREENS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let profile = tasuki_bin()
+                .parent()
+                .map(Path::to_path_buf)
+                .expect("the binaries' folder");
+            profile
+                .parent()
+                .unwrap_or(&profile)
+                .join("test-artifacts")
+                .join("console-screens")
+        });
+    std::fs::create_dir_all(&dir).expect("the screenshots' folder");
+    for entry in std::fs::read_dir(shots).expect("the screenshots").flatten() {
+        if entry.path().is_file() {
             std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a screenshot");
         }
     }
@@ -1142,6 +1157,7 @@ async fn a_fast_log_streams_into_a_page_that_keeps_its_last_lines() {
     assert!(page.body.contains(&format!("/ui/sessions/{id}/log.txt")));
     let gone = c.get("/ui/sessions/999999/log.txt").await;
     assert_eq!(gone.status, 404, "{}", gone.body);
+    keep_screens(&shots);
 }
 
 /// A hub whose database is gone answers the console with a page that says
@@ -1333,6 +1349,7 @@ steps:
     let now = api.get(&format!("/v1/session_queues/{queued}")).await;
     assert_eq!(now.body["status"], "queued", "{}", now.body);
     assert!(now.body["cancel_requested_at"].is_null(), "{}", now.body);
+    keep_screens(&shots);
 }
 
 /// A waiting session's page says what it waits for, and a person with the
