@@ -397,9 +397,9 @@ impl WaitOutcome {
 pub struct WaitSpec {
     pub step_id: String,
     pub kind: crate::session::WaitKind,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     pub timeout_ms: u64,
     /// `approve` or `reject`: an approval's answer when nobody decides.

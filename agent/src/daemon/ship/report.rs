@@ -124,3 +124,69 @@ pub(super) fn trimmed(report: &FinishSession) -> FinishSession {
     }
     trimmed
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tasuki_actions::runtime::wait::{OnTimeout, WaitKind, WaitOutcome, WaitRequest};
+    use tasuki_protocol::robot::{Resumption, WaitOutcome as HubOutcome, WaitSpec};
+
+    /// The executor's wait types and the robot protocol's are written
+    /// twice (neither crate may depend on the other) and meet only as
+    /// JSON: every field of each must cross unchanged, both ways.
+    #[test]
+    fn the_executors_wait_types_and_the_protocols_are_the_same_json() {
+        let requests = [
+            WaitRequest {
+                step_id: "sign_off".into(),
+                kind: WaitKind::Approval,
+                message: Some("pay 42?".into()),
+                event: None,
+                timeout_ms: 8 * 3600 * 1000,
+                on_timeout: OnTimeout::Approve,
+                secret: None,
+            },
+            WaitRequest {
+                step_id: "paid".into(),
+                kind: WaitKind::Event,
+                message: None,
+                event: Some("payment-done".into()),
+                timeout_ms: 60_000,
+                on_timeout: OnTimeout::Reject,
+                secret: Some("a-signing-key-of-32-bytes-long!!".into()),
+            },
+        ];
+        for request in requests {
+            let sent = serde_json::to_value(&request).expect("json");
+            let spec: WaitSpec =
+                serde_json::from_value(sent.clone()).expect("the protocol reads it");
+            assert_eq!(serde_json::to_value(&spec).expect("json"), sent);
+            let back: WaitRequest =
+                serde_json::from_value(serde_json::to_value(&spec).expect("json")).expect("back");
+            assert_eq!(back, request);
+        }
+        let at = "2026-12-05T10:00:00Z";
+        for outcome in [
+            json!({"outcome": "approved", "by": "AKID", "at": at, "comment": "ok"}),
+            json!({"outcome": "rejected", "by": "timeout", "at": at}),
+            json!({"outcome": "event", "payload": {"paid": 42}, "at": at}),
+            json!({"outcome": "timed_out", "at": at}),
+            json!({"outcome": "cancelled", "at": at}),
+        ] {
+            let hub: HubOutcome = serde_json::from_value(outcome.clone())
+                .unwrap_or_else(|e| panic!("{outcome}: {e}"));
+            let hub_json = serde_json::to_value(&hub).expect("json");
+            let executor: WaitOutcome = serde_json::from_value(hub_json.clone())
+                .unwrap_or_else(|e| panic!("{hub_json}: {e}"));
+            assert_eq!(serde_json::to_value(&executor).expect("json"), hub_json);
+            assert_eq!(hub_json, outcome);
+            assert_eq!(hub_json["outcome"], hub.name(), "the hub's name for it");
+        }
+        // A resumption as a lease carries it is read by the agent.
+        let _: Resumption = serde_json::from_value(json!({
+            "checkpoint": {},
+            "outcome": {"outcome": "timed_out", "at": at},
+        }))
+        .expect("a resumption");
+    }
+}
