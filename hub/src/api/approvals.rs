@@ -153,12 +153,7 @@ pub async fn deliver_signed(
         // No such wait is refused as a wrong signature is, after the same
         // work, so that sessions cannot be probed.
         let (event, key) = key.unwrap_or_else(|| (String::new(), b"no such wait".to_vec()));
-        let expected = crate::signature::v1(&key, t, &body);
-        let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
-            expected.as_bytes(),
-            signature.as_bytes(),
-        )
-        .is_ok();
+        let matches = crate::signature::matches(&key, t, &body, &signature);
         if !matches || event != name {
             return Err(ApiError::unauthorized(
                 "invalid_signature",

@@ -261,12 +261,7 @@ async fn verify(
         Some((trigger, secret)) => (Some(trigger), secret),
         None => (None, b"no such trigger".to_vec()),
     };
-    let expected = signature::v1(&secret, t, body);
-    let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
-        expected.as_bytes(),
-        signature.as_bytes(),
-    )
-    .is_ok();
+    let matches = signature::matches(&secret, t, body, signature);
     let Some(trigger) = trigger.filter(|_| matches) else {
         return Err(ApiError::unauthorized(
             "invalid_signature",
