@@ -40,6 +40,27 @@ async fn arrival(
     }
 }
 
+/// The time from `sent` to session `id`'s request `n` reaching the
+/// loopback server; the session must then end in success.
+async fn reached(
+    stage: &Stage,
+    id: i64,
+    n: u64,
+    sent: Instant,
+    arrivals: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    seen: &mut HashMap<u64, Instant>,
+) -> Result<Duration> {
+    let arrived = arrival(n, arrivals, seen).await?;
+    let status = stage
+        .api
+        .finished(id, Duration::from_millis(5), Duration::from_secs(30))
+        .await?;
+    if status != "success" {
+        bail!("session {id} ended {status}");
+    }
+    Ok(arrived.saturating_duration_since(sent))
+}
+
 pub async fn run(bins: &crate::procs::Bins, opts: &Opts) -> Result<String> {
     let stage = Stage::new(bins, "resume", opts.keep)?;
     let agent = stage.agent("resume-1", 1).await?;
@@ -61,16 +82,9 @@ pub async fn run(bins: &crate::procs::Bins, opts: &Opts) -> Result<String> {
             .api
             .queue(fresh_wf, json!({"url": format!("{server}/hit?s={n}")}))
             .await?;
-        let arrived = arrival(n, &mut arrivals, &mut seen).await?;
-        let status = stage
-            .api
-            .finished(id, Duration::from_millis(5), Duration::from_secs(30))
-            .await?;
-        if status != "success" {
-            bail!("fresh session {id} ended {status}");
-        }
+        let took = reached(&stage, id, n, sent, &mut arrivals, &mut seen).await?;
         if i as usize >= warmup {
-            pickup.push(arrived.saturating_duration_since(sent));
+            pickup.push(took);
         }
         tokio::time::sleep(settle).await;
 
@@ -97,16 +111,9 @@ pub async fn run(bins: &crate::procs::Bins, opts: &Opts) -> Result<String> {
                 &json!({"decision": "approve"}),
             )
             .await?;
-        let arrived = arrival(n, &mut arrivals, &mut seen).await?;
-        let status = stage
-            .api
-            .finished(id, Duration::from_millis(5), Duration::from_secs(30))
-            .await?;
-        if status != "success" {
-            bail!("resumed session {id} ended {status}");
-        }
+        let took = reached(&stage, id, n, sent, &mut arrivals, &mut seen).await?;
         if i as usize >= warmup {
-            resume.push(arrived.saturating_duration_since(sent));
+            resume.push(took);
         }
         tokio::time::sleep(settle).await;
     }
