@@ -86,7 +86,12 @@ impl Setup {
 
     /// A queued session of a fresh workflow.
     async fn queued_session(&self) -> i64 {
-        let wf = workflow(&self.api, YAML, &[]).await;
+        self.queued_of(YAML).await
+    }
+
+    /// A queued session of a fresh workflow of this text.
+    async fn queued_of(&self, yaml: &str) -> i64 {
+        let wf = workflow(&self.api, yaml, &[]).await;
         queue(&self.api, wf, json!({})).await
     }
 
@@ -801,7 +806,20 @@ async fn a_nul_in_a_log_line_is_kept_as_a_replacement_character_on_either_databa
     assert_eq!(logs["logs"][1]["message"], "next", "{logs}");
 }
 
-/// A robot's report that its session stopped at an approval step.
+/// A workflow that stops at an approval step, `work`.
+const PAUSING_YAML: &str = "version: 1
+name: pausing
+steps:
+  - id: work
+    action: approval
+    with: {message: go?, timeout: 1h}
+  - id: after
+    action: shell.run
+    with: {argv: [\"true\"]}
+";
+
+/// A robot's report that its session stopped at `PAUSING_YAML`'s approval
+/// step.
 fn suspend_report(key: &str) -> Value {
     json!({"idempotency_key": key, "status": "waiting", "ended_at": "2026-01-01T00:00:00Z",
            "steps": [{"id": "work", "status": "running"}],
@@ -819,7 +837,7 @@ fn suspend_report(key: &str) -> Value {
 async fn a_suspend_sent_again_is_answered_alike_and_a_cancel_before_it_is_kept() {
     let s = setup();
     s.register("pauser").await;
-    let id = s.queued_session().await;
+    let id = s.queued_of(PAUSING_YAML).await;
     let (_, lease) = only_lease(&s.poll("pauser", "p1", 1, &[]).await);
     let finish = format!("/v1/robot/sessions/{id}/finish");
     let first = s.with_lease(&finish, &lease, suspend_report("k1")).await;
@@ -833,7 +851,7 @@ async fn a_suspend_sent_again_is_answered_alike_and_a_cancel_before_it_is_kept()
     assert_refused(&other, 409, "lease_lost");
 
     // Cancel asked while the robot still runs it, then the robot suspends.
-    let id = s.queued_session().await;
+    let id = s.queued_of(PAUSING_YAML).await;
     let answer = s.poll("pauser", "p2", 1, &[]).await;
     let (got, lease) = only_lease(&answer);
     assert_eq!(got, id);
@@ -886,4 +904,100 @@ async fn a_suspend_sent_again_is_answered_alike_and_a_cancel_before_it_is_kept()
         }
     };
     assert_eq!(left.trim(), "0", "the ended session's checkpoint is purged");
+}
+
+/// What a robot says a session waits for must be a waiting step of its
+/// workflow as written: a step that does not wait, another kind, another
+/// event, another timeout or `on_timeout`, a signing key the step does not
+/// give, are each refused at their field, and the session stays the
+/// robot's, running. The report as written is then taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
+    let s = setup();
+    s.register("pauser").await;
+    let id = s.queued_of(PAUSING_YAML).await;
+    let (_, lease) = only_lease(&s.poll("pauser", "p1", 1, &[]).await);
+    let finish = format!("/v1/robot/sessions/{id}/finish");
+    let good = suspend_report("k-good");
+    let approval = &good["suspend"]["wait"];
+    let forged = |key: &str, wait: Value| {
+        let mut report = suspend_report(key);
+        report["suspend"]["wait"] = wait;
+        report
+    };
+    let with = |changes: Value| {
+        let mut wait = approval.clone();
+        for (k, v) in changes.as_object().expect("changes") {
+            wait[k] = v.clone();
+        }
+        wait
+    };
+    for (n, (wait, field)) in [
+        (with(json!({"step_id": "after"})), "suspend.wait.step_id"),
+        (with(json!({"step_id": "nowhere"})), "suspend.wait.step_id"),
+        (
+            with(json!({"kind": "event", "event": "paid", "message": null})),
+            "suspend.wait.kind",
+        ),
+        (
+            with(json!({"timeout_ms": 2_592_000_000u64})),
+            "suspend.wait.timeout_ms",
+        ),
+        (
+            with(json!({"on_timeout": "approve"})),
+            "suspend.wait.on_timeout",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s
+            .with_lease(&finish, &lease, forged(&format!("k-bad-{n}"), wait.clone()))
+            .await;
+        assert_eq!(r.status.as_u16(), 422, "{wait}: {}", r.body);
+        assert!(
+            r.message().contains(field) || r.body.to_string().contains(field),
+            "{wait}: expected {field}: {}",
+            r.body
+        );
+        assert_eq!(s.session(id).await["status"], "running", "{wait}");
+    }
+    let r = s.with_lease(&finish, &lease, good).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["status"], "waiting", "{}", r.body);
+
+    // An event step without a signing key: a robot cannot add one (and
+    // so open a callback signed with a key of its choosing).
+    let id = s
+        .queued_of(
+            "version: 1\nname: evented\nsteps:\n  - id: paid\n    action: wait_event\n    with: {event: payment-done, timeout: 2h}\n",
+        )
+        .await;
+    let (_, lease) = only_lease(&s.poll("pauser", "p2", 1, &[]).await);
+    let finish = format!("/v1/robot/sessions/{id}/finish");
+    let event = json!({"step_id": "paid", "kind": "event", "event": "payment-done",
+                       "timeout_ms": 7_200_000, "on_timeout": "reject"});
+    let mut keyed = event.clone();
+    keyed["secret"] = json!("a-key-the-robot-chose-itself");
+    let mut other_event = event.clone();
+    other_event["event"] = json!("refund-done");
+    for (n, (wait, field)) in [
+        (keyed, "suspend.wait.secret"),
+        (other_event, "suspend.wait.event"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s
+            .with_lease(&finish, &lease, forged(&format!("k-ev-{n}"), wait.clone()))
+            .await;
+        assert_eq!(r.status.as_u16(), 422, "{wait}: {}", r.body);
+        assert!(r.body.to_string().contains(field), "{wait}: {}", r.body);
+    }
+    let r = s
+        .with_lease(&finish, &lease, forged("k-ev-ok", event))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["status"], "waiting", "{}", r.body);
+    assert!(r.body["wait"]["callback"].is_null(), "{}", r.body);
 }

@@ -43,6 +43,17 @@ steps:
     with: {argv: [\"false\"]}
 ";
 
+const PAUSING_YAML: &str = "version: 1
+name: pausing
+steps:
+  - id: first
+    action: shell.run
+    with: {argv: [\"true\"]}
+  - id: second
+    action: approval
+    with: {message: go?, timeout: 1h}
+";
+
 /// The secret param of the session left queued, which only the robot that
 /// runs it may see in clear.
 const QUEUED_SECRET: &str = "TOKEN-left-queued-3c9e";
@@ -302,6 +313,7 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
 
     let secretive = workflow(&api, SECRET_YAML, &[]).await;
     let plain = workflow(&api, PLAIN_YAML, &[]).await;
+    let pausing = workflow(&api, PAUSING_YAML, &[]).await;
     robot.register("r1", 2).await;
     let deleted_robot = robot.register("r2", 1).await;
 
@@ -365,7 +377,7 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
         .await;
 
     // One suspended at a waiting step: its sealed checkpoint must cross.
-    let suspended = queue(&api, plain, json!({})).await;
+    let suspended = queue(&api, pausing, json!({})).await;
     let (leased, lease, _) = robot.lease("r1", "third").await;
     assert_eq!(leased, suspended);
     robot
@@ -486,7 +498,10 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
 
     // New rows get ids past the copied ones, and past the deleted robot's.
     let new_workflow = workflow(&api, PLAIN_YAML, &[]).await;
-    assert!(new_workflow > secretive.max(plain), "{new_workflow}");
+    assert!(
+        new_workflow > secretive.max(plain).max(pausing),
+        "{new_workflow}"
+    );
     let new_session = queue(&api, new_workflow, json!({})).await;
     assert!(
         new_session > *sessions.iter().max().expect("sessions"),

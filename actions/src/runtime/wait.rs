@@ -200,6 +200,29 @@ pub struct Resume {
 /// Reads a waiting step's `with`: the one reading of it, for validation
 /// (where `message` may still hold templates) and for the run (rendered).
 /// Problems come as (field under `with`, message).
+/// The waits a workflow's text declares: each waiting step of its top
+/// level, as its request starts before the run renders it (a signing key's
+/// template, not its value; the message unrendered). A hub checks against
+/// these what a robot says a session waits for. Text that does not parse
+/// declares none (a hub stored it validated).
+pub fn declared_waits(text: &str, origin: &str) -> Vec<WaitRequest> {
+    use crate::language::{model, source};
+    let Ok(located) = source::parse(text, source::Format::from_file_name(origin)) else {
+        return Vec::new();
+    };
+    let (Some(workflow), _) = model::lower(&located.value) else {
+        return Vec::new();
+    };
+    workflow
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let kind = model::wait_kind(&step.action)?;
+            parse(&step.id, kind, &step.with).ok()
+        })
+        .collect()
+}
+
 pub fn parse(
     step_id: &str,
     kind: WaitKind,

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use tasuki_protocol::robot::{
     MAX_ARTIFACT_BYTES, MAX_CHECKPOINT_BYTES, MAX_LOG_BATCH, MAX_LOG_MESSAGE_BYTES,
-    MAX_OUTPUTS_BYTES, MAX_WAIT_MS, Suspension, check_artifact_name,
+    MAX_OUTPUTS_BYTES, MAX_WAIT_MS, OnTimeout, Suspension, WaitSpec, check_artifact_name,
 };
 use tasuki_protocol::session::WaitKind;
 use tasuki_protocol::{
@@ -27,7 +27,10 @@ use super::super::query::{NoQuery, path_id};
 use super::{lease_header, lease_lost};
 use crate::db::artifacts::{self, Artifact};
 use crate::db::leases::{self, Finished, LeaseCheck, Withdrawn};
-use crate::db::{now_ms, robots, sessions};
+use crate::db::{now_ms, robots, sessions, workflows};
+use tasuki_actions::runtime::wait::{
+    OnTimeout as DeclaredOnTimeout, WaitKind as DeclaredKind, declared_waits,
+};
 
 const MAX_STEPS: usize = 100_000;
 
@@ -369,6 +372,9 @@ pub async fn finish(
     let LeaseCheck::Held { robot_id, .. } = held(&hub, &caller, id, &lease).await? else {
         return Err(ApiError::internal());
     };
+    if let Some(suspension) = &report.suspend {
+        check_declared_wait(&hub, id, &suspension.wait).await?;
+    }
     let status = report.status;
     let hub2 = hub.clone();
     let (outcome, session) = hub
@@ -507,6 +513,80 @@ fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
             "suspend.checkpoint",
             format!("an object of at most {MAX_CHECKPOINT_BYTES} bytes as JSON (this is {size})"),
         ));
+    }
+    Ok(())
+}
+
+/// What a robot says the session waits for must be a waiting step of the
+/// session's workflow, as written there: its step at the top level, its
+/// kind, event, timeout and `on_timeout`, and a signing key only when the
+/// step gives one. A robot key can then neither invent a wait nor choose
+/// the key a callback is signed with for a step that takes none. (The
+/// message and the key's value are rendered on the robot, so only their
+/// presence and size are checked.)
+async fn check_declared_wait(hub: &Hub, id: i64, wait: &WaitSpec) -> Result<(), ApiError> {
+    let source = hub
+        .db
+        .call(move |conn| {
+            let Some(session) = sessions::get(conn, id)? else {
+                return Ok(None);
+            };
+            workflows::source_of(conn, session.workflow.id)
+        })
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    let origin = if source.format == "json" {
+        "workflow.json"
+    } else {
+        "workflow.yaml"
+    };
+    let declared = tokio::task::spawn_blocking(move || declared_waits(&source.text, origin))
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let Some(step) = declared.iter().find(|d| d.step_id == wait.step_id) else {
+        return Err(ApiError::invalid_field(
+            "suspend.wait.step_id",
+            format!(
+                "the session's workflow has no waiting step `{}` at its top level",
+                wait.step_id
+            ),
+        ));
+    };
+    let kind = match step.kind {
+        DeclaredKind::Approval => WaitKind::Approval,
+        DeclaredKind::Event => WaitKind::Event,
+    };
+    let unlike = |field: &str, what: &str| {
+        Err(ApiError::invalid_field(
+            &format!("suspend.wait.{field}"),
+            format!("the workflow's step `{}` {what}", step.step_id),
+        ))
+    };
+    if wait.kind != kind {
+        return unlike("kind", "is another kind of wait");
+    }
+    if wait.event != step.event {
+        return unlike("event", "waits for another event");
+    }
+    if wait.timeout_ms != step.timeout_ms {
+        return unlike("timeout_ms", &format!("waits {} ms", step.timeout_ms));
+    }
+    let on_timeout = match step.on_timeout {
+        DeclaredOnTimeout::Approve => OnTimeout::Approve,
+        DeclaredOnTimeout::Reject => OnTimeout::Reject,
+    };
+    if kind == WaitKind::Approval && wait.on_timeout != on_timeout {
+        return unlike("on_timeout", "decides otherwise when nobody does");
+    }
+    if wait.secret.is_some() != step.secret.is_some() {
+        return unlike(
+            "secret",
+            if step.secret.is_some() {
+                "gives a signing key"
+            } else {
+                "gives no signing key"
+            },
+        );
     }
     Ok(())
 }
