@@ -7,7 +7,9 @@
 
 mod support;
 
-use support::{Scratch, run_json};
+use std::time::{Duration, Instant};
+
+use support::{Scratch, alive, eventually, read_pid, run_json, signal, spawn_run, wait_with_limit};
 
 const INVOICE: &str = r#"version: 1
 name: make-invoice
@@ -249,4 +251,48 @@ steps:
         r.report
     );
     assert!(r.stderr.contains("slow failed: timeout"), "{}", r.stderr);
+}
+
+/// A called workflow that ran out of its own time runs its `on_error`;
+/// cancelling the session then reaches that handler too: its process
+/// ends at once rather than running out the handler's 300 s bound.
+#[test]
+fn a_cancel_reaches_a_called_workflows_error_handler_after_its_timeout() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "slowpart.yaml",
+        r#"version: 1
+name: slowpart
+timeout: 1s
+steps:
+  - id: stall
+    action: shell.run
+    with: {argv: [sleep, "30"]}
+on_error:
+  - id: mop
+    action: shell.run
+    with: {shell: sh, script: "echo $$ > handler.pid; exec sleep 300"}
+"#,
+    );
+    let child = spawn_run(
+        &scratch,
+        "version: 1\nname: caller\nsteps:\n  - id: part\n    action: call\n    with: {workflow: slowpart}\n",
+        &[],
+    );
+    let handler = read_pid(&scratch, "handler.pid");
+    assert!(alive(handler));
+    let cancelled_at = Instant::now();
+    signal(child.id(), "INT");
+    let r = wait_with_limit(child, Duration::from_secs(20));
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(5),
+        "the cancel took {:?} to end the session",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert_eq!(r.report["status"], "cancelled", "{}", r.report);
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(handler)),
+        "the handler's process {handler} survived the cancel"
+    );
 }

@@ -1213,7 +1213,7 @@ impl<'e> Session<'e> {
             called: called.called.clone(),
         };
         let timer = called.timeout.map(|t| limit.start(t, child.cancel.clone()));
-        let outcome = child.run_called(&called).await;
+        let outcome = child.run_called(&called, &self.cancel).await;
         if let Some(timer) = timer {
             timer.abort();
         }
@@ -1230,7 +1230,13 @@ impl<'e> Session<'e> {
 
     /// A called workflow's steps, `on_error` after a failure, its
     /// `outputs` after success, and its `finally` whatever the end.
-    fn run_called<'a>(&'a mut self, called: &'a Workflow) -> BoxFuture<'a, Result<Value, Failure>> {
+    /// `caller` is the calling steps' token: a cancel of theirs reaches
+    /// the handler too.
+    fn run_called<'a>(
+        &'a mut self,
+        called: &'a Workflow,
+        caller: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Value, Failure>> {
         Box::pin(async move {
             let outcome = self.run_steps(&called.steps).await;
             let outcome = match outcome {
@@ -1240,8 +1246,10 @@ impl<'e> Session<'e> {
                 {
                     self.error_binding = Some(error_value(&f));
                     // A token of its own after a timeout (which cancelled
-                    // this one), bounded like the session's handler.
-                    let outer = std::mem::replace(&mut self.cancel, CancellationToken::new());
+                    // this one), under the caller's so that a cancel of the
+                    // session still reaches it, and bounded like the
+                    // session's handler.
+                    let outer = std::mem::replace(&mut self.cancel, caller.child_token());
                     let handler =
                         tokio::time::timeout(ON_ERROR_LIMIT, self.run_steps(&called.on_error));
                     let handled = handler.await.unwrap_or_else(|_| {
