@@ -1279,6 +1279,13 @@ steps:
     // A key with the scope, in the same browser's view: the cookie as
     // the browser holds it, out of reach of the page's script, and the
     // Cancel form sent without its CSRF field is refused.
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs() as i64
+    };
+    let before = unix_now();
     let forged = drive(
         &work,
         &shots,
@@ -1319,13 +1326,10 @@ steps:
     let expiry = cookie["expiry"]
         .as_i64()
         .expect("an expiry: not a browser-session cookie");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("time")
-        .as_secs() as i64;
+    let after = unix_now();
     assert!(
-        (now + 1700..=now + 1810).contains(&expiry),
-        "30 minutes ahead: {expiry} vs now {now}"
+        (before + 1795..=after + 1805).contains(&expiry),
+        "30 minutes after the sign-in: {expiry}, signed in between {before} and {after}"
     );
     let seen = out(&forged, "script_sees")["result"]
         .as_str()
@@ -1486,7 +1490,9 @@ params:
   count: {type: integer, default: 3, description: How many invoices to fetch}
   mode: {choices: [fast, careful], default: fast}
   dry: {type: boolean}
+  level: {choices: [1, 2, 3], default: null}
   token: {secret: true}
+  pin: {secret: true, type: integer, default: 0}
 steps:
   - id: part
     action: call
@@ -1524,14 +1530,15 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
     let page = c.get(&format!("/ui/workflows/{typed}")).await;
     assert_eq!(page.status, 200, "{}", page.body);
     for want in [
-        r#"input type="number" step="1" id="param-count""#,
-        r#"value="3""#,
+        r#"input type="number" step="1" id="param-count" name="param.count" aria-describedby="param-count-help" value="3""#,
         "How many invoices to fetch",
         r#"select id="param-mode""#,
         r#"<option value="fast" selected>fast</option>"#,
         r#"<option value="careful">careful</option>"#,
         r#"select id="param-dry""#,
+        r#"select id="param-level" name="param.level"><option value="" selected>(the workflow's default)</option><option value="1">1</option>"#,
         r#"input type="password" id="param-token""#,
+        r#"input type="password" id="param-pin""#,
     ] {
         assert!(page.body.contains(want), "{want} missing: {}", page.body);
     }
@@ -1541,9 +1548,20 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
     let sessions_before = api.get("/v1/session_queues").await.body["total"].clone();
 
     // Refused by the form, naming the param, never echoing the secret.
-    for (count, mode, expect) in [
-        ("2.5", "fast", "the param `count`: expected an integer"),
-        ("4", "reckless", "the param `mode`: not one of the choices"),
+    for (count, mode, pin, expect) in [
+        ("2.5", "fast", "", "the param `count`: expected an integer"),
+        (
+            "4",
+            "reckless",
+            "",
+            "the param `mode`: not one of the choices",
+        ),
+        (
+            "4",
+            "fast",
+            "not-a-pin-xyz",
+            "the param `pin`: it wants an integer",
+        ),
     ] {
         let page = c
             .post(
@@ -1553,13 +1571,16 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
                     ("param.count", count),
                     ("param.mode", mode),
                     ("param.dry", "true"),
+                    ("param.level", ""),
                     ("param.token", "s3cret-typed"),
+                    ("param.pin", pin),
                 ],
             )
             .await;
         assert_eq!(page.status, 422, "{}", page.body);
         assert!(page.body.contains(expect), "{expect}: {}", page.body);
         assert!(!page.body.contains("s3cret-typed"));
+        assert!(!page.body.contains("not-a-pin-xyz"), "a secret echoed");
     }
     // … and by the API, at the param's path.
     let r = api
@@ -1605,7 +1626,9 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
                 ("param.count", "12"),
                 ("param.mode", "careful"),
                 ("param.dry", "true"),
+                ("param.level", ""),
                 ("param.token", "s3cret-typed"),
+                ("param.pin", "1234"),
             ],
         )
         .await;
@@ -1618,7 +1641,7 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
     let session = api.get(&format!("/v1/session_queues/{id}")).await.body;
     assert_eq!(
         session["params"],
-        json!({"count": 12, "mode": "careful", "dry": true, "token": "***"}),
+        json!({"count": 12, "mode": "careful", "dry": true, "token": "***", "pin": "***"}),
         "{session}"
     );
 

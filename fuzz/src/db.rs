@@ -34,7 +34,13 @@ pub mod workflows {
     #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     pub struct StoredParam {
         pub name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// `Some(null)` is a default of `null` (the param is optional), not
+        /// the absence of a default.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         pub default: Option<Value>,
         #[serde(default)]
         pub secret: bool,
@@ -44,5 +50,10 @@ pub mod workflows {
         pub choices: Vec<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub description: Option<String>,
+    }
+
+    /// A field that is there, `null` included, is `Some`.
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        <Value as serde::Deserialize>::deserialize(d).map(Some)
     }
 }

@@ -268,6 +268,23 @@ const STEP_FIELDS: &[&str] = &[
     "branches",
 ];
 const PARAM_FIELDS: &[&str] = &["default", "secret", "description", "type", "choices"];
+/// Keys that make a mapping a param's declaration whatever else it holds.
+const DECLARING_FIELDS: &[&str] = &["default", "secret", "description"];
+
+/// Whether a param's mapping declares it rather than being its default:
+/// it is empty, uses `default`, `secret` or `description`, or holds only a
+/// `type` that names a type and a `choices` list. A workflow written before
+/// `type` and `choices` could have `{type: invoice}` as an object default,
+/// and still has.
+fn declares(spec: &Map<String, Value>) -> bool {
+    spec.is_empty()
+        || spec.keys().any(|k| DECLARING_FIELDS.contains(&k.as_str()))
+        || (spec.keys().all(|k| k == "type" || k == "choices")
+            && spec
+                .get("type")
+                .is_none_or(|t| t.as_str().and_then(ParamType::parse).is_some())
+            && spec.get("choices").is_none_or(Value::is_array))
+}
 const RETRY_FIELDS: &[&str] = &["times", "delay", "max_delay", "factor"];
 
 /// Whether `name` can be an id or a variable name.
@@ -641,10 +658,10 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
         // (`secrte: true`) would silently make a secret a plain default, so
         // it is refused.
         if let Value::Object(spec) = value
-            && !spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str()))
+            && !declares(spec)
             && let Some((key, near)) = spec
                 .keys()
-                .find_map(|k| closest(k, PARAM_FIELDS).map(|n| (k, n)))
+                .find_map(|k| closest(k, DECLARING_FIELDS).map(|n| (k, n)))
         {
             problems.add(
                         join(&here, key),
@@ -653,9 +670,7 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
             continue;
         }
         let spec = match value {
-            Value::Object(spec)
-                if spec.is_empty() || spec.keys().any(|k| PARAM_FIELDS.contains(&k.as_str())) =>
-            {
+            Value::Object(spec) if declares(spec) => {
                 let fields = Fields::new(spec, &here, PARAM_FIELDS, problems);
                 let declared = ParamSpec {
                     default: fields.get("default").map(|(v, _)| v.clone()),
@@ -723,6 +738,28 @@ fn param_type(fields: &Fields, problems: &mut Problems) -> Option<ParamType> {
 /// is one of its choices. A secret lists no choices: they would be written
 /// in the file for anyone to read.
 fn check_param_shape(spec: &ParamSpec, path: &str, problems: &mut Problems) {
+    let choices = join(path, "choices");
+    if !spec.choices.is_empty() && spec.secret {
+        problems.add(&choices, "a secret param cannot list choices: they would be written in the workflow for anyone to read");
+    }
+    for (i, c) in spec.choices.iter().enumerate() {
+        if c.is_null() {
+            problems.add(
+                index(&choices, i),
+                "a choice cannot be null; a param that may be left out has a `default`",
+            );
+        }
+    }
+    if let Some(d) = &spec.default
+        && !d.is_null()
+        && !spec.choices.is_empty()
+        && !spec.choices.iter().any(|c| super::params::same_value(c, d))
+    {
+        problems.add(
+            join(path, "default"),
+            format!("the default {d} is not one of the choices"),
+        );
+    }
     let Some(ty) = spec.value_type() else {
         return;
     };
@@ -735,30 +772,15 @@ fn check_param_shape(spec: &ParamSpec, path: &str, problems: &mut Problems) {
             format!("the default is not the param's type: {e}"),
         );
     }
-    let choices = join(path, "choices");
-    if spec.choices.is_empty() {
-        return;
-    }
-    if spec.secret {
-        problems.add(&choices, "a secret param cannot list choices: they would be written in the workflow for anyone to read");
-        return;
-    }
     for (i, c) in spec.choices.iter().enumerate() {
-        if let Err(e) = ty.check(c) {
+        if !c.is_null()
+            && let Err(e) = ty.check(c)
+        {
             problems.add(
                 index(&choices, i),
                 format!("a choice must be of the param's type: {e}"),
             );
         }
-    }
-    if let Some(d) = &spec.default
-        && !d.is_null()
-        && !spec.choices.contains(d)
-    {
-        problems.add(
-            join(path, "default"),
-            format!("the default {d} is not one of the choices"),
-        );
     }
 }
 

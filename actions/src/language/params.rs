@@ -104,16 +104,15 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
                     format!("params.{name}"),
                     format!("the params file gives a value the param does not take: {e}"),
                 ),
-                Ok(()) => {
-                    values.insert(name.clone(), value.clone());
+                Ok(value) => {
+                    values.insert(name.clone(), value);
                 }
             },
         }
     }
     for (name, text) in &inputs.flags {
         match workflow.param(name) {
-            // Without a declared default to take the type of, a string,
-            // as for a declared param without a default.
+            // Undeclared: a string, as for a declared param of no type.
             None => {
                 if undeclared(name, "--param", &mut problems) {
                     values.insert(name.clone(), Value::String(text.clone()));
@@ -142,11 +141,28 @@ pub fn bind_params(workflow: &Workflow, inputs: &ParamInputs) -> Result<BoundPar
         .map(|p| p.name.clone())
         .collect();
     for (name, value) in &inputs.secrets {
-        if workflow.param(name).is_some() || undeclared(name, "the secrets file", &mut problems) {
-            values.insert(name.clone(), value.clone());
-            if !secret_names.contains(name) {
-                secret_names.push(name.clone());
-            }
+        let value =
+            match workflow.param(name) {
+                // The error names the param and never the value.
+                Some(spec) => match spec.check_value(value) {
+                    Ok(value) => value,
+                    Err(_) => {
+                        problems.add(
+                        format!("params.{name}"),
+                        format!(
+                            "the secrets file gives a value the param does not take (it wants {})",
+                            spec.value_type().map(ParamType::wanted).unwrap_or("any value")
+                        ),
+                    );
+                        continue;
+                    }
+                },
+                None if undeclared(name, "the secrets file", &mut problems) => value.clone(),
+                None => continue,
+            };
+        values.insert(name.clone(), value);
+        if !secret_names.contains(name) {
+            secret_names.push(name.clone());
         }
     }
     for spec in &workflow.params {
@@ -262,7 +278,8 @@ impl ParamType {
         })
     }
 
-    fn wanted(self) -> &'static str {
+    /// What a value of it is, for a message: "an integer".
+    pub fn wanted(self) -> &'static str {
         match self {
             Self::String => "a string",
             Self::Number => "a number",
@@ -274,6 +291,8 @@ impl ParamType {
     }
 
     /// Whether `value` is of this type; the error says what was expected.
+    /// A whole number written with a fraction (`3.0`, as some JSON
+    /// writers send it) is an integer.
     pub fn check(self, value: &Value) -> Result<(), String> {
         let fits = match (self, value) {
             (Self::String, Value::String(_))
@@ -281,21 +300,20 @@ impl ParamType {
             | (Self::Boolean, Value::Bool(_))
             | (Self::Object, Value::Object(_))
             | (Self::Array, Value::Array(_)) => true,
-            (Self::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (Self::Integer, Value::Number(n)) => whole(n).is_some(),
             _ => false,
         };
         if fits {
-            Ok(())
-        } else {
-            Err(format!(
-                "expected {}, found {}",
-                self.wanted(),
-                match value {
-                    Value::Number(n) if n.is_f64() => "a number with a fraction",
-                    other => describe(other),
-                }
-            ))
+            return Ok(());
         }
+        let found = match value {
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+                "a whole number too large for an integer (at most 2^63 in size)"
+            }
+            Value::Number(_) => "a number with a fraction",
+            other => describe(other),
+        };
+        Err(format!("expected {}, found {found}", self.wanted()))
     }
 
     /// A value typed as text (a `--param` flag, a console field): a string
@@ -320,26 +338,66 @@ impl ParamType {
     }
 }
 
+/// An integer's value: a whole number, including one written `3.0`, that
+/// fits in 64 bits.
+fn whole(n: &serde_json::Number) -> Option<Value> {
+    if n.is_i64() || n.is_u64() {
+        return Some(Value::Number(n.clone()));
+    }
+    let f = n.as_f64()?;
+    // 2^63: beyond it an f64 no longer names one integer.
+    (f.fract() == 0.0 && f.abs() < 9.223_372_036_854_776e18).then(|| Value::from(f as i64))
+}
+
+/// Whether two values are the same value: numbers by their value (`1` and
+/// `1.0`), anything else as JSON.
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+                return x == y;
+            }
+            if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+                return x == y;
+            }
+            x.as_f64() == y.as_f64()
+        }
+        _ => a == b,
+    }
+}
+
 impl ParamSpec {
     /// Its type: the declared one, else its default's, else its first
     /// choice's; `None` takes any value.
     pub fn value_type(&self) -> Option<ParamType> {
         self.declared_type
             .or_else(|| self.default.as_ref().and_then(ParamType::of))
-            .or_else(|| self.choices.first().and_then(ParamType::of))
+            .or_else(|| self.choices.iter().find_map(ParamType::of))
     }
 
-    /// Whether `value` may be given for it: of its type, and one of its
-    /// choices if it lists them. The error never repeats the value.
-    pub fn check_value(&self, value: &Value) -> Result<(), String> {
-        if let Some(ty) = self.value_type() {
-            ty.check(value)?;
+    /// `value` as this param takes it: of its type (an integer written
+    /// `3.0` made `3`), and one of its choices if it lists them. `null`
+    /// where the default is `null` stands for the default. The error never
+    /// repeats the value.
+    pub fn check_value(&self, value: &Value) -> Result<Value, String> {
+        if value.is_null() && self.default == Some(Value::Null) {
+            return Ok(Value::Null);
         }
-        if !self.choices.is_empty() && !self.choices.contains(value) {
+        let value = match (self.value_type(), value) {
+            (Some(ParamType::Integer), Value::Number(n)) => {
+                whole(n).ok_or_else(|| ParamType::Integer.check(value).unwrap_err())?
+            }
+            (Some(ty), _) => {
+                ty.check(value)?;
+                value.clone()
+            }
+            (None, _) => value.clone(),
+        };
+        if !self.choices.is_empty() && !self.choices.iter().any(|c| same_value(c, &value)) {
             let listed: Vec<String> = self.choices.iter().map(Value::to_string).collect();
             return Err(format!("not one of the choices: {}", listed.join(", ")));
         }
-        Ok(())
+        Ok(value)
     }
 
     /// A value typed as text, read as its type (a string when it has
@@ -349,7 +407,7 @@ impl ParamSpec {
             Some(ty) => ty.read(text)?,
             None => Value::String(text.to_string()),
         };
-        self.check_value(&value).map(|()| value)
+        self.check_value(&value)
     }
 }
 
@@ -526,7 +584,7 @@ mod tests {
             .map(|p| format!("{}: {}", p.path, p.message))
             .collect::<Vec<_>>()
         };
-        let said = load("  n: {type: int}\n");
+        let said = load("  n: {type: int, default: 3}\n");
         assert!(
             said[0]
                 .starts_with("params.n.type: unknown param type \"int\"; did you mean `integer`?"),
@@ -559,5 +617,76 @@ mod tests {
             said[0].starts_with("params.n.choices: an empty list of choices"),
             "{said:?}"
         );
+    }
+
+    #[test]
+    fn whole_numbers_written_with_a_fraction_are_integers_and_choices_compare_by_value() {
+        let w = parse_workflow(
+            "version: 1\nname: w\nparams:\n  n: {type: integer, default: 1}\n  \
+             level: {type: number, choices: [1, 2]}\n  pin: {secret: true, type: integer, default: 0}\n  \
+             maybe: {type: integer, default: null}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid");
+        let bound =
+            bind_params(&w, &file(json!({"n": 3.0, "level": 1.0, "maybe": null}))).expect("bound");
+        assert_eq!(bound.values["n"], json!(3));
+        assert!(bound.values["n"].is_i64());
+        assert_eq!(bound.values["level"], json!(1.0));
+        assert!(bound.values["maybe"].is_null());
+        let problems = bind_params(&w, &file(json!({"n": 1e300}))).unwrap_err();
+        assert!(
+            problems.0[0].message.contains("too large for an integer"),
+            "{problems:?}"
+        );
+        // A secrets file's value is checked too, and never echoed.
+        let problems = bind_params(
+            &w,
+            &ParamInputs {
+                secrets: json!({"pin": "sesame-1234"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                ..ParamInputs::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(problems.0[0].path, "params.pin");
+        assert!(problems.0[0].message.contains("an integer"), "{problems:?}");
+        assert!(!problems.0[0].message.contains("sesame"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_mapping_with_a_type_that_names_no_type_is_still_an_object_default() {
+        let w = parse_workflow(
+            "version: 1\nname: w\nparams:\n  filter: {type: invoice, status: open}\n  kind: {type: invoice}\n  \
+             typed: {type: string}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid");
+        let by_name = |n: &str| w.param(n).expect("declared").clone();
+        let warned: Vec<String> = w
+            .warnings
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(
+            warned[1].starts_with(
+                "params.kind: read as its default, the mapping {\"type\":\"invoice\"}"
+            ),
+            "{warned:?}"
+        );
+        assert_eq!(
+            by_name("filter").default,
+            Some(json!({"type": "invoice", "status": "open"}))
+        );
+        assert_eq!(by_name("kind").default, Some(json!({"type": "invoice"})));
+        assert_eq!(by_name("typed").declared_type, Some(ParamType::String));
+        assert_eq!(by_name("typed").default, None);
     }
 }

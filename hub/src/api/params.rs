@@ -1,8 +1,9 @@
 //! Checking the params of a new session against its workflow's declared
 //! params, with the rules `tasuki run --params-file` applies: only declared
 //! names (others too when the workflow says `accept_undeclared_params:
-//! true`, if a template can name them), and a value of the same JSON type
-//! as the default. No value may hold a `${...}` literal, declared or not.
+//! true`, if a template can name them), and a value of the param's type
+//! and among its choices (`ParamSpec::check_value`, by way of
+//! `bind_params`). No value may hold a `${...}` literal, declared or not.
 
 use serde_json::{Map, Value};
 use tasuki_actions::Workflow;

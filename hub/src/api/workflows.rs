@@ -422,9 +422,14 @@ pub(crate) async fn check_with_calls(
                 )])));
             }
         }
-        if result.is_ok() || asked.is_empty() || known.len() > MAX_LOOKUPS {
+        // Every name looked up counts, found or not: one pass may ask for
+        // many, and no check reads more than MAX_LOOKUPS of them.
+        let room = (MAX_LOOKUPS + 1).saturating_sub(known.len() + absent.len());
+        if result.is_ok() || asked.is_empty() || room == 0 {
             return Ok(result.map(|w| (w, source_back)));
         }
+        let mut asked = asked;
+        asked.truncate(room);
         let found = hub
             .db
             .call(move |conn| {

@@ -637,10 +637,27 @@ pub async fn rerun(
     op.require(Scope::SessionQueueWrite)?;
     op.require(Scope::SessionQueueRead)?;
     let id = parse_id(&id)?;
+    // Each secret read as its param's type (a secret may be a number).
+    let declared = hub
+        .db
+        .call(move |conn| {
+            let Some(session) = sessions::get(conn, id)? else {
+                return Ok(None);
+            };
+            workflows::params_of(conn, session.workflow.id)
+        })
+        .await?
+        .map(|d| d.params)
+        .unwrap_or_default();
     let mut given = serde_json::Map::new();
     for (name, value) in &fields {
         if let Some(param) = name.strip_prefix("secret.") {
-            given.insert(param.to_string(), serde_json::Value::String(value.clone()));
+            let value = match declared.iter().find(|p| p.name == param) {
+                Some(stored) => super::workflows::read_field(stored, value)?,
+                // Not a secret param: the re-run refuses it by name.
+                None => serde_json::Value::String(value.clone()),
+            };
+            given.insert(param.to_string(), value);
         }
     }
     let session = rerun_session(&hub, id, given).await.map_err(|e| {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde_json::Value;
 use tasuki_protocol::Scope;
+use tokio::sync::Semaphore;
 
 use super::auth::{CSRF_FIELD, Operator};
 use super::layout::{self, PageError};
@@ -86,19 +87,7 @@ pub async fn page(
     let Some((source, params)) = found else {
         return Err(PageError::not_found(format!("there is no workflow {id}")));
     };
-    // Checked again as a robot of today's fleet would load it: a called
-    // workflow may have changed, or the robots offering an action gone.
-    let fleet = Arc::new(hub.db.call(robots::fleet_catalog).await?);
-    let origin = if source.format == "json" {
-        "workflow.json"
-    } else {
-        "workflow.yaml"
-    };
-    let (problems, warnings) =
-        match check_with_calls(&hub, fleet, source.text.clone(), origin).await? {
-            Ok((workflow, _)) => (Problems::default(), workflow.warnings),
-            Err(problems) => (problems, Problems::default()),
-        };
+    let check = check_again(&hub, &source).await;
     let body = html! {
         h1 { "Workflow " span class="sub" { (source.name) } }
         @if !source.description.is_empty() { p { (source.description) } }
@@ -113,17 +102,21 @@ pub async fn page(
                 @if !op.may(Scope::SessionQueueWrite) { span class="note" { " (your key lacks session_queue.write)" } }
             }
         }
-        @if !problems.is_empty() {
-            section aria-labelledby="problems-h" class="problems" id="problems" {
-                h2 id="problems-h" { "Problems " span class="sub" { "(a robot would refuse it today)" } }
-                ul { @for p in problems.iter() { li { (problem_text(p)) } } }
+        @match &check {
+            Checked::Refused(problems) => {
+                section aria-labelledby="problems-h" class="problems" id="problems" {
+                    h2 id="problems-h" { "Problems " span class="sub" { "(a robot would refuse it today)" } }
+                    ul { @for p in problems.iter() { li { (problem_text(p)) } } }
+                }
             }
-        }
-        @if !warnings.is_empty() {
-            section aria-labelledby="warnings-h" id="warnings" {
-                h2 id="warnings-h" { "Warnings" }
-                ul { @for p in warnings.iter() { li { (problem_text(p)) } } }
+            Checked::Accepted(warnings) if !warnings.is_empty() => {
+                section aria-labelledby="warnings-h" id="warnings" {
+                    h2 id="warnings-h" { "Warnings" }
+                    ul { @for p in warnings.iter() { li { (problem_text(p)) } } }
+                }
             }
+            Checked::Accepted(_) => {}
+            Checked::NotNow(why) => { p class="note" id="not-checked" { "Not checked again now: " (why) "." } }
         }
         section aria-labelledby="source-h" {
             h2 id="source-h" { "Source " span class="sub" { "(" (source.format) ")" } }
@@ -138,9 +131,45 @@ pub async fn page(
     ))
 }
 
+/// What checking a stored workflow again found.
+enum Checked {
+    /// A robot would load it, with these warnings.
+    Accepted(Problems),
+    Refused(Problems),
+    /// The check did not run to its end; the reason.
+    NotNow(&'static str),
+}
+
+/// Checks at once on this hub: a page view must not make the hub parse
+/// without bound (a workflow and all it calls is up to a few MiB).
+static CHECKS: Semaphore = Semaphore::const_new(2);
+
+/// The stored source checked again as a robot of today's fleet would load
+/// it: a called workflow may have changed since, or the robots offering an
+/// action gone.
+async fn check_again(hub: &Arc<Hub>, source: &workflows::Source) -> Checked {
+    let Ok(_turn) = CHECKS.try_acquire() else {
+        return Checked::NotNow("the hub is checking other workflows");
+    };
+    let Ok(fleet) = hub.db.call(robots::fleet_catalog).await else {
+        return Checked::NotNow("the hub cannot reach its database");
+    };
+    let origin = if source.format == "json" {
+        "workflow.json"
+    } else {
+        "workflow.yaml"
+    };
+    match check_with_calls(hub, Arc::new(fleet), source.text.clone(), origin).await {
+        Ok(Ok((workflow, _))) => Checked::Accepted(workflow.warnings),
+        Ok(Err(problems)) => Checked::Refused(problems),
+        Err(_) => Checked::NotNow("the check failed"),
+    }
+}
+
 /// Where a problem is, then what it is.
 fn problem_text(p: &Problem) -> Markup {
     html! {
+        @if let Some(file) = &p.file { (file) " " }
         @if let Some(line) = p.line { "line " (line) ": " }
         @if !p.path.is_empty() { code { (p.path) } ": " }
         (p.message)
@@ -156,6 +185,8 @@ fn param_field(stored: &StoredParam) -> Markup {
     let field_id = format!("param-{}", p.name);
     let help_id = format!("param-{}-help", p.name);
     let required = p.default.is_none();
+    // `default: null`: left as it is, the workflow's default applies.
+    let no_default = p.default == Some(Value::Null);
     let default_text = match &p.default {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
@@ -178,6 +209,7 @@ fn param_field(stored: &StoredParam) -> Markup {
             } @else if !p.choices.is_empty() {
                 select id=(field_id) name=(name) required[required] aria-describedby=[described] {
                     @if required { option value="" { "choose one" } }
+                    @if no_default { option value="" selected { "(the workflow's default)" } }
                     @for c in &p.choices {
                         @let text = match c { Value::String(s) => s.clone(), other => other.to_string() };
                         option value=(text) selected[Some(c) == p.default.as_ref()] { (text) }
@@ -187,10 +219,11 @@ fn param_field(stored: &StoredParam) -> Markup {
                 @match p.value_type() {
                     Some(ParamType::Boolean) => {
                         @let on = p.default == Some(Value::Bool(true));
-                        select id=(field_id) name=(name) aria-describedby=[described] {
+                        select id=(field_id) name=(name) required[required] aria-describedby=[described] {
                             @if required { option value="" { "choose one" } }
+                            @if no_default { option value="" selected { "(the workflow's default)" } }
                             option value="true" selected[on] { "true" }
-                            option value="false" selected[!on && !required] { "false" }
+                            option value="false" selected[!on && !required && !no_default] { "false" }
                         }
                     }
                     Some(ty @ (ParamType::Number | ParamType::Integer)) => {
@@ -239,7 +272,7 @@ pub async fn queue(
         if text.is_empty() {
             continue;
         }
-        params.insert(p.name.clone(), read_value(p, text)?);
+        params.insert(p.name.clone(), read_field(p, text)?);
     }
     let new = checked_session(&hub, id, params, None).await?;
     let session = queue_session(&hub, new).await?;
@@ -248,17 +281,22 @@ pub async fn queue(
 }
 
 /// A field's text as the param's value, read as its type. The error
-/// never repeats a secret.
-fn read_value(stored: &StoredParam, text: &str) -> Result<Value, PageError> {
+/// names the param and, for a secret, never the text.
+pub fn read_field(stored: &StoredParam, text: &str) -> Result<Value, PageError> {
     let p = spec_of(stored);
-    if p.secret {
-        return Ok(Value::String(text.to_string()));
-    }
     p.read_text(text).map_err(|e| {
+        let why = if p.secret {
+            format!(
+                "it wants {}",
+                p.value_type().map(ParamType::wanted).unwrap_or("any value")
+            )
+        } else {
+            e
+        };
         PageError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Params refused",
-            format!("the param `{}`: {e}", p.name),
+            format!("the param `{}`: {why}", p.name),
         )
     })
 }

@@ -16,7 +16,13 @@ use super::{DbError, parse_json};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoredParam {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `Some(null)` is a default of `null` (the param is optional), not
+    /// the absence of a default.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub default: Option<Value>,
     #[serde(default)]
     pub secret: bool,
@@ -27,6 +33,11 @@ pub struct StoredParam {
     pub choices: Vec<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// A field that is there, `null` included, is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 pub struct NewWorkflow {
@@ -321,3 +332,30 @@ pub fn calls_of(conn: &mut Conn<'_>, id: i64) -> Result<Vec<CalledWorkflow>, DbE
 
 /// The most workflows one lease carries for its `call` steps.
 const MAX_CALLED: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::StoredParam;
+    use serde_json::json;
+
+    /// Rows written before params had types still read, and a `null`
+    /// default stays a default (the param is optional), apart from none.
+    #[test]
+    fn stored_params_read_old_rows_and_keep_a_null_default() {
+        let old: Vec<StoredParam> = serde_json::from_value(json!([
+            {"name": "who", "default": "world"},
+            {"name": "token", "secret": true},
+            {"name": "maybe", "default": null},
+        ]))
+        .expect("old rows read");
+        assert_eq!(old[0].default, Some(json!("world")));
+        assert!(old[0].declared_type.is_none() && old[0].choices.is_empty());
+        assert_eq!(old[1].default, None);
+        assert!(old[1].secret);
+        assert_eq!(old[2].default, Some(serde_json::Value::Null));
+        let again: Vec<StoredParam> =
+            serde_json::from_value(serde_json::to_value(&old).expect("json")).expect("read back");
+        assert_eq!(again[2].default, Some(serde_json::Value::Null));
+        assert_eq!(again[1].default, None);
+    }
+}
