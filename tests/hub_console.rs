@@ -1645,6 +1645,20 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
         "{session}"
     );
 
+    // A mapping that names no type is a default, and the page warns.
+    let warned = register(
+        "version: 1\nname: warned\nparams:\n  kind: {type: invoice}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+    )
+    .await;
+    let page = c.get(&format!("/ui/workflows/{warned}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(r#"id="warnings""#), "{}", page.body);
+    assert!(
+        page.body.contains("read as its default, the mapping"),
+        "{}",
+        page.body
+    );
+
     // `part` is sent again and now requires a param `typed` never gives:
     // typed's page says so.
     register(
