@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::model::{ParamSpec, Workflow, is_identifier};
@@ -210,7 +211,7 @@ fn secret_texts(value: &Value) -> Vec<String> {
 }
 
 /// `type:` of a param: the JSON type every value of it must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     String,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde_json::{Value, json};
 
+use super::params::ParamType;
 use crate::builtin::DurationArg;
 use crate::runtime::registry::Registry;
 
@@ -142,21 +143,9 @@ struct ParamSpec {
     description: Option<String>,
     /// The JSON type of its values; without it, the default's type.
     #[serde(rename = "type")]
-    value_type: Option<ParamTypeName>,
+    value_type: Option<ParamType>,
     /// The only values it takes (not for a secret).
     choices: Option<Vec<Value>>,
-}
-
-#[derive(JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-enum ParamTypeName {
-    String,
-    Number,
-    Integer,
-    Boolean,
-    Object,
-    Array,
 }
 
 #[derive(JsonSchema)]

@@ -168,4 +168,16 @@ impl Api {
             tokio::time::sleep(every).await;
         }
     }
+
+    /// Waits for session `id` to end (looking every 5 ms, for at most
+    /// 30 s), which must be in success.
+    pub async fn succeeded(&self, id: i64) -> Result<()> {
+        let status = self
+            .finished(id, Duration::from_millis(5), Duration::from_secs(30))
+            .await?;
+        if status != "success" {
+            bail!("session {id} ended {status}");
+        }
+        Ok(())
+    }
 }

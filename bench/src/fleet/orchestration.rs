@@ -92,13 +92,7 @@ async fn webhook(bins: &Bins, opts: &Opts) -> Result<String> {
             stage.api.queue(wf, json!({ "url": url })).await?
         };
         let arrived = wait_for(&mut arrivals, &mut seen, i, id).await?;
-        let status = stage
-            .api
-            .finished(id, Duration::from_millis(5), Duration::from_secs(30))
-            .await?;
-        if status != "success" {
-            bail!("session {id} ended {status}");
-        }
+        stage.api.succeeded(id).await?;
         if i >= opts.warmup as u64 * 2 {
             let took = arrived.saturating_duration_since(sent);
             if hook {

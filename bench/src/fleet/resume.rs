@@ -51,13 +51,7 @@ async fn reached(
     seen: &mut HashMap<u64, Instant>,
 ) -> Result<Duration> {
     let arrived = arrival(n, arrivals, seen).await?;
-    let status = stage
-        .api
-        .finished(id, Duration::from_millis(5), Duration::from_secs(30))
-        .await?;
-    if status != "success" {
-        bail!("session {id} ended {status}");
-    }
+    stage.api.succeeded(id).await?;
     Ok(arrived.saturating_duration_since(sent))
 }
 

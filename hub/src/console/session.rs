@@ -640,11 +640,9 @@ pub async fn rerun(
     // Each secret read as its param's type (a secret may be a number).
     let declared = hub
         .db
-        .call(move |conn| {
-            let Some(session) = sessions::get(conn, id)? else {
-                return Ok(None);
-            };
-            workflows::params_of(conn, session.workflow.id)
+        .call(move |conn| match sessions::workflow_of(conn, id)? {
+            Some(workflow_id) => workflows::params_of(conn, workflow_id),
+            None => Ok(None),
         })
         .await?
         .map(|d| d.params)

@@ -128,6 +128,15 @@ pub fn insert(
 }
 
 /// One session, with its latest wait (lists leave that out: a query a row).
+/// The id of the workflow session `id` runs.
+pub fn workflow_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<i64>, DbError> {
+    conn.opt_row(
+        "SELECT workflow_id FROM session_queues WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )
+}
+
 pub fn get(conn: &mut Conn<'_>, id: i64) -> Result<Option<SessionQueue>, DbError> {
     let Some(mut session) =
         conn.opt_row(&format!("{SELECT} WHERE s.id = ?1"), params![id], read_row)?

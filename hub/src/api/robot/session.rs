@@ -527,11 +527,9 @@ fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
 async fn check_declared_wait(hub: &Hub, id: i64, wait: &WaitSpec) -> Result<(), ApiError> {
     let source = hub
         .db
-        .call(move |conn| {
-            let Some(session) = sessions::get(conn, id)? else {
-                return Ok(None);
-            };
-            workflows::source_of(conn, session.workflow.id)
+        .call(move |conn| match sessions::workflow_of(conn, id)? {
+            Some(workflow_id) => workflows::source_of(conn, workflow_id),
+            None => Ok(None),
         })
         .await?
         .ok_or_else(ApiError::internal)?;
