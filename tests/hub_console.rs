@@ -1144,6 +1144,46 @@ async fn a_fast_log_streams_into_a_page_that_keeps_its_last_lines() {
         printed.first(),
         printed.last()
     );
+    // A browser reconnecting sends the last event id it had: the stream
+    // goes on from the line after it, each line once, and ends.
+    let seq_of = |n: &str| {
+        text.body
+            .lines()
+            .position(|l| l.ends_with(&format!("[print] {n}")))
+            .map(|i| i as u64 + 1)
+            .expect("the line is in log.txt")
+    };
+    let resume_after = seq_of("n-29990");
+    let resumed = c
+        .send(
+            c.http
+                .get(format!("{}/ui/sessions/{id}/log/stream", c.base))
+                .header("last-event-id", resume_after.to_string()),
+        )
+        .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    let ids: Vec<u64> = resumed
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    assert_eq!(ids.first(), Some(&(resume_after + 1)), "{}", resumed.body);
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "each line once, in order: {ids:?}"
+    );
+    for n in 29_991..=30_000 {
+        assert_eq!(
+            resumed.body.matches(&format!("\"n-{n}\"")).count(),
+            1,
+            "n-{n} in {}",
+            resumed.body
+        );
+    }
+    assert!(!resumed.body.contains("\"n-29990\""), "{}", resumed.body);
+    assert!(resumed.body.contains("event: end"), "{}", resumed.body);
+
     // The finished session's page shows the last 5,000 lines, no stream.
     let page = c.get(&format!("/ui/sessions/{id}")).await;
     assert_eq!(page.status, 200);
