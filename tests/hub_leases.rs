@@ -821,11 +821,12 @@ steps:
 /// A robot's report that its session stopped at `PAUSING_YAML`'s approval
 /// step.
 fn suspend_report(key: &str) -> Value {
+    let wait = json!({"step_id": "work", "kind": "approval", "message": "go?",
+                      "timeout_ms": 3_600_000, "on_timeout": "reject"});
     json!({"idempotency_key": key, "status": "waiting", "ended_at": "2026-01-01T00:00:00Z",
            "steps": [{"id": "work", "status": "running"}],
-           "suspend": {"wait": {"step_id": "work", "kind": "approval", "message": "go?",
-                                "timeout_ms": 3_600_000, "on_timeout": "reject"},
-                       "checkpoint": {"vars": {"secret-ish": "s3cr3t"}}}})
+           "suspend": {"wait": wait,
+                       "checkpoint": {"wait": wait, "vars": {"secret-ish": "s3cr3t"}}}})
 }
 
 /// A suspend sent again (its answer lost) gets the first answer, though
@@ -909,8 +910,9 @@ async fn a_suspend_sent_again_is_answered_alike_and_a_cancel_before_it_is_kept()
 /// What a robot says a session waits for must be a waiting step of its
 /// workflow as written: a step that does not wait, another kind, another
 /// event, another timeout or `on_timeout`, a signing key the step does not
-/// give, are each refused at their field, and the session stays the
-/// robot's, running. The report as written is then taken.
+/// give, a checkpoint that would resume from another wait, are each refused
+/// at their field, and the session stays the robot's, running. The report
+/// as written is then taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
     let s = setup();
@@ -920,9 +922,12 @@ async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
     let finish = format!("/v1/robot/sessions/{id}/finish");
     let good = suspend_report("k-good");
     let approval = &good["suspend"]["wait"];
+    // The wait reported, and the same in the checkpoint a robot resumes
+    // from.
     let forged = |key: &str, wait: Value| {
         let mut report = suspend_report(key);
-        report["suspend"]["wait"] = wait;
+        report["suspend"]["wait"] = wait.clone();
+        report["suspend"]["checkpoint"]["wait"] = wait;
         report
     };
     let with = |changes: Value| {
@@ -962,6 +967,26 @@ async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
         );
         assert_eq!(s.session(id).await["status"], "running", "{wait}");
     }
+    // The wait reported is the workflow's, but the checkpoint would resume
+    // from another: refused, or approving the first would pass the second.
+    let mut two_faced = suspend_report("k-two-faced");
+    two_faced["suspend"]["checkpoint"]["wait"]["on_timeout"] = json!("approve");
+    let r = s.with_lease(&finish, &lease, two_faced).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("suspend.checkpoint.wait"),
+        "{}",
+        r.body
+    );
+    let mut no_wait = suspend_report("k-no-wait");
+    no_wait["suspend"]["checkpoint"]
+        .as_object_mut()
+        .expect("an object")
+        .remove("wait");
+    let r = s.with_lease(&finish, &lease, no_wait).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert_eq!(s.session(id).await["status"], "running");
+
     let r = s.with_lease(&finish, &lease, good).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
     assert_eq!(r.body["status"], "waiting", "{}", r.body);

@@ -380,16 +380,16 @@ async fn a_migrated_hub_answers_as_the_sqlite_hub_did() {
     let suspended = queue(&api, pausing, json!({})).await;
     let (leased, lease, _) = robot.lease("r1", "third").await;
     assert_eq!(leased, suspended);
+    let wait = json!({"step_id": "second", "kind": "approval", "message": "go?",
+                      "timeout_ms": 3_600_000, "on_timeout": "reject"});
     robot
         .finish(
             suspended,
             &lease,
             json!({"idempotency_key": "k-wait", "status": "waiting",
                    "ended_at": "2026-01-01T00:03:00Z",
-                   "suspend": {"wait": {"step_id": "second", "kind": "approval",
-                                        "message": "go?", "timeout_ms": 3_600_000,
-                                        "on_timeout": "reject"},
-                               "checkpoint": {"marker": "kept across the copy"}}}),
+                   "suspend": {"wait": wait.clone(),
+                               "checkpoint": {"wait": wait, "marker": "kept across the copy"}}}),
         )
         .await;
 

@@ -296,3 +296,43 @@ on_error:
         "the handler's process {handler} survived the cancel"
     );
 }
+
+/// A called workflow without a timeout of its own runs its `on_error`
+/// when the caller's timeout interrupts it: the handler is not cut off by
+/// the timeout that made it run.
+#[test]
+fn a_called_workflows_error_handler_runs_after_the_callers_timeout() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "untimed.yaml",
+        r#"version: 1
+name: untimed
+steps:
+  - id: stall
+    action: shell.run
+    with: {argv: [sleep, "30"]}
+on_error:
+  - id: note
+    action: shell.run
+    with: {argv: [touch, handled]}
+"#,
+    );
+    let main = scratch.write(
+        "main.yaml",
+        "version: 1\nname: caller\ntimeout: 1s\nsteps:\n  - id: part\n    action: call\n    with: {workflow: untimed}\n",
+    );
+    let r = run_json(scratch.path(), &main, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.report["status"], "error", "{}", r.report);
+    assert_eq!(r.report["error"]["code"], "timeout", "{}", r.report);
+    assert!(
+        scratch.path().join("handled").exists(),
+        "the called workflow's on_error did not run: {}",
+        r.stderr
+    );
+    assert_eq!(
+        r.report["steps"]["part.note"]["status"], "success",
+        "{}",
+        r.report
+    );
+}

@@ -48,7 +48,12 @@ pub async fn check(
     options: ExecOptions,
     sink: Arc<dyn EventSink>,
 ) -> CheckReport {
-    let shared = Arc::new(SessionShared::new(sink, Masker::default(), options));
+    let shared = Arc::new(SessionShared::new(
+        sink,
+        Masker::default(),
+        options,
+        CancellationToken::new(),
+    ));
     let context = |step_id: String| ActionContext {
         step_id,
         attempt: 1,

@@ -206,16 +206,25 @@ pub(crate) struct SessionShared {
     pub options: ExecOptions,
     next_seq: AtomicU64,
     pub resources: tokio::sync::Mutex<Resources>,
+    /// The session's cancel from outside (a person, a drain), which no
+    /// timeout fires: error handlers that run after a timeout hang on it.
+    pub stop: CancellationToken,
 }
 
 impl SessionShared {
-    pub fn new(sink: Arc<dyn EventSink>, masker: Masker, options: ExecOptions) -> Self {
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        masker: Masker,
+        options: ExecOptions,
+        stop: CancellationToken,
+    ) -> Self {
         SessionShared {
             sink,
             masker: SessionMasker::new(masker),
             options,
             next_seq: AtomicU64::new(1),
             resources: tokio::sync::Mutex::new(Resources::default()),
+            stop,
         }
     }
 

@@ -119,7 +119,12 @@ impl Executor {
         if let Some(timeout) = workflow.browser.element_timeout {
             options.browser.element_timeout = timeout;
         }
-        let shared = Arc::new(SessionShared::new(sink.clone(), masker, options));
+        let shared = Arc::new(SessionShared::new(
+            sink.clone(),
+            masker,
+            options,
+            cancel.clone(),
+        ));
         sink.emit(Event::SessionStarted {
             workflow: workflow.name.clone(),
             started_at,
@@ -1213,7 +1218,7 @@ impl<'e> Session<'e> {
             called: called.called.clone(),
         };
         let timer = called.timeout.map(|t| limit.start(t, child.cancel.clone()));
-        let outcome = child.run_called(&called, &self.cancel).await;
+        let outcome = child.run_called(&called).await;
         if let Some(timer) = timer {
             timer.abort();
         }
@@ -1230,13 +1235,7 @@ impl<'e> Session<'e> {
 
     /// A called workflow's steps, `on_error` after a failure, its
     /// `outputs` after success, and its `finally` whatever the end.
-    /// `caller` is the calling steps' token: a cancel of theirs reaches
-    /// the handler too.
-    fn run_called<'a>(
-        &'a mut self,
-        called: &'a Workflow,
-        caller: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Value, Failure>> {
+    fn run_called<'a>(&'a mut self, called: &'a Workflow) -> BoxFuture<'a, Result<Value, Failure>> {
         Box::pin(async move {
             let outcome = self.run_steps(&called.steps).await;
             let outcome = match outcome {
@@ -1245,11 +1244,11 @@ impl<'e> Session<'e> {
                         && (!self.cancel.is_cancelled() || self.timed_out.hit()) =>
                 {
                     self.error_binding = Some(error_value(&f));
-                    // A token of its own after a timeout (which cancelled
-                    // this one), under the caller's so that a cancel of the
-                    // session still reaches it, and bounded like the
-                    // session's handler.
-                    let outer = std::mem::replace(&mut self.cancel, caller.child_token());
+                    // A token of its own: a timeout (its own, its caller's
+                    // or the session's) has cancelled this one. It hangs on
+                    // the session's cancel from outside, which still reaches
+                    // it, and is bounded like the session's handler.
+                    let outer = std::mem::replace(&mut self.cancel, self.shared.stop.child_token());
                     let handler =
                         tokio::time::timeout(ON_ERROR_LIMIT, self.run_steps(&called.on_error));
                     let handled = handler.await.unwrap_or_else(|_| {

@@ -514,16 +514,29 @@ fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
             format!("an object of at most {MAX_CHECKPOINT_BYTES} bytes as JSON (this is {size})"),
         ));
     }
+    // A resumed run goes on from the checkpoint's wait, so it must be the
+    // wait reported (and checked against the workflow), nothing else.
+    let inner = s
+        .checkpoint
+        .get("wait")
+        .cloned()
+        .and_then(|w| serde_json::from_value::<WaitSpec>(w).ok());
+    if inner.as_ref() != Some(wait) {
+        return Err(ApiError::invalid_field(
+            "suspend.checkpoint.wait",
+            "the checkpoint resumes from the wait the suspension reports, and only that one",
+        ));
+    }
     Ok(())
 }
 
 /// What a robot says the session waits for must be a waiting step of the
 /// session's workflow, as written there: its step at the top level, its
 /// kind, event, timeout and `on_timeout`, and a signing key only when the
-/// step gives one. A robot key can then neither invent a wait nor choose
-/// the key a callback is signed with for a step that takes none. (The
-/// message and the key's value are rendered on the robot, so only their
-/// presence and size are checked.)
+/// step gives one (`check_suspension` has made the checkpoint's wait this
+/// one). A robot key can then neither invent a wait nor choose the key a
+/// callback is signed with for a step that takes none. (The message and
+/// the key's value are rendered on the robot: only their size is checked.)
 async fn check_declared_wait(hub: &Hub, id: i64, wait: &WaitSpec) -> Result<(), ApiError> {
     let source = hub
         .db
