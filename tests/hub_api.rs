@@ -399,7 +399,7 @@ async fn session_params_must_fit_the_workflow() {
         (
             json!({"token": "t", "times": "3"}),
             "params.times",
-            "expected an integer, found a string",
+            "expected a number, found a string",
         ),
         (json!({"token": "t", "tags": "a,b"}), "params.tags", "list"),
         (json!({}), "params.token", "no default"),
@@ -540,4 +540,58 @@ async fn everything_survives_a_restart() {
         "ids are never reused"
     );
     assert!(hub.stop().success());
+}
+
+/// A hub that stored a workflow before params had types read `kind: {type:
+/// string}` as an object default; this version reads it as a required
+/// string param, as its robots do. At its start the hub reads the stored
+/// params again, says which workflows changed, and checks sessions as a
+/// robot will run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_reads_stored_params_again_as_robots_now_read_them() {
+    let scratch = Scratch::new();
+    let key = create_key(&scratch, ALL_SCOPES);
+    let hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let r = api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": "version: 1\nname: older\nparams:\n  kind: {type: string}\n  n: 1\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_i64().expect("id");
+    assert!(hub.stop().success());
+    // As the hub before typed params stored it.
+    let older = r#"[{"name":"kind","default":{"type":"string"}},{"name":"n","default":1}]"#;
+    let sql = format!("UPDATE workflows SET param_specs = '{older}' WHERE id = {id}");
+    if scratch.is_postgres() {
+        psql(scratch.db().to_str().expect("a UTF-8 URL"), &sql);
+    } else {
+        let conn = rusqlite::Connection::open(scratch.db_file()).expect("open");
+        conn.execute(&sql, []).expect("update");
+    }
+
+    let hub = Hub::start(&scratch);
+    let api = Api::new(&hub, Some(token(&key, ALL_SCOPES)));
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": id, "params": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.to_string().contains("params.kind"), "{}", r.body);
+    let r = api
+        .post(
+            "/v1/session_queues",
+            &json!({"workflow_id": id, "params": {"kind": "x", "n": 2.5}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let log = hub.stderr();
+    assert!(
+        log.contains("params read differently") && log.contains("older"),
+        "{log}"
+    );
 }

@@ -1685,6 +1685,31 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
         "{session}"
     );
 
+    // Re-run once it has ended: its secrets, an integer among them, are
+    // asked for again by name, before their type is looked at.
+    let r = api.delete(&format!("/v1/session_queues/{id}/cancel")).await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    let r = api
+        .post(
+            &format!("/v1/session_queues/{id}/rerun"),
+            &json!({"params": {"token": "again"}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("`pin` is a secret param")
+            && r.body.to_string().contains("give it again"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .post(
+            &format!("/v1/session_queues/{id}/rerun"),
+            &json!({"params": {"token": "again", "pin": 4321}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+
     // A mapping that names no type is a default, and the page warns.
     let warned = register(
         "version: 1\nname: warned\nparams:\n  kind: {type: invoice}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
@@ -1694,7 +1719,8 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains(r#"id="warnings""#), "{}", page.body);
     assert!(
-        page.body.contains("read as its default, the mapping"),
+        page.body
+            .contains("read as its default, a mapping with a `type` key"),
         "{}",
         page.body
     );

@@ -660,10 +660,10 @@ const PARAM_CASES: &[ParamCase] = &[
         expect: &["params.count: "],
     },
     ParamCase {
-        name: "a fraction for a whole number",
-        args: &["--param", "count=2.5", REQUIRED],
+        name: "a fraction for a declared integer",
+        args: &["--param", "limit=2.5", REQUIRED],
         files: &[],
-        expect: &["params.count: "],
+        expect: &["params.limit: ", "expected an integer"],
     },
     ParamCase {
         name: "not a number for a fraction",

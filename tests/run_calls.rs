@@ -155,7 +155,7 @@ steps:
         "steps[1].with.workflow: cannot find the workflow `nowhere`: there is no nowhere.yaml",
         "steps[2].with.params.colour: `make-invoice` takes no param `colour`; it takes: customer, amount",
         "steps[2].with.params: `make-invoice` requires the param `customer`",
-        "steps[2].with.params.amount: `make-invoice` does not take this value for `amount`: expected an integer, found a string",
+        "steps[2].with.params.amount: `make-invoice` does not take this value for `amount`: expected a number, found a string",
         "steps[3].with.workflow: `waits` waits (its step `ok`); a called workflow may not wait",
         "steps[4].with.workflow: the workflow `deep-1`",
         "deep-3.yaml:6:22: steps[0].with.workflow: calling `deep-4` here nests calls 4 deep, past limits.subworkflow_depth (3) of `caller`",

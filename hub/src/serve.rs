@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Hub};
-use crate::db::{error_handlers, leases, notifications, now_ms, secret_params};
+use crate::db::{error_handlers, leases, notifications, now_ms, secret_params, workflows};
 use crate::listener::{EdgeLimits, Server};
 use crate::store;
 use crate::tls::{ReloadableTls, TlsFiles};
@@ -63,6 +63,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         tracing::info!(
             leases = extended,
             "gave the leases of a previous run a fresh deadline"
+        );
+    }
+    let reread = db.call(workflows::refresh_param_specs).await?;
+    for (id, name) in &reread {
+        tracing::warn!(
+            workflow_id = id,
+            %name,
+            "this workflow's params read differently since params have types (a mapping \
+             holding only `type` or `choices` now declares the param); sessions are checked \
+             against the new reading, as robots read it"
         );
     }
     let tls = match opts.tls {

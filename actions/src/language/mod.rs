@@ -67,6 +67,15 @@ pub fn parse_workflow(
     Ok(workflow)
 }
 
+/// The params a workflow's text declares, read as the loader reads them
+/// but without validating the rest; `None` for text that does not parse.
+/// For a hub that stored the text validated, and must read its params
+/// again (`tasuki-hub`'s start).
+pub fn declared_params(text: &str, origin: &str) -> Option<Vec<model::ParamSpec>> {
+    let located = source::parse(text, Format::from_file_name(origin)).ok()?;
+    model::lower(&located.value).0.map(|w| w.params)
+}
+
 /// Validates an already-parsed document, such as a JSON body the hub received.
 pub fn check_value(
     value: serde_json::Value,
@@ -87,7 +96,7 @@ fn check_document(
     };
     let (errors, warnings) = validate::validate(&workflow, registry, options);
     problems.extend(errors);
-    workflow.warnings = warnings;
+    workflow.warnings.extend(warnings);
     if problems.is_empty() {
         match &options.calls {
             Some(calls) => problems.extend(calls::resolve(&mut workflow, calls, registry, options)),

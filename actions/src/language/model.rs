@@ -466,9 +466,11 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
             WorkflowBrowser::default()
         }
     };
+    // What lowering finds unwise but not wrong; validation adds its own.
+    let mut warnings = Problems::default();
     let params = match fields.get("params") {
         None | Some((Value::Null, _)) => Vec::new(),
-        Some((Value::Object(p), path)) => lower_params(p, &path, &mut problems),
+        Some((Value::Object(p), path)) => lower_params(p, &path, &mut problems, &mut warnings),
         Some((other, path)) => {
             problems.add(
                 path,
@@ -614,7 +616,7 @@ pub fn lower(doc: &Value) -> (Option<Workflow>, Problems) {
         retry_on,
         limits,
         browser,
-        warnings: Problems::default(),
+        warnings,
         outputs,
         called: Default::default(),
     };
@@ -645,7 +647,12 @@ fn lower_browser(map: &Map<String, Value>, path: &str, problems: &mut Problems) 
     }
 }
 
-fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -> Vec<ParamSpec> {
+fn lower_params(
+    map: &Map<String, Value>,
+    path: &str,
+    problems: &mut Problems,
+    warnings: &mut Problems,
+) -> Vec<ParamSpec> {
     let mut params = Vec::new();
     for (name, value) in map {
         let here = join(path, name);
@@ -698,17 +705,65 @@ fn lower_params(map: &Map<String, Value>, path: &str, problems: &mut Problems) -
                     ..ParamSpec::named(name.clone())
                 };
                 check_param_shape(&declared, &here, problems);
-                declared
+                // `default: 3.0` of an integer is bound as `3`, as a given
+                // `3.0` is.
+                let default = match (&declared.default, declared.value_type()) {
+                    (Some(d @ Value::Number(_)), Some(ParamType::Integer)) => {
+                        declared.check_value(d).ok()
+                    }
+                    (d, _) => d.clone(),
+                };
+                ParamSpec {
+                    default,
+                    ..declared
+                }
             }
             Value::Null => ParamSpec::named(name.clone()),
-            other => ParamSpec {
-                default: Some(other.clone()),
-                ..ParamSpec::named(name.clone())
-            },
+            other => {
+                if let Value::Object(mapping) = other {
+                    warn_typed_looking_default(mapping, &here, warnings);
+                }
+                ParamSpec {
+                    default: Some(other.clone()),
+                    ..ParamSpec::named(name.clone())
+                }
+            }
         };
         params.push(spec);
     }
     params
+}
+
+/// A param's default that is a mapping with a `type` or `choices` key,
+/// but no declaration (`{type: int}` names no type): most likely not what
+/// was meant. Said once, briefly; the mapping itself is not repeated (it
+/// may be long).
+fn warn_typed_looking_default(mapping: &Map<String, Value>, path: &str, warnings: &mut Problems) {
+    if !(mapping.contains_key("type") || mapping.contains_key("choices")) {
+        return;
+    }
+    let hint = mapping
+        .get("type")
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            ParamType::alias(t)
+                .or_else(|| ParamType::parse(&t.to_ascii_lowercase()).map(ParamType::as_str))
+        })
+        .map(|near| format!(" (did you mean `type: {near}`?)"))
+        .unwrap_or_default();
+    warnings.add(
+        path,
+        format!(
+            "read as its default, a mapping with a `{}` key: a param's `type` is one of {}{hint}; \
+             to keep the mapping as the default and silence this, write it under `default:`",
+            if mapping.contains_key("type") {
+                "type"
+            } else {
+                "choices"
+            },
+            ParamType::NAMES.join(", ")
+        ),
+    );
 }
 
 fn param_type(fields: &Fields, problems: &mut Problems) -> Option<ParamType> {

@@ -264,15 +264,15 @@ impl ParamType {
         }
     }
 
-    /// The type a default gives a param that declares none. A whole
-    /// number gives `integer` (`--param count=2.5` against `count: 3` is a
-    /// mistake); a default written `0.0`, or `type: number`, takes any.
+    /// The type a default (or a choice) gives a param that declares none.
+    /// A number gives `number`, whole or not: a default of `0` may be a
+    /// ratio, and workflows stored before `type` existed took any number
+    /// there. `type: integer` asks for whole numbers.
     pub fn of(value: &Value) -> Option<Self> {
         Some(match value {
             Value::Null => return None,
             Value::String(_) => Self::String,
-            Value::Number(n) if n.is_f64() => Self::Number,
-            Value::Number(_) => Self::Integer,
+            Value::Number(_) => Self::Number,
             Value::Bool(_) => Self::Boolean,
             Value::Object(_) => Self::Object,
             Value::Array(_) => Self::Array,
@@ -625,7 +625,7 @@ mod tests {
         let w = parse_workflow(
             "version: 1\nname: w\nparams:\n  n: {type: integer, default: 1}\n  \
              level: {type: number, choices: [1, 2]}\n  pin: {secret: true, type: integer, default: 0}\n  \
-             maybe: {type: integer, default: null}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+             maybe: {type: integer, default: null}\n  whole: {type: integer, default: 3.0}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
             "w.yaml",
             &Registry::builtin(),
             &LoadOptions::default(),
@@ -637,6 +637,7 @@ mod tests {
         assert!(bound.values["n"].is_i64());
         assert_eq!(bound.values["level"], json!(1.0));
         assert!(bound.values["maybe"].is_null());
+        assert!(bound.values["whole"].is_i64(), "{}", bound.values["whole"]);
         let problems = bind_params(&w, &file(json!({"n": 1e300}))).unwrap_err();
         assert!(
             problems.0[0].message.contains("too large for an integer"),
@@ -663,7 +664,7 @@ mod tests {
     fn a_mapping_with_a_type_that_names_no_type_is_still_an_object_default() {
         let w = parse_workflow(
             "version: 1\nname: w\nparams:\n  filter: {type: invoice, status: open}\n  kind: {type: invoice}\n  \
-             typed: {type: string}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+             typed: {type: string}\n  wrapped: {default: {type: invoice}}\n  cased: {type: String}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
             "w.yaml",
             &Registry::builtin(),
             &LoadOptions::default(),
@@ -675,11 +676,14 @@ mod tests {
             .iter()
             .map(|p| format!("{}: {}", p.path, p.message))
             .collect();
-        assert_eq!(warned.len(), 2, "{warned:?}");
+        // `wrapped` says it means the mapping: no warning.
+        assert_eq!(warned.len(), 3, "{warned:?}");
         assert!(
-            warned[1].starts_with(
-                "params.kind: read as its default, the mapping {\"type\":\"invoice\"}"
-            ),
+            warned[2].contains("did you mean `type: string`?"),
+            "{warned:?}"
+        );
+        assert!(
+            warned[1].starts_with("params.kind: read as its default, a mapping with a `type` key"),
             "{warned:?}"
         );
         assert_eq!(

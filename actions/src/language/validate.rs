@@ -68,40 +68,7 @@ pub fn validate(
     v.in_error = false;
     v.vars = vars_at_start;
     v.steps(&workflow.finally);
-    object_defaults_that_look_typed(workflow, &mut v.warnings);
     (v.problems, v.warnings)
-}
-
-/// A param read as an object default although it has a `type` or
-/// `choices` key: `{type: int}` names no type, so it is a default (as it
-/// was before params had types), which is most likely not what was meant.
-fn object_defaults_that_look_typed(workflow: &Workflow, warnings: &mut Problems) {
-    use super::params::ParamType;
-    for p in &workflow.params {
-        let Some(Value::Object(default)) = &p.default else {
-            continue;
-        };
-        if p.declared_type.is_some()
-            || !(default.contains_key("type") || default.contains_key("choices"))
-        {
-            continue;
-        }
-        let hint = default
-            .get("type")
-            .and_then(Value::as_str)
-            .and_then(ParamType::alias)
-            .map(|near| format!(" (did you mean `{near}`?)"))
-            .unwrap_or_default();
-        warnings.add(
-            join("params", &p.name),
-            format!(
-                "read as its default, the mapping {}: a param's `type` is one of {}{hint}; \
-                 to keep the mapping as the default and silence this, write it under `default:`",
-                Value::Object(default.clone()),
-                ParamType::NAMES.join(", ")
-            ),
-        );
-    }
 }
 
 struct Validator<'a> {

@@ -348,17 +348,12 @@ pub(crate) async fn rerun_session(
         }
         params.insert(name, value);
     }
-    let new = checked_session(
-        hub,
-        workflow_id,
-        params,
-        Some(SessionOrigin::Rerun { session_id: id }),
-    )
-    .await?;
-    if let Some(missing) = new
-        .secret_params
+    // Asked for before the params are checked: a `***` left in place of a
+    // secret that is a number would be refused as a string, which says
+    // nothing of what to do.
+    if let Some(missing) = secret
         .iter()
-        .find(|name| new.params.get(*name).and_then(|v| v.as_str()) == Some(MASK))
+        .find(|name| params.get(*name).and_then(|v| v.as_str()) == Some(MASK))
     {
         return Err(ApiError::invalid_field(
             &format!("params.{missing}"),
@@ -368,6 +363,13 @@ pub(crate) async fn rerun_session(
             ),
         ));
     }
+    let new = checked_session(
+        hub,
+        workflow_id,
+        params,
+        Some(SessionOrigin::Rerun { session_id: id }),
+    )
+    .await?;
     queue(hub, new).await
 }
 

@@ -315,18 +315,7 @@ fn check_labels(labels: Vec<String>) -> Result<Vec<String>, ApiError> {
 }
 
 fn param_specs(workflow: &Workflow) -> Vec<StoredParam> {
-    workflow
-        .params
-        .iter()
-        .map(|p| StoredParam {
-            name: p.name.clone(),
-            default: p.default.clone(),
-            secret: p.secret,
-            declared_type: p.declared_type,
-            choices: p.choices.clone(),
-            description: p.description.clone(),
-        })
-        .collect()
+    workflow.params.iter().map(StoredParam::from_spec).collect()
 }
 
 fn invalid_workflow(problems: Problems) -> ApiError {

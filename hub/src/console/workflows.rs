@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use super::auth::{CSRF_FIELD, Operator};
 use super::layout::{self, PageError};
 use super::session::{Fields, field};
-use tasuki_actions::language::params::ParamType;
+use tasuki_actions::language::params::{ParamType, same_value};
 use tasuki_actions::{Problem, Problems};
 
 use crate::api::Hub;
@@ -148,22 +148,29 @@ static CHECKS: Semaphore = Semaphore::const_new(2);
 /// it: a called workflow may have changed since, or the robots offering an
 /// action gone.
 async fn check_again(hub: &Arc<Hub>, source: &workflows::Source) -> Checked {
-    let Ok(_turn) = CHECKS.try_acquire() else {
+    let Ok(turn) = CHECKS.try_acquire() else {
         return Checked::NotNow("the hub is checking other workflows");
-    };
-    let Ok(fleet) = hub.db.call(robots::fleet_catalog).await else {
-        return Checked::NotNow("the hub cannot reach its database");
     };
     let origin = if source.format == "json" {
         "workflow.json"
     } else {
         "workflow.yaml"
     };
-    match check_with_calls(hub, Arc::new(fleet), source.text.clone(), origin).await {
-        Ok(Ok((workflow, _))) => Checked::Accepted(workflow.warnings),
-        Ok(Err(problems)) => Checked::Refused(problems),
-        Err(_) => Checked::NotNow("the check failed"),
-    }
+    let (hub, text) = (hub.clone(), source.text.clone());
+    // A task of its own, holding the turn to its end: a browser that
+    // leaves the page does not free the turn while the parse goes on.
+    let check = tokio::spawn(async move {
+        let _turn = turn;
+        let Ok(fleet) = hub.db.call(robots::fleet_catalog).await else {
+            return Checked::NotNow("the hub cannot reach its database");
+        };
+        match check_with_calls(&hub, Arc::new(fleet), text, origin).await {
+            Ok(Ok((workflow, _))) => Checked::Accepted(workflow.warnings),
+            Ok(Err(problems)) => Checked::Refused(problems),
+            Err(_) => Checked::NotNow("the check failed"),
+        }
+    });
+    check.await.unwrap_or(Checked::NotNow("the check failed"))
 }
 
 /// Where a problem is, then what it is.
@@ -212,7 +219,7 @@ fn param_field(stored: &StoredParam) -> Markup {
                     @if no_default { option value="" selected { "(the workflow's default)" } }
                     @for c in &p.choices {
                         @let text = match c { Value::String(s) => s.clone(), other => other.to_string() };
-                        option value=(text) selected[Some(c) == p.default.as_ref()] { (text) }
+                        option value=(text) selected[p.default.as_ref().is_some_and(|d| same_value(c, d))] { (text) }
                     }
                 }
             } @else {

@@ -3,6 +3,7 @@
 use super::sql::{Conn, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tasuki_actions::ParamSpec;
 use tasuki_actions::language::params::ParamType;
 use tasuki_protocol::robot::CalledWorkflow;
 use tasuki_protocol::{Concurrency, WorkflowItem};
@@ -33,6 +34,58 @@ pub struct StoredParam {
     pub choices: Vec<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+impl StoredParam {
+    /// What the hub keeps of a declaration.
+    pub fn from_spec(p: &ParamSpec) -> StoredParam {
+        StoredParam {
+            name: p.name.clone(),
+            default: p.default.clone(),
+            secret: p.secret,
+            declared_type: p.declared_type,
+            choices: p.choices.clone(),
+            description: p.description.clone(),
+        }
+    }
+}
+
+/// Reads the params of the stored workflows again, as the loader of this
+/// version reads them, and stores what changed; returns those workflows'
+/// ids and names. A hub that stored a workflow before params had types
+/// read `{type: string}` as an object default; a robot now reads it as a
+/// declaration, and the hub must check sessions as the robot will. Only
+/// sources that mention `type` or `choices` can change.
+pub fn refresh_param_specs(conn: &mut Conn<'_>) -> Result<Vec<(i64, String)>, DbError> {
+    let rows: Vec<(i64, String, String, String, String)> = conn.rows(
+        "SELECT id, name, source_format, source, param_specs FROM workflows
+         WHERE source LIKE '%type%' OR source LIKE '%choices%'",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
+    let mut changed = Vec::new();
+    for (id, name, format, source, stored) in rows {
+        let origin = if format == "json" {
+            "workflow.json"
+        } else {
+            "workflow.yaml"
+        };
+        let Some(params) = tasuki_actions::language::declared_params(&source, origin) else {
+            continue;
+        };
+        let now: Vec<StoredParam> = params.iter().map(StoredParam::from_spec).collect();
+        let before: Vec<StoredParam> = parse_json(&format!("workflow {id}: param_specs"), &stored)?;
+        let same = serde_json::to_value(&now).ok() == serde_json::to_value(&before).ok();
+        if !same {
+            let specs = serde_json::to_string(&now).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            conn.execute(
+                "UPDATE workflows SET param_specs = ?2 WHERE id = ?1",
+                params![id, specs],
+            )?;
+            changed.push((id, name));
+        }
+    }
+    Ok(changed)
 }
 
 /// A field that is there, `null` included, is `Some`.
