@@ -297,9 +297,10 @@ on_error:
     );
 }
 
-/// A called workflow without a timeout of its own runs its `on_error`
-/// when the caller's timeout interrupts it: the handler is not cut off by
-/// the timeout that made it run.
+/// A called workflow runs its `on_error` when the caller's timeout
+/// interrupts it, with a timeout of its own or without: the handler is not
+/// cut off by the timeout that made it run, and the interrupted step says
+/// `timeout`.
 #[test]
 fn a_called_workflows_error_handler_runs_after_the_callers_timeout() {
     let scratch = Scratch::new();
@@ -315,6 +316,22 @@ on_error:
   - id: note
     action: shell.run
     with: {argv: [touch, handled]}
+"#,
+    );
+    // The same under a timeout of its own that the caller's beats.
+    scratch.write(
+        "timed.yaml",
+        r#"version: 1
+name: timed
+timeout: 30s
+steps:
+  - id: stall
+    action: shell.run
+    with: {argv: [sleep, "30"]}
+on_error:
+  - id: note
+    action: shell.run
+    with: {argv: [touch, handled-too]}
 "#,
     );
     let main = scratch.write(
@@ -334,5 +351,23 @@ on_error:
         r.report["steps"]["part.note"]["status"], "success",
         "{}",
         r.report
+    );
+
+    let main = scratch.write(
+        "main2.yaml",
+        "version: 1\nname: caller\ntimeout: 1s\nsteps:\n  - id: part\n    action: call\n    with: {workflow: timed}\n",
+    );
+    let r = run_json(scratch.path(), &main, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.report["error"]["code"], "timeout", "{}", r.report);
+    assert_eq!(
+        r.report["steps"]["part.stall"]["error"]["code"], "timeout",
+        "the interrupted step names the timeout that ran out: {}",
+        r.report
+    );
+    assert!(
+        scratch.path().join("handled-too").exists(),
+        "the timed workflow's on_error did not run: {}",
+        r.stderr
     );
 }

@@ -44,6 +44,35 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
 }
 
+/// Reads again, once, the params of workflows stored before params had
+/// types, a page at a time, and says in the log which changed.
+async fn reread_params(db: &crate::db::Db) -> anyhow::Result<()> {
+    loop {
+        let found = db
+            .call(|conn| workflows::refresh_param_specs(conn, 200))
+            .await?;
+        for (id, name) in &found.changed {
+            tracing::warn!(
+                workflow_id = id,
+                %name,
+                "this workflow's stored params differ from how this version reads them (params \
+                 now have types); its sessions are checked against the new reading, as robots \
+                 read it"
+            );
+        }
+        for (id, name) in &found.kept {
+            tracing::warn!(
+                workflow_id = id,
+                %name,
+                "this workflow no longer loads cleanly; its stored params are kept as they were"
+            );
+        }
+        if found.read == 0 {
+            return Ok(());
+        }
+    }
+}
+
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (db, master) = store::open(&opts.store).await?;
     let t = opts.timings;
@@ -65,16 +94,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             "gave the leases of a previous run a fresh deadline"
         );
     }
-    let reread = db.call(workflows::refresh_param_specs).await?;
-    for (id, name) in &reread {
-        tracing::warn!(
-            workflow_id = id,
-            %name,
-            "this workflow's params read differently since params have types (a mapping \
-             holding only `type` or `choices` now declares the param); sessions are checked \
-             against the new reading, as robots read it"
-        );
-    }
+    reread_params(&db).await?;
     let tls = match opts.tls {
         Some(files) => Some(ReloadableTls::load(files).context("TLS")?),
         None => None,

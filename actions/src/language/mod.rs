@@ -68,12 +68,15 @@ pub fn parse_workflow(
 }
 
 /// The params a workflow's text declares, read as the loader reads them
-/// but without validating the rest; `None` for text that does not parse.
-/// For a hub that stored the text validated, and must read its params
-/// again (`tasuki-hub`'s start).
+/// but without validating the steps; `None` for text that does not parse
+/// or lower without a problem. For a hub that stored the text validated,
+/// and must read its params again (`tasuki-hub`'s start).
 pub fn declared_params(text: &str, origin: &str) -> Option<Vec<model::ParamSpec>> {
     let located = source::parse(text, Format::from_file_name(origin)).ok()?;
-    model::lower(&located.value).0.map(|w| w.params)
+    match model::lower(&located.value) {
+        (Some(workflow), problems) if problems.is_empty() => Some(workflow.params),
+        _ => None,
+    }
 }
 
 /// Validates an already-parsed document, such as a JSON body the hub received.

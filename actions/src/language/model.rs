@@ -739,29 +739,52 @@ fn lower_params(
 /// was meant. Said once, briefly; the mapping itself is not repeated (it
 /// may be long).
 fn warn_typed_looking_default(mapping: &Map<String, Value>, path: &str, warnings: &mut Problems) {
-    if !(mapping.contains_key("type") || mapping.contains_key("choices")) {
-        return;
-    }
-    let hint = mapping
-        .get("type")
-        .and_then(Value::as_str)
-        .and_then(|t| {
-            ParamType::alias(t)
-                .or_else(|| ParamType::parse(&t.to_ascii_lowercase()).map(ParamType::as_str))
-        })
-        .map(|near| format!(" (did you mean `type: {near}`?)"))
-        .unwrap_or_default();
+    const TYPING: &[&str] = &["type", "choices"];
+    // `tpye`, `choice`: a declaration's key misspelt.
+    let near_miss = mapping
+        .keys()
+        .filter(|k| !TYPING.contains(&k.as_str()))
+        .find_map(|k| closest(k, TYPING).map(|near| (k, near)));
+    let why = match (mapping.get("type"), near_miss) {
+        (Some(t), _) if t.as_str().and_then(ParamType::parse).is_none() => {
+            let hint = t
+                .as_str()
+                .and_then(|t| {
+                    ParamType::alias(t).or_else(|| {
+                        ParamType::parse(&t.to_ascii_lowercase()).map(ParamType::as_str)
+                    })
+                })
+                .map(|near| format!("; did you mean `type: {near}`?"))
+                .unwrap_or_default();
+            format!(
+                "`type: {t}` names no type (one of {}){hint}",
+                ParamType::NAMES.join(", ")
+            )
+        }
+        (_, Some((key, near))) => format!("`{key}` is not `{near}`"),
+        (None, None) if !mapping.contains_key("choices") => return,
+        _ => {
+            let others: Vec<&str> = mapping
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !TYPING.contains(k))
+                .collect();
+            format!(
+                "{} beside `type` or `choices` make it a default (a declaration holds only \
+                 those, or uses `default`, `secret` or `description`)",
+                others
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
     warnings.add(
         path,
         format!(
-            "read as its default, a mapping with a `{}` key: a param's `type` is one of {}{hint}; \
-             to keep the mapping as the default and silence this, write it under `default:`",
-            if mapping.contains_key("type") {
-                "type"
-            } else {
-                "choices"
-            },
-            ParamType::NAMES.join(", ")
+            "read as its default, a mapping: {why}; to keep the mapping as the default and \
+             silence this, write it under `default:`"
         ),
     );
 }

@@ -683,7 +683,9 @@ mod tests {
             "{warned:?}"
         );
         assert!(
-            warned[1].starts_with("params.kind: read as its default, a mapping with a `type` key"),
+            warned[1].starts_with(
+                "params.kind: read as its default, a mapping: `type: \"invoice\"` names no type"
+            ),
             "{warned:?}"
         );
         assert_eq!(

@@ -544,6 +544,9 @@ struct TimeLimit {
     hit: AtomicBool,
     /// What a step it interrupted says.
     message: String,
+    /// The limit this one runs inside (a called workflow's, inside its
+    /// caller's): either running out is a timeout here.
+    outer: Option<Arc<TimeLimit>>,
 }
 
 impl TimeLimit {
@@ -551,11 +554,28 @@ impl TimeLimit {
         TimeLimit {
             hit: AtomicBool::new(false),
             message,
+            outer: None,
+        }
+    }
+
+    /// A limit inside `outer`.
+    fn within(message: String, outer: Arc<TimeLimit>) -> TimeLimit {
+        TimeLimit {
+            outer: Some(outer),
+            ..TimeLimit::new(message)
         }
     }
 
     fn hit(&self) -> bool {
-        self.hit.load(Ordering::SeqCst)
+        self.hit.load(Ordering::SeqCst) || self.outer.as_ref().is_some_and(|o| o.hit())
+    }
+
+    /// What a step it interrupted says: the limit that ran out.
+    fn message(&self) -> &str {
+        match &self.outer {
+            Some(outer) if !self.hit.load(Ordering::SeqCst) && outer.hit() => outer.message(),
+            _ => &self.message,
+        }
     }
 
     /// Cancels `token` after `limit`, unless the returned task is aborted.
@@ -713,7 +733,11 @@ impl<'e> Session<'e> {
         // The workflow timeout cancels through the session token; the step
         // it interrupted failed, it was not cancelled by anyone.
         let f = if f.code == codes::CANCELLED && self.timed_out.hit() {
-            failure(codes::TIMEOUT, self.timed_out.message.clone(), &step.id)
+            failure(
+                codes::TIMEOUT,
+                self.timed_out.message().to_string(),
+                &step.id,
+            )
         } else {
             f
         };
@@ -1189,9 +1213,10 @@ impl<'e> Session<'e> {
                 json!({"status": StepStatus::Pending.as_str(), "output": null, "error": null}),
             );
         }
-        let limit = Arc::new(TimeLimit::new(format!(
-            "the timeout of workflow `{name}` ran out during this step"
-        )));
+        let limit = Arc::new(TimeLimit::within(
+            format!("the timeout of workflow `{name}` ran out during this step"),
+            self.timed_out.clone(),
+        ));
         let mut child = Session {
             registry: self.registry,
             shared: self.shared.clone(),
@@ -1244,11 +1269,19 @@ impl<'e> Session<'e> {
                         && (!self.cancel.is_cancelled() || self.timed_out.hit()) =>
                 {
                     self.error_binding = Some(error_value(&f));
-                    // A token of its own: a timeout (its own, its caller's
-                    // or the session's) has cancelled this one. It hangs on
-                    // the session's cancel from outside, which still reaches
-                    // it, and is bounded like the session's handler.
-                    let outer = std::mem::replace(&mut self.cancel, self.shared.stop.child_token());
+                    // After a timeout (its own, its caller's or the
+                    // session's: `timed_out` chains them), which cancelled
+                    // this token, a token of its own that hangs on the
+                    // session's cancel from outside, which still reaches it;
+                    // bounded like the session's handler. After a failure,
+                    // the token it had: a sibling branch's failure, a
+                    // timeout or a cancel still stop it.
+                    let handler_token = if self.cancel.is_cancelled() {
+                        self.shared.stop.child_token()
+                    } else {
+                        self.cancel.clone()
+                    };
+                    let outer = std::mem::replace(&mut self.cancel, handler_token);
                     let handler =
                         tokio::time::timeout(ON_ERROR_LIMIT, self.run_steps(&called.on_error));
                     let handled = handler.await.unwrap_or_else(|_| {

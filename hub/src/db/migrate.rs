@@ -440,6 +440,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE session_queues ADD COLUMN run_started_at INTEGER;
     ALTER TABLE session_queues ADD COLUMN cancel_reason TEXT;
     "#,
+    // 18: which reading of a workflow's params its `param_specs` hold: 0
+    // from before params had types (`type`, `choices`), which the hub
+    // reads again once (db/workflows.rs `refresh_param_specs`).
+    r#"
+    ALTER TABLE workflows ADD COLUMN params_read INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -779,6 +785,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX workflows_by_name ON workflows (name, id);
     ALTER TABLE session_queues ADD COLUMN run_started_at BIGINT;
     ALTER TABLE session_queues ADD COLUMN cancel_reason TEXT;
+    "#,
+    ),
+    (
+        18,
+        r#"
+    ALTER TABLE workflows ADD COLUMN params_read BIGINT NOT NULL DEFAULT 0;
     "#,
     ),
 ];

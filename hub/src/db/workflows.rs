@@ -50,42 +50,72 @@ impl StoredParam {
     }
 }
 
-/// Reads the params of the stored workflows again, as the loader of this
-/// version reads them, and stores what changed; returns those workflows'
-/// ids and names. A hub that stored a workflow before params had types
-/// read `{type: string}` as an object default; a robot now reads it as a
-/// declaration, and the hub must check sessions as the robot will. Only
-/// sources that mention `type` or `choices` can change.
-pub fn refresh_param_specs(conn: &mut Conn<'_>) -> Result<Vec<(i64, String)>, DbError> {
-    let rows: Vec<(i64, String, String, String, String)> = conn.rows(
-        "SELECT id, name, source_format, source, param_specs FROM workflows
-         WHERE source LIKE '%type%' OR source LIKE '%choices%'",
-        params![],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?;
-    let mut changed = Vec::new();
-    for (id, name, format, source, stored) in rows {
-        let origin = if format == "json" {
-            "workflow.json"
-        } else {
-            "workflow.yaml"
+/// The reading of a workflow's params that `param_specs` stored now
+/// hold (`workflows.params_read`): 1 since params have types.
+pub const PARAMS_READING: i64 = 1;
+
+/// What reading stored params again found, for the hub's log.
+#[derive(Debug, Default)]
+pub struct Reread {
+    /// Workflows read so far (0: none were left).
+    pub read: usize,
+    /// Those whose params now read differently: `(id, name)`.
+    pub changed: Vec<(i64, String)>,
+    /// Those whose source no longer loads cleanly: their params are kept.
+    pub kept: Vec<(i64, String)>,
+}
+
+/// Reads again the params of up to `limit` workflows stored under an
+/// older reading, stores what changed, and marks them read. A hub that
+/// stored a workflow before params had types read `{type: string}` as an
+/// object default; a robot now reads a declaration, and the hub must check
+/// sessions as the robot will. Called until it reads none: each workflow
+/// is read once.
+pub fn refresh_param_specs(conn: &mut Conn<'_>, limit: i64) -> Result<Reread, DbError> {
+    conn.transaction(|tx| {
+        let rows: Vec<(i64, String, String, String, String)> = tx.rows(
+            "SELECT id, name, source_format, source, param_specs FROM workflows
+             WHERE params_read < ?1 ORDER BY id LIMIT ?2",
+            params![PARAMS_READING, limit],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let mut found = Reread {
+            read: rows.len(),
+            ..Reread::default()
         };
-        let Some(params) = tasuki_actions::language::declared_params(&source, origin) else {
-            continue;
-        };
-        let now: Vec<StoredParam> = params.iter().map(StoredParam::from_spec).collect();
-        let before: Vec<StoredParam> = parse_json(&format!("workflow {id}: param_specs"), &stored)?;
-        let same = serde_json::to_value(&now).ok() == serde_json::to_value(&before).ok();
-        if !same {
-            let specs = serde_json::to_string(&now).map_err(|e| DbError::Corrupt(e.to_string()))?;
-            conn.execute(
-                "UPDATE workflows SET param_specs = ?2 WHERE id = ?1",
-                params![id, specs],
+        for (id, name, format, source, stored) in rows {
+            let origin = if format == "json" {
+                "workflow.json"
+            } else {
+                "workflow.yaml"
+            };
+            match tasuki_actions::language::declared_params(&source, origin) {
+                None => found.kept.push((id, name)),
+                Some(params) => {
+                    let now: Vec<StoredParam> = params.iter().map(StoredParam::from_spec).collect();
+                    // Unreadable specs are replaced by the fresh reading.
+                    let before = serde_json::from_str::<Vec<StoredParam>>(&stored).ok();
+                    let same = before.is_some_and(|b| {
+                        serde_json::to_value(&b).ok() == serde_json::to_value(&now).ok()
+                    });
+                    if !same {
+                        let specs = serde_json::to_string(&now)
+                            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+                        tx.execute(
+                            "UPDATE workflows SET param_specs = ?2 WHERE id = ?1",
+                            params![id, specs],
+                        )?;
+                        found.changed.push((id, name));
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE workflows SET params_read = ?2 WHERE id = ?1",
+                params![id, PARAMS_READING],
             )?;
-            changed.push((id, name));
         }
-    }
-    Ok(changed)
+        Ok(found)
+    })
 }
 
 /// A field that is there, `null` included, is `Some`.
@@ -162,9 +192,9 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
                                 accept_undeclared_params, credentials, retry_on,
-                                limit_log_bytes, limit_artifact_bytes, calls)
+                                limit_log_bytes, limit_artifact_bytes, calls, params_read)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20)
+                 ?18, ?19, ?20, ?21)
          RETURNING id",
         params![
             w.name,
@@ -188,7 +218,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                 .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             w.limit_artifact_bytes
                 .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
-            serde_json::to_string(&w.calls).map_err(|e| DbError::Corrupt(e.to_string()))?
+            serde_json::to_string(&w.calls).map_err(|e| DbError::Corrupt(e.to_string()))?,
+            PARAMS_READING
         ],
         |r| r.get(0),
     )?;
