@@ -371,3 +371,41 @@ on_error:
         r.stderr
     );
 }
+
+/// The session's timeout ran out and its `on_error` calls a workflow; a
+/// person's cancel then stops that workflow's step, which says
+/// `cancelled`: the timeout that ran out before the call is not its own.
+#[test]
+fn a_cancel_inside_on_error_after_a_timeout_is_a_cancel() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "tidy.yaml",
+        r#"version: 1
+name: tidy
+timeout: 60s
+steps:
+  - id: slow
+    action: shell.run
+    with: {shell: sh, script: "echo $$ > tidy.pid; exec sleep 30"}
+"#,
+    );
+    let child = spawn_run(
+        &scratch,
+        "version: 1\nname: caller\ntimeout: 1s\nsteps:\n  - id: stall\n    action: shell.run\n    with: {argv: [sleep, \"30\"]}\non_error:\n  - id: tidy\n    action: call\n    with: {workflow: tidy}\n",
+        &[],
+    );
+    let tidy = read_pid(&scratch, "tidy.pid");
+    signal(child.id(), "INT");
+    let r = wait_with_limit(child, Duration::from_secs(20));
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert_eq!(r.report["status"], "cancelled", "{}", r.report);
+    assert_eq!(
+        r.report["steps"]["tidy.slow"]["status"], "cancelled",
+        "{}",
+        r.report
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(tidy)),
+        "the called workflow's process {tidy} survived"
+    );
+}

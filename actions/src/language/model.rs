@@ -740,11 +740,17 @@ fn lower_params(
 /// may be long).
 fn warn_typed_looking_default(mapping: &Map<String, Value>, path: &str, warnings: &mut Problems) {
     const TYPING: &[&str] = &["type", "choices"];
-    // `tpye`, `choice`: a declaration's key misspelt.
+    // `tpye`, `choice`: a declaration's key misspelt, one letter off or two
+    // swapped (`time` or `top` are keys of their own).
     let near_miss = mapping
         .keys()
         .filter(|k| !TYPING.contains(&k.as_str()))
-        .find_map(|k| closest(k, TYPING).map(|near| (k, near)));
+        .find_map(|k| {
+            TYPING
+                .iter()
+                .find(|t| one_slip(k, t))
+                .map(|near| (k, *near))
+        });
     let why = match (mapping.get("type"), near_miss) {
         (Some(t), _) if t.as_str().and_then(ParamType::parse).is_none() => {
             let hint = t
@@ -763,6 +769,9 @@ fn warn_typed_looking_default(mapping: &Map<String, Value>, path: &str, warnings
         }
         (_, Some((key, near))) => format!("`{key}` is not `{near}`"),
         (None, None) if !mapping.contains_key("choices") => return,
+        (_, None) if mapping.get("choices").is_some_and(|c| !c.is_array()) => {
+            "`choices` is not a list".to_string()
+        }
         _ => {
             let others: Vec<&str> = mapping
                 .keys()
@@ -787,6 +796,38 @@ fn warn_typed_looking_default(mapping: &Map<String, Value>, path: &str, warnings
              silence this, write it under `default:`"
         ),
     );
+}
+
+/// Whether `a` is `b` with one letter added, dropped or changed, or two
+/// neighbours swapped.
+fn one_slip(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a == b {
+        return false;
+    }
+    let same_but = |skip_a: usize, skip_b: usize| {
+        let strip = |v: &[char], at: usize| {
+            v.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != at)
+                .map(|(_, c)| *c)
+                .collect::<Vec<_>>()
+        };
+        strip(&a, skip_a) == strip(&b, skip_b)
+    };
+    match a.len() as isize - b.len() as isize {
+        0 => {
+            let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+            differ.len() == 1
+                || (differ.len() == 2
+                    && differ[1] == differ[0] + 1
+                    && a[differ[0]] == b[differ[1]]
+                    && a[differ[1]] == b[differ[0]])
+        }
+        1 => (0..a.len()).any(|i| same_but(i, usize::MAX)),
+        -1 => (0..b.len()).any(|i| same_but(usize::MAX, i)),
+        _ => false,
+    }
 }
 
 fn param_type(fields: &Fields, problems: &mut Problems) -> Option<ParamType> {

@@ -696,4 +696,35 @@ mod tests {
         assert_eq!(by_name("typed").declared_type, Some(ParamType::String));
         assert_eq!(by_name("typed").default, None);
     }
+
+    #[test]
+    fn the_warning_says_what_made_a_mapping_a_default_and_spares_ordinary_ones() {
+        let w = parse_workflow(
+            "version: 1\nname: w\nparams:\n  n: {tpye: integer}\n  m: {type: integer, required: true}\n  \
+             o: {time: \"9:00\", top: 1}\n  q: {choices: a}\nsteps:\n  - {id: a, action: log, with: {message: hi}}\n",
+            "w.yaml",
+            &Registry::builtin(),
+            &LoadOptions::default(),
+        )
+        .expect("valid");
+        let said: Vec<String> = w
+            .warnings
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        // `o` is an ordinary mapping: no warning.
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said[0].starts_with("params.n: ") && said[0].contains("`tpye` is not `type`"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].starts_with("params.m: ") && said[1].contains("`required` beside `type`"),
+            "{said:?}"
+        );
+        assert!(
+            said[2].starts_with("params.q: ") && said[2].contains("`choices` is not a list"),
+            "{said:?}"
+        );
+    }
 }

@@ -329,6 +329,9 @@ impl Executor {
                     // within a bound of its own.
                     let handler_token = cancel.child_token();
                     session.cancel = handler_token.clone();
+                    // A limit of its own too: a workflow it calls must not
+                    // count the session's timeout, which ran out, as its own.
+                    session.timed_out = Arc::new(TimeLimit::handler());
                     // The handler runs even after `limits.steps` was reached.
                     session.steps_run = StepCount::unbounded();
                     let handler = session.run_steps(&workflow.on_error);
@@ -556,6 +559,15 @@ impl TimeLimit {
             message,
             outer: None,
         }
+    }
+
+    /// An error handler's: bounded by `ON_ERROR_LIMIT` from outside, never
+    /// hit itself, and inside no other limit.
+    fn handler() -> TimeLimit {
+        TimeLimit::new(format!(
+            "on_error's limit of {} ran out during this step",
+            format_duration(ON_ERROR_LIMIT)
+        ))
     }
 
     /// A limit inside `outer`.
@@ -1276,12 +1288,18 @@ impl<'e> Session<'e> {
                     // bounded like the session's handler. After a failure,
                     // the token it had: a sibling branch's failure, a
                     // timeout or a cancel still stop it.
-                    let handler_token = if self.cancel.is_cancelled() {
+                    // (`hit` is set just before the token is cancelled.)
+                    let handler_token = if self.cancel.is_cancelled() || self.timed_out.hit() {
                         self.shared.stop.child_token()
                     } else {
                         self.cancel.clone()
                     };
                     let outer = std::mem::replace(&mut self.cancel, handler_token);
+                    // Its own limit, as the session's handler has: a limit
+                    // that ran out must not make its steps' cancels (a
+                    // person's, a sibling branch's) read as timeouts.
+                    let outer_limit =
+                        std::mem::replace(&mut self.timed_out, Arc::new(TimeLimit::handler()));
                     let handler =
                         tokio::time::timeout(ON_ERROR_LIMIT, self.run_steps(&called.on_error));
                     let handled = handler.await.unwrap_or_else(|_| {
@@ -1295,6 +1313,7 @@ impl<'e> Session<'e> {
                         })
                     });
                     self.cancel = outer;
+                    self.timed_out = outer_limit;
                     if let Err(also) = handled {
                         self.log(
                             LogLevel::Error,
