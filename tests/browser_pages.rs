@@ -379,7 +379,7 @@ steps:
     with: {{name: token, value: "{token}", expiry: {expiry}}}
   - id: add_lang
     action: browser.add_cookie
-    with: {{name: lang, value: en}}
+    with: {{name: lang, value: en, same_site: strict}}
   - id: all
     action: browser.get_cookies
   - id: one
@@ -431,12 +431,24 @@ steps:
     };
     // The token's value is masked in the shipped output; the two-letter
     // value is not (masking "en" everywhere would wreck the log).
+    // `same_site` is the browser's default when the cookie set none
+    // (Chromium says Lax), and what `add_cookie` set otherwise.
+    let mut token_cookie = by_name("token");
+    let same_site = token_cookie
+        .as_object_mut()
+        .and_then(|c| c.remove("same_site"))
+        .unwrap_or(Value::Null);
+    assert!(
+        same_site == "Lax" || same_site.is_null(),
+        "the token's same_site: {same_site}"
+    );
     assert_eq!(
-        by_name("token"),
+        token_cookie,
         json!({"name": "token", "value": "***", "domain": "127.0.0.1", "path": "/",
                "secure": false, "http_only": false, "expiry": expiry})
     );
     assert_eq!(by_name("lang")["value"], "en");
+    assert_eq!(by_name("lang")["same_site"], "Strict", "{all}");
     assert_eq!(out("one")["count"], 1);
     assert_eq!(out("none"), json!({"count": 0, "cookies": []}));
     let script = out("script")["result"].as_str().unwrap().to_string();
