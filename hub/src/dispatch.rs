@@ -227,7 +227,6 @@ impl Dispatcher {
         conn: &mut Conn<'_>,
         session_id: i64,
         want: &Want,
-        now_ms: i64,
     ) -> Result<Option<Lease>, DbError> {
         let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
         leases::grant(
@@ -236,7 +235,6 @@ impl Dispatcher {
             &poller(want),
             &lease_id,
             &self.master,
-            now_ms,
             self.lease_ttl_ms,
         )
     }
@@ -247,7 +245,6 @@ impl Dispatcher {
         conn: &mut Conn<'_>,
         want: &Want,
         load: Load,
-        now_ms: i64,
     ) -> Result<Option<Lease>, DbError> {
         let lease_id = new_lease_id().map_err(|e| DbError::Task(e.to_string()))?;
         leases::grant_next(
@@ -256,7 +253,6 @@ impl Dispatcher {
             load,
             &lease_id,
             &self.master,
-            now_ms,
             self.lease_ttl_ms,
         )
     }
@@ -274,12 +270,7 @@ impl Dispatcher {
 
     /// A robot's poll found nothing to report: give it a session at once if
     /// one fits, or register it to wait.
-    pub fn take_or_wait(
-        &self,
-        conn: &mut Conn<'_>,
-        want: Want,
-        now_ms: i64,
-    ) -> Result<Poll, DbError> {
+    pub fn take_or_wait(&self, conn: &mut Conn<'_>, want: Want) -> Result<Poll, DbError> {
         let (tx, rx) = oneshot::channel();
         let mut waiter = Waiter {
             seq: 0,
@@ -295,7 +286,7 @@ impl Dispatcher {
                 let seen = self.news.load(Ordering::SeqCst);
                 waiter.load = leases::load_of(conn, waiter.want.robot_id)?;
                 if waiter.wants_work()
-                    && let Some(lease) = self.grant_next(conn, &waiter.want, waiter.load, now_ms)?
+                    && let Some(lease) = self.grant_next(conn, &waiter.want, waiter.load)?
                 {
                     return Ok(Poll::Leased(Box::new(lease)));
                 }
@@ -416,7 +407,7 @@ impl Dispatcher {
                 if !load.has_room(want.max_concurrency, needs.single_process) {
                     return Ok(None);
                 }
-                self.grant(tx, session_id, &want, now_ms)
+                self.grant(tx, session_id, &want)
             })?;
             match offered {
                 Offered::Granted { sent: true, .. } => return Ok(true),
@@ -593,7 +584,7 @@ impl Dispatcher {
             if !load.has_room(want.max_concurrency, false) {
                 return Ok(None);
             }
-            self.grant_next(tx, &want, load, now_ms)
+            self.grant_next(tx, &want, load)
         })?;
         match offered {
             Offered::Granted {

@@ -159,14 +159,13 @@ pub fn grant_next(
     load: Load,
     lease_id: &str,
     master: &MasterKey,
-    now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
     conn.transaction(|tx| {
         let Some(session_id) = next_for(tx, poller.robot_id, poller.name, load)? else {
             return Ok(None);
         };
-        grant(tx, session_id, poller, lease_id, master, now_ms, ttl_ms)
+        grant(tx, session_id, poller, lease_id, master, ttl_ms)
     })
 }
 
@@ -227,7 +226,6 @@ pub fn grant(
     poller: &Poller<'_>,
     lease_id: &str,
     master: &MasterKey,
-    now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Option<Lease>, DbError> {
     // Counted after the workflow's lock, so that hubs granting at once
@@ -250,6 +248,12 @@ pub fn grant(
             Some((_, false)) => {}
         }
     }
+    // The session starts now, read after the locks: a caller's clock
+    // reading may be older than the grant by a wait for a lock, a pool
+    // connection or an earlier grant of the same request, and a start
+    // stamped before the session it waited for ended would read as over
+    // its workflow's limit.
+    let now_ms = super::now_ms();
     let changed = conn.execute(
         concat!(
             "UPDATE session_queues

@@ -89,7 +89,7 @@ pub async fn poll(
                         max_concurrency: robot.max_concurrency,
                         draining: req.draining,
                     };
-                    match hub.dispatch.take_or_wait(conn, want, now)? {
+                    match hub.dispatch.take_or_wait(conn, want)? {
                         Poll::Leased(lease) => {
                             offered.push(*lease);
                             Ok(Ok(response(offered, cancel, lost)))
