@@ -473,6 +473,101 @@ steps:
     );
 }
 
+/// An approval that lists its approvers: the hub refuses every other key's
+/// decision (with the robot's word for the list checked against the
+/// workflow), shows the list, and takes a listed key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_listed_approver_decides_an_approval_that_lists_them() {
+    let f = Fleet::start();
+    let approver = create_key(&f.scratch, "session_queue.write session_queue.read");
+    let reader = create_key(&f.scratch, "session_queue.read");
+    let flow = |approvers: &str| {
+        format!(
+            "version: 1\nname: four-eyes\nsteps:\n  - id: sign_off\n    action: approval\n    \
+             with: {{message: \"pay 42?\", timeout: 1h, approvers: [{approvers}]}}\n  \
+             - id: after\n    action: log\n    with: {{message: \"paid, by ${{steps.sign_off.output.by}}\"}}\n"
+        )
+    };
+
+    // Registering: each approver must be a key of this hub that may decide.
+    let r = f
+        .api
+        .post(
+            "/v1/workflows",
+            &json!({"yaml": flow(&format!("{}, TSKNOSUCHKEY, {}", approver.id, reader.id))}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    let problems = r.body["error"]["problems"].to_string();
+    assert!(
+        problems.contains("steps[0].with.approvers[1]")
+            && problems.contains("there is no access key `TSKNOSUCHKEY` on this hub"),
+        "{}",
+        r.body
+    );
+    assert!(
+        problems.contains("steps[0].with.approvers[2]")
+            && problems.contains("does not have the scope `session_queue.write`"),
+        "{}",
+        r.body
+    );
+
+    let workflow_id = workflow(&f.api, &flow(&approver.id), &[]).await;
+    let robot = Robot::new(f.scratch.dir.path(), "four-eyes");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let id = queue(&f.api, workflow_id, json!({})).await;
+    let s = waiting(&f.api, id).await;
+    assert_eq!(s["wait"]["approvers"], json!([approver.id]), "{s}");
+
+    // The fleet's key may write sessions, and is still not an approver:
+    // refused, naming the step and who may decide; the session still waits.
+    let r = f
+        .api
+        .post(
+            &format!("/v1/session_queues/{id}/approval"),
+            &json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "not_an_approver"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.message().contains(&format!(
+            "the access key `{}` is not an approver of step `sign_off`",
+            f.key.id
+        )) && r.message().contains(&approver.id),
+        "{}",
+        r.body
+    );
+    let s = f.api.get(&format!("/v1/session_queues/{id}")).await.body;
+    assert_eq!(s["status"], "waiting", "{s}");
+    assert!(s["wait"]["decided_by"].is_null(), "{s}");
+
+    let listed = Api::new(
+        &f.hub,
+        Some(token(&approver, "session_queue.write session_queue.read")),
+    );
+    let r = listed
+        .post(
+            &format!("/v1/session_queues/{id}/approval"),
+            &json!({"decision": "approve", "comment": "checked"}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(s["wait"]["decided_by"], approver.id.as_str(), "{s}");
+    let text = messages(&all_logs(&f.api, id).await);
+    assert!(
+        text.contains(&format!("paid, by {}", approver.id)),
+        "{text:?}"
+    );
+}
+
 /// `t=<seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, as a sender
 /// outside signs a callback.
 fn signature(secret: &str, t: i64, body: &str) -> String {

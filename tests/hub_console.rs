@@ -1524,6 +1524,86 @@ async fn a_waiting_session_is_approved_from_its_page() {
     );
 }
 
+/// An approval that lists its approvers: the page names them, tells
+/// another key it is not one, refuses its decision, and takes a listed
+/// key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_listed_approver_decides_from_the_page() {
+    let f = Fleet::start();
+    let approver = create_key(&f.scratch, "session_queue.write session_queue.read");
+    let robot = Robot::new(f.scratch.dir.path(), "listed-bot");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let wf = workflow(
+        &f.api,
+        &format!(
+            "version: 1\nname: listed\nsteps:\n  - id: ok\n    action: approval\n    \
+             with: {{message: go?, approvers: [{}]}}\n",
+            approver.id
+        ),
+        &[],
+    )
+    .await;
+    let id = queue(&f.api, wf, json!({})).await;
+    let deadline = std::time::Instant::now() + LIMIT;
+    while f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"] != "waiting" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never waited\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = format!("/ui/sessions/{id}");
+    let approve = format!("{path}/approval");
+
+    let mut other = Browserless::new(&f.hub);
+    other.sign_in(&f.key, "/ui").await;
+    let page = other.get(&path).await;
+    assert!(
+        page.body.contains(&format!(
+            "id=\"session-approvers\"><code>{}</code>",
+            approver.id
+        )),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("your key is not among the approvers"),
+        "{}",
+        page.body
+    );
+    let refused = other
+        .post(&approve, &[("csrf", &page.csrf()), ("decision", "approve")])
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("is not an approver of step"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"],
+        "waiting"
+    );
+
+    let mut listed = Browserless::new(&f.hub);
+    listed.sign_in(&approver, "/ui").await;
+    let page = listed.get(&path).await;
+    assert!(
+        !page.body.contains("not among the approvers"),
+        "{}",
+        page.body
+    );
+    let done = listed
+        .post(&approve, &[("csrf", &page.csrf()), ("decision", "approve")])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let s = finished(&f.api, id, LIMIT).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    assert_eq!(s["wait"]["decided_by"], approver.id.as_str(), "{s}");
+}
+
 const TYPED: &str = r##"version: 1
 name: typed
 params:

@@ -921,7 +921,7 @@ async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
     let (_, lease) = only_lease(&s.poll("pauser", "p1", 1, &[]).await);
     let finish = format!("/v1/robot/sessions/{id}/finish");
     let good = suspend_report("k-good");
-    let approval = &good["suspend"]["wait"];
+    let approval = good["suspend"]["wait"].clone();
     // The wait reported, and the same in the checkpoint a robot resumes
     // from.
     let forged = |key: &str, wait: Value| {
@@ -951,6 +951,11 @@ async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
         (
             with(json!({"on_timeout": "approve"})),
             "suspend.wait.on_timeout",
+        ),
+        // Approvers of the robot's choosing, for a step that lists none.
+        (
+            with(json!({"approvers": [s.key.id]})),
+            "suspend.wait.approvers",
         ),
     ]
     .into_iter()
@@ -1025,4 +1030,34 @@ async fn a_suspension_unlike_the_workflows_waiting_step_is_refused() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
     assert_eq!(r.body["status"], "waiting", "{}", r.body);
     assert!(r.body["wait"]["callback"].is_null(), "{}", r.body);
+
+    // An approval that lists its approvers: a robot that leaves them out
+    // (so that any key could decide) is refused.
+    let id = s
+        .queued_of(&format!(
+            "version: 1\nname: listed\nsteps:\n  - id: work\n    action: approval\n    \
+             with: {{message: go?, timeout: 1h, approvers: [{}]}}\n",
+            s.key.id
+        ))
+        .await;
+    let (_, lease) = only_lease(&s.poll("pauser", "p3", 1, &[]).await);
+    let finish = format!("/v1/robot/sessions/{id}/finish");
+    let r = s
+        .with_lease(&finish, &lease, forged("k-listed-none", approval.clone()))
+        .await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("suspend.wait.approvers"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .with_lease(
+            &finish,
+            &lease,
+            forged("k-listed", with(json!({"approvers": [s.key.id]}))),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.body["wait"]["approvers"], json!([s.key.id]), "{}", r.body);
 }

@@ -15,7 +15,9 @@ steps:
     with: {release: v7}
   - id: ok
     action: approval
-    with: {message: "ship ${release}?", timeout: 5m}
+    # Approvers are the hub's business: tasuki run's terminal and flags
+    # decide whatever the step lists.
+    with: {message: "ship ${release}?", timeout: 5m, approvers: [TSKFINANCE]}
   - id: paid
     action: wait_event
     with: {event: payment}
@@ -122,6 +124,18 @@ steps:
   - id: spaced
     action: wait_event
     with: {event: "two words"}
+  - id: chosen_by_params
+    action: approval
+    with: {message: ok?, approvers: ["${params.boss}", "TSK A", 7, TSKAUDIT, TSKAUDIT]}
+  - id: nobody
+    action: approval
+    with: {message: ok?, approvers: []}
+  - id: one_key
+    action: approval
+    with: {message: ok?, approvers: TSKAUDIT}
+  - id: on_event
+    action: wait_event
+    with: {event: paid, approvers: [TSKAUDIT]}
 finally:
   - id: late
     action: approval
@@ -139,6 +153,13 @@ finally:
         "steps[4].with.colour: unknown argument `colour`",
         "steps[4].with.event: the event `done` is waited for at steps[3] already",
         "steps[5].with.event: `two words` is not an event name",
+        "steps[6].with.approvers[0]: an approver is written in the file, not a template",
+        "steps[6].with.approvers[1]: `TSK A` is not an access key id",
+        "steps[6].with.approvers[2]: expected an access key id, found a number",
+        "steps[6].with.approvers[4]: `TSKAUDIT` is listed twice",
+        "steps[7].with.approvers: an empty list lets nobody decide",
+        "steps[8].with.approvers: expected a list of access key ids, found",
+        "steps[9].with.approvers: unknown argument `approvers`",
         "finally[0].action: `approval` may only be a step",
     ] {
         assert!(r.stderr.contains(expected), "{expected}\n{}", r.stderr);

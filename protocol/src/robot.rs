@@ -408,6 +408,10 @@ pub struct WaitSpec {
     /// it, at `POST /v1/callbacks/{session}/{event}` without an access key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// An approval's `approvers`: the access key ids that may decide it
+    /// (none listed: any key with `session_queue.write`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

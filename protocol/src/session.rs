@@ -207,6 +207,16 @@ pub struct SessionWait {
     /// it, signed (`Tasuki-Signature`), without an access key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<String>,
+    /// For an approval whose step lists them: the only access keys that
+    /// may decide it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+}
+
+/// Whether the access key `key_id` may decide an approval that lists
+/// `approvers` (none listed: any key that may write sessions).
+pub fn may_decide(approvers: &[String], key_id: &str) -> bool {
+    approvers.is_empty() || approvers.iter().any(|a| a == key_id)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

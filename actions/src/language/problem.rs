@@ -111,3 +111,13 @@ pub fn join(parent: &str, key: &str) -> String {
 pub fn index(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
 }
+
+/// `relative` (a path made by [`join`] and [`index`] from an empty
+/// parent) below `parent`.
+pub fn under(parent: &str, relative: &str) -> String {
+    match (parent.is_empty(), relative.starts_with('[')) {
+        (true, _) => relative.to_string(),
+        (false, true) => format!("{parent}{relative}"),
+        (false, false) => format!("{parent}.{relative}"),
+    }
+}

@@ -238,7 +238,15 @@ pub fn workflow_schema(registry: &Registry) -> Value {
             "properties": {
                 "message": {"type": "string", "description": "what the person deciding should know"},
                 "timeout": duration,
-                "on_timeout": {"enum": ["approve", "reject"], "description": "the decision when nobody decides in time; reject by default"}
+                "on_timeout": {"enum": ["approve", "reject"], "description": "the decision when nobody decides in time; reject by default"},
+                "approvers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": crate::runtime::wait::MAX_APPROVERS,
+                    "uniqueItems": true,
+                    "items": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                    "description": "the access key ids that may decide, on a hub; any key with session_queue.write when left out"
+                }
             },
             "required": ["message"],
             "additionalProperties": false

@@ -13,7 +13,7 @@ use super::model::{
     CONTROL_ACTIONS, CONTROL_CALL, CONTROL_FOR_EACH, CONTROL_PARALLEL, CONTROL_SET, CONTROL_TRY,
     Step, Workflow, check_variable_name, edit_distance, wait_kind,
 };
-use super::problem::{Problems, join};
+use super::problem::{Problems, join, under};
 use super::template::{PathExpr, Segment, Template, paths};
 use crate::builtin::browser;
 use crate::runtime::registry::Registry;
@@ -332,8 +332,8 @@ impl Validator<'_> {
                     );
                 }
                 if let Err(problems) = wait::parse(&step.id, kind, &step.with) {
-                    for (field, message) in problems {
-                        self.problems.add(join(&with_path, &field), message);
+                    for (path, message) in problems {
+                        self.problems.add(under(&with_path, &path), message);
                     }
                 }
                 if let Some(Value::String(secret)) = step.with.get("secret")

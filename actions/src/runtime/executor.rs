@@ -1038,7 +1038,12 @@ impl<'e> Session<'e> {
         let mut request = wait::parse(&step.id, kind, &rendered).map_err(|problems| {
             let text: Vec<String> = problems
                 .into_iter()
-                .map(|(field, message)| format!("with.{field}: {message}"))
+                .map(|(path, message)| {
+                    format!(
+                        "{}: {message}",
+                        crate::language::problem::under("with", &path)
+                    )
+                })
                 .collect();
             failure(codes::INVALID_ARGS, text.join("; "), &step.id)
         })?;

@@ -78,7 +78,19 @@ pub struct WaitRequest {
     /// takes the event from a sender that holds no access key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// For an approval: the access key ids that may decide it on a hub.
+    /// Empty: any key that may write sessions. Written in the file, never
+    /// a template, so that whoever queues a session cannot choose who
+    /// approves it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
 }
+
+/// The most approvers an approval step may list.
+pub const MAX_APPROVERS: usize = 32;
+
+/// The longest an approver's access key id may be.
+pub const MAX_APPROVER_LEN: usize = 64;
 
 /// The shortest signing key an event wait takes.
 pub const MIN_EVENT_SECRET_BYTES: usize = 16;
@@ -199,7 +211,9 @@ pub struct Resume {
 
 /// Reads a waiting step's `with`: the one reading of it, for validation
 /// (where `message` may still hold templates) and for the run (rendered).
-/// Problems come as (field under `with`, message).
+/// Problems come as (path under `with`, as `problem::join` and `index`
+/// make it from an empty parent; `problem::under` puts it below one,
+/// message).
 /// The waits a workflow's text declares: each waiting step of its top
 /// level, as its request starts before the run renders it (a signing key's
 /// template, not its value; the message unrendered). A hub checks against
@@ -213,12 +227,19 @@ pub fn declared_waits(text: &str, origin: &str) -> Vec<WaitRequest> {
     let (Some(workflow), _) = model::lower(&located.value) else {
         return Vec::new();
     };
+    waits_of(&workflow).into_iter().map(|(_, w)| w).collect()
+}
+
+/// [`declared_waits`] of a workflow loaded already, each with its step's
+/// index in `steps`.
+pub fn waits_of(workflow: &crate::Workflow) -> Vec<(usize, WaitRequest)> {
     workflow
         .steps
         .iter()
-        .filter_map(|step| {
-            let kind = model::wait_kind(&step.action)?;
-            parse(&step.id, kind, &step.with).ok()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            let kind = crate::language::model::wait_kind(&step.action)?;
+            Some((i, parse(&step.id, kind, &step.with).ok()?))
         })
         .collect()
 }
@@ -230,13 +251,13 @@ pub fn parse(
 ) -> Result<WaitRequest, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let known: &[&str] = match kind {
-        WaitKind::Approval => &["message", "timeout", "on_timeout"],
+        WaitKind::Approval => &["message", "timeout", "on_timeout", "approvers"],
         WaitKind::Event => &["event", "timeout", "secret"],
     };
     for key in with.keys() {
         if !known.contains(&key.as_str()) {
             problems.push((
-                key.clone(),
+                crate::language::problem::join("", key),
                 format!(
                     "unknown argument `{key}`; this step takes {}",
                     known
@@ -294,6 +315,7 @@ pub fn parse(
         timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
         on_timeout: OnTimeout::Reject,
         secret: None,
+        approvers: Vec::new(),
     };
     match kind {
         WaitKind::Approval => {
@@ -318,6 +340,9 @@ pub fn parse(
                     "on_timeout".into(),
                     format!("expected `approve` or `reject`, found `{other}`"),
                 )),
+            }
+            if let Some(list) = with.get("approvers") {
+                request.approvers = parse_approvers(list, &mut problems);
             }
         }
         WaitKind::Event => {
@@ -352,6 +377,76 @@ pub fn parse(
     } else {
         Err(problems)
     }
+}
+
+/// An approval's `approvers`: a list of access key ids, as written.
+fn parse_approvers(list: &Value, problems: &mut Vec<(String, String)>) -> Vec<String> {
+    let Value::Array(items) = list else {
+        problems.push((
+            "approvers".into(),
+            format!(
+                "expected a list of access key ids, found {}",
+                crate::language::template::describe(list)
+            ),
+        ));
+        return Vec::new();
+    };
+    if items.is_empty() {
+        problems.push((
+            "approvers".into(),
+            "an empty list lets nobody decide; leave `approvers` out to let any key that may \
+             write sessions decide"
+                .into(),
+        ));
+    } else if items.len() > MAX_APPROVERS {
+        problems.push((
+            "approvers".into(),
+            format!(
+                "{} approvers; a step lists at most {MAX_APPROVERS}",
+                items.len()
+            ),
+        ));
+    }
+    let mut approvers: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = crate::language::problem::index("approvers", i);
+        match item {
+            Value::String(id) if id.contains("${") => problems.push((
+                field,
+                "an approver is written in the file, not a template: whoever queues a session \
+                 must not choose who approves it"
+                    .into(),
+            )),
+            Value::String(id) if !is_key_id(id) => problems.push((
+                field,
+                format!(
+                    "`{}` is not an access key id (1 to {MAX_APPROVER_LEN} letters, digits, \
+                     `_`, `-` or `.`, such as `TSK…` from `tasuki-hub keys create`)",
+                    id.chars().take(MAX_APPROVER_LEN).collect::<String>()
+                ),
+            )),
+            Value::String(id) if approvers.contains(id) => {
+                problems.push((field, format!("`{id}` is listed twice")))
+            }
+            Value::String(id) => approvers.push(id.clone()),
+            other => problems.push((
+                field,
+                format!(
+                    "expected an access key id, found {}",
+                    crate::language::template::describe(other)
+                ),
+            )),
+        }
+    }
+    approvers
+}
+
+fn is_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_APPROVER_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// An event's name: letters, digits, `_` and `-`, at most 64, as it

@@ -209,7 +209,7 @@ async fn answer_and_offer(
             let action = format!("session_queue.{}", answer.outcome.name());
             let detail = serde_json::json!({"by": answer.by});
             let expect = match &expected {
-                Expected::Approval => Expect::Approval,
+                Expected::Approval => Expect::Approval { by: &answer.by },
                 Expected::Event(name) => Expect::Event(name),
             };
             let result = answer_in(conn, &hub2, id, expect, &answer, now)?;
@@ -234,6 +234,10 @@ async fn answer_and_offer(
         Ok(None) | Err(Refused::NoSuchSession) => Err(session_not_found(id)),
         Err(Refused::NotWaiting(why)) => {
             Err(ApiError::new(StatusCode::CONFLICT, "not_waiting", why))
+        }
+        Err(Refused::NotAnApprover(why)) => {
+            tracing::warn!(session_queue_id = id, "an approval refused: {why}");
+            Err(ApiError::new(StatusCode::FORBIDDEN, "not_an_approver", why))
         }
     }
 }

@@ -7,10 +7,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use tasuki_actions::language::calls;
+use tasuki_actions::runtime::wait::waits_of;
 use tasuki_actions::{LoadOptions, Problems, Workflow, parse_workflow};
 use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
 use tasuki_protocol::{
-    Concurrency, CreateWorkflow, OnLimit, ProblemItem, Scope, WorkflowItem, WorkflowList,
+    Concurrency, CreateWorkflow, OnLimit, ProblemItem, Scope, Scopes, WorkflowItem, WorkflowList,
 };
 
 use super::Hub;
@@ -21,7 +22,7 @@ use super::query::{NoQuery, QueryParams, page, shorten};
 use super::{fleet_actions, params};
 use crate::db::credentials::Declared;
 use crate::db::workflows::{self, NewWorkflow, StoredParam};
-use crate::db::{audit, error_handlers, now_ms, robots};
+use crate::db::{audit, error_handlers, keys, now_ms, robots};
 use serde_json::json;
 
 const DEFAULT_PER_PAGE: i64 = 300;
@@ -103,6 +104,7 @@ pub async fn create(
         Some(policy) => Some(check_concurrency(policy, &workflow, &caller)?),
         None => None,
     };
+    check_approvers(&hub, &workflow).await?;
     let actor = caller.key_id.clone();
     let new = NewWorkflow {
         description: req
@@ -210,6 +212,57 @@ fn check_concurrency(
         caller.require(Scope::SessionQueueDelete)?;
     }
     Ok(policy)
+}
+
+/// Each approver an approval step lists must be an access key of this hub
+/// that may decide (`session_queue.write`): a slip would otherwise leave
+/// the approval to its timeout alone.
+async fn check_approvers(hub: &Hub, workflow: &Workflow) -> Result<(), ApiError> {
+    let listed: Vec<(String, String)> = waits_of(workflow)
+        .into_iter()
+        .flat_map(|(i, wait)| {
+            wait.approvers
+                .into_iter()
+                .enumerate()
+                .map(move |(j, id)| (format!("steps[{i}].with.approvers[{j}]"), id))
+        })
+        .collect();
+    if listed.is_empty() {
+        return Ok(());
+    }
+    let problems = hub
+        .db
+        .call(move |conn| {
+            let mut problems = Vec::new();
+            for (path, id) in listed {
+                let scopes = keys::find(conn, &id)?.map(|k| k.scopes);
+                let may_decide = scopes.as_deref().map(|s| {
+                    s.parse::<Scopes>()
+                        .is_ok_and(|s| s.contains(Scope::SessionQueueWrite))
+                });
+                match may_decide {
+                    None => problems.push(tasuki_actions::Problem::new(
+                        path,
+                        format!("there is no access key `{id}` on this hub"),
+                    )),
+                    Some(false) => problems.push(tasuki_actions::Problem::new(
+                        path,
+                        format!(
+                            "the access key `{id}` cannot decide approvals: it does not have \
+                             the scope `session_queue.write`"
+                        ),
+                    )),
+                    Some(true) => {}
+                }
+            }
+            Ok(problems)
+        })
+        .await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid_workflow(Problems(problems)))
+    }
 }
 
 /// An error handler must exist and take the params a failure gives it

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use futures_util::stream::{self, Stream};
 use maud::{Markup, html};
 use serde::Deserialize;
-use tasuki_protocol::session::{Decide, Decision, SessionWait, WaitKind};
+use tasuki_protocol::session::{Decide, Decision, SessionWait, WaitKind, may_decide};
 use tasuki_protocol::{LogLine, Scope, SessionOrigin, SessionQueue, SessionStatus, StepStatus};
 
 use super::auth::{CSRF_FIELD, Operator};
@@ -203,6 +203,15 @@ fn wait_summary(w: &SessionWait) -> Markup {
             }
             @if let Some(m) = &w.message { ": " q { (m) } }
         }
+        @if !w.approvers.is_empty() {
+            dt { "Approvers" }
+            dd id="session-approvers" {
+                @for (i, key) in w.approvers.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    code { (key) }
+                }
+            }
+        }
         @match &w.outcome {
             None => { dt { "Until" } dd { (layout::time(Some(w.deadline))) } }
             Some(outcome) => {
@@ -223,6 +232,10 @@ fn actions(op: &Operator, s: &SessionQueue, secret: &[String]) -> Markup {
         && s.wait
             .as_ref()
             .is_some_and(|w| w.kind == WaitKind::Approval && w.outcome.is_none());
+    let may_approve = s
+        .wait
+        .as_ref()
+        .is_none_or(|w| may_decide(&w.approvers, &op.caller.key_id));
     html! {
         section class="actions" aria-label="Actions" {
             @if deciding {
@@ -234,6 +247,7 @@ fn actions(op: &Operator, s: &SessionQueue, secret: &[String]) -> Markup {
                     " "
                     button type="submit" name="decision" value="reject" id="reject" class="danger" { "Reject" }
                     @if !op.may(Scope::SessionQueueWrite) { span class="note" { " (your key lacks session_queue.write)" } }
+                    @else if !may_approve { span class="note" { " (your key is not among the approvers)" } }
                 }
             }
             @if !s.status.is_terminal() {

@@ -446,6 +446,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE workflows ADD COLUMN params_read INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 19: the access key ids that may decide an approval (its step's
+    // `approvers`, JSON; `[]`: any key that may write sessions).
+    r#"
+    ALTER TABLE session_waits ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -791,6 +796,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         18,
         r#"
     ALTER TABLE workflows ADD COLUMN params_read BIGINT NOT NULL DEFAULT 0;
+    "#,
+    ),
+    (
+        19,
+        r#"
+    ALTER TABLE session_waits ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
     "#,
     ),
 ];

@@ -13,7 +13,7 @@
 
 use jiff::Timestamp;
 use tasuki_protocol::robot::{OnTimeout, Resumption, Suspension, WaitOutcome};
-use tasuki_protocol::session::{SessionWait, WaitKind};
+use tasuki_protocol::session::{SessionWait, WaitKind, may_decide};
 
 use super::sql::{Conn, params};
 use super::{DbError, parse_json, to_timestamp};
@@ -122,8 +122,8 @@ pub fn suspend_in(
     };
     tx.execute(
         "INSERT INTO session_waits (session_id, step_id, kind, message, event, since, deadline,
-                                    on_timeout, checkpoint, callback_secret)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                    on_timeout, checkpoint, callback_secret, approvers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             session_id,
             wait.step_id,
@@ -134,7 +134,8 @@ pub fn suspend_in(
             deadline,
             on_timeout,
             sealed,
-            callback_secret
+            callback_secret,
+            serde_json::Value::from(wait.approvers.clone()).to_string()
         ],
     )?;
     let what = match wait.kind {
@@ -190,6 +191,9 @@ pub enum Refused {
     /// The session is not waiting (its status), or waits for something
     /// else (what it waits for).
     NotWaiting(String),
+    /// The approval lists its approvers, and the key deciding is not one
+    /// (why).
+    NotAnApprover(String),
 }
 
 /// What a wait must be for an answer to be taken.
@@ -197,8 +201,9 @@ pub enum Refused {
 pub enum Expect<'a> {
     /// Any wait (a cancel).
     Any,
-    /// An approval.
-    Approval,
+    /// An approval, decided by this access key: one of its approvers when
+    /// its step lists them.
+    Approval { by: &'a str },
     /// The event of this name.
     Event(&'a str),
 }
@@ -213,19 +218,32 @@ pub fn answer(
     answer: &Answer,
     now_ms: i64,
 ) -> Result<Result<(), Refused>, DbError> {
-    let fits = |kind: WaitKind, event: Option<&str>| match (expect, kind, event) {
-        (Expect::Any, _, _) | (Expect::Approval, WaitKind::Approval, _) => Ok(()),
+    let fits = |row: &WaitRow| match (expect, row.kind, row.event.as_deref()) {
+        (Expect::Any, _, _) => Ok(()),
+        (Expect::Approval { by }, WaitKind::Approval, _) if may_decide(&row.approvers, by) => {
+            Ok(())
+        }
+        (Expect::Approval { by }, WaitKind::Approval, _) => Err(Refused::NotAnApprover(format!(
+            "the access key `{by}` is not an approver of step `{}` of session {session_id}; \
+             its approvers are {}",
+            row.step_id,
+            row.approvers
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
         (Expect::Event(name), WaitKind::Event, Some(e)) if e == name => Ok(()),
-        (Expect::Event(name), WaitKind::Event, e) => Err(format!(
+        (Expect::Event(name), WaitKind::Event, e) => Err(Refused::NotWaiting(format!(
             "session {session_id} waits for the event `{}`, not `{name}`",
             e.unwrap_or_default()
-        )),
-        (Expect::Event(_), WaitKind::Approval, _) => Err(format!(
+        ))),
+        (Expect::Event(_), WaitKind::Approval, _) => Err(Refused::NotWaiting(format!(
             "session {session_id} waits for an approval, not for an event"
-        )),
-        (Expect::Approval, WaitKind::Event, _) => Err(format!(
+        ))),
+        (Expect::Approval { .. }, WaitKind::Event, _) => Err(Refused::NotWaiting(format!(
             "session {session_id} waits for an event, not for an approval"
-        )),
+        ))),
     };
     let taken = record_answer(conn, session_id, fits, |_| Some(answer.clone()), now_ms)?;
     Ok(taken.map(|_| ()))
@@ -243,7 +261,7 @@ pub fn answer_overdue(
     let taken = record_answer(
         conn,
         session_id,
-        |_, _| Ok(()),
+        |_| Ok(()),
         |row: &WaitRow| {
             if row.deadline > now_ms {
                 return None;
@@ -274,9 +292,12 @@ pub fn answer_overdue(
 
 /// The unanswered wait of a session, as `record_answer` reads it locked.
 struct WaitRow {
+    step_id: String,
     kind: WaitKind,
+    event: Option<String>,
     deadline: i64,
     on_timeout: String,
+    approvers: Vec<String>,
 }
 
 /// The one way a wait is answered: on the locked session row, the wait
@@ -284,7 +305,7 @@ struct WaitRow {
 fn record_answer(
     conn: &mut Conn<'_>,
     session_id: i64,
-    fits: impl Fn(WaitKind, Option<&str>) -> Result<(), String>,
+    fits: impl Fn(&WaitRow) -> Result<(), Refused>,
     choose: impl FnOnce(&WaitRow) -> Option<Answer>,
     now_ms: i64,
 ) -> Result<Result<Answer, Refused>, DbError> {
@@ -298,13 +319,23 @@ fn record_answer(
         let Some(status) = status else {
             return Ok(Err(Refused::NoSuchSession));
         };
-        let row: Option<(String, Option<String>, i64, String)> = tx.opt_row(
-            "SELECT kind, event, deadline, on_timeout FROM session_waits
+        type Columns = (String, String, Option<String>, i64, String, String);
+        let row: Option<Columns> = tx.opt_row(
+            "SELECT step_id, kind, event, deadline, on_timeout, approvers FROM session_waits
              WHERE session_id = ?1 AND outcome IS NULL",
             params![session_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )?;
-        let (kind, event, deadline, on_timeout) = match (status.as_str(), row) {
+        let (step_id, kind, event, deadline, on_timeout, approvers) = match (status.as_str(), row) {
             ("waiting", Some(row)) => row,
             _ => {
                 return Ok(Err(Refused::NotWaiting(format!(
@@ -312,15 +343,20 @@ fn record_answer(
                 ))));
             }
         };
-        let kind = parse_kind(session_id, &kind)?;
-        if let Err(why) = fits(kind, event.as_deref()) {
-            return Ok(Err(Refused::NotWaiting(why)));
-        }
         let row = WaitRow {
-            kind,
+            step_id,
+            kind: parse_kind(session_id, &kind)?,
+            event,
             deadline,
             on_timeout,
+            approvers: parse_json(
+                &format!("session queue {session_id}'s approvers"),
+                &approvers,
+            )?,
         };
+        if let Err(refused) = fits(&row) {
+            return Ok(Err(refused));
+        }
         let Some(answer) = choose(&row) else {
             return Ok(Err(Refused::NotWaiting(format!(
                 "session {session_id}'s wait is not due"
@@ -336,7 +372,10 @@ fn record_answer(
         let said = match &answer.outcome {
             WaitOutcome::Approved { .. } => format!("approved by {}", answer.by),
             WaitOutcome::Rejected { .. } => format!("rejected by {}", answer.by),
-            WaitOutcome::Event { .. } => format!("the event `{}` came", event.unwrap_or_default()),
+            WaitOutcome::Event { .. } => format!(
+                "the event `{}` came",
+                row.event.as_deref().unwrap_or_default()
+            ),
             WaitOutcome::TimedOut { .. } => "the wait timed out".into(),
             WaitOutcome::Cancelled { .. } => "the session was cancelled while it waited".into(),
         };
@@ -417,10 +456,11 @@ pub fn view(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<SessionWait>,
         Option<i64>,
         Option<String>,
         i64,
+        String,
     );
     let row: Option<Row> = conn.opt_row(
         "SELECT step_id, kind, message, event, since, deadline, outcome, decided_by, decided_at,
-                comment, CASE WHEN callback_secret IS NULL THEN 0 ELSE 1 END
+                comment, CASE WHEN callback_secret IS NULL THEN 0 ELSE 1 END, approvers
          FROM session_waits WHERE session_id = ?1",
         params![session_id],
         |r| {
@@ -436,11 +476,24 @@ pub fn view(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<SessionWait>,
                 r.get(8)?,
                 r.get(9)?,
                 r.get(10)?,
+                r.get(11)?,
             ))
         },
     )?;
-    let Some((step_id, kind, message, event, since, deadline, outcome, by, at, comment, signed)) =
-        row
+    let Some((
+        step_id,
+        kind,
+        message,
+        event,
+        since,
+        deadline,
+        outcome,
+        by,
+        at,
+        comment,
+        signed,
+        approvers,
+    )) = row
     else {
         return Ok(None);
     };
@@ -463,6 +516,10 @@ pub fn view(conn: &mut Conn<'_>, session_id: i64) -> Result<Option<SessionWait>,
         decided_at: at.map(to_timestamp).transpose()?,
         comment,
         callback,
+        approvers: parse_json(
+            &format!("session queue {session_id}'s approvers"),
+            &approvers,
+        )?,
     }))
 }
 

@@ -145,6 +145,7 @@ mod tests {
                 timeout_ms: 8 * 3600 * 1000,
                 on_timeout: OnTimeout::Approve,
                 secret: None,
+                approvers: vec!["TSKFINANCE".into(), "TSKAUDIT".into()],
             },
             WaitRequest {
                 step_id: "paid".into(),
@@ -154,6 +155,7 @@ mod tests {
                 timeout_ms: 60_000,
                 on_timeout: OnTimeout::Reject,
                 secret: Some("a-signing-key-of-32-bytes-long!!".into()),
+                approvers: Vec::new(),
             },
         ];
         for request in requests {

@@ -533,9 +533,10 @@ fn check_suspension(s: &Suspension) -> Result<(), ApiError> {
 /// What a robot says the session waits for must be a waiting step of the
 /// session's workflow, as written there: its step at the top level, its
 /// kind, event, timeout and `on_timeout`, and a signing key only when the
-/// step gives one (`check_suspension` has made the checkpoint's wait this
-/// one). A robot key can then neither invent a wait nor choose the key a
-/// callback is signed with for a step that takes none. (The message and
+/// step gives one, and an approval's approvers (`check_suspension` has
+/// made the checkpoint's wait this one). A robot key can then neither
+/// invent a wait, nor choose the key a callback is signed with for a step
+/// that takes none, nor who may approve. (The message and
 /// the key's value are rendered on the robot: only their size is checked.)
 async fn check_declared_wait(hub: &Hub, id: i64, wait: &WaitSpec) -> Result<(), ApiError> {
     let source = hub
@@ -588,6 +589,9 @@ async fn check_declared_wait(hub: &Hub, id: i64, wait: &WaitSpec) -> Result<(), 
     };
     if kind == WaitKind::Approval && wait.on_timeout != on_timeout {
         return unlike("on_timeout", "decides otherwise when nobody does");
+    }
+    if wait.approvers != step.approvers {
+        return unlike("approvers", "lists other approvers");
     }
     if wait.secret.is_some() != step.secret.is_some() {
         return unlike(
