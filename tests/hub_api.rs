@@ -192,6 +192,123 @@ async fn an_invalid_workflow_gets_every_problem_with_its_place() {
     assert_eq!(api.get("/v1/workflows").await.body["total_count"], 0);
 }
 
+/// A workflow name belongs to the access key that first registered it: a
+/// `call` step runs the newest of its name, so another key registering a
+/// newer one would change what the first key's workflows run. Another key
+/// is refused (and stores nothing) until the operator moves the name, or
+/// the owning key is deleted.
+#[tokio::test]
+async fn a_workflow_name_belongs_to_the_key_that_first_registered_it() {
+    const WRITER: &str = "workflow.write session_queue.read";
+    let scratch = Scratch::new();
+    let first = create_key(&scratch, ALL_SCOPES);
+    let other = create_key(&scratch, WRITER);
+    let reader = create_key(&scratch, "session_queue.read");
+    let hub = Hub::start(&scratch);
+    let by_first = Api::new(&hub, Some(token(&first, ALL_SCOPES)));
+    let by_other = Api::new(&hub, Some(token(&other, WRITER)));
+    let stamp = |says: &str| {
+        json!({"yaml": format!(
+            "version: 1\nname: stamp\nsteps:\n  - id: a\n    action: log\n    with: {{message: {says}}}\n"
+        )})
+    };
+    let count = |api: &Api| {
+        let api = api.clone();
+        async move { api.get("/v1/workflows").await.body["total_count"].clone() }
+    };
+    let cli = |args: &[&str]| {
+        hub_command()
+            .arg("workflows")
+            .args(args)
+            .args(scratch.db_args())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tasuki-hub workflows")
+    };
+
+    for says in ["one", "two"] {
+        let r = by_first.post("/v1/workflows", &stamp(says)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = by_other.post("/v1/workflows", &stamp("mine now")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.code(), "name_taken", "{}", r.body);
+    assert!(
+        r.message()
+            .contains(&format!("`stamp` belongs to the access key `{}`", first.id)),
+        "{}",
+        r.body
+    );
+    assert_eq!(count(&by_first).await, 2, "nothing stored");
+    // Calling a name is not registering it.
+    let caller = json!({"yaml": "version: 1\nname: caller\nsteps:\n  - id: c\n    action: call\n    with: {workflow: stamp}\n"});
+    let r = by_other.post("/v1/workflows", &caller).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // The operator moves the name; bad requests say what is wrong.
+    for (args, expected) in [
+        (
+            vec!["transfer", "stamp", "--to-key", "TSKNOSUCHKEY"],
+            "there is no access key `TSKNOSUCHKEY`",
+        ),
+        (
+            vec!["transfer", "stamp", "--to-key", &reader.id],
+            "does not have the `workflow.write` scope",
+        ),
+        (
+            vec!["transfer", "no-such-flow", "--to-key", &other.id],
+            "no workflow is registered under the name `no-such-flow`",
+        ),
+        (
+            vec!["transfer", "stamp", "--to-key", &first.id],
+            "already belongs to",
+        ),
+    ] {
+        let out = cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let out = cli(&["transfer", "stamp", "--to-key", &other.id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = by_other.post("/v1/workflows", &stamp("mine now")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = by_first.post("/v1/workflows", &stamp("three")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let auditor = create_key(&scratch, "audit.read");
+    let audit = Api::new(&hub, Some(token(&auditor, "audit.read")))
+        .get("/v1/audit_log")
+        .await;
+    let entry = audit.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["action"] == "workflow.transfer")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["subject"], "workflow name stamp", "{}", audit.body);
+    assert_eq!(entry["detail"]["to_key_id"], other.id.as_str(), "{entry}");
+
+    // A name whose key was deleted goes to the next key that registers it.
+    let out = hub_command()
+        .args(["keys", "delete", &other.id])
+        .args(scratch.db_args())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki-hub keys delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = by_first.post("/v1/workflows", &stamp("back")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
 #[tokio::test]
 async fn workflow_pages_and_their_bounds() {
     let scratch = Scratch::new();

@@ -63,6 +63,7 @@ const TABLES: &[Table] = &[
         identity: true,
         ..Table::new("workflows", &["id"])
     },
+    Table::new("workflow_names", &["name"]),
     Table {
         identity: true,
         ..Table::new("credentials", &["id"])

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tasuki_protocol::Scopes;
+use tasuki_protocol::{Scope, Scopes};
 
 use crate::db::{audit, keys, now_ms};
 use crate::secrets;
@@ -45,6 +45,35 @@ pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
         "created access key {id} with scopes: {scopes}\n\
          the secret is shown only this once; keep it safe"
     );
+    Ok(())
+}
+
+/// Fails, saying what to do, unless the access key `key_id` exists and
+/// has `scope`, without which it could not `purpose` (for messages).
+pub async fn require_scope(
+    db: &crate::db::Db,
+    store: &StoreArgs,
+    key_id: &str,
+    scope: Scope,
+    purpose: &str,
+) -> anyhow::Result<()> {
+    let id = key_id.to_owned();
+    let Some(key) = db.call(move |conn| keys::find(conn, &id)).await? else {
+        bail!(
+            "there is no access key `{key_id}` in {}; `tasuki-hub keys list` shows them",
+            store.db
+        );
+    };
+    let scopes: Scopes = key
+        .scopes
+        .parse()
+        .with_context(|| format!("the stored scopes of access key `{key_id}`"))?;
+    if !scopes.contains(scope) {
+        bail!(
+            "the access key `{key_id}` does not have the `{scope}` scope (it has: {scopes}), so \
+             it could not {purpose}; create one with `tasuki-hub keys create --scopes {scope}`"
+        );
+    }
     Ok(())
 }
 

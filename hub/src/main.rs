@@ -22,6 +22,7 @@ mod serve;
 mod signature;
 mod store;
 mod tls;
+mod workflows;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -122,6 +123,13 @@ enum Command {
         #[command(subcommand)]
         command: RobotsCommand,
     },
+    /// Manage workflow names: a name belongs to the access key that first
+    /// registered it, and moves to another only through `workflows
+    /// transfer`.
+    Workflows {
+        #[command(subcommand)]
+        command: WorkflowsCommand,
+    },
     /// Copy a hub's SQLite database into an empty PostgreSQL database, to
     /// move the hub there. Stop the hub first: the source must not be
     /// served while it is copied.
@@ -150,6 +158,21 @@ enum Command {
         /// The CA of --to's TLS certificate, as `serve --db-ca-file`.
         #[arg(long)]
         to_ca_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowsCommand {
+    /// Give a workflow name to another access key (which needs the
+    /// `workflow.write` scope): only it may register newer workflows of
+    /// that name, which the name's `call` steps run.
+    Transfer {
+        name: String,
+        /// The access key id that will own the name.
+        #[arg(long)]
+        to_key: String,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
 }
 
@@ -368,6 +391,13 @@ fn main() -> ExitCode {
                 store,
             } => run(robots::transfer(&store, &name, &to_key)),
             RobotsCommand::Delete { name, store } => run(robots::delete(&store, &name)),
+        },
+        Command::Workflows { command } => match command {
+            WorkflowsCommand::Transfer {
+                name,
+                to_key,
+                store,
+            } => run(workflows::transfer(&store, &name, &to_key)),
         },
         Command::Migrate {
             from,

@@ -2,12 +2,12 @@
 //! robot. A robot belongs to the access key that registered it; moving it
 //! to another key is an operator's decision, never a robot key's.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::json;
-use tasuki_protocol::{Scope, Scopes};
+use tasuki_protocol::Scope;
 
 use crate::db::robots::{self, Deletion, Transfer};
-use crate::db::{audit, keys, leases, now_ms};
+use crate::db::{audit, leases, now_ms};
 use crate::store::{self, StoreArgs};
 
 pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
@@ -41,23 +41,7 @@ pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
 
 pub async fn transfer(store: &StoreArgs, name: &str, to_key: &str) -> anyhow::Result<()> {
     let (db, _) = store::open(store).await?;
-    let key_id = to_key.to_owned();
-    let Some(key) = db.call(move |conn| keys::find(conn, &key_id)).await? else {
-        bail!(
-            "there is no access key `{to_key}` in {}; `tasuki-hub keys list` shows them",
-            store.db
-        );
-    };
-    let scopes: Scopes = key
-        .scopes
-        .parse()
-        .with_context(|| format!("the stored scopes of access key `{to_key}`"))?;
-    if !scopes.contains(Scope::Robot) {
-        bail!(
-            "the access key `{to_key}` does not have the `robot` scope (it has: {scopes}), so it \
-             could not drive the robot; create one with `tasuki-hub keys create --scopes robot`"
-        );
-    }
+    crate::keys::require_scope(&db, store, to_key, Scope::Robot, "drive the robot").await?;
     let (robot_name, key_id) = (name.to_owned(), to_key.to_owned());
     let (moved, running) = db
         .call(move |conn| {

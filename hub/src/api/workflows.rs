@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::query::{NoQuery, QueryParams, page, shorten};
 use super::{fleet_actions, params};
 use crate::db::credentials::Declared;
-use crate::db::workflows::{self, NewWorkflow, StoredParam};
+use crate::db::workflows::{self, Claim, NewWorkflow, StoredParam};
 use crate::db::{audit, error_handlers, keys, now_ms, robots};
 use serde_json::json;
 
@@ -136,11 +136,16 @@ pub async fn create(
         calls: workflow.called.keys().cloned().collect(),
     };
     let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
-    let item = hub
+    let key_id = caller.key_id.clone();
+    let stored = hub
         .db
         .call(move |conn| {
             conn.transaction(|tx| {
                 let now = now_ms();
+                if let Claim::Taken { owner } = workflows::claim_name(tx, &new.name, &key_id, now)?
+                {
+                    return Ok(Err(owner));
+                }
                 let item = workflows::insert(tx, &new, now)?;
                 audit::record(
                     tx,
@@ -155,10 +160,23 @@ pub async fn create(
                     }),
                     now,
                 )?;
-                Ok(item)
+                Ok(Ok(item))
             })
         })
         .await?;
+    let item = stored.map_err(|owner| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!(
+                "the workflow name `{}` belongs to the access key `{owner}`, which registered \
+                 it first (a `call` step runs the newest workflow of its name, so only that key \
+                 may register newer ones); register this one under another name, or ask the \
+                 hub's operator to move the name: tasuki-hub workflows transfer NAME --to-key KEY",
+                shorten(&workflow.name)
+            ),
+        )
+    })?;
     tracing::info!(workflow_id = item.id, name = %item.name, key_id = %caller.key_id, "workflow registered");
     Ok((StatusCode::CREATED, Json(item)))
 }

@@ -451,6 +451,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE session_waits ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 20: a workflow name belongs to the access key that first registered
+    // it (db/workflows.rs `claim_name`); names registered before are the
+    // first registrant's, as the audit log says.
+    r#"
+    CREATE TABLE workflow_names (
+        name   TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        since  INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO workflow_names (name, key_id, since)
+    SELECT w.name, a.actor, w.created_at
+    FROM workflows w JOIN audit_log a
+         ON a.action = 'workflow.create' AND a.subject = 'workflow ' || w.id
+    WHERE w.id = (SELECT MIN(o.id) FROM workflows o WHERE o.name = w.name);
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -804,6 +819,21 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE session_waits ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
     "#,
     ),
+    (
+        20,
+        r#"
+    CREATE TABLE workflow_names (
+        name   TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        since  BIGINT NOT NULL
+    );
+    INSERT INTO workflow_names (name, key_id, since)
+    SELECT w.name, a.actor, w.created_at
+    FROM workflows w JOIN audit_log a
+         ON a.action = 'workflow.create' AND a.subject = 'workflow ' || w.id
+    WHERE w.id = (SELECT MIN(o.id) FROM workflows o WHERE o.name = w.name);
+    "#,
+    ),
 ];
 
 /// The schema version this hub migrates to, the same on both engines.
@@ -922,6 +952,55 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(integrity, "ok");
+    }
+
+    /// Names registered before they were owned are the first registrant's,
+    /// as the audit log says; a name with no such entry is nobody's yet.
+    #[test]
+    fn version_20_gives_each_name_to_the_key_that_first_registered_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..19] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 19).unwrap();
+        for (id, name, key) in [
+            (1, "stamp", Some("TSKFIRST")),
+            (2, "stamp", Some("TSKLATER")),
+            (3, "label", Some("TSKLATER")),
+            (4, "orphan", None),
+        ] {
+            conn.execute(
+                "INSERT INTO workflows (id, name, description, single_process_mode, source_format,
+                                        source, param_specs, workflow_robots, created_at)
+                 VALUES (?1, ?2, '', 0, 'yaml', '', '[]', '[]', ?1)",
+                rusqlite::params![id, name],
+            )
+            .unwrap();
+            if let Some(key) = key {
+                conn.execute(
+                    "INSERT INTO audit_log (at, actor, action, subject, detail)
+                     VALUES (?1, ?2, 'workflow.create', ?3, '{}')",
+                    rusqlite::params![id, key, format!("workflow {id}")],
+                )
+                .unwrap();
+            }
+        }
+        migrate(&mut conn, "mem").unwrap();
+        let mut owners: Vec<(String, String)> = conn
+            .prepare("SELECT name, key_id FROM workflow_names ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        owners.sort();
+        assert_eq!(
+            owners,
+            [
+                ("label".to_string(), "TSKLATER".to_string()),
+                ("stamp".to_string(), "TSKFIRST".to_string()),
+            ]
+        );
     }
 
     #[test]

@@ -169,6 +169,75 @@ pub struct WorkflowParams {
     pub credentials: Vec<Declared>,
 }
 
+/// Whose a workflow name is, asked by a key about to register it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key's: new to the hub, or its already, or left by a deleted key.
+    Yours,
+    /// Another key's, which still exists.
+    Taken { owner: String },
+}
+
+/// Claims `name` for `key_id`, in the transaction that registers the
+/// workflow. A name belongs to the access key that first registered it,
+/// because a `call` step runs the newest workflow of its name: another key
+/// registering a newer one would change what the first key's workflows
+/// run. A name whose key was deleted goes to the next key that registers
+/// it; an operator moves one with `tasuki-hub workflows transfer`. The
+/// name's row is the lock: of two keys claiming a new name at once on
+/// PostgreSQL, the second's insert waits for the first's commit and then
+/// finds it taken.
+pub fn claim_name(
+    conn: &mut Conn<'_>,
+    name: &str,
+    key_id: &str,
+    now_ms: i64,
+) -> Result<Claim, DbError> {
+    conn.execute(
+        "INSERT INTO workflow_names (name, key_id, since) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO NOTHING",
+        params![name, key_id, now_ms],
+    )?;
+    let owner: Option<(String, bool)> = conn.opt_row(
+        "SELECT n.key_id, EXISTS (SELECT 1 FROM access_keys k WHERE k.id = n.key_id)
+         FROM workflow_names n WHERE n.name = ?1",
+        params![name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    match owner {
+        Some((owner, _)) if owner == key_id => Ok(Claim::Yours),
+        Some((owner, true)) => Ok(Claim::Taken { owner }),
+        _ => {
+            give_name(conn, name, key_id, now_ms)?;
+            Ok(Claim::Yours)
+        }
+    }
+}
+
+/// Gives the workflow name `name` to `key_id`; whether there was such a
+/// name.
+pub fn give_name(
+    conn: &mut Conn<'_>,
+    name: &str,
+    key_id: &str,
+    now_ms: i64,
+) -> Result<bool, DbError> {
+    let changed = conn.execute(
+        "UPDATE workflow_names SET key_id = ?2, since = ?3 WHERE name = ?1",
+        params![name, key_id, now_ms],
+    )?;
+    Ok(changed > 0)
+}
+
+/// The access key a workflow name belongs to.
+pub fn owner_of(conn: &mut Conn<'_>, name: &str) -> Result<Option<String>, DbError> {
+    conn.opt_row(
+        "SELECT key_id FROM workflow_names WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
+}
+
 // Fields AUTORO has and Tasuki does not use; see `WorkflowItem`.
 const ROBOT_TYPE: &str = "tasuki";
 const COLOR: &str = "#000000";
