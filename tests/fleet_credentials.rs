@@ -293,6 +293,102 @@ async fn a_credential_reaches_only_the_robots_it_allows_masked_and_rotated() {
     }
 }
 
+/// A credential that lists the workflows it allows reaches their
+/// sessions only: another workflow that declares it (any `workflow.write`
+/// key may register one) cannot queue a session, and one queued before
+/// the list narrowed gets no values: its robot fails it before it starts,
+/// naming the credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_that_lists_its_workflows_reaches_only_their_sessions() {
+    let f = Fleet::start();
+    let admin = create_key(&f.scratch, ADMIN_SCOPES);
+    let admin = Api::new(&f.hub, Some(token(&admin, ADMIN_SCOPES)));
+    let uses = |name: &str| {
+        format!(
+            "version: 1\nname: {name}\ncredentials:\n  api: token\nsteps:\n  - id: call\n    \
+             action: log\n    with: {{message: \"token ${{credentials.api.token}}\"}}\n"
+        )
+    };
+    let billing = workflow(&admin, &uses("billing"), &[]).await;
+    let copycat = workflow(&f.api, &uses("copycat"), &[]).await;
+    let r = admin
+        .post(
+            "/v1/credentials",
+            &json!({"name": "api", "kind": "token", "fields": {"token": "tok-Zq81Lw"},
+                    "allow": {"robots": ["any-bot"], "workflows": ["billing", "copycat"]}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    assert_eq!(
+        r.body["allow"]["workflows"],
+        json!(["billing", "copycat"]),
+        "{}",
+        r.body
+    );
+    // Queued while allowed, with no robot yet to run it.
+    let early = queue(&f.api, copycat, json!({})).await;
+    let r = admin
+        .send(
+            admin
+                .request(reqwest::Method::PUT, "/v1/credentials/api")
+                .json(&json!({"allow": {"robots": ["any-bot"], "workflows": ["billing"]}})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+
+    let r = f
+        .api
+        .post("/v1/session_queues", &json!({"workflow_id": copycat}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "credential_not_allowed"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.message().contains(
+            "the credential `api` allows the sessions of `billing` only, not those of `copycat`"
+        ),
+        "{}",
+        r.body
+    );
+
+    let robot = Robot::new(f.scratch.dir.path(), "any-bot");
+    robot.register_ok(&f.hub, &f.key, &[]);
+    let agent = robot.start(&[]);
+    let id = queue(&admin, billing, json!({})).await;
+    let s = finished(&admin, id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "success", "{s}\n{}", agent.log());
+    let text = messages(&all_logs(&admin, id).await);
+    assert!(text.iter().any(|m| m == "token ***"), "{text:?}");
+
+    let s = finished(&f.api, early, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "error", "{s}");
+    assert_eq!(s["error"]["code"], "invalid_credentials", "{s}");
+    assert!(
+        s["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("credentials.api: the workflow uses the `token` credential `api`"),
+        "{s}"
+    );
+    let logs = serde_json::to_string(&all_logs(&f.api, early).await).expect("logs");
+    assert!(!logs.contains("tok-Zq81Lw"), "{logs}");
+    let audit = admin.get("/v1/audit_log?per_page=200").await;
+    let delivered_to: Vec<i64> = audit.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "credential.deliver")
+        .filter_map(|e| e["detail"]["session_queue_id"].as_i64())
+        .collect();
+    assert!(
+        delivered_to.contains(&id) && !delivered_to.contains(&early),
+        "{delivered_to:?}"
+    );
+}
+
 /// Every file below `dir`.
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -348,6 +444,22 @@ async fn the_credential_api_refuses_each_bad_field_by_its_path() {
         (
             with("allow.labels", json!(["bad label"])),
             "allow.labels[0]",
+        ),
+        (
+            with("allow.workflows", json!(["billing", "  "])),
+            "allow.workflows[1]",
+        ),
+        (
+            with("allow.workflows", json!(["billing", "billing"])),
+            "allow.workflows[1]",
+        ),
+        (
+            with("allow.workflows", json!(["w".repeat(201)])),
+            "allow.workflows[0]",
+        ),
+        (
+            with("allow.workflows", json!(["tab\there"])),
+            "allow.workflows[0]",
         ),
         (with("description", json!("d".repeat(501))), "description"),
     ];

@@ -320,6 +320,7 @@ mod tests {
         let by_label = need(Some(CredentialAllow {
             robots: vec!["robot-c".into()],
             labels: vec!["eu".into()],
+            workflows: None,
         }));
         let fits: Vec<bool> = robots.iter().map(|r| by_label.fits(r)).collect();
         assert_eq!(fits, [true, false, true]);

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Which robots may receive a credential: by name, or by any one label.
-/// Both empty allows no robot.
+/// Both empty allows no robot. `workflows`, when given, allows only the
+/// sessions of the workflows of those names (a name belongs to the access
+/// key that first registered it); absent, any workflow that declares it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialAllow {
@@ -17,6 +19,21 @@ pub struct CredentialAllow {
     pub robots: Vec<String>,
     #[serde(default)]
     pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflows: Option<Vec<String>>,
+}
+
+impl CredentialAllow {
+    /// Whether a session of the workflow `name` may receive it.
+    pub fn allows_workflow(&self, name: &str) -> bool {
+        workflow_allowed(self.workflows.as_deref(), name)
+    }
+}
+
+/// Whether `allow.workflows` (`None`: any workflow) allows the sessions
+/// of the workflow `name`.
+pub fn workflow_allowed(workflows: Option<&[String]>, name: &str) -> bool {
+    workflows.is_none_or(|names| names.iter().any(|n| n == name))
 }
 
 /// `POST /v1/credentials`.

@@ -5,6 +5,7 @@
 //! field, and the audit entry of each change (in the change's own
 //! transaction) names fields, never their text.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -14,6 +15,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use tasuki_actions::language::credentials::{CredentialKind, MAX_NAME_CHARS};
 use tasuki_actions::language::model::is_identifier;
+use tasuki_protocol::credential::workflow_allowed;
 use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
 use tasuki_protocol::{
     CreateCredential, Credential, CredentialAllow, CredentialList, UpdateCredential,
@@ -24,14 +26,14 @@ use super::auth::{Authorized, need};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::shorten;
-use crate::db::credentials::Declared;
-use crate::db::credentials::{self, Change, NewCredential};
+use crate::db::credentials::{self, Change, Declared, ForSession, NewCredential};
 use crate::db::{audit, now_ms};
 
 /// Credentials a hub keeps at most.
 const MAX_CREDENTIALS: u64 = 1000;
 /// Robot names one credential may list.
 const MAX_ALLOWED_ROBOTS: usize = 200;
+const MAX_ALLOWED_WORKFLOWS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 500;
 
 pub async fn create(
@@ -256,16 +258,43 @@ async fn reoffer(hub: &Arc<Hub>, name: &str) {
     }
 }
 
-/// A session is refused while a credential its workflow uses (`declared`,
-/// with the hub's `kinds` of those names) does not exist, or is of another kind than the workflow declares:
-/// it could never run. (A credential deleted after the session was
-/// queued keeps it queued, with `queued_reason` saying why.)
+/// A session of the workflow `workflow_name` is refused while a
+/// credential it uses (`declared`, with the hub's `stored` credentials of
+/// those names) does not exist, is of another kind than the workflow
+/// declares, or does not allow the workflow: it could never run. (A
+/// credential deleted after the session was queued keeps it queued, with
+/// `queued_reason` saying why.)
 pub fn check_for_session(
+    workflow_name: &str,
     declared: &[Declared],
-    kinds: &Map<String, Value>,
+    stored: &BTreeMap<String, ForSession>,
 ) -> Result<(), ApiError> {
     for d in declared {
-        match kinds.get(&d.name).and_then(Value::as_str) {
+        let credential = stored.get(&d.name);
+        if let Some(c) = credential
+            && !workflow_allowed(c.workflows.as_deref(), workflow_name)
+        {
+            let allowed: Vec<String> = c
+                .workflows
+                .iter()
+                .flatten()
+                .map(|n| format!("`{}`", shorten(n)))
+                .collect();
+            let which = match allowed.is_empty() {
+                true => "no workflow's sessions".to_string(),
+                false => format!("the sessions of {} only", allowed.join(", ")),
+            };
+            return Err(ApiError::unprocessable(
+                "credential_not_allowed",
+                format!(
+                    "the credential `{}` allows {which}, not those of `{}`; a \
+                     `credential.write` key adds the workflow to its `allow.workflows`",
+                    d.name,
+                    shorten(workflow_name)
+                ),
+            ));
+        }
+        match credential.map(|c| c.kind.as_str()) {
             None => {
                 return Err(ApiError::unprocessable(
                     "unknown_credential",
@@ -385,6 +414,37 @@ fn check_allow(allow: &CredentialAllow) -> Result<(), ApiError> {
     for (i, label) in allow.labels.iter().enumerate() {
         check_label(label)
             .map_err(|e| ApiError::invalid_field(&format!("allow.labels[{i}]"), e))?;
+    }
+    let workflows = allow.workflows.as_deref().unwrap_or_default();
+    if workflows.len() > MAX_ALLOWED_WORKFLOWS {
+        return Err(ApiError::invalid_field(
+            "allow.workflows",
+            format!("at most {MAX_ALLOWED_WORKFLOWS} workflow names"),
+        ));
+    }
+    for (i, name) in workflows.iter().enumerate() {
+        let path = format!("allow.workflows[{i}]");
+        if name.trim().is_empty() || name.chars().count() > super::workflows::MAX_NAME_CHARS {
+            return Err(ApiError::invalid_field(
+                &path,
+                format!(
+                    "a workflow name of 1 to {} characters, not only spaces",
+                    super::workflows::MAX_NAME_CHARS
+                ),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ApiError::invalid_field(
+                &path,
+                "a workflow name holds no control characters",
+            ));
+        }
+        if workflows[..i].contains(name) {
+            return Err(ApiError::invalid_field(
+                &path,
+                format!("`{}` is listed twice", shorten(name)),
+            ));
+        }
     }
     Ok(())
 }

@@ -170,7 +170,7 @@ pub async fn checked_session(
                 .collect();
             let kinds = match names.is_empty() {
                 true => Default::default(),
-                false => db_credentials::kinds(conn, &names)?,
+                false => db_credentials::for_session(conn, &names)?,
             };
             Ok(Some((workflow, kinds)))
         })
@@ -185,7 +185,7 @@ pub async fn checked_session(
         &params,
     )
     .map_err(|problems| invalid_params(&workflow.name, problems))?;
-    super::credentials::check_for_session(&workflow.credentials, &kinds)?;
+    super::credentials::check_for_session(&workflow.name, &workflow.credentials, &kinds)?;
     Ok(NewSession {
         workflow_id,
         params,

@@ -27,7 +27,8 @@ use serde_json::json;
 
 const DEFAULT_PER_PAGE: i64 = 300;
 const MAX_PER_PAGE: i64 = 1000;
-const MAX_NAME_CHARS: usize = 200;
+/// The longest workflow name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 10_000;
 const MAX_ROBOTS: usize = 100;
 const MAX_CONCURRENCY_LIMIT: u32 = 10_000;

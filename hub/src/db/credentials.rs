@@ -4,6 +4,8 @@
 //! fields are opened in one place only, [`values_for_lease`], to build a
 //! robot's lease; everything else reads metadata.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 use tasuki_protocol::{Credential, CredentialAllow};
 
@@ -69,8 +71,8 @@ pub fn insert(
     let id: Option<i64> = conn.opt_row(
         "INSERT INTO credentials (name, kind, field_names, fields_sealed, allow_robots,
                                   allow_labels, description, version, created_at, created_by,
-                                  updated_at, updated_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?8, ?9)
+                                  updated_at, updated_by, allow_workflows)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?8, ?9, ?10)
          ON CONFLICT (name) DO NOTHING
          RETURNING id",
         params![
@@ -82,7 +84,8 @@ pub fn insert(
             json("allowed labels", &new.allow.labels)?,
             new.description,
             now_ms,
-            actor
+            actor,
+            workflows_json(&new.allow)?
         ],
         |r| r.get(0),
     )?;
@@ -98,7 +101,21 @@ pub fn insert(
 }
 
 const COLUMNS: &str = "name, kind, field_names, allow_robots, allow_labels, description, version,
-                       created_at, created_by, updated_at, updated_by";
+                       created_at, created_by, updated_at, updated_by, allow_workflows";
+
+/// `allow.workflows` as stored: JSON, or NULL for any workflow.
+fn workflows_json(allow: &CredentialAllow) -> Result<Option<String>, DbError> {
+    allow
+        .workflows
+        .as_ref()
+        .map(|names| json("allowed workflows", names))
+        .transpose()
+}
+
+/// `allow.workflows` as read from the column.
+fn workflows_read(what: &str, stored: Option<String>) -> Result<Option<Vec<String>>, DbError> {
+    stored.map(|text| parse_json(what, &text)).transpose()
+}
 
 fn read(r: &super::sql::Row<'_>) -> Result<Credential, DbError> {
     let name: String = r.get(0)?;
@@ -109,6 +126,7 @@ fn read(r: &super::sql::Row<'_>) -> Result<Credential, DbError> {
         allow: CredentialAllow {
             robots: parse_json(&what("allow_robots"), &r.get::<String>(3)?)?,
             labels: parse_json(&what("allow_labels"), &r.get::<String>(4)?)?,
+            workflows: workflows_read(&what("allow_workflows"), r.get(11)?)?,
         },
         description: r.get(5)?,
         version: r.get(6)?,
@@ -176,11 +194,13 @@ pub fn update(
     }
     if let Some(allow) = &change.allow {
         conn.execute(
-            "UPDATE credentials SET allow_robots = ?2, allow_labels = ?3 WHERE id = ?1",
+            "UPDATE credentials SET allow_robots = ?2, allow_labels = ?3, allow_workflows = ?4
+             WHERE id = ?1",
             params![
                 id,
                 json("allowed robots", &allow.robots)?,
-                json("allowed labels", &allow.labels)?
+                json("allowed labels", &allow.labels)?,
+                workflows_json(allow)?
             ],
         )?;
     }
@@ -202,17 +222,29 @@ pub fn delete(conn: &mut Conn<'_>, name: &str) -> Result<bool, DbError> {
     Ok(conn.execute("DELETE FROM credentials WHERE name = ?1", params![name])? > 0)
 }
 
-/// The kinds of the named credentials that exist, by name.
-pub fn kinds(conn: &mut Conn<'_>, names: &[String]) -> Result<Map<String, Value>, DbError> {
-    let mut out = Map::new();
+/// What a new session needs to know of a credential its workflow uses.
+pub struct ForSession {
+    pub kind: String,
+    /// `allow.workflows`.
+    pub workflows: Option<Vec<String>>,
+}
+
+/// The named credentials that exist, by name, as a new session needs them.
+pub fn for_session(
+    conn: &mut Conn<'_>,
+    names: &[String],
+) -> Result<BTreeMap<String, ForSession>, DbError> {
+    let mut out = BTreeMap::new();
     for name in names {
-        let kind: Option<String> = conn.opt_row(
-            "SELECT kind FROM credentials WHERE name = ?1",
+        let row: Option<(String, Option<String>)> = conn.opt_row(
+            "SELECT kind, allow_workflows FROM credentials WHERE name = ?1",
             params![name],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        if let Some(kind) = kind {
-            out.insert(name.clone(), Value::String(kind));
+        if let Some((kind, workflows)) = row {
+            let what = format!("credential {name}: allow_workflows");
+            let workflows = workflows_read(&what, workflows)?;
+            out.insert(name.clone(), ForSession { kind, workflows });
         }
     }
     Ok(out)
@@ -226,17 +258,18 @@ pub fn allows(
 ) -> Result<Vec<(String, Option<CredentialAllow>)>, DbError> {
     let mut out = Vec::new();
     for name in names {
-        let row: Option<(String, String)> = conn.opt_row(
-            "SELECT allow_robots, allow_labels FROM credentials WHERE name = ?1",
+        let row: Option<(String, String, Option<String>)> = conn.opt_row(
+            "SELECT allow_robots, allow_labels, allow_workflows FROM credentials WHERE name = ?1",
             params![name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let allow = row
-            .map(|(robots, labels)| {
+            .map(|(robots, labels, workflows)| {
                 let what = |f: &str| format!("credential {name}: {f}");
                 Ok::<_, DbError>(CredentialAllow {
                     robots: parse_json(&what("allow_robots"), &robots)?,
                     labels: parse_json(&what("allow_labels"), &labels)?,
+                    workflows: workflows_read(&what("allow_workflows"), workflows)?,
                 })
             })
             .transpose()?;
@@ -277,15 +310,18 @@ pub fn queued_sessions_using(
     Ok(out)
 }
 
-/// The values of `declared` for a lease to the robot `robot_id`, opened
-/// now: so a rotation reaches the next lease granted. Only credentials
-/// that allow that robot are opened, whatever routed the session there
-/// (the one place values leave the database, so the rule holds even if a
-/// change raced the routing): one deleted, or no longer allowing the
-/// robot, is left out, and the robot fails the session, naming it.
+/// The values of `declared` for a lease of a session of the workflow
+/// `workflow_name` to the robot `robot_id`, opened now: so a rotation
+/// reaches the next lease granted. Only credentials that allow that robot
+/// and that workflow are opened, whatever routed the session there (the
+/// one place values leave the database, so the rule holds even if a
+/// change raced the routing or the session's queueing): one deleted, or no
+/// longer allowing either, is left out, and the robot fails the session,
+/// naming it.
 pub fn values_for_lease(
     conn: &mut Conn<'_>,
     declared: &[Declared],
+    workflow_name: &str,
     robot_id: i64,
     master: &MasterKey,
 ) -> Result<(Map<String, Value>, Vec<Delivered>), DbError> {
@@ -304,20 +340,37 @@ pub fn values_for_lease(
     };
     let labels: Vec<String> = parse_json(&format!("robot {robot_id}: labels"), &labels)?;
     for d in declared {
-        let row: Option<(i64, i64, Vec<u8>, String, String)> = conn.opt_row(
-            "SELECT id, version, fields_sealed, allow_robots, allow_labels
+        type Row = (i64, i64, Vec<u8>, String, String, Option<String>);
+        let row: Option<Row> = conn.opt_row(
+            "SELECT id, version, fields_sealed, allow_robots, allow_labels, allow_workflows
              FROM credentials WHERE name = ?1",
             params![d.name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )?;
-        let Some((id, version, sealed, allow_robots, allow_labels)) = row else {
+        let Some((id, version, sealed, allow_robots, allow_labels, allow_workflows)) = row else {
             continue;
         };
         let what = |f: &str| format!("credential {}: {f}", d.name);
-        let allow_robots: Vec<String> = parse_json(&what("allow_robots"), &allow_robots)?;
-        let allow_labels: Vec<String> = parse_json(&what("allow_labels"), &allow_labels)?;
-        if !allow_robots.contains(&robot_name) && !allow_labels.iter().any(|l| labels.contains(l)) {
+        let allow = CredentialAllow {
+            robots: parse_json(&what("allow_robots"), &allow_robots)?,
+            labels: parse_json(&what("allow_labels"), &allow_labels)?,
+            workflows: workflows_read(&what("allow_workflows"), allow_workflows)?,
+        };
+        if !allow.robots.contains(&robot_name) && !allow.labels.iter().any(|l| labels.contains(l)) {
             tracing::warn!(credential = %d.name, robot = %robot_name, "a lease went to a robot the credential does not allow (it changed meanwhile); its values are left out");
+            continue;
+        }
+        if !allow.allows_workflow(workflow_name) {
+            tracing::warn!(credential = %d.name, workflow = %workflow_name, "a session of a workflow the credential does not allow (it changed since the session was queued) was leased; its values are left out");
             continue;
         }
         let mut fields = Map::new();
@@ -367,6 +420,7 @@ mod tests {
             allow: CredentialAllow {
                 robots: vec!["r1".into()],
                 labels: vec![],
+                workflows: Some(vec!["billing".into()]),
             },
             description: String::new(),
         };
@@ -401,7 +455,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((changed.version, changed.updated_by.as_str()), (2, "k2"));
-        let (values, delivered) = values_for_lease(&mut conn, &declared, r1, &master).unwrap();
+        assert_eq!(
+            get(&mut conn, "api").unwrap().unwrap().allow.workflows,
+            Some(vec!["billing".to_string()])
+        );
+        let (values, delivered) =
+            values_for_lease(&mut conn, &declared, "billing", r1, &master).unwrap();
         assert_eq!(Value::Object(values), json!({"api": {"token": "tok-two"}}));
         assert_eq!(
             delivered,
@@ -412,10 +471,15 @@ mod tests {
         );
         // A robot the credential does not allow gets nothing, whatever
         // routed the session to it.
-        let (values, delivered) = values_for_lease(&mut conn, &declared, r2, &master).unwrap();
+        let (values, delivered) =
+            values_for_lease(&mut conn, &declared, "billing", r2, &master).unwrap();
+        assert!(values.is_empty() && delivered.is_empty());
+        // Nor does a workflow it does not allow, on a robot it allows.
+        let (values, delivered) =
+            values_for_lease(&mut conn, &declared, "billing-copy", r1, &master).unwrap();
         assert!(values.is_empty() && delivered.is_empty());
         assert!(delete(&mut conn, "api").unwrap());
-        let (values, _) = values_for_lease(&mut conn, &declared, r1, &master).unwrap();
+        let (values, _) = values_for_lease(&mut conn, &declared, "billing", r1, &master).unwrap();
         assert!(values.is_empty());
     }
 }

@@ -483,7 +483,7 @@ fn lease_of(
     )?;
     // A leased session has its robot; without one, no credential goes.
     let (credential_values, delivered) = match robot_id {
-        Some(robot_id) => credentials::values_for_lease(conn, &declared, robot_id, master)?,
+        Some(robot_id) => credentials::values_for_lease(conn, &declared, &wname, robot_id, master)?,
         None => Default::default(),
     };
     let mut params: Map<String, Value> =
@@ -1165,6 +1165,7 @@ mod tests {
             let allow = allow.map(|(robots, labels)| tasuki_protocol::CredentialAllow {
                 robots: strings(&robots),
                 labels: strings(&labels),
+                workflows: None,
             });
             if let Some(allow) = &allow {
                 let new = credentials::NewCredential {

@@ -466,6 +466,11 @@ const MIGRATIONS: &[&str] = &[
          ON a.action = 'workflow.create' AND a.subject = 'workflow ' || w.id
     WHERE w.id = (SELECT MIN(o.id) FROM workflows o WHERE o.name = w.name);
     "#,
+    // 21: the workflows a credential allows (JSON list of names; NULL: any
+    // workflow that declares it).
+    r#"
+    ALTER TABLE credentials ADD COLUMN allow_workflows TEXT;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -832,6 +837,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     FROM workflows w JOIN audit_log a
          ON a.action = 'workflow.create' AND a.subject = 'workflow ' || w.id
     WHERE w.id = (SELECT MIN(o.id) FROM workflows o WHERE o.name = w.name);
+    "#,
+    ),
+    (
+        21,
+        r#"
+    ALTER TABLE credentials ADD COLUMN allow_workflows TEXT;
     "#,
     ),
 ];
