@@ -498,16 +498,29 @@ async fn only_a_listed_approver_decides_an_approval_that_lists_them() {
         )
         .await;
     assert_eq!(r.status.as_u16(), 422, "{}", r.body);
-    let problems = r.body["error"]["problems"].to_string();
-    assert!(
-        problems.contains("steps[0].with.approvers[1]")
-            && problems.contains("there is no access key `TSKNOSUCHKEY` on this hub"),
+    let problems: Vec<(String, String)> = r.body["error"]["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap_or("").to_string(),
+                p["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(problems.len(), 2, "{}", r.body);
+    assert_eq!(problems[0].0, "steps[0].with.approvers[1]", "{}", r.body);
+    assert_eq!(
+        problems[0].1, "there is no access key `TSKNOSUCHKEY` on this hub",
         "{}",
         r.body
     );
+    assert_eq!(problems[1].0, "steps[0].with.approvers[2]", "{}", r.body);
     assert!(
-        problems.contains("steps[0].with.approvers[2]")
-            && problems.contains("does not have the scope `session_queue.write`"),
+        problems[1]
+            .1
+            .contains("does not have the scope `session_queue.write`"),
         "{}",
         r.body
     );
@@ -546,6 +559,25 @@ async fn only_a_listed_approver_decides_an_approval_that_lists_them() {
     let s = f.api.get(&format!("/v1/session_queues/{id}")).await.body;
     assert_eq!(s["status"], "waiting", "{s}");
     assert!(s["wait"]["decided_by"].is_null(), "{s}");
+    // The attempt is in the audit log.
+    let auditor = create_key(&f.scratch, "audit.read");
+    let audit = Api::new(&f.hub, Some(token(&auditor, "audit.read")))
+        .get("/v1/audit_log")
+        .await;
+    let refused: Vec<&Value> = audit.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "session_queue.approval_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", audit.body);
+    assert_eq!(refused[0]["actor"], f.key.id.as_str(), "{}", audit.body);
+    assert_eq!(
+        refused[0]["subject"],
+        format!("session_queue {id}"),
+        "{}",
+        audit.body
+    );
 
     let listed = Api::new(
         &f.hub,

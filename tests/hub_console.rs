@@ -1573,6 +1573,12 @@ async fn only_a_listed_approver_decides_from_the_page() {
         "{}",
         page.body
     );
+    assert!(
+        page.body.contains("id=\"approve\" disabled"),
+        "{}",
+        page.body
+    );
+    // Sent all the same (the button is only a hint): refused.
     let refused = other
         .post(&approve, &[("csrf", &page.csrf()), ("decision", "approve")])
         .await;
@@ -1591,7 +1597,7 @@ async fn only_a_listed_approver_decides_from_the_page() {
     listed.sign_in(&approver, "/ui").await;
     let page = listed.get(&path).await;
     assert!(
-        !page.body.contains("not among the approvers"),
+        !page.body.contains("not among the approvers") && !page.body.contains("disabled"),
         "{}",
         page.body
     );

@@ -136,12 +136,17 @@ steps:
   - id: on_event
     action: wait_event
     with: {event: paid, approvers: [TSKAUDIT]}
+  - id: crowd
+    action: approval
+    with: {message: ok?, approvers: CROWD}
 finally:
   - id: late
     action: approval
     with: {message: "in finally?"}
 "#;
-    let r = run_text(flow, &[]);
+    let crowd: Vec<String> = (0..33).map(|i| format!("TSK{i}")).collect();
+    let flow = flow.replace("CROWD", &format!("[{}]", crowd.join(", ")));
+    let r = run_text(&flow, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     for expected in [
         "steps[0].steps[0].action: `approval` may only be a step of the workflow's own `steps`",
@@ -160,6 +165,7 @@ finally:
         "steps[7].with.approvers: an empty list lets nobody decide",
         "steps[8].with.approvers: expected a list of access key ids, found",
         "steps[9].with.approvers: unknown argument `approvers`",
+        "steps[10].with.approvers: 33 approvers; a step lists at most 32",
         "finally[0].action: `approval` may only be a step",
     ] {
         assert!(r.stderr.contains(expected), "{expected}\n{}", r.stderr);

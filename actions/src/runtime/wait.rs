@@ -399,6 +399,8 @@ fn parse_approvers(list: &Value, problems: &mut Vec<(String, String)>) -> Vec<St
                 .into(),
         ));
     } else if items.len() > MAX_APPROVERS {
+        // Not read further: the items of a list this long are not worth
+        // a problem each (nor the time to compare them).
         problems.push((
             "approvers".into(),
             format!(
@@ -406,6 +408,7 @@ fn parse_approvers(list: &Value, problems: &mut Vec<(String, String)>) -> Vec<St
                 items.len()
             ),
         ));
+        return Vec::new();
     }
     let mut approvers: Vec<String> = Vec::new();
     for (i, item) in items.iter().enumerate() {

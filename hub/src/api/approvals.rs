@@ -213,7 +213,16 @@ async fn answer_and_offer(
                 Expected::Event(name) => Expect::Event(name),
             };
             let result = answer_in(conn, &hub2, id, expect, &answer, now)?;
-            if result.is_ok() {
+            // A decision the approvers list refused is kept too: someone
+            // tried to decide what is not theirs.
+            let action = match &result {
+                Ok(()) => Some(action),
+                Err(Refused::NotAnApprover(_)) => {
+                    Some("session_queue.approval_refused".to_string())
+                }
+                Err(_) => None,
+            };
+            if let Some(action) = action {
                 audit::record(
                     conn,
                     &answer.by,

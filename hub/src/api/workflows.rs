@@ -249,34 +249,40 @@ async fn check_approvers(hub: &Hub, workflow: &Workflow) -> Result<(), ApiError>
     if listed.is_empty() {
         return Ok(());
     }
-    let problems = hub
+    // Each key looked up once, however many steps list it.
+    let ids: BTreeSet<String> = listed.iter().map(|(_, id)| id.clone()).collect();
+    let may_decide: BTreeMap<String, Option<bool>> = hub
         .db
         .call(move |conn| {
-            let mut problems = Vec::new();
-            for (path, id) in listed {
+            let mut found = BTreeMap::new();
+            for id in ids {
                 let scopes = keys::find(conn, &id)?.map(|k| k.scopes);
-                let may_decide = scopes.as_deref().map(|s| {
+                let may = scopes.as_deref().map(|s| {
                     s.parse::<Scopes>()
                         .is_ok_and(|s| s.contains(Scope::SessionQueueWrite))
                 });
-                match may_decide {
-                    None => problems.push(tasuki_actions::Problem::new(
-                        path,
-                        format!("there is no access key `{id}` on this hub"),
-                    )),
-                    Some(false) => problems.push(tasuki_actions::Problem::new(
-                        path,
-                        format!(
-                            "the access key `{id}` cannot decide approvals: it does not have \
-                             the scope `session_queue.write`"
-                        ),
-                    )),
-                    Some(true) => {}
-                }
+                found.insert(id, may);
             }
-            Ok(problems)
+            Ok(found)
         })
         .await?;
+    let mut problems = Vec::new();
+    for (path, id) in listed {
+        match may_decide.get(&id).copied().flatten() {
+            None => problems.push(tasuki_actions::Problem::new(
+                path,
+                format!("there is no access key `{id}` on this hub"),
+            )),
+            Some(false) => problems.push(tasuki_actions::Problem::new(
+                path,
+                format!(
+                    "the access key `{id}` cannot decide approvals: it does not have the scope \
+                     `session_queue.write`"
+                ),
+            )),
+            Some(true) => {}
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {

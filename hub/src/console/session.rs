@@ -243,9 +243,9 @@ fn actions(op: &Operator, s: &SessionQueue, secret: &[String]) -> Markup {
                     input type="hidden" name=(CSRF_FIELD) value=(op.csrf);
                     label { "Comment " input type="text" name="comment" maxlength="4096" autocomplete="off"; }
                     " "
-                    button type="submit" name="decision" value="approve" id="approve" { "Approve" }
+                    button type="submit" name="decision" value="approve" id="approve" disabled[!may_approve] { "Approve" }
                     " "
-                    button type="submit" name="decision" value="reject" id="reject" class="danger" { "Reject" }
+                    button type="submit" name="decision" value="reject" id="reject" class="danger" disabled[!may_approve] { "Reject" }
                     @if !op.may(Scope::SessionQueueWrite) { span class="note" { " (your key lacks session_queue.write)" } }
                     @else if !may_approve { span class="note" { " (your key is not among the approvers)" } }
                 }

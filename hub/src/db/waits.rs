@@ -210,7 +210,8 @@ pub enum Expect<'a> {
 
 /// Answers a waiting session's wait and queues it again, to be resumed;
 /// the caller offers it. Refused, with nothing changed, when the session
-/// is not waiting or waits for something else than `expect`.
+/// is not waiting or waits for something else than `expect`, or when the
+/// approval lists its approvers and `expect`'s key is not one.
 pub fn answer(
     conn: &mut Conn<'_>,
     session_id: i64,
