@@ -348,11 +348,39 @@ async fn a_credential_that_lists_its_workflows_reaches_only_their_sessions() {
     );
     assert!(
         r.message().contains(
-            "the credential `api` allows the sessions of `billing` only, not those of `copycat`"
+            "the credential `api` does not allow the sessions of this workflow (`copycat`)"
         ),
         "{}",
         r.body
     );
+    // Which workflows it allows is not told to a key that may only queue.
+    assert!(!r.message().contains("billing"), "{}", r.body);
+    // A change of robots alone keeps the workflows; `null` lifts them.
+    let put = |allow: Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .send(
+                    admin
+                        .request(reqwest::Method::PUT, "/v1/credentials/api")
+                        .json(&json!({"allow": allow})),
+                )
+                .await
+        }
+    };
+    let r = put(json!({"robots": ["any-bot", "other-bot"]})).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(
+        r.body["allow"]["workflows"],
+        json!(["billing"]),
+        "{}",
+        r.body
+    );
+    let r = put(json!({"robots": ["any-bot"], "workflows": null})).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert!(r.body["allow"].get("workflows").is_none(), "{}", r.body);
+    let r = put(json!({"robots": ["any-bot"], "workflows": ["billing"]})).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
 
     let robot = Robot::new(f.scratch.dir.path(), "any-bot");
     robot.register_ok(&f.hub, &f.key, &[]);
@@ -459,6 +487,11 @@ async fn the_credential_api_refuses_each_bad_field_by_its_path() {
         ),
         (
             with("allow.workflows", json!(["tab\there"])),
+            "allow.workflows[0]",
+        ),
+        // Nobody has registered it: whoever did first would get the value.
+        (
+            with("allow.workflows", json!(["nobody-registered"])),
             "allow.workflows[0]",
         ),
         (with("description", json!("d".repeat(501))), "description"),

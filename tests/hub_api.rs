@@ -195,8 +195,8 @@ async fn an_invalid_workflow_gets_every_problem_with_its_place() {
 /// A workflow name belongs to the access key that first registered it: a
 /// `call` step runs the newest of its name, so another key registering a
 /// newer one would change what the first key's workflows run. Another key
-/// is refused (and stores nothing) until the operator moves the name, or
-/// the owning key is deleted.
+/// is refused (and stores nothing) until the operator moves the name; a
+/// deleted key's names stay its own until then.
 #[tokio::test]
 async fn a_workflow_name_belongs_to_the_key_that_first_registered_it() {
     const WRITER: &str = "workflow.write session_queue.read";
@@ -235,10 +235,11 @@ async fn a_workflow_name_belongs_to_the_key_that_first_registered_it() {
     assert_eq!(r.code(), "name_taken", "{}", r.body);
     assert!(
         r.message()
-            .contains(&format!("`stamp` belongs to the access key `{}`", first.id)),
+            .contains("`stamp` belongs to another access key, which registered it first"),
         "{}",
         r.body
     );
+    assert!(!r.message().contains(&first.id), "{}", r.body);
     assert_eq!(count(&by_first).await, 2, "nothing stored");
     // Calling a name is not registering it.
     let caller = json!({"yaml": "version: 1\nname: caller\nsteps:\n  - id: c\n    action: call\n    with: {workflow: stamp}\n"});
@@ -293,13 +294,29 @@ async fn a_workflow_name_belongs_to_the_key_that_first_registered_it() {
     assert_eq!(entry["subject"], "workflow name stamp", "{}", audit.body);
     assert_eq!(entry["detail"]["to_key_id"], other.id.as_str(), "{entry}");
 
-    // A name whose key was deleted goes to the next key that registers it.
+    // A deleted key's names stay its own (nobody else's workflows take
+    // their place) until the operator moves them; the deletion says so.
     let out = hub_command()
         .args(["keys", "delete", &other.id])
         .args(scratch.db_args())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run tasuki-hub keys delete");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("it owns 2 workflow name(s), which stay its own: caller, stamp"),
+        "{stderr}"
+    );
+    let r = by_first.post("/v1/workflows", &stamp("back")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.message()
+            .contains("belongs to an access key that was deleted"),
+        "{}",
+        r.body
+    );
+    let out = cli(&["transfer", "stamp", "--to-key", &first.id]);
     assert!(
         out.status.success(),
         "{}",

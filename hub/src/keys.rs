@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tasuki_protocol::{Scope, Scopes};
 
-use crate::db::{audit, keys, now_ms};
+use crate::db::{audit, keys, now_ms, workflow_names};
 use crate::secrets;
 use crate::store::{self, StoreArgs};
 
@@ -97,10 +97,11 @@ pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
 pub async fn delete(store: &StoreArgs, id: &str) -> anyhow::Result<()> {
     let (db, _) = store::open(store).await?;
     let key_id = id.to_owned();
-    let deleted = db
+    let (deleted, names) = db
         .call(move |conn| {
             conn.transaction(|tx| {
                 let deleted = keys::delete(tx, &key_id)?;
+                let names = workflow_names::names_of(tx, &key_id)?;
                 if deleted {
                     let subject = format!("key {key_id}");
                     audit::record(
@@ -112,7 +113,7 @@ pub async fn delete(store: &StoreArgs, id: &str) -> anyhow::Result<()> {
                         now_ms(),
                     )?;
                 }
-                Ok(deleted)
+                Ok((deleted, names))
             })
         })
         .await?;
@@ -120,5 +121,15 @@ pub async fn delete(store: &StoreArgs, id: &str) -> anyhow::Result<()> {
         bail!("there is no access key `{id}` in {}", store.db);
     }
     eprintln!("deleted access key {id}; tokens signed with it no longer work");
+    if !names.is_empty() {
+        // Still the deleted key's: its workflows go on counting as the
+        // names', and nobody registers newer ones until they are moved.
+        eprintln!(
+            "it owns {} workflow name(s), which stay its own: {}\nto let another key register \
+             newer workflows of one: tasuki-hub workflows transfer NAME --to-key KEY",
+            names.len(),
+            names.join(", ")
+        );
+    }
     Ok(())
 }

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 /// Which robots may receive a credential: by name, or by any one label.
 /// Both empty allows no robot. `workflows`, when given, allows only the
-/// sessions of the workflows of those names (a name belongs to the access
-/// key that first registered it); absent, any workflow that declares it.
+/// sessions of the workflows of those names registered by the access key
+/// that owns the name; absent, any workflow that declares it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialAllow {
@@ -21,19 +21,6 @@ pub struct CredentialAllow {
     pub labels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflows: Option<Vec<String>>,
-}
-
-impl CredentialAllow {
-    /// Whether a session of the workflow `name` may receive it.
-    pub fn allows_workflow(&self, name: &str) -> bool {
-        workflow_allowed(self.workflows.as_deref(), name)
-    }
-}
-
-/// Whether `allow.workflows` (`None`: any workflow) allows the sessions
-/// of the workflow `name`.
-pub fn workflow_allowed(workflows: Option<&[String]>, name: &str) -> bool {
-    workflows.is_none_or(|names| names.iter().any(|n| n == name))
 }
 
 /// `POST /v1/credentials`.
@@ -59,9 +46,51 @@ pub struct UpdateCredential {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow: Option<CredentialAllow>,
+    pub allow: Option<AllowChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// A new `allow` in an update: `robots` and `labels` replace the stored
+/// ones; `workflows` stays as stored unless given, so that a change of
+/// robots never widens a credential to every workflow by leaving it out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowChange {
+    #[serde(default)]
+    pub robots: Vec<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Absent: kept. `null`: any workflow. A list: those.
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workflows: Option<Option<Vec<String>>>,
+}
+
+impl AllowChange {
+    /// The allow lists once applied to `stored`.
+    pub fn applied_to(&self, stored: &CredentialAllow) -> CredentialAllow {
+        CredentialAllow {
+            robots: self.robots.clone(),
+            labels: self.labels.clone(),
+            workflows: match &self.workflows {
+                Some(given) => given.clone(),
+                None => stored.workflows.clone(),
+            },
+        }
+    }
+}
+
+/// A field that is present, `null` included, is `Some`.
+fn given<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Values never reach a log through `{:?}`.

@@ -23,7 +23,7 @@ pub mod workflow;
 
 pub use auth::{Claims, TokenRequest, TokenResponse};
 pub use credential::{
-    CreateCredential, Credential, CredentialAllow, CredentialList, UpdateCredential,
+    AllowChange, CreateCredential, Credential, CredentialAllow, CredentialList, UpdateCredential,
 };
 pub use error::{ErrorBody, ErrorDetail, ProblemItem};
 pub use logs::{LogLevel, LogLine, LogsResponse};

@@ -15,7 +15,6 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use tasuki_actions::language::credentials::{CredentialKind, MAX_NAME_CHARS};
 use tasuki_actions::language::model::is_identifier;
-use tasuki_protocol::credential::workflow_allowed;
 use tasuki_protocol::robot::{MAX_LABELS, check_label, check_robot_name};
 use tasuki_protocol::{
     CreateCredential, Credential, CredentialAllow, CredentialList, UpdateCredential,
@@ -27,6 +26,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::query::shorten;
 use crate::db::credentials::{self, Change, Declared, ForSession, NewCredential};
+use crate::db::workflow_names::{self, WorkflowIdentity};
 use crate::db::{audit, now_ms};
 
 /// Credentials a hub keeps at most.
@@ -70,6 +70,9 @@ pub async fn create(
         .db
         .call(move |conn| {
             conn.transaction(|tx| {
+                if let Err(e) = check_workflows_owned(tx, new.allow.workflows.as_deref())? {
+                    return Ok(Err(e));
+                }
                 if credentials::count(tx)? >= MAX_CREDENTIALS {
                     return Ok(Err(ApiError::unprocessable(
                         "too_many_credentials",
@@ -137,7 +140,7 @@ pub async fn update(
         ));
     }
     if let Some(allow) = &req.allow {
-        check_allow(allow)?;
+        check_allow(&allow.applied_to(&CredentialAllow::default()))?;
     }
     if let Some(description) = &req.description {
         check_description(description)?;
@@ -165,10 +168,15 @@ pub async fn update(
                         return Ok(Err(e));
                     }
                 }
+                if let Some(Some(workflows)) = req.allow.as_ref().map(|a| &a.workflows)
+                    && let Err(e) = check_workflows_owned(tx, workflows.as_deref())?
+                {
+                    return Ok(Err(e));
+                }
                 let kind = CredentialKind::parse(&current.kind);
                 let change = Change {
                     fields: req.fields.zip(kind).map(|(f, k)| in_kind_order(k, f)),
-                    allow: req.allow,
+                    allow: req.allow.map(|a| a.applied_to(&current.allow)),
                     description: req.description,
                 };
                 let now = now_ms();
@@ -258,39 +266,31 @@ async fn reoffer(hub: &Arc<Hub>, name: &str) {
     }
 }
 
-/// A session of the workflow `workflow_name` is refused while a
-/// credential it uses (`declared`, with the hub's `stored` credentials of
-/// those names) does not exist, is of another kind than the workflow
-/// declares, or does not allow the workflow: it could never run. (A
-/// credential deleted after the session was queued keeps it queued, with
-/// `queued_reason` saying why.)
+/// A session of `workflow` is refused while a credential it uses
+/// (`declared`, with the hub's `stored` credentials of those names) does
+/// not exist, is of another kind than the workflow declares, or does not
+/// allow the workflow: it could never run. (A credential deleted after the
+/// session was queued keeps it queued, with `queued_reason` saying why.)
 pub fn check_for_session(
-    workflow_name: &str,
+    workflow: &WorkflowIdentity,
     declared: &[Declared],
     stored: &BTreeMap<String, ForSession>,
 ) -> Result<(), ApiError> {
     for d in declared {
         let credential = stored.get(&d.name);
         if let Some(c) = credential
-            && !workflow_allowed(c.workflows.as_deref(), workflow_name)
+            && !workflow.may_receive(c.workflows.as_deref())
         {
-            let allowed: Vec<String> = c
-                .workflows
-                .iter()
-                .flatten()
-                .map(|n| format!("`{}`", shorten(n)))
-                .collect();
-            let which = match allowed.is_empty() {
-                true => "no workflow's sessions".to_string(),
-                false => format!("the sessions of {} only", allowed.join(", ")),
-            };
+            // Which workflows it allows is not said: a caller that may
+            // queue sessions need not learn the names.
             return Err(ApiError::unprocessable(
                 "credential_not_allowed",
                 format!(
-                    "the credential `{}` allows {which}, not those of `{}`; a \
-                     `credential.write` key adds the workflow to its `allow.workflows`",
+                    "the credential `{}` does not allow the sessions of this workflow (`{}`): \
+                     its `allow.workflows` lists the workflows it reaches, each of them \
+                     registered by the key that owns its name",
                     d.name,
-                    shorten(workflow_name)
+                    shorten(&workflow.name)
                 ),
             ));
         }
@@ -392,6 +392,29 @@ fn in_kind_order(kind: CredentialKind, mut fields: Map<String, Value>) -> Map<St
         .iter()
         .filter_map(|f| fields.remove(*f).map(|v| ((*f).to_string(), v)))
         .collect()
+}
+
+/// Each workflow name a credential lists must belong to a key already:
+/// a name nobody has registered would go to whoever registers it first,
+/// and with it the credential.
+fn check_workflows_owned(
+    conn: &mut crate::db::Conn<'_>,
+    names: Option<&[String]>,
+) -> Result<Result<(), ApiError>, crate::db::DbError> {
+    for (i, name) in names.unwrap_or_default().iter().enumerate() {
+        if !workflow_names::is_owned(conn, name)? {
+            return Ok(Err(ApiError::invalid_field(
+                &format!("allow.workflows[{i}]"),
+                format!(
+                    "no workflow is registered under the name `{}` on this hub; register it \
+                     first, so that the name belongs to a key (whoever registered it first \
+                     would otherwise get the credential)",
+                    shorten(name)
+                ),
+            )));
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn check_allow(allow: &CredentialAllow) -> Result<(), ApiError> {

@@ -23,6 +23,7 @@ use crate::db::concurrency::{self, AtLimit};
 use crate::db::credentials as db_credentials;
 use crate::db::secret_params::MASK;
 use crate::db::sessions::{self, NewSession, PROJECT_ID, Queued};
+use crate::db::workflow_names;
 use crate::db::{
     DbError, artifacts as stored_artifacts, audit, leases, logs, now_ms, robots, workflows,
 };
@@ -157,7 +158,7 @@ pub async fn checked_session(
 ) -> Result<NewSession, ApiError> {
     // One trip to the database (this is the pickup's path): the
     // workflow, and the kinds of the credentials it declares, if any.
-    let Some((workflow, kinds)) = hub
+    let Some((workflow, kinds, identity)) = hub
         .db
         .call(move |conn| {
             let Some(workflow) = workflows::params_of(conn, workflow_id)? else {
@@ -168,11 +169,12 @@ pub async fn checked_session(
                 .iter()
                 .map(|d| d.name.clone())
                 .collect();
-            let kinds = match names.is_empty() {
-                true => Default::default(),
-                false => db_credentials::for_session(conn, &names)?,
-            };
-            Ok(Some((workflow, kinds)))
+            if names.is_empty() {
+                return Ok(Some((workflow, Default::default(), None)));
+            }
+            let kinds = db_credentials::for_session(conn, &names)?;
+            let identity = workflow_names::identity(conn, workflow_id)?;
+            Ok(Some((workflow, kinds, identity)))
         })
         .await?
     else {
@@ -185,7 +187,9 @@ pub async fn checked_session(
         &params,
     )
     .map_err(|problems| invalid_params(&workflow.name, problems))?;
-    super::credentials::check_for_session(&workflow.name, &workflow.credentials, &kinds)?;
+    if let Some(identity) = identity {
+        super::credentials::check_for_session(&identity, &workflow.credentials, &kinds)?;
+    }
     Ok(NewSession {
         workflow_id,
         params,

@@ -21,7 +21,8 @@ use super::error::ApiError;
 use super::query::{NoQuery, QueryParams, page, shorten};
 use super::{fleet_actions, params};
 use crate::db::credentials::Declared;
-use crate::db::workflows::{self, Claim, NewWorkflow, StoredParam};
+use crate::db::workflow_names::{self, Claim};
+use crate::db::workflows::{self, NewWorkflow, StoredParam};
 use crate::db::{audit, error_handlers, keys, now_ms, robots};
 use serde_json::json;
 
@@ -113,6 +114,7 @@ pub async fn create(
             .or_else(|| workflow.description.clone())
             .unwrap_or_default(),
         name: workflow.name.clone(),
+        registered_by: caller.key_id.clone(),
         single_process_mode: workflow.single_process_mode,
         source_format: format,
         source,
@@ -137,15 +139,15 @@ pub async fn create(
         calls: workflow.called.keys().cloned().collect(),
     };
     let credential_names: Vec<String> = new.credentials.iter().map(|c| c.name.clone()).collect();
-    let key_id = caller.key_id.clone();
     let stored = hub
         .db
         .call(move |conn| {
             conn.transaction(|tx| {
                 let now = now_ms();
-                if let Claim::Taken { owner } = workflows::claim_name(tx, &new.name, &key_id, now)?
+                if let Claim::Taken { deleted } =
+                    workflow_names::claim(tx, &new.name, &new.registered_by, now)?
                 {
-                    return Ok(Err(owner));
+                    return Ok(Err(deleted));
                 }
                 let item = workflows::insert(tx, &new, now)?;
                 audit::record(
@@ -165,15 +167,19 @@ pub async fn create(
             })
         })
         .await?;
-    let item = stored.map_err(|owner| {
+    let item = stored.map_err(|deleted| {
+        let whose = match deleted {
+            false => "another access key, which registered it first",
+            true => "an access key that was deleted, and stays its until moved",
+        };
         ApiError::new(
             StatusCode::CONFLICT,
             "name_taken",
             format!(
-                "the workflow name `{}` belongs to the access key `{owner}`, which registered \
-                 it first (a `call` step runs the newest workflow of its name, so only that key \
-                 may register newer ones); register this one under another name, or ask the \
-                 hub's operator to move the name: tasuki-hub workflows transfer NAME --to-key KEY",
+                "the workflow name `{}` belongs to {whose} (a `call` step runs the newest \
+                 workflow of its name, so only that key may register newer ones); register this \
+                 one under another name, or ask the hub's operator to move the name: tasuki-hub \
+                 workflows transfer NAME --to-key KEY",
                 shorten(&workflow.name)
             ),
         )

@@ -11,6 +11,7 @@ use tasuki_protocol::{Credential, CredentialAllow};
 
 use super::secret_params::{self, Owner};
 use super::sql::{Conn, Dialect, params};
+use super::workflow_names::WorkflowIdentity;
 use super::{DbError, parse_json, to_timestamp};
 use crate::secrets::MasterKey;
 
@@ -310,8 +311,8 @@ pub fn queued_sessions_using(
     Ok(out)
 }
 
-/// The values of `declared` for a lease of a session of the workflow
-/// `workflow_name` to the robot `robot_id`, opened now: so a rotation
+/// The values of `declared` for a lease of a session of `workflow` to the
+/// robot `robot_id`, opened now: so a rotation
 /// reaches the next lease granted. Only credentials that allow that robot
 /// and that workflow are opened, whatever routed the session there (the
 /// one place values leave the database, so the rule holds even if a
@@ -321,7 +322,7 @@ pub fn queued_sessions_using(
 pub fn values_for_lease(
     conn: &mut Conn<'_>,
     declared: &[Declared],
-    workflow_name: &str,
+    workflow: &WorkflowIdentity,
     robot_id: i64,
     master: &MasterKey,
 ) -> Result<(Map<String, Value>, Vec<Delivered>), DbError> {
@@ -369,8 +370,8 @@ pub fn values_for_lease(
             tracing::warn!(credential = %d.name, robot = %robot_name, "a lease went to a robot the credential does not allow (it changed meanwhile); its values are left out");
             continue;
         }
-        if !allow.allows_workflow(workflow_name) {
-            tracing::warn!(credential = %d.name, workflow = %workflow_name, "a session of a workflow the credential does not allow (it changed since the session was queued) was leased; its values are left out");
+        if !workflow.may_receive(allow.workflows.as_deref()) {
+            tracing::warn!(credential = %d.name, workflow = %workflow.name, "a session of a workflow the credential does not allow (it changed since the session was queued) was leased; its values are left out");
             continue;
         }
         let mut fields = Map::new();
@@ -446,6 +447,15 @@ mod tests {
             name: "api".into(),
             kind: "token".into(),
         }];
+        let billing = WorkflowIdentity {
+            name: "billing".into(),
+            counts_as_its_name: true,
+        };
+        // Of a listed name, but not registered by the key that owns it.
+        let copy = WorkflowIdentity {
+            counts_as_its_name: false,
+            ..billing.clone()
+        };
         let change = Change {
             fields: Some(json!({"token": "tok-two"}).as_object().unwrap().clone()),
             allow: None,
@@ -460,7 +470,7 @@ mod tests {
             Some(vec!["billing".to_string()])
         );
         let (values, delivered) =
-            values_for_lease(&mut conn, &declared, "billing", r1, &master).unwrap();
+            values_for_lease(&mut conn, &declared, &billing, r1, &master).unwrap();
         assert_eq!(Value::Object(values), json!({"api": {"token": "tok-two"}}));
         assert_eq!(
             delivered,
@@ -472,14 +482,15 @@ mod tests {
         // A robot the credential does not allow gets nothing, whatever
         // routed the session to it.
         let (values, delivered) =
-            values_for_lease(&mut conn, &declared, "billing", r2, &master).unwrap();
+            values_for_lease(&mut conn, &declared, &billing, r2, &master).unwrap();
         assert!(values.is_empty() && delivered.is_empty());
-        // Nor does a workflow it does not allow, on a robot it allows.
+        // Nor does a workflow of a listed name that its owner did not
+        // register, on a robot it allows.
         let (values, delivered) =
-            values_for_lease(&mut conn, &declared, "billing-copy", r1, &master).unwrap();
+            values_for_lease(&mut conn, &declared, &copy, r1, &master).unwrap();
         assert!(values.is_empty() && delivered.is_empty());
         assert!(delete(&mut conn, "api").unwrap());
-        let (values, _) = values_for_lease(&mut conn, &declared, "billing", r1, &master).unwrap();
+        let (values, _) = values_for_lease(&mut conn, &declared, &billing, r1, &master).unwrap();
         assert!(values.is_empty());
     }
 }

@@ -483,7 +483,15 @@ fn lease_of(
     )?;
     // A leased session has its robot; without one, no credential goes.
     let (credential_values, delivered) = match robot_id {
-        Some(robot_id) => credentials::values_for_lease(conn, &declared, &wname, robot_id, master)?,
+        Some(robot_id) if !declared.is_empty() => {
+            let workflow = super::workflow_names::identity(conn, wid)?.ok_or_else(|| {
+                DbError::Corrupt(format!(
+                    "session queue {session_id}: workflow {wid} is gone"
+                ))
+            })?;
+            credentials::values_for_lease(conn, &declared, &workflow, robot_id, master)?
+        }
+        Some(_) => Default::default(),
         None => Default::default(),
     };
     let mut params: Map<String, Value> =
@@ -1089,6 +1097,7 @@ mod tests {
         let w = workflows::insert(
             conn,
             &NewWorkflow {
+                registered_by: "k".into(),
                 name: "w".into(),
                 description: String::new(),
                 single_process_mode: needs.single_process,

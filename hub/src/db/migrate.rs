@@ -452,19 +452,26 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE session_waits ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
     "#,
     // 20: a workflow name belongs to the access key that first registered
-    // it (db/workflows.rs `claim_name`); names registered before are the
-    // first registrant's, as the audit log says.
+    // it, and a workflow counts as its name's only if registered by that
+    // key (db/workflows.rs `claim_name`). Workflows from before are their
+    // registrant's, and names their first known registrant's, as the
+    // audit log says (a name none of whose workflows it names stays
+    // unowned until someone registers it).
     r#"
+    ALTER TABLE workflows ADD COLUMN registered_by TEXT;
+    UPDATE workflows SET registered_by = created.actor
+    FROM (SELECT subject, MIN(actor) AS actor FROM audit_log
+          WHERE action = 'workflow.create' GROUP BY subject) AS created
+    WHERE created.subject = 'workflow ' || workflows.id;
     CREATE TABLE workflow_names (
         name   TEXT PRIMARY KEY,
         key_id TEXT NOT NULL,
         since  INTEGER NOT NULL
     ) STRICT;
     INSERT INTO workflow_names (name, key_id, since)
-    SELECT w.name, a.actor, w.created_at
-    FROM workflows w JOIN audit_log a
-         ON a.action = 'workflow.create' AND a.subject = 'workflow ' || w.id
-    WHERE w.id = (SELECT MIN(o.id) FROM workflows o WHERE o.name = w.name);
+    SELECT w.name, w.registered_by, w.created_at FROM workflows w
+    WHERE w.id = (SELECT MIN(o.id) FROM workflows o
+                  WHERE o.name = w.name AND o.registered_by IS NOT NULL);
     "#,
     // 21: the workflows a credential allows (JSON list of names; NULL: any
     // workflow that declares it).
@@ -827,16 +834,20 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         20,
         r#"
+    ALTER TABLE workflows ADD COLUMN registered_by TEXT;
+    UPDATE workflows SET registered_by = created.actor
+    FROM (SELECT subject, MIN(actor) AS actor FROM audit_log
+          WHERE action = 'workflow.create' GROUP BY subject) AS created
+    WHERE created.subject = 'workflow ' || workflows.id;
     CREATE TABLE workflow_names (
         name   TEXT PRIMARY KEY,
         key_id TEXT NOT NULL,
         since  BIGINT NOT NULL
     );
     INSERT INTO workflow_names (name, key_id, since)
-    SELECT w.name, a.actor, w.created_at
-    FROM workflows w JOIN audit_log a
-         ON a.action = 'workflow.create' AND a.subject = 'workflow ' || w.id
-    WHERE w.id = (SELECT MIN(o.id) FROM workflows o WHERE o.name = w.name);
+    SELECT w.name, w.registered_by, w.created_at FROM workflows w
+    WHERE w.id = (SELECT MIN(o.id) FROM workflows o
+                  WHERE o.name = w.name AND o.registered_by IS NOT NULL);
     "#,
     ),
     (
@@ -979,6 +990,9 @@ mod tests {
             (2, "stamp", Some("TSKLATER")),
             (3, "label", Some("TSKLATER")),
             (4, "orphan", None),
+            // Its first workflow is older than the audit log.
+            (5, "old", None),
+            (6, "old", Some("TSKOLD")),
         ] {
             conn.execute(
                 "INSERT INTO workflows (id, name, description, single_process_mode, source_format,
@@ -1009,8 +1023,28 @@ mod tests {
             owners,
             [
                 ("label".to_string(), "TSKLATER".to_string()),
+                ("old".to_string(), "TSKOLD".to_string()),
                 ("stamp".to_string(), "TSKFIRST".to_string()),
             ]
+        );
+        let registrants: Vec<Option<String>> = conn
+            .prepare("SELECT registered_by FROM workflows ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            registrants,
+            [
+                Some("TSKFIRST"),
+                Some("TSKLATER"),
+                Some("TSKLATER"),
+                None,
+                None,
+                Some("TSKOLD")
+            ]
+            .map(|k| k.map(String::from))
         );
     }
 

@@ -32,6 +32,7 @@ pub mod secret_params;
 pub mod sessions;
 pub mod triggers;
 pub mod waits;
+pub mod workflow_names;
 pub mod workflows;
 
 use std::fmt;

@@ -366,6 +366,7 @@ mod tests {
         let w = workflows::insert(
             conn,
             &NewWorkflow {
+                registered_by: "k".into(),
                 name: "w".into(),
                 description: String::new(),
                 single_process_mode: false,

@@ -125,6 +125,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 
 pub struct NewWorkflow {
     pub name: String,
+    /// The access key registering it (`db/workflow_names.rs`).
+    pub registered_by: String,
     pub description: String,
     pub single_process_mode: bool,
     /// `yaml` or `json`: how `source` is to be read.
@@ -169,75 +171,6 @@ pub struct WorkflowParams {
     pub credentials: Vec<Declared>,
 }
 
-/// Whose a workflow name is, asked by a key about to register it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Claim {
-    /// The key's: new to the hub, or its already, or left by a deleted key.
-    Yours,
-    /// Another key's, which still exists.
-    Taken { owner: String },
-}
-
-/// Claims `name` for `key_id`, in the transaction that registers the
-/// workflow. A name belongs to the access key that first registered it,
-/// because a `call` step runs the newest workflow of its name: another key
-/// registering a newer one would change what the first key's workflows
-/// run. A name whose key was deleted goes to the next key that registers
-/// it; an operator moves one with `tasuki-hub workflows transfer`. The
-/// name's row is the lock: of two keys claiming a new name at once on
-/// PostgreSQL, the second's insert waits for the first's commit and then
-/// finds it taken.
-pub fn claim_name(
-    conn: &mut Conn<'_>,
-    name: &str,
-    key_id: &str,
-    now_ms: i64,
-) -> Result<Claim, DbError> {
-    conn.execute(
-        "INSERT INTO workflow_names (name, key_id, since) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO NOTHING",
-        params![name, key_id, now_ms],
-    )?;
-    let owner: Option<(String, bool)> = conn.opt_row(
-        "SELECT n.key_id, EXISTS (SELECT 1 FROM access_keys k WHERE k.id = n.key_id)
-         FROM workflow_names n WHERE n.name = ?1",
-        params![name],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    match owner {
-        Some((owner, _)) if owner == key_id => Ok(Claim::Yours),
-        Some((owner, true)) => Ok(Claim::Taken { owner }),
-        _ => {
-            give_name(conn, name, key_id, now_ms)?;
-            Ok(Claim::Yours)
-        }
-    }
-}
-
-/// Gives the workflow name `name` to `key_id`; whether there was such a
-/// name.
-pub fn give_name(
-    conn: &mut Conn<'_>,
-    name: &str,
-    key_id: &str,
-    now_ms: i64,
-) -> Result<bool, DbError> {
-    let changed = conn.execute(
-        "UPDATE workflow_names SET key_id = ?2, since = ?3 WHERE name = ?1",
-        params![name, key_id, now_ms],
-    )?;
-    Ok(changed > 0)
-}
-
-/// The access key a workflow name belongs to.
-pub fn owner_of(conn: &mut Conn<'_>, name: &str) -> Result<Option<String>, DbError> {
-    conn.opt_row(
-        "SELECT key_id FROM workflow_names WHERE name = ?1",
-        params![name],
-        |r| r.get(0),
-    )
-}
-
 // Fields AUTORO has and Tasuki does not use; see `WorkflowItem`.
 const ROBOT_TYPE: &str = "tasuki";
 const COLOR: &str = "#000000";
@@ -261,9 +194,10 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
                                 robot_labels, error_handler_workflow_id, concurrency_limit,
                                 concurrency_on_limit, concurrency_key_param,
                                 accept_undeclared_params, credentials, retry_on,
-                                limit_log_bytes, limit_artifact_bytes, calls, params_read)
+                                limit_log_bytes, limit_artifact_bytes, calls, params_read,
+                                registered_by)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21)
+                 ?18, ?19, ?20, ?21, ?22)
          RETURNING id",
         params![
             w.name,
@@ -288,7 +222,8 @@ pub fn insert(conn: &mut Conn<'_>, w: &NewWorkflow, now_ms: i64) -> Result<Workf
             w.limit_artifact_bytes
                 .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             serde_json::to_string(&w.calls).map_err(|e| DbError::Corrupt(e.to_string()))?,
-            PARAMS_READING
+            PARAMS_READING,
+            w.registered_by
         ],
         |r| r.get(0),
     )?;
@@ -429,15 +364,19 @@ pub fn source_of(conn: &mut Conn<'_>, id: i64) -> Result<Option<Source>, DbError
     )
 }
 
-/// The newest workflow of this name: `(format, source, the names it
-/// calls)`. A `call` step runs the newest of its name.
+/// The newest workflow of this name that counts as its name's (registered
+/// by the key that owns the name, `db/workflow_names.rs`; any, for a name
+/// nobody owns): `(format, source, the names it calls)`. A `call` step
+/// runs it.
 pub fn newest_named(
     conn: &mut Conn<'_>,
     name: &str,
 ) -> Result<Option<(String, String, Vec<String>)>, DbError> {
     let row: Option<(i64, String, String, String)> = conn.opt_row(
-        "SELECT id, source_format, source, calls FROM workflows
-         WHERE name = ?1 ORDER BY id DESC LIMIT 1",
+        "SELECT w.id, w.source_format, w.source, w.calls
+         FROM workflows w LEFT JOIN workflow_names n ON n.name = w.name
+         WHERE w.name = ?1 AND (n.key_id IS NULL OR w.registered_by = n.key_id)
+         ORDER BY w.id DESC LIMIT 1",
         params![name],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
