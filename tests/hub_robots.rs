@@ -441,3 +441,111 @@ async fn a_name_registered_by_two_keys_at_once_gets_one_owner() {
         assert_refused(&lost, 403, "robot_of_another_key");
     }
 }
+
+/// A key made with `--robot-labels` gives its robots those labels at most,
+/// so that a credential allowed by a label reaches only the robots of the
+/// keys that may give it; bad flags are refused, and `keys list` shows the
+/// labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_with_robot_labels_gives_its_robots_those_at_most() {
+    let s = setup();
+    let keys_cli = |args: &[&str]| {
+        hub_command()
+            .arg("keys")
+            .args(args)
+            .args(s.scratch.db_args())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tasuki-hub keys")
+    };
+    for (args, expected) in [
+        (
+            vec![
+                "create",
+                "--scopes",
+                "robot",
+                "--robot-labels",
+                "eu,no label!",
+            ],
+            "--robot-labels: `label!`",
+        ),
+        (
+            vec![
+                "create",
+                "--scopes",
+                "session_queue.read",
+                "--robot-labels",
+                "eu",
+            ],
+            "the key has no `robot` scope",
+        ),
+    ] {
+        let out = keys_cli(&args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{args:?}: {}", text(&out));
+    }
+    let out = keys_cli(&["create", "--scopes", "robot", "--robot-labels", "eu gpu,eu"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let made: Value = serde_json::from_slice(&out.stdout).expect("keys create prints JSON");
+    let limited = Key {
+        id: made["access_key_id"].as_str().expect("id").into(),
+        secret: made["secret_access_key"].as_str().expect("secret").into(),
+    };
+    let robot = Api::new(&s.hub, Some(token(&limited, "robot")));
+    let with_labels = |labels: Value| {
+        let robot = robot.clone();
+        async move {
+            robot
+                .send(
+                    robot
+                        .request(reqwest::Method::PUT, "/v1/robot/robots/limited-1")
+                        .json(&json!({"instance_id": "i-limited", "version": "test",
+                                      "max_concurrency": 1, "labels": labels})),
+                )
+                .await
+        }
+    };
+    let r = with_labels(json!(["gpu", "vault"])).await;
+    assert_refused(&r, 403, "label_not_allowed");
+    assert!(
+        r.message().contains("labels[1]: the access key")
+            && r.message()
+                .contains("may not give its robots the label `vault` (it may give: eu, gpu)"),
+        "{}",
+        r.body
+    );
+    let r = s.api.get("/v1/robots").await;
+    assert_eq!(
+        r.body["robots"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        r.body
+    );
+    let r = with_labels(json!(["gpu", "eu"])).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    // Another key, made without the flag, gives any label, as before.
+    let r = s
+        .robot_a
+        .send(
+            s.robot_a
+                .request(reqwest::Method::PUT, "/v1/robot/robots/free-1")
+                .json(&json!({"instance_id": "i-free", "version": "test",
+                              "max_concurrency": 1, "labels": ["vault"]})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+
+    let out = keys_cli(&["list"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("keys list prints JSON");
+    let row = |id: &str| {
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|k| k["access_key_id"] == id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(row(&limited.id)["robot_labels"], json!(["eu", "gpu"]));
+    assert!(row(&s.key_a.id)["robot_labels"].is_null(), "{listed}");
+}

@@ -3,17 +3,31 @@
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use tasuki_protocol::robot::{MAX_LABELS, check_label};
 use tasuki_protocol::{Scope, Scopes};
 
 use crate::db::{audit, keys, now_ms, workflow_names};
 use crate::secrets;
 use crate::store::{self, StoreArgs};
 
-pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
+/// `robot_labels`: `--robot-labels`, the labels the key's robots may
+/// carry (space- or comma-separated; `None`: any).
+pub async fn create(
+    store: &StoreArgs,
+    scopes: &str,
+    robot_labels: Option<&str>,
+) -> anyhow::Result<()> {
     let scopes: Scopes = scopes.parse().context("--scopes")?;
     if scopes.is_empty() {
         bail!(
             "--scopes names no scope; give a space-separated list such as \"session_queue.write session_queue.read\""
+        );
+    }
+    let robot_labels = robot_labels.map(parse_robot_labels).transpose()?;
+    if robot_labels.is_some() && !scopes.contains(Scope::Robot) {
+        bail!(
+            "--robot-labels limits the labels of the key's robots, and the key has no `robot` \
+             scope to register any; add it to --scopes, or leave --robot-labels out"
         );
     }
     let (db, master) = store::open(store).await?;
@@ -25,6 +39,7 @@ pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
         scopes: scopes.to_string(),
         nonce: sealed.nonce,
         sealed: sealed.ciphertext,
+        robot_labels: robot_labels.clone(),
     };
     let scopes_shown = scopes.to_string();
     db.call(move |conn| {
@@ -32,7 +47,7 @@ pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
             let now = now_ms();
             keys::insert(tx, &key, now)?;
             let subject = format!("key {}", key.id);
-            let detail = json!({"scopes": scopes_shown});
+            let detail = json!({"scopes": scopes_shown, "robot_labels": key.robot_labels});
             audit::record(tx, audit::OPERATOR, "key.create", &subject, detail, now)
         })
     })
@@ -45,7 +60,33 @@ pub async fn create(store: &StoreArgs, scopes: &str) -> anyhow::Result<()> {
         "created access key {id} with scopes: {scopes}\n\
          the secret is shown only this once; keep it safe"
     );
+    if let Some(labels) = &robot_labels {
+        eprintln!(
+            "its robots may carry only these labels: {}",
+            if labels.is_empty() {
+                "none".to_string()
+            } else {
+                labels.join(", ")
+            }
+        );
+    }
     Ok(())
+}
+
+/// `--robot-labels`: labels separated by spaces or commas, each a valid
+/// robot label; none at all (`""`) means the key's robots carry none.
+fn parse_robot_labels(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut labels: Vec<String> = Vec::new();
+    for label in text.split([' ', ',']).filter(|l| !l.is_empty()) {
+        check_label(label).map_err(|e| anyhow::anyhow!("--robot-labels: `{label}`: {e}"))?;
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_string());
+        }
+    }
+    if labels.len() > MAX_LABELS {
+        bail!("--robot-labels: at most {MAX_LABELS} labels");
+    }
+    Ok(labels)
 }
 
 /// Fails, saying what to do, unless the access key `key_id` exists and
@@ -87,6 +128,7 @@ pub async fn list(store: &StoreArgs) -> anyhow::Result<()> {
                 "access_key_id": k.id,
                 "scopes": k.scopes,
                 "created_at": tasuki_protocol::time::format(k.created_at),
+                "robot_labels": k.robot_labels,
             })
         })
         .collect();

@@ -294,6 +294,11 @@ enum KeysCommand {
         /// audit.read credential.read credential.write
         #[arg(long)]
         scopes: String,
+        /// The only labels the key's robots may carry, space- or
+        /// comma-separated ("" for none); any when left out. A credential
+        /// allowed by a label reaches robots of any key that may give it.
+        #[arg(long)]
+        robot_labels: Option<String>,
         #[command(flatten)]
         store: store::StoreArgs,
     },
@@ -376,7 +381,11 @@ fn main() -> ExitCode {
                 .map(|(cert, key)| tls::TlsFiles { cert, key }),
         })),
         Command::Keys { command } => match command {
-            KeysCommand::Create { scopes, store } => run(keys::create(&store, &scopes)),
+            KeysCommand::Create {
+                scopes,
+                robot_labels,
+                store,
+            } => run(keys::create(&store, &scopes, robot_labels.as_deref())),
             KeysCommand::List { store } => run(keys::list(&store)),
             KeysCommand::Delete {
                 access_key_id,

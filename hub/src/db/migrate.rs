@@ -478,6 +478,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE credentials ADD COLUMN allow_workflows TEXT;
     "#,
+    // 22: the labels the robots of an access key may carry (JSON list;
+    // NULL: any), set by `keys create --robot-labels`.
+    r#"
+    ALTER TABLE access_keys ADD COLUMN robot_labels TEXT;
+    "#,
 ];
 
 /// PostgreSQL's schema: the version each entry brings it to, and the SQL.
@@ -854,6 +859,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         21,
         r#"
     ALTER TABLE credentials ADD COLUMN allow_workflows TEXT;
+    "#,
+    ),
+    (
+        22,
+        r#"
+    ALTER TABLE access_keys ADD COLUMN robot_labels TEXT;
     "#,
     ),
 ];

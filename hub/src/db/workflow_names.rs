@@ -177,7 +177,9 @@ mod tests {
     }
 
     fn source(conn: &mut Conn<'_>, name: &str) -> Option<String> {
-        newest_named(conn, name).unwrap().map(|(_, source, _)| source)
+        newest_named(conn, name)
+            .unwrap()
+            .map(|(_, source, _)| source)
     }
 
     /// Of a name's workflows, only its owner's count: calls run the

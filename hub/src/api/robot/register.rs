@@ -15,8 +15,8 @@ use super::super::body::JsonBody;
 use super::super::error::ApiError;
 use super::super::query::{NoQuery, QueryParams};
 use super::{another_key, deleted, name_taken, own_robot, robot_name};
-use crate::db::now_ms;
 use crate::db::robots::{self, Registered};
+use crate::db::{keys, now_ms};
 
 /// Sessions a robot may run side by side, at most.
 const MAX_CONCURRENCY: u32 = 256;
@@ -30,6 +30,7 @@ pub async fn register(
 ) -> Result<Json<RobotRegistered>, ApiError> {
     let name = robot_name(name)?;
     check(&req)?;
+    check_labels_of_key(&hub, &caller.key_id, &req.labels).await?;
     let key_id = caller.key_id.clone();
     let lookup = name.clone();
     let max_robots = hub.max_robots_per_key;
@@ -114,6 +115,42 @@ pub async fn check_registration(
         name: robot.name,
         server_time: tasuki_protocol::time::format(jiff::Timestamp::now()),
     }))
+}
+
+/// A key made with `--robot-labels` gives its robots those labels at
+/// most: a credential allowed by a label then reaches only robots of the
+/// keys that may give it.
+async fn check_labels_of_key(hub: &Hub, key_id: &str, labels: &[String]) -> Result<(), ApiError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let id = key_id.to_owned();
+    let Some(allowed) = hub
+        .db
+        .call(move |conn| keys::robot_labels_of(conn, &id))
+        .await?
+    else {
+        return Ok(());
+    };
+    for (i, label) in labels.iter().enumerate() {
+        if !allowed.contains(label) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "label_not_allowed",
+                format!(
+                    "labels[{i}]: the access key `{key_id}` may not give its robots the label \
+                     `{label}` (it may give: {}); the hub's operator chooses a key's labels \
+                     with `tasuki-hub keys create --robot-labels`",
+                    if allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check(req: &RegisterRobot) -> Result<(), ApiError> {
