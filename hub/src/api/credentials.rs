@@ -152,7 +152,9 @@ pub async fn update(
         .db
         .call(move |conn| {
             conn.transaction(|tx| {
-                let Some(current) = credentials::get(tx, &lookup)? else {
+                // Locked: `allow.workflows` left out keeps what is stored,
+                // which another change must not alter in between.
+                let Some(current) = credentials::get_for_update(tx, &lookup)? else {
                     return Ok(Err(not_found(&lookup)));
                 };
                 // The kind stays: workflows declare it, and a rotation must

@@ -144,10 +144,9 @@ pub async fn create(
         .call(move |conn| {
             conn.transaction(|tx| {
                 let now = now_ms();
-                if let Claim::Taken { deleted } =
-                    workflow_names::claim(tx, &new.name, &new.registered_by, now)?
-                {
-                    return Ok(Err(deleted));
+                let claim = workflow_names::claim(tx, &new.name, &new.registered_by, now)?;
+                if claim != Claim::Yours {
+                    return Ok(Err(claim));
                 }
                 let item = workflows::insert(tx, &new, now)?;
                 audit::record(
@@ -167,10 +166,16 @@ pub async fn create(
             })
         })
         .await?;
-    let item = stored.map_err(|deleted| {
-        let whose = match deleted {
-            false => "another access key, which registered it first",
-            true => "an access key that was deleted, and stays its until moved",
+    let item = stored.map_err(|claim| {
+        let whose = match claim {
+            Claim::Taken { deleted: true } => {
+                "an access key that was deleted, and stays its until moved"
+            }
+            Claim::Unowned => {
+                "no key yet: its workflows are older than the hub's audit log, and other keys' \
+                 workflows may call them, so only the operator gives it an owner"
+            }
+            _ => "another access key, which registered it first",
         };
         ApiError::new(
             StatusCode::CONFLICT,

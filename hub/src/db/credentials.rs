@@ -147,6 +147,21 @@ pub fn get(conn: &mut Conn<'_>, name: &str) -> Result<Option<Credential>, DbErro
     )
 }
 
+/// [`get`], the row locked until the caller's transaction ends (on
+/// PostgreSQL; SQLite's writer is one already): a change built on what it
+/// read cannot undo another made meanwhile.
+pub fn get_for_update(conn: &mut Conn<'_>, name: &str) -> Result<Option<Credential>, DbError> {
+    let lock = match conn.dialect() {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    conn.opt_row(
+        &format!("SELECT {COLUMNS} FROM credentials WHERE name = ?1{lock}"),
+        params![name],
+        read,
+    )
+}
+
 pub fn list(conn: &mut Conn<'_>) -> Result<Vec<Credential>, DbError> {
     conn.rows(
         &format!("SELECT {COLUMNS} FROM credentials ORDER BY name"),

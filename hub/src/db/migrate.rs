@@ -453,7 +453,7 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 20: a workflow name belongs to the access key that first registered
     // it, and a workflow counts as its name's only if registered by that
-    // key (db/workflows.rs `claim_name`). Workflows from before are their
+    // key (db/workflow_names.rs). Workflows from before are their
     // registrant's, and names their first known registrant's, as the
     // audit log says (a name none of whose workflows it names stays
     // unowned until someone registers it).

@@ -19,34 +19,59 @@ pub enum Claim {
     Yours,
     /// Another key's; `deleted` when that key no longer exists.
     Taken { deleted: bool },
+    /// Nobody's, but workflows of that name exist from before names were
+    /// owned (older than the audit log), which other keys' workflows may
+    /// call: only the operator gives it an owner.
+    Unowned,
 }
 
 /// Claims `name` for `key_id`, in the transaction that registers the
 /// workflow. The name's row is the lock: of two keys claiming a new name
 /// at once on PostgreSQL, the second's insert waits for the first's commit
-/// and then finds it taken.
+/// and then finds it taken; the owner is read `FOR SHARE`, so a transfer
+/// under way finishes first.
 pub fn claim(conn: &mut Conn<'_>, name: &str, key_id: &str, now_ms: i64) -> Result<Claim, DbError> {
-    conn.execute(
-        "INSERT INTO workflow_names (name, key_id, since) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO NOTHING",
-        params![name, key_id, now_ms],
-    )?;
-    let owner: Option<(String, i64)> = conn.opt_row(
-        "SELECT n.key_id,
-                CASE WHEN EXISTS (SELECT 1 FROM access_keys k WHERE k.id = n.key_id)
-                     THEN 1 ELSE 0 END
-         FROM workflow_names n WHERE n.name = ?1",
-        params![name],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(match owner {
-        Some((owner, _)) if owner == key_id => Claim::Yours,
-        Some((_, exists)) => Claim::Taken {
+    let share = match conn.dialect() {
+        Dialect::Postgres => " FOR SHARE OF n",
+        Dialect::Sqlite => "",
+    };
+    let owner = |conn: &mut Conn<'_>| -> Result<Option<(String, i64)>, DbError> {
+        conn.opt_row(
+            &format!(
+                "SELECT n.key_id,
+                        CASE WHEN EXISTS (SELECT 1 FROM access_keys k WHERE k.id = n.key_id)
+                             THEN 1 ELSE 0 END
+                 FROM workflow_names n WHERE n.name = ?1{share}"
+            ),
+            params![name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    };
+    let mut found = owner(conn)?;
+    if found.is_none() {
+        let older = conn.count(
+            "SELECT COUNT(*) FROM workflows WHERE name = ?1",
+            params![name],
+        )?;
+        if older > 0 {
+            return Ok(Claim::Unowned);
+        }
+        conn.execute(
+            "INSERT INTO workflow_names (name, key_id, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO NOTHING",
+            params![name, key_id, now_ms],
+        )?;
+        found = owner(conn)?;
+    }
+    match found {
+        Some((owner, _)) if owner == key_id => Ok(Claim::Yours),
+        Some((_, exists)) => Ok(Claim::Taken {
             deleted: exists == 0,
-        },
-        // The insert above made the row, or another's was there.
-        None => Claim::Yours,
-    })
+        }),
+        None => Err(DbError::Corrupt(format!(
+            "workflow name {name}: no owner after claiming it"
+        ))),
+    }
 }
 
 /// What `transfer` did.
@@ -193,10 +218,24 @@ mod tests {
         // From before names were owned: two keys registered `stamp`.
         let owners = workflow(conn, "stamp", "owner's", Some("TSKOWNER"));
         let other = workflow(conn, "stamp", "another's", Some("TSKOTHER"));
-        // Nobody owns it yet: the newest runs, as before.
+        // Nobody owns it yet: the newest runs, as before, and no key may
+        // claim it by registering.
         assert_eq!(source(conn, "stamp").as_deref(), Some("another's"));
+        assert_eq!(claim(conn, "stamp", "TSKOTHER", 1).unwrap(), Claim::Unowned);
+        // As migration 20 gives it to its first known registrant.
+        conn.execute(
+            "INSERT INTO workflow_names (name, key_id, since) VALUES ('stamp', 'TSKOWNER', 1)",
+            params![],
+        )
+        .unwrap();
         assert_eq!(claim(conn, "stamp", "TSKOWNER", 1).unwrap(), Claim::Yours);
         assert_eq!(source(conn, "stamp").as_deref(), Some("owner's"));
+        // A new name is the first claimer's.
+        assert_eq!(claim(conn, "fresh", "TSKOTHER", 1).unwrap(), Claim::Yours);
+        assert_eq!(
+            claim(conn, "fresh", "TSKOWNER", 1).unwrap(),
+            Claim::Taken { deleted: true }
+        );
         let listed = Some(&["stamp".to_string()][..]);
         let of = |conn: &mut Conn<'_>, id| identity(conn, id).unwrap().unwrap();
         assert!(of(conn, owners).may_receive(listed));
