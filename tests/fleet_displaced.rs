@@ -145,3 +145,53 @@ async fn an_agent_whose_robot_an_operator_deleted_exits_and_a_register_brings_it
         "success"
     );
 }
+
+/// A key limited to some labels (`keys create --robot-labels`): `tasuki
+/// register` with another label fails at once with the hub's reason, not
+/// after retrying as if the key's secret were wrong, and with a label it
+/// may give it registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_a_label_the_key_may_not_give_fails_at_once_naming_it() {
+    let scratch = Scratch::new();
+    let hub = Hub::start_with(&scratch, &["--quota-per-robot", "1000000"]);
+    let out = hub_command()
+        .args([
+            "keys",
+            "create",
+            "--scopes",
+            "robot",
+            "--robot-labels",
+            "eu",
+        ])
+        .args(scratch.db_args())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tasuki-hub keys create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let key = Key {
+        id: made["access_key_id"].as_str().expect("id").into(),
+        secret: made["secret_access_key"].as_str().expect("secret").into(),
+    };
+    let robot = Robot::new(scratch.dir.path(), "limited");
+    let started = std::time::Instant::now();
+    let out = robot.register(&hub, &key, &["--labels", "eu,vault"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("label_not_allowed") && text.contains("`vault`"),
+        "{text}"
+    );
+    assert!(!text.contains("credentials"), "not an auth failure: {text}");
+    // A generous bound: a retried auth failure takes 30 s.
+    assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+    robot.register_ok(&hub, &key, &["--labels", "eu"]);
+}

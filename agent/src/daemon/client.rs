@@ -40,6 +40,8 @@ const RESIGN_BEFORE_SECONDS: i64 = 60;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The hub's 403 code for a robot registered under another access key.
 pub const ROBOT_OF_ANOTHER_KEY: &str = "robot_of_another_key";
+/// A 403 about the key's scopes: the one 403 signing afresh may mend.
+const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
 /// The hub's 409 code for a robot name registered by another instance.
 pub const ROBOT_NAME_TAKEN: &str = "robot_name_taken";
 
@@ -325,9 +327,11 @@ impl HubClient {
             .unwrap_or_else(|| (String::new(), status.to_string()));
         Err(match status.as_u16() {
             429 => CallError::RateLimited(Duration::from_secs(retry_after.unwrap_or(1))),
-            // The key is fine but the robot is another key's: signing
-            // afresh or waiting cannot change that.
-            403 if code == ROBOT_OF_ANOTHER_KEY => CallError::Rejected {
+            // Only a missing scope (or no body to say) is about the
+            // credentials; any other 403 (the robot is another key's, the
+            // key may not give a label, has its most robots) is an answer
+            // that signing afresh or waiting cannot change.
+            403 if !code.is_empty() && code != INSUFFICIENT_SCOPE => CallError::Rejected {
                 status: 403,
                 code,
                 message,

@@ -182,9 +182,9 @@ pub async fn create(
             "name_taken",
             format!(
                 "the workflow name `{}` belongs to {whose} (a `call` step runs the newest \
-                 workflow of its name, so only that key may register newer ones); register this \
-                 one under another name, or ask the hub's operator to move the name: tasuki-hub \
-                 workflows transfer NAME --to-key KEY",
+                 workflow of its name, so only its key may register newer ones); register this \
+                 one under another name, or ask the hub's operator to give you the name: \
+                 tasuki-hub workflows transfer NAME --to-key KEY",
                 shorten(&workflow.name)
             ),
         )

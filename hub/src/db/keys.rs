@@ -62,15 +62,18 @@ pub fn find(conn: &mut Conn<'_>, id: &str) -> Result<Option<StoredKey>, DbError>
     )
 }
 
-/// The labels the robots of key `id` may carry: `None` when any (or there
-/// is no such key, which registers nothing).
+/// The labels the robots of key `id` may carry: `None` when any. A key
+/// deleted meanwhile may give none.
 pub fn robot_labels_of(conn: &mut Conn<'_>, id: &str) -> Result<Option<Vec<String>>, DbError> {
     let stored: Option<Option<String>> = conn.opt_row(
         "SELECT robot_labels FROM access_keys WHERE id = ?1",
         params![id],
         |r| r.get(0),
     )?;
-    labels_of(id, stored.flatten())
+    match stored {
+        None => Ok(Some(Vec::new())),
+        Some(stored) => labels_of(id, stored),
+    }
 }
 
 pub fn count(conn: &mut Conn<'_>) -> Result<u64, DbError> {

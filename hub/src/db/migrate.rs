@@ -456,7 +456,7 @@ const MIGRATIONS: &[&str] = &[
     // key (db/workflow_names.rs). Workflows from before are their
     // registrant's, and names their first known registrant's, as the
     // audit log says (a name none of whose workflows it names stays
-    // unowned until someone registers it).
+    // unowned until the operator gives it an owner).
     r#"
     ALTER TABLE workflows ADD COLUMN registered_by TEXT;
     UPDATE workflows SET registered_by = created.actor

@@ -54,14 +54,21 @@ pub fn claim(conn: &mut Conn<'_>, name: &str, key_id: &str, now_ms: i64) -> Resu
             params![name],
         )?;
         if older > 0 {
-            return Ok(Claim::Unowned);
+            // Workflows, and no owner when we looked: unless a
+            // registration committed in between (its name's row and its
+            // workflow together), the name is one from before owners.
+            found = owner(conn)?;
+            if found.is_none() {
+                return Ok(Claim::Unowned);
+            }
+        } else {
+            conn.execute(
+                "INSERT INTO workflow_names (name, key_id, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, key_id, now_ms],
+            )?;
+            found = owner(conn)?;
         }
-        conn.execute(
-            "INSERT INTO workflow_names (name, key_id, since) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO NOTHING",
-            params![name, key_id, now_ms],
-        )?;
-        found = owner(conn)?;
     }
     match found {
         Some((owner, _)) if owner == key_id => Ok(Claim::Yours),

@@ -7,7 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use tasuki_protocol::robot::{MAX_ACTION_OFFERS, MAX_LABELS, check_label};
-use tasuki_protocol::{RegisterRobot, RobotCheck, RobotRegistered};
+use tasuki_protocol::{ProblemItem, RegisterRobot, RobotCheck, RobotRegistered};
 
 use super::super::Hub;
 use super::super::auth::RobotCaller;
@@ -134,20 +134,28 @@ async fn check_labels_of_key(hub: &Hub, key_id: &str, labels: &[String]) -> Resu
     };
     for (i, label) in labels.iter().enumerate() {
         if !allowed.contains(label) {
+            let path = format!("labels[{i}]");
+            let why = format!(
+                "the access key `{key_id}` may not give its robots the label `{label}` (it may \
+                 give: {}); the hub's operator chooses a key's labels with `tasuki-hub keys \
+                 create --robot-labels`",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            );
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "label_not_allowed",
-                format!(
-                    "labels[{i}]: the access key `{key_id}` may not give its robots the label \
-                     `{label}` (it may give: {}); the hub's operator chooses a key's labels \
-                     with `tasuki-hub keys create --robot-labels`",
-                    if allowed.is_empty() {
-                        "none".to_string()
-                    } else {
-                        allowed.join(", ")
-                    }
-                ),
-            ));
+                format!("{path}: {why}"),
+            )
+            .with_problems(vec![ProblemItem {
+                path,
+                line: None,
+                column: None,
+                message: why,
+            }]));
         }
     }
     Ok(())
