@@ -1396,6 +1396,19 @@ steps:
     keep_screens(&shots);
 }
 
+/// Waits until session `id` is `waiting` (its agent's log if it never is).
+async fn until_waiting(api: &Api, id: i64, agent: &Agent) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while api.get(&format!("/v1/session_queues/{id}")).await.body["status"] != "waiting" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never waited\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A waiting session's page says what it waits for, and a person with the
 /// scope approves it there (the form's CSRF token checked); the session
 /// resumes on its robot and the page shows who decided.
@@ -1412,15 +1425,7 @@ async fn a_waiting_session_is_approved_from_its_page() {
     )
     .await;
     let id = queue(&f.api, wf, json!({})).await;
-    let deadline = std::time::Instant::now() + LIMIT;
-    while f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"] != "waiting" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never waited\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_waiting(&f.api, id, &agent).await;
 
     let mut c = Browserless::new(&f.hub);
     c.sign_in(&f.key, "/ui").await;
@@ -1545,15 +1550,7 @@ async fn only_a_listed_approver_decides_from_the_page() {
     )
     .await;
     let id = queue(&f.api, wf, json!({})).await;
-    let deadline = std::time::Instant::now() + LIMIT;
-    while f.api.get(&format!("/v1/session_queues/{id}")).await.body["status"] != "waiting" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never waited\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_waiting(&f.api, id, &agent).await;
     let path = format!("/ui/sessions/{id}");
     let approve = format!("{path}/approval");
 

@@ -548,4 +548,18 @@ async fn a_key_made_with_robot_labels_gives_its_robots_those_at_most() {
     };
     assert_eq!(row(&limited.id)["robot_labels"], json!(["eu", "gpu"]));
     assert!(row(&s.key_a.id)["robot_labels"].is_null(), "{listed}");
+
+    // Moved to another key, a robot carries no label until that key's
+    // agent registers it with labels of its own.
+    let out = s.robots_cli(&["transfer", "limited-1", "--to-key", &s.key_a.id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = s.api.get("/v1/robots").await;
+    let moved = r.body["robots"]
+        .as_array()
+        .expect("robots")
+        .iter()
+        .find(|robot| robot["name"] == "limited-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(moved["labels"], json!([]), "{}", r.body);
 }

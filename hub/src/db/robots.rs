@@ -281,9 +281,11 @@ pub fn transfer(conn: &mut Conn<'_>, name: &str, to_key_id: &str) -> Result<Tran
         if robot.key_id == to_key_id {
             return Ok(Transfer::AlreadyThere);
         }
+        // Its labels were the old key's to give: the new key's agent
+        // gives them again when it registers the robot (checked then).
         tx.execute(
             "UPDATE robots SET key_id = ?2, moved_from_key_id = key_id, instance_id = '',
-                draining = 0
+                draining = 0, labels = '[]'
          WHERE id = ?1",
             params![robot.id, to_key_id],
         )?;
