@@ -498,17 +498,7 @@ async fn only_a_listed_approver_decides_an_approval_that_lists_them() {
         )
         .await;
     assert_eq!(r.status.as_u16(), 422, "{}", r.body);
-    let problems: Vec<(String, String)> = r.body["error"]["problems"]
-        .as_array()
-        .expect("problems")
-        .iter()
-        .map(|p| {
-            (
-                p["path"].as_str().unwrap_or("").to_string(),
-                p["message"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let problems = r.problems();
     assert_eq!(problems.len(), 2, "{}", r.body);
     assert_eq!(problems[0].0, "steps[0].with.approvers[1]", "{}", r.body);
     assert_eq!(

@@ -1713,17 +1713,7 @@ async fn typed_params_get_typed_fields_and_a_stored_workflow_is_checked_again() 
         )
         .await;
     assert_eq!(r.status.as_u16(), 422, "{}", r.body);
-    let problems: Vec<(String, String)> = r.body["error"]["problems"]
-        .as_array()
-        .expect("problems")
-        .iter()
-        .map(|p| {
-            (
-                p["path"].as_str().unwrap_or("").to_string(),
-                p["message"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let problems = r.problems();
     let at = |path: &str| {
         problems
             .iter()

@@ -434,6 +434,20 @@ impl Reply {
     pub fn message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or("")
     }
+    /// An error reply's problems, each as (path, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        self.body["error"]["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["path"].as_str().unwrap_or("").to_string(),
+                    p["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// A client for one hub, sending `token` when it has one.
